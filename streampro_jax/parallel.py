@@ -1,0 +1,302 @@
+"""Device mesh, logical-axis sharding rules, batch sharding and multi-host start-up.
+
+One mesh with the named axes ``data``, ``fsdp`` and ``tensor``. Parameters carry logical axis names
+(``nn.with_logical_partitioning``); :data:`DEFAULT_RULES` maps each logical name to mesh axes.
+Helpers turn a pytree of logical annotations (or of boxed ``nn.Partitioned`` values) into
+``NamedSharding``s, dropping a mesh axis from any dimension it does not divide so that tiny configs
+stay legal on any mesh.
+
+Typical use (born-sharded state, as big_vision does)::
+
+  mesh = parallel.make_mesh(config.mesh)             # {"data": 2, "fsdp": -1, "tensor": 1}
+  abstract = jax.eval_shape(init_fn, rng)            # boxed nn.Partitioned leaves
+  shardings = parallel.logical_shardings(abstract, mesh)
+  state = jax.jit(init_fn, out_shardings=shardings)(rng)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Logical axis name -> mesh axis (or tuple of mesh axes, or None for replicated).
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    # Activations.
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("act_embed", None),
+    # Language model parameters: FSDP over the model dimension, tensor parallel over the rest.
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("q_heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("norm", None),
+    # Vision tower and merger.
+    ("vision_embed", "fsdp"),
+    ("vision_mlp", "tensor"),
+    ("vision_qkv", "tensor"),
+    ("vision_heads", "tensor"),
+    ("vision_patch", None),
+    ("merger_in", "fsdp"),
+    ("merger_hidden", "tensor"),
+)
+
+
+class MeshError(ValueError):
+  """A mesh shape that does not fit the available devices."""
+
+
+def resolve_mesh_shape(sizes: Mapping[str, int], num_devices: int) -> dict[str, int]:
+  """Resolves the mesh axis sizes, one of which may be -1 ("fill the rest").
+
+  Args:
+    sizes: {"data": d, "fsdp": f, "tensor": t}; missing axes count as 1, at most one may be -1.
+    num_devices: total number of devices the mesh must cover exactly.
+
+  Returns:
+    {"data": d, "fsdp": f, "tensor": t} with product == num_devices.
+  """
+  unknown = set(sizes) - set(MESH_AXES)
+  if unknown:
+    raise MeshError(f"unknown mesh axes {sorted(unknown)}; expected a subset of {MESH_AXES}")
+  shape = {axis: int(sizes.get(axis, 1)) for axis in MESH_AXES}
+  fill = [axis for axis, size in shape.items() if size == -1]
+  if len(fill) > 1:
+    raise MeshError(f"at most one mesh axis may be -1, got {fill} in {shape}")
+  bad = {axis: size for axis, size in shape.items() if size == 0 or size < -1}
+  if bad:
+    raise MeshError(f"mesh axis sizes must be positive or -1, got {bad}")
+  known = math.prod(size for size in shape.values() if size != -1)
+  if fill:
+    if num_devices % known:
+      raise MeshError(
+          f"mesh {shape}: the fixed axes multiply to {known}, which does not divide the "
+          f"{num_devices} devices, so '{fill[0]}' = -1 cannot fill the rest")
+    shape[fill[0]] = num_devices // known
+  elif known != num_devices:
+    raise MeshError(
+        f"mesh {shape} has {known} devices but {num_devices} devices are available "
+        f"(the product of data x fsdp x tensor must equal the device count; use -1 on one axis)")
+  return shape
+
+
+def make_mesh(sizes: Mapping[str, int] | None = None,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """Builds the ``('data', 'fsdp', 'tensor')`` mesh.
+
+  Args:
+    sizes: axis sizes (see :func:`resolve_mesh_shape`); default ``{"data": -1}`` (pure DP).
+    devices: devices to use; default ``jax.devices()`` (all hosts).
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  shape = resolve_mesh_shape(dict(sizes or {"data": -1}), len(devices))
+  dims = tuple(shape[axis] for axis in MESH_AXES)
+  try:
+    from jax.experimental import mesh_utils  # pylint: disable=g-import-not-at-top
+    device_array = mesh_utils.create_device_mesh(dims, devices=devices)
+  except (ValueError, AssertionError, NotImplementedError):
+    device_array = np.asarray(devices, dtype=object).reshape(dims)
+  return Mesh(device_array, MESH_AXES)
+
+
+def _rules_dict(rules) -> dict[str, Any]:
+  return dict(DEFAULT_RULES if rules is None else rules)
+
+
+def logical_to_spec(logical_axes: Sequence[str | None], *, rules=None,
+                    mesh: Mesh | None = None,
+                    shape: Sequence[int] | None = None) -> PartitionSpec:
+  """Maps logical axis names to a ``PartitionSpec``.
+
+  Args:
+    logical_axes: one logical name (or None) per array dimension.
+    rules: (logical, mesh axes) pairs; default :data:`DEFAULT_RULES`.
+    mesh: when given with ``shape``, mesh axes that do not divide a dimension (or that are already
+      used by an earlier dimension) are dropped from that dimension, which is then replicated along
+      them.
+    shape: the array shape, same length as ``logical_axes``.
+  """
+  table = _rules_dict(rules)
+  if shape is not None and len(shape) != len(logical_axes):
+    raise ValueError(f"logical axes {tuple(logical_axes)} do not match shape {tuple(shape)}")
+  used: set[str] = set()
+  spec = []
+  for dim, name in enumerate(logical_axes):
+    if name is None:
+      spec.append(None)
+      continue
+    if name not in table:
+      raise KeyError(f"logical axis '{name}' has no sharding rule; known: {sorted(table)}")
+    target = table[name]
+    axes = () if target is None else ((target,) if isinstance(target, str) else tuple(target))
+    kept = []
+    for axis in axes:
+      if axis in used:
+        continue
+      if mesh is not None and shape is not None:
+        size = mesh.shape[axis]
+        divisor = size * math.prod(mesh.shape[a] for a in kept)
+        if shape[dim] % divisor:
+          continue
+      kept.append(axis)
+    used.update(kept)
+    spec.append(None if not kept else (kept[0] if len(kept) == 1 else tuple(kept)))
+  return PartitionSpec(*spec)
+
+
+def _is_partitioned(x) -> bool:
+  return isinstance(x, nn.Partitioned)
+
+
+def logical_shardings(tree, mesh: Mesh, *, rules=None):
+  """Shardings for a pytree whose leaves are ``nn.Partitioned`` boxes (or plain arrays).
+
+  Accepts the output of ``jax.eval_shape(model.init, ...)`` (boxed ``ShapeDtypeStruct``s) or real
+  arrays. Unboxed leaves are replicated. The result has the *unboxed* tree structure, ready for
+  ``jax.jit(..., out_shardings=...)`` of a function that returns ``nn.unbox(variables)``.
+  """
+  def one(leaf):
+    if _is_partitioned(leaf):
+      value = leaf.value
+      spec = logical_to_spec(leaf.names, rules=rules, mesh=mesh, shape=value.shape)
+      return NamedSharding(mesh, spec)
+    return NamedSharding(mesh, PartitionSpec())
+  return jax.tree.map(one, tree, is_leaf=_is_partitioned)
+
+
+def shardings_from_axes(axes_tree, shapes_tree, mesh: Mesh, *, rules=None):
+  """Shardings from a pytree of logical-axis tuples and a matching pytree of shapes.
+
+  Args:
+    axes_tree: pytree whose leaves are tuples of logical names (``None`` leaves are replicated).
+    shapes_tree: same structure; leaves have ``.shape`` (arrays or ``ShapeDtypeStruct``s).
+  """
+  is_axes = lambda x: x is None or (isinstance(x, tuple) and all(
+      isinstance(a, (str, type(None))) for a in x))
+  flat_axes, treedef = jax.tree.flatten(axes_tree, is_leaf=is_axes)
+  flat_shapes = treedef.flatten_up_to(shapes_tree)
+  out = []
+  for axes, leaf in zip(flat_axes, flat_shapes):
+    if axes is None:
+      out.append(NamedSharding(mesh, PartitionSpec()))
+    else:
+      out.append(NamedSharding(mesh, logical_to_spec(axes, rules=rules, mesh=mesh,
+                                                       shape=leaf.shape)))
+  return treedef.unflatten(out)
+
+
+def batch_sharding(mesh: Mesh, ndim: int, *, batch_dim: int = 0) -> NamedSharding:
+  """Sharding of a batch array: ``batch_dim`` over (``data``, ``fsdp``), the rest replicated."""
+  spec = [None] * ndim
+  spec[batch_dim] = ("data", "fsdp")
+  return NamedSharding(mesh, PartitionSpec(*spec))
+
+
+def shard_batch(local_batch, mesh: Mesh, *, batch_dims=None):
+  """Assembles host-local batch arrays into global arrays sharded over (``data``, ``fsdp``).
+
+  Every host passes its own slice of the global batch (``global = local * process_count``); the
+  global array is built with ``jax.make_array_from_process_local_data``.
+
+  Args:
+    local_batch: pytree of host-local NumPy arrays.
+    mesh: the mesh.
+    batch_dims: optional pytree (same structure, or a dict of key -> int) giving the batch dimension
+      of each leaf; default 0 (use 1 for ``position_ids`` laid out [3, B, T]).
+  """
+  data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
+  n_proc = jax.process_count()
+
+  def one(path, x):
+    x = np.asarray(x)
+    dim = 0
+    if batch_dims is not None:
+      key = jax.tree_util.keystr(path, simple=True, separator="/")
+      dim = batch_dims.get(key, 0) if isinstance(batch_dims, Mapping) else batch_dims
+    global_size = x.shape[dim] * n_proc
+    if global_size % data_parallel:
+      raise ValueError(
+          f"batch array '{jax.tree_util.keystr(path)}' has global batch {global_size} "
+          f"({x.shape[dim]} per host x {n_proc} hosts), not divisible by the "
+          f"{data_parallel} data-parallel shards (data {mesh.shape['data']} x fsdp "
+          f"{mesh.shape['fsdp']})")
+    sharding = batch_sharding(mesh, x.ndim, batch_dim=dim)
+    global_shape = x.shape[:dim] + (global_size,) + x.shape[dim + 1:]
+    return jax.make_array_from_process_local_data(sharding, x, global_shape)
+
+  return jax.tree_util.tree_map_with_path(one, local_batch)
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+  """How to join a multi-host run. Empty fields are read from the environment.
+
+  Environment variables (the ones JAX and cluster managers use): ``JAX_COORDINATOR_ADDRESS``,
+  ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``. On Cloud TPU and under SLURM/Open MPI
+  ``jax.distributed.initialize()`` with no arguments auto-detects everything.
+  """
+  coordinator_address: str | None = None
+  num_processes: int | None = None
+  process_id: int | None = None
+  local_device_ids: Sequence[int] | None = None
+
+
+def initialize_distributed(config: DistributedConfig | None = None, *, force: bool = False) -> bool:
+  """Calls ``jax.distributed.initialize`` when a multi-host run is configured.
+
+  Returns True when the distributed runtime was initialised, False for a single-process run
+  (nothing configured and ``force`` False). Idempotent.
+  """
+  config = config or DistributedConfig()
+  env = os.environ
+  address = config.coordinator_address or env.get("JAX_COORDINATOR_ADDRESS")
+  num = config.num_processes or (int(env["JAX_NUM_PROCESSES"])
+                                 if env.get("JAX_NUM_PROCESSES") else None)
+  pid = config.process_id if config.process_id is not None else (
+      int(env["JAX_PROCESS_ID"]) if env.get("JAX_PROCESS_ID") else None)
+  if not (address or num or force):
+    return False
+  if jax.distributed.is_initialized():
+    return True
+  kwargs = {}
+  if address:
+    kwargs["coordinator_address"] = address
+  if num is not None:
+    kwargs["num_processes"] = num
+  if pid is not None:
+    kwargs["process_id"] = pid
+  if config.local_device_ids is not None:
+    kwargs["local_device_ids"] = list(config.local_device_ids)
+  logging.info("jax.distributed.initialize(%s)", kwargs)
+  jax.distributed.initialize(**kwargs)
+  logging.info("process %d of %d, %d local devices, %d global devices", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
+  return True
+
+
+def describe_batch(global_batch: int, mesh: Mesh) -> str:
+  """One line of batch arithmetic (global, per host, per device), logged at the start of a run."""
+  n_proc = jax.process_count()
+  data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
+  if global_batch % data_parallel:
+    raise ValueError(f"global batch {global_batch} is not divisible by the {data_parallel} "
+                     f"data-parallel shards (data {mesh.shape['data']} x fsdp "
+                     f"{mesh.shape['fsdp']})")
+  if global_batch % n_proc:
+    raise ValueError(f"global batch {global_batch} is not divisible by {n_proc} hosts")
+  return (f"global batch {global_batch} = {n_proc} host(s) x {global_batch // n_proc} per host; "
+          f"{global_batch // data_parallel} per data-parallel shard over {data_parallel} shards "
+          f"(mesh data {mesh.shape['data']} x fsdp {mesh.shape['fsdp']} x tensor "
+          f"{mesh.shape['tensor']} on {mesh.devices.size} devices)")

@@ -1,0 +1,1 @@
+"""streampro_jax.train."""
