@@ -1,0 +1,208 @@
+"""StreamPro-Bench report: JSON results, a markdown table in the paper's layout, PNG figures.
+
+`write_report(results, out_dir)` takes one or several variants' `streampro_f1.score_benchmark`
+outputs and writes into out_dir:
+  results.json           all inputs (per variant), as given (NaN-free JSON);
+  table.md               | Variant | EU OU AA | TP TG | GP RF | PU TR PA | Avg | W-Avg |, x100 with
+                         one decimal (the paper's layout: tasks grouped by dimension, then the
+                         dimension scores, Avg and the headline W-Avg), one row per variant;
+  f1_by_task.png         per-task F1 bars, variants side by side (+ W-Avg);
+  response_offsets.png   per task, the distribution of (response time - ground-truth best time)
+                         per variant, the task's matching window shaded (point-answer tasks;
+                         for EU/TP the offset is taken from the event's end);
+  precision_recall.png   per-task mean precision against mean recall, iso-F1 curves.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from streampro_jax.bench import streampro_f1
+
+_COLUMNS = ("EU", "OU", "AA", "TP", "TG", "GP", "RF", "PU", "TR", "PA", "Avg", "W-Avg")
+_OFFSET_RANGE = (-12.0, 12.0)
+
+
+def _variants(results: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+  if "scores" in results and isinstance(results["scores"], Mapping):
+    return {"model": results}
+  out = {}
+  for name, res in results.items():
+    if not isinstance(res, Mapping) or "scores" not in res:
+      raise ValueError(f"variant {name!r}: expected a score_benchmark output with 'scores'")
+    out[str(name)] = res
+  if not out:
+    raise ValueError("no variant to report")
+  return out
+
+
+def _pct(v: Any) -> str:
+  if v is None or (isinstance(v, float) and math.isnan(v)):
+    return "-"
+  return f"{100.0 * float(v):.1f}"
+
+
+def markdown_table(results: Mapping[str, Any]) -> str:
+  """The paper-layout markdown table (values x100, one decimal; '-' where absent)."""
+  variants = _variants(results)
+  head = ("| Variant | " + " | ".join(_COLUMNS) + " |\n"
+          "|---|" + "|".join("---:" for _ in _COLUMNS) + "|\n")
+  rows = []
+  for name, res in variants.items():
+    sc = res["scores"]
+    cells = []
+    for c in _COLUMNS:
+      cell = _pct(sc.get(c))
+      cells.append(f"**{cell}**" if c == "W-Avg" and cell != "-" else cell)
+    rows.append(f"| {name} | " + " | ".join(cells) + " |")
+  counts = {}
+  for res in variants.values():
+    for t, v in (res.get("per_task") or {}).items():
+      counts[t] = v.get("count")
+  note = ("\nStreamPro-F1 x100. Perception Understanding (PU) = EU, OU, AA; Temporal Reasoning (TR)"
+          " = TP, TG; Proactive Agency (PA) = GP, RF. PU/TR/PA and W-Avg are QA-weighted, Avg is "
+          "the mean of PU, TR, PA.")
+  if counts:
+    note += " QA counts: " + ", ".join(f"{t} {counts[t]}" for t in streampro_f1.TASKS
+                                       if t in counts) + "."
+  return head + "\n".join(rows) + "\n" + note + "\n"
+
+
+def _json_safe(x: Any) -> Any:
+  if isinstance(x, Mapping):
+    return {str(k): _json_safe(v) for k, v in x.items()}
+  if isinstance(x, list | tuple):
+    return [_json_safe(v) for v in x]
+  if isinstance(x, float) and not math.isfinite(x):
+    return None
+  if hasattr(x, "item") and callable(x.item):   # numpy scalars
+    return _json_safe(x.item())
+  return x
+
+
+def _plot_f1(variants, path, plt):
+  names = list(variants)
+  cols = list(streampro_f1.TASKS) + ["W-Avg"]
+  fig, ax = plt.subplots(figsize=(10, 4.2), dpi=120)
+  width = 0.8 / max(1, len(names))
+  for i, name in enumerate(names):
+    sc = variants[name]["scores"]
+    vals = [100.0 * sc[c] if sc.get(c) is not None else 0.0 for c in cols]
+    xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(cols))]
+    bars = ax.bar(xs, vals, width=width * 0.95, label=name)
+    for b, c in zip(bars, cols):
+      if sc.get(c) is not None:
+        ax.annotate(f"{b.get_height():.1f}", (b.get_x() + b.get_width() / 2, b.get_height()),
+                    ha="center", va="bottom", fontsize=7, xytext=(0, 1),
+                    textcoords="offset points")
+  ax.set_xticks(range(len(cols)))
+  ax.set_xticklabels(cols)
+  ax.axvline(len(cols) - 1.5, color="0.6", lw=0.8, ls="--")
+  ax.set_ylabel("StreamPro-F1 (x100)")
+  ax.set_title("StreamPro-Bench F1 per task")
+  ax.set_ylim(0, max(10.0, ax.get_ylim()[1] * 1.08))
+  ax.grid(axis="y", alpha=0.3)
+  ax.legend(fontsize=8, ncol=min(4, len(names)), loc="upper left")
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def _plot_offsets(variants, path, plt):
+  lo, hi = _OFFSET_RANGE
+  bins = [lo - 0.5 + k for k in range(int(hi - lo) + 2)]   # 1 s bins centred on whole seconds
+  fig, axes = plt.subplots(2, 4, figsize=(13, 5.6), dpi=120, sharex=True)
+  axes = axes.ravel()
+  for ax, task in zip(axes, streampro_f1.TASKS):
+    s = streampro_f1.TASK_SETTINGS[task]
+    w_lo = s.window_before
+    ax.axvspan(w_lo, s.window_after, color="tab:green", alpha=0.12, lw=0)
+    ax.axvline(0.0, color="k", lw=0.8)
+    for name, res in variants.items():
+      offs = [min(max(p["offset"], lo), hi) for p in res.get("predictions", [])
+              if p["task"] == task and p.get("offset") is not None]
+      if offs:
+        ax.hist(offs, bins=bins, histtype="step", lw=1.4, label=f"{name} (n={len(offs)})")
+    ax.set_title(task, fontsize=10)
+    ax.tick_params(labelsize=8)
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize=6.5, loc="upper left")
+  last = axes[-1]
+  last.axis("off")
+  last.text(0.0, 0.5, "response time - ground-truth time (s)\n"
+            "EU/TP: from the event's end\nshaded: matching window\n"
+            "(EU/TP: its part after the event's end)\n"
+            f"clipped to [{lo:g}, {hi:g}] s", fontsize=9, va="center")
+  for ax in list(axes[3:7]):
+    ax.set_xlabel("offset (s)", fontsize=8)
+    ax.xaxis.set_tick_params(labelbottom=True)
+  fig.suptitle("Distribution of response-time offsets per task")
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def _plot_pr(variants, path, plt):
+  markers = "osD^v<>pP*X"
+  cmap = plt.get_cmap("tab10")
+  fig, ax = plt.subplots(figsize=(6.4, 5.6), dpi=120)
+  grid = [k / 100 for k in range(1, 101)]
+  for f in (0.2, 0.4, 0.6, 0.8):
+    pts = [(r, f * r / (2 * r - f)) for r in grid if 2 * r - f > 0 and f * r / (2 * r - f) <= 1]
+    ax.plot([100 * r for r, _ in pts], [100 * p for _, p in pts], color="0.8", lw=0.8)
+    ax.annotate(f"F1={f:.1f}", (100 * pts[-1][0], 100 * pts[-1][1]), fontsize=7, color="0.5",
+                ha="right", va="bottom")
+  for vi, res in enumerate(variants.values()):
+    for ti, task in enumerate(streampro_f1.TASKS):
+      pt = (res.get("per_task") or {}).get(task)
+      if pt is None:
+        continue
+      ax.scatter(100 * pt["recall"], 100 * pt["precision"], color=cmap(ti),
+                 marker=markers[vi % len(markers)], s=46, edgecolor="k", lw=0.5)
+      ax.annotate(task, (100 * pt["recall"], 100 * pt["precision"]), fontsize=7,
+                  xytext=(3, 3), textcoords="offset points")
+  handles = [plt.Line2D([], [], color="k", marker=markers[i % len(markers)], ls="", label=n)
+             for i, n in enumerate(variants)]
+  ax.legend(handles=handles, fontsize=8, loc="lower right")
+  ax.set_xlim(0, 100)
+  ax.set_ylim(0, 100)
+  ax.set_xlabel("recall (x100, mean over QA)")
+  ax.set_ylabel("precision (x100, mean over QA)")
+  ax.set_title("Precision against recall per task")
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def write_report(results: Mapping[str, Any], out_dir: str) -> dict[str, str]:
+  """Writes results.json, table.md and three PNG figures into out_dir; returns their paths.
+
+  Args:
+    results: {variant name: score_benchmark output}, or a single score_benchmark output (then
+      named "model"). Only "scores" is required; figures use "per_task" and "predictions" when
+      present.
+    out_dir: created when missing.
+  """
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  variants = _variants(results)
+  os.makedirs(out_dir, exist_ok=True)
+  paths = {k: os.path.join(out_dir, f) for k, f in (
+      ("json", "results.json"), ("table", "table.md"), ("f1", "f1_by_task.png"),
+      ("offsets", "response_offsets.png"), ("pr", "precision_recall.png"))}
+  with open(paths["json"], "w", encoding="utf-8") as f:
+    json.dump({"version": streampro_f1.METRIC_VERSION, "variants": _json_safe(variants)}, f,
+              indent=1)
+  with open(paths["table"], "w", encoding="utf-8") as f:
+    f.write(markdown_table(variants))
+  _plot_f1(variants, paths["f1"], plt)
+  _plot_offsets(variants, paths["offsets"], plt)
+  _plot_pr(variants, paths["pr"], plt)
+  return paths

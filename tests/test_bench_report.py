@@ -1,0 +1,67 @@
+"""StreamPro-Bench report: JSON, markdown table (paper layout) and PNG figures."""
+
+import json
+import random
+
+from streampro_jax.bench import report
+from streampro_jax.bench import streampro_f1 as f1m
+
+
+def _items(seed, skill):
+  """A small synthetic benchmark: every task, responses near the best time, judged by text."""
+  rng = random.Random(seed)
+  items = []
+  for task in f1m.TASKS:
+    for k in range(6):
+      t = 20.0 + 7 * k
+      if task in ("EU", "TP"):
+        answers = [{"start": t - 4, "end": t, "text": "a"}]
+      elif task == "TG":
+        answers = [{"time": t, "text": f"{t - 5:g}s-{t:g}s"}]
+      else:
+        answers = [{"time": t, "text": "a"}]
+      preds = []
+      for _ in range(rng.randint(0, 3)):
+        tp = round(t + rng.gauss(0.0, 4.0 / skill))
+        text = f"{t - 5:g}s-{t:g}s" if task == "TG" else ("a" if rng.random() < skill else "b")
+        preds.append((tp, text))
+      items.append({"id": f"{task}{k}", "task": task, "answers": answers, "predictions": preds})
+  return items
+
+
+def judge(p, a, q):
+  del q
+  return 1.0 if p == a else 0.0
+
+
+def test_write_report(tmp_path):
+  results = {"SFT": f1m.score_benchmark(_items(0, 0.4), judge),
+             "GRPO": f1m.score_benchmark(_items(1, 0.8), judge)}
+  paths = report.write_report(results, str(tmp_path / "rep"))
+  for key in ("f1", "offsets", "pr"):
+    with open(paths[key], "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  with open(paths["json"]) as f:
+    saved = json.load(f)
+  assert saved["variants"]["GRPO"]["scores"]["W-Avg"] == results["GRPO"]["scores"]["W-Avg"]
+  with open(paths["table"]) as f:
+    table = f.read()
+  lines = table.splitlines()
+  assert lines[0] == ("| Variant | EU | OU | AA | TP | TG | GP | RF | PU | TR | PA | Avg | W-Avg |")
+  assert lines[2].startswith("| SFT | ") and lines[3].startswith("| GRPO | ")
+  wavg = 100 * results["GRPO"]["scores"]["W-Avg"]
+  assert lines[3].endswith(f"| **{wavg:.1f}** |")
+  assert "QA counts: EU 6" in table
+
+
+def test_table_from_paper_numbers():
+  # A variant given only its scores (fractions), e.g. the paper's row, and a missing dimension.
+  task_f1 = {"EU": .546, "OU": .364, "AA": .435, "TP": .588, "TG": .314, "GP": .106, "RF": .063}
+  paper = {"scores": f1m.aggregate(task_f1, f1m.PAPER_QA_COUNTS)}
+  partial = {"scores": f1m.aggregate({"EU": 0.1}, {"EU": 3})}
+  table = report.markdown_table({"StreamPro-GRPO-4B (paper)": paper, "partial": partial})
+  row = table.splitlines()[2]
+  assert row == ("| StreamPro-GRPO-4B (paper) | 54.6 | 36.4 | 43.5 | 58.8 | 31.4 | 10.6 | 6.3 | "
+                 "45.0 | 44.3 | 7.6 | 32.3 | **41.5** |")
+  assert table.splitlines()[3] == ("| partial | 10.0 | - | - | - | - | - | - | 10.0 | - | - | "
+                                   "10.0 | **10.0** |")
