@@ -1,0 +1,220 @@
+"""Tests of SynthStream (streampro_jax.data.synthetic)."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from streampro_jax.data import chat_format as cf
+from streampro_jax.data import schema
+from streampro_jax.data import synthetic as sy
+from streampro_jax.data import tokenizer as tk
+
+
+@pytest.fixture(scope="module")
+def records():
+  return [sy.make_record("train", i, seed=0) for i in range(70)]
+
+
+def _gt_responses(record):
+  return [(cf.turn_time(p.index), p.text) for p in cf.plan_turns(record)
+          if p.decision == cf.DECISION_RESPONSE]
+
+
+def test_determinism_by_seed():
+  a = sy.generate("train", 3, seed=5)
+  b = sy.generate("train", 3, seed=5)
+  for (ra, fa), (rb, fb) in zip(a, b):
+    assert ra == rb and ra.to_jsonl_line() == rb.to_jsonl_line() and np.array_equal(fa, fb)
+  c = sy.generate("train", 3, seed=6)
+  assert any(ra.to_jsonl_line() != rc.to_jsonl_line() for (ra, _), (rc, _) in zip(a, c))
+  # Sample i does not depend on how many are generated; splits differ.
+  assert sy.make_record("train", 2, seed=5) == a[2][0]
+  assert sy.make_record("test", 2, seed=5).to_jsonl_line() != a[2][0].to_jsonl_line()
+  # Frames come back from the record alone (after a JSON round trip).
+  again = schema.parse_line(a[1][0].to_jsonl_line())
+  assert np.array_equal(sy.render_frames(again), a[1][1])
+  assert np.array_equal(sy.render_frames(again.meta["synth"]), a[1][1])
+
+
+def test_records_valid_and_tasks_covered(records):
+  assert [r.questions[0].task for r in records[:7]] == list(schema.BENCH_TASKS)
+  for r in records:
+    assert schema.parse_record(json.loads(r.to_jsonl_line())) == r
+    assert r.video == f"synth://train/{int(r.id.split('-')[-1])}"
+    assert 20 <= r.duration <= 30 and len(r.questions) == 1
+    q = r.questions[0]
+    assert 6 <= len(q.rubric) <= 10
+    if q.task in ("EU", "TP"):
+      assert all(a.is_interval for a in q.answers)
+    else:
+      assert not any(a.is_interval for a in q.answers)
+
+
+def test_frames_shape_and_options():
+  rec, frames = sy.generate("validation", 1, seed=1)[0]
+  assert frames.dtype == np.uint8 and frames.shape == (2 * int(rec.duration), 56, 56, 3)
+  cfg = sy.SynthConfig(resolution=32, min_duration=12, max_duration=12, difficulty=2)
+  rec, frames = sy.generate("train", 1, seed=1, config=cfg)[0]
+  assert frames.shape == (24, 32, 32, 3) and rec.duration == 12.0
+  with pytest.raises(ValueError, match="difficulty"):
+    sy.SynthConfig(difficulty=3)
+  with pytest.raises(ValueError, match="unknown task"):
+    sy.SynthConfig(tasks=("CAP",))
+
+
+@pytest.mark.parametrize("difficulty", [0, 2])
+def test_rubric_passes_on_ground_truth(difficulty):
+  cfg = sy.SynthConfig(difficulty=difficulty)
+  for i in range(28):
+    r = sy.make_record("train", i, seed=3, config=cfg)
+    q = r.questions[0]
+    gt = _gt_responses(r)
+    assert sy.rubric_score(q.rubric, gt) == 1.0, (q.task, q.rubric, gt)
+    assert sy.rubric_score(q.rubric, []) < 1.0                  # staying silent fails
+    late = [(t + 6.0, x) for t, x in gt]                         # 6 s late fails a timed check
+    assert sy.rubric_score(q.rubric, late) < 1.0
+    schema.parse_record(r.to_json())
+
+
+def test_check_rubric_templates():
+  resp = [(5.0, "the red circle turns blue"), (9.0, "yes; no")]
+  assert sy.check_rubric("Responds at least once between 4s and 5s.", resp)
+  assert not sy.check_rubric("Responds at least once between 6s and 8.5s.", resp)
+  assert sy.check_rubric("Does not respond before 5s.", resp)
+  assert not sy.check_rubric("Does not respond before 6s.", resp)
+  assert sy.check_rubric("Responds at most 2 times.", resp)
+  assert not sy.check_rubric("Responds at least 3 times.", resp)
+  assert sy.check_rubric('Says "no" between 8s and 9s.', resp)
+  assert not sy.check_rubric('Says "red" between 8s and 9s.', resp)
+  assert sy.check_rubric('Mentions "turns blue" before "yes".', resp)
+  assert not sy.check_rubric('Mentions "yes" before "turns blue".', resp)
+  assert sy.check_rubric('Never mentions "green".', resp)
+  assert not sy.check_rubric('Never mentions "RED".', resp)        # case-insensitive
+  assert sy.check_rubric('Never mentions "re".', resp)             # whole words only
+  assert sy.check_rubric('Mentions "circle".', resp)
+  with pytest.raises(ValueError, match="unknown rubric"):
+    sy.check_rubric("Is nice.", resp)
+
+
+def test_silence_response_ratio():
+  recs = [sy.make_record("train", i, seed=0) for i in range(70)]
+  stats = sy.silence_response_stats(recs)
+  assert 9.0 <= stats["ratio"] <= 18.0, stats            # default target 12
+  multi = ("EU", "OU", "AA", "RF")
+  for task in multi:
+    assert 7.0 <= stats["per_task"][task] <= 18.0, stats
+  cfg = sy.SynthConfig(silence_ratio=5.0)
+  low = sy.silence_response_stats([sy.make_record("train", i, seed=0, config=cfg)
+                                   for i in range(70)])
+  assert low["ratio"] < stats["ratio"]
+  for task in multi:
+    assert 3.0 <= low["per_task"][task] <= 9.0, low
+
+
+def test_vocabulary_covers_questions_and_answers(records, tmp_path):
+  vocab = set(sy.synthetic_vocabulary())
+  tok = tk.build_synthetic_tokenizer(sy.synthetic_vocabulary(), str(tmp_path))
+  assert len(tok) < 300
+  chat = cf.ChatFormat(tok, tokens_per_turn=4)
+  for r in records[:14]:
+    q = r.questions[0]
+    texts = [q.question] + [a.text for a in q.answers] + list(q.rubric)
+    for w in re.findall(r"[A-Za-z]{2,}", " ".join(texts)):
+      assert w in vocab, w
+    text = cf.render_text(r, tokens_per_turn=4)
+    ids = tok.encode(text, add_special_tokens=False)
+    assert tok.unk_token_id not in ids
+    assert tok.decode(ids, skip_special_tokens=False) == text
+    traj = chat.render(r)
+    assert np.array_equal(traj.input_ids, ids)
+    assert [d.text for d in chat.decode_turns(traj.input_ids) if d.decision == "response"] == [
+        t for _, t in _gt_responses(r)]
+
+
+# ------------------------------------------------------------------------------------------------
+# The frames show the event at the responding turn.
+
+
+def _records_of(task, n=6, difficulty=0):
+  cfg = sy.SynthConfig(tasks=(task,), difficulty=difficulty)
+  return [sy.make_record("train", i, seed=11, config=cfg) for i in range(n)]
+
+
+def test_ou_answers_read_off_the_pixels():
+  for r in _records_of("OU"):
+    frames = sy.render_frames(r)
+    color = sy.COLORS[r.questions[0].question.rstrip("?").split()[-1]]
+    shows = [(f == color).all(-1).sum() > 5 for f in frames]     # query colour visible?
+    plans = cf.plan_turns(r)
+    q_turn = [p.index for p in plans if p.question][0]
+    state = None
+    for p in plans[q_turn:]:
+      k = p.index
+      end_state = "yes" if shows[2 * k + 1] else "no"
+      if p.decision == cf.DECISION_RESPONSE:
+        assert p.text == end_state
+        if k > q_turn:                      # a flip happens inside this second
+          assert shows[2 * k] != shows[2 * k + 1]
+        state = end_state
+      else:
+        assert end_state == state and shows[2 * k] == shows[2 * k + 1]
+
+
+def test_rf_warning_turn_read_off_the_pixels():
+  for r in _records_of("RF"):
+    frames = sy.render_frames(r)
+    spec = r.meta["synth"]
+    zone_top = spec["static"][0]["y0"]
+    speed = spec["resolution"] / 8.0
+    warned = {cf.answer_turn(a.response_time) for a in r.questions[0].answers}
+    for obj in spec["objects"]:
+      color = np.asarray(sy.COLORS[obj["keys"][0]["color"]])
+      gaps = []
+      for f in frames:
+        rows = np.nonzero((f == color).all(-1).any(-1))[0]
+        gaps.append(zone_top - (rows.max() + 1) if len(rows) else None)
+      # The warning turn is the one in which the gap to the zone crosses 3 s of motion.
+      crossing = [k for k in range(len(frames) // 2)
+                  if gaps[2 * k + 1] is not None and gaps[2 * k + 1] <= 3 * speed
+                  and (k == 0 or gaps[2 * k - 1] is None or gaps[2 * k - 1] > 3 * speed)]
+      assert crossing and crossing[0] in warned, (gaps, warned)
+
+
+def _state(obj, t):
+  return sy._state_at(obj, t)   # pylint: disable=protected-access
+
+
+def test_motion_answers_due_when_the_frames_show_arrival():
+  for r in _records_of("TG") + _records_of("GP"):
+    spec = r.meta["synth"]
+    q = r.questions[0]
+    for a in q.answers:
+      if a.time == q.ask_time:
+        continue                                   # GP's first instruction, at the ask
+      k = cf.answer_turn(a.response_time, cf.ask_turn(q.ask_time, int(r.duration)))
+      # Some object is at rest at the end of turn k after moving during turn k.
+      moved = [o for o in spec["objects"]
+               if _state(o, k + 1.0) and _state(o, k + 0.5)
+               and (_state(o, k + 1.0)["x"], _state(o, k + 1.0)["y"])
+               != (_state(o, k + 0.5)["x"], _state(o, k + 0.5)["y"])
+               and (_state(o, k + 1.5)["x"], _state(o, k + 1.5)["y"])
+               == (_state(o, k + 1.0)["x"], _state(o, k + 1.0)["y"])]
+      assert moved, (q.task, a)
+    if q.task == "TG":
+      s, e = map(int, re.match(r"(\d+)s-(\d+)s", q.answers[0].text).groups())
+      assert q.answers[0].time == e and s < e
+
+
+def test_instant_events_change_inside_their_turn():
+  for task in ("AA", "EU", "TP"):
+    for r in _records_of(task, n=4):
+      frames = sy.render_frames(r).astype(int)
+      for a in r.questions[0].answers:
+        k = cf.answer_turn(a.response_time)
+        if a.response_time == k + 0.75:           # instantaneous events
+          assert np.abs(frames[2 * k + 1] - frames[2 * k]).sum() > 0
+          if task == "AA":                         # bouncing objects move anyway; event is big
+            continue
+          assert np.array_equal(frames[2 * k], frames[2 * k - 1])
