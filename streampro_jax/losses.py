@@ -1,0 +1,483 @@
+"""Stage-1 (SFT) losses: CB-Stream, plain cross-entropy and the Streamo focal baseline.
+
+All three share one shape convention (SPEC section 2):
+
+  logits    f32[B, T, V]  (any float dtype; the math runs in float32)
+  labels    i32[B, T]     target token at each position (already shifted)
+  loss_mask f32[B, T]     1 where the position is supervised, 0 elsewhere
+
+and one structure: a per-token negative log-likelihood nll_i = -log p(y_i), a per-token weight w_i
+that depends only on the labels (a constant in the gradient, except the focal factor), and
+
+  L = (1 / N) * sum_i mask_i * w_i * nll_i,     N = sum_i mask_i.
+
+Every loss has a `*_sum_and_count` variant returning (sum_i mask_i * w_i * nll_i, N) so gradient
+accumulation stays exact: sum the sums and the counts over micro-batches and divide once. The
+class-balanced weights of CB-Stream and focal depend on the decision-token counts n_k of the whole
+global batch; a caller that accumulates over micro-batches computes them once with
+`decision_class_counts` on the full global batch and passes them as `class_counts`. Without
+`class_counts` the counts are taken over the arrays given (inside jit on a sharded array, that is
+the global batch).
+
+`chunked_stream_loss` computes the same losses from hidden states and the unembedding matrix
+without materialising the [B, T, V] logits.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+LOSS_KINDS = ("cb_stream", "ce", "focal")
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-token pieces.
+# ----------------------------------------------------------------------------------------------
+
+
+def token_nll(logits: Array, labels: Array) -> Array:
+  """Per-token negative log-likelihood.
+
+  nll[b, t] = logsumexp_v(logits[b, t, v]) - logits[b, t, labels[b, t]], in float32.
+
+  Args:
+    logits: f32[B, T, V] (or any leading shape [..., V]).
+    labels: i32[B, T] (the leading shape of logits).
+
+  Returns:
+    f32[B, T].
+  """
+  logits = logits.astype(jnp.float32)
+  lse = jax.nn.logsumexp(logits, axis=-1)
+  label_logit = jnp.take_along_axis(logits, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  return lse - label_logit
+
+
+def _decision_ids(decision_token_ids: Sequence[int] | Array) -> Array:
+  ids = jnp.asarray(decision_token_ids, dtype=jnp.int32).reshape(-1)
+  if ids.shape[0] == 0:
+    raise ValueError("decision_token_ids is empty; CB-Stream needs the decision token ids "
+                     "(</Silence>, </Response>).")
+  return ids
+
+
+def decision_class_counts(labels: Array, loss_mask: Array,
+                          decision_token_ids: Sequence[int] | Array) -> Array:
+  """Number of supervised positions whose target is each decision token.
+
+  n_k = sum_{b,t} loss_mask[b, t] * [labels[b, t] == decision_token_ids[k]].
+
+  Args:
+    labels: i32[B, T].
+    loss_mask: [B, T], 1 where supervised.
+    decision_token_ids: K ints (for StreamPro K = 2: </Silence>, </Response>).
+
+  Returns:
+    f32[K] counts (float32 so that they can be summed across micro-batches / hosts).
+  """
+  ids = _decision_ids(decision_token_ids)
+  is_k = (labels[..., None] == ids).astype(jnp.float32)  # [B, T, K]
+  mask = loss_mask.astype(jnp.float32)[..., None]
+  return jnp.sum(is_k * mask, axis=tuple(range(labels.ndim)))
+
+
+def effective_number(n: Array, beta: float) -> Array:
+  """Effective number of samples E = (1 - beta**n) / (1 - beta), accurate in float32.
+
+  Computed as -expm1(n * log1p(-(1 - beta))) / (1 - beta) with log1p(-(1 - beta)) and 1 - beta
+  evaluated in Python float64 (beta is a static hyper-parameter), so at beta = 0.9999 the result is
+  accurate to ~1e-6 relative where the naive float32 formula loses about three digits.
+  beta = 1 gives the limit E = n; beta = 0 gives E = 1 for n >= 1.
+
+  Args:
+    n: counts, any shape (float).
+    beta: static float in [0, 1].
+
+  Returns:
+    float32 array of n's shape.
+  """
+  beta = float(beta)
+  if not 0.0 <= beta <= 1.0:
+    raise ValueError(f"beta must lie in [0, 1], got {beta}")
+  n = jnp.asarray(n, jnp.float32)
+  if beta == 1.0:
+    return n
+  one_minus_beta = 1.0 - beta
+  if beta == 0.0:
+    return jnp.where(n > 0, 1.0, 0.0).astype(jnp.float32)
+  log_beta = math.log1p(-one_minus_beta)
+  return -jnp.expm1(n * jnp.float32(log_beta)) / jnp.float32(one_minus_beta)
+
+
+def cb_stream_class_weights(class_counts: Array, beta: float = 0.9999) -> Array:
+  """Class-balanced weights of the decision classes (SPEC section 2).
+
+  E_k = (1 - beta**n_k) / (1 - beta)
+  w_k = (1 / E_k) / sum_{j present} (1 / E_j) * |S_present|    (w_k = 0 for an absent class)
+
+  A class with n_k = 0 is absent and is left out of the normalisation, so a batch holding a single
+  class gives it weight 1. The result carries no gradient.
+
+  Args:
+    class_counts: f32[K] counts n_k.
+    beta: static float.
+
+  Returns:
+    f32[K].
+  """
+  n = jax.lax.stop_gradient(jnp.asarray(class_counts, jnp.float32))
+  present = n > 0
+  e = effective_number(jnp.where(present, n, 1.0), beta)
+  inv = jnp.where(present, 1.0 / e, 0.0)
+  num_present = jnp.sum(present.astype(jnp.float32))
+  total = jnp.sum(inv)
+  return jnp.where(present, inv / jnp.where(total > 0, total, 1.0) * num_present, 0.0)
+
+
+def focal_class_alphas(class_counts: Array) -> Array:
+  """Streamo focal class weights alpha_k = (sum_j n_j / n_k) / |S_present| (0 when n_k = 0).
+
+  Args:
+    class_counts: f32[K].
+
+  Returns:
+    f32[K], no gradient.
+  """
+  n = jax.lax.stop_gradient(jnp.asarray(class_counts, jnp.float32))
+  present = n > 0
+  num_present = jnp.maximum(jnp.sum(present.astype(jnp.float32)), 1.0)
+  total = jnp.sum(n)
+  return jnp.where(present, total / jnp.where(present, n, 1.0) / num_present, 0.0)
+
+
+def _per_token_class_value(labels: Array, ids: Array, class_values: Array,
+                           other: Array | float) -> Array:
+  """value_i = class_values[k] if labels_i == ids[k] else other."""
+  is_k = labels[..., None] == ids  # [B, T, K]
+  in_s = jnp.any(is_k, axis=-1)
+  picked = jnp.sum(jnp.where(is_k, class_values, 0.0), axis=-1)
+  return jnp.where(in_s, picked, other)
+
+
+def _weighted_sum_and_count(nll: Array, labels: Array, loss_mask: Array, *, kind: str,
+                            decision_token_ids, beta: float = 0.9999, text_weight: float = 2.0,
+                            gamma: float = 2.0, class_counts: Array | None = None):
+  """Shared weighting of per-token nll f32[B, T] for every loss kind (see the module docstring)."""
+  mask = loss_mask.astype(jnp.float32)
+  count = jnp.sum(mask)
+  if kind == "ce":
+    return jnp.sum(mask * nll), count
+  if kind not in LOSS_KINDS:
+    raise ValueError(f"unknown loss kind {kind!r}; expected one of {LOSS_KINDS}")
+  ids = _decision_ids(decision_token_ids)
+  if class_counts is None:
+    class_counts = decision_class_counts(labels, loss_mask, ids)
+  if kind == "cb_stream":
+    w = _per_token_class_value(labels, ids, cb_stream_class_weights(class_counts, beta),
+                               jnp.float32(text_weight))
+    w = jax.lax.stop_gradient(w)
+    return jnp.sum(mask * w * nll), count
+  # focal: decision tokens alpha_k * (1 - p)^gamma * nll, text tokens nll.
+  alpha = jax.lax.stop_gradient(
+      _per_token_class_value(labels, ids, focal_class_alphas(class_counts), 1.0))
+  is_decision = jnp.any(labels[..., None] == ids, axis=-1)
+  one_minus_p = -jnp.expm1(-nll)  # 1 - exp(-nll), accurate near p = 1.
+  focal = jnp.power(jnp.maximum(one_minus_p, 0.0), jnp.float32(gamma))
+  w = jnp.where(is_decision, alpha * focal, 1.0)
+  return jnp.sum(mask * w * nll), count
+
+
+def _safe_div(total: Array, count: Array) -> Array:
+  return total / jnp.maximum(count, 1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public losses on logits.
+# ----------------------------------------------------------------------------------------------
+
+
+def cb_stream_loss_sum_and_count(logits: Array, labels: Array, loss_mask: Array, *,
+                                 decision_token_ids, beta: float = 0.9999,
+                                 text_weight: float = 2.0,
+                                 class_counts: Array | None = None) -> tuple[Array, Array]:
+  """CB-Stream numerator and denominator: (sum_i mask_i * w_i * nll_i, N). See cb_stream_loss."""
+  return _weighted_sum_and_count(token_nll(logits, labels), labels, loss_mask, kind="cb_stream",
+                                 decision_token_ids=decision_token_ids, beta=beta,
+                                 text_weight=text_weight, class_counts=class_counts)
+
+
+def cb_stream_loss(logits: Array, labels: Array, loss_mask: Array, *, decision_token_ids,
+                   beta: float = 0.9999, text_weight: float = 2.0,
+                   class_counts: Array | None = None) -> Array:
+  """Class-balanced streaming loss (CB-Stream, SPEC section 2).
+
+  n_k   = number of supervised positions with target k, for k in S = decision tokens
+  E_k   = (1 - beta**n_k) / (1 - beta)
+  w_k   = (1 / E_k) / sum_{j in S_present} (1 / E_j) * |S_present|
+  w_i   = w_{y_i} if y_i in S else text_weight
+  L_CB  = (1 / N) * sum_i mask_i * w_i * (-log p(y_i)),    N = sum_i mask_i
+
+  Weights are constants in the gradient. An absent class is left out of the normalisation. N = 0
+  gives 0.
+
+  Args:
+    logits: f32[B, T, V].
+    labels: i32[B, T] targets (already shifted).
+    loss_mask: [B, T], 1 where supervised.
+    decision_token_ids: the decision token ids (</Silence>, </Response>).
+    beta: static float, 0.9999 by default.
+    text_weight: lambda_text, 2.0 by default.
+    class_counts: optional f32[K] global counts n_k (for gradient accumulation); by default they
+      are counted over `labels`/`loss_mask`.
+
+  Returns:
+    f32 scalar.
+  """
+  return _safe_div(*cb_stream_loss_sum_and_count(
+      logits, labels, loss_mask, decision_token_ids=decision_token_ids, beta=beta,
+      text_weight=text_weight, class_counts=class_counts))
+
+
+def cross_entropy_loss_sum_and_count(logits: Array, labels: Array,
+                                     loss_mask: Array) -> tuple[Array, Array]:
+  """(sum_i mask_i * nll_i, N). See cross_entropy_loss."""
+  return _weighted_sum_and_count(token_nll(logits, labels), labels, loss_mask, kind="ce",
+                                 decision_token_ids=None)
+
+
+def cross_entropy_loss(logits: Array, labels: Array, loss_mask: Array) -> Array:
+  """Plain token cross-entropy: L = (1 / N) * sum_i mask_i * (-log p(y_i)), N = sum_i mask_i.
+
+  Args:
+    logits: f32[B, T, V]; labels: i32[B, T]; loss_mask: [B, T].
+
+  Returns:
+    f32 scalar (0 when N = 0).
+  """
+  return _safe_div(*cross_entropy_loss_sum_and_count(logits, labels, loss_mask))
+
+
+def focal_stream_loss_sum_and_count(logits: Array, labels: Array, loss_mask: Array, *,
+                                    decision_token_ids, gamma: float = 2.0,
+                                    class_counts: Array | None = None) -> tuple[Array, Array]:
+  """Focal numerator and denominator. See focal_stream_loss."""
+  return _weighted_sum_and_count(token_nll(logits, labels), labels, loss_mask, kind="focal",
+                                 decision_token_ids=decision_token_ids, gamma=gamma,
+                                 class_counts=class_counts)
+
+
+def focal_stream_loss(logits: Array, labels: Array, loss_mask: Array, *, decision_token_ids,
+                      gamma: float = 2.0, class_counts: Array | None = None) -> Array:
+  """Streamo focal baseline (SPEC section 2).
+
+  alpha_k = (sum_j n_j / n_k) / |S_present|               (constant in the gradient)
+  l_i     = alpha_{y_i} * (1 - p_i)**gamma * (-log p_i)   if y_i in S
+          = -log p_i                                      otherwise
+  L       = (1 / N) * sum_i mask_i * l_i
+
+  The focal factor (1 - p_i)**gamma is differentiated, as in the standard focal loss.
+
+  Args:
+    logits: f32[B, T, V]; labels: i32[B, T]; loss_mask: [B, T].
+    decision_token_ids: the decision token ids.
+    gamma: focusing parameter, 2.0 by default.
+    class_counts: optional f32[K] global counts (see cb_stream_loss).
+
+  Returns:
+    f32 scalar.
+  """
+  return _safe_div(*focal_stream_loss_sum_and_count(
+      logits, labels, loss_mask, decision_token_ids=decision_token_ids, gamma=gamma,
+      class_counts=class_counts))
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics.
+# ----------------------------------------------------------------------------------------------
+
+
+def metrics_sums(predictions: Array, labels: Array, loss_mask: Array, *,
+                 decision_token_ids) -> dict[str, Array]:
+  """Counts behind `metrics`, summable over micro-batches and hosts.
+
+  Args:
+    predictions: i32[B, T] argmax token at each position.
+    labels: i32[B, T]; loss_mask: [B, T].
+    decision_token_ids: (silence_id, response_id).
+
+  Returns:
+    dict of f32 scalars: tokens, tokens_correct, decision, decision_correct, silence,
+    silence_correct, response, response_correct.
+  """
+  ids = _decision_ids(decision_token_ids)
+  if ids.shape[0] != 2:
+    raise ValueError(f"metrics expect 2 decision tokens (silence, response), got {ids.shape[0]}")
+  mask = loss_mask.astype(jnp.float32)
+  correct = (predictions == labels).astype(jnp.float32) * mask
+  is_sil = (labels == ids[0]).astype(jnp.float32) * mask
+  is_resp = (labels == ids[1]).astype(jnp.float32) * mask
+  return {
+      "tokens": jnp.sum(mask),
+      "tokens_correct": jnp.sum(correct),
+      "decision": jnp.sum(is_sil + is_resp),
+      "decision_correct": jnp.sum(correct * (is_sil + is_resp)),
+      "silence": jnp.sum(is_sil),
+      "silence_correct": jnp.sum(correct * is_sil),
+      "response": jnp.sum(is_resp),
+      "response_correct": jnp.sum(correct * is_resp),
+  }
+
+
+def metrics_from_sums(sums: dict[str, Array]) -> dict[str, Array]:
+  """Ratios from `metrics_sums` (0 when a denominator is 0)."""
+  return {
+      "token_accuracy": _safe_div(sums["tokens_correct"], sums["tokens"]),
+      "decision_accuracy": _safe_div(sums["decision_correct"], sums["decision"]),
+      "silence_recall": _safe_div(sums["silence_correct"], sums["silence"]),
+      "response_recall": _safe_div(sums["response_correct"], sums["response"]),
+      "n_silence": sums["silence"],
+      "n_response": sums["response"],
+  }
+
+
+def metrics(logits: Array, labels: Array, loss_mask: Array, *,
+            decision_token_ids) -> dict[str, Array]:
+  """Token and decision metrics from logits, with predictions = argmax over the full vocabulary.
+
+  token_accuracy    = correct supervised tokens / supervised tokens
+  decision_accuracy = correct positions among supervised positions whose target is a decision token
+  silence_recall    = positions with target </Silence> predicted </Silence> / such positions
+  response_recall   = positions with target </Response> predicted </Response> / such positions
+  plus n_silence and n_response (the counts). A ratio with an empty denominator is 0.
+
+  Args:
+    logits: f32[B, T, V]; labels: i32[B, T]; loss_mask: [B, T].
+    decision_token_ids: (silence_id, response_id).
+
+  Returns:
+    dict of f32 scalars.
+  """
+  predictions = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  return metrics_from_sums(metrics_sums(predictions, labels, loss_mask,
+                                        decision_token_ids=decision_token_ids))
+
+
+# ----------------------------------------------------------------------------------------------
+# Chunked-vocabulary variant.
+# ----------------------------------------------------------------------------------------------
+
+
+def _chunk_body(hidden_btd: Array, labels: Array, carry, xs):
+  """One vocabulary chunk: per-token logsumexp, label logit, max logit and its index."""
+  w_dc, start = xs
+  chunk = w_dc.shape[-1]
+  logits = jnp.einsum("btd,dc->btc", hidden_btd, w_dc, preferred_element_type=jnp.float32)
+  vocab_idx = start + jnp.arange(chunk, dtype=jnp.int32)
+  valid = vocab_idx < carry  # carry holds the true vocabulary size (a constant).
+  logits = jnp.where(valid, logits, -jnp.inf)
+  lse = jax.nn.logsumexp(logits, axis=-1)
+  local = labels - start
+  in_chunk = (local >= 0) & (local < chunk)
+  label_logit = jnp.take_along_axis(logits, jnp.clip(local, 0, chunk - 1)[..., None],
+                                    axis=-1)[..., 0]
+  label_logit = jnp.where(in_chunk, label_logit, 0.0)
+  best = jnp.max(logits, axis=-1)
+  best_idx = start + jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  return carry, (lse, label_logit, jax.lax.stop_gradient(best), best_idx)
+
+
+def chunked_token_stats(hidden_btd: Array, unembed_dv: Array, labels: Array, *,
+                        chunk_size: int) -> tuple[Array, Array]:
+  """Per-token nll and argmax prediction from hidden states, one vocabulary chunk at a time.
+
+  logits = hidden_btd @ unembed_dv is never materialised whole: a lax.scan over ceil(V / C)
+  chunks of C columns computes each chunk's logsumexp, label logit and max; the per-chunk values
+  ([n_chunks, B, T]) are combined at the end (lse = logsumexp over chunks). The scan body is
+  wrapped in jax.checkpoint, so the backward pass recomputes each chunk's [B, T, C] logits
+  instead of storing them. The matmul accumulates in float32.
+
+  Args:
+    hidden_btd: [B, T, D] final hidden states (after the final norm).
+    unembed_dv: [D, V] unembedding matrix (the transposed lm_head / tied embedding).
+    labels: i32[B, T].
+    chunk_size: static int C > 0 (V need not be a multiple; the tail is masked).
+
+  Returns:
+    (nll f32[B, T], predictions i32[B, T]).
+  """
+  d, v = unembed_dv.shape
+  if hidden_btd.shape[-1] != d:
+    raise ValueError(f"hidden size {hidden_btd.shape[-1]} != unembedding rows {d}")
+  if chunk_size <= 0:
+    raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+  chunk = min(int(chunk_size), v)
+  n_chunks = -(-v // chunk)
+  pad = n_chunks * chunk - v
+  w = jnp.pad(unembed_dv, ((0, 0), (0, pad))) if pad else unembed_dv
+  w_ndc = w.reshape(d, n_chunks, chunk).transpose(1, 0, 2)
+  starts = jnp.arange(n_chunks, dtype=jnp.int32) * chunk
+  labels = labels.astype(jnp.int32)
+  body = jax.checkpoint(functools.partial(_chunk_body, hidden_btd, labels))
+  _, (lse_c, label_c, best_c, idx_c) = jax.lax.scan(body, jnp.int32(v), (w_ndc, starts))
+  lse = jax.nn.logsumexp(lse_c, axis=0)
+  nll = lse - jnp.sum(label_c, axis=0)
+  which = jnp.argmax(best_c, axis=0)  # first chunk holding the max -> smallest index on ties.
+  predictions = jnp.take_along_axis(idx_c, which[None], axis=0)[0]
+  return nll, predictions
+
+
+def chunked_stream_loss_sum_and_count(hidden_btd: Array, unembed_dv: Array, labels: Array,
+                                      loss_mask: Array, *, kind: str = "cb_stream",
+                                      decision_token_ids=None, chunk_size: int = 8192,
+                                      beta: float = 0.9999, text_weight: float = 2.0,
+                                      gamma: float = 2.0,
+                                      class_counts: Array | None = None) -> tuple[Array, Array]:
+  """(weighted nll sum, N) of `kind` from hidden states. See chunked_stream_loss."""
+  nll, _ = chunked_token_stats(hidden_btd, unembed_dv, labels, chunk_size=chunk_size)
+  return _weighted_sum_and_count(nll, labels, loss_mask, kind=kind,
+                                 decision_token_ids=decision_token_ids, beta=beta,
+                                 text_weight=text_weight, gamma=gamma, class_counts=class_counts)
+
+
+def chunked_stream_loss(hidden_btd: Array, unembed_dv: Array, labels: Array, loss_mask: Array,
+                        *, kind: str = "cb_stream", decision_token_ids=None,
+                        chunk_size: int = 8192, beta: float = 0.9999, text_weight: float = 2.0,
+                        gamma: float = 2.0, class_counts: Array | None = None) -> Array:
+  """The loss `kind` ("cb_stream" | "ce" | "focal") of logits = hidden_btd @ unembed_dv.
+
+  Same value and gradients as cb_stream_loss / cross_entropy_loss / focal_stream_loss on the full
+  logits, with peak memory O(B * T * chunk_size) instead of O(B * T * V) (see
+  chunked_token_stats).
+
+  Args:
+    hidden_btd: [B, T, D]; unembed_dv: [D, V]; labels: i32[B, T]; loss_mask: [B, T].
+    kind: which loss.
+    decision_token_ids: needed for "cb_stream" and "focal".
+    chunk_size: static vocabulary chunk size.
+    beta, text_weight: CB-Stream parameters; gamma: focal parameter.
+    class_counts: optional global counts (see cb_stream_loss).
+
+  Returns:
+    f32 scalar.
+  """
+  return _safe_div(*chunked_stream_loss_sum_and_count(
+      hidden_btd, unembed_dv, labels, loss_mask, kind=kind,
+      decision_token_ids=decision_token_ids, chunk_size=chunk_size, beta=beta,
+      text_weight=text_weight, gamma=gamma, class_counts=class_counts))
+
+
+def loss_sum_and_count(kind: str, logits: Array, labels: Array, loss_mask: Array, *,
+                       decision_token_ids=None, beta: float = 0.9999, text_weight: float = 2.0,
+                       gamma: float = 2.0,
+                       class_counts: Array | None = None) -> tuple[Array, Array]:
+  """Dispatch by name ("cb_stream" | "ce" | "focal") for config-driven trainers."""
+  return _weighted_sum_and_count(token_nll(logits, labels), labels, loss_mask, kind=kind,
+                                 decision_token_ids=decision_token_ids, beta=beta,
+                                 text_weight=text_weight, gamma=gamma, class_counts=class_counts)

@@ -1,0 +1,199 @@
+"""Tests of the GRPO math in streampro_jax.grpo against hand-computed values and NumPy float64
+references (values and finite-difference gradients)."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from streampro_jax import grpo
+
+# ---- group advantages --------------------------------------------------------------------------
+
+
+def _np_advantages(r, g, eps=1e-6, ddof=1):
+  r = np.asarray(r, np.float64).reshape(-1, g)
+  c = r - r.mean(1, keepdims=True)
+  std = np.sqrt((c ** 2).sum(1, keepdims=True) / (g - ddof))
+  return (c / (std + eps)).reshape(-1)
+
+
+def test_group_advantages_hand_computed():
+  # Group [0, 1, 2, 3]: mean 1.5, sample std sqrt((2.25 + .25 + .25 + 2.25) / 3) = sqrt(5/3).
+  a = grpo.group_advantages(jnp.array([0.0, 1.0, 2.0, 3.0]), 4, eps=0.0)
+  s = math.sqrt(5 / 3)
+  np.testing.assert_allclose(a, [-1.5 / s, -0.5 / s, 0.5 / s, 1.5 / s], rtol=1e-6)
+  # ddof = 0: population std sqrt(5/4).
+  a0 = grpo.group_advantages(jnp.array([0.0, 1.0, 2.0, 3.0]), 4, eps=0.0, ddof=0)
+  np.testing.assert_allclose(a0, np.array([-1.5, -0.5, 0.5, 1.5]) / math.sqrt(1.25), rtol=1e-6)
+
+
+def test_group_advantages_match_reference():
+  rng = np.random.default_rng(0)
+  r = rng.random(6 * 8).astype(np.float32) * 2.0
+  for ddof in (0, 1):
+    np.testing.assert_allclose(grpo.group_advantages(jnp.asarray(r), 8, ddof=ddof),
+                               _np_advantages(r, 8, ddof=ddof), rtol=2e-5, atol=2e-5)
+
+
+def test_equal_rewards_give_exact_zeros_in_float32():
+  vals = [0.1, 0.7, 1.0 / 3.0, 0.2 + 0.45 * 0.3, 1e-7, 123.456]
+  r = np.repeat(np.array(vals, np.float32), 8)
+  r[-8:] = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8], np.float32)  # one varied group.
+  a = np.asarray(jax.jit(grpo.group_advantages, static_argnums=1)(jnp.asarray(r), 8))
+  assert np.all(a[:-8] == 0.0)
+  assert np.all(np.abs(a[-8:]) > 0.1)
+
+
+def test_group_advantages_errors():
+  with pytest.raises(ValueError, match="10 rewards do not split into groups of 4"):
+    grpo.group_advantages(jnp.zeros(10), 4)
+  with pytest.raises(ValueError, match="group size 1 with ddof 1"):
+    grpo.group_advantages(jnp.zeros(3), 1)
+
+
+# ---- the GRPO loss ----------------------------------------------------------------------------
+
+
+def _np_grpo(logps, old, ref, adv, mask, eps=0.2, beta=0.04, kl="k3",
+             aggregation="sequence-mean-token-mean"):
+  logps, old, ref, adv, mask = (np.asarray(x, np.float64) for x in (logps, old, ref, adv, mask))
+  ratio = np.exp(logps - old)
+  a = adv[:, None]
+  pg = -np.minimum(ratio * a, np.clip(ratio, 1 - eps, 1 + eps) * a)
+  if kl == "k3":
+    klv = np.exp(ref - logps) - (ref - logps) - 1
+  elif kl == "k1":
+    klv = logps - ref
+  else:
+    klv = 0.5 * (logps - ref) ** 2
+  per = pg + beta * klv
+  n_b = mask.sum(1)
+  if aggregation == "sequence-mean-token-mean":
+    keep = n_b > 0
+    return np.mean((per * mask).sum(1)[keep] / n_b[keep])
+  if aggregation == "sequence-sum-token-mean":
+    keep = n_b > 0
+    return np.sum((per * mask).sum(1)[keep] / n_b[keep])
+  if aggregation == "token-mean":
+    return (per * mask).sum() / mask.sum()
+  if aggregation == "sequence-mean-token-sum":
+    return (per * mask).sum() / per.shape[1] / per.shape[0]
+  raise ValueError(aggregation)
+
+
+def test_grpo_loss_hand_computed():
+  # Token 0: ratio 1.5, A = +1 -> clipped: -min(1.5, 1.2) = -1.2.
+  # Token 1: ratio 0.5, A = +1 -> -min(0.5, 0.8) = -0.5 (not clipped: the minimum is unclipped).
+  # Row 2 (A = -1): token 0 ratio 0.5 -> -min(-0.5, -0.8) = 0.8 (clipped); token 1 masked.
+  # KL k3 with ref - logp = ln 2 on every token: 2 - ln2 - 1 = 1 - ln2.
+  logps = jnp.log(jnp.array([[1.5, 0.5], [0.5, 1.0]]))
+  old = jnp.zeros((2, 2))
+  ref = logps + math.log(2.0)
+  adv = jnp.array([1.0, -1.0])
+  mask = jnp.array([[1.0, 1.0], [1.0, 0.0]])
+  kl = 1 - math.log(2.0)
+  # sequence-mean-token-mean: row 1 mean (-1.2 - 0.5) / 2 + .04 kl, row 2: 0.8 + .04 kl.
+  want = ((-1.7 / 2) + 0.8) / 2 + 0.04 * kl
+  loss, aux = grpo.grpo_loss_and_aux(logps, old, ref, adv, mask)
+  np.testing.assert_allclose(loss, want, rtol=1e-5)
+  np.testing.assert_allclose(aux["clip_fraction"], 2 / 3, rtol=1e-6)
+  np.testing.assert_allclose(aux["kl_mean"], kl, rtol=1e-5)
+  np.testing.assert_allclose(aux["ratio_max"], 1.5, rtol=1e-6)
+  # token-mean: (-1.2 - 0.5 + 0.8) / 3 + .04 kl.
+  np.testing.assert_allclose(grpo.grpo_loss(logps, old, ref, adv, mask, aggregation="token-mean"),
+                             -0.9 / 3 + 0.04 * kl, rtol=1e-5)
+  # k1 on the same tokens: logp - ref = -ln 2.
+  np.testing.assert_allclose(
+      grpo.grpo_loss(logps, old, ref, adv, mask, kl="k1"),
+      ((-1.7 / 2) + 0.8) / 2 - 0.04 * math.log(2.0), rtol=1e-5)
+
+
+def _random_batch(seed, b=6, t=7):
+  rng = np.random.default_rng(seed)
+  logps = -rng.random((b, t)) * 3
+  old = logps + rng.normal(size=(b, t)) * 0.3
+  ref = logps + rng.normal(size=(b, t)) * 0.3
+  adv = rng.normal(size=(b,))
+  mask = (rng.random((b, t)) < 0.7).astype(np.float64)
+  mask[-1] = 0.0  # one rollout with no assistant token.
+  mask[0, 0] = 1.0
+  return logps, old, ref, adv, mask
+
+
+@pytest.mark.parametrize("aggregation,kl", [(a, "k3") for a in grpo.AGGREGATIONS]
+                         + [("sequence-mean-token-mean", "k1"), ("token-mean", "k2")])
+def test_grpo_loss_and_grad_match_reference(aggregation, kl):
+  logps, old, ref, adv, mask = _random_batch(1)
+  f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+  fn = lambda lp: grpo.grpo_loss(lp, f32(old), f32(ref), f32(adv), f32(mask), kl=kl,  # noqa: E731
+                                 aggregation=aggregation)
+  val, grad = jax.jit(jax.value_and_grad(fn))(f32(logps))
+  ref_fn = lambda lp: _np_grpo(lp, old, ref, adv, mask, kl=kl,  # noqa: E731
+                               aggregation=aggregation)
+  np.testing.assert_allclose(val, ref_fn(logps), rtol=1e-5, atol=1e-6)
+  h = 1e-6
+  fd = np.zeros_like(logps)
+  for idx in np.ndindex(*logps.shape):
+    lp, lm = logps.copy(), logps.copy()
+    lp[idx] += h
+    lm[idx] -= h
+    fd[idx] = (ref_fn(lp) - ref_fn(lm)) / (2 * h)
+  np.testing.assert_allclose(grad, fd, atol=2e-6, rtol=1e-4)
+  assert np.all(np.asarray(grad)[mask == 0] == 0.0)
+
+
+def test_first_update_gradient_is_minus_advantage_over_length():
+  # logps == old == ref: ratio 1, no clipping, k3 gradient 0 -> dL/dlogp[b, t] = -A_b / n_b / B'.
+  logps = jnp.array([[-1.0, -2.0, -0.5], [-0.3, -0.2, -0.1]])
+  adv = jnp.array([2.0, -1.0])
+  mask = jnp.array([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+  g = jax.grad(lambda lp: grpo.grpo_loss(lp, logps, logps, adv, mask))(logps)
+  np.testing.assert_allclose(g, [[-2.0 / 2 / 2, -2.0 / 2 / 2, 0.0], [1 / 3 / 2] * 3], rtol=1e-6)
+
+
+def test_sum_and_count_accumulates_exactly():
+  logps, old, ref, adv, mask = (jnp.asarray(x, jnp.float32) for x in _random_batch(2))
+  for aggregation in ("sequence-mean-token-mean", "token-mean"):
+    full = grpo.grpo_loss(logps, old, ref, adv, mask, aggregation=aggregation)
+    num = den = 0.0
+    for sl in (slice(0, 2), slice(2, 6)):
+      n, d = grpo.grpo_loss_sum_and_count(logps[sl], old[sl], ref[sl], adv[sl], mask[sl],
+                                          aggregation=aggregation)
+      num, den = num + n, den + d
+    np.testing.assert_allclose(num / den, full, rtol=1e-6)
+
+
+def test_token_logps_and_kl_estimators():
+  logits = jnp.log(jnp.array([[[0.5, 0.25, 0.25], [0.1, 0.6, 0.3]]]))
+  targets = jnp.array([[0, 2]])
+  np.testing.assert_allclose(grpo.token_logps(logits, targets), np.log([[0.5, 0.3]]), rtol=1e-6)
+  # temperature 2: softmax(log p / 2) = sqrt(p) / sum sqrt(p).
+  p = np.array([0.5, 0.25, 0.25])
+  np.testing.assert_allclose(grpo.token_logps(logits, targets, temperature=2.0)[0, 0],
+                             np.log(np.sqrt(p[0]) / np.sqrt(p).sum()), rtol=1e-6)
+  rng = np.random.default_rng(3)
+  hidden = jnp.asarray(rng.normal(size=(2, 3, 4)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(4, 11)), jnp.float32)
+  tg = jnp.asarray(rng.integers(0, 11, size=(2, 3)))
+  np.testing.assert_allclose(grpo.token_logps_from_hidden(hidden, w, tg, chunk_size=4,
+                                                          temperature=0.7),
+                             grpo.token_logps(hidden @ w, tg, temperature=0.7), rtol=1e-5)
+  lp, rf = jnp.array([-1.0]), jnp.array([-1.5])
+  np.testing.assert_allclose(grpo.kl_k3(lp, rf), math.exp(-0.5) + 0.5 - 1, rtol=1e-6)
+  np.testing.assert_allclose(grpo.kl_k1(lp, rf), 0.5)
+  np.testing.assert_allclose(grpo.kl_k2(lp, rf), 0.125)
+
+
+def test_beta_zero_needs_no_reference_and_errors():
+  lp = jnp.zeros((1, 2))
+  np.testing.assert_allclose(
+      grpo.grpo_loss(lp, lp, None, jnp.array([1.0]), jnp.ones((1, 2)), beta=0.0), -1.0)
+  with pytest.raises(ValueError, match="ref_logps is None"):
+    grpo.grpo_loss(lp, lp, None, jnp.array([1.0]), jnp.ones((1, 2)))
+  with pytest.raises(ValueError, match="unknown aggregation"):
+    grpo.grpo_loss(lp, lp, lp, jnp.array([1.0]), jnp.ones((1, 2)), aggregation="x")
+  with pytest.raises(ValueError, match="unknown KL estimator"):
+    grpo.grpo_loss(lp, lp, lp, jnp.array([1.0]), jnp.ones((1, 2)), kl="k9")

@@ -1,0 +1,330 @@
+"""Tests of streampro_jax.judges and streampro_jax.prompts.
+
+The HTTP judge talks to a real chat-completions server on 127.0.0.1 (http.server in a thread)
+that can be slow, fail with 500, or reply with malformed bodies. The local judge runs a tiny
+random OLMo-2 causal LM saved to a temp dir.
+"""
+
+import http.server
+import json
+import logging
+import threading
+import time
+
+import pytest
+
+from streampro_jax import judges, prompts
+
+SECRET = "sk-test-SECRET-4c1d9e"
+KEY_ENV = "STREAMPRO_TEST_JUDGE_KEY"
+
+
+# ---- prompts / parsers ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reply,want", [
+    ("Score: 4", 0.8), ("**Score:** 3", 0.6), ("score = 4/5", 0.8), ("5", 1.0), ("0", 0.0),
+    ("The score is 2.5.", 0.5), ("Score: 1\nOn reflection, Score: 2", 0.4),
+    ("Score: 7", None), ("I think it is good", None), ("", None), (None, None),
+    ("Score: -1", None), ("Score: 10", None),
+])
+def test_parse_score(reply, want):
+  got = prompts.parse_score(reply)
+  assert got == (pytest.approx(want) if want is not None else None)
+
+
+def test_parse_rubric_checks_and_rubric():
+  assert prompts.parse_rubric_checks("1: PASS\n2: FAIL\n3. yes\n5: PASS", 4) == [
+      True, False, True, None]
+  assert prompts.parse_rubric_checks('["pass", false, "FAIL"]', 3) == [True, False, False]
+  assert prompts.parse_rubric_checks("1: PASS\n1: FAIL", 1) == [None]  # contradictory -> None
+  assert prompts.parse_rubric_checks("no idea", 2) == [None, None]
+  assert prompts.parse_rubric('["a", "b"]') == ["a", "b"]
+  assert prompts.parse_rubric("1. one\n2) two\n- three") == ["one", "two", "three"]
+  assert prompts.parse_rubric("nothing here", min_checks=1) is None
+  msgs = prompts.answer_score_messages("Q?", "ref", "pred")
+  assert msgs[0]["role"] == "system" and "ref" in msgs[1]["content"]
+  assert "1. c1\n2. c2" in prompts.rubric_check_messages("traj", ["c1", "c2"])[1]["content"]
+  assert "3s: x" in prompts.rubric_write_messages("Q", [(3.0, "x")])[1]["content"]
+
+
+# ---- match judge ------------------------------------------------------------------------------
+
+
+def test_match_judge():
+  j = judges.MatchJudge()
+  items = [
+      judges.AnswerItem("q", "The Red  cube!", "red cube"),        # normalised equal
+      judges.AnswerItem("q", "blue cube", "red cube"),             # different
+      judges.AnswerItem("q", "It happens at 2s-6s.", "4s-8s", task="TG"),  # IoU 2/6
+      judges.AnswerItem("q", "no span", "4s-8s", task="TG"),       # no span -> 0
+      judges.AnswerItem("q", "4s-8s", "4s-8s"),                    # span-only reference
+  ]
+  got = j.score_answers(items)
+  assert got[:2] == [1.0, 0.0]
+  assert got[2] == pytest.approx(2 / 6)
+  assert got[3:] == [0.0, 1.0]
+  assert j.stats.requests == 5 and j.stats.failures == 0
+  traj = "[2s-3s] the ball is red\n[5s-6s] it rolls away"
+  assert j.check_rubric(traj, ['mentions "red"', "mentions 'rolls away' and 'ball'",
+                               'mentions "green"', "it rolls away", "it flies"]) == [
+                                   True, True, False, True, False]
+  assert isinstance(j, judges.Judge)
+  assert judges.span_iou((1.0, 1.0), (1.0, 1.0)) == 1.0
+  assert judges.parse_span("from 3 to 5s") == (3.0, 5.0)
+
+
+# ---- a real chat-completions server -----------------------------------------------------------
+
+
+class _Server:
+  """Chat-completions server whose behaviour is chosen by a marker in the prompt."""
+
+  def __init__(self):
+    self.lock = threading.Lock()
+    self.attempts: dict[str, int] = {}
+    self.auth_headers: list[str] = []
+    self.in_flight = 0
+    self.max_in_flight = 0
+    self.total = 0
+    outer = self
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+
+      def log_message(self, *args):  # keep test output quiet
+        pass
+
+      def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        assert self.path == "/v1/chat/completions", self.path
+        assert body["model"] == "judge-model"
+        prompt = body["messages"][-1]["content"]
+        with outer.lock:
+          outer.auth_headers.append(self.headers.get("Authorization", ""))
+          outer.in_flight += 1
+          outer.total += 1
+          outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
+          marker = next((m for m in ("SLOW", "FAIL500ONCE", "ALWAYS500", "BADBODY", "GARBAGE",
+                                     "PARTIAL", "CONC", "Checkpoints:", "Reference answers")
+                         if m in prompt), "plain")
+          n = outer.attempts.get(marker, 0)
+          outer.attempts[marker] = n + 1
+        try:
+          self._respond(marker, n, prompt)
+        except (BrokenPipeError, ConnectionResetError):
+          pass
+        finally:
+          with outer.lock:
+            outer.in_flight -= 1
+
+      def _reply(self, content, status=200, raw=None):
+        data = raw if raw is not None else json.dumps(
+            {"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+      def _respond(self, marker, n, prompt):
+        if marker == "SLOW" and n == 0:
+          time.sleep(2.5)  # the client (timeout 1 s) gives up; its retry is answered at once.
+        if marker == "CONC":
+          time.sleep(0.25)
+        if marker == "FAIL500ONCE" and n == 0 or marker == "ALWAYS500":
+          self._reply(None, status=500, raw=b'{"error": "boom"}')
+        elif marker == "BADBODY":
+          self._reply(None, raw=b"<html>not json</html>")
+        elif marker == "GARBAGE":
+          self._reply("I would rather not say.")
+        elif marker == "PARTIAL":
+          self._reply("1: PASS")
+        elif marker == "Checkpoints:":
+          self._reply("1: PASS\n2: FAIL\n3: PASS")
+        elif marker == "Reference answers":
+          self._reply('["The answer appears after the event.", "No hallucination."]')
+        else:
+          score = {"SLOW": 3, "FAIL500ONCE": 4}.get(marker, 5)
+          self._reply(f"Score: {score}")
+
+    self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    self.httpd.daemon_threads = True
+    self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+    self.thread.start()
+    self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+  def close(self):
+    self.httpd.shutdown()
+    self.httpd.server_close()
+
+
+@pytest.fixture()
+def server():
+  s = _Server()
+  yield s
+  s.close()
+
+
+@pytest.fixture()
+def judge_factory(server, monkeypatch, tmp_path):
+  monkeypatch.setenv(KEY_ENV, SECRET)
+  made = []
+
+  def make(**kw):
+    cfg = dict(base_url=server.base_url, model="judge-model", api_key_env=KEY_ENV, timeout_s=1.0,
+               max_retries=2, backoff_s=0.01, max_concurrency=4)
+    cfg.update(kw)
+    j = judges.OpenAIJudge(judges.OpenAIJudgeConfig(**cfg))
+    made.append(j)
+    return j
+
+  yield make
+  for j in made:
+    j.close()
+
+
+def _item(pred):
+  return judges.AnswerItem(question="What happens?", prediction=pred, reference="a cup falls")
+
+
+def test_http_judge_scores_retries_and_failures(server, judge_factory, caplog):
+  caplog.set_level(logging.DEBUG)
+  j = judge_factory()
+  items = [_item("plain"), _item("SLOW"), _item("FAIL500ONCE"), _item("ALWAYS500"),
+           _item("BADBODY"), _item("GARBAGE")]
+  got = j.score_answers(items)
+  assert got == [1.0, 0.6, 0.8, None, None, None]
+  s = j.stats.as_dict()
+  assert s["requests"] == 6
+  assert s["timeouts"] == 1                       # SLOW: first attempt timed out
+  assert server.attempts["SLOW"] == 2
+  assert server.attempts["FAIL500ONCE"] == 2      # 500 then success
+  assert server.attempts["ALWAYS500"] == 3        # 1 + max_retries
+  assert server.attempts["BADBODY"] == 1          # malformed body: not retried
+  assert s["retries"] == 1 + 1 + 2
+  assert s["failures"] == 3
+  assert s["malformed"] == 2                      # BADBODY body, GARBAGE content
+  assert s["calls"] == 1 + 2 + 2 + 3 + 1 + 1
+  # The key is sent, and appears nowhere else.
+  assert all(h == f"Bearer {SECRET}" for h in server.auth_headers)
+  for text in (caplog.text, repr(j), repr(j.config), str(j.stats)):
+    assert SECRET not in text
+  assert "What happens?" not in caplog.text      # prompts are not logged either
+  assert "HTTP 500" in caplog.text                # ... but failures are reported.
+
+
+def test_http_judge_cache_memory_and_disk(server, judge_factory, tmp_path):
+  cache = tmp_path / "judge_cache.jsonl"
+  j = judge_factory(cache_path=str(cache))
+  items = [_item("plain"), _item("plain"), _item("GARBAGE")]
+  assert j.score_answers(items) == [1.0, 1.0, None]
+  assert server.total == 2 and j.stats.cache_hits == 1  # duplicate inside the batch
+  assert j.score_answers(items) == [1.0, 1.0, None]     # failures are not cached: re-asked
+  assert server.total == 3 and j.stats.cache_hits == 3
+  assert SECRET not in cache.read_text()
+  j2 = judge_factory(cache_path=str(cache))
+  assert j2.score_answers([_item("plain")]) == [1.0]
+  assert server.total == 3 and j2.stats.cache_hits == 1 and j2.stats.calls == 0
+
+
+def test_http_judge_concurrency_limit(server, judge_factory):
+  j = judge_factory(max_concurrency=3, timeout_s=5.0)
+  t0 = time.monotonic()
+  got = j.score_answers([_item(f"CONC {i}") for i in range(9)])
+  elapsed = time.monotonic() - t0
+  assert got == [1.0] * 9
+  assert server.max_in_flight == 3
+  assert elapsed < 9 * 0.25  # concurrent, not serial (3 waves of 0.25 s)
+
+
+def test_http_judge_rubric_and_writing(server, judge_factory):
+  j = judge_factory(timeout_s=5.0)
+  assert j.check_rubric("[1s-2s] x", ["c1", "c2", "c3"], question="Q") == [True, False, True]
+  assert j.check_rubric("[1s-2s] x PARTIAL", ["c1", "c2"]) == [True, None]
+  assert j.stats.failures == 1
+  out = j.check_rubrics(["t1", "t2"], [["a", "b", "c"], ["d", "e", "f"]])
+  assert out == [[True, False, True], [True, False, True]]
+  assert j.write_rubric("What happens?", [(3.0, "a cup falls")], min_checks=2) == [
+      "The answer appears after the event.", "No hallucination."]
+  assert j.write_rubric("What happens?", [(3.0, "a cup falls")], min_checks=6) is None
+
+
+def test_http_judge_missing_key_env(monkeypatch):
+  monkeypatch.delenv(KEY_ENV, raising=False)
+  with pytest.raises(ValueError, match=KEY_ENV):
+    judges.OpenAIJudge(judges.OpenAIJudgeConfig(base_url="http://127.0.0.1:1/v1", model="m",
+                                                api_key_env=KEY_ENV))
+
+
+def test_http_judge_unreachable_server_counts_failures(monkeypatch):
+  monkeypatch.setenv(KEY_ENV, SECRET)
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]  # closed again: nothing listens there.
+  j = judges.OpenAIJudge(judges.OpenAIJudgeConfig(
+      base_url=f"http://127.0.0.1:{port}/v1", model="m", api_key_env=KEY_ENV, timeout_s=0.5,
+      max_retries=1, backoff_s=0.01))
+  try:
+    assert j.score_answers([_item("x")]) == [None]
+    assert j.stats.failures == 1 and j.stats.calls == 2 and j.stats.retries == 1
+  finally:
+    j.close()
+
+
+# ---- local transformers judge -----------------------------------------------------------------
+
+
+def _tiny_lm(path, first_token):
+  """A 1-layer OLMo-2 causal LM whose final norm weight is 0: all logits are 0, so greedy
+  decoding emits token 0 (`first_token`) every step. (OLMo-2 rather than Qwen2 because
+  transformers 5 maps a qwen2 checkpoint to the BPE Qwen2Tokenizer, which cannot hold the tiny
+  word-level vocabulary; OLMo-2 loads tokenizer.json as is.)"""
+  import tokenizers
+  import torch
+  import transformers
+
+  words = [first_token, "[UNK]", "[PAD]", "[EOS]"] + [f"w{i}" for i in range(28)]
+  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(
+      {w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+  tok.decoder = tokenizers.decoders.WordPiece(prefix="##")  # joins tokens with spaces
+  fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]",
+                                              pad_token="[PAD]", eos_token="[EOS]")
+  fast.save_pretrained(path)
+  cfg = transformers.Olmo2Config(vocab_size=len(words), hidden_size=16, intermediate_size=32,
+                                 num_hidden_layers=1, num_attention_heads=2,
+                                 num_key_value_heads=1, max_position_embeddings=256,
+                                 eos_token_id=3, pad_token_id=2, bos_token_id=None)
+  torch.manual_seed(0)
+  model = transformers.Olmo2ForCausalLM(cfg)
+  with torch.no_grad():
+    model.model.norm.weight.zero_()
+  model.save_pretrained(path)
+
+
+def test_local_judge(tmp_path):
+  pytest.importorskip("torch")
+  good, bad = tmp_path / "good", tmp_path / "bad"
+  _tiny_lm(good, "Score: 4")
+  _tiny_lm(bad, "banana")
+
+  j = judges.LocalLMJudge(str(good), batch_size=2, score_max_tokens=3)
+  items = [_item("a"), _item("b"), _item("c")]
+  assert j.score_answers(items) == [pytest.approx(0.8)] * 3
+  assert j.stats.failures == 0 and j.stats.calls == 3
+  assert j.score_answers(items[:1]) == [pytest.approx(0.8)]
+  assert j.stats.cache_hits == 1
+  assert "sk-" not in repr(j)
+
+  jb = judges.LocalLMJudge(str(bad), batch_size=4, score_max_tokens=3, rubric_max_tokens=3)
+  assert jb.score_answers(items) == [None, None, None]
+  assert jb.stats.failures == 3 and jb.stats.malformed == 3
+  assert jb.check_rubric("[1s-2s] x", ["c1", "c2"]) == [None, None]
+  assert jb.stats.failures == 5
+
+
+def test_build_judge():
+  assert isinstance(judges.build_judge({"kind": "match"}), judges.MatchJudge)
+  with pytest.raises(ValueError, match="unknown judge kind"):
+    judges.build_judge({"kind": "nope"})
