@@ -1,0 +1,297 @@
+"""Generic transformer building blocks shared by the Qwen2.5-VL and Qwen3-VL backbones.
+
+Everything here is backbone-agnostic Flax Linen / pure JAX:
+
+- `dense`: an `nn.Dense` whose kernel and bias carry logical axis names.
+- `RMSNorm`: y = w * (x / sqrt(mean(x^2) + eps)), statistics in float32.
+- `GatedMLP`: y = down(act(gate(x)) * up(x)) (SwiGLU when act = silu).
+- Rotary helpers: `rotate_half`, `apply_rotary`, `rope_inv_freq`, `mrope_cos_sin` (multimodal
+  rope with a per-axis section split, contiguous as in Qwen2/2.5-VL or interleaved as in Qwen3-VL),
+  `axial_rope_cos_sin` (2-D rope of the vision towers).
+- `attention`: grouped-query scaled dot-product attention, through `jax.nn.dot_product_attention`
+  ("jax" = let JAX pick, "cudnn" = force the cuDNN flash kernel) or an explicit einsum-softmax
+  XLA fallback ("xla"), selected by a string.
+- Packed variable-length attention for vision towers (`segment_plan`, `segment_attention`):
+  tokens are gathered into padded segments [S, L] with host-computed indices, attended
+  block-diagonally, and scattered back; cost O(S * L^2) instead of O(N^2).
+
+Shapes use B batch, T query length, S key length, N query heads, K kv heads, H head dim.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+Array = jax.Array
+
+ATTENTION_IMPLS = ("jax", "cudnn", "xla")
+
+
+def canonical_dtype(dtype: Dtype) -> jnp.dtype:
+  """Returns a jnp dtype from a name ('float32', 'bfloat16') or a dtype."""
+  return jnp.dtype(dtype)
+
+
+def activation(name: str) -> Callable[[Array], Array]:
+  """HF activation names -> JAX functions ('silu', 'gelu' (exact erf), 'gelu_pytorch_tanh')."""
+  table = {
+      "silu": jax.nn.silu,
+      "swish": jax.nn.silu,
+      "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+      "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+      "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+      "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+      "relu": jax.nn.relu,
+  }
+  if name not in table:
+    raise ValueError(f"unknown activation {name!r}; known: {sorted(table)}")
+  return table[name]
+
+
+def dense(features: int, axes: tuple[str, str], *, use_bias: bool, name: str,
+          dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
+          init_std: float = 0.02) -> nn.Dense:
+  """nn.Dense with kernel [in, out] named `axes` and bias [out] named `axes[1]`."""
+  return nn.Dense(
+      features,
+      use_bias=use_bias,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      kernel_init=nn.with_logical_partitioning(nn.initializers.normal(init_std), axes),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)),
+      name=name,
+  )
+
+
+class RMSNorm(nn.Module):
+  """Root-mean-square norm: y = scale * cast(x / sqrt(mean(x^2, -1) + eps)).
+
+  The statistics are computed in float32; the normalised value is cast to `dtype` before the
+  (learned, ones-initialised) scale multiplies it, as the HF Qwen RMSNorm does.
+  x: [..., D] -> [..., D] in `dtype`.
+  """
+  dim: int
+  eps: float = 1e-6
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  axis_name: str = "norm"
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    scale = self.param(
+        "scale", nn.with_logical_partitioning(nn.initializers.ones_init(), (self.axis_name,)),
+        (self.dim,), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+    y = (x32 * jax.lax.rsqrt(var + self.eps)).astype(self.dtype)
+    return scale.astype(self.dtype) * y
+
+
+class GatedMLP(nn.Module):
+  """Gated MLP: y = down(act(gate(x)) * up(x)). x: [..., D] -> [..., D].
+
+  `axes` = (model axis, hidden axis) logical names, e.g. ('embed', 'mlp').
+  """
+  hidden: int
+  intermediate: int
+  act: str = "silu"
+  use_bias: bool = False
+  axes: tuple[str, str] = ("embed", "mlp")
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kw = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
+    gate = dense(self.intermediate, self.axes, name="gate_proj", **kw)(x)
+    up = dense(self.intermediate, self.axes, name="up_proj", **kw)(x)
+    h = activation(self.act)(gate) * up
+    return dense(self.hidden, (self.axes[1], self.axes[0]), name="down_proj", **kw)(h)
+
+
+# ----------------------------------------------------------------------------------------------
+# Rotary embeddings.
+
+
+def rope_inv_freq(dim: int, theta: float) -> np.ndarray:
+  """inv_freq[i] = 1 / theta^(2i / dim), i = 0 .. dim/2 - 1, float32 (as HF computes it)."""
+  exponent = np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)
+  return (1.0 / (np.float32(theta) ** exponent)).astype(np.float32)
+
+
+def rotate_half(x: Array) -> Array:
+  """[x1, x2] -> [-x2, x1] on the last axis (halves)."""
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  return jnp.concatenate([-x2, x1], axis=-1)
+
+
+def apply_rotary(x: Array, cos: Array, sin: Array, *, compute_dtype: Dtype | None = None
+                 ) -> Array:
+  """y = x * cos + rotate_half(x) * sin, computed in `compute_dtype` (default x.dtype).
+
+  x: [..., T, heads, H]; cos, sin: [..., T, H] (broadcast over heads). Returns x.dtype.
+  """
+  cd = x.dtype if compute_dtype is None else compute_dtype
+  xc = x.astype(cd)
+  c = cos[..., None, :].astype(cd)
+  s = sin[..., None, :].astype(cd)
+  return (xc * c + rotate_half(xc) * s).astype(x.dtype)
+
+
+def mrope_cos_sin(position_ids_3bt: Array, inv_freq: np.ndarray, mrope_section: Sequence[int],
+                  *, interleaved: bool = False) -> tuple[Array, Array]:
+  """Multimodal rope tables.
+
+  freqs[a, b, t, i] = position_ids[a, b, t] * inv_freq[i] for the 3 axes a = (t, h, w).
+  Contiguous (Qwen2/2.5-VL): frequency band i takes axis a where the bands are split into
+  consecutive sections of sizes mrope_section (section j uses axis j % 3).
+  Interleaved (Qwen3-VL): band i takes axis h when i % 3 == 1 and i < 3 * section[1], axis w when
+  i % 3 == 2 and i < 3 * section[2], else axis t.
+  The half table f[b, t, :F] is duplicated: cos = cos([f, f]), sin = sin([f, f]).
+
+  position_ids_3bt: i32[3, B, T]; inv_freq: f32[F] with F = sum(mrope_section) = H / 2.
+  Returns cos, sin: f32[B, T, 2F].
+  """
+  inv = jnp.asarray(inv_freq, jnp.float32)
+  if sum(mrope_section) != inv.shape[0]:
+    raise ValueError(f"sum(mrope_section)={sum(mrope_section)} must equal head_dim/2="
+                     f"{inv.shape[0]}")
+  freqs = position_ids_3bt.astype(jnp.float32)[..., None] * inv  # [3, B, T, F]
+  num = inv.shape[0]
+  if interleaved:
+    axis_of = np.zeros((num,), np.int32)
+    for a, off in ((1, 1), (2, 2)):
+      idx = np.arange(off, 3 * mrope_section[a], 3)
+      axis_of[idx[idx < num]] = a  # transformers clips bands that run past head_dim / 2
+  else:
+    axis_of = np.concatenate([np.full((s,), j % 3, np.int32)
+                              for j, s in enumerate(mrope_section)])
+  onehot = jnp.asarray(np.eye(3, dtype=np.float32)[axis_of].T)  # [3, F]
+  f = jnp.sum(freqs * onehot[:, None, None, :], axis=0)  # exact: one nonzero term per band
+  f = jnp.concatenate([f, f], axis=-1)
+  return jnp.cos(f), jnp.sin(f)
+
+
+def axial_rope_cos_sin(pos_hw: Array, inv_freq: np.ndarray) -> tuple[Array, Array]:
+  """2-D (axial) rope of the Qwen vision towers.
+
+  f[n] = [h_n * inv_freq, w_n * inv_freq]; cos = cos([f, f]), sin = sin([f, f]).
+  pos_hw: i32[N, 2] (row, column of each patch); inv_freq: f32[F] (F = head_dim / 4).
+  Returns f32[N, 4F].
+  """
+  p = jnp.asarray(pos_hw).astype(jnp.float32)
+  inv = jnp.asarray(inv_freq, jnp.float32)
+  f = jnp.concatenate([p[:, 0:1] * inv, p[:, 1:2] * inv], axis=-1)
+  f = jnp.concatenate([f, f], axis=-1)
+  return jnp.cos(f), jnp.sin(f)
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention.
+
+
+def attention(q_btnh: Array, k_bskh: Array, v_bskh: Array, *, mask: Array | None = None,
+              scale: float | None = None, impl: str = "jax", is_causal: bool = False) -> Array:
+  """Grouped-query attention: o = softmax(scale * q k^T + mask) v.
+
+  q: [B, T, N, H]; k, v: [B, S, K, H] with N % K == 0 (query head n uses kv head n // (N/K));
+  mask: bool broadcastable to [B, N, T, S] (True = attend) or None; is_causal additionally
+  restricts query t to keys s <= t (aligned at the start: T == S). Softmax in float32.
+  impl: 'jax' (jax.nn.dot_product_attention, implementation chosen by JAX), 'cudnn' (forces the
+  cuDNN kernel; GPU only), 'xla' (explicit einsum/softmax, runs anywhere).
+  Returns [B, T, N, H] in q.dtype. A query row with no allowed key returns a finite (unspecified)
+  value, never NaN.
+  """
+  n_heads, k_heads = q_btnh.shape[2], k_bskh.shape[2]
+  if n_heads % k_heads:
+    raise ValueError(f"{n_heads} query heads are not a multiple of {k_heads} kv heads")
+  head_dim = q_btnh.shape[-1]
+  scale = head_dim ** -0.5 if scale is None else scale
+  if impl in ("jax", "cudnn"):
+    return jax.nn.dot_product_attention(
+        q_btnh, k_bskh.astype(q_btnh.dtype), v_bskh.astype(q_btnh.dtype), mask=mask,
+        scale=scale, is_causal=is_causal, implementation=None if impl == "jax" else "cudnn")
+  if impl != "xla":
+    raise ValueError(f"unknown attention impl {impl!r}; known: {ATTENTION_IMPLS}")
+  b, t, _, h = q_btnh.shape
+  g = n_heads // k_heads
+  if is_causal:
+    causal = jnp.tril(jnp.ones((t, k_bskh.shape[1]), bool))[None, None]
+    mask = causal if mask is None else jnp.logical_and(mask, causal)
+  q = q_btnh.reshape(b, t, k_heads, g, h)
+  logits = jnp.einsum("btkgh,bskh->bkgts", q, k_bskh.astype(q.dtype),
+                      preferred_element_type=jnp.float32) * scale
+  if mask is not None:
+    m = jnp.asarray(mask)
+    m = m.reshape((1,) * (4 - m.ndim) + m.shape)  # [B|1, N|1, T|1, S]
+    if m.shape[1] == 1:
+      m = m[:, :, None]  # [B, 1, 1, T, S]
+    else:
+      m = m.reshape(m.shape[0], k_heads, g, *m.shape[2:])
+    logits = jnp.where(m, logits, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(logits, axis=-1).astype(v_bskh.dtype)
+  out = jnp.einsum("bkgts,bskh->btkgh", probs, v_bskh)
+  return out.reshape(b, t, n_heads, h).astype(q_btnh.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentPlan:
+  """Host-side indices for packed block-diagonal attention over N tokens in S segments.
+
+  gather: i32[S, L] token index of each padded slot (N for padding, pointing at a zero row);
+  valid: bool[S, L]; scatter: i32[N] flat slot (s * L + l) of each token.
+  """
+  gather: np.ndarray
+  valid: np.ndarray
+  scatter: np.ndarray
+
+
+def segment_plan(segments: Sequence[np.ndarray], num_tokens: int) -> SegmentPlan:
+  """Builds a SegmentPlan from a list of token-index arrays (a partition of range(num_tokens))."""
+  segs = [np.asarray(s, np.int64) for s in segments if len(s)]
+  max_len = max(len(s) for s in segs)
+  gather = np.full((len(segs), max_len), num_tokens, np.int32)
+  scatter = np.full((num_tokens,), -1, np.int64)
+  for i, s in enumerate(segs):
+    gather[i, :len(s)] = s
+    scatter[s] = i * max_len + np.arange(len(s))
+  if (scatter < 0).any():
+    raise ValueError(f"segments cover {int((scatter >= 0).sum())} of {num_tokens} tokens")
+  return SegmentPlan(gather, gather < num_tokens, scatter.astype(np.int32))
+
+
+def cu_seqlens_segments(cu_seqlens: np.ndarray, order: np.ndarray | None = None
+                        ) -> list[np.ndarray]:
+  """Segments [cu[i], cu[i+1]) of a (possibly permuted by `order`) token sequence."""
+  cu = np.asarray(cu_seqlens, np.int64)
+  idx = np.arange(cu[-1]) if order is None else np.asarray(order, np.int64)
+  return [idx[cu[i]:cu[i + 1]] for i in range(len(cu) - 1) if cu[i + 1] > cu[i]]
+
+
+def segment_attention(q_nhd: Array, k_nhd: Array, v_nhd: Array, plan: SegmentPlan, *,
+                      scale: float | None = None, impl: str = "jax") -> Array:
+  """Block-diagonal attention over packed tokens: token n attends to tokens of its segment only.
+
+  q, k, v: [N, heads, H]. Returns [N, heads, H].
+  """
+  n = q_nhd.shape[0]
+  gather = jnp.asarray(plan.gather)
+
+  def pad_gather(x):
+    x = jnp.concatenate([x, jnp.zeros((1,) + x.shape[1:], x.dtype)], axis=0)
+    return x[gather]  # [S, L, heads, H]
+
+  mask = jnp.asarray(plan.valid)[:, None, None, :]  # [S, 1, 1, L]
+  out = attention(pad_gather(q_nhd), pad_gather(k_nhd), pad_gather(v_nhd), mask=mask,
+                  scale=scale, impl=impl)
+  out = out.reshape((-1,) + out.shape[2:])
+  del n
+  return out[jnp.asarray(plan.scatter)]

@@ -1,0 +1,930 @@
+"""Qwen2.5-VL (vision tower + patch merger + M-RoPE decoder) in functional Flax Linen.
+
+Reference: transformers 5.23 `models/qwen2_5_vl/modeling_qwen2_5_vl.py`; parity is tested
+tensor for tensor (tests/test_model_parity.py).
+
+Public API
+----------
+- `Qwen2_5_VLConfig` (frozen, hashable): `.from_hf(config_json_dict)`, `.to_hf()`;
+  `tiny_config(**overrides)` gives a small random-test config.
+- `Qwen2_5_VL(config).apply({"params": params}, input_ids, pixel_values_videos=...,
+  video_grid_thw=..., second_per_grid_ts=..., attention_mask=None, position_ids=None,
+  return_hidden=False) -> logits f32[B, T, V]` (or final-normed hidden [B, T, D] with
+  `return_hidden=True`).
+  * `pixel_values_videos` in the HF flat layout [N_patches, Dp] (all videos of the batch
+    concatenated, `video_grid_thw` i64[n_videos, 3]) or the batched layout [B, N_b, Dp]
+    (`video_grid_thw` [n, 3] = the grids of ONE row, identical for every row; each row's visual
+    tokens fill that row's <|video_pad|> positions in order; a row may have fewer pad tokens than
+    visual tokens, e.g. padding turns). Dp = in_channels * temporal_patch * patch^2.
+  * `video_grid_thw` (and `image_grid_thw`) must be concrete NumPy at trace time: all window and
+    segment indices are computed on the host from it.
+  * `position_ids` i32[3, B, T]: required under jit (get_rope_index needs concrete ids); when
+    absent they are computed on the host with `get_rope_index`.
+  * images: `pixel_values` [N, Dp] + `image_grid_thw` (HF flat layout) are also accepted.
+- `get_rope_index(input_ids, video_grid_thw=None, second_per_grid_ts=None, attention_mask=None,
+  *, config, image_grid_thw=None) -> (position_ids i32[3, B, T], rope_deltas i32[B, 1])`, NumPy,
+  identical to transformers.
+- `chunk_position_ids(input_ids_chunk, start_positions, *, config, video_grid_thw=None,
+  second_per_grid_ts=None, chunk_mask=None) -> (position_ids i32[3, B, C], next_start i32[B])`:
+  the same rule continued from `start_positions` (streaming, see kv_cache.py).
+- `unembedding(params, config) -> [D, V]` (tied: the embedding transposed).
+- `init_params(config, rng)` (boxed with logical axis names), `load_hf_checkpoint(path, dtype,
+  shardings=None)`, `save_hf_checkpoint(config, params, path, max_shard_bytes=...)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import json
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from streampro_jax.models import hf_io
+from streampro_jax.models import layers
+
+Array = jax.Array
+
+
+# ----------------------------------------------------------------------------------------------
+# Configuration.
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionConfig:
+  """Qwen2.5-VL vision tower (HF `Qwen2_5_VLVisionConfig`)."""
+  depth: int = 32
+  hidden_size: int = 1280
+  intermediate_size: int = 3420
+  num_heads: int = 16
+  in_channels: int = 3
+  patch_size: int = 14
+  spatial_merge_size: int = 2
+  temporal_patch_size: int = 2
+  tokens_per_second: int = 2
+  window_size: int = 112
+  out_hidden_size: int = 2048
+  fullatt_block_indexes: tuple[int, ...] = (7, 15, 23, 31)
+  hidden_act: str = "silu"
+  rope_theta: float = 10000.0
+  rms_norm_eps: float = 1e-6  # hard-coded in HF
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_heads
+
+  @property
+  def patch_dim(self) -> int:
+    return self.in_channels * self.temporal_patch_size * self.patch_size ** 2
+
+
+@dataclasses.dataclass(frozen=True)
+class TextConfig:
+  """Qwen2.5-VL language model (HF `Qwen2_5_VLTextConfig`)."""
+  vocab_size: int = 151936
+  hidden_size: int = 2048
+  intermediate_size: int = 11008
+  num_hidden_layers: int = 36
+  num_attention_heads: int = 16
+  num_key_value_heads: int = 2
+  hidden_act: str = "silu"
+  max_position_embeddings: int = 128000
+  rms_norm_eps: float = 1e-6
+  rope_theta: float = 1000000.0
+  mrope_section: tuple[int, ...] = (16, 24, 24)
+  bos_token_id: int | None = 151643
+  eos_token_id: int | tuple[int, ...] | None = 151645
+  pad_token_id: int | None = None
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_attention_heads
+
+
+_TEXT_KEYS = tuple(f.name for f in dataclasses.fields(TextConfig)
+                   if f.name not in ("rope_theta", "mrope_section"))
+_VISION_KEYS = tuple(f.name for f in dataclasses.fields(VisionConfig)
+                     if f.name not in ("rope_theta", "rms_norm_eps"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Qwen2_5_VLConfig:
+  """Whole-model config. `dtype` = compute dtype, `param_dtype` = parameter dtype (names).
+
+  attention_impl: 'jax' | 'cudnn' | 'xla' (see layers.attention). remat: rematerialise each
+  decoder layer and vision block (nn.remat) in the backward pass.
+  """
+  text: TextConfig = TextConfig()
+  vision: VisionConfig = VisionConfig()
+  image_token_id: int = 151655
+  video_token_id: int = 151656
+  vision_start_token_id: int = 151652
+  vision_end_token_id: int = 151653
+  tie_word_embeddings: bool = True
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  attention_impl: str = "jax"
+  remat: bool = False
+
+  model_type = "qwen2_5_vl"
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
+
+  @property
+  def params_dtype(self):
+    return jnp.dtype(self.param_dtype)
+
+  def replace(self, **kw) -> Qwen2_5_VLConfig:
+    return dataclasses.replace(self, **kw)
+
+  @classmethod
+  def from_hf(cls, d: dict[str, Any], **overrides) -> Qwen2_5_VLConfig:
+    """From a HF config.json dict: v5 nested (`text_config`) or hub flat layout."""
+    if d.get("model_type") not in (None, "qwen2_5_vl"):
+      raise ValueError(f"model_type {d.get('model_type')!r} is not 'qwen2_5_vl'")
+    td = dict(d.get("text_config") or {})
+    for k in _TEXT_KEYS + ("rope_scaling", "rope_theta", "rope_parameters",
+                           "use_sliding_window", "tie_word_embeddings"):
+      if k not in td and k in d:
+        td[k] = d[k]
+    if td.get("use_sliding_window"):
+      raise NotImplementedError("use_sliding_window=True (sliding-window decoder layers)")
+    rope = dict(td.get("rope_parameters") or td.get("rope_scaling") or {})
+    theta = rope.get("rope_theta", td.get("rope_theta", 1000000.0))
+    section = tuple(rope.get("mrope_section", (16, 24, 24)))
+    text_kw = {k: td[k] for k in _TEXT_KEYS if k in td}
+    if isinstance(text_kw.get("eos_token_id"), list):
+      text_kw["eos_token_id"] = tuple(text_kw["eos_token_id"])
+    text = TextConfig(**text_kw, rope_theta=float(theta), mrope_section=section)
+    vd = dict(d.get("vision_config") or {})
+    vrope = dict(vd.get("rope_parameters") or {})
+    vision_kw = {k: vd[k] for k in _VISION_KEYS if k in vd}
+    if "fullatt_block_indexes" in vision_kw:
+      vision_kw["fullatt_block_indexes"] = tuple(vision_kw["fullatt_block_indexes"])
+    if "num_attention_heads" in vd and "num_heads" not in vd:
+      vision_kw["num_heads"] = vd["num_attention_heads"]
+    vision = VisionConfig(**vision_kw, rope_theta=float(vrope.get("rope_theta", 10000.0)))
+    tie = d.get("tie_word_embeddings", td.get("tie_word_embeddings", False))
+    if not tie and td.get("tie_word_embeddings"):
+      tie = True
+    top = {k: d[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id",
+                             "vision_end_token_id") if k in d}
+    return cls(text=text, vision=vision, tie_word_embeddings=bool(tie), **top, **overrides)
+
+  def to_hf(self) -> dict[str, Any]:
+    """A transformers-5 config.json dict (nested text_config / vision_config)."""
+    t, v = self.text, self.vision
+    text = {k: getattr(t, k) for k in _TEXT_KEYS}
+    if isinstance(text["eos_token_id"], tuple):
+      text["eos_token_id"] = list(text["eos_token_id"])
+    text.update(model_type="qwen2_5_vl_text", use_sliding_window=False, sliding_window=None,
+                attention_dropout=0.0, use_cache=True, initializer_range=0.02,
+                layer_types=["full_attention"] * t.num_hidden_layers,
+                max_window_layers=t.num_hidden_layers,
+                rope_parameters={"rope_type": "default", "rope_theta": t.rope_theta,
+                                 "mrope_section": list(t.mrope_section)})
+    vision = {k: getattr(v, k) for k in _VISION_KEYS}
+    vision["fullatt_block_indexes"] = list(v.fullatt_block_indexes)
+    vision.update(model_type="qwen2_5_vl_vision", initializer_range=0.02,
+                  rope_parameters={"rope_type": "axial", "rope_theta": v.rope_theta})
+    return {
+        "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+        "model_type": "qwen2_5_vl",
+        "dtype": self.param_dtype,
+        "image_token_id": self.image_token_id,
+        "video_token_id": self.video_token_id,
+        "vision_start_token_id": self.vision_start_token_id,
+        "vision_end_token_id": self.vision_end_token_id,
+        "tie_word_embeddings": self.tie_word_embeddings,
+        "text_config": text,
+        "vision_config": vision,
+    }
+
+
+def tiny_config(*, text: dict | None = None, vision: dict | None = None, **kw
+                ) -> Qwen2_5_VLConfig:
+  """A small random config for tests and the demo (vocab 256, 2+2 layers, GQA 4/2 heads).
+
+  Special ids: image 250, video 251, vision_start 252, vision_end 253. Patch 4 (Dp = 96),
+  window 16 (2x2 merged tokens per window), full attention in vision block 1.
+  """
+  t = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+           num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6, rope_theta=10000.0,
+           mrope_section=(2, 3, 3), bos_token_id=None, eos_token_id=None)
+  t.update(text or {})
+  v = dict(depth=2, hidden_size=32, intermediate_size=48, num_heads=2, patch_size=4,
+           spatial_merge_size=2, temporal_patch_size=2, tokens_per_second=2, window_size=16,
+           out_hidden_size=t["hidden_size"], fullatt_block_indexes=(1,))
+  v.update(vision or {})
+  base = dict(image_token_id=250, video_token_id=251, vision_start_token_id=252,
+              vision_end_token_id=253, tie_word_embeddings=False)
+  base.update(kw)
+  return Qwen2_5_VLConfig(text=TextConfig(**t), vision=VisionConfig(**v), **base)
+
+
+# ----------------------------------------------------------------------------------------------
+# Host-side index computations (NumPy, from concrete grids).
+
+
+def _token_types(ids: np.ndarray, config: Qwen2_5_VLConfig) -> np.ndarray:
+  types = np.zeros(ids.shape, np.int64)
+  types[ids == config.image_token_id] = 1
+  types[ids == config.video_token_id] = 2
+  return types
+
+
+def _time_interval(tokens_per_second: int, second_per_grid_t) -> Any:
+  """tokens_per_second * second_per_grid_t with torch's dtype rules (float32 unless float64)."""
+  if second_per_grid_t is None:
+    return tokens_per_second
+  s = np.asarray(second_per_grid_t)
+  if s.dtype == np.float64 and not isinstance(second_per_grid_t, float):
+    return np.float64(tokens_per_second) * s
+  if np.issubdtype(s.dtype, np.integer):
+    return tokens_per_second * int(s)
+  return np.float32(tokens_per_second) * np.float32(s)
+
+
+def _row_positions(types: np.ndarray, start: int, grid_iters: dict, spgt_iter, config
+                   ) -> tuple[np.ndarray, int]:
+  """M-RoPE positions [3, n] of one row's (unmasked) tokens, starting at `start`.
+
+  Text runs: p = current + arange(len) on all 3 axes, current += len. A run of image (1) or
+  video (2) tokens takes the next grid (t, h, w): positions
+  (current + trunc(i_t * interval), current + i_h, current + i_w) over the merged grid
+  (t, h / m, w / m), interval = tokens_per_second * second_per_grid_t for videos, 1 for images;
+  then current += max(h, w) / m. (transformers 5.23 `get_rope_index`.)
+  """
+  sms = config.vision.spatial_merge_size
+  tps = config.vision.tokens_per_second
+  out = []
+  current = start
+  for key, group in itertools.groupby(enumerate(types.tolist()), lambda x: x[1]):
+    group = list(group)
+    n = group[-1][0] + 1 - group[0][0]
+    if key == 0:
+      out.append(np.broadcast_to(np.arange(n, dtype=np.int64) + current, (3, n)))
+      current += n
+      continue
+    it = grid_iters.get(key)
+    if it is None:
+      raise ValueError(f"{'image' if key == 1 else 'video'} tokens present but no grid given")
+    try:
+      t, h, w = (int(x) for x in next(it))
+    except StopIteration:
+      raise ValueError("more image/video token runs than grids") from None
+    interval = _time_interval(tps, next(spgt_iter)) if key == 2 else 1
+    lt, lh, lw = t, h // sms, w // sms
+    if isinstance(interval, (int, np.integer)):
+      pt = np.arange(lt, dtype=np.int64) * int(interval)
+    else:
+      ar = np.arange(lt).astype(np.asarray(interval).dtype)
+      pt = (ar * interval).astype(np.int64)
+    tg, hg, wg = np.meshgrid(pt, np.arange(lh) + current, np.arange(lw) + current, indexing="ij")
+    pos = np.stack([tg.reshape(-1) + current, hg.reshape(-1), wg.reshape(-1)]).astype(np.int64)
+    if pos.shape[1] != n:
+      raise ValueError(f"a run of {n} vision tokens does not match grid {(t, h, w)} "
+                       f"({pos.shape[1]} merged tokens)")
+    out.append(pos)
+    current += max(h, w) // sms
+  if not out:
+    return np.zeros((3, 0), np.int64), current
+  return np.concatenate(out, axis=1), current
+
+
+def get_rope_index(input_ids, video_grid_thw=None, second_per_grid_ts=None, attention_mask=None,
+                   *, config: Qwen2_5_VLConfig, image_grid_thw=None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+  """Multimodal (3-D) rope positions, exactly as transformers' Qwen2.5-VL `get_rope_index`.
+
+  input_ids: int[B, T] (NumPy-convertible, concrete); video_grid_thw: int[n_videos, 3] and
+  image_grid_thw: int[n_images, 3], consumed in order across all rows (HF semantics);
+  second_per_grid_ts: float[n_videos] (default 1 per video); attention_mask: [B, T] (masked
+  tokens get position 0 and are skipped). Token types come from input_ids (image_token_id -> 1,
+  video_token_id -> 2, text 0). See `_row_positions` for the rule.
+  Returns position_ids i32[3, B, T] and rope_deltas i32[B, 1] = max position + 1 - row length.
+  """
+  ids = np.asarray(input_ids)
+  bsz, seq = ids.shape
+  types = _token_types(ids, config)
+  pos = np.zeros((3, bsz, seq), np.int64)
+  grid_iters = {1: iter(np.asarray(image_grid_thw)) if image_grid_thw is not None else None,
+                2: iter(np.asarray(video_grid_thw)) if video_grid_thw is not None else None}
+  spgt = iter(list(second_per_grid_ts) if second_per_grid_ts is not None else [None] * seq * bsz)
+  deltas = []
+  for b in range(bsz):
+    sel = (np.asarray(attention_mask)[b].astype(bool) if attention_mask is not None
+           else np.ones((seq,), bool))
+    row, _ = _row_positions(types[b][sel], 0, grid_iters, spgt, config)
+    pos[:, b, sel] = row
+    deltas.append(int(row.max()) + 1 - int(sel.sum()) if row.size else 0)
+  return pos.astype(np.int32), np.asarray(deltas, np.int32)[:, None]
+
+
+def chunk_position_ids(input_ids_chunk, start_positions, *, config: Qwen2_5_VLConfig,
+                       video_grid_thw=None, second_per_grid_ts=None, chunk_mask=None
+                       ) -> tuple[np.ndarray, np.ndarray]:
+  """Positions of a streaming chunk, continuing the get_rope_index rule from `start_positions`.
+
+  input_ids_chunk: int[B, C]; start_positions: int[B] (the rule's running position after the
+  previous chunks, e.g. `KVCache.next_position`); video_grid_thw: [n, 3] grids of the videos in
+  ONE row's chunk (same for every row; batched layout); chunk_mask: [B, C] 1 for real tokens
+  (padding gets position 0). Returns (position_ids i32[3, B, C], next_start i32[B]).
+  Concatenating chunk results equals get_rope_index on the whole sequence (for videos whose
+  temporal positions stay below the running position, i.e. t = 1 grids as in StreamPro turns).
+  """
+  ids = np.asarray(input_ids_chunk)
+  bsz, c = ids.shape
+  starts = np.broadcast_to(np.asarray(start_positions, np.int64).reshape(-1), (bsz,))
+  types = _token_types(ids, config)
+  pos = np.zeros((3, bsz, c), np.int64)
+  nxt = np.zeros((bsz,), np.int64)
+  for b in range(bsz):
+    sel = (np.asarray(chunk_mask)[b].astype(bool) if chunk_mask is not None
+           else np.ones((c,), bool))
+    grid_iters = {2: iter(np.asarray(video_grid_thw)) if video_grid_thw is not None else None}
+    spgt = iter(list(second_per_grid_ts) if second_per_grid_ts is not None else [None] * c)
+    row, cur = _row_positions(types[b][sel], int(starts[b]), grid_iters, spgt, config)
+    pos[:, b, sel] = row
+    nxt[b] = cur
+  return pos.astype(np.int32), nxt.astype(np.int32)
+
+
+def vision_window_index(grid_thw: np.ndarray, vcfg: VisionConfig
+                        ) -> tuple[np.ndarray, np.ndarray]:
+  """HF `get_vision_window_index`: merged-token order of the windows and cumulative window
+  lengths in patches (after unique_consecutive). grid_thw: int[n, 3]."""
+  sms = vcfg.spatial_merge_size
+  vmws = vcfg.window_size // sms // vcfg.patch_size
+  unit = sms * sms
+  window_index, cu, offset = [], [0], 0
+  for t, h, w in np.asarray(grid_thw).tolist():
+    lh, lw = h // sms, w // sms
+    index = np.arange(t * lh * lw).reshape(t, lh, lw)
+    pad_h, pad_w = vmws - lh % vmws, vmws - lw % vmws
+    nwh, nww = (lh + pad_h) // vmws, (lw + pad_w) // vmws
+    ip = np.pad(index, ((0, 0), (0, pad_h), (0, pad_w)), constant_values=-100)
+    ip = ip.reshape(t, nwh, vmws, nww, vmws).transpose(0, 1, 3, 2, 4)
+    ip = ip.reshape(t, nwh * nww, vmws, vmws)
+    seqlens = (ip != -100).sum(axis=(2, 3)).reshape(-1)
+    flat = ip.reshape(-1)
+    window_index.append(flat[flat != -100] + offset)
+    cu.extend((np.cumsum(seqlens) * unit + cu[-1]).tolist())
+    offset += t * lh * lw
+  cu = np.asarray(cu, np.int64)
+  keep = np.concatenate([[True], cu[1:] != cu[:-1]])
+  return np.concatenate(window_index), cu[keep]
+
+
+def vision_position_hw(grid_thw: np.ndarray, sms: int) -> np.ndarray:
+  """HF `get_vision_position_ids`: (row, col) of every patch in merge-block order. i32[N, 2]."""
+  out = []
+  for t, h, w in np.asarray(grid_thw).tolist():
+    hp, wp = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    shape = (h // sms, sms, w // sms, sms)
+    hp = hp.reshape(shape).transpose(0, 2, 1, 3).reshape(-1)
+    wp = wp.reshape(shape).transpose(0, 2, 1, 3).reshape(-1)
+    out.append(np.tile(np.stack([hp, wp], -1), (t, 1)))
+  return np.concatenate(out).astype(np.int32)
+
+
+@functools.lru_cache(maxsize=64)
+def _vision_plan_cached(grid_key: tuple, vcfg: VisionConfig):
+  grid = np.asarray(grid_key, np.int64).reshape(-1, 3)
+  n = int(np.prod(grid, axis=1).sum())
+  unit = vcfg.spatial_merge_size ** 2
+  # Full attention: one segment per frame (HF cu_seqlens; the window permutation keeps frames).
+  frames = np.repeat(grid[:, 1] * grid[:, 2], grid[:, 0])
+  full = layers.segment_plan(layers.cu_seqlens_segments(np.concatenate([[0], np.cumsum(frames)])),
+                             n)
+  widx, cu_w = vision_window_index(grid, vcfg)
+  order = (widx[:, None] * unit + np.arange(unit)).reshape(-1)
+  window = layers.segment_plan(layers.cu_seqlens_segments(cu_w, order), n)
+  return vision_position_hw(grid, vcfg.spatial_merge_size), full, window
+
+
+def vision_plan(grid_thw, vcfg: VisionConfig):
+  """(pos_hw i32[N, 2], full-attention SegmentPlan, window-attention SegmentPlan).
+
+  Window attention is computed in the original (un-permuted) token order: the same windows as
+  HF's permuted `cu_window_seqlens`, mapped back through `window_index`; the outputs are
+  identical because attention is permutation-equivariant within a window and every other op is
+  per token (the merger's 2x2 groups are consecutive in both orders).
+  """
+  grid = np.asarray(grid_thw, np.int64).reshape(-1, 3)
+  return _vision_plan_cached(tuple(grid.reshape(-1).tolist()), vcfg)
+
+
+# ----------------------------------------------------------------------------------------------
+# Modules.
+
+
+class Embedding(nn.Module):
+  """Token embedding table [V, D] ('vocab', 'embed'); also exposes the table for tied logits."""
+  vocab: int
+  dim: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  def setup(self):
+    self.embedding = self.param(
+        "embedding", nn.with_logical_partitioning(nn.initializers.normal(0.02),
+                                                  ("vocab", "embed")),
+        (self.vocab, self.dim), self.param_dtype)
+
+  def __call__(self, ids: Array) -> Array:
+    return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+
+  def table(self) -> Array:
+    return self.embedding
+
+
+class Unembed(nn.Module):
+  """Untied output projection kernel [D, V] ('embed', 'vocab')."""
+  dim: int
+  vocab: int
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self) -> Array:
+    return self.param("kernel", nn.with_logical_partitioning(nn.initializers.normal(0.02),
+                                                             ("embed", "vocab")),
+                      (self.dim, self.vocab), self.param_dtype)
+
+
+class VisionBlock(nn.Module):
+  """x += proj(attn(rope(qkv(norm1(x))))) within segments; x += mlp(norm2(x)). x: [N, E]."""
+  cfg: VisionConfig
+  dtype: Any
+  param_dtype: Any
+  impl: str
+
+  @nn.compact
+  def __call__(self, x, cos, sin, gather, valid, scatter):
+    c = self.cfg
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    h = layers.RMSNorm(c.hidden_size, 1e-6, name="norm1", **kw)(x)
+    with jax.named_scope("vision_attn"):
+      qkv = _AttnQKV(c.hidden_size, self.param_dtype, self.dtype, name="attn")
+      q, k, v, proj = qkv(h)
+      n = x.shape[0]
+      q = q.reshape(n, c.num_heads, c.head_dim)
+      k = k.reshape(n, c.num_heads, c.head_dim)
+      v = v.reshape(n, c.num_heads, c.head_dim)
+      q = layers.apply_rotary(q, cos, sin, compute_dtype=jnp.float32)
+      k = layers.apply_rotary(k, cos, sin, compute_dtype=jnp.float32)
+      plan = layers.SegmentPlan(gather, valid, scatter)
+      o = layers.segment_attention(q, k, v, plan, impl=self.impl)
+      x = x + proj(o.reshape(n, c.hidden_size))
+    h = layers.RMSNorm(c.hidden_size, 1e-6, name="norm2", **kw)(x)
+    mlp = layers.GatedMLP(c.hidden_size, c.intermediate_size, c.hidden_act, use_bias=True,
+                          axes=("vision_embed", "vision_mlp"), name="mlp", **kw)
+    return x + mlp(h)
+
+
+class _AttnQKV(nn.Module):
+  """Vision attention params: qkv [E, 3E] ('vision_embed', 'vision_qkv'), proj [E, E]."""
+  dim: int
+  param_dtype: Any
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, h):
+    kw = dict(use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype)
+    qkv = layers.dense(3 * self.dim, ("vision_embed", "vision_qkv"), name="qkv", **kw)(h)
+    qkv = qkv.reshape(h.shape[0], 3, -1)
+    proj = layers.dense(self.dim, ("vision_heads", "vision_embed"), name="proj", **kw)
+    return qkv[:, 0], qkv[:, 1], qkv[:, 2], proj
+
+
+class VisionTower(nn.Module):
+  """Patch embed -> blocks (window / full attention) -> 2x2 merger. [N, Dp] -> [N/4, D_out]."""
+  cfg: VisionConfig
+  dtype: Any
+  param_dtype: Any
+  impl: str
+  remat: bool = False
+
+  @nn.compact
+  def __call__(self, pixels: Array, grid_thw) -> Array:
+    c = self.cfg
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    pos_hw, full, window = vision_plan(grid_thw, c)
+    n = pos_hw.shape[0]
+    if pixels.shape[0] != n:
+      raise ValueError(f"{pixels.shape[0]} patches given but the grids {np.asarray(grid_thw)} "
+                       f"hold {n}")
+    x = layers.dense(c.hidden_size, ("vision_patch", "vision_embed"), use_bias=False,
+                     name="patch_embed", **kw)(pixels.astype(self.dtype))
+    cos, sin = layers.axial_rope_cos_sin(pos_hw, layers.rope_inv_freq(c.head_dim // 2,
+                                                                      c.rope_theta))
+    block_cls = nn.remat(VisionBlock) if self.remat else VisionBlock
+    plans = {True: full, False: window}
+    for i in range(c.depth):
+      p = plans[i in c.fullatt_block_indexes]
+      x = block_cls(c, self.dtype, self.param_dtype, self.impl, name=f"blocks_{i}")(
+          x, cos, sin, jnp.asarray(p.gather), jnp.asarray(p.valid), jnp.asarray(p.scatter))
+    return PatchMerger(c, self.dtype, self.param_dtype, name="merger")(x)
+
+
+class PatchMerger(nn.Module):
+  """y = mlp_2(gelu(mlp_0(reshape(ln_q(x), [N/4, 4E])))). x: [N, E] -> [N/4, D_out]."""
+  cfg: VisionConfig
+  dtype: Any
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self, x):
+    c = self.cfg
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    hid = c.hidden_size * c.spatial_merge_size ** 2
+    x = layers.RMSNorm(c.hidden_size, 1e-6, name="ln_q", **kw)(x).reshape(-1, hid)
+    x = layers.dense(hid, ("merger_in", "merger_hidden"), use_bias=True, name="mlp_0", **kw)(x)
+    x = jax.nn.gelu(x, approximate=False)
+    return layers.dense(c.out_hidden_size, ("merger_hidden", "embed"), use_bias=True,
+                        name="mlp_2", **kw)(x)
+
+
+class KVInput(NamedTuple):
+  """Per-call view of a KV cache given to the decoder (see kv_cache.py).
+
+  k, v: tuples (one per layer) of [B, cap, K, H]; slots: i32[B, C] cache slots written by this
+  chunk; mask: bool[B, 1, C, cap] (query i may attend to slot s).
+  """
+  k: tuple
+  v: tuple
+  slots: Array
+  mask: Array
+
+
+class DecoderLayer(nn.Module):
+  """Pre-norm decoder layer: x += o(attn(rope(q, k), v)); x += swiglu(norm(x)). x: [B, T, D]."""
+  cfg: TextConfig
+  dtype: Any
+  param_dtype: Any
+  impl: str
+
+  @nn.compact
+  def __call__(self, x, cos, sin, mask, kv):
+    c = self.cfg
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    b, t, _ = x.shape
+    hd, nh, nk = c.head_dim, c.num_attention_heads, c.num_key_value_heads
+    h = layers.RMSNorm(c.hidden_size, c.rms_norm_eps, name="input_layernorm", **kw)(x)
+    attn = _DecoderAttnParams(c, **kw, name="self_attn")
+    q, k, v, o_proj = attn(h)
+    q = layers.apply_rotary(q.reshape(b, t, nh, hd), cos.astype(self.dtype),
+                            sin.astype(self.dtype))
+    k = layers.apply_rotary(k.reshape(b, t, nk, hd), cos.astype(self.dtype),
+                            sin.astype(self.dtype))
+    v = v.reshape(b, t, nk, hd)
+    new_kv = None
+    if kv is None:
+      o = layers.attention(q, k, v, mask=mask, impl=self.impl, is_causal=True)
+    else:
+      k_cache, v_cache, slots = kv
+      bidx = jnp.arange(b)[:, None]
+      k_cache = k_cache.at[bidx, slots].set(k.astype(k_cache.dtype))
+      v_cache = v_cache.at[bidx, slots].set(v.astype(v_cache.dtype))
+      o = layers.attention(q, k_cache.astype(self.dtype), v_cache.astype(self.dtype), mask=mask,
+                           impl=self.impl)
+      new_kv = (k_cache, v_cache)
+    x = x + o_proj(o.reshape(b, t, nh * hd))
+    h = layers.RMSNorm(c.hidden_size, c.rms_norm_eps, name="post_attention_layernorm", **kw)(x)
+    x = x + layers.GatedMLP(c.hidden_size, c.intermediate_size, c.hidden_act, use_bias=False,
+                            axes=("embed", "mlp"), name="mlp", **kw)(h)
+    return x, new_kv
+
+
+class _DecoderAttnParams(nn.Module):
+  """q/k/v (with bias) and o (no bias) projections of a decoder layer."""
+  cfg: TextConfig
+  dtype: Any
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self, h):
+    c = self.cfg
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    hd = c.head_dim
+    q = layers.dense(c.num_attention_heads * hd, ("embed", "q_heads"), use_bias=True,
+                     name="q_proj", **kw)(h)
+    k = layers.dense(c.num_key_value_heads * hd, ("embed", "kv_heads"), use_bias=True,
+                     name="k_proj", **kw)(h)
+    v = layers.dense(c.num_key_value_heads * hd, ("embed", "kv_heads"), use_bias=True,
+                     name="v_proj", **kw)(h)
+    o = layers.dense(c.hidden_size, ("q_heads", "embed"), use_bias=False, name="o_proj", **kw)
+    return q, k, v, o
+
+
+def _is_tracer(x) -> bool:
+  return isinstance(x, jax.core.Tracer)
+
+
+def _fill_tokens(embeds, ids, token_id, feats, batched: bool):
+  """Replaces the token_id positions of embeds [B, T, D] by feats in order.
+
+  Flat (HF): feats [M, D], the k-th such token of the whole batch (row-major) gets feats[k].
+  Batched: feats [B, M, D], the k-th such token of row b gets feats[b, k].
+  """
+  is_tok = ids == token_id
+  m = feats.shape[-2]
+  if not _is_tracer(ids):
+    counts = np.asarray(is_tok).sum(axis=1)
+    if batched and (counts > m).any():
+      raise ValueError(f"rows hold {counts.tolist()} vision tokens but only {m} visual tokens "
+                       "per row were given")
+    if not batched and counts.sum() != m:
+      raise ValueError(f"{int(counts.sum())} vision tokens in input_ids but {m} visual tokens")
+  if batched:
+    rank = jnp.clip(jnp.cumsum(is_tok, axis=1) - 1, 0, m - 1)
+    g = jnp.take_along_axis(feats, rank[..., None], axis=1)
+  else:
+    rank = jnp.clip(jnp.cumsum(is_tok.reshape(-1)) - 1, 0, m - 1).reshape(ids.shape)
+    g = feats[rank]
+  return jnp.where(is_tok[..., None], g.astype(embeds.dtype), embeds)
+
+
+class Qwen2_5_VL(nn.Module):
+  """Qwen2.5-VL for conditional generation. See the module docstring for the call contract."""
+  config: Qwen2_5_VLConfig
+
+  def setup(self):
+    cfg = self.config
+    t = cfg.text
+    kw = dict(dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype)
+    self.visual = VisionTower(cfg.vision, cfg.compute_dtype, cfg.params_dtype,
+                              cfg.attention_impl, cfg.remat)
+    self.embed_tokens = Embedding(t.vocab_size, t.hidden_size, **kw)
+    layer_cls = nn.remat(DecoderLayer) if cfg.remat else DecoderLayer
+    self.layers = [layer_cls(t, cfg.compute_dtype, cfg.params_dtype, cfg.attention_impl,
+                             name=f"layers_{i}") for i in range(t.num_hidden_layers)]
+    self.norm = layers.RMSNorm(t.hidden_size, t.rms_norm_eps, **kw)
+    if not cfg.tie_word_embeddings:
+      self.lm_head = Unembed(t.hidden_size, t.vocab_size, cfg.params_dtype)
+
+  def encode_vision(self, pixel_values: Array, grid_thw) -> Array:
+    """Vision tower + merger. Flat [N, Dp] -> [N/4, D]; batched [B, N_b, Dp] -> [B, N_b/4, D]
+    (grid_thw = one row's grids)."""
+    grid = np.asarray(grid_thw).reshape(-1, 3)
+    if pixel_values.ndim == 3:
+      b = pixel_values.shape[0]
+      feats = self.visual(pixel_values.reshape(-1, pixel_values.shape[-1]), np.tile(grid, (b, 1)))
+      return feats.reshape(b, -1, feats.shape[-1])
+    return self.visual(pixel_values, grid)
+
+  def unembedding_matrix(self) -> Array:
+    if self.config.tie_word_embeddings:
+      return self.embed_tokens.table().T
+    return self.lm_head()
+
+  def __call__(self, input_ids, pixel_values_videos=None, video_grid_thw=None,
+               second_per_grid_ts=None, attention_mask=None, position_ids=None,
+               return_hidden: bool = False, pixel_values=None, image_grid_thw=None,
+               video_embeds=None, kv: KVInput | None = None):
+    """Returns logits f32[B, T, V] (or hidden [B, T, D] with return_hidden), and the updated
+    (k, v) tuples when `kv` is given (then the output is (out, (k_tuple, v_tuple)))."""
+    cfg = self.config
+    batched = pixel_values_videos is not None and pixel_values_videos.ndim == 3
+    if video_embeds is not None:
+      batched = video_embeds.ndim == 3
+    x = self.embed_tokens(input_ids)
+    if pixel_values is not None:
+      if image_grid_thw is None:
+        raise ValueError("pixel_values given without image_grid_thw")
+      x = _fill_tokens(x, input_ids, cfg.image_token_id,
+                       self.encode_vision(pixel_values, image_grid_thw), batched=False)
+    if pixel_values_videos is not None and video_embeds is None:
+      if video_grid_thw is None:
+        raise ValueError("pixel_values_videos given without video_grid_thw")
+      video_embeds = self.encode_vision(pixel_values_videos, video_grid_thw)
+    if video_embeds is not None:
+      x = _fill_tokens(x, input_ids, cfg.video_token_id, video_embeds, batched=batched)
+    if self.is_initializing() and not cfg.tie_word_embeddings:
+      self.lm_head()
+    if position_ids is None:
+      position_ids = self._host_position_ids(input_ids, video_grid_thw, second_per_grid_ts,
+                                             attention_mask, image_grid_thw, batched)
+    t = cfg.text
+    cos, sin = layers.mrope_cos_sin(jnp.asarray(position_ids), layers.rope_inv_freq(
+        t.head_dim, t.rope_theta), t.mrope_section)
+    if kv is None:
+      mask = None
+      if attention_mask is not None:
+        mask = jnp.asarray(attention_mask).astype(bool)[:, None, None, :]
+    else:
+      mask = kv.mask
+    new_k, new_v = [], []
+    for i, layer in enumerate(self.layers):
+      layer_kv = None if kv is None else (kv.k[i], kv.v[i], kv.slots)
+      x, lkv = layer(x, cos, sin, mask, layer_kv)
+      if lkv is not None:
+        new_k.append(lkv[0])
+        new_v.append(lkv[1])
+    x = self.norm(x)
+    if return_hidden:
+      out = x
+    else:
+      w = self.unembedding_matrix().astype(cfg.compute_dtype)
+      out = jnp.dot(x, w, preferred_element_type=jnp.float32).astype(jnp.float32)
+    if kv is not None:
+      return out, (tuple(new_k), tuple(new_v))
+    return out
+
+  def _host_position_ids(self, input_ids, video_grid_thw, second_per_grid_ts, attention_mask,
+                         image_grid_thw, batched):
+    if video_grid_thw is None and image_grid_thw is None:
+      b, t = input_ids.shape
+      return jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (3, b, t))
+    if _is_tracer(input_ids) or _is_tracer(attention_mask) or _is_tracer(second_per_grid_ts):
+      raise ValueError("position_ids must be passed under jit (get_rope_index runs on the host "
+                       "from concrete input_ids); compute them with qwen2_5_vl.get_rope_index "
+                       "or qwen2_5_vl.host_position_ids")
+    return jnp.asarray(host_position_ids(
+        self.config, input_ids, video_grid_thw, second_per_grid_ts, attention_mask,
+        image_grid_thw=image_grid_thw, batched=batched))
+
+
+def host_position_ids(config: Qwen2_5_VLConfig, input_ids, video_grid_thw=None,
+                      second_per_grid_ts=None, attention_mask=None, *, image_grid_thw=None,
+                      batched: bool = False) -> np.ndarray:
+  """The position_ids i32[3, B, T] the model computes when none are passed.
+
+  Text only (no grids): arange(T) on every row (as transformers does). Flat layout: get_rope_index
+  (grids consumed across rows). Batched layout (`batched=True`): get_rope_index per row with the
+  same per-row grid list `video_grid_thw` / `second_per_grid_ts` (a row may use fewer grids).
+  """
+  ids = np.asarray(input_ids)
+  if video_grid_thw is None and image_grid_thw is None:
+    return np.broadcast_to(np.arange(ids.shape[1], dtype=np.int32), (3,) + ids.shape).copy()
+  am = None if attention_mask is None else np.asarray(attention_mask)
+  if not batched:
+    return get_rope_index(ids, video_grid_thw, second_per_grid_ts, am, config=config,
+                          image_grid_thw=image_grid_thw)[0]
+  rows = [get_rope_index(ids[b:b + 1], video_grid_thw, second_per_grid_ts,
+                         None if am is None else am[b:b + 1], config=config)[0]
+          for b in range(ids.shape[0])]
+  return np.concatenate(rows, axis=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Parameters: init, unembedding, HF checkpoints.
+
+
+def dummy_inputs(config: Qwen2_5_VLConfig, batch: int = 1) -> dict[str, Any]:
+  """Smallest inputs that touch every parameter (one 1 x m x m video)."""
+  m = config.vision.spatial_merge_size
+  grid = np.array([[1, m, m]], np.int64)
+  ids = np.array([[config.vision_start_token_id, config.video_token_id,
+                   config.vision_end_token_id]] * batch, np.int32)
+  pix = np.zeros((batch * m * m, config.vision.patch_dim), np.float32)
+  return dict(input_ids=ids, pixel_values_videos=pix, video_grid_thw=np.tile(grid, (batch, 1)))
+
+
+def init_params(config: Qwen2_5_VLConfig, rng: Array):
+  """Random parameters (boxed nn.LogicallyPartitioned leaves; `nn.unbox` to strip). Shapes only:
+  `jax.eval_shape(functools.partial(init_params, config), rng)`."""
+  d = dummy_inputs(config)  # NumPy constants closed over (concrete inside jit)
+  return jax.jit(lambda r: Qwen2_5_VL(config).init(r, **d))(rng)["params"]
+
+
+def unembedding(params, config: Qwen2_5_VLConfig) -> Array:
+  """Output projection [D, V]: the embedding table transposed when tied, else lm_head."""
+  p = nn.unbox(params)
+  if config.tie_word_embeddings:
+    return p["embed_tokens"]["embedding"].T
+  return p["lm_head"]["kernel"]
+
+
+def _hf_name(path: tuple[str, ...]) -> str:
+  """Our param path -> HF module path ('layers_3' -> 'layers.3', 'mlp_0' -> 'mlp.0')."""
+  parts = []
+  for p in path:
+    head, sep, tail = p.rpartition("_")
+    parts.append(f"{head}.{tail}" if sep and tail.isdigit() else p)
+  return ".".join(parts)
+
+
+def hf_key_map(config: Qwen2_5_VLConfig) -> dict[str, tuple[tuple[str, ...], str]]:
+  """HF safetensors key -> (our param path, transform) for every parameter.
+
+  Keys are the ones transformers 5.23 writes for Qwen2_5_VLForConditionalGeneration
+  ('model.layers.*', 'model.embed_tokens', 'model.norm', 'visual.*', 'lm_head.weight').
+  Transforms: 'id' (same array), 'T' (Linear weight [out, in] <-> kernel [in, out]),
+  ('conv', hf_shape) (Conv3d weight [E, C, t, p, p] <-> kernel [C*t*p*p, E]; the conv has
+  stride = kernel, so it is exactly this matmul on the flattened patch).
+  """
+  shapes = jax.eval_shape(functools.partial(init_params, config), jax.random.key(0))
+  flat = jax.tree_util.tree_flatten_with_path(nn.unbox(shapes))[0]
+  out = {}
+  for kp, _ in flat:
+    path = tuple(k.key for k in kp)
+    *mod, leaf = path
+    if path == ("lm_head", "kernel"):
+      out["lm_head.weight"] = (path, "T")
+      continue
+    prefix = "" if mod[0] == "visual" else "model."
+    if mod == ["visual", "patch_embed"]:
+      v = config.vision
+      out["visual.patch_embed.proj.weight"] = (path, ("conv", (
+          v.hidden_size, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)))
+      continue
+    name = prefix + _hf_name(tuple(mod))
+    if leaf == "kernel":
+      out[name + ".weight"] = (path, "T")
+    elif leaf == "bias":
+      out[name + ".bias"] = (path, "id")
+    else:  # scale, embedding
+      out[name + ".weight"] = (path, "id")
+  return out
+
+
+def _alias_hf_key(key: str) -> str:
+  """Accepts transformers' in-memory names too ('model.language_model.*', 'model.visual.*')."""
+  if key.startswith("model.language_model."):
+    return "model." + key[len("model.language_model."):]
+  if key.startswith("model.visual."):
+    return key[len("model."):]
+  return key
+
+
+def load_hf_checkpoint(path: str, dtype=jnp.float32, shardings=None):
+  """Reads config.json and (sharded) safetensors from `path` -> (config, params).
+
+  dtype: parameter dtype (also set as config.param_dtype; compute dtype stays as in the default
+  config unless replaced). shardings: optional pytree (same structure as params) of
+  jax.sharding.Sharding; each tensor is placed directly with jax.make_array_from_callback, one
+  tensor at a time on the host.
+  """
+  with open(f"{path}/config.json") as f:
+    config = Qwen2_5_VLConfig.from_hf(json.load(f), param_dtype=jnp.dtype(dtype).name)
+  key_map = hf_key_map(config)
+  shape_tree = nn.unbox(jax.eval_shape(functools.partial(init_params, config),
+                                       jax.random.key(0)))
+  params = hf_io.load_params(path, key_map, shape_tree, dtype=dtype, shardings=shardings,
+                             alias=_alias_hf_key,
+                             ignore=("lm_head.weight",) if config.tie_word_embeddings else ())
+  return config, params
+
+
+def save_hf_checkpoint(config: Qwen2_5_VLConfig, params, path: str, *,
+                       max_shard_bytes: int = 5 * 2 ** 30) -> None:
+  """Writes config.json + safetensors (sharded with model.safetensors.index.json when larger
+  than max_shard_bytes) loadable by transformers' from_pretrained. One tensor is gathered to the
+  host at a time."""
+  hf_io.save_params(path, nn.unbox(params), hf_key_map(config), config.to_hf(),
+                    max_shard_bytes=max_shard_bytes)
+
+
+def params_from_hf_state_dict(config: Qwen2_5_VLConfig, state_dict: dict[str, Any],
+                              dtype=jnp.float32) -> dict:
+  """Our params from a HF state dict {key: array-like} (e.g. a torch model's state_dict() with
+  tensors converted to NumPy). Accepts saved and in-memory key names."""
+  key_map = hf_key_map(config)
+  np_dtype = hf_io._np_dtype(dtype)
+  params: dict = {}
+  for key, value in state_dict.items():
+    ours = _alias_hf_key(key)
+    if ours == "lm_head.weight" and config.tie_word_embeddings:
+      continue
+    if ours not in key_map:
+      raise ValueError(f"unexpected tensor {key!r}")
+    ppath, transform = key_map[ours]
+    hf_io._set(params, ppath, jnp.asarray(hf_io.to_ours(np.asarray(value), transform)
+                                          .astype(np_dtype)))
+  missing = sorted(set(key_map) - {_alias_hf_key(k) for k in state_dict})
+  if missing:
+    raise ValueError(f"{len(missing)} tensors missing: {missing[:5]}")
+  return params
+
+
+def synthetic_inputs(config: Qwen2_5_VLConfig, grids, *, batch: int = 1, text_len: int = 5,
+                     seed: int = 0) -> dict[str, np.ndarray]:
+  """Random HF-layout inputs: each row = text, then per grid <vision_start> pads <vision_end>
+  text. Every row holds all the videos (flat layout: grids tiled over rows). For tests and
+  benchmarks. Returns input_ids i32[B, T], pixel_values_videos f32[N, Dp], video_grid_thw
+  i64[B * n, 3], second_per_grid_ts f32[B * n] (1.0)."""
+  rng = np.random.default_rng(seed)
+  grids = np.asarray(grids, np.int64).reshape(-1, 3)
+  m = config.vision.spatial_merge_size ** 2
+  low = min(config.image_token_id, config.video_token_id, config.vision_start_token_id,
+            config.vision_end_token_id, config.text.vocab_size)
+  rows = []
+  for _ in range(batch):
+    ids = list(rng.integers(0, low, text_len))
+    for t, h, w in grids.tolist():
+      ids += [config.vision_start_token_id] + [config.video_token_id] * (t * h * w // m)
+      ids += [config.vision_end_token_id] + list(rng.integers(0, low, text_len))
+    rows.append(ids)
+  n = int(np.prod(grids, axis=1).sum()) * batch
+  pix = rng.standard_normal((n, config.vision.patch_dim)).astype(np.float32)
+  return dict(input_ids=np.asarray(rows, np.int32), pixel_values_videos=pix,
+              video_grid_thw=np.tile(grids, (batch, 1)),
+              second_per_grid_ts=np.ones((batch * len(grids),), np.float32))

@@ -1,0 +1,879 @@
+"""Qwen3-VL (vision tower with DeepStack + interleaved M-RoPE decoder with q/k norm) in Flax Linen.
+
+Reference: transformers 5.23 `models/qwen3_vl/modeling_qwen3_vl.py`; parity is tested tensor for
+tensor (tests/test_qwen3_vl_parity.py). The call contract, parameter logical axis names, dtype /
+param_dtype, remat, attention implementations, batched / flat pixel layouts, `return_hidden`, the
+KV-cache view (`qwen2_5_vl.KVInput`) and the checkpoint functions are the same as Qwen2.5-VL's
+(`streampro_jax.models.qwen2_5_vl`), whose shared pieces are imported from there.
+
+What differs from Qwen2.5-VL (all as transformers defines it):
+
+- Vision tower: Conv3d patch embedding with bias (patch 16); a learned position table of
+  `num_position_embeddings` = s^2 entries, bilinearly interpolated (align_corners=True) from the
+  s x s grid to each frame's (gh, gw) grid and added to the patch embeddings; LayerNorm blocks with
+  a GELU(tanh) MLP; full attention within each frame (no windows); 2-D axial rope.
+- DeepStack: the hidden states after the vision blocks listed in `deepstack_visual_indexes` go
+  through their own patch mergers (LayerNorm after the 2x2 shuffle) and are added to the hidden
+  states of the visual token positions after decoder layers 0, 1, ... (one feature per layer).
+- Decoder: no q/k/v bias; RMSNorm over the head dimension of q and k (q_norm, k_norm) before rope;
+  M-RoPE with the interleaved (t, h, w, t, h, w, ...) frequency layout, mrope_section (24, 20, 20).
+- M-RoPE positions: each video is split into one (1, gh, gw) block per temporal patch (the
+  processor puts a "<t seconds>" text timestamp before every block); a block starting at running
+  position p gets (p, p + row, p + col) over its merged grid and advances p by max(gh, gw) / m.
+  Token types come from `mm_token_type_ids` (0 text, 1 image, 2 video), derived from input_ids
+  when absent.
+
+Public API
+----------
+- `Qwen3VLConfig` (frozen; alias `Qwen3_VLConfig`): `.from_hf(config_json_dict)`, `.to_hf()`;
+  `tiny_config(**overrides)`, `qwen3_vl_4b_config(**overrides)` (Qwen3-VL-4B-Instruct).
+- `Qwen3_VL(config).apply({"params": params}, input_ids, pixel_values_videos=...,
+  video_grid_thw=..., second_per_grid_ts=None, attention_mask=None, position_ids=None,
+  return_hidden=False, pixel_values=None, image_grid_thw=None, mm_token_type_ids=None,
+  kv=None) -> logits f32[B, T, V]` (see `qwen2_5_vl` for the layouts; second_per_grid_ts is
+  accepted and unused: Qwen3-VL puts time in text timestamps, not in rope).
+- `get_rope_index(input_ids, video_grid_thw=None, attention_mask=None, *, config,
+  image_grid_thw=None, mm_token_type_ids=None) -> (position_ids i32[3, B, T], deltas i32[B, 1])`.
+- `chunk_position_ids(input_ids_chunk, start_positions, *, config, video_grid_thw=None,
+  chunk_mask=None, mm_token_type_ids=None) -> (position_ids i32[3, B, C], next_start i32[B])`.
+- `init_params`, `unembedding`, `hf_key_map`, `load_hf_checkpoint`, `save_hf_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import json
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from streampro_jax.models import hf_io
+from streampro_jax.models import layers
+from streampro_jax.models import qwen2_5_vl
+from streampro_jax.models.qwen2_5_vl import Embedding, KVInput, Unembed
+
+Array = jax.Array
+
+MODEL_TYPE = "qwen3_vl"
+
+
+# ----------------------------------------------------------------------------------------------
+# Configuration.
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionConfig:
+  """Qwen3-VL vision tower (HF `Qwen3VLVisionConfig`, same defaults)."""
+  depth: int = 27
+  hidden_size: int = 1152
+  intermediate_size: int = 4304
+  num_heads: int = 16
+  in_channels: int = 3
+  patch_size: int = 16
+  spatial_merge_size: int = 2
+  temporal_patch_size: int = 2
+  out_hidden_size: int = 3584
+  num_position_embeddings: int = 2304
+  deepstack_visual_indexes: tuple[int, ...] = (8, 16, 24)
+  hidden_act: str = "gelu_pytorch_tanh"
+  rope_theta: float = 10000.0
+  layer_norm_eps: float = 1e-6  # hard-coded in HF
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_heads
+
+  @property
+  def patch_dim(self) -> int:
+    return self.in_channels * self.temporal_patch_size * self.patch_size ** 2
+
+  @property
+  def num_grid_per_side(self) -> int:
+    return int(self.num_position_embeddings ** 0.5)
+
+
+@dataclasses.dataclass(frozen=True)
+class TextConfig:
+  """Qwen3-VL language model (HF `Qwen3VLTextConfig`, same defaults)."""
+  vocab_size: int = 151936
+  hidden_size: int = 4096
+  intermediate_size: int = 22016
+  num_hidden_layers: int = 32
+  num_attention_heads: int = 32
+  num_key_value_heads: int = 32
+  head_dim: int = 128
+  hidden_act: str = "silu"
+  max_position_embeddings: int = 128000
+  rms_norm_eps: float = 1e-6
+  attention_bias: bool = False
+  rope_theta: float = 500000.0
+  mrope_section: tuple[int, ...] = (24, 20, 20)
+  bos_token_id: int | None = None
+  eos_token_id: int | tuple[int, ...] | None = None
+  pad_token_id: int | None = None
+
+
+_TEXT_KEYS = tuple(f.name for f in dataclasses.fields(TextConfig)
+                   if f.name not in ("rope_theta", "mrope_section"))
+_VISION_KEYS = tuple(f.name for f in dataclasses.fields(VisionConfig)
+                     if f.name not in ("rope_theta", "layer_norm_eps"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Qwen3VLConfig:
+  """Whole-model config; same top-level fields and meaning as `qwen2_5_vl.Qwen2_5_VLConfig`.
+
+  dtype = compute dtype, param_dtype = parameter dtype (names); attention_impl: 'jax' | 'cudnn' |
+  'xla' (layers.attention); remat: rematerialise each decoder layer and vision block.
+  """
+  text: TextConfig = TextConfig()
+  vision: VisionConfig = VisionConfig()
+  image_token_id: int = 151655
+  video_token_id: int = 151656
+  vision_start_token_id: int = 151652
+  vision_end_token_id: int = 151653
+  tie_word_embeddings: bool = False
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  attention_impl: str = "jax"
+  remat: bool = False
+
+  model_type = MODEL_TYPE
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
+
+  @property
+  def params_dtype(self):
+    return jnp.dtype(self.param_dtype)
+
+  def replace(self, **kw) -> Qwen3VLConfig:
+    return dataclasses.replace(self, **kw)
+
+  @classmethod
+  def from_hf(cls, d: dict[str, Any], **overrides) -> Qwen3VLConfig:
+    """From a HF config.json dict (nested text_config / vision_config, v4 `rope_scaling` or v5
+    `rope_parameters`)."""
+    if d.get("model_type") not in (None, MODEL_TYPE):
+      raise ValueError(f"model_type {d.get('model_type')!r} is not {MODEL_TYPE!r}")
+    td = dict(d.get("text_config") or {})
+    rope = dict(td.get("rope_parameters") or td.get("rope_scaling") or {})
+    if rope.get("rope_type", "default") not in ("default", None):
+      raise NotImplementedError(f"rope_type {rope.get('rope_type')!r} (only 'default')")
+    if rope.get("mrope_interleaved") is False:
+      raise NotImplementedError("mrope_interleaved=False (Qwen3-VL always interleaves)")
+    theta = rope.get("rope_theta", td.get("rope_theta", TextConfig.rope_theta))
+    section = tuple(int(s) for s in rope.get("mrope_section", TextConfig.mrope_section))
+    text_kw = {k: td[k] for k in _TEXT_KEYS if k in td}
+    if text_kw.get("head_dim") is None:
+      text_kw["head_dim"] = (text_kw.get("hidden_size", TextConfig.hidden_size)
+                             // text_kw.get("num_attention_heads", TextConfig.num_attention_heads))
+    if text_kw.get("num_key_value_heads") is None:
+      text_kw["num_key_value_heads"] = text_kw.get("num_attention_heads",
+                                                   TextConfig.num_attention_heads)
+    if isinstance(text_kw.get("eos_token_id"), list):
+      text_kw["eos_token_id"] = tuple(text_kw["eos_token_id"])
+    text = TextConfig(**text_kw, rope_theta=float(theta), mrope_section=section)
+    vd = dict(d.get("vision_config") or {})
+    vrope = dict(vd.get("rope_parameters") or {})
+    vision_kw = {k: vd[k] for k in _VISION_KEYS if k in vd}
+    if "deepstack_visual_indexes" in vision_kw:
+      vision_kw["deepstack_visual_indexes"] = tuple(vision_kw["deepstack_visual_indexes"])
+    if "num_attention_heads" in vd and "num_heads" not in vd:
+      vision_kw["num_heads"] = vd["num_attention_heads"]
+    if "num_hidden_layers" in vd and "depth" not in vd:
+      vision_kw["depth"] = vd["num_hidden_layers"]
+    vision = VisionConfig(**vision_kw, rope_theta=float(vrope.get("rope_theta", 10000.0)))
+    tie = bool(d.get("tie_word_embeddings", td.get("tie_word_embeddings", False)))
+    top = {k: d[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id",
+                             "vision_end_token_id") if k in d}
+    return cls(text=text, vision=vision, tie_word_embeddings=tie, **top, **overrides)
+
+  def to_hf(self) -> dict[str, Any]:
+    """A transformers-5 config.json dict (nested text_config / vision_config)."""
+    t, v = self.text, self.vision
+    text = {k: getattr(t, k) for k in _TEXT_KEYS}
+    if isinstance(text["eos_token_id"], tuple):
+      text["eos_token_id"] = list(text["eos_token_id"])
+    text.update(model_type="qwen3_vl_text", attention_dropout=0.0, use_cache=True,
+                initializer_range=0.02, tie_word_embeddings=self.tie_word_embeddings,
+                rope_parameters={"rope_type": "default", "rope_theta": t.rope_theta,
+                                 "mrope_section": list(t.mrope_section),
+                                 "mrope_interleaved": True})
+    vision = {k: getattr(v, k) for k in _VISION_KEYS}
+    vision["deepstack_visual_indexes"] = list(v.deepstack_visual_indexes)
+    vision.update(model_type="qwen3_vl_vision", initializer_range=0.02,
+                  rope_parameters={"rope_type": "axial", "rope_theta": v.rope_theta})
+    return {
+        "architectures": ["Qwen3VLForConditionalGeneration"],
+        "model_type": MODEL_TYPE,
+        "dtype": self.param_dtype,
+        "image_token_id": self.image_token_id,
+        "video_token_id": self.video_token_id,
+        "vision_start_token_id": self.vision_start_token_id,
+        "vision_end_token_id": self.vision_end_token_id,
+        "tie_word_embeddings": self.tie_word_embeddings,
+        "text_config": text,
+        "vision_config": vision,
+    }
+
+
+# The name models.build looks up (same spelling pattern as qwen2_5_vl.Qwen2_5_VLConfig).
+Qwen3_VLConfig = Qwen3VLConfig  # pylint: disable=invalid-name
+
+
+def tiny_config(*, text: dict | None = None, vision: dict | None = None, **kw) -> Qwen3VLConfig:
+  """A small random config for tests (vocab 256, 3 decoder layers, GQA 4/2 heads, head_dim 16).
+
+  Special ids: image 250, video 251, vision_start 252, vision_end 253. Vision: patch 4
+  (Dp = 96), 3 blocks, DeepStack from blocks 0 and 1, a 4 x 4 learned position grid.
+  """
+  t = dict(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+           num_attention_heads=4, num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-6,
+           rope_theta=10000.0, mrope_section=(4, 2, 2))
+  t.update(text or {})
+  v = dict(depth=3, hidden_size=32, intermediate_size=48, num_heads=2, patch_size=4,
+           spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=t["hidden_size"],
+           num_position_embeddings=16, deepstack_visual_indexes=(0, 1))
+  v.update(vision or {})
+  base = dict(image_token_id=250, video_token_id=251, vision_start_token_id=252,
+              vision_end_token_id=253, tie_word_embeddings=False)
+  base.update(kw)
+  return Qwen3VLConfig(text=TextConfig(**t), vision=VisionConfig(**v), **base)
+
+
+def qwen3_vl_4b_config(**overrides) -> Qwen3VLConfig:
+  """The Qwen/Qwen3-VL-4B-Instruct architecture (its config.json, transcribed)."""
+  text = TextConfig(vocab_size=151936, hidden_size=2560, intermediate_size=9728,
+                    num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
+                    head_dim=128, max_position_embeddings=262144, rms_norm_eps=1e-6,
+                    rope_theta=5000000.0, mrope_section=(24, 20, 20), bos_token_id=151643,
+                    eos_token_id=151645)
+  vision = VisionConfig(depth=24, hidden_size=1024, intermediate_size=4096, num_heads=16,
+                        patch_size=16, spatial_merge_size=2, temporal_patch_size=2,
+                        out_hidden_size=2560, num_position_embeddings=2304,
+                        deepstack_visual_indexes=(5, 11, 17))
+  return Qwen3VLConfig(text=text, vision=vision, tie_word_embeddings=True, **overrides)
+
+
+# ----------------------------------------------------------------------------------------------
+# Host-side index computations (NumPy, from concrete grids).
+
+
+def token_types(input_ids, config: Qwen3VLConfig) -> np.ndarray:
+  """mm_token_type_ids derived from input_ids: 1 at image_token_id, 2 at video_token_id, else 0."""
+  ids = np.asarray(input_ids)
+  types = np.zeros(ids.shape, np.int64)
+  types[ids == config.image_token_id] = 1
+  types[ids == config.video_token_id] = 2
+  return types
+
+
+def split_video_grids(video_grid_thw) -> np.ndarray | None:
+  """(t, h, w) rows -> t rows of (1, h, w) each (one block per temporal patch, as HF does)."""
+  if video_grid_thw is None:
+    return None
+  g = np.asarray(video_grid_thw, np.int64).reshape(-1, 3)
+  g = np.repeat(g, g[:, 0], axis=0)
+  g[:, 0] = 1
+  return g
+
+
+def _row_positions(types: np.ndarray, start: int, grid_iters: dict, sms: int
+                   ) -> tuple[np.ndarray, int]:
+  """Qwen3-VL M-RoPE positions [3, n] of one row's (unmasked) tokens, from position `start`.
+
+  Text runs: p = current + arange(len) on all 3 axes, current += len. A run of image (1) or video
+  (2) tokens takes the next (t, h, w) grid of its kind (videos pre-split into t = 1 blocks):
+  positions (current + i_t, current + i_h, current + i_w) over the merged grid (t, h/m, w/m);
+  then current += max(h, w) / m. (transformers 5.23 Qwen3VLModel.get_rope_index.)
+  """
+  out = []
+  current = start
+  for key, group in itertools.groupby(enumerate(types.tolist()), lambda x: x[1]):
+    group = list(group)
+    n = group[-1][0] + 1 - group[0][0]
+    if key == 0:
+      out.append(np.broadcast_to(np.arange(n, dtype=np.int64) + current, (3, n)))
+      current += n
+      continue
+    it = grid_iters.get(key)
+    if it is None:
+      raise ValueError(f"{'image' if key == 1 else 'video'} tokens present but no grid given")
+    try:
+      t, h, w = (int(x) for x in next(it))
+    except StopIteration:
+      raise ValueError("more image/video token runs than grid blocks") from None
+    lt, lh, lw = t, h // sms, w // sms
+    tg, hg, wg = np.meshgrid(np.arange(lt), np.arange(lh) + current, np.arange(lw) + current,
+                             indexing="ij")
+    pos = np.stack([tg.reshape(-1) + current, hg.reshape(-1), wg.reshape(-1)]).astype(np.int64)
+    if pos.shape[1] != n:
+      raise ValueError(f"a run of {n} vision tokens does not match grid {(t, h, w)} "
+                       f"({pos.shape[1]} merged tokens)")
+    out.append(pos)
+    current += max(h, w) // sms
+  if not out:
+    return np.zeros((3, 0), np.int64), current
+  return np.concatenate(out, axis=1), current
+
+
+def get_rope_index(input_ids, video_grid_thw=None, attention_mask=None, *,
+                   config: Qwen3VLConfig, image_grid_thw=None, mm_token_type_ids=None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+  """Multimodal (3-D) rope positions, exactly as transformers' Qwen3-VL `get_rope_index`.
+
+  input_ids: int[B, T] (concrete); video_grid_thw: int[n_videos, 3] (split into t = 1 blocks) and
+  image_grid_thw: int[n_images, 3], consumed in order across all rows (HF semantics);
+  attention_mask: [B, T] (masked tokens get position 0 and are skipped); mm_token_type_ids:
+  int[B, T] (0 text, 1 image, 2 video; derived from input_ids when None).
+  Returns position_ids i32[3, B, T] and rope_deltas i32[B, 1] = max position + 1 - row length.
+  """
+  ids = np.asarray(input_ids)
+  bsz, seq = ids.shape
+  types = (token_types(ids, config) if mm_token_type_ids is None
+           else np.asarray(mm_token_type_ids, np.int64))
+  pos = np.zeros((3, bsz, seq), np.int64)
+  vgrid = split_video_grids(video_grid_thw)
+  grid_iters = {1: iter(np.asarray(image_grid_thw)) if image_grid_thw is not None else None,
+                2: iter(vgrid) if vgrid is not None else None}
+  deltas = []
+  for b in range(bsz):
+    sel = (np.asarray(attention_mask)[b].astype(bool) if attention_mask is not None
+           else np.ones((seq,), bool))
+    row, _ = _row_positions(types[b][sel], 0, grid_iters, config.vision.spatial_merge_size)
+    pos[:, b, sel] = row
+    deltas.append(int(row.max()) + 1 - int(sel.sum()) if row.size else 0)
+  return pos.astype(np.int32), np.asarray(deltas, np.int32)[:, None]
+
+
+def chunk_position_ids(input_ids_chunk, start_positions, *, config: Qwen3VLConfig,
+                       video_grid_thw=None, chunk_mask=None, mm_token_type_ids=None,
+                       second_per_grid_ts=None) -> tuple[np.ndarray, np.ndarray]:
+  """Positions of a streaming chunk, continuing the get_rope_index rule from `start_positions`.
+
+  input_ids_chunk: int[B, C]; start_positions: int[B] (running position after the previous
+  chunks); video_grid_thw: [n, 3] grids of the videos in ONE row's chunk (same for every row;
+  batched layout); chunk_mask: [B, C] 1 for real tokens (padding gets position 0).
+  second_per_grid_ts is accepted for signature compatibility with qwen2_5_vl and unused.
+  Returns (position_ids i32[3, B, C], next_start i32[B]). Concatenating chunk results equals
+  get_rope_index on the whole sequence (Qwen3-VL's rule only depends on the running position).
+  """
+  del second_per_grid_ts
+  ids = np.asarray(input_ids_chunk)
+  bsz, c = ids.shape
+  starts = np.broadcast_to(np.asarray(start_positions, np.int64), (bsz,))
+  types = (token_types(ids, config) if mm_token_type_ids is None
+           else np.asarray(mm_token_type_ids, np.int64))
+  pos = np.zeros((3, bsz, c), np.int64)
+  nxt = np.zeros((bsz,), np.int64)
+  vgrid = split_video_grids(video_grid_thw)
+  for b in range(bsz):
+    sel = (np.asarray(chunk_mask)[b].astype(bool) if chunk_mask is not None
+           else np.ones((c,), bool))
+    grid_iters = {2: iter(vgrid) if vgrid is not None else None}
+    row, cur = _row_positions(types[b][sel], int(starts[b]), grid_iters,
+                              config.vision.spatial_merge_size)
+    pos[:, b, sel] = row
+    nxt[b] = cur
+  return pos.astype(np.int32), nxt.astype(np.int32)
+
+
+def interpolation_taps(grid_thw, num_grid_per_side: int, merge: int
+                       ) -> tuple[np.ndarray, np.ndarray]:
+  """Bilinear (align_corners=True) resampling of the s x s position table to each frame's grid.
+
+  For a frame of h x w patches, patch (r, c) (in merge-block order, repeated over the t frames)
+  reads the table at y = r (s - 1) / max(h - 1, 1), x = c (s - 1) / max(w - 1, 1):
+  taps (floor(y) + {0, 1}) x (floor(x) + {0, 1}) clamped to [0, s - 1], weights
+  (1 - |y - tap_y|)(1 - |x - tap_x|) clipped at 0 (HF `get_vision_interpolation_indices_and_
+  weights`, mode bilinear). Returns idx i32[N, 4] into the flattened table and w f32[N, 4].
+  """
+  s = num_grid_per_side
+  idx_all, w_all = [], []
+  for t, h, w in np.asarray(grid_thw, np.int64).reshape(-1, 3).tolist():
+    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    shape = (h // merge, merge, w // merge, merge)
+    rows = rows.reshape(shape).transpose(0, 2, 1, 3).reshape(-1)
+    cols = cols.reshape(shape).transpose(0, 2, 1, 3).reshape(-1)
+
+    def axis_taps(index, size):
+      src = index.astype(np.float32) * np.float32(s - 1) / np.float32(max(size - 1, 1))
+      floor = np.floor(src)
+      offs = np.arange(2)
+      taps = np.clip(floor.astype(np.int64)[:, None] + offs, 0, s - 1)
+      wts = np.clip(1 - np.abs(src[:, None] - floor[:, None] - offs), 0, None)
+      return taps, wts.astype(np.float32)
+
+    ht, hw = axis_taps(rows, h)
+    wt, ww = axis_taps(cols, w)
+    idx = (ht[:, :, None] * s + wt[:, None, :]).reshape(-1, 4)
+    wts = (hw[:, :, None] * ww[:, None, :]).reshape(-1, 4)
+    idx_all.append(np.tile(idx, (t, 1)))
+    w_all.append(np.tile(wts, (t, 1)))
+  return np.concatenate(idx_all).astype(np.int32), np.concatenate(w_all).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def _vision_plan_cached(grid_key: tuple, vcfg: VisionConfig):
+  grid = np.asarray(grid_key, np.int64).reshape(-1, 3)
+  n = int(np.prod(grid, axis=1).sum())
+  frames = np.repeat(grid[:, 1] * grid[:, 2], grid[:, 0])
+  full = layers.segment_plan(layers.cu_seqlens_segments(np.concatenate([[0], np.cumsum(frames)])),
+                             n)
+  pos_hw = qwen2_5_vl.vision_position_hw(grid, vcfg.spatial_merge_size)
+  taps, weights = interpolation_taps(grid, vcfg.num_grid_per_side, vcfg.spatial_merge_size)
+  return pos_hw, full, taps, weights
+
+
+def vision_plan(grid_thw, vcfg: VisionConfig):
+  """(pos_hw i32[N, 2], per-frame SegmentPlan, taps i32[N, 4], weights f32[N, 4]) of the grids."""
+  grid = np.asarray(grid_thw, np.int64).reshape(-1, 3)
+  return _vision_plan_cached(tuple(grid.reshape(-1).tolist()), vcfg)
+
+
+# ----------------------------------------------------------------------------------------------
+# Modules.
+
+
+def _layer_norm(dim_name: str, eps: float, dtype, param_dtype, name: str) -> nn.LayerNorm:
+  """nn.LayerNorm (statistics in float32) with 'norm'-named scale and bias (HF weight, bias)."""
+  del dim_name
+  return nn.LayerNorm(
+      epsilon=eps, dtype=dtype, param_dtype=param_dtype, use_fast_variance=False,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)),
+      name=name)
+
+
+class VisionMLP(nn.Module):
+  """y = fc2(act(fc1(x))) with biases. x: [N, E] -> [N, E]."""
+  cfg: VisionConfig
+  dtype: Any
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self, x):
+    c = self.cfg
+    kw = dict(use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype)
+    h = layers.dense(c.intermediate_size, ("vision_embed", "vision_mlp"), name="linear_fc1",
+                     **kw)(x)
+    h = layers.activation(c.hidden_act)(h)
+    return layers.dense(c.hidden_size, ("vision_mlp", "vision_embed"), name="linear_fc2",
+                        **kw)(h)
+
+
+class VisionBlock(nn.Module):
+  """x += proj(attn(rope(qkv(ln1(x))))) within frames; x += mlp(ln2(x)). x: [N, E]."""
+  cfg: VisionConfig
+  dtype: Any
+  param_dtype: Any
+  impl: str
+
+  @nn.compact
+  def __call__(self, x, cos, sin, gather, valid, scatter):
+    c = self.cfg
+    h = _layer_norm("vision_embed", c.layer_norm_eps, self.dtype, self.param_dtype, "norm1")(x)
+    with jax.named_scope("vision_attn"):
+      q, k, v, proj = qwen2_5_vl._AttnQKV(  # pylint: disable=protected-access
+          c.hidden_size, self.param_dtype, self.dtype, name="attn")(h)
+      n = x.shape[0]
+      q = q.reshape(n, c.num_heads, c.head_dim)
+      k = k.reshape(n, c.num_heads, c.head_dim)
+      v = v.reshape(n, c.num_heads, c.head_dim)
+      q = layers.apply_rotary(q, cos, sin, compute_dtype=jnp.float32)
+      k = layers.apply_rotary(k, cos, sin, compute_dtype=jnp.float32)
+      o = layers.segment_attention(q, k, v, layers.SegmentPlan(gather, valid, scatter),
+                                   impl=self.impl)
+      x = x + proj(o.reshape(n, c.hidden_size))
+    h = _layer_norm("vision_embed", c.layer_norm_eps, self.dtype, self.param_dtype, "norm2")(x)
+    return x + VisionMLP(c, self.dtype, self.param_dtype, name="mlp")(h)
+
+
+class PatchMerger(nn.Module):
+  """y = fc2(gelu(fc1(shuffle(x)))) with a LayerNorm before (postshuffle=False, over E) or after
+  (postshuffle=True, over 4E) the 2x2 shuffle [N, E] -> [N/4, 4E]. Output [N/4, D_out]."""
+  cfg: VisionConfig
+  dtype: Any
+  param_dtype: Any
+  postshuffle: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    c = self.cfg
+    hid = c.hidden_size * c.spatial_merge_size ** 2
+    norm = _layer_norm("merger_in", c.layer_norm_eps, self.dtype, self.param_dtype, "norm")
+    x = norm(x.reshape(-1, hid)) if self.postshuffle else norm(x).reshape(-1, hid)
+    kw = dict(use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype)
+    x = layers.dense(hid, ("merger_in", "merger_hidden"), name="linear_fc1", **kw)(x)
+    x = jax.nn.gelu(x, approximate=False)
+    return layers.dense(c.out_hidden_size, ("merger_hidden", "embed"), name="linear_fc2",
+                        **kw)(x)
+
+
+class VisionTower(nn.Module):
+  """Patch embed + interpolated position table -> blocks -> merger, plus DeepStack mergers.
+
+  pixels [N, Dp] -> (merged [N/4, D_out], tuple of len(deepstack_visual_indexes) [N/4, D_out]).
+  """
+  cfg: VisionConfig
+  dtype: Any
+  param_dtype: Any
+  impl: str
+  remat: bool = False
+
+  @nn.compact
+  def __call__(self, pixels: Array, grid_thw) -> tuple[Array, tuple[Array, ...]]:
+    c = self.cfg
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    pos_hw, plan, taps, weights = vision_plan(grid_thw, c)
+    n = pos_hw.shape[0]
+    if pixels.shape[0] != n:
+      raise ValueError(f"{pixels.shape[0]} patches given but the grids {np.asarray(grid_thw)} "
+                       f"hold {n}")
+    x = layers.dense(c.hidden_size, ("vision_patch", "vision_embed"), use_bias=True,
+                     name="patch_embed", **kw)(pixels.astype(self.dtype))
+    table = _PosEmbed(c.num_position_embeddings, c.hidden_size, self.param_dtype,
+                      name="pos_embed")()
+    pos = jnp.sum(jnp.take(table, jnp.asarray(taps), axis=0).astype(jnp.float32)
+                  * jnp.asarray(weights)[:, :, None], axis=1)
+    x = x + pos.astype(x.dtype)
+    cos, sin = layers.axial_rope_cos_sin(pos_hw, layers.rope_inv_freq(c.head_dim // 2,
+                                                                      c.rope_theta))
+    block_cls = nn.remat(VisionBlock) if self.remat else VisionBlock
+    gather, valid, scatter = (jnp.asarray(plan.gather), jnp.asarray(plan.valid),
+                              jnp.asarray(plan.scatter))
+    deep = []
+    for i in range(c.depth):
+      x = block_cls(c, self.dtype, self.param_dtype, self.impl, name=f"blocks_{i}")(
+          x, cos, sin, gather, valid, scatter)
+      if i in c.deepstack_visual_indexes:
+        j = c.deepstack_visual_indexes.index(i)
+        deep.append(PatchMerger(c, self.dtype, self.param_dtype, postshuffle=True,
+                                name=f"deepstack_merger_list_{j}")(x))
+    merged = PatchMerger(c, self.dtype, self.param_dtype, name="merger")(x)
+    return merged, tuple(deep)
+
+
+class _PosEmbed(nn.Module):
+  """Learned vision position table [s*s, E] (HF pos_embed.weight)."""
+  num: int
+  dim: int
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self) -> Array:
+    return self.param("embedding", nn.with_logical_partitioning(
+        nn.initializers.normal(0.02), (None, "vision_embed")), (self.num, self.dim),
+        self.param_dtype)
+
+
+class _DecoderAttnParams(nn.Module):
+  """q/k/v/o projections (bias per config) and the per-head q_norm / k_norm of a decoder layer."""
+  cfg: TextConfig
+  dtype: Any
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self, h):
+    c = self.cfg
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    hd = c.head_dim
+    b, t, _ = h.shape
+    q = layers.dense(c.num_attention_heads * hd, ("embed", "q_heads"), use_bias=c.attention_bias,
+                     name="q_proj", **kw)(h)
+    k = layers.dense(c.num_key_value_heads * hd, ("embed", "kv_heads"), use_bias=c.attention_bias,
+                     name="k_proj", **kw)(h)
+    v = layers.dense(c.num_key_value_heads * hd, ("embed", "kv_heads"), use_bias=c.attention_bias,
+                     name="v_proj", **kw)(h)
+    o = layers.dense(c.hidden_size, ("q_heads", "embed"), use_bias=c.attention_bias,
+                     name="o_proj", **kw)
+    q = layers.RMSNorm(hd, c.rms_norm_eps, name="q_norm", **kw)(
+        q.reshape(b, t, c.num_attention_heads, hd))
+    k = layers.RMSNorm(hd, c.rms_norm_eps, name="k_norm", **kw)(
+        k.reshape(b, t, c.num_key_value_heads, hd))
+    return q, k, v.reshape(b, t, c.num_key_value_heads, hd), o
+
+
+class DecoderLayer(nn.Module):
+  """x += o(attn(rope(qn(q)), rope(kn(k)), v)); x += swiglu(norm(x)). x: [B, T, D].
+
+  kv: None (causal self-attention, `mask` = padding mask or None) or (k_cache, v_cache, slots)
+  (this chunk's k, v are written at `slots` and the queries attend the cache under `mask`).
+  """
+  cfg: TextConfig
+  dtype: Any
+  param_dtype: Any
+  impl: str
+
+  @nn.compact
+  def __call__(self, x, cos, sin, mask, kv):
+    c = self.cfg
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    b, t, _ = x.shape
+    h = layers.RMSNorm(c.hidden_size, c.rms_norm_eps, name="input_layernorm", **kw)(x)
+    q, k, v, o_proj = _DecoderAttnParams(c, **kw, name="self_attn")(h)
+    q = layers.apply_rotary(q, cos.astype(self.dtype), sin.astype(self.dtype))
+    k = layers.apply_rotary(k, cos.astype(self.dtype), sin.astype(self.dtype))
+    new_kv = None
+    if kv is None:
+      o = layers.attention(q, k, v, mask=mask, impl=self.impl, is_causal=True)
+    else:
+      k_cache, v_cache, slots = kv
+      bidx = jnp.arange(b)[:, None]
+      k_cache = k_cache.at[bidx, slots].set(k.astype(k_cache.dtype))
+      v_cache = v_cache.at[bidx, slots].set(v.astype(v_cache.dtype))
+      o = layers.attention(q, k_cache.astype(self.dtype), v_cache.astype(self.dtype), mask=mask,
+                           impl=self.impl)
+      new_kv = (k_cache, v_cache)
+    x = x + o_proj(o.reshape(b, t, c.num_attention_heads * c.head_dim))
+    h = layers.RMSNorm(c.hidden_size, c.rms_norm_eps, name="post_attention_layernorm", **kw)(x)
+    x = x + layers.GatedMLP(c.hidden_size, c.intermediate_size, c.hidden_act, use_bias=False,
+                            axes=("embed", "mlp"), name="mlp", **kw)(h)
+    return x, new_kv
+
+
+def _gather_tokens(ids, token_id, feats, batched: bool):
+  """Features for the token_id positions of ids [B, T] in order (garbage elsewhere): [B, T, D].
+
+  Flat: feats [M, D], the k-th such token of the batch (row-major) reads feats[k]; batched:
+  feats [B, M, D], the k-th such token of row b reads feats[b, k].
+  """
+  is_tok = ids == token_id
+  m = feats.shape[-2]
+  if batched:
+    rank = jnp.clip(jnp.cumsum(is_tok, axis=1) - 1, 0, m - 1)
+    return jnp.take_along_axis(feats, rank[..., None], axis=1)
+  rank = jnp.clip(jnp.cumsum(is_tok.reshape(-1)) - 1, 0, m - 1).reshape(ids.shape)
+  return feats[rank]
+
+
+def _add_at_tokens(x, ids, token_id, feats, batched: bool):
+  """x + feats at the token_id positions (in order), x unchanged elsewhere. x: [B, T, D]."""
+  g = _gather_tokens(ids, token_id, feats, batched)
+  return x + jnp.where((ids == token_id)[..., None], g.astype(x.dtype), 0)
+
+
+class Qwen3_VL(nn.Module):  # pylint: disable=invalid-name
+  """Qwen3-VL for conditional generation. See the module docstring for the call contract."""
+  config: Qwen3VLConfig
+
+  def setup(self):
+    cfg = self.config
+    t = cfg.text
+    kw = dict(dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype)
+    self.visual = VisionTower(cfg.vision, cfg.compute_dtype, cfg.params_dtype,
+                              cfg.attention_impl, cfg.remat)
+    self.embed_tokens = Embedding(t.vocab_size, t.hidden_size, **kw)
+    layer_cls = nn.remat(DecoderLayer) if cfg.remat else DecoderLayer
+    self.layers = [layer_cls(t, cfg.compute_dtype, cfg.params_dtype, cfg.attention_impl,
+                             name=f"layers_{i}") for i in range(t.num_hidden_layers)]
+    self.norm = layers.RMSNorm(t.hidden_size, t.rms_norm_eps, **kw)
+    if not cfg.tie_word_embeddings:
+      self.lm_head = Unembed(t.hidden_size, t.vocab_size, cfg.params_dtype)
+
+  def encode_vision(self, pixel_values: Array, grid_thw) -> tuple[Array, tuple[Array, ...]]:
+    """Vision tower + mergers. Flat [N, Dp] -> ([N/4, D], deepstack tuple of [N/4, D]);
+    batched [B, N_b, Dp] -> ([B, N_b/4, D], tuple of [B, N_b/4, D]) (grid_thw = one row's)."""
+    grid = np.asarray(grid_thw).reshape(-1, 3)
+    if pixel_values.ndim == 3:
+      b = pixel_values.shape[0]
+      feats, deep = self.visual(pixel_values.reshape(-1, pixel_values.shape[-1]),
+                                np.tile(grid, (b, 1)))
+      return (feats.reshape(b, -1, feats.shape[-1]),
+              tuple(d.reshape(b, -1, d.shape[-1]) for d in deep))
+    return self.visual(pixel_values, grid)
+
+  def unembedding_matrix(self) -> Array:
+    if self.config.tie_word_embeddings:
+      return self.embed_tokens.table().T
+    return self.lm_head()
+
+  def __call__(self, input_ids, pixel_values_videos=None, video_grid_thw=None,
+               second_per_grid_ts=None, attention_mask=None, position_ids=None,
+               return_hidden: bool = False, pixel_values=None, image_grid_thw=None,
+               mm_token_type_ids=None, video_embeds=None, kv: KVInput | None = None):
+    """Returns logits f32[B, T, V] (or hidden [B, T, D] with return_hidden), and the updated
+    (k, v) tuples when `kv` is given (then the output is (out, (k_tuple, v_tuple))).
+
+    video_embeds: optional precomputed `encode_vision` output (merged, deepstack tuple) used
+    instead of pixel_values_videos.
+    """
+    del second_per_grid_ts  # Qwen3-VL encodes time as text timestamps, not in rope.
+    cfg = self.config
+    batched = pixel_values_videos is not None and pixel_values_videos.ndim == 3
+    if video_embeds is not None:
+      batched = video_embeds[0].ndim == 3
+    x = self.embed_tokens(input_ids)
+    deep_adds = []  # (token_id, deepstack tuple, batched)
+    if pixel_values is not None:
+      if image_grid_thw is None:
+        raise ValueError("pixel_values given without image_grid_thw")
+      img, img_deep = self.encode_vision(pixel_values, image_grid_thw)
+      x = qwen2_5_vl._fill_tokens(  # pylint: disable=protected-access
+          x, input_ids, cfg.image_token_id, img, batched=False)
+      deep_adds.append((cfg.image_token_id, img_deep, False))
+    if pixel_values_videos is not None and video_embeds is None:
+      if video_grid_thw is None:
+        raise ValueError("pixel_values_videos given without video_grid_thw")
+      video_embeds = self.encode_vision(pixel_values_videos, video_grid_thw)
+    if video_embeds is not None:
+      vid, vid_deep = video_embeds
+      x = qwen2_5_vl._fill_tokens(  # pylint: disable=protected-access
+          x, input_ids, cfg.video_token_id, vid, batched=batched)
+      deep_adds.append((cfg.video_token_id, vid_deep, batched))
+    if self.is_initializing() and not cfg.tie_word_embeddings:
+      self.lm_head()
+    if position_ids is None:
+      position_ids = self._host_position_ids(input_ids, video_grid_thw, attention_mask,
+                                             image_grid_thw, mm_token_type_ids, batched)
+    t = cfg.text
+    cos, sin = layers.mrope_cos_sin(jnp.asarray(position_ids), layers.rope_inv_freq(
+        t.head_dim, t.rope_theta), t.mrope_section, interleaved=True)
+    if kv is None:
+      mask = None
+      if attention_mask is not None:
+        mask = jnp.asarray(attention_mask).astype(bool)[:, None, None, :]
+    else:
+      mask = kv.mask
+    new_k, new_v = [], []
+    for i, layer in enumerate(self.layers):
+      layer_kv = None if kv is None else (kv.k[i], kv.v[i], kv.slots)
+      x, lkv = layer(x, cos, sin, mask, layer_kv)
+      if lkv is not None:
+        new_k.append(lkv[0])
+        new_v.append(lkv[1])
+      for token_id, deep, is_batched in deep_adds:
+        if i < len(deep):
+          x = _add_at_tokens(x, input_ids, token_id, deep[i], is_batched)
+    x = self.norm(x)
+    if return_hidden:
+      out = x
+    else:
+      w = self.unembedding_matrix().astype(cfg.compute_dtype)
+      out = jnp.dot(x, w, preferred_element_type=jnp.float32).astype(jnp.float32)
+    if kv is not None:
+      return out, (tuple(new_k), tuple(new_v))
+    return out
+
+  def _host_position_ids(self, input_ids, video_grid_thw, attention_mask, image_grid_thw,
+                         mm_token_type_ids, batched):
+    if video_grid_thw is None and image_grid_thw is None:
+      b, t = input_ids.shape
+      return jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (3, b, t))
+    tracers = (input_ids, attention_mask, mm_token_type_ids)
+    if any(isinstance(a, jax.core.Tracer) for a in tracers):
+      raise ValueError("position_ids must be passed under jit (get_rope_index runs on the host "
+                       "from concrete input_ids); compute them with qwen3_vl.get_rope_index")
+    ids = np.asarray(input_ids)
+    am = None if attention_mask is None else np.asarray(attention_mask)
+    mm = None if mm_token_type_ids is None else np.asarray(mm_token_type_ids)
+    if not batched:
+      pos, _ = get_rope_index(ids, video_grid_thw, am, config=self.config,
+                              image_grid_thw=image_grid_thw, mm_token_type_ids=mm)
+      return jnp.asarray(pos)
+    rows = [get_rope_index(ids[b:b + 1], video_grid_thw, None if am is None else am[b:b + 1],
+                           config=self.config,
+                           mm_token_type_ids=None if mm is None else mm[b:b + 1])[0]
+            for b in range(ids.shape[0])]
+    return jnp.asarray(np.concatenate(rows, axis=1))
+
+
+# ----------------------------------------------------------------------------------------------
+# Parameters: init, unembedding, HF checkpoints.
+
+
+def dummy_inputs(config: Qwen3VLConfig, batch: int = 1) -> dict[str, Any]:
+  """Smallest inputs that touch every parameter (one 1 x m x m video per row)."""
+  m = config.vision.spatial_merge_size
+  grid = np.array([[1, m, m]], np.int64)
+  ids = np.array([[config.vision_start_token_id, config.video_token_id,
+                   config.vision_end_token_id]] * batch, np.int32)
+  pix = np.zeros((batch * m * m, config.vision.patch_dim), np.float32)
+  return dict(input_ids=ids, pixel_values_videos=pix, video_grid_thw=np.tile(grid, (batch, 1)))
+
+
+def init_params(config: Qwen3VLConfig, rng: Array):
+  """Random parameters (boxed nn.LogicallyPartitioned leaves; `nn.unbox` to strip). Shapes only:
+  `jax.eval_shape(functools.partial(init_params, config), rng)`."""
+  return Qwen3_VL(config).init(rng, **dummy_inputs(config))["params"]
+
+
+def unembedding(params, config: Qwen3VLConfig) -> Array:
+  """Output projection [D, V]: the embedding table transposed when tied, else lm_head."""
+  p = nn.unbox(params)
+  if config.tie_word_embeddings:
+    return p["embed_tokens"]["embedding"].T
+  return p["lm_head"]["kernel"]
+
+
+def hf_key_map(config: Qwen3VLConfig) -> dict[str, tuple[tuple[str, ...], Any]]:
+  """HF safetensors key -> (our param path, transform) for every parameter.
+
+  Keys as transformers 5.23 (and the released Qwen3-VL checkpoints) name them:
+  'model.visual.*', 'model.language_model.*', 'lm_head.weight'. Transforms as in hf_io:
+  'id', 'T' (Linear [out, in] <-> kernel [in, out]), ('conv', hf_shape) (Conv3d weight
+  [E, C, t, p, p] <-> kernel [C*t*p*p, E]; stride = kernel, so it is this matmul exactly).
+  LayerNorm scale/bias map to weight/bias.
+  """
+  shapes = jax.eval_shape(functools.partial(init_params, config), jax.random.key(0))
+  flat = jax.tree_util.tree_flatten_with_path(nn.unbox(shapes))[0]
+  hf_name = qwen2_5_vl._hf_name  # pylint: disable=protected-access
+  out = {}
+  for kp, _ in flat:
+    path = tuple(k.key for k in kp)
+    *mod, leaf = path
+    if path == ("lm_head", "kernel"):
+      out["lm_head.weight"] = (path, "T")
+      continue
+    if mod[0] == "visual":
+      name = "model.visual." + hf_name(tuple(mod[1:]))
+    else:
+      name = "model.language_model." + hf_name(tuple(mod))
+    if mod == ["visual", "patch_embed"]:
+      v = config.vision
+      name = "model.visual.patch_embed.proj"
+      if leaf == "kernel":
+        out[name + ".weight"] = (path, ("conv", (
+            v.hidden_size, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)))
+      else:
+        out[name + ".bias"] = (path, "id")
+      continue
+    if leaf == "kernel":
+      out[name + ".weight"] = (path, "T")
+    elif leaf == "bias":
+      out[name + ".bias"] = (path, "id")
+    else:  # scale, embedding
+      out[name + ".weight"] = (path, "id")
+  return out
+
+
+def load_hf_checkpoint(path: str, dtype=jnp.float32, shardings=None):
+  """Reads config.json and (sharded) safetensors from `path` -> (config, params).
+
+  dtype: parameter dtype (also set as config.param_dtype). shardings: optional pytree (same
+  structure as params) of jax.sharding.Sharding; each tensor is placed directly, one at a time.
+  A tied checkpoint's lm_head.weight, when present, is ignored.
+  """
+  with open(f"{path}/config.json") as f:
+    config = Qwen3VLConfig.from_hf(json.load(f), param_dtype=jnp.dtype(dtype).name)
+  key_map = hf_key_map(config)
+  shape_tree = nn.unbox(jax.eval_shape(functools.partial(init_params, config),
+                                       jax.random.key(0)))
+  params = hf_io.load_params(path, key_map, shape_tree, dtype=dtype, shardings=shardings,
+                             ignore=("lm_head.weight",) if config.tie_word_embeddings else ())
+  return config, params
+
+
+def save_hf_checkpoint(config: Qwen3VLConfig, params, path: str, *,
+                       max_shard_bytes: int = 5 * 2 ** 30) -> None:
+  """Writes config.json + safetensors (sharded with model.safetensors.index.json above
+  max_shard_bytes), loadable by transformers' Qwen3VLForConditionalGeneration.from_pretrained."""
+  hf_io.save_params(path, nn.unbox(params), hf_key_map(config), config.to_hf(),
+                    max_shard_bytes=max_shard_bytes)

@@ -1,0 +1,184 @@
+"""Tests of the streaming sampler (streampro_jax/rollout.py) on a random tiny Qwen2.5-VL."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from streampro_jax import rollout
+from streampro_jax.data import chat_format, synthetic
+from streampro_jax.data import tokenizer as tok_lib
+from streampro_jax.models import processing, qwen2_5_vl
+
+FRAME = 16          # 16 x 16 frames, patch 4 -> grid (1, 4, 4), 4 visual tokens per turn
+GRID = (1, 4, 4)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  tok = tok_lib.build_synthetic_tokenizer(synthetic.synthetic_vocabulary(),
+                                          str(tmp_path_factory.mktemp("tok")))
+  ids = {name: tok.convert_tokens_to_ids(t) for name, t in (
+      ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+      ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
+  cfg = qwen2_5_vl.tiny_config(text=dict(vocab_size=-(-len(tok) // 64) * 64),
+                               attention_impl="xla", **ids)
+  params = nn.unbox(jax.jit(functools.partial(qwen2_5_vl.init_params, cfg))(jax.random.key(0)))
+  chat = chat_format.ChatFormat(tok, tokens_per_turn=4)
+  proc = processing.VideoProcessorConfig(patch_size=4, merge_size=2, temporal_patch_size=2,
+                                         do_resize=False)
+  sc = synthetic.SynthConfig(resolution=32, min_duration=12, max_duration=14)
+  prompts = []
+  for i, k in enumerate((5, 4, 6)):
+    rec = synthetic.make_record("test", i, config=sc)
+    prompts.append(rollout.prompt_from_record(rec, rec.questions[0], synthetic.render_frames(rec),
+                                              proc, max_turns=k, frame_size=(FRAME, FRAME)))
+  return dict(tok=tok, cfg=cfg, params=params, chat=chat, prompts=prompts)
+
+
+@pytest.fixture(scope="module")
+def sampler_t1(setup):
+  scfg = rollout.SamplerConfig(temperature=1.0, max_text_tokens=5, user_chunk_len=96,
+                               capacity=1024)
+  return rollout.StreamingSampler(setup["cfg"], setup["chat"], scfg, video_grid=GRID)
+
+
+def test_top_p_filter_matches_numpy():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(4, 11)).astype(np.float32)
+  for top_p in (0.3, 0.75, 0.95):
+    got = np.asarray(rollout.top_p_filter(logits, top_p))
+    for row, out in zip(logits, got):
+      p = np.exp(row - row.max())
+      p /= p.sum()
+      order = np.argsort(-p)
+      keep, mass = [], 0.0
+      for i in order:        # smallest prefix whose mass reaches top_p
+        keep.append(i)
+        mass += p[i]
+        if mass >= top_p:
+          break
+      assert set(np.nonzero(np.isfinite(out))[0]) == set(keep)
+
+
+def test_sample_tokens_force_restrict_greedy():
+  logits = np.log(np.asarray([[0.1, 0.6, 0.2, 0.1], [0.5, 0.1, 0.1, 0.3],
+                              [0.25, 0.25, 0.4, 0.1]], np.float32))
+  keys = jax.random.split(jax.random.key(0), 3)
+  tok, old, slp = rollout.sample_tokens(
+      logits, keys, np.asarray([-1, 3, -1]), np.asarray([False, False, True]),
+      temperature=0.0, top_p=1.0, allowed_ids=(0, 3))
+  np.testing.assert_array_equal(np.asarray(tok), [1, 3, 0])    # argmax; forced; restricted
+  np.testing.assert_allclose(np.asarray(old), np.log([0.6, 0.3, 0.25]), rtol=1e-6)
+  np.testing.assert_array_equal(np.asarray(slp), [0, 0, 0])
+  # Temperature 2: old logp is under softmax(logits / 2); the restricted row's sampling logp is
+  # renormalised over the allowed ids.
+  tok, old, slp = rollout.sample_tokens(
+      logits, keys, np.asarray([-1, -1, -1]), np.asarray([False, False, True]),
+      temperature=2.0, top_p=1.0, allowed_ids=(0, 3))
+  tok = np.asarray(tok)
+  assert tok[2] in (0, 3)
+  q = np.sqrt(np.exp(logits))
+  q /= q.sum(-1, keepdims=True)
+  np.testing.assert_allclose(np.asarray(old), np.log(q[np.arange(3), tok]), rtol=1e-5)
+  allowed = q[2, [0, 3]] / q[2, [0, 3]].sum()
+  np.testing.assert_allclose(float(slp[2]), np.log(allowed[[0, 3].index(tok[2])]), rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_logps_match_teacher_forcing_and_layout(setup, sampler_t1):
+  prompts = setup["prompts"]
+  out = sampler_t1.sample(setup["params"], prompts, group_size=2, seed=3)
+  n = 6
+  assert out.input_ids.shape[0] == n and out.position_ids.shape[:2] == (3, n)
+  assert out.pixel_values_videos.shape == (n, 6 * 16, 96)
+  assert not out.overflow.any()
+  np.testing.assert_array_equal(out.num_turns, [5, 5, 4, 4, 6, 6])
+  np.testing.assert_array_equal(out.sample_index, [0, 0, 1, 1, 2, 2])
+  # Full forward over the returned layout at temperature 1 = the sampling log-probs.
+  ref = rollout.teacher_forced_logps(setup["params"], setup["cfg"], out)
+  sampled = out.loss_mask > 0
+  assert sampled.sum() > 3 * n
+  np.testing.assert_allclose(out.old_logps[sampled], ref[sampled], atol=1e-5)
+  forced = out.forced_mask > 0
+  np.testing.assert_allclose(out.old_logps[forced], ref[forced], atol=1e-5)
+  # temperature 1, top_p 1: sampling distribution = policy.
+  np.testing.assert_allclose(out.sampling_logps[sampled], out.old_logps[sampled], atol=1e-6)
+  # Positions used while streaming = get_rope_index of the whole row.
+  for r in range(n):
+    k = int(out.num_turns[r])
+    pos, _ = qwen2_5_vl.get_rope_index(
+        out.input_ids[r:r + 1], video_grid_thw=out.video_grid_thw[:k],
+        attention_mask=out.attention_mask[r:r + 1], config=setup["cfg"])
+    np.testing.assert_array_equal(pos[:, 0], out.position_ids[:, r])
+  # The layout parses back into the same turns; one message per turn, each ends with <|im_end|>.
+  chat = setup["chat"]
+  for r in range(n):
+    m = int(out.lengths[r])
+    turns = chat.decode_turns(out.input_ids[r, :m])
+    assert [t.index for t in turns] == list(range(int(out.num_turns[r])))
+    q_turns = [t.index for t in turns if t.question is not None]
+    assert q_turns == [prompts[r // 2].ask_turn]
+    for t, turn in enumerate(turns):
+      assert turn.num_video_pads == 4
+      assert turn.decision == rollout.DECISION_NAMES[int(out.decisions[r, t])]
+    assert (out.decisions[r, int(out.num_turns[r]):] == rollout.NO_TURN).all()
+    # Ends with <|im_end|> "\n"; every supervised message ends with a sampled or forced im_end.
+    np.testing.assert_array_equal(out.input_ids[r, m - 2:m], [chat.im_end_id] + chat.newline_ids)
+  n_end = ((out.labels == chat.im_end_id) & ((out.loss_mask + out.forced_mask) > 0)).sum(1)
+  np.testing.assert_array_equal(n_end, out.num_turns)
+  # Length limit: at most 1 + max_text_tokens sampled tokens before <|im_end|> per message.
+  per_turn = [np.bincount(out.turn_index[r][out.loss_mask[r] > 0] + 0, minlength=8)
+              for r in range(n)]
+  assert max(int(x.max()) for x in per_turn) <= 1 + 5 + 1
+
+
+def test_deterministic_and_compiles_once(setup, sampler_t1):
+  prompts = setup["prompts"]
+  a = sampler_t1.sample(setup["params"], prompts, group_size=2, seed=7)
+  b = sampler_t1.sample(setup["params"], prompts, group_size=2, seed=7)
+  np.testing.assert_array_equal(a.input_ids, b.input_ids)
+  np.testing.assert_array_equal(a.old_logps, b.old_logps)
+  assert a.messages == b.messages
+  c = sampler_t1.sample(setup["params"], prompts, group_size=2, seed=8)
+  assert not np.array_equal(a.input_ids, c.input_ids)
+  # The G rollouts of a sample differ (same frames, different draws).
+  assert a.messages[0] != a.messages[1]
+  # Other samples, questions and turn counts: still one compilation per function.
+  d = sampler_t1.sample(setup["params"], prompts[::-1], group_size=2, seed=1)
+  assert d.input_ids.shape[0] == 6
+  assert sampler_t1.compile_counts() == {"prefix": 1, "user": 1, "step": 1}
+
+
+@pytest.mark.slow
+def test_greedy_constrained_with_sliding_window(setup):
+  scfg = rollout.SamplerConfig(temperature=0.0, max_text_tokens=3, window_turns=2,
+                               constrain_decision=True)
+  s = rollout.StreamingSampler(setup["cfg"], setup["chat"], scfg, video_grid=GRID)
+  prompts = setup["prompts"][:2]
+  out = s.sample(setup["params"], prompts, group_size=2, seed=0)
+  assert not out.overflow.any()
+  # Greedy: the G rollouts of a sample are identical; no sampling log-probs.
+  np.testing.assert_array_equal(out.input_ids[0], out.input_ids[1])
+  assert (out.sampling_logps == 0).all()
+  chat = setup["chat"]
+  # Constrained: every message starts with a decision token; </Silence> is followed by a forced
+  # <|im_end|>, so no message is invalid unless a </Response> has empty text.
+  for r in range(4):
+    for t, msg in enumerate(out.messages[r]):
+      assert msg.startswith(("</Silence>", "</Response>")), msg
+      if msg.startswith("</Silence>"):
+        assert msg == "</Silence>" and out.decisions[r, t] == rollout.SILENCE
+  silence_targets = (out.labels == chat.silence_id) & (out.loss_mask > 0)
+  nxt = np.roll(silence_targets, 1, axis=1)
+  assert (out.forced_mask[nxt] == 1).all() and (out.labels[nxt] == chat.im_end_id).all()
+  # Sliding window of 2 turns: tokens of turns 0 and 1 were sampled before any eviction and
+  # match a full forward; later turns attend to fewer tokens than the full forward and differ.
+  ref = rollout.teacher_forced_logps(setup["params"], setup["cfg"], out)
+  label_turn = np.concatenate([out.turn_index[:, 1:], out.turn_index[:, -1:]], axis=1)
+  scored = (out.loss_mask + out.forced_mask) > 0
+  early, late = scored & (label_turn < 2), scored & (label_turn >= 2)
+  np.testing.assert_allclose(out.old_logps[early], ref[early], atol=1e-5)
+  assert np.abs(out.old_logps[late] - ref[late]).max() > 1e-3
