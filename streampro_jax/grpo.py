@@ -292,3 +292,316 @@ def grpo_loss_and_aux(logps: Array, old_logps: Array, ref_logps: Array | None,
       "tokens": jnp.sum(m),
   }
   return loss, aux
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. The sharded GRPO update step (training area).
+# ----------------------------------------------------------------------------------------------
+#
+# One call of the jitted step on a batch of N = B * G rollouts (groups contiguous):
+#
+#   R      = batch["rewards"] or w_fmt * reward_fmt + w_turn * reward_turn + w_traj * reward_traj
+#   A      = group_advantages(R, G, eps, ddof)                  on the global (sharded) array
+#   ref    = token_logps(forward(ref_params))                   (skipped when beta == 0)
+#   old    = batch["old_logps"] (the sampler's)  or  token_logps(forward(params)) ("recompute")
+#   repeat num_passes times:                                    (mu of the GRPO paper)
+#     grads = d/dparams grpo_loss(token_logps(forward(params)), old, ref, A, loss_mask)
+#     params, opt_state = optimizer(grads)                       (one optimizer step per pass)
+#
+# The reference and the behaviour log-probs are computed once, inside the same jit, before the
+# passes (no gradient flows through them); each pass is a full optimizer step, so state.step and
+# the learning-rate schedule advance num_passes per batch. Gradient accumulation over
+# num_microbatches is exact (sum-and-count losses, train/sft.accumulate_gradients).
+
+import dataclasses  # noqa: E402  (section 5 is appended; sections 1-4 are unchanged)
+
+GRPO_MODEL_KEYS = ("input_ids", "labels", "loss_mask", "attention_mask", "position_ids",
+                   "pixel_values_videos")
+REWARD_KEYS = ("reward_fmt", "reward_turn", "reward_traj")
+OLD_LOGPS_SOURCES = ("rollout", "recompute")
+
+
+def _seq_sharded(x: Array, mesh) -> Array:
+  """Constrains a per-row array [N, ...] to the batch sharding (rows over 'data', 'fsdp')."""
+  if mesh is None:
+    return x
+  spec = jax.sharding.PartitionSpec(("data", "fsdp"), *([None] * (x.ndim - 1)))
+  return jax.lax.with_sharding_constraint(x, spec)
+
+
+def group_statistics(rewards: Array, group_size: int) -> dict[str, Array]:
+  """Per-batch statistics of group rewards r f32[N] (groups contiguous), all f32 scalars.
+
+  reward_mean          = mean_i r_i
+  reward_group_std     = mean over groups of std_g (ddof 0)
+  zero_variance_groups = fraction of groups whose G rewards are all equal (they get A = 0 and
+                         contribute only the KL term)
+  """
+  r = jnp.asarray(rewards, jnp.float32).reshape(-1, group_size)
+  equal = jnp.all(r == r[:, :1], axis=1)
+  return {"reward": jnp.mean(r), "reward_group_std": jnp.mean(jnp.std(r, axis=1)),
+          "zero_variance_groups": jnp.mean(equal.astype(jnp.float32))}
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOStepConfig:
+  """Hyper-parameters of the GRPO update (SPEC section 3 defaults).
+
+  Attributes:
+    group_size: G rollouts per sample (rows b * G .. b * G + G - 1 form a group).
+    epsilon: clip range of the ratio.
+    beta: KL coefficient (0 disables the reference forward).
+    kl_estimator: "k1" | "k2" | "k3".
+    adv_eps, adv_ddof: group_advantages' eps and ddof.
+    aggregation: one of AGGREGATIONS.
+    reward_weights: (w_fmt, w_turn, w_traj), used when the batch holds the reward components.
+    temperature: the rollouts' sampling temperature (log-probs are of logits / temperature).
+    old_logps: "rollout" (the sampler's log-probs, batch["old_logps"]) or "recompute" (one
+      teacher-forced forward of the current params before the first pass).
+    num_passes: optimisation passes (optimizer steps) per batch, mu >= 1.
+    num_microbatches: exact gradient accumulation inside each pass.
+    logps_chunk_size: > 0: log-probs from the final hidden states one vocabulary chunk at a time.
+  """
+  group_size: int = 8
+  epsilon: float = 0.2
+  beta: float = 0.04
+  kl_estimator: str = "k3"
+  adv_eps: float = 1e-6
+  adv_ddof: int = 1
+  aggregation: str = "sequence-mean-token-mean"
+  reward_weights: tuple[float, float, float] = (0.1, 0.45, 0.45)
+  temperature: float = 1.0
+  old_logps: str = "rollout"
+  num_passes: int = 1
+  num_microbatches: int = 1
+  logps_chunk_size: int = 0
+
+  def __post_init__(self):
+    if self.kl_estimator not in KL_ESTIMATORS:
+      raise ValueError(f"kl_estimator {self.kl_estimator!r}; expected one of "
+                       f"{tuple(KL_ESTIMATORS)}")
+    if self.aggregation not in AGGREGATIONS:
+      raise ValueError(f"aggregation {self.aggregation!r}; expected one of {AGGREGATIONS}")
+    if self.old_logps not in OLD_LOGPS_SOURCES:
+      raise ValueError(f"old_logps {self.old_logps!r}; expected one of {OLD_LOGPS_SOURCES}")
+    if self.num_passes < 1 or self.num_microbatches < 1:
+      raise ValueError(f"num_passes {self.num_passes} and num_microbatches "
+                       f"{self.num_microbatches} must be >= 1")
+    if self.group_size - self.adv_ddof <= 0:
+      raise ValueError(f"group size {self.group_size} with ddof {self.adv_ddof} leaves no "
+                       "degrees of freedom")
+    if len(self.reward_weights) != 3:
+      raise ValueError(f"reward_weights must hold 3 numbers, got {self.reward_weights}")
+
+  @classmethod
+  def from_config(cls, grpo_cfg, reward_cfg=None, **overrides) -> GRPOStepConfig:
+    """From the ``config.grpo`` (and ``config.reward``) sections of a GRPO config."""
+    g = dict(grpo_cfg)
+    kw = dict(group_size=int(g.get("group_size", 8)), epsilon=float(g.get("epsilon", 0.2)),
+              beta=float(g.get("beta_kl", g.get("beta", 0.04))),
+              kl_estimator=str(g.get("kl_estimator", "k3")),
+              adv_eps=float(g.get("adv_eps", 1e-6)), adv_ddof=int(g.get("adv_ddof", 1)),
+              aggregation=str(g.get("aggregation", "sequence-mean-token-mean")),
+              temperature=float(g.get("temperature", 1.0)) or 1.0,
+              old_logps=str(g.get("old_logps", "rollout")),
+              num_passes=int(g.get("num_passes", 1)),
+              num_microbatches=int(g.get("num_microbatches", 1)),
+              logps_chunk_size=int(g.get("logps_chunk_size", 0) or 0))
+    if reward_cfg is not None and "weights" in reward_cfg:
+      kw["reward_weights"] = tuple(float(w) for w in reward_cfg["weights"])
+    kw.update(overrides)
+    return cls(**kw)
+
+
+def make_logps_fn(forward_fn: Callable, *, temperature: float = 1.0, chunk_size: int = 0,
+                  unembed_fn: Callable | None = None) -> Callable:
+  """logps_fn(params, batch) -> f32[B, T] = log softmax(logits / temperature)[labels].
+
+  Args:
+    forward_fn: (params, batch, return_hidden) -> logits [B, T, V] or hidden [B, T, D]
+      (train/sft.make_forward).
+    temperature: the rollouts' temperature.
+    chunk_size: > 0 uses token_logps_from_hidden (never builds [B, T, V]); needs unembed_fn.
+    unembed_fn: params -> [D, V].
+  """
+  if chunk_size and unembed_fn is None:
+    raise ValueError(f"logps chunk_size = {chunk_size} needs an unembed_fn (params -> [D, V])")
+
+  def logps_fn(params, batch):
+    if chunk_size:
+      hidden = forward_fn(params, batch, True)
+      return token_logps_from_hidden(hidden, unembed_fn(params), batch["labels"],
+                                     chunk_size=chunk_size, temperature=temperature)
+    return token_logps(forward_fn(params, batch, False), batch["labels"],
+                       temperature=temperature)
+
+  return logps_fn
+
+
+def make_grpo_loss_fn(logps_fn: Callable, cfg: GRPOStepConfig) -> Callable:
+  """GRPO loss in sum-and-count form for train/sft.accumulate_gradients.
+
+  loss_fn(params, mb, context) -> (numerator, (denominator, metric sums)), numerator and
+  denominator of aggregate_sum_and_count of the per-token loss over mb["loss_mask"]; mb holds the
+  model inputs plus "advantages" f32[b], "old_logps" f32[b, T] and "ref_logps" f32[b, T] (when
+  beta != 0). Metric sums (over masked tokens): pg (aggregated like the loss), kl, clipped,
+  ratio, abs_log_ratio (|logp - old_logp|), tokens.
+  """
+  def loss_fn(params, mb, context):
+    del context
+    logps = logps_fn(params, mb)
+    mask = mb["loss_mask"].astype(jnp.float32)
+    per_token, parts = per_token_grpo_loss(
+        logps, mb["old_logps"], mb.get("ref_logps"), mb["advantages"], epsilon=cfg.epsilon,
+        beta=cfg.beta, kl=cfg.kl_estimator)
+    num, den = aggregate_sum_and_count(per_token, mask, cfg.aggregation)
+    pg_num, _ = aggregate_sum_and_count(parts["pg"], mask, cfg.aggregation)
+    if cfg.aggregation == "sequence-sum-token-mean":
+      den = jnp.float32(1.0 / cfg.num_microbatches)  # Summed over micro-batches: 1.
+    sg = jax.lax.stop_gradient
+    log_ratio = sg(logps) - sg(mb["old_logps"].astype(jnp.float32))
+    sums = {"pg_loss": sg(pg_num),
+            "kl": sg(jnp.sum(parts["kl"] * mask)),
+            "clip_fraction": sg(jnp.sum(parts["clipped"] * mask)),
+            "ratio_mean": sg(jnp.sum(parts["ratio"] * mask)),
+            "abs_log_ratio": jnp.sum(jnp.abs(log_ratio) * mask),
+            "policy_tokens": jnp.sum(mask)}
+    return num, (den, sums)
+
+  return loss_fn
+
+
+def _finish_pass_metrics(sums: dict[str, Array], count: Array) -> dict[str, Array]:
+  """Token sums -> token means; pg_loss sum -> aggregate (divided by the loss count)."""
+  tokens = jnp.maximum(sums["policy_tokens"], 1.0)
+  out = {k: sums[k] / tokens for k in ("kl", "clip_fraction", "ratio_mean", "abs_log_ratio")}
+  out["pg_loss"] = sums["pg_loss"] / jnp.maximum(count, 1e-9)
+  out["policy_tokens"] = sums["policy_tokens"]
+  return out
+
+
+def build_grpo_update(logps_fn: Callable, tx, cfg: GRPOStepConfig, *, trainable=None,
+                      schedule=None) -> Callable:
+  """The un-jitted GRPO update ``(state, ref_params, batch) -> (new_state, metrics)``.
+
+  Args:
+    logps_fn: (params, batch) -> f32[N, T] (make_logps_fn).
+    tx: optax optimizer (train/optim.make_optimizer; frozen parameters get zero updates).
+    cfg: GRPOStepConfig.
+    trainable: pytree of bools (train/optim.trainable_mask); frozen leaves get no gradient.
+    schedule: the optimizer's learning-rate schedule (for the "lr" metric).
+
+  The batch holds GRPO_MODEL_KEYS, "old_logps" f32[N, T] (unless old_logps = "recompute") and
+  either "rewards" f32[N] or the three REWARD_KEYS f32[N]. ref_params: the frozen reference
+  parameters (same structure as state.params; None when beta == 0).
+
+  Metrics (f32 scalars, global over the batch): reward, reward_fmt / reward_turn / reward_traj
+  (when given), reward_group_std, zero_variance_groups, advantage_abs_mean; averaged over the
+  passes: loss, pg_loss, kl, clip_fraction, ratio_mean, abs_log_ratio, grad_norm; behaviour_gap
+  (mean |logp - old_logp| of the first pass, before any update: the rollout-vs-teacher-forced
+  numerical gap, 0 with "recompute"), loss_first_pass, lr (of the first pass), policy_tokens,
+  tokens (real tokens), rows.
+  """
+  from streampro_jax import rewards as rewards_lib  # pylint: disable=g-import-not-at-top
+  from streampro_jax.train import sft  # pylint: disable=g-import-not-at-top
+  from streampro_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+
+  loss_fn = make_grpo_loss_fn(logps_fn, cfg)
+
+  def update(state, ref_params, batch):
+    mesh = sft._current_mesh()  # pylint: disable=protected-access
+    n = batch["input_ids"].shape[0]
+    if n % cfg.group_size:
+      raise ValueError(f"{n} rollouts do not split into groups of {cfg.group_size}")
+    metrics = {}
+    if "rewards" in batch:
+      r = batch["rewards"].astype(jnp.float32)
+    else:
+      missing = [k for k in REWARD_KEYS if k not in batch]
+      if missing:
+        raise ValueError(f"the batch has neither 'rewards' nor the reward components {missing}")
+      r = rewards_lib.combine(batch["reward_fmt"], batch["reward_turn"], batch["reward_traj"],
+                              cfg.reward_weights)
+      for k in REWARD_KEYS:
+        metrics[k] = jnp.mean(batch[k].astype(jnp.float32))
+    adv = _seq_sharded(group_advantages(r, cfg.group_size, eps=cfg.adv_eps, ddof=cfg.adv_ddof),
+                       mesh)
+    metrics.update(group_statistics(r, cfg.group_size))
+    metrics["advantage_abs_mean"] = jnp.mean(jnp.abs(adv))
+
+    model_batch = {k: batch[k] for k in GRPO_MODEL_KEYS}
+    sg = jax.lax.stop_gradient
+    train_batch = dict(model_batch, advantages=adv)
+    if cfg.old_logps == "recompute":
+      train_batch["old_logps"] = _seq_sharded(sg(logps_fn(state.params, model_batch)), mesh)
+    else:
+      train_batch["old_logps"] = batch["old_logps"].astype(jnp.float32)
+    if cfg.beta != 0.0:
+      if ref_params is None:
+        raise ValueError(f"ref_params is None but the KL coefficient beta is {cfg.beta}")
+      train_batch["ref_logps"] = _seq_sharded(sg(logps_fn(ref_params, model_batch)), mesh)
+
+    def one_pass(st):
+      loss, grads, count, sums = sft.accumulate_gradients(
+          loss_fn, st.params, train_batch, None, num_microbatches=cfg.num_microbatches,
+          trainable=trainable, mesh=mesh)
+      updates, opt_state = tx.update(grads, st.opt_state, st.params)
+      params = optax.apply_updates(st.params, updates)
+      m = _finish_pass_metrics(sums, count)
+      m["loss"] = loss
+      m["grad_norm"] = optax.tree.norm(grads)
+      if schedule is not None:
+        m["lr"] = jnp.asarray(schedule(st.step), jnp.float32)
+      new = state_lib.TrainState(step=st.step + 1, params=params, opt_state=opt_state)
+      return new, {k: jnp.asarray(v, jnp.float32) for k, v in m.items()}
+
+    if cfg.num_passes == 1:
+      state, per_pass = one_pass(state)
+      per_pass = jax.tree.map(lambda x: x[None], per_pass)
+    else:
+      state, per_pass = jax.lax.scan(lambda st, _: one_pass(st), state, None,
+                                     length=cfg.num_passes)
+    for k, v in per_pass.items():
+      metrics[k] = v[0] if k in ("lr", "policy_tokens") else jnp.mean(v)
+    metrics["behaviour_gap"] = per_pass["abs_log_ratio"][0]
+    metrics["loss_first_pass"] = per_pass["loss"][0]
+    metrics["tokens"] = jnp.sum(batch["attention_mask"].astype(jnp.float32))
+    metrics["rows"] = jnp.float32(n)
+    return state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+
+  return update
+
+
+def grpo_batch_shardings(batch, mesh) -> dict:
+  """NamedShardings of a GRPO batch dict: rows over ('data', 'fsdp'), position_ids dim 1."""
+  from streampro_jax.train import sft  # pylint: disable=g-import-not-at-top
+  return sft.batch_shardings(batch, mesh)
+
+
+def make_grpo_step(logps_fn: Callable, tx, cfg: GRPOStepConfig, *, state_shardings,
+                   batch_sharding, mesh, trainable=None, schedule=None, rules=None,
+                   donate: bool = True) -> Callable:
+  """Jitted GRPO step ``(state, ref_params, batch) -> (state, metrics)``.
+
+  jax.jit with explicit in/out shardings: state (donated) and ref_params follow
+  ``state_shardings`` (ref_params = state_shardings.params; pass None when beta == 0), the batch
+  follows ``batch_sharding`` (grpo_batch_shardings), metrics are replicated scalars. Traced
+  under the mesh and logical-axis rules.
+  """
+  from streampro_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
+  update = build_grpo_update(logps_fn, tx, cfg, trainable=trainable, schedule=schedule)
+  ref_sharding = state_shardings.params if cfg.beta != 0.0 else None
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  jitted = jax.jit(update, in_shardings=(state_shardings, ref_sharding, batch_sharding),
+                   out_shardings=(state_shardings, replicated),
+                   donate_argnums=(0,) if donate else ())
+
+  def step(state, ref_params, batch):
+    if cfg.beta == 0.0:
+      ref_params = None
+    with state_lib.sharding_context(mesh, rules):
+      return jitted(state, ref_params, batch)
+
+  step.jitted = jitted
+  return step

@@ -1,0 +1,240 @@
+"""SFT step throughput: JAX (this library) against a transformers PyTorch training step.
+
+  .venv/bin/python benchmarks/train_step.py [--steps 3] [--batch 4] [--seq_len 768]
+
+Same model config (a small Qwen2.5-VL: 4 decoder layers of width 512, 2 vision blocks), same
+weights, same SynthStream batch from the grain pipeline, same loss (CB-Stream), same optimizer
+(AdamW, vision tower frozen, merger + LLM trained), float32, on this CPU. Reports:
+
+* tokens/s of each framework's full training step (forward, backward, AdamW update), counting
+  real (non-pad) tokens, median over the timed steps after one warm-up step;
+* the fraction of this machine's measured float32 matmul peak (a 2048^3 jnp.dot) that the JAX
+  step reaches, from XLA's FLOP count of the compiled step;
+* peak temporary memory (XLA buffer assignment) of the loss + gradient with the plain
+  full-vocabulary loss against the chunked one, at Qwen2.5-VL's vocabulary size (151,936).
+
+The machine is shared: numbers are indicative; run it briefly.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from streampro_jax import losses, parallel  # noqa: E402
+from streampro_jax.models import qwen2_5_vl  # noqa: E402
+from streampro_jax.train import optim, sft  # noqa: E402
+from streampro_jax.train import state as state_lib  # noqa: E402
+
+FROZEN = r"^visual/(?!merger/)"
+
+
+def build(args, workdir):
+  cfg = ml_collections.ConfigDict(dict(
+      tokenizer="synthetic", global_batch_size=args.batch,
+      model=dict(family="qwen2_5_vl", hf_checkpoint="", dtype="float32", param_dtype="float32",
+                 attention_impl=args.attention, remat=False,
+                 tiny_text=dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=4,
+                                num_attention_heads=8, num_key_value_heads=2,
+                                mrope_section=(8, 12, 12)),
+                 tiny_vision=dict(depth=2, hidden_size=128, intermediate_size=256, num_heads=2,
+                                  fullatt_block_indexes=(1,))),
+      data=dict(source="synth", num_videos=16, split="train", synth_seed=0,
+                synth=dict(resolution=32, min_duration=12, max_duration=16),
+                seq_len=args.seq_len, max_turns=16, frame_height=16, frame_width=16, seed=0,
+                shuffle=True, num_threads=2, prefetch_buffer_size=8)))
+  tokenizer = sft.make_tokenizer(cfg, workdir)
+  mcfg = sft.make_model_config(cfg.model, tokenizer)
+  it, pipe = sft.make_data(cfg, tokenizer, mcfg)
+  batch = next(it)
+  ids = (tokenizer.convert_tokens_to_ids("</Silence>"),
+         tokenizer.convert_tokens_to_ids("</Response>"))
+  return mcfg, pipe, batch, ids
+
+
+def torch_model(mcfg):
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  hf = transformers.Qwen2_5_VLConfig(**mcfg.to_hf())
+  hf._attn_implementation = "sdpa"  # pylint: disable=protected-access
+  torch.manual_seed(0)
+  return transformers.Qwen2_5_VLForConditionalGeneration(hf).train()
+
+
+def torch_inputs(mcfg, pipe, batch):
+  """HF flat layout: only the real turns' patches, one video per turn."""
+  import torch  # pylint: disable=g-import-not-at-top
+  p = int(np.prod(pipe.video_grid_thw))
+  m = mcfg.vision.spatial_merge_size
+  pix, grids = [], []
+  for row in range(batch["input_ids"].shape[0]):
+    k = int(np.sum(batch["input_ids"][row] == mcfg.video_token_id)) // (p // (m * m))
+    pix.append(batch["pixel_values_videos"][row, :k * p])
+    grids += [np.asarray(pipe.video_grid_thw)] * k
+  ids = batch["input_ids"]
+  types = np.where(ids == mcfg.video_token_id, 2, 0)
+  return dict(input_ids=torch.tensor(ids, dtype=torch.long),
+              attention_mask=torch.tensor(batch["attention_mask"], dtype=torch.long),
+              mm_token_type_ids=torch.tensor(types),
+              pixel_values_videos=torch.tensor(np.concatenate(pix)),
+              video_grid_thw=torch.tensor(np.stack(grids)),
+              second_per_grid_ts=torch.ones(len(grids)))
+
+
+def torch_step_fn(model, inputs, batch, ids, lr=1e-4):
+  """transformers forward + CB-Stream loss (host-computed constant weights) + AdamW."""
+  import torch  # pylint: disable=g-import-not-at-top
+  for name, prm in model.named_parameters():
+    prm.requires_grad = not ("visual" in name and "merger" not in name)
+  opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=lr,
+                          weight_decay=0.0)
+  labels, mask = batch["labels"], batch["loss_mask"]
+  counts = np.asarray(losses.decision_class_counts(labels, mask, ids))
+  w_k = np.asarray(losses.cb_stream_class_weights(counts))
+  w = np.where(labels == ids[0], w_k[0], np.where(labels == ids[1], w_k[1], 2.0)) * mask
+  w_t = torch.tensor(w, dtype=torch.float32)
+  labels_t = torch.tensor(labels, dtype=torch.long)
+  n = float(mask.sum())
+
+  def step():
+    opt.zero_grad(set_to_none=True)
+    logits = model(**inputs).logits
+    nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels_t.flatten(),
+                                            reduction="none").view(labels_t.shape)
+    loss = (nll * w_t).sum() / n
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([q for q in model.parameters() if q.requires_grad], 1.0)
+    opt.step()
+    return float(loss)
+
+  return step
+
+
+def jax_step(mcfg, pipe, batch, ids, params):
+  mesh = parallel.make_mesh({"data": 1}, devices=jax.devices()[:1])
+  ocfg = ml_collections.ConfigDict(dict(lr=1e-4, warmup_steps=0, schedule="constant",
+                                        grad_clip_norm=1.0, weight_decay=0.0, frozen=FROZEN))
+  tx = optim.make_optimizer(ocfg, total_steps=100)
+  boxed = jax.eval_shape(lambda r: qwen2_5_vl.init_params(mcfg, r), jax.random.key(0))
+  shardings = state_lib.state_shardings(tx, boxed, mesh)
+  state = state_lib.state_from_params(jax.tree.map(np.asarray, params), tx, shardings, mesh)
+  grid = np.tile(pipe.video_grid_thw.reshape(1, 3), (pipe.cfg.max_turns, 1))
+  b = {k: batch[k] for k in sft.STEP_BATCH_KEYS}
+  step = sft.make_sft_step(
+      sft.make_forward(qwen2_5_vl.Qwen2_5_VL(mcfg), grid), dict(kind="cb_stream"), ids, tx,
+      state_shardings=shardings, batch_sharding=sft.batch_shardings(b, mesh), mesh=mesh,
+      trainable=optim.trainable_mask(state.params, FROZEN))
+  gb = parallel.shard_batch(b, mesh, batch_dims=sft.BATCH_DIMS)
+  with state_lib.sharding_context(mesh):
+    compiled = step.jitted.lower(state, gb).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return step, state, gb, float(cost.get("flops", float("nan")))
+
+
+def time_steps(fn, n):
+  times = []
+  for _ in range(n):
+    t = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t)
+  return statistics.median(times), times
+
+
+def matmul_peak(n=2048, reps=5):
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+  f = jax.jit(jnp.dot)
+  f(a, b).block_until_ready()
+  best = min(time_steps(lambda: f(a, b).block_until_ready(), reps)[1])
+  return 2 * n ** 3 / best
+
+
+def loss_memory(b=2, t=1024, d=512, v=151936, chunk=8192):
+  """XLA temp bytes of value_and_grad of the CB-Stream loss: plain logits vs chunked."""
+  h = jax.ShapeDtypeStruct((b, t, d), jnp.float32)
+  w = jax.ShapeDtypeStruct((d, v), jnp.float32)
+  lab = jax.ShapeDtypeStruct((b, t), jnp.int32)
+  msk = jax.ShapeDtypeStruct((b, t), jnp.float32)
+  ids = (v - 2, v - 1)
+
+  def plain(h, w, lab, msk):
+    return losses.cb_stream_loss(jnp.einsum("btd,dv->btv", h, w), lab, msk, decision_token_ids=ids)
+
+  def chunked(h, w, lab, msk):
+    return losses.chunked_stream_loss(h, w, lab, msk, kind="cb_stream", decision_token_ids=ids,
+                                      chunk_size=chunk)
+
+  out = {}
+  for name, fn in (("plain", plain), ("chunked", chunked)):
+    c = jax.jit(jax.value_and_grad(fn, argnums=(0, 1))).lower(h, w, lab, msk).compile()
+    mem = c.memory_analysis()
+    out[name] = int(mem.temp_size_in_bytes)
+  out["shape"] = dict(B=b, T=t, D=d, V=v, chunk=chunk)
+  return out
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--steps", type=int, default=3)
+  parser.add_argument("--batch", type=int, default=4)
+  parser.add_argument("--seq_len", type=int, default=768)
+  parser.add_argument("--skip_torch", action="store_true")
+  parser.add_argument("--attention", default="xla", help="jax | xla (layers.attention)")
+  args = parser.parse_args()
+  import torch  # pylint: disable=g-import-not-at-top
+
+  with tempfile.TemporaryDirectory() as tmp:
+    mcfg, pipe, batch, ids = build(args, tmp)
+  tokens = int(batch["attention_mask"].sum())
+  result = {"batch": args.batch, "seq_len": args.seq_len, "attention": args.attention,
+            "real_tokens_per_step": tokens, "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads()}
+
+  model = torch_model(mcfg)
+  params = qwen2_5_vl.params_from_hf_state_dict(
+      mcfg, {k: v.detach().numpy() for k, v in model.state_dict().items()})
+  counts = optim.count_params(params, FROZEN)
+  result["params"] = counts
+
+  step, state, gb, flops = jax_step(mcfg, pipe, batch, ids, params)
+  holder = {"state": state}
+
+  def run_jax():
+    holder["state"], m = step(holder["state"], gb)
+    holder["loss"] = float(m["loss"])
+
+  run_jax()
+  first_loss = holder["loss"]
+  t_jax, all_jax = time_steps(run_jax, args.steps)
+  result["jax"] = {"step_s": t_jax, "all_s": all_jax, "tokens_per_s": tokens / t_jax,
+                   "first_loss": first_loss, "step_flops": flops,
+                   "achieved_flops_per_s": flops / t_jax}
+  if not args.skip_torch:
+    tstep = torch_step_fn(model, torch_inputs(mcfg, pipe, batch), batch, ids)
+    result["torch_first_loss"] = tstep()
+    t_torch, all_torch = time_steps(tstep, args.steps)
+    result["torch"] = {"step_s": t_torch, "all_s": all_torch, "tokens_per_s": tokens / t_torch}
+    result["jax_over_torch_speed"] = t_torch / t_jax
+  peak = matmul_peak()
+  result["matmul_peak_flops_per_s"] = peak
+  result["jax"]["fraction_of_matmul_peak"] = result["jax"]["achieved_flops_per_s"] / peak
+  result["loss_memory_temp_bytes"] = loss_memory()
+  print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,92 @@
+"""Config sections shared by the SFT (and GRPO) configs. Plain data: every function returns a
+ConfigDict; the launcher and streampro_jax.train read them.
+
+Sections:
+  model       which backbone and how it computes (dtype = compute dtype, param_dtype = master
+              weights), random tiny architecture or a Hugging Face checkpoint folder.
+  mesh        device mesh axis sizes (data, fsdp, tensor; -1 fills the rest).
+  data        the grain pipeline (streampro_jax.data.pipeline.PipelineConfig fields) plus its
+              source: "synth" (SynthStream generated in memory), "tfds" or "jsonl".
+  tokenizer   "synthetic" (word-level SynthStream tokenizer, built in the workdir) or a folder.
+  optim       AdamW, schedule, clipping, frozen-parameter regex (streampro_jax.train.optim).
+  loss        kind = cb_stream | ce | focal, its hyper-parameters and the vocabulary chunking.
+  checkpoint  orbax keep-N asynchronous checkpoints.
+"""
+
+import ml_collections
+
+# Vision tower frozen, patch merger and LLM trained (SPEC section 1).
+FROZEN_VISION = r"^visual/(?!merger/)"
+
+
+def model_config(*, hf_checkpoint: str = "", dtype: str = "bfloat16", remat: bool = False,
+                 attention_impl: str = "jax", tiny_text=None, tiny_vision=None
+                 ) -> ml_collections.ConfigDict:
+  """Model section. With ``hf_checkpoint`` the architecture comes from its config.json; else a
+  random tiny Qwen2.5-VL (qwen2_5_vl.tiny_config with ``tiny_text`` / ``tiny_vision`` overrides;
+  vocabulary size and special token ids are taken from the tokenizer)."""
+  return ml_collections.ConfigDict(dict(
+      family="qwen2_5_vl",
+      hf_checkpoint=hf_checkpoint,
+      dtype=dtype,              # compute dtype
+      param_dtype="float32",    # master weights
+      attention_impl=attention_impl,
+      remat=remat,
+      tiny_text=dict(tiny_text or {}),
+      tiny_vision=dict(tiny_vision or {}),
+      reinit_decision_rows=True,  # HF checkpoint: re-initialise the </Silence>, </Response> rows
+  ))
+
+
+def mesh_config(data: int = -1, fsdp: int = 1, tensor: int = 1) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, tensor=tensor))
+
+
+def data_config(*, source: str, seq_len: int, max_turns: int, frame_size: int,
+                **kw) -> ml_collections.ConfigDict:
+  """Data section: PipelineConfig fields (batch_size is set from config.global_batch_size by the
+  trainer) plus the source spec (see pipeline.make_train_iterator; "synth" adds num_videos,
+  split, synth = SynthConfig fields)."""
+  d = dict(source=source, seq_len=seq_len, max_turns=max_turns, frame_height=frame_size,
+           frame_width=frame_size, seed=0, shuffle=True, num_threads=4,
+           prefetch_buffer_size=8)
+  d.update(kw)
+  return ml_collections.ConfigDict(d)
+
+
+def optim_config(*, lr: float, warmup_ratio: float = 0.03, weight_decay: float = 0.0,
+                 grad_clip_norm: float = 1.0, frozen: str = FROZEN_VISION,
+                 end_lr_factor: float = 0.0) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      lr=lr, warmup_steps=-1, warmup_ratio=warmup_ratio, schedule="cosine",
+      end_lr_factor=end_lr_factor, b1=0.9, b2=0.999, eps=1e-8, weight_decay=weight_decay,
+      grad_clip_norm=grad_clip_norm, frozen=frozen))
+
+
+def loss_config(kind: str = "cb_stream", *, beta: float = 0.9999, text_weight: float = 2.0,
+                gamma: float = 2.0, chunk_size: int = 0) -> ml_collections.ConfigDict:
+  """kind: cb_stream | ce | focal. chunk_size > 0: chunked-vocabulary loss from hidden states."""
+  return ml_collections.ConfigDict(dict(kind=kind, beta=beta, text_weight=text_weight,
+                                        gamma=gamma, chunk_size=chunk_size))
+
+
+def checkpoint_config(*, every_steps: int = 500, keep: int = 3,
+                      async_save: bool = True) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(every_steps=every_steps, keep=keep,
+                                        async_save=async_save))
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Top-level fields every training config has."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.global_batch_size = 8
+  c.num_microbatches = 1     # gradient accumulation steps per optimizer step (exact)
+  c.num_epochs = 1.0
+  c.total_steps = -1         # > 0 overrides num_epochs
+  c.log_every_steps = 10
+  c.tokenizer = "synthetic"
+  c.tensorboard = True
+  # Fault injection for the resume test: SIGKILL this process right after this step (-1: never).
+  c.debug_kill_after_step = -1
+  return c

@@ -1,0 +1,564 @@
+"""Stage-2 GRPO training loop (SPEC section 3) around the streaming sampler and the jitted step.
+
+One step (``GRPOTrainer.train_step``):
+
+  B (record, question) samples of this host            PromptIterator (checkpointable position)
+  -> G rollouts each, turn by turn with a KV cache      rollout.StreamingSampler (current params)
+  -> judge (batched, one call per sample group)         judges.* via rewards.group_*_inputs
+  -> rewards per rollout: R_fmt, R_turn (tau), R_traj   RewardScorer (host arrays f32[N])
+  -> the jitted, sharded, donated update                grpo.make_grpo_step: R = combine(...),
+     (group advantages on the global array, reference   group advantages, ref / old log-probs,
+     log-probs, num_passes optimizer steps)             num_passes optimizer steps
+  -> metrics (console, TensorBoard, metrics.jsonl) -> orbax checkpoint (state + data position)
+
+Initial policy (``config.init``): the newest (or ``sft_step``) checkpoint of an SFT workdir written
+by launch/train_sft.py (only its params are read, orbax partial restore straight into the target
+shardings), or a Hugging Face checkpoint folder (``config.model.hf_checkpoint``), or, when neither
+is set, a random init (tests, benchmarks). The reference policy of the KL term is that initial
+policy, frozen; on resume it is read again from the same source (it is not stored in the GRPO
+checkpoints). Resuming restores params, optimizer state, step and the prompt position, and the
+rollout seed of step s is a function of (config.seed, s), so a resumed run samples what the
+uninterrupted run would have sampled.
+
+Python use (what launch/train_grpo.py does)::
+
+  from configs import tiny_synthetic_grpo
+  from streampro_jax.train import grpo_trainer
+  config = tiny_synthetic_grpo.get_config()
+  config.init.sft_workdir = "/tmp/tiny_sft"          # a launch/train_sft.py workdir
+  state = grpo_trainer.train(config, "/tmp/tiny_grpo")
+
+Single host only for now: the sampler runs on this host's rows with the globally sharded params
+(multi-host sampling needs the sampler's inputs as global arrays; not done).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import signal
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+from streampro_jax import grpo, parallel, rewards, rollout
+from streampro_jax.data import chat_format, pipeline, schema
+from streampro_jax.train import checkpoint as ckpt_lib
+from streampro_jax.train import metrics as metrics_lib
+from streampro_jax.train import optim, sft
+from streampro_jax.train import state as state_lib
+
+PROACTIVE_TASKS = ("GP", "RF")
+
+
+# ----------------------------------------------------------------------------------------------
+# Prompts: a checkpointable stream of (record, question) samples.
+# ----------------------------------------------------------------------------------------------
+
+
+class PromptIterator:
+  """Yields lists of ``batch_size`` (record, question index) samples of this host.
+
+  The order is a grain MapDataset over every (record, question) trajectory of the source:
+  seeded shuffle (a new permutation every epoch), repeated forever, sharded per host
+  (``ds[process_index::process_count]``). The state is the position in that sequence
+  (``{"position": int}``), so ``set_state`` resumes exactly. With ``max_turns``, a trajectory
+  whose question is asked on a turn >= max_turns (after the cut of a long record) is skipped and
+  counted in ``skipped``.
+  """
+
+  def __init__(self, source, batch_size: int, *, seed: int = 0, shuffle: bool = True,
+               process_index: int = 0, process_count: int = 1, max_turns: int | None = None):
+    self.source = source
+    self.batch_size = int(batch_size)
+    self.max_turns = max_turns
+    self.skipped = 0
+    index = pipeline.trajectory_index(source)
+    if len(index) == 0:
+      raise ValueError("the source holds no trajectory (no record with a question)")
+    self.num_trajectories = len(index)
+    ds = grain.MapDataset.source(index)
+    if shuffle:
+      ds = ds.shuffle(seed=seed)
+    ds = ds.repeat(None)
+    if process_count > 1:
+      ds = ds[process_index::process_count]
+    self._ds = ds
+    self.position = 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> list[tuple[schema.Record, int, np.ndarray]]:
+    """[(record, question index, frames uint8[K * tp, H, W, 3])] of the next batch."""
+    out = []
+    misses = 0
+    while len(out) < self.batch_size:
+      ex, q = (int(v) for v in self._ds[self.position])
+      self.position += 1
+      record, frames = self.source[ex]
+      if self.max_turns is not None:
+        k = chat_format.num_turns(record.duration)
+        if chat_format.ask_turn(record.questions[q].ask_time, k) >= self.max_turns:
+          self.skipped += 1
+          misses += 1
+          if misses > 10 * self.num_trajectories:
+            raise ValueError(f"no trajectory asks its question before turn {self.max_turns}")
+          continue
+      out.append((record, q, frames))
+    return out
+
+  def get_state(self) -> dict[str, int]:
+    return {"position": int(self.position), "skipped": int(self.skipped)}
+
+  def set_state(self, state: Mapping[str, Any]) -> None:
+    self.position = int(state["position"])
+    self.skipped = int(state.get("skipped", 0))
+
+
+# ----------------------------------------------------------------------------------------------
+# Rewards of a rollout batch.
+# ----------------------------------------------------------------------------------------------
+
+
+class SyntheticRubricJudge:
+  """A judge for SynthStream: answers by exact / span match (judges.MatchJudge), rubric
+  checkpoints by ``synthetic.check_rubric`` on the rollout's (time, text) responses."""
+
+  def __init__(self):
+    from streampro_jax import judges  # pylint: disable=g-import-not-at-top
+    self._match = judges.MatchJudge()
+    self.stats = self._match.stats
+
+  def score_answers(self, items):
+    return self._match.score_answers(items)
+
+  def check_responses(self, responses: Sequence[tuple[float, str]], checks: Sequence[str]
+                      ) -> list[bool | None]:
+    from streampro_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+    self.stats.add("requests", len(checks))
+    out: list[bool | None] = []
+    for c in checks:
+      try:
+        out.append(bool(synthetic.check_rubric(c, responses)))
+      except ValueError:  # Not a SynthStream template: a failure, counted, never a silent 0.
+        self.stats.add("failures")
+        out.append(None)
+    return out
+
+
+def build_judge(reward_cfg: Mapping[str, Any]):
+  """The judge of ``config.reward.judge``: a ConfigDict/dict for judges.build_judge (kind
+  "match" | "openai" | "local"), or a string: "synthetic" (SyntheticRubricJudge), "match" /
+  "exact" (judges.MatchJudge)."""
+  from streampro_jax import judges  # pylint: disable=g-import-not-at-top
+  spec = reward_cfg.get("judge", "match")
+  if isinstance(spec, str):
+    if spec == "synthetic":
+      return SyntheticRubricJudge()
+    if spec in ("match", "exact"):
+      return judges.MatchJudge()
+    raise ValueError(f"reward.judge {spec!r}; expected 'synthetic', 'match' or a judge config")
+  return judges.build_judge(spec)
+
+
+@functools.partial(jax.jit, static_argnames=("proactive",))
+def _turn_f1(pred_times, pred_mask, gt_times, gt_mask, acc, tau, *, proactive: bool):
+  fn = functools.partial(rewards.turn_f1_reward, proactive=proactive)
+  return jax.vmap(lambda a, b, c, d, e: fn(a, b, c, d, e, tau=tau))(
+      pred_times, pred_mask, gt_times, gt_mask, acc)
+
+
+@dataclasses.dataclass
+class RewardScorer:
+  """Host-side rewards of a RolloutBatch: R_fmt, R_turn, R_traj per rollout (f32[N] each).
+
+  Attributes:
+    judge: a judges.Judge (or SyntheticRubricJudge).
+    tau: the time scale of R_turn (8 s in the paper, every task).
+    max_turns: padded prediction count P (a rollout responds at most once per turn).
+    max_answers: padded ground-truth count.
+    max_checks: padded rubric size.
+  """
+  judge: Any
+  tau: float = 8.0
+  max_turns: int = 64
+  max_answers: int = 32
+  max_checks: int = 16
+
+  def score(self, batch: rollout.RolloutBatch,
+            samples: Sequence[tuple[schema.Record, int]]) -> dict[str, np.ndarray]:
+    """Rewards of the N = len(samples) * G rollouts (groups contiguous).
+
+    Ground truths due after the rollout's last turn (a record cut to max_turns) are left out.
+    Returns reward_fmt, reward_turn, reward_traj f32[N] and judge_failures i32[N].
+    """
+    g = batch.group_size
+    n = len(samples) * g
+    fmt_valid = np.zeros((n, self.max_turns), bool)
+    fmt_mask = np.zeros((n, self.max_turns), bool)
+    p, ng = self.max_turns, self.max_answers
+    arrays = dict(pred_times=np.zeros((n, p), np.float32), pred_mask=np.zeros((n, p), bool),
+                  gt_times=np.zeros((n, ng), np.float32), gt_mask=np.zeros((n, ng), bool),
+                  acc=np.zeros((n, p, ng), np.float32))
+    proactive = np.zeros((n,), bool)
+    traj = np.zeros((n,), np.float32)
+    failures = np.zeros((n,), np.int32)
+    for b, (record, qi) in enumerate(samples):
+      q = record.questions[qi]
+      rows = slice(b * g, (b + 1) * g)
+      msgs = [batch.messages[r] for r in range(b * g, (b + 1) * g)]
+      k = int(batch.num_turns[b * g])
+      if k > self.max_turns:
+        raise ValueError(f"sample {record.id!r} has {k} turns > reward max_turns "
+                         f"{self.max_turns}")
+      for i, m in enumerate(msgs):
+        fmt_valid[b * g + i], fmt_mask[b * g + i] = rewards.format_inputs(m, pad_to=p)
+      ask = chat_format.ask_turn(q.ask_time, chat_format.num_turns(record.duration))
+      answers = [a for a in q.answers
+                 if chat_format.answer_turn(a.response_time, ask) < k]
+      if len(answers) > ng:
+        raise ValueError(f"sample {record.id!r} has {len(answers)} answers > reward "
+                         f"max_answers {ng}")
+      tf1 = rewards.group_turn_f1_inputs(msgs, answers, self.judge, question=q.question,
+                                         task=q.task, tau=self.tau,
+                                         proactive=q.task in PROACTIVE_TASKS,
+                                         max_preds=p, max_gts=ng)
+      for key in arrays:
+        arrays[key][rows] = tf1[key]
+      failures[rows] += tf1["judge_failures"]
+      proactive[rows] = q.task in PROACTIVE_TASKS
+      checks = list(q.rubric or ())
+      if checks:
+        passed, mask, fails = self._rubric(msgs, checks, q.question)
+        traj[rows] = np.asarray(rewards.rubric_reward(passed, mask))
+        failures[rows] += fails
+    fmt = np.asarray(rewards.format_reward(fmt_valid, fmt_mask))
+    args = [jnp.asarray(arrays[k]) for k in ("pred_times", "pred_mask", "gt_times", "gt_mask",
+                                             "acc")]
+    tau = jnp.float32(self.tau)
+    turn = np.where(proactive, np.asarray(_turn_f1(*args, tau, proactive=True)),
+                    np.asarray(_turn_f1(*args, tau, proactive=False)))
+    return {"reward_fmt": fmt.astype(np.float32), "reward_turn": turn.astype(np.float32),
+            "reward_traj": traj, "judge_failures": failures}
+
+  def _rubric(self, msgs, checks, question):
+    if len(checks) > self.max_checks:
+      raise ValueError(f"{len(checks)} rubric checks > reward max_checks {self.max_checks}")
+    if hasattr(self.judge, "check_responses"):
+      n, c = len(msgs), len(checks)
+      passed, mask = np.zeros((n, c), bool), np.zeros((n, c), bool)
+      fails = np.zeros((n,), np.int32)
+      for r, m in enumerate(msgs):
+        for j, mark in enumerate(self.judge.check_responses(
+            rewards.predictions_from_messages(m), checks)):
+          if mark is None:
+            fails[r] += 1
+          else:
+            passed[r, j], mask[r, j] = mark, True
+      return passed, mask, fails
+    out = rewards.group_rubric_inputs(msgs, checks, self.judge, question=question)
+    return out["checks"], out["check_mask"], out["judge_failures"]
+
+
+def rollout_stats(batch: rollout.RolloutBatch) -> dict[str, float]:
+  """Host metrics of a rollout batch: response_rate and invalid_rate (over real turns),
+  responses_per_rollout, sampled_tokens (loss-masked), mean_length (real tokens per row)."""
+  real = batch.decisions >= 0
+  turns = max(int(real.sum()), 1)
+  return {"response_rate": float((batch.decisions == rollout.RESPONSE).sum() / turns),
+          "invalid_rate": float((batch.decisions == rollout.INVALID).sum() / turns),
+          "responses_per_rollout": float((batch.decisions == rollout.RESPONSE).sum()
+                                         / batch.decisions.shape[0]),
+          "sampled_tokens": float(batch.loss_mask.sum()),
+          "mean_length": float(batch.lengths.mean())}
+
+
+def rows_with_sampled_vision_tokens(batch: rollout.RolloutBatch, vision_ids: Sequence[int]
+                                    ) -> np.ndarray:
+  """bool[N]: rows whose assistant messages hold a sampled vision placeholder token.
+
+  The teacher-forced forward would fill such a <|video_pad|> with visual features (shifting every
+  later turn's features), which the sampler did not do, so these rows' log-probs are not those
+  of the sampled sequence: the trainer masks them out of the loss (their reward still counts in
+  the group statistics) and reports how many.
+  """
+  sampled = (batch.loss_mask + batch.forced_mask) > 0
+  hit = np.isin(batch.labels, np.asarray(list(vision_ids))) & sampled
+  return hit.any(axis=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Initial parameters.
+# ----------------------------------------------------------------------------------------------
+
+
+def restore_params(checkpoint_dir: str, abstract_params, param_shardings, step: int = -1):
+  """Only the params of a TrainState checkpoint (``<dir>/<step>/state``, train/checkpoint.py),
+  read straight into ``param_shardings`` (orbax partial restore; the optimizer state is not
+  read, so any SFT optimizer works). step -1: the newest."""
+  mgr = ocp.CheckpointManager(os.path.abspath(checkpoint_dir))
+  steps = sorted(mgr.all_steps())
+  mgr.close()
+  if not steps:
+    raise FileNotFoundError(f"no checkpoint in {checkpoint_dir}")
+  if step < 0:
+    step = steps[-1]
+  elif step not in steps:
+    raise FileNotFoundError(f"checkpoint step {step} not in {checkpoint_dir} (has {steps})")
+  target = {"params": ckpt_lib.abstract_with_shardings(abstract_params, param_shardings)}
+  ckptr = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
+  out = ckptr.restore(
+      os.path.join(os.path.abspath(checkpoint_dir), str(step), ckpt_lib.STATE),
+      args=ocp.args.PyTreeRestore(item=target,
+                                  restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                  partial_restore=True))
+  logging.info("initial params: checkpoint %d of %s", step, checkpoint_dir)
+  return out["params"]
+
+
+def load_initial_params(config, model_config, abstract_params, param_shardings, rng):
+  """Initial (= reference) params from config.init.sft_workdir, config.model.hf_checkpoint, or
+  a random init, placed in ``param_shardings``."""
+  from streampro_jax.models import qwen2_5_vl  # pylint: disable=g-import-not-at-top
+  init = config.get("init", {}) or {}
+  if init.get("sft_workdir"):
+    return restore_params(os.path.join(init["sft_workdir"], "checkpoints"), abstract_params,
+                          param_shardings, int(init.get("sft_step", -1)))
+  if config.model.get("hf_checkpoint"):
+    _, params = qwen2_5_vl.load_hf_checkpoint(config.model.hf_checkpoint, dtype=jnp.float32,
+                                              shardings=param_shardings)
+    logging.info("initial params: %s", config.model.hf_checkpoint)
+    return params
+  logging.warning("no config.init.sft_workdir nor model.hf_checkpoint: GRPO from a RANDOM init")
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  init_fn = lambda r: nn.unbox(qwen2_5_vl.init_params(model_config, r))  # noqa: E731
+  return jax.jit(init_fn, out_shardings=param_shardings)(rng)
+
+
+# ----------------------------------------------------------------------------------------------
+# The trainer.
+# ----------------------------------------------------------------------------------------------
+
+
+def sampler_config(config) -> rollout.SamplerConfig:
+  """rollout.SamplerConfig from config.grpo (temperature, top_p) and config.rollout (the rest)."""
+  r = dict(config.get("rollout", {}) or {})
+  names = {f.name for f in dataclasses.fields(rollout.SamplerConfig)}
+  kw = {k: v for k, v in r.items() if k in names}
+  kw["temperature"] = float(config.grpo.temperature)
+  kw["top_p"] = float(config.grpo.get("top_p", 1.0))
+  if "max_response_tokens" in config.grpo and "max_text_tokens" not in kw:
+    kw["max_text_tokens"] = int(config.grpo.max_response_tokens)
+  return rollout.SamplerConfig(**kw)
+
+
+class GRPOTrainer:
+  """Everything a GRPO run holds; ``train_step`` runs one step, ``train`` the loop.
+
+  Args:
+    config: a GRPO config (configs/tiny_synthetic_grpo.py documents every field).
+    workdir: checkpoints/, metrics.jsonl, tb/, tokenizer/.
+    judge: overrides config.reward.judge.
+    source: overrides the record source of config.data.
+  """
+
+  def __init__(self, config, workdir: str, *, judge=None, source=None):
+    from streampro_jax.models import qwen2_5_vl  # pylint: disable=g-import-not-at-top
+    self.config = config
+    self.workdir = workdir
+    os.makedirs(workdir, exist_ok=True)
+    self.mesh = parallel.make_mesh(dict(config.mesh))
+    logging.info("mesh %s over %d devices (%d processes)", dict(self.mesh.shape),
+                 self.mesh.devices.size, jax.process_count())
+    self.tokenizer = sft.make_tokenizer(config, workdir)
+    self.model_config = sft.make_model_config(config.model, self.tokenizer)
+    mcfg = self.model_config
+    data_cfg = config.data
+    self.pcfg = pipeline.PipelineConfig.from_config(data_cfg)
+    self.proc = pipeline.processor_config(self.pcfg, mcfg)
+    _, gh, gw = self.proc.grid(self.pcfg.frame_height, self.pcfg.frame_width)
+    self.grid = (1, gh, gw)
+    self.max_turns = int(data_cfg.max_turns)
+    self.seq_len = int(data_cfg.seq_len)
+    tokens_per_turn = gh * gw // (mcfg.vision.spatial_merge_size ** 2)
+    self.chat = chat_format.ChatFormat(self.tokenizer, tokens_per_turn=tokens_per_turn,
+                                       system_prompt=self.pcfg.system_prompt)
+    self.sampler = rollout.StreamingSampler(mcfg, self.chat, sampler_config(config),
+                                            video_grid=self.grid)
+    self.vision_ids = (mcfg.video_token_id, mcfg.image_token_id)
+
+    # Data: B samples per step on this host (global batch / hosts), each with G rollouts.
+    if source is None:
+      source = pipeline.source_from_config(data_cfg)
+    gb, self.group_size = int(config.global_batch_size), int(config.grpo.group_size)
+    n_proc = jax.process_count()
+    if gb % n_proc:
+      raise ValueError(f"global batch {gb} is not divisible by {n_proc} hosts")
+    self.prompts = PromptIterator(source, gb // n_proc, seed=int(data_cfg.get("seed", 0)),
+                                  shuffle=bool(data_cfg.get("shuffle", True)),
+                                  process_index=jax.process_index(), process_count=n_proc,
+                                  max_turns=self.max_turns)
+    self.total_steps = sft.total_steps_of(config, self.prompts.num_trajectories)
+    logging.info("batch: %d samples x G %d = %s; seq_len %d, max_turns %d, grid %s; %d steps",
+                 gb, self.group_size, parallel.describe_batch(gb * self.group_size, self.mesh),
+                 self.seq_len, self.max_turns, self.grid, self.total_steps)
+
+    # Rewards.
+    rcfg = config.reward
+    self.judge = judge if judge is not None else build_judge(rcfg)
+    self.scorer = RewardScorer(self.judge, tau=float(rcfg.get("tau", 8.0)),
+                               max_turns=self.max_turns,
+                               max_answers=int(rcfg.get("max_answers", 32)),
+                               max_checks=int(rcfg.get("max_checks", 16)))
+
+    # State, optimizer, step.
+    self.step_cfg = grpo.GRPOStepConfig.from_config(config.grpo, rcfg)
+    passes = self.step_cfg.num_passes
+    self.tx = optim.make_optimizer(config.optim, self.total_steps * passes)
+    self.schedule = optim.make_schedule(config.optim, self.total_steps * passes)
+    rng = jax.random.key(int(config.seed))
+    self.boxed = jax.eval_shape(functools.partial(qwen2_5_vl.init_params, mcfg), rng)
+    self.shardings = state_lib.state_shardings(self.tx, self.boxed, self.mesh)
+    abstract_params = sft.nn_unbox(self.boxed)
+    logging.info("parameters: %s", optim.count_params(abstract_params, config.optim.frozen))
+    init_params = load_initial_params(config, mcfg, abstract_params, self.shardings.params, rng)
+    # The reference: a separate copy of the initial params (the train state is donated),
+    # optionally stored in a smaller dtype (grpo.ref_param_dtype, e.g. "bfloat16").
+    self.ref_params = None
+    if self.step_cfg.beta != 0.0:
+      ref_dtype = config.grpo.get("ref_param_dtype", "") or None
+      self.ref_params = jax.tree.map(
+          lambda p: jnp.array(p, dtype=ref_dtype or p.dtype, copy=True), init_params)
+    ck = config.checkpoint
+    self.ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=ck.keep,
+                                      every_steps=ck.every_steps,
+                                      async_save=ck.get("async_save", True))
+    latest = self.ckpt.latest_step()
+    if latest is not None:
+      del init_params
+      self.state = self.ckpt.restore(latest, state_lib.abstract_state(self.tx, self.boxed),
+                                     self.shardings, self.prompts)
+      logging.info("resumed from GRPO checkpoint %d (prompt position %d)", latest,
+                   self.prompts.position)
+    else:
+      self.state = state_lib.state_from_params(init_params, self.tx, self.shardings, self.mesh)
+    self.module = qwen2_5_vl.Qwen2_5_VL(mcfg)
+    grid = np.tile(np.asarray(self.grid, np.int64).reshape(1, 3), (self.max_turns, 1))
+    forward = sft.make_forward(self.module, grid)
+    logps_fn = grpo.make_logps_fn(forward, temperature=self.step_cfg.temperature,
+                                  chunk_size=self.step_cfg.logps_chunk_size,
+                                  unembed_fn=sft.make_unembed(mcfg))
+    example = self._example_batch()
+    self.step_fn = grpo.make_grpo_step(
+        logps_fn, self.tx, self.step_cfg, state_shardings=self.shardings,
+        batch_sharding=grpo.grpo_batch_shardings(example, self.mesh), mesh=self.mesh,
+        trainable=optim.trainable_mask(abstract_params, config.optim.frozen),
+        schedule=self.schedule)
+
+  # -- pieces of a step ----------------------------------------------------------------------
+
+  def _example_batch(self) -> dict[str, np.ndarray]:
+    n = int(self.config.global_batch_size) * self.group_size // jax.process_count()
+    t, p = self.seq_len, self.max_turns * self.grid[1] * self.grid[2]
+    d = self.proc.patch_dim
+    z = lambda *s, dt=np.float32: np.zeros(s, dt)  # noqa: E731
+    return {"input_ids": z(n, t, dt=np.int32), "labels": z(n, t, dt=np.int32),
+            "loss_mask": z(n, t), "attention_mask": z(n, t, dt=np.int32),
+            "position_ids": z(3, n, t, dt=np.int32), "pixel_values_videos": z(n, p, d),
+            "old_logps": z(n, t), "reward_fmt": z(n), "reward_turn": z(n), "reward_traj": z(n)}
+
+  def make_prompts(self, samples) -> list[rollout.StreamPrompt]:
+    return [rollout.prompt_from_record(
+        record, record.questions[q], frames, self.proc, max_turns=self.max_turns,
+        frame_size=(self.pcfg.frame_height, self.pcfg.frame_width))
+            for record, q, frames in samples]
+
+  def rollout(self, samples, step: int) -> rollout.RolloutBatch:
+    """G rollouts of each sample with the current params (seed = f(config.seed, step))."""
+    seed = int(self.config.seed) * 1_000_003 + int(step)
+    return self.sampler.sample(self.state.params, self.make_prompts(samples),
+                               group_size=self.group_size, seed=seed, seq_len=self.seq_len)
+
+  def update_batch(self, rb: rollout.RolloutBatch, reward_arrays) -> tuple[dict, int]:
+    """The host batch of the jitted step (pixels padded to max_turns) and the masked-row count."""
+    batch = {k: getattr(rb, k) for k in grpo.GRPO_MODEL_KEYS + ("old_logps",)}
+    pix = batch["pixel_values_videos"]
+    want = self.max_turns * self.grid[1] * self.grid[2]
+    if pix.shape[1] < want:
+      pix = np.pad(pix, ((0, 0), (0, want - pix.shape[1]), (0, 0)))
+    batch["pixel_values_videos"] = pix
+    bad = rows_with_sampled_vision_tokens(rb, self.vision_ids)
+    if bad.any():
+      batch["loss_mask"] = batch["loss_mask"] * (~bad)[:, None].astype(np.float32)
+    for k in grpo.REWARD_KEYS:
+      batch[k] = reward_arrays[k]
+    return batch, int(bad.sum())
+
+  def train_step(self, step: int) -> dict[str, float]:
+    """One GRPO step (rollout -> judge/rewards -> update); returns host metrics incl. the time
+    split rollout_s / reward_s / update_s (the update is waited for)."""
+    t0 = time.perf_counter()
+    samples = next(self.prompts)
+    rb = self.rollout(samples, step)
+    if rb.overflow.any():
+      raise RuntimeError(f"KV cache overflow in {int(rb.overflow.sum())} rollouts; raise "
+                         "config.rollout.capacity")
+    t1 = time.perf_counter()
+    reward_arrays = self.scorer.score(rb, [(r, q) for r, q, _ in samples])
+    t2 = time.perf_counter()
+    host_batch, masked = self.update_batch(rb, reward_arrays)
+    batch = parallel.shard_batch(host_batch, self.mesh, batch_dims=sft.BATCH_DIMS)
+    self.state, m = self.step_fn(self.state, self.ref_params, batch)
+    m = {k: float(v) for k, v in jax.device_get(m).items()}
+    t3 = time.perf_counter()
+    m.update(rollout_stats(rb))
+    m["masked_rows_vision_tokens"] = float(masked)
+    m["judge_failures"] = float(reward_arrays["judge_failures"].sum())
+    m["skipped_samples"] = float(self.prompts.skipped)
+    m.update(rollout_s=t1 - t0, reward_s=t2 - t1, update_s=t3 - t2, step_s=t3 - t0,
+             rollout_tokens_per_s=m["sampled_tokens"] / max(t1 - t0, 1e-9))
+    return m
+
+  def train(self):
+    """The loop from the current step to total_steps; returns the final TrainState."""
+    cfg = self.config
+    writer = metrics_lib.create_writer(self.workdir, total_steps=self.total_steps,
+                                       enabled=jax.process_index() == 0,
+                                       tensorboard=cfg.get("tensorboard", True))
+    start = int(jax.device_get(self.state.step)) // self.step_cfg.num_passes
+    progress = metrics_lib.Progress(self.total_steps, start)
+    log_every = max(int(cfg.log_every_steps), 1)
+    kill_after = int(cfg.get("debug_kill_after_step", -1))
+    step = start
+    for step in range(start + 1, self.total_steps + 1):
+      m = self.train_step(step)
+      if step == start + 1 or step % log_every == 0 or step == self.total_steps:
+        m.update({k: v for k, v in progress.update(step).items() if v == v})
+        writer.write_scalars(step, m)
+        writer.flush()
+      self.ckpt.maybe_save(step, self.state, self.prompts, last_step=self.total_steps)
+      if step == kill_after:
+        logging.warning("debug_kill_after_step=%d: sending SIGKILL to myself", step)
+        writer.flush()
+        self.ckpt.wait()
+        os.kill(os.getpid(), signal.SIGKILL)
+    if step >= 1 and step not in self.ckpt.all_steps():
+      self.ckpt.save(step, self.state, self.prompts)
+    self.ckpt.close()
+    logging.info("judge: %s", getattr(self.judge, "stats", None))
+    writer.close()
+    return self.state
+
+
+def train(config, workdir: str, **kwargs):
+  """Runs (or resumes) GRPO as configured; returns the final TrainState. See GRPOTrainer."""
+  return GRPOTrainer(config, workdir, **kwargs).train()

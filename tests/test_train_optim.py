@@ -1,0 +1,92 @@
+"""Optimizer: schedule values, frozen-parameter masks and AdamW against a NumPy reference."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from streampro_jax.train import optim
+
+
+def _cfg(**kw):
+  base = dict(lr=1e-3, warmup_steps=10, end_lr_factor=0.0, schedule="cosine", b1=0.9, b2=0.999,
+              eps=1e-8, weight_decay=0.0, grad_clip_norm=1.0, frozen=None)
+  base.update(kw)
+  return ml_collections.ConfigDict(base)
+
+
+def test_schedule_pinned_values():
+  sched = optim.make_schedule(_cfg(), total_steps=110)
+  # Warmup 0 -> 1e-3 over 10 steps, then cosine over the remaining 100 steps.
+  assert float(sched(0)) == pytest.approx(0.0)
+  assert float(sched(5)) == pytest.approx(5e-4, rel=1e-6)
+  assert float(sched(10)) == pytest.approx(1e-3, rel=1e-6)
+  assert float(sched(60)) == pytest.approx(5e-4, rel=1e-5)  # cos(pi/2) = 0 -> half
+  assert float(sched(35)) == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 0.25)), rel=1e-5)
+  assert float(sched(110)) == pytest.approx(0.0, abs=1e-12)
+  sched = optim.make_schedule(_cfg(end_lr_factor=0.1, warmup_steps=-1, warmup_ratio=0.5), 20)
+  assert float(sched(10)) == pytest.approx(1e-3, rel=1e-6)
+  assert float(sched(20)) == pytest.approx(1e-4, rel=1e-5)
+  const = optim.make_schedule(_cfg(schedule="constant", warmup_steps=0), 20)
+  assert float(const(17)) == pytest.approx(1e-3)
+
+
+def test_trainable_mask_freezes_vision_but_not_merger():
+  params = {"visual": {"blocks_0": {"attn": {"qkv": {"kernel": np.zeros((2, 2))}}},
+                       "merger": {"mlp_0": {"kernel": np.zeros((2, 2))}},
+                       "patch_embed": {"kernel": np.zeros((2, 2))}},
+            "model": {"embed_tokens": {"embedding": np.zeros((4, 2))}}}
+  mask = optim.trainable_mask(params, r"^visual/(?!merger/)")
+  assert mask["visual"]["blocks_0"]["attn"]["qkv"]["kernel"] is False
+  assert mask["visual"]["patch_embed"]["kernel"] is False
+  assert mask["visual"]["merger"]["mlp_0"]["kernel"] is True
+  assert mask["model"]["embed_tokens"]["embedding"] is True
+  counts = optim.count_params(params, r"^visual/(?!merger/)")
+  assert counts == {"total": 20, "trainable": 12, "frozen": 8}
+
+
+def _adamw_reference(p, grads_seq, *, lr_seq, b1, b2, eps, wd, clip, decay):
+  """NumPy float64 AdamW with global-norm clipping (optax's formulas)."""
+  p = {k: v.astype(np.float64) for k, v in p.items()}
+  m = {k: np.zeros_like(v) for k, v in p.items()}
+  v_ = {k: np.zeros_like(v) for k, v in p.items()}
+  for t, (g, lr) in enumerate(zip(grads_seq, lr_seq), start=1):
+    norm = math.sqrt(sum(float(np.sum(x.astype(np.float64) ** 2)) for x in g.values()))
+    scale = min(1.0, clip / norm)
+    for k in p:
+      gk = g[k].astype(np.float64) * scale
+      m[k] = b1 * m[k] + (1 - b1) * gk
+      v_[k] = b2 * v_[k] + (1 - b2) * gk ** 2
+      mhat = m[k] / (1 - b1 ** t)
+      vhat = v_[k] / (1 - b2 ** t)
+      upd = mhat / (np.sqrt(vhat) + eps) + (wd * p[k] if decay[k] else 0.0)
+      p[k] = p[k] - lr * upd
+  return p
+
+
+def test_adamw_with_clipping_and_frozen_matches_numpy():
+  rng = np.random.default_rng(0)
+  params = {"w": rng.normal(size=(3, 4)).astype(np.float32),
+            "b": rng.normal(size=(4,)).astype(np.float32),
+            "frozen_w": rng.normal(size=(2, 2)).astype(np.float32)}
+  cfg = _cfg(lr=0.1, warmup_steps=0, weight_decay=0.05, grad_clip_norm=0.5, frozen="^frozen")
+  tx = optim.make_optimizer(cfg, total_steps=3)
+  sched = optim.make_schedule(cfg, 3)
+  grads_seq = [{k: (3.0 * rng.normal(size=v.shape)).astype(np.float32) for k, v in params.items()}
+               for _ in range(3)]
+  state = tx.init(jax.tree.map(jnp.asarray, params))
+  p = jax.tree.map(jnp.asarray, params)
+  for g in grads_seq:
+    updates, state = tx.update(jax.tree.map(jnp.asarray, g), state, p)
+    p = jax.tree.map(lambda a, u: a + u, p, updates)
+  trainable = {k: v for k, v in params.items() if k != "frozen_w"}
+  ref = _adamw_reference(
+      trainable, [{k: g[k] for k in trainable} for g in grads_seq],
+      lr_seq=[float(sched(i)) for i in range(3)], b1=0.9, b2=0.999, eps=1e-8, wd=0.05, clip=0.5,
+      decay={"w": True, "b": False})
+  np.testing.assert_allclose(np.asarray(p["w"]), ref["w"], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(p["b"]), ref["b"], rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(np.asarray(p["frozen_w"]), params["frozen_w"])

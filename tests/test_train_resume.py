@@ -1,0 +1,92 @@
+"""launch/train_sft.py on the tiny Qwen2.5-VL + SynthStream: SIGKILL between checkpoints, resume,
+and end with the same parameters and losses as an uninterrupted run.
+
+Three subprocesses share a JAX persistent compilation cache so only the first one compiles.
+Each runs on the 8 fake CPU devices of conftest.py with a (data 2, fsdp 2, tensor 2) mesh.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from streampro_jax.train import metrics as metrics_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 6
+OVERRIDES = [
+    f"--config.total_steps={STEPS}", "--config.global_batch_size=4", "--config.log_every_steps=1",
+    "--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2",
+    "--config.data.num_videos=16", "--config.data.seq_len=384", "--config.data.max_turns=6",
+    "--config.data.synth.min_duration=12", "--config.data.synth.max_duration=12",
+    "--config.checkpoint.every_steps=2", "--config.checkpoint.keep=5",
+    "--config.tensorboard=False", "--config.model.tiny_text.num_hidden_layers=1",
+    "--config.model.tiny_vision.depth=1", "--config.model.tiny_vision.fullatt_block_indexes=(0,)",
+]
+
+
+def _launch(workdir, cache_dir, *extra):
+  env = dict(os.environ)
+  env.update(JAX_COMPILATION_CACHE_DIR=cache_dir, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", JAX_PLATFORMS="cpu")
+  cmd = [sys.executable, os.path.join(ROOT, "launch", "train_sft.py"),
+         f"--config={os.path.join(ROOT, 'configs', 'tiny_synthetic.py')}",
+         f"--workdir={workdir}", "--alsologtostderr", *OVERRIDES, *extra]
+  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+                        check=False)
+
+
+def _final_params(workdir):
+  path = os.path.join(workdir, "checkpoints", str(STEPS), "state")
+  restored = ocp.StandardCheckpointer().restore(path)
+  flat = {}
+
+  def walk(prefix, node):
+    if isinstance(node, dict):
+      for k, v in node.items():
+        walk(f"{prefix}/{k}", v)
+    else:
+      flat[prefix] = np.asarray(node)
+
+  walk("", restored["params"])
+  return flat, int(np.asarray(restored["step"]))
+
+
+@pytest.mark.slow
+def test_sigkill_between_checkpoints_resumes_to_same_parameters(tmp_path):
+  cache = str(tmp_path / "jax_cache")
+  ref_dir, run_dir = str(tmp_path / "uninterrupted"), str(tmp_path / "killed")
+
+  ref = _launch(ref_dir, cache)
+  assert ref.returncode == 0, ref.stderr[-3000:]
+
+  killed = _launch(run_dir, cache, "--config.debug_kill_after_step=5")
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+  done_before = metrics_lib.read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
+  assert max(done_before) == 5  # it really ran past the checkpoint at step 4 ...
+  assert not os.path.exists(os.path.join(run_dir, "checkpoints", str(STEPS)))  # ... not to the end
+
+  resumed = _launch(run_dir, cache)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "resumed from step" in resumed.stderr
+  resumed_from = int(resumed.stderr.split("resumed from step ")[1].split()[0])
+  assert resumed_from in (2, 4)
+
+  want = metrics_lib.read_jsonl(os.path.join(ref_dir, "metrics.jsonl"))
+  got = metrics_lib.read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
+  assert sorted(want) == sorted(got) == list(range(1, STEPS + 1))
+  for step in range(1, STEPS + 1):
+    assert got[step]["loss"] == pytest.approx(want[step]["loss"], rel=1e-6), step
+    assert got[step]["supervised_tokens"] == want[step]["supervised_tokens"], step
+  assert want[1]["loss"] != want[STEPS]["loss"]
+
+  p_ref, step_ref = _final_params(ref_dir)
+  p_run, step_run = _final_params(run_dir)
+  assert step_ref == step_run == STEPS
+  assert sorted(p_ref) == sorted(p_run)
+  for key in p_ref:
+    np.testing.assert_allclose(p_run[key], p_ref[key], rtol=1e-6, atol=1e-7, err_msg=key)

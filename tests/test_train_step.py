@@ -1,0 +1,274 @@
+"""The SFT step: sharded == single device, frozen vision, accumulation == big batch, chunked loss.
+
+The model is a small Flax stand-in with the same parameter layout ideas as Qwen2.5-VL (a frozen
+vision part 'visual/...' with a trained 'visual/merger', an LLM part, logical axis names); the
+real tiny Qwen2.5-VL runs through the same step in tests/test_train_resume.py (the launcher).
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from streampro_jax import losses, parallel
+from streampro_jax.train import optim, sft
+from streampro_jax.train import state as state_lib
+
+VOCAB, SIL, RESP, VIDEO_PAD = 64, 60, 61, 5
+
+
+def _lp(init, names):
+  return nn.with_logical_partitioning(init, names)
+
+
+class ToyVLM(nn.Module):
+  """Embedding + frozen patch embed + trained merger + MLP block + tied unembedding."""
+  dim: int = 16
+
+  def setup(self):
+    self.embed = self.param("embed", _lp(nn.initializers.normal(0.5), ("vocab", "embed")),
+                            (VOCAB, self.dim))
+    self.visual_patch = nn.Dense(self.dim, kernel_init=_lp(nn.initializers.lecun_normal(),
+                                                           ("vision_patch", "vision_embed")))
+    self.visual_merger = nn.Dense(self.dim, kernel_init=_lp(nn.initializers.lecun_normal(),
+                                                            ("merger_in", "merger_hidden")))
+    self.mlp_in = nn.Dense(32, kernel_init=_lp(nn.initializers.lecun_normal(), ("embed", "mlp")))
+    self.mlp_out = nn.Dense(self.dim, kernel_init=_lp(nn.initializers.lecun_normal(),
+                                                      ("mlp", "embed")))
+
+  def __call__(self, batch, return_hidden=False):
+    ids = batch["input_ids"]
+    x = jnp.take(self.embed, ids, axis=0)
+    v = self.visual_merger(jnp.tanh(self.visual_patch(batch["pixel_values_videos"])))
+    x = x + jnp.mean(v, axis=1, keepdims=True) * (ids == VIDEO_PAD)[..., None]
+    x = x + self.mlp_out(jax.nn.gelu(self.mlp_in(x)))
+    return x if return_hidden else x @ self.embed.T
+
+
+def toy_batch(seed, b=8, t=12):
+  r = np.random.default_rng(seed)
+  ids = r.integers(0, VOCAB, (b, t)).astype(np.int32)
+  ids[:, 2] = VIDEO_PAD
+  labels = r.integers(0, VOCAB - 4, (b, t)).astype(np.int32)
+  u = r.random((b, t))
+  labels = np.where(u < 0.5, SIL, np.where(u < 0.6, RESP, labels)).astype(np.int32)
+  mask = (r.random((b, t)) < 0.7).astype(np.float32)
+  return dict(input_ids=ids, labels=labels, loss_mask=mask,
+              decision_class=np.where(labels == SIL, 1, np.where(labels == RESP, 2, 0)).astype(
+                  np.int32),
+              attention_mask=np.ones((b, t), np.int32),
+              position_ids=np.ascontiguousarray(
+                  np.broadcast_to(np.arange(t, dtype=np.int32), (3, b, t))),
+              pixel_values_videos=r.normal(size=(b, 4, 12)).astype(np.float32))
+
+
+MODEL = ToyVLM()
+
+
+def _init(rng):
+  return MODEL.init(rng, jax.tree.map(jnp.asarray, toy_batch(0)))["params"]
+
+
+def _init_params():
+  return jax.device_get(nn.unbox(_init(jax.random.key(0))))
+
+
+def _forward(params, batch, return_hidden):
+  return MODEL.apply({"params": params}, batch, return_hidden=return_hidden)
+
+
+OPTIM = ml_collections.ConfigDict(dict(lr=3e-2, warmup_steps=1, end_lr_factor=0.1,
+                                       weight_decay=0.01, grad_clip_norm=1.0,
+                                       frozen=r"^visual_patch/"))
+
+
+def _run(mesh_shape, *, steps=3, num_microbatches=1, kind="cb_stream", chunk=0, seeds=None):
+  n = int(np.prod(list(mesh_shape.values())))
+  mesh = parallel.make_mesh(mesh_shape, devices=jax.devices()[:n])
+  tx = optim.make_optimizer(OPTIM, total_steps=steps)
+  state, shardings = state_lib.create_train_state(_init, tx, mesh, jax.random.key(0))
+  trainable = optim.trainable_mask(state.params, OPTIM.frozen)
+  example = toy_batch(0)
+  step = sft.make_sft_step(
+      _forward, dict(kind=kind, chunk_size=chunk), (SIL, RESP), tx,
+      state_shardings=shardings, batch_sharding=sft.batch_shardings(example, mesh), mesh=mesh,
+      unembed_fn=lambda p: p["embed"].T, trainable=trainable, num_microbatches=num_microbatches,
+      schedule=optim.make_schedule(OPTIM, steps))
+  history = []
+  for i in (seeds or range(steps)):
+    batch = parallel.shard_batch(toy_batch(i), mesh, batch_dims={"position_ids": 1})
+    state, metrics = step(state, batch)
+    history.append(jax.device_get(metrics))
+  return history, jax.device_get(state.params), state
+
+
+@pytest.fixture(scope="module")
+def single():
+  return _run({"data": 1, "fsdp": 1, "tensor": 1})
+
+
+def _max_diff(a, b):
+  return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.max(np.abs(x - y))), a, b)))
+
+
+def test_sharded_step_equals_single_device(single):
+  hist1, params1, _ = single
+  hist8, params8, state8 = _run({"data": 2, "fsdp": 2, "tensor": 2})
+  # The state really is spread over the 8 devices (FSDP x tensor on the embedding).
+  emb = state8.params["embed"]
+  assert emb.sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
+  assert len(emb.addressable_shards) == 8 and emb.addressable_shards[0].data.shape == (32, 8)
+  for m1, m8 in zip(hist1, hist8):
+    assert m1["loss"] == pytest.approx(m8["loss"], abs=1e-5)
+    assert m1["grad_norm"] == pytest.approx(m8["grad_norm"], rel=1e-5)
+  assert _max_diff(params1, params8) < 1e-5
+  assert hist1[0]["loss"] != hist1[-1]["loss"]
+
+
+def test_loss_and_metrics_match_losses_module(single):
+  """Step 1's reported loss / metrics equal losses.* on the initial params' logits."""
+  hist1, _, _ = single
+  params = _init_params()
+  batch = jax.tree.map(jnp.asarray, toy_batch(0))
+  logits = _forward(params, batch, False)
+  want = losses.cb_stream_loss(logits, batch["labels"], batch["loss_mask"],
+                               decision_token_ids=(SIL, RESP))
+  assert hist1[0]["loss"] == pytest.approx(float(want), rel=1e-6)
+  m = losses.metrics(logits, batch["labels"], batch["loss_mask"], decision_token_ids=(SIL, RESP))
+  for key in ("decision_accuracy", "silence_recall", "response_recall"):
+    assert hist1[0][key] == pytest.approx(float(m[key]), abs=1e-7)
+  assert hist1[0]["tokens"] == 8 * 12
+  assert hist1[0]["supervised_tokens"] == float(np.sum(toy_batch(0)["loss_mask"]))
+  assert hist1[0]["lr"] == 0.0 and hist1[1]["lr"] == pytest.approx(3e-2)
+
+
+def test_frozen_vision_unchanged_and_rest_trained(single):
+  _, params1, _ = single
+  init = _init_params()
+  for name in ("kernel", "bias"):
+    np.testing.assert_array_equal(params1["visual_patch"][name], init["visual_patch"][name])
+    assert np.max(np.abs(params1["visual_merger"][name] - init["visual_merger"][name])) > 1e-4
+  assert np.max(np.abs(params1["embed"] - init["embed"])) > 1e-4
+
+
+def test_grad_accumulation_equals_big_batch(single):
+  hist1, params1, _ = single
+  hist_acc, params_acc, _ = _run({"data": 2, "fsdp": 2, "tensor": 2}, num_microbatches=2)
+  for m1, m2 in zip(hist1, hist_acc):
+    assert m1["loss"] == pytest.approx(m2["loss"], abs=1e-5)
+    assert m1["decision_accuracy"] == pytest.approx(m2["decision_accuracy"], abs=1e-6)
+  assert _max_diff(params1, params_acc) < 1e-5
+
+
+def test_chunked_loss_step_equals_plain(single):
+  hist1, params1, _ = single
+  hist_c, params_c, _ = _run({"data": 1, "fsdp": 1, "tensor": 1}, chunk=24)
+  for m1, m2 in zip(hist1, hist_c):
+    assert m1["loss"] == pytest.approx(m2["loss"], abs=1e-5)
+    assert m1["token_accuracy"] == pytest.approx(m2["token_accuracy"], abs=1e-6)
+  assert _max_diff(params1, params_c) < 1e-5
+
+
+def test_loss_kind_is_one_config_field():
+  hist_ce, _, _ = _run({"data": 1, "fsdp": 1, "tensor": 1}, steps=1, kind="ce")
+  params = _init_params()
+  batch = jax.tree.map(jnp.asarray, toy_batch(0))
+  logits = _forward(params, batch, False)
+  want = losses.cross_entropy_loss(logits, batch["labels"], batch["loss_mask"])
+  assert hist_ce[0]["loss"] == pytest.approx(float(want), rel=1e-6)
+  with pytest.raises(ValueError, match="hinge"):
+    sft.make_sft_loss_fn(_forward, dict(kind="hinge"), (SIL, RESP))
+
+
+def test_microbatch_split_is_strided_and_checked():
+  batch = {"input_ids": jnp.arange(8).reshape(8, 1), "position_ids": jnp.zeros((3, 8, 1)),
+           "video_grid_thw": jnp.ones((2, 3))}
+  split, static = sft.split_microbatches(batch, 2)
+  assert split["input_ids"][:, :, 0].tolist() == [[0, 2, 4, 6], [1, 3, 5, 7]]
+  assert split["position_ids"].shape == (2, 3, 4, 1)
+  assert "video_grid_thw" in static
+  with pytest.raises(ValueError, match="batch size 8, not divisible by 3"):
+    sft.split_microbatches(batch, 3)
+
+
+# ----------------------------------------------------------------------------------------------
+# The real tiny Qwen2.5-VL on a SynthStream batch from the grain pipeline.
+# ----------------------------------------------------------------------------------------------
+
+
+def _qwen_setup(tmp_dir):
+  from streampro_jax.models import qwen2_5_vl  # pylint: disable=g-import-not-at-top
+  cfg = ml_collections.ConfigDict(dict(
+      tokenizer="synthetic", global_batch_size=8,
+      model=dict(family="qwen2_5_vl", hf_checkpoint="", dtype="float32", param_dtype="float32",
+                 attention_impl="xla", remat=False,
+                 tiny_text=dict(num_hidden_layers=1), tiny_vision=dict(
+                     depth=1, fullatt_block_indexes=(0,))),
+      data=dict(source="synth", num_videos=24, split="train", synth_seed=0,
+                synth=dict(resolution=32, min_duration=12, max_duration=12), seq_len=384,
+                max_turns=6, frame_height=16, frame_width=16, seed=0, shuffle=True,
+                num_threads=1, prefetch_buffer_size=8)))
+  tokenizer = sft.make_tokenizer(cfg, str(tmp_dir))
+  mcfg = sft.make_model_config(cfg.model, tokenizer)
+  it, pipe = sft.make_data(cfg, tokenizer, mcfg)
+  batches = [next(it) for _ in range(2)]
+  grid = np.tile(pipe.video_grid_thw.reshape(1, 3), (pipe.cfg.max_turns, 1))
+  ids = (tokenizer.convert_tokens_to_ids("</Silence>"),
+         tokenizer.convert_tokens_to_ids("</Response>"))
+  return mcfg, qwen2_5_vl, batches, grid, ids
+
+
+def _qwen_run(setup, mesh_shape):
+  mcfg, qwen2_5_vl, batches, grid, ids = setup
+  n = int(np.prod(list(mesh_shape.values())))
+  mesh = parallel.make_mesh(mesh_shape, devices=jax.devices()[:n])
+  optim_cfg = ml_collections.ConfigDict(dict(lr=1e-3, warmup_steps=0, grad_clip_norm=1.0,
+                                             weight_decay=0.01, frozen=r"^visual/(?!merger/)"))
+  tx = optim.make_optimizer(optim_cfg, total_steps=2)
+  init_fn = lambda rng: qwen2_5_vl.init_params(mcfg, rng)  # noqa: E731
+  state, shardings = state_lib.create_train_state(init_fn, tx, mesh, jax.random.key(0))
+  init = jax.device_get(state.params)
+  keys = sft.STEP_BATCH_KEYS
+  step = sft.make_sft_step(
+      sft.make_forward(qwen2_5_vl.Qwen2_5_VL(mcfg), grid), dict(kind="cb_stream"), ids, tx,
+      state_shardings=shardings, batch_sharding=sft.batch_shardings(
+          {k: batches[0][k] for k in keys}, mesh), mesh=mesh,
+      trainable=optim.trainable_mask(state.params, optim_cfg.frozen))
+  history = []
+  for b in batches:
+    state, m = step(state, parallel.shard_batch({k: b[k] for k in keys}, mesh,
+                                                batch_dims=sft.BATCH_DIMS))
+    history.append(jax.device_get(m))
+  return history, init, jax.device_get(state.params), state
+
+
+@pytest.mark.slow
+def test_tiny_qwen_sharded_step_equals_single_device_and_freezes_vision(tmp_path):
+  setup = _qwen_setup(tmp_path)
+  batches = setup[2]
+  assert all(b["decision_class"].max() == 2 for b in batches)  # both decision classes present
+  h1, init1, p1, _ = _qwen_run(setup, {"data": 1, "fsdp": 1, "tensor": 1})
+  h8, _, p8, state8 = _qwen_run(setup, {"data": 2, "fsdp": 2, "tensor": 2})
+  qkv = state8.params["layers_0"]["self_attn"]["q_proj"]["kernel"]
+  assert qkv.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+  for m1, m8 in zip(h1, h8):
+    assert m1["loss"] == pytest.approx(m8["loss"], abs=1e-5)
+    assert m1["silence_recall"] == pytest.approx(m8["silence_recall"], abs=1e-6)
+  assert h1[0]["loss"] != h1[1]["loss"]
+  # Adam normalises each gradient entry (m / sqrt(v)), so float summation-order noise in tiny
+  # gradients shows up as O(lr * 1e-3) parameter differences; lr = 1e-3 keeps them < 1e-5.
+  assert _max_diff(p1, p8) < 1e-5
+  # Vision tower frozen; its patch merger and the LLM trained.
+  frozen_paths = (("visual", "patch_embed", "kernel"),
+                  ("visual", "blocks_0", "attn", "qkv", "kernel"))
+  for path in frozen_paths:
+    a, b = init1, p1
+    for k in path:
+      a, b = a[k], b[k]
+    np.testing.assert_array_equal(a, b)
+  assert np.max(np.abs(p1["visual"]["merger"]["mlp_0"]["kernel"]
+                       - init1["visual"]["merger"]["mlp_0"]["kernel"])) > 1e-4
+  assert np.max(np.abs(p1["layers_0"]["mlp"]["up_proj"]["kernel"]
+                       - init1["layers_0"]["mlp"]["up_proj"]["kernel"])) > 1e-4
