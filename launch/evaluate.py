@@ -7,9 +7,11 @@ r"""Streaming evaluation of a checkpoint on a benchmark (StreamPro-Bench, SynthS
       --judge=openai:Qwen2.5-72B-Instruct@http://127.0.0.1:8000/v1
 
 --checkpoint is one of
-  * a Hugging Face checkpoint folder (config.json + safetensors + tokenizer files);
+  * a Hugging Face checkpoint folder (config.json + safetensors + tokenizer files); the backbone
+    (Qwen2.5-VL or Qwen3-VL) is read from config.json's model_type;
   * an SFT / GRPO workdir written by streampro_jax.train (``<dir>/checkpoints/<step>/state``);
-    --config names the training config that built it (model and tokenizer sections);
+    --config names the training config that built it (model and tokenizer sections; the backbone
+    is its model.family, qwen2_5_vl by default);
   * "random": a randomly initialised model of --config (default: the tiny synthetic config), for
     smoke tests of the pipeline.
 --judge: exact | openai:<model>@<base_url> | local:<dir>.
@@ -83,8 +85,8 @@ def load_model(checkpoint: str, *, config_path: str | None, tokenizer_dir: str |
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
+  from streampro_jax import models  # pylint: disable=g-import-not-at-top
   from streampro_jax.data import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
-  from streampro_jax.models import qwen2_5_vl  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import sft  # pylint: disable=g-import-not-at-top
 
   if checkpoint == "random" or os.path.isdir(os.path.join(checkpoint, "checkpoints")):
@@ -92,17 +94,16 @@ def load_model(checkpoint: str, *, config_path: str | None, tokenizer_dir: str |
     tok_home = workdir if checkpoint == "random" else checkpoint
     tokenizer = (tok_lib.load_tokenizer(tokenizer_dir)[0] if tokenizer_dir
                  else sft.make_tokenizer(cfg, tok_home))
-    model_config = sft.make_model_config(cfg.model, tokenizer)
+    model_config = models.config_from_section(cfg.model, tokenizer)
     if checkpoint == "random":
-      init = jax.jit(functools.partial(qwen2_5_vl.init_params, model_config))
+      init = jax.jit(functools.partial(models.backbone_module(model_config).init_params,
+                                       model_config))
       params = nn.unbox(init(jax.random.key(int(cfg.get("seed", 0)))))
       logging.info("random model of %s", config_path or "configs/tiny_synthetic.py")
     else:
       params = restore_train_params(os.path.join(checkpoint, "checkpoints"))
     return params, model_config, tokenizer, cfg
-  from streampro_jax import models  # pylint: disable=g-import-not-at-top
-  loader = getattr(models, "load_hf_checkpoint", qwen2_5_vl.load_hf_checkpoint)
-  model_config, params = loader(checkpoint, dtype=jnp.float32)
+  model_config, params = models.load_hf_checkpoint(checkpoint, dtype=jnp.float32)
   tokenizer, needs_resize = tok_lib.load_tokenizer(tokenizer_dir or checkpoint)
   if needs_resize:
     raise ValueError(f"the tokenizer of {tokenizer_dir or checkpoint} has {len(tokenizer)} tokens, "

@@ -166,9 +166,10 @@ def _per_token_class_value(labels: Array, ids: Array, class_values: Array,
   return jnp.where(in_s, picked, other)
 
 
-def _weighted_sum_and_count(nll: Array, labels: Array, loss_mask: Array, *, kind: str,
-                            decision_token_ids, beta: float = 0.9999, text_weight: float = 2.0,
-                            gamma: float = 2.0, class_counts: Array | None = None):
+def weighted_nll_sum_and_count(nll: Array, labels: Array, loss_mask: Array, *, kind: str,
+                               decision_token_ids, beta: float = 0.9999,
+                               text_weight: float = 2.0, gamma: float = 2.0,
+                               class_counts: Array | None = None):
   """Shared weighting of per-token nll f32[B, T] for every loss kind (see the module docstring)."""
   mask = loss_mask.astype(jnp.float32)
   count = jnp.sum(mask)
@@ -208,7 +209,7 @@ def cb_stream_loss_sum_and_count(logits: Array, labels: Array, loss_mask: Array,
                                  text_weight: float = 2.0,
                                  class_counts: Array | None = None) -> tuple[Array, Array]:
   """CB-Stream numerator and denominator: (sum_i mask_i * w_i * nll_i, N). See cb_stream_loss."""
-  return _weighted_sum_and_count(token_nll(logits, labels), labels, loss_mask, kind="cb_stream",
+  return weighted_nll_sum_and_count(token_nll(logits, labels), labels, loss_mask, kind="cb_stream",
                                  decision_token_ids=decision_token_ids, beta=beta,
                                  text_weight=text_weight, class_counts=class_counts)
 
@@ -248,7 +249,7 @@ def cb_stream_loss(logits: Array, labels: Array, loss_mask: Array, *, decision_t
 def cross_entropy_loss_sum_and_count(logits: Array, labels: Array,
                                      loss_mask: Array) -> tuple[Array, Array]:
   """(sum_i mask_i * nll_i, N). See cross_entropy_loss."""
-  return _weighted_sum_and_count(token_nll(logits, labels), labels, loss_mask, kind="ce",
+  return weighted_nll_sum_and_count(token_nll(logits, labels), labels, loss_mask, kind="ce",
                                  decision_token_ids=None)
 
 
@@ -268,7 +269,7 @@ def focal_stream_loss_sum_and_count(logits: Array, labels: Array, loss_mask: Arr
                                     decision_token_ids, gamma: float = 2.0,
                                     class_counts: Array | None = None) -> tuple[Array, Array]:
   """Focal numerator and denominator. See focal_stream_loss."""
-  return _weighted_sum_and_count(token_nll(logits, labels), labels, loss_mask, kind="focal",
+  return weighted_nll_sum_and_count(token_nll(logits, labels), labels, loss_mask, kind="focal",
                                  decision_token_ids=decision_token_ids, gamma=gamma,
                                  class_counts=class_counts)
 
@@ -441,7 +442,7 @@ def chunked_stream_loss_sum_and_count(hidden_btd: Array, unembed_dv: Array, labe
                                       class_counts: Array | None = None) -> tuple[Array, Array]:
   """(weighted nll sum, N) of `kind` from hidden states. See chunked_stream_loss."""
   nll, _ = chunked_token_stats(hidden_btd, unembed_dv, labels, chunk_size=chunk_size)
-  return _weighted_sum_and_count(nll, labels, loss_mask, kind=kind,
+  return weighted_nll_sum_and_count(nll, labels, loss_mask, kind=kind,
                                  decision_token_ids=decision_token_ids, beta=beta,
                                  text_weight=text_weight, gamma=gamma, class_counts=class_counts)
 
@@ -478,6 +479,6 @@ def loss_sum_and_count(kind: str, logits: Array, labels: Array, loss_mask: Array
                        gamma: float = 2.0,
                        class_counts: Array | None = None) -> tuple[Array, Array]:
   """Dispatch by name ("cb_stream" | "ce" | "focal") for config-driven trainers."""
-  return _weighted_sum_and_count(token_nll(logits, labels), labels, loss_mask, kind=kind,
+  return weighted_nll_sum_and_count(token_nll(logits, labels), labels, loss_mask, kind=kind,
                                  decision_token_ids=decision_token_ids, beta=beta,
                                  text_weight=text_weight, gamma=gamma, class_counts=class_counts)

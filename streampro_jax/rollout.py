@@ -55,9 +55,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from streampro_jax import models
 from streampro_jax.data import chat_format
 from streampro_jax.models import kv_cache
-from streampro_jax.models import qwen2_5_vl
 
 # Per-turn decisions of a rollout (the codes of RolloutBatch.decisions).
 SILENCE = 0
@@ -124,7 +124,7 @@ class StreamPrompt:
   """One sample: the frames of its K turns and its question.
 
   Attributes:
-    pixel_values: f32[K, P, D] patches of each turn (models/processing.process_turns).
+    pixel_values: f32[K, P, D] patches of each turn (models.process_turns).
     question: the question text, prepended to the user message of turn `ask_turn`.
     ask_turn: the turn the question is asked on.
     force_response_turns: turns whose decision token is forced to </Response>.
@@ -146,8 +146,10 @@ def prompt_from_record(record, question, frames_thwc: np.ndarray, processor_conf
                        force_response_at_ask: bool = False) -> StreamPrompt:
   """A StreamPrompt for (record, question) from its decoded frames uint8[K * tp, H, W, 3].
 
-  processor_config: models.processing.VideoProcessorConfig; frame_size (h, w): frames are
-  resized to it first (as the training pipeline does).
+  processor_config: the backbone's per-turn processor settings
+  (`models.video_processor_config(model_config)`: processing.VideoProcessorConfig for Qwen2.5-VL,
+  processing_qwen3.Qwen3VideoProcessorConfig for Qwen3-VL); frame_size (h, w): frames are resized
+  to it first (as the training pipeline does).
   """
   from streampro_jax.models import processing  # pylint: disable=g-import-not-at-top
   q = record.question(question) if isinstance(question, str) else question
@@ -162,8 +164,7 @@ def prompt_from_record(record, question, frames_thwc: np.ndarray, processor_conf
   frames = frames[:k * tp]
   if frame_size is not None and tuple(frames.shape[1:3]) != tuple(frame_size):
     frames = processing.resize_frames(frames, int(frame_size[0]), int(frame_size[1]))
-  patches, _ = processing.process_turns(frames.reshape(k, tp, *frames.shape[1:]),
-                                        processor_config)
+  patches, _ = models.process_turns(frames.reshape(k, tp, *frames.shape[1:]), processor_config)
   ask = chat_format.ask_turn(q.ask_time, chat_format.num_turns(record.duration))
   if ask >= k:
     raise ValueError(f"question {q.id!r} of record {record.id!r} is asked on turn {ask}, past "
@@ -418,7 +419,8 @@ class StreamingSampler:
   """Samples B x G streaming rollouts with a KV cache (see the module docstring).
 
   Args:
-    model_config: qwen2_5_vl.Qwen2_5_VLConfig (its special ids must be the tokenizer's).
+    model_config: a backbone config (qwen2_5_vl.Qwen2_5_VLConfig or qwen3_vl.Qwen3VLConfig; its
+      special ids must be the tokenizer's).
     prompt_format: StreamProFormat (default when a ChatFormat is given) or WaitPromptFormat.
     config: SamplerConfig.
     video_grid: the grid (1, gh, gw) of one turn.
@@ -429,6 +431,7 @@ class StreamingSampler:
     if isinstance(prompt_format, chat_format.ChatFormat):
       prompt_format = StreamProFormat(prompt_format)
     self.model_config = model_config
+    self.backbone = models.backbone_module(model_config)
     self.fmt = prompt_format
     self.cfg = config or SamplerConfig()
     self.grid = tuple(int(g) for g in video_grid)
@@ -461,7 +464,8 @@ class StreamingSampler:
         sample_tokens, temperature=float(self.cfg.temperature), top_p=float(self.cfg.top_p),
         allowed_ids=((int(self.silence_id), int(self.response_id))
                      if self.cfg.constrain_decision else ()))
-    module = qwen2_5_vl.Qwen2_5_VL(mcfg)
+    module = models.build(mcfg)
+    encode_vision = type(module).encode_vision
 
     def keys_for(key, turn, step, n):
       k = jax.random.fold_in(jax.random.fold_in(key, turn), step)
@@ -474,9 +478,11 @@ class StreamingSampler:
 
     def user_fn(params, cache, ids, pos, turn, mask, pix_bpd, key, force, restrict):
       n = ids.shape[0]
-      feats = module.apply({"params": params}, pix_bpd, grid,
-                           method=qwen2_5_vl.Qwen2_5_VL.encode_vision)
-      feats = jnp.repeat(feats, n // pix_bpd.shape[0], axis=0)
+      # The backbone's visual features: one array (Qwen2.5-VL) or (merged, deepstack tuple)
+      # (Qwen3-VL), each leaf [B, P/4, D]; repeated G times along the row axis.
+      feats = module.apply({"params": params}, pix_bpd, grid, method=encode_vision)
+      reps = n // pix_bpd.shape[0]
+      feats = jax.tree.map(lambda x: jnp.repeat(x, reps, axis=0), feats)
       logits, cache = kv_cache.extend(params, cache, ids, pos, config=mcfg, turn_id=turn,
                                       chunk_mask=mask, output="last",
                                       model_kwargs={"video_embeds": feats})
@@ -566,8 +572,8 @@ class StreamingSampler:
     cache = kv_cache.init_cache(mcfg, n, cap, window_turns=cfg.window_turns)
     sys_ids = np.tile(self._system[None], (n, 1))
     sys_mask = np.ones_like(sys_ids)
-    sys_pos, host_next = qwen2_5_vl.chunk_position_ids(sys_ids, np.zeros((n,), np.int64),
-                                                       config=mcfg, chunk_mask=sys_mask)
+    sys_pos, host_next = self.backbone.chunk_position_ids(sys_ids, np.zeros((n,), np.int64),
+                                                          config=mcfg, chunk_mask=sys_mask)
     cache = self._pin(params, cache, sys_ids, sys_pos, sys_mask)
     host_next = host_next.astype(np.int64)
     rows = [_Row() for _ in range(n)]
@@ -600,8 +606,8 @@ class StreamingSampler:
         ids[r, :len(chunk)] = chunk
         mask[r, :len(chunk)] = 1
         new_start[r] = 1 if had_message[r] else 0   # the <|im_end|> was recorded when sampled
-      pos, nxt = qwen2_5_vl.chunk_position_ids(ids, host_next, config=mcfg, video_grid_thw=grid,
-                                               chunk_mask=mask)
+      pos, nxt = self.backbone.chunk_position_ids(ids, host_next, config=mcfg,
+                                                  video_grid_thw=grid, chunk_mask=mask)
       pix = np.zeros((b, p_, d_), np.float32)
       for i, prompt in enumerate(prompts):
         if k < prompt.num_turns:
@@ -740,7 +746,7 @@ def teacher_forced_logps(params, model_config, batch: RolloutBatch, *, temperatu
   """log softmax(logits / temperature)[labels] of one full forward over a RolloutBatch, f32[N, T]
   (the reference the rollout's old_logps must equal; also what a GRPO step recomputes)."""
   from streampro_jax import grpo  # pylint: disable=g-import-not-at-top
-  logits = qwen2_5_vl.Qwen2_5_VL(model_config).apply(
+  logits = models.build(model_config).apply(
       {"params": params}, jnp.asarray(batch.input_ids),
       pixel_values_videos=jnp.asarray(batch.pixel_values_videos),
       video_grid_thw=batch.video_grid_thw, attention_mask=jnp.asarray(batch.attention_mask),

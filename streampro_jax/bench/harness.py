@@ -194,11 +194,11 @@ def make_sampler(model_config, tokenizer, config: HarnessConfig, *, user_chunk_l
 
 
 def processor_config(model_config):
-  from streampro_jax.models import processing  # pylint: disable=g-import-not-at-top
-  v = model_config.vision
-  return processing.VideoProcessorConfig(patch_size=v.patch_size, merge_size=v.spatial_merge_size,
-                                         temporal_patch_size=v.temporal_patch_size,
-                                         do_resize=False)
+  """The per-turn video processor settings of `model_config`'s backbone (frames pre-resized):
+  processing.VideoProcessorConfig (Qwen2.5-VL) or processing_qwen3.Qwen3VideoProcessorConfig
+  (Qwen3-VL)."""
+  from streampro_jax import models  # pylint: disable=g-import-not-at-top
+  return models.video_processor_config(model_config)
 
 
 def run_benchmark(params, model_config, tokenizer, items: Sequence[Item], results_path: str,

@@ -7,8 +7,9 @@ Data flow (one host):
   -> grain.MapDataset: seeded shuffle (a new permutation every epoch), repeat, per-host shard
      (`ds[process_index::process_count]`, the numbers of grain's ShardOptions / jax.process_*)
   -> map: render the chat format (data/chat_format.py), frames of each turn through the
-     processor (models/processing.py) into patches, M-RoPE position_ids through
-     `qwen2_5_vl.get_rope_index` (host side), pad to `seq_len`
+     backbone's processor (models/processing.py for Qwen2.5-VL, models/processing_qwen3.py for
+     Qwen3-VL) into patches, M-RoPE position_ids through the backbone's `get_rope_index` (host
+     side; `models.backbone_module(model_config)`), pad to `seq_len`
   -> IterDataset with thread prefetch -> `TrainIterator`: B rows per batch, checkpointable.
 
 Batch (numpy, notes/CONVENTIONS.md): input_ids i32[B,T], labels i32[B,T], loss_mask f32[B,T],
@@ -16,6 +17,9 @@ decision_class i32[B,T], attention_mask i32[B,T], position_ids i32[3,B,T],
 pixel_values_videos f32[B, K*P, D] (K = max_turns, P = gh*gw, D = 3*tp*p*p; rows of turns a
 trajectory does not have are zero). The per-turn grid (1, gh, gw) is static per config:
 `Pipeline.video_grid_thw` (every frame is resized to frame_height x frame_width first).
+Qwen3-VL needs no extra key: its `mm_token_type_ids` follow from input_ids (the model derives
+them), and its positions are in position_ids; its per-turn grid is one temporal patch, so its
+M-RoPE split into (1, gh, gw) blocks changes nothing.
 
 Long trajectories are cut by whole turns, never silently: a record longer than `max_turns` turns
 keeps its first `max_turns` turns, and a trajectory whose tokens exceed `seq_len` keeps the
@@ -42,6 +46,7 @@ import grain
 import numpy as np
 from absl import logging
 
+from streampro_jax import models
 from streampro_jax.data import chat_format, schema
 from streampro_jax.models import processing
 
@@ -95,17 +100,20 @@ class PipelineConfig:
     return cls(**kwargs)
 
 
-def processor_config(cfg: PipelineConfig, model_config) -> processing.VideoProcessorConfig:
-  """The processor settings that match the model's vision tower; frames are pre-resized."""
+def processor_config(cfg: PipelineConfig, model_config):
+  """The processor settings that match the model's vision tower; frames are pre-resized.
+
+  processing.VideoProcessorConfig (Qwen2.5-VL: patch 14, CLIP mean/std) or
+  processing_qwen3.Qwen3VideoProcessorConfig (Qwen3-VL: patch 16, mean = std = 0.5), with the
+  patch sizes of `model_config` and do_resize=False (`models.video_processor_config`).
+  """
   v = model_config.vision
   factor = v.patch_size * v.spatial_merge_size
   if cfg.frame_height % factor or cfg.frame_width % factor:
     raise ValueError(f"frame size {cfg.frame_height}x{cfg.frame_width} is not a multiple of "
                      f"patch_size * merge_size = {v.patch_size} * {v.spatial_merge_size} = "
                      f"{factor}")
-  return processing.VideoProcessorConfig(
-      patch_size=v.patch_size, merge_size=v.spatial_merge_size,
-      temporal_patch_size=v.temporal_patch_size, do_resize=False)
+  return models.video_processor_config(model_config)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -216,13 +224,13 @@ class TrajectoryEncoder:
   Args:
     cfg: pipeline settings.
     tokenizer: HF tokenizer with the Qwen special tokens and the decision tokens.
-    model_config: qwen2_5_vl.Qwen2_5_VLConfig (vision patch sizes and the special token ids used
-      for M-RoPE; its video/image token ids must be the tokenizer's).
+    model_config: a backbone config (qwen2_5_vl.Qwen2_5_VLConfig or qwen3_vl.Qwen3VLConfig:
+      vision patch sizes and the special token ids used for M-RoPE; its video/image token ids
+      must be the tokenizer's).
   """
 
   def __init__(self, cfg: PipelineConfig, tokenizer, model_config):
-    from streampro_jax.models import qwen2_5_vl  # pylint: disable=g-import-not-at-top
-    self._get_rope_index = qwen2_5_vl.get_rope_index
+    self._get_rope_index = models.backbone_module(model_config).get_rope_index
     self.cfg = cfg
     self.model_config = model_config
     self.proc = processor_config(cfg, model_config)
@@ -289,8 +297,7 @@ class TrajectoryEncoder:
     frames = frames_thwc[:k * tp]
     if frames.shape[1:3] != (cfg.frame_height, cfg.frame_width):
       frames = processing.resize_frames(frames, cfg.frame_height, cfg.frame_width)
-    patches, grid = processing.process_turns(
-        frames.reshape(k, tp, *frames.shape[1:]), self.proc)
+    patches, grid = models.process_turns(frames.reshape(k, tp, *frames.shape[1:]), self.proc)
     assert grid == self.grid, (grid, self.grid)
 
     t = cfg.seq_len
@@ -430,7 +437,7 @@ def build_pipeline(source, cfg: PipelineConfig, *, tokenizer, model_config,
       (Record, frames) and question_counts()).
     cfg: settings (batch_size is this host's rows per batch).
     tokenizer: HF tokenizer with the decision tokens.
-    model_config: qwen2_5_vl.Qwen2_5_VLConfig.
+    model_config: a backbone config (Qwen2.5-VL or Qwen3-VL).
     process_index: this host (default jax.process_index()).
     process_count: number of hosts (default jax.process_count()).
   """

@@ -1,5 +1,10 @@
 """Streaming KV cache for the Qwen decoders: prefill, then extend turn by turn.
 
+Backbone-agnostic: works for any backbone of `streampro_jax.models` (Qwen2.5-VL, Qwen3-VL) whose
+decoder takes `kv=qwen2_5_vl.KVInput(...)`; `config.text` gives the cache shapes. With Qwen3-VL,
+frames passed as `pixel_values` also get their DeepStack features; precomputed visual features
+(`model_kwargs={"video_embeds": ...}`) are the backbone's `encode_vision` pytree.
+
 A stream is fed as chunks: a pinned prefix (system prompt, never evicted), then per turn k a user
 chunk (time label + that second's <|video_pad|> tokens + its frames) and one or more assistant
 chunks (sampled tokens). Every chunk is padded to a fixed bucket length C (right padding,
@@ -29,8 +34,9 @@ API
   logits, cache = extend(params, cache, input_ids, position_ids, config=config, turn_id=t,
                          chunk_mask=None, pixel_values=None, video_grid_thw=None, pin=False,
                          output="logits")
-    input_ids i32[B, C]; position_ids i32[3, B, C] (host: qwen2_5_vl.chunk_position_ids(ids,
-    start=np.asarray(cache.next_position), ...)); turn_id int or i32[B]; chunk_mask [B, C]
+    input_ids i32[B, C]; position_ids i32[3, B, C] (host: the backbone's chunk_position_ids(ids,
+    start=np.asarray(cache.next_position), ...), e.g. models.backbone_module(config));
+    turn_id int or i32[B]; chunk_mask [B, C]
     (1 = real; real tokens first); pixel_values f32[B, P, Dp] frames of this chunk in the batched
     layout with video_grid_thw [n, 3] = one row's grids (NumPy or tuple; static); pin=True
     writes the pinned prefix (before any other chunk). output: "logits" -> f32[B, C, V],
@@ -54,7 +60,6 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -111,9 +116,8 @@ def init_cache(config, batch: int, capacity: int, *, window_turns: int = 200, dt
 
 
 def _model_for(config):
-  if isinstance(config, qwen2_5_vl.Qwen2_5_VLConfig):
-    return qwen2_5_vl.Qwen2_5_VL(config)
-  from streampro_jax import models  # a later backbone (Qwen3-VL) registers through build()
+  """The Flax module of `config`'s backbone (models.build)."""
+  from streampro_jax import models  # pylint: disable=g-import-not-at-top
   return models.build(config)
 
 
@@ -189,12 +193,8 @@ def extend(params, cache: KVCache, input_ids: Array, position_ids: Array, *, con
 
 def unembedding_for(params, config) -> Array:
   """[D, V] output projection of `config`'s backbone."""
-  if isinstance(config, qwen2_5_vl.Qwen2_5_VLConfig):
-    return qwen2_5_vl.unembedding(params, config)
-  p = nn.unbox(params)
-  if config.tie_word_embeddings:
-    return p["embed_tokens"]["embedding"].T
-  return p["lm_head"]["kernel"]
+  from streampro_jax import models  # pylint: disable=g-import-not-at-top
+  return models.backbone_module(config).unembedding(params, config)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "video_grid_thw", "pin", "output"),

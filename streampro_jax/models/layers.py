@@ -14,6 +14,8 @@ Everything here is backbone-agnostic Flax Linen / pure JAX:
 - Packed variable-length attention for vision towers (`segment_plan`, `segment_attention`):
   tokens are gathered into padded segments [S, L] with host-computed indices, attended
   block-diagonally, and scattered back; cost O(S * L^2) instead of O(N^2).
+- `VisionQKV`: the fused qkv + proj parameters of a vision attention block (both towers).
+- `fill_tokens`: puts visual features at the placeholder-token positions of an embedding sequence.
 
 Shapes use B batch, T query length, S key length, N query heads, K kv heads, H head dim.
 """
@@ -295,3 +297,48 @@ def segment_attention(q_nhd: Array, k_nhd: Array, v_nhd: Array, plan: SegmentPla
   out = out.reshape((-1,) + out.shape[2:])
   del n
   return out[jnp.asarray(plan.scatter)]
+
+
+class VisionQKV(nn.Module):
+  """Vision attention params: fused qkv [E, 3E] ('vision_embed', 'vision_qkv') and proj [E, E]
+  ('vision_heads', 'vision_embed'), both with bias (HF `attn.qkv`, `attn.proj`).
+
+  h [N, E] -> (q [N, E], k [N, E], v [N, E], proj module); qkv = h W + b split in 3 along E.
+  """
+  dim: int
+  param_dtype: Any
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, h):
+    kw = dict(use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype)
+    qkv = dense(3 * self.dim, ("vision_embed", "vision_qkv"), name="qkv", **kw)(h)
+    qkv = qkv.reshape(h.shape[0], 3, -1)
+    proj = dense(self.dim, ("vision_heads", "vision_embed"), name="proj", **kw)
+    return qkv[:, 0], qkv[:, 1], qkv[:, 2], proj
+
+
+def fill_tokens(embeds: Array, ids: Array, token_id: int, feats: Array, batched: bool) -> Array:
+  """Replaces the token_id positions of embeds [B, T, D] by feats, in order.
+
+  Flat (HF layout): feats [M, D]; the k-th token_id position of the whole batch (row-major)
+  gets feats[k] (M must equal the number of such positions when ids are concrete).
+  Batched: feats [B, M, D]; the k-th token_id position of row b gets feats[b, k] (a row may hold
+  fewer than M such positions, never more).
+  """
+  is_tok = ids == token_id
+  m = feats.shape[-2]
+  if not isinstance(ids, jax.core.Tracer):
+    counts = np.asarray(is_tok).sum(axis=1)
+    if batched and (counts > m).any():
+      raise ValueError(f"rows hold {counts.tolist()} vision tokens but only {m} visual tokens "
+                       "per row were given")
+    if not batched and counts.sum() != m:
+      raise ValueError(f"{int(counts.sum())} vision tokens in input_ids but {m} visual tokens")
+  if batched:
+    rank = jnp.clip(jnp.cumsum(is_tok, axis=1) - 1, 0, m - 1)
+    g = jnp.take_along_axis(feats, rank[..., None], axis=1)
+  else:
+    rank = jnp.clip(jnp.cumsum(is_tok.reshape(-1)) - 1, 0, m - 1).reshape(ids.shape)
+    g = feats[rank]
+  return jnp.where(is_tok[..., None], g.astype(embeds.dtype), embeds)

@@ -136,7 +136,7 @@ def resize_frames(frames_thwc: np.ndarray, height: int, width: int) -> np.ndarra
 
   PIL's resize to the same size is the identity, as in the reference.
   """
-  frames_thwc = _check_frames(frames_thwc)
+  frames_thwc = check_frames(frames_thwc)
   t, h, w, _ = frames_thwc.shape
   if (h, w) == (height, width):
     return frames_thwc
@@ -206,7 +206,7 @@ def process_video(frames_thwc: np.ndarray,
     pixel_values_videos f32[gt*gh*gw, 3*tp*p*p] and video_grid_thw i64[1, 3] = [[gt, gh, gw]].
   """
   config = config or VideoProcessorConfig()
-  frames_thwc = _check_frames(frames_thwc)
+  frames_thwc = check_frames(frames_thwc)
   h, w = config.target_size(frames_thwc.shape[1], frames_thwc.shape[2])
   frames_thwc = resize_frames(frames_thwc, h, w)
   x = normalize_frames(frames_thwc, config.image_mean, config.image_std)
@@ -225,7 +225,7 @@ def process_turn(frames_thwc: np.ndarray,
     ValueError: when the number of frames is not temporal_patch_size.
   """
   config = config or VideoProcessorConfig()
-  frames_thwc = _check_frames(frames_thwc)
+  frames_thwc = check_frames(frames_thwc)
   if frames_thwc.shape[0] != config.temporal_patch_size:
     raise ValueError(f"a turn takes temporal_patch_size={config.temporal_patch_size} frames, "
                      f"got {frames_thwc.shape[0]}")
@@ -251,7 +251,8 @@ def process_turns(frames_kthwc: np.ndarray,
   return patches.reshape(gt, gh * gw, -1), (1, gh, gw)
 
 
-def _check_frames(frames_thwc: np.ndarray) -> np.ndarray:
+def check_frames(frames_thwc: np.ndarray) -> np.ndarray:
+  """frames as a uint8 array [T, H, W, 3] with T >= 1 (ValueError otherwise)."""
   frames_thwc = np.asarray(frames_thwc)
   if frames_thwc.ndim != 4 or frames_thwc.shape[-1] != 3:
     raise ValueError(f"frames must be [T, H, W, 3], got shape {frames_thwc.shape}")
@@ -260,3 +261,6 @@ def _check_frames(frames_thwc: np.ndarray) -> np.ndarray:
   if frames_thwc.shape[0] == 0:
     raise ValueError("no frames (T = 0)")
   return frames_thwc
+
+
+_check_frames = check_frames  # old private name

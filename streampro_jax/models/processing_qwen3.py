@@ -101,6 +101,10 @@ class Qwen3VideoProcessorConfig:
     h, w = self.target_size(self.temporal_patch_size, height, width)
     return 1, h // self.patch_size, w // self.patch_size
 
+  def grid(self, height: int, width: int) -> tuple[int, int, int]:
+    """Same as `turn_grid` (the name `processing.VideoProcessorConfig` uses)."""
+    return self.turn_grid(height, width)
+
   def tokens_per_turn(self, height: int, width: int) -> int:
     """Visual tokens of one turn: gh * gw / m^2."""
     _, gh, gw = self.turn_grid(height, width)
@@ -250,7 +254,7 @@ def process_video(frames_thwc: np.ndarray, config: Qwen3VideoProcessorConfig | N
     pixel_values_videos f32[gt*gh*gw, 3*tp*p*p] and video_grid_thw i64[1, 3] = [[gt, gh, gw]].
   """
   config = config or Qwen3VideoProcessorConfig()
-  frames_thwc = processing._check_frames(frames_thwc)  # pylint: disable=protected-access
+  frames_thwc = processing.check_frames(frames_thwc)
   t, height, width = frames_thwc.shape[:3]
   if t < config.temporal_patch_size:
     # transformers' smart_resize rejects clips shorter than one temporal patch.
@@ -275,6 +279,15 @@ def process_turns(frames_kthwc: np.ndarray, config: Qwen3VideoProcessorConfig | 
   if frames_kthwc.ndim != 5 or frames_kthwc.shape[1] != config.temporal_patch_size:
     raise ValueError(f"turn frames must be [K, tp={config.temporal_patch_size}, H, W, 3], got "
                      f"shape {frames_kthwc.shape}")
+  if not config.do_resize and frames_kthwc.shape[0] > 0:
+    # No resize: every turn has the same size, and patchify orders patches temporal patch
+    # first, so the K turns can be processed as one video of K temporal patches.
+    k, tp = frames_kthwc.shape[:2]
+    flat = processing.check_frames(frames_kthwc.reshape(k * tp, *frames_kthwc.shape[2:]))
+    x = processing.normalize_frames(flat, config.image_mean, config.image_std)
+    patches, (gt, gh, gw) = processing.patchify(x, config.patch_size, config.merge_size,
+                                                config.temporal_patch_size)
+    return patches.reshape(gt, gh * gw, -1), (1, int(gh), int(gw))
   out, grid = [], None
   for k in range(frames_kthwc.shape[0]):
     patches, g = process_video(frames_kthwc[k], config)

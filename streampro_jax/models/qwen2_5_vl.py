@@ -30,6 +30,9 @@ Public API
 - `unembedding(params, config) -> [D, V]` (tied: the embedding transposed).
 - `init_params(config, rng)` (boxed with logical axis names), `load_hf_checkpoint(path, dtype,
   shardings=None)`, `save_hf_checkpoint(config, params, path, max_shard_bytes=...)`.
+- Backbone protocol (see `streampro_jax.models.backbone_module`): `MODEL_TYPE`, `Config`,
+  `Model`, `video_processor_config(config, **overrides)`; `encode_vision` returns one array
+  [B, N_b/4, D] (batched) that `video_embeds` takes back.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ from streampro_jax.models import hf_io
 from streampro_jax.models import layers
 
 Array = jax.Array
+
+MODEL_TYPE = "qwen2_5_vl"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -131,7 +136,7 @@ class Qwen2_5_VLConfig:
   attention_impl: str = "jax"
   remat: bool = False
 
-  model_type = "qwen2_5_vl"
+  model_type = MODEL_TYPE
 
   @property
   def compute_dtype(self):
@@ -472,7 +477,7 @@ class VisionBlock(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = layers.RMSNorm(c.hidden_size, 1e-6, name="norm1", **kw)(x)
     with jax.named_scope("vision_attn"):
-      qkv = _AttnQKV(c.hidden_size, self.param_dtype, self.dtype, name="attn")
+      qkv = layers.VisionQKV(c.hidden_size, self.param_dtype, self.dtype, name="attn")
       q, k, v, proj = qkv(h)
       n = x.shape[0]
       q = q.reshape(n, c.num_heads, c.head_dim)
@@ -489,19 +494,8 @@ class VisionBlock(nn.Module):
     return x + mlp(h)
 
 
-class _AttnQKV(nn.Module):
-  """Vision attention params: qkv [E, 3E] ('vision_embed', 'vision_qkv'), proj [E, E]."""
-  dim: int
-  param_dtype: Any
-  dtype: Any
-
-  @nn.compact
-  def __call__(self, h):
-    kw = dict(use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype)
-    qkv = layers.dense(3 * self.dim, ("vision_embed", "vision_qkv"), name="qkv", **kw)(h)
-    qkv = qkv.reshape(h.shape[0], 3, -1)
-    proj = layers.dense(self.dim, ("vision_heads", "vision_embed"), name="proj", **kw)
-    return qkv[:, 0], qkv[:, 1], qkv[:, 2], proj
+# Kept for old imports: the fused vision qkv/proj params now live in layers.
+_AttnQKV = layers.VisionQKV
 
 
 class VisionTower(nn.Module):
@@ -628,28 +622,8 @@ def _is_tracer(x) -> bool:
   return isinstance(x, jax.core.Tracer)
 
 
-def _fill_tokens(embeds, ids, token_id, feats, batched: bool):
-  """Replaces the token_id positions of embeds [B, T, D] by feats in order.
-
-  Flat (HF): feats [M, D], the k-th such token of the whole batch (row-major) gets feats[k].
-  Batched: feats [B, M, D], the k-th such token of row b gets feats[b, k].
-  """
-  is_tok = ids == token_id
-  m = feats.shape[-2]
-  if not _is_tracer(ids):
-    counts = np.asarray(is_tok).sum(axis=1)
-    if batched and (counts > m).any():
-      raise ValueError(f"rows hold {counts.tolist()} vision tokens but only {m} visual tokens "
-                       "per row were given")
-    if not batched and counts.sum() != m:
-      raise ValueError(f"{int(counts.sum())} vision tokens in input_ids but {m} visual tokens")
-  if batched:
-    rank = jnp.clip(jnp.cumsum(is_tok, axis=1) - 1, 0, m - 1)
-    g = jnp.take_along_axis(feats, rank[..., None], axis=1)
-  else:
-    rank = jnp.clip(jnp.cumsum(is_tok.reshape(-1)) - 1, 0, m - 1).reshape(ids.shape)
-    g = feats[rank]
-  return jnp.where(is_tok[..., None], g.astype(embeds.dtype), embeds)
+# Kept for old imports (now public in layers).
+_fill_tokens = layers.fill_tokens
 
 
 class Qwen2_5_VL(nn.Module):
@@ -699,14 +673,14 @@ class Qwen2_5_VL(nn.Module):
     if pixel_values is not None:
       if image_grid_thw is None:
         raise ValueError("pixel_values given without image_grid_thw")
-      x = _fill_tokens(x, input_ids, cfg.image_token_id,
-                       self.encode_vision(pixel_values, image_grid_thw), batched=False)
+      x = layers.fill_tokens(x, input_ids, cfg.image_token_id,
+                             self.encode_vision(pixel_values, image_grid_thw), batched=False)
     if pixel_values_videos is not None and video_embeds is None:
       if video_grid_thw is None:
         raise ValueError("pixel_values_videos given without video_grid_thw")
       video_embeds = self.encode_vision(pixel_values_videos, video_grid_thw)
     if video_embeds is not None:
-      x = _fill_tokens(x, input_ids, cfg.video_token_id, video_embeds, batched=batched)
+      x = layers.fill_tokens(x, input_ids, cfg.video_token_id, video_embeds, batched=batched)
     if self.is_initializing() and not cfg.tie_word_embeddings:
       self.lm_head()
     if position_ids is None:
@@ -750,6 +724,26 @@ class Qwen2_5_VL(nn.Module):
     return jnp.asarray(host_position_ids(
         self.config, input_ids, video_grid_thw, second_per_grid_ts, attention_mask,
         image_grid_thw=image_grid_thw, batched=batched))
+
+
+# Backbone protocol names (models.backbone_module): the config class and the Flax model class.
+Config = Qwen2_5_VLConfig
+Model = Qwen2_5_VL
+
+
+def video_processor_config(config: Qwen2_5_VLConfig, **overrides):
+  """The Qwen2-VL video processor settings that match `config`'s vision tower.
+
+  Patch, merge and temporal patch sizes come from the config, CLIP mean/std (transformers'
+  defaults); `do_resize=False` by default (StreamPro resizes every frame to a fixed size first).
+  Returns processing.VideoProcessorConfig.
+  """
+  from streampro_jax.models import processing  # pylint: disable=g-import-not-at-top
+  v = config.vision
+  kw = dict(patch_size=v.patch_size, merge_size=v.spatial_merge_size,
+            temporal_patch_size=v.temporal_patch_size, do_resize=False)
+  kw.update(overrides)
+  return processing.VideoProcessorConfig(**kw)
 
 
 def host_position_ids(config: Qwen2_5_VLConfig, input_ids, video_grid_thw=None,
@@ -803,13 +797,16 @@ def unembedding(params, config: Qwen2_5_VLConfig) -> Array:
   return p["lm_head"]["kernel"]
 
 
-def _hf_name(path: tuple[str, ...]) -> str:
+def hf_name(path: tuple[str, ...]) -> str:
   """Our param path -> HF module path ('layers_3' -> 'layers.3', 'mlp_0' -> 'mlp.0')."""
   parts = []
   for p in path:
     head, sep, tail = p.rpartition("_")
     parts.append(f"{head}.{tail}" if sep and tail.isdigit() else p)
   return ".".join(parts)
+
+
+_hf_name = hf_name  # old private name
 
 
 def hf_key_map(config: Qwen2_5_VLConfig) -> dict[str, tuple[tuple[str, ...], str]]:
@@ -836,7 +833,7 @@ def hf_key_map(config: Qwen2_5_VLConfig) -> dict[str, tuple[tuple[str, ...], str
       out["visual.patch_embed.proj.weight"] = (path, ("conv", (
           v.hidden_size, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)))
       continue
-    name = prefix + _hf_name(tuple(mod))
+    name = prefix + hf_name(tuple(mod))
     if leaf == "kernel":
       out[name + ".weight"] = (path, "T")
     elif leaf == "bias":

@@ -37,6 +37,9 @@ Public API
 - `chunk_position_ids(input_ids_chunk, start_positions, *, config, video_grid_thw=None,
   chunk_mask=None, mm_token_type_ids=None) -> (position_ids i32[3, B, C], next_start i32[B])`.
 - `init_params`, `unembedding`, `hf_key_map`, `load_hf_checkpoint`, `save_hf_checkpoint`.
+- Backbone protocol (see `streampro_jax.models.backbone_module`): `MODEL_TYPE`, `Config`,
+  `Model`, `video_processor_config(config, **overrides)` (processing_qwen3 settings);
+  `encode_vision` returns the pytree (merged, deepstack tuple) that `video_embeds` takes back.
 """
 
 from __future__ import annotations
@@ -325,16 +328,18 @@ def _row_positions(types: np.ndarray, start: int, grid_iters: dict, sms: int
 
 
 def get_rope_index(input_ids, video_grid_thw=None, attention_mask=None, *,
-                   config: Qwen3VLConfig, image_grid_thw=None, mm_token_type_ids=None
-                   ) -> tuple[np.ndarray, np.ndarray]:
+                   config: Qwen3VLConfig, image_grid_thw=None, mm_token_type_ids=None,
+                   second_per_grid_ts=None) -> tuple[np.ndarray, np.ndarray]:
   """Multimodal (3-D) rope positions, exactly as transformers' Qwen3-VL `get_rope_index`.
 
   input_ids: int[B, T] (concrete); video_grid_thw: int[n_videos, 3] (split into t = 1 blocks) and
   image_grid_thw: int[n_images, 3], consumed in order across all rows (HF semantics);
   attention_mask: [B, T] (masked tokens get position 0 and are skipped); mm_token_type_ids:
-  int[B, T] (0 text, 1 image, 2 video; derived from input_ids when None).
+  int[B, T] (0 text, 1 image, 2 video; derived from input_ids when None). second_per_grid_ts is
+  accepted (keyword only) so that a call written for qwen2_5_vl works, and unused.
   Returns position_ids i32[3, B, T] and rope_deltas i32[B, 1] = max position + 1 - row length.
   """
+  del second_per_grid_ts
   ids = np.asarray(input_ids)
   bsz, seq = ids.shape
   types = (token_types(ids, config) if mm_token_type_ids is None
@@ -481,8 +486,8 @@ class VisionBlock(nn.Module):
     c = self.cfg
     h = _layer_norm("vision_embed", c.layer_norm_eps, self.dtype, self.param_dtype, "norm1")(x)
     with jax.named_scope("vision_attn"):
-      q, k, v, proj = qwen2_5_vl._AttnQKV(  # pylint: disable=protected-access
-          c.hidden_size, self.param_dtype, self.dtype, name="attn")(h)
+      q, k, v, proj = layers.VisionQKV(c.hidden_size, self.param_dtype, self.dtype,
+                                       name="attn")(h)
       n = x.shape[0]
       q = q.reshape(n, c.num_heads, c.head_dim)
       k = k.reshape(n, c.num_heads, c.head_dim)
@@ -716,8 +721,7 @@ class Qwen3_VL(nn.Module):  # pylint: disable=invalid-name
       if image_grid_thw is None:
         raise ValueError("pixel_values given without image_grid_thw")
       img, img_deep = self.encode_vision(pixel_values, image_grid_thw)
-      x = qwen2_5_vl._fill_tokens(  # pylint: disable=protected-access
-          x, input_ids, cfg.image_token_id, img, batched=False)
+      x = layers.fill_tokens(x, input_ids, cfg.image_token_id, img, batched=False)
       deep_adds.append((cfg.image_token_id, img_deep, False))
     if pixel_values_videos is not None and video_embeds is None:
       if video_grid_thw is None:
@@ -725,8 +729,7 @@ class Qwen3_VL(nn.Module):  # pylint: disable=invalid-name
       video_embeds = self.encode_vision(pixel_values_videos, video_grid_thw)
     if video_embeds is not None:
       vid, vid_deep = video_embeds
-      x = qwen2_5_vl._fill_tokens(  # pylint: disable=protected-access
-          x, input_ids, cfg.video_token_id, vid, batched=batched)
+      x = layers.fill_tokens(x, input_ids, cfg.video_token_id, vid, batched=batched)
       deep_adds.append((cfg.video_token_id, vid_deep, batched))
     if self.is_initializing() and not cfg.tie_word_embeddings:
       self.lm_head()
@@ -785,6 +788,26 @@ class Qwen3_VL(nn.Module):  # pylint: disable=invalid-name
     return jnp.asarray(np.concatenate(rows, axis=1))
 
 
+# Backbone protocol names (models.backbone_module): the config class and the Flax model class.
+Config = Qwen3VLConfig
+Model = Qwen3_VL
+
+
+def video_processor_config(config: Qwen3VLConfig, **overrides):
+  """The Qwen3-VL video processor settings that match `config`'s vision tower.
+
+  Patch, merge and temporal patch sizes come from the config, mean = std = 0.5 (transformers'
+  Qwen3-VL defaults); `do_resize=False` by default (StreamPro resizes every frame to a fixed
+  size first). Returns processing_qwen3.Qwen3VideoProcessorConfig.
+  """
+  from streampro_jax.models import processing_qwen3  # pylint: disable=g-import-not-at-top
+  v = config.vision
+  kw = dict(patch_size=v.patch_size, merge_size=v.spatial_merge_size,
+            temporal_patch_size=v.temporal_patch_size, do_resize=False)
+  kw.update(overrides)
+  return processing_qwen3.Qwen3VideoProcessorConfig(**kw)
+
+
 # ----------------------------------------------------------------------------------------------
 # Parameters: init, unembedding, HF checkpoints.
 
@@ -824,7 +847,7 @@ def hf_key_map(config: Qwen3VLConfig) -> dict[str, tuple[tuple[str, ...], Any]]:
   """
   shapes = jax.eval_shape(functools.partial(init_params, config), jax.random.key(0))
   flat = jax.tree_util.tree_flatten_with_path(nn.unbox(shapes))[0]
-  hf_name = qwen2_5_vl._hf_name  # pylint: disable=protected-access
+  hf_name = qwen2_5_vl.hf_name
   out = {}
   for kp, _ in flat:
     path = tuple(k.key for k in kp)

@@ -328,19 +328,20 @@ def restore_params(checkpoint_dir: str, abstract_params, param_shardings, step: 
 def load_initial_params(config, model_config, abstract_params, param_shardings, rng):
   """Initial (= reference) params from config.init.sft_workdir, config.model.hf_checkpoint, or
   a random init, placed in ``param_shardings``."""
-  from streampro_jax.models import qwen2_5_vl  # pylint: disable=g-import-not-at-top
+  from streampro_jax import models  # pylint: disable=g-import-not-at-top
+  backbone = models.backbone_module(model_config)
   init = config.get("init", {}) or {}
   if init.get("sft_workdir"):
     return restore_params(os.path.join(init["sft_workdir"], "checkpoints"), abstract_params,
                           param_shardings, int(init.get("sft_step", -1)))
   if config.model.get("hf_checkpoint"):
-    _, params = qwen2_5_vl.load_hf_checkpoint(config.model.hf_checkpoint, dtype=jnp.float32,
-                                              shardings=param_shardings)
+    _, params = backbone.load_hf_checkpoint(config.model.hf_checkpoint, dtype=jnp.float32,
+                                            shardings=param_shardings)
     logging.info("initial params: %s", config.model.hf_checkpoint)
     return params
   logging.warning("no config.init.sft_workdir nor model.hf_checkpoint: GRPO from a RANDOM init")
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  init_fn = lambda r: nn.unbox(qwen2_5_vl.init_params(model_config, r))  # noqa: E731
+  init_fn = lambda r: nn.unbox(backbone.init_params(model_config, r))  # noqa: E731
   return jax.jit(init_fn, out_shardings=param_shardings)(rng)
 
 
@@ -372,7 +373,7 @@ class GRPOTrainer:
   """
 
   def __init__(self, config, workdir: str, *, judge=None, source=None):
-    from streampro_jax.models import qwen2_5_vl  # pylint: disable=g-import-not-at-top
+    from streampro_jax import models  # pylint: disable=g-import-not-at-top
     self.config = config
     self.workdir = workdir
     os.makedirs(workdir, exist_ok=True)
@@ -426,7 +427,8 @@ class GRPOTrainer:
     self.tx = optim.make_optimizer(config.optim, self.total_steps * passes)
     self.schedule = optim.make_schedule(config.optim, self.total_steps * passes)
     rng = jax.random.key(int(config.seed))
-    self.boxed = jax.eval_shape(functools.partial(qwen2_5_vl.init_params, mcfg), rng)
+    self.boxed = jax.eval_shape(
+        functools.partial(models.backbone_module(mcfg).init_params, mcfg), rng)
     self.shardings = state_lib.state_shardings(self.tx, self.boxed, self.mesh)
     abstract_params = sft.nn_unbox(self.boxed)
     logging.info("parameters: %s", optim.count_params(abstract_params, config.optim.frozen))
@@ -451,7 +453,7 @@ class GRPOTrainer:
                    self.prompts.position)
     else:
       self.state = state_lib.state_from_params(init_params, self.tx, self.shardings, self.mesh)
-    self.module = qwen2_5_vl.Qwen2_5_VL(mcfg)
+    self.module = models.build(mcfg)
     grid = np.tile(np.asarray(self.grid, np.int64).reshape(1, 3), (self.max_turns, 1))
     forward = sft.make_forward(self.module, grid)
     logps_fn = grpo.make_logps_fn(forward, temperature=self.step_cfg.temperature,

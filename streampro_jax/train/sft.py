@@ -24,7 +24,6 @@ supervised_tokens, tokens (real, non-pad tokens: host-side tokens/s = tokens / s
 from __future__ import annotations
 
 import functools
-import json
 import os
 import signal
 import time
@@ -227,9 +226,8 @@ def jit_update_step(update, state_shardings, batch_sharding, mesh: Mesh, *, rule
 
 
 def _weighted_nll(nll, labels, loss_mask, **kwargs):
-  """losses' shared weighting of per-token nll (public name preferred when it exists)."""
-  fn = getattr(losses, "weighted_nll_sum_and_count", None) or losses._weighted_sum_and_count  # pylint: disable=protected-access
-  return fn(nll, labels, loss_mask, **kwargs)
+  """losses' shared weighting of per-token nll."""
+  return losses.weighted_nll_sum_and_count(nll, labels, loss_mask, **kwargs)
 
 
 def make_sft_loss_fn(forward_fn: Callable[..., jax.Array], loss_cfg: Mapping[str, Any],
@@ -327,34 +325,20 @@ def _round_up(n: int, m: int) -> int:
 
 
 def make_model_config(model_cfg, tokenizer):
-  """Qwen2_5_VLConfig from ``config.model`` (+ the tokenizer's special ids for tiny models)."""
-  from streampro_jax.models import qwen2_5_vl  # pylint: disable=g-import-not-at-top
-  if model_cfg.get("family", "qwen2_5_vl") != "qwen2_5_vl":
-    raise ValueError(f"model.family {model_cfg.family!r}: the SFT trainer supports qwen2_5_vl")
-  common = dict(dtype=model_cfg.dtype, param_dtype=model_cfg.get("param_dtype", "float32"),
-                attention_impl=model_cfg.get("attention_impl", "jax"),
-                remat=bool(model_cfg.get("remat", False)))
-  if model_cfg.get("hf_checkpoint"):
-    with open(os.path.join(model_cfg.hf_checkpoint, "config.json"), encoding="utf-8") as f:
-      mcfg = qwen2_5_vl.Qwen2_5_VLConfig.from_hf(json.load(f), **common)
-    if len(tokenizer) > mcfg.text.vocab_size:
-      raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the checkpoint's embedding "
-                       f"has {mcfg.text.vocab_size} rows; resize the checkpoint first")
-    return mcfg
-  ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in (
-      ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
-      ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
-  text = dict(vocab_size=_round_up(len(tokenizer), 64))
-  text.update(dict(model_cfg.get("tiny_text", {})))
-  return qwen2_5_vl.tiny_config(text=text, vision=dict(model_cfg.get("tiny_vision", {})),
-                                **ids, **common)
+  """Backbone config (``model.family``: qwen2_5_vl | qwen3_vl) from ``config.model``.
+
+  See ``models.config_from_section``: an HF checkpoint's config.json, or a tiny random config
+  carrying the tokenizer's special ids.
+  """
+  from streampro_jax import models  # pylint: disable=g-import-not-at-top
+  return models.config_from_section(model_cfg, tokenizer)
 
 
 def make_forward(module, video_grid_thw):
-  """forward_fn(params, batch, return_hidden) for Qwen2_5_VL on the batched layout.
+  """forward_fn(params, batch, return_hidden) for either backbone on the batched layout.
 
   Args:
-    module: ``Qwen2_5_VL(config)``.
+    module: ``models.build(config)`` (``Qwen2_5_VL`` or ``Qwen3_VL``).
     video_grid_thw: i64[K, 3], the grids of ONE row's K turns (static: host-side index plans).
   """
   grid = np.asarray(video_grid_thw)
@@ -370,9 +354,10 @@ def make_forward(module, video_grid_thw):
 
 def make_unembed(model_config):
   """params -> unembedding [D, V] in the model's compute dtype (as its own logits use it)."""
-  from streampro_jax.models import qwen2_5_vl  # pylint: disable=g-import-not-at-top
+  from streampro_jax import models  # pylint: disable=g-import-not-at-top
   dtype = model_config.compute_dtype
-  return lambda params: qwen2_5_vl.unembedding(params, model_config).astype(dtype)
+  backbone = models.backbone_module(model_config)
+  return lambda params: backbone.unembedding(params, model_config).astype(dtype)
 
 
 def make_data(config, tokenizer, model_config):
@@ -416,9 +401,9 @@ STEP_BATCH_KEYS = ("input_ids", "labels", "loss_mask", "attention_mask", "positi
 def _load_hf_state(config, model_config, tokenizer, tx, shardings, mesh):
   """TrainState from a Hugging Face checkpoint, loaded straight into the param shardings."""
   from streampro_jax.data import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
-  from streampro_jax.models import qwen2_5_vl  # pylint: disable=g-import-not-at-top
-  _, params = qwen2_5_vl.load_hf_checkpoint(config.model.hf_checkpoint, dtype=jnp.float32,
-                                            shardings=shardings.params)
+  from streampro_jax import models  # pylint: disable=g-import-not-at-top
+  _, params = models.backbone_module(model_config).load_hf_checkpoint(
+      config.model.hf_checkpoint, dtype=jnp.float32, shardings=shardings.params)
   if config.model.get("reinit_decision_rows", True):
     ids = tok_lib.decision_token_ids(tokenizer)
     v = model_config.text.vocab_size
@@ -443,7 +428,7 @@ def train(config, workdir: str):
   Resumes from the newest checkpoint in ``<workdir>/checkpoints`` when there is one (params,
   optimizer state, step and data iterator position), so a killed run continues exactly.
   """
-  from streampro_jax.models import qwen2_5_vl  # pylint: disable=g-import-not-at-top
+  from streampro_jax import models  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import optim  # pylint: disable=g-import-not-at-top
@@ -467,11 +452,11 @@ def train(config, workdir: str):
                "seq_len %d; %d steps", parallel.describe_batch(gb, mesh), micro, gb // micro,
                gb // micro // dp, pipe.cfg.seq_len, total_steps)
 
-  module = qwen2_5_vl.Qwen2_5_VL(model_config)
+  module = models.build(model_config)
   grid = np.tile(np.asarray(pipe.video_grid_thw).reshape(1, 3), (pipe.cfg.max_turns, 1))
   tx = optim.make_optimizer(config.optim, total_steps)
   schedule = optim.make_schedule(config.optim, total_steps)
-  init_fn = functools.partial(qwen2_5_vl.init_params, model_config)
+  init_fn = functools.partial(models.backbone_module(model_config).init_params, model_config)
   rng = jax.random.key(int(config.seed))
   boxed = jax.eval_shape(init_fn, rng)
   shardings = state_lib.state_shardings(tx, boxed, mesh)
