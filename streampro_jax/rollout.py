@@ -362,11 +362,14 @@ def top_p_filter(logits_nv: jax.Array, top_p: float) -> jax.Array:
 
 def sample_tokens(logits_nv: jax.Array, keys_n: jax.Array, force_n: jax.Array,
                   restrict_n: jax.Array, *, temperature: float, top_p: float,
-                  allowed_ids: tuple[int, ...]) -> tuple[jax.Array, jax.Array, jax.Array]:
+                  allowed_ids: tuple[int, ...], banned_ids: tuple[int, ...] = ()
+                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """One token per row.
 
   logits_nv f32[N, V]; keys_n: N PRNG keys; force_n i32[N] (>= 0: this token is taken instead of
-  a draw); restrict_n bool[N] (draw only among allowed_ids).
+  a draw); restrict_n bool[N] (draw only among allowed_ids); banned_ids are never drawn (the
+  vision placeholders: a sampled <|video_pad|> would be replaced by visual features when the
+  trajectory is teacher-forced, so its log-prob could not be reproduced).
   Returns (token i32[N], old_logp f32[N] = log softmax(logits / T')[token] with T' = temperature
   or 1 when greedy, sampling_logp f32[N] = log-prob under the distribution drawn from, 0 when
   greedy or forced).
@@ -374,6 +377,8 @@ def sample_tokens(logits_nv: jax.Array, keys_n: jax.Array, force_n: jax.Array,
   logits = logits_nv.astype(jnp.float32)
   t_eff = temperature if temperature > 0 else 1.0
   lp_policy = jax.nn.log_softmax(logits / t_eff, axis=-1)
+  if banned_ids:
+    logits = logits.at[:, jnp.asarray(banned_ids)].set(-jnp.inf)
   if allowed_ids:
     allowed = jnp.zeros((logits.shape[-1],), bool).at[jnp.asarray(allowed_ids)].set(True)
     logits = jnp.where(restrict_n[:, None] & ~allowed[None, :], -jnp.inf, logits)
@@ -450,6 +455,11 @@ class StreamingSampler:
     self.response_id = vocab.get(chat_format.RESPONSE)
     if self.cfg.constrain_decision and (self.silence_id is None or self.response_id is None):
       raise ValueError("constrain_decision needs a tokenizer with </Silence> and </Response>")
+    # Vision placeholders are never sampled (see sample_tokens).
+    self.vision_token_ids = tuple(sorted({
+        int(i) for i in (getattr(model_config, name, None) for name in (
+            "image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"))
+        if i is not None and 0 <= int(i) < model_config.text.vocab_size}))
     self._system = np.asarray(prompt_format.system_ids(), np.int32)
     self._header = np.asarray(prompt_format.header_ids(), np.int32)
     self._repeat = bool(getattr(prompt_format, "repeat_question", False))
@@ -463,7 +473,8 @@ class StreamingSampler:
     sampling = functools.partial(
         sample_tokens, temperature=float(self.cfg.temperature), top_p=float(self.cfg.top_p),
         allowed_ids=((int(self.silence_id), int(self.response_id))
-                     if self.cfg.constrain_decision else ()))
+                     if self.cfg.constrain_decision else ()),
+        banned_ids=self.vision_token_ids)
     module = models.build(mcfg)
     encode_vision = type(module).encode_vision
 

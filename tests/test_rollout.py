@@ -182,3 +182,23 @@ def test_greedy_constrained_with_sliding_window(setup):
   early, late = scored & (label_turn < 2), scored & (label_turn >= 2)
   np.testing.assert_allclose(out.old_logps[early], ref[early], atol=1e-5)
   assert np.abs(out.old_logps[late] - ref[late]).max() > 1e-3
+
+
+def test_sample_tokens_never_draws_banned_vision_ids():
+  """A placeholder with by far the largest logit is still never drawn (nor chosen greedily),
+  while old_logp stays the unconstrained policy's log-prob (what teacher forcing reproduces)."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  n, v = 64, 10
+  logits = jnp.zeros((n, v)).at[:, 7].set(20.0).at[:, 3].set(1.0)
+  keys = jax.random.split(jax.random.key(0), n)
+  force = -jnp.ones((n,), jnp.int32)
+  restrict = jnp.zeros((n,), bool)
+  for temperature in (1.0, 0.0):
+    tok, old, _ = rollout.sample_tokens(logits, keys, force, restrict, temperature=temperature,
+                                        top_p=1.0, allowed_ids=(), banned_ids=(7, 8))
+    tok = np.asarray(tok)
+    assert not np.isin(tok, [7, 8]).any()
+    if temperature == 0.0:
+      assert (tok == 3).all()
+    ref = jax.nn.log_softmax(logits, axis=-1)[jnp.arange(n), tok]
+    np.testing.assert_allclose(np.asarray(old), np.asarray(ref), rtol=1e-6)
