@@ -573,7 +573,8 @@ class DecoderLayer(nn.Module):
     hd, nh, nk = c.head_dim, c.num_attention_heads, c.num_key_value_heads
     h = layers.RMSNorm(c.hidden_size, c.rms_norm_eps, name="input_layernorm", **kw)(x)
     attn = _DecoderAttnParams(c, **kw, name="self_attn")
-    q, k, v, o_proj = attn(h)
+    # Projections on [B*T, D] rows (2-D weight-gradient transposes are fast on XLA:CPU).
+    q, k, v, o_proj = attn(h.reshape(b * t, -1))
     q = layers.apply_rotary(q.reshape(b, t, nh, hd), cos.astype(self.dtype),
                             sin.astype(self.dtype))
     k = layers.apply_rotary(k.reshape(b, t, nk, hd), cos.astype(self.dtype),
@@ -590,7 +591,7 @@ class DecoderLayer(nn.Module):
       o = layers.attention(q, k_cache.astype(self.dtype), v_cache.astype(self.dtype), mask=mask,
                            impl=self.impl)
       new_kv = (k_cache, v_cache)
-    x = x + o_proj(o.reshape(b, t, nh * hd))
+    x = x + o_proj(o.reshape(b * t, nh * hd)).reshape(b, t, -1)
     h = layers.RMSNorm(c.hidden_size, c.rms_norm_eps, name="post_attention_layernorm", **kw)(x)
     x = x + layers.GatedMLP(c.hidden_size, c.intermediate_size, c.hidden_act, use_bias=False,
                             axes=("embed", "mlp"), name="mlp", **kw)(h)
