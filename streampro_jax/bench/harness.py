@@ -58,6 +58,8 @@ class HarnessConfig:
     force_response_at_ask: force </Response> on the ask turn (multiple-choice peers).
     seed: sampler seed (irrelevant for greedy decoding).
     progress: show a tqdm bar.
+    system_prompt: the streampro-style system prompt (None: chat_format.SYSTEM_PROMPT); use the
+      one the model was trained with.
   """
   batch_size: int = 4
   frame_height: int = 224
@@ -70,6 +72,7 @@ class HarnessConfig:
   force_response_at_ask: bool = False
   seed: int = 0
   progress: bool = True
+  system_prompt: str | None = None
 
   def __post_init__(self):
     if self.batch_size < 1:
@@ -183,7 +186,9 @@ def make_sampler(model_config, tokenizer, config: HarnessConfig, *, user_chunk_l
   grid = (1, config.frame_height // v.patch_size, config.frame_width // v.patch_size)
   tokens = grid[1] * grid[2] // (v.spatial_merge_size ** 2)
   if config.prompt_style == "streampro":
-    fmt = rollout.StreamProFormat(chat_format.ChatFormat(tokenizer, tokens_per_turn=tokens))
+    fmt = rollout.StreamProFormat(chat_format.ChatFormat(
+        tokenizer, tokens_per_turn=tokens,
+        system_prompt=config.system_prompt or chat_format.SYSTEM_PROMPT))
   else:
     fmt = rollout.WaitPromptFormat(tokenizer, tokens_per_turn=tokens)
   scfg = rollout.SamplerConfig(

@@ -1,0 +1,151 @@
+"""Budgets of the end-to-end demo (launch/demo.py): SynthStream -> SFT (CE, focal, CB-Stream) ->
+GRPO from the CB-Stream model -> streaming StreamPro-F1 evaluation of all four.
+
+  .venv/bin/python launch/demo.py --workdir=workdir/demo                  # budget "default"
+  .venv/bin/python launch/demo.py --workdir=/tmp/smoke --budget=smoke     # ~1-2 min, plumbing only
+
+`get_config(budget)` returns the demo's own settings (one ConfigDict, plain data); `sft_config`
+and `grpo_config` turn them into the trainer configs of streampro_jax.train (the same sections as
+configs/tiny_synthetic.py and configs/tiny_synthetic_grpo.py). Every choice is explained in
+notes/demo.md. Fields:
+
+  seed                 training seed (init, data order, rollouts); the data set does not change.
+  data                 SynthStream: synth_seed, num_train / num_test videos, synth (SynthConfig
+                       fields: resolution, min/max_duration, difficulty, silence_ratio, tasks).
+  frame_size           frames are resized to frame_size x frame_size (patch 4, merge 2 -> (frame /
+                       8)^2 visual tokens per turn).
+  system_prompt        the chat format's system prompt in every stage (DEMO_SYSTEM_PROMPT).
+  seq_len, max_turns   SFT rows (tokens) and the turn cut of every stage.
+  model                configs/common.model_config (random tiny Qwen2.5-VL architecture).
+  sft                  steps, batch_size, lr, warmup_ratio, weight_decay, beta / text_weight
+                       (CB-Stream), gamma (focal); the variants are LOSS_OF_VARIANT.
+  grpo                 steps, batch_size (samples per step), group_size G, lr, temperature,
+                       max_response_tokens, beta_kl, epsilon, num_passes, seq_len, rollout sizes,
+                       reward weights and tau.
+  eval                 batch_size (videos streamed together), max_text_tokens,
+                       constrain_decision (first token of a message is a decision token).
+"""
+
+import os
+import sys
+
+import ml_collections
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configs import common  # noqa: E402  pylint: disable=g-import-not-at-top
+
+BUDGETS = ("smoke", "default")
+VARIANTS = ("sft_ce", "sft_focal", "sft_cb_stream", "grpo")
+LOSS_OF_VARIANT = {"sft_ce": "ce", "sft_focal": "focal", "sft_cb_stream": "cb_stream"}
+# The demo's system prompt (every stage: SFT rows, GRPO rollouts, evaluation). A randomly
+# initialised model cannot read instructions, and chat_format.SYSTEM_PROMPT is 234 tokens of the
+# synthetic tokenizer (~40% of every row); this one-sentence version is 21 tokens.
+DEMO_SYSTEM_PROMPT = "Reply </Silence> or </Response> followed by the answer."
+
+
+def get_config(budget: str = "default") -> ml_collections.ConfigDict:
+  """The demo settings of a budget ("smoke" or "default")."""
+  if budget not in BUDGETS:
+    raise ValueError(f"budget {budget!r}: expected one of {BUDGETS}")
+  c = ml_collections.ConfigDict()
+  c.budget = budget
+  c.seed = 0
+  c.data = ml_collections.ConfigDict(dict(
+      synth_seed=0, num_train=256, num_test=70,
+      synth=dict(resolution=32, min_duration=12, max_duration=16, difficulty=0,
+                 silence_ratio=12.0)))
+  c.system_prompt = DEMO_SYSTEM_PROMPT
+  c.frame_size = 16
+  c.seq_len = 576
+  c.max_turns = 16
+  c.model = common.model_config(
+      dtype="float32", attention_impl="xla",
+      tiny_text=dict(hidden_size=64, intermediate_size=192, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, mrope_section=(2, 3, 3)),
+      tiny_vision=dict(depth=2, hidden_size=32, fullatt_block_indexes=(1,)))
+  c.sft = ml_collections.ConfigDict(dict(
+      steps=300, batch_size=8, lr=3e-3, warmup_ratio=0.05, weight_decay=0.0,
+      beta=0.99, text_weight=2.0, gamma=2.0,
+      log_every_steps=10))
+  c.grpo = ml_collections.ConfigDict(dict(
+      steps=20, batch_size=2, group_size=8, lr=1e-4, temperature=0.7, max_response_tokens=18,
+      beta_kl=0.04, epsilon=0.2, num_passes=1, seq_len=768, user_chunk_len=0, capacity=0,
+      constrain_decision=True, weights=(0.1, 0.45, 0.45), tau=4.0, log_every_steps=1))
+  c.eval = ml_collections.ConfigDict(dict(batch_size=10, max_text_tokens=18,
+                                          constrain_decision=True))
+  if budget == "smoke":
+    c.data.num_train = 16
+    c.data.num_test = 7
+    c.sft.steps = 3
+    c.sft.log_every_steps = 1
+    c.grpo.steps = 2
+    c.grpo.batch_size = 2
+    c.grpo.group_size = 2
+    c.eval.batch_size = 7
+  return c
+
+
+def _data_section(demo, data_dir: str, *, seq_len: int):
+  return common.data_config(
+      source="tfds", tfds_dir=data_dir, split="train", seq_len=seq_len,
+      max_turns=int(demo.max_turns), frame_size=int(demo.frame_size), num_threads=2,
+      prefetch_buffer_size=4, system_prompt=str(demo.system_prompt))
+
+
+def sft_config(demo, loss_kind: str, data_dir: str) -> ml_collections.ConfigDict:
+  """The streampro_jax.train.sft config of one SFT variant (same init, data and budget)."""
+  s = demo.sft
+  c = common.base_config()
+  c.seed = int(demo.seed)
+  c.global_batch_size = int(s.batch_size)
+  c.num_microbatches = 1
+  c.total_steps = int(s.steps)
+  c.log_every_steps = int(s.log_every_steps)
+  c.tokenizer = "synthetic"
+  c.tensorboard = False
+  c.model = ml_collections.ConfigDict(demo.model.to_dict())
+  c.mesh = common.mesh_config(data=-1, fsdp=1, tensor=1)
+  c.data = _data_section(demo, data_dir, seq_len=int(demo.seq_len))
+  c.data.seed = int(demo.seed)
+  c.optim = common.optim_config(lr=float(s.lr), warmup_ratio=float(s.warmup_ratio),
+                                weight_decay=float(s.weight_decay), grad_clip_norm=1.0)
+  c.loss = common.loss_config(loss_kind, beta=float(s.beta), text_weight=float(s.text_weight),
+                              gamma=float(s.gamma), chunk_size=0)
+  c.checkpoint = common.checkpoint_config(every_steps=max(int(s.steps) // 3, 1), keep=1,
+                                          async_save=False)
+  return c
+
+
+def grpo_config(demo, sft_workdir: str, data_dir: str) -> ml_collections.ConfigDict:
+  """The streampro_jax.train.grpo_trainer config: GRPO from the CB-Stream SFT checkpoint."""
+  g = demo.grpo
+  c = common.base_config()
+  c.seed = int(demo.seed)
+  c.global_batch_size = int(g.batch_size)
+  c.total_steps = int(g.steps)
+  c.log_every_steps = int(g.log_every_steps)
+  c.tokenizer = "synthetic"
+  c.tensorboard = False
+  c.init = ml_collections.ConfigDict(dict(sft_workdir=sft_workdir, sft_step=-1))
+  c.model = ml_collections.ConfigDict(demo.model.to_dict())
+  c.mesh = common.mesh_config(data=-1, fsdp=1, tensor=1)
+  c.data = _data_section(demo, data_dir, seq_len=int(g.seq_len))
+  c.data.seed = int(demo.seed) + 1
+  c.optim = common.optim_config(lr=float(g.lr), warmup_ratio=0.0, weight_decay=0.0,
+                                grad_clip_norm=1.0)
+  c.optim.schedule = "constant"
+  c.grpo = ml_collections.ConfigDict(dict(
+      group_size=int(g.group_size), temperature=float(g.temperature), top_p=1.0,
+      max_response_tokens=int(g.max_response_tokens), epsilon=float(g.epsilon),
+      beta_kl=float(g.beta_kl), kl_estimator="k3", adv_eps=1e-6, adv_ddof=1,
+      aggregation="sequence-mean-token-mean", old_logps="rollout",
+      num_passes=int(g.num_passes), num_microbatches=1, logps_chunk_size=0))
+  c.reward = ml_collections.ConfigDict(dict(
+      weights=tuple(float(w) for w in g.weights), tau=float(g.tau), judge="synthetic",
+      max_answers=16, max_checks=16))
+  c.rollout = ml_collections.ConfigDict(dict(
+      window_turns=200, constrain_decision=bool(g.constrain_decision),
+      user_chunk_len=int(g.user_chunk_len), capacity=int(g.capacity)))
+  c.checkpoint = common.checkpoint_config(every_steps=max(int(g.steps) // 3, 1), keep=1,
+                                          async_save=False)
+  return c

@@ -1,0 +1,384 @@
+r"""The end-to-end StreamPro demo on SynthStream, on CPU.
+
+  .venv/bin/python launch/demo.py --workdir=workdir/demo [--budget=smoke|default] [--seed=N]
+
+Stages (each one's outputs live in --workdir; a rerun skips the stages that finished and resumes
+an interrupted one from its last checkpoint / results line):
+
+  data            SynthStream train + test splits, built once as a TFDS array_record data set
+                  (data/); every later stage reads it.
+  sft_ce          SFT under plain cross-entropy        } same random init, same data order,
+  sft_focal       SFT under the Streamo focal loss     } same steps / batch / learning rate
+  sft_cb_stream   SFT under CB-Stream                  }
+  grpo            GRPO from the sft_cb_stream checkpoint (format + turn-F1 + rubric rewards)
+  eval_<variant>  streaming evaluation (greedy, turn by turn) of each model on the test split,
+                  scored with StreamPro-F1 (exact-match judge, span IoU for TG)
+  report          results.json, table.md and the report figures (report/*.png)
+
+results.json: {"budget", "seed", "variants": {"sft_ce": {"W-Avg", "Avg", "PU", "TR", "PA",
+"per_task": {task: F1}, "per_task_detail", "decisions"}, "sft_focal": ..., "sft_cb_stream": ...,
+"grpo": ...}, "timings": {...}}. Scores are fractions in [0, 1]; the printed table is x100.
+Settings: configs/demo.py; what they are and why: notes/demo.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging as py_logging
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where every stage writes (resumable).")
+_BUDGET = flags.DEFINE_enum("budget", "default", ("smoke", "default"), "Demo budget.")
+_SEED = flags.DEFINE_integer("seed", 0, "Training seed (init, data order, rollouts).")
+_PROGRESS = flags.DEFINE_boolean("progress_bar", True, "Show the evaluation progress bars.")
+_CACHE = flags.DEFINE_string("compilation_cache", "",
+                             "JAX persistent compilation cache folder ('' : <workdir>/jax_cache, "
+                             "'none': off).")
+flags.mark_flags_as_required(["workdir"])
+
+DONE = "DONE.json"
+# Library loggers whose INFO lines would drown the demo's progress lines.
+_QUIET = ("/orbax/", "/grain/", "/tensorstore", "/etils/", "/tensorflow_datasets/", "/jax/")
+
+
+class _QuietFilter(py_logging.Filter):
+  """Drops INFO (and below) records emitted from the noisy libraries' files."""
+
+  def filter(self, record):
+    if record.levelno >= py_logging.WARNING:
+      return True
+    path = record.pathname.replace("\\", "/")
+    return not any(p in path for p in _QUIET)
+
+
+def banner(text: str):
+  line = "=" * 78
+  print(f"\n{line}\n== {text}\n{line}", flush=True)
+
+
+class StageTimer:
+  """Wall and CPU seconds (user + system of all threads of this process) of a stage."""
+
+  def __enter__(self):
+    self.wall0, self.cpu0 = time.perf_counter(), time.process_time()
+    return self
+
+  def __exit__(self, *exc):
+    self.wall = time.perf_counter() - self.wall0
+    self.cpu = time.process_time() - self.cpu0
+    return False
+
+  def as_dict(self):
+    return {"wall_s": round(self.wall, 2), "cpu_s": round(self.cpu, 2)}
+
+
+def _read_json(path):
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def _write_json(path, obj):
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(obj, f, indent=1)
+  os.replace(tmp, path)
+
+
+class Demo:
+  """The demo's stages over one workdir."""
+
+  def __init__(self, demo_cfg, workdir: str, *, progress: bool = True):
+    self.cfg = demo_cfg
+    self.workdir = os.path.abspath(workdir)
+    self.progress = progress
+    self.timings: dict[str, dict] = {}
+    os.makedirs(self.workdir, exist_ok=True)
+    self._check_config()
+
+  # -- bookkeeping ---------------------------------------------------------------------------
+
+  def _check_config(self):
+    """The workdir belongs to one budget / seed: refuse to mix stages of different settings."""
+    path = os.path.join(self.workdir, "demo_config.json")
+    mine = json.loads(self.cfg.to_json_best_effort())
+    if os.path.exists(path):
+      theirs = _read_json(path)
+      if theirs != mine:
+        raise app.UsageError(
+            f"{self.workdir} holds a demo run with other settings (budget "
+            f"{theirs.get('budget')!r}, seed {theirs.get('seed')}; now budget "
+            f"{mine.get('budget')!r}, seed {mine.get('seed')}); use another --workdir")
+    else:
+      _write_json(path, mine)
+
+  def stage_dir(self, name: str) -> str:
+    return os.path.join(self.workdir, name)
+
+  def done(self, name: str) -> dict | None:
+    path = os.path.join(self.stage_dir(name), DONE)
+    return _read_json(path) if os.path.exists(path) else None
+
+  def run_stage(self, name: str, title: str, fn):
+    """Runs fn() unless the stage finished before; records its timings."""
+    prev = self.done(name)
+    if prev is not None:
+      banner(f"[skip] {name}: finished before ({title})")
+      self.timings[name] = dict(prev.get("timing", {}), skipped=True)
+      return prev
+    banner(f"{name}: {title}")
+    os.makedirs(self.stage_dir(name), exist_ok=True)
+    with StageTimer() as t:
+      info = fn() or {}
+    info = dict(info, timing=t.as_dict())
+    _write_json(os.path.join(self.stage_dir(name), DONE), info)
+    self.timings[name] = dict(t.as_dict(), skipped=False)
+    print(f"-- {name} done in {t.wall:.1f} s wall, {t.cpu:.1f} s CPU", flush=True)
+    return info
+
+  # -- shared objects ------------------------------------------------------------------------
+
+  @property
+  def data_dir(self) -> str:
+    """The prepared TFDS builder directory (…/synth_stream/demo/1.0.0)."""
+    return os.path.join(self.stage_dir("data"), "synth_stream", "demo", "1.0.0")
+
+  def tokenizer_and_model_config(self):
+    from streampro_jax.train import sft  # pylint: disable=g-import-not-at-top
+    from configs import demo as demo_configs  # pylint: disable=g-import-not-at-top
+    cfg = demo_configs.sft_config(self.cfg, "ce", self.data_dir)
+    tokenizer = sft.make_tokenizer(cfg, self.workdir)
+    return tokenizer, sft.make_model_config(cfg.model, tokenizer)
+
+  def source(self, split: str):
+    from streampro_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+    return pipeline.tfds_source(self.data_dir, split)
+
+  # -- stages --------------------------------------------------------------------------------
+
+  def stage_data(self):
+    from streampro_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+    from streampro_jax.data.tfds_builders import jsonl_videos, synth_stream  # pylint: disable=g-import-not-at-top
+    d = self.cfg.data
+    bcfg = synth_stream.SynthStreamConfig(
+        name="demo", num_videos={"train": int(d.num_train), "test": int(d.num_test)},
+        seed=int(d.synth_seed), synth=dict(d.synth), frames_per_turn=2)
+    builder = synth_stream.SynthStream(config=bcfg, data_dir=self.stage_dir("data"),
+                                       file_format="array_record")
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    tfds.disable_progress_bar()
+    reports = jsonl_videos.build(builder)
+    stats = {}
+    for split in ("train", "test"):
+      src = self.source(split)
+      records = [src[i][0] for i in range(len(src))]
+      ratio = synthetic.silence_response_stats(records)
+      stats[split] = {"videos": len(records), "silence_response": ratio}
+      print(f"   {split}: {len(records)} videos; silence/response turns: {ratio}", flush=True)
+    return {"reports": reports, "stats": stats}
+
+  def stage_sft(self, variant: str):
+    from configs import demo as demo_configs  # pylint: disable=g-import-not-at-top
+    from streampro_jax.train import sft  # pylint: disable=g-import-not-at-top
+    kind = demo_configs.LOSS_OF_VARIANT[variant]
+    cfg = demo_configs.sft_config(self.cfg, kind, self.data_dir)
+    workdir = self.stage_dir(variant)
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(cfg.to_json_best_effort(indent=2))
+    print(f"   loss {kind}: {cfg.total_steps} steps x batch {cfg.global_batch_size}, lr "
+          f"{cfg.optim.lr}, seed {cfg.seed}", flush=True)
+    sft.train(cfg, workdir)
+    return {"loss": kind, "last_metrics": _last_metrics(workdir)}
+
+  def grpo_rollout_sizes(self, cfg):
+    """Fixed user-chunk bucket and KV capacity over every train sample (one compilation)."""
+    from streampro_jax import rollout  # pylint: disable=g-import-not-at-top
+    from streampro_jax.train import grpo_trainer  # pylint: disable=g-import-not-at-top
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    from streampro_jax.data import chat_format  # pylint: disable=g-import-not-at-top
+    tokenizer, mcfg = self.tokenizer_and_model_config()
+    f = int(self.cfg.frame_size)
+    p = mcfg.vision.patch_size
+    grid = (1, f // p, f // p)
+    tokens = grid[1] * grid[2] // mcfg.vision.spatial_merge_size ** 2
+    chat = chat_format.ChatFormat(tokenizer, tokens_per_turn=tokens,
+                                  system_prompt=str(self.cfg.system_prompt))
+    probe = rollout.StreamingSampler(mcfg, chat, grpo_trainer.sampler_config(cfg),
+                                     video_grid=grid)
+    src = self.source("train")
+    k_max = int(self.cfg.max_turns)
+    fake = []
+    for i in range(len(src)):
+      rec = pipeline_record(src, i)
+      k = min(chat_format.num_turns(rec.duration), k_max)
+      fake += [rollout.StreamPrompt(np.zeros((k, probe.patches_per_turn, 1), np.float32),
+                                    q.question, 0) for q in rec.questions]
+    c_user = probe.user_chunk_len_for(fake)
+    return c_user, probe.capacity_for(k_max, c_user)
+
+  def stage_grpo(self):
+    from configs import demo as demo_configs  # pylint: disable=g-import-not-at-top
+    from streampro_jax.train import grpo_trainer  # pylint: disable=g-import-not-at-top
+    cfg = demo_configs.grpo_config(self.cfg, self.stage_dir("sft_cb_stream"), self.data_dir)
+    if not cfg.rollout.user_chunk_len or not cfg.rollout.capacity:
+      c_user, cap = self.grpo_rollout_sizes(cfg)
+      cfg.rollout.user_chunk_len = cfg.rollout.user_chunk_len or c_user
+      cfg.rollout.capacity = cfg.rollout.capacity or cap
+    workdir = self.stage_dir("grpo")
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(cfg.to_json_best_effort(indent=2))
+    print(f"   from {cfg.init.sft_workdir}: {cfg.total_steps} steps x {cfg.global_batch_size} "
+          f"samples x G {cfg.grpo.group_size}, lr {cfg.optim.lr}, T {cfg.grpo.temperature}, "
+          f"KL {cfg.grpo.beta_kl}, rewards {tuple(cfg.reward.weights)}", flush=True)
+    grpo_trainer.GRPOTrainer(cfg, workdir, source=self.source("train")).train()
+    return {"last_metrics": _last_metrics(workdir)}
+
+  def stage_eval(self, variant: str):
+    from streampro_jax import judges  # pylint: disable=g-import-not-at-top
+    from streampro_jax.bench import harness  # pylint: disable=g-import-not-at-top
+    tokenizer, mcfg = self.tokenizer_and_model_config()
+    params = restore_params(os.path.join(self.stage_dir(variant), "checkpoints"))
+    src = self.source("test")
+    records = [pipeline_record(src, i) for i in range(len(src))]
+    e = self.cfg.eval
+    hcfg = harness.HarnessConfig(
+        batch_size=int(e.batch_size), frame_height=int(self.cfg.frame_size),
+        frame_width=int(self.cfg.frame_size), max_text_tokens=int(e.max_text_tokens),
+        window_turns=200, max_turns=int(self.cfg.max_turns),
+        constrain_decision=bool(e.constrain_decision), progress=self.progress,
+        system_prompt=str(self.cfg.system_prompt))
+    out = harness.evaluate(params, mcfg, tokenizer, records, judges.MatchJudge(),
+                           self.stage_dir(f"eval_{variant}"), hcfg, name=variant)
+    sc = out["scores"]["scores"]
+    st = out["stats"]
+    print(f"   {variant}: W-Avg {100 * sc['W-Avg']:.1f}; {st['response']} responses, "
+          f"{st['silence']} silences, {st['invalid']} invalid over {st['turns']} turns",
+          flush=True)
+    return {"scores": sc, "decisions": {k: v for k, v in st.items() if k != "judge"}}
+
+  def stage_report(self):
+    from streampro_jax.bench import report  # pylint: disable=g-import-not-at-top
+    from configs import demo as demo_configs  # pylint: disable=g-import-not-at-top
+    full, variants = {}, {}
+    for v in demo_configs.VARIANTS:
+      d = self.stage_dir(f"eval_{v}")
+      scored = _read_json(os.path.join(d, "scores.json"))
+      rep = _read_json(os.path.join(d, "results.json"))["variants"][v]
+      full[v] = rep
+      sc = scored["scores"]
+      variants[v] = {
+          "W-Avg": sc["W-Avg"], "Avg": sc["Avg"], "PU": sc["PU"], "TR": sc["TR"], "PA": sc["PA"],
+          "per_task": {t: pt["f1"] for t, pt in scored["per_task"].items()},
+          "per_task_detail": scored["per_task"], "decisions": scored["decisions"]}
+    paths = report.write_report(full, os.path.join(self.workdir, "report"))
+    return {"variants": variants, "report": paths}
+
+  # -- all -----------------------------------------------------------------------------------
+
+  def run(self) -> dict:
+    from configs import demo as demo_configs  # pylint: disable=g-import-not-at-top
+    t0w, t0c = time.perf_counter(), time.process_time()
+    d = self.cfg.data
+    self.run_stage("data", f"SynthStream {d.num_train} train + {d.num_test} test videos "
+                   f"({d.synth.min_duration}-{d.synth.max_duration} s, silence ratio "
+                   f"{d.synth.silence_ratio}, {d.synth.resolution} px)", self.stage_data)
+    for v in ("sft_ce", "sft_focal", "sft_cb_stream"):
+      self.run_stage(v, f"SFT with the {demo_configs.LOSS_OF_VARIANT[v]} loss",
+                     lambda v=v: self.stage_sft(v))
+    self.run_stage("grpo", "GRPO from the CB-Stream SFT model", self.stage_grpo)
+    for v in demo_configs.VARIANTS:
+      self.run_stage(f"eval_{v}", f"streaming evaluation of {v} on the test split",
+                     lambda v=v: self.stage_eval(v))
+    # The report is cheap: always rebuilt from the evaluations.
+    banner("report")
+    rep = self.stage_report()
+    total = {"wall_s": round(time.perf_counter() - t0w, 2),
+             "cpu_s": round(time.process_time() - t0c, 2)}
+    self.timings["total_this_run"] = total
+    results = {"budget": self.cfg.budget, "seed": int(self.cfg.seed),
+               "variants": rep["variants"], "timings": self.timings,
+               "figures": {k: v for k, v in rep["report"].items() if k not in ("json",)}}
+    _write_json(os.path.join(self.workdir, "results.json"), results)
+    table = print_table(rep["variants"], rep["report"]["table"])
+    with open(os.path.join(self.workdir, "table.md"), "w", encoding="utf-8") as f:
+      f.write(table)
+    print("\nStage timings (wall / CPU seconds; skipped = reused from an earlier run):")
+    for name, t in self.timings.items():
+      print(f"  {name:<22} {t.get('wall_s', 0):8.1f} {t.get('cpu_s', 0):8.1f}"
+            f"{'  (skipped)' if t.get('skipped') else ''}")
+    print(f"\nresults: {os.path.join(self.workdir, 'results.json')}\nfigures: "
+          + ", ".join(v for k, v in rep["report"].items() if k.endswith(("f1", "offsets", "pr"))))
+    return results
+
+
+def pipeline_record(source, i: int):
+  """The schema.Record of example i of a TfdsSource (without decoding its frames)."""
+  from streampro_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  return pipeline.decode_record(source.data_source[i]["record"])
+
+
+def restore_params(ckpt_dir: str):
+  """Params (host arrays) of the newest finished checkpoint ``<ckpt_dir>/<step>/state``."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  steps = sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+  if not steps:
+    raise FileNotFoundError(f"no finished checkpoint in {ckpt_dir}")
+  path = os.path.join(os.path.abspath(ckpt_dir), str(steps[-1]), "state")
+  return ocp.StandardCheckpointer().restore(path)["params"]
+
+
+def _last_metrics(workdir: str) -> dict:
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return {}
+  from streampro_jax.train import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  rows = metrics_lib.read_jsonl(path)
+  return rows[max(rows)] if rows else {}
+
+
+def print_table(variants: dict, table_path: str) -> str:
+  """Prints (and returns) the StreamPro-F1 table and the decision statistics."""
+  with open(table_path, encoding="utf-8") as f:
+    table = f.read()
+  lines = ["", "StreamPro-F1 on the SynthStream test split (x100):", "", table.rstrip(), "",
+           "| Variant | responses / turn | responses | invalid | turns |",
+           "|---|---:|---:|---:|---:|"]
+  for v, r in variants.items():
+    d = r["decisions"]
+    lines.append(f"| {v} | {d['response_rate']:.3f} | {d['response']} | {d['invalid']} | "
+                 f"{d['turns']} |")
+  text = "\n".join(lines) + "\n"
+  print(text, flush=True)
+  return text
+
+
+def main(argv):
+  del argv
+  os.environ.setdefault("HF_HUB_OFFLINE", "1")
+  os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+  logging.get_absl_handler().addFilter(_QuietFilter())
+  py_logging.getLogger().addFilter(_QuietFilter())
+  import jax  # pylint: disable=g-import-not-at-top
+  from configs import demo as demo_configs  # pylint: disable=g-import-not-at-top
+  workdir = _WORKDIR.value
+  cache = _CACHE.value or os.path.join(os.path.abspath(workdir), "jax_cache")
+  if cache != "none":
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  cfg = demo_configs.get_config(_BUDGET.value)
+  cfg.seed = _SEED.value
+  banner(f"StreamPro demo: budget {cfg.budget}, seed {cfg.seed}, workdir {workdir} "
+         f"({jax.device_count()} {jax.devices()[0].platform} device(s))")
+  Demo(cfg, workdir, progress=_PROGRESS.value).run()
+
+
+if __name__ == "__main__":
+  app.run(main)
