@@ -7,7 +7,7 @@ GRPO from the CB-Stream model -> streaming StreamPro-F1 evaluation of all four.
 `get_config(budget)` returns the demo's own settings (one ConfigDict, plain data); `sft_config`
 and `grpo_config` turn them into the trainer configs of streampro_jax.train (the same sections as
 configs/tiny_synthetic.py and configs/tiny_synthetic_grpo.py). Every choice is explained in
-notes/demo.md. Fields:
+BUILD_NOTES.md. Fields:
 
   seed                 training seed (init, data order, rollouts); the data set does not change.
   data                 SynthStream: synth_seed, num_train / num_test videos, synth (SynthConfig

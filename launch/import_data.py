@@ -1,6 +1,6 @@
 r"""Imports public streaming-video training data into StreamPro annotation JSONL.
 
-A command line over ``streampro_jax.data.importers`` (see notes/importers.md for the mapping
+A command line over ``streampro_jax.data.importers`` (see BUILD_NOTES.md for the mapping
 rules of each format):
 
   .venv/bin/python launch/import_data.py --format=streamo_raw --input=raw_data.json \

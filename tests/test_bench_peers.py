@@ -2,7 +2,7 @@
 
 The fixtures below are built in the official file formats. The pinned numbers were produced by
 running the official scoring code on exactly these inputs (StreamingBench src/data/count.py at
-89299232, OVO-Bench utils/OVOBenchScore.py at c34093f9; notes/bench.md says how), and are also
+89299232, OVO-Bench utils/OVOBenchScore.py at c34093f9; BUILD_NOTES.md says how), and are also
 derived by hand in the comments.
 """
 

@@ -71,7 +71,7 @@ def test_import_data_streamo_raw(tmp_path):
   assert len(lines) == 1
   rec = json.loads(lines[0])
   # The two raw entries on the same video merge; Streamo question time q -> ask_time q - 1;
-  # interval response (5, 6) -> {start 5, end 7} (notes/importers.md); duration from the table.
+  # interval response (5, 6) -> {start 5, end 7} (BUILD_NOTES.md); duration from the table.
   assert rec["video"] == STREAMO_RAW[0]["video_path"]
   assert rec["duration"] == 12.5
   qs = {q["question"]: q for q in rec["questions"]}

@@ -1,5 +1,6 @@
 """Tests of the streaming sampler (streampro_jax/rollout.py) on a random tiny Qwen2.5-VL."""
 
+import dataclasses
 import functools
 
 import flax.linen as nn
@@ -104,8 +105,16 @@ def test_logps_match_teacher_forcing_and_layout(setup, sampler_t1):
   np.testing.assert_allclose(out.old_logps[sampled], ref[sampled], atol=1e-5)
   forced = out.forced_mask > 0
   np.testing.assert_allclose(out.old_logps[forced], ref[forced], atol=1e-5)
-  # temperature 1, top_p 1: sampling distribution = policy.
-  np.testing.assert_allclose(out.sampling_logps[sampled], out.old_logps[sampled], atol=1e-6)
+  # temperature 1, top_p 1: the sampling distribution is the policy with the vision placeholders
+  # removed and renormalised: sampling_logp = old_logp - log(1 - P(placeholders)).
+  cfg = setup["cfg"]
+  ids = sorted({cfg.image_token_id, cfg.video_token_id, cfg.vision_start_token_id,
+                cfg.vision_end_token_id})
+  p_banned = sum(np.exp(rollout.teacher_forced_logps(
+      setup["params"], cfg, dataclasses.replace(out, labels=np.full_like(out.labels, i))))
+      for i in ids)
+  np.testing.assert_allclose(out.sampling_logps[sampled],
+                             out.old_logps[sampled] - np.log1p(-p_banned[sampled]), atol=1e-5)
   # Positions used while streaming = get_rope_index of the whole row.
   for r in range(n):
     k = int(out.num_turns[r])

@@ -1,4 +1,4 @@
-"""Annotation records: one JSONL line per video (the contract of notes/CONVENTIONS.md).
+"""Annotation records: one JSONL line per video (the contract of BUILD_NOTES.md).
 
 A line looks like::
 

@@ -14,8 +14,13 @@ Everything here is backbone-agnostic Flax Linen / pure JAX:
 - Packed variable-length attention for vision towers (`segment_plan`, `segment_attention`):
   tokens are gathered into padded segments [S, L] with host-computed indices, attended
   block-diagonally, and scattered back; cost O(S * L^2) instead of O(N^2).
+- `decoder_attention` (causal or through a KV cache), `decoder_mask`, `logits_from_hidden`:
+  the decoder plumbing both backbones share.
+- `vision_rope_attention`: rope + packed attention of a vision block.
 - `VisionQKV`: the fused qkv + proj parameters of a vision attention block (both towers).
 - `fill_tokens`: puts visual features at the placeholder-token positions of an embedding sequence.
+- `Embedding`, `Unembed`, `KVInput` and `VLDecoderModel` (the trunk of both VL models: setup of
+  embeddings / decoder layers / norm / lm_head and the decoder pass).
 
 Shapes use B batch, T query length, S key length, N query heads, K kv heads, H head dim.
 """
@@ -23,7 +28,7 @@ Shapes use B batch, T query length, S key length, N query heads, K kv heads, H h
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
@@ -257,6 +262,43 @@ def attention(q_btnh: Array, k_bskh: Array, v_bskh: Array, *, mask: Array | None
   return out.reshape(b, t, n_heads, h).astype(q_btnh.dtype)
 
 
+def decoder_attention(q_btnh: Array, k_btkh: Array, v_btkh: Array, *, mask: Array | None,
+                      kv: tuple[Array, Array, Array] | None, impl: str, dtype: Dtype
+                      ) -> tuple[Array, tuple[Array, Array] | None]:
+  """A decoder layer's attention, without or with a KV cache.
+
+  kv None: causal self-attention of q, k, v [B, T, ., H] under the padding `mask` (or None);
+  returns (o [B, T, N, H], None). kv = (k_cache, v_cache, slots) with caches [B, cap, K, H] and
+  slots i32[B, T]: k, v are written at `slots` (cast to the cache dtype), then q attends to the
+  whole cache (cast to `dtype`) under `mask` (bool [B, 1, T, cap]); returns
+  (o, (k_cache, v_cache)) with the updated caches.
+  """
+  if kv is None:
+    return attention(q_btnh, k_btkh, v_btkh, mask=mask, impl=impl, is_causal=True), None
+  k_cache, v_cache, slots = kv
+  bidx = jnp.arange(q_btnh.shape[0])[:, None]
+  k_cache = k_cache.at[bidx, slots].set(k_btkh.astype(k_cache.dtype))
+  v_cache = v_cache.at[bidx, slots].set(v_btkh.astype(v_cache.dtype))
+  o = attention(q_btnh, k_cache.astype(dtype), v_cache.astype(dtype), mask=mask, impl=impl)
+  return o, (k_cache, v_cache)
+
+
+def decoder_mask(attention_mask: Array | None, kv_mask: Array | None) -> Array | None:
+  """The mask the decoder layers get: the cache's `kv_mask` when given (KV-cache call), else the
+  padding mask attention_mask [B, S] as bool [B, 1, 1, S], else None."""
+  if kv_mask is not None:
+    return kv_mask
+  if attention_mask is None:
+    return None
+  return jnp.asarray(attention_mask).astype(bool)[:, None, None, :]
+
+
+def logits_from_hidden(x_btd: Array, w_dv: Array, dtype: Dtype) -> Array:
+  """logits f32[B, T, V] = x [B, T, D] @ w [D, V], both in `dtype`, accumulated in float32."""
+  return jnp.dot(x_btd, w_dv.astype(dtype),
+                 preferred_element_type=jnp.float32).astype(jnp.float32)
+
+
 @dataclasses.dataclass(frozen=True)
 class SegmentPlan:
   """Host-side indices for packed block-diagonal attention over N tokens in S segments.
@@ -312,6 +354,21 @@ def segment_attention(q_nhd: Array, k_nhd: Array, v_nhd: Array, plan: SegmentPla
   return out[jnp.asarray(plan.scatter)]
 
 
+def vision_rope_attention(q_ne: Array, k_ne: Array, v_ne: Array, cos: Array, sin: Array,
+                          plan: SegmentPlan, *, num_heads: int, impl: str) -> Array:
+  """Self-attention of a vision block: o = segment_attention(rope(q), rope(k), v) per head.
+
+  q, k, v: [N, E] with E = num_heads * H (split into heads); cos, sin: [N, H] (rope applied in
+  float32). Returns o [N, E].
+  """
+  n, e = q_ne.shape
+  shape = (n, num_heads, e // num_heads)
+  q = apply_rotary(q_ne.reshape(shape), cos, sin, compute_dtype=jnp.float32)
+  k = apply_rotary(k_ne.reshape(shape), cos, sin, compute_dtype=jnp.float32)
+  o = segment_attention(q, k, v_ne.reshape(shape), plan, impl=impl)
+  return o.reshape(n, e)
+
+
 class VisionQKV(nn.Module):
   """Vision attention params: fused qkv [E, 3E] ('vision_embed', 'vision_qkv') and proj [E, E]
   ('vision_heads', 'vision_embed'), both with bias (HF `attn.qkv`, `attn.proj`).
@@ -355,3 +412,108 @@ def fill_tokens(embeds: Array, ids: Array, token_id: int, feats: Array, batched:
     rank = jnp.clip(jnp.cumsum(is_tok.reshape(-1)) - 1, 0, m - 1).reshape(ids.shape)
     g = feats[rank]
   return jnp.where(is_tok[..., None], g.astype(embeds.dtype), embeds)
+
+
+# ----------------------------------------------------------------------------------------------
+# Model trunk shared by the VL backbones.
+
+
+class Embedding(nn.Module):
+  """Token embedding table [V, D] ('vocab', 'embed'); also exposes the table for tied logits."""
+  vocab: int
+  dim: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  def setup(self):
+    self.embedding = self.param(
+        "embedding", nn.with_logical_partitioning(nn.initializers.normal(0.02),
+                                                  ("vocab", "embed")),
+        (self.vocab, self.dim), self.param_dtype)
+
+  def __call__(self, ids: Array) -> Array:
+    return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+
+  def table(self) -> Array:
+    return self.embedding
+
+
+class Unembed(nn.Module):
+  """Untied output projection kernel [D, V] ('embed', 'vocab')."""
+  dim: int
+  vocab: int
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self) -> Array:
+    return self.param("kernel", nn.with_logical_partitioning(nn.initializers.normal(0.02),
+                                                             ("embed", "vocab")),
+                      (self.dim, self.vocab), self.param_dtype)
+
+
+class KVInput(NamedTuple):
+  """Per-call view of a KV cache given to the decoder (see kv_cache.py).
+
+  k, v: tuples (one per layer) of [B, cap, K, H]; slots: i32[B, C] cache slots written by this
+  chunk; mask: bool[B, 1, C, cap] (query i may attend to slot s).
+  """
+  k: tuple
+  v: tuple
+  slots: Array
+  mask: Array
+
+
+class VLDecoderModel(nn.Module):
+  """The trunk both VL backbones share: vision tower `visual`, `embed_tokens`, decoder `layers_i`,
+  final `norm` and (untied) `lm_head`, and the decoder pass over them (`decode`).
+
+  Subclasses declare the field `config` (a whole-model config with text / vision sections) and
+  set the class attributes VISION_TOWER (called as (vision_cfg, dtype, param_dtype, impl,
+  remat)) and DECODER_LAYER (called as (text_cfg, dtype, param_dtype, impl); its __call__ takes
+  (x, cos, sin, mask, kv) and returns (x, new_kv)).
+  """
+  VISION_TOWER = None
+  DECODER_LAYER = None
+
+  def setup(self):
+    cfg = self.config
+    t = cfg.text
+    kw = dict(dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype)
+    self.visual = self.VISION_TOWER(cfg.vision, cfg.compute_dtype, cfg.params_dtype,
+                                    cfg.attention_impl, cfg.remat)
+    self.embed_tokens = Embedding(t.vocab_size, t.hidden_size, **kw)
+    layer_cls = nn.remat(self.DECODER_LAYER) if cfg.remat else self.DECODER_LAYER
+    self.layers = [layer_cls(t, cfg.compute_dtype, cfg.params_dtype, cfg.attention_impl,
+                             name=f"layers_{i}") for i in range(t.num_hidden_layers)]
+    self.norm = RMSNorm(t.hidden_size, t.rms_norm_eps, **kw)
+    if not cfg.tie_word_embeddings:
+      self.lm_head = Unembed(t.hidden_size, t.vocab_size, cfg.params_dtype)
+
+  def unembedding_matrix(self) -> Array:
+    if self.config.tie_word_embeddings:
+      return self.embed_tokens.table().T
+    return self.lm_head()
+
+  def decode(self, x: Array, cos: Array, sin: Array, attention_mask, kv: KVInput | None,
+             return_hidden: bool, after_layer: Callable[[int, Array], Array] | None = None):
+    """Decoder layers (then `after_layer(i, x)` when given), final norm, and logits
+    f32[B, T, V] (or the normed hidden [B, T, D] with return_hidden). x: [B, T, D] embeddings.
+    With `kv`, returns (out, (k_tuple, v_tuple)) of the updated caches."""
+    mask = decoder_mask(attention_mask, None if kv is None else kv.mask)
+    new_k, new_v = [], []
+    for i, layer in enumerate(self.layers):
+      layer_kv = None if kv is None else (kv.k[i], kv.v[i], kv.slots)
+      x, lkv = layer(x, cos, sin, mask, layer_kv)
+      if lkv is not None:
+        new_k.append(lkv[0])
+        new_v.append(lkv[1])
+      if after_layer is not None:
+        x = after_layer(i, x)
+    x = self.norm(x)
+    if return_hidden:
+      out = x
+    else:
+      out = logits_from_hidden(x, self.unembedding_matrix(), self.config.compute_dtype)
+    if kv is not None:
+      return out, (tuple(new_k), tuple(new_v))
+    return out

@@ -12,7 +12,7 @@ frames:
 4. patchify: [T, C, H, W] -> [gt, tp, C, gh/m, m, p, gw/m, m, p] -> permuted to
    [gt, gh/m, gw/m, m, m, C, tp, p, p] -> [gt * gh * gw, C * tp * p * p].
 
-Reference used for parity (see notes/data_pipeline.md): transformers' `Qwen2VLImageProcessorPil`
+Reference used for parity (see BUILD_NOTES.md): transformers' `Qwen2VLImageProcessorPil`
 (no torchvision needed) has the same resize (PIL bicubic), rescale, normalisation and spatial patch
 order; it duplicates a single frame over the temporal axis, while the video processor interleaves
 `temporal_patch_size` distinct frames at the same position (the `tp` axis above). The video layout
@@ -36,8 +36,41 @@ OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+class ProcessorConfigMixin:
+  """`factor`, `patch_dim` and `from_config` of a frozen video-processor config dataclass with
+  patch_size, temporal_patch_size, merge_size, image_mean and image_std fields (shared by
+  `VideoProcessorConfig` and processing_qwen3.Qwen3VideoProcessorConfig)."""
+
+  @property
+  def factor(self) -> int:
+    return self.patch_size * self.merge_size
+
+  @property
+  def patch_dim(self) -> int:
+    """D = 3 * temporal_patch_size * patch_size**2."""
+    return 3 * self.temporal_patch_size * self.patch_size * self.patch_size
+
+  @classmethod
+  def from_config(cls, cfg: Any):
+    """Builds from a mapping / ConfigDict, taking only the keys this class knows."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    items = dict(cfg.items()) if hasattr(cfg, "items") else dict(vars(cfg))
+    kwargs = {k: v for k, v in items.items() if k in names}
+    for k in ("image_mean", "image_std"):
+      if k in kwargs:
+        kwargs[k] = tuple(float(x) for x in kwargs[k])
+    return cls(**kwargs)
+
+
+def check_aspect_ratio(height: int, width: int) -> None:
+  """Raises ValueError when max(H, W) / min(H, W) > 200 (as transformers' smart_resize does)."""
+  if max(height, width) / min(height, width) > 200:
+    raise ValueError(f"absolute aspect ratio must be smaller than 200, got "
+                     f"{max(height, width) / min(height, width)} for {height}x{width}")
+
+
 @dataclasses.dataclass(frozen=True)
-class VideoProcessorConfig:
+class VideoProcessorConfig(ProcessorConfigMixin):
   """Settings of the Qwen2-VL video processor (transformers' names and defaults).
 
   Attributes:
@@ -59,15 +92,6 @@ class VideoProcessorConfig:
   image_std: tuple[float, float, float] = OPENAI_CLIP_STD
   do_resize: bool = True
 
-  @property
-  def factor(self) -> int:
-    return self.patch_size * self.merge_size
-
-  @property
-  def patch_dim(self) -> int:
-    """D = 3 * temporal_patch_size * patch_size**2."""
-    return 3 * self.temporal_patch_size * self.patch_size * self.patch_size
-
   def target_size(self, height: int, width: int) -> tuple[int, int]:
     """(h, w) a frame of size (height, width) is resized to."""
     if not self.do_resize:
@@ -79,17 +103,6 @@ class VideoProcessorConfig:
     """Grid (1, gh, gw) of one turn (one temporal patch) for frames of size (height, width)."""
     h, w = self.target_size(height, width)
     return 1, h // self.patch_size, w // self.patch_size
-
-  @classmethod
-  def from_config(cls, cfg: Any) -> VideoProcessorConfig:
-    """Builds from a mapping / ConfigDict, taking only the keys this class knows."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    items = dict(cfg.items()) if hasattr(cfg, "items") else dict(vars(cfg))
-    kwargs = {k: v for k, v in items.items() if k in names}
-    for k in ("image_mean", "image_std"):
-      if k in kwargs:
-        kwargs[k] = tuple(float(x) for x in kwargs[k])
-    return cls(**kwargs)
 
 
 def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 56 * 56,
@@ -115,9 +128,7 @@ def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 56
   """
   if min(height, width) <= 0:
     raise ValueError(f"frame size must be positive, got {height}x{width}")
-  if max(height, width) / min(height, width) > 200:
-    raise ValueError(f"absolute aspect ratio must be smaller than 200, got "
-                     f"{max(height, width) / min(height, width)} for {height}x{width}")
+  check_aspect_ratio(height, width)
   h_bar = round(height / factor) * factor
   w_bar = round(width / factor) * factor
   if h_bar * w_bar > max_pixels:

@@ -16,7 +16,7 @@ from the Qwen2-VL one (`streampro_jax.models.processing`) in:
 5. the processor returns `mm_token_type_ids` (0 text, 1 image, 2 video).
 
 Resize, rescale/normalise and patchify are the arithmetic of `processing.py` with these settings
-(the patch order is the same). Reference for parity (see notes/qwen3_vl.md): transformers'
+(the patch order is the same). Reference for parity (see BUILD_NOTES.md): transformers'
 `Qwen3VLVideoProcessor` needs torchvision, which does not import here next to torch 2.13, so the
 tests compare against the PIL image-processor path (`Qwen2VLImageProcessorPil`, the image
 processor Qwen3-VL uses, with patch 16 and mean/std 0.5; a single frame duplicated over the
@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
@@ -51,7 +50,7 @@ TEXT_TYPE, IMAGE_TYPE, VIDEO_TYPE = 0, 1, 2
 
 
 @dataclasses.dataclass(frozen=True)
-class Qwen3VideoProcessorConfig:
+class Qwen3VideoProcessorConfig(processing.ProcessorConfigMixin):
   """Settings of the Qwen3-VL video processor (transformers' names and defaults).
 
   Attributes:
@@ -79,15 +78,6 @@ class Qwen3VideoProcessorConfig:
   max_frames: int = 768
   do_resize: bool = True
 
-  @property
-  def factor(self) -> int:
-    return self.patch_size * self.merge_size
-
-  @property
-  def patch_dim(self) -> int:
-    """D = 3 * temporal_patch_size * patch_size**2."""
-    return 3 * self.temporal_patch_size * self.patch_size * self.patch_size
-
   def target_size(self, num_frames: int, height: int, width: int) -> tuple[int, int]:
     """(h, w) that `num_frames` frames of size (height, width) are resized to."""
     if not self.do_resize:
@@ -109,17 +99,6 @@ class Qwen3VideoProcessorConfig:
     """Visual tokens of one turn: gh * gw / m^2."""
     _, gh, gw = self.turn_grid(height, width)
     return gh * gw // (self.merge_size ** 2)
-
-  @classmethod
-  def from_config(cls, cfg: Any) -> Qwen3VideoProcessorConfig:
-    """Builds from a mapping / ConfigDict, taking only the keys this class knows."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    items = dict(cfg.items()) if hasattr(cfg, "items") else dict(vars(cfg))
-    kwargs = {k: v for k, v in items.items() if k in names}
-    for k in ("image_mean", "image_std"):
-      if k in kwargs:
-        kwargs[k] = tuple(float(x) for x in kwargs[k])
-    return cls(**kwargs)
 
 
 def smart_resize_video(num_frames: int, height: int, width: int, temporal_factor: int = 2,
@@ -150,9 +129,7 @@ def smart_resize_video(num_frames: int, height: int, width: int, temporal_factor
   if height < factor or width < factor:
     scale = max(factor / height, factor / width)
     height, width = int(height * scale), int(width * scale)
-  if max(height, width) / min(height, width) > 200:
-    raise ValueError(f"absolute aspect ratio must be smaller than 200, got "
-                     f"{max(height, width) / min(height, width)} for {height}x{width}")
+  processing.check_aspect_ratio(height, width)
   h_bar = round(height / factor) * factor
   w_bar = round(width / factor) * factor
   t_bar = round(num_frames / temporal_factor) * temporal_factor

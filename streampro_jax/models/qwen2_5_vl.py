@@ -39,15 +39,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
-import json
-from typing import Any, NamedTuple
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from streampro_jax.models import common
 from streampro_jax.models import hf_io
 from streampro_jax.models import layers
 
@@ -111,14 +110,12 @@ class TextConfig:
     return self.hidden_size // self.num_attention_heads
 
 
-_TEXT_KEYS = tuple(f.name for f in dataclasses.fields(TextConfig)
-                   if f.name not in ("rope_theta", "mrope_section"))
-_VISION_KEYS = tuple(f.name for f in dataclasses.fields(VisionConfig)
-                     if f.name not in ("rope_theta", "rms_norm_eps"))
+_TEXT_KEYS = common.config_keys(TextConfig, ("rope_theta", "mrope_section"))
+_VISION_KEYS = common.config_keys(VisionConfig, ("rope_theta", "rms_norm_eps"))
 
 
 @dataclasses.dataclass(frozen=True)
-class Qwen2_5_VLConfig:
+class Qwen2_5_VLConfig(common.ConfigMixin):
   """Whole-model config. `dtype` = compute dtype, `param_dtype` = parameter dtype (names).
 
   attention_impl: 'jax' | 'cudnn' | 'xla' (see layers.attention). remat: rematerialise each
@@ -138,22 +135,10 @@ class Qwen2_5_VLConfig:
 
   model_type = MODEL_TYPE
 
-  @property
-  def compute_dtype(self):
-    return jnp.dtype(self.dtype)
-
-  @property
-  def params_dtype(self):
-    return jnp.dtype(self.param_dtype)
-
-  def replace(self, **kw) -> Qwen2_5_VLConfig:
-    return dataclasses.replace(self, **kw)
-
   @classmethod
   def from_hf(cls, d: dict[str, Any], **overrides) -> Qwen2_5_VLConfig:
     """From a HF config.json dict: v5 nested (`text_config`) or hub flat layout."""
-    if d.get("model_type") not in (None, "qwen2_5_vl"):
-      raise ValueError(f"model_type {d.get('model_type')!r} is not 'qwen2_5_vl'")
+    common.check_model_type(d, MODEL_TYPE)
     td = dict(d.get("text_config") or {})
     for k in _TEXT_KEYS + ("rope_scaling", "rope_theta", "rope_parameters",
                            "use_sliding_window", "tie_word_embeddings"):
@@ -164,53 +149,33 @@ class Qwen2_5_VLConfig:
     rope = dict(td.get("rope_parameters") or td.get("rope_scaling") or {})
     theta = rope.get("rope_theta", td.get("rope_theta", 1000000.0))
     section = tuple(rope.get("mrope_section", (16, 24, 24)))
-    text_kw = {k: td[k] for k in _TEXT_KEYS if k in td}
-    if isinstance(text_kw.get("eos_token_id"), list):
-      text_kw["eos_token_id"] = tuple(text_kw["eos_token_id"])
+    text_kw = common.text_kwargs_from_hf(td, _TEXT_KEYS)
     text = TextConfig(**text_kw, rope_theta=float(theta), mrope_section=section)
-    vd = dict(d.get("vision_config") or {})
-    vrope = dict(vd.get("rope_parameters") or {})
-    vision_kw = {k: vd[k] for k in _VISION_KEYS if k in vd}
-    if "fullatt_block_indexes" in vision_kw:
-      vision_kw["fullatt_block_indexes"] = tuple(vision_kw["fullatt_block_indexes"])
-    if "num_attention_heads" in vd and "num_heads" not in vd:
-      vision_kw["num_heads"] = vd["num_attention_heads"]
-    vision = VisionConfig(**vision_kw, rope_theta=float(vrope.get("rope_theta", 10000.0)))
+    vision_kw, vtheta = common.vision_kwargs_from_hf(
+        dict(d.get("vision_config") or {}), _VISION_KEYS, tuple_keys=("fullatt_block_indexes",),
+        renames=(("num_attention_heads", "num_heads"),))
+    vision = VisionConfig(**vision_kw, rope_theta=vtheta)
     tie = d.get("tie_word_embeddings", td.get("tie_word_embeddings", False))
     if not tie and td.get("tie_word_embeddings"):
       tie = True
-    top = {k: d[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id",
-                             "vision_end_token_id") if k in d}
+    top = common.special_token_ids_from_hf(d)
     return cls(text=text, vision=vision, tie_word_embeddings=bool(tie), **top, **overrides)
 
   def to_hf(self) -> dict[str, Any]:
     """A transformers-5 config.json dict (nested text_config / vision_config)."""
     t, v = self.text, self.vision
-    text = {k: getattr(t, k) for k in _TEXT_KEYS}
-    if isinstance(text["eos_token_id"], tuple):
-      text["eos_token_id"] = list(text["eos_token_id"])
+    text = common.hf_fields(t, _TEXT_KEYS)
     text.update(model_type="qwen2_5_vl_text", use_sliding_window=False, sliding_window=None,
                 attention_dropout=0.0, use_cache=True, initializer_range=0.02,
                 layer_types=["full_attention"] * t.num_hidden_layers,
                 max_window_layers=t.num_hidden_layers,
                 rope_parameters={"rope_type": "default", "rope_theta": t.rope_theta,
                                  "mrope_section": list(t.mrope_section)})
-    vision = {k: getattr(v, k) for k in _VISION_KEYS}
-    vision["fullatt_block_indexes"] = list(v.fullatt_block_indexes)
+    vision = common.hf_fields(v, _VISION_KEYS)
     vision.update(model_type="qwen2_5_vl_vision", initializer_range=0.02,
                   rope_parameters={"rope_type": "axial", "rope_theta": v.rope_theta})
-    return {
-        "architectures": ["Qwen2_5_VLForConditionalGeneration"],
-        "model_type": "qwen2_5_vl",
-        "dtype": self.param_dtype,
-        "image_token_id": self.image_token_id,
-        "video_token_id": self.video_token_id,
-        "vision_start_token_id": self.vision_start_token_id,
-        "vision_end_token_id": self.vision_end_token_id,
-        "tie_word_embeddings": self.tie_word_embeddings,
-        "text_config": text,
-        "vision_config": vision,
-    }
+    return common.hf_config_dict(self, "Qwen2_5_VLForConditionalGeneration", MODEL_TYPE, text,
+                                 vision)
 
 
 def tiny_config(*, text: dict | None = None, vision: dict | None = None, **kw
@@ -238,11 +203,7 @@ def tiny_config(*, text: dict | None = None, vision: dict | None = None, **kw
 # Host-side index computations (NumPy, from concrete grids).
 
 
-def _token_types(ids: np.ndarray, config: Qwen2_5_VLConfig) -> np.ndarray:
-  types = np.zeros(ids.shape, np.int64)
-  types[ids == config.image_token_id] = 1
-  types[ids == config.video_token_id] = 2
-  return types
+_token_types = common.token_types
 
 
 def _time_interval(tokens_per_second: int, second_per_grid_t) -> Any:
@@ -267,41 +228,17 @@ def _row_positions(types: np.ndarray, start: int, grid_iters: dict, spgt_iter, c
   (t, h / m, w / m), interval = tokens_per_second * second_per_grid_t for videos, 1 for images;
   then current += max(h, w) / m. (transformers 5.23 `get_rope_index`.)
   """
-  sms = config.vision.spatial_merge_size
   tps = config.vision.tokens_per_second
-  out = []
-  current = start
-  for key, group in itertools.groupby(enumerate(types.tolist()), lambda x: x[1]):
-    group = list(group)
-    n = group[-1][0] + 1 - group[0][0]
-    if key == 0:
-      out.append(np.broadcast_to(np.arange(n, dtype=np.int64) + current, (3, n)))
-      current += n
-      continue
-    it = grid_iters.get(key)
-    if it is None:
-      raise ValueError(f"{'image' if key == 1 else 'video'} tokens present but no grid given")
-    try:
-      t, h, w = (int(x) for x in next(it))
-    except StopIteration:
-      raise ValueError("more image/video token runs than grids") from None
+
+  def temporal(key: int, lt: int) -> np.ndarray:
     interval = _time_interval(tps, next(spgt_iter)) if key == 2 else 1
-    lt, lh, lw = t, h // sms, w // sms
     if isinstance(interval, (int, np.integer)):
-      pt = np.arange(lt, dtype=np.int64) * int(interval)
-    else:
-      ar = np.arange(lt).astype(np.asarray(interval).dtype)
-      pt = (ar * interval).astype(np.int64)
-    tg, hg, wg = np.meshgrid(pt, np.arange(lh) + current, np.arange(lw) + current, indexing="ij")
-    pos = np.stack([tg.reshape(-1) + current, hg.reshape(-1), wg.reshape(-1)]).astype(np.int64)
-    if pos.shape[1] != n:
-      raise ValueError(f"a run of {n} vision tokens does not match grid {(t, h, w)} "
-                       f"({pos.shape[1]} merged tokens)")
-    out.append(pos)
-    current += max(h, w) // sms
-  if not out:
-    return np.zeros((3, 0), np.int64), current
-  return np.concatenate(out, axis=1), current
+      return np.arange(lt, dtype=np.int64) * int(interval)
+    ar = np.arange(lt).astype(np.asarray(interval).dtype)
+    return (ar * interval).astype(np.int64)
+
+  return common.mrope_row_positions(types, start, grid_iters, config.vision.spatial_merge_size,
+                                    temporal)
 
 
 def get_rope_index(input_ids, video_grid_thw=None, second_per_grid_ts=None, attention_mask=None,
@@ -430,38 +367,10 @@ def vision_plan(grid_thw, vcfg: VisionConfig):
 # ----------------------------------------------------------------------------------------------
 # Modules.
 
-
-class Embedding(nn.Module):
-  """Token embedding table [V, D] ('vocab', 'embed'); also exposes the table for tied logits."""
-  vocab: int
-  dim: int
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-
-  def setup(self):
-    self.embedding = self.param(
-        "embedding", nn.with_logical_partitioning(nn.initializers.normal(0.02),
-                                                  ("vocab", "embed")),
-        (self.vocab, self.dim), self.param_dtype)
-
-  def __call__(self, ids: Array) -> Array:
-    return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
-
-  def table(self) -> Array:
-    return self.embedding
-
-
-class Unembed(nn.Module):
-  """Untied output projection kernel [D, V] ('embed', 'vocab')."""
-  dim: int
-  vocab: int
-  param_dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self) -> Array:
-    return self.param("kernel", nn.with_logical_partitioning(nn.initializers.normal(0.02),
-                                                             ("embed", "vocab")),
-                      (self.dim, self.vocab), self.param_dtype)
+# Shared with qwen3_vl (now in layers); the names stay importable from here.
+Embedding = layers.Embedding
+Unembed = layers.Unembed
+KVInput = layers.KVInput
 
 
 class VisionBlock(nn.Module):
@@ -479,15 +388,10 @@ class VisionBlock(nn.Module):
     with jax.named_scope("vision_attn"):
       qkv = layers.VisionQKV(c.hidden_size, self.param_dtype, self.dtype, name="attn")
       q, k, v, proj = qkv(h)
-      n = x.shape[0]
-      q = q.reshape(n, c.num_heads, c.head_dim)
-      k = k.reshape(n, c.num_heads, c.head_dim)
-      v = v.reshape(n, c.num_heads, c.head_dim)
-      q = layers.apply_rotary(q, cos, sin, compute_dtype=jnp.float32)
-      k = layers.apply_rotary(k, cos, sin, compute_dtype=jnp.float32)
       plan = layers.SegmentPlan(gather, valid, scatter)
-      o = layers.segment_attention(q, k, v, plan, impl=self.impl)
-      x = x + proj(o.reshape(n, c.hidden_size))
+      o = layers.vision_rope_attention(q, k, v, cos, sin, plan, num_heads=c.num_heads,
+                                       impl=self.impl)
+      x = x + proj(o)
     h = layers.RMSNorm(c.hidden_size, 1e-6, name="norm2", **kw)(x)
     mlp = layers.GatedMLP(c.hidden_size, c.intermediate_size, c.hidden_act, use_bias=True,
                           axes=("vision_embed", "vision_mlp"), name="mlp", **kw)
@@ -546,18 +450,6 @@ class PatchMerger(nn.Module):
                         name="mlp_2", **kw)(x)
 
 
-class KVInput(NamedTuple):
-  """Per-call view of a KV cache given to the decoder (see kv_cache.py).
-
-  k, v: tuples (one per layer) of [B, cap, K, H]; slots: i32[B, C] cache slots written by this
-  chunk; mask: bool[B, 1, C, cap] (query i may attend to slot s).
-  """
-  k: tuple
-  v: tuple
-  slots: Array
-  mask: Array
-
-
 class DecoderLayer(nn.Module):
   """Pre-norm decoder layer: x += o(attn(rope(q, k), v)); x += swiglu(norm(x)). x: [B, T, D]."""
   cfg: TextConfig
@@ -580,17 +472,8 @@ class DecoderLayer(nn.Module):
     k = layers.apply_rotary(k.reshape(b, t, nk, hd), cos.astype(self.dtype),
                             sin.astype(self.dtype))
     v = v.reshape(b, t, nk, hd)
-    new_kv = None
-    if kv is None:
-      o = layers.attention(q, k, v, mask=mask, impl=self.impl, is_causal=True)
-    else:
-      k_cache, v_cache, slots = kv
-      bidx = jnp.arange(b)[:, None]
-      k_cache = k_cache.at[bidx, slots].set(k.astype(k_cache.dtype))
-      v_cache = v_cache.at[bidx, slots].set(v.astype(v_cache.dtype))
-      o = layers.attention(q, k_cache.astype(self.dtype), v_cache.astype(self.dtype), mask=mask,
-                           impl=self.impl)
-      new_kv = (k_cache, v_cache)
+    o, new_kv = layers.decoder_attention(q, k, v, mask=mask, kv=kv, impl=self.impl,
+                                         dtype=self.dtype)
     x = x + o_proj(o.reshape(b * t, nh * hd)).reshape(b, t, -1)
     h = layers.RMSNorm(c.hidden_size, c.rms_norm_eps, name="post_attention_layernorm", **kw)(x)
     x = x + layers.GatedMLP(c.hidden_size, c.intermediate_size, c.hidden_act, use_bias=False,
@@ -627,23 +510,12 @@ def _is_tracer(x) -> bool:
 _fill_tokens = layers.fill_tokens
 
 
-class Qwen2_5_VL(nn.Module):
+class Qwen2_5_VL(layers.VLDecoderModel):
   """Qwen2.5-VL for conditional generation. See the module docstring for the call contract."""
   config: Qwen2_5_VLConfig
 
-  def setup(self):
-    cfg = self.config
-    t = cfg.text
-    kw = dict(dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype)
-    self.visual = VisionTower(cfg.vision, cfg.compute_dtype, cfg.params_dtype,
-                              cfg.attention_impl, cfg.remat)
-    self.embed_tokens = Embedding(t.vocab_size, t.hidden_size, **kw)
-    layer_cls = nn.remat(DecoderLayer) if cfg.remat else DecoderLayer
-    self.layers = [layer_cls(t, cfg.compute_dtype, cfg.params_dtype, cfg.attention_impl,
-                             name=f"layers_{i}") for i in range(t.num_hidden_layers)]
-    self.norm = layers.RMSNorm(t.hidden_size, t.rms_norm_eps, **kw)
-    if not cfg.tie_word_embeddings:
-      self.lm_head = Unembed(t.hidden_size, t.vocab_size, cfg.params_dtype)
+  VISION_TOWER = VisionTower
+  DECODER_LAYER = DecoderLayer
 
   def encode_vision(self, pixel_values: Array, grid_thw) -> Array:
     """Vision tower + merger. Flat [N, Dp] -> [N/4, D]; batched [B, N_b, Dp] -> [B, N_b/4, D]
@@ -654,11 +526,6 @@ class Qwen2_5_VL(nn.Module):
       feats = self.visual(pixel_values.reshape(-1, pixel_values.shape[-1]), np.tile(grid, (b, 1)))
       return feats.reshape(b, -1, feats.shape[-1])
     return self.visual(pixel_values, grid)
-
-  def unembedding_matrix(self) -> Array:
-    if self.config.tie_word_embeddings:
-      return self.embed_tokens.table().T
-    return self.lm_head()
 
   def __call__(self, input_ids, pixel_values_videos=None, video_grid_thw=None,
                second_per_grid_ts=None, attention_mask=None, position_ids=None,
@@ -690,28 +557,7 @@ class Qwen2_5_VL(nn.Module):
     t = cfg.text
     cos, sin = layers.mrope_cos_sin(jnp.asarray(position_ids), layers.rope_inv_freq(
         t.head_dim, t.rope_theta), t.mrope_section)
-    if kv is None:
-      mask = None
-      if attention_mask is not None:
-        mask = jnp.asarray(attention_mask).astype(bool)[:, None, None, :]
-    else:
-      mask = kv.mask
-    new_k, new_v = [], []
-    for i, layer in enumerate(self.layers):
-      layer_kv = None if kv is None else (kv.k[i], kv.v[i], kv.slots)
-      x, lkv = layer(x, cos, sin, mask, layer_kv)
-      if lkv is not None:
-        new_k.append(lkv[0])
-        new_v.append(lkv[1])
-    x = self.norm(x)
-    if return_hidden:
-      out = x
-    else:
-      w = self.unembedding_matrix().astype(cfg.compute_dtype)
-      out = jnp.dot(x, w, preferred_element_type=jnp.float32).astype(jnp.float32)
-    if kv is not None:
-      return out, (tuple(new_k), tuple(new_v))
-    return out
+    return self.decode(x, cos, sin, attention_mask, kv, return_hidden)
 
   def _host_position_ids(self, input_ids, video_grid_thw, second_per_grid_ts, attention_mask,
                          image_grid_thw, batched):
@@ -773,14 +619,7 @@ def host_position_ids(config: Qwen2_5_VLConfig, input_ids, video_grid_thw=None,
 # Parameters: init, unembedding, HF checkpoints.
 
 
-def dummy_inputs(config: Qwen2_5_VLConfig, batch: int = 1) -> dict[str, Any]:
-  """Smallest inputs that touch every parameter (one 1 x m x m video)."""
-  m = config.vision.spatial_merge_size
-  grid = np.array([[1, m, m]], np.int64)
-  ids = np.array([[config.vision_start_token_id, config.video_token_id,
-                   config.vision_end_token_id]] * batch, np.int32)
-  pix = np.zeros((batch * m * m, config.vision.patch_dim), np.float32)
-  return dict(input_ids=ids, pixel_values_videos=pix, video_grid_thw=np.tile(grid, (batch, 1)))
+dummy_inputs = common.dummy_inputs
 
 
 def init_params(config: Qwen2_5_VLConfig, rng: Array):
@@ -790,21 +629,8 @@ def init_params(config: Qwen2_5_VLConfig, rng: Array):
   return jax.jit(lambda r: Qwen2_5_VL(config).init(r, **d))(rng)["params"]
 
 
-def unembedding(params, config: Qwen2_5_VLConfig) -> Array:
-  """Output projection [D, V]: the embedding table transposed when tied, else lm_head."""
-  p = nn.unbox(params)
-  if config.tie_word_embeddings:
-    return p["embed_tokens"]["embedding"].T
-  return p["lm_head"]["kernel"]
-
-
-def hf_name(path: tuple[str, ...]) -> str:
-  """Our param path -> HF module path ('layers_3' -> 'layers.3', 'mlp_0' -> 'mlp.0')."""
-  parts = []
-  for p in path:
-    head, sep, tail = p.rpartition("_")
-    parts.append(f"{head}.{tail}" if sep and tail.isdigit() else p)
-  return ".".join(parts)
+unembedding = common.unembedding
+hf_name = common.hf_name
 
 
 _hf_name = hf_name  # old private name
@@ -819,8 +645,7 @@ def hf_key_map(config: Qwen2_5_VLConfig) -> dict[str, tuple[tuple[str, ...], str
   ('conv', hf_shape) (Conv3d weight [E, C, t, p, p] <-> kernel [C*t*p*p, E]; the conv has
   stride = kernel, so it is exactly this matmul on the flattened patch).
   """
-  shapes = jax.eval_shape(functools.partial(init_params, config), jax.random.key(0))
-  flat = jax.tree_util.tree_flatten_with_path(nn.unbox(shapes))[0]
+  flat = jax.tree_util.tree_flatten_with_path(common.param_shapes(init_params, config))[0]
   out = {}
   for kp, _ in flat:
     path = tuple(k.key for k in kp)
@@ -834,13 +659,8 @@ def hf_key_map(config: Qwen2_5_VLConfig) -> dict[str, tuple[tuple[str, ...], str
       out["visual.patch_embed.proj.weight"] = (path, ("conv", (
           v.hidden_size, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)))
       continue
-    name = prefix + hf_name(tuple(mod))
-    if leaf == "kernel":
-      out[name + ".weight"] = (path, "T")
-    elif leaf == "bias":
-      out[name + ".bias"] = (path, "id")
-    else:  # scale, embedding
-      out[name + ".weight"] = (path, "id")
+    key, entry = common.hf_leaf_entry(prefix + hf_name(tuple(mod)), path, leaf)
+    out[key] = entry
   return out
 
 
@@ -861,15 +681,8 @@ def load_hf_checkpoint(path: str, dtype=jnp.float32, shardings=None):
   jax.sharding.Sharding; each tensor is placed directly with jax.make_array_from_callback, one
   tensor at a time on the host.
   """
-  with open(f"{path}/config.json") as f:
-    config = Qwen2_5_VLConfig.from_hf(json.load(f), param_dtype=jnp.dtype(dtype).name)
-  key_map = hf_key_map(config)
-  shape_tree = nn.unbox(jax.eval_shape(functools.partial(init_params, config),
-                                       jax.random.key(0)))
-  params = hf_io.load_params(path, key_map, shape_tree, dtype=dtype, shardings=shardings,
-                             alias=_alias_hf_key,
-                             ignore=("lm_head.weight",) if config.tie_word_embeddings else ())
-  return config, params
+  return common.load_hf_checkpoint(path, Qwen2_5_VLConfig, init_params, hf_key_map, dtype=dtype,
+                                   shardings=shardings, alias=_alias_hf_key)
 
 
 def save_hf_checkpoint(config: Qwen2_5_VLConfig, params, path: str, *,
@@ -877,8 +690,7 @@ def save_hf_checkpoint(config: Qwen2_5_VLConfig, params, path: str, *,
   """Writes config.json + safetensors (sharded with model.safetensors.index.json when larger
   than max_shard_bytes) loadable by transformers' from_pretrained. One tensor is gathered to the
   host at a time."""
-  hf_io.save_params(path, nn.unbox(params), hf_key_map(config), config.to_hf(),
-                    max_shard_bytes=max_shard_bytes)
+  common.save_hf_checkpoint(config, params, path, hf_key_map, max_shard_bytes=max_shard_bytes)
 
 
 def params_from_hf_state_dict(config: Qwen2_5_VLConfig, state_dict: dict[str, Any],

@@ -4,7 +4,8 @@ Reference: transformers 5.23 `models/qwen3_vl/modeling_qwen3_vl.py`; parity is t
 tensor (tests/test_qwen3_vl_parity.py). The call contract, parameter logical axis names, dtype /
 param_dtype, remat, attention implementations, batched / flat pixel layouts, `return_hidden`, the
 KV-cache view (`qwen2_5_vl.KVInput`) and the checkpoint functions are the same as Qwen2.5-VL's
-(`streampro_jax.models.qwen2_5_vl`), whose shared pieces are imported from there.
+(`streampro_jax.models.qwen2_5_vl`); the shared pieces live in `layers` (modules, decoder trunk
+`VLDecoderModel`) and `common` (config / HF-I/O helpers, M-RoPE row rule).
 
 What differs from Qwen2.5-VL (all as transformers defines it):
 
@@ -46,8 +47,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
-import json
 from typing import Any
 
 import flax.linen as nn
@@ -55,10 +54,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from streampro_jax.models import hf_io
+from streampro_jax.models import common
 from streampro_jax.models import layers
 from streampro_jax.models import qwen2_5_vl
-from streampro_jax.models.qwen2_5_vl import Embedding, KVInput, Unembed
+from streampro_jax.models.layers import Embedding, KVInput, Unembed  # noqa: F401 (re-exported)
 
 Array = jax.Array
 
@@ -121,14 +120,12 @@ class TextConfig:
   pad_token_id: int | None = None
 
 
-_TEXT_KEYS = tuple(f.name for f in dataclasses.fields(TextConfig)
-                   if f.name not in ("rope_theta", "mrope_section"))
-_VISION_KEYS = tuple(f.name for f in dataclasses.fields(VisionConfig)
-                     if f.name not in ("rope_theta", "layer_norm_eps"))
+_TEXT_KEYS = common.config_keys(TextConfig, ("rope_theta", "mrope_section"))
+_VISION_KEYS = common.config_keys(VisionConfig, ("rope_theta", "layer_norm_eps"))
 
 
 @dataclasses.dataclass(frozen=True)
-class Qwen3VLConfig:
+class Qwen3VLConfig(common.ConfigMixin):
   """Whole-model config; same top-level fields and meaning as `qwen2_5_vl.Qwen2_5_VLConfig`.
 
   dtype = compute dtype, param_dtype = parameter dtype (names); attention_impl: 'jax' | 'cudnn' |
@@ -148,23 +145,11 @@ class Qwen3VLConfig:
 
   model_type = MODEL_TYPE
 
-  @property
-  def compute_dtype(self):
-    return jnp.dtype(self.dtype)
-
-  @property
-  def params_dtype(self):
-    return jnp.dtype(self.param_dtype)
-
-  def replace(self, **kw) -> Qwen3VLConfig:
-    return dataclasses.replace(self, **kw)
-
   @classmethod
   def from_hf(cls, d: dict[str, Any], **overrides) -> Qwen3VLConfig:
     """From a HF config.json dict (nested text_config / vision_config, v4 `rope_scaling` or v5
     `rope_parameters`)."""
-    if d.get("model_type") not in (None, MODEL_TYPE):
-      raise ValueError(f"model_type {d.get('model_type')!r} is not {MODEL_TYPE!r}")
+    common.check_model_type(d, MODEL_TYPE)
     td = dict(d.get("text_config") or {})
     rope = dict(td.get("rope_parameters") or td.get("rope_scaling") or {})
     if rope.get("rope_type", "default") not in ("default", None):
@@ -173,58 +158,37 @@ class Qwen3VLConfig:
       raise NotImplementedError("mrope_interleaved=False (Qwen3-VL always interleaves)")
     theta = rope.get("rope_theta", td.get("rope_theta", TextConfig.rope_theta))
     section = tuple(int(s) for s in rope.get("mrope_section", TextConfig.mrope_section))
-    text_kw = {k: td[k] for k in _TEXT_KEYS if k in td}
+    text_kw = common.text_kwargs_from_hf(td, _TEXT_KEYS)
     if text_kw.get("head_dim") is None:
       text_kw["head_dim"] = (text_kw.get("hidden_size", TextConfig.hidden_size)
                              // text_kw.get("num_attention_heads", TextConfig.num_attention_heads))
     if text_kw.get("num_key_value_heads") is None:
       text_kw["num_key_value_heads"] = text_kw.get("num_attention_heads",
                                                    TextConfig.num_attention_heads)
-    if isinstance(text_kw.get("eos_token_id"), list):
-      text_kw["eos_token_id"] = tuple(text_kw["eos_token_id"])
     text = TextConfig(**text_kw, rope_theta=float(theta), mrope_section=section)
-    vd = dict(d.get("vision_config") or {})
-    vrope = dict(vd.get("rope_parameters") or {})
-    vision_kw = {k: vd[k] for k in _VISION_KEYS if k in vd}
-    if "deepstack_visual_indexes" in vision_kw:
-      vision_kw["deepstack_visual_indexes"] = tuple(vision_kw["deepstack_visual_indexes"])
-    if "num_attention_heads" in vd and "num_heads" not in vd:
-      vision_kw["num_heads"] = vd["num_attention_heads"]
-    if "num_hidden_layers" in vd and "depth" not in vd:
-      vision_kw["depth"] = vd["num_hidden_layers"]
-    vision = VisionConfig(**vision_kw, rope_theta=float(vrope.get("rope_theta", 10000.0)))
+    vision_kw, vtheta = common.vision_kwargs_from_hf(
+        dict(d.get("vision_config") or {}), _VISION_KEYS,
+        tuple_keys=("deepstack_visual_indexes",),
+        renames=(("num_attention_heads", "num_heads"), ("num_hidden_layers", "depth")))
+    vision = VisionConfig(**vision_kw, rope_theta=vtheta)
     tie = bool(d.get("tie_word_embeddings", td.get("tie_word_embeddings", False)))
-    top = {k: d[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id",
-                             "vision_end_token_id") if k in d}
+    top = common.special_token_ids_from_hf(d)
     return cls(text=text, vision=vision, tie_word_embeddings=tie, **top, **overrides)
 
   def to_hf(self) -> dict[str, Any]:
     """A transformers-5 config.json dict (nested text_config / vision_config)."""
     t, v = self.text, self.vision
-    text = {k: getattr(t, k) for k in _TEXT_KEYS}
-    if isinstance(text["eos_token_id"], tuple):
-      text["eos_token_id"] = list(text["eos_token_id"])
+    text = common.hf_fields(t, _TEXT_KEYS)
     text.update(model_type="qwen3_vl_text", attention_dropout=0.0, use_cache=True,
                 initializer_range=0.02, tie_word_embeddings=self.tie_word_embeddings,
                 rope_parameters={"rope_type": "default", "rope_theta": t.rope_theta,
                                  "mrope_section": list(t.mrope_section),
                                  "mrope_interleaved": True})
-    vision = {k: getattr(v, k) for k in _VISION_KEYS}
-    vision["deepstack_visual_indexes"] = list(v.deepstack_visual_indexes)
+    vision = common.hf_fields(v, _VISION_KEYS)
     vision.update(model_type="qwen3_vl_vision", initializer_range=0.02,
                   rope_parameters={"rope_type": "axial", "rope_theta": v.rope_theta})
-    return {
-        "architectures": ["Qwen3VLForConditionalGeneration"],
-        "model_type": MODEL_TYPE,
-        "dtype": self.param_dtype,
-        "image_token_id": self.image_token_id,
-        "video_token_id": self.video_token_id,
-        "vision_start_token_id": self.vision_start_token_id,
-        "vision_end_token_id": self.vision_end_token_id,
-        "tie_word_embeddings": self.tie_word_embeddings,
-        "text_config": text,
-        "vision_config": vision,
-    }
+    return common.hf_config_dict(self, "Qwen3VLForConditionalGeneration", MODEL_TYPE, text,
+                                 vision)
 
 
 # The name models.build looks up (same spelling pattern as qwen2_5_vl.Qwen2_5_VLConfig).
@@ -269,13 +233,7 @@ def qwen3_vl_4b_config(**overrides) -> Qwen3VLConfig:
 # Host-side index computations (NumPy, from concrete grids).
 
 
-def token_types(input_ids, config: Qwen3VLConfig) -> np.ndarray:
-  """mm_token_type_ids derived from input_ids: 1 at image_token_id, 2 at video_token_id, else 0."""
-  ids = np.asarray(input_ids)
-  types = np.zeros(ids.shape, np.int64)
-  types[ids == config.image_token_id] = 1
-  types[ids == config.video_token_id] = 2
-  return types
+token_types = common.token_types
 
 
 def split_video_grids(video_grid_thw) -> np.ndarray | None:
@@ -297,34 +255,8 @@ def _row_positions(types: np.ndarray, start: int, grid_iters: dict, sms: int
   positions (current + i_t, current + i_h, current + i_w) over the merged grid (t, h/m, w/m);
   then current += max(h, w) / m. (transformers 5.23 Qwen3VLModel.get_rope_index.)
   """
-  out = []
-  current = start
-  for key, group in itertools.groupby(enumerate(types.tolist()), lambda x: x[1]):
-    group = list(group)
-    n = group[-1][0] + 1 - group[0][0]
-    if key == 0:
-      out.append(np.broadcast_to(np.arange(n, dtype=np.int64) + current, (3, n)))
-      current += n
-      continue
-    it = grid_iters.get(key)
-    if it is None:
-      raise ValueError(f"{'image' if key == 1 else 'video'} tokens present but no grid given")
-    try:
-      t, h, w = (int(x) for x in next(it))
-    except StopIteration:
-      raise ValueError("more image/video token runs than grid blocks") from None
-    lt, lh, lw = t, h // sms, w // sms
-    tg, hg, wg = np.meshgrid(np.arange(lt), np.arange(lh) + current, np.arange(lw) + current,
-                             indexing="ij")
-    pos = np.stack([tg.reshape(-1) + current, hg.reshape(-1), wg.reshape(-1)]).astype(np.int64)
-    if pos.shape[1] != n:
-      raise ValueError(f"a run of {n} vision tokens does not match grid {(t, h, w)} "
-                       f"({pos.shape[1]} merged tokens)")
-    out.append(pos)
-    current += max(h, w) // sms
-  if not out:
-    return np.zeros((3, 0), np.int64), current
-  return np.concatenate(out, axis=1), current
+  return common.mrope_row_positions(types, start, grid_iters, sms,
+                                    lambda key, lt: np.arange(lt), grids_name="grid blocks")
 
 
 def get_rope_index(input_ids, video_grid_thw=None, attention_mask=None, *,
@@ -488,15 +420,10 @@ class VisionBlock(nn.Module):
     with jax.named_scope("vision_attn"):
       q, k, v, proj = layers.VisionQKV(c.hidden_size, self.param_dtype, self.dtype,
                                        name="attn")(h)
-      n = x.shape[0]
-      q = q.reshape(n, c.num_heads, c.head_dim)
-      k = k.reshape(n, c.num_heads, c.head_dim)
-      v = v.reshape(n, c.num_heads, c.head_dim)
-      q = layers.apply_rotary(q, cos, sin, compute_dtype=jnp.float32)
-      k = layers.apply_rotary(k, cos, sin, compute_dtype=jnp.float32)
-      o = layers.segment_attention(q, k, v, layers.SegmentPlan(gather, valid, scatter),
-                                   impl=self.impl)
-      x = x + proj(o.reshape(n, c.hidden_size))
+      plan = layers.SegmentPlan(gather, valid, scatter)
+      o = layers.vision_rope_attention(q, k, v, cos, sin, plan, num_heads=c.num_heads,
+                                       impl=self.impl)
+      x = x + proj(o)
     h = _layer_norm("vision_embed", c.layer_norm_eps, self.dtype, self.param_dtype, "norm2")(x)
     return x + VisionMLP(c, self.dtype, self.param_dtype, name="mlp")(h)
 
@@ -626,17 +553,8 @@ class DecoderLayer(nn.Module):
     q, k, v, o_proj = _DecoderAttnParams(c, **kw, name="self_attn")(h)
     q = layers.apply_rotary(q, cos.astype(self.dtype), sin.astype(self.dtype))
     k = layers.apply_rotary(k, cos.astype(self.dtype), sin.astype(self.dtype))
-    new_kv = None
-    if kv is None:
-      o = layers.attention(q, k, v, mask=mask, impl=self.impl, is_causal=True)
-    else:
-      k_cache, v_cache, slots = kv
-      bidx = jnp.arange(b)[:, None]
-      k_cache = k_cache.at[bidx, slots].set(k.astype(k_cache.dtype))
-      v_cache = v_cache.at[bidx, slots].set(v.astype(v_cache.dtype))
-      o = layers.attention(q, k_cache.astype(self.dtype), v_cache.astype(self.dtype), mask=mask,
-                           impl=self.impl)
-      new_kv = (k_cache, v_cache)
+    o, new_kv = layers.decoder_attention(q, k, v, mask=mask, kv=kv, impl=self.impl,
+                                         dtype=self.dtype)
     x = x + o_proj(o.reshape(b, t, c.num_attention_heads * c.head_dim))
     h = layers.RMSNorm(c.hidden_size, c.rms_norm_eps, name="post_attention_layernorm", **kw)(x)
     x = x + layers.GatedMLP(c.hidden_size, c.intermediate_size, c.hidden_act, use_bias=False,
@@ -665,23 +583,12 @@ def _add_at_tokens(x, ids, token_id, feats, batched: bool):
   return x + jnp.where((ids == token_id)[..., None], g.astype(x.dtype), 0)
 
 
-class Qwen3_VL(nn.Module):  # pylint: disable=invalid-name
+class Qwen3_VL(layers.VLDecoderModel):  # pylint: disable=invalid-name
   """Qwen3-VL for conditional generation. See the module docstring for the call contract."""
   config: Qwen3VLConfig
 
-  def setup(self):
-    cfg = self.config
-    t = cfg.text
-    kw = dict(dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype)
-    self.visual = VisionTower(cfg.vision, cfg.compute_dtype, cfg.params_dtype,
-                              cfg.attention_impl, cfg.remat)
-    self.embed_tokens = Embedding(t.vocab_size, t.hidden_size, **kw)
-    layer_cls = nn.remat(DecoderLayer) if cfg.remat else DecoderLayer
-    self.layers = [layer_cls(t, cfg.compute_dtype, cfg.params_dtype, cfg.attention_impl,
-                             name=f"layers_{i}") for i in range(t.num_hidden_layers)]
-    self.norm = layers.RMSNorm(t.hidden_size, t.rms_norm_eps, **kw)
-    if not cfg.tie_word_embeddings:
-      self.lm_head = Unembed(t.hidden_size, t.vocab_size, cfg.params_dtype)
+  VISION_TOWER = VisionTower
+  DECODER_LAYER = DecoderLayer
 
   def encode_vision(self, pixel_values: Array, grid_thw) -> tuple[Array, tuple[Array, ...]]:
     """Vision tower + mergers. Flat [N, Dp] -> ([N/4, D], deepstack tuple of [N/4, D]);
@@ -694,11 +601,6 @@ class Qwen3_VL(nn.Module):  # pylint: disable=invalid-name
       return (feats.reshape(b, -1, feats.shape[-1]),
               tuple(d.reshape(b, -1, d.shape[-1]) for d in deep))
     return self.visual(pixel_values, grid)
-
-  def unembedding_matrix(self) -> Array:
-    if self.config.tie_word_embeddings:
-      return self.embed_tokens.table().T
-    return self.lm_head()
 
   def __call__(self, input_ids, pixel_values_videos=None, video_grid_thw=None,
                second_per_grid_ts=None, attention_mask=None, position_ids=None,
@@ -739,31 +641,14 @@ class Qwen3_VL(nn.Module):  # pylint: disable=invalid-name
     t = cfg.text
     cos, sin = layers.mrope_cos_sin(jnp.asarray(position_ids), layers.rope_inv_freq(
         t.head_dim, t.rope_theta), t.mrope_section, interleaved=True)
-    if kv is None:
-      mask = None
-      if attention_mask is not None:
-        mask = jnp.asarray(attention_mask).astype(bool)[:, None, None, :]
-    else:
-      mask = kv.mask
-    new_k, new_v = [], []
-    for i, layer in enumerate(self.layers):
-      layer_kv = None if kv is None else (kv.k[i], kv.v[i], kv.slots)
-      x, lkv = layer(x, cos, sin, mask, layer_kv)
-      if lkv is not None:
-        new_k.append(lkv[0])
-        new_v.append(lkv[1])
+
+    def add_deepstack(i, x):
       for token_id, deep, is_batched in deep_adds:
         if i < len(deep):
           x = _add_at_tokens(x, input_ids, token_id, deep[i], is_batched)
-    x = self.norm(x)
-    if return_hidden:
-      out = x
-    else:
-      w = self.unembedding_matrix().astype(cfg.compute_dtype)
-      out = jnp.dot(x, w, preferred_element_type=jnp.float32).astype(jnp.float32)
-    if kv is not None:
-      return out, (tuple(new_k), tuple(new_v))
-    return out
+      return x
+
+    return self.decode(x, cos, sin, attention_mask, kv, return_hidden, add_deepstack)
 
   def _host_position_ids(self, input_ids, video_grid_thw, attention_mask, image_grid_thw,
                          mm_token_type_ids, batched):
@@ -812,14 +697,7 @@ def video_processor_config(config: Qwen3VLConfig, **overrides):
 # Parameters: init, unembedding, HF checkpoints.
 
 
-def dummy_inputs(config: Qwen3VLConfig, batch: int = 1) -> dict[str, Any]:
-  """Smallest inputs that touch every parameter (one 1 x m x m video per row)."""
-  m = config.vision.spatial_merge_size
-  grid = np.array([[1, m, m]], np.int64)
-  ids = np.array([[config.vision_start_token_id, config.video_token_id,
-                   config.vision_end_token_id]] * batch, np.int32)
-  pix = np.zeros((batch * m * m, config.vision.patch_dim), np.float32)
-  return dict(input_ids=ids, pixel_values_videos=pix, video_grid_thw=np.tile(grid, (batch, 1)))
+dummy_inputs = common.dummy_inputs
 
 
 def init_params(config: Qwen3VLConfig, rng: Array):
@@ -828,12 +706,7 @@ def init_params(config: Qwen3VLConfig, rng: Array):
   return Qwen3_VL(config).init(rng, **dummy_inputs(config))["params"]
 
 
-def unembedding(params, config: Qwen3VLConfig) -> Array:
-  """Output projection [D, V]: the embedding table transposed when tied, else lm_head."""
-  p = nn.unbox(params)
-  if config.tie_word_embeddings:
-    return p["embed_tokens"]["embedding"].T
-  return p["lm_head"]["kernel"]
+unembedding = common.unembedding
 
 
 def hf_key_map(config: Qwen3VLConfig) -> dict[str, tuple[tuple[str, ...], Any]]:
@@ -845,9 +718,8 @@ def hf_key_map(config: Qwen3VLConfig) -> dict[str, tuple[tuple[str, ...], Any]]:
   [E, C, t, p, p] <-> kernel [C*t*p*p, E]; stride = kernel, so it is this matmul exactly).
   LayerNorm scale/bias map to weight/bias.
   """
-  shapes = jax.eval_shape(functools.partial(init_params, config), jax.random.key(0))
-  flat = jax.tree_util.tree_flatten_with_path(nn.unbox(shapes))[0]
-  hf_name = qwen2_5_vl.hf_name
+  flat = jax.tree_util.tree_flatten_with_path(common.param_shapes(init_params, config))[0]
+  hf_name = common.hf_name
   out = {}
   for kp, _ in flat:
     path = tuple(k.key for k in kp)
@@ -868,12 +740,8 @@ def hf_key_map(config: Qwen3VLConfig) -> dict[str, tuple[tuple[str, ...], Any]]:
       else:
         out[name + ".bias"] = (path, "id")
       continue
-    if leaf == "kernel":
-      out[name + ".weight"] = (path, "T")
-    elif leaf == "bias":
-      out[name + ".bias"] = (path, "id")
-    else:  # scale, embedding
-      out[name + ".weight"] = (path, "id")
+    key, entry = common.hf_leaf_entry(name, path, leaf)
+    out[key] = entry
   return out
 
 
@@ -884,19 +752,12 @@ def load_hf_checkpoint(path: str, dtype=jnp.float32, shardings=None):
   structure as params) of jax.sharding.Sharding; each tensor is placed directly, one at a time.
   A tied checkpoint's lm_head.weight, when present, is ignored.
   """
-  with open(f"{path}/config.json") as f:
-    config = Qwen3VLConfig.from_hf(json.load(f), param_dtype=jnp.dtype(dtype).name)
-  key_map = hf_key_map(config)
-  shape_tree = nn.unbox(jax.eval_shape(functools.partial(init_params, config),
-                                       jax.random.key(0)))
-  params = hf_io.load_params(path, key_map, shape_tree, dtype=dtype, shardings=shardings,
-                             ignore=("lm_head.weight",) if config.tie_word_embeddings else ())
-  return config, params
+  return common.load_hf_checkpoint(path, Qwen3VLConfig, init_params, hf_key_map, dtype=dtype,
+                                   shardings=shardings)
 
 
 def save_hf_checkpoint(config: Qwen3VLConfig, params, path: str, *,
                        max_shard_bytes: int = 5 * 2 ** 30) -> None:
   """Writes config.json + safetensors (sharded with model.safetensors.index.json above
   max_shard_bytes), loadable by transformers' Qwen3VLForConditionalGeneration.from_pretrained."""
-  hf_io.save_params(path, nn.unbox(params), hf_key_map(config), config.to_hf(),
-                    max_shard_bytes=max_shard_bytes)
+  common.save_hf_checkpoint(config, params, path, hf_key_map, max_shard_bytes=max_shard_bytes)

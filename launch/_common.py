@@ -1,0 +1,58 @@
+"""Flags and start-up shared by launch/train_sft.py and launch/train_grpo.py.
+
+Importing this module defines the launchers' flags (--config, --workdir, --coordinator_address,
+--num_processes, --process_id, --distributed) and puts the repository root on sys.path.
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
+                                         lock_config=True)
+WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go.")
+COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() even when nothing is configured "
+    "(auto-detection on Cloud TPU / SLURM / Open MPI).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def start():
+  """Initialises the distributed runtime, logs the devices and the config, and (process 0) writes
+  ``<workdir>/config.json``. Returns (config, workdir)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from streampro_jax import parallel  # pylint: disable=g-import-not-at-top
+
+  parallel.initialize_distributed(
+      parallel.DistributedConfig(coordinator_address=COORDINATOR.value,
+                                 num_processes=NUM_PROCESSES.value,
+                                 process_id=PROCESS_ID.value),
+      force=DISTRIBUTED.value)
+  config = CONFIG.value
+  logging.info("process %d/%d, %d local / %d global devices (%s)", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count(),
+               jax.devices()[0].platform)
+  logging.info("config:\n%s", config)
+  workdir = WORKDIR.value
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  return config, workdir
+
+
+def run(main):
+  """``app.run(main)`` with the hub kept offline (HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE default
+  to 1)."""
+  os.environ.setdefault("HF_HUB_OFFLINE", "1")
+  os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+  app.run(main)

@@ -1,0 +1,250 @@
+"""Config, parameter and HF-checkpoint helpers shared by the Qwen2.5-VL and Qwen3-VL backbones.
+
+Backbone-agnostic (everything backbone-specific is passed in):
+
+- `ConfigMixin`: `compute_dtype`, `params_dtype` and `replace` of a frozen whole-model config.
+- HF config.json pieces: `config_keys`, `check_model_type`, `text_kwargs_from_hf`,
+  `vision_kwargs_from_hf`, `special_token_ids_from_hf`, `hf_fields`, `hf_config_dict`.
+- Host-side M-RoPE: `token_types`, `mrope_row_positions` (the run-by-run rule of get_rope_index).
+- Parameters: `dummy_inputs`, `param_shapes`, `unembedding`.
+- HF checkpoints: `hf_name`, `hf_leaf_entry`, `load_hf_checkpoint`, `save_hf_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import json
+from typing import Any
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from streampro_jax.models import hf_io
+
+Array = jax.Array
+
+# Top-level special-token fields of a Qwen-VL config.json (same names in our configs).
+SPECIAL_TOKEN_KEYS = ("image_token_id", "video_token_id", "vision_start_token_id",
+                      "vision_end_token_id")
+
+
+# ----------------------------------------------------------------------------------------------
+# Configuration.
+
+
+class ConfigMixin:
+  """Dtype accessors and `replace` for a frozen dataclass with `dtype` / `param_dtype` names."""
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
+
+  @property
+  def params_dtype(self):
+    return jnp.dtype(self.param_dtype)
+
+  def replace(self, **kw):
+    return dataclasses.replace(self, **kw)
+
+
+def config_keys(cls, exclude: tuple[str, ...]) -> tuple[str, ...]:
+  """The dataclass field names of `cls` that are not in `exclude` (the ones copied 1:1 to HF)."""
+  return tuple(f.name for f in dataclasses.fields(cls) if f.name not in exclude)
+
+
+def check_model_type(d: dict[str, Any], model_type: str) -> None:
+  """Raises ValueError when config.json dict `d` names another model_type (absent is fine)."""
+  if d.get("model_type") not in (None, model_type):
+    raise ValueError(f"model_type {d.get('model_type')!r} is not {model_type!r}")
+
+
+def text_kwargs_from_hf(td: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+  """The `keys` present in text-config dict `td`; a list eos_token_id becomes a tuple."""
+  text_kw = {k: td[k] for k in keys if k in td}
+  if isinstance(text_kw.get("eos_token_id"), list):
+    text_kw["eos_token_id"] = tuple(text_kw["eos_token_id"])
+  return text_kw
+
+
+def vision_kwargs_from_hf(vd: dict[str, Any], keys: tuple[str, ...], *,
+                          tuple_keys: tuple[str, ...] = (),
+                          renames: tuple[tuple[str, str], ...] = ()
+                          ) -> tuple[dict[str, Any], float]:
+  """(kwargs, rope_theta) of a vision config from HF vision-config dict `vd`.
+
+  kwargs: the `keys` present in `vd`, `tuple_keys` turned into tuples, and for each
+  (hf_name, ours) in `renames` vd[hf_name] under `ours` when `ours` is absent from vd.
+  rope_theta: vd["rope_parameters"]["rope_theta"], default 10000.
+  """
+  vrope = dict(vd.get("rope_parameters") or {})
+  vision_kw = {k: vd[k] for k in keys if k in vd}
+  for k in tuple_keys:
+    if k in vision_kw:
+      vision_kw[k] = tuple(vision_kw[k])
+  for hf_key, ours in renames:
+    if hf_key in vd and ours not in vd:
+      vision_kw[ours] = vd[hf_key]
+  return vision_kw, float(vrope.get("rope_theta", 10000.0))
+
+
+def special_token_ids_from_hf(d: dict[str, Any]) -> dict[str, int]:
+  """The SPECIAL_TOKEN_KEYS present at the top level of config.json dict `d`."""
+  return {k: d[k] for k in SPECIAL_TOKEN_KEYS if k in d}
+
+
+def hf_fields(obj, keys: tuple[str, ...]) -> dict[str, Any]:
+  """{key: getattr(obj, key)} with tuple values written as lists (JSON form)."""
+  out = {}
+  for k in keys:
+    value = getattr(obj, k)
+    out[k] = list(value) if isinstance(value, tuple) else value
+  return out
+
+
+def hf_config_dict(config, architecture: str, model_type: str, text: dict[str, Any],
+                   vision: dict[str, Any]) -> dict[str, Any]:
+  """A transformers-5 config.json dict: top-level fields of `config` + nested text / vision."""
+  return {
+      "architectures": [architecture],
+      "model_type": model_type,
+      "dtype": config.param_dtype,
+      **{k: getattr(config, k) for k in SPECIAL_TOKEN_KEYS},
+      "tie_word_embeddings": config.tie_word_embeddings,
+      "text_config": text,
+      "vision_config": vision,
+  }
+
+
+# ----------------------------------------------------------------------------------------------
+# Host-side M-RoPE positions (NumPy).
+
+
+def token_types(input_ids, config) -> np.ndarray:
+  """mm_token_type_ids derived from input_ids: 1 at image_token_id, 2 at video_token_id, else 0."""
+  ids = np.asarray(input_ids)
+  types = np.zeros(ids.shape, np.int64)
+  types[ids == config.image_token_id] = 1
+  types[ids == config.video_token_id] = 2
+  return types
+
+
+def mrope_row_positions(types: np.ndarray, start: int, grid_iters: dict, sms: int,
+                        temporal: Callable[[int, int], np.ndarray], *, grids_name: str = "grids"
+                        ) -> tuple[np.ndarray, int]:
+  """M-RoPE positions [3, n] of one row's (unmasked) tokens, starting at `start`.
+
+  types: int[n] (0 text, 1 image, 2 video). Text runs: p = current + arange(len) on all 3 axes,
+  current += len. A run of image / video tokens takes the next (t, h, w) of grid_iters[type]:
+  positions (current + pt[i_t], current + i_h, current + i_w) over the merged grid
+  (t, h / sms, w / sms), pt = temporal(type, t) (int64[t], called once per run, in order);
+  then current += max(h, w) / sms. Returns (positions int64[3, n], current).
+  """
+  out = []
+  current = start
+  for key, group in itertools.groupby(enumerate(types.tolist()), lambda x: x[1]):
+    group = list(group)
+    n = group[-1][0] + 1 - group[0][0]
+    if key == 0:
+      out.append(np.broadcast_to(np.arange(n, dtype=np.int64) + current, (3, n)))
+      current += n
+      continue
+    it = grid_iters.get(key)
+    if it is None:
+      raise ValueError(f"{'image' if key == 1 else 'video'} tokens present but no grid given")
+    try:
+      t, h, w = (int(x) for x in next(it))
+    except StopIteration:
+      raise ValueError(f"more image/video token runs than {grids_name}") from None
+    pt = temporal(key, t)
+    lh, lw = h // sms, w // sms
+    tg, hg, wg = np.meshgrid(pt, np.arange(lh) + current, np.arange(lw) + current, indexing="ij")
+    pos = np.stack([tg.reshape(-1) + current, hg.reshape(-1), wg.reshape(-1)]).astype(np.int64)
+    if pos.shape[1] != n:
+      raise ValueError(f"a run of {n} vision tokens does not match grid {(t, h, w)} "
+                       f"({pos.shape[1]} merged tokens)")
+    out.append(pos)
+    current += max(h, w) // sms
+  if not out:
+    return np.zeros((3, 0), np.int64), current
+  return np.concatenate(out, axis=1), current
+
+
+# ----------------------------------------------------------------------------------------------
+# Parameters.
+
+
+def dummy_inputs(config, batch: int = 1) -> dict[str, Any]:
+  """Smallest inputs that touch every parameter (one 1 x m x m video per row)."""
+  m = config.vision.spatial_merge_size
+  grid = np.array([[1, m, m]], np.int64)
+  ids = np.array([[config.vision_start_token_id, config.video_token_id,
+                   config.vision_end_token_id]] * batch, np.int32)
+  pix = np.zeros((batch * m * m, config.vision.patch_dim), np.float32)
+  return dict(input_ids=ids, pixel_values_videos=pix, video_grid_thw=np.tile(grid, (batch, 1)))
+
+
+def param_shapes(init_params: Callable, config, *, boxed: bool = False):
+  """`jax.eval_shape` of `init_params(config, rng)` (unboxed unless `boxed`)."""
+  shapes = jax.eval_shape(functools.partial(init_params, config), jax.random.key(0))
+  return shapes if boxed else nn.unbox(shapes)
+
+
+def unembedding(params, config) -> Array:
+  """Output projection [D, V]: the embedding table transposed when tied, else lm_head."""
+  p = nn.unbox(params)
+  if config.tie_word_embeddings:
+    return p["embed_tokens"]["embedding"].T
+  return p["lm_head"]["kernel"]
+
+
+# ----------------------------------------------------------------------------------------------
+# HF checkpoints.
+
+
+def hf_name(path: tuple[str, ...]) -> str:
+  """Our param path -> HF module path ('layers_3' -> 'layers.3', 'mlp_0' -> 'mlp.0')."""
+  parts = []
+  for p in path:
+    head, sep, tail = p.rpartition("_")
+    parts.append(f"{head}.{tail}" if sep and tail.isdigit() else p)
+  return ".".join(parts)
+
+
+def hf_leaf_entry(name: str, path: tuple[str, ...], leaf: str) -> tuple[str, tuple[Any, Any]]:
+  """(HF key, (path, transform)) of param leaf `leaf` of HF module `name`: kernel -> weight 'T',
+  bias -> bias 'id', anything else (scale, embedding) -> weight 'id'."""
+  if leaf == "kernel":
+    return name + ".weight", (path, "T")
+  if leaf == "bias":
+    return name + ".bias", (path, "id")
+  return name + ".weight", (path, "id")
+
+
+def load_hf_checkpoint(path: str, config_cls, init_params: Callable, hf_key_map: Callable,
+                       dtype=jnp.float32, shardings=None, alias: Callable | None = None):
+  """config.json + (sharded) safetensors from `path` -> (config_cls.from_hf(...), params).
+
+  dtype: parameter dtype (also set as config.param_dtype). shardings: optional pytree (same
+  structure as params) of jax.sharding.Sharding. A tied config ignores lm_head.weight.
+  """
+  with open(f"{path}/config.json") as f:
+    config = config_cls.from_hf(json.load(f), param_dtype=jnp.dtype(dtype).name)
+  key_map = hf_key_map(config)
+  shape_tree = param_shapes(init_params, config)
+  kw = {} if alias is None else dict(alias=alias)
+  params = hf_io.load_params(path, key_map, shape_tree, dtype=dtype, shardings=shardings,
+                             ignore=("lm_head.weight",) if config.tie_word_embeddings else (),
+                             **kw)
+  return config, params
+
+
+def save_hf_checkpoint(config, params, path: str, hf_key_map: Callable, *,
+                       max_shard_bytes: int = 5 * 2 ** 30) -> None:
+  """config.json + safetensors (sharded above max_shard_bytes) via hf_io.save_params."""
+  hf_io.save_params(path, nn.unbox(params), hf_key_map(config), config.to_hf(),
+                    max_shard_bytes=max_shard_bytes)
