@@ -219,6 +219,23 @@ def test_question_after_the_cut_is_dropped_and_counted(tok, model_config):
   assert it.stats.dropped == 1 and it.stats.rows == 2
 
 
+def test_repeating_source_where_nothing_fits_raises_instead_of_looping(tok, model_config):
+  """Every trajectory asks its question after the max_turns cut: with num_epochs=None the
+  source repeats forever, so the iterator must stop with an error after one epoch of drops."""
+  late = [schema.from_json({"id": f"late{i}", "video": "synth://t", "duration": 8.0,
+                            "questions": [{"id": "q", "task": "EU", "ask_time": 6.0,
+                                           "question": "what happens",
+                                           "answers": [{"time": 7.0, "text": "ball"}]}]})
+          for i in range(3)]
+  pipe = _build(late, _frames(late), tok, model_config, shuffle=False, batch_size=2,
+                max_turns=5, num_epochs=None)
+  it = pipe.iterator()
+  with pytest.raises(ValueError, match="all 3 trajectories of an epoch were dropped; .*after "
+                                       "the cut at 5 turns"):
+    next(it)
+  assert it.stats.dropped == 3
+
+
 def test_config_errors_state_the_numbers(tok, model_config):
   records = _records(2)
   with pytest.raises(ValueError, match="frame size 20x16 is not a multiple of .* = 8"):

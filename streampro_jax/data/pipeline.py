@@ -358,11 +358,16 @@ class TrainIterator(grain.DatasetIterator):
   """
 
   def __init__(self, row_iter: grain.DatasetIterator, batch_size: int,
-               stats: PipelineStats | None = None):
+               stats: PipelineStats | None = None, *, epoch_size: int | None = None):
+    """epoch_size: trajectories per epoch; that many drops in a row (a whole epoch with nothing
+    that fits, e.g. seq_len shorter than the system prompt plus one turn) raise ValueError
+    instead of looping forever over a repeating source."""
     super().__init__(row_iter)
     self._rows = row_iter
     self.batch_size = int(batch_size)
     self.stats = stats or PipelineStats()
+    self.epoch_size = epoch_size
+    self._dropped_in_a_row = 0
     self._warned: set[str] = set()
 
   def __next__(self) -> dict[str, np.ndarray]:
@@ -371,9 +376,14 @@ class TrainIterator(grain.DatasetIterator):
       row = next(self._rows)  # StopIteration ends the data (a partial batch is dropped).
       if "_dropped" in row:
         self.stats.dropped += 1
+        self._dropped_in_a_row += 1
+        if self.epoch_size and self._dropped_in_a_row >= self.epoch_size:
+          raise ValueError(f"all {self.epoch_size} trajectories of an epoch were dropped; the "
+                           f"last one: {row['_dropped']}")
         self._warn_once("dropped", f"dropped a trajectory: {row['_dropped']} (counted in "
                         "TrainIterator.stats.dropped)")
         continue
+      self._dropped_in_a_row = 0
       if row["_turns_cut"]:
         self.stats.truncated_rows += 1
         self.stats.turns_cut += int(row["_turns_cut"])
@@ -419,7 +429,8 @@ class Pipeline:
   video_grid_thw: np.ndarray
 
   def iterator(self) -> TrainIterator:
-    return TrainIterator(iter(self.dataset), self.cfg.batch_size)
+    return TrainIterator(iter(self.dataset), self.cfg.batch_size,
+                         epoch_size=self.num_trajectories)
 
   def batch_shapes(self) -> dict[str, tuple[int, ...]]:
     shapes = {k: (self.cfg.batch_size, *s) for k, s in self.encoder.row_shapes().items()}
