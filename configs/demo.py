@@ -65,7 +65,7 @@ def get_config(budget: str = "default") -> ml_collections.ConfigDict:
       tiny_vision=dict(depth=2, hidden_size=32, fullatt_block_indexes=(1,)))
   c.sft = ml_collections.ConfigDict(dict(
       steps=300, batch_size=8, lr=3e-3, warmup_ratio=0.05, weight_decay=0.0,
-      beta=0.99, text_weight=2.0, gamma=2.0,
+      beta=0.99, text_weight=2.0, gamma=2.0, frozen=common.FROZEN_VISION,
       log_every_steps=10))
   c.grpo = ml_collections.ConfigDict(dict(
       steps=20, batch_size=2, group_size=8, lr=1e-4, temperature=0.7, max_response_tokens=18,
@@ -108,7 +108,8 @@ def sft_config(demo, loss_kind: str, data_dir: str) -> ml_collections.ConfigDict
   c.data = _data_section(demo, data_dir, seq_len=int(demo.seq_len))
   c.data.seed = int(demo.seed)
   c.optim = common.optim_config(lr=float(s.lr), warmup_ratio=float(s.warmup_ratio),
-                                weight_decay=float(s.weight_decay), grad_clip_norm=1.0)
+                                weight_decay=float(s.weight_decay), grad_clip_norm=1.0,
+                                frozen=str(s.frozen))
   c.loss = common.loss_config(loss_kind, beta=float(s.beta), text_weight=float(s.text_weight),
                               gamma=float(s.gamma), chunk_size=0)
   c.checkpoint = common.checkpoint_config(every_steps=max(int(s.steps) // 3, 1), keep=1,
@@ -132,7 +133,7 @@ def grpo_config(demo, sft_workdir: str, data_dir: str) -> ml_collections.ConfigD
   c.data = _data_section(demo, data_dir, seq_len=int(g.seq_len))
   c.data.seed = int(demo.seed) + 1
   c.optim = common.optim_config(lr=float(g.lr), warmup_ratio=0.0, weight_decay=0.0,
-                                grad_clip_norm=1.0)
+                                grad_clip_norm=1.0, frozen=str(demo.sft.frozen))
   c.optim.schedule = "constant"
   c.grpo = ml_collections.ConfigDict(dict(
       group_size=int(g.group_size), temperature=float(g.temperature), top_p=1.0,

@@ -191,8 +191,8 @@ def test_motion_answers_due_when_the_frames_show_arrival():
     spec = r.meta["synth"]
     q = r.questions[0]
     for a in q.answers:
-      if a.time == q.ask_time:
-        continue                                   # GP's first instruction, at the ask
+      if a.time == q.ask_time + 1:
+        continue                                   # GP's first instruction, on the question's turn
       k = cf.answer_turn(a.response_time, cf.ask_turn(q.ask_time, int(r.duration)))
       # Some object is at rest at the end of turn k after moving during turn k.
       moved = [o for o in spec["objects"]
@@ -205,6 +205,20 @@ def test_motion_answers_due_when_the_frames_show_arrival():
     if q.task == "TG":
       s, e = map(int, re.match(r"(\d+)s-(\d+)s", q.answers[0].text).groups())
       assert q.answers[0].time == e and s < e
+
+
+def test_answers_owed_at_the_ask_are_due_at_the_question_turn_time():
+  # OU's first state and GP's first step are owed as soon as the question is read: on the
+  # question's turn k = floor(ask), whose time is Y = k + 1. Their due time is that Y, so a model
+  # answering on that turn is exactly on time (dt = 0, inside GP's [-3 s, 0] window).
+  for task in ("OU", "GP"):
+    for r in _records_of(task, n=6):
+      q = r.questions[0]
+      k = cf.ask_turn(q.ask_time, int(r.duration))
+      first = q.answers[0]
+      assert first.time == q.ask_time + 1 == cf.turn_time(k), (task, q.ask_time, first)
+      assert cf.answer_turn(first.response_time, k) == k
+      assert all(a.response_time > first.response_time for a in q.answers[1:])
 
 
 def test_instant_events_change_inside_their_turn():

@@ -19,15 +19,17 @@ Tasks (answers are templated; the judge is exact match):
 
 * EU: the named object performs steps (move to an edge, change colour, change shape); each step is
   an interval answer [start, end] described when it is complete.
-* OU: "Is the <shape> <colour>?" -- a yes/no answer at the ask time, and a new answer each time the
-  object's colour flips to or from that colour.
+* OU: "Is the <shape> <colour>?" -- a yes/no answer on the question's turn (due at its time
+  Y = ask time + 1, see ``_ask_answer_time``), and a new answer each time the object's colour
+  flips to or from that colour.
 * AA: several objects bounce left and right; alert at the onset of an anomaly (an object
   disappears, falls, or grows).
 * TP: "What happens after <object> moves to the <dir> edge?" -- the next event after that one
   (interval answer); events before the trigger are distractors.
 * TG: "When does <object> move to the <dir> edge?" -- answered "<s>s-<e>s" when the motion ends.
-* GP: shapes must go into the box in the order the question gives; the first instruction comes at
-  the ask time, each next one when the previous shape lands in the box, then "all done".
+* GP: shapes must go into the box in the order the question gives; the first instruction comes on
+  the question's turn (due at ask time + 1), each next one when the previous shape lands in the
+  box, then "all done".
 * RF: objects fall toward the hazard zone at the bottom at a constant speed; warn 3 s before one
   reaches it (predictable from its position and speed).
 
@@ -304,6 +306,14 @@ def _n_responses(cfg: SynthConfig, duration: int) -> int:
 # rubric facts: list of (phrase, answer_time) for rubric generation, plus absent words.
 
 
+def _ask_answer_time(ask: int) -> float:
+  """Due time of an answer owed as soon as the question is asked (OU's first state, GP's first
+  step): the time Y = ask + 1 of the question's turn, the earliest a response can be dated. Dating
+  it at the ask time itself would put it one second before any possible response (a systematic
+  1 s error; outside GP's [-3 s, 0] window, so never matchable)."""
+  return chat_format.turn_time(chat_format.ask_turn(float(ask), ask + 1))
+
+
 def _move_to_edge(scene: _Scene, obj: dict, direction: str, s: int, e: int) -> None:
   axis, value = scene.edge_coord(direction, scene.last(obj)["size"])
   scene.key(obj, float(s))
@@ -365,7 +375,7 @@ def _build_ou(scene: _Scene, n_resp: int, ask: int):
   obj = scene.add(start_color, s, x, y)
   n_flips = max(1, n_resp - 1)
   starts = scene.schedule(ask + 1, scene.duration - 1, [1] * n_flips, min_gap=2)
-  answers = [{"time": float(ask), "text": "yes" if start_color == c_query else "no"}]
+  answers = [{"time": _ask_answer_time(ask), "text": "yes" if start_color == c_query else "no"}]
   color = start_color
   for st in starts:
     color = other if color == c_query else c_query
@@ -524,7 +534,7 @@ def _build_gp(scene: _Scene, n_resp: int, ask: int):
   while len(starts) < n_steps and max(lengths) > 1:   # shorter moves until all steps fit
     lengths = [max(1, n - 1) for n in lengths]
     starts = scene.schedule(ask + 1, scene.duration - 1, lengths)
-  answers = [{"time": float(ask), "text": _A_GP_STEP.format(obj=names[0])}]
+  answers = [{"time": _ask_answer_time(ask), "text": _A_GP_STEP.format(obj=names[0])}]
   y_in = (box_y0 + res - 1.0) / 2.0
   for i, (st, n) in enumerate(zip(starts, lengths)):
     scene.key(objs[i], float(st))
