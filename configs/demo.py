@@ -51,7 +51,7 @@ def get_config(budget: str = "default") -> ml_collections.ConfigDict:
   c.budget = budget
   c.seed = 0
   c.data = ml_collections.ConfigDict(dict(
-      synth_seed=0, num_train=256, num_test=70,
+      synth_seed=0, num_train=256, num_test=140,
       synth=dict(resolution=32, min_duration=12, max_duration=16, difficulty=0,
                  silence_ratio=12.0)))
   c.system_prompt = DEMO_SYSTEM_PROMPT

@@ -1,5 +1,6 @@
 """Tests of SynthStream (streampro_jax.data.synthetic)."""
 
+import dataclasses
 import json
 import re
 
@@ -232,3 +233,58 @@ def test_instant_events_change_inside_their_turn():
           if task == "AA":                         # bouncing objects move anyway; event is big
             continue
           assert np.array_equal(frames[2 * k], frames[2 * k - 1])
+
+
+# ------------------------------------------------------------------------------------------------
+# Narration (the demo's base-model pretraining data).
+
+
+def test_narration_caption_hand_made_scene():
+  def obj(*keys):
+    return {"keys": [dict(dict(color="red", shape="square", visible=True, size=5.0), **k)
+                     for k in keys]}
+  spec = {"resolution": 32, "objects": [
+      obj(dict(t=0.0, x=25.0, y=28.0, color="blue", shape="circle")),
+      obj(dict(t=0.0, x=5.0, y=5.0), dict(t=4.0, x=25.0, y=5.0)),        # moves right
+      obj(dict(t=3.0, x=16.0, y=16.0, color="green", shape="diamond")),  # appears at 3 s
+      obj(dict(t=0.0, x=9.0, y=20.0, color="pink", visible=False)),      # hidden
+  ]}
+  assert sy.narration_caption(spec, 1.0) == ("the red square top left, "
+                                             "the blue circle bottom right")
+  # At 3 s the square is at x = 20 (right half); the diamond's centre 16 is the bottom half.
+  assert sy.narration_caption(spec, 3.0) == ("the green diamond bottom right, "
+                                             "the red square top right, "
+                                             "the blue circle bottom right")
+  assert sy.narration_caption({"resolution": 32, "objects": []}, 1.0) == "no shapes"
+
+
+def test_narration_record_captions_every_turn_with_the_colours_on_screen():
+  for r in _records_of("AA", n=2) + _records_of("RF", n=2) + _records_of("GP", n=2):
+    n = sy.narration_record(r)
+    assert (n.id, n.video, n.duration, n.meta) == (r.id, r.video, r.duration, r.meta)
+    (q,) = n.questions
+    assert (q.task, q.ask_time, q.question) == ("CAP", 0.0, sy.NARRATION_QUESTION)
+    k_total = cf.num_turns(r.duration)
+    assert [a.time for a in q.answers] == [float(k + 1) for k in range(k_total)]
+    # Independent check against the renderer: the object colours drawn in each turn's last
+    # frame are the colours the caption names.
+    frames = sy.render_frames(r)
+    fps = r.meta["synth"]["fps"]
+    for k, a in enumerate(q.answers):
+      frame = frames[(k + 1) * fps - 1].reshape(-1, 3)
+      drawn = {c for c, rgb in sy.COLORS.items() if (frame == rgb).all(-1).any()}
+      named = {c for c in sy.COLORS if f"the {c} " in a.text}
+      assert drawn == named, (r.id, k, a.text, drawn)
+    assert [cf.answer_turn(a.response_time) for a in q.answers] == list(range(k_total))
+
+
+def test_narration_source_wraps_any_source_and_rejects_other_records():
+  from streampro_jax.data import pipeline
+  pairs = sy.generate("train", 3, seed=0, config=sy.SynthConfig(resolution=24), with_frames=True)
+  src = sy.NarrationSource(pipeline.RecordSource([r for r, _ in pairs], [f for _, f in pairs]))
+  assert len(src) == 3 and src.question_counts() == [1, 1, 1]
+  rec, frames = src[1]
+  assert rec.questions[0].task == "CAP" and np.array_equal(frames, pairs[1][1])
+  other = dataclasses.replace(pairs[0][0], meta={})
+  with pytest.raises(ValueError, match="no meta\\['synth'\\] scene spec"):
+    sy.narration_record(other)

@@ -272,3 +272,28 @@ def test_tiny_qwen_sharded_step_equals_single_device_and_freezes_vision(tmp_path
                        - init1["visual"]["merger"]["mlp_0"]["kernel"])) > 1e-4
   assert np.max(np.abs(p1["layers_0"]["mlp"]["up_proj"]["kernel"]
                        - init1["layers_0"]["mlp"]["up_proj"]["kernel"])) > 1e-4
+
+
+def test_narration_data_option_captions_every_turn(tmp_path):
+  # data.narration=True: the same SynthStream videos, one trajectory each, a </Response> and a
+  # caption on every kept turn (no silence), the caption tokens supervised.
+  cfg = ml_collections.ConfigDict(dict(
+      tokenizer="synthetic", global_batch_size=4,
+      model=dict(family="qwen2_5_vl", hf_checkpoint="", dtype="float32", param_dtype="float32",
+                 attention_impl="xla", remat=False, tiny_text=dict(num_hidden_layers=1),
+                 tiny_vision=dict(depth=1, fullatt_block_indexes=(0,))),
+      data=dict(source="synth", num_videos=4, split="train", synth_seed=0, narration=True,
+                synth=dict(resolution=32, min_duration=12, max_duration=12), seq_len=512,
+                max_turns=6, frame_height=16, frame_width=16, seed=0, shuffle=False,
+                num_threads=1, prefetch_buffer_size=2)))
+  tokenizer = sft.make_tokenizer(cfg, str(tmp_path))
+  it, pipe = sft.make_data(cfg, tokenizer, sft.make_model_config(cfg.model, tokenizer))
+  assert pipe.num_trajectories == 4
+  b = next(it)
+  response = tokenizer.convert_tokens_to_ids("</Response>")
+  silence = tokenizer.convert_tokens_to_ids("</Silence>")
+  sup = b["loss_mask"] > 0
+  assert ((b["labels"] == response) & sup).sum(axis=1).tolist() == [6] * 4
+  assert not ((b["labels"] == silence) & sup).any()
+  text = tokenizer.decode(b["input_ids"][0][b["attention_mask"][0] > 0].tolist())
+  assert "Describe the shapes." in text and text.count("</Response>the ") == 6

@@ -789,6 +789,74 @@ def render_frames(record_or_spec: schema.Record | dict) -> np.ndarray:
   return frames
 
 
+NARRATION_QUESTION = "Describe the shapes."
+NARRATION_EMPTY = "no shapes"
+
+
+def narration_caption(spec: dict, t: float) -> str:
+  """What the frame at time ``t`` shows, in SynthStream's words: every visible object, left to
+  right, as "the <colour> <shape> <top|bottom> <left|right>" (the frame half that holds its
+  centre), joined by ", "; "no shapes" when none is visible.
+
+  Example: "the red square top left, the blue circle bottom right".
+  """
+  res = float(spec["resolution"])
+  parts = []
+  for obj in spec["objects"]:
+    st = _state_at(obj, t)
+    if st is None or not st["visible"]:
+      continue
+    vert = "top" if st["y"] < res / 2 else "bottom"
+    horiz = "left" if st["x"] < res / 2 else "right"
+    parts.append((st["x"], f"the {st['color']} {st['shape']} {vert} {horiz}"))
+  return ", ".join(text for _, text in sorted(parts, key=lambda p: p[0])) or NARRATION_EMPTY
+
+
+def narration_record(record: schema.Record) -> schema.Record:
+  """The dense-captioning ("narration") version of a SynthStream record: the same video with one
+  question, ``NARRATION_QUESTION`` (task "CAP") asked at 0 s, answered on EVERY turn k by
+  ``narration_caption`` at the turn's time k + 1 (the last frame it shows).
+
+  Dense-captioning data for pretraining a base model from scratch (``data.narration=True`` in a
+  training config, see ``train.sft.make_data``): every turn supervises colours, shapes and
+  positions, about 30x more visual supervision per row than the streaming tasks, whose rows hold
+  one or two answers among ~12 silent turns. What a tiny model learns from it on a CPU is in
+  BUILD_NOTES.md ("The end-to-end demo": position in ~200 steps, colour only after ~400).
+
+  Raises:
+    ValueError: the record is not a SynthStream record (no ``meta["synth"]`` scene spec).
+  """
+  spec = (record.meta or {}).get("synth")
+  if spec is None:
+    raise ValueError(f"record {record.id!r}: no meta['synth'] scene spec (not a SynthStream "
+                     "record), cannot narrate it")
+  turns = chat_format.num_turns(record.duration)
+  answers = tuple(schema.Answer(text=narration_caption(spec, chat_format.turn_time(k)),
+                                time=chat_format.turn_time(k)) for k in range(turns))
+  question = schema.Question(id="narration", task="CAP", ask_time=0.0,
+                             question=NARRATION_QUESTION, answers=answers)
+  return dataclasses.replace(record, questions=(question,))
+
+
+class NarrationSource:
+  """Wraps a data source of SynthStream (record, frames) pairs (``pipeline.RecordSource``,
+  ``pipeline.TfdsSource``, ...) so that each record is replaced by its ``narration_record``;
+  frames are unchanged. One trajectory per video."""
+
+  def __init__(self, source):
+    self.source = source
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, i: int) -> tuple[schema.Record, np.ndarray]:
+    record, frames = self.source[i]
+    return narration_record(record), frames
+
+  def question_counts(self) -> list[int]:
+    return [1] * len(self)
+
+
 def iter_generate(split: str, num_videos: int, *, seed: int = 0,
                   config: SynthConfig | None = None, start: int = 0,
                   with_frames: bool = True) -> Iterator[tuple[schema.Record, np.ndarray | None]]:

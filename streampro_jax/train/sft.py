@@ -363,7 +363,9 @@ def make_unembed(model_config):
 def make_data(config, tokenizer, model_config):
   """(iterator, pipeline) of this host from ``config.data``; source "synth" generates
   SynthStream in memory (``data.num_videos`` videos of ``data.split``, frames rendered lazily),
-  other sources go through ``pipeline.make_train_iterator``."""
+  other sources go through ``pipeline.make_train_iterator``. ``data.narration=True`` (SynthStream
+  sources only) trains on ``synthetic.narration_record`` of each video instead of its questions:
+  a caption on every turn (pretraining a base model from scratch)."""
   from streampro_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   data_cfg = dict(config.data)
   data_cfg["batch_size"] = int(config.global_batch_size)
@@ -375,6 +377,10 @@ def make_data(config, tokenizer, model_config):
                                seed=int(data_cfg.get("synth_seed", 0)), config=synth_cfg,
                                with_frames=False)
     source = pipeline.RecordSource([r for r, _ in pairs], frames=synthetic.render_frames)
+  if data_cfg.get("narration", False):
+    from streampro_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+    source = synthetic.NarrationSource(
+        source if source is not None else pipeline.source_from_config(data_cfg))
   return pipeline.make_train_iterator(data_cfg, tokenizer=tokenizer, model_config=model_config,
                                       source=source)
 
