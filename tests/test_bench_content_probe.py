@@ -1,0 +1,45 @@
+"""bench/content_probe.py: hand-computed probabilities on a fake forward, and the copyable split."""
+
+import numpy as np
+import pytest
+
+from streampro_jax.bench import content_probe
+
+GROUPS = {"colour": list(range(10, 18)), "shape": [20, 21, 22, 23], "direction": [30, 31, 32, 33]}
+
+
+def _batch():
+  # Inputs: user text [5, 12, 6] then an answer "7 12 21"; labels = inputs shifted left.
+  ids = np.array([[5, 12, 6, 7, 12, 21, 0]])
+  labels = np.array([[12, 6, 7, 12, 21, 0, 0]])
+  loss_mask = np.array([[0, 0, 1, 1, 1, 0, 0]])   # the targets 7, 12, 21 are supervised
+  return {"input_ids": ids, "labels": labels, "loss_mask": loss_mask}
+
+
+def _forward(params, batch):
+  del params
+  logits = np.zeros(batch["input_ids"].shape + (40,), np.float32)
+  logits[0, 3, 12] = np.log(3.0)    # colour slot: p(12) = 3 / (3 + 7) over the 8 colours
+  logits[0, 4, 22] = np.log(2.0)    # shape slot: argmax is 22, the right word 21 has 1 / 5
+  return logits
+
+
+def test_probabilities_accuracy_and_copyable_split():
+  out = content_probe.probe_batches(_forward, None, [_batch()], GROUPS)
+  # The colour word 12 was in the user text before its slot: copyable. The shape word 21 was not.
+  assert set(out) == {"colour", "colour (in the question)", "shape", "shape (only on screen)"}
+  assert out["colour"]["p_right"] == pytest.approx(0.3)
+  assert out["colour"]["accuracy"] == 1.0 and out["colour"]["slots"] == 1
+  assert out["colour"]["chance"] == pytest.approx(1 / 8)
+  assert out["colour (in the question)"] == out["colour"]
+  assert out["shape"]["p_right"] == pytest.approx(0.2)
+  assert out["shape"]["accuracy"] == 0.0 and out["shape"]["chance"] == 0.25
+
+
+def test_an_answer_word_is_not_copyable_from_an_earlier_answer():
+  # The same colour said earlier by the assistant (supervised) does not count as "in the question".
+  b = _batch()
+  b["input_ids"] = np.array([[5, 9, 6, 12, 12, 21, 0]])
+  b["labels"] = np.array([[9, 6, 12, 12, 21, 0, 0]])
+  out = content_probe.probe_batches(_forward, None, [b], GROUPS)
+  assert "colour (only on screen)" in out and "colour (in the question)" not in out
