@@ -7,7 +7,12 @@ an interrupted one from its last checkpoint / results line):
 
   data            SynthStream train + test splits, built once as a TFDS array_record data set
                   (data/); every later stage reads it.
-  sft_ce          SFT under plain cross-entropy        } same random init, same data order,
+  base            the base model (stand-in for the paper's pretrained VLM): the random tiny
+                  Qwen2.5-VL trained with cross-entropy to narrate the training videos (a caption
+                  of the objects on screen, or of the one the question names, on every turn),
+                  exported as a Hugging Face folder (base/hf); no benchmark question, no silence.
+  sft_ce          SFT under plain cross-entropy        } same init (the base model, decision
+                                                       } rows re-initialised), same data order,
   sft_focal       SFT under the Streamo focal loss     } same steps / batch / learning rate
   sft_cb_stream   SFT under CB-Stream                  }
   grpo            GRPO from the sft_cb_stream checkpoint (format + turn-F1 + rubric rewards)
@@ -184,11 +189,32 @@ class Demo:
       print(f"   {split}: {len(records)} videos; silence/response turns: {ratio}", flush=True)
     return {"reports": reports, "stats": stats}
 
+  @property
+  def base_hf_dir(self) -> str:
+    """The base model as a Hugging Face folder (config.json + model.safetensors)."""
+    return os.path.join(self.stage_dir("base"), "hf")
+
+  def stage_base(self):
+    from configs import demo as demo_configs  # pylint: disable=g-import-not-at-top
+    from streampro_jax import models  # pylint: disable=g-import-not-at-top
+    from streampro_jax.train import sft  # pylint: disable=g-import-not-at-top
+    cfg = demo_configs.base_config(self.cfg, self.data_dir)
+    workdir = self.stage_dir("base")
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(cfg.to_json_best_effort(indent=2))
+    print(f"   narration (a caption on every turn), cross-entropy: {cfg.total_steps} steps x "
+          f"batch {cfg.global_batch_size}, lr {cfg.optim.lr}, seed {cfg.seed}", flush=True)
+    state = sft.train(cfg, workdir)
+    _, mcfg = self.tokenizer_and_model_config()
+    models.backbone_module(mcfg).save_hf_checkpoint(mcfg, state.params, self.base_hf_dir)
+    print(f"   base model written to {self.base_hf_dir}", flush=True)
+    return {"last_metrics": _last_metrics(workdir), "hf_dir": self.base_hf_dir}
+
   def stage_sft(self, variant: str):
     from configs import demo as demo_configs  # pylint: disable=g-import-not-at-top
     from streampro_jax.train import sft  # pylint: disable=g-import-not-at-top
     kind = demo_configs.LOSS_OF_VARIANT[variant]
-    cfg = demo_configs.sft_config(self.cfg, kind, self.data_dir)
+    cfg = demo_configs.sft_config(self.cfg, kind, self.data_dir, base_hf_dir=self.base_hf_dir)
     workdir = self.stage_dir(variant)
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
       f.write(cfg.to_json_best_effort(indent=2))
@@ -289,6 +315,8 @@ class Demo:
     self.run_stage("data", f"SynthStream {d.num_train} train + {d.num_test} test videos "
                    f"({d.synth.min_duration}-{d.synth.max_duration} s, silence ratio "
                    f"{d.synth.silence_ratio}, {d.synth.resolution} px)", self.stage_data)
+    self.run_stage("base", f"base model: narration of the {d.num_train} training videos",
+                   self.stage_base)
     for v in ("sft_ce", "sft_focal", "sft_cb_stream"):
       self.run_stage(v, f"SFT with the {demo_configs.LOSS_OF_VARIANT[v]} loss",
                      lambda v=v: self.stage_sft(v))

@@ -812,10 +812,15 @@ def narration_caption(spec: dict, t: float) -> str:
   return ", ".join(text for _, text in sorted(parts, key=lambda p: p[0])) or NARRATION_EMPTY
 
 
-def narration_record(record: schema.Record) -> schema.Record:
+def narration_record(record: schema.Record, refer: int | None = None) -> schema.Record:
   """The dense-captioning ("narration") version of a SynthStream record: the same video with one
   question, ``NARRATION_QUESTION`` (task "CAP") asked at 0 s, answered on EVERY turn k by
   ``narration_caption`` at the turn's time k + 1 (the last frame it shows).
+
+  With ``refer`` = i, the question names the i-th object that is ever visible (modulo their
+  number) by its first colour and shape, "Describe the red square.", and every turn's caption
+  covers that object only ("the red square top left", "no shapes" while it is not visible): the
+  object's name must be read from the question, the rest from the frames.
 
   Dense-captioning data for pretraining a base model from scratch (``data.narration=True`` in a
   training config, see ``train.sft.make_data``): every turn supervises colours, shapes and
@@ -830,18 +835,28 @@ def narration_record(record: schema.Record) -> schema.Record:
   if spec is None:
     raise ValueError(f"record {record.id!r}: no meta['synth'] scene spec (not a SynthStream "
                      "record), cannot narrate it")
+  text = NARRATION_QUESTION
+  if refer is not None:
+    seen = [o for o in spec["objects"] if any(k["visible"] for k in o["keys"])]
+    if seen:
+      obj = seen[int(refer) % len(seen)]
+      first = next(k for k in obj["keys"] if k["visible"])
+      text = f"Describe the {_name(first['color'], first['shape'])}."
+      spec = dict(spec, objects=[obj])
   turns = chat_format.num_turns(record.duration)
   answers = tuple(schema.Answer(text=narration_caption(spec, chat_format.turn_time(k)),
                                 time=chat_format.turn_time(k)) for k in range(turns))
-  question = schema.Question(id="narration", task="CAP", ask_time=0.0,
-                             question=NARRATION_QUESTION, answers=answers)
+  question = schema.Question(id="narration", task="CAP", ask_time=0.0, question=text,
+                             answers=answers)
   return dataclasses.replace(record, questions=(question,))
 
 
 class NarrationSource:
   """Wraps a data source of SynthStream (record, frames) pairs (``pipeline.RecordSource``,
-  ``pipeline.TfdsSource``, ...) so that each record is replaced by its ``narration_record``;
-  frames are unchanged. One trajectory per video."""
+  ``pipeline.TfdsSource``, ...) so that each record is replaced by a narration; frames are
+  unchanged. One trajectory per video: example i is the full narration when i is even, and the
+  narration of one object named in the question (``refer`` = i // 2) when i is odd, so that both
+  seeing (colours, shapes, positions) and reading the question are learnt."""
 
   def __init__(self, source):
     self.source = source
@@ -851,7 +866,7 @@ class NarrationSource:
 
   def __getitem__(self, i: int) -> tuple[schema.Record, np.ndarray]:
     record, frames = self.source[i]
-    return narration_record(record), frames
+    return narration_record(record, None if i % 2 == 0 else i // 2), frames
 
   def question_counts(self) -> list[int]:
     return [1] * len(self)
