@@ -278,6 +278,27 @@ def test_narration_record_captions_every_turn_with_the_colours_on_screen():
     assert [cf.answer_turn(a.response_time) for a in q.answers] == list(range(k_total))
 
 
+def test_narration_refer_names_one_object_and_captions_only_it():
+  def obj(color, shape, *keys):
+    return {"keys": [dict(dict(color=color, shape=shape, visible=True, size=5.0), **k)
+                     for k in keys]}
+  spec = {"resolution": 32, "objects": [
+      obj("pink", "circle", dict(t=0.0, x=9.0, y=20.0, visible=False)),   # never visible
+      obj("red", "square", dict(t=0.0, x=5.0, y=5.0), dict(t=2.5, x=5.0, y=5.0, visible=False)),
+      obj("blue", "circle", dict(t=0.0, x=25.0, y=28.0))]}
+  rec = schema.Record(id="v", video="synth://v", duration=3.0, questions=(), meta={"synth": spec})
+  # refer = 0 -> the first object ever visible (the red square), 1 -> the blue circle, 2 -> wraps.
+  q0 = sy.narration_record(rec, refer=0).questions[0]
+  assert q0.question == "Describe the red square."
+  assert [a.text for a in q0.answers] == ["the red square top left", "the red square top left",
+                                          "no shapes"]       # hidden from 2.5 s
+  q1 = sy.narration_record(rec, refer=1).questions[0]
+  assert q1.question == "Describe the blue circle."
+  assert {a.text for a in q1.answers} == {"the blue circle bottom right"}
+  assert sy.narration_record(rec, refer=2).questions[0].question == q0.question
+  assert sy.narration_record(rec).questions[0].question == sy.NARRATION_QUESTION
+
+
 def test_narration_source_wraps_any_source_and_rejects_other_records():
   from streampro_jax.data import pipeline
   pairs = sy.generate("train", 3, seed=0, config=sy.SynthConfig(resolution=24), with_frames=True)
@@ -285,6 +306,11 @@ def test_narration_source_wraps_any_source_and_rejects_other_records():
   assert len(src) == 3 and src.question_counts() == [1, 1, 1]
   rec, frames = src[1]
   assert rec.questions[0].task == "CAP" and np.array_equal(frames, pairs[1][1])
+  # Even examples narrate every object, odd ones the object their question names.
+  questions = [src[i][0].questions[0].question for i in range(3)]
+  assert questions[0] == questions[2] == sy.NARRATION_QUESTION
+  assert questions[1] == sy.narration_record(pairs[1][0], refer=0).questions[0].question
+  assert questions[1].startswith("Describe the ") and questions[1] != sy.NARRATION_QUESTION
   other = dataclasses.replace(pairs[0][0], meta={})
   with pytest.raises(ValueError, match="no meta\\['synth'\\] scene spec"):
     sy.narration_record(other)

@@ -19,7 +19,7 @@ from configs import demo as demo_configs  # noqa: E402  pylint: disable=g-import
 
 VARIANTS = ("sft_ce", "sft_focal", "sft_cb_stream", "grpo")
 TASKS = ("EU", "OU", "AA", "TP", "TG", "GP", "RF")
-STAGES = ("data", "sft_ce", "sft_focal", "sft_cb_stream", "grpo", "eval_sft_ce",
+STAGES = ("data", "base", "sft_ce", "sft_focal", "sft_cb_stream", "grpo", "eval_sft_ce",
           "eval_sft_focal", "eval_sft_cb_stream", "eval_grpo")
 
 
@@ -40,14 +40,22 @@ def test_configs_same_init_data_and_budget_across_losses():
   cfg.seed = 3
   kinds = {}
   for variant, kind in demo_configs.LOSS_OF_VARIANT.items():
-    c = demo_configs.sft_config(cfg, kind, "/data")
+    c = demo_configs.sft_config(cfg, kind, "/data", base_hf_dir="/base/hf")
     kinds[variant] = c.loss.kind
+    # Every variant starts from the base model with fresh decision-token rows, vision frozen.
+    assert c.model.hf_checkpoint == "/base/hf" and c.model.reinit_decision_rows
+    assert c.optim.frozen == r"^visual/(?!merger/)" and not c.data.narration
     # Everything but the loss is the same: init seed, data order, steps, batch, lr, model.
     c.loss.kind = "x"
     if variant == "sft_ce":
       ref = c.to_json()
     assert c.to_json() == ref
   assert kinds == {"sft_ce": "ce", "sft_focal": "focal", "sft_cb_stream": "cb_stream"}
+  # The base model: cross-entropy on the narration of the same training videos, vision trained.
+  b = demo_configs.base_config(cfg, "/data")
+  assert b.data.narration and b.loss.kind == "ce" and b.optim.frozen == ""
+  assert b.data.tfds_dir == "/data" and b.data.split == "train" and b.seed == 3
+  assert b.model.to_json() == demo_configs.sft_config(cfg, "ce", "/data").model.to_json()
   g = demo_configs.grpo_config(cfg, "/sft", "/data")
   assert g.init.sft_workdir == "/sft" and g.seed == 3
   assert tuple(g.reward.weights) == (0.1, 0.45, 0.45)
@@ -81,6 +89,10 @@ def test_smoke_end_to_end_and_resume(tmp_path):
   for stage in STAGES:
     assert os.path.exists(os.path.join(workdir, stage, "DONE.json")), stage
     assert res["timings"][stage]["skipped"] is False
+  # The base model is a Hugging Face folder that the SFT variants started from.
+  assert os.path.exists(os.path.join(workdir, "base", "hf", "config.json"))
+  with open(os.path.join(workdir, "sft_ce", "config.json"), encoding="utf-8") as f:
+    assert json.load(f)["model"]["hf_checkpoint"] == os.path.join(workdir, "base", "hf")
 
   # A rerun reuses every finished stage and rebuilds only the report.
   stamp = {s: os.path.getmtime(os.path.join(workdir, s, "DONE.json")) for s in STAGES}
