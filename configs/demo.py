@@ -101,6 +101,21 @@ def _data_section(demo, data_dir: str, *, seq_len: int):
       prefetch_buffer_size=4, system_prompt=str(demo.system_prompt))
 
 
+def _trainer_config(demo, section) -> ml_collections.ConfigDict:
+  """The fields every demo trainer config shares: seed, batch, steps, logging, the synthetic
+  tokenizer, the tiny model and a data-parallel mesh over the local devices."""
+  c = common.base_config()
+  c.seed = int(demo.seed)
+  c.global_batch_size = int(section.batch_size)
+  c.total_steps = int(section.steps)
+  c.log_every_steps = int(section.log_every_steps)
+  c.tokenizer = "synthetic"
+  c.tensorboard = False
+  c.model = ml_collections.ConfigDict(demo.model.to_dict())
+  c.mesh = common.mesh_config(data=-1, fsdp=1, tensor=1)
+  return c
+
+
 def base_config(demo, data_dir: str) -> ml_collections.ConfigDict:
   """The streampro_jax.train.sft config of the demo's base model.
 
@@ -114,16 +129,8 @@ def base_config(demo, data_dir: str) -> ml_collections.ConfigDict:
   with the decision tokens' embedding rows re-initialised (as for a Hugging Face checkpoint).
   """
   b = demo.base
-  c = common.base_config()
-  c.seed = int(demo.seed)
-  c.global_batch_size = int(b.batch_size)
+  c = _trainer_config(demo, b)
   c.num_microbatches = 1
-  c.total_steps = int(b.steps)
-  c.log_every_steps = int(b.log_every_steps)
-  c.tokenizer = "synthetic"
-  c.tensorboard = False
-  c.model = ml_collections.ConfigDict(demo.model.to_dict())
-  c.mesh = common.mesh_config(data=-1, fsdp=1, tensor=1)
   c.data = _data_section(demo, data_dir, seq_len=int(b.seq_len))
   c.data.seed = int(demo.seed) + 2
   c.data.narration = True
@@ -143,19 +150,11 @@ def sft_config(demo, loss_kind: str, data_dir: str,
   None: random init (what the evaluation uses to build the same model config).
   """
   s = demo.sft
-  c = common.base_config()
-  c.seed = int(demo.seed)
-  c.global_batch_size = int(s.batch_size)
+  c = _trainer_config(demo, s)
   c.num_microbatches = 1
-  c.total_steps = int(s.steps)
-  c.log_every_steps = int(s.log_every_steps)
-  c.tokenizer = "synthetic"
-  c.tensorboard = False
-  c.model = ml_collections.ConfigDict(demo.model.to_dict())
   if base_hf_dir:
     c.model.hf_checkpoint = base_hf_dir
     c.model.reinit_decision_rows = True
-  c.mesh = common.mesh_config(data=-1, fsdp=1, tensor=1)
   c.data = _data_section(demo, data_dir, seq_len=int(demo.seq_len))
   c.data.seed = int(demo.seed)
   c.optim = common.optim_config(lr=float(s.lr), warmup_ratio=float(s.warmup_ratio),
@@ -171,16 +170,8 @@ def sft_config(demo, loss_kind: str, data_dir: str,
 def grpo_config(demo, sft_workdir: str, data_dir: str) -> ml_collections.ConfigDict:
   """The streampro_jax.train.grpo_trainer config: GRPO from the CB-Stream SFT checkpoint."""
   g = demo.grpo
-  c = common.base_config()
-  c.seed = int(demo.seed)
-  c.global_batch_size = int(g.batch_size)
-  c.total_steps = int(g.steps)
-  c.log_every_steps = int(g.log_every_steps)
-  c.tokenizer = "synthetic"
-  c.tensorboard = False
+  c = _trainer_config(demo, g)
   c.init = ml_collections.ConfigDict(dict(sft_workdir=sft_workdir, sft_step=-1))
-  c.model = ml_collections.ConfigDict(demo.model.to_dict())
-  c.mesh = common.mesh_config(data=-1, fsdp=1, tensor=1)
   c.data = _data_section(demo, data_dir, seq_len=int(g.seq_len))
   c.data.seed = int(demo.seed) + 1
   c.optim = common.optim_config(lr=float(g.lr), warmup_ratio=0.0, weight_decay=0.0,
