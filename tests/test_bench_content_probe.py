@@ -43,3 +43,25 @@ def test_an_answer_word_is_not_copyable_from_an_earlier_answer():
   b["labels"] = np.array([[9, 6, 12, 12, 21, 0, 0]])
   out = content_probe.probe_batches(_forward, None, [b], GROUPS)
   assert "colour (only on screen)" in out and "colour (in the question)" not in out
+
+
+def test_slot_groups_of_the_synthetic_tokenizer(tmp_path):
+  import ml_collections
+  from streampro_jax.data import synthetic
+  from streampro_jax.train import sft
+  tok = sft.make_tokenizer(ml_collections.ConfigDict(dict(tokenizer="synthetic")), str(tmp_path))
+  groups = content_probe.slot_groups(tok)
+  assert [len(groups[g]) for g in ("colour", "shape", "direction")] == [8, 4, 4]
+  assert tok.convert_ids_to_tokens(groups["colour"]) == list(synthetic.COLORS)
+  assert len({i for ids in groups.values() for i in ids}) == 16     # one token per word
+
+
+def test_slot_groups_reject_a_tokenizer_that_splits_the_words():
+  class CharTokenizer:
+    unk_token_id = 0
+
+    def convert_tokens_to_ids(self, word):
+      return 0 if len(word) > 1 else ord(word)
+
+  with pytest.raises(ValueError, match="splits some colour words"):
+    content_probe.slot_groups(CharTokenizer())
