@@ -117,6 +117,10 @@ _SPAN_RE = re.compile(r"(\d+(?:\.\d+)?)\s*s?\s*(?:-|–|—|to)\s*(\d+(?:\.\d+)?
                       re.IGNORECASE)
 
 
+# Words that turn a quoted-string checkpoint into "none of these occurs" (MatchJudge).
+_NEGATIONS = frozenset({"never", "not", "no", "without", "doesn", "don", "nothing"})
+
+
 def normalize_text(text: str) -> str:
   """Lower case, NFKC, punctuation -> space, articles (a, an, the) dropped, whitespace collapsed."""
   text = unicodedata.normalize("NFKC", text).lower()
@@ -150,8 +154,12 @@ class MatchJudge:
   else), the IoU of the first span of the prediction with the reference span (0 when the
   prediction holds no span); otherwise 1.0 when the normalised texts are equal, else 0.0.
   check_rubric: a checkpoint holding quoted strings ("..." or '...') passes when every quoted
-  string occurs, normalised, in the normalised trajectory; otherwise when the whole normalised
-  checkpoint occurs in it.
+  string occurs, normalised, in the normalised trajectory, or, when the words outside the quotes
+  negate ("never", "not", "no", "without"; 'Never mentions "cyan".'), when none of them occurs;
+  a checkpoint without quotes passes when the whole normalised checkpoint occurs in it. The judge
+  sees only the trajectory's text, not its times: 'Says "x" between 3s and 6s.' passes whenever
+  "x" is said, and counts or times ("Responds at most 4 times.") never pass. For SynthStream's
+  timed rubrics use synthetic.check_rubric (the "synthetic" judge of the GRPO trainer).
   """
 
   def __init__(self):
@@ -183,7 +191,9 @@ class MatchJudge:
     for check in checks:
       quoted = re.findall(r"\"([^\"]+)\"|'([^']+)'", check)
       needles = [normalize_text(a or b) for a, b in quoted] or [normalize_text(check)]
-      out.append(all(f" {n} " in traj for n in needles if n))
+      found = [f" {n} " in traj for n in needles if n]
+      outside = set(normalize_text(re.sub(r"\"[^\"]+\"|'[^']+'", " ", check)).split())
+      out.append(not any(found) if quoted and outside & _NEGATIONS else all(found))
     return out
 
 

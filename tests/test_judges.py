@@ -69,6 +69,10 @@ def test_match_judge():
   assert j.check_rubric(traj, ['mentions "red"', "mentions 'rolls away' and 'ball'",
                                'mentions "green"', "it rolls away", "it flies"]) == [
                                    True, True, False, True, False]
+  # Negated checkpoints pass when none of their quoted strings occurs (SynthStream's templates).
+  assert j.check_rubric(traj, ['Never mentions "green".', 'Never mentions "red".',
+                               "Does not mention 'blue' or 'rolls away'.",
+                               'Says "red" between 1s and 2s.']) == [True, False, False, True]
   assert isinstance(j, judges.Judge)
   assert judges.span_iou((1.0, 1.0), (1.0, 1.0)) == 1.0
   assert judges.parse_span("from 3 to 5s") == (3.0, 5.0)
