@@ -245,9 +245,10 @@ class Demo:
       rec = pipeline_record(src, i)
       k = min(chat_format.num_turns(rec.duration), k_max)
       fake += [rollout.StreamPrompt(np.zeros((k, probe.patches_per_turn, 1), np.float32),
-                                    q.question, 0) for q in rec.questions]
+                                    q.question, chat_format.ask_turn(q.ask_time, k))
+               for q in rec.questions]
     c_user = probe.user_chunk_len_for(fake)
-    return c_user, probe.capacity_for(k_max, c_user)
+    return c_user, probe.capacity_for_prompts(fake, c_user)
 
   def stage_grpo(self):
     from configs import demo as demo_configs  # pylint: disable=g-import-not-at-top

@@ -536,6 +536,32 @@ class StreamingSampler:
     return _round_up(len(self._system) + turns * per_turn + user_chunk_len,
                      self.cfg.capacity_multiple)
 
+  def capacity_for_prompts(self, prompts: Sequence[StreamPrompt], user_chunk_len: int) -> int:
+    """Cache slots these prompts need: the exact real-token count of the longest stream.
+
+    The cache advances by real tokens only (padding slots are reused, kv_cache module), so a row
+    needs the pinned prefix, the real tokens of the turns in its window (lead "<|im_end|>\\n",
+    user message, assistant header, at most `max_message_tokens` fed message tokens per turn)
+    and one padded chunk of slack; rounded up to `capacity_multiple`. Tighter than
+    `capacity_for`, which assumes every user chunk fills its bucket: with a question asked once
+    and a short time label on the other turns, about a third of it for SynthStream.
+    """
+    if self.cfg.capacity:
+      return self.cfg.capacity
+    lead = 1 + len(self.newline_ids)
+    need = 0
+    for p in prompts:
+      per_turn = []
+      for k in range(p.num_turns):
+        asked = k == p.ask_turn or (self._repeat and k > p.ask_turn)
+        q = p.question if (p.question is not None and asked) else None
+        per_turn.append(lead + len(self.fmt.user_ids(k, q)) + len(self._header)
+                        + self.cfg.max_message_tokens)
+      w = min(len(per_turn), self.cfg.window_turns)
+      live = max((sum(per_turn[i:i + w]) for i in range(len(per_turn) - w + 1)), default=0)
+      need = max(need, live)
+    return _round_up(len(self._system) + need + int(user_chunk_len), self.cfg.capacity_multiple)
+
   # -- the sampler -------------------------------------------------------------------------------
 
   def sample(self, params, prompts: Sequence[StreamPrompt], *, group_size: int = 1, seed: int = 0,
@@ -574,7 +600,7 @@ class StreamingSampler:
     k_row = np.repeat(np.asarray([p.num_turns for p in prompts], np.int32), g)
     k_max = int(k_row.max())
     c_user = self.user_chunk_len_for(prompts)
-    cap = self.capacity_for(k_max, c_user)
+    cap = self.capacity_for_prompts(prompts, c_user)
     key = jax.random.key(int(seed))
     mcfg = self.model_config
     grid = np.asarray([self.grid], np.int64)

@@ -161,6 +161,30 @@ def test_deterministic_and_compiles_once(setup, sampler_t1):
   assert sampler_t1.compile_counts() == {"prefix": 1, "user": 1, "step": 1}
 
 
+def test_capacity_for_prompts_is_tight_and_enough(setup, sampler_t1):
+  """The exact capacity (real tokens of the longest stream + one chunk) never overflows, gives
+  the same rollout as a roomy cache, and is below the bucket-per-turn bound of capacity_for."""
+  prompts = setup["prompts"]
+  scfg = dataclasses.replace(sampler_t1.cfg, capacity=0, capacity_multiple=1)
+  s = rollout.StreamingSampler(setup["cfg"], setup["chat"], scfg, video_grid=GRID)
+  c_user = s.user_chunk_len_for(prompts)
+  cap = s.capacity_for_prompts(prompts, c_user)
+  p = prompts[2]   # the longest (6 turns)
+  by_hand = len(s._system) + c_user + sum(  # pylint: disable=protected-access
+      1 + len(s.newline_ids) + len(s.fmt.user_ids(k, p.question if k == p.ask_turn else None))
+      + len(s._header) + scfg.max_message_tokens for k in range(p.num_turns))  # pylint: disable=protected-access
+  assert cap == by_hand < s.capacity_for(6, c_user)
+  tight = s.sample(setup["params"], prompts, group_size=2, seed=7)
+  roomy = sampler_t1.sample(setup["params"], prompts, group_size=2, seed=7)
+  assert not tight.overflow.any()
+  assert tight.messages == roomy.messages
+  np.testing.assert_allclose(tight.old_logps, roomy.old_logps, atol=1e-5)
+  # A sliding window of 2 turns needs only the two longest consecutive turns.
+  s2 = rollout.StreamingSampler(setup["cfg"], setup["chat"],
+                                dataclasses.replace(scfg, window_turns=2), video_grid=GRID)
+  assert s2.capacity_for_prompts(prompts, c_user) < cap
+
+
 @pytest.mark.slow
 def test_greedy_constrained_with_sliding_window(setup):
   scfg = rollout.SamplerConfig(temperature=0.0, max_text_tokens=3, window_turns=2,

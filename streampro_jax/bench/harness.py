@@ -236,10 +236,12 @@ def run_benchmark(params, model_config, tokenizer, items: Sequence[Item], result
     turns_of = lambda it: (it.num_turns if config.max_turns is None
                            else min(it.num_turns, int(config.max_turns)))
     probe = make_sampler(model_config, tokenizer, config)
-    fake = [rollout.StreamPrompt(np.zeros((turns_of(it), probe.patches_per_turn, 1), np.float32),
-                                 it.question.question, 0) for it in todo]
+    fake = [rollout.StreamPrompt(
+        np.zeros((turns_of(it), probe.patches_per_turn, 1), np.float32), it.question.question,
+        min(chat_format.ask_turn(it.question.ask_time, it.num_turns), turns_of(it) - 1))
+            for it in todo]
     c_user = probe.user_chunk_len_for(fake)
-    cap = probe.capacity_for(max(turns_of(it) for it in todo), c_user)
+    cap = probe.capacity_for_prompts(fake, c_user)
     sampler = make_sampler(model_config, tokenizer, config, user_chunk_len=c_user, capacity=cap)
     proc = processor_config(model_config)
     os.makedirs(os.path.dirname(os.path.abspath(results_path)), exist_ok=True)
