@@ -118,7 +118,7 @@ _SPAN_RE = re.compile(r"(\d+(?:\.\d+)?)\s*s?\s*(?:-|–|—|to)\s*(\d+(?:\.\d+)?
 
 
 # Words that turn a quoted-string checkpoint into "none of these occurs" (MatchJudge).
-_NEGATIONS = frozenset({"never", "not", "no", "without", "doesn", "don", "nothing"})
+_NEGATIONS = frozenset({"never", "not", "without", "doesn", "don", "nothing"})
 
 
 def normalize_text(text: str) -> str:
@@ -155,7 +155,7 @@ class MatchJudge:
   prediction holds no span); otherwise 1.0 when the normalised texts are equal, else 0.0.
   check_rubric: a checkpoint holding quoted strings ("..." or '...') passes when every quoted
   string occurs, normalised, in the normalised trajectory, or, when the words outside the quotes
-  negate ("never", "not", "no", "without"; 'Never mentions "cyan".'), when none of them occurs;
+  negate ("never", "not", "without", "nothing"; 'Never mentions "cyan".'), when none occurs;
   a checkpoint without quotes passes when the whole normalised checkpoint occurs in it. The judge
   sees only the trajectory's text, not its times: 'Says "x" between 3s and 6s.' passes whenever
   "x" is said, and counts or times ("Responds at most 4 times.") never pass. For SynthStream's

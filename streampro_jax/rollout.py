@@ -543,8 +543,8 @@ class StreamingSampler:
     needs the pinned prefix, the real tokens of the turns in its window (lead "<|im_end|>\\n",
     user message, assistant header, at most `max_message_tokens` fed message tokens per turn)
     and one padded chunk of slack; rounded up to `capacity_multiple`. Tighter than
-    `capacity_for`, which assumes every user chunk fills its bucket: with a question asked once
-    and a short time label on the other turns, about a third of it for SynthStream.
+    `capacity_for`, which assumes every user chunk fills its bucket although the question is
+    asked on one turn only (the demo's SynthStream rollouts: 1024 slots instead of 2048).
     """
     if self.cfg.capacity:
       return self.cfg.capacity
@@ -557,9 +557,10 @@ class StreamingSampler:
         q = p.question if (p.question is not None and asked) else None
         per_turn.append(lead + len(self.fmt.user_ids(k, q)) + len(self._header)
                         + self.cfg.max_message_tokens)
-      w = min(len(per_turn), self.cfg.window_turns)
-      live = max((sum(per_turn[i:i + w]) for i in range(len(per_turn) - w + 1)), default=0)
-      need = max(need, live)
+      if per_turn:   # the most tokens any `window_turns` consecutive turns hold
+        w = min(len(per_turn), self.cfg.window_turns)
+        c = np.concatenate([[0], np.cumsum(per_turn)])
+        need = max(need, int((c[w:] - c[:-w]).max()))
     return _round_up(len(self._system) + need + int(user_chunk_len), self.cfg.capacity_multiple)
 
   # -- the sampler -------------------------------------------------------------------------------
