@@ -61,9 +61,8 @@ def main(argv):
   if json.loads(cfg.to_json_best_effort()) != stored:
     raise app.UsageError(f"{workdir} was run with settings other than configs/demo.py's "
                          f"{stored['budget']!r} budget now holds; probe it with that version")
-  data_dir = os.path.join(workdir, "data", "synth_stream", "demo", "1.0.0")
-  c = demo_configs.sft_config(cfg, "ce", data_dir)
-  c.global_batch_size = 8
+  c = demo_configs.sft_config(cfg, "ce", demo_configs.data_dir(workdir))
+  c.global_batch_size = batch = 8
   c.data.split = "test"
   c.data.shuffle = False
   c.data.narration = bool(_NARRATION.value)
@@ -72,7 +71,7 @@ def main(argv):
   tokenizer = sft.make_tokenizer(c, workdir)
   mcfg = sft.make_model_config(c.model, tokenizer)
   it, pipe = sft.make_data(c, tokenizer, mcfg)
-  n_batches = max(1, min(_ROWS.value, pipe.num_trajectories) // 8)
+  n_batches = max(1, min(_ROWS.value, pipe.num_trajectories) // batch)
   batches = [{k: jnp.asarray(v) for k, v in next(it).items() if k in sft.STEP_BATCH_KEYS}
              for _ in range(n_batches)]
   grid = np.tile(np.asarray(pipe.video_grid_thw).reshape(1, 3), (pipe.cfg.max_turns, 1))
@@ -94,7 +93,7 @@ def main(argv):
                                [dict(b) for b in batches], groups)
   what = "narration captions" if c.data.narration else "answers"
   keys = sorted({k for r in results.values() for k in r})
-  print(f"\nTeacher-forced p(right word) / argmax accuracy on {n_batches * 8} test {what} "
+  print(f"\nTeacher-forced p(right word) / argmax accuracy on {n_batches * batch} test {what} "
         f"(chance in brackets):\n")
   print("| slot | chance | " + " | ".join(results) + " |")
   print("|---|---:|" + "---:|" * len(results))
@@ -107,7 +106,7 @@ def main(argv):
     print(f"| {k} | {chance:.2f} | " + " | ".join(cells) + " |")
   out = os.path.join(workdir, "probe_narration.json" if c.data.narration else "probe.json")
   with open(out, "w", encoding="utf-8") as f:
-    json.dump({"rows": n_batches * 8, "narration": c.data.narration, "variants": results}, f,
+    json.dump({"rows": n_batches * batch, "narration": c.data.narration, "variants": results}, f,
               indent=1)
   print(f"\n{out}")
 

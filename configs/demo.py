@@ -94,6 +94,11 @@ def get_config(budget: str = "default") -> ml_collections.ConfigDict:
   return c
 
 
+def data_dir(workdir: str) -> str:
+  """The demo's prepared TFDS builder directory inside a demo workdir (stage "data")."""
+  return os.path.join(workdir, "data", "synth_stream", "demo", "1.0.0")
+
+
 def _data_section(demo, data_dir: str, *, seq_len: int):
   return common.data_config(
       source="tfds", tfds_dir=data_dir, split="train", seq_len=seq_len,

@@ -153,7 +153,8 @@ class Demo:
   @property
   def data_dir(self) -> str:
     """The prepared TFDS builder directory (…/synth_stream/demo/1.0.0)."""
-    return os.path.join(self.stage_dir("data"), "synth_stream", "demo", "1.0.0")
+    from configs import demo as demo_configs  # pylint: disable=g-import-not-at-top
+    return demo_configs.data_dir(self.workdir)
 
   def tokenizer_and_model_config(self):
     from streampro_jax.train import sft  # pylint: disable=g-import-not-at-top

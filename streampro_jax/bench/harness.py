@@ -238,8 +238,7 @@ def run_benchmark(params, model_config, tokenizer, items: Sequence[Item], result
     probe = make_sampler(model_config, tokenizer, config)
     fake = [rollout.StreamPrompt(
         np.zeros((turns_of(it), probe.patches_per_turn, 1), np.float32), it.question.question,
-        min(chat_format.ask_turn(it.question.ask_time, it.num_turns), turns_of(it) - 1))
-            for it in todo]
+        chat_format.ask_turn(it.question.ask_time, turns_of(it))) for it in todo]
     c_user = probe.user_chunk_len_for(fake)
     cap = probe.capacity_for_prompts(fake, c_user)
     sampler = make_sampler(model_config, tokenizer, config, user_chunk_len=c_user, capacity=cap)
