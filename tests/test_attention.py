@@ -76,6 +76,17 @@ def test_block_causal_xla_gradients_match_jax_impl():
     np.testing.assert_allclose(np.asarray(a), np.asarray(e), atol=1e-5)
 
 
+def test_block_causal_xla_long_row_uses_longer_blocks():
+  """Past MAX_CAUSAL_BLOCKS * CAUSAL_BLOCK rows the blocks grow (at most MAX_CAUSAL_BLOCKS)."""
+  t = layers.MAX_CAUSAL_BLOCKS * layers.CAUSAL_BLOCK + 50
+  q, k, v = _inputs(t, b=1, n=2, kh=1, h=4, seed=9)
+  mask = (np.arange(t) < t - 7)[None, None, None, :]
+  got = layers.attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), mask=jnp.asarray(mask),
+                         impl="xla", is_causal=True)
+  want = _reference(q, k, v, np.broadcast_to(mask, (1, 2, t, t)), True)
+  np.testing.assert_allclose(np.asarray(got)[:, :t - 7], want[:, :t - 7], atol=2e-6)
+
+
 def test_xla_cross_attention_and_causal_with_fewer_queries():
   """T != S: a KV-cache style call (no causal) and is_causal aligned at the start."""
   q, _, _ = _inputs(5, seed=5)
