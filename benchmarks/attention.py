@@ -1,0 +1,130 @@
+"""Causal self-attention forward + backward: this library's implementations against PyTorch's.
+
+  .venv/bin/python benchmarks/attention.py [--batch 8] [--seq_len 768] [--heads 4]
+      [--kv_heads 2] [--head_dim 16] [--pad 228] [--rounds 10]
+
+Defaults are the demo's rows (B 8, T 768, 4 query / 2 kv heads of 16, the last --pad positions
+of every row padding). Same inputs, same mask (padding + causal), float32, this CPU. Timed, each
+as sum(o * w) differentiated w.r.t. q, k and v (the training step's pattern), compiled first:
+
+* `xla_block`: `layers.attention(impl='xla', is_causal=True)` (query blocks that skip the keys
+  after the block, layers.CAUSAL_BLOCK);
+* `xla_square`: the same einsum/softmax over the whole [T, S] square (impl='xla', the causal
+  mask passed as an explicit mask, is_causal=False): the previous implementation;
+* `jax_nn`: `layers.attention(impl='jax')` (jax.nn.dot_product_attention);
+* `torch_sdpa`: torch.nn.functional.scaled_dot_product_attention with the same boolean mask
+  (kv heads repeated), one torch thread per core.
+
+The implementations run interleaved (one of each per round); reported: the median wall time per
+call and the ratio to xla_block, plus the largest output difference from xla_square.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from streampro_jax.models import layers  # noqa: E402
+
+
+def _jax_fns(mask_pad, mask_full, w):
+  """name -> jitted (q, k, v) -> (dq, dk, dv), and name -> jitted forward."""
+  calls = {
+      "xla_block": lambda q, k, v: layers.attention(q, k, v, mask=mask_pad, impl="xla",
+                                                    is_causal=True),
+      "xla_square": lambda q, k, v: layers.attention(q, k, v, mask=mask_full, impl="xla"),
+      "jax_nn": lambda q, k, v: layers.attention(q, k, v, mask=mask_pad, impl="jax",
+                                                 is_causal=True),
+  }
+  grads = {n: jax.jit(jax.grad(lambda q, k, v, f=f: (f(q, k, v) * w).sum(), argnums=(0, 1, 2)))
+           for n, f in calls.items()}
+  return grads, {n: jax.jit(f) for n, f in calls.items()}
+
+
+def _torch_fn(q, k, v, allowed, w):
+  """A callable running torch sdpa forward + backward on copies of q, k, v; None without torch."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  torch.set_num_threads(os.cpu_count() or 1)
+  g = q.shape[2] // k.shape[2]
+  tq = torch.tensor(np.asarray(q)).transpose(1, 2).contiguous().requires_grad_()
+  tk = torch.tensor(np.repeat(np.asarray(k), g, axis=2)).transpose(1, 2).contiguous()
+  tv = torch.tensor(np.repeat(np.asarray(v), g, axis=2)).transpose(1, 2).contiguous()
+  tk.requires_grad_()
+  tv.requires_grad_()
+  tm = torch.tensor(allowed)  # [B, 1, T, S]
+  tw = torch.tensor(np.asarray(w)).transpose(1, 2)
+
+  def run():
+    for t in (tq, tk, tv):
+      t.grad = None
+    o = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, attn_mask=tm)
+    (o * tw).sum().backward()
+    return tq.grad
+
+  return run
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--batch", type=int, default=8)
+  ap.add_argument("--seq_len", type=int, default=768)
+  ap.add_argument("--heads", type=int, default=4)
+  ap.add_argument("--kv_heads", type=int, default=2)
+  ap.add_argument("--head_dim", type=int, default=16)
+  ap.add_argument("--pad", type=int, default=228, help="padding positions at the end of a row")
+  ap.add_argument("--rounds", type=int, default=10)
+  args = ap.parse_args()
+  b, t, n, kh, h = args.batch, args.seq_len, args.heads, args.kv_heads, args.head_dim
+  rng = np.random.default_rng(0)
+  q, w = (jnp.asarray(rng.normal(size=(b, t, n, h)), jnp.float32) for _ in range(2))
+  k, v = (jnp.asarray(rng.normal(size=(b, t, kh, h)), jnp.float32) for _ in range(2))
+  pad = np.arange(t)[None, :] < (t - args.pad)  # [B or 1, S]
+  pad = np.broadcast_to(pad, (b, t))
+  allowed = pad[:, None, None, :] & np.tril(np.ones((t, t), bool))[None, None]  # [B, 1, T, S]
+  grads, fwds = _jax_fns(jnp.asarray(pad[:, None, None, :]), jnp.asarray(allowed), w)
+
+  real = slice(0, t - args.pad)  # padded queries are unspecified in every implementation
+  ref = np.asarray(fwds["xla_square"](q, k, v))[:, real]
+  diffs = {name: float(np.abs(np.asarray(f(q, k, v))[:, real] - ref).max())
+           for name, f in fwds.items()}
+  fns = {name: (lambda g=g: jax.block_until_ready(g(q, k, v))) for name, g in grads.items()}
+  torch_run = _torch_fn(q, k, v, allowed, w)
+  if torch_run is not None:
+    fns["torch_sdpa"] = torch_run
+  compile_s = {}
+  for name, f in fns.items():
+    t0 = time.perf_counter()
+    f()
+    compile_s[name] = time.perf_counter() - t0
+  times = {name: [] for name in fns}
+  for r in range(args.rounds):
+    for name, f in fns.items():
+      t0 = time.perf_counter()
+      f()
+      times[name].append(time.perf_counter() - t0)
+    print(f"round {r + 1}/{args.rounds}", flush=True)
+  med = {name: statistics.median(ts) for name, ts in times.items()}
+  out = {"shape": dict(batch=b, seq_len=t, heads=n, kv_heads=kh, head_dim=h, pad=args.pad,
+                       causal_block=layers.CAUSAL_BLOCK),
+         "median_ms": {name: 1e3 * s for name, s in med.items()},
+         "ratio_to_xla_block": {name: s / med["xla_block"] for name, s in med.items()},
+         "first_call_s": compile_s, "max_abs_diff_vs_xla_square": diffs}
+  print(json.dumps(out, indent=1))
+  print("fwd+bwd ms: " + "  ".join(f"{name} {1e3 * s:.1f}" for name, s in med.items()))
+
+
+if __name__ == "__main__":
+  main()
