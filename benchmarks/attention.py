@@ -1,14 +1,14 @@
 """Causal self-attention forward + backward: this library's implementations against PyTorch's.
 
   .venv/bin/python benchmarks/attention.py [--batch 8] [--seq_len 768] [--heads 4]
-      [--kv_heads 2] [--head_dim 16] [--pad 228] [--rounds 10]
+      [--kv_heads 2] [--head_dim 16] [--pad 228] [--rounds 10] [--causal_block 64]
 
 Defaults are the demo's rows (B 8, T 768, 4 query / 2 kv heads of 16, the last --pad positions
 of every row padding). Same inputs, same mask (padding + causal), float32, this CPU. Timed, each
 as sum(o * w) differentiated w.r.t. q, k and v (the training step's pattern), compiled first:
 
 * `xla_block`: `layers.attention(impl='xla', is_causal=True)` (query blocks that skip the keys
-  after the block, layers.CAUSAL_BLOCK);
+  after the block, layers.CAUSAL_BLOCK rows; --causal_block sets it for this run);
 * `xla_square`: the same einsum/softmax over the whole [T, S] square (impl='xla', the causal
   mask passed as an explicit mask, is_causal=False): the previous implementation;
 * `jax_nn`: `layers.attention(impl='jax')` (jax.nn.dot_product_attention);
@@ -86,7 +86,10 @@ def main():
   ap.add_argument("--head_dim", type=int, default=16)
   ap.add_argument("--pad", type=int, default=228, help="padding positions at the end of a row")
   ap.add_argument("--rounds", type=int, default=10)
+  ap.add_argument("--causal_block", type=int, default=layers.CAUSAL_BLOCK,
+                  help="query block of xla_block (layers.CAUSAL_BLOCK for this run)")
   args = ap.parse_args()
+  layers.CAUSAL_BLOCK = args.causal_block  # read when attention is traced
   b, t, n, kh, h = args.batch, args.seq_len, args.heads, args.kv_heads, args.head_dim
   rng = np.random.default_rng(0)
   q, w = (jnp.asarray(rng.normal(size=(b, t, n, h)), jnp.float32) for _ in range(2))

@@ -40,10 +40,11 @@ Dtype = Any
 Array = jax.Array
 
 ATTENTION_IMPLS = ("jax", "cudnn", "xla")
-# Query block of the 'xla' causal self-attention (see attention): 64 was the fastest on a 2-core
-# CPU for the demo's rows (B 8, T 768, 4/2 heads of 16: fwd+bwd 143 -> 66 ms; 32 and 48 the same
-# speed with longer compiles). At most MAX_CAUSAL_BLOCKS blocks per call (longer rows get longer
-# blocks), which bounds the compiled graph and still skips (n - 1) / 2n of the square's logits.
+# Query block of the 'xla' causal self-attention (see attention). On a 2-core CPU, demo rows (B 8,
+# T 768, 4/2 heads of 16), fwd+bwd: full square ~145 ms, blocks of 64 ~75 ms; 32 and 48 are
+# within run-to-run noise of 64 and compile longer (benchmarks/attention.py --causal_block).
+# At most MAX_CAUSAL_BLOCKS blocks per call (longer rows get longer blocks), which bounds the
+# compiled graph and still skips (n - 1) / 2n of the square's logits.
 CAUSAL_BLOCK = 64
 MAX_CAUSAL_BLOCKS = 16
 
