@@ -105,12 +105,14 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("scan", [False, True], ids=["unrolled", "scanned"])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_logits_match_transformers_float32(name):
+def test_logits_match_transformers_float32(name, scan):
   overrides, grids, batch = CASES[name]
-  cfg = q.tiny_config(**overrides)
+  cfg = q.tiny_config(**overrides, scan_layers=scan)
   m = torch_model(cfg)
   params = export(cfg, m)
+  assert ("layers" in params) == scan and ("layers_0" in params) != scan
   inp = q.synthetic_inputs(cfg, grids, batch=batch, seed=3)
   n = len(inp["second_per_grid_ts"])
   inp["second_per_grid_ts"] = np.linspace(0.5, 2.25, n).astype(np.float32)
@@ -212,7 +214,7 @@ def test_batched_layout_equals_flat_and_xla_equals_jax():
   out_short = apply(cfg, params, short, pixel_values_videos=pix_b[1:],
                           video_grid_thw=np.array(grids))
   np.testing.assert_allclose(out_short[0], flat[1, :12], atol=1e-4 * float(np.abs(flat).max()))
-  xla = apply(cfg.replace(attention_impl="xla"), params, **inp)
+  xla = apply(cfg.replace(attention_impl="jax_xla"), params, **inp)
   np.testing.assert_allclose(xla, flat, atol=1e-5 * float(np.abs(flat).max()))
   # Eager call, positions computed inside the model from concrete ids.
   eager = model.apply({"params": params}, **inp)

@@ -54,12 +54,15 @@ def _hf_model(config: q3.Qwen3VLConfig, seed: int) -> HFModel:
 
 
 @functools.cache
-def _pair(name: str, tmp_root: str):
+def _pair(name: str, tmp_root: str, scan: bool = False):
   config = CONFIGS[name]
   hf = _hf_model(config, seed=len(name))
   path = os.path.join(tmp_root, name)
   hf.save_pretrained(path)
-  loaded_config, params = models.load_hf_checkpoint(path)  # dispatch on model_type
+  # dispatch on model_type; the layout the flag asks for
+  loaded_config, params = models.load_hf_checkpoint(path, scan_layers=scan)
+  assert loaded_config.scan_layers == scan and models.layout_of(params) == (
+      "scanned" if scan else "unrolled")
   assert isinstance(loaded_config, q3.Qwen3VLConfig)
   assert isinstance(models.build(loaded_config), q3.Qwen3_VL)
   return hf, loaded_config, params, path
@@ -120,10 +123,12 @@ def _apply(config, params, **kw):
   return fn(params, kw)
 
 
+@pytest.mark.parametrize("scan", [False, True], ids=["unrolled", "scanned"])
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_video_parity_flat_layout(name, tmp_root):
-  """Two videos (2 temporal patches of 4x6, 1 of 8x4) in one row, HF flat pixel layout."""
-  hf, config, params, _ = _pair(name, tmp_root)
+def test_video_parity_flat_layout(name, tmp_root, scan):
+  """Two videos (2 temporal patches of 4x6, 1 of 8x4) in one row, HF flat pixel layout; the
+  checkpoint loaded into the unrolled and the scanned layouts."""
+  hf, config, params, _ = _pair(name, tmp_root, scan)
   rng = np.random.default_rng(1)
   grids = np.array([[2, 4, 6], [1, 8, 4]])
   ids = _video_prompt(config, grids, rng)[None]
@@ -137,13 +142,14 @@ def test_video_parity_flat_layout(name, tmp_root):
   _assert_close(mine, ref)
 
 
-def test_video_parity_batched_padded_rows(tmp_root):
+@pytest.mark.parametrize("scan", [False, True], ids=["unrolled", "scanned"])
+def test_video_parity_batched_padded_rows(tmp_root, scan):
   """Two rows of 3 one-patch turns (StreamPro layout), left padding on row 1, attention_mask.
 
   HF takes the flat layout (all 6 turns concatenated); we take both layouts and the position_ids
   from our get_rope_index.
   """
-  hf, config, params, _ = _pair("base", tmp_root)
+  hf, config, params, _ = _pair("base", tmp_root, scan)
   rng = np.random.default_rng(2)
   turn = np.array([[1, 4, 4]] * 3)
   rows = [_video_prompt(config, turn, rng), _video_prompt(config, turn, rng, text_len=(1, 2, 2))]

@@ -93,11 +93,22 @@ def backbone_module(x: Any):
   return _backbone(model_type_of(x))
 
 
-def load_hf_checkpoint(path: str, dtype=jnp.float32, shardings=None):
-  """Loads a HF checkpoint directory (config.json + safetensors) -> (config, params)."""
+def load_hf_checkpoint(path: str, dtype=jnp.float32, shardings=None, *,
+                       scan_layers: bool = False, **overrides):
+  """Loads a HF checkpoint directory (config.json + safetensors) -> (config, params), the
+  params in the layout `scan_layers` asks for (scanned stacks or unrolled layers_i); overrides
+  set other config fields (dtype, attention_impl, remat, remat_policy)."""
+  if not os.path.isfile(os.path.join(path, "config.json")):
+    raise FileNotFoundError(f"{path} is not a Hugging Face checkpoint folder (no config.json)")
   with open(os.path.join(path, "config.json")) as f:
     model_type = json.load(f).get("model_type")
-  return _backbone(model_type).load_hf_checkpoint(path, dtype, shardings=shardings)
+  return _backbone(model_type).load_hf_checkpoint(path, dtype, shardings=shardings,
+                                                  scan_layers=scan_layers, **overrides)
+
+
+# Converting parameter trees between the unrolled (layers_i, visual/blocks_i) and the scanned
+# (stacked `layers`, `visual/blocks`) layouts.
+from streampro_jax.models.common import layout_of, scan_params, unscan_params  # noqa: E402,F401  pylint: disable=g-import-not-at-top
 
 
 def build(config):
@@ -143,7 +154,8 @@ def config_from_section(model_cfg, tokenizer):
   """A backbone config from a training config's `model` section (+ the tokenizer).
 
   Keys: family ('qwen2_5_vl' default | 'qwen3_vl'), dtype, param_dtype ('float32'),
-  attention_impl ('jax'), remat (False); hf_checkpoint: a HF folder whose config.json gives the
+  attention_impl ('jax'), remat (False), remat_policy ('full'), scan_layers (False);
+  hf_checkpoint: a HF folder whose config.json gives the
   architecture (its vocabulary must hold the tokenizer's); otherwise a tiny random config of the
   family (`tiny_config`) with the tokenizer's special ids, vocab = len(tokenizer) rounded up to
   64, updated by `tiny_text` / `tiny_vision` dicts.
@@ -152,7 +164,9 @@ def config_from_section(model_cfg, tokenizer):
   common = dict(dtype=model_cfg.get("dtype", "float32"),
                 param_dtype=model_cfg.get("param_dtype", "float32"),
                 attention_impl=model_cfg.get("attention_impl", "jax"),
-                remat=bool(model_cfg.get("remat", False)))
+                remat=bool(model_cfg.get("remat", False)),
+                remat_policy=str(model_cfg.get("remat_policy", "full")),
+                scan_layers=bool(model_cfg.get("scan_layers", False)))
   if model_cfg.get("hf_checkpoint", None):
     with open(os.path.join(model_cfg["hf_checkpoint"], "config.json"), encoding="utf-8") as f:
       d = json.load(f)

@@ -203,6 +203,90 @@ def unembedding(params, config) -> Array:
 
 
 # ----------------------------------------------------------------------------------------------
+# Layer-stack layouts: unrolled (layers_0, layers_1, ...) and scanned (one stacked `layers`).
+
+# Where the scanned stacks live in a parameter tree (decoder layers, vision blocks).
+STACKS = (("layers",), ("visual", "blocks"))
+
+
+def _stack_of(path: tuple[str, ...]) -> tuple[tuple[str, ...], int] | None:
+  """(stack path, layer index) when `path` starts inside an unrolled stack member
+  (('visual', 'blocks_3', ...) -> (('visual', 'blocks'), 3)), else None."""
+  for stack in STACKS:
+    head, last = stack[:-1], stack[-1]
+    n = len(stack)
+    if len(path) >= n and path[:n - 1] == head:
+      name, sep, idx = path[n - 1].rpartition("_")
+      if sep and name == last and idx.isdigit():
+        return stack, int(idx)
+  return None
+
+
+def scanned_path(path: tuple[str, ...]) -> tuple:
+  """The scanned-layout address of an unrolled parameter path: ('layers_3', 'mlp', 'kernel') ->
+  ('layers', 'mlp', 'kernel', 3) (a trailing int = that index of the stacked leading axis);
+  paths outside the stacks are returned unchanged."""
+  hit = _stack_of(path)
+  if hit is None:
+    return path
+  stack, i = hit
+  return stack + path[len(stack):] + (i,)
+
+
+def scan_params(params) -> dict:
+  """Unrolled parameters (layers_i, visual/blocks_i) -> the scanned layout (each stack's leaves
+  stacked on a new leading axis). Unboxed trees; arrays are stacked with jnp.stack."""
+  flat = {tuple(k.key for k in kp): v
+          for kp, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+  grouped: dict = {}
+  out: dict = {}
+  for path, value in flat.items():
+    target = scanned_path(path)
+    if target is path:
+      _set_path(out, path, value)
+    else:
+      grouped.setdefault(target[:-1], {})[target[-1]] = value
+  for path, members in grouped.items():
+    n = len(members)
+    if sorted(members) != list(range(n)):
+      raise ValueError(f"{'/'.join(path)}: layers {sorted(members)} are not 0..{n - 1}")
+    _set_path(out, path, jnp.stack([members[i] for i in range(n)]))
+  return out
+
+
+def unscan_params(params) -> dict:
+  """Scanned parameters -> the unrolled layout (inverse of `scan_params`)."""
+  out: dict = {}
+  for kp, value in jax.tree_util.tree_flatten_with_path(params)[0]:
+    path = tuple(k.key for k in kp)
+    stack = next((st for st in STACKS if path[:len(st)] == st), None)
+    if stack is None:
+      _set_path(out, path, value)
+      continue
+    rest = path[len(stack):]
+    for i in range(value.shape[0]):
+      _set_path(out, stack[:-1] + (f"{stack[-1]}_{i}",) + rest, value[i])
+  return out
+
+
+def _set_path(tree: dict, path: tuple, value) -> None:
+  for p in path[:-1]:
+    tree = tree.setdefault(p, {})
+  tree[path[-1]] = value
+
+
+def layout_of(params) -> str:
+  """'scanned' when the tree holds a stacked decoder `layers`, 'unrolled' when it holds
+  `layers_0`, else 'unknown'."""
+  p = params.get("params", params) if isinstance(params, dict) else params
+  if "layers" in p:
+    return "scanned"
+  if "layers_0" in p:
+    return "unrolled"
+  return "unknown"
+
+
+# ----------------------------------------------------------------------------------------------
 # HF checkpoints.
 
 
@@ -225,15 +309,27 @@ def hf_leaf_entry(name: str, path: tuple[str, ...], leaf: str) -> tuple[str, tup
   return name + ".weight", (path, "id")
 
 
+def stacked_key_map(config, unrolled_key_map: Callable) -> dict:
+  """A backbone's HF key map for `config`'s layout: the unrolled map, with every path inside a
+  layer stack moved to its scanned address (`scanned_path`) when config.scan_layers."""
+  key_map = unrolled_key_map(config.replace(scan_layers=False))
+  if not config.scan_layers:
+    return key_map
+  return {k: (scanned_path(p), t) for k, (p, t) in key_map.items()}
+
+
 def load_hf_checkpoint(path: str, config_cls, init_params: Callable, hf_key_map: Callable,
-                       dtype=jnp.float32, shardings=None, alias: Callable | None = None):
+                       dtype=jnp.float32, shardings=None, alias: Callable | None = None,
+                       **overrides):
   """config.json + (sharded) safetensors from `path` -> (config_cls.from_hf(...), params).
 
   dtype: parameter dtype (also set as config.param_dtype). shardings: optional pytree (same
   structure as params) of jax.sharding.Sharding. A tied config ignores lm_head.weight.
+  overrides: config fields to set (e.g. scan_layers=True loads into the scanned layout).
+  Parameter shapes come from jax.eval_shape of the init (nothing runs).
   """
   with open(f"{path}/config.json") as f:
-    config = config_cls.from_hf(json.load(f), param_dtype=jnp.dtype(dtype).name)
+    config = config_cls.from_hf(json.load(f), param_dtype=jnp.dtype(dtype).name, **overrides)
   key_map = hf_key_map(config)
   shape_tree = param_shapes(init_params, config)
   kw = {} if alias is None else dict(alias=alias)

@@ -1,7 +1,7 @@
 """Hugging Face checkpoint I/O: config.json + (sharded) safetensors <-> a Flax param tree.
 
-Model-agnostic: a backbone supplies `key_map`, a dict HF key -> (param path, transform), with
-transform one of
+Model-agnostic: a backbone supplies `key_map`, a dict HF key -> (param path, transform), where a
+path ending in an int i addresses layer i of a stacked (scanned) leaf, with transform one of
   'id'                   same array,
   'T'                    Linear weight [out, in] <-> kernel [in, out],
   ('conv', hf_shape)     weight of shape hf_shape [out, ...] <-> kernel [prod(...), out].
@@ -106,21 +106,45 @@ def load_params(path: str, key_map: dict[str, tuple[tuple[str, ...], Any]], shap
     raise ValueError(f"{len(missing)} tensors missing from {path}: {missing[:5]}")
   np_dtype = _np_dtype(dtype)
   params: dict = {}
+  # Stacked leaves (a path ending in a layer index): filled slice by slice on the host, placed
+  # once their last layer is read.
+  stacked: dict[tuple, list] = {}
+  for ppath, _ in key_map.values():
+    if isinstance(ppath[-1], int):
+      stacked.setdefault(ppath[:-1], [None, 0])[1] += 1
+
+  def place(ppath, arr):
+    if shardings is not None:
+      sharding = _get(shardings, ppath)
+      value = jax.make_array_from_callback(arr.shape, sharding, lambda idx, a=arr: a[idx])
+    else:
+      value = jax.device_put(arr)
+    _set(params, ppath, value)
+
   for fname, keys in by_file.items():
     with safe_open(os.path.join(path, fname), framework="np") as f:
       for key, ours in keys:
         ppath, transform = key_map[ours]
         arr = to_ours(f.get_tensor(key), transform).astype(np_dtype)
+        layer = None
+        if isinstance(ppath[-1], int):
+          ppath, layer = ppath[:-1], ppath[-1]
         want = tuple(_get(shape_tree, ppath).shape)
+        if layer is not None:
+          want = want[1:]
         if arr.shape != want:
           raise ValueError(f"{key}: shape {arr.shape} (our layout) but the config needs {want}")
-        if shardings is not None:
-          sharding = _get(shardings, ppath)
-          value = jax.make_array_from_callback(arr.shape, sharding,
-                                               lambda idx, a=arr: a[idx])
+        if layer is None:
+          place(ppath, arr)
         else:
-          value = jax.device_put(arr)
-        _set(params, ppath, value)
+          entry = stacked[ppath]
+          if entry[0] is None:
+            entry[0] = np.empty((entry[1],) + want, np_dtype)
+          entry[0][layer] = arr
+          entry[1] -= 1
+          if entry[1] == 0:
+            place(ppath, entry[0])
+            entry[0] = None
         del arr
   return params
 
@@ -134,8 +158,10 @@ def save_params(path: str, params, key_map: dict[str, tuple[tuple[str, ...], Any
   keys = sorted(key_map)
   sizes = {}
   for k in keys:
-    leaf = _get(params, key_map[k][0])
-    sizes[k] = int(np.prod(leaf.shape)) * _np_dtype(leaf.dtype).itemsize
+    ppath = key_map[k][0]
+    leaf = _get(params, ppath[:-1] if isinstance(ppath[-1], int) else ppath)
+    shape = leaf.shape[1:] if isinstance(ppath[-1], int) else leaf.shape
+    sizes[k] = int(np.prod(shape)) * _np_dtype(leaf.dtype).itemsize
   shards, cur, cur_size = [], [], 0
   for k in keys:
     if cur and cur_size + sizes[k] > max_shard_bytes:
@@ -155,7 +181,10 @@ def save_params(path: str, params, key_map: dict[str, tuple[tuple[str, ...], Any
     tensors = {}
     for k in shard:
       ppath, transform = key_map[k]
-      host = np.asarray(jax.device_get(_get(params, ppath)))
+      if isinstance(ppath[-1], int):  # one layer of a stacked leaf
+        host = np.asarray(jax.device_get(_get(params, ppath[:-1])[ppath[-1]]))
+      else:
+        host = np.asarray(jax.device_get(_get(params, ppath)))
       tensors[k] = np.ascontiguousarray(to_hf(host, transform))
       weight_map[k] = fname
     save_file(tensors, os.path.join(path, fname), metadata={"format": "pt"})

@@ -11,7 +11,8 @@ chunks (sampled tokens). Every chunk is padded to a fixed bucket length C (right
 `chunk_mask` marks real tokens), so a whole stream compiles once per bucket shape.
 
 Layout (fixed shapes, donated in place under jit):
-  k[i], v[i]          [B, cap, K, H] per decoder layer i (rotary already applied to k)
+  k[i], v[i]          [B, cap, K, H] per decoder layer i (rotary already applied to k); with a
+                      scan_layers config k, v are stacks [L, B, cap, K, H] (k[i] is layer i)
   slot_turn  i32[B, cap]  turn id of the token in the slot
   slot_seq   i32[B, cap]  order in which tokens were written (the causal order)
   slot_valid bool[B, cap] slot holds a live token
@@ -73,8 +74,8 @@ Array = jax.Array
 @flax.struct.dataclass
 class KVCache:
   """Fixed-capacity turn-aware ring buffer (see module docstring for the fields)."""
-  k: tuple
-  v: tuple
+  k: Any
+  v: Any
   slot_turn: Array
   slot_seq: Array
   slot_valid: Array
@@ -104,10 +105,15 @@ def init_cache(config, batch: int, capacity: int, *, window_turns: int = 200, dt
   t = _text_config(config)
   dtype = config.compute_dtype if dtype is None else jnp.dtype(dtype)
   shape = (batch, capacity, t.num_key_value_heads, t.head_dim)
-  zeros_l = tuple(jnp.zeros(shape, dtype) for _ in range(t.num_hidden_layers))
+  if getattr(config, "scan_layers", False):  # one stack [L, B, cap, K, H] per k and v
+    layers_k = jnp.zeros((t.num_hidden_layers,) + shape, dtype)
+    layers_v = jnp.zeros((t.num_hidden_layers,) + shape, dtype)
+  else:
+    layers_k = tuple(jnp.zeros(shape, dtype) for _ in range(t.num_hidden_layers))
+    layers_v = tuple(jnp.zeros(shape, dtype) for _ in range(t.num_hidden_layers))
   zi = lambda: jnp.zeros((batch,), jnp.int32)  # distinct buffers (all are donated)
   return KVCache(
-      k=zeros_l, v=tuple(jnp.zeros(shape, dtype) for _ in range(t.num_hidden_layers)),
+      k=layers_k, v=layers_v,
       slot_turn=jnp.full((batch, capacity), -1, jnp.int32),
       slot_seq=jnp.zeros((batch, capacity), jnp.int32),
       slot_valid=jnp.zeros((batch, capacity), bool),
@@ -185,7 +191,7 @@ def extend(params, cache: KVCache, input_ids: Array, position_ids: Array, *, con
     pin_len = cache.pin_len
     ring_ptr = (cache.ring_ptr + n_new) % (cap - cache.pin_len)
   new_cache = cache.replace(
-      k=tuple(new_k), v=tuple(new_v), slot_turn=slot_turn, slot_seq=slot_seq,
+      k=new_k, v=new_v, slot_turn=slot_turn, slot_seq=slot_seq,
       slot_valid=slot_valid, count=cache.count + n_new, pin_len=pin_len, ring_ptr=ring_ptr,
       next_position=jnp.maximum(cache.next_position, pos_max + 1), overflow=overflow)
   return out, new_cache

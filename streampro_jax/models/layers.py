@@ -39,7 +39,7 @@ import numpy as np
 Dtype = Any
 Array = jax.Array
 
-ATTENTION_IMPLS = ("jax", "cudnn", "xla")
+ATTENTION_IMPLS = ("jax", "cudnn", "xla", "jax_xla")
 # Query block of the 'xla' causal self-attention (see attention). On a 2-core CPU, demo rows (B 8,
 # T 768, 4/2 heads of 16), fwd+bwd: full square ~145 ms, blocks of 64 ~75 ms; 32 and 48 are
 # within run-to-run noise of 64 and compile longer (benchmarks/attention.py --causal_block).
@@ -218,31 +218,62 @@ def axial_rope_cos_sin(pos_hw: Array, inv_freq: np.ndarray) -> tuple[Array, Arra
 # Attention.
 
 
+def resolve_impl(impl: str, dtype) -> str:
+  """The attention path `impl` runs on this backend for `dtype`.
+
+  'jax' (the default) is cuDNN flash attention on GPU for 16-bit inputs and the 'xla' path
+  everywhere else (CPU, TPU, float32); 'cudnn', 'xla' and 'jax_xla' (jax.nn.dot_product_attention's
+  own XLA implementation, a reference for tests) are taken as given.
+  """
+  if impl not in ATTENTION_IMPLS:
+    raise ValueError(f"unknown attention impl {impl!r}; known: {ATTENTION_IMPLS}")
+  if impl != "jax":
+    return impl
+  half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+  return "cudnn" if half and jax.default_backend() == "gpu" else "xla"
+
+
 def attention(q_btnh: Array, k_bskh: Array, v_bskh: Array, *, mask: Array | None = None,
-              scale: float | None = None, impl: str = "jax", is_causal: bool = False) -> Array:
+              scale: float | None = None, impl: str = "jax", is_causal: bool = False,
+              lengths: Array | None = None) -> Array:
   """Grouped-query attention: o = softmax(scale * q k^T + mask) v.
 
   q: [B, T, N, H]; k, v: [B, S, K, H] with N % K == 0 (query head n uses kv head n // (N/K));
   mask: bool broadcastable to [B, N, T, S] (True = attend) or None; is_causal additionally
-  restricts query t to keys s <= t (aligned at the start: T == S). Softmax in float32.
-  impl: 'jax' (jax.nn.dot_product_attention, implementation chosen by JAX), 'cudnn' (forces the
-  cuDNN kernel; GPU only), 'xla' (explicit einsum/softmax, runs anywhere; causal self-attention
-  in query blocks of CAUSAL_BLOCK rows, at most MAX_CAUSAL_BLOCKS of them, that skip the keys
-  after the block).
+  restricts query t to keys s <= t (aligned at the start: T == S); lengths: i32[B] or None,
+  the number of real (leading) keys and queries of each row (right padding: key s is allowed
+  only when s < lengths[b]), the form the cuDNN kernel takes instead of a dense mask.
+  Softmax in float32.
+  impl (see resolve_impl): 'jax' (cuDNN on GPU for 16-bit inputs, else 'xla'), 'cudnn' (forces
+  the cuDNN flash kernel; GPU only; masks must come as `lengths`), 'xla' (explicit
+  einsum/softmax, runs anywhere; causal self-attention in query blocks of CAUSAL_BLOCK rows, at
+  most MAX_CAUSAL_BLOCKS of them, that skip the keys after the block), 'jax_xla'
+  (jax.nn.dot_product_attention's XLA implementation).
   Returns [B, T, N, H] in q.dtype. A query row with no allowed key returns a finite (unspecified)
-  value, never NaN.
+  value, never NaN; padded query rows (t >= lengths[b]) are unspecified.
   """
   n_heads, k_heads = q_btnh.shape[2], k_bskh.shape[2]
   if n_heads % k_heads:
     raise ValueError(f"{n_heads} query heads are not a multiple of {k_heads} kv heads")
   head_dim = q_btnh.shape[-1]
   scale = head_dim ** -0.5 if scale is None else scale
-  if impl in ("jax", "cudnn"):
+  impl = resolve_impl(impl, q_btnh.dtype)
+  if impl == "cudnn":
+    if mask is not None:
+      raise ValueError("the cuDNN path takes padding as `lengths`, not a dense mask")
+    lens = None if lengths is None else jnp.asarray(lengths, jnp.int32)
+    return jax.nn.dot_product_attention(
+        q_btnh, k_bskh.astype(q_btnh.dtype), v_bskh.astype(q_btnh.dtype), scale=scale,
+        is_causal=is_causal, query_seq_lengths=lens, key_value_seq_lengths=lens,
+        implementation="cudnn")
+  if lengths is not None:
+    keep = jnp.arange(k_bskh.shape[1])[None, :] < jnp.asarray(lengths)[:, None]  # [B, S]
+    keep = keep[:, None, None, :]
+    mask = keep if mask is None else jnp.logical_and(mask, keep)
+  if impl == "jax_xla":
     return jax.nn.dot_product_attention(
         q_btnh, k_bskh.astype(q_btnh.dtype), v_bskh.astype(q_btnh.dtype), mask=mask,
-        scale=scale, is_causal=is_causal, implementation=None if impl == "jax" else "cudnn")
-  if impl != "xla":
-    raise ValueError(f"unknown attention impl {impl!r}; known: {ATTENTION_IMPLS}")
+        scale=scale, is_causal=is_causal, implementation="xla")
   b, t, _, h = q_btnh.shape
   s = k_bskh.shape[1]
   g = n_heads // k_heads
@@ -296,24 +327,42 @@ def _attend(q: Array, k: Array, v: Array, m: Array | None, scale: float) -> Arra
 
 
 def decoder_attention(q_btnh: Array, k_btkh: Array, v_btkh: Array, *, mask: Array | None,
-                      kv: tuple[Array, Array, Array] | None, impl: str, dtype: Dtype
+                      kv: tuple | None, impl: str, dtype: Dtype
                       ) -> tuple[Array, tuple[Array, Array] | None]:
   """A decoder layer's attention, without or with a KV cache.
 
-  kv None: causal self-attention of q, k, v [B, T, ., H] under the padding `mask` (or None);
-  returns (o [B, T, N, H], None). kv = (k_cache, v_cache, slots) with caches [B, cap, K, H] and
-  slots i32[B, T]: k, v are written at `slots` (cast to the cache dtype), then q attends to the
-  whole cache (cast to `dtype`) under `mask` (bool [B, 1, T, cap]); returns
-  (o, (k_cache, v_cache)) with the updated caches.
+  kv None: causal self-attention of q, k, v [B, T, ., H] under the padding `mask` (bool
+  [B, 1, 1, T], right padding, or None); returns (o [B, T, N, H], None). On the cuDNN path the
+  mask is given to the kernel as per-row lengths (the real tokens lead each row, as the data
+  pipeline and the sampler lay them out).
+  kv = (k_cache, v_cache, slots) with caches [B, cap, K, H] and slots i32[B, T]: k, v are written
+  at `slots` (cast to the cache dtype), then q attends to the whole cache (cast to `dtype`) under
+  `mask` (bool [B, 1, T, cap]); returns (o, (k_cache, v_cache)) with the updated caches.
+  kv = (k_stack, v_stack, slots, i) with stacks [L, B, cap, K, H] (scanned layers): the same on
+  layer i of the stacks, written in place; returns (o, (k_stack, v_stack)).
   """
   if kv is None:
+    if resolve_impl(impl, q_btnh.dtype) == "cudnn" and mask is not None:
+      lengths = jnp.sum(mask.reshape(mask.shape[0], -1).astype(jnp.int32), axis=-1)
+      return attention(q_btnh, k_btkh, v_btkh, lengths=lengths, impl="cudnn",
+                       is_causal=True), None
     return attention(q_btnh, k_btkh, v_btkh, mask=mask, impl=impl, is_causal=True), None
-  k_cache, v_cache, slots = kv
+  # Cached attention runs a [T, cap] mask of slots (no kernel takes that): the XLA path.
+  impl = "xla" if resolve_impl(impl, q_btnh.dtype) == "cudnn" else impl
   bidx = jnp.arange(q_btnh.shape[0])[:, None]
-  k_cache = k_cache.at[bidx, slots].set(k_btkh.astype(k_cache.dtype))
-  v_cache = v_cache.at[bidx, slots].set(v_btkh.astype(v_cache.dtype))
+  if len(kv) == 4:
+    k_stack, v_stack, slots, i = kv
+    k_stack = k_stack.at[i, bidx, slots].set(k_btkh.astype(k_stack.dtype))
+    v_stack = v_stack.at[i, bidx, slots].set(v_btkh.astype(v_stack.dtype))
+    k_cache, v_cache = k_stack[i], v_stack[i]
+    new = (k_stack, v_stack)
+  else:
+    k_cache, v_cache, slots = kv
+    k_cache = k_cache.at[bidx, slots].set(k_btkh.astype(k_cache.dtype))
+    v_cache = v_cache.at[bidx, slots].set(v_btkh.astype(v_cache.dtype))
+    new = (k_cache, v_cache)
   o = attention(q_btnh, k_cache.astype(dtype), v_cache.astype(dtype), mask=mask, impl=impl)
-  return o, (k_cache, v_cache)
+  return o, new
 
 
 def decoder_mask(attention_mask: Array | None, kv_mask: Array | None) -> Array | None:
@@ -332,16 +381,17 @@ def logits_from_hidden(x_btd: Array, w_dv: Array, dtype: Dtype) -> Array:
                  preferred_element_type=jnp.float32).astype(jnp.float32)
 
 
-@dataclasses.dataclass(frozen=True)
-class SegmentPlan:
-  """Host-side indices for packed block-diagonal attention over N tokens in S segments.
+class SegmentPlan(NamedTuple):
+  """Host-side indices for packed block-diagonal attention over N tokens in S segments (a
+  pytree, so that plans can enter scanned and rematerialised blocks).
 
   gather: i32[S, L] token index of each padded slot (N for padding, pointing at a zero row);
-  valid: bool[S, L]; scatter: i32[N] flat slot (s * L + l) of each token.
+  valid: bool[S, L] (the real tokens lead each segment); scatter: i32[N] flat slot (s * L + l)
+  of each token.
   """
-  gather: np.ndarray
-  valid: np.ndarray
-  scatter: np.ndarray
+  gather: Any
+  valid: Any
+  scatter: Any
 
 
 def segment_plan(segments: Sequence[np.ndarray], num_tokens: int) -> SegmentPlan:
@@ -379,8 +429,10 @@ def segment_attention(q_nhd: Array, k_nhd: Array, v_nhd: Array, plan: SegmentPla
     x = jnp.concatenate([x, jnp.zeros((1,) + x.shape[1:], x.dtype)], axis=0)
     return x[gather]  # [S, L, heads, H]
 
-  mask = jnp.asarray(plan.valid)[:, None, None, :]  # [S, 1, 1, L]
-  out = attention(pad_gather(q_nhd), pad_gather(k_nhd), pad_gather(v_nhd), mask=mask,
+  # Real tokens lead each padded segment: the padding is given as lengths (cuDNN takes no
+  # dense mask; the XLA paths turn lengths back into one).
+  lengths = jnp.sum(jnp.asarray(plan.valid).astype(jnp.int32), axis=-1)  # [S]
+  out = attention(pad_gather(q_nhd), pad_gather(k_nhd), pad_gather(v_nhd), lengths=lengths,
                   scale=scale, impl=impl)
   out = out.reshape((-1,) + out.shape[2:])
   del n
@@ -388,18 +440,45 @@ def segment_attention(q_nhd: Array, k_nhd: Array, v_nhd: Array, plan: SegmentPla
 
 
 def vision_rope_attention(q_ne: Array, k_ne: Array, v_ne: Array, cos: Array, sin: Array,
-                          plan: SegmentPlan, *, num_heads: int, impl: str) -> Array:
+                          plan, *, num_heads: int, impl: str, which=0) -> Array:
   """Self-attention of a vision block: o = segment_attention(rope(q), rope(k), v) per head.
 
   q, k, v: [N, E] with E = num_heads * H (split into heads); cos, sin: [N, H] (rope applied in
-  float32). Returns o [N, E].
+  float32). plan: a SegmentPlan, or a tuple of them with `which` selecting one (a Python int, or
+  a traced int32 under a scanned layer stack: then lax.switch runs the selected plan's
+  attention). Returns o [N, E].
   """
   n, e = q_ne.shape
   shape = (n, num_heads, e // num_heads)
   q = apply_rotary(q_ne.reshape(shape), cos, sin, compute_dtype=jnp.float32)
   k = apply_rotary(k_ne.reshape(shape), cos, sin, compute_dtype=jnp.float32)
-  o = segment_attention(q, k, v_ne.reshape(shape), plan, impl=impl)
+  v = v_ne.reshape(shape)
+  plans = (plan,) if isinstance(plan, SegmentPlan) else tuple(plan)
+  if isinstance(which, (int, np.integer)) or len(plans) == 1:
+    o = segment_attention(q, k, v, plans[int(which) if len(plans) > 1 else 0], impl=impl)
+  else:
+    branches = [lambda q, k, v, p=p: segment_attention(q, k, v, p, impl=impl) for p in plans]
+    o = jax.lax.switch(which, branches, q, k, v)
   return o.reshape(n, e)
+
+
+def device_plans(plans) -> tuple[SegmentPlan, ...]:
+  """SegmentPlans with their index arrays as jnp arrays (to pass into a scanned stack)."""
+  return tuple(SegmentPlan(jnp.asarray(p.gather), jnp.asarray(p.valid), jnp.asarray(p.scatter))
+               for p in plans)
+
+
+def scanned_block(block_cls):
+  """The scan body around a vision block class (its __call__ (x, cos, sin, plans, which) -> x):
+  carry x, xs = `which` (the plan index of each block), broadcast (cos, sin, plans)."""
+
+  class ScannedBlock(block_cls):
+
+    def __call__(self, x, which, cos, sin, plans):  # pylint: disable=arguments-differ
+      return super().__call__(x, cos, sin, plans, which), None
+
+  ScannedBlock.__name__ = block_cls.__name__
+  return ScannedBlock
 
 
 class VisionQKV(nn.Module):
@@ -487,23 +566,75 @@ class Unembed(nn.Module):
 class KVInput(NamedTuple):
   """Per-call view of a KV cache given to the decoder (see kv_cache.py).
 
-  k, v: tuples (one per layer) of [B, cap, K, H]; slots: i32[B, C] cache slots written by this
-  chunk; mask: bool[B, 1, C, cap] (query i may attend to slot s).
+  k, v: tuples (one per layer) of [B, cap, K, H], or stacks [L, B, cap, K, H] for a scanned
+  decoder; slots: i32[B, C] cache slots written by this chunk; mask: bool[B, 1, C, cap] (query i
+  may attend to slot s).
   """
-  k: tuple
-  v: tuple
+  k: Any
+  v: Any
   slots: Array
   mask: Array
 
 
+# Rematerialisation policies by name (config `remat_policy`, used when `remat` is on): "full"
+# saves nothing inside a layer, "dots" every matmul output, "dots_no_batch" the matmuls without
+# batch dimensions (the projections and MLP on [B*T, D] rows; attention is recomputed),
+# "none" turns remat off.
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+
+
+def remat_wrap(cls, remat: bool, policy: str = "full", *, scanned: bool = False):
+  """`cls` under nn.remat with the named policy (see REMAT_POLICIES), or `cls` itself."""
+  if policy not in REMAT_POLICIES:
+    raise ValueError(f"unknown remat_policy {policy!r}; known: {REMAT_POLICIES}")
+  if not remat or policy == "none":
+    return cls
+  table = {"full": None, "dots": jax.checkpoint_policies.checkpoint_dots,
+           "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+  # Under scan, CSE across iterations is impossible, so the barrier that prevents it is not needed.
+  return nn.remat(cls, policy=table[policy], prevent_cse=not scanned)
+
+
+def scan_stack(body_cls, length: int, num_broadcast: int):
+  """nn.scan of `body_cls` over `length` layers: parameters stacked on a leading axis with the
+  logical name 'layers' (never sharded), one rng per layer; the call is
+  (carry, xs, *broadcast) -> (carry, ys) with `num_broadcast` broadcast arguments."""
+  return nn.scan(body_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+                 in_axes=(0,) + (nn.broadcast,) * num_broadcast, length=length,
+                 metadata_params={nn.PARTITION_NAME: "layers"})
+
+
+def scanned_decoder_layer(layer_cls):
+  """The scan body around a decoder layer class (its __call__ (x, cos, sin, mask, kv) ->
+  (x, new_kv)): carry (x, kv stacks or None), xs = the layer index i, broadcast
+  (cos, sin, mask, slots, extra); `after_layer(i, x, extra)` (a static field) runs after it."""
+
+  class ScannedDecoderLayer(layer_cls):
+    after_layer: Callable | None = None
+
+    def __call__(self, carry, i, cos, sin, mask, slots, extra):  # pylint: disable=arguments-differ
+      x, kv = carry
+      x, new_kv = super().__call__(x, cos, sin, mask, None if kv is None else (*kv, slots, i))
+      if self.after_layer is not None:
+        x = self.after_layer(i, x, extra)
+      return (x, new_kv), None
+
+  ScannedDecoderLayer.__name__ = layer_cls.__name__
+  return ScannedDecoderLayer
+
+
 class VLDecoderModel(nn.Module):
-  """The trunk both VL backbones share: vision tower `visual`, `embed_tokens`, decoder `layers_i`,
+  """The trunk both VL backbones share: vision tower `visual`, `embed_tokens`, decoder layers,
   final `norm` and (untied) `lm_head`, and the decoder pass over them (`decode`).
+
+  Decoder layers are `layers_i` (unrolled) or, with `config.scan_layers`, one scanned stack
+  `layers` whose parameters carry a leading axis of length num_hidden_layers (logical name
+  'layers'); the KV cache then holds stacks [L, B, cap, K, H] instead of per-layer tuples.
 
   Subclasses declare the field `config` (a whole-model config with text / vision sections) and
   set the class attributes VISION_TOWER (called as (vision_cfg, dtype, param_dtype, impl,
-  remat)) and DECODER_LAYER (called as (text_cfg, dtype, param_dtype, impl); its __call__ takes
-  (x, cos, sin, mask, kv) and returns (x, new_kv)).
+  remat, remat_policy, scan)) and DECODER_LAYER (called as (text_cfg, dtype, param_dtype,
+  impl); its __call__ takes (x, cos, sin, mask, kv) and returns (x, new_kv)).
   """
   VISION_TOWER = None
   DECODER_LAYER = None
@@ -513,14 +644,26 @@ class VLDecoderModel(nn.Module):
     t = cfg.text
     kw = dict(dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype)
     self.visual = self.VISION_TOWER(cfg.vision, cfg.compute_dtype, cfg.params_dtype,
-                                    cfg.attention_impl, cfg.remat)
+                                    cfg.attention_impl, cfg.remat, cfg.remat_policy,
+                                    cfg.scan_layers)
     self.embed_tokens = Embedding(t.vocab_size, t.hidden_size, **kw)
-    layer_cls = nn.remat(self.DECODER_LAYER) if cfg.remat else self.DECODER_LAYER
-    self.layers = [layer_cls(t, cfg.compute_dtype, cfg.params_dtype, cfg.attention_impl,
-                             name=f"layers_{i}") for i in range(t.num_hidden_layers)]
+    args = (t, cfg.compute_dtype, cfg.params_dtype, cfg.attention_impl)
+    if cfg.scan_layers:
+      body = remat_wrap(scanned_decoder_layer(self.DECODER_LAYER), cfg.remat, cfg.remat_policy,
+                        scanned=True)
+      self.layers = scan_stack(body, t.num_hidden_layers, 5)(
+          *args, after_layer=self.after_layer_fn())
+    else:
+      layer_cls = remat_wrap(self.DECODER_LAYER, cfg.remat, cfg.remat_policy)
+      self.layers = [layer_cls(*args, name=f"layers_{i}") for i in range(t.num_hidden_layers)]
     self.norm = RMSNorm(t.hidden_size, t.rms_norm_eps, **kw)
     if not cfg.tie_word_embeddings:
       self.lm_head = Unembed(t.hidden_size, t.vocab_size, cfg.params_dtype)
+
+  def after_layer_fn(self) -> Callable | None:
+    """A static (i, x, extra) -> x run after decoder layer i (i a traced int32 under scan), with
+    `extra` the pytree passed to `decode`; None for none (Qwen3-VL adds DeepStack features)."""
+    return None
 
   def unembedding_matrix(self) -> Array:
     if self.config.tie_word_embeddings:
@@ -528,25 +671,36 @@ class VLDecoderModel(nn.Module):
     return self.lm_head()
 
   def decode(self, x: Array, cos: Array, sin: Array, attention_mask, kv: KVInput | None,
-             return_hidden: bool, after_layer: Callable[[int, Array], Array] | None = None):
-    """Decoder layers (then `after_layer(i, x)` when given), final norm, and logits
-    f32[B, T, V] (or the normed hidden [B, T, D] with return_hidden). x: [B, T, D] embeddings.
-    With `kv`, returns (out, (k_tuple, v_tuple)) of the updated caches."""
+             return_hidden: bool, extra: Any = None):
+    """Decoder layers (each followed by `after_layer_fn()(i, x, extra)` when defined), final
+    norm, and logits f32[B, T, V] (or the normed hidden [B, T, D] with return_hidden).
+    x: [B, T, D] embeddings. With `kv`, returns (out, (k, v)) of the updated caches (per-layer
+    tuples, or stacks [L, B, cap, K, H] with scan_layers)."""
     mask = decoder_mask(attention_mask, None if kv is None else kv.mask)
-    new_k, new_v = [], []
-    for i, layer in enumerate(self.layers):
-      layer_kv = None if kv is None else (kv.k[i], kv.v[i], kv.slots)
-      x, lkv = layer(x, cos, sin, mask, layer_kv)
-      if lkv is not None:
-        new_k.append(lkv[0])
-        new_v.append(lkv[1])
-      if after_layer is not None:
-        x = after_layer(i, x)
+    if self.config.scan_layers:
+      stacks = None if kv is None else (kv.k, kv.v)
+      slots = None if kv is None else kv.slots
+      num = self.config.text.num_hidden_layers
+      (x, stacks), _ = self.layers((x, stacks), jnp.arange(num, dtype=jnp.int32), cos, sin,
+                                   mask, slots, extra)
+      new_kv = stacks
+    else:
+      after = self.after_layer_fn()
+      new_k, new_v = [], []
+      for i, layer in enumerate(self.layers):
+        layer_kv = None if kv is None else (kv.k[i], kv.v[i], kv.slots)
+        x, lkv = layer(x, cos, sin, mask, layer_kv)
+        if lkv is not None:
+          new_k.append(lkv[0])
+          new_v.append(lkv[1])
+        if after is not None:
+          x = after(i, x, extra)
+      new_kv = None if kv is None else (tuple(new_k), tuple(new_v))
     x = self.norm(x)
     if return_hidden:
       out = x
     else:
       out = logits_from_hidden(x, self.unembedding_matrix(), self.config.compute_dtype)
     if kv is not None:
-      return out, (tuple(new_k), tuple(new_v))
+      return out, new_kv
     return out

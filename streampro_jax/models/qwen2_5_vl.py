@@ -118,8 +118,12 @@ _VISION_KEYS = common.config_keys(VisionConfig, ("rope_theta", "rms_norm_eps"))
 class Qwen2_5_VLConfig(common.ConfigMixin):
   """Whole-model config. `dtype` = compute dtype, `param_dtype` = parameter dtype (names).
 
-  attention_impl: 'jax' | 'cudnn' | 'xla' (see layers.attention). remat: rematerialise each
-  decoder layer and vision block (nn.remat) in the backward pass.
+  attention_impl: 'jax' | 'cudnn' | 'xla' | 'jax_xla' (see layers.attention; 'jax' is cuDNN
+  flash attention on GPU in 16-bit, XLA elsewhere). remat: rematerialise each decoder layer and
+  vision block (nn.remat) in the backward pass, with `remat_policy` (layers.REMAT_POLICIES:
+  'full', 'dots', 'dots_no_batch', 'none'). scan_layers: decoder layers and vision blocks run
+  under nn.scan with parameters stacked on a leading 'layers' axis (fast init and compile;
+  `models.scan_params` / `unscan_params` convert between the layouts).
   """
   text: TextConfig = TextConfig()
   vision: VisionConfig = VisionConfig()
@@ -132,6 +136,8 @@ class Qwen2_5_VLConfig(common.ConfigMixin):
   param_dtype: str = "float32"
   attention_impl: str = "jax"
   remat: bool = False
+  remat_policy: str = "full"
+  scan_layers: bool = False
 
   model_type = MODEL_TYPE
 
@@ -381,16 +387,17 @@ class VisionBlock(nn.Module):
   impl: str
 
   @nn.compact
-  def __call__(self, x, cos, sin, gather, valid, scatter):
+  def __call__(self, x, cos, sin, plans, which):
+    """plans: (window plan, full plan) SegmentPlans; which: 0 (window) or 1 (full), a Python
+    int or a traced int32 (scanned stack)."""
     c = self.cfg
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = layers.RMSNorm(c.hidden_size, 1e-6, name="norm1", **kw)(x)
     with jax.named_scope("vision_attn"):
       qkv = layers.VisionQKV(c.hidden_size, self.param_dtype, self.dtype, name="attn")
       q, k, v, proj = qkv(h)
-      plan = layers.SegmentPlan(gather, valid, scatter)
-      o = layers.vision_rope_attention(q, k, v, cos, sin, plan, num_heads=c.num_heads,
-                                       impl=self.impl)
+      o = layers.vision_rope_attention(q, k, v, cos, sin, plans, num_heads=c.num_heads,
+                                       impl=self.impl, which=which)
       x = x + proj(o)
     h = layers.RMSNorm(c.hidden_size, 1e-6, name="norm2", **kw)(x)
     mlp = layers.GatedMLP(c.hidden_size, c.intermediate_size, c.hidden_act, use_bias=True,
@@ -409,6 +416,8 @@ class VisionTower(nn.Module):
   param_dtype: Any
   impl: str
   remat: bool = False
+  remat_policy: str = "full"
+  scan: bool = False
 
   @nn.compact
   def __call__(self, pixels: Array, grid_thw) -> Array:
@@ -423,12 +432,19 @@ class VisionTower(nn.Module):
                      name="patch_embed", **kw)(pixels.astype(self.dtype))
     cos, sin = layers.axial_rope_cos_sin(pos_hw, layers.rope_inv_freq(c.head_dim // 2,
                                                                       c.rope_theta))
-    block_cls = nn.remat(VisionBlock) if self.remat else VisionBlock
-    plans = {True: full, False: window}
-    for i in range(c.depth):
-      p = plans[i in c.fullatt_block_indexes]
-      x = block_cls(c, self.dtype, self.param_dtype, self.impl, name=f"blocks_{i}")(
-          x, cos, sin, jnp.asarray(p.gather), jnp.asarray(p.valid), jnp.asarray(p.scatter))
+    plans = layers.device_plans((window, full))
+    which = [int(i in c.fullatt_block_indexes) for i in range(c.depth)]
+    if self.scan:
+      body = layers.remat_wrap(layers.scanned_block(VisionBlock), self.remat, self.remat_policy,
+                               scanned=True)
+      x, _ = layers.scan_stack(body, c.depth, 3)(c, self.dtype, self.param_dtype, self.impl,
+                                                 name="blocks")(
+          x, jnp.asarray(which, jnp.int32), cos, sin, plans)
+    else:
+      block_cls = layers.remat_wrap(VisionBlock, self.remat, self.remat_policy)
+      for i in range(c.depth):
+        x = block_cls(c, self.dtype, self.param_dtype, self.impl, name=f"blocks_{i}")(
+            x, cos, sin, (plans[which[i]],), 0)
     return PatchMerger(c, self.dtype, self.param_dtype, name="merger")(x)
 
 
@@ -636,7 +652,7 @@ hf_name = common.hf_name
 _hf_name = hf_name  # old private name
 
 
-def hf_key_map(config: Qwen2_5_VLConfig) -> dict[str, tuple[tuple[str, ...], str]]:
+def _unrolled_hf_key_map(config: Qwen2_5_VLConfig) -> dict[str, tuple[tuple[str, ...], str]]:
   """HF safetensors key -> (our param path, transform) for every parameter.
 
   Keys are the ones transformers 5.23 writes for Qwen2_5_VLForConditionalGeneration
@@ -673,7 +689,13 @@ def _alias_hf_key(key: str) -> str:
   return key
 
 
-def load_hf_checkpoint(path: str, dtype=jnp.float32, shardings=None):
+def hf_key_map(config: Qwen2_5_VLConfig) -> dict:
+  """HF safetensors key -> (our param path, transform) in `config`'s layout: in the scanned
+  layout a path inside a layer stack ends with the layer index (see common.scanned_path)."""
+  return common.stacked_key_map(config, _unrolled_hf_key_map)
+
+
+def load_hf_checkpoint(path: str, dtype=jnp.float32, shardings=None, **overrides):
   """Reads config.json and (sharded) safetensors from `path` -> (config, params).
 
   dtype: parameter dtype (also set as config.param_dtype; compute dtype stays as in the default
@@ -682,7 +704,7 @@ def load_hf_checkpoint(path: str, dtype=jnp.float32, shardings=None):
   tensor at a time on the host.
   """
   return common.load_hf_checkpoint(path, Qwen2_5_VLConfig, init_params, hf_key_map, dtype=dtype,
-                                   shardings=shardings, alias=_alias_hf_key)
+                                   shardings=shardings, **overrides, alias=_alias_hf_key)
 
 
 def save_hf_checkpoint(config: Qwen2_5_VLConfig, params, path: str, *,
@@ -696,8 +718,9 @@ def save_hf_checkpoint(config: Qwen2_5_VLConfig, params, path: str, *,
 def params_from_hf_state_dict(config: Qwen2_5_VLConfig, state_dict: dict[str, Any],
                               dtype=jnp.float32) -> dict:
   """Our params from a HF state dict {key: array-like} (e.g. a torch model's state_dict() with
-  tensors converted to NumPy). Accepts saved and in-memory key names."""
-  key_map = hf_key_map(config)
+  tensors converted to NumPy). Accepts saved and in-memory key names. Returns the layout of
+  `config` (scanned stacks when config.scan_layers)."""
+  key_map = _unrolled_hf_key_map(config.replace(scan_layers=False))
   np_dtype = hf_io._np_dtype(dtype)
   params: dict = {}
   for key, value in state_dict.items():
@@ -712,7 +735,7 @@ def params_from_hf_state_dict(config: Qwen2_5_VLConfig, state_dict: dict[str, An
   missing = sorted(set(key_map) - {_alias_hf_key(k) for k in state_dict})
   if missing:
     raise ValueError(f"{len(missing)} tensors missing: {missing[:5]}")
-  return params
+  return common.scan_params(params) if config.scan_layers else params
 
 
 def synthetic_inputs(config: Qwen2_5_VLConfig, grids, *, batch: int = 1, text_len: int = 5,

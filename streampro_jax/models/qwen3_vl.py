@@ -129,7 +129,8 @@ class Qwen3VLConfig(common.ConfigMixin):
   """Whole-model config; same top-level fields and meaning as `qwen2_5_vl.Qwen2_5_VLConfig`.
 
   dtype = compute dtype, param_dtype = parameter dtype (names); attention_impl: 'jax' | 'cudnn' |
-  'xla' (layers.attention); remat: rematerialise each decoder layer and vision block.
+  'xla' | 'jax_xla' (layers.attention); remat, remat_policy: rematerialise each decoder layer and
+  vision block; scan_layers: scanned stacks (see `qwen2_5_vl.Qwen2_5_VLConfig`).
   """
   text: TextConfig = TextConfig()
   vision: VisionConfig = VisionConfig()
@@ -142,6 +143,8 @@ class Qwen3VLConfig(common.ConfigMixin):
   param_dtype: str = "float32"
   attention_impl: str = "jax"
   remat: bool = False
+  remat_policy: str = "full"
+  scan_layers: bool = False
 
   model_type = MODEL_TYPE
 
@@ -414,18 +417,29 @@ class VisionBlock(nn.Module):
   impl: str
 
   @nn.compact
-  def __call__(self, x, cos, sin, gather, valid, scatter):
+  def __call__(self, x, cos, sin, plan):
     c = self.cfg
     h = _layer_norm("vision_embed", c.layer_norm_eps, self.dtype, self.param_dtype, "norm1")(x)
     with jax.named_scope("vision_attn"):
       q, k, v, proj = layers.VisionQKV(c.hidden_size, self.param_dtype, self.dtype,
                                        name="attn")(h)
-      plan = layers.SegmentPlan(gather, valid, scatter)
       o = layers.vision_rope_attention(q, k, v, cos, sin, plan, num_heads=c.num_heads,
                                        impl=self.impl)
       x = x + proj(o)
     h = _layer_norm("vision_embed", c.layer_norm_eps, self.dtype, self.param_dtype, "norm2")(x)
     return x + VisionMLP(c, self.dtype, self.param_dtype, name="mlp")(h)
+
+
+class _ScannedVisionBlock(VisionBlock):
+  """Scan body: carry (x, kept [n, N, E]); xs = slot (the DeepStack slot that keeps this block's
+  output, or -1); broadcast (cos, sin, plan)."""
+
+  def __call__(self, carry, slot, cos, sin, plan):  # pylint: disable=arguments-differ
+    x, kept = carry
+    x = super().__call__(x, cos, sin, plan)
+    j = jnp.maximum(slot, 0)
+    kept = kept.at[j].set(jnp.where(slot >= 0, x, kept[j]))
+    return (x, kept), None
 
 
 class PatchMerger(nn.Module):
@@ -459,6 +473,8 @@ class VisionTower(nn.Module):
   param_dtype: Any
   impl: str
   remat: bool = False
+  remat_policy: str = "full"
+  scan: bool = False
 
   @nn.compact
   def __call__(self, pixels: Array, grid_thw) -> tuple[Array, tuple[Array, ...]]:
@@ -478,17 +494,29 @@ class VisionTower(nn.Module):
     x = x + pos.astype(x.dtype)
     cos, sin = layers.axial_rope_cos_sin(pos_hw, layers.rope_inv_freq(c.head_dim // 2,
                                                                       c.rope_theta))
-    block_cls = nn.remat(VisionBlock) if self.remat else VisionBlock
-    gather, valid, scatter = (jnp.asarray(plan.gather), jnp.asarray(plan.valid),
-                              jnp.asarray(plan.scatter))
-    deep = []
-    for i in range(c.depth):
-      x = block_cls(c, self.dtype, self.param_dtype, self.impl, name=f"blocks_{i}")(
-          x, cos, sin, gather, valid, scatter)
-      if i in c.deepstack_visual_indexes:
-        j = c.deepstack_visual_indexes.index(i)
-        deep.append(PatchMerger(c, self.dtype, self.param_dtype, postshuffle=True,
-                                name=f"deepstack_merger_list_{j}")(x))
+    (plan,) = layers.device_plans((plan,))
+    ds = c.deepstack_visual_indexes
+    if self.scan:
+      # The hidden states after the DeepStack blocks are kept in the carry (slot j of block
+      # ds[j]; -1 for the other blocks), then merged after the stack.
+      slot = np.full((c.depth,), -1, np.int32)
+      slot[list(ds)] = np.arange(len(ds))
+      body = layers.remat_wrap(_ScannedVisionBlock, self.remat, self.remat_policy, scanned=True)
+      keep = jnp.zeros((max(len(ds), 1),) + x.shape, x.dtype)
+      (x, keep), _ = layers.scan_stack(body, c.depth, 3)(
+          c, self.dtype, self.param_dtype, self.impl, name="blocks")(
+              (x, keep), jnp.asarray(slot), cos, sin, plan)
+      kept = [keep[j] for j in range(len(ds))]
+    else:
+      block_cls = layers.remat_wrap(VisionBlock, self.remat, self.remat_policy)
+      kept = []
+      for i in range(c.depth):
+        x = block_cls(c, self.dtype, self.param_dtype, self.impl, name=f"blocks_{i}")(
+            x, cos, sin, plan)
+        if i in ds:
+          kept.append(x)
+    deep = [PatchMerger(c, self.dtype, self.param_dtype, postshuffle=True,
+                        name=f"deepstack_merger_list_{j}")(h) for j, h in enumerate(kept)]
     merged = PatchMerger(c, self.dtype, self.param_dtype, name="merger")(x)
     return merged, tuple(deep)
 
@@ -583,6 +611,22 @@ def _add_at_tokens(x, ids, token_id, feats, batched: bool):
   return x + jnp.where((ids == token_id)[..., None], g.astype(x.dtype), 0)
 
 
+def _add_deepstack(i, x, extra):
+  """After decoder layer i: x + the i-th DeepStack features at their tokens, for each
+  (token_id, features [n, B, M, D] batched or [n, M, D] flat) of extra = (input_ids, adds); only
+  the first n layers add. i: a Python int (unrolled) or a traced int32 (scanned stack)."""
+  ids, adds = extra
+  for token_id, deep in adds:
+    n, batched = deep.shape[0], deep.ndim == 4
+    if isinstance(i, int):
+      if i < n:
+        x = _add_at_tokens(x, ids, token_id, deep[i], batched)
+    else:
+      y = _add_at_tokens(x, ids, token_id, deep[jnp.minimum(i, n - 1)], batched)
+      x = jnp.where(i < n, y, x)
+  return x
+
+
 class Qwen3_VL(layers.VLDecoderModel):  # pylint: disable=invalid-name
   """Qwen3-VL for conditional generation. See the module docstring for the call contract."""
   config: Qwen3VLConfig
@@ -642,13 +686,12 @@ class Qwen3_VL(layers.VLDecoderModel):  # pylint: disable=invalid-name
     cos, sin = layers.mrope_cos_sin(jnp.asarray(position_ids), layers.rope_inv_freq(
         t.head_dim, t.rope_theta), t.mrope_section, interleaved=True)
 
-    def add_deepstack(i, x):
-      for token_id, deep, is_batched in deep_adds:
-        if i < len(deep):
-          x = _add_at_tokens(x, input_ids, token_id, deep[i], is_batched)
-      return x
+    extra = (input_ids, tuple((jnp.asarray(tid, jnp.int32), jnp.stack(deep))
+                              for tid, deep, _ in deep_adds if deep))
+    return self.decode(x, cos, sin, attention_mask, kv, return_hidden, extra)
 
-    return self.decode(x, cos, sin, attention_mask, kv, return_hidden, add_deepstack)
+  def after_layer_fn(self):
+    return _add_deepstack
 
   def _host_position_ids(self, input_ids, video_grid_thw, attention_mask, image_grid_thw,
                          mm_token_type_ids, batched):
@@ -709,7 +752,7 @@ def init_params(config: Qwen3VLConfig, rng: Array):
 unembedding = common.unembedding
 
 
-def hf_key_map(config: Qwen3VLConfig) -> dict[str, tuple[tuple[str, ...], Any]]:
+def _unrolled_hf_key_map(config: Qwen3VLConfig) -> dict[str, tuple[tuple[str, ...], Any]]:
   """HF safetensors key -> (our param path, transform) for every parameter.
 
   Keys as transformers 5.23 (and the released Qwen3-VL checkpoints) name them:
@@ -745,7 +788,13 @@ def hf_key_map(config: Qwen3VLConfig) -> dict[str, tuple[tuple[str, ...], Any]]:
   return out
 
 
-def load_hf_checkpoint(path: str, dtype=jnp.float32, shardings=None):
+def hf_key_map(config: Qwen3VLConfig) -> dict:
+  """HF safetensors key -> (our param path, transform) in `config`'s layout: in the scanned
+  layout a path inside a layer stack ends with the layer index (see common.scanned_path)."""
+  return common.stacked_key_map(config, _unrolled_hf_key_map)
+
+
+def load_hf_checkpoint(path: str, dtype=jnp.float32, shardings=None, **overrides):
   """Reads config.json and (sharded) safetensors from `path` -> (config, params).
 
   dtype: parameter dtype (also set as config.param_dtype). shardings: optional pytree (same
@@ -753,7 +802,7 @@ def load_hf_checkpoint(path: str, dtype=jnp.float32, shardings=None):
   A tied checkpoint's lm_head.weight, when present, is ignored.
   """
   return common.load_hf_checkpoint(path, Qwen3VLConfig, init_params, hf_key_map, dtype=dtype,
-                                   shardings=shardings)
+                                   shardings=shardings, **overrides)
 
 
 def save_hf_checkpoint(config: Qwen3VLConfig, params, path: str, *,

@@ -336,7 +336,8 @@ def load_initial_params(config, model_config, abstract_params, param_shardings, 
                           param_shardings, int(init.get("sft_step", -1)))
   if config.model.get("hf_checkpoint"):
     _, params = backbone.load_hf_checkpoint(config.model.hf_checkpoint, dtype=jnp.float32,
-                                            shardings=param_shardings)
+                                            shardings=param_shardings,
+                                            scan_layers=model_config.scan_layers)
     logging.info("initial params: %s", config.model.hf_checkpoint)
     return params
   logging.warning("no config.init.sft_workdir nor model.hf_checkpoint: GRPO from a RANDOM init")

@@ -409,7 +409,8 @@ def _load_hf_state(config, model_config, tokenizer, tx, shardings, mesh):
   from streampro_jax.data import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
   from streampro_jax import models  # pylint: disable=g-import-not-at-top
   _, params = models.backbone_module(model_config).load_hf_checkpoint(
-      config.model.hf_checkpoint, dtype=jnp.float32, shardings=shardings.params)
+      config.model.hf_checkpoint, dtype=jnp.float32, shardings=shardings.params,
+      scan_layers=model_config.scan_layers)
   if config.model.get("reinit_decision_rows", True):
     ids = tok_lib.decision_token_ids(tokenizer)
     v = model_config.text.vocab_size
