@@ -43,6 +43,8 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("q_heads", "tensor"),
     ("kv_heads", "tensor"),
     ("norm", None),
+    # The leading axis of scanned layer stacks (decoder layers, vision blocks): never sharded.
+    ("layers", None),
     # Vision tower and merger.
     ("vision_embed", "fsdp"),
     ("vision_mlp", "tensor"),

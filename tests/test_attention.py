@@ -71,7 +71,7 @@ def test_block_causal_xla_gradients_match_jax_impl():
     return (layers.attention(q, k, v, mask=mask, impl=impl, is_causal=True) * w).sum()
 
   g_xla = jax.grad(lambda *a: loss("xla", *a), argnums=(0, 1, 2))(q, k, v)
-  g_jax = jax.grad(lambda *a: loss("jax", *a), argnums=(0, 1, 2))(q, k, v)
+  g_jax = jax.grad(lambda *a: loss("jax_xla", *a), argnums=(0, 1, 2))(q, k, v)
   for a, e in zip(g_xla, g_jax):
     np.testing.assert_allclose(np.asarray(a), np.asarray(e), atol=1e-5)
 
@@ -110,3 +110,26 @@ def test_fully_masked_query_is_finite():
   got = layers.attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), mask=jnp.asarray(mask),
                          impl="xla", is_causal=True)
   assert np.isfinite(np.asarray(got)).all()
+
+
+def test_lengths_equal_the_padding_mask_they_stand_for():
+  """`lengths` (the cuDNN form of right padding) gives the attention of the dense mask it stands
+  for, causal and not, on the XLA paths; 'jax' resolves to 'xla' on CPU and to cuDNN only on GPU
+  in 16-bit."""
+  t = 40
+  q, k, v = _inputs(t, seed=5)
+  lengths = jnp.asarray([t, t - 13])
+  dense = jnp.asarray(np.arange(t)[None, :] < np.asarray(lengths)[:, None])[:, None, None, :]
+  for causal in (False, True):
+    for impl in ("xla", "jax_xla"):
+      got = layers.attention(q, k, v, lengths=lengths, impl=impl, is_causal=causal)
+      want = layers.attention(q, k, v, mask=dense, impl=impl, is_causal=causal)
+      real = np.arange(t) < np.asarray(lengths)[:, None]  # padded query rows are unspecified
+      np.testing.assert_allclose(np.asarray(got)[real], np.asarray(want)[real], atol=1e-6)
+  assert layers.resolve_impl("jax", jnp.bfloat16) == (
+      "cudnn" if jax.default_backend() == "gpu" else "xla")
+  assert layers.resolve_impl("jax", jnp.float32) == "xla"
+  with pytest.raises(ValueError, match="unknown attention impl"):
+    layers.resolve_impl("flash", jnp.float32)
+  with pytest.raises(ValueError, match="lengths"):
+    layers.attention(q.astype(jnp.bfloat16), k, v, mask=dense, impl="cudnn")

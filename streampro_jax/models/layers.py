@@ -27,7 +27,6 @@ Shapes use B batch, T query length, S key length, N query heads, K kv heads, H h
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, NamedTuple
 from collections.abc import Callable, Sequence
 
@@ -510,7 +509,7 @@ def fill_tokens(embeds: Array, ids: Array, token_id: int, feats: Array, batched:
   """
   is_tok = ids == token_id
   m = feats.shape[-2]
-  if not isinstance(ids, jax.core.Tracer):
+  if not isinstance(is_tok, jax.core.Tracer):  # (concrete ids closed over by a jit are traced)
     counts = np.asarray(is_tok).sum(axis=1)
     if batched and (counts > m).any():
       raise ValueError(f"rows hold {counts.tolist()} vision tokens but only {m} visual tokens "

@@ -163,6 +163,7 @@ class Checkpointer:
     Returns:
       The restored state.
     """
+    self._check_layout(step, abstract_state)
     target = abstract_with_shardings(abstract_state, shardings)
     items = {STATE: ocp.args.StandardRestore(target)}
     has_data = (self.directory / str(step) / DATA).exists()
@@ -173,6 +174,33 @@ class Checkpointer:
     restored = self.manager.restore(int(step), args=ocp.args.Composite(**items))
     logging.info("restored checkpoint %d from %s", step, self.directory)
     return restored[STATE]
+
+  def saved_layout(self, step: int) -> str:
+    """'scanned' | 'unrolled' | 'unknown': the layer layout of checkpoint `step`'s parameters
+    (from orbax's tree metadata; nothing is read)."""
+    try:
+      meta = self.manager.item_metadata(int(step))[STATE]
+    except Exception:  # pylint: disable=broad-except  (no metadata: cannot tell)
+      return "unknown"
+    meta = getattr(meta, "tree", meta)  # orbax TreeMetadata -> the saved tree
+    params = meta.get("params") if hasattr(meta, "get") else getattr(meta, "params", None)
+    if params is None or not hasattr(params, "keys"):
+      return "unknown"
+    from streampro_jax.models import common  # pylint: disable=g-import-not-at-top
+    return common.layout_of(dict(params))
+
+  def _check_layout(self, step: int, abstract_state) -> None:
+    """A checkpoint of one layer layout never loads into the other (model.scan_layers)."""
+    from streampro_jax.models import common  # pylint: disable=g-import-not-at-top
+    params = getattr(abstract_state, "params", None)
+    want = common.layout_of(params) if isinstance(params, dict) else "unknown"
+    have = self.saved_layout(step)
+    if "unknown" not in (want, have) and want != have:
+      raise ValueError(
+          f"checkpoint {step} in {self.directory} holds {have} layer stacks but this run's "
+          f"model is {want} (model.scan_layers={want == 'scanned'}): set model.scan_layers="
+          f"{have == 'scanned'} to resume it, or convert the parameters with "
+          f"streampro_jax.models.scan_params / unscan_params")
 
   def restore_or(self, state, shardings, data_iterator=None):
     """Restores the newest checkpoint if any; else returns ``state`` unchanged.
