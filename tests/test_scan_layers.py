@@ -205,6 +205,6 @@ def test_orbax_checkpoint_refuses_the_other_layout(tmp_path):
   for scan in (False, True):
     ck, _, _ = saved[scan]
     _, abstract, shardings = saved[not scan]
-    with pytest.raises(ValueError, match="layout"):
+    with pytest.raises(ValueError, match="layer stacks but this run"):
       ck.restore(1, abstract, shardings)
     ck.restore(1, saved[scan][1], saved[scan][2])  # its own layout restores
