@@ -108,6 +108,29 @@ def bench_decode(config, workdir, rows: int, new_tokens: int, repeats: int = 2):
           "ratio": ours_tps / theirs_tps, "torch_threads": torch.get_num_threads()}
 
 
+def demo_grpo_config():
+  """The demo's GRPO stage shapes (configs/demo.py "default": 4 samples x G 8, 16 turns, T 0.7,
+  18 text tokens, seq_len 768, its tiny model and system prompt) on SynthStream records generated
+  on the fly (no TFDS data dir, no SFT checkpoint: random init)."""
+  from configs import demo  # pylint: disable=g-import-not-at-top
+  d = demo.get_config("default")
+  c = tiny_synthetic_grpo.get_config()
+  c.model = d.model
+  c.global_batch_size = int(d.grpo.batch_size)
+  c.grpo.group_size = int(d.grpo.group_size)
+  c.grpo.temperature = float(d.grpo.temperature)
+  c.grpo.max_response_tokens = int(d.grpo.max_response_tokens)
+  c.data.seq_len = int(d.grpo.seq_len)
+  c.data.max_turns = int(d.max_turns)
+  c.data.frame_size = int(d.frame_size)
+  c.data.synth = dict(d.data.synth)
+  c.data.system_prompt = str(d.system_prompt)
+  c.rollout.constrain_decision = bool(d.grpo.constrain_decision)
+  c.rollout.user_chunk_len = 96
+  c.rollout.capacity = 1024
+  return c
+
+
 def bench_grpo(config, workdir, steps: int):
   trainer = grpo_trainer.GRPOTrainer(config, workdir)
   out = []
@@ -126,14 +149,20 @@ def main() -> None:
   p.add_argument("--rows", type=int, default=8)
   p.add_argument("--new_tokens", type=int, default=32)
   p.add_argument("--grpo_steps", type=int, default=2, help="timed steps after the first")
+  p.add_argument("--grpo_config", choices=("tiny", "demo"), default="tiny",
+                 help="tiny: configs/tiny_synthetic_grpo; demo: the demo's GRPO stage shapes")
+  p.add_argument("--skip_decode", action="store_true")
   args = p.parse_args()
   config = tiny_synthetic_grpo.get_config()
   config.tensorboard = False
   print(f"devices: {jax.devices()}")
   with tempfile.TemporaryDirectory() as tmp:
-    d = bench_decode(config, tmp, args.rows, args.new_tokens)
-    print(f"decode: {d}")
-    for i, m in enumerate(bench_grpo(config, os.path.join(tmp, "grpo"), args.grpo_steps)):
+    if not args.skip_decode:
+      d = bench_decode(config, tmp, args.rows, args.new_tokens)
+      print(f"decode: {d}")
+    gcfg = demo_grpo_config() if args.grpo_config == "demo" else config
+    gcfg.tensorboard = False
+    for i, m in enumerate(bench_grpo(gcfg, os.path.join(tmp, "grpo"), args.grpo_steps)):
       print(f"grpo step {i + 2}: " + ", ".join(f"{k} {v:.3g}" for k, v in m.items()))
 
 
