@@ -10,8 +10,9 @@ What one call of `StreamingSampler.sample` does (SPEC sections 1 and 3):
        <|im_start|>assistant\\n
      with that second's frames, and sample the assistant message from the last logits: the
      decision token first, then (after </Response>) text tokens until <|im_end|> or
-     `max_text_tokens`; each sampled token is fed back through the cache in a [N, 1] step with
-     a per-row chunk_mask, so rows that have finished feed nothing.
+     `max_text_tokens`. The message is decoded on device (`decode_message`: one jitted
+     lax.while_loop over [N, 1] steps through the cache, a per-row chunk_mask so that rows that
+     have finished feed nothing); the host reads the turn's messages once, after the loop.
   3. the final <|im_end|> of a message is not fed by a step of its own: it opens the next turn's
      user chunk together with the "\\n" of the chat format (one forward less per turn). For the
      sliding window those two tokens belong to turn k + 1 (they are evicted one turn after the
@@ -19,7 +20,7 @@ What one call of `StreamingSampler.sample` does (SPEC sections 1 and 3):
 
 Compilation: three jitted functions with fixed shapes, each compiled once per sampler: the
 pinned prefix [N, S], the user chunk [N, C_user] (one bucket; rows padded with chunk_mask = 0)
-and the single-token step [N, 1]. Their cache sizes are `compile_counts()`.
+and the message decode (a while loop of [N, 1] steps). Their cache sizes are `compile_counts()`.
 
 Sampling (per row, inside the jitted functions): temperature 0 -> argmax; otherwise softmax of
 logits / temperature restricted to the top-p nucleus (the smallest set of most likely tokens whose
