@@ -1,20 +1,26 @@
-"""Rollout throughput against transformers `generate`, and the time split of one GRPO step.
+"""Rollout throughput against transformers `generate`, per-turn latency, and one GRPO step.
 
-Three measurements on this machine (default: the tiny_synthetic_grpo model, CPU):
+Four measurements on this machine (default: the tiny_synthetic_grpo model, CPU):
 
-1. Decode, same work on both sides: N rows start from the same prefix (system prompt + turn 0
-   with its frames + assistant header) and sample `--new_tokens` tokens each at temperature 1
-   with a KV cache. Ours: rollout.StreamingSampler on a one-turn prompt with max_text_tokens =
-   new_tokens (rows that sample <|im_end|> early stop; the count is what was sampled). Reference:
-   transformers Qwen2_5_VLForConditionalGeneration.generate(do_sample=True, use_cache=True,
-   min_new_tokens = max_new_tokens) with the SAME weights (a torch model of our config, exported
-   with params_from_hf_state_dict). Reported: sampled tokens/s each, and their ratio.
-2. Streaming rollout: G rollouts of B SynthStream samples, turn by turn (what GRPO runs):
-   sampled tokens/s and all-tokens/s.
-3. One GRPO step (GRPOTrainer.train_step, random init, tiny config): rollout / judge+rewards /
-   update seconds, after a first step that compiles.
+1. Decode, same work on both sides (benchmarks/rollout_decode.py): N rows start from the same
+   one-turn prefix (`--prefix_len` tokens: text around one frame's visual tokens, with its
+   frames) and each samples exactly `--new_tokens` tokens at temperature 1 with a KV cache, on
+   the same weights. Ours: a jitted prefill + rollout.decode_message (the sampler's on-device
+   message loop). Reference: transformers Qwen2_5_VLForConditionalGeneration.generate(
+   do_sample=True, use_cache=True, min_new_tokens = max_new_tokens) on a torch copy of the
+   params. Reported: tokens/s each (prefill + decode, median of `--repeats`), and their ratio.
+2. Streaming rollout: G rollouts of B SynthStream samples, turn by turn (what GRPO runs, the
+   sampler's `sample`): sampled tokens/s and all tokens/s.
+3. Per-turn latency of one live stream (1 row): each turn = that second's frames and visual
+   tokens, the decision (forced </Response>) and a short answer of `--answer_tokens` text
+   tokens: median and max seconds per turn (what a live user waits after each second).
+4. One GRPO step (GRPOTrainer.train_step, random init): rollout / judge+rewards / update
+   seconds, after a first step that compiles; `--grpo_config demo` uses the demo's GRPO stage
+   shapes (4 samples x G 8, 16 turns, 18 text tokens).
 
   .venv/bin/python benchmarks/rollout.py --rows 8 --new_tokens 32 --grpo_steps 2
+  .venv/bin/python benchmarks/rollout.py --skip_decode --skip_stream --grpo_config demo \
+      --grpo_steps 3
 """
 
 from __future__ import annotations
@@ -28,10 +34,13 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+import rollout_decode  # noqa: E402  (benchmarks/rollout_decode.py)
 from configs import tiny_synthetic_grpo  # noqa: E402
 from streampro_jax import rollout  # noqa: E402
 from streampro_jax.data import chat_format, pipeline, synthetic  # noqa: E402
@@ -49,63 +58,100 @@ def _setup(config, workdir):
   return tok, mcfg, pcfg, proc, (1, gh, gw), chat
 
 
-def _torch_model(mcfg, seed=0):
-  import torch  # pylint: disable=g-import-not-at-top
-  import transformers  # pylint: disable=g-import-not-at-top
-  hf = transformers.Qwen2_5_VLConfig(**mcfg.to_hf())
-  hf._attn_implementation = "sdpa"  # pylint: disable=protected-access
-  torch.manual_seed(seed)
-  m = transformers.Qwen2_5_VLForConditionalGeneration(hf).eval()
-  sd = {k: v.detach().numpy() for k, v in m.state_dict().items()}
-  return m, qwen2_5_vl.params_from_hf_state_dict(mcfg, sd)
+def _params(mcfg, seed=0):
+  return nn.unbox(jax.jit(lambda r: qwen2_5_vl.init_params(mcfg, r))(jax.random.key(seed)))
 
 
-def bench_decode(config, workdir, rows: int, new_tokens: int, repeats: int = 2):
-  import torch  # pylint: disable=g-import-not-at-top
-  tok, mcfg, pcfg, proc, grid, chat = _setup(config, workdir)
-  model, params = _torch_model(mcfg)
+def bench_decode(config, workdir, rows: int, new_tokens: int, prefix_len: int, repeats: int):
+  """Ours vs transformers generate, same prefix / weights / new tokens (rollout_decode)."""
+  _, mcfg, _, _, grid, _ = _setup(config, workdir)
+  params = _params(mcfg)
+  kw = dict(rows=rows, prefix_len=prefix_len, new_tokens=new_tokens, repeats=repeats, grid=grid)
+  ours = rollout_decode.decode_throughput(mcfg, params, **kw)
+  theirs = rollout_decode.hf_generate_throughput(mcfg, params, device="cpu", **kw)
+  return {"rows": rows, "new_tokens": new_tokens, "prefix_tokens": prefix_len,
+          "ours_tokens_per_s": ours["tokens_per_s"],
+          "ours_decode_only_tokens_per_s": ours["decode_tokens_per_s"],
+          "transformers_tokens_per_s": theirs["tokens_per_s"],
+          "ratio": ours["tokens_per_s"] / theirs["tokens_per_s"],
+          "torch_threads": theirs["torch_threads"]}
+
+
+def _stream_prompts(config, proc, pcfg, n, *, max_turns, force_all=False):
   synth_cfg = synthetic.SynthConfig.from_dict(dict(config.data.synth))
-  rec = next(r for r in (synthetic.make_record("train", i, config=synth_cfg) for i in range(50))
-             if r.questions[0].ask_time < 1.0)  # asked on turn 0
-  prompt = rollout.prompt_from_record(rec, rec.questions[0], synthetic.render_frames(rec), proc,
-                                      max_turns=1, frame_size=(pcfg.frame_height,
-                                                               pcfg.frame_width))
-  sampler = rollout.StreamingSampler(mcfg, chat, rollout.SamplerConfig(
-      temperature=1.0, max_text_tokens=new_tokens - 1, pad_multiple=64), video_grid=grid)
-  ours = []
+  out = []
+  for i in range(n):
+    rec = synthetic.make_record("train", i, config=synth_cfg)
+    p = rollout.prompt_from_record(rec, rec.questions[0], synthetic.render_frames(rec), proc,
+                                   max_turns=max_turns,
+                                   frame_size=(pcfg.frame_height, pcfg.frame_width))
+    if force_all:
+      p.force_response_turns = tuple(range(p.num_turns))
+    out.append(p)
+  return out
+
+
+def bench_stream(config, workdir, samples: int, group: int, repeats: int):
+  """G rollouts of B SynthStream samples (the GRPO config's sampler settings)."""
+  _, mcfg, pcfg, proc, grid, chat = _setup(config, workdir)
+  params = _params(mcfg)
+  prompts = _stream_prompts(config, proc, pcfg, samples, max_turns=int(config.data.max_turns))
+  sampler = rollout.StreamingSampler(mcfg, chat, grpo_trainer.sampler_config(config),
+                                     video_grid=grid)
+  out = []
   for i in range(repeats + 1):
     t = time.perf_counter()
-    out = sampler.sample(params, [prompt], group_size=rows, seed=i)
-    dt = time.perf_counter() - t
-    if i:  # the first call compiles
-      ours.append(((out.loss_mask + out.forced_mask).sum(), dt))
-  # The same prefix for transformers: system + turn 0 (question, frames) + assistant header.
-  ids = np.concatenate([chat.system_ids(), chat.user_turn_ids(0, prompt.question),
-                        chat.assistant_header_ids()]).astype(np.int64)
-  types = np.zeros_like(ids)
-  types[ids == mcfg.video_token_id] = 2
-  kw = dict(input_ids=torch.tensor(np.tile(ids, (rows, 1))),
-            attention_mask=torch.ones((rows, len(ids)), dtype=torch.long),
-            mm_token_type_ids=torch.tensor(np.tile(types, (rows, 1))),
-            pixel_values_videos=torch.tensor(np.tile(prompt.pixel_values[0], (rows, 1))),
-            video_grid_thw=torch.tensor(np.tile(np.asarray([grid]), (rows, 1))),
-            second_per_grid_ts=torch.ones(rows))
-  theirs = []
-  for i in range(repeats + 1):
-    torch.manual_seed(i)
-    t = time.perf_counter()
-    with torch.no_grad():
-      gen = model.generate(**kw, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                           max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                           use_cache=True, eos_token_id=None, pad_token_id=0)
+    rb = sampler.sample(params, prompts, group_size=group, seed=i)
     dt = time.perf_counter() - t
     if i:
-      theirs.append((rows * (gen.shape[1] - len(ids)), dt))
-  ours_tps = sum(n for n, _ in ours) / sum(t for _, t in ours)
-  theirs_tps = sum(n for n, _ in theirs) / sum(t for _, t in theirs)
-  return {"rows": rows, "new_tokens": new_tokens, "prefix_tokens": len(ids),
-          "ours_tokens_per_s": ours_tps, "transformers_tokens_per_s": theirs_tps,
-          "ratio": ours_tps / theirs_tps, "torch_threads": torch.get_num_threads()}
+      out.append((float((rb.loss_mask + rb.forced_mask).sum()), float(rb.lengths.sum()), dt))
+  secs = sum(x[2] for x in out)
+  return {"rows": samples * group, "turns": [p.num_turns for p in prompts],
+          "sampled_tokens_per_s": sum(x[0] for x in out) / secs,
+          "all_tokens_per_s": sum(x[1] for x in out) / secs, "seconds_per_call": secs / repeats}
+
+
+def bench_turn_latency(config, workdir, answer_tokens: int, turns: int, repeats: int):
+  """One live stream: seconds per turn (frames + visual tokens, decision, short answer)."""
+  _, mcfg, pcfg, proc, grid, chat = _setup(config, workdir)
+  params = _params(mcfg)
+  prompt = _stream_prompts(config, proc, pcfg, 1, max_turns=turns, force_all=True)[0]
+  sampler = rollout.StreamingSampler(mcfg, chat, rollout.SamplerConfig(
+      temperature=1.0, max_text_tokens=answer_tokens), video_grid=grid)
+  per_turn, tokens = [], []
+  for i in range(repeats + 1):
+    stamps = [time.perf_counter()]
+    rb = sampler.sample(params, [prompt], seed=i,
+                        on_turn=lambda k, n: stamps.append(time.perf_counter()))
+    if i:
+      per_turn += list(np.diff(stamps)[1:])   # turn 0 also holds the system prefix
+      tokens.append(float((rb.loss_mask + rb.forced_mask).sum()) / prompt.num_turns)
+  return {"turns": prompt.num_turns, "visual_tokens_per_turn": sampler.tokens_per_turn,
+          "message_tokens_per_turn": float(np.mean(tokens)),
+          "median_turn_s": float(np.median(per_turn)), "max_turn_s": float(np.max(per_turn))}
+
+
+def demo_grpo_config():
+  """The demo's GRPO stage shapes (configs/demo.py "default": 4 samples x G 8, 16 turns, T 0.7,
+  18 text tokens, seq_len 768, its tiny model and system prompt) on SynthStream records generated
+  on the fly (no TFDS data dir, no SFT checkpoint: random init)."""
+  from configs import demo  # pylint: disable=g-import-not-at-top
+  d = demo.get_config("default")
+  c = tiny_synthetic_grpo.get_config()
+  c.model = d.model
+  c.global_batch_size = int(d.grpo.batch_size)
+  c.grpo.group_size = int(d.grpo.group_size)
+  c.grpo.temperature = float(d.grpo.temperature)
+  c.grpo.max_response_tokens = int(d.grpo.max_response_tokens)
+  c.data.seq_len = int(d.grpo.seq_len)
+  c.data.max_turns = int(d.max_turns)
+  c.data.frame_size = int(d.frame_size)
+  c.data.synth = dict(d.data.synth)
+  c.data.system_prompt = str(d.system_prompt)
+  c.rollout.constrain_decision = bool(d.grpo.constrain_decision)
+  c.rollout.user_chunk_len = 96
+  c.rollout.capacity = 1024
+  return c
 
 
 def bench_grpo(config, workdir, steps: int):
@@ -125,16 +171,32 @@ def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--rows", type=int, default=8)
   p.add_argument("--new_tokens", type=int, default=32)
-  p.add_argument("--grpo_steps", type=int, default=2, help="timed steps after the first")
+  p.add_argument("--prefix_len", type=int, default=275)
+  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--answer_tokens", type=int, default=8)
+  p.add_argument("--grpo_steps", type=int, default=2, help="timed steps after the first (0: none)")
+  p.add_argument("--grpo_config", choices=("tiny", "demo"), default="tiny",
+                 help="tiny: configs/tiny_synthetic_grpo; demo: the demo's GRPO stage shapes")
+  p.add_argument("--skip_decode", action="store_true")
+  p.add_argument("--skip_stream", action="store_true", help="skip streaming rate and latency")
   args = p.parse_args()
   config = tiny_synthetic_grpo.get_config()
   config.tensorboard = False
-  print(f"devices: {jax.devices()}")
+  print(f"devices: {jax.devices()}  load average {os.getloadavg()}", flush=True)
   with tempfile.TemporaryDirectory() as tmp:
-    d = bench_decode(config, tmp, args.rows, args.new_tokens)
-    print(f"decode: {d}")
-    for i, m in enumerate(bench_grpo(config, os.path.join(tmp, "grpo"), args.grpo_steps)):
-      print(f"grpo step {i + 2}: " + ", ".join(f"{k} {v:.3g}" for k, v in m.items()))
+    if not args.skip_decode:
+      print(f"decode: {bench_decode(config, tmp, args.rows, args.new_tokens, args.prefix_len, args.repeats)}",
+            flush=True)
+    if not args.skip_stream:
+      print(f"stream: {bench_stream(config, tmp, 2, 4, args.repeats)}", flush=True)
+      print(f"turn latency: {bench_turn_latency(config, tmp, args.answer_tokens, 16, args.repeats)}",
+            flush=True)
+    if args.grpo_steps:
+      gcfg = demo_grpo_config() if args.grpo_config == "demo" else config
+      gcfg.tensorboard = False
+      for i, m in enumerate(bench_grpo(gcfg, os.path.join(tmp, "grpo"), args.grpo_steps)):
+        print(f"grpo step {i + 2}: " + ", ".join(f"{k} {v:.3g}" for k, v in m.items()), flush=True)
+    print(f"load average {os.getloadavg()}")
 
 
 if __name__ == "__main__":

@@ -10,8 +10,9 @@ What one call of `StreamingSampler.sample` does (SPEC sections 1 and 3):
        <|im_start|>assistant\\n
      with that second's frames, and sample the assistant message from the last logits: the
      decision token first, then (after </Response>) text tokens until <|im_end|> or
-     `max_text_tokens`; each sampled token is fed back through the cache in a [N, 1] step with
-     a per-row chunk_mask, so rows that have finished feed nothing.
+     `max_text_tokens`. The message is decoded on device (`decode_message`: one jitted
+     lax.while_loop over [N, 1] steps through the cache, a per-row chunk_mask so that rows that
+     have finished feed nothing); the host reads the turn's messages once, after the loop.
   3. the final <|im_end|> of a message is not fed by a step of its own: it opens the next turn's
      user chunk together with the "\\n" of the chat format (one forward less per turn). For the
      sliding window those two tokens belong to turn k + 1 (they are evicted one turn after the
@@ -19,7 +20,7 @@ What one call of `StreamingSampler.sample` does (SPEC sections 1 and 3):
 
 Compilation: three jitted functions with fixed shapes, each compiled once per sampler: the
 pinned prefix [N, S], the user chunk [N, C_user] (one bucket; rows padded with chunk_mask = 0)
-and the single-token step [N, 1]. Their cache sizes are `compile_counts()`.
+and the message decode (a while loop of [N, 1] steps). Their cache sizes are `compile_counts()`.
 
 Sampling (per row, inside the jitted functions): temperature 0 -> argmax; otherwise softmax of
 logits / temperature restricted to the top-p nucleus (the smallest set of most likely tokens whose
@@ -49,7 +50,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -400,24 +401,151 @@ def _round_up(n: int, m: int) -> int:
   return -(-int(n) // int(m)) * int(m)
 
 
+def row_keys(key: jax.Array, turn, step, n: int) -> jax.Array:
+  """The N PRNG keys of draw `step` of turn `turn`: fold_in(fold_in(fold_in(key, turn), step), r)
+  for rows r = 0 .. N-1 (step 0 is the message's first token, drawn from the user chunk)."""
+  k = jax.random.fold_in(jax.random.fold_in(key, turn), step)
+  return jax.vmap(lambda r: jax.random.fold_in(k, r))(jnp.arange(n))
+
+
+class Message(NamedTuple):
+  """One assistant message of every row (device or host arrays), M = max_sampled + 1.
+
+  tokens i32[N, M] (entries past `length` are 0); old_logps / sampling_logps f32[N, M] (see the
+  module docstring); forced bool[N, M] the token was forced; length i32[N] tokens of the message,
+  the final <|im_end|> included (0 for rows without this turn).
+  """
+  tokens: Any
+  old_logps: Any
+  sampling_logps: Any
+  forced: Any
+  length: Any
+
+
+def decode_message(params, cache: kv_cache.KVCache, first: tuple, active: jax.Array,
+                   next_position: jax.Array, turn: jax.Array, key: jax.Array, *, model_config,
+                   sampling: Callable, end_id: int, max_sampled: int, silence_id: int = -1
+                   ) -> tuple[Message, kv_cache.KVCache]:
+  """Generates the rest of one assistant message of every row on device (one lax.while_loop).
+
+  Args:
+    params, cache: the model parameters and the KV cache after the turn's user chunk.
+    first: (token i32[N], old_logp f32[N], sampling_logp f32[N], forced bool[N]) the message's
+      first token, drawn from the user chunk's last logits.
+    active: bool[N] rows that have this turn (the others feed nothing and get length 0).
+    next_position: i32[N] the M-RoPE position of the first token; text token i of the message
+      sits at next_position + i on all three axes.
+    turn: i32[] the turn id (cache turn of the fed tokens and PRNG fold-in).
+    key: the rollout's PRNG key.
+    model_config: the backbone config (static); sampling: fn(logits f32[N, V], keys, force i32[N],
+      restrict bool[N]) -> (token, old_logp, sampling_logp), e.g. a partial of `sample_tokens`.
+    end_id: <|im_end|>; max_sampled: tokens after which <|im_end|> is forced; silence_id >= 0:
+      <|im_end|> is also forced right after a first token equal to it (constrained decision).
+
+  Step s = 1, 2, ...: every row that is not done feeds its token s - 1 through the cache
+  ([N, 1] extend, chunk_mask = not done, position next_position + s - 1) and draws token s with
+  `row_keys(key, turn, s, N)`; a row is done once it holds <|im_end|>. The loop stops when all
+  rows are done (at most max_sampled steps). The final <|im_end|> is not fed (module docstring).
+
+  Returns (Message, cache).
+  """
+  tok0, old0, slp0, forced0 = first
+  n = tok0.shape[0]
+  m = max_sampled + 1
+  col = jnp.arange(m, dtype=jnp.int32)[None, :]
+
+  def put(buf, value, where):   # buf[r, length[r]] = value[r] where where[r]
+    return jnp.where(where, value[:, None].astype(buf.dtype), buf)
+
+  at0 = (col == 0) & active[:, None]
+  msg = Message(tokens=put(jnp.zeros((n, m), jnp.int32), tok0, at0),
+                old_logps=put(jnp.zeros((n, m), jnp.float32), old0, at0),
+                sampling_logps=put(jnp.zeros((n, m), jnp.float32), slp0, at0),
+                forced=put(jnp.zeros((n, m), bool), forced0, at0),
+                length=active.astype(jnp.int32))
+  done = ~active | (tok0 == end_id)
+  no_restrict = jnp.zeros((n,), bool)
+
+  def cond(carry):
+    step, _, _, done = carry
+    return (step <= max_sampled) & ~jnp.all(done)
+
+  def body(carry):
+    step, cache, msg, done = carry
+    feed = ~done
+    last = jnp.take_along_axis(msg.tokens, jnp.maximum(msg.length - 1, 0)[:, None], axis=1)
+    pos = jnp.broadcast_to((next_position + msg.length - 1)[None, :, None], (3, n, 1))
+    end_now = msg.length >= max_sampled
+    if silence_id >= 0:
+      end_now |= (msg.length == 1) & (msg.tokens[:, 0] == silence_id)
+    force = jnp.where(feed & end_now, end_id, -1).astype(jnp.int32)
+    logits, cache = kv_cache.extend(params, cache, last, pos.astype(jnp.int32),
+                                    config=model_config, turn_id=turn,
+                                    chunk_mask=feed[:, None].astype(jnp.int32), output="last")
+    tok, old, slp = sampling(logits, row_keys(key, turn, step, n), force, no_restrict)
+    at = (col == msg.length[:, None]) & feed[:, None]
+    msg = Message(tokens=put(msg.tokens, tok, at), old_logps=put(msg.old_logps, old, at),
+                  sampling_logps=put(msg.sampling_logps, slp, at),
+                  forced=put(msg.forced, force >= 0, at), length=msg.length + feed)
+    return step + 1, cache, msg, done | (feed & (tok == end_id))
+
+  _, cache, msg, _ = jax.lax.while_loop(cond, body, (jnp.int32(1), cache, msg, done))
+  return msg, cache
+
+
 @dataclasses.dataclass
 class _Row:
-  """Host-side record of one row (lists of per-token values)."""
-  ids: list = dataclasses.field(default_factory=list)
-  pos: list = dataclasses.field(default_factory=list)        # [3] lists per token
-  logp: list = dataclasses.field(default_factory=list)       # log-prob of this token
+  """Host-side record of one row: lists of per-chunk NumPy arrays, concatenated at the end."""
+  ids: list = dataclasses.field(default_factory=list)        # i32[n] per chunk
+  pos: list = dataclasses.field(default_factory=list)        # i32[3, n] per chunk
+  logp: list = dataclasses.field(default_factory=list)       # log-prob of each token
   slogp: list = dataclasses.field(default_factory=list)
   kind: list = dataclasses.field(default_factory=list)       # PROMPT / SAMPLED / FORCED
   turn: list = dataclasses.field(default_factory=list)
 
   def add(self, ids, pos_3n, turn, kind=PROMPT_TOKEN, logp=None, slogp=None):
-    n = len(ids)
-    self.ids.extend(int(i) for i in ids)
-    self.pos.extend(np.asarray(pos_3n).T.tolist())
-    self.kind.extend([kind] * n)
-    self.turn.extend([turn] * n)
-    self.logp.extend([0.0] * n if logp is None else [float(x) for x in logp])
-    self.slogp.extend([0.0] * n if slogp is None else [float(x) for x in slogp])
+    ids = np.asarray(ids, np.int32).reshape(-1)
+    n = ids.shape[0]
+    self.ids.append(ids)
+    self.pos.append(np.asarray(pos_3n, np.int32).reshape(3, n))
+    self.kind.append(np.broadcast_to(np.asarray(kind, np.int32), (n,)))
+    self.turn.append(np.full((n,), turn, np.int32))
+    self.logp.append(np.zeros((n,), np.float32) if logp is None else np.asarray(logp, np.float32))
+    self.slogp.append(np.zeros((n,), np.float32) if slogp is None
+                      else np.asarray(slogp, np.float32))
+
+  def __len__(self) -> int:
+    return sum(x.shape[0] for x in self.ids)
+
+  def arrays(self) -> dict[str, np.ndarray]:
+    return {"ids": np.concatenate(self.ids), "pos": np.concatenate(self.pos, axis=1),
+            "kind": np.concatenate(self.kind), "turn": np.concatenate(self.turn),
+            "logp": np.concatenate(self.logp), "slogp": np.concatenate(self.slogp)}
+
+
+@dataclasses.dataclass
+class _Stream:
+  """Host state of a `sample` call between turns (N rows)."""
+  rows: list                  # [N] _Row
+  next_position: np.ndarray   # i64[N] the rule's running M-RoPE position
+  had_message: np.ndarray     # bool[N] the row owes "<|im_end|>\n" to its next user chunk
+  decisions: np.ndarray       # i32[N, K]
+  texts: list
+  messages: list
+
+
+@dataclasses.dataclass
+class _UserChunk:
+  """The user chunks of one turn (host arrays, N rows, bucket C)."""
+  ids: np.ndarray          # i32[N, C]
+  mask: np.ndarray         # i32[N, C]
+  pos: np.ndarray          # i32[3, N, C]
+  next_position: np.ndarray  # i32[N] after the chunk: the position of the message's first token
+  new_start: np.ndarray    # i32[N] first chunk token not yet recorded (1 when the lead <|im_end|>
+                           #   was recorded as the previous message's last token)
+  pixels: np.ndarray       # f32[B, P, D] this turn's frames of each sample
+  force: np.ndarray        # i32[N] forced first token (-1: drawn)
+  active: np.ndarray       # bool[N] rows that have this turn
 
 
 class StreamingSampler:
@@ -478,10 +606,6 @@ class StreamingSampler:
     module = models.build(mcfg)
     encode_vision = type(module).encode_vision
 
-    def keys_for(key, turn, step, n):
-      k = jax.random.fold_in(jax.random.fold_in(key, turn), step)
-      return jax.vmap(lambda r: jax.random.fold_in(k, r))(jnp.arange(n))
-
     def pin_fn(params, cache, ids, pos, mask):
       _, cache = kv_cache.extend(params, cache, ids, pos, config=mcfg, turn_id=0,
                                  chunk_mask=mask, pin=True, output="hidden")
@@ -497,22 +621,22 @@ class StreamingSampler:
       logits, cache = kv_cache.extend(params, cache, ids, pos, config=mcfg, turn_id=turn,
                                       chunk_mask=mask, output="last",
                                       model_kwargs={"video_embeds": feats})
-      return sampling(logits, keys_for(key, turn, 0, n), force, restrict), cache
+      tok, old, slp = sampling(logits, row_keys(key, turn, 0, n), force, restrict)
+      return (tok, old, slp, force >= 0), cache
 
-    def step_fn(params, cache, ids, pos, turn, step, mask, key, force, restrict):
-      n = ids.shape[0]
-      logits, cache = kv_cache.extend(params, cache, ids, pos, config=mcfg, turn_id=turn,
-                                      chunk_mask=mask, output="last")
-      return sampling(logits, keys_for(key, turn, step, n), force, restrict), cache
+    decode_fn = functools.partial(
+        decode_message, model_config=mcfg, sampling=sampling, end_id=int(self.im_end_id),
+        max_sampled=self.cfg.max_text_tokens + 1,
+        silence_id=(int(self.silence_id) if self.cfg.constrain_decision else -1))
 
     self._pin = jax.jit(pin_fn, donate_argnums=(1,))
     self._user = jax.jit(user_fn, donate_argnums=(1,))
-    self._step = jax.jit(step_fn, donate_argnums=(1,))
+    self._decode = jax.jit(decode_fn, donate_argnums=(1,))
 
   def compile_counts(self) -> dict[str, int]:
     """Compiled variants of each jitted function (1 each after any number of calls)."""
     return {"prefix": self._pin._cache_size(), "user": self._user._cache_size(),
-            "step": self._step._cache_size()}
+            "decode": self._decode._cache_size()}
 
   # -- sizes -------------------------------------------------------------------------------------
 
@@ -581,152 +705,156 @@ class StreamingSampler:
 
     Returns:
       RolloutBatch.
+
+    Steps: `_prefix` (pinned system prompt), then per turn `_user_chunk` (host: the chunk of
+    every row), `_prefill_user` (device: chunk + frames, first token), `_decode_message`
+    (device: the rest of the message, one while loop) and `_record_turn` (host: the turn's only
+    device-to-host transfer); `_assemble` lays the rows out.
     """
-    cfg = self.cfg
-    b, g = len(prompts), int(group_size)
-    if b == 0 or g < 1:
-      raise ValueError(f"need >= 1 prompt and group_size >= 1, got {b} prompts, G = {g}")
-    n = b * g
-    p_, d_ = self.patches_per_turn, None
-    for p in prompts:
-      if p.pixel_values.ndim != 3 or p.pixel_values.shape[1] != p_:
-        raise ValueError(f"sample {p.sample_id!r}: pixel_values of shape {p.pixel_values.shape}; "
-                         f"expected [K, {p_}, D] for grid {self.grid}")
-      d_ = p.pixel_values.shape[2] if d_ is None else d_
-      if p.pixel_values.shape[2] != d_:
-        raise ValueError(f"patch dims differ across samples: {d_} vs {p.pixel_values.shape[2]}")
-      if not 0 <= p.ask_turn < max(p.num_turns, 1):
-        raise ValueError(f"sample {p.sample_id!r}: ask_turn {p.ask_turn} outside its "
-                         f"{p.num_turns} turns")
+    g = int(group_size)
+    self._check_prompts(prompts, g)
     k_row = np.repeat(np.asarray([p.num_turns for p in prompts], np.int32), g)
     k_max = int(k_row.max())
     c_user = self.user_chunk_len_for(prompts)
     cap = self.capacity_for_prompts(prompts, c_user)
     key = jax.random.key(int(seed))
-    mcfg = self.model_config
-    grid = np.asarray([self.grid], np.int64)
-
-    # Pinned system prefix.
-    cache = kv_cache.init_cache(mcfg, n, cap, window_turns=cfg.window_turns)
-    sys_ids = np.tile(self._system[None], (n, 1))
-    sys_mask = np.ones_like(sys_ids)
-    sys_pos, host_next = self.backbone.chunk_position_ids(sys_ids, np.zeros((n,), np.int64),
-                                                          config=mcfg, chunk_mask=sys_mask)
-    cache = self._pin(params, cache, sys_ids, sys_pos, sys_mask)
-    host_next = host_next.astype(np.int64)
-    rows = [_Row() for _ in range(n)]
-    for r in range(n):
-      rows[r].add(self._system, sys_pos[:, r], -1)
-
-    decisions = np.full((n, k_max), NO_TURN, np.int32)
-    texts: list[list[str]] = [[] for _ in range(n)]
-    messages: list[list[str]] = [[] for _ in range(n)]
-    had_message = np.zeros((n,), bool)   # the row owes "<|im_end|>\n" to the next chunk
-    max_sampled = cfg.max_text_tokens + 1
-    tok = self.fmt.tokenizer
-
+    cache, stream = self._prefix(params, len(k_row), cap, k_max)
     for k in range(k_max):
-      active = k < k_row
-      # ---- user chunk
-      ids = np.full((n, c_user), self.pad_id, np.int32)
-      mask = np.zeros((n, c_user), np.int32)
-      new_start = np.zeros((n,), np.int32)   # where the not-yet-recorded tokens start
-      for r in np.nonzero(active)[0]:
-        prompt = prompts[r // g]
-        asked = k == prompt.ask_turn or (self._repeat and k > prompt.ask_turn)
-        q = prompt.question if (prompt.question is not None and asked) else None
-        lead = ([self.im_end_id] + self.newline_ids) if had_message[r] else []
-        chunk = np.concatenate([np.asarray(lead, np.int32), self.fmt.user_ids(k, q),
-                                self._header]).astype(np.int32)
-        if len(chunk) > c_user:
-          raise ValueError(f"turn {k} of sample {prompt.sample_id!r} needs a user chunk of "
-                           f"{len(chunk)} tokens but the bucket is {c_user}")
-        ids[r, :len(chunk)] = chunk
-        mask[r, :len(chunk)] = 1
-        new_start[r] = 1 if had_message[r] else 0   # the <|im_end|> was recorded when sampled
-      pos, nxt = self.backbone.chunk_position_ids(ids, host_next, config=mcfg,
-                                                  video_grid_thw=grid, chunk_mask=mask)
-      pix = np.zeros((b, p_, d_), np.float32)
-      for i, prompt in enumerate(prompts):
-        if k < prompt.num_turns:
-          pix[i] = prompt.pixel_values[k]
-      force = np.full((n,), -1, np.int32)
-      for r in np.nonzero(active)[0]:
-        if k in prompts[r // g].force_response_turns:
-          force[r] = self.response_id
-      restrict = active & bool(cfg.constrain_decision)
-      (t_dev, lp_dev, slp_dev), cache = self._user(
-          params, cache, ids, pos, np.int32(k), mask, pix, key, force, restrict)
-      for r in np.nonzero(active)[0]:
-        m = int(mask[r].sum())
-        s = int(new_start[r])
-        turn_of_lead = k - 1   # "\n" closing the previous message belongs to that turn
-        if s < m and had_message[r]:
-          nl = len(self.newline_ids)
-          rows[r].add(ids[r, s:s + nl], pos[:, r, s:s + nl], turn_of_lead)
-          s += nl
-        rows[r].add(ids[r, s:m], pos[:, r, s:m], k)
-      host_next = np.where(active, nxt, host_next).astype(np.int64)
-      toks, lps, slps = (np.asarray(x) for x in jax.device_get((t_dev, lp_dev, slp_dev)))
-
-      # ---- assistant message, one token per step
-      msg = [[] for _ in range(n)]
-      done = ~active.copy()
-      for r in np.nonzero(active)[0]:
-        self._take(rows[r], msg[r], toks[r], lps[r], slps[r], force[r] >= 0, host_next[r], k)
-        done[r] = toks[r] == self.im_end_id
-      step = 0
-      while not done.all():
-        step += 1
-        feed = ~done
-        ids1 = np.full((n, 1), self.pad_id, np.int32)
-        force = np.full((n,), -1, np.int32)
-        for r in np.nonzero(feed)[0]:
-          ids1[r, 0] = msg[r][-1]
-          if len(msg[r]) >= max_sampled or (cfg.constrain_decision and len(msg[r]) == 1
-                                            and msg[r][0] == self.silence_id):
-            force[r] = self.im_end_id
-        pos1 = np.broadcast_to(host_next.astype(np.int32)[None, :, None], (3, n, 1))
-        (t_dev, lp_dev, slp_dev), cache = self._step(
-            params, cache, ids1, np.ascontiguousarray(pos1), np.int32(k), np.int32(step),
-            feed.astype(np.int32)[:, None], key, force, np.zeros((n,), bool))
-        toks, lps, slps = (np.asarray(x) for x in jax.device_get((t_dev, lp_dev, slp_dev)))
-        host_next = host_next + feed
-        for r in np.nonzero(feed)[0]:
-          self._take(rows[r], msg[r], toks[r], lps[r], slps[r], force[r] >= 0, host_next[r], k)
-          done[r] = toks[r] == self.im_end_id
-      for r in np.nonzero(active)[0]:
-        body = tok.decode(msg[r][:-1], skip_special_tokens=False,
-                          clean_up_tokenization_spaces=False)
-        dec, text = self.fmt.parse(body)
-        decisions[r, k] = dec
-        texts[r].append(text if dec == RESPONSE else "")
-        messages[r].append(body)
-        had_message[r] = True
+      chunk = self._user_chunk(prompts, g, k, stream, c_user)
+      first, cache = self._prefill_user(params, cache, chunk, k, key)
+      args = jax.device_put((first, chunk.active, chunk.next_position, np.int32(k)))
+      msg, cache = self._decode_message(params, cache, *args, key)
+      self._record_turn(stream, chunk, jax.device_get(msg), k)
       if on_turn is not None:
         on_turn(k, k_max)
-
-    # Trailing "\n" after each row's last <|im_end|> (layout only; never fed).
-    for r in range(n):
-      nl = len(self.newline_ids)
-      start = int(host_next[r]) + 1   # the deferred <|im_end|> sits at host_next
-      pos_nl = np.broadcast_to(np.arange(start, start + nl)[None], (3, nl))
-      rows[r].add(self.newline_ids, pos_nl, int(k_row[r]) - 1)
-
+    self._close_rows(stream, k_row)
     overflow = np.asarray(jax.device_get(cache.overflow))
-    return self._assemble(rows, prompts, g, decisions, texts, messages, k_row, k_max, seq_len,
-                          overflow)
+    return self._assemble(stream.rows, prompts, g, stream.decisions, stream.texts,
+                          stream.messages, k_row, k_max, seq_len, overflow)
 
-  def _take(self, row: _Row, msg: list, token, logp, slogp, forced: bool, position, turn):
-    """Records one sampled (or forced) token at the row's next position."""
-    msg.append(int(token))
-    row.add([int(token)], np.full((3, 1), int(position)), turn,
-            FORCED_TOKEN if forced else SAMPLED_TOKEN, [logp], [slogp])
+  def _check_prompts(self, prompts: Sequence[StreamPrompt], g: int) -> None:
+    """ValueError unless the B prompts and G can be sampled together."""
+    if not prompts or g < 1:
+      raise ValueError(f"need >= 1 prompt and group_size >= 1, got {len(prompts)} prompts, "
+                       f"G = {g}")
+    p_, d_ = self.patches_per_turn, prompts[0].pixel_values.shape[-1]
+    for p in prompts:
+      if p.pixel_values.ndim != 3 or p.pixel_values.shape[1] != p_:
+        raise ValueError(f"sample {p.sample_id!r}: pixel_values of shape {p.pixel_values.shape}; "
+                         f"expected [K, {p_}, D] for grid {self.grid}")
+      if p.pixel_values.shape[2] != d_:
+        raise ValueError(f"patch dims differ across samples: {d_} vs {p.pixel_values.shape[2]}")
+      if not 0 <= p.ask_turn < max(p.num_turns, 1):
+        raise ValueError(f"sample {p.sample_id!r}: ask_turn {p.ask_turn} outside its "
+                         f"{p.num_turns} turns")
+
+  def _prefix(self, params, n: int, capacity: int, k_max: int
+              ) -> tuple[kv_cache.KVCache, _Stream]:
+    """A cache of N rows holding the pinned system prefix, and the host state after it."""
+    cache = kv_cache.init_cache(self.model_config, n, capacity,
+                                window_turns=self.cfg.window_turns)
+    ids = np.tile(self._system[None], (n, 1))
+    mask = np.ones_like(ids)
+    pos, nxt = self.backbone.chunk_position_ids(ids, np.zeros((n,), np.int64),
+                                                config=self.model_config, chunk_mask=mask)
+    cache = self._pin(params, cache, ids, pos, mask)
+    rows = [_Row() for _ in range(n)]
+    for r in range(n):
+      rows[r].add(self._system, pos[:, r], -1)
+    return cache, _Stream(rows=rows, next_position=nxt.astype(np.int64),
+                          had_message=np.zeros((n,), bool),
+                          decisions=np.full((n, k_max), NO_TURN, np.int32),
+                          texts=[[] for _ in range(n)], messages=[[] for _ in range(n)])
+
+  def _user_chunk(self, prompts: Sequence[StreamPrompt], g: int, k: int, stream: _Stream,
+                  c_user: int) -> _UserChunk:
+    """Turn k's user chunk of every row (host): ["<|im_end|>\\n" of the previous message] user
+    message (time label, [question], frames) + assistant header; rows padded to C_user."""
+    n = len(stream.rows)
+    active = np.asarray([k < prompts[r // g].num_turns for r in range(n)])
+    ids = np.full((n, c_user), self.pad_id, np.int32)
+    mask = np.zeros((n, c_user), np.int32)
+    force = np.full((n,), -1, np.int32)
+    for r in np.nonzero(active)[0]:
+      prompt = prompts[r // g]
+      asked = k == prompt.ask_turn or (self._repeat and k > prompt.ask_turn)
+      q = prompt.question if (prompt.question is not None and asked) else None
+      lead = ([self.im_end_id] + self.newline_ids) if stream.had_message[r] else []
+      chunk = np.concatenate([np.asarray(lead, np.int32), self.fmt.user_ids(k, q),
+                              self._header]).astype(np.int32)
+      if len(chunk) > c_user:
+        raise ValueError(f"turn {k} of sample {prompt.sample_id!r} needs a user chunk of "
+                         f"{len(chunk)} tokens but the bucket is {c_user}")
+      ids[r, :len(chunk)] = chunk
+      mask[r, :len(chunk)] = 1
+      if k in prompt.force_response_turns:
+        force[r] = self.response_id
+    pos, nxt = self.backbone.chunk_position_ids(
+        ids, stream.next_position, config=self.model_config,
+        video_grid_thw=np.asarray([self.grid], np.int64), chunk_mask=mask)
+    d = prompts[0].pixel_values.shape[2]
+    pix = np.zeros((len(prompts), self.patches_per_turn, d), np.float32)
+    for i, prompt in enumerate(prompts):
+      if k < prompt.num_turns:
+        pix[i] = prompt.pixel_values[k]
+    return _UserChunk(ids=ids, mask=mask, pos=pos,
+                      next_position=np.where(active, nxt, stream.next_position).astype(np.int32),
+                      new_start=stream.had_message.astype(np.int32), pixels=pix, force=force,
+                      active=active)
+
+  def _prefill_user(self, params, cache, chunk: _UserChunk, k: int, key):
+    """Writes the user chunks (and frames) into the cache; the message's first token of each row
+    (token, old_logp, sampling_logp, forced), on device."""
+    restrict = chunk.active & bool(self.cfg.constrain_decision)
+    return self._user(params, cache, chunk.ids, chunk.pos, np.int32(k), chunk.mask, chunk.pixels,
+                      key, chunk.force, restrict)
+
+  def _decode_message(self, params, cache, first, active, next_position, turn, key):
+    """The rest of the turn's message of every row: `decode_message` under jit, device arrays
+    in and out (no host transfer until the caller fetches the Message)."""
+    return self._decode(params, cache, first, active, next_position, turn, key)
+
+  def _record_turn(self, stream: _Stream, chunk: _UserChunk, msg: Message, k: int) -> None:
+    """Records turn k on the host: each active row's user chunk (the "\\n" closing the previous
+    message belongs to turn k - 1) and its message; parses the message."""
+    nl = len(self.newline_ids)
+    for r in np.nonzero(chunk.active)[0]:
+      m, s = int(chunk.mask[r].sum()), int(chunk.new_start[r])
+      row = stream.rows[r]
+      if s < m and stream.had_message[r]:
+        row.add(chunk.ids[r, s:s + nl], chunk.pos[:, r, s:s + nl], k - 1)
+        s += nl
+      row.add(chunk.ids[r, s:m], chunk.pos[:, r, s:m], k)
+      length = int(msg.length[r])
+      toks = msg.tokens[r, :length]
+      position = int(chunk.next_position[r]) + np.arange(length)
+      row.add(toks, np.broadcast_to(position, (3, length)), k,
+              np.where(msg.forced[r, :length], FORCED_TOKEN, SAMPLED_TOKEN),
+              msg.old_logps[r, :length], msg.sampling_logps[r, :length])
+      body = self.fmt.tokenizer.decode(toks[:-1].tolist(), skip_special_tokens=False,
+                                       clean_up_tokenization_spaces=False)
+      dec, text = self.fmt.parse(body)
+      stream.decisions[r, k] = dec
+      stream.texts[r].append(text if dec == RESPONSE else "")
+      stream.messages[r].append(body)
+      stream.had_message[r] = True
+      # The final <|im_end|> sits at the running position; the next chunk feeds it.
+      stream.next_position[r] = int(chunk.next_position[r]) + length - 1
+
+  def _close_rows(self, stream: _Stream, k_row: np.ndarray) -> None:
+    """The trailing "\\n" after each row's last <|im_end|> (layout only; never fed)."""
+    nl = len(self.newline_ids)
+    for r, row in enumerate(stream.rows):
+      start = int(stream.next_position[r]) + 1
+      row.add(self.newline_ids, np.broadcast_to(np.arange(start, start + nl), (3, nl)),
+              int(k_row[r]) - 1)
 
   def _assemble(self, rows, prompts, g, decisions, texts, messages, k_row, k_max, seq_len,
                 overflow) -> RolloutBatch:
+    """The RolloutBatch of the recorded rows (padded to seq_len or pad_multiple)."""
     n = len(rows)
-    lengths = np.asarray([len(r.ids) for r in rows], np.int32)
+    rows = [r.arrays() for r in rows]
+    lengths = np.asarray([len(r["ids"]) for r in rows], np.int32)
     longest = int(lengths.max())
     if seq_len is None:
       t = _round_up(longest, self.cfg.pad_multiple)
@@ -742,13 +870,13 @@ class StreamingSampler:
     turn_index = np.full((n, t), -1, np.int32)
     attention_mask = np.zeros((n, t), np.int32)
     for i, r in enumerate(rows):
-      m = len(r.ids)
-      input_ids[i, :m] = r.ids
-      position_ids[:, i, :m] = np.asarray(r.pos, np.int32).T
-      kind[i, :m] = r.kind
-      logp[i, :m] = r.logp
-      slogp[i, :m] = r.slogp
-      turn_index[i, :m] = r.turn
+      m = len(r["ids"])
+      input_ids[i, :m] = r["ids"]
+      position_ids[:, i, :m] = r["pos"]
+      kind[i, :m] = r["kind"]
+      logp[i, :m] = r["logp"]
+      slogp[i, :m] = r["slogp"]
+      turn_index[i, :m] = r["turn"]
       attention_mask[i, :m] = 1
     labels = np.full_like(input_ids, self.pad_id)
     labels[:, :-1] = input_ids[:, 1:]
@@ -777,6 +905,8 @@ class StreamingSampler:
         num_turns=k_row.astype(np.int32), lengths=lengths,
         sample_index=np.repeat(np.arange(b, dtype=np.int32), g), group_size=g,
         sample_ids=[p.sample_id for p in prompts], overflow=overflow.astype(bool))
+
+
 
 
 def teacher_forced_logps(params, model_config, batch: RolloutBatch, *, temperature: float = 1.0

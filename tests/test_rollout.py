@@ -1,5 +1,6 @@
 """Tests of the streaming sampler (streampro_jax/rollout.py) on a random tiny Qwen2.5-VL."""
 
+import contextlib
 import dataclasses
 import functools
 
@@ -158,7 +159,7 @@ def test_deterministic_and_compiles_once(setup, sampler_t1):
   # Other samples, questions and turn counts: still one compilation per function.
   d = sampler_t1.sample(setup["params"], prompts[::-1], group_size=2, seed=1)
   assert d.input_ids.shape[0] == 6
-  assert sampler_t1.compile_counts() == {"prefix": 1, "user": 1, "step": 1}
+  assert sampler_t1.compile_counts() == {"prefix": 1, "user": 1, "decode": 1}
 
 
 def test_capacity_for_prompts_is_tight_and_enough(setup, sampler_t1):
@@ -235,3 +236,101 @@ def test_sample_tokens_never_draws_banned_vision_ids():
       assert (tok == 3).all()
     ref = jax.nn.log_softmax(logits, axis=-1)[jnp.arange(n), tok]
     np.testing.assert_allclose(np.asarray(old), np.asarray(ref), rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# The message decode runs on device: no host transfer inside it.
+
+
+@contextlib.contextmanager
+def no_host_transfers():
+  """Fails any host<->device transfer inside the block.
+
+  jax.transfer_guard("disallow_explicit") rejects every host-to-device transfer (and, on GPU /
+  TPU, every device-to-host one, explicit jax.device_get included). On CPU, device-to-host reads
+  are not guarded by JAX, so `jax.Array._value` (the path of jax.device_get, float(), int(),
+  bool(), .tolist(), .item()) is made to raise as well. (NumPy's buffer-protocol read,
+  np.asarray(x), of a CPU array escapes both; on an accelerator the guard catches it.)
+  """
+  from jax._src import array as array_lib  # pylint: disable=g-import-not-at-top
+
+  def read(self):
+    raise RuntimeError(f"device-to-host transfer of {self.aval} inside a message decode")
+
+  orig = array_lib.ArrayImpl._value
+  array_lib.ArrayImpl._value = property(read)
+  try:
+    with jax.transfer_guard("disallow_explicit"):
+      yield
+  finally:
+    array_lib.ArrayImpl._value = orig
+
+
+def per_token_decode(sampler, params, cache, first, active, next_position, turn, key):
+  """Reference: the message decode as a host loop (the sampler before the on-device loop): one
+  jitted [N, 1] step per token, the host reads every token to force and stop. Same Message
+  (samplers with constrain_decision off)."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from streampro_jax.models import kv_cache  # pylint: disable=g-import-not-at-top
+  cfg = sampler.cfg
+  if not hasattr(sampler, "_ref_step"):
+    def step(params, cache, ids, pos, turn, s, mask, key, force):
+      logits, cache = kv_cache.extend(params, cache, ids, pos, config=sampler.model_config,
+                                      turn_id=turn, chunk_mask=mask, output="last")
+      n = ids.shape[0]
+      return rollout.sample_tokens(
+          logits, rollout.row_keys(key, turn, s, n), force, jnp.zeros((n,), bool),
+          temperature=cfg.temperature, top_p=cfg.top_p, allowed_ids=(),
+          banned_ids=sampler.vision_token_ids), cache
+    sampler._ref_step = jax.jit(step, donate_argnums=(1,))  # pylint: disable=protected-access
+  tok, old, slp, forced = (np.asarray(jax.device_get(x)) for x in first)
+  active, pos0 = np.asarray(jax.device_get(active)), np.asarray(jax.device_get(next_position))
+  n, m = tok.shape[0], cfg.max_text_tokens + 2
+  msg = rollout.Message(*(np.zeros((n, m), d) for d in (np.int32, np.float32, np.float32, bool)),
+                        length=active.astype(np.int32))
+  for buf, x in zip(msg[:4], (tok, old, slp, forced)):
+    buf[active, 0] = x[active]
+  done = ~active | (tok == sampler.im_end_id)
+  s = 0
+  while not done.all():
+    s += 1
+    feed, length = ~done, msg.length.copy()
+    ids = msg.tokens[np.arange(n), np.maximum(length - 1, 0)][:, None]
+    pos = np.broadcast_to((pos0 + length - 1)[None, :, None], (3, n, 1)).astype(np.int32)
+    force = np.where(feed & (length >= m - 1), sampler.im_end_id, -1).astype(np.int32)
+    (t, o, p), cache = sampler._ref_step(  # pylint: disable=protected-access
+        params, cache, ids, pos, turn, np.int32(s), feed[:, None].astype(np.int32), key, force)
+    t, o, p = (np.asarray(jax.device_get(x)) for x in (t, o, p))
+    r = np.nonzero(feed)[0]
+    for buf, x in zip(msg[:4], (t, o, p, force >= 0)):
+      buf[r, length[r]] = x[r]
+    msg.length[r] += 1
+    done |= feed & (t == sampler.im_end_id)
+  return msg, cache
+
+
+def test_message_decode_on_device_without_host_transfers(setup, sampler_t1, monkeypatch):
+  """The sampler's message decode runs under no_host_transfers and reproduces the per-token
+  host loop exactly; the per-token host loop itself trips the guard."""
+  params, prompts = setup["params"], setup["prompts"]
+  decode = rollout.StreamingSampler._decode_message
+  ref_path = lambda self, *a: per_token_decode(self, *a)
+
+  def guarded(fn):
+    def run(self, *a):
+      with no_host_transfers():
+        return fn(self, *a)
+    return run
+
+  monkeypatch.setattr(rollout.StreamingSampler, "_decode_message", ref_path)
+  want = sampler_t1.sample(params, prompts, group_size=2, seed=5)
+  monkeypatch.setattr(rollout.StreamingSampler, "_decode_message", guarded(decode))
+  got = sampler_t1.sample(params, prompts, group_size=2, seed=5)
+  assert got.messages == want.messages
+  for name in ("input_ids", "position_ids", "loss_mask", "forced_mask", "old_logps",
+               "sampling_logps", "turn_index", "decisions"):
+    np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+  assert (got.forced_mask > 0).any()   # the length limit was hit (max_text_tokens 5)
+  monkeypatch.setattr(rollout.StreamingSampler, "_decode_message", guarded(ref_path))
+  with pytest.raises(Exception, match="transfer"):
+    sampler_t1.sample(params, prompts, group_size=2, seed=5)

@@ -1,0 +1,348 @@
+"""Decode throughput: our on-device message decode against transformers `generate`, same work.
+
+Both sides start from the same one-turn prefix (`one_turn_prefix`: random text tokens around one
+video turn <|vision_start|> <|video_pad|> x tokens <|vision_end|>, with random frames), the same
+weights and the same number of new tokens per row, with no early stop:
+
+  decode_throughput(model_config, params, *, rows, prefix_len, new_tokens, seed=0, ...)
+    ours: one jitted prefill (kv_cache.extend of the prefix with its frames, first token drawn
+    from the last logits), then one jitted rollout.decode_message (lax.while_loop, [rows, 1]
+    steps through the KV cache). <|im_end|> is never drawn; the length limit forces it as token
+    new_tokens, so every row has exactly new_tokens tokens after new_tokens - 1 decode steps.
+  hf_generate_throughput(model_config, params, *, rows, prefix_len, new_tokens, seed=0, ...)
+    transformers Qwen2_5_VLForConditionalGeneration.generate(do_sample=True, use_cache=True,
+    min_new_tokens = max_new_tokens = new_tokens) on a torch copy of the same params, on
+    `device` (default: cuda when available), float32 or bfloat16.
+
+Both return dict(tokens_per_s, seconds, ...): tokens_per_s = rows * new_tokens / seconds, where
+seconds is the median over `repeats` timed calls (after one untimed call that compiles / warms
+up) of prefill + decode. Ours also reports the decode loop alone (decode_seconds,
+decode_step_s), the parameter bytes and, given `hbm_bytes_per_s` (H200: 4.8e12), the
+bandwidth-bound fraction: (param_bytes / hbm_bytes_per_s) / decode_step_s.
+
+Imports: jax, numpy, torch and transformers (inside hf_generate_throughput only) and
+streampro_jax.rollout / streampro_jax.models (none of grain, tensorflow_datasets, av,
+ml_collections, tensorboardX).
+
+  .venv/bin/python benchmarks/rollout_decode.py --tiny             # CPU, well under a minute
+  .venv/bin/python benchmarks/rollout_decode.py --model=3b --rows=16 --new_tokens=64 \\
+      --dtype=bfloat16 --hbm_bytes_per_s=4.8e12                     # Qwen2.5-VL-3B shapes
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from streampro_jax import models  # noqa: E402
+from streampro_jax import rollout  # noqa: E402
+from streampro_jax.models import hf_io, kv_cache  # noqa: E402
+
+
+def default_grid(model_config) -> tuple[int, int, int]:
+  """One frame of 4 x 4 merged tokens: (1, 4 m, 4 m) patches with m the spatial merge size."""
+  m = model_config.vision.spatial_merge_size
+  return (1, 4 * m, 4 * m)
+
+
+def one_turn_prefix(model_config, *, rows: int, prefix_len: int, grid=None, seed: int = 0
+                    ) -> dict[str, np.ndarray]:
+  """The shared prefix: text, one video turn, text; `prefix_len` tokens, the same for every row.
+
+  Returns input_ids i32[L] (L = prefix_len), pixel_values f32[P, Dp] (P = prod(grid)),
+  video_grid_thw i64[1, 3], end_id (the token forced at the length limit, a text id).
+  """
+  grid = tuple(default_grid(model_config) if grid is None else grid)
+  m = model_config.vision.spatial_merge_size
+  n_vis = int(np.prod(grid)) // (m * m)
+  if prefix_len < n_vis + 4:
+    raise ValueError(f"prefix_len {prefix_len} < {n_vis} visual tokens + 4")
+  rng = np.random.default_rng(seed)
+  special = [model_config.image_token_id, model_config.video_token_id,
+             model_config.vision_start_token_id, model_config.vision_end_token_id]
+  low = min(special + [model_config.text.vocab_size])
+  text = rng.integers(0, low, prefix_len - n_vis - 2)
+  half = len(text) // 2
+  ids = np.concatenate([text[:half], [model_config.vision_start_token_id],
+                        [model_config.video_token_id] * n_vis,
+                        [model_config.vision_end_token_id], text[half:]]).astype(np.int32)
+  pix = rng.standard_normal((int(np.prod(grid)), model_config.vision.patch_dim))
+  del rows
+  return dict(input_ids=ids, pixel_values=pix.astype(np.float32),
+              video_grid_thw=np.asarray([grid], np.int64), end_id=int(low - 1))
+
+
+def _banned(model_config, end_id: int) -> tuple[int, ...]:
+  ids = {int(i) for i in (model_config.image_token_id, model_config.video_token_id,
+                          model_config.vision_start_token_id, model_config.vision_end_token_id)
+         if 0 <= int(i) < model_config.text.vocab_size}
+  return tuple(sorted(ids | {int(end_id)}))
+
+
+def make_decode_fns(model_config, *, rows: int, capacity: int, new_tokens: int, grid,
+                    end_id: int, temperature: float = 1.0, top_p: float = 1.0):
+  """(prefill, decode) jitted functions of our rollout path (see the module docstring).
+
+  prefill(params, ids i32[rows, L], pos i32[3, rows, L], pix f32[rows, P, Dp], key)
+    -> (first token tuple, cache); decode(params, cache, first, active, next_position, turn,
+    key) -> (rollout.Message, cache) = rollout.decode_message with max_sampled = new_tokens - 1
+    and <|im_end|> (end_id) banned from the draws.
+  """
+  sampling = functools.partial(rollout.sample_tokens, temperature=float(temperature),
+                               top_p=float(top_p), allowed_ids=(),
+                               banned_ids=_banned(model_config, end_id))
+  grid_t = tuple(tuple(int(x) for x in g) for g in np.asarray(grid).reshape(-1, 3))
+
+  def prefill(params, ids, pos, pix, key):
+    cache = kv_cache.init_cache(model_config, rows, capacity)
+    logits, cache = kv_cache.extend(params, cache, ids, pos, config=model_config, turn_id=0,
+                                    pixel_values=pix, video_grid_thw=grid_t, output="last")
+    none = -jnp.ones((rows,), jnp.int32)
+    tok, old, slp = sampling(logits, rollout.row_keys(key, 0, 0, rows), none,
+                             jnp.zeros((rows,), bool))
+    return (tok, old, slp, jnp.zeros((rows,), bool)), cache
+
+  decode = functools.partial(rollout.decode_message, model_config=model_config,
+                             sampling=sampling, end_id=int(end_id),
+                             max_sampled=int(new_tokens) - 1)
+  return jax.jit(prefill), jax.jit(decode, donate_argnums=(1,))
+
+
+def _param_bytes(params) -> int:
+  return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params)))
+
+
+def decode_throughput(model_config, params, *, rows: int, prefix_len: int, new_tokens: int,
+                      seed: int = 0, grid=None, repeats: int = 3, temperature: float = 1.0,
+                      hbm_bytes_per_s: float | None = None) -> dict:
+  """Times our prefill + on-device message decode: rows x new_tokens after a one-turn prefix.
+
+  params: the model's parameters (on device; their dtype is what the decode reads).
+  Returns dict(tokens_per_s, seconds, prefill_seconds, decode_seconds, decode_step_s,
+  decode_tokens_per_s, param_bytes, [bandwidth_bound_step_s, bandwidth_fraction],
+  compile_seconds, rows, prefix_len, new_tokens, device). Timings are medians over `repeats`.
+  """
+  if new_tokens < 2:
+    raise ValueError(f"new_tokens must be >= 2, got {new_tokens}")
+  pre = one_turn_prefix(model_config, rows=rows, prefix_len=prefix_len, grid=grid, seed=seed)
+  grid = pre["video_grid_thw"]
+  ids = np.tile(pre["input_ids"][None], (rows, 1))
+  pos, nxt = models.backbone_module(model_config).chunk_position_ids(
+      ids, np.zeros((rows,), np.int64), config=model_config, video_grid_thw=grid)
+  pix = np.tile(pre["pixel_values"][None], (rows, 1, 1))
+  capacity = -(-(prefix_len + new_tokens) // 128) * 128
+  prefill, decode = make_decode_fns(model_config, rows=rows, capacity=capacity,
+                                    new_tokens=new_tokens, grid=grid, end_id=pre["end_id"],
+                                    temperature=temperature)
+  ids, pos, pix, active, nxt, turn = jax.device_put(
+      (ids, pos, pix, np.ones((rows,), bool), nxt.astype(np.int32), np.int32(0)))
+
+  def run(i):
+    key = jax.random.key(seed + i)
+    t0 = time.perf_counter()
+    first, cache = jax.block_until_ready(prefill(params, ids, pos, pix, key))
+    t1 = time.perf_counter()
+    msg, cache = jax.block_until_ready(decode(params, cache, first, active, nxt, turn, key))
+    t2 = time.perf_counter()
+    return t1 - t0, t2 - t1, msg
+
+  t = time.perf_counter()
+  _, _, msg = run(0)
+  compile_s = time.perf_counter() - t
+  length = np.asarray(jax.device_get(msg.length))
+  if not (length == new_tokens).all():
+    raise AssertionError(f"rows decoded {sorted(set(length.tolist()))} tokens, not {new_tokens}")
+  times = [run(i + 1)[:2] for i in range(repeats)]
+  pre_s = float(np.median([a for a, _ in times]))
+  dec_s = float(np.median([b for _, b in times]))
+  tot_s = float(np.median([a + b for a, b in times]))
+  out = dict(tokens_per_s=rows * new_tokens / tot_s, seconds=tot_s, prefill_seconds=pre_s,
+             decode_seconds=dec_s, decode_step_s=dec_s / (new_tokens - 1),
+             decode_tokens_per_s=rows * (new_tokens - 1) / dec_s,
+             param_bytes=_param_bytes(params), compile_seconds=compile_s, rows=rows,
+             prefix_len=prefix_len, new_tokens=new_tokens, device=str(jax.devices()[0]))
+  if hbm_bytes_per_s:
+    bound = out["param_bytes"] / float(hbm_bytes_per_s)
+    out.update(bandwidth_bound_step_s=bound, bandwidth_fraction=bound / out["decode_step_s"])
+  return out
+
+
+# ------------------------------------------------------------------------------------------------
+# transformers
+
+
+def hf_state_dict(model_config, params) -> dict[str, np.ndarray]:
+  """transformers' in-memory state dict (names of Qwen2_5_VLForConditionalGeneration) of our
+  params (the unstacked per-layer layout of `hf_key_map`)."""
+  key_map = models.backbone_module(model_config).hf_key_map(model_config)
+  out = {}
+  for key, (path, transform) in key_map.items():
+    value = np.asarray(jax.device_get(hf_io._get(params, path)))  # pylint: disable=protected-access
+    if key.startswith("model."):
+      key = "model.language_model." + key[len("model."):]
+    elif key.startswith("visual."):
+      key = "model." + key
+    out[key] = hf_io.to_hf(value, transform)
+  return out
+
+
+def torch_model(model_config, params, *, device=None, dtype: str = "float32"):
+  """transformers Qwen2_5_VLForConditionalGeneration holding our params, on `device`."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  if model_config.model_type != "qwen2_5_vl":
+    raise NotImplementedError(f"transformers reference for {model_config.model_type}")
+  device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+  tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+  hf = transformers.Qwen2_5_VLConfig(**model_config.to_hf())
+  hf._attn_implementation = "sdpa"  # pylint: disable=protected-access
+  with torch.device("meta"):
+    model = transformers.Qwen2_5_VLForConditionalGeneration(hf)
+  sd = {}
+  for k, v in hf_state_dict(model_config, params).items():
+    if v.dtype not in (np.float32, np.float64, np.float16):   # ml_dtypes bfloat16: via float32
+      v = v.astype(np.float32)
+    sd[k] = torch.from_numpy(np.array(v, copy=True)).to(tdtype)
+  if model_config.tie_word_embeddings:
+    sd["lm_head.weight"] = sd["model.language_model.embed_tokens.weight"]
+  model.load_state_dict(sd, strict=True, assign=True)
+  # Non-persistent buffers (rotary inv_freq) stay on meta after assign: rebuild them.
+  for name, mod in model.named_modules():
+    if hasattr(mod, "inv_freq") and mod.inv_freq.is_meta:
+      if hasattr(mod, "rope_init_fn"):
+        inv, _ = mod.rope_init_fn(mod.config, torch.device("cpu"))
+      else:   # the vision rotary embedding: 1 / theta^(2i / dim)
+        dim = mod.inv_freq.shape[0] * 2
+        inv = 1.0 / (float(getattr(mod, "theta", 10000.0))
+                     ** (torch.arange(0, dim, 2, dtype=torch.float) / dim))
+      mod.register_buffer("inv_freq", inv, persistent=False)
+      if hasattr(mod, "original_inv_freq"):
+        mod.original_inv_freq = inv
+  if model_config.tie_word_embeddings:
+    model.tie_weights()
+  return model.to(device).eval()
+
+
+def hf_generate_throughput(model_config, params, *, rows: int, prefix_len: int,
+                           new_tokens: int, seed: int = 0, grid=None, repeats: int = 3,
+                           temperature: float = 1.0, device=None, dtype: str = "float32",
+                           model=None) -> dict:
+  """Times transformers `generate` (sampling, KV cache, exactly new_tokens per row) on a torch
+  copy of `params` from the same prefix as `decode_throughput`.
+
+  device: torch device (default cuda when available, else cpu); dtype "float32" | "bfloat16";
+  model: an already built `torch_model(...)` to reuse. Returns dict(tokens_per_s, seconds,
+  setup_seconds, rows, prefix_len, new_tokens, device, dtype, torch_threads).
+  """
+  import torch  # pylint: disable=g-import-not-at-top
+  t = time.perf_counter()
+  if model is None:
+    model = torch_model(model_config, params, device=device, dtype=dtype)
+  setup_s = time.perf_counter() - t
+  dev = next(model.parameters()).device
+  pre = one_turn_prefix(model_config, rows=rows, prefix_len=prefix_len, grid=grid, seed=seed)
+  ids = torch.tensor(np.tile(pre["input_ids"][None].astype(np.int64), (rows, 1)), device=dev)
+  types = torch.where(ids == model_config.video_token_id, 2, 0)
+  kw = dict(input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=types,
+            pixel_values_videos=torch.tensor(np.tile(pre["pixel_values"], (rows, 1)),
+                                             device=dev).to(next(model.parameters()).dtype),
+            video_grid_thw=torch.tensor(np.tile(pre["video_grid_thw"], (rows, 1)), device=dev),
+            second_per_grid_ts=torch.ones(rows, device=dev))
+  sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+  def run(i):
+    torch.manual_seed(seed + i)
+    sync()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+      gen = model.generate(**kw, do_sample=True, temperature=float(temperature), top_k=0,
+                           top_p=1.0, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                           use_cache=True, eos_token_id=None, pad_token_id=0)
+    sync()
+    if gen.shape[1] - prefix_len != new_tokens:
+      raise AssertionError(f"generate made {gen.shape[1] - prefix_len} tokens, not {new_tokens}")
+    return time.perf_counter() - t0
+
+  run(0)
+  secs = float(np.median([run(i + 1) for i in range(repeats)]))
+  return dict(tokens_per_s=rows * new_tokens / secs, seconds=secs, setup_seconds=setup_s,
+              rows=rows, prefix_len=prefix_len, new_tokens=new_tokens, device=str(dev),
+              dtype=dtype, torch_threads=torch.get_num_threads())
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def tiny_model(seed: int = 0, *, dtype: str = "float32"):
+  """(config, params): a random tiny Qwen2.5-VL (qwen2_5_vl.tiny_config; the demo's widths,
+  vocabulary 320) for the --tiny path."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from streampro_jax.models import qwen2_5_vl  # pylint: disable=g-import-not-at-top
+  cfg = qwen2_5_vl.tiny_config(text=dict(vocab_size=320, intermediate_size=192),
+                               attention_impl="xla", dtype=dtype)
+  params = nn.unbox(jax.jit(functools.partial(qwen2_5_vl.init_params, cfg))(
+      jax.random.key(seed)))
+  return cfg, params
+
+
+def qwen2_5_vl_3b(seed: int = 0, *, dtype: str = "bfloat16", attention_impl: str = "jax",
+                  layers: int = 0):
+  """(config, params): the Qwen2.5-VL-3B architecture (the config defaults), random weights in
+  `dtype` (parameters and compute); layers > 0: only that many decoder layers and vision blocks
+  (a smoke test of the path on CPU)."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from streampro_jax.models import qwen2_5_vl  # pylint: disable=g-import-not-at-top
+  cfg = qwen2_5_vl.Qwen2_5_VLConfig(dtype=dtype, param_dtype=dtype,
+                                    attention_impl=attention_impl)
+  if layers:
+    cfg = cfg.replace(text=dataclasses.replace(cfg.text, num_hidden_layers=layers),
+                      vision=dataclasses.replace(cfg.vision, depth=layers,
+                                                 fullatt_block_indexes=(layers - 1,)))
+  params = nn.unbox(jax.jit(functools.partial(qwen2_5_vl.init_params, cfg))(
+      jax.random.key(seed)))
+  return cfg, params
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--tiny", action="store_true", help="tiny random model on CPU (the default)")
+  p.add_argument("--model", choices=("tiny", "3b"), default="tiny")
+  p.add_argument("--rows", type=int, default=8)
+  p.add_argument("--prefix_len", type=int, default=0, help="0: 275 (tiny) / 512 (3b)")
+  p.add_argument("--new_tokens", type=int, default=32)
+  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--dtype", default="", help="float32 | bfloat16 (default: f32 tiny, bf16 3b)")
+  p.add_argument("--hbm_bytes_per_s", type=float, default=0.0)
+  p.add_argument("--skip_hf", action="store_true")
+  p.add_argument("--attention_impl", default="jax", help="3b: jax | cudnn | xla")
+  p.add_argument("--layers", type=int, default=0, help="3b: keep only this many layers (smoke)")
+  args = p.parse_args()
+  model = "tiny" if args.tiny else args.model
+  dtype = args.dtype or ("float32" if model == "tiny" else "bfloat16")
+  cfg, params = (tiny_model(dtype=dtype) if model == "tiny" else qwen2_5_vl_3b(
+      dtype=dtype, attention_impl=args.attention_impl, layers=args.layers))
+  prefix_len = args.prefix_len or (275 if model == "tiny" else 512)
+  kw = dict(rows=args.rows, prefix_len=prefix_len, new_tokens=args.new_tokens,
+            repeats=args.repeats)
+  print(f"devices: {jax.devices()}  model {model} {dtype}  load {os.getloadavg()}", flush=True)
+  ours = decode_throughput(cfg, params, hbm_bytes_per_s=args.hbm_bytes_per_s or None, **kw)
+  print(f"ours: {ours}", flush=True)
+  if not args.skip_hf:
+    theirs = hf_generate_throughput(cfg, params, dtype=dtype, **kw)
+    print(f"transformers: {theirs}")
+    print(f"ratio ours / transformers (tokens/s, prefill + decode): "
+          f"{ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x")
+
+
+if __name__ == "__main__":
+  main()
