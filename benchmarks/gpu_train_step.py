@@ -199,8 +199,10 @@ def run_jax(args):
   loss_cfg = dict(kind="cb_stream", beta=0.9999, text_weight=2.0, chunk_size=shp["chunk"])
   trainable = optim.trainable_mask(nn.unbox(boxed), FROZEN)
   best = None
-  for policy in args.policies.split(","):
-    pcfg = cfg.replace(remat_policy=policy)
+  variants = [(policy, "jax") for policy in args.policies.split(",")]
+  while variants:
+    policy, impl = variants.pop(0)
+    pcfg = cfg.replace(remat_policy=policy, attention_impl=impl)
     step = sft.make_sft_step(
         sft.make_forward(q.Qwen2_5_VL(pcfg), grid), loss_cfg, ids, tx,
         state_shardings=shardings, batch_sharding=sft.batch_shardings(batch, mesh), mesh=mesh,
@@ -220,19 +222,23 @@ def run_jax(args):
       med, times = _median_time(run, 2, args.steps)
       state = holder["state"]
     except Exception as e:  # pylint: disable=broad-except  (e.g. out of memory: report, go on)
-      emit(part="sft_step", policy=policy, error=f"{type(e).__name__}: {str(e)[:400]}")
+      emit(part="sft_step", policy=policy, attention=impl,
+           error=f"{type(e).__name__}: {str(e)[:600]}")
+      if impl == "jax":  # the fused-attention path failed: measure the XLA path instead
+        variants.insert(0, (policy, "xla"))
       continue
     mfu = counts["model_flops"] / med
-    emit(part="sft_step", policy=policy, compile_s=compile_s, step_s=med, times=times,
+    emit(part="sft_step", policy=policy, attention=impl, compile_s=compile_s, step_s=med,
+         times=times,
          tokens_per_s=b * t / med, loss=holder["loss"], mfu_spec=mfu / SPEC_PEAK,
          mfu_matmul=mfu / rate, achieved_flops_per_s=mfu, peak_bytes=peak_memory(),
          batch=b, seq_len=t)
     if best is None or med < best[1]:
-      best = (policy, med)
+      best = (policy, med, impl)
 
   if args.skip_grpo or best is None:
     return
-  pcfg = cfg.replace(remat_policy=best[0])
+  pcfg = cfg.replace(remat_policy=best[0], attention_impl=best[2])
   gcfg = grpo.GRPOStepConfig(group_size=b, beta=0.04, logps_chunk_size=shp["chunk"])
   logps_fn = grpo.make_logps_fn(sft.make_forward(q.Qwen2_5_VL(pcfg), grid), temperature=1.0,
                                 chunk_size=shp["chunk"], unembed_fn=sft.make_unembed(pcfg))
@@ -349,7 +355,7 @@ def summary(results: list[dict]) -> None:
       print(f"SFT step, remat {r['policy']}: {r['error']}")
       continue
     ratio = (f", {torch_r[0]['step_s'] / r['step_s']:.2f}x transformers" if torch_r else "")
-    print(f"SFT step, remat {r['policy']}: {r['step_s']:.3f} s, {r['tokens_per_s']:.0f} tok/s, "
+    print(f"SFT step, remat {r['policy']}, attention {r['attention']}: {r['step_s']:.3f} s, {r['tokens_per_s']:.0f} tok/s, "
           f"MFU {100 * r['mfu_spec']:.1f}% of spec ({100 * r['mfu_matmul']:.1f}% of matmul), "
           f"compile {r['compile_s']:.1f} s, peak {(r['peak_bytes'] or 0) / 2**30:.1f} GiB{ratio}")
   for r in by.get("grpo_step", []):

@@ -296,14 +296,14 @@ def tiny_model(seed: int = 0, *, dtype: str = "float32"):
 
 
 def qwen2_5_vl_3b(seed: int = 0, *, dtype: str = "bfloat16", attention_impl: str = "jax",
-                  layers: int = 0):
+                  layers: int = 0, scan_layers: bool = False):
   """(config, params): the Qwen2.5-VL-3B architecture (the config defaults), random weights in
   `dtype` (parameters and compute); layers > 0: only that many decoder layers and vision blocks
   (a smoke test of the path on CPU)."""
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   from streampro_jax.models import qwen2_5_vl  # pylint: disable=g-import-not-at-top
   cfg = qwen2_5_vl.Qwen2_5_VLConfig(dtype=dtype, param_dtype=dtype,
-                                    attention_impl=attention_impl)
+                                    attention_impl=attention_impl, scan_layers=scan_layers)
   if layers:
     cfg = cfg.replace(text=dataclasses.replace(cfg.text, num_hidden_layers=layers),
                       vision=dataclasses.replace(cfg.vision, depth=layers,
@@ -326,11 +326,13 @@ def main() -> None:
   p.add_argument("--skip_hf", action="store_true")
   p.add_argument("--attention_impl", default="jax", help="3b: jax | cudnn | xla")
   p.add_argument("--layers", type=int, default=0, help="3b: keep only this many layers (smoke)")
+  p.add_argument("--scan_layers", action="store_true", help="3b: scanned layer stacks")
   args = p.parse_args()
   model = "tiny" if args.tiny else args.model
   dtype = args.dtype or ("float32" if model == "tiny" else "bfloat16")
   cfg, params = (tiny_model(dtype=dtype) if model == "tiny" else qwen2_5_vl_3b(
-      dtype=dtype, attention_impl=args.attention_impl, layers=args.layers))
+      dtype=dtype, attention_impl=args.attention_impl, layers=args.layers,
+      scan_layers=args.scan_layers))
   prefix_len = args.prefix_len or (275 if model == "tiny" else 512)
   kw = dict(rows=args.rows, prefix_len=prefix_len, new_tokens=args.new_tokens,
             repeats=args.repeats)
@@ -338,6 +340,9 @@ def main() -> None:
   ours = decode_throughput(cfg, params, hbm_bytes_per_s=args.hbm_bytes_per_s or None, **kw)
   print(f"ours: {ours}", flush=True)
   if not args.skip_hf:
+    if cfg.scan_layers:  # the torch copy is built from the unrolled layout
+      from streampro_jax import models  # pylint: disable=g-import-not-at-top
+      cfg, params = cfg.replace(scan_layers=False), models.unscan_params(params)
     theirs = hf_generate_throughput(cfg, params, dtype=dtype, **kw)
     print(f"transformers: {theirs}")
     print(f"ratio ours / transformers (tokens/s, prefill + decode): "
