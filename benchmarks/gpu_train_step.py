@@ -178,7 +178,7 @@ def run_jax(args):
   rate = matmul_rate(1024 if args.tiny else 8192)
   emit(part="matmul", bf16_flops_per_s=rate)
 
-  cfg = model_config(args.tiny, remat_policy=args.policies.split(",")[0])
+  cfg = model_config(args.tiny, remat_policy=args.policies.split(",")[0].partition(":")[0])
   batch, grid = build_batch(cfg, **shp)
   b, t = batch["input_ids"].shape
   patches = batch["pixel_values_videos"].shape[1] * b
@@ -199,10 +199,14 @@ def run_jax(args):
   loss_cfg = dict(kind="cb_stream", beta=0.9999, text_weight=2.0, chunk_size=shp["chunk"])
   trainable = optim.trainable_mask(nn.unbox(boxed), FROZEN)
   best = None
-  variants = [(policy, "jax") for policy in args.policies.split(",")]
+  variants = []
+  for spec in args.policies.split(","):  # "policy" or "policy:chunk_size"
+    policy, _, chunk = spec.partition(":")
+    variants.append((policy, "jax", int(chunk) if chunk else shp["chunk"]))
   while variants:
-    policy, impl = variants.pop(0)
+    policy, impl, chunk = variants.pop(0)
     pcfg = cfg.replace(remat_policy=policy, attention_impl=impl)
+    loss_cfg = dict(loss_cfg, chunk_size=chunk)
     step = sft.make_sft_step(
         sft.make_forward(q.Qwen2_5_VL(pcfg), grid), loss_cfg, ids, tx,
         state_shardings=shardings, batch_sharding=sft.batch_shardings(batch, mesh), mesh=mesh,
@@ -222,26 +226,29 @@ def run_jax(args):
       med, times = _median_time(run, 2, args.steps)
       state = holder["state"]
     except Exception as e:  # pylint: disable=broad-except  (e.g. out of memory: report, go on)
-      emit(part="sft_step", policy=policy, attention=impl,
+      emit(part="sft_step", policy=policy, attention=impl, chunk=chunk,
            error=f"{type(e).__name__}: {str(e)[:600]}")
-      if impl == "jax":  # the fused-attention path failed: measure the XLA path instead
-        variants.insert(0, (policy, "xla"))
+      if impl == "jax" and "RESOURCE_EXHAUSTED" not in str(e):
+        variants.insert(0, (policy, "xla", chunk))  # the fused path failed: measure XLA's
+      if any(x.is_deleted() for x in jax.tree.leaves(state)):  # donated to the failed call
+        state, shardings = state_lib.create_train_state(init_fn, tx, mesh, jax.random.key(0))
       continue
     mfu = counts["model_flops"] / med
-    emit(part="sft_step", policy=policy, attention=impl, compile_s=compile_s, step_s=med,
+    emit(part="sft_step", policy=policy, attention=impl, chunk=chunk, compile_s=compile_s,
+         step_s=med,
          times=times,
          tokens_per_s=b * t / med, loss=holder["loss"], mfu_spec=mfu / SPEC_PEAK,
          mfu_matmul=mfu / rate, achieved_flops_per_s=mfu, peak_bytes=peak_memory(),
          batch=b, seq_len=t)
     if best is None or med < best[1]:
-      best = (policy, med, impl)
+      best = (policy, med, impl, chunk)
 
   if args.skip_grpo or best is None:
     return
   pcfg = cfg.replace(remat_policy=best[0], attention_impl=best[2])
-  gcfg = grpo.GRPOStepConfig(group_size=b, beta=0.04, logps_chunk_size=shp["chunk"])
+  gcfg = grpo.GRPOStepConfig(group_size=b, beta=0.04, logps_chunk_size=best[3])
   logps_fn = grpo.make_logps_fn(sft.make_forward(q.Qwen2_5_VL(pcfg), grid), temperature=1.0,
-                                chunk_size=shp["chunk"], unembed_fn=sft.make_unembed(pcfg))
+                                chunk_size=best[3], unembed_fn=sft.make_unembed(pcfg))
   gbatch = {k: batch[k] for k in grpo.GRPO_MODEL_KEYS}
   rng = np.random.default_rng(1)
   gbatch["old_logps"] = (-rng.random(batch["labels"].shape) * batch["loss_mask"]).astype(
@@ -273,6 +280,9 @@ def run_jax(args):
 
 
 def run_torch(args):
+  # The CB-Stream weights below are computed by streampro_jax.losses: keep JAX on the host so it
+  # takes none of the device's memory.
+  os.environ["JAX_PLATFORMS"] = "cpu"
   import numpy as np  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
@@ -352,10 +362,11 @@ def summary(results: list[dict]) -> None:
   torch_r = [r for r in by.get("torch_step", []) if "step_s" in r]
   for r in by.get("sft_step", []):
     if "error" in r:
-      print(f"SFT step, remat {r['policy']}: {r['error']}")
+      print(f"SFT step, remat {r['policy']}, chunk {r['chunk']}: {r['error'][:200]}")
       continue
     ratio = (f", {torch_r[0]['step_s'] / r['step_s']:.2f}x transformers" if torch_r else "")
-    print(f"SFT step, remat {r['policy']}, attention {r['attention']}: {r['step_s']:.3f} s, {r['tokens_per_s']:.0f} tok/s, "
+    print(f"SFT step, remat {r['policy']}, attention {r['attention']}, loss chunk {r['chunk']}: "
+          f"{r['step_s']:.3f} s, {r['tokens_per_s']:.0f} tok/s, "
           f"MFU {100 * r['mfu_spec']:.1f}% of spec ({100 * r['mfu_matmul']:.1f}% of matmul), "
           f"compile {r['compile_s']:.1f} s, peak {(r['peak_bytes'] or 0) / 2**30:.1f} GiB{ratio}")
   for r in by.get("grpo_step", []):
@@ -372,7 +383,8 @@ def main():
   parser.add_argument("--tiny", action="store_true", help="tiny config on CPU (a test runs it)")
   parser.add_argument("--part", default="all", choices=("all", "jax", "torch"))
   parser.add_argument("--policies", default="dots_no_batch,full",
-                      help="remat policies of the SFT step, comma-separated")
+                      help="variants of the SFT step, comma-separated: a remat policy, or "
+                      "policy:chunk_size (loss vocabulary chunk; 0 = full logits)")
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--skip_grpo", action="store_true")
   parser.add_argument("--skip", default="", help="parts to skip in 'all' (e.g. torch)")
