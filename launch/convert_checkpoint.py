@@ -126,11 +126,7 @@ def _checkpoint_steps(ckpt_dir: str) -> list[int]:
   from streampro_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   if not os.path.isdir(ckpt_dir):
     raise FileNotFoundError(f"{ckpt_dir} does not exist (not a train workdir?)")
-  ckpt = ckpt_lib.Checkpointer(ckpt_dir, async_save=False)
-  try:
-    return sorted(ckpt.all_steps())
-  finally:
-    ckpt.close()
+  return ckpt_lib.complete_steps(ckpt_dir)[0]
 
 
 def convert_workdir(workdir: str, config, output: str, *, step: int = -1,

@@ -115,12 +115,11 @@ def load_model(checkpoint: str, *, config_path: str | None, tokenizer_dir: str |
 def restore_train_params(ckpt_dir: str):
   """Params of the newest orbax checkpoint in ``<workdir>/checkpoints`` (host arrays)."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  steps = sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
-  if not steps:
-    raise FileNotFoundError(f"no finished checkpoint in {ckpt_dir}")
-  path = os.path.join(os.path.abspath(ckpt_dir), str(steps[-1]), "state")
+  from streampro_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  step = ckpt_lib.newest_complete_step(ckpt_dir)
+  path = os.path.join(os.path.abspath(ckpt_dir), str(step), "state")
   state = ocp.StandardCheckpointer().restore(path)
-  logging.info("restored params of step %d from %s", steps[-1], path)
+  logging.info("restored params of step %d from %s", step, path)
   return state["params"]
 
 

@@ -305,15 +305,7 @@ def restore_params(checkpoint_dir: str, abstract_params, param_shardings, step: 
   """Only the params of a TrainState checkpoint (``<dir>/<step>/state``, train/checkpoint.py),
   read straight into ``param_shardings`` (orbax partial restore; the optimizer state is not
   read, so any SFT optimizer works). step -1: the newest."""
-  mgr = ocp.CheckpointManager(os.path.abspath(checkpoint_dir))
-  steps = sorted(mgr.all_steps())
-  mgr.close()
-  if not steps:
-    raise FileNotFoundError(f"no checkpoint in {checkpoint_dir}")
-  if step < 0:
-    step = steps[-1]
-  elif step not in steps:
-    raise FileNotFoundError(f"checkpoint step {step} not in {checkpoint_dir} (has {steps})")
+  step = ckpt_lib.newest_complete_step(checkpoint_dir, step)
   target = {"params": ckpt_lib.abstract_with_shardings(abstract_params, param_shardings)}
   ckptr = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
   out = ckptr.restore(
@@ -449,8 +441,8 @@ class GRPOTrainer:
       del init_params
       self.state = self.ckpt.restore(latest, state_lib.abstract_state(self.tx, self.boxed),
                                      self.shardings, self.prompts)
-      logging.info("resumed from GRPO checkpoint %d (prompt position %d)", latest,
-                   self.prompts.position)
+      logging.info("resumed from GRPO checkpoint %d (prompt position %d)%s", latest,
+                   self.prompts.position, ckpt_lib.skipped_note(self.ckpt))
     else:
       self.state = state_lib.state_from_params(init_params, self.tx, self.shardings, self.mesh)
     self.module = models.build(mcfg)

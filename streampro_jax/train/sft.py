@@ -476,7 +476,7 @@ def train(config, workdir: str):
   latest = ckpt.latest_step()
   if latest is not None:
     state = ckpt.restore(latest, state_lib.abstract_state(tx, boxed), shardings, data_iter)
-    logging.info("resumed from step %d", latest)
+    logging.info("resumed from step %d%s", latest, ckpt_lib.skipped_note(ckpt))
   elif config.model.get("hf_checkpoint"):
     state = _load_hf_state(config, model_config, tokenizer, tx, shardings, mesh)
   else:
