@@ -366,6 +366,8 @@ class GRPOTrainer:
 
   def __init__(self, config, workdir: str, *, judge=None, source=None):
     from streampro_jax import models  # pylint: disable=g-import-not-at-top
+    from streampro_jax.train import config_check  # pylint: disable=g-import-not-at-top
+    config_check.check_config(config, "grpo")
     self.config = config
     self.workdir = workdir
     os.makedirs(workdir, exist_ok=True)

@@ -436,9 +436,11 @@ def train(config, workdir: str):
   """
   from streampro_jax import models  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from streampro_jax.train import config_check  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import optim  # pylint: disable=g-import-not-at-top
 
+  config_check.check_config(config, "sft")
   os.makedirs(workdir, exist_ok=True)
   mesh = parallel.make_mesh(dict(config.mesh))
   logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.devices.size,
