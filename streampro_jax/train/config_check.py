@@ -195,3 +195,84 @@ def check_config(config: Mapping[str, Any], trainer: str) -> None:
   if problems:
     raise ConfigError(f"{len(problems)} config key(s) that no code reads:\n  " +
                       "\n  ".join(problems))
+
+
+# ------------------------------------------------------------------------------------------------
+# A workdir carries the config that made it.
+
+CONFIG_FILE = "config.json"
+# Keys that change how a run is watched or paced, not what it computes: they may differ on resume.
+RUN_CONTROL_KEYS = ("debug_kill_after_step", "log_every_steps", "tensorboard", "data.num_threads",
+                    "data.prefetch_buffer_size", "checkpoint.every_steps", "checkpoint.keep",
+                    "checkpoint.async_save")
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+  if isinstance(tree, Mapping):
+    out = {}
+    for k, v in tree.items():
+      out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out if out or not prefix else {prefix: {}}
+  return {prefix: tree}
+
+
+def config_diff(old: Mapping[str, Any], new: Mapping[str, Any], *,
+                ignore: tuple[str, ...] = RUN_CONTROL_KEYS) -> list[str]:
+  """'key: old -> new' for every dotted key whose value differs (absent keys show as
+  <absent>), leaving out `ignore`; both sides as JSON values."""
+  a, b = _flat(_plain(old)), _flat(_plain(new))
+  out = []
+  for key in sorted(set(a) | set(b)):
+    if key in ignore or a.get(key, "<absent>") == b.get(key, "<absent>"):
+      continue
+    out.append(f"{key}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}")
+  return out
+
+
+def config_as_json(config) -> dict:
+  """The config as the JSON dict written to <workdir>/config.json."""
+  import json  # pylint: disable=g-import-not-at-top
+  text = (config.to_json_best_effort() if hasattr(config, "to_json_best_effort")
+          else json.dumps(config, default=str))
+  return json.loads(text)
+
+
+def check_workdir_config(workdir: str, config, *, allow_change: bool = False,
+                         write: bool = True) -> list[str]:
+  """Compares `config` with the one that made `workdir` (its config.json) and records it.
+
+  A workdir holds one run: resuming it with another config would mix two runs' checkpoints and
+  metrics under one name. A difference outside RUN_CONTROL_KEYS raises ConfigError naming every
+  differing key, unless `allow_change` (the launchers' --allow_config_change), which logs them
+  and keeps the previous file as config.previous.<n>.json. With `write` (process 0), writes
+  config.json. Returns the differences.
+  """
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, CONFIG_FILE)
+  new = config_as_json(config)
+  diffs = []
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      old = json.load(f)
+    diffs = config_diff(old, new)
+    if diffs and not allow_change:
+      raise ConfigError(
+          f"{workdir} holds a run made with another config ({path}); differences:\n  " +
+          "\n  ".join(diffs) + "\nuse a new --workdir, or pass --allow_config_change to resume "
+          "this run with the new config")
+    if diffs:
+      logging.warning("resuming %s with a changed config (--allow_config_change):\n  %s",
+                      workdir, "\n  ".join(diffs))
+  if write:
+    os.makedirs(workdir, exist_ok=True)
+    if diffs:
+      n = 0
+      while os.path.exists(os.path.join(workdir, f"config.previous.{n}.json")):
+        n += 1
+      os.replace(path, os.path.join(workdir, f"config.previous.{n}.json"))
+    with open(path, "w", encoding="utf-8") as f:
+      json.dump(new, f, indent=2)
+  return diffs

@@ -368,6 +368,7 @@ class GRPOTrainer:
     from streampro_jax import models  # pylint: disable=g-import-not-at-top
     from streampro_jax.train import config_check  # pylint: disable=g-import-not-at-top
     config_check.check_config(config, "grpo")
+    config_check.check_workdir_config(workdir, config, write=jax.process_index() == 0)
     self.config = config
     self.workdir = workdir
     os.makedirs(workdir, exist_ok=True)
