@@ -175,6 +175,10 @@ def convert_workdir(workdir: str, config, output: str, *, step: int = -1,
                 vocab_size=int(model_config.text.vocab_size), tokenizer_size=len(tokenizer),
                 decision_token_ids=list(tok_lib.decision_token_ids(tokenizer)),
                 copied_files=copied)
+  data = config.get("data", None)
+  if data is not None and "frame_height" in data:
+    # What the model was trained on: launch/evaluate.py streams frames of this size.
+    record.update(frame_height=int(data.frame_height), frame_width=int(data.frame_width))
   _write_record(output, record)
   return record
 

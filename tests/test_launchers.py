@@ -148,6 +148,9 @@ def test_convert_workdir_to_hf(tmp_path):
   assert r.returncode == 0, r.stdout + r.stderr[-4000:]
   record = json.load(open(os.path.join(out, "streampro_conversion.json")))
   assert record["step"] == 2 and record["model_type"] == "qwen2_5_vl"
+  # The training frame size travels with the export (launch/evaluate.py streams at it; issue 16
+  # item 5: it used 224 px whatever the model was trained on).
+  assert record["frame_height"] == record["frame_width"] == _load_tiny_config().data.frame_height
 
   # Bit-exact round trip through models.load_hf_checkpoint (newest step = step 2).
   config, loaded = models.load_hf_checkpoint(out)
