@@ -221,6 +221,7 @@ def convert_hf(hf_input: str, output: str, *, dtype: str = "auto", reinit: str =
   from streampro_jax import models  # pylint: disable=g-import-not-at-top
   from streampro_jax.data import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
 
+  tok_lib.require_tokenizer_files(hf_input)   # before anything is written
   _prepare_output(output, [hf_input])
   with open(os.path.join(hf_input, "config.json"), encoding="utf-8") as f:
     source_json = json.load(f)

@@ -280,3 +280,20 @@ def test_convert_hf_input_adds_decision_tokens(tmp_path):
   m = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(out)
   assert m.get_input_embeddings().weight.shape == (64, emb_old.shape[1])
   assert np.array_equal(m.get_input_embeddings().weight.detach().numpy(), emb_new)
+
+
+def test_convert_hf_input_without_tokenizer_files_fails(tmp_path):
+  """Issue 16 item 3: a folder with weights but no tokenizer files built a 3-token tokenizer,
+  put the decision tokens at ids 1 and 2 (real vocabulary rows), re-initialised them and exited
+  0. Now: exit 1 naming the folder, nothing written."""
+  from streampro_jax.data import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
+  src = tmp_path / "no_tokenizer"
+  src.mkdir()
+  (src / "config.json").write_text(json.dumps({"model_type": "qwen2_5_vl"}))
+  with pytest.raises(FileNotFoundError, match="holds no tokenizer"):
+    tok_lib.load_tokenizer(str(src))
+  out = tmp_path / "out"
+  r = _run("convert_checkpoint.py", f"--hf_input={src}", f"--output={out}")
+  assert r.returncode == 1, r.stdout + r.stderr[-3000:]
+  assert f"{src} holds no tokenizer" in r.stderr
+  assert not out.exists()
