@@ -1004,6 +1004,7 @@ _CONVERTERS: dict[str, Callable[[Any, Ctx, Options], dict]] = {
 class ImportStats:
   """Counts of one import. ``errors`` keeps the first ``max_errors_kept`` messages."""
   read: int = 0
+  converted: int = 0    # source records converted (read = converted + skipped; merged later)
   written: int = 0
   skipped: int = 0
   questions: int = 0
@@ -1100,6 +1101,7 @@ def iter_import(fmt: str, path: str, *, opts: Options | None = None, policy: str
         if not os.path.exists(full):
           stats.missing_videos += 1
           raise DataError(path, line, f"[{index}].video", f"video not found: {full}")
+      stats.converted += 1
     except DataError as err:
       if policy == "fail":
         raise
