@@ -43,6 +43,8 @@ def start(trainer: str):
                                  num_processes=NUM_PROCESSES.value,
                                  process_id=PROCESS_ID.value),
       force=DISTRIBUTED.value)
+  from streampro_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  ckpt_lib.quiet_orbax_info()
   config = CONFIG.value
   logging.info("process %d/%d, %d local / %d global devices (%s)", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),

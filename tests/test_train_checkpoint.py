@@ -152,3 +152,21 @@ def test_resume_skips_an_empty_step_folder_and_says_so(tmp_path, caplog):
   assert ckpt_lib.Checkpointer(tmp_path / "c").all_steps() == [40, 50]
   assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [
       "40", "50", "incomplete_50", "incomplete_60"]
+
+
+def test_orbax_info_records_are_filtered_from_the_launchers_log():
+  """Issue 16 item 9: 311 log lines for a 16-step run, most of them orbax INFO."""
+  import logging
+  f = ckpt_lib.OrbaxInfoFilter()
+
+  def rec(path, level):
+    return logging.LogRecord("absl", level, path, 1, "m", None, None)
+  site = "/venv/lib/python3.11/site-packages/orbax/checkpoint/checkpoint_manager.py"
+  assert not f.filter(rec(site, logging.INFO))
+  assert f.filter(rec(site, logging.WARNING))
+  assert f.filter(rec("/repo/streampro_jax/train/sft.py", logging.INFO))
+  ckpt_lib.quiet_orbax_info()
+  ckpt_lib.quiet_orbax_info()
+  from absl import logging as absl_logging
+  assert sum(isinstance(x, ckpt_lib.OrbaxInfoFilter)
+             for x in absl_logging.get_absl_handler().filters) == 1

@@ -41,6 +41,23 @@ STATE = "state"
 DATA = "data"
 
 
+class OrbaxInfoFilter:
+  """A logging filter that drops orbax's INFO / DEBUG records (a 16-step run logged ~300 lines of
+  them); its warnings and errors pass, and so does everything else."""
+
+  def filter(self, record) -> bool:
+    import logging as py_logging  # pylint: disable=g-import-not-at-top
+    path = str(getattr(record, "pathname", "")).replace("\\", "/")
+    return record.levelno >= py_logging.WARNING or "/orbax/" not in path
+
+
+def quiet_orbax_info() -> None:
+  """Installs OrbaxInfoFilter on absl's handler (the launchers call this once)."""
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, OrbaxInfoFilter) for f in handler.filters):
+    handler.addFilter(OrbaxInfoFilter())
+
+
 # ----------------------------------------------------------------------------------------------
 # Data iterator item: per-process JSON.
 # ----------------------------------------------------------------------------------------------
