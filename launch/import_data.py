@@ -16,9 +16,10 @@ Relative video paths are taken from the input file's folder (--video_root) and w
 to the output file's folder.
 
 Prints the import summary (records read / written, questions, answers, skipped records with
-their reasons, duration sources, videos checked / missing). Exit status 1 when the import fails (first bad record under
---on_error=fail, an unreadable input, no record written, or a failed array_record build); the
-output JSONL is then not written (the importer writes ``<output>.tmp`` and renames at the end).
+their reasons, duration sources, videos checked / missing). Exit status 1 when the import fails
+(first bad record under --on_error=fail, an unreadable input, no record written, or a failed
+array_record build); the output JSONL is then not written (the importer writes
+``<output>.tmp`` and renames at the end).
 Check the result with ``launch/check_data.py --input=<output>``.
 """
 

@@ -11,7 +11,6 @@ test_train_qwen3.py (tiny_synthetic_qwen3, and GRPO from it) and test_grpo_train
 """
 
 import importlib
-import os
 import pathlib
 import sys
 

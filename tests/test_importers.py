@@ -229,7 +229,8 @@ def test_timechat_online_sample(tmp_path):
 
 def test_videochat_flash_structure(tmp_path):
   path = _write(tmp_path, "vcf.json", [VIDEOCHAT_SAMPLE])
-  (r,) = im.iter_import("videochat_flash", path, opts=im.Options(check_videos=False, video_prefix="/data"))
+  (r,) = im.iter_import("videochat_flash", path,
+                        opts=im.Options(check_videos=False, video_prefix="/data"))
   rec = schema.parse_record(r)
   assert rec.video == "/data/videos/v_abc123.mp4" and rec.duration == 30.0
   assert r["meta"]["clip"] == [10.0, 40.0]
@@ -243,7 +244,8 @@ def test_videochat_flash_structure(tmp_path):
   with pytest.raises(schema.DataError, match="duration unknown"):
     list(im.iter_import("videochat_flash", path2, opts=NOVID))
   (r3,) = im.iter_import("videochat_flash", path2,
-                         opts=im.Options(check_videos=False, durations={"videos/v_abc123.mp4": 12.5}))
+                         opts=im.Options(check_videos=False,
+                                         durations={"videos/v_abc123.mp4": 12.5}))
   assert r3["duration"] == 12.5 and r3["questions"][0]["answers"][0]["time"] == 12.5
 
 
@@ -424,7 +426,8 @@ def test_a_non_utf8_byte_is_one_named_skip_in_every_layout(tmp_path):
     path.write_bytes(data)
     with pytest.raises(im.DataError) as e:
       list(im.iter_import("simple", str(path)))
-    assert e.value.line == (2 if name == "rows.jsonl" else 3), name   # json/csv: line 1 is [ / header
+    # JSON array / CSV: line 1 is "[" / the header.
+    assert e.value.line == (2 if name == "rows.jsonl" else 3), name
     assert "not UTF-8" in e.value.reason, name
     stats = im.ImportStats()
     recs = list(im.iter_import("simple", str(path), policy="skip", stats=stats))
