@@ -6,14 +6,27 @@ Sections:
               weights), random tiny architecture or a Hugging Face checkpoint folder.
   mesh        device mesh axis sizes (data, fsdp, tensor; -1 fills the rest).
   data        the grain pipeline (streampro_jax.data.pipeline.PipelineConfig fields) plus its
-              source: "synth" (SynthStream generated in memory), "tfds" or "jsonl".
+              source: "synth" (SynthStream generated in memory), "tfds" (data.tfds_dir, a
+              prepared builder directory such as /data/tfds/jsonl_videos/train/1.0.0) or
+              "jsonl" (data.jsonl, videos decoded on demand); every source's keys are present
+              (pipeline.SOURCE_KEYS), the ones of the other sources at their unset values.
+
+The trainers check every section when they load it (streampro_jax/train/config_check.py): a key
+that no code reads is an error naming it.
   tokenizer   "synthetic" (word-level SynthStream tokenizer, built in the workdir) or a folder.
   optim       AdamW, schedule, clipping, frozen-parameter regex (streampro_jax.train.optim).
   loss        kind = cb_stream | ce | focal, its hyper-parameters and the vocabulary chunking.
   checkpoint  orbax keep-N asynchronous checkpoints.
 """
 
+import dataclasses
+import os
+import sys
+
 import ml_collections
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from streampro_jax.data import pipeline  # noqa: E402  pylint: disable=g-import-not-at-top
 
 # Vision tower frozen, patch merger and LLM trained (SPEC section 1).
 FROZEN_VISION = r"^visual/(?!merger/)"
@@ -51,6 +64,14 @@ def data_config(*, source: str, seq_len: int, max_turns: int, frame_size: int,
   d = dict(source=source, seq_len=seq_len, max_turns=max_turns, frame_height=frame_size,
            frame_width=frame_size, seed=0, shuffle=True, num_threads=4,
            prefetch_buffer_size=8, narration=False)
+  # Every source's keys at their unset values, so that any source can be chosen on the
+  # command line (--config.data.source=jsonl --config.data.jsonl=/data/train.jsonl).
+  for keys in pipeline.SOURCE_KEYS.values():
+    for key, value in keys.items():
+      d.setdefault(key, value)
+  unknown = set(kw) - set(d) - {f.name for f in dataclasses.fields(pipeline.PipelineConfig)}
+  if unknown:
+    raise ValueError(f"data_config: unknown keys {sorted(unknown)}")
   d.update(kw)
   return ml_collections.ConfigDict(d)
 

@@ -160,6 +160,8 @@ def sft_config(demo, loss_kind: str, data_dir: str,
   if base_hf_dir:
     c.model.hf_checkpoint = base_hf_dir
     c.model.reinit_decision_rows = True
+    c.model.tiny_text = {}     # the architecture comes from the folder's config.json
+    c.model.tiny_vision = {}
   c.data = _data_section(demo, data_dir, seq_len=int(demo.seq_len))
   c.data.seed = int(demo.seed)
   c.optim = common.optim_config(lr=float(s.lr), warmup_ratio=float(s.warmup_ratio),
@@ -177,6 +179,7 @@ def grpo_config(demo, sft_workdir: str, data_dir: str) -> ml_collections.ConfigD
   g = demo.grpo
   c = _trainer_config(demo, g)
   c.init = ml_collections.ConfigDict(dict(sft_workdir=sft_workdir, sft_step=-1))
+  c.model.reinit_decision_rows = False  # the SFT policy's decision rows are trained
   c.data = _data_section(demo, data_dir, seq_len=int(g.seq_len))
   c.data.seed = int(demo.seed) + 1
   c.optim = common.optim_config(lr=float(g.lr), warmup_ratio=0.0, weight_decay=0.0,

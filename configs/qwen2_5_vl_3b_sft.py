@@ -4,8 +4,14 @@ Paper: lr 1e-5, global batch 512, 1 epoch, CB-Stream beta 0.9999, lambda_text 2,
 frozen, projector (patch merger) + LLM trained; 64 H100 for 24 h.
 
   python launch/train_sft.py --config configs/qwen2_5_vl_3b_sft.py:/ckpt/Qwen2.5-VL-3B-Instruct \
-      --workdir /runs/sft3b --config.data.tfds_data_dir=/data/tfds
+      --workdir /runs/sft3b --config.data.tfds_dir=/data/tfds/jsonl_videos/streampro_sft/1.0.0
   # ablations: --config.loss.kind=ce | focal ; --config.loss.text_weight=1.0
+  # annotation JSONL instead of TFDS (videos decoded on demand, paths relative to the file):
+  #   --config.data.source=jsonl --config.data.jsonl=/data/streampro_sft.jsonl
+
+data.tfds_dir (required; empty in this file) is the prepared builder directory that
+`launch/import_data.py --array_record_dir=/data/tfds --name=streampro_sft` writes
+(<array_record_dir>/jsonl_videos/<name>/1.0.0).
 
 The config string after ':' is the Hugging Face checkpoint folder (config.json, safetensors and
 tokenizer files; the decision tokens are added to the tokenizer, their embedding rows
@@ -34,7 +40,7 @@ def get_config(hf_checkpoint: str = "/checkpoints/Qwen2.5-VL-3B-Instruct"):
   # [choice] 224 x 224 frames (16 x 16 patches -> 64 visual tokens per turn), at most 120 turns
   # (2 minutes) and 12288 tokens per row; longer trajectories are cut by whole turns.
   c.data = common.data_config(
-      source="tfds", tfds_name="streampro_sft", tfds_data_dir="/data/tfds", split="train",
+      source="tfds", tfds_dir="", split="train",  # --config.data.tfds_dir=... (required)
       seq_len=12288, max_turns=120, frame_size=224, num_threads=16, prefetch_buffer_size=64)
   c.optim = common.optim_config(lr=1e-5, warmup_ratio=0.03, weight_decay=0.0,
                                 grad_clip_norm=1.0)  # [choice] warmup 3%, cosine to 0, clip 1

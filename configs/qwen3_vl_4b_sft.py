@@ -29,5 +29,5 @@ def get_config(hf_checkpoint: str = "/checkpoints/Qwen3-VL-4B-Instruct"):
   c = qwen2_5_vl_3b_sft.get_config(hf_checkpoint)
   c.model.family = "qwen3_vl"
   c.optim.frozen = FROZEN_VISION_QWEN3
-  c.data.frame_size = 256
+  c.data.frame_height = c.data.frame_width = 256
   return c

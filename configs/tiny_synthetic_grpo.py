@@ -54,6 +54,7 @@ def get_config():
   c.tokenizer = "synthetic"
   c.init = ml_collections.ConfigDict(dict(sft_workdir="", sft_step=-1))
   c.model = sft_cfg.model
+  c.model.reinit_decision_rows = False  # GRPO starts from the SFT policy's trained rows
   c.mesh = common.mesh_config(data=-1, fsdp=1, tensor=1)
   c.data = common.data_config(
       source="synth", seq_len=1024, max_turns=16, frame_size=16, num_threads=1,

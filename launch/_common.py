@@ -23,12 +23,18 @@ PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() even when nothing is configured "
     "(auto-detection on Cloud TPU / SLURM / Open MPI).")
+ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False, "Resume a workdir whose config.json differs from --config "
+    "(the differences are logged; the old file is kept as config.previous.<n>.json). Without "
+    "it such a rerun stops and names every differing key.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def start():
-  """Initialises the distributed runtime, logs the devices and the config, and (process 0) writes
-  ``<workdir>/config.json``. Returns (config, workdir)."""
+def start(trainer: str):
+  """Initialises the distributed runtime, logs the devices and the config, checks the config
+  (every key read by ``trainer``: "sft" | "grpo"; the workdir's config.json, if any, the same
+  unless --allow_config_change) and (process 0) writes ``<workdir>/config.json``. Returns
+  (config, workdir); exits with status 2 and the differences on a config error."""
   import jax  # pylint: disable=g-import-not-at-top
   from streampro_jax import parallel  # pylint: disable=g-import-not-at-top
 
@@ -37,16 +43,23 @@ def start():
                                  num_processes=NUM_PROCESSES.value,
                                  process_id=PROCESS_ID.value),
       force=DISTRIBUTED.value)
+  from streampro_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  ckpt_lib.quiet_orbax_info()
   config = CONFIG.value
   logging.info("process %d/%d, %d local / %d global devices (%s)", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].platform)
   logging.info("config:\n%s", config)
   workdir = WORKDIR.value
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-      f.write(config.to_json_best_effort(indent=2))
+  from streampro_jax.train import config_check  # pylint: disable=g-import-not-at-top
+  try:
+    config_check.check_config(config, trainer)
+    config_check.check_workdir_config(workdir, config, allow_change=ALLOW_CONFIG_CHANGE.value,
+                                      write=jax.process_index() == 0)
+  except config_check.ConfigError as err:
+    logging.error("%s", err)
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(2)
   return config, workdir
 
 

@@ -126,11 +126,7 @@ def _checkpoint_steps(ckpt_dir: str) -> list[int]:
   from streampro_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   if not os.path.isdir(ckpt_dir):
     raise FileNotFoundError(f"{ckpt_dir} does not exist (not a train workdir?)")
-  ckpt = ckpt_lib.Checkpointer(ckpt_dir, async_save=False)
-  try:
-    return sorted(ckpt.all_steps())
-  finally:
-    ckpt.close()
+  return ckpt_lib.complete_steps(ckpt_dir)[0]
 
 
 def convert_workdir(workdir: str, config, output: str, *, step: int = -1,
@@ -179,6 +175,10 @@ def convert_workdir(workdir: str, config, output: str, *, step: int = -1,
                 vocab_size=int(model_config.text.vocab_size), tokenizer_size=len(tokenizer),
                 decision_token_ids=list(tok_lib.decision_token_ids(tokenizer)),
                 copied_files=copied)
+  data = config.get("data", None)
+  if data is not None and "frame_height" in data:
+    # What the model was trained on: launch/evaluate.py streams frames of this size.
+    record.update(frame_height=int(data.frame_height), frame_width=int(data.frame_width))
   _write_record(output, record)
   return record
 
@@ -221,6 +221,7 @@ def convert_hf(hf_input: str, output: str, *, dtype: str = "auto", reinit: str =
   from streampro_jax import models  # pylint: disable=g-import-not-at-top
   from streampro_jax.data import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
 
+  tok_lib.require_tokenizer_files(hf_input)   # before anything is written
   _prepare_output(output, [hf_input])
   with open(os.path.join(hf_input, "config.json"), encoding="utf-8") as f:
     source_json = json.load(f)

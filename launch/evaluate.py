@@ -9,14 +9,17 @@ r"""Streaming evaluation of a checkpoint on a benchmark (StreamPro-Bench, SynthS
 --checkpoint is one of
   * a Hugging Face checkpoint folder (config.json + safetensors + tokenizer files); the backbone
     (Qwen2.5-VL or Qwen3-VL) is read from config.json's model_type;
-  * an SFT / GRPO workdir written by streampro_jax.train (``<dir>/checkpoints/<step>/state``);
-    --config names the training config that built it (model and tokenizer sections; the backbone
-    is its model.family, qwen2_5_vl by default);
+  * an SFT / GRPO workdir written by streampro_jax.train (``<dir>/checkpoints/<step>/state``,
+    the newest complete step), read with the workdir's own config.json (--config overrides it;
+    the backbone is its model.family, qwen2_5_vl by default);
   * "random": a randomly initialised model of --config (default: the tiny synthetic config), for
     smoke tests of the pipeline.
 --judge: exact | openai:<model>@<base_url> | local:<dir>.
 
-Writes into --workdir: results.jsonl (resumable), scores.json, and the report of
+Writes into --workdir: results.jsonl (resumable) with results.identity.json (the checkpoint's
+identity, benchmark, annotations, frames and decoding settings that made it: a rerun with any of
+them changed stops and names the difference, or with --overwrite sets the old results aside and
+starts fresh), scores.json (with the identity and the judge), and the report of
 bench/report.write_report (results.json, table.md, f1_by_task.png, response_offsets.png,
 precision_recall.png). For streamingbench / ovo / proactivevideoqa the peer scores go to
 peer_scores.json (StreamPro-F1 of the converted records is written as well).
@@ -51,8 +54,9 @@ _ANNOTATIONS = flags.DEFINE_string(
 _VIDEO_DIR = flags.DEFINE_string("video_dir", None, "Folder of relative video paths.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 4, "Videos streamed together.")
 _MAX_VIDEOS = flags.DEFINE_integer("max_videos", None, "Evaluate only the first N videos.")
-_FRAME_SIZE = flags.DEFINE_integer("frame_size", 0, "Frame height = width (0: the config's "
-                                   "data.frame_height, else 224).")
+_FRAME_SIZE = flags.DEFINE_integer("frame_size", 0, "Frame height = width (0: what the model "
+                                   "was trained on: the training config's data.frame_height, or "
+                                   "the frame size an exported folder records; else 224).")
 _MAX_TEXT_TOKENS = flags.DEFINE_integer("max_text_tokens", 32, "Response length limit.")
 _WINDOW_TURNS = flags.DEFINE_integer("window_turns", 200, "Sliding window in turns.")
 _MAX_TURNS = flags.DEFINE_integer("max_turns", None, "Cut streams after N turns.")
@@ -66,6 +70,12 @@ _SYNTH_SEED = flags.DEFINE_integer("synth_seed", 0, "SynthStream seed.")
 _SYNTH_RES = flags.DEFINE_integer("synth_resolution", 0, "SynthStream resolution (0: default / "
                                   "the config's data.synth.resolution).")
 _NO_PROGRESS = flags.DEFINE_boolean("noprogress_bar", False, "Hide the progress bar.")
+_OVERWRITE = flags.DEFINE_boolean(
+    "overwrite", False, "When --workdir holds results of another checkpoint, benchmark or "
+    "decoding setting, set them aside (results.jsonl.replaced.<n>) and start fresh; without it "
+    "the run stops and names what differs.")
+
+CONVERSION_FILE = "streampro_conversion.json"   # launch/convert_checkpoint.py's record
 
 
 def _load_config(path: str | None):
@@ -78,9 +88,79 @@ def _load_config(path: str | None):
   return mod.get_config()
 
 
+def checkpoint_kind(checkpoint: str) -> str:
+  """"random", "workdir" (holds checkpoints/) or "hf" (holds config.json); a UsageError naming
+  the path otherwise."""
+  if checkpoint == "random":
+    return "random"
+  if not os.path.isdir(checkpoint):
+    raise app.UsageError(f"--checkpoint={checkpoint}: no such folder (expected a Hugging Face "
+                         "folder, a training workdir or 'random')")
+  if os.path.isdir(os.path.join(checkpoint, "checkpoints")):
+    return "workdir"
+  if os.path.isfile(os.path.join(checkpoint, "config.json")):
+    return "hf"
+  raise app.UsageError(f"--checkpoint={checkpoint} holds neither config.json (a Hugging Face "
+                       "folder) nor checkpoints/ (a training workdir)")
+
+
+def _file_id(path: str) -> dict:
+  st = os.stat(path)
+  return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def checkpoint_identity(checkpoint: str, *, config_path: str | None = None) -> dict:
+  """What identifies the weights under evaluation: the folder and, per weight file, its size
+  and modification time (a re-export into the same folder is another model); a workdir's newest
+  complete step; "random" with its config."""
+  kind = checkpoint_kind(checkpoint)
+  if kind == "random":
+    return {"kind": "random", "config": os.path.abspath(config_path) if config_path else
+            "configs/tiny_synthetic.py"}
+  path = os.path.abspath(checkpoint)
+  if kind == "workdir":
+    from streampro_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+    ckpt_dir = os.path.join(path, "checkpoints")
+    step = ckpt_lib.newest_complete_step(ckpt_dir)
+    return {"kind": "workdir", "path": path, "step": step,
+            "state": _file_id(os.path.join(ckpt_dir, str(step), "_CHECKPOINT_METADATA"))}
+  files = {n: _file_id(os.path.join(path, n)) for n in sorted(os.listdir(path))
+           if n.endswith((".safetensors", ".bin", "config.json"))}
+  return {"kind": "hf", "path": path, "files": files}
+
+
+def _workdir_config(workdir: str):
+  """The config.json a training workdir was run with, as a ConfigDict (None if absent)."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def trained_frame_size(checkpoint: str, train_cfg) -> tuple[int, str]:
+  """(frame size, where it came from): the training config's data.frame_height, else the one an
+  exported folder records (streampro_conversion.json), else 224 (with a warning)."""
+  if train_cfg is not None and "data" in train_cfg:
+    return int(train_cfg.data.frame_height), "the training config"
+  record = os.path.join(checkpoint, CONVERSION_FILE)
+  if os.path.isfile(record):
+    with open(record, encoding="utf-8") as f:
+      size = json.load(f).get("frame_height")
+    if size:
+      return int(size), record
+  logging.warning("%s records no training frame size; using 224 x 224 (pass --frame_size)",
+                  checkpoint)
+  return 224, "the default"
+
+
 def load_model(checkpoint: str, *, config_path: str | None, tokenizer_dir: str | None,
                workdir: str):
-  """(params, model_config, tokenizer, train_config or None) of --checkpoint."""
+  """(params, model_config, tokenizer, train_config or None) of --checkpoint.
+
+  A training workdir is read with the config.json it was run with; --config overrides it (a
+  warning names the differences)."""
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -89,8 +169,18 @@ def load_model(checkpoint: str, *, config_path: str | None, tokenizer_dir: str |
   from streampro_jax.data import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import sft  # pylint: disable=g-import-not-at-top
 
-  if checkpoint == "random" or os.path.isdir(os.path.join(checkpoint, "checkpoints")):
-    cfg = _load_config(config_path)
+  kind = checkpoint_kind(checkpoint)
+  if kind in ("random", "workdir"):
+    cfg = _workdir_config(checkpoint) if kind == "workdir" else None
+    if cfg is None or config_path:
+      given = _load_config(config_path)
+      if cfg is not None:
+        from streampro_jax.train import config_check  # pylint: disable=g-import-not-at-top
+        diffs = config_check.config_diff(cfg, given)
+        if diffs:
+          logging.warning("--config differs from %s/config.json (the run's own):\n  %s",
+                          checkpoint, "\n  ".join(diffs))
+      cfg = given
     tok_home = workdir if checkpoint == "random" else checkpoint
     tokenizer = (tok_lib.load_tokenizer(tokenizer_dir)[0] if tokenizer_dir
                  else sft.make_tokenizer(cfg, tok_home))
@@ -115,13 +205,19 @@ def load_model(checkpoint: str, *, config_path: str | None, tokenizer_dir: str |
 def restore_train_params(ckpt_dir: str):
   """Params of the newest orbax checkpoint in ``<workdir>/checkpoints`` (host arrays)."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  steps = sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
-  if not steps:
-    raise FileNotFoundError(f"no finished checkpoint in {ckpt_dir}")
-  path = os.path.join(os.path.abspath(ckpt_dir), str(steps[-1]), "state")
+  from streampro_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  step = ckpt_lib.newest_complete_step(ckpt_dir)
+  path = os.path.join(os.path.abspath(ckpt_dir), str(step), "state")
   state = ocp.StandardCheckpointer().restore(path)
-  logging.info("restored params of step %d from %s", steps[-1], path)
+  logging.info("restored params of step %d from %s", step, path)
   return state["params"]
+
+
+def _annotations_identity() -> dict | None:
+  path = _ANNOTATIONS.value
+  if not path:
+    return None
+  return {"path": os.path.abspath(path), **_file_id(path)}
 
 
 def make_judge(spec: str):
@@ -202,6 +298,7 @@ def main(argv):
   del argv
   if not _CHECKPOINT.value or not _WORKDIR.value:
     raise app.UsageError("--checkpoint and --workdir are required")
+  checkpoint_kind(_CHECKPOINT.value)   # a UsageError naming a missing / unrecognised folder
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
   from streampro_jax.bench import harness  # pylint: disable=g-import-not-at-top
 
@@ -212,7 +309,8 @@ def main(argv):
       workdir=workdir)
   frame = _FRAME_SIZE.value
   if not frame:
-    frame = int(train_cfg.data.frame_height) if train_cfg is not None else 224
+    frame, origin = trained_frame_size(_CHECKPOINT.value, train_cfg)
+    logging.info("frames %d x %d (from %s)", frame, frame, origin)
   benchmark = _BENCHMARK.value
   hcfg = harness.HarnessConfig(
       batch_size=_BATCH_SIZE.value, frame_height=frame, frame_width=frame,
@@ -226,15 +324,26 @@ def main(argv):
   logging.info("evaluate %s on %s: %d videos, batch %d, frames %dx%d, window %d turns",
                _CHECKPOINT.value, benchmark, len(records), hcfg.batch_size, frame, frame,
                hcfg.window_turns)
-  out = harness.evaluate(params, model_config, tokenizer, records, judge, workdir, hcfg,
-                         max_videos=_MAX_VIDEOS.value,
-                         name=os.path.basename(os.path.normpath(_CHECKPOINT.value)))
+  identity = {"checkpoint": checkpoint_identity(_CHECKPOINT.value, config_path=_CONFIG.value),
+              "benchmark": benchmark, "annotations": _annotations_identity(),
+              "video_dir": _VIDEO_DIR.value, "tokenizer": _TOKENIZER.value,
+              "synth": ({"split": _SYNTH_SPLIT.value, "seed": _SYNTH_SEED.value,
+                         "resolution": _SYNTH_RES.value} if benchmark == "synthstream" else None)}
+  try:
+    out = harness.evaluate(params, model_config, tokenizer, records, judge, workdir, hcfg,
+                           max_videos=_MAX_VIDEOS.value,
+                           name=os.path.basename(os.path.normpath(_CHECKPOINT.value)),
+                           identity=identity, overwrite=_OVERWRITE.value)
+  except harness.ResultsMismatch as err:
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(2)
   scores = out["scores"]["scores"]
   logging.info("StreamPro-F1: %s", {k: v for k, v in scores.items() if v is not None})
   if benchmark in ("streamingbench", "ovo", "proactivevideoqa"):
     items = harness.benchmark_items(records, max_videos=_MAX_VIDEOS.value)
     results = harness.run_benchmark(params, model_config, tokenizer, items,
-                                    os.path.join(workdir, harness.RESULTS_FILE), hcfg)
+                                    os.path.join(workdir, harness.RESULTS_FILE), hcfg,
+                                    identity=identity)
     peer = peer_scores(benchmark, results, records[:len(records) if _MAX_VIDEOS.value is None
                                                    else _MAX_VIDEOS.value], judge)
     with open(os.path.join(workdir, "peer_scores.json"), "w", encoding="utf-8") as f:

@@ -9,10 +9,17 @@ rules of each format):
   .venv/bin/python launch/import_data.py --format=simple --input=rows.csv \
       --output=data/simple.jsonl --array_record_dir=data/tfds --name=simple --frame_size=224
 
+The input is read as bytes, line by line: a line that is not UTF-8 or not valid JSON is one bad
+record, named by file and line (failed, or skipped and counted with --on_error=skip). A record
+whose video does not exist is a bad record too (--nocheck_videos to import without the videos).
+Relative video paths are taken from the input file's folder (--video_root) and written relative
+to the output file's folder.
+
 Prints the import summary (records read / written, questions, answers, skipped records with
-their reasons, duration sources). Exit status 1 when the import fails (first bad record under
---on_error=fail, an unreadable input, no record written, or a failed array_record build); the
-output JSONL is then not written (the importer writes ``<output>.tmp`` and renames at the end).
+their reasons, duration sources, videos checked / missing). Exit status 1 when the import fails
+(first bad record under --on_error=fail, an unreadable input, no record written, or a failed
+array_record build); the output JSONL is then not written (the importer writes
+``<output>.tmp`` and renames at the end).
 Check the result with ``launch/check_data.py --input=<output>``.
 """
 
@@ -41,8 +48,13 @@ _DURATIONS = flags.DEFINE_string("durations", None, "Table of video durations: C
                                  "'video,duration' or JSON object {video: seconds}.")
 _PROBE = flags.DEFINE_boolean("probe", False, "Read missing durations from the video files "
                               "(PyAV); relative paths are taken from --video_root.")
-_VIDEO_ROOT = flags.DEFINE_string("video_root", None, "Folder of relative video paths for "
-                                  "--probe (default: the output file's folder).")
+_VIDEO_ROOT = flags.DEFINE_string("video_root", None, "Folder of relative video paths (default: "
+                                  "the --input annotation file's folder); they are written "
+                                  "relative to the output file's folder.")
+_CHECK_VIDEOS = flags.DEFINE_boolean(
+    "check_videos", True, "A record whose video does not exist is an error (--on_error=skip: "
+    "a counted, listed skip). --nocheck_videos imports without the videos at hand (the summary "
+    "says they were not checked).")
 _VIDEO_PREFIX = flags.DEFINE_string("video_prefix", None, "Joined in front of relative video "
                                     "paths in the output records.")
 _DEFAULT_TASK = flags.DEFINE_enum("default_task", "EU", schema.TASKS,
@@ -76,20 +88,19 @@ def make_options() -> importers.Options:
   probe = None
   if _PROBE.value:
     from streampro_jax.data import video  # pylint: disable=g-import-not-at-top
-    root = _VIDEO_ROOT.value or os.path.dirname(os.path.abspath(_OUTPUT.value))
 
-    def probe(path: str) -> float | None:
-      full = path if os.path.isabs(path) else os.path.join(root, path)
+    def probe(path: str) -> float | None:   # path: resolved by the importer (video_root)
       try:
-        return video.probe(full).duration
+        return video.probe(path).duration
       except Exception as err:  # pylint: disable=broad-except
-        logging.warning("probe %s: %s", full, err)
+        logging.warning("probe %s: %s", path, err)
         return None
 
   return importers.Options(
       durations=durations, probe=probe, video_prefix=_VIDEO_PREFIX.value,
       streamo_interval_end_offset=_INTERVAL_END_OFFSET.value, default_task=_DEFAULT_TASK.value,
-      group_by_video=_GROUP_BY_VIDEO.value, offline_ask=_OFFLINE_ASK.value)
+      group_by_video=_GROUP_BY_VIDEO.value, offline_ask=_OFFLINE_ASK.value,
+      video_root=_VIDEO_ROOT.value, check_videos=_CHECK_VIDEOS.value)
 
 
 def main(argv) -> int:

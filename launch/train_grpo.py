@@ -33,7 +33,7 @@ def main(argv):
   del argv
   from streampro_jax.train import grpo_trainer  # pylint: disable=g-import-not-at-top
 
-  config, workdir = _common.start()
+  config, workdir = _common.start("grpo")
   grpo_trainer.train(config, workdir)
 
 

@@ -24,7 +24,7 @@ def main(argv):
   del argv
   from streampro_jax.train import sft  # pylint: disable=g-import-not-at-top
 
-  config, workdir = _common.start()
+  config, workdir = _common.start("sft")
   sft.train(config, workdir)
 
 

@@ -59,6 +59,10 @@ def test_configs_same_init_data_and_budget_across_losses():
   g = demo_configs.grpo_config(cfg, "/sft", "/data")
   assert g.init.sft_workdir == "/sft" and g.seed == 3
   assert tuple(g.reward.weights) == (0.1, 0.45, 0.45)
+  # GRPO's model is the SFT one; it re-initialises no decision rows (a key GRPO does not read
+  # must keep its neutral value: train/config_check.py).
+  assert not g.model.reinit_decision_rows
+  g.model.reinit_decision_rows = True
   assert g.model.to_json() == demo_configs.sft_config(cfg, "ce", "/data").model.to_json()
   with pytest.raises(ValueError, match="budget 'huge'"):
     demo_configs.get_config("huge")

@@ -279,3 +279,66 @@ def test_restore_train_params(tmp_path):
   np.testing.assert_array_equal(np.asarray(got["layer"]["kernel"]),
                                 5 * np.arange(6.0).reshape(2, 3))
   np.testing.assert_array_equal(np.asarray(got["bias"]), np.ones(4))
+
+
+def _tiny_hf_folder(path, seed, frame_size=16):
+  """A tiny random Qwen2.5-VL HF folder with the synthetic tokenizer, and the record
+  launch/convert_checkpoint.py writes next to an exported model (its training frame size)."""
+  import jax
+  import ml_collections
+  from streampro_jax import models
+  from streampro_jax.data import tokenizer as tok_lib
+  tok = tok_lib.build_synthetic_tokenizer(synthetic.synthetic_vocabulary(), str(path))
+  cfg = models.config_from_section(ml_collections.ConfigDict(dict(
+      family="qwen2_5_vl", hf_checkpoint="", tiny_text=dict(num_hidden_layers=1),
+      tiny_vision=dict(depth=1, fullatt_block_indexes=(0,)))), tok)
+  import flax.linen as nn
+  params = nn.unbox(models.backbone_module(cfg).init_params(cfg, jax.random.key(seed)))
+  models.backbone_module(cfg).save_hf_checkpoint(cfg, params, str(path))
+  with open(os.path.join(path, "streampro_conversion.json"), "w") as f:
+    json.dump({"source": "workdir", "frame_height": frame_size, "frame_width": frame_size}, f)
+  return str(path)
+
+
+@pytest.mark.slow
+def test_evaluate_never_mixes_two_checkpoints(tmp_path):
+  """Issue 16 items 1, 5, 9: a second checkpoint into the same workdir stops naming what
+  differs (it reported the first model's predictions under the second one's name); --overwrite
+  starts fresh; an exported folder is streamed at its training frame size (it used 224 px);
+  a missing --checkpoint is a usage error naming it (it was a bare traceback)."""
+  from absl import app
+  ev = _load_launcher()
+  a = _tiny_hf_folder(tmp_path / "model_a", 0)
+  b = _tiny_hf_folder(tmp_path / "model_b", 1)
+  assert ev.trained_frame_size(a, None)[0] == 16
+  workdir = str(tmp_path / "eval")
+  args = ["evaluate", "--benchmark=synthstream", f"--workdir={workdir}", "--max_videos=1",
+          "--batch_size=1", "--max_text_tokens=2", "--synth_num_videos=1", "--max_turns=4",
+          "--noprogress_bar", "--nooverwrite"]
+  ev.flags.FLAGS(args + [f"--checkpoint={a}"])
+  ev.main([])
+  ident = json.load(open(os.path.join(workdir, harness.IDENTITY_FILE)))
+  assert ident["checkpoint"]["path"] == a and ident["decoding"]["frame_height"] == 16
+  first = open(os.path.join(workdir, harness.RESULTS_FILE)).read()
+
+  ev.flags.FLAGS(args + [f"--checkpoint={b}"])
+  with pytest.raises(SystemExit) as e:
+    ev.main([])
+  assert e.value.code == 2
+  assert open(os.path.join(workdir, harness.RESULTS_FILE)).read() == first  # untouched
+
+  with pytest.raises(harness.ResultsMismatch, match=r"checkpoint\.path: .*model_a.* -> "
+                     r".*model_b"):
+    harness.check_results_identity(os.path.join(workdir, harness.RESULTS_FILE),
+                                   {**ident, "checkpoint": {"kind": "hf", "path": b}})
+  ev.flags.FLAGS(args[:-1] + [f"--checkpoint={b}", "--overwrite"])
+  ev.main([])
+  assert os.path.exists(os.path.join(workdir, harness.RESULTS_FILE + ".replaced.0"))
+  ident = json.load(open(os.path.join(workdir, harness.IDENTITY_FILE)))
+  assert ident["checkpoint"]["path"] == b
+  scores = json.load(open(os.path.join(workdir, "scores.json")))
+  assert scores["identity"]["checkpoint"]["path"] == b and scores["judge"]["class"]
+
+  ev.flags.FLAGS(args + ["--checkpoint=/nonexistent"])
+  with pytest.raises(app.UsageError, match="/nonexistent: no such folder"):
+    ev.main([])

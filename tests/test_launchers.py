@@ -56,13 +56,14 @@ def test_import_data_streamo_raw(tmp_path):
 
   # Default --on_error=fail: the bad third entry stops the import; no output is written.
   r = _run("import_data.py", "--format=streamo_raw", f"--input={src}", f"--output={out}",
-           "--noprogress_bar")
+           "--noprogress_bar", "--nocheck_videos")
   assert r.returncode == 1, r.stdout + r.stderr
   assert "[2].task_type" in r.stderr
   assert not out.exists() and not os.path.exists(str(out) + ".tmp")
 
   r = _run("import_data.py", "--format=streamo_raw", f"--input={src}", f"--output={out}",
-           "--on_error=skip", f"--durations={durations}", "--noprogress_bar")
+           "--on_error=skip", f"--durations={durations}", "--noprogress_bar",
+           "--nocheck_videos")
   assert r.returncode == 0, r.stdout + r.stderr
   assert "read 3 source records, wrote 1 records (2 questions, 2 answers), skipped 1" in r.stdout
   assert "skipped        1 x task_type" in r.stdout
@@ -72,7 +73,11 @@ def test_import_data_streamo_raw(tmp_path):
   rec = json.loads(lines[0])
   # The two raw entries on the same video merge; Streamo question time q -> ask_time q - 1;
   # interval response (5, 6) -> {start 5, end 7} (BUILD_NOTES.md); duration from the table.
-  assert rec["video"] == STREAMO_RAW[0]["video_path"]
+  # The relative path is the input's (resolved against raw_data.json's folder), written relative
+  # to the output's folder, where readers resolve it.
+  assert rec["video"] == os.path.join("..", STREAMO_RAW[0]["video_path"])
+  assert os.path.normpath(out.parent / rec["video"]) == os.path.normpath(
+      tmp_path / STREAMO_RAW[0]["video_path"])
   assert rec["duration"] == 12.5
   qs = {q["question"]: q for q in rec["questions"]}
   q1 = qs[STREAMO_RAW[0]["question"][0]["content"]]
@@ -148,6 +153,9 @@ def test_convert_workdir_to_hf(tmp_path):
   assert r.returncode == 0, r.stdout + r.stderr[-4000:]
   record = json.load(open(os.path.join(out, "streampro_conversion.json")))
   assert record["step"] == 2 and record["model_type"] == "qwen2_5_vl"
+  # The training frame size travels with the export (launch/evaluate.py streams at it; issue 16
+  # item 5: it used 224 px whatever the model was trained on).
+  assert record["frame_height"] == record["frame_width"] == _load_tiny_config().data.frame_height
 
   # Bit-exact round trip through models.load_hf_checkpoint (newest step = step 2).
   config, loaded = models.load_hf_checkpoint(out)
@@ -277,3 +285,20 @@ def test_convert_hf_input_adds_decision_tokens(tmp_path):
   m = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(out)
   assert m.get_input_embeddings().weight.shape == (64, emb_old.shape[1])
   assert np.array_equal(m.get_input_embeddings().weight.detach().numpy(), emb_new)
+
+
+def test_convert_hf_input_without_tokenizer_files_fails(tmp_path):
+  """Issue 16 item 3: a folder with weights but no tokenizer files built a 3-token tokenizer,
+  put the decision tokens at ids 1 and 2 (real vocabulary rows), re-initialised them and exited
+  0. Now: exit 1 naming the folder, nothing written."""
+  from streampro_jax.data import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
+  src = tmp_path / "no_tokenizer"
+  src.mkdir()
+  (src / "config.json").write_text(json.dumps({"model_type": "qwen2_5_vl"}))
+  with pytest.raises(FileNotFoundError, match="holds no tokenizer"):
+    tok_lib.load_tokenizer(str(src))
+  out = tmp_path / "out"
+  r = _run("convert_checkpoint.py", f"--hf_input={src}", f"--output={out}")
+  assert r.returncode == 1, r.stdout + r.stderr[-3000:]
+  assert f"{src} holds no tokenizer" in r.stderr
+  assert not out.exists()

@@ -111,3 +111,62 @@ def test_metric_writers(tmp_path):
   rates = progress.update(30, now=4.0)
   assert rates["steps_per_sec"] == pytest.approx(5.0) and rates["eta_s"] == pytest.approx(14.0)
   assert metrics_lib.format_duration(3723) == "1h02m03s"
+
+
+class _CountingIterator:
+  """A data iterator whose state is one number."""
+
+  def __init__(self, n=0):
+    self.n = n
+
+  def get_state(self):
+    return {"n": self.n}
+
+  def set_state(self, state):
+    self.n = state["n"]
+
+
+def test_resume_skips_an_empty_step_folder_and_says_so(tmp_path, caplog):
+  """Issue 16 item 8: an empty checkpoints/50 (a crash between creating it and writing) is set
+  aside; the newest complete checkpoint is restored, and step 50 can be saved again."""
+  mesh = _mesh({"data": 1})
+  state, _ = state_lib.create_train_state(_init, TX, mesh, jax.random.key(0))
+  ckpt = ckpt_lib.Checkpointer(tmp_path / "c", every_steps=1)
+  ckpt.save(40, state, _CountingIterator(40))
+  ckpt.close()
+  (tmp_path / "c" / "50").mkdir()
+  (tmp_path / "c" / "60" / "state").mkdir(parents=True)   # started, never finalised
+
+  with caplog.at_level("WARNING"):
+    ckpt = ckpt_lib.Checkpointer(tmp_path / "c", every_steps=1)
+  assert ckpt.latest_step() == 40
+  assert [s for s, _ in ckpt.set_aside] == [50, 60]
+  assert "checkpoint 50" in caplog.text and "incomplete" in caplog.text
+  boxed = jax.eval_shape(_init, jax.random.key(0))
+  it = _CountingIterator()
+  restored = ckpt.restore(40, state_lib.abstract_state(TX, boxed),
+                          state_lib.state_shardings(TX, boxed, mesh), it)
+  assert int(restored.step) == int(state.step) and it.n == 40
+  assert ckpt.save(50, state, _CountingIterator(50))
+  ckpt.close()
+  assert ckpt_lib.Checkpointer(tmp_path / "c").all_steps() == [40, 50]
+  assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [
+      "40", "50", "incomplete_50", "incomplete_60"]
+
+
+def test_orbax_info_records_are_filtered_from_the_launchers_log():
+  """Issue 16 item 9: 311 log lines for a 16-step run, most of them orbax INFO."""
+  import logging
+  f = ckpt_lib.OrbaxInfoFilter()
+
+  def rec(path, level):
+    return logging.LogRecord("absl", level, path, 1, "m", None, None)
+  site = "/venv/lib/python3.11/site-packages/orbax/checkpoint/checkpoint_manager.py"
+  assert not f.filter(rec(site, logging.INFO))
+  assert f.filter(rec(site, logging.WARNING))
+  assert f.filter(rec("/repo/streampro_jax/train/sft.py", logging.INFO))
+  ckpt_lib.quiet_orbax_info()
+  ckpt_lib.quiet_orbax_info()
+  from absl import logging as absl_logging
+  assert sum(isinstance(x, ckpt_lib.OrbaxInfoFilter)
+             for x in absl_logging.get_absl_handler().filters) == 1

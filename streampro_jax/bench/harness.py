@@ -41,6 +41,70 @@ from streampro_jax.data import chat_format, schema
 logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.jsonl"
+IDENTITY_FILE = "results.identity.json"   # what made results.jsonl, next to it
+
+
+class ResultsMismatch(ValueError):
+  """An existing results file was made by another model / benchmark / decoding setting."""
+
+
+def _flat(tree, prefix=""):
+  if isinstance(tree, dict):
+    out = {}
+    for k, v in tree.items():
+      out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+  return {prefix: tree}
+
+
+def check_results_identity(results_path: str, identity: Mapping[str, Any], *,
+                           overwrite: bool = False) -> None:
+  """Makes sure the results in `results_path` were made by `identity`, and records it.
+
+  identity: JSON-able dict of what determines the result lines (checkpoint identity, benchmark
+  and its annotations, frames, decoding settings). Stored in IDENTITY_FILE next to the results.
+  An existing results file with another identity (or none recorded) raises ResultsMismatch
+  naming every differing key, unless `overwrite`: then the old results and identity are moved
+  to `<name>.replaced.<n>` and the run starts fresh. Never mixes two models' lines.
+  """
+  ident_path = os.path.join(os.path.dirname(os.path.abspath(results_path)), IDENTITY_FILE)
+  want = json.loads(json.dumps(identity, default=str))
+  have_results = os.path.exists(results_path) and os.path.getsize(results_path) > 0
+  diffs = []
+  if have_results:
+    if not os.path.exists(ident_path):
+      diffs = [f"{results_path} records no identity ({IDENTITY_FILE} missing)"]
+    else:
+      with open(ident_path, encoding="utf-8") as f:
+        old = _flat(json.load(f))
+      new = _flat(want)
+      diffs = [f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}"
+               for k in sorted(set(old) | set(new)) if old.get(k, "<absent>") != new.get(k,
+                                                                                    "<absent>")]
+  if diffs and not overwrite:
+    raise ResultsMismatch(f"{results_path} holds results made by another run:\n  " +
+                          "\n  ".join(diffs) + "\nuse another --workdir, or pass --overwrite "
+                          "to set them aside and start fresh")
+  if diffs:
+    for path in (results_path, ident_path):
+      if os.path.exists(path):
+        n = 0
+        while os.path.exists(f"{path}.replaced.{n}"):
+          n += 1
+        os.replace(path, f"{path}.replaced.{n}")
+        logger.warning("set aside %s as %s.replaced.%d (--overwrite)", path, path, n)
+  os.makedirs(os.path.dirname(os.path.abspath(results_path)), exist_ok=True)
+  with open(ident_path, "w", encoding="utf-8") as f:
+    json.dump(want, f, indent=1, sort_keys=True)
+
+
+def decoding_identity(config: HarnessConfig) -> dict[str, Any]:
+  """The HarnessConfig fields that change result lines (not batch_size, seed of greedy
+  decoding aside, nor the progress bar)."""
+  d = dataclasses.asdict(config)
+  for key in ("batch_size", "progress"):
+    d.pop(key)
+  return d
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,7 +272,8 @@ def processor_config(model_config):
 
 def run_benchmark(params, model_config, tokenizer, items: Sequence[Item], results_path: str,
                   config: HarnessConfig, *,
-                  frames_fn: Callable[[schema.Record, int], np.ndarray] | None = None
+                  frames_fn: Callable[[schema.Record, int], np.ndarray] | None = None,
+                  identity: Mapping[str, Any] | None = None, overwrite: bool = False
                   ) -> list[dict]:
   """Runs every item not yet in `results_path` and appends its result line.
 
@@ -219,11 +284,17 @@ def run_benchmark(params, model_config, tokenizer, items: Sequence[Item], result
     config: HarnessConfig.
     frames_fn: (record, num_turns) -> uint8 frames [num_turns * tp, H, W, 3]; default
       load_frames at the configured size.
+    identity: what made the results (check_results_identity; the decoding settings of `config`
+      are added): lines of another model or setting are never reused; None: no check.
+    overwrite: with `identity`, set aside results of another identity instead of stopping.
 
   Returns:
     The results of all items, in item order.
   """
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  if identity is not None:
+    check_results_identity(results_path, {**identity, "decoding": decoding_identity(config)},
+                           overwrite=overwrite)
   done = read_results(results_path)
   todo = [it for it in items if it.id not in done]
   logger.info("harness: %d items, %d already in %s, %d to run", len(items),
@@ -314,17 +385,20 @@ def decision_stats(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def evaluate(params, model_config, tokenizer, records: Sequence[schema.Record], judge,
              workdir: str, config: HarnessConfig, *, max_videos: int | None = None,
-             frames_fn=None, name: str = "model") -> dict[str, Any]:
+             frames_fn=None, name: str = "model", identity: Mapping[str, Any] | None = None,
+             overwrite: bool = False) -> dict[str, Any]:
   """Runs, scores (StreamPro-F1) and writes the report into `workdir`.
 
   Writes <workdir>/results.jsonl, scores.json (score_benchmark output + decision stats) and the
   report files of bench/report.write_report (results.json, table.md, three PNG figures).
   Returns {"scores": score_benchmark output, "paths": report paths, "stats": decision_stats}.
+  identity / overwrite: see run_benchmark; scores.json records the identity and the judge.
   """
   from streampro_jax.bench import report, streampro_f1  # pylint: disable=g-import-not-at-top
   items = benchmark_items(records, max_videos=max_videos)
   results = run_benchmark(params, model_config, tokenizer, items,
-                          os.path.join(workdir, RESULTS_FILE), config, frames_fn=frames_fn)
+                          os.path.join(workdir, RESULTS_FILE), config, frames_fn=frames_fn,
+                          identity=identity, overwrite=overwrite)
   scored = [x for x in streampro_items(results, items) if x["task"] in streampro_f1.TASK_SETTINGS]
   if len(scored) < len(items):
     logger.info("StreamPro-F1 leaves out %d items whose task is not a StreamPro-Bench task",
@@ -335,9 +409,22 @@ def evaluate(params, model_config, tokenizer, records: Sequence[schema.Record], 
     stats["judge"] = judge.stats.as_dict()
   with open(os.path.join(workdir, "scores.json"), "w", encoding="utf-8") as f:
     json.dump({"scores": scores["scores"], "per_task": scores["per_task"],
-               "judge_failures": scores["judge_failures"], "decisions": stats}, f, indent=1)
+               "judge_failures": scores["judge_failures"], "decisions": stats,
+               "identity": identity, "judge": describe_judge(judge)}, f, indent=1,
+              default=str)
   paths = report.write_report({name: scores}, workdir)
   return {"scores": scores, "paths": paths, "stats": stats}
+
+
+def describe_judge(judge) -> dict[str, Any] | None:
+  """{"class", and the judge's config fields without secrets} for scores.json."""
+  if judge is None:
+    return None
+  out: dict[str, Any] = {"class": type(judge).__name__}
+  cfg = getattr(judge, "config", None)
+  if dataclasses.is_dataclass(cfg):
+    out.update({k: v for k, v in dataclasses.asdict(cfg).items() if "key" not in k.lower()})
+  return out
 
 
 # ------------------------------------------------------------------------------------------------

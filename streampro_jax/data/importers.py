@@ -83,34 +83,57 @@ class _Progress:
   pos: int = 0
 
 
+def _decode(raw: bytes) -> tuple[str, str | None]:
+  """(text, None) of a UTF-8 line, or (text with U+FFFD, reason) when it is not UTF-8."""
+  try:
+    return raw.decode("utf-8"), None
+  except UnicodeDecodeError as e:
+    return raw.decode("utf-8", errors="replace"), f"not UTF-8: {e.reason} at byte {e.start}"
+
+
 def iter_json_values(path: str, *, chunk_chars: int = 1 << 18,
                      max_record_chars: int = 64 << 20,
-                     progress: _Progress | None = None) -> Iterator[tuple[int, int, Any]]:
-  """Yields ``(index, line, value)`` for each element of a top-level JSON array.
+                     progress: _Progress | None = None
+                     ) -> Iterator[tuple[int, int, Any | DataError]]:
+  """Yields ``(index, line, value_or_error)`` for each element of a top-level JSON array.
 
-  The file is read in ``chunk_chars`` pieces and decoded element by element with
-  ``json.JSONDecoder.raw_decode``, so memory is O(chunk + largest element), not O(file).
-  ``line`` is the 1-based line where the element starts. A malformed array cannot be
-  resynchronised, so a syntax error raises DataError whatever the policy.
+  The file is read as bytes, line by line, about ``chunk_chars`` at a time, and decoded element
+  by element with ``json.JSONDecoder.raw_decode``, so memory is O(chunk + largest element), not
+  O(file). ``line`` is the 1-based line where the element starts. An element on a line that is
+  not UTF-8 yields a DataError naming that line in place of its value (the caller applies the
+  policy). A malformed array cannot be resynchronised, so a syntax error raises DataError
+  whatever the policy.
   """
   dec = json.JSONDecoder()
-  with open(path, encoding="utf-8") as fh:
+  bad_lines: dict[int, str] = {}   # line number -> why it is not UTF-8
+  with open(path, "rb") as fh:
     buf = ""
     pos = 0
     line = 1  # line number at buf[pos]
+    read_lines = 0
     eof = False
 
     def fill() -> bool:
-      nonlocal buf, pos, eof
+      nonlocal buf, pos, eof, read_lines
       if eof:
         return False
-      chunk = fh.read(chunk_chars)
+      parts, size = [], 0
+      while size < chunk_chars:
+        raw = fh.readline()
+        if not raw:
+          break
+        read_lines += 1
+        text, reason = _decode(raw)
+        if reason is not None:
+          bad_lines[read_lines] = reason
+        parts.append(text)
+        size += len(text)
       if progress is not None:
-        progress.pos = fh.buffer.tell() if hasattr(fh, "buffer") else progress.pos
-      if not chunk:
+        progress.pos = fh.tell()
+      if not parts:
         eof = True
         return False
-      buf = buf[pos:] + chunk
+      buf = buf[pos:] + "".join(parts)
       pos = 0
       return True
 
@@ -129,7 +152,8 @@ def iter_json_values(path: str, *, chunk_chars: int = 1 << 18,
     if pos >= len(buf):
       return
     if buf[pos] != "[":
-      raise DataError(path, line, "<file>", "expected a JSON array ('[')")
+      raise DataError(path, line, "<file>", "expected a JSON array ('[')" + (
+          f" ({bad_lines[line]})" if line in bad_lines else ""))
     pos += 1
     index = 0
     while True:
@@ -159,10 +183,15 @@ def iter_json_values(path: str, *, chunk_chars: int = 1 << 18,
                             f"element longer than {max_record_chars} characters or "
                             f"malformed: {e.msg}") from None
           if not fill():
-            raise DataError(path, start_line + buf.count("\n", pos, e.pos), f"[{index}]",
-                            f"malformed JSON: {e.msg}") from None
-      line += buf.count("\n", pos, end)
+            at = start_line + buf.count("\n", pos, e.pos)
+            raise DataError(path, at, f"[{index}]", f"malformed JSON: {e.msg}" + (
+                f" ({bad_lines[at]})" if at in bad_lines else "")) from None
+      end_line = start_line + buf.count("\n", pos, end)
+      line = end_line
       pos = end
+      bad = [n for n in range(start_line, end_line + 1) if n in bad_lines]
+      if bad:
+        value = DataError(path, bad[0], f"[{index}]", bad_lines[bad[0]])
       yield index, start_line, value
       index += 1
 
@@ -179,13 +208,18 @@ def iter_jsonl(path: str, *, progress: _Progress | None = None
     for lineno, raw in enumerate(fh, start=1):
       if progress is not None:
         progress.pos += len(raw)
-      text = raw.decode("utf-8", errors="replace").strip()
+      text, reason = _decode(raw)
+      text = text.strip()
       if not text:
         continue
-      try:
-        value = json.loads(text)
-      except json.JSONDecodeError as e:
-        value = DataError(path, lineno, "<line>", f"malformed JSON: {e.msg} (column {e.colno})")
+      if reason is not None:
+        value = DataError(path, lineno, "<line>", reason)
+      else:
+        try:
+          value = json.loads(text)
+        except json.JSONDecodeError as e:
+          value = DataError(path, lineno, "<line>",
+                            f"malformed JSON: {e.msg} (column {e.colno})")
       yield index, lineno, value
       index += 1
 
@@ -193,8 +227,8 @@ def iter_jsonl(path: str, *, progress: _Progress | None = None
 def sniff_json_layout(path: str) -> str:
   """'array' when the first non-blank character is '[', 'object' for a single pretty-printed
   object, else 'jsonl'."""
-  with open(path, encoding="utf-8") as fh:
-    head = fh.read(1 << 16)
+  with open(path, "rb") as fh:
+    head = fh.read(1 << 16).decode("utf-8", errors="replace")
   s = head.lstrip()
   if s.startswith("["):
     return "array"
@@ -213,11 +247,15 @@ def iter_source(path: str, *, progress: _Progress | None = None
   if layout == "array":
     yield from iter_json_values(path, progress=progress)
   elif layout == "object":
-    with open(path, encoding="utf-8") as fh:
-      try:
-        value = json.load(fh)
-      except json.JSONDecodeError as e:
-        raise DataError(path, e.lineno, "<file>", f"malformed JSON: {e.msg}") from None
+    with open(path, "rb") as fh:
+      raw = fh.read()
+    try:
+      value = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+      value = DataError(path, raw.count(b"\n", 0, e.start) + 1, "<record>",
+                        f"not UTF-8: {e.reason} at byte {e.start}")
+    except json.JSONDecodeError as e:
+      raise DataError(path, e.lineno, "<file>", f"malformed JSON: {e.msg}") from None
     yield 0, 1, value
   else:
     yield from iter_jsonl(path, progress=progress)
@@ -225,27 +263,53 @@ def iter_source(path: str, *, progress: _Progress | None = None
 
 def iter_csv(path: str, *, progress: _Progress | None = None
              ) -> Iterator[tuple[int, int, dict | DataError]]:
-  """Yields ``(index, line, row_dict)`` of a CSV file with a header row."""
-  def counted(fh):
-    for text in fh:
+  """Yields ``(index, line, row_or_error)`` of a CSV file with a header row, read as bytes line
+  by line; a row on a line that is not UTF-8 (or with too many fields) yields a DataError."""
+  bad_lines: dict[int, str] = {}
+
+  def decoded(fh):
+    for lineno, raw in enumerate(fh, start=1):
       if progress is not None:
-        progress.pos += len(text.encode("utf-8"))
+        progress.pos += len(raw)
+      text, reason = _decode(raw)
+      if reason is not None:
+        bad_lines[lineno] = reason
       yield text
 
-  with open(path, encoding="utf-8", newline="") as fh:
-    reader = csv.DictReader(counted(fh))
-    if reader.fieldnames is None:
+  with open(path, "rb") as fh:
+    reader = csv.DictReader(decoded(fh))
+    try:
+      names = reader.fieldnames
+    except csv.Error as e:
+      raise DataError(path, 1, "<header>", f"unreadable CSV header: {e}") from None
+    if names is None:
       return
-    names = [n.strip() for n in reader.fieldnames]
+    if 1 in bad_lines:
+      raise DataError(path, 1, "<header>", bad_lines[1])
+    names = [n.strip() for n in names]
     reader.fieldnames = names
-    for index, row in enumerate(reader):
-      if None in row:
-        yield index, reader.line_num, DataError(
-            path, reader.line_num, "<row>", f"{len(names) + len(row[None])} fields for "
-            f"{len(names)} columns")
+    index, last = 0, reader.line_num
+    while True:
+      try:
+        row = next(reader)
+      except StopIteration:
+        return
+      except csv.Error as e:
+        yield index, reader.line_num, DataError(path, reader.line_num, "<row>", f"bad CSV: {e}")
+        index, last = index + 1, reader.line_num
         continue
-      yield index, reader.line_num, {k: (v.strip() if isinstance(v, str) else v)
-                                     for k, v in row.items()}
+      bad = [n for n in range(last + 1, reader.line_num + 1) if n in bad_lines]
+      first_line, last = last + 1, reader.line_num
+      if bad:
+        yield index, bad[0], DataError(path, bad[0], "<row>", bad_lines[bad[0]])
+      elif None in row:
+        yield index, first_line, DataError(
+            path, first_line, "<row>", f"{len(names) + len(row[None])} fields for "
+            f"{len(names)} columns")
+      else:
+        yield index, first_line, {k: (v.strip() if isinstance(v, str) else v)
+                                  for k, v in row.items()}
+      index += 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,6 +347,11 @@ class Options:
     group_by_video: merge consecutive raw entries with the same video into one record.
     offline_ask: "end" (question on the last turn, answered there) or "start" (question on turn
       0, answered on the last turn) for offline QA formats.
+    video_root: folder of relative video paths (None: the annotation file's folder), for the
+      probe, the existence check and the paths written (rebased onto the output's folder).
+    check_videos: a record whose video (file or frame folder) does not exist is a DataError on
+      its ``video`` field (failed or counted as skipped, per policy); False: not checked, and
+      the summary says so.
   """
   durations: Mapping[str, float] | None = None
   probe: Callable[[str], float | None] | None = None
@@ -292,6 +361,16 @@ class Options:
   default_task: str | None = "EU"
   group_by_video: bool = True
   offline_ask: str = "end"
+  video_root: str | None = None
+  check_videos: bool = True
+
+
+def resolve_video(video: str, opts: Options) -> str:
+  """The path of a record's video: absolute paths and URLs unchanged, relative ones under
+  ``opts.video_root`` (the annotation file's folder in iter_import)."""
+  if os.path.isabs(video) or "://" in video or not opts.video_root:
+    return video
+  return os.path.normpath(os.path.join(opts.video_root, video))
 
 
 def _norm_key(s: str) -> str:
@@ -310,7 +389,7 @@ def _lookup_duration(video: str, name: str | None, opts: Options) -> tuple[float
       if key and key in opts.durations:
         return float(opts.durations[key]), "durations_table"
   if opts.probe is not None:
-    d = opts.probe(video)
+    d = opts.probe(resolve_video(video, opts))
     if d is not None and d > 0:
       return float(d), "video_probe"
   return None, ""
@@ -925,6 +1004,7 @@ _CONVERTERS: dict[str, Callable[[Any, Ctx, Options], dict]] = {
 class ImportStats:
   """Counts of one import. ``errors`` keeps the first ``max_errors_kept`` messages."""
   read: int = 0
+  converted: int = 0    # source records converted (read = converted + skipped; merged later)
   written: int = 0
   skipped: int = 0
   questions: int = 0
@@ -934,6 +1014,8 @@ class ImportStats:
   errors: list[str] = dataclasses.field(default_factory=list)
   reasons: dict[str, int] = dataclasses.field(default_factory=dict)
   duration_sources: dict[str, int] = dataclasses.field(default_factory=dict)
+  videos_checked: int | None = 0   # None: not checked (Options.check_videos False)
+  missing_videos: int = 0
   max_errors_kept: int = 1000
 
   def add_error(self, err: DataError):
@@ -949,7 +1031,9 @@ class ImportStats:
              f"({self.questions} questions, {self.answers} answers), skipped {self.skipped}",
              f"standby turns mapped to silence: {self.standby_turns}; questions without "
              f"any response dropped: {self.dropped_questions}",
-             f"duration sources: {self.duration_sources}"]
+             f"duration sources: {self.duration_sources}",
+             ("videos: NOT checked (check_videos off)" if self.videos_checked is None else
+              f"videos: {self.videos_checked} checked, {self.missing_videos} missing")]
     for k, v in sorted(self.reasons.items(), key=lambda kv: -kv[1]):
       lines.append(f"  skipped {v:>8d} x {k}")
     return "\n".join(lines)
@@ -978,6 +1062,10 @@ def iter_import(fmt: str, path: str, *, opts: Options | None = None, policy: str
   if policy not in ("fail", "skip"):
     raise ValueError(f"policy must be 'fail' or 'skip', got {policy!r}")
   stats = stats if stats is not None else ImportStats()
+  if opts.video_root is None:
+    opts = dataclasses.replace(opts, video_root=os.path.dirname(os.path.abspath(path)))
+  if not opts.check_videos:
+    stats.videos_checked = None
   convert = _CONVERTERS[fmt]
   if fmt == "simple" and path.lower().endswith(".csv"):
     source = iter_csv(path, progress=progress)
@@ -1007,6 +1095,13 @@ def iter_import(fmt: str, path: str, *, opts: Options | None = None, policy: str
         schema.parse_record(rec, file=path, line=line)
       except DataError as err:
         raise DataError(path, line, f"[{index}] -> {err.field}", err.reason) from None
+      if opts.check_videos and "://" not in rec["video"]:
+        full = resolve_video(rec["video"], opts)
+        stats.videos_checked += 1
+        if not os.path.exists(full):
+          stats.missing_videos += 1
+          raise DataError(path, line, f"[{index}].video", f"video not found: {full}")
+      stats.converted += 1
     except DataError as err:
       if policy == "fail":
         raise
@@ -1037,9 +1132,14 @@ def import_to_jsonl(fmt: str, src: str, dst: str, *, opts: Options | None = None
   """Converts ``src`` (format ``fmt``) into the annotation JSONL ``dst``.
 
   Writes to ``dst + '.tmp'`` and renames when done, so a failed import leaves no half file.
-  Refuses to overwrite the source. Shows a tqdm bar over the bytes read.
+  Refuses to overwrite the source. Shows a tqdm bar over the bytes read. Relative video paths
+  (relative to ``opts.video_root``, default the source's folder) are written relative to the
+  output's folder, where readers (Record.video_path, check_data) resolve them.
   """
   opts = opts if opts is not None else Options()
+  if opts.video_root is None:
+    opts = dataclasses.replace(opts, video_root=os.path.dirname(os.path.abspath(src)))
+  out_dir = os.path.dirname(os.path.abspath(dst))
   if os.path.exists(dst) and _same_file(src, dst):
     raise ValueError(f"output {dst} is the input file; refusing to overwrite it")
   stats = ImportStats()
@@ -1055,6 +1155,9 @@ def import_to_jsonl(fmt: str, src: str, dst: str, *, opts: Options | None = None
     with open(tmp, "w", encoding="utf-8") as out:
       last = 0
       for rec in iter_import(fmt, src, opts=opts, policy=policy, stats=stats, progress=prog):
+        video = rec["video"]
+        if not (os.path.isabs(video) or "://" in video):
+          rec = dict(rec, video=os.path.relpath(resolve_video(video, opts), out_dir))
         out.write(json.dumps(rec, ensure_ascii=False) + "\n")
         if bar is not None and prog.pos != last:
           bar.update(prog.pos - last)
@@ -1093,8 +1196,9 @@ def write_records_jsonl(records: Iterable[Mapping[str, Any]], dst: str) -> int:
 
 def records_from_text(text: str, fmt: str, *, opts: Options | None = None,
                       name: str = "<text>") -> list[dict]:
-  """Converts a small source given as text (tests, notebooks). Policy "fail"."""
-  opts = opts if opts is not None else Options()
+  """Converts a small source given as text (tests, notebooks). Policy "fail". Videos are not
+  checked unless ``opts`` asks (the text names no folder)."""
+  opts = opts if opts is not None else Options(check_videos=False)
   import tempfile  # pylint: disable=import-outside-toplevel
   suffix = ".csv" if fmt == "simple" and "," in text.split("\n", 1)[0] and not \
       text.lstrip().startswith(("{", "[")) else ".json"

@@ -55,6 +55,16 @@ BATCH_KEYS = ("input_ids", "labels", "loss_mask", "decision_class", "attention_m
 
 QUESTION_COUNTS_FILE = "question_counts.json"
 
+# The source spec of a config's data section: per `source`, the keys `source_from_config` reads
+# and their values when unset. A data section may hold every source's keys (so that
+# `--config.data.source=jsonl --config.data.jsonl=...` works on the command line); the keys of
+# the sources not chosen must keep these values (train/config_check.py).
+SOURCE_KEYS = {
+    "tfds": {"tfds_dir": "", "split": "train"},
+    "jsonl": {"jsonl": "", "frames_per_turn": 2, "on_error": "fail"},
+    "synth": {"split": "train", "num_videos": 0, "synth_seed": 0, "synth": {}},
+}
+
 
 # ------------------------------------------------------------------------------------------------
 # Configuration.
@@ -522,26 +532,31 @@ def make_train_iterator(data_config: Any, *, tokenizer, model_config, source=Non
 
 
 def source_from_config(data_config: Any):
-  """A source from a config's `source` spec (see make_train_iterator)."""
+  """A source from a config's `source` spec (see make_train_iterator and SOURCE_KEYS)."""
   kind = data_config.get("source", None)
+  if kind not in SOURCE_KEYS:
+    raise ValueError(f"unknown data source {kind!r} (expected one of {sorted(SOURCE_KEYS)}, or "
+                     "pass source=)")
+  spec = {k: data_config.get(k, v) for k, v in SOURCE_KEYS[kind].items()}
+  for key in ("tfds_dir", "jsonl"):
+    if key in spec and not spec[key]:
+      raise ValueError(f"data.source is {kind!r} but data.{key} is empty; set "
+                       f"--config.data.{key}=...")
   if kind == "tfds":
-    return tfds_source(data_config["tfds_dir"], data_config.get("split", "train"))
+    return tfds_source(spec["tfds_dir"], spec["split"])
   if kind == "jsonl":
-    records, report = schema.load_jsonl(data_config["jsonl"],
-                                        on_error=data_config.get("on_error", "fail"))
+    records, report = schema.load_jsonl(spec["jsonl"], on_error=spec["on_error"])
     if report.num_skipped:
       logging.warning("%s", report.summary())
     from streampro_jax.data import video  # pylint: disable=g-import-not-at-top
     resize = video.ResizePolicy(height=data_config["frame_height"],
                                 width=data_config["frame_width"])
-    return VideoFileSource(records, frames_per_turn=data_config.get("frames_per_turn", 2),
-                           resize=resize)
-  if kind == "synth":
-    return synthetic_source(data_config.get("split", "train"), int(data_config["num_videos"]),
-                            seed=int(data_config.get("synth_seed", 0)),
-                            synth=dict(data_config.get("synth", {})))
-  raise ValueError(f"unknown data source {kind!r} (expected 'tfds', 'jsonl' or 'synth', or pass "
-                   "source=)")
+    # Relative video paths resolve against the annotation file's folder (Record.video_path).
+    return VideoFileSource(records, frames_per_turn=int(spec["frames_per_turn"]), resize=resize)
+  if int(spec["num_videos"]) < 1:
+    raise ValueError(f"data.source is 'synth' but data.num_videos is {spec['num_videos']}")
+  return synthetic_source(spec["split"], int(spec["num_videos"]), seed=int(spec["synth_seed"]),
+                          synth=dict(spec["synth"]))
 
 
 def tfds_source(builder_dir: str, split: str = "train") -> TfdsSource:

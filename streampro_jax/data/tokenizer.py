@@ -58,6 +58,23 @@ def _load_model_vocab_size(checkpoint_dir: str) -> int | None:
   return None
 
 
+# A folder holds a tokenizer when it has one of these (fast tokenizer.json, or the slow BPE
+# vocabulary files that transformers converts, or a sentencepiece model).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model")
+
+
+def require_tokenizer_files(checkpoint_dir: str) -> None:
+  """Raises FileNotFoundError naming the folder when it holds no tokenizer files (transformers
+  would otherwise build a near-empty tokenizer and the decision tokens would take ids of real
+  vocabulary rows)."""
+  if not os.path.isdir(checkpoint_dir):
+    raise FileNotFoundError(f"tokenizer folder {checkpoint_dir} does not exist")
+  if not any(os.path.isfile(os.path.join(checkpoint_dir, n)) for n in TOKENIZER_FILES):
+    raise FileNotFoundError(
+        f"{checkpoint_dir} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}); copy the "
+        "tokenizer files of the original checkpoint into it")
+
+
 def load_tokenizer(checkpoint_dir: str, *, model_vocab_size: int | None = None):
   """Loads a HF tokenizer from a local folder and makes sure the decision tokens exist.
 
@@ -78,6 +95,7 @@ def load_tokenizer(checkpoint_dir: str, *, model_vocab_size: int | None = None):
   from tokenizers import AddedToken  # pylint: disable=g-import-not-at-top
   from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
 
+  require_tokenizer_files(checkpoint_dir)
   tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir, local_files_only=True)
   vocab = tokenizer.get_vocab()
   missing = [t for t in DECISION_TOKENS if t not in vocab]

@@ -18,8 +18,11 @@ Usage::
   ckpt.maybe_save(step, state, data_iter)                       # async, every `every_steps`
   ckpt.close()                                                  # waits for pending writes
 
-A killed run leaves at most a partial temporary directory, which orbax ignores; the run resumes
-from the newest finalised checkpoint.
+A killed run leaves at most a partial temporary directory, which orbax ignores, or a step folder
+without its metadata (a crash between creating ``<step>/`` and writing into it). Opening the
+checkpointer moves such incomplete step folders aside to ``incomplete_<step>`` (orbax would list
+them as steps) and logs each one, so the run resumes from the newest complete checkpoint and can
+save that step again.
 """
 
 from __future__ import annotations
@@ -36,6 +39,23 @@ from etils import epath
 
 STATE = "state"
 DATA = "data"
+
+
+class OrbaxInfoFilter:
+  """A logging filter that drops orbax's INFO / DEBUG records (a 16-step run logged ~300 lines of
+  them); its warnings and errors pass, and so does everything else."""
+
+  def filter(self, record) -> bool:
+    import logging as py_logging  # pylint: disable=g-import-not-at-top
+    path = str(getattr(record, "pathname", "")).replace("\\", "/")
+    return record.levelno >= py_logging.WARNING or "/orbax/" not in path
+
+
+def quiet_orbax_info() -> None:
+  """Installs OrbaxInfoFilter on absl's handler (the launchers call this once)."""
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, OrbaxInfoFilter) for f in handler.filters):
+    handler.addFilter(OrbaxInfoFilter())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -108,6 +128,78 @@ def abstract_with_shardings(abstract_tree, shardings):
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_tree, shardings)
 
 
+def is_complete(step_dir: str | os.PathLike) -> bool:
+  """Whether a step folder holds a finished checkpoint: orbax's step metadata and the state
+  item's metadata (both written when the save is finalised)."""
+  d = epath.Path(step_dir)
+  return (d / "_CHECKPOINT_METADATA").exists() and (d / STATE / "_METADATA").exists()
+
+
+def complete_steps(directory: str | os.PathLike) -> tuple[list[int], list[int]]:
+  """(complete steps, incomplete steps) of a checkpoint folder, both sorted; read-only (for
+  reading another run's checkpoints, e.g. the SFT run a GRPO run starts from)."""
+  d = epath.Path(directory)
+  if not d.exists():
+    return [], []
+  steps = sorted(int(c.name) for c in d.iterdir() if c.name.isdigit() and c.is_dir())
+  good = [s for s in steps if is_complete(d / str(s))]
+  return good, [s for s in steps if s not in good]
+
+
+def newest_complete_step(directory: str | os.PathLike, step: int = -1) -> int:
+  """``step`` (-1: the newest complete one) of a checkpoint folder, checked to be complete.
+
+  Logs the newer incomplete steps it skips; FileNotFoundError names the folder and the steps
+  it has when there is none to take.
+  """
+  good, bad = complete_steps(directory)
+  if step < 0:
+    if not good:
+      raise FileNotFoundError(f"no complete checkpoint in {directory}" + (
+          f" (incomplete: {bad})" if bad else ""))
+    step = good[-1]
+  elif step not in good:
+    raise FileNotFoundError(f"checkpoint step {step} is not a complete checkpoint in "
+                            f"{directory} (complete: {good}; incomplete: {bad})")
+  skipped = [s for s in bad if s > step]
+  if skipped:
+    logging.warning("%s: skipped incomplete checkpoint(s) %s; using step %d", directory,
+                    skipped, step)
+  return step
+
+
+def set_aside_incomplete(directory: str | os.PathLike) -> list[tuple[int, str]]:
+  """Renames the incomplete step folders of ``directory`` to ``incomplete_<step>[_<n>]``.
+
+  Returns [(step, new path)] of the folders moved (none when every step is complete). Only
+  process 0 renames; every process returns the same list.
+  """
+  d = epath.Path(directory)
+  if not d.exists():
+    return []
+  moved = []
+  for child in sorted(d.iterdir(), key=lambda p: p.name):
+    if not (child.name.isdigit() and child.is_dir()) or is_complete(child):
+      continue
+    target = d / f"incomplete_{child.name}"
+    n = 1
+    while target.exists():
+      target = d / f"incomplete_{child.name}_{n}"
+      n += 1
+    if jax.process_index() == 0:
+      child.rename(target)
+    moved.append((int(child.name), str(target)))
+  return moved
+
+
+def skipped_note(ckpt: Checkpointer) -> str:
+  """"" or "; skipped incomplete checkpoint(s) [..]" for a resume message."""
+  if not ckpt.set_aside:
+    return ""
+  return (f"; skipped incomplete checkpoint(s) {[s for s, _ in ckpt.set_aside]} (moved to "
+          f"{', '.join(p for _, p in ckpt.set_aside)})")
+
+
 class Checkpointer:
   """Keep-N asynchronous orbax checkpoints of (train state, data iterator state)."""
 
@@ -121,6 +213,10 @@ class Checkpointer:
     """
     self.directory = epath.Path(directory).absolute()
     self.every_steps = int(every_steps)
+    self.set_aside = set_aside_incomplete(self.directory)
+    for step, path in self.set_aside:
+      logging.warning("checkpoint %d in %s is incomplete (no finalised state): skipped, moved "
+                      "to %s", step, self.directory, path)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep or None, enable_async_checkpointing=async_save, create=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options,

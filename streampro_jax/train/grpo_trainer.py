@@ -305,15 +305,7 @@ def restore_params(checkpoint_dir: str, abstract_params, param_shardings, step: 
   """Only the params of a TrainState checkpoint (``<dir>/<step>/state``, train/checkpoint.py),
   read straight into ``param_shardings`` (orbax partial restore; the optimizer state is not
   read, so any SFT optimizer works). step -1: the newest."""
-  mgr = ocp.CheckpointManager(os.path.abspath(checkpoint_dir))
-  steps = sorted(mgr.all_steps())
-  mgr.close()
-  if not steps:
-    raise FileNotFoundError(f"no checkpoint in {checkpoint_dir}")
-  if step < 0:
-    step = steps[-1]
-  elif step not in steps:
-    raise FileNotFoundError(f"checkpoint step {step} not in {checkpoint_dir} (has {steps})")
+  step = ckpt_lib.newest_complete_step(checkpoint_dir, step)
   target = {"params": ckpt_lib.abstract_with_shardings(abstract_params, param_shardings)}
   ckptr = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
   out = ckptr.restore(
@@ -375,6 +367,9 @@ class GRPOTrainer:
 
   def __init__(self, config, workdir: str, *, judge=None, source=None):
     from streampro_jax import models  # pylint: disable=g-import-not-at-top
+    from streampro_jax.train import config_check  # pylint: disable=g-import-not-at-top
+    config_check.check_config(config, "grpo")
+    config_check.check_workdir_config(workdir, config, write=jax.process_index() == 0)
     self.config = config
     self.workdir = workdir
     os.makedirs(workdir, exist_ok=True)
@@ -450,8 +445,8 @@ class GRPOTrainer:
       del init_params
       self.state = self.ckpt.restore(latest, state_lib.abstract_state(self.tx, self.boxed),
                                      self.shardings, self.prompts)
-      logging.info("resumed from GRPO checkpoint %d (prompt position %d)", latest,
-                   self.prompts.position)
+      logging.info("resumed from GRPO checkpoint %d (prompt position %d)%s", latest,
+                   self.prompts.position, ckpt_lib.skipped_note(self.ckpt))
     else:
       self.state = state_lib.state_from_params(init_params, self.tx, self.shardings, self.mesh)
     self.module = models.build(mcfg)

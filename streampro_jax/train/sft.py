@@ -432,14 +432,21 @@ def _load_hf_state(config, model_config, tokenizer, tx, shardings, mesh):
 def train(config, workdir: str):
   """Runs (or resumes) SFT as configured; returns the final TrainState.
 
-  Resumes from the newest checkpoint in ``<workdir>/checkpoints`` when there is one (params,
-  optimizer state, step and data iterator position), so a killed run continues exactly.
+  Resumes from the newest complete checkpoint in ``<workdir>/checkpoints`` when there is one
+  (params, optimizer state, step and data iterator position), so a killed run continues exactly.
+  Raises config_check.ConfigError for a key no code reads, or when ``<workdir>/config.json``
+  holds another config (a different run); writes it otherwise.
   """
   from streampro_jax import models  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from streampro_jax.train import config_check  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import optim  # pylint: disable=g-import-not-at-top
 
+  config_check.check_config(config, "sft")
+  # The workdir holds one run: another config stops here (launch/_common.py already compared and
+  # wrote it under --allow_config_change; then this finds the same config).
+  config_check.check_workdir_config(workdir, config, write=jax.process_index() == 0)
   os.makedirs(workdir, exist_ok=True)
   mesh = parallel.make_mesh(dict(config.mesh))
   logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.devices.size,
@@ -477,7 +484,7 @@ def train(config, workdir: str):
   latest = ckpt.latest_step()
   if latest is not None:
     state = ckpt.restore(latest, state_lib.abstract_state(tx, boxed), shardings, data_iter)
-    logging.info("resumed from step %d", latest)
+    logging.info("resumed from step %d%s", latest, ckpt_lib.skipped_note(ckpt))
   elif config.model.get("hf_checkpoint"):
     state = _load_hf_state(config, model_config, tokenizer, tx, shardings, mesh)
   else:
