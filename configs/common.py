@@ -65,10 +65,14 @@ def optim_config(*, lr: float, warmup_ratio: float = 0.03, weight_decay: float =
 
 
 def loss_config(kind: str = "cb_stream", *, beta: float = 0.9999, text_weight: float = 2.0,
-                gamma: float = 2.0, chunk_size: int = 0) -> ml_collections.ConfigDict:
-  """kind: cb_stream | ce | focal. chunk_size > 0: chunked-vocabulary loss from hidden states."""
+                gamma: float = 2.0, chunk_size: int = 0,
+                count_scope: str = "global") -> ml_collections.ConfigDict:
+  """kind: cb_stream | ce | focal. chunk_size > 0: chunked-vocabulary loss from hidden states.
+  count_scope: global | microbatch | device, where the decision-class counts n_k are taken
+  (train/sft.COUNT_SCOPES; BUILD_NOTES "CB-Stream count scope" has the weight-ratio table)."""
   return ml_collections.ConfigDict(dict(kind=kind, beta=beta, text_weight=text_weight,
-                                        gamma=gamma, chunk_size=chunk_size))
+                                        gamma=gamma, chunk_size=chunk_size,
+                                        count_scope=count_scope))
 
 
 def checkpoint_config(*, every_steps: int = 500, keep: int = 3,
