@@ -95,3 +95,18 @@ def base_config() -> ml_collections.ConfigDict:
   # Fault injection for the resume test: SIGKILL this process right after this step (-1: never).
   c.debug_kill_after_step = -1
   return c
+
+
+# GRPO settings selectable by name (streampro_jax.grpo.GRPO_PRESETS): "spec" (beta_kl 0.04, k3,
+# sequence-mean-token-mean), "verl" (KL loss coefficient 0.001, k3, token-mean), "verl-no-kl".
+GRPO_PRESET_NAMES = ("spec", "verl", "verl-no-kl")
+
+
+def with_grpo_preset(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """Sets config.grpo.preset = name (read by grpo.GRPOStepConfig.from_config; the preset's
+  beta_kl, kl_estimator and aggregation win over the section's own). Returns the config."""
+  if name not in GRPO_PRESET_NAMES:
+    raise ValueError(f"GRPO preset {name!r}; expected one of {GRPO_PRESET_NAMES}")
+  with config.unlocked():
+    config.grpo.preset = name
+  return config
