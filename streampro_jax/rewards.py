@@ -303,7 +303,8 @@ def turn_f1_inputs(messages: Sequence[str], answers: Sequence[Any], judge, *, qu
     answers: the sample's answers (dicts with "time" or "start"/"end", and "text"; or
       schema.Answer objects).
     judge: a streampro_jax.judges.Judge.
-    question, task: passed to the judge (task "TG" makes the match judge use span IoU).
+    question, task: passed to the judge; for task "TG" S_acc is the span IoU
+      (spans.text_iou) and the judge is not called, whatever it is.
     tau, proactive: the matching window (as turn_f1_reward).
     max_preds, max_gts: padded sizes P and G (default: the actual counts).
 
@@ -349,8 +350,13 @@ def group_turn_f1_inputs(group_messages: Sequence[Sequence[str]], answers: Seque
           where.append((r, i, j))
           items.append(judges_lib.AnswerItem(question=question, prediction=text_p,
                                              reference=text_g, task=task))
-  if items:
+  if items and task.upper() == "TG":
+    # Temporal Grounding: S_acc is the span IoU whatever the judge (SPEC section 3); no judge call.
+    from streampro_jax import spans  # pylint: disable=g-import-not-at-top
+    scores = [spans.text_iou(it.prediction, it.reference) for it in items]
+  elif items:
     scores = judge.score_answers(items)
+  if items:
     for (r, i, j), score in zip(where, scores, strict=True):
       if score is None or not math.isfinite(score):
         failures[r] += 1

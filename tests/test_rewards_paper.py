@@ -82,3 +82,34 @@ def test_combine_under_jit_with_traced_weights():
   f = jax.jit(rewards.combine)
   np.testing.assert_allclose(f(1.0, 0.5, 0.25, jnp.array([0.1, 0.6, 0.3])),
                              0.1 + 0.3 + 0.075, rtol=1e-6)
+
+
+class _ZeroJudge:
+  """A judge that scores every answer 0 and counts its calls (an LLM judge stand-in)."""
+
+  def __init__(self):
+    self.calls = 0
+
+  def score_answers(self, items):
+    self.calls += len(items)
+    return [0.0] * len(items)
+
+
+def test_tg_reward_uses_span_iou_whatever_the_judge():
+  # GT "9s-12s" due at 12; prediction at Y = 12 (turn 12) "from 10s to 12s": IoU = 2 / 3.
+  s, r = "</Silence>", "</Response>"
+  msgs = [s] * 11 + [r + " from 10s to 12s"]
+  judge = _ZeroJudge()
+  out = rewards.turn_f1_inputs(msgs, [{"time": 12.0, "text": "9s-12s"}], judge, task="TG")
+  np.testing.assert_allclose(out["acc"], [[2 / 3]], rtol=1e-6)
+  assert judge.calls == 0 and out["judge_failures"] == 0
+  # S' = 1 + 2/3, R_turn = 2 * (5/3) / 2.
+  got = rewards.turn_f1_reward(out["pred_times"], out["pred_mask"], out["gt_times"],
+                               out["gt_mask"], out["acc"])
+  assert float(got) == pytest.approx(5 / 3, rel=1e-6)
+  # Any other task asks the judge.
+  out = rewards.turn_f1_inputs(msgs, [{"time": 12.0, "text": "9s-12s"}], judge, task="OU")
+  assert judge.calls == 1 and float(out["acc"][0, 0]) == 0.0
+  # A TG reference without a span is a counted failure, never a silent score.
+  out = rewards.turn_f1_inputs(msgs, [{"time": 12.0, "text": "the end"}], judge, task="TG")
+  assert out["judge_failures"] == 1

@@ -44,6 +44,8 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from streampro_jax import spans
+
 METRIC_VERSION = "streampro-f1/v1"
 
 Judge = Callable[[str, str, str], float]
@@ -112,48 +114,9 @@ def _get(obj: Any, key: str, default: Any = None) -> Any:
   return getattr(obj, key, default)
 
 
-_NUM = r"(\d+(?::\d{1,2}){0,2}(?:\.\d+)?)"
-_UNIT = r"\s*(?:s|sec|secs|second|seconds)?\.?"
-_SEP = r"\s*(?:-|–|—|~|to|until|and)\s*"
-_SPAN_RE = re.compile(_NUM + _UNIT + _SEP + _NUM + _UNIT, re.IGNORECASE)
-
-
-def _to_seconds(token: str) -> float:
-  parts = token.split(":")
-  value = 0.0
-  for p in parts:
-    value = value * 60.0 + float(p)
-  return value
-
-
-def parse_span(text: str) -> tuple[float, float] | None:
-  """Parses the first time span "Xs-Ys" in `text`; None when there is none.
-
-  Accepted: "12s-18s", "12.5 s - 18 s", "12-18 seconds", "from 12s to 18s", "12 ~ 18",
-  "0:12-0:18" (m:ss or h:mm:ss), en/em dashes. A reversed span (18s-12s) is reordered.
-  """
-  if not isinstance(text, str):
-    return None
-  m = _SPAN_RE.search(text)
-  if m is None:
-    return None
-  a, b = _to_seconds(m.group(1)), _to_seconds(m.group(2))
-  return (a, b) if a <= b else (b, a)
-
-
-def span_iou(pred: tuple[float, float] | None, gt: tuple[float, float]) -> float:
-  """IoU of two closed spans: |intersection| / |union|; 0 for pred None.
-
-  Two identical zero-length spans give 1; a zero-length union otherwise gives 0.
-  """
-  if pred is None:
-    return 0.0
-  (ps, pe), (gs, ge) = pred, gt
-  inter = max(0.0, min(pe, ge) - max(ps, gs))
-  union = max(pe, ge) - min(ps, gs)
-  if union <= 0.0:
-    return 1.0 if (ps, pe) == (gs, ge) else 0.0
-  return inter / union
+# The span grammar and IoU are shared with the RL reward and the judges (streampro_jax.spans).
+parse_span = spans.parse_span
+span_iou = spans.span_iou
 
 
 def _refs(task: str, answers: Sequence[Any]) -> list[_Ref]:
