@@ -86,10 +86,14 @@ def optim_config(*, lr: float, warmup_ratio: float = 0.03, weight_decay: float =
 
 
 def loss_config(kind: str = "cb_stream", *, beta: float = 0.9999, text_weight: float = 2.0,
-                gamma: float = 2.0, chunk_size: int = 0) -> ml_collections.ConfigDict:
-  """kind: cb_stream | ce | focal. chunk_size > 0: chunked-vocabulary loss from hidden states."""
+                gamma: float = 2.0, chunk_size: int = 0,
+                count_scope: str = "global") -> ml_collections.ConfigDict:
+  """kind: cb_stream | ce | focal. chunk_size > 0: chunked-vocabulary loss from hidden states.
+  count_scope: global | microbatch | device, where the decision-class counts n_k are taken
+  (train/sft.COUNT_SCOPES; BUILD_NOTES "CB-Stream count scope" has the weight-ratio table)."""
   return ml_collections.ConfigDict(dict(kind=kind, beta=beta, text_weight=text_weight,
-                                        gamma=gamma, chunk_size=chunk_size))
+                                        gamma=gamma, chunk_size=chunk_size,
+                                        count_scope=count_scope))
 
 
 def checkpoint_config(*, every_steps: int = 500, keep: int = 3,
@@ -112,3 +116,18 @@ def base_config() -> ml_collections.ConfigDict:
   # Fault injection for the resume test: SIGKILL this process right after this step (-1: never).
   c.debug_kill_after_step = -1
   return c
+
+
+# GRPO settings selectable by name (streampro_jax.grpo.GRPO_PRESETS): "spec" (beta_kl 0.04, k3,
+# sequence-mean-token-mean), "verl" (KL loss coefficient 0.001, k3, token-mean), "verl-no-kl".
+GRPO_PRESET_NAMES = ("spec", "verl", "verl-no-kl")
+
+
+def with_grpo_preset(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """Sets config.grpo.preset = name (read by grpo.GRPOStepConfig.from_config; the preset's
+  beta_kl, kl_estimator and aggregation win over the section's own). Returns the config."""
+  if name not in GRPO_PRESET_NAMES:
+    raise ValueError(f"GRPO preset {name!r}; expected one of {GRPO_PRESET_NAMES}")
+  with config.unlocked():
+    config.grpo.preset = name
+  return config

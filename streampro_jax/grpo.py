@@ -12,7 +12,16 @@ Shapes: B rollouts (B = number of prompts * G, groups contiguous), T tokens per 
                                            the behaviour (rollout) and the reference policy
   mask                         [B, T]      1 on assistant tokens (decision and text), else 0
   advantages                   f32[B]      one per rollout, broadcast over its tokens
-All math runs in float32.
+All math runs in float32. Shapes are checked at entry (chex); an error names the argument. Masked
+positions (mask 0) reach neither the loss nor its gradient, even when their log-probs are NaN.
+
+Static arguments under jax.jit: STATIC_ARGNAMES names them per function (the mode names kl and
+aggregation, group_size and ddof of group_advantages); beta, epsilon and eps may be traced.
+`grpo_loss_jit` and `group_advantages_jit` are already-jitted entry points.
+
+Presets (GRPO_PRESETS, config grpo.preset): "spec" (this project's defaults: beta 0.04, k3,
+sequence-mean-token-mean), "verl" (veRL's GRPO example: KL loss coefficient 0.001 with the k3
+"low_var_kl" estimator, token-mean), "verl-no-kl" (KL off, token-mean).
 """
 
 from __future__ import annotations
@@ -22,12 +31,19 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from streampro_jax import losses
+from streampro_jax import _checks, losses
 
 Array = jax.Array
 
 AGGREGATIONS = ("sequence-mean-token-mean", "token-mean", "sequence-sum-token-mean",
-                "sequence-mean-token-sum")
+                "sequence-mean-token-sum", "nonempty-sequence-mean-token-mean")
+
+GRPO_PRESETS: dict[str, dict[str, object]] = {
+    "spec": dict(beta=0.04, kl_estimator="k3", aggregation="sequence-mean-token-mean"),
+    "verl": dict(beta=0.001, kl_estimator="k3", aggregation="token-mean"),
+    "verl-no-kl": dict(beta=0.0, kl_estimator="k3", aggregation="token-mean"),
+}
+"""Named settings of (KL coefficient, KL estimator, aggregation); see the module docstring."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -125,6 +141,13 @@ def group_advantages(rewards: Array, group_size: int, *, eps: float = 1e-6,
   Returns:
     f32[N].
   """
+  if jnp.ndim(rewards) != 1:
+    raise _checks.ArgumentError(
+        f"group_advantages: rewards has shape {tuple(jnp.shape(rewards))}; expected a 1-D f32[N] "
+        f"with the groups contiguous (flatten a [groups, G] array with .reshape(-1))")
+  if isinstance(group_size, jax.core.Tracer) or isinstance(ddof, jax.core.Tracer):
+    raise _checks.ArgumentError("group_advantages: group_size and ddof must be static ints "
+                                "(see grpo.STATIC_ARGNAMES)")
   rewards = jnp.asarray(rewards, jnp.float32)
   n = rewards.shape[0]
   if group_size < 1 or n % group_size:
@@ -165,6 +188,7 @@ def per_token_grpo_loss(logps: Array, old_logps: Array, ref_logps: Array | None,
     (loss f32[B, T], parts dict with "pg", "kl", "ratio", "clipped" (bool: the clipped term was
     the minimum and differs from the unclipped one), each f32[B, T]).
   """
+  _check_grpo_inputs("per_token_grpo_loss", logps, old_logps, ref_logps, advantages, None)
   logps = logps.astype(jnp.float32)
   old_logps = jax.lax.stop_gradient(old_logps.astype(jnp.float32))
   adv = jax.lax.stop_gradient(jnp.asarray(advantages, jnp.float32))[:, None]
@@ -174,7 +198,7 @@ def per_token_grpo_loss(logps: Array, old_logps: Array, ref_logps: Array | None,
   clipped = clipped_ratio * adv
   pg = -jnp.minimum(unclipped, clipped)
   is_clipped = clipped < unclipped
-  if beta != 0.0:
+  if not (isinstance(beta, (int, float)) and beta == 0.0):  # a traced beta computes the KL
     if ref_logps is None:
       raise ValueError(f"ref_logps is None but the KL coefficient beta is {beta}")
     if kl not in KL_ESTIMATORS:
@@ -186,12 +210,34 @@ def per_token_grpo_loss(logps: Array, old_logps: Array, ref_logps: Array | None,
   return loss, {"pg": pg, "kl": kl_t, "ratio": ratio, "clipped": is_clipped.astype(jnp.float32)}
 
 
+def _check_grpo_inputs(fn, logps, old_logps, ref_logps, advantages, mask) -> None:
+  _checks.rank(fn, "logps", logps, 2)
+  bt = tuple(jnp.shape(logps))
+  _checks.shape(fn, "old_logps", old_logps, bt, "(the shape of logps, [B, T])")
+  if ref_logps is not None:
+    _checks.shape(fn, "ref_logps", ref_logps, bt, "(the shape of logps, [B, T])")
+  _checks.shape(fn, "advantages", advantages, bt[:1], "(one per sequence, [B])")
+  if mask is not None:
+    _checks.shape(fn, "mask", mask, bt, "(the shape of logps, [B, T]; it is not broadcast)")
+
+
+def _clean_masked(mask: Array, *xs):
+  """Each x with its masked-out positions set to 0 (jnp.where: no NaN reaches the gradient)."""
+  keep = jnp.asarray(mask) > 0
+  return tuple(None if x is None else jnp.where(keep, x, jnp.zeros((), x.dtype)) for x in xs)
+
+
 def aggregate_sum_and_count(per_token: Array, mask: Array,
                             aggregation: str = "sequence-mean-token-mean") -> tuple[Array, Array]:
   """(numerator, denominator) of an aggregation of a per-token quantity x f32[B, T].
 
   With m = mask, n_b = sum_t m[b, t], B' = number of sequences with n_b > 0:
-    "sequence-mean-token-mean"  (sum_b [n_b > 0] * sum_t m x / n_b,  B')     (GRPO paper, default)
+    "sequence-mean-token-mean"  (sum_b sum_t m x / max(n_b, 1),      B)      (GRPO paper; TRL's
+                                and veRL's "seq-mean-token-mean": every sequence of the batch
+                                counts, an empty completion contributes 0; the default)
+    "nonempty-sequence-mean-token-mean"
+                                (sum_b [n_b > 0] * sum_t m x / n_b,  B')     (the mean over the
+                                non-empty sequences only; this project's default before)
     "token-mean"                (sum_{b,t} m x,                      sum_b n_b)   (DAPO)
     "sequence-sum-token-mean"   (sum_b [n_b > 0] * sum_t m x / n_b,  1)      (sum over sequences
                                 of per-sequence token means; a caller that accumulates divides
@@ -207,14 +253,21 @@ def aggregate_sum_and_count(per_token: Array, mask: Array,
   Returns:
     (f32 scalar, f32 scalar).
   """
-  mask = mask.astype(jnp.float32)
-  x = per_token * mask
+  _checks.rank("aggregate_sum_and_count", "per_token", per_token, 2)
+  _checks.shape("aggregate_sum_and_count", "mask", mask, tuple(jnp.shape(per_token)),
+                "(the shape of per_token, [B, T]; it is not broadcast)")
+  keep = jnp.asarray(mask) > 0
+  mask = jnp.where(keep, jnp.asarray(mask, jnp.float32), 0.0)
+  x = jnp.where(keep, per_token, 0.0) * mask
   n_b = jnp.sum(mask, axis=1)
-  if aggregation in ("sequence-mean-token-mean", "sequence-sum-token-mean"):
+  if aggregation in ("sequence-mean-token-mean", "sequence-sum-token-mean",
+                     "nonempty-sequence-mean-token-mean"):
     seq_means = jnp.sum(x, axis=1) / jnp.maximum(n_b, 1.0)
     num = jnp.sum(jnp.where(n_b > 0, seq_means, 0.0))
     if aggregation == "sequence-sum-token-mean":
       return num, jnp.float32(1.0)
+    if aggregation == "sequence-mean-token-mean":
+      return num, jnp.float32(per_token.shape[0])
     return num, jnp.sum((n_b > 0).astype(jnp.float32))
   if aggregation == "token-mean":
     return jnp.sum(x), jnp.sum(n_b)
@@ -234,6 +287,8 @@ def grpo_loss_sum_and_count(logps: Array, old_logps: Array, ref_logps: Array | N
                             aggregation: str = "sequence-mean-token-mean"
                             ) -> tuple[Array, Array]:
   """(numerator, denominator) of grpo_loss, for exact gradient accumulation."""
+  _check_grpo_inputs("grpo_loss", logps, old_logps, ref_logps, advantages, mask)
+  logps, old_logps, ref_logps = _clean_masked(mask, logps, old_logps, ref_logps)
   per_token, _ = per_token_grpo_loss(logps, old_logps, ref_logps, advantages,
                                      epsilon=epsilon, beta=beta, kl=kl)
   return aggregate_sum_and_count(per_token, mask, aggregation)
@@ -276,6 +331,8 @@ def grpo_loss_and_aux(logps: Array, old_logps: Array, ref_logps: Array | None,
   kl_mean (the chosen estimator), pg_loss (the policy term, aggregated like the loss),
   clip_fraction (tokens whose clipped term was taken), ratio_mean, ratio_max, tokens.
   """
+  _check_grpo_inputs("grpo_loss", logps, old_logps, ref_logps, advantages, mask)
+  logps, old_logps, ref_logps = _clean_masked(mask, logps, old_logps, ref_logps)
   per_token, parts = per_token_grpo_loss(logps, old_logps, ref_logps, advantages,
                                          epsilon=epsilon, beta=beta, kl=kl)
   loss = _aggregate(per_token, mask, aggregation)
@@ -292,6 +349,24 @@ def grpo_loss_and_aux(logps: Array, old_logps: Array, ref_logps: Array | None,
       "tokens": jnp.sum(m),
   }
   return loss, aux
+
+
+STATIC_ARGNAMES: dict[str, tuple[str, ...]] = {
+    "group_advantages": ("group_size", "ddof"),
+    "grpo_loss": ("kl", "aggregation"),
+    "grpo_loss_and_aux": ("kl", "aggregation"),
+    "grpo_loss_sum_and_count": ("kl", "aggregation"),
+    "per_token_grpo_loss": ("kl",),
+    "aggregate_sum_and_count": ("aggregation",),
+    "token_logps": ("temperature",),
+    "token_logps_from_hidden": ("chunk_size", "temperature"),
+}
+"""What each public GRPO function needs static under jax.jit; beta (unless it is a Python 0,
+which skips the reference), epsilon and eps may be traced."""
+
+grpo_loss_jit = jax.jit(grpo_loss, static_argnames=STATIC_ARGNAMES["grpo_loss"])
+group_advantages_jit = jax.jit(group_advantages,
+                               static_argnames=STATIC_ARGNAMES["group_advantages"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -395,7 +470,11 @@ class GRPOStepConfig:
 
   @classmethod
   def from_config(cls, grpo_cfg, reward_cfg=None, **overrides) -> GRPOStepConfig:
-    """From the ``config.grpo`` (and ``config.reward``) sections of a GRPO config."""
+    """From the ``config.grpo`` (and ``config.reward``) sections of a GRPO config.
+
+    An optional ``grpo.preset`` (GRPO_PRESETS: "spec", "verl", "verl-no-kl") sets beta,
+    kl_estimator and aggregation, over the section's own values of those three.
+    """
     g = dict(grpo_cfg)
     kw = dict(group_size=int(g.get("group_size", 8)), epsilon=float(g.get("epsilon", 0.2)),
               beta=float(g.get("beta_kl", g.get("beta", 0.04))),
@@ -407,6 +486,11 @@ class GRPOStepConfig:
               num_passes=int(g.get("num_passes", 1)),
               num_microbatches=int(g.get("num_microbatches", 1)),
               logps_chunk_size=int(g.get("logps_chunk_size", 0) or 0))
+    preset = str(g.get("preset", "") or "")
+    if preset:
+      if preset not in GRPO_PRESETS:
+        raise ValueError(f"grpo.preset {preset!r}; expected one of {tuple(GRPO_PRESETS)} or ''")
+      kw.update(GRPO_PRESETS[preset])  # The preset wins over the section's own values.
     if reward_cfg is not None and "weights" in reward_cfg:
       kw["reward_weights"] = tuple(float(w) for w in reward_cfg["weights"])
     kw.update(overrides)
@@ -449,17 +533,18 @@ def make_grpo_loss_fn(logps_fn: Callable, cfg: GRPOStepConfig) -> Callable:
   """
   def loss_fn(params, mb, context):
     del context
-    logps = logps_fn(params, mb)
     mask = mb["loss_mask"].astype(jnp.float32)
+    logps, old_logps, ref_logps = _clean_masked(mask, logps_fn(params, mb), mb["old_logps"],
+                                                mb.get("ref_logps"))
     per_token, parts = per_token_grpo_loss(
-        logps, mb["old_logps"], mb.get("ref_logps"), mb["advantages"], epsilon=cfg.epsilon,
+        logps, old_logps, ref_logps, mb["advantages"], epsilon=cfg.epsilon,
         beta=cfg.beta, kl=cfg.kl_estimator)
     num, den = aggregate_sum_and_count(per_token, mask, cfg.aggregation)
     pg_num, _ = aggregate_sum_and_count(parts["pg"], mask, cfg.aggregation)
     if cfg.aggregation == "sequence-sum-token-mean":
       den = jnp.float32(1.0 / cfg.num_microbatches)  # Summed over micro-batches: 1.
     sg = jax.lax.stop_gradient
-    log_ratio = sg(logps) - sg(mb["old_logps"].astype(jnp.float32))
+    log_ratio = sg(logps) - sg(old_logps.astype(jnp.float32))
     sums = {"pg_loss": sg(pg_num),
             "kl": sg(jnp.sum(parts["kl"] * mask)),
             "clip_fraction": sg(jnp.sum(parts["clipped"] * mask)),

@@ -3,7 +3,12 @@
 A judge answers two batched questions (SPEC section 3, "Judges"):
   score_answers(items)                  -> [score in [0, 1] or None]     (S_acc; LLM score / 5)
   check_rubric(trajectory, checks, ...) -> [True/False or None]          (R_traj checkpoints)
-LLM judges also write rubrics: write_rubric(question, answers) -> [checkpoint] or None.
+LLM judges also write rubrics (offline, launch/write_rubrics.py): write_rubric_items(question,
+answers) -> [{"rubric_id", "dimension", "rubric"}] or None (write_rubrics: batched).
+
+Temporal Grounding (task "TG") items are scored by every judge as the IoU of the prediction's
+"Xs-Ys" span with the reference's (spans.text_iou), never by an LLM (SPEC: whatever judge is
+configured); a TG reference without a span is a failure (None, counted).
 
 None means the judge failed on that item (timeout after the retries, HTTP error, malformed reply,
 unparseable number). Failures are counted in `judge.stats` (a JudgeStats) and reported; they are
@@ -40,7 +45,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from streampro_jax import prompts
+from streampro_jax import prompts, spans
 
 logger = logging.getLogger(__name__)
 
@@ -150,9 +155,10 @@ def span_iou(a: tuple[float, float], b: tuple[float, float]) -> float:
 class MatchJudge:
   """Exact match after normalisation (normalize_text); TG by span IoU.
 
-  score_answers: for task "TG" (or, whatever the task, a reference that is a span and nothing
-  else), the IoU of the first span of the prediction with the reference span (0 when the
-  prediction holds no span); otherwise 1.0 when the normalised texts are equal, else 0.0.
+  score_answers: for task "TG", spans.text_iou (the IoU every judge and the metric use; 0 when
+  a span is missing); whatever the task, a reference that is a span and nothing else ("4s-8s"),
+  the IoU of the first "Xs-Ys" span of the prediction with it; otherwise 1.0 when the normalised
+  texts are equal, else 0.0.
   check_rubric: a checkpoint holding quoted strings ("..." or '...') passes when every quoted
   string occurs, normalised, in the normalised trajectory, or, when the words outside the quotes
   negate ("never", "not", "without", "nothing"; 'Never mentions "cyan".'), when none occurs;
@@ -169,9 +175,12 @@ class MatchJudge:
     return "MatchJudge()"
 
   def score_one(self, item: AnswerItem) -> float:
+    if item.task.upper() == "TG":
+      iou = spans.text_iou(item.prediction, item.reference)
+      return 0.0 if iou is None else iou
     ref_span = parse_span(item.reference)
     span_only = ref_span is not None and not _SPAN_RE.sub("", item.reference).strip(" .,;")
-    if item.task.upper() == "TG" and ref_span is not None or span_only:
+    if span_only:
       pred_span = parse_span(item.prediction)
       return 0.0 if pred_span is None else span_iou(pred_span, ref_span)
     return float(normalize_text(item.prediction) == normalize_text(item.reference))
@@ -220,7 +229,7 @@ class _LLMJudge:
   """Base of the LLM judges. Subclasses implement _complete_many(requests) -> [reply or None]."""
 
   def __init__(self, *, backend_id: str, cache_path: str | None = None,
-               score_max_tokens: int = 16, rubric_max_tokens: int = 256,
+               score_max_tokens: int = 128, rubric_max_tokens: int = 256,
                write_max_tokens: int = 1024):
     self.stats = JudgeStats()
     self._backend_id = backend_id
@@ -299,12 +308,27 @@ class _LLMJudge:
   # -- the judge interface ---------------------------------------------------------------------
 
   def score_answers(self, items: Sequence[AnswerItem]) -> list[float | None]:
-    """0..5 LLM scores divided by 5; None (counted in stats.failures) when the judge failed."""
+    """0..5 LLM scores divided by 5; None (counted in stats.failures) when the judge failed.
+
+    TG items are not sent to the model: their score is the span IoU (spans.text_iou).
+    """
     self.stats.add("requests", len(items))
+    out: list[float | None] = [None] * len(items)
+    llm = []
+    for i, it in enumerate(items):
+      if it.task.upper() == "TG":
+        out[i] = spans.text_iou(it.prediction, it.reference)
+        if out[i] is None:
+          logger.warning("TG reference without an 'Xs-Ys' span; scored as a failure")
+      else:
+        llm.append(i)
     reqs = [_Request("score", _freeze(prompts.answer_score_messages(
-        it.question, it.reference, it.prediction)), self._score_max_tokens) for it in items]
-    out = self._run(reqs, lambda r, reply: prompts.parse_score(reply),
-                    lambda v: v is not None)
+        items[i].question, items[i].reference, items[i].prediction)), self._score_max_tokens)
+            for i in llm]
+    if reqs:
+      for i, v in zip(llm, self._run(reqs, lambda r, reply: prompts.parse_score(reply),
+                                     lambda v: v is not None)):
+        out[i] = v
     self.stats.add("failures", sum(v is None for v in out))
     return out
 
@@ -342,20 +366,35 @@ class _LLMJudge:
     self.stats.add("failures", sum(m is None for v in out for m in v))
     return out
 
+  def write_rubrics(self, questions: Sequence[str],
+                    answers: Sequence[Sequence[tuple[float, str]]], *, min_checks: int = 6,
+                    max_checks: int = 10) -> list[list[dict[str, Any]] | None]:
+    """Rubric items (prompts.parse_rubric_items) for several (question, answers), in one batch
+    (concurrent for the HTTP judge); None where the writer failed or replied malformed."""
+    reqs = []
+    for q, ans in zip(questions, answers, strict=True):
+      self.stats.add("requests")
+      reqs.append(_Request("write", _freeze(prompts.rubric_write_messages(
+          q, ans, min_checks=min_checks, max_checks=max_checks)), self._write_max_tokens))
+    out = self._run(reqs, lambda r, reply: prompts.parse_rubric_items(
+        reply, min_checks=min_checks, max_checks=max_checks), lambda v: v is not None)
+    self.stats.add("failures", sum(v is None for v in out))
+    return [None if v is None else [dict(it) for it in v] for v in out]
+
+  def write_rubric_items(self, question: str, answers: Sequence[tuple[float, str]], *,
+                         min_checks: int = 6, max_checks: int = 10
+                         ) -> list[dict[str, Any]] | None:
+    """Rubric items {"rubric_id", "dimension", "rubric"} for a question and its (time, text)
+    answers (SPEC section 3: 6 to 10, all three dimensions), or None on failure."""
+    return self.write_rubrics([question], [answers], min_checks=min_checks,
+                              max_checks=max_checks)[0]
+
   def write_rubric(self, question: str, answers: Sequence[tuple[float, str]], *,
                    min_checks: int = 6, max_checks: int = 10) -> list[str] | None:
-    """A rubric (min_checks..max_checks checkpoints) for a question and its (time, text) answers."""
-    self.stats.add("requests")
-    req = _Request("write", _freeze(prompts.rubric_write_messages(
-        question, answers, min_checks=min_checks, max_checks=max_checks)),
-                   self._write_max_tokens)
-    (rubric,) = self._run(
-        [req], lambda r, reply: prompts.parse_rubric(reply, min_checks=min_checks,
-                                                     max_checks=max_checks),
-        lambda v: v is not None)
-    if rubric is None:
-      self.stats.add("failures")
-    return rubric
+    """The rubric statements of write_rubric_items (None on failure)."""
+    items = self.write_rubric_items(question, answers, min_checks=min_checks,
+                                    max_checks=max_checks)
+    return None if items is None else [it["rubric"] for it in items]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -385,7 +424,7 @@ class OpenAIJudgeConfig:
   backoff_max_s: float = 30.0
   max_concurrency: int = 16
   temperature: float = 0.0
-  score_max_tokens: int = 16
+  score_max_tokens: int = 128
   rubric_max_tokens: int = 256
   write_max_tokens: int = 1024
   cache_path: str | None = None
@@ -538,7 +577,7 @@ class LocalLMJudge(_LLMJudge):
   """
 
   def __init__(self, path: str, *, device: str = "cpu", dtype: str = "float32",
-               batch_size: int = 8, score_max_tokens: int = 16, rubric_max_tokens: int = 256,
+               batch_size: int = 8, score_max_tokens: int = 128, rubric_max_tokens: int = 256,
                write_max_tokens: int = 1024, cache_path: str | None = None):
     import torch  # pylint: disable=g-import-not-at-top
     import transformers  # pylint: disable=g-import-not-at-top

@@ -21,6 +21,24 @@ the global batch).
 
 `chunked_stream_loss` computes the same losses from hidden states and the unembedding matrix
 without materialising the [B, T, V] logits.
+
+Input rules (checked at entry with chex; an error names the function and the argument):
+  * logits are floating, labels are integers (float labels are rejected, never truncated), and
+    loss_mask has exactly the shape of labels (a [T] mask for [B, T] labels is an error, it is
+    not broadcast).
+  * A masked-out position never reaches the value or the gradient: its label may be anything
+    (the Hugging Face ignore label -100, an id past the vocabulary) and its logits may be NaN or
+    inf. An out-of-vocabulary label at a *supervised* position gives a NaN loss (loudly wrong
+    data; it cannot raise under jit).
+  * decision_token_ids are static Python ints, distinct and inside the vocabulary.
+
+Static arguments under jax.jit: `STATIC_ARGNAMES` names them per function (decision_token_ids,
+beta, kind, chunk_size); `cb_stream_loss_jit`, `cross_entropy_loss_jit`, `focal_stream_loss_jit`
+and `chunked_stream_loss_jit` are the already-jitted entry points.
+
+Class-count scopes (config `loss.count_scope`, see train/sft.py and BUILD_NOTES): `class_counts`
+may be one f32[K] vector for the whole batch or one f32[..., K] row of counts per sequence
+(`grouped_class_counts`: the counts of the group of rows each row belongs to).
 """
 
 from __future__ import annotations
@@ -31,6 +49,9 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from streampro_jax import _checks
 
 Array = jax.Array
 
@@ -42,30 +63,76 @@ LOSS_KINDS = ("cb_stream", "ce", "focal")
 # ----------------------------------------------------------------------------------------------
 
 
-def token_nll(logits: Array, labels: Array) -> Array:
+def _check_inputs(fn: str, logits: Array, labels: Array, loss_mask: Array | None) -> None:
+  """logits float [..., V] with leading shape = labels' shape; labels int; mask = labels' shape."""
+  _checks.floating(fn, "logits", logits)
+  _checks.integer(fn, "labels", labels)
+  if jnp.ndim(logits) != jnp.ndim(labels) + 1:
+    raise _checks.ArgumentError(
+        f"{fn}: logits has shape {tuple(jnp.shape(logits))}, labels {tuple(jnp.shape(labels))}; "
+        "expected logits [B, T, V] for labels [B, T]")
+  _checks.shape(fn, "labels", labels, tuple(jnp.shape(logits))[:-1],
+                "(the leading shape of logits)")
+  if loss_mask is not None:
+    _checks.floating_or_bool(fn, "loss_mask", loss_mask)
+    _checks.shape(fn, "loss_mask", loss_mask, tuple(jnp.shape(labels)),
+                  "(the shape of labels; it is not broadcast)")
+
+
+def token_nll(logits: Array, labels: Array, loss_mask: Array | None = None) -> Array:
   """Per-token negative log-likelihood.
 
   nll[b, t] = logsumexp_v(logits[b, t, v]) - logits[b, t, labels[b, t]], in float32.
 
+  A label outside [0, V) gives NaN there. With loss_mask, masked-out positions give 0 whatever
+  their logits (NaN included) and label (-100 included), with a zero gradient.
+
   Args:
     logits: f32[B, T, V] (or any leading shape [..., V]).
     labels: i32[B, T] (the leading shape of logits).
+    loss_mask: optional [B, T], 1 where supervised.
 
   Returns:
     f32[B, T].
   """
+  _check_inputs("token_nll", logits, labels, loss_mask)
   logits = logits.astype(jnp.float32)
+  labels = labels.astype(jnp.int32)
+  if loss_mask is not None:
+    keep = jnp.asarray(loss_mask) > 0
+    logits = jnp.where(keep[..., None], logits, 0.0)
+    labels = jnp.where(keep, labels, 0)
+  v = logits.shape[-1]
+  in_vocab = (labels >= 0) & (labels < v)
   lse = jax.nn.logsumexp(logits, axis=-1)
-  label_logit = jnp.take_along_axis(logits, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
-  return lse - label_logit
+  safe = jnp.where(in_vocab, labels, 0)
+  label_logit = jnp.take_along_axis(logits, safe[..., None], axis=-1)[..., 0]
+  return jnp.where(in_vocab, lse - label_logit, jnp.nan)
 
 
-def _decision_ids(decision_token_ids: Sequence[int] | Array) -> Array:
-  ids = jnp.asarray(decision_token_ids, dtype=jnp.int32).reshape(-1)
+def _decision_ids(decision_token_ids: Sequence[int] | Array, vocab_size: int | None = None,
+                  fn: str = "losses") -> np.ndarray:
+  """The decision token ids as a NumPy i32[K]: static, distinct and inside [0, vocab_size)."""
+  if isinstance(decision_token_ids, jax.core.Tracer):
+    raise _checks.ArgumentError(
+        f"{fn}: decision_token_ids: must be static Python ints (name it in static_argnames, see "
+        "losses.STATIC_ARGNAMES), got a traced array")
+  if decision_token_ids is None:
+    raise _checks.ArgumentError(f"{fn}: decision_token_ids: missing; CB-Stream and focal need "
+                                "the decision token ids (</Silence>, </Response>)")
+  raw = np.asarray(decision_token_ids)
+  if raw.size and not np.issubdtype(raw.dtype, np.integer):
+    raise _checks.ArgumentError(f"{fn}: decision_token_ids: expected ints, got {raw.dtype}")
+  ids = raw.astype(np.int64).reshape(-1)
   if ids.shape[0] == 0:
-    raise ValueError("decision_token_ids is empty; CB-Stream needs the decision token ids "
-                     "(</Silence>, </Response>).")
-  return ids
+    raise _checks.ArgumentError(f"{fn}: decision_token_ids is empty; CB-Stream needs the "
+                                "decision token ids (</Silence>, </Response>).")
+  if len(set(ids.tolist())) != ids.shape[0]:
+    raise _checks.ArgumentError(f"{fn}: decision_token_ids {ids.tolist()}: two ids are equal")
+  if vocab_size is not None and (ids.min() < 0 or ids.max() >= vocab_size):
+    raise _checks.ArgumentError(f"{fn}: decision_token_ids {ids.tolist()}: an id lies outside "
+                                f"the vocabulary [0, {vocab_size})")
+  return ids.astype(np.int32)  # NumPy: a constant under jit (never a tracer).
 
 
 def decision_class_counts(labels: Array, loss_mask: Array,
@@ -82,10 +149,56 @@ def decision_class_counts(labels: Array, loss_mask: Array,
   Returns:
     f32[K] counts (float32 so that they can be summed across micro-batches / hosts).
   """
-  ids = _decision_ids(decision_token_ids)
+  ids = _decision_ids(decision_token_ids, fn="decision_class_counts")
+  _checks.shape("decision_class_counts", "loss_mask", loss_mask, tuple(jnp.shape(labels)),
+                "(the shape of labels)")
   is_k = (labels[..., None] == ids).astype(jnp.float32)  # [B, T, K]
-  mask = loss_mask.astype(jnp.float32)[..., None]
+  mask = (jnp.asarray(loss_mask) > 0).astype(jnp.float32)[..., None]
   return jnp.sum(is_k * mask, axis=tuple(range(labels.ndim)))
+
+
+def grouped_class_counts(labels: Array, loss_mask: Array,
+                         decision_token_ids: Sequence[int] | Array, *,
+                         num_groups: int) -> Array:
+  """Decision-class counts of contiguous groups of rows, repeated for each row of the group.
+
+  The B rows are split into num_groups contiguous blocks of B / num_groups rows (the rows one
+  device holds when the batch is sharded over num_groups devices); row b gets the counts of its
+  block: out[b, k] = sum_{b' in block(b), t} loss_mask[b', t] * [labels[b', t] == id_k].
+  num_groups = B gives each row its own counts; num_groups = 1 the whole batch's.
+
+  Args:
+    labels: i32[B, T]; loss_mask: [B, T].
+    decision_token_ids: K static ints.
+    num_groups: static int dividing B.
+
+  Returns:
+    f32[B, K] (pass as class_counts to the losses).
+  """
+  ids = _decision_ids(decision_token_ids, fn="grouped_class_counts")
+  _checks.rank("grouped_class_counts", "labels", labels, 2)
+  _checks.shape("grouped_class_counts", "loss_mask", loss_mask, tuple(jnp.shape(labels)),
+                "(the shape of labels)")
+  b = labels.shape[0]
+  if num_groups < 1 or b % num_groups:
+    raise _checks.ArgumentError(f"grouped_class_counts: num_groups {num_groups} does not "
+                                f"divide the {b} rows")
+  is_k = (labels[..., None] == ids).astype(jnp.float32)
+  mask = (jnp.asarray(loss_mask) > 0).astype(jnp.float32)[..., None]
+  per_row = jnp.sum(is_k * mask, axis=1)                               # [B, K]
+  per_group = per_row.reshape(num_groups, b // num_groups, -1).sum(1)  # [groups, K]
+  return jnp.repeat(per_group, b // num_groups, axis=0)
+
+
+def cb_stream_weight_ratio(n_silence: float, n_response: float, beta: float = 0.9999) -> float:
+  """w_response / w_silence of CB-Stream for class counts (n_silence, n_response) (host float).
+
+  With both classes present the ratio is E_silence / E_response,
+  E_k = (1 - beta**n_k) / (1 - beta) (BUILD_NOTES: the count-scope table).
+  """
+  w = np.asarray(cb_stream_class_weights(jnp.asarray([n_silence, n_response], jnp.float32),
+                                         beta))
+  return float(w[1] / w[0])
 
 
 def effective_number(n: Array, beta: float) -> Array:
@@ -126,18 +239,18 @@ def cb_stream_class_weights(class_counts: Array, beta: float = 0.9999) -> Array:
   class gives it weight 1. The result carries no gradient.
 
   Args:
-    class_counts: f32[K] counts n_k.
+    class_counts: f32[K] counts n_k (or f32[..., K]: one set of counts per row).
     beta: static float.
 
   Returns:
-    f32[K].
+    f32[K] (or f32[..., K]).
   """
   n = jax.lax.stop_gradient(jnp.asarray(class_counts, jnp.float32))
   present = n > 0
   e = effective_number(jnp.where(present, n, 1.0), beta)
   inv = jnp.where(present, 1.0 / e, 0.0)
-  num_present = jnp.sum(present.astype(jnp.float32))
-  total = jnp.sum(inv)
+  num_present = jnp.sum(present.astype(jnp.float32), axis=-1, keepdims=True)
+  total = jnp.sum(inv, axis=-1, keepdims=True)
   return jnp.where(present, inv / jnp.where(total > 0, total, 1.0) * num_present, 0.0)
 
 
@@ -145,22 +258,27 @@ def focal_class_alphas(class_counts: Array) -> Array:
   """Streamo focal class weights alpha_k = (sum_j n_j / n_k) / |S_present| (0 when n_k = 0).
 
   Args:
-    class_counts: f32[K].
+    class_counts: f32[K] (or f32[..., K], one set per row).
 
   Returns:
-    f32[K], no gradient.
+    f32[K] (or f32[..., K]), no gradient.
   """
   n = jax.lax.stop_gradient(jnp.asarray(class_counts, jnp.float32))
   present = n > 0
-  num_present = jnp.maximum(jnp.sum(present.astype(jnp.float32)), 1.0)
-  total = jnp.sum(n)
+  num_present = jnp.maximum(jnp.sum(present.astype(jnp.float32), axis=-1, keepdims=True), 1.0)
+  total = jnp.sum(n, axis=-1, keepdims=True)
   return jnp.where(present, total / jnp.where(present, n, 1.0) / num_present, 0.0)
 
 
 def _per_token_class_value(labels: Array, ids: Array, class_values: Array,
                            other: Array | float) -> Array:
-  """value_i = class_values[k] if labels_i == ids[k] else other."""
+  """value_i = class_values[k] if labels_i == ids[k] else other.
+
+  class_values is f32[K] or f32[B, K] (one set per row of labels [B, T]).
+  """
   is_k = labels[..., None] == ids  # [B, T, K]
+  if class_values.ndim == labels.ndim:  # per-row values [B, K] -> [B, 1, K]
+    class_values = class_values[..., None, :]
   in_s = jnp.any(is_k, axis=-1)
   picked = jnp.sum(jnp.where(is_k, class_values, 0.0), axis=-1)
   return jnp.where(in_s, picked, other)
@@ -170,19 +288,34 @@ def weighted_nll_sum_and_count(nll: Array, labels: Array, loss_mask: Array, *, k
                                decision_token_ids, beta: float = 0.9999,
                                text_weight: float = 2.0, gamma: float = 2.0,
                                class_counts: Array | None = None):
-  """Shared weighting of per-token nll f32[B, T] for every loss kind (see the module docstring)."""
-  mask = loss_mask.astype(jnp.float32)
+  """Shared weighting of per-token nll f32[B, T] for every loss kind (see the module docstring).
+
+  Masked-out positions are selected away (jnp.where), so a NaN nll there reaches neither the sum
+  nor the gradient. class_counts: None (counted here), f32[K], or f32[B, K] per row.
+  """
+  fn = "weighted_nll_sum_and_count"
+  _checks.shape(fn, "loss_mask", loss_mask, tuple(jnp.shape(labels)),
+                "(the shape of labels; it is not broadcast)")
+  _checks.shape(fn, "nll", nll, tuple(jnp.shape(labels)), "(the shape of labels)")
+  keep = jnp.asarray(loss_mask) > 0
+  mask = jnp.where(keep, jnp.asarray(loss_mask, jnp.float32), 0.0)
   count = jnp.sum(mask)
+  nll = jnp.where(keep, nll, 0.0)
   if kind == "ce":
     return jnp.sum(mask * nll), count
   if kind not in LOSS_KINDS:
     raise ValueError(f"unknown loss kind {kind!r}; expected one of {LOSS_KINDS}")
-  ids = _decision_ids(decision_token_ids)
+  ids = _decision_ids(decision_token_ids, fn=fn)
   if class_counts is None:
     class_counts = decision_class_counts(labels, loss_mask, ids)
+  cc_shape = tuple(jnp.shape(class_counts))
+  if cc_shape not in ((ids.shape[0],), tuple(jnp.shape(labels))[:-1] + (ids.shape[0],)):
+    raise _checks.ArgumentError(
+        f"{fn}: class_counts has shape {cc_shape}; expected ({ids.shape[0]},) or "
+        f"{tuple(jnp.shape(labels))[:-1] + (ids.shape[0],)} (one set per row)")
   if kind == "cb_stream":
     w = _per_token_class_value(labels, ids, cb_stream_class_weights(class_counts, beta),
-                               jnp.float32(text_weight))
+                               jnp.asarray(text_weight, jnp.float32))
     w = jax.lax.stop_gradient(w)
     return jnp.sum(mask * w * nll), count
   # focal: decision tokens alpha_k * (1 - p)^gamma * nll, text tokens nll.
@@ -190,7 +323,7 @@ def weighted_nll_sum_and_count(nll: Array, labels: Array, loss_mask: Array, *, k
       _per_token_class_value(labels, ids, focal_class_alphas(class_counts), 1.0))
   is_decision = jnp.any(labels[..., None] == ids, axis=-1)
   one_minus_p = -jnp.expm1(-nll)  # 1 - exp(-nll), accurate near p = 1.
-  focal = jnp.power(jnp.maximum(one_minus_p, 0.0), jnp.float32(gamma))
+  focal = jnp.power(jnp.maximum(one_minus_p, 0.0), jnp.asarray(gamma, jnp.float32))
   w = jnp.where(is_decision, alpha * focal, 1.0)
   return jnp.sum(mask * w * nll), count
 
@@ -209,7 +342,10 @@ def cb_stream_loss_sum_and_count(logits: Array, labels: Array, loss_mask: Array,
                                  text_weight: float = 2.0,
                                  class_counts: Array | None = None) -> tuple[Array, Array]:
   """CB-Stream numerator and denominator: (sum_i mask_i * w_i * nll_i, N). See cb_stream_loss."""
-  return weighted_nll_sum_and_count(token_nll(logits, labels), labels, loss_mask, kind="cb_stream",
+  _check_inputs("cb_stream_loss", logits, labels, loss_mask)
+  _decision_ids(decision_token_ids, logits.shape[-1], "cb_stream_loss")
+  return weighted_nll_sum_and_count(token_nll(logits, labels, loss_mask), labels, loss_mask,
+                                 kind="cb_stream",
                                  decision_token_ids=decision_token_ids, beta=beta,
                                  text_weight=text_weight, class_counts=class_counts)
 
@@ -249,7 +385,9 @@ def cb_stream_loss(logits: Array, labels: Array, loss_mask: Array, *, decision_t
 def cross_entropy_loss_sum_and_count(logits: Array, labels: Array,
                                      loss_mask: Array) -> tuple[Array, Array]:
   """(sum_i mask_i * nll_i, N). See cross_entropy_loss."""
-  return weighted_nll_sum_and_count(token_nll(logits, labels), labels, loss_mask, kind="ce",
+  _check_inputs("cross_entropy_loss", logits, labels, loss_mask)
+  return weighted_nll_sum_and_count(token_nll(logits, labels, loss_mask), labels, loss_mask,
+                                 kind="ce",
                                  decision_token_ids=None)
 
 
@@ -269,7 +407,10 @@ def focal_stream_loss_sum_and_count(logits: Array, labels: Array, loss_mask: Arr
                                     decision_token_ids, gamma: float = 2.0,
                                     class_counts: Array | None = None) -> tuple[Array, Array]:
   """Focal numerator and denominator. See focal_stream_loss."""
-  return weighted_nll_sum_and_count(token_nll(logits, labels), labels, loss_mask, kind="focal",
+  _check_inputs("focal_stream_loss", logits, labels, loss_mask)
+  _decision_ids(decision_token_ids, logits.shape[-1], "focal_stream_loss")
+  return weighted_nll_sum_and_count(token_nll(logits, labels, loss_mask), labels, loss_mask,
+                                 kind="focal",
                                  decision_token_ids=decision_token_ids, gamma=gamma,
                                  class_counts=class_counts)
 
@@ -395,7 +536,7 @@ def _chunk_body(hidden_btd: Array, labels: Array, carry, xs):
 
 
 def chunked_token_stats(hidden_btd: Array, unembed_dv: Array, labels: Array, *,
-                        chunk_size: int) -> tuple[Array, Array]:
+                        chunk_size: int, loss_mask: Array | None = None) -> tuple[Array, Array]:
   """Per-token nll and argmax prediction from hidden states, one vocabulary chunk at a time.
 
   logits = hidden_btd @ unembed_dv is never materialised whole: a lax.scan over ceil(V / C)
@@ -409,10 +550,24 @@ def chunked_token_stats(hidden_btd: Array, unembed_dv: Array, labels: Array, *,
     unembed_dv: [D, V] unembedding matrix (the transposed lm_head / tied embedding).
     labels: i32[B, T].
     chunk_size: static int C > 0 (V need not be a multiple; the tail is masked).
+    loss_mask: optional [B, T]; masked-out positions get nll 0 whatever their hidden states
+      (NaN included) and labels, with a zero gradient.
 
   Returns:
     (nll f32[B, T], predictions i32[B, T]).
   """
+  fn = "chunked_token_stats"
+  _checks.rank(fn, "unembed_dv", unembed_dv, 2)
+  _checks.floating(fn, "hidden_btd", hidden_btd)
+  _checks.integer(fn, "labels", labels)
+  _checks.shape(fn, "labels", labels, tuple(jnp.shape(hidden_btd))[:-1],
+                "(the leading shape of hidden_btd)")
+  if loss_mask is not None:
+    _checks.shape(fn, "loss_mask", loss_mask, tuple(jnp.shape(labels)),
+                  "(the shape of labels; it is not broadcast)")
+    keep = jnp.asarray(loss_mask) > 0
+    hidden_btd = jnp.where(keep[..., None], hidden_btd, jnp.zeros((), hidden_btd.dtype))
+    labels = jnp.where(keep, labels, 0)
   d, v = unembed_dv.shape
   if hidden_btd.shape[-1] != d:
     raise ValueError(f"hidden size {hidden_btd.shape[-1]} != unembedding rows {d}")
@@ -428,7 +583,8 @@ def chunked_token_stats(hidden_btd: Array, unembed_dv: Array, labels: Array, *,
   body = jax.checkpoint(functools.partial(_chunk_body, hidden_btd, labels))
   _, (lse_c, label_c, best_c, idx_c) = jax.lax.scan(body, jnp.int32(v), (w_ndc, starts))
   lse = jax.nn.logsumexp(lse_c, axis=0)
-  nll = lse - jnp.sum(label_c, axis=0)
+  in_vocab = (labels >= 0) & (labels < v)
+  nll = jnp.where(in_vocab, lse - jnp.sum(label_c, axis=0), jnp.nan)
   which = jnp.argmax(best_c, axis=0)  # first chunk holding the max -> smallest index on ties.
   predictions = jnp.take_along_axis(idx_c, which[None], axis=0)[0]
   return nll, predictions
@@ -441,7 +597,10 @@ def chunked_stream_loss_sum_and_count(hidden_btd: Array, unembed_dv: Array, labe
                                       gamma: float = 2.0,
                                       class_counts: Array | None = None) -> tuple[Array, Array]:
   """(weighted nll sum, N) of `kind` from hidden states. See chunked_stream_loss."""
-  nll, _ = chunked_token_stats(hidden_btd, unembed_dv, labels, chunk_size=chunk_size)
+  if kind != "ce":
+    _decision_ids(decision_token_ids, unembed_dv.shape[-1], "chunked_stream_loss")
+  nll, _ = chunked_token_stats(hidden_btd, unembed_dv, labels, chunk_size=chunk_size,
+                               loss_mask=loss_mask)
   return weighted_nll_sum_and_count(nll, labels, loss_mask, kind=kind,
                                  decision_token_ids=decision_token_ids, beta=beta,
                                  text_weight=text_weight, gamma=gamma, class_counts=class_counts)
@@ -479,6 +638,39 @@ def loss_sum_and_count(kind: str, logits: Array, labels: Array, loss_mask: Array
                        gamma: float = 2.0,
                        class_counts: Array | None = None) -> tuple[Array, Array]:
   """Dispatch by name ("cb_stream" | "ce" | "focal") for config-driven trainers."""
-  return weighted_nll_sum_and_count(token_nll(logits, labels), labels, loss_mask, kind=kind,
+  _check_inputs("loss_sum_and_count", logits, labels, loss_mask)
+  if kind != "ce":
+    _decision_ids(decision_token_ids, logits.shape[-1], "loss_sum_and_count")
+  return weighted_nll_sum_and_count(token_nll(logits, labels, loss_mask), labels, loss_mask,
+                                 kind=kind,
                                  decision_token_ids=decision_token_ids, beta=beta,
                                  text_weight=text_weight, gamma=gamma, class_counts=class_counts)
+
+
+# ----------------------------------------------------------------------------------------------
+# Static arguments under jax.jit, and already-jitted entry points.
+# ----------------------------------------------------------------------------------------------
+
+STATIC_ARGNAMES: dict[str, tuple[str, ...]] = {
+    "cb_stream_loss": ("decision_token_ids", "beta"),
+    "cb_stream_loss_sum_and_count": ("decision_token_ids", "beta"),
+    "cross_entropy_loss": (),
+    "cross_entropy_loss_sum_and_count": (),
+    "focal_stream_loss": ("decision_token_ids",),
+    "focal_stream_loss_sum_and_count": ("decision_token_ids",),
+    "chunked_stream_loss": ("kind", "decision_token_ids", "chunk_size", "beta"),
+    "chunked_token_stats": ("chunk_size",),
+    "loss_sum_and_count": ("kind", "decision_token_ids", "beta"),
+    "decision_class_counts": ("decision_token_ids",),
+    "grouped_class_counts": ("decision_token_ids", "num_groups"),
+    "metrics": ("decision_token_ids",),
+}
+"""The arguments each public loss needs static under jax.jit (Python ints / floats / strings:
+decision_token_ids as a tuple of ints). text_weight, gamma and class_counts may be traced."""
+
+cb_stream_loss_jit = jax.jit(cb_stream_loss, static_argnames=STATIC_ARGNAMES["cb_stream_loss"])
+cross_entropy_loss_jit = jax.jit(cross_entropy_loss)
+focal_stream_loss_jit = jax.jit(focal_stream_loss,
+                                static_argnames=STATIC_ARGNAMES["focal_stream_loss"])
+chunked_stream_loss_jit = jax.jit(chunked_stream_loss,
+                                  static_argnames=STATIC_ARGNAMES["chunked_stream_loss"])

@@ -1,12 +1,20 @@
-"""Judge prompts and the parsers of their replies (one place for every prompt a judge sends).
+"""Every prompt of the project, and the parsers of the judges' replies.
 
-Three jobs, as in the paper (SPEC section 3, "Judges"):
-  - answer score: 0 to 5 for a predicted answer against the reference; S_acc = score / 5;
-  - rubric check: pass/fail of each trajectory checkpoint on a whole predicted trajectory;
-  - rubric writing: 6 to 10 binary checkpoints from a question and its timestamped answers.
+The streaming system prompt (STREAMING_SYSTEM_PROMPT, what the model is told while it watches) and
+three judge jobs, as in the paper (SPEC sections 1 and 3, "Judges"; the paper's App. E prompts
+followed rule by rule in our own words):
+  - answer score: 0 to 5 for a predicted answer against the reference; S_acc = score / 5; the
+    reply is a JSON object {"explanation": one sentence, "score": integer 0-5} and nothing else;
+  - rubric check: pass/fail of each trajectory checkpoint on a whole predicted trajectory
+    ("<n>: PASS|FAIL" lines; the paper does not give this prompt [choice]);
+  - rubric writing (offline, before RL): 6 to 10 assertive, video-specific pass/fail rubrics over
+    granularity, coherence and coverage, self-reviewed; the reply is a JSON array of objects
+    {"rubric_id", "dimension", "rubric"} and nothing else.
+Temporal Grounding answers are never sent to an LLM: their S_acc is a span IoU (spans.py).
 
-Each job has a `*_messages` builder returning OpenAI-style chat messages and a parser returning
-None (or None entries) when the reply is malformed -- never a silent 0.
+Each job has a `*_messages` builder returning OpenAI-style chat messages and a parser that accepts
+exactly the specified reply format and returns None (or None entries) otherwise -- never a silent
+0; the judges count those replies as malformed.
 """
 
 from __future__ import annotations
@@ -16,22 +24,59 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-PROMPT_VERSION = "v1"
+PROMPT_VERSION = "v2"
 MAX_ANSWER_SCORE = 5
 
+# ---- the streaming system prompt (SPEC section 1; the paper's App. E rules, our wording) -------
+
+STREAMING_SYSTEM_PROMPT = (
+    "You are watching a live video stream together with a user. The frames arrive one second "
+    "at a time, each labelled with its time span <Xs-Ys>, and a question from the user comes "
+    "with the second at which it is asked. After every second, reply with exactly one of two "
+    "messages. Reply </Silence> while the event the question asks about has not fully "
+    "completed, or when what you see is irrelevant to the question. Reply </Response> "
+    "followed by the answer only once the event has concluded or what you have seen is enough "
+    "for a complete and final answer. Never give a partial answer and never guess. Every answer "
+    "begins with </Response>."
+)
+"""The one streaming system prompt (data/chat_format.SYSTEM_PROMPT is this text). Its rules, each
+from the paper's prompt: frames come one by one labelled <Xs-Ys>; </Silence> while the event is
+not complete or the input is irrelevant; </Response> only when the event has concluded or the
+information suffices for a complete final answer; no partial answers, no speculation; every
+answer starts with </Response>."""
+
+# ---- the answer judge (S_acc; SPEC section 3 "Judges") -----------------------------------------
+
 ANSWER_SCORE_SYSTEM = (
-    "You are a strict grader of answers produced by a streaming video assistant. You compare a "
-    "predicted answer with a reference answer to the same question about a video and rate how "
-    "correct and complete the prediction is.")
+    "You grade the answers a video assistant gives to questions about a video. You compare the "
+    "assistant's answer with a reference answer and decide whether it gives correct "
+    "information that directly answers the question.")
 
 ANSWER_SCORE_TEMPLATE = """Question: {question}
 Reference answer: {reference}
-Predicted answer: {prediction}
+Assistant's answer: {prediction}
 
-Rate the predicted answer against the reference answer on an integer scale from 0 to 5:
-5 = fully correct and complete; 4 = correct with minor omissions; 3 = partly correct;
-2 = mostly incorrect but related; 1 = barely related; 0 = wrong, irrelevant or empty.
-Judge only the meaning, not the wording. Reply with exactly one line: Score: <0-5>"""
+How to judge:
+- The answer does not have to repeat every detail of the reference. An answer that is
+  simplified, rephrased, high-level or concise is acceptable as long as it agrees with the
+  reference.
+- Leaving out secondary or illustrative details costs nothing.
+- Lower the score only for factual errors, for irrelevant content, or for vagueness that
+  leaves the question unanswered.
+
+Scale (an integer):
+5 - fully accurate and complete.
+4 - correct and informative enough: the key information is there; non-essential details may
+    be missing.
+3 - partly relevant: some important information is missing.
+2 - tangential or speculative.
+1 - factually wrong.
+0 - no attempt, or off-topic.
+
+Reply with a JSON object and nothing else, with exactly two keys: "explanation" (one sentence)
+and "score" (an integer from 0 to 5). Example: {{"explanation": "It names the right object.", "score": 4}}"""
+
+# ---- the rubric check (R_traj: pass/fail of each checkpoint on a trajectory) -------------------
 
 RUBRIC_CHECK_SYSTEM = (
     "You are a strict grader of the responses a streaming video assistant gave while watching a "
@@ -51,20 +96,39 @@ checkpoint about content fails when the point is missing or hallucinated.
 Reply with exactly one line per checkpoint, in order, formatted as "<number>: PASS" or
 "<number>: FAIL", and nothing else."""
 
+# ---- the rubric writer (offline, before RL; SPEC section 3, App. E) ----------------------------
+
+RUBRIC_DIMENSIONS = ("granularity", "coherence", "coverage")
+
 RUBRIC_WRITE_SYSTEM = (
-    "You write grading rubrics for a streaming video assistant that must answer questions at the "
-    "right moments while watching a video.")
+    "You write grading rubrics for a streaming video assistant. While it watches a video it "
+    "answers a question at the right moments; your rubric is later used to grade its whole "
+    "trajectory of timestamped answers as pass or fail, one rubric at a time.")
 
 RUBRIC_WRITE_TEMPLATE = """Question: {question}
-Reference answers (response time in seconds, then the answer):
+Reference answers (the second at which each is due, then the answer):
 {answers}
 
-Write between {min_checks} and {max_checks} binary checkpoints that a grader can mark pass or fail
-on the assistant's whole trajectory of timestamped responses. Cover:
-- granularity: responses are neither too fragmented nor too coarse;
-- sequencing: responses follow the chronological order of the events;
-- coverage: every essential point of the reference answers is present, nothing is hallucinated.
-Each checkpoint is one self-contained sentence. Reply with a JSON list of strings only."""
+The video itself is described to you only by these timestamped reference answers.
+
+Write between {min_checks} and {max_checks} rubrics for this video and this question.
+Rules for every rubric:
+- It is specific to this video and question: name its actions, objects and order; no generic
+  criterion that would fit any video.
+- It is an assertive statement a grader can mark pass or fail, worded with "must", "shall not"
+  or "is not allowed".
+- It checks exactly one dimension:
+  granularity: the answers split the activity as the video's natural structure does; atomic
+    actions are not split further, distinct actions are not merged into a vague one;
+  coherence: the answers follow the temporal and physical order of the events, and no
+    necessary intermediate step is skipped;
+  coverage: every essential action or phase is present.
+- Together the rubrics cover all three dimensions.
+Before replying, review each rubric against these rules and rewrite or drop any that breaks one.
+
+Reply with a JSON array and nothing else. Each element is an object with exactly three keys:
+"rubric_id" (an integer, 1, 2, 3, ...), "dimension" (one of "granularity", "coherence",
+"coverage") and "rubric" (the statement)."""
 
 
 def answer_score_messages(question: str, reference: str, prediction: str) -> list[dict[str, str]]:
@@ -109,34 +173,44 @@ def messages_to_text(messages: Sequence[dict[str, str]]) -> str:
   return "\n\n".join(parts) + "\n\n"
 
 
-_NUM = r"(\d+(?:\.\d+)?)"
-_OUT_OF = r"(?:\s*/\s*\d+(?:\.0+)?)?"
-_SCORE_RE = re.compile(r"\bscore\s*(?:is|=|:)?\s*" + _NUM + _OUT_OF + r"(?![\d.]*\d)",
-                       re.IGNORECASE)
-_LONE_RE = re.compile(r"^" + _NUM + _OUT_OF + r"\.?$")
+_FENCE_RE = re.compile(r"^```(?:json)?\s*\n?(.*?)\n?\s*```$", re.DOTALL | re.IGNORECASE)
+
+
+def _json_reply(reply: str) -> Any:
+  """The JSON value of a reply that is exactly one JSON value, optionally inside one markdown
+  code fence (```json ... ```) [choice]; a sentinel _MALFORMED otherwise."""
+  text = reply.strip()
+  m = _FENCE_RE.match(text)
+  if m:
+    text = m.group(1).strip()
+  try:
+    return json.loads(text)
+  except (json.JSONDecodeError, ValueError):
+    return _MALFORMED
+
+
+_MALFORMED = object()
 
 
 def parse_score(reply: str | None, max_score: int = MAX_ANSWER_SCORE) -> float | None:
-  """The 0..max_score score of a judge reply divided by max_score, or None when malformed.
+  """The judge's score divided by max_score, or None when the reply is malformed.
 
-  Markdown asterisks are dropped first. Accepted: "Score: 4", "score = 4/5", "Score is 3.5", or a
-  reply that is just a number ("4", "4/5"). With several "score" mentions the last counts. A
-  number outside [0, max_score], or no recognisable score, gives None.
+  The reply must be exactly a JSON object with exactly the keys "explanation" (a string) and
+  "score" (an integer, not a bool, in [0, max_score]), optionally inside one markdown code fence.
+  Anything else (extra keys or text, a float or string score, out of range) is malformed: None,
+  which the judge counts in stats.malformed and stats.failures.
   """
   if reply is None:
     return None
-  text = reply.replace("*", "").strip()
-  matches = _SCORE_RE.findall(text)
-  if matches:
-    value = float(matches[-1])
-  else:
-    lone = _LONE_RE.match(text)
-    if not lone:
-      return None
-    value = float(lone.group(1))
-  if not 0.0 <= value <= max_score:
+  value = _json_reply(reply)
+  if not isinstance(value, dict) or set(value) != {"explanation", "score"}:
     return None
-  return value / max_score
+  score, explanation = value["score"], value["explanation"]
+  if not isinstance(explanation, str) or isinstance(score, bool) or not isinstance(score, int):
+    return None
+  if not 0 <= score <= max_score:
+    return None
+  return score / max_score
 
 
 _CHECK_LINE_RE = re.compile(r"^\W*(\d+)\s*[:.)\-]\s*\**\s*(pass|fail|yes|no|true|false)\b",
@@ -185,24 +259,41 @@ def _try_json_list(text: str) -> list[Any] | None:
   return value if isinstance(value, list) else None
 
 
-def parse_rubric(reply: str | None, *, min_checks: int = 1,
-                 max_checks: int = 20) -> list[str] | None:
-  """Checkpoint strings from a rubric-writing reply (a JSON list, or a numbered / bulleted list).
+def parse_rubric_items(reply: str | None, *, min_checks: int = 6, max_checks: int = 10,
+                       require_all_dimensions: bool = True) -> list[dict[str, Any]] | None:
+  """The rubric items of a rubric-writer reply, or None when it is malformed.
 
-  None when fewer than min_checks usable checkpoints are found; the list is cut at max_checks.
+  The reply must be exactly a JSON array (optionally inside one markdown code fence) of
+  min_checks..max_checks objects, each with exactly the keys "rubric_id" (an int or a non-empty
+  string, unique), "dimension" (one of RUBRIC_DIMENSIONS) and "rubric" (a non-empty string);
+  with require_all_dimensions every dimension occurs. Returns the objects (rubric stripped).
   """
   if reply is None:
     return None
-  items = _try_json_list(reply)
-  checks: list[str]
-  if items is not None and all(isinstance(x, str) for x in items):
-    checks = [x.strip() for x in items if x.strip()]
-  else:
-    checks = []
-    for line in reply.splitlines():
-      m = re.match(r"^\s*(?:\d+[.)]|[-*])\s+(.*\S)\s*$", line)
-      if m:
-        checks.append(m.group(1))
-  if len(checks) < min_checks:
+  value = _json_reply(reply)
+  if not isinstance(value, list) or not min_checks <= len(value) <= max_checks:
     return None
-  return checks[:max_checks]
+  items, ids = [], set()
+  for obj in value:
+    if not isinstance(obj, dict) or set(obj) != {"rubric_id", "dimension", "rubric"}:
+      return None
+    rid, dim, text = obj["rubric_id"], obj["dimension"], obj["rubric"]
+    if isinstance(rid, bool) or not (isinstance(rid, int) or (isinstance(rid, str) and rid.strip())):
+      return None
+    if rid in ids or dim not in RUBRIC_DIMENSIONS:
+      return None
+    if not isinstance(text, str) or not text.strip():
+      return None
+    ids.add(rid)
+    items.append({"rubric_id": rid, "dimension": dim, "rubric": text.strip()})
+  if require_all_dimensions and {it["dimension"] for it in items} != set(RUBRIC_DIMENSIONS):
+    return None
+  return items
+
+
+def parse_rubric(reply: str | None, *, min_checks: int = 6,
+                 max_checks: int = 10) -> list[str] | None:
+  """The rubric statements of a rubric-writer reply (parse_rubric_items' "rubric" fields), or
+  None when the reply is malformed."""
+  items = parse_rubric_items(reply, min_checks=min_checks, max_checks=max_checks)
+  return None if items is None else [it["rubric"] for it in items]

@@ -10,6 +10,10 @@ answers into those arrays (calling a judge from streampro_jax.judges for S_acc a
 
 Note: S' = S_time + S_acc lies in [0, 2], so R_turn = 2 * sum(S') / (N_pred + N_gt) lies in
 [0, 2] (a perfect rollout scores 2). This is the paper's formula and is kept as is.
+
+Under jax.jit no argument of these functions needs to be static (STATIC_ARGNAMES lists none):
+tau, proactive and the reward weights may be traced. `turn_f1_reward_jit` is an already-jitted
+entry point. Shapes are checked at entry (chex); an error names the argument.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from streampro_jax import _checks
 
 Array = jax.Array
 
@@ -50,9 +56,11 @@ def format_reward(step_valid: Array, step_mask: Array) -> Array:
   Returns:
     f32[...] (a scalar for one rollout).
   """
-  mask = step_mask.astype(jnp.float32)
+  _checks.shape("format_reward", "step_mask", step_mask, tuple(jnp.shape(step_valid)),
+                "(the shape of step_valid)")
+  mask = jnp.asarray(step_mask).astype(jnp.float32)
   total = jnp.sum(mask, axis=-1)
-  good = jnp.sum(step_valid.astype(jnp.float32) * mask, axis=-1)
+  good = jnp.sum(jnp.asarray(step_valid).astype(jnp.float32) * mask, axis=-1)
   return jnp.where(total > 0, good / jnp.maximum(total, 1.0), 0.0)
 
 
@@ -69,32 +77,40 @@ def rubric_reward(checks: Array, check_mask: Array) -> Array:
   Returns:
     f32[...].
   """
-  mask = check_mask.astype(jnp.float32)
+  _checks.shape("rubric_reward", "check_mask", check_mask, tuple(jnp.shape(checks)),
+                "(the shape of checks)")
+  mask = jnp.asarray(check_mask).astype(jnp.float32)
   total = jnp.sum(mask, axis=-1)
-  good = jnp.sum(checks.astype(jnp.float32) * mask, axis=-1)
+  good = jnp.sum(jnp.asarray(checks).astype(jnp.float32) * mask, axis=-1)
   return jnp.where(total > 0, good / jnp.maximum(total, 1.0), 0.0)
 
 
 def combine(fmt: Array, turn: Array, traj: Array,
             weights: Sequence[float] = DEFAULT_WEIGHTS) -> Array:
-  """R = weights[0] * fmt + weights[1] * turn + weights[2] * traj (elementwise, any shape)."""
+  """R = weights[0] * fmt + weights[1] * turn + weights[2] * traj (elementwise, any shape).
+
+  weights: 3 numbers (Python floats or a traced f32[3]).
+  """
   if len(weights) != 3:
     raise ValueError(f"weights must hold 3 numbers (fmt, turn, traj), got {len(weights)}")
-  w_fmt, w_turn, w_traj = (float(w) for w in weights)
+  w = jnp.asarray(weights, jnp.float32)
+  w_fmt, w_turn, w_traj = w[0], w[1], w[2]
   return (w_fmt * jnp.asarray(fmt, jnp.float32) + w_turn * jnp.asarray(turn, jnp.float32)
           + w_traj * jnp.asarray(traj, jnp.float32))
 
 
 def turn_f1_reward(pred_times: Array, pred_mask: Array, gt_times: Array, gt_mask: Array,
                    acc: Array, *, tau: float = 8.0, proactive: bool = False) -> Array:
-  """Turn-level F1 reward R_turn with GT-first greedy matching (SPEC section 3).
+  """Turn-level F1 reward R_turn with GT-first greedy matching (SPEC section 3, Algorithm 1).
 
   S_time(p, g) = max(0, 1 - |t_p - t_g| / tau)
   S'(p, g)     = S_time(p, g) + acc[p, g]
   Ground truths are visited in time order (equal times: index order). Each takes, among the
   predictions not yet matched whose time lies in its closed window [t_g - tau, t_g + tau]
-  ([t_g - tau, t_g] when proactive), the one with the largest S'; ties go to the earliest
-  prediction (by time, then by index). A ground truth with no candidate stays unmatched.
+  ([t_g - tau, t_g] when proactive), the one with the largest S', provided that S' > 0 strictly
+  (Algorithm 1 starts the best score at 0): a prediction whose S' is 0 for this ground truth is
+  not matched and stays free for a later one. Ties go to the earliest prediction (by time, then
+  by index). A ground truth with no candidate of positive S' stays unmatched.
   R_turn = 2 * sum(S' of matched pairs) / (N_pred + N_gt); 1 when N_pred = N_gt = 0, 0 when
   exactly one of them is 0. R_turn lies in [0, 2] (S' can reach 2).
 
@@ -104,12 +120,24 @@ def turn_f1_reward(pred_times: Array, pred_mask: Array, gt_times: Array, gt_mask
     gt_times: f32[G] ground-truth response times.
     gt_mask: bool[G], True for real ground truths.
     acc: f32[P, G] answer accuracy S_acc in [0, 1] of prediction p against ground truth g.
-    tau: time scale in seconds (8 in RL); may be a traced scalar.
-    proactive: static bool, True for Proactive Agency tasks (late answers never match).
+    tau: time scale in seconds (8 in RL); may be a traced scalar. A Python tau must be > 0; a
+      traced tau of 0 is the limit tau -> 0 (S_time = 1 at dt = 0, the window is the point t_g;
+      never NaN), a traced negative tau matches nothing.
+    proactive: bool, True for Proactive Agency tasks (late answers never match); may be traced
+      (a bool scalar, e.g. vmapped over a group of mixed tasks).
 
   Returns:
     f32 scalar. vmap over a leading axis to score a group.
   """
+  fn = "turn_f1_reward"
+  _checks.rank(fn, "pred_times", pred_times, 1)
+  _checks.rank(fn, "gt_times", gt_times, 1)
+  num_p, num_g = jnp.shape(pred_times)[0], jnp.shape(gt_times)[0]
+  _checks.shape(fn, "pred_mask", pred_mask, (num_p,), "(the shape of pred_times)")
+  _checks.shape(fn, "gt_mask", gt_mask, (num_g,), "(the shape of gt_times)")
+  _checks.shape(fn, "acc", acc, (num_p, num_g), "= (P, G)")
+  _checks.rank(fn, "tau", tau, 0)
+  _checks.rank(fn, "proactive", proactive, 0)
   pred_times = jnp.asarray(pred_times, jnp.float32)
   gt_times = jnp.asarray(gt_times, jnp.float32)
   pred_mask = jnp.asarray(pred_mask, bool)
@@ -118,9 +146,7 @@ def turn_f1_reward(pred_times: Array, pred_mask: Array, gt_times: Array, gt_mask
   if isinstance(tau, (int, float)) and not tau > 0:
     raise ValueError(f"tau must be positive, got {tau}")
   tau = jnp.asarray(tau, jnp.float32)
-  num_p, num_g = pred_times.shape[0], gt_times.shape[0]
-  if acc.shape != (num_p, num_g):
-    raise ValueError(f"acc has shape {acc.shape}, expected ({num_p}, {num_g}) = (P, G)")
+  proactive = jnp.asarray(proactive, bool)
 
   n_pred = jnp.sum(pred_mask.astype(jnp.float32))
   n_gt = jnp.sum(gt_mask.astype(jnp.float32))
@@ -140,13 +166,13 @@ def turn_f1_reward(pred_times: Array, pred_mask: Array, gt_times: Array, gt_mask
     g = g_order[j]
     t_g = gt_times[g]
     diff = p_times - t_g
-    if proactive:
-      in_window = (diff >= -tau) & (diff <= 0.0)
-    else:
-      in_window = jnp.abs(diff) <= tau
-    cand = p_valid & ~matched & in_window & gt_mask[g]
-    s_time = jnp.maximum(0.0, 1.0 - jnp.abs(diff) / tau)
+    in_window = jnp.where(proactive, (diff >= -tau) & (diff <= 0.0), jnp.abs(diff) <= tau)
+    # S_time; tau <= 0 (traced) is the limit tau -> 0: 1 at dt = 0, else 0 (no 0 / 0).
+    s_time = jnp.where(tau > 0, jnp.maximum(0.0, 1.0 - jnp.abs(diff) / jnp.where(tau > 0, tau, 1.0)),
+                       (diff == 0.0).astype(jnp.float32))
     s_prime = s_time + acc_sorted[:, j]
+    # Algorithm 1: only a strictly positive S' is a match.
+    cand = p_valid & ~matched & in_window & gt_mask[g] & (s_prime > 0.0)
     scores = jnp.where(cand, s_prime, -jnp.inf)
     best = jnp.argmax(scores)
     found = jnp.any(cand)
@@ -159,6 +185,14 @@ def turn_f1_reward(pred_times: Array, pred_mask: Array, gt_times: Array, gt_mask
   denom = n_pred + n_gt
   both_empty = denom == 0
   return jnp.where(both_empty, 1.0, 2.0 * total / jnp.maximum(denom, 1.0))
+
+
+STATIC_ARGNAMES: dict[str, tuple[str, ...]] = {
+    "format_reward": (), "rubric_reward": (), "combine": (), "turn_f1_reward": (),
+}
+"""No reward needs a static argument under jax.jit (tau, proactive, weights may be traced)."""
+
+turn_f1_reward_jit = jax.jit(turn_f1_reward)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -269,7 +303,8 @@ def turn_f1_inputs(messages: Sequence[str], answers: Sequence[Any], judge, *, qu
     answers: the sample's answers (dicts with "time" or "start"/"end", and "text"; or
       schema.Answer objects).
     judge: a streampro_jax.judges.Judge.
-    question, task: passed to the judge (task "TG" makes the match judge use span IoU).
+    question, task: passed to the judge; for task "TG" S_acc is the span IoU
+      (spans.text_iou) and the judge is not called, whatever it is.
     tau, proactive: the matching window (as turn_f1_reward).
     max_preds, max_gts: padded sizes P and G (default: the actual counts).
 
@@ -315,8 +350,13 @@ def group_turn_f1_inputs(group_messages: Sequence[Sequence[str]], answers: Seque
           where.append((r, i, j))
           items.append(judges_lib.AnswerItem(question=question, prediction=text_p,
                                              reference=text_g, task=task))
-  if items:
+  if items and task.upper() == "TG":
+    # Temporal Grounding: S_acc is the span IoU whatever the judge (SPEC section 3); no judge call.
+    from streampro_jax import spans  # pylint: disable=g-import-not-at-top
+    scores = [spans.text_iou(it.prediction, it.reference) for it in items]
+  elif items:
     scores = judge.score_answers(items)
+  if items:
     for (r, i, j), score in zip(where, scores, strict=True):
       if score is None or not math.isfinite(score):
         failures[r] += 1

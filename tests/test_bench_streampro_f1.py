@@ -227,7 +227,9 @@ def test_score_benchmark_by_hand():
   out = f1m.score_benchmark(items, judge_by_text)
   f1_eu2 = 2 * 0.25 * 0.5 / 0.75
   assert out["per_task"]["EU"] == pytest.approx(
-      {"f1": (1 + f1_eu2) / 2, "precision": (1 + 0.25) / 2, "recall": (1 + 0.5) / 2, "count": 2})
+      {"f1": (1 + f1_eu2) / 2, "precision": (1 + 0.25) / 2, "recall": (1 + 0.5) / 2, "count": 2,
+       # Matched: (2, "a") S_time 1 acc 1; (6, "a") S_time 1 - 2/4, acc 1; (50) joins nothing.
+       "time": 0.75, "acc": 1.0, "matched": 2})
   assert out["per_task"]["GP"]["f1"] == pytest.approx(0.75)
   sc = out["scores"]
   assert sc["EU"] == pytest.approx((1 + f1_eu2) / 2)

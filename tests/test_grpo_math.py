@@ -71,7 +71,9 @@ def _np_grpo(logps, old, ref, adv, mask, eps=0.2, beta=0.04, kl="k3",
     klv = 0.5 * (logps - ref) ** 2
   per = pg + beta * klv
   n_b = mask.sum(1)
-  if aggregation == "sequence-mean-token-mean":
+  if aggregation == "sequence-mean-token-mean":   # TRL / veRL: every sequence of the batch
+    return np.mean((per * mask).sum(1) / np.maximum(n_b, 1))
+  if aggregation == "nonempty-sequence-mean-token-mean":
     keep = n_b > 0
     return np.mean((per * mask).sum(1)[keep] / n_b[keep])
   if aggregation == "sequence-sum-token-mean":

@@ -156,9 +156,15 @@ def test_reward_scorer_by_hand():
   rec_late = _record("OU", [{"time": 3.0, "text": "red circle"}, {"time": 14.0, "text": "x"}],
                      [], duration=16.0)
   row = [s, s, r + " red circle"] + [s] * 7
+  # No rubric: an error by default (reward.missing_rubric = "error") ...
+  with pytest.raises(ValueError, match="has no rubric.*write_rubrics"):
+    scorer.score(_rollout_batch([row, row], 2), [(rec_late, 0)])
+  # ... or R_traj = 0, counted, with the "zero" fallback.
+  scorer.missing_rubric = "zero"
   out = scorer.score(_rollout_batch([row, row], 2), [(rec_late, 0)])
   np.testing.assert_allclose(out["reward_turn"], [2.0, 2.0], rtol=1e-6)
-  np.testing.assert_allclose(out["reward_traj"], [0.0, 0.0])  # no rubric: R_traj = 0
+  np.testing.assert_allclose(out["reward_traj"], [0.0, 0.0])
+  assert out["rubric_fallbacks"].tolist() == [1, 1]
 
 
 def test_synthetic_judge_counts_unknown_templates_as_failures():

@@ -22,15 +22,31 @@ KEY_ENV = "STREAMPRO_TEST_JUDGE_KEY"
 # ---- prompts / parsers ------------------------------------------------------------------------
 
 
+def _score_reply(score, explanation="It matches the reference."):
+  return json.dumps({"explanation": explanation, "score": score})
+
+
 @pytest.mark.parametrize("reply,want", [
-    ("Score: 4", 0.8), ("**Score:** 3", 0.6), ("score = 4/5", 0.8), ("5", 1.0), ("0", 0.0),
-    ("The score is 2.5.", 0.5), ("Score: 1\nOn reflection, Score: 2", 0.4),
-    ("Score: 7", None), ("I think it is good", None), ("", None), (None, None),
-    ("Score: -1", None), ("Score: 10", None),
+    ('{"explanation": "Right object.", "score": 4}', 0.8),
+    ('  {"score": 0, "explanation": "Off-topic."}\n', 0.0),
+    ('```json\n{"explanation": "ok", "score": 5}\n```', 1.0),      # one code fence [choice]
+    ('{"explanation": "ok", "score": 4.0}', None),                  # not an integer
+    ('{"explanation": "ok", "score": "4"}', None),
+    ('{"explanation": "ok", "score": true}', None),
+    ('{"explanation": "ok", "score": 6}', None), ('{"explanation": "ok", "score": -1}', None),
+    ('{"score": 4}', None),                                          # a key missing
+    ('{"explanation": "ok", "score": 4, "confidence": 1}', None),   # an extra key
+    ('Score: 4', None), ('The score is {"explanation": "ok", "score": 4}', None),
+    ('{"explanation": "ok", "score": 4} Thanks!', None), ("", None), (None, None),
 ])
-def test_parse_score(reply, want):
+def test_parse_score_exact_json_format(reply, want):
   got = prompts.parse_score(reply)
   assert got == (pytest.approx(want) if want is not None else None)
+
+
+def _rubric_items(n=6, dims=("granularity", "coherence", "coverage")):
+  return [{"rubric_id": i + 1, "dimension": dims[i % len(dims)],
+           "rubric": f"The answer must mention step {i + 1}."} for i in range(n)]
 
 
 def test_parse_rubric_checks_and_rubric():
@@ -39,13 +55,55 @@ def test_parse_rubric_checks_and_rubric():
   assert prompts.parse_rubric_checks('["pass", false, "FAIL"]', 3) == [True, False, False]
   assert prompts.parse_rubric_checks("1: PASS\n1: FAIL", 1) == [None]  # contradictory -> None
   assert prompts.parse_rubric_checks("no idea", 2) == [None, None]
-  assert prompts.parse_rubric('["a", "b"]') == ["a", "b"]
-  assert prompts.parse_rubric("1. one\n2) two\n- three") == ["one", "two", "three"]
-  assert prompts.parse_rubric("nothing here", min_checks=1) is None
+  good = json.dumps(_rubric_items(6))
+  items = prompts.parse_rubric_items(good)
+  assert [it["dimension"] for it in items] == ["granularity", "coherence", "coverage"] * 2
+  assert prompts.parse_rubric(good) == [f"The answer must mention step {i}." for i in range(1, 7)]
+  bad = [
+      json.dumps(_rubric_items(5)),                                   # fewer than 6
+      json.dumps(_rubric_items(11)),                                  # more than 10
+      json.dumps(_rubric_items(6, dims=("granularity", "coverage"))),  # a dimension missing
+      json.dumps([dict(it, dimension="sequencing") for it in _rubric_items(6)]),
+      json.dumps([dict(it, rubric_id=1) for it in _rubric_items(6)]),  # ids not unique
+      json.dumps([dict(it, extra=1) for it in _rubric_items(6)]),
+      json.dumps([{k: v for k, v in it.items() if k != "rubric_id"} for it in _rubric_items(6)]),
+      json.dumps([it["rubric"] for it in _rubric_items(6)]),          # plain strings
+      "Here are the rubrics:\n" + good,                               # text around the JSON
+      "1. one\n2) two\n- three",
+  ]
+  for reply in bad:
+    assert prompts.parse_rubric_items(reply) is None, reply[:60]
   msgs = prompts.answer_score_messages("Q?", "ref", "pred")
   assert msgs[0]["role"] == "system" and "ref" in msgs[1]["content"]
   assert "1. c1\n2. c2" in prompts.rubric_check_messages("traj", ["c1", "c2"])[1]["content"]
   assert "3s: x" in prompts.rubric_write_messages("Q", [(3.0, "x")])[1]["content"]
+
+
+def test_prompts_state_the_papers_rules():
+  """Each rule SPEC section 3 ("Judges") gives the paper's prompts is present in ours."""
+  judge = (prompts.ANSWER_SCORE_SYSTEM + prompts.ANSWER_SCORE_TEMPLATE).lower()
+  for phrase in ("directly answers the question", "does not have to repeat every detail",
+                 "simplified, rephrased, high-level", "secondary or illustrative details",
+                 "factual errors", "irrelevant", "vagueness", "5 - fully accurate and complete",
+                 "4 - correct and informative enough", "3 - partly relevant",
+                 "2 - tangential or speculative", "1 - factually wrong",
+                 "0 - no attempt, or off-topic", '"explanation" (one sentence)',
+                 '"score" (an integer from 0 to 5)', "nothing else"):
+    assert phrase in judge, phrase
+  writer = (prompts.RUBRIC_WRITE_SYSTEM + prompts.RUBRIC_WRITE_TEMPLATE).lower()
+  for phrase in ("between {min_checks} and {max_checks}", "specific to this video",
+                 "no generic", "must", "shall not", "is not allowed", "pass or fail",
+                 "granularity", "coherence", "coverage", "atomic", "merged",
+                 "intermediate step", "essential action", "all three dimensions", "review",
+                 '"rubric_id"', '"dimension"', '"rubric"', "json array"):
+    assert phrase in writer, phrase
+  system = prompts.STREAMING_SYSTEM_PROMPT
+  for phrase in ("one second at a time", "<Xs-Ys>", "</Silence>", "has not fully completed",
+                 "irrelevant", "</Response>", "concluded", "complete and final answer",
+                 "partial answer", "never guess", "Every answer begins with </Response>"):
+    assert phrase in system, phrase
+  from streampro_jax.data import chat_format
+  assert chat_format.SYSTEM_PROMPT == prompts.STREAMING_SYSTEM_PROMPT
 
 
 # ---- match judge ------------------------------------------------------------------------------
@@ -76,6 +134,10 @@ def test_match_judge():
   assert isinstance(j, judges.Judge)
   assert judges.span_iou((1.0, 1.0), (1.0, 1.0)) == 1.0
   assert judges.parse_span("from 3 to 5s") == (3.0, 5.0)
+  # TG uses the metric's span grammar (spans.py): "2-6 seconds" and "0:02-0:06" are spans.
+  got = j.score_answers([judges.AnswerItem("q", "2-6 seconds", "4s-8s", task="TG"),
+                         judges.AnswerItem("q", "0:04-0:08", "4s-8s", task="TG")])
+  assert got == [pytest.approx(2 / 6), 1.0]
 
 
 # ---- a real chat-completions server -----------------------------------------------------------
@@ -146,10 +208,15 @@ class _Server:
         elif marker == "Checkpoints:":
           self._reply("1: PASS\n2: FAIL\n3: PASS")
         elif marker == "Reference answers":
-          self._reply('["The answer appears after the event.", "No hallucination."]')
+          if "MALFORMEDRUBRIC" in prompt:
+            self._reply('["The answer appears after the event.", "No hallucination."]')
+          elif "FAILRUBRIC" in prompt:
+            self._reply(None, status=500, raw=b'{"error": "boom"}')
+          else:
+            self._reply(json.dumps(_rubric_items(6)))
         else:
           score = {"SLOW": 3, "FAIL500ONCE": 4}.get(marker, 5)
-          self._reply(f"Score: {score}")
+          self._reply(_score_reply(score))
 
     self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     self.httpd.daemon_threads = True
@@ -248,9 +315,24 @@ def test_http_judge_rubric_and_writing(server, judge_factory):
   assert j.stats.failures == 1
   out = j.check_rubrics(["t1", "t2"], [["a", "b", "c"], ["d", "e", "f"]])
   assert out == [[True, False, True], [True, False, True]]
-  assert j.write_rubric("What happens?", [(3.0, "a cup falls")], min_checks=2) == [
-      "The answer appears after the event.", "No hallucination."]
-  assert j.write_rubric("What happens?", [(3.0, "a cup falls")], min_checks=6) is None
+  assert j.write_rubric("What happens?", [(3.0, "a cup falls")]) == [
+      it["rubric"] for it in _rubric_items(6)]
+  assert j.write_rubric_items("What happens?", [(3.0, "a cup falls")]) == _rubric_items(6)
+  malformed = j.stats.malformed
+  # A reply of plain strings is not the specified format: None, counted as malformed.
+  assert j.write_rubric("MALFORMEDRUBRIC?", [(3.0, "a cup falls")]) is None
+  assert j.stats.malformed == malformed + 1
+
+
+def test_http_judge_scores_tg_by_iou_without_calling_the_model(server, judge_factory):
+  j = judge_factory(timeout_s=5.0)
+  items = [judges.AnswerItem("When?", "It happened at 2s-6s.", "4s-8s", task="TG"),
+           judges.AnswerItem("When?", "no span here", "4s-8s", task="TG"),
+           judges.AnswerItem("When?", "2s-6s", "the end", task="TG"),   # reference without span
+           _item("plain")]
+  assert j.score_answers(items) == [pytest.approx(2 / 6), 0.0, None, 1.0]
+  assert server.total == 1                          # only the non-TG item reached the model
+  assert j.stats.failures == 1
 
 
 def test_http_judge_missing_key_env(monkeypatch):
@@ -310,10 +392,10 @@ def _tiny_lm(path, first_token):
 def test_local_judge(tmp_path):
   pytest.importorskip("torch")
   good, bad = tmp_path / "good", tmp_path / "bad"
-  _tiny_lm(good, "Score: 4")
+  _tiny_lm(good, '{"explanation":"ok","score":4}')
   _tiny_lm(bad, "banana")
 
-  j = judges.LocalLMJudge(str(good), batch_size=2, score_max_tokens=3)
+  j = judges.LocalLMJudge(str(good), batch_size=2, score_max_tokens=1)
   items = [_item("a"), _item("b"), _item("c")]
   assert j.score_answers(items) == [pytest.approx(0.8)] * 3
   assert j.stats.failures == 0 and j.stats.calls == 3

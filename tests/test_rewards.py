@@ -157,6 +157,7 @@ def reference_turn_f1(preds, gts, acc, tau, proactive):
   total = 0.0
   for j in sorted(range(len(gts)), key=lambda j: (gts[j], j)):
     best = None
+    best_s = 0.0  # Algorithm 1 (App. B.1): the best score starts at 0, a match needs S' > 0.
     for i in sorted(range(len(preds)), key=lambda i: (preds[i], i)):
       if i in matched:
         continue
@@ -165,8 +166,8 @@ def reference_turn_f1(preds, gts, acc, tau, proactive):
       if not inside:
         continue
       s = max(0.0, 1.0 - abs(dt) / tau) + acc[i][j]
-      if best is None or s > best[0]:
-        best = (s, i)
+      if s > best_s:
+        best, best_s = (s, i), s
     if best is not None:
       matched.add(best[1])
       total += best[0]

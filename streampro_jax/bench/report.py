@@ -6,10 +6,14 @@ outputs and writes into out_dir:
   table.md               | Variant | EU OU AA | TP TG | GP RF | PU TR PA | Avg | W-Avg |, x100 with
                          one decimal (the paper's layout: tasks grouped by dimension, then the
                          dimension scores, Avg and the headline W-Avg), one row per variant;
+                         then the paper's detail table: F1, P, R, Time and Acc (mean S_time and
+                         S_acc of the matched responses) per task and dimension, per variant;
   f1_by_task.png         per-task F1 bars, variants side by side (+ W-Avg);
   response_offsets.png   per task, the distribution of (response time - ground-truth best time)
                          per variant, the task's matching window shaded (point-answer tasks;
-                         for EU/TP the offset is taken from the event's end);
+                         for EU/TP the offset is taken from the event's end); a variant keeps
+                         one colour in every panel (variant_colors), also where another has no
+                         responses;
   precision_recall.png   per-task mean precision against mean recall, iso-F1 curves.
 """
 
@@ -72,6 +76,47 @@ def markdown_table(results: Mapping[str, Any]) -> str:
   return head + "\n".join(rows) + "\n" + note + "\n"
 
 
+_DETAIL_ROWS = ("EU", "OU", "AA", "PU", "TP", "TG", "TR", "GP", "RF", "PA", "All")
+
+
+def detail_table(results: Mapping[str, Any]) -> str:
+  """The paper's per-task detail table: F1, P, R, Time, Acc (x100, one decimal) per task and
+  dimension, one block of rows per variant ('-' where nothing matched or the value is absent).
+
+  Uses each variant's "time_acc" (streampro_f1.time_acc_table); a variant without it (an older
+  results file) is computed from its "per_task" and "predictions" when present, else skipped.
+  """
+  variants = _variants(results)
+  head = ("| Variant | Task | F1 | P | R | Time | Acc | matched |\n"
+          "|---|---|---:|---:|---:|---:|---:|---:|\n")
+  rows = []
+  for name, res in variants.items():
+    table = res.get("time_acc")
+    if table is None and res.get("per_task") and res.get("predictions") is not None:
+      table = streampro_f1.time_acc_table(res["per_task"], res["predictions"])
+    if not table:
+      continue
+    for key in _DETAIL_ROWS:
+      if key in table:
+        r = table[key]
+        label = f"**{key}**" if key in ("PU", "TR", "PA", "All") else key
+        rows.append(f"| {name} | {label} | " + " | ".join(
+            _pct(r.get(m)) for m in ("f1", "precision", "recall", "time", "acc"))
+                    + f" | {r.get('matched', 0)} |")
+  if not rows:
+    return ""
+  note = ("\nF1, P, R: means over QA (dimension rows QA-weighted). Time, Acc: mean S_time and "
+          "S_acc of the matched responses (those inside an answer's window), x100.\n")
+  return head + "\n".join(rows) + "\n" + note
+
+
+def variant_colors(names) -> dict[str, Any]:
+  """One colour per variant, by its position among all variants (tab10), for every figure."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  cmap = matplotlib.colormaps["tab10"]
+  return {n: cmap(i % 10) for i, n in enumerate(names)}
+
+
 def _json_safe(x: Any) -> Any:
   if isinstance(x, Mapping):
     return {str(k): _json_safe(v) for k, v in x.items()}
@@ -93,7 +138,7 @@ def _plot_f1(variants, path, plt):
     sc = variants[name]["scores"]
     vals = [100.0 * sc[c] if sc.get(c) is not None else 0.0 for c in cols]
     xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(cols))]
-    bars = ax.bar(xs, vals, width=width * 0.95, label=name)
+    bars = ax.bar(xs, vals, width=width * 0.95, label=name, color=variant_colors(names)[name])
     for b, c in zip(bars, cols):
       if sc.get(c) is not None:
         ax.annotate(f"{b.get_height():.1f}", (b.get_x() + b.get_width() / 2, b.get_height()),
@@ -117,6 +162,7 @@ def _plot_offsets(variants, path, plt):
   bins = [lo - 0.5 + k for k in range(int(hi - lo) + 2)]   # 1 s bins centred on whole seconds
   fig, axes = plt.subplots(2, 4, figsize=(13, 5.6), dpi=120, sharex=True)
   axes = axes.ravel()
+  colors = variant_colors(list(variants))
   for ax, task in zip(axes, streampro_f1.TASKS):
     s = streampro_f1.TASK_SETTINGS[task]
     w_lo = s.window_before
@@ -126,7 +172,8 @@ def _plot_offsets(variants, path, plt):
       offs = [min(max(p["offset"], lo), hi) for p in res.get("predictions", [])
               if p["task"] == task and p.get("offset") is not None]
       if offs:
-        ax.hist(offs, bins=bins, histtype="step", lw=1.4, label=f"{name} (n={len(offs)})")
+        ax.hist(offs, bins=bins, histtype="step", lw=1.4, color=colors[name],
+                label=f"{name} (n={len(offs)})")
     ax.set_title(task, fontsize=10)
     ax.tick_params(labelsize=8)
     if ax.get_legend_handles_labels()[0]:
@@ -202,6 +249,9 @@ def write_report(results: Mapping[str, Any], out_dir: str) -> dict[str, str]:
               indent=1)
   with open(paths["table"], "w", encoding="utf-8") as f:
     f.write(markdown_table(variants))
+    detail = detail_table(variants)
+    if detail:
+      f.write("\n" + detail)
   _plot_f1(variants, paths["f1"], plt)
   _plot_offsets(variants, paths["offsets"], plt)
   _plot_pr(variants, paths["pr"], plt)

@@ -44,6 +44,8 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from streampro_jax import spans
+
 METRIC_VERSION = "streampro-f1/v1"
 
 Judge = Callable[[str, str, str], float]
@@ -112,48 +114,9 @@ def _get(obj: Any, key: str, default: Any = None) -> Any:
   return getattr(obj, key, default)
 
 
-_NUM = r"(\d+(?::\d{1,2}){0,2}(?:\.\d+)?)"
-_UNIT = r"\s*(?:s|sec|secs|second|seconds)?\.?"
-_SEP = r"\s*(?:-|–|—|~|to|until|and)\s*"
-_SPAN_RE = re.compile(_NUM + _UNIT + _SEP + _NUM + _UNIT, re.IGNORECASE)
-
-
-def _to_seconds(token: str) -> float:
-  parts = token.split(":")
-  value = 0.0
-  for p in parts:
-    value = value * 60.0 + float(p)
-  return value
-
-
-def parse_span(text: str) -> tuple[float, float] | None:
-  """Parses the first time span "Xs-Ys" in `text`; None when there is none.
-
-  Accepted: "12s-18s", "12.5 s - 18 s", "12-18 seconds", "from 12s to 18s", "12 ~ 18",
-  "0:12-0:18" (m:ss or h:mm:ss), en/em dashes. A reversed span (18s-12s) is reordered.
-  """
-  if not isinstance(text, str):
-    return None
-  m = _SPAN_RE.search(text)
-  if m is None:
-    return None
-  a, b = _to_seconds(m.group(1)), _to_seconds(m.group(2))
-  return (a, b) if a <= b else (b, a)
-
-
-def span_iou(pred: tuple[float, float] | None, gt: tuple[float, float]) -> float:
-  """IoU of two closed spans: |intersection| / |union|; 0 for pred None.
-
-  Two identical zero-length spans give 1; a zero-length union otherwise gives 0.
-  """
-  if pred is None:
-    return 0.0
-  (ps, pe), (gs, ge) = pred, gt
-  inter = max(0.0, min(pe, ge) - max(ps, gs))
-  union = max(pe, ge) - min(ps, gs)
-  if union <= 0.0:
-    return 1.0 if (ps, pe) == (gs, ge) else 0.0
-  return inter / union
+# The span grammar and IoU are shared with the RL reward and the judges (streampro_jax.spans).
+parse_span = spans.parse_span
+span_iou = spans.span_iou
 
 
 def _refs(task: str, answers: Sequence[Any]) -> list[_Ref]:
@@ -400,7 +363,9 @@ def score_benchmark(items: Iterable[Mapping[str, Any]], judge: Any, *,
     "predictions": [{"id", "task", "time", "offset", "matched", "s_time", "s_acc", "s"}], one per
       prediction; offset = t_p - t_best of the answer it joined (nearest answer when unmatched;
       for EU/TP t_best is the event's end), for the response-time figures,
-    "judge_failures": total number of None judge scores.
+    "judge_failures": total number of None judge scores,
+    "time_acc": time_acc_table(...) (F1, P, R, Time, Acc per task, dimension and "All");
+    per_task entries also hold "time", "acc" and "matched".
   """
   if on_judge_failure not in ("count", "raise"):
     raise ValueError(f"on_judge_failure must be 'count' or 'raise', got {on_judge_failure!r}")
@@ -462,7 +427,46 @@ def score_benchmark(items: Iterable[Mapping[str, Any]], judge: Any, *,
     if task in sums:
       f, p, r, c = sums[task]
       per_task[task] = {"f1": f / c, "precision": p / c, "recall": r / c, "count": int(c)}
+      per_task[task].update(_time_acc([row for row in pred_rows if row["task"] == task]))
   scores = aggregate({k: v["f1"] for k, v in per_task.items()},
                      {k: v["count"] for k, v in per_task.items()})
   return {"version": METRIC_VERSION, "scores": scores, "per_task": per_task, "per_qa": per_qa,
-          "predictions": pred_rows, "judge_failures": n_failures}
+          "predictions": pred_rows, "judge_failures": n_failures,
+          "time_acc": time_acc_table(per_task, pred_rows)}
+
+
+def _time_acc(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+  """{"time", "acc", "matched"}: mean S_time and S_acc over the matched predictions (None when
+  none matched) and their number."""
+  matched = [r for r in rows if r["matched"]]
+  if not matched:
+    return {"time": None, "acc": None, "matched": 0}
+  return {"time": sum(r["s_time"] for r in matched) / len(matched),
+          "acc": sum(r["s_acc"] for r in matched) / len(matched), "matched": len(matched)}
+
+
+def time_acc_table(per_task: Mapping[str, Mapping[str, Any]],
+                   predictions: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+  """The paper's Time and Acc columns beside F1, P and R, per task, dimension and overall.
+
+  Time = mean S_time and Acc = mean S_acc over the matched predictions (those that joined an
+  answer's window, each counted once, including an answer's non-best ones [choice]), pooled over
+  the task / dimension / benchmark ("All"); None when nothing matched. F1, P and R of a dimension
+  (and "All") are the QA-weighted means of its tasks' values, as the dimension F1 of `aggregate`.
+
+  Returns {key: {"f1", "precision", "recall", "time", "acc", "matched", "count"}} for each task
+  present, each dimension with a task present, and "All".
+  """
+  out: dict[str, dict[str, Any]] = {}
+  groups = [(t, (t,)) for t in TASKS] + list(DIMENSIONS.items()) + [("All", TASKS)]
+  for key, tasks in groups:
+    present = [t for t in tasks if t in per_task and per_task[t]["count"] > 0]
+    if not present:
+      continue
+    n = sum(per_task[t]["count"] for t in present)
+    row = {m: sum(per_task[t][m] * per_task[t]["count"] for t in present) / n
+           for m in ("f1", "precision", "recall")}
+    row.update(_time_acc([p for p in predictions if p["task"] in present]))
+    row["count"] = n
+    out[key] = row
+  return out

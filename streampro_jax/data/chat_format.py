@@ -36,6 +36,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from streampro_jax import prompts
 from streampro_jax.data import schema
 from streampro_jax.data.tokenizer import RESPONSE_TOKEN, SILENCE_TOKEN
 
@@ -58,16 +59,9 @@ DECISION_RESPONSE = 2
 
 TIME_EPS = 1e-6
 
-SYSTEM_PROMPT = (
-    "You are a proactive assistant watching a live video stream, one second at a time. "
-    "Each user turn holds a time label <Xs-Ys> and the video frames of that second; a user "
-    "question comes with the turn at which it is asked. After every turn, reply with exactly "
-    "one of two messages. Reply </Silence> when the event the question asks about is not over "
-    "yet, when the answer has not changed, or when the input is irrelevant to the question. "
-    "Reply </Response> followed by the answer as soon as the frames seen so far show it, at "
-    "the second it happens, and only once for each event."
-)
-"""The one system prompt (SPEC section 1). Configs refer to this constant."""
+SYSTEM_PROMPT = prompts.STREAMING_SYSTEM_PROMPT
+"""The one system prompt (SPEC section 1; its text and rules live in streampro_jax/prompts.py).
+Configs refer to this constant."""
 
 
 # ------------------------------------------------------------------------------------------------

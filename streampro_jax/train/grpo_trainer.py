@@ -177,6 +177,32 @@ def _turn_f1(pred_times, pred_mask, gt_times, gt_mask, acc, tau, *, proactive: b
       pred_times, pred_mask, gt_times, gt_mask, acc)
 
 
+MISSING_RUBRIC_POLICIES = ("error", "zero")
+
+
+def load_rubrics(path: str) -> dict[tuple[str, str], tuple[str, ...]]:
+  """{(record id, question id): rubric statements} of an annotation JSONL holding rubrics (the
+  output of launch/write_rubrics.py). Questions without a rubric are left out."""
+  records, _ = schema.load_jsonl(path)
+  return {(r.id, q.id): tuple(q.rubric) for r in records for q in r.questions if q.rubric}
+
+
+def rubrics_from_config(reward_cfg: Mapping[str, Any]):
+  """(rubrics mapping or None, missing_rubric policy) from config.reward: ``rubrics_file`` (a
+  launch/write_rubrics.py output; its rubrics replace the data's) and ``missing_rubric``
+  ("error", the default: a sample without a rubric stops the run; "zero": R_traj = 0 for that
+  sample, counted in the metric rubric_fallbacks)."""
+  path = str(reward_cfg.get("rubrics_file", "") or "")
+  policy = str(reward_cfg.get("missing_rubric", "error") or "error")
+  if policy not in MISSING_RUBRIC_POLICIES:
+    raise ValueError(f"config.reward.missing_rubric = {policy!r}; expected one of "
+                     f"{MISSING_RUBRIC_POLICIES}")
+  rubrics = load_rubrics(path) if path else None
+  if rubrics is not None:
+    logging.info("rubrics: %d questions from %s", len(rubrics), path)
+  return rubrics, policy
+
+
 @dataclasses.dataclass
 class RewardScorer:
   """Host-side rewards of a RolloutBatch: R_fmt, R_turn, R_traj per rollout (f32[N] each).
@@ -187,19 +213,26 @@ class RewardScorer:
     max_turns: padded prediction count P (a rollout responds at most once per turn).
     max_answers: padded ground-truth count.
     max_checks: padded rubric size.
+    rubrics: optional {(record id, question id): rubric} written before RL (load_rubrics); it
+      takes precedence over the rubric a record carries.
+    missing_rubric: "error" (a sample without a rubric raises, naming it) or "zero" (its R_traj
+      is 0, and the sample is counted in the returned rubric_fallbacks).
   """
   judge: Any
   tau: float = 8.0
   max_turns: int = 64
   max_answers: int = 32
   max_checks: int = 16
+  rubrics: Mapping[tuple[str, str], Sequence[str]] | None = None
+  missing_rubric: str = "error"
 
   def score(self, batch: rollout.RolloutBatch,
             samples: Sequence[tuple[schema.Record, int]]) -> dict[str, np.ndarray]:
     """Rewards of the N = len(samples) * G rollouts (groups contiguous).
 
     Ground truths due after the rollout's last turn (a record cut to max_turns) are left out.
-    Returns reward_fmt, reward_turn, reward_traj f32[N] and judge_failures i32[N].
+    Returns reward_fmt, reward_turn, reward_traj f32[N], judge_failures i32[N] and
+    rubric_fallbacks i32[N] (1 on the rows of a sample scored without a rubric).
     """
     g = batch.group_size
     n = len(samples) * g
@@ -212,6 +245,10 @@ class RewardScorer:
     proactive = np.zeros((n,), bool)
     traj = np.zeros((n,), np.float32)
     failures = np.zeros((n,), np.int32)
+    fallbacks = np.zeros((n,), np.int32)
+    if self.missing_rubric not in MISSING_RUBRIC_POLICIES:
+      raise ValueError(f"missing_rubric {self.missing_rubric!r}; expected one of "
+                       f"{MISSING_RUBRIC_POLICIES}")
     for b, (record, qi) in enumerate(samples):
       q = record.questions[qi]
       rows = slice(b * g, (b + 1) * g)
@@ -236,11 +273,20 @@ class RewardScorer:
         arrays[key][rows] = tf1[key]
       failures[rows] += tf1["judge_failures"]
       proactive[rows] = q.task in PROACTIVE_TASKS
-      checks = list(q.rubric or ())
+      stored = self.rubrics.get((record.id, q.id)) if self.rubrics is not None else None
+      checks = list(stored or q.rubric or ())
       if checks:
         passed, mask, fails = self._rubric(msgs, checks, q.question)
         traj[rows] = np.asarray(rewards.rubric_reward(passed, mask))
         failures[rows] += fails
+      elif self.missing_rubric == "zero":
+        fallbacks[rows] = 1
+      else:
+        raise ValueError(
+            f"sample {record.id!r} question {q.id!r} has no rubric: write them before RL with "
+            "launch/write_rubrics.py (config.reward.rubrics_file), or set "
+            "config.reward.missing_rubric='zero' to score R_traj = 0 (counted in "
+            "rubric_fallbacks)")
     fmt = np.asarray(rewards.format_reward(fmt_valid, fmt_mask))
     args = [jnp.asarray(arrays[k]) for k in ("pred_times", "pred_mask", "gt_times", "gt_mask",
                                              "acc")]
@@ -248,7 +294,7 @@ class RewardScorer:
     turn = np.where(proactive, np.asarray(_turn_f1(*args, tau, proactive=True)),
                     np.asarray(_turn_f1(*args, tau, proactive=False)))
     return {"reward_fmt": fmt.astype(np.float32), "reward_turn": turn.astype(np.float32),
-            "reward_traj": traj, "judge_failures": failures}
+            "reward_traj": traj, "judge_failures": failures, "rubric_fallbacks": fallbacks}
 
   def _rubric(self, msgs, checks, question):
     if len(checks) > self.max_checks:
@@ -412,10 +458,12 @@ class GRPOTrainer:
     # Rewards.
     rcfg = config.reward
     self.judge = judge if judge is not None else build_judge(rcfg)
+    stored_rubrics, missing_rubric = rubrics_from_config(rcfg)
     self.scorer = RewardScorer(self.judge, tau=float(rcfg.get("tau", 8.0)),
                                max_turns=self.max_turns,
                                max_answers=int(rcfg.get("max_answers", 32)),
-                               max_checks=int(rcfg.get("max_checks", 16)))
+                               max_checks=int(rcfg.get("max_checks", 16)),
+                               rubrics=stored_rubrics, missing_rubric=missing_rubric)
 
     # State, optimizer, step.
     self.step_cfg = grpo.GRPOStepConfig.from_config(config.grpo, rcfg)
@@ -521,6 +569,7 @@ class GRPOTrainer:
     m.update(rollout_stats(rb))
     m["masked_rows_vision_tokens"] = float(masked)
     m["judge_failures"] = float(reward_arrays["judge_failures"].sum())
+    m["rubric_fallbacks"] = float(reward_arrays["rubric_fallbacks"].sum() // self.group_size)
     m["skipped_samples"] = float(self.prompts.skipped)
     m.update(rollout_s=t1 - t0, reward_s=t2 - t1, update_s=t3 - t2, step_s=t3 - t0,
              rollout_tokens_per_s=m["sampled_tokens"] / max(t1 - t0, 1e-9))

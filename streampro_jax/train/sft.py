@@ -239,15 +239,20 @@ def make_sft_loss_fn(forward_fn: Callable[..., jax.Array], loss_cfg: Mapping[str
     forward_fn: (params, batch, return_hidden: bool) -> logits f32[B, T, V] (return_hidden False)
       or final hidden states [B, T, D] (return_hidden True).
     loss_cfg: ``config.loss``: kind ("cb_stream" | "ce" | "focal"), beta, text_weight, gamma,
-      chunk_size (0: plain loss on full logits; > 0: chunked vocabulary from hidden states).
+      chunk_size (0: plain loss on full logits; > 0: chunked vocabulary from hidden states),
+      count_scope (COUNT_SCOPES: where the decision-class counts n_k of CB-Stream / focal are
+      taken: "global" the whole global batch, "microbatch" each micro-batch, "device" each
+      device's rows of each micro-batch).
     decision_token_ids: (silence_id, response_id).
     unembed_fn: params -> unembedding [D, V]; needed when chunk_size > 0.
 
   Returns:
     loss_fn(params, batch, class_counts) -> (sum_i mask_i w_i nll_i, (N, metric sums)); the
-    context is the global decision-class counts f32[2] (:func:`sft_context`).
+    context is the global decision-class counts f32[2] (:func:`sft_context`; None for the
+    "microbatch" and "device" scopes, whose counts are taken inside loss_fn).
   """
   kind = loss_cfg.get("kind", "cb_stream")
+  scope = count_scope_of(loss_cfg)
   if kind not in losses.LOSS_KINDS:
     raise ValueError(f"config.loss.kind = {kind!r}; expected one of {losses.LOSS_KINDS}")
   chunk = int(loss_cfg.get("chunk_size", 0) or 0)
@@ -263,11 +268,16 @@ def make_sft_loss_fn(forward_fn: Callable[..., jax.Array], loss_cfg: Mapping[str
     if chunk:
       hidden = forward_fn(params, batch, True)
       nll, predictions = losses.chunked_token_stats(hidden, unembed_fn(params), labels,
-                                                    chunk_size=chunk)
+                                                    chunk_size=chunk, loss_mask=mask)
     else:
       logits = forward_fn(params, batch, False)
-      nll = losses.token_nll(logits, labels)
+      nll = losses.token_nll(logits, labels, mask)
       predictions = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    if kind != "ce" and scope == "device":
+      class_counts = losses.grouped_class_counts(labels, mask, ids,
+                                                 num_groups=data_shards(_current_mesh()))
+    elif kind != "ce" and scope == "microbatch":
+      class_counts = losses.decision_class_counts(labels, mask, ids)
     loss_sum, count = _weighted_nll(nll, labels, mask, class_counts=class_counts, **weights)
     sums = losses.metrics_sums(jax.lax.stop_gradient(predictions), labels, mask,
                                decision_token_ids=ids)
@@ -276,9 +286,37 @@ def make_sft_loss_fn(forward_fn: Callable[..., jax.Array], loss_cfg: Mapping[str
   return loss_fn
 
 
-def sft_context(decision_token_ids):
-  """context_fn: global decision-class counts n_k over the whole (sharded) batch."""
+COUNT_SCOPES = ("global", "microbatch", "device")
+"""Where CB-Stream / focal count n_k (config loss.count_scope; BUILD_NOTES has the table):
+global      the whole global batch, all devices and micro-batches (SPEC: "the current global
+            batch"; the default);
+microbatch  each micro-batch of the gradient accumulation, all devices;
+device      each device's rows of each micro-batch (what a data-parallel PyTorch trainer that
+            does not all-reduce the counts computes, as Streamo's code; with one row per device,
+            one trajectory's counts)."""
+
+
+def count_scope_of(loss_cfg: Mapping[str, Any]) -> str:
+  scope = str(loss_cfg.get("count_scope", "global") or "global")
+  if scope not in COUNT_SCOPES:
+    raise ValueError(f"config.loss.count_scope = {scope!r}; expected one of {COUNT_SCOPES}")
+  return scope
+
+
+def data_shards(mesh) -> int:
+  """Number of batch shards of a mesh (product of its 'data' and 'fsdp' axes; 1 without one)."""
+  if mesh is None:
+    return 1
+  shape = dict(mesh.shape)
+  return int(shape.get("data", 1)) * int(shape.get("fsdp", 1))
+
+
+def sft_context(decision_token_ids, count_scope: str = "global"):
+  """context_fn: global decision-class counts n_k over the whole (sharded) batch ("global"
+  scope); None for the other scopes (the loss counts per micro-batch or per device)."""
   ids = tuple(int(i) for i in decision_token_ids)
+  if count_scope != "global":
+    return lambda batch: None
   return lambda batch: losses.decision_class_counts(batch["labels"], batch["loss_mask"], ids)
 
 
@@ -287,7 +325,8 @@ def make_sft_update(forward_fn, loss_cfg, decision_token_ids, tx, *, unembed_fn=
   """The un-jitted SFT update (state, batch) -> (state, metrics); see build_update_step."""
   return build_update_step(
       make_sft_loss_fn(forward_fn, loss_cfg, decision_token_ids, unembed_fn=unembed_fn), tx,
-      context_fn=sft_context(decision_token_ids), metrics_fn=losses.metrics_from_sums,
+      context_fn=sft_context(decision_token_ids, count_scope_of(loss_cfg)),
+      metrics_fn=losses.metrics_from_sums,
       trainable=trainable, num_microbatches=num_microbatches, schedule=schedule)
 
 

@@ -1,0 +1,188 @@
+r"""Writes the trajectory rubrics of an RL annotation file before GRPO (SPEC section 3, App. E).
+
+For every question of every record, the rubric writer (an LLM judge: prompts.RUBRIC_WRITE_*, any
+backend of judges.build_judge) gets the question and its timestamped reference answers and
+returns 6 to 10 pass/fail rubrics over granularity, coherence and coverage. They are stored with
+the record:
+
+  questions[i].rubric            the rubric statements (what the GRPO trainer checks), and
+  meta.rubric_items[question id] the full items {"rubric_id", "dimension", "rubric"},
+  meta.rubric_writer             {"prompt_version": prompts.PROMPT_VERSION}.
+
+The output is a valid annotation JSONL (schema.py), the input order kept; train GRPO on it
+(data.source = "jsonl") or point ``config.reward.rubrics_file`` at it.
+
+Resumable: the output is rewritten atomically after each batch; a rerun keeps every rubric already
+in the output and asks only for the questions still without one (the failures of the last run).
+Questions that already carry a rubric in the input are kept unless --overwrite. Batched: up to
+--batch_size questions per judge call (concurrent requests for the HTTP judge; the judge's cache
+de-duplicates). Failures (timeouts, HTTP errors, malformed replies) are counted, listed in
+--failures (JSONL: record_id, question_id, line) and leave that question without a rubric. Exit
+status 0 when every question has a rubric, 1 when some failed (rerun to retry them).
+
+  .venv/bin/python launch/write_rubrics.py --input=data/rl.jsonl --output=data/rl.rubrics.jsonl \
+      --judge='{"kind": "openai", "base_url": "http://localhost:8000/v1", "model": "judge",
+                "api_key_env": null}'
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from absl import app
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from streampro_jax import judges as judges_lib  # noqa: E402
+from streampro_jax import prompts  # noqa: E402
+from streampro_jax.data import schema  # noqa: E402
+
+logger = logging.getLogger("write_rubrics")
+
+_INPUT = flags.DEFINE_string("input", None, "RL annotation JSONL (schema.py).")
+_OUTPUT = flags.DEFINE_string("output", None, "Output JSONL: the records with their rubrics.")
+_JUDGE = flags.DEFINE_string(
+    "judge", None, "Rubric writer: a JSON object for judges.build_judge, e.g. "
+    '{"kind": "openai", "base_url": ..., "model": ...} or {"kind": "local", "path": ...}.')
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Questions per judge call.")
+_MIN_CHECKS = flags.DEFINE_integer("min_checks", 6, "Fewest rubrics a reply may hold.")
+_MAX_CHECKS = flags.DEFINE_integer("max_checks", 10, "Most rubrics a reply may hold.")
+_OVERWRITE = flags.DEFINE_boolean("overwrite", False,
+                                  "Rewrite rubrics the input already carries.")
+_FAILURES = flags.DEFINE_string("failures", None,
+                                "Failure list (default: <output>.failures.jsonl).")
+
+
+def _atomic_write(path: str, lines: Sequence[str]) -> None:
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    for line in lines:
+      f.write(line + "\n")
+  os.replace(tmp, path)
+
+
+def _has_rubric(q: dict) -> bool:
+  return bool(q.get("rubric"))
+
+
+def write_rubrics(input_path: str, output_path: str, judge, *, batch_size: int = 64,
+                  min_checks: int = 6, max_checks: int = 10, overwrite: bool = False,
+                  failures_path: str | None = None) -> dict[str, Any]:
+  """Writes output_path (see the module docstring) and returns a summary dict.
+
+  Returns:
+    {"records", "questions", "kept" (rubrics already present), "written" (this run), "failed",
+     "failures": [{"record_id", "question_id", "line"}], "judge": judge.stats.as_dict()}.
+  """
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  records, _ = schema.load_jsonl(input_path)
+  rows = [r.to_json() for r in records]
+  lines = {r.id: r.source_line for r in records}
+  if os.path.exists(output_path):  # resume: take every rubric already written
+    done, _ = schema.load_jsonl(output_path)
+    by_id = {r.id: r.to_json() for r in done}
+    for i, row in enumerate(rows):
+      prev = by_id.get(row["id"])
+      if prev is None:
+        continue
+      prev_q = {q["id"]: q for q in prev["questions"]}
+      for q in row["questions"]:
+        pq = prev_q.get(q["id"])
+        if pq is not None and _has_rubric(pq):
+          q["rubric"] = pq["rubric"]
+          items = ((prev.get("meta") or {}).get("rubric_items") or {}).get(q["id"])
+          if items is not None:
+            row.setdefault("meta", {}).setdefault("rubric_items", {})[q["id"]] = items
+            row["meta"]["rubric_writer"] = prev["meta"].get("rubric_writer")
+          q["_kept"] = True
+  todo, kept, n_questions = [], 0, 0
+  for i, row in enumerate(rows):
+    for j, q in enumerate(row["questions"]):
+      n_questions += 1
+      if q.pop("_kept", False) or (_has_rubric(q) and not overwrite):
+        kept += 1
+      else:
+        todo.append((i, j))
+  failures_path = failures_path or output_path + ".failures.jsonl"
+  failures: list[dict[str, Any]] = []
+  written = 0
+
+  def flush():
+    for row in rows:  # every output line must parse as a record
+      schema.parse_record(row, file=output_path)
+    _atomic_write(output_path, [json.dumps(row, ensure_ascii=False) for row in rows])
+    _atomic_write(failures_path, [json.dumps(f) for f in failures])
+
+  for start in range(0, len(todo), batch_size):
+    batch = todo[start:start + batch_size]
+    qs, answers = [], []
+    for i, j in batch:
+      rec = records[i]
+      q = rec.questions[j]
+      qs.append(q.question)
+      answers.append([(a.response_time, a.text) for a in q.sorted_answers()])
+    results = judge.write_rubrics(qs, answers, min_checks=min_checks, max_checks=max_checks)
+    for (i, j), items in zip(batch, results, strict=True):
+      row, q = rows[i], rows[i]["questions"][j]
+      if items is None:  # (with --overwrite, a rubric the input carried is kept)
+        failures.append({"record_id": row["id"], "question_id": q["id"],
+                         "line": lines.get(row["id"], 0)})
+        continue
+      q["rubric"] = [it["rubric"] for it in items]
+      meta = row.setdefault("meta", {})
+      meta.setdefault("rubric_items", {})[q["id"]] = items
+      meta["rubric_writer"] = {"prompt_version": prompts.PROMPT_VERSION}
+      written += 1
+    flush()
+    logger.info("rubrics: %d / %d questions asked, %d written, %d failed",
+                min(start + batch_size, len(todo)), len(todo), written, len(failures))
+  if not todo:
+    flush()
+  return {"records": len(rows), "questions": n_questions, "kept": kept, "written": written,
+          "failed": len(failures), "failures": failures,
+          "judge": judge.stats.as_dict() if hasattr(judge, "stats") else {}}
+
+
+def main(argv):
+  del argv
+  for name, flag in (("input", _INPUT), ("output", _OUTPUT), ("judge", _JUDGE)):
+    if not flag.value:
+      raise app.UsageError(f"--{name} is required")
+  logging.basicConfig(level=logging.INFO, format="%(message)s")
+  try:
+    judge_cfg = json.loads(_JUDGE.value)
+  except json.JSONDecodeError as e:
+    raise app.UsageError(f"--judge is not a JSON object: {e}") from None
+  judge = judges_lib.build_judge(judge_cfg)
+  if not hasattr(judge, "write_rubrics"):
+    raise app.UsageError(f"judge kind {judge_cfg.get('kind')!r} cannot write rubrics; use "
+                         "'openai' or 'local'")
+  try:
+    summary = write_rubrics(_INPUT.value, _OUTPUT.value, judge, batch_size=_BATCH_SIZE.value,
+                            min_checks=_MIN_CHECKS.value, max_checks=_MAX_CHECKS.value,
+                            overwrite=_OVERWRITE.value, failures_path=_FAILURES.value)
+  finally:
+    if hasattr(judge, "close"):
+      judge.close()
+  print(f"{summary['records']} records, {summary['questions']} questions: "
+        f"{summary['kept']} rubrics kept, {summary['written']} written, "
+        f"{summary['failed']} failed")
+  print(f"judge: {summary['judge']}")
+  for f in summary["failures"]:
+    print(f"  failed: {_INPUT.value}:{f['line']}: record {f['record_id']!r} question "
+          f"{f['question_id']!r}")
+  if summary["failed"]:
+    print(f"{summary['failed']} questions have no rubric (listed in "
+          f"{_FAILURES.value or _OUTPUT.value + '.failures.jsonl'}); rerun to retry them.")
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  app.run(main)

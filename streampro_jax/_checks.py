@@ -1,0 +1,53 @@
+"""Argument checks at the entry of the public math functions (chex, with the argument named).
+
+Every check raises ArgumentError, a ValueError (and an AssertionError, as chex raises) whose
+message starts with "<function>: <argument>: ". Checks look only at static shapes and dtypes, so
+they cost nothing under jax.jit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import chex
+import numpy as np
+
+
+class ArgumentError(ValueError, AssertionError):
+  """A bad argument of a public math function; the message names the function and argument."""
+
+
+def _wrap(fn: str, name: str, check, *args, **kwargs) -> None:
+  try:
+    check(*args, **kwargs)
+  except AssertionError as e:
+    msg = str(e).replace("[Chex] ", "")
+    raise ArgumentError(f"{fn}: {name}: {msg}") from None
+
+
+def rank(fn: str, name: str, x, ranks: int | Sequence[int]) -> None:
+  _wrap(fn, name, chex.assert_rank, x, ranks)
+
+
+def shape(fn: str, name: str, x, expected: Sequence[int | None], what: str = "") -> None:
+  """x.shape must equal `expected` (None entries: any size); `what` explains the expectation."""
+  try:
+    chex.assert_shape(x, tuple(expected))
+  except AssertionError:
+    raise ArgumentError(f"{fn}: {name} has shape {tuple(np.shape(x))}, expected "
+                        f"{tuple(expected)}{' ' + what if what else ''}") from None
+
+
+def integer(fn: str, name: str, x) -> None:
+  _wrap(fn, name, chex.assert_type, x, int)
+
+
+def floating(fn: str, name: str, x) -> None:
+  _wrap(fn, name, chex.assert_type, x, float)
+
+
+def floating_or_bool(fn: str, name: str, x) -> None:
+  dtype = np.dtype(x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype)
+  if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)
+          or dtype == np.bool_ or str(dtype) == "bfloat16"):
+    raise ArgumentError(f"{fn}: {name} has dtype {dtype}; expected a float, int or bool mask")

@@ -1,0 +1,178 @@
+"""launch/write_rubrics.py end to end against a local OpenAI-compatible stub server (good, malformed
+and failing replies; resume), and the GRPO reward scorer reading the written rubrics."""
+
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from launch import write_rubrics  # noqa: E402
+from streampro_jax import judges  # noqa: E402
+from streampro_jax.data import schema  # noqa: E402
+from streampro_jax.train import grpo_trainer  # noqa: E402
+from test_grpo_trainer import _rollout_batch  # noqa: E402
+
+DIMS = ("granularity", "coherence", "coverage")
+
+
+def _items(word):
+  """Six rubric items; three name a quoted word the match judge can look for."""
+  out = []
+  for i in range(6):
+    text = (f'The answer must mention "{word}".' if i % 2 == 0
+            else f'The answer shall not mention "never{i}".')
+    out.append({"rubric_id": i + 1, "dimension": DIMS[i % 3], "rubric": text})
+  return out
+
+
+class _Server:
+  """Chat completions: the rubric-writer prompt's question picks the reply."""
+
+  def __init__(self):
+    self.mode = "first"
+    self.asked: list[str] = []
+    outer = self
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+
+      def log_message(self, *args):
+        pass
+
+      def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        prompt = body["messages"][-1]["content"]
+        question = prompt.split("\n", 1)[0]
+        outer.asked.append(question)
+        if outer.mode == "first" and "FAILQ" in question:
+          data, status = b'{"error": "boom"}', 500
+        else:
+          if outer.mode == "first" and "MALFORMEDQ" in question:
+            content = json.dumps([it["rubric"] for it in _items("x")])  # plain strings
+          else:
+            content = json.dumps(_items(question.split()[-1]))
+          data = json.dumps({"choices": [{"message": {"content": content}}]}).encode()
+          status = 200
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    self.httpd.daemon_threads = True
+    threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+    self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+  def close(self):
+    self.httpd.shutdown()
+    self.httpd.server_close()
+
+
+@pytest.fixture()
+def server():
+  s = _Server()
+  yield s
+  s.close()
+
+
+def _record(rid, question, answer_text, rubric=None):
+  q = {"id": "q0", "task": "OU", "ask_time": 0.0, "question": question,
+       "answers": [{"time": 3.0, "text": answer_text}]}
+  if rubric is not None:
+    q["rubric"] = rubric
+  return {"id": rid, "video": "synth://x", "duration": 10.0, "questions": [q]}
+
+
+def _input(tmp_path):
+  path = tmp_path / "rl.jsonl"
+  rows = [_record("v0", "OKQ What is red? circle", "red circle"),
+          _record("v1", "MALFORMEDQ What is blue? square", "blue square"),
+          _record("v2", "FAILQ What is green? star", "green star"),
+          _record("v3", "KEPTQ Which? any", "x", rubric=['Mentions "kept".'])]
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  return path
+
+
+def _judge(server, **kw):
+  cfg = dict(base_url=server.base_url, model="m", api_key_env=None, timeout_s=5.0,
+             max_retries=0, backoff_s=0.01)
+  cfg.update(kw)
+  return judges.OpenAIJudge(judges.OpenAIJudgeConfig(**cfg))
+
+
+def test_write_rubrics_end_to_end_resume_and_trainer_reads_them(server, tmp_path):
+  src, out = _input(tmp_path), tmp_path / "rl.rubrics.jsonl"
+  judge = _judge(server)
+  summary = write_rubrics.write_rubrics(str(src), str(out), judge, batch_size=2)
+  judge.close()
+  assert (summary["questions"], summary["kept"], summary["written"], summary["failed"]) == (
+      4, 1, 1, 2)
+  assert [(f["record_id"], f["line"]) for f in summary["failures"]] == [("v1", 2), ("v2", 3)]
+  assert summary["judge"]["malformed"] == 1 and summary["judge"]["failures"] == 2
+  assert len(server.asked) == 3                                # KEPTQ is never asked
+  records, _ = schema.load_jsonl(str(out))                     # a valid annotation file
+  by_id = {r.id: r for r in records}
+  assert [r.id for r in records] == ["v0", "v1", "v2", "v3"]  # input order
+  assert by_id["v0"].questions[0].rubric == tuple(it["rubric"] for it in _items("circle"))
+  assert by_id["v0"].meta["rubric_items"]["q0"] == _items("circle")
+  assert by_id["v1"].questions[0].rubric is None and by_id["v2"].questions[0].rubric is None
+  assert by_id["v3"].questions[0].rubric == ('Mentions "kept".',)
+  listed = [json.loads(l) for l in open(str(out) + ".failures.jsonl")]
+  assert [f["record_id"] for f in listed] == ["v1", "v2"]
+
+  # Resume: only the two failed questions are asked again; v0's rubric is kept as written.
+  server.mode = "second"
+  server.asked.clear()
+  judge = _judge(server)
+  summary = write_rubrics.write_rubrics(str(src), str(out), judge, batch_size=8)
+  judge.close()
+  assert (summary["kept"], summary["written"], summary["failed"]) == (2, 2, 0)
+  assert sorted(q.split()[1] for q in server.asked) == ["FAILQ", "MALFORMEDQ"]
+  assert open(str(out) + ".failures.jsonl").read() == ""
+
+  # The GRPO trainer's scorer reads them (config.reward.rubrics_file) for the input's records,
+  # which carry no rubric themselves.
+  rubrics, policy = grpo_trainer.rubrics_from_config({"rubrics_file": str(out)})
+  assert policy == "error" and rubrics[("v0", "q0")] == tuple(
+      it["rubric"] for it in _items("circle"))
+  rec = schema.parse_record(_record("v0", "OKQ What is red? circle", "red circle"))
+  s, r = "</Silence>", "</Response>"
+  rows = [[s, s, r + " red circle"] + [s] * 7,          # mentions "circle": 6 / 6 pass
+          [s, s, r + " never3 blue"] + [s] * 7]          # no "circle", says "never3": 2 / 6
+  scorer = grpo_trainer.RewardScorer(judges.MatchJudge(), tau=8.0, max_turns=10,
+                                     max_answers=4, max_checks=8, rubrics=rubrics)
+  got = scorer.score(_rollout_batch(rows, 2), [(rec, 0)])
+  np.testing.assert_allclose(got["reward_traj"], [1.0, 2 / 6], rtol=1e-6)
+  assert got["rubric_fallbacks"].tolist() == [0, 0]
+  # Without the file, the same record has no rubric: a clear error.
+  with pytest.raises(ValueError, match="'v0' question 'q0' has no rubric"):
+    grpo_trainer.RewardScorer(judges.MatchJudge(), max_turns=10, max_answers=4).score(
+        _rollout_batch(rows, 2), [(rec, 0)])
+  with pytest.raises(ValueError, match="missing_rubric"):
+    grpo_trainer.rubrics_from_config({"missing_rubric": "skip"})
+
+
+def test_write_rubrics_command_line(server, tmp_path):
+  src, out = _input(tmp_path), tmp_path / "out.jsonl"
+  cfg = json.dumps({"kind": "openai", "base_url": server.base_url, "model": "m",
+                    "api_key_env": None, "max_retries": 0, "timeout_s": 5.0})
+  cmd = [sys.executable, os.path.join(ROOT, "launch", "write_rubrics.py"), f"--input={src}",
+         f"--output={out}", f"--judge={cfg}", "--batch_size=3"]
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+  assert r.returncode == 1, r.stderr[-2000:]          # two questions failed
+  assert "1 rubrics kept, 1 written, 2 failed" in r.stdout
+  assert "record 'v2' question 'q0'" in r.stdout and f"{src}:3:" in r.stdout
+  server.mode = "second"
+  r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+  assert r.returncode == 0, r.stdout + r.stderr[-2000:]
+  assert "2 rubrics kept, 2 written, 0 failed" in r.stdout
