@@ -33,11 +33,14 @@ FROZEN_VISION = r"^visual/(?!merger/)"
 
 
 def model_config(*, hf_checkpoint: str = "", dtype: str = "bfloat16", remat: bool = False,
+                 remat_policy: str = "full", scan_layers: bool = False,
                  attention_impl: str = "jax", tiny_text=None, tiny_vision=None
                  ) -> ml_collections.ConfigDict:
   """Model section. With ``hf_checkpoint`` the architecture comes from its config.json; else a
   random tiny Qwen2.5-VL (qwen2_5_vl.tiny_config with ``tiny_text`` / ``tiny_vision`` overrides;
-  vocabulary size and special token ids are taken from the tokenizer)."""
+  vocabulary size and special token ids are taken from the tokenizer). ``scan_layers`` runs the
+  layer stacks under nn.scan (fast init and compile; the accelerator configs turn it on),
+  ``remat_policy`` names what a rematerialised layer keeps (layers.REMAT_POLICIES)."""
   return ml_collections.ConfigDict(dict(
       family="qwen2_5_vl",
       hf_checkpoint=hf_checkpoint,
@@ -45,6 +48,8 @@ def model_config(*, hf_checkpoint: str = "", dtype: str = "bfloat16", remat: boo
       param_dtype="float32",    # master weights
       attention_impl=attention_impl,
       remat=remat,
+      remat_policy=remat_policy,
+      scan_layers=scan_layers,
       tiny_text=dict(tiny_text or {}),
       tiny_vision=dict(tiny_vision or {}),
       reinit_decision_rows=True,  # HF checkpoint: re-initialise the </Silence>, </Response> rows

@@ -205,3 +205,15 @@ def test_paper_config_trains_one_step(name, tiny_hf, tiny_data, tmp_path):
   config_check.check_config(c, _trainer(name))
   _one_step(c, name, str(tmp_path / "run"))
   jax.clear_caches()
+
+
+def test_keys_added_by_other_modules_are_read():
+  """The keys the SFT loss (count_scope), the GRPO trainer (rubric files, presets) and the model
+  (scan_layers, remat_policy) read are accepted, so a user may set them."""
+  from streampro_jax.train import config_check  # pylint: disable=g-import-not-at-top
+  assert "count_scope" in config_check._LOSS  # pylint: disable=protected-access
+  assert {"rubrics_file", "missing_rubric"} <= set(config_check._REWARD)  # pylint: disable=protected-access
+  assert "preset" in config_check._GRPO_EXTRA  # pylint: disable=protected-access
+  section = config_check.model_section(dict(family="qwen2_5_vl", scan_layers=True,
+                                            remat_policy="dots_no_batch"), "sft")
+  assert {"scan_layers", "remat_policy"} <= set(section.read)

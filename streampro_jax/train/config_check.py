@@ -40,11 +40,14 @@ _TOP_LEVEL = ("seed", "global_batch_size", "num_epochs", "total_steps", "log_eve
               "tokenizer", "tensorboard", "debug_kill_after_step")   # sft.train, GRPOTrainer
 _OPTIM = ("lr", "warmup_steps", "warmup_ratio", "schedule", "end_lr_factor", "b1", "b2", "eps",
           "weight_decay", "grad_clip_norm", "frozen")                # optim.make_optimizer
-_LOSS = ("kind", "beta", "text_weight", "gamma", "chunk_size")       # sft.make_sft_loss_fn
+_LOSS = ("kind", "beta", "text_weight", "gamma", "chunk_size",   # sft.make_sft_loss_fn
+         "count_scope")                                          # sft.sft_context
 _CHECKPOINT = ("every_steps", "keep", "async_save")                  # checkpoint.Checkpointer
-_REWARD = ("weights", "tau", "max_answers", "max_checks", "judge")   # GRPOTrainer, build_judge
+_REWARD = ("weights", "tau", "max_answers", "max_checks", "judge",   # GRPOTrainer, build_judge
+           "rubrics_file", "missing_rubric")                         # grpo_trainer rubric files
 _INIT = ("sft_workdir", "sft_step")                                  # load_initial_params
-_GRPO_EXTRA = ("beta_kl", "top_p", "max_response_tokens", "ref_param_dtype")  # GRPOTrainer
+_GRPO_EXTRA = ("beta_kl", "top_p", "max_response_tokens", "ref_param_dtype",  # GRPOTrainer
+               "preset")                                                  # grpo.GRPOStepConfig
 
 
 class ConfigError(ValueError):
