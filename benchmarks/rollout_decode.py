@@ -217,7 +217,7 @@ def torch_model(model_config, params, *, device=None, dtype: str = "float32"):
     sd["lm_head.weight"] = sd["model.language_model.embed_tokens.weight"]
   model.load_state_dict(sd, strict=True, assign=True)
   # Non-persistent buffers (rotary inv_freq) stay on meta after assign: rebuild them.
-  for name, mod in model.named_modules():
+  for _name, mod in model.named_modules():
     if hasattr(mod, "inv_freq") and mod.inv_freq.is_meta:
       if hasattr(mod, "rope_init_fn"):
         inv, _ = mod.rope_init_fn(mod.config, torch.device("cpu"))

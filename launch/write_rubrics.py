@@ -45,20 +45,6 @@ from streampro_jax.data import schema  # noqa: E402
 
 logger = logging.getLogger("write_rubrics")
 
-_INPUT = flags.DEFINE_string("input", None, "RL annotation JSONL (schema.py).")
-_OUTPUT = flags.DEFINE_string("output", None, "Output JSONL: the records with their rubrics.")
-_JUDGE = flags.DEFINE_string(
-    "judge", None, "Rubric writer: a JSON object for judges.build_judge, e.g. "
-    '{"kind": "openai", "base_url": ..., "model": ...} or {"kind": "local", "path": ...}.')
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Questions per judge call.")
-_MIN_CHECKS = flags.DEFINE_integer("min_checks", 6, "Fewest rubrics a reply may hold.")
-_MAX_CHECKS = flags.DEFINE_integer("max_checks", 10, "Most rubrics a reply may hold.")
-_OVERWRITE = flags.DEFINE_boolean("overwrite", False,
-                                  "Rewrite rubrics the input already carries.")
-_FAILURES = flags.DEFINE_string("failures", None,
-                                "Failure list (default: <output>.failures.jsonl).")
-
-
 def _atomic_write(path: str, lines: Sequence[str]) -> None:
   tmp = f"{path}.tmp{os.getpid()}"
   with open(tmp, "w", encoding="utf-8") as f:
@@ -184,5 +170,24 @@ def main(argv):
     sys.exit(1)
 
 
+def _define_flags() -> None:
+  """The command-line flags, defined only when this file runs as a program, so that importing
+  `write_rubrics` (tests, other tools) never clashes with another launcher's --judge / --input."""
+  global _INPUT, _OUTPUT, _JUDGE, _BATCH_SIZE, _MIN_CHECKS, _MAX_CHECKS, _OVERWRITE, _FAILURES  # pylint: disable=global-statement
+  _INPUT = flags.DEFINE_string("input", None, "RL annotation JSONL (schema.py).")
+  _OUTPUT = flags.DEFINE_string("output", None, "Output JSONL: the records with their rubrics.")
+  _JUDGE = flags.DEFINE_string(
+      "judge", None, "Rubric writer: a JSON object for judges.build_judge, e.g. "
+      '{"kind": "openai", "base_url": ..., "model": ...} or {"kind": "local", "path": ...}.')
+  _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Questions per judge call.")
+  _MIN_CHECKS = flags.DEFINE_integer("min_checks", 6, "Fewest rubrics a reply may hold.")
+  _MAX_CHECKS = flags.DEFINE_integer("max_checks", 10, "Most rubrics a reply may hold.")
+  _OVERWRITE = flags.DEFINE_boolean("overwrite", False,
+                                    "Rewrite rubrics the input already carries.")
+  _FAILURES = flags.DEFINE_string("failures", None,
+                                  "Failure list (default: <output>.failures.jsonl).")
+
+
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
