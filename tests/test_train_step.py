@@ -282,8 +282,9 @@ def test_narration_data_option_captions_every_turn(tmp_path):
       model=dict(family="qwen2_5_vl", hf_checkpoint="", dtype="float32", param_dtype="float32",
                  attention_impl="xla", remat=False, tiny_text=dict(num_hidden_layers=1),
                  tiny_vision=dict(depth=1, fullatt_block_indexes=(0,))),
+      # seq_len leaves room for the (longer) paper system prompt: all 6 turns fit.
       data=dict(source="synth", num_videos=4, split="train", synth_seed=0, narration=True,
-                synth=dict(resolution=32, min_duration=12, max_duration=12), seq_len=512,
+                synth=dict(resolution=32, min_duration=12, max_duration=12), seq_len=768,
                 max_turns=6, frame_height=16, frame_width=16, seed=0, shuffle=False,
                 num_threads=1, prefetch_buffer_size=2)))
   tokenizer = sft.make_tokenizer(cfg, str(tmp_path))
