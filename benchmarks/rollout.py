@@ -122,7 +122,7 @@ def bench_turn_latency(config, workdir, answer_tokens: int, turns: int, repeats:
   for i in range(repeats + 1):
     stamps = [time.perf_counter()]
     rb = sampler.sample(params, [prompt], seed=i,
-                        on_turn=lambda k, n: stamps.append(time.perf_counter()))
+                        on_turn=lambda k, n, stamps=stamps: stamps.append(time.perf_counter()))
     if i:
       per_turn += list(np.diff(stamps)[1:])   # turn 0 also holds the system prefix
       tokens.append(float((rb.loss_mask + rb.forced_mask).sum()) / prompt.num_turns)
@@ -185,12 +185,13 @@ def main() -> None:
   print(f"devices: {jax.devices()}  load average {os.getloadavg()}", flush=True)
   with tempfile.TemporaryDirectory() as tmp:
     if not args.skip_decode:
-      print(f"decode: {bench_decode(config, tmp, args.rows, args.new_tokens, args.prefix_len, args.repeats)}",
-            flush=True)
+      decode = bench_decode(config, tmp, args.rows, args.new_tokens, args.prefix_len,
+                            args.repeats)
+      print(f"decode: {decode}", flush=True)
     if not args.skip_stream:
       print(f"stream: {bench_stream(config, tmp, 2, 4, args.repeats)}", flush=True)
-      print(f"turn latency: {bench_turn_latency(config, tmp, args.answer_tokens, 16, args.repeats)}",
-            flush=True)
+      latency = bench_turn_latency(config, tmp, args.answer_tokens, 16, args.repeats)
+      print(f"turn latency: {latency}", flush=True)
     if args.grpo_steps:
       gcfg = demo_grpo_config() if args.grpo_config == "demo" else config
       gcfg.tensorboard = False

@@ -74,7 +74,7 @@ def write_rubrics(input_path: str, output_path: str, judge, *, batch_size: int =
   if os.path.exists(output_path):  # resume: take every rubric already written
     done, _ = schema.load_jsonl(output_path)
     by_id = {r.id: r.to_json() for r in done}
-    for i, row in enumerate(rows):
+    for row in rows:
       prev = by_id.get(row["id"])
       if prev is None:
         continue

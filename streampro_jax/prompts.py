@@ -74,7 +74,8 @@ Scale (an integer):
 0 - no attempt, or off-topic.
 
 Reply with a JSON object and nothing else, with exactly two keys: "explanation" (one sentence)
-and "score" (an integer from 0 to 5). Example: {{"explanation": "It names the right object.", "score": 4}}"""
+and "score" (an integer from 0 to 5). Example:
+{{"explanation": "It names the right object.", "score": 4}}"""
 
 # ---- the rubric check (R_traj: pass/fail of each checkpoint on a trajectory) -------------------
 
@@ -278,7 +279,8 @@ def parse_rubric_items(reply: str | None, *, min_checks: int = 6, max_checks: in
     if not isinstance(obj, dict) or set(obj) != {"rubric_id", "dimension", "rubric"}:
       return None
     rid, dim, text = obj["rubric_id"], obj["dimension"], obj["rubric"]
-    if isinstance(rid, bool) or not (isinstance(rid, int) or (isinstance(rid, str) and rid.strip())):
+    rid_ok = isinstance(rid, int) or (isinstance(rid, str) and rid.strip())
+    if isinstance(rid, bool) or not rid_ok:
       return None
     if rid in ids or dim not in RUBRIC_DIMENSIONS:
       return None

@@ -168,7 +168,8 @@ def turn_f1_reward(pred_times: Array, pred_mask: Array, gt_times: Array, gt_mask
     diff = p_times - t_g
     in_window = jnp.where(proactive, (diff >= -tau) & (diff <= 0.0), jnp.abs(diff) <= tau)
     # S_time; tau <= 0 (traced) is the limit tau -> 0: 1 at dt = 0, else 0 (no 0 / 0).
-    s_time = jnp.where(tau > 0, jnp.maximum(0.0, 1.0 - jnp.abs(diff) / jnp.where(tau > 0, tau, 1.0)),
+    safe_tau = jnp.where(tau > 0, tau, 1.0)
+    s_time = jnp.where(tau > 0, jnp.maximum(0.0, 1.0 - jnp.abs(diff) / safe_tau),
                        (diff == 0.0).astype(jnp.float32))
     s_prime = s_time + acc_sorted[:, j]
     # Algorithm 1: only a strictly positive S' is a match.

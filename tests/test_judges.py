@@ -15,6 +15,8 @@ import pytest
 
 from streampro_jax import judges, prompts
 
+import loopback_http  # pylint: disable=g-bad-import-order
+
 SECRET = "sk-test-SECRET-4c1d9e"
 KEY_ENV = "STREAMPRO_TEST_JUDGE_KEY"
 
@@ -143,7 +145,7 @@ def test_match_judge():
 # ---- a real chat-completions server -----------------------------------------------------------
 
 
-class _Server:
+class _Server(loopback_http.LoopbackServer):
   """Chat-completions server whose behaviour is chosen by a marker in the prompt."""
 
   def __init__(self):
@@ -218,15 +220,7 @@ class _Server:
           score = {"SLOW": 3, "FAIL500ONCE": 4}.get(marker, 5)
           self._reply(_score_reply(score))
 
-    self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    self.httpd.daemon_threads = True
-    self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-    self.thread.start()
-    self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-  def close(self):
-    self.httpd.shutdown()
-    self.httpd.server_close()
+    self.start(Handler)
 
 
 @pytest.fixture()

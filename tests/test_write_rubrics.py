@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 
 import numpy as np
 import pytest
@@ -19,6 +18,7 @@ from launch import write_rubrics  # noqa: E402
 from streampro_jax import judges  # noqa: E402
 from streampro_jax.data import schema  # noqa: E402
 from streampro_jax.train import grpo_trainer  # noqa: E402
+import loopback_http  # noqa: E402  pylint: disable=g-bad-import-order
 from test_grpo_trainer import _rollout_batch  # noqa: E402
 
 DIMS = ("granularity", "coherence", "coverage")
@@ -34,7 +34,7 @@ def _items(word):
   return out
 
 
-class _Server:
+class _Server(loopback_http.LoopbackServer):
   """Chat completions: the rubric-writer prompt's question picks the reply."""
 
   def __init__(self):
@@ -67,14 +67,7 @@ class _Server:
         self.end_headers()
         self.wfile.write(data)
 
-    self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    self.httpd.daemon_threads = True
-    threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-    self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-  def close(self):
-    self.httpd.shutdown()
-    self.httpd.server_close()
+    self.start(Handler)
 
 
 @pytest.fixture()

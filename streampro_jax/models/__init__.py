@@ -47,6 +47,10 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+# Parameter trees between the unrolled (layers_i, visual/blocks_i) and the scanned (stacked
+# `layers`, `visual/blocks`) layouts.
+from streampro_jax.models.common import layout_of, scan_params, unscan_params  # noqa: F401
+
 # model_type -> (module, config class name, model class name)
 _BACKBONES = {
     "qwen2_5_vl": ("streampro_jax.models.qwen2_5_vl", "Qwen2_5_VLConfig", "Qwen2_5_VL"),
@@ -105,10 +109,6 @@ def load_hf_checkpoint(path: str, dtype=jnp.float32, shardings=None, *,
   return _backbone(model_type).load_hf_checkpoint(path, dtype, shardings=shardings,
                                                   scan_layers=scan_layers, **overrides)
 
-
-# Converting parameter trees between the unrolled (layers_i, visual/blocks_i) and the scanned
-# (stacked `layers`, `visual/blocks`) layouts.
-from streampro_jax.models.common import layout_of, scan_params, unscan_params  # noqa: E402,F401  pylint: disable=g-import-not-at-top
 
 
 def build(config):

@@ -105,7 +105,7 @@ def init_cache(config, batch: int, capacity: int, *, window_turns: int = 200, dt
   t = _text_config(config)
   dtype = config.compute_dtype if dtype is None else jnp.dtype(dtype)
   shape = (batch, capacity, t.num_key_value_heads, t.head_dim)
-  if getattr(config, "scan_layers", False):  # one stack [L, B, cap, K, H] per k and v
+  if config.scan_layers:  # one stack [L, B, cap, K, H] per k and v
     layers_k = jnp.zeros((t.num_hidden_layers,) + shape, dtype)
     layers_v = jnp.zeros((t.num_hidden_layers,) + shape, dtype)
   else:

@@ -1,0 +1,20 @@
+"""A threaded HTTP server on 127.0.0.1 for the tests' OpenAI-compatible stubs."""
+
+import http.server
+import threading
+
+
+class LoopbackServer:
+  """Serves `handler_cls` (a BaseHTTPRequestHandler) on a free loopback port in a daemon thread;
+  `base_url` is its chat-completions root (.../v1). `close()` stops it."""
+
+  def start(self, handler_cls) -> None:
+    self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler_cls)
+    self.httpd.daemon_threads = True
+    self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+    self.thread.start()
+    self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+  def close(self) -> None:
+    self.httpd.shutdown()
+    self.httpd.server_close()
