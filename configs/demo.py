@@ -24,7 +24,7 @@ BUILD_NOTES.md. Fields:
                        (CB-Stream), gamma (focal); the variants are LOSS_OF_VARIANT.
   grpo                 steps, batch_size (samples per step), group_size G, lr, temperature,
                        max_response_tokens, beta_kl, epsilon, num_passes, seq_len, rollout sizes,
-                       reward weights and tau.
+                       reward weights, tau and matching (R_turn's order).
   eval                 batch_size (videos streamed together), max_text_tokens,
                        constrain_decision (first token of a message is a decision token).
 """
@@ -77,7 +77,8 @@ def get_config(budget: str = "default") -> ml_collections.ConfigDict:
   c.grpo = ml_collections.ConfigDict(dict(
       steps=60, batch_size=4, group_size=8, lr=1e-4, temperature=0.7, max_response_tokens=18,
       beta_kl=0.04, epsilon=0.2, num_passes=1, seq_len=768, user_chunk_len=0, capacity=0,
-      constrain_decision=True, weights=(0.1, 0.45, 0.45), tau=4.0, log_every_steps=1))
+      constrain_decision=True, weights=(0.1, 0.45, 0.45), tau=4.0, matching="gt_first",
+      log_every_steps=1))
   c.eval = ml_collections.ConfigDict(dict(batch_size=10, max_text_tokens=18,
                                           constrain_decision=True))
   if budget == "smoke":
@@ -192,8 +193,8 @@ def grpo_config(demo, sft_workdir: str, data_dir: str) -> ml_collections.ConfigD
       aggregation="sequence-mean-token-mean", old_logps="rollout",
       num_passes=int(g.num_passes), num_microbatches=1, logps_chunk_size=0))
   c.reward = ml_collections.ConfigDict(dict(
-      weights=tuple(float(w) for w in g.weights), tau=float(g.tau), judge="synthetic",
-      max_answers=16, max_checks=16))
+      weights=tuple(float(w) for w in g.weights), tau=float(g.tau), matching=str(g.matching),
+      judge="synthetic", max_answers=16, max_checks=16))
   c.rollout = ml_collections.ConfigDict(dict(
       window_turns=200, constrain_decision=bool(g.constrain_decision),
       user_chunk_len=int(g.user_chunk_len), capacity=int(g.capacity)))

@@ -61,7 +61,8 @@ def get_config(hf_checkpoint: str = "/checkpoints/Qwen2.5-VL-3B-Instruct"):
       logps_chunk_size=16384,              # chunked vocabulary (V = 151936)
       ref_param_dtype="bfloat16"))         # [choice] the frozen reference in the compute dtype
   c.reward = ml_collections.ConfigDict(dict(
-      weights=(0.1, 0.45, 0.45), tau=8.0, max_answers=32, max_checks=16,
+      weights=(0.1, 0.45, 0.45), tau=8.0, matching="gt_first", max_answers=32,
+      max_checks=16,
       # [choice] an OpenAI-compatible judge server (e.g. vLLM serving an open judge model);
       # for a hosted endpoint: --config.reward.judge.api_key_env=OPENAI_API_KEY (the key is read
       # from that environment variable, never from the config).

@@ -26,7 +26,8 @@ Every field of a GRPO config:
     (grpo.AGGREGATIONS), old_logps (rollout | recompute), num_passes (optimizer steps per batch),
     num_microbatches (exact accumulation), logps_chunk_size (0: full logits), ref_param_dtype
     ("" = the params' float32; "bfloat16" halves the frozen reference copy).
-  reward: weights (fmt, turn, traj), tau (seconds), judge ("synthetic" | "match" | a
+  reward: weights (fmt, turn, traj), tau (seconds), matching (R_turn's order: "gt_first", the
+    paper's Algorithm 1, or "prediction_first"), judge ("synthetic" | "match" | a
     judges.build_judge config such as dict(kind="openai", base_url=..., model=...)),
     max_answers, max_checks (padded sizes).
   rollout: rollout.SamplerConfig fields other than temperature / top_p (window_turns,
@@ -68,7 +69,8 @@ def get_config():
       aggregation="sequence-mean-token-mean", old_logps="rollout", num_passes=1,
       num_microbatches=1, logps_chunk_size=0, ref_param_dtype=""))
   c.reward = ml_collections.ConfigDict(dict(
-      weights=(0.1, 0.45, 0.45), tau=8.0, judge="synthetic", max_answers=16, max_checks=16))
+      weights=(0.1, 0.45, 0.45), tau=8.0, matching="gt_first", judge="synthetic",
+      max_answers=16, max_checks=16))
   c.rollout = ml_collections.ConfigDict(dict(
       window_turns=200, constrain_decision=True, user_chunk_len=96, capacity=2048))
   c.checkpoint = common.checkpoint_config(every_steps=2, keep=2)

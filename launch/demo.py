@@ -40,14 +40,41 @@ from absl import logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where every stage writes (resumable).")
-_BUDGET = flags.DEFINE_enum("budget", "default", ("smoke", "default"), "Demo budget.")
-_SEED = flags.DEFINE_integer("seed", 0, "Training seed (init, data order, rollouts).")
-_PROGRESS = flags.DEFINE_boolean("progress_bar", True, "Show the evaluation progress bars.")
-_CACHE = flags.DEFINE_string("compilation_cache", "",
-                             "JAX persistent compilation cache folder ('' : <workdir>/jax_cache, "
-                             "'none': off).")
-flags.mark_flags_as_required(["workdir"])
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """The command line's flags; defined only when the demo runs as a program, so that other
+  programs (benchmarks/demo_ablations.py) can import its stages."""
+  flags.DEFINE_string("workdir", None, "Where every stage writes (resumable).")
+  flags.DEFINE_enum("budget", "default", ("smoke", "default"), "Demo budget.")
+  flags.DEFINE_integer("seed", 0, "Training seed (init, data order, rollouts).")
+  flags.DEFINE_boolean("progress_bar", True, "Show the evaluation progress bars.")
+  define_cache_flag()
+  flags.mark_flags_as_required(["workdir"])
+
+
+def define_cache_flag():
+  flags.DEFINE_string("compilation_cache", "",
+                      "JAX persistent compilation cache folder ('' : <workdir>/jax_cache, "
+                      "'none': off).")
+
+
+def set_compilation_cache(workdir: str, flag_value: str):
+  """JAX's persistent compilation cache in <workdir>/jax_cache ('' ), a given folder, or off
+  ('none')."""
+  import jax  # pylint: disable=g-import-not-at-top
+  cache = flag_value or os.path.join(os.path.abspath(workdir), "jax_cache")
+  if cache != "none":
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def quiet_library_logs():
+  """Drops the INFO records of the noisy libraries (orbax, grain, ...) from absl's handler."""
+  logging.get_absl_handler().addFilter(_QuietFilter())
+  py_logging.getLogger().addFilter(_QuietFilter())
 
 DONE = "DONE.json"
 # Library loggers whose INFO lines would drown the demo's progress lines.
@@ -211,11 +238,15 @@ class Demo:
     print(f"   base model written to {self.base_hf_dir}", flush=True)
     return {"last_metrics": _last_metrics(workdir), "hf_dir": self.base_hf_dir}
 
-  def stage_sft(self, variant: str):
+  def stage_sft(self, variant: str, kind: str | None = None, overrides: dict | None = None):
+    """SFT from the base model into stage `variant`. kind: the loss (default: the demo
+    variant's, LOSS_OF_VARIANT); overrides: {"dotted.key": value} applied to the trainer config
+    (benchmarks/demo_ablations.py)."""
     from configs import demo as demo_configs  # pylint: disable=g-import-not-at-top
     from streampro_jax.train import sft  # pylint: disable=g-import-not-at-top
-    kind = demo_configs.LOSS_OF_VARIANT[variant]
+    kind = kind or demo_configs.LOSS_OF_VARIANT[variant]
     cfg = demo_configs.sft_config(self.cfg, kind, self.data_dir, base_hf_dir=self.base_hf_dir)
+    apply_overrides(cfg, overrides)
     workdir = self.stage_dir(variant)
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
       f.write(cfg.to_json_best_effort(indent=2))
@@ -251,15 +282,18 @@ class Demo:
     c_user = probe.user_chunk_len_for(fake)
     return c_user, probe.capacity_for_prompts(fake, c_user)
 
-  def stage_grpo(self):
+  def stage_grpo(self, name: str = "grpo", overrides: dict | None = None,
+                 sft_variant: str = "sft_cb_stream"):
+    """GRPO from the `sft_variant` checkpoint into stage `name`; overrides as stage_sft's."""
     from configs import demo as demo_configs  # pylint: disable=g-import-not-at-top
     from streampro_jax.train import grpo_trainer  # pylint: disable=g-import-not-at-top
-    cfg = demo_configs.grpo_config(self.cfg, self.stage_dir("sft_cb_stream"), self.data_dir)
+    cfg = demo_configs.grpo_config(self.cfg, self.stage_dir(sft_variant), self.data_dir)
+    apply_overrides(cfg, overrides)
     if not cfg.rollout.user_chunk_len or not cfg.rollout.capacity:
       c_user, cap = self.grpo_rollout_sizes(cfg)
       cfg.rollout.user_chunk_len = cfg.rollout.user_chunk_len or c_user
       cfg.rollout.capacity = cfg.rollout.capacity or cap
-    workdir = self.stage_dir("grpo")
+    workdir = self.stage_dir(name)
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
       f.write(cfg.to_json_best_effort(indent=2))
     print(f"   from {cfg.init.sft_workdir}: {cfg.total_steps} steps x {cfg.global_batch_size} "
@@ -348,6 +382,20 @@ class Demo:
     return results
 
 
+def apply_overrides(cfg, overrides: dict | None):
+  """Sets {"dotted.key": value} in a trainer ConfigDict; a key it does not have is an error
+  (naming it), never a silently added field."""
+  for key, value in (overrides or {}).items():
+    node, *path = cfg, *key.split(".")
+    for part in path[:-1]:
+      if part not in node:
+        raise KeyError(f"override {key!r}: the config has no field {part!r}")
+      node = node[part]
+    if path[-1] not in node:
+      raise KeyError(f"override {key!r}: the config has no field {path[-1]!r}")
+    node[path[-1]] = value
+
+
 def pipeline_record(source, i: int):
   """The schema.Record of example i of a TfdsSource (without decoding its frames)."""
   from streampro_jax.data import pipeline  # pylint: disable=g-import-not-at-top
@@ -393,22 +441,18 @@ def main(argv):
   del argv
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
   os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-  logging.get_absl_handler().addFilter(_QuietFilter())
-  py_logging.getLogger().addFilter(_QuietFilter())
+  quiet_library_logs()
   import jax  # pylint: disable=g-import-not-at-top
   from configs import demo as demo_configs  # pylint: disable=g-import-not-at-top
-  workdir = _WORKDIR.value
-  cache = _CACHE.value or os.path.join(os.path.abspath(workdir), "jax_cache")
-  if cache != "none":
-    jax.config.update("jax_compilation_cache_dir", cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  cfg = demo_configs.get_config(_BUDGET.value)
-  cfg.seed = _SEED.value
+  workdir = FLAGS.workdir
+  set_compilation_cache(workdir, FLAGS.compilation_cache)
+  cfg = demo_configs.get_config(FLAGS.budget)
+  cfg.seed = FLAGS.seed
   banner(f"StreamPro demo: budget {cfg.budget}, seed {cfg.seed}, workdir {workdir} "
          f"({jax.device_count()} {jax.devices()[0].platform} device(s))")
-  Demo(cfg, workdir, progress=_PROGRESS.value).run()
+  Demo(cfg, workdir, progress=FLAGS.progress_bar).run()
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

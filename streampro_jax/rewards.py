@@ -99,8 +99,13 @@ def combine(fmt: Array, turn: Array, traj: Array,
           + w_traj * jnp.asarray(traj, jnp.float32))
 
 
+MATCHING_ORDERS = ("gt_first", "prediction_first")
+"""turn_f1_reward's matching orders: the paper's GT-first Algorithm 1, and its ablation."""
+
+
 def turn_f1_reward(pred_times: Array, pred_mask: Array, gt_times: Array, gt_mask: Array,
-                   acc: Array, *, tau: float = 8.0, proactive: bool = False) -> Array:
+                   acc: Array, *, tau: float = 8.0, proactive: bool = False,
+                   matching: str = "gt_first") -> Array:
   """Turn-level F1 reward R_turn with GT-first greedy matching (SPEC section 3, Algorithm 1).
 
   S_time(p, g) = max(0, 1 - |t_p - t_g| / tau)
@@ -111,6 +116,9 @@ def turn_f1_reward(pred_times: Array, pred_mask: Array, gt_times: Array, gt_mask
   (Algorithm 1 starts the best score at 0): a prediction whose S' is 0 for this ground truth is
   not matched and stays free for a later one. Ties go to the earliest prediction (by time, then
   by index). A ground truth with no candidate of positive S' stays unmatched.
+  matching="prediction_first" swaps the roles (the paper's ablation of the matching order):
+  predictions are visited in time order and each takes the not yet matched ground truth with
+  the largest positive S' whose window holds it (ties: the earliest ground truth).
   R_turn = 2 * sum(S' of matched pairs) / (N_pred + N_gt); 1 when N_pred = N_gt = 0, 0 when
   exactly one of them is 0. R_turn lies in [0, 2] (S' can reach 2).
 
@@ -125,11 +133,14 @@ def turn_f1_reward(pred_times: Array, pred_mask: Array, gt_times: Array, gt_mask
       never NaN), a traced negative tau matches nothing.
     proactive: bool, True for Proactive Agency tasks (late answers never match); may be traced
       (a bool scalar, e.g. vmapped over a group of mixed tasks).
+    matching: "gt_first" (the paper's Algorithm 1) or "prediction_first"; a Python string.
 
   Returns:
     f32 scalar. vmap over a leading axis to score a group.
   """
   fn = "turn_f1_reward"
+  if matching not in MATCHING_ORDERS:
+    raise ValueError(f"{fn}: matching {matching!r}; expected one of {MATCHING_ORDERS}")
   _checks.rank(fn, "pred_times", pred_times, 1)
   _checks.rank(fn, "gt_times", gt_times, 1)
   num_p, num_g = jnp.shape(pred_times)[0], jnp.shape(gt_times)[0]
@@ -160,40 +171,46 @@ def turn_f1_reward(pred_times: Array, pred_mask: Array, gt_times: Array, gt_mask
   # Ground truths in (time, index) order, masked ones last.
   g_order = jnp.argsort(jnp.where(gt_mask, gt_times, jnp.inf), stable=True)
   acc_sorted = acc[p_order][:, g_order]
+  g_times = gt_times[g_order]
+  g_valid = gt_mask[g_order]
+
+  # [P, G] in the sorted orders: the window, S_time and S' of every pair.
+  diff = p_times[:, None] - g_times[None, :]
+  in_window = jnp.where(proactive, (diff >= -tau) & (diff <= 0.0), jnp.abs(diff) <= tau)
+  # S_time; tau <= 0 (traced) is the limit tau -> 0: 1 at dt = 0, else 0 (no 0 / 0).
+  safe_tau = jnp.where(tau > 0, tau, 1.0)
+  s_time = jnp.where(tau > 0, jnp.maximum(0.0, 1.0 - jnp.abs(diff) / safe_tau),
+                     (diff == 0.0).astype(jnp.float32))
+  s_prime = s_time + acc_sorted
+  # Algorithm 1: only a strictly positive S' is a match.
+  allowed = p_valid[:, None] & g_valid[None, :] & in_window & (s_prime > 0.0)
+  if matching == "prediction_first":  # visit predictions; candidates are ground truths
+    allowed, s_prime = allowed.T, s_prime.T
+  num_cand, num_visit = allowed.shape  # visit the columns; candidates are the rows
 
   def visit(j, state):
-    matched, total = state
-    g = g_order[j]
-    t_g = gt_times[g]
-    diff = p_times - t_g
-    in_window = jnp.where(proactive, (diff >= -tau) & (diff <= 0.0), jnp.abs(diff) <= tau)
-    # S_time; tau <= 0 (traced) is the limit tau -> 0: 1 at dt = 0, else 0 (no 0 / 0).
-    safe_tau = jnp.where(tau > 0, tau, 1.0)
-    s_time = jnp.where(tau > 0, jnp.maximum(0.0, 1.0 - jnp.abs(diff) / safe_tau),
-                       (diff == 0.0).astype(jnp.float32))
-    s_prime = s_time + acc_sorted[:, j]
-    # Algorithm 1: only a strictly positive S' is a match.
-    cand = p_valid & ~matched & in_window & gt_mask[g] & (s_prime > 0.0)
-    scores = jnp.where(cand, s_prime, -jnp.inf)
-    best = jnp.argmax(scores)
+    taken, total = state
+    cand = allowed[:, j] & ~taken
+    best = jnp.argmax(jnp.where(cand, s_prime[:, j], -jnp.inf))  # first (earliest) on ties
     found = jnp.any(cand)
-    matched = matched.at[best].set(matched[best] | found)
-    total = total + jnp.where(found, s_prime[best], 0.0)
-    return matched, total
+    taken = taken.at[best].set(taken[best] | found)
+    total = total + jnp.where(found, s_prime[best, j], 0.0)
+    return taken, total
 
-  matched0 = jnp.zeros((num_p,), bool)
-  _, total = jax.lax.fori_loop(0, num_g, visit, (matched0, jnp.float32(0.0)))
+  _, total = jax.lax.fori_loop(0, num_visit, visit,
+                               (jnp.zeros((num_cand,), bool), jnp.float32(0.0)))
   denom = n_pred + n_gt
   both_empty = denom == 0
   return jnp.where(both_empty, 1.0, 2.0 * total / jnp.maximum(denom, 1.0))
 
 
 STATIC_ARGNAMES: dict[str, tuple[str, ...]] = {
-    "format_reward": (), "rubric_reward": (), "combine": (), "turn_f1_reward": (),
+    "format_reward": (), "rubric_reward": (), "combine": (), "turn_f1_reward": ("matching",),
 }
-"""No reward needs a static argument under jax.jit (tau, proactive, weights may be traced)."""
+"""The arguments each reward needs static under jax.jit (tau, proactive and the weights may be
+traced; turn_f1_reward's matching order is a Python string)."""
 
-turn_f1_reward_jit = jax.jit(turn_f1_reward)
+turn_f1_reward_jit = jax.jit(turn_f1_reward, static_argnames=STATIC_ARGNAMES["turn_f1_reward"])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ def test_traced_tau_zero_is_the_exact_time_limit_not_nan():
     rewards.turn_f1_reward(*_args([6.0], [5.0], [[1.0]]), tau=0.0)
 
 
-def test_proactive_may_be_traced_and_needs_no_static_argnames():
+def test_proactive_may_be_traced_and_only_matching_is_static():
   args = _args([6.0], [5.0], [[1.0]])
   f = jax.jit(rewards.turn_f1_reward)
   assert float(f(*args, proactive=jnp.bool_(True))) == 0.0        # late: never for proactive
@@ -60,8 +60,32 @@ def test_proactive_may_be_traced_and_needs_no_static_argnames():
   stack = [jnp.stack([a, a]) for a in args]
   got = jax.vmap(rewards.turn_f1_reward)(*stack, proactive=jnp.array([True, False]))
   np.testing.assert_allclose(got, [0.0, 1.875], rtol=1e-6)
-  assert rewards.STATIC_ARGNAMES["turn_f1_reward"] == ()
+  assert rewards.STATIC_ARGNAMES["turn_f1_reward"] == ("matching",)
   np.testing.assert_allclose(rewards.turn_f1_reward_jit(*args, tau=8.0, proactive=True), 0.0)
+
+
+def test_matching_order_ablation_hand_computed():
+  """Ground truths at 10 and 14, predictions at 6 and 13, S_acc 0, tau 8.
+  GT-first: g10 takes p13 (S' = 1 - 3/8 = 0.625, above p6's 0.5); g14 is left with p6 at
+  |dt| = 8, S' = 0: no match. R = 2 * 0.625 / 4 = 0.3125.
+  Prediction-first: p6 takes g10 (S' = 0.5; g14 gives 0); p13 takes g14 (S' = 0.875).
+  R = 2 * 1.375 / 4 = 0.6875."""
+  args = _args([6.0, 13.0], [10.0, 14.0], [[0.0, 0.0], [0.0, 0.0]])
+  assert float(rewards.turn_f1_reward(*args, tau=8.0)) == pytest.approx(0.3125)
+  assert float(rewards.turn_f1_reward(*args, tau=8.0, matching="gt_first")) == pytest.approx(0.3125)
+  got = rewards.turn_f1_reward_jit(*args, tau=8.0, matching="prediction_first")
+  assert float(got) == pytest.approx(0.6875)
+  # Ties among ground truths go to the earliest: p11 between g10 and g12 (both S' = 0.875) takes
+  # g10, and p13 then takes g12 (0.875): 2 * 1.75 / 4.
+  args = _args([11.0, 13.0], [12.0, 10.0], [[0.0, 0.0], [0.0, 0.0]])
+  got = rewards.turn_f1_reward(*args, tau=8.0, matching="prediction_first")
+  assert float(got) == pytest.approx(0.875)
+  # The SPEC worked example holds in both orders (one prediction: the order cannot matter).
+  args = _args([18.0], [10.0, 20.0], [[0.0, 0.0]])
+  for order in rewards.MATCHING_ORDERS:
+    assert float(rewards.turn_f1_reward(*args, tau=8.0, matching=order)) == pytest.approx(0.5)
+  with pytest.raises(ValueError, match="matching"):
+    rewards.turn_f1_reward(*args, matching="best")
 
 
 def test_argument_errors_name_the_argument():

@@ -44,7 +44,8 @@ _LOSS = ("kind", "beta", "text_weight", "gamma", "chunk_size",   # sft.make_sft_
          "count_scope")                                          # sft.sft_context
 _CHECKPOINT = ("every_steps", "keep", "async_save")                  # checkpoint.Checkpointer
 _REWARD = ("weights", "tau", "max_answers", "max_checks", "judge",   # GRPOTrainer, build_judge
-           "rubrics_file", "missing_rubric")                         # grpo_trainer rubric files
+           "rubrics_file", "missing_rubric",                         # grpo_trainer rubric files
+           "matching")                                               # RewardScorer
 _INIT = ("sft_workdir", "sft_step")                                  # load_initial_params
 _GRPO_EXTRA = ("beta_kl", "top_p", "max_response_tokens", "ref_param_dtype",  # GRPOTrainer
                "preset")                                                  # grpo.GRPOStepConfig

@@ -170,9 +170,10 @@ def build_judge(reward_cfg: Mapping[str, Any]):
   return judges.build_judge(spec)
 
 
-@functools.partial(jax.jit, static_argnames=("proactive",))
-def _turn_f1(pred_times, pred_mask, gt_times, gt_mask, acc, tau, *, proactive: bool):
-  fn = functools.partial(rewards.turn_f1_reward, proactive=proactive)
+@functools.partial(jax.jit, static_argnames=("proactive", "matching"))
+def _turn_f1(pred_times, pred_mask, gt_times, gt_mask, acc, tau, *, proactive: bool,
+             matching: str = "gt_first"):
+  fn = functools.partial(rewards.turn_f1_reward, proactive=proactive, matching=matching)
   return jax.vmap(lambda a, b, c, d, e: fn(a, b, c, d, e, tau=tau))(
       pred_times, pred_mask, gt_times, gt_mask, acc)
 
@@ -217,6 +218,8 @@ class RewardScorer:
       takes precedence over the rubric a record carries.
     missing_rubric: "error" (a sample without a rubric raises, naming it) or "zero" (its R_traj
       is 0, and the sample is counted in the returned rubric_fallbacks).
+    matching: R_turn's matching order, rewards.MATCHING_ORDERS ("gt_first": the paper's
+      Algorithm 1; "prediction_first": its ablation).
   """
   judge: Any
   tau: float = 8.0
@@ -225,6 +228,12 @@ class RewardScorer:
   max_checks: int = 16
   rubrics: Mapping[tuple[str, str], Sequence[str]] | None = None
   missing_rubric: str = "error"
+  matching: str = "gt_first"
+
+  def __post_init__(self):
+    if self.matching not in rewards.MATCHING_ORDERS:
+      raise ValueError(f"config.reward.matching = {self.matching!r}; expected one of "
+                       f"{rewards.MATCHING_ORDERS}")
 
   def score(self, batch: rollout.RolloutBatch,
             samples: Sequence[tuple[schema.Record, int]]) -> dict[str, np.ndarray]:
@@ -291,8 +300,9 @@ class RewardScorer:
     args = [jnp.asarray(arrays[k]) for k in ("pred_times", "pred_mask", "gt_times", "gt_mask",
                                              "acc")]
     tau = jnp.float32(self.tau)
-    turn = np.where(proactive, np.asarray(_turn_f1(*args, tau, proactive=True)),
-                    np.asarray(_turn_f1(*args, tau, proactive=False)))
+    turn = np.where(
+        proactive, np.asarray(_turn_f1(*args, tau, proactive=True, matching=self.matching)),
+        np.asarray(_turn_f1(*args, tau, proactive=False, matching=self.matching)))
     return {"reward_fmt": fmt.astype(np.float32), "reward_turn": turn.astype(np.float32),
             "reward_traj": traj, "judge_failures": failures, "rubric_fallbacks": fallbacks}
 
@@ -463,7 +473,8 @@ class GRPOTrainer:
                                max_turns=self.max_turns,
                                max_answers=int(rcfg.get("max_answers", 32)),
                                max_checks=int(rcfg.get("max_checks", 16)),
-                               rubrics=stored_rubrics, missing_rubric=missing_rubric)
+                               rubrics=stored_rubrics, missing_rubric=missing_rubric,
+                               matching=str(rcfg.get("matching", "gt_first")))
 
     # State, optimizer, step.
     self.step_cfg = grpo.GRPOStepConfig.from_config(config.grpo, rcfg)
