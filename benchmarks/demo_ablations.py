@@ -51,20 +51,25 @@ _spec = importlib.util.spec_from_file_location("streampro_demo", os.path.join(RO
 demo_lib = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(demo_lib)
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Parent folder of the per-seed workdirs.")
-_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (each a full set of runs).")
-_BUDGET = flags.DEFINE_enum("budget", "default", ("smoke", "default"), "Demo budget.")
-_GRPO_STEPS = flags.DEFINE_integer("grpo_steps", 0,
-                                   "GRPO steps of every GRPO run (0: the demo budget's).")
-_ONLY = flags.DEFINE_list("only", [], "Run only these ablations (names below; their references "
-                          "run too). Empty: all.")
-_PROGRESS = flags.DEFINE_boolean("progress_bar", False, "Evaluation progress bars.")
-_SHARED_BASE = flags.DEFINE_boolean(
-    "shared_base", True, "Every seed starts from the first seed's base model (the stand-in for "
-    "the pretrained VLM, which the paper's ablations share too); seeds then differ in SFT / GRPO "
-    "init, data order and rollouts.")
-demo_lib.define_cache_flag()
-flags.mark_flags_as_required(["workdir"])
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """The command line's flags (defined only when run as a program: the tests import it)."""
+  flags.DEFINE_string("workdir", None, "Parent folder of the per-seed workdirs.")
+  flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (each a full set of runs).")
+  flags.DEFINE_enum("budget", "default", ("smoke", "default"), "Demo budget.")
+  flags.DEFINE_integer("grpo_steps", 0, "GRPO steps of every GRPO run (0: the demo budget's).")
+  flags.DEFINE_list("only", [], "Run only these ablations (names below; their references run "
+                    "too). Empty: all.")
+  flags.DEFINE_boolean("progress_bar", False, "Evaluation progress bars.")
+  flags.DEFINE_boolean(
+      "shared_base", True, "Every seed starts from the first seed's base model (the stand-in "
+      "for the pretrained VLM, which the paper's ablations share too); seeds then differ in SFT "
+      "/ GRPO init, data order and rollouts.")
+  demo_lib.define_cache_flag()
+  flags.mark_flags_as_required(["workdir"])
+
 
 PAPER_GRPO = {"reward.tau": 8.0, "grpo.temperature": 1.0, "reward.weights": (0.1, 0.45, 0.45),
               "reward.matching": "gt_first"}
@@ -229,28 +234,28 @@ def main(argv):
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
   demo_lib.quiet_library_logs()
   from configs import demo as demo_configs  # pylint: disable=g-import-not-at-top
-  root = os.path.abspath(_WORKDIR.value)
+  root = os.path.abspath(FLAGS.workdir)
   os.makedirs(root, exist_ok=True)
-  demo_lib.set_compilation_cache(root, flags.FLAGS.compilation_cache)
-  runs = selected_runs(_ONLY.value)
-  seeds = [int(s) for s in _SEEDS.value]
+  demo_lib.set_compilation_cache(root, FLAGS.compilation_cache)
+  runs = selected_runs(FLAGS.only)
+  seeds = [int(s) for s in FLAGS.seeds]
   dirs = {s: os.path.join(root, f"seed_{s}") for s in seeds}
   t0 = time.perf_counter()
   demos = {}
   for seed in seeds:
-    cfg = demo_configs.get_config(_BUDGET.value)
+    cfg = demo_configs.get_config(FLAGS.budget)
     cfg.seed = seed
-    base_from = dirs[seeds[0]] if _SHARED_BASE.value and seed != seeds[0] else ""
-    demos[seed] = prepare_seed(cfg, dirs[seed], progress=_PROGRESS.value, base_from=base_from)
+    base_from = dirs[seeds[0]] if FLAGS.shared_base and seed != seeds[0] else ""
+    demos[seed] = prepare_seed(cfg, dirs[seed], progress=FLAGS.progress_bar, base_from=base_from)
   # Run-major: every seed of one ablation before the next, so the paired comparisons that
   # finish first are complete ones.
   for r in runs:
     for seed in seeds:
       demo_lib.banner(f"ablation {r.name}, seed {seed} ({time.perf_counter() - t0:.0f} s so far)")
-      run_one(demos[seed], r, grpo_steps=_GRPO_STEPS.value)
+      run_one(demos[seed], r, grpo_steps=FLAGS.grpo_steps)
     summary = summarize({s: seed_scores(dirs[s]) for s in seeds})
-    summary.update(budget=_BUDGET.value, grpo_steps=_GRPO_STEPS.value, seeds=seeds,
-                   shared_base=_SHARED_BASE.value)
+    summary.update(budget=FLAGS.budget, grpo_steps=FLAGS.grpo_steps, seeds=seeds,
+                   shared_base=FLAGS.shared_base)
     with open(os.path.join(root, "ablations.json"), "w", encoding="utf-8") as f:
       json.dump(summary, f, indent=1)
     text = table(summary)
@@ -260,4 +265,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
