@@ -94,21 +94,21 @@ def _grpo(name, reference="grpo_paper", paper="", **changes):
   return Run(name, "grpo", tuple(over.items()), reference, paper)
 
 
-RUNS = (
+RUNS = (  # in the order they run: the references, the demo-default question, then the rest
     Run("sft_cb_stream", "sft", (), "", "lambda_text 2: 16.3"),
+    _grpo("grpo_paper", reference="", paper="28.1"),
+    _grpo("grpo_demo_old", paper="- (the paper: tau 8, temperature 1.0)", reward__tau=4.0,
+          grpo__temperature=0.7),
     Run("sft_text1", "sft", (("loss.text_weight", 1.0),), "sft_cb_stream", "16.3 vs 16.3"),
     Run("sft_text3", "sft", (("loss.text_weight", 3.0),), "sft_cb_stream", "15.3 vs 16.3"),
     Run("sft_scope_microbatch", "sft", (("loss.count_scope", "microbatch"),
                                         ("num_microbatches", 8)), "sft_cb_stream",
         "not ablated (the paper counts over \"the current batch\")"),
-    _grpo("grpo_paper", reference="", paper="28.1"),
     _grpo("grpo_tau3", paper="25.8 vs 28.1", reward__tau=3.0),
     _grpo("grpo_w_0.1_0.9_0", paper="25.5 vs 28.1", reward__weights=(0.1, 0.9, 0.0)),
     _grpo("grpo_w_0.1_0.6_0.3", paper="24.8 vs 28.1", reward__weights=(0.1, 0.6, 0.3)),
     _grpo("grpo_pred_first", paper="ablated, number not given",
           reward__matching="prediction_first"),
-    _grpo("grpo_demo_old", paper="- (the paper: tau 8, temperature 1.0)", reward__tau=4.0,
-          grpo__temperature=0.7),
 )
 RUN_BY_NAME = {r.name: r for r in RUNS}
 KEYS = ("W-Avg", "PU", "TR", "PA")

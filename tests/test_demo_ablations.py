@@ -56,7 +56,7 @@ def test_paper_settings_are_the_grpo_reference():
 
 def test_selection_adds_the_references():
   names = [r.name for r in abl.selected_runs(["grpo_tau3", "sft_text1"])]
-  assert names == ["sft_cb_stream", "sft_text1", "grpo_paper", "grpo_tau3"]
+  assert names == ["sft_cb_stream", "grpo_paper", "sft_text1", "grpo_tau3"]
   assert len(abl.selected_runs([])) == len(abl.RUNS)
   with pytest.raises(Exception, match="unknown ablations \\['tau3'\\]"):
     abl.selected_runs(["tau3"])
