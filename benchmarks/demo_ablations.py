@@ -22,6 +22,8 @@ Each ablation changes one setting of a reference run, from the same initialisati
     grpo_w_0.1_0.9_0           weights 0.1/0.9/0              (paper 25.5 vs 28.1)
     grpo_w_0.1_0.6_0.3         weights 0.1/0.6/0.3            (paper 24.8 vs 28.1)
     grpo_pred_first            prediction-first matching in R_turn
+    grpo_t07                   temperature 0.7 alone (with grpo_demo_old: tau and temperature
+                               apart)
     grpo_demo_old              tau 4, temperature 0.7 (the demo's defaults before this ablation)
 
 Outputs: <workdir>/ablations.json (per seed, per run: W-Avg, PU, TR, PA; the paired differences
@@ -109,6 +111,7 @@ RUNS = (  # in the order they run: the references, the demo-default question, th
     _grpo("grpo_w_0.1_0.6_0.3", paper="24.8 vs 28.1", reward__weights=(0.1, 0.6, 0.3)),
     _grpo("grpo_pred_first", paper="ablated, number not given",
           reward__matching="prediction_first"),
+    _grpo("grpo_t07", paper="- (the paper samples at 1.0)", grpo__temperature=0.7),
 )
 RUN_BY_NAME = {r.name: r for r in RUNS}
 KEYS = ("W-Avg", "PU", "TR", "PA")
