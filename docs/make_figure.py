@@ -29,7 +29,8 @@ LAYERS = (
 )
 BASE = "parallel (mesh, logical-axis rules, shardings), spans, _checks  (no package imports)"
 
-SFT = ("JSONL / TFDS", "grain pipeline", "batch", "update step\n(CB-Stream loss)", "orbax\ncheckpoint")
+SFT = ("JSONL / TFDS", "grain pipeline", "batch", "update step\n(CB-Stream loss)",
+       "orbax\ncheckpoint")
 GRPO = ("prompts", "rollout\n(KV cache,\nG per prompt)", "judges +\nrewards", "group\nadvantages",
         "update step\n(GRPO loss)", "evaluate\n(StreamPro-F1)")
 
@@ -92,8 +93,8 @@ def draw(path: pathlib.Path = OUT) -> pathlib.Path:
   for k, line in enumerate(notes):
     ax.text(7.1, 3.7 - 0.36 * k, line, fontsize=8.5, family="monospace")
   _box(ax, 7.1, 0.75, 6.4, 0.6, "configs/*.py: ml_collections ConfigDicts, data only;\n"
-       "read by launch/ (--config=file:arg, --config.x=y), checked by train/config_check", "#fff7d6",
-       size=8.5)
+       "read by launch/ (--config=file:arg, --config.x=y), checked by train/config_check",
+       "#fff7d6", size=8.5)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
