@@ -18,9 +18,13 @@ What one call of `StreamingSampler.sample` does (SPEC sections 1 and 3):
      sliding window those two tokens belong to turn k + 1 (they are evicted one turn after the
      rest of turn k) [choice]; without eviction the logits are exactly those of one full forward.
 
-Compilation: three jitted functions with fixed shapes, each compiled once per sampler: the
-pinned prefix [N, S], the user chunk [N, C_user] (one bucket; rows padded with chunk_mask = 0)
-and the message decode (a while loop of [N, 1] steps). Their cache sizes are `compile_counts()`.
+Compilation: three jitted functions with fixed shapes: the pinned prefix [N, S], the user chunk
+and the message decode (a while loop of [N, 1] steps). The user chunk has two buckets (rows
+padded with chunk_mask = 0): [N, C_user] for turns that carry a question (the longest chunk) and
+a small one [N, C_small] for the turns whose chunks all fit it (time label, frames, header: most
+turns of a stream), so a stream of K turns with one question runs K - 1 small chunks. Each is
+compiled once per sampler; `compile_counts()` gives {"prefix": 1, "user": 2, "decode": 1} after
+a call that used both buckets.
 
 Sampling (per row, inside the jitted functions): temperature 0 -> argmax; otherwise softmax of
 logits / temperature restricted to the top-p nucleus (the smallest set of most likely tokens whose
@@ -87,7 +91,11 @@ class SamplerConfig:
       message can be invalid, which R_fmt measures).
     user_chunk_len: bucket C_user of the user chunks (0: the longest chunk of the call rounded
       up to `chunk_multiple`; set it to keep one compilation across calls of different data).
-    chunk_multiple: rounding of the automatic bucket.
+    chunk_multiple: rounding of the automatic buckets.
+    small_chunk_len: the small user-chunk bucket C_small, used on the turns where every row's
+      chunk fits it (0: the question-free chunk of the call's longest time label rounded up to
+      `chunk_multiple`; set it to keep one compilation across calls; < 0: off, every turn is
+      padded to C_user). Ignored when it is not below C_user.
     capacity: KV-cache slots per row (0: enough for the window, computed per call from the
       number of turns and rounded up to `capacity_multiple`; set it to keep one compilation).
     capacity_multiple: rounding of the automatic capacity.
@@ -100,6 +108,7 @@ class SamplerConfig:
   constrain_decision: bool = False
   user_chunk_len: int = 0
   chunk_multiple: int = 32
+  small_chunk_len: int = 0
   capacity: int = 0
   capacity_multiple: int = 256
   pad_multiple: int = 64
@@ -651,6 +660,18 @@ class StreamingSampler:
     need = 1 + len(self.newline_ids) + longest + len(self._header)
     return self.cfg.user_chunk_len or _round_up(need, self.cfg.chunk_multiple)
 
+  def small_chunk_len_for(self, prompts: Sequence[StreamPrompt], user_chunk_len: int) -> int:
+    """The small bucket C_small for these prompts (0 when off or not below C_user)."""
+    small = self.cfg.small_chunk_len
+    if small < 0:
+      return 0
+    if not small:
+      last = max(max(p.num_turns for p in prompts) - 1, 0)
+      need = (1 + len(self.newline_ids) + len(self.fmt.user_ids(last, None))
+              + len(self._header))
+      small = _round_up(need, self.cfg.chunk_multiple)
+    return small if small < user_chunk_len else 0
+
   def capacity_for(self, num_turns: int, user_chunk_len: int) -> int:
     """Cache slots for a stream of `num_turns` turns: prefix + window turns + one chunk."""
     if self.cfg.capacity:
@@ -716,11 +737,12 @@ class StreamingSampler:
     k_row = np.repeat(np.asarray([p.num_turns for p in prompts], np.int32), g)
     k_max = int(k_row.max())
     c_user = self.user_chunk_len_for(prompts)
+    c_small = self.small_chunk_len_for(prompts, c_user)
     cap = self.capacity_for_prompts(prompts, c_user)
     key = jax.random.key(int(seed))
     cache, stream = self._prefix(params, len(k_row), cap, k_max)
     for k in range(k_max):
-      chunk = self._user_chunk(prompts, g, k, stream, c_user)
+      chunk = self._user_chunk(prompts, g, k, stream, c_user, c_small)
       first, cache = self._prefill_user(params, cache, chunk, k, key)
       args = jax.device_put((first, chunk.active, chunk.next_position, np.int32(k)))
       msg, cache = self._decode_message(params, cache, *args, key)
@@ -767,14 +789,14 @@ class StreamingSampler:
                           texts=[[] for _ in range(n)], messages=[[] for _ in range(n)])
 
   def _user_chunk(self, prompts: Sequence[StreamPrompt], g: int, k: int, stream: _Stream,
-                  c_user: int) -> _UserChunk:
+                  c_user: int, c_small: int = 0) -> _UserChunk:
     """Turn k's user chunk of every row (host): ["<|im_end|>\\n" of the previous message] user
-    message (time label, [question], frames) + assistant header; rows padded to C_user."""
+    message (time label, [question], frames) + assistant header; rows padded to C_small when
+    every row's chunk fits it (c_small > 0), else to C_user."""
     n = len(stream.rows)
     active = np.asarray([k < prompts[r // g].num_turns for r in range(n)])
-    ids = np.full((n, c_user), self.pad_id, np.int32)
-    mask = np.zeros((n, c_user), np.int32)
     force = np.full((n,), -1, np.int32)
+    chunks = {}
     for r in np.nonzero(active)[0]:
       prompt = prompts[r // g]
       asked = k == prompt.ask_turn or (self._repeat and k > prompt.ask_turn)
@@ -785,10 +807,16 @@ class StreamingSampler:
       if len(chunk) > c_user:
         raise ValueError(f"turn {k} of sample {prompt.sample_id!r} needs a user chunk of "
                          f"{len(chunk)} tokens but the bucket is {c_user}")
-      ids[r, :len(chunk)] = chunk
-      mask[r, :len(chunk)] = 1
+      chunks[r] = chunk
       if k in prompt.force_response_turns:
         force[r] = self.response_id
+    longest = max((len(c) for c in chunks.values()), default=0)
+    c = c_small if 0 < c_small and longest <= c_small else c_user
+    ids = np.full((n, c), self.pad_id, np.int32)
+    mask = np.zeros((n, c), np.int32)
+    for r, chunk in chunks.items():
+      ids[r, :len(chunk)] = chunk
+      mask[r, :len(chunk)] = 1
     pos, nxt = self.backbone.chunk_position_ids(
         ids, stream.next_position, config=self.model_config,
         video_grid_thw=np.asarray([self.grid], np.int64), chunk_mask=mask)
