@@ -144,13 +144,15 @@ def demo_grpo_config():
   d = demo.get_config("default")
   c = tiny_synthetic_grpo.get_config()
   c.model = d.model
+  c.model.reinit_decision_rows = False   # GRPO starts from a trained policy
   c.global_batch_size = int(d.grpo.batch_size)
   c.grpo.group_size = int(d.grpo.group_size)
   c.grpo.temperature = float(d.grpo.temperature)
   c.grpo.max_response_tokens = int(d.grpo.max_response_tokens)
   c.data.seq_len = int(d.grpo.seq_len)
   c.data.max_turns = int(d.max_turns)
-  c.data.frame_size = int(d.frame_size)
+  if int(d.frame_size) != int(c.data.get("frame_size", c.data.get("frame_height"))):
+    c.data.frame_size = int(d.frame_size)
   c.data.synth = dict(d.data.synth)
   c.data.system_prompt = str(d.system_prompt)
   c.rollout.constrain_decision = bool(d.grpo.constrain_decision)
