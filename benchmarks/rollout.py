@@ -13,7 +13,7 @@ Four measurements on this machine (default: the tiny_synthetic_grpo model, CPU):
    sampler's `sample`): sampled tokens/s and all tokens/s.
 3. Per-turn latency of one live stream (1 row): each turn = that second's frames and visual
    tokens, the decision (forced </Response>) and a short answer of `--answer_tokens` text
-   tokens: median and max seconds per turn (what a live user waits after each second).
+   tokens: median, p95 and max seconds per turn (what a live user waits after each second).
 4. One GRPO step (GRPOTrainer.train_step, random init): rollout / judge+rewards / update
    seconds, after a first step that compiles; `--grpo_config demo` uses the demo's GRPO stage
    shapes (4 samples x G 8, 16 turns, 18 text tokens).
@@ -73,7 +73,11 @@ def bench_decode(config, workdir, rows: int, new_tokens: int, prefix_len: int, r
           "ours_tokens_per_s": ours["tokens_per_s"],
           "ours_decode_only_tokens_per_s": ours["decode_tokens_per_s"],
           "transformers_tokens_per_s": theirs["tokens_per_s"],
+          "transformers_decode_only_tokens_per_s": theirs["decode_tokens_per_s"],
+          "ours_prefill_s": ours["prefill_seconds"],
+          "transformers_prefill_s": theirs["prefill_seconds"],
           "ratio": ours["tokens_per_s"] / theirs["tokens_per_s"],
+          "decode_only_ratio": ours["decode_tokens_per_s"] / theirs["decode_tokens_per_s"],
           "torch_threads": theirs["torch_threads"]}
 
 
@@ -128,7 +132,8 @@ def bench_turn_latency(config, workdir, answer_tokens: int, turns: int, repeats:
       tokens.append(float((rb.loss_mask + rb.forced_mask).sum()) / prompt.num_turns)
   return {"turns": prompt.num_turns, "visual_tokens_per_turn": sampler.tokens_per_turn,
           "message_tokens_per_turn": float(np.mean(tokens)),
-          "median_turn_s": float(np.median(per_turn)), "max_turn_s": float(np.max(per_turn))}
+          "median_turn_s": float(np.median(per_turn)),
+          "p95_turn_s": float(np.percentile(per_turn, 95)), "max_turn_s": float(np.max(per_turn))}
 
 
 def demo_grpo_config():
@@ -139,13 +144,15 @@ def demo_grpo_config():
   d = demo.get_config("default")
   c = tiny_synthetic_grpo.get_config()
   c.model = d.model
+  c.model.reinit_decision_rows = False   # GRPO starts from a trained policy
   c.global_batch_size = int(d.grpo.batch_size)
   c.grpo.group_size = int(d.grpo.group_size)
   c.grpo.temperature = float(d.grpo.temperature)
   c.grpo.max_response_tokens = int(d.grpo.max_response_tokens)
   c.data.seq_len = int(d.grpo.seq_len)
   c.data.max_turns = int(d.max_turns)
-  c.data.frame_size = int(d.frame_size)
+  if int(d.frame_size) != int(c.data.get("frame_size", c.data.get("frame_height"))):
+    c.data.frame_size = int(d.frame_size)
   c.data.synth = dict(d.data.synth)
   c.data.system_prompt = str(d.system_prompt)
   c.rollout.constrain_decision = bool(d.grpo.constrain_decision)
@@ -179,7 +186,12 @@ def main() -> None:
                  help="tiny: configs/tiny_synthetic_grpo; demo: the demo's GRPO stage shapes")
   p.add_argument("--skip_decode", action="store_true")
   p.add_argument("--skip_stream", action="store_true", help="skip streaming rate and latency")
+  p.add_argument("--torch_threads", type=int, default=0,
+                 help="torch.set_num_threads for transformers (0: torch's default)")
   args = p.parse_args()
+  if args.torch_threads and not args.skip_decode:
+    import torch  # pylint: disable=g-import-not-at-top
+    torch.set_num_threads(args.torch_threads)
   config = tiny_synthetic_grpo.get_config()
   config.tensorboard = False
   print(f"devices: {jax.devices()}  load average {os.getloadavg()}", flush=True)

@@ -242,7 +242,10 @@ def hf_generate_throughput(model_config, params, *, rows: int, prefix_len: int,
 
   device: torch device (default cuda when available, else cpu); dtype "float32" | "bfloat16";
   model: an already built `torch_model(...)` to reuse. Returns dict(tokens_per_s, seconds,
-  setup_seconds, rows, prefix_len, new_tokens, device, dtype, torch_threads).
+  prefill_seconds, decode_seconds, decode_step_s, decode_tokens_per_s, setup_seconds, rows,
+  prefix_len, new_tokens, device, dtype, torch_threads): prefill_seconds is the median of
+  `generate` with max_new_tokens = 1 (the prefix forward and the first token), decode_seconds
+  = seconds - prefill_seconds (the new_tokens - 1 cached steps), as ours splits them.
   """
   import torch  # pylint: disable=g-import-not-at-top
   t = time.perf_counter()
@@ -260,22 +263,28 @@ def hf_generate_throughput(model_config, params, *, rows: int, prefix_len: int,
             second_per_grid_ts=torch.ones(rows, device=dev))
   sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
-  def run(i):
+  def run(i, n_new=new_tokens):
     torch.manual_seed(seed + i)
     sync()
     t0 = time.perf_counter()
     with torch.no_grad():
       gen = model.generate(**kw, do_sample=True, temperature=float(temperature), top_k=0,
-                           top_p=1.0, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                           top_p=1.0, max_new_tokens=n_new, min_new_tokens=n_new,
                            use_cache=True, eos_token_id=None, pad_token_id=0)
     sync()
-    if gen.shape[1] - prefix_len != new_tokens:
-      raise AssertionError(f"generate made {gen.shape[1] - prefix_len} tokens, not {new_tokens}")
+    if gen.shape[1] - prefix_len != n_new:
+      raise AssertionError(f"generate made {gen.shape[1] - prefix_len} tokens, not {n_new}")
     return time.perf_counter() - t0
 
   run(0)
-  secs = float(np.median([run(i + 1) for i in range(repeats)]))
-  return dict(tokens_per_s=rows * new_tokens / secs, seconds=secs, setup_seconds=setup_s,
+  run(0, 1)
+  times = [(run(i + 1, 1), run(i + 1)) for i in range(repeats)]   # interleaved
+  pre_s = float(np.median([a for a, _ in times]))
+  secs = float(np.median([b for _, b in times]))
+  dec_s = max(secs - pre_s, 1e-9)
+  return dict(tokens_per_s=rows * new_tokens / secs, seconds=secs, prefill_seconds=pre_s,
+              decode_seconds=dec_s, decode_step_s=dec_s / (new_tokens - 1),
+              decode_tokens_per_s=rows * (new_tokens - 1) / dec_s, setup_seconds=setup_s,
               rows=rows, prefix_len=prefix_len, new_tokens=new_tokens, device=str(dev),
               dtype=dtype, torch_threads=torch.get_num_threads())
 
@@ -327,7 +336,13 @@ def main() -> None:
   p.add_argument("--attention_impl", default="jax", help="3b: jax | cudnn | xla")
   p.add_argument("--layers", type=int, default=0, help="3b: keep only this many layers (smoke)")
   p.add_argument("--scan_layers", action="store_true", help="3b: scanned layer stacks")
+  p.add_argument("--torch_threads", type=int, default=0,
+                 help="torch.set_num_threads for the transformers side (0: torch's default); "
+                      "set it to the cores XLA uses for a like-for-like CPU comparison")
   args = p.parse_args()
+  if args.torch_threads and not args.skip_hf:
+    import torch  # pylint: disable=g-import-not-at-top
+    torch.set_num_threads(args.torch_threads)
   model = "tiny" if args.tiny else args.model
   dtype = args.dtype or ("float32" if model == "tiny" else "bfloat16")
   cfg, params = (tiny_model(dtype=dtype) if model == "tiny" else qwen2_5_vl_3b(
@@ -346,7 +361,9 @@ def main() -> None:
     theirs = hf_generate_throughput(cfg, params, dtype=dtype, **kw)
     print(f"transformers: {theirs}")
     print(f"ratio ours / transformers (tokens/s, prefill + decode): "
-          f"{ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x")
+          f"{ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x; prefill only "
+          f"{theirs['prefill_seconds'] / ours['prefill_seconds']:.2f}x; decode only "
+          f"{ours['decode_tokens_per_s'] / theirs['decode_tokens_per_s']:.2f}x")
 
 
 if __name__ == "__main__":

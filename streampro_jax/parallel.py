@@ -302,3 +302,56 @@ def describe_batch(global_batch: int, mesh: Mesh) -> str:
           f"{global_batch // data_parallel} per data-parallel shard over {data_parallel} shards "
           f"(mesh data {mesh.shape['data']} x fsdp {mesh.shape['fsdp']} x tensor "
           f"{mesh.shape['tensor']} on {mesh.devices.size} devices)")
+
+
+# ------------------------------------------------------------------------------------------------
+# Rows split over processes (the streaming sampler across hosts).
+
+ROW_AXES = ("data", "fsdp")
+
+
+def row_spec(ndim: int, row_dim: int = 0) -> PartitionSpec:
+  """PartitionSpec of an array whose `row_dim` is split over (``data``, ``fsdp``)."""
+  spec = [None] * ndim
+  spec[row_dim] = ROW_AXES
+  return PartitionSpec(*spec)
+
+
+def rows_to_global(local_tree, mesh: Mesh, row_dims=0):
+  """Host-local row arrays of every process -> global arrays with the rows over (data, fsdp).
+
+  Process p passes its rows [n_p, ...] (the same n on every process); the global array holds
+  process 0's rows first, then process 1's, ... (global row = p * n + local row), the order of
+  the mesh's devices. row_dims: an int or a pytree of ints (same structure) giving each leaf's
+  row dimension. jax.experimental.multihost_utils.host_local_array_to_global_array does the
+  work; with one process it is a device_put with the row sharding.
+  """
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  leaves, treedef = jax.tree.flatten(local_tree)
+  dims = ([row_dims] * len(leaves) if isinstance(row_dims, int)
+          else jax.tree.leaves(row_dims))
+  specs = [row_spec(np.ndim(x), d) for x, d in zip(leaves, dims)]
+  out = multihost_utils.host_local_array_to_global_array(
+      [np.asarray(x) for x in leaves], mesh, specs)
+  return jax.tree.unflatten(treedef, out)
+
+
+def rows_to_local(global_tree, mesh: Mesh, row_dims=0):
+  """The inverse of `rows_to_global`: this process's rows of each global array, as NumPy."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  leaves, treedef = jax.tree.flatten(global_tree)
+  dims = ([row_dims] * len(leaves) if isinstance(row_dims, int)
+          else jax.tree.leaves(row_dims))
+  specs = [row_spec(x.ndim, d) for x, d in zip(leaves, dims)]
+  out = multihost_utils.global_array_to_host_local_array(leaves, mesh, specs)
+  return jax.tree.unflatten(treedef, [np.asarray(x) for x in out])
+
+
+def process_max(values) -> np.ndarray:
+  """The elementwise maximum of int `values` over all processes (the values themselves with
+  one process): sizes every process must agree on (turn count, buckets, cache capacity)."""
+  values = np.asarray(values, np.int64)
+  if jax.process_count() == 1:
+    return values
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return np.asarray(multihost_utils.process_allgather(values)).max(axis=0)

@@ -18,9 +18,13 @@ What one call of `StreamingSampler.sample` does (SPEC sections 1 and 3):
      sliding window those two tokens belong to turn k + 1 (they are evicted one turn after the
      rest of turn k) [choice]; without eviction the logits are exactly those of one full forward.
 
-Compilation: three jitted functions with fixed shapes, each compiled once per sampler: the
-pinned prefix [N, S], the user chunk [N, C_user] (one bucket; rows padded with chunk_mask = 0)
-and the message decode (a while loop of [N, 1] steps). Their cache sizes are `compile_counts()`.
+Compilation: three jitted functions with fixed shapes: the pinned prefix [N, S], the user chunk
+and the message decode (a while loop of [N, 1] steps). The user chunk has two buckets (rows
+padded with chunk_mask = 0): [N, C_user] for turns that carry a question (the longest chunk) and
+a small one [N, C_small] for the turns whose chunks all fit it (time label, frames, header: most
+turns of a stream), so a stream of K turns with one question runs K - 1 small chunks. Each is
+compiled once per sampler; `compile_counts()` gives {"prefix": 1, "user": 2, "decode": 1} after
+a call that used both buckets.
 
 Sampling (per row, inside the jitted functions): temperature 0 -> argmax; otherwise softmax of
 logits / temperature restricted to the top-p nucleus (the smallest set of most likely tokens whose
@@ -87,7 +91,11 @@ class SamplerConfig:
       message can be invalid, which R_fmt measures).
     user_chunk_len: bucket C_user of the user chunks (0: the longest chunk of the call rounded
       up to `chunk_multiple`; set it to keep one compilation across calls of different data).
-    chunk_multiple: rounding of the automatic bucket.
+    chunk_multiple: rounding of the automatic buckets.
+    small_chunk_len: the small user-chunk bucket C_small, used on the turns where every row's
+      chunk fits it (0: the question-free chunk of the call's longest time label rounded up to
+      `chunk_multiple`; set it to keep one compilation across calls; < 0: off, every turn is
+      padded to C_user). Ignored when it is not below C_user.
     capacity: KV-cache slots per row (0: enough for the window, computed per call from the
       number of turns and rounded up to `capacity_multiple`; set it to keep one compilation).
     capacity_multiple: rounding of the automatic capacity.
@@ -100,6 +108,7 @@ class SamplerConfig:
   constrain_decision: bool = False
   user_chunk_len: int = 0
   chunk_multiple: int = 32
+  small_chunk_len: int = 0
   capacity: int = 0
   capacity_multiple: int = 256
   pad_multiple: int = 64
@@ -557,13 +566,23 @@ class StreamingSampler:
     prompt_format: StreamProFormat (default when a ChatFormat is given) or WaitPromptFormat.
     config: SamplerConfig.
     video_grid: the grid (1, gh, gw) of one turn.
+    mesh: None (one process: the jitted functions take host arrays) or the training mesh, to
+      sample across processes: every process calls `sample` with its own prompts (the same
+      number B on each, and the same group size, seed and turn count max), its rows become
+      one global batch split over the mesh's (data, fsdp) devices in process order (global row
+      = process * N + local row, parallel.rows_to_global), every jitted step runs once over
+      the global batch with the (globally sharded) parameters, and each process reads back
+      only its own rows (parallel.rows_to_local). The draws depend on the global row, so the
+      rollouts equal one process sampling all prompts in process order with the same seed.
+      Each process's B and N must be divisible by its devices on (data, fsdp).
   """
 
   def __init__(self, model_config, prompt_format, config: SamplerConfig | None = None, *,
-               video_grid: Sequence[int]):
+               video_grid: Sequence[int], mesh=None):
     if isinstance(prompt_format, chat_format.ChatFormat):
       prompt_format = StreamProFormat(prompt_format)
     self.model_config = model_config
+    self.mesh = mesh
     self.backbone = models.backbone_module(model_config)
     self.fmt = prompt_format
     self.cfg = config or SamplerConfig()
@@ -638,6 +657,44 @@ class StreamingSampler:
     return {"prefix": self._pin._cache_size(), "user": self._user._cache_size(),
             "decode": self._decode._cache_size()}
 
+  # -- rows across processes -------------------------------------------------------------------
+
+  def _global(self, tree, row_dims=0):
+    """Host row arrays -> the jitted functions' inputs (global arrays when sampling across
+    processes, else unchanged)."""
+    if self.mesh is None:
+      return tree
+    from streampro_jax import parallel  # pylint: disable=g-import-not-at-top
+    return parallel.rows_to_global(tree, self.mesh, row_dims)
+
+  def _local(self, tree):
+    """Device outputs with rows on dim 0 -> this process's rows as NumPy."""
+    if self.mesh is None:
+      return jax.device_get(tree)
+    from streampro_jax import parallel  # pylint: disable=g-import-not-at-top
+    return parallel.rows_to_local(tree, self.mesh)
+
+  def _key(self, seed: int):
+    """The PRNG key of a call (replicated over the whole mesh across processes)."""
+    if self.mesh is None:
+      return jax.random.key(seed)
+    return jax.jit(lambda: jax.random.key(seed), out_shardings=jax.sharding.NamedSharding(
+        self.mesh, jax.sharding.PartitionSpec()))()
+
+  def _init_cache(self, n: int, capacity: int) -> kv_cache.KVCache:
+    """An empty cache of n rows (this process's rows of a global cache across processes)."""
+    init = functools.partial(kv_cache.init_cache, self.model_config, capacity=capacity,
+                             window_turns=self.cfg.window_turns)
+    if self.mesh is None:
+      return init(n)
+    from streampro_jax import parallel  # pylint: disable=g-import-not-at-top
+    n_global = n * jax.process_count()
+    shapes = jax.eval_shape(lambda: init(n_global))
+    # Scanned k / v stacks are [L, B, K, cap, H] (rows on dim 1); every other leaf has rows first.
+    shard = jax.tree.map(lambda x: jax.sharding.NamedSharding(
+        self.mesh, parallel.row_spec(x.ndim, 1 if x.ndim == 5 else 0)), shapes)
+    return jax.jit(lambda: init(n_global), out_shardings=shard)()
+
   # -- sizes -------------------------------------------------------------------------------------
 
   def user_chunk_len_for(self, prompts: Sequence[StreamPrompt]) -> int:
@@ -650,6 +707,18 @@ class StreamingSampler:
       longest = max(longest, q_len, plain)
     need = 1 + len(self.newline_ids) + longest + len(self._header)
     return self.cfg.user_chunk_len or _round_up(need, self.cfg.chunk_multiple)
+
+  def small_chunk_len_for(self, prompts: Sequence[StreamPrompt], user_chunk_len: int) -> int:
+    """The small bucket C_small for these prompts (0 when off or not below C_user)."""
+    small = self.cfg.small_chunk_len
+    if small < 0:
+      return 0
+    if not small:
+      last = max(max(p.num_turns for p in prompts) - 1, 0)
+      need = (1 + len(self.newline_ids) + len(self.fmt.user_ids(last, None))
+              + len(self._header))
+      small = _round_up(need, self.cfg.chunk_multiple)
+    return small if small < user_chunk_len else 0
 
   def capacity_for(self, num_turns: int, user_chunk_len: int) -> int:
     """Cache slots for a stream of `num_turns` turns: prefix + window turns + one chunk."""
@@ -717,18 +786,24 @@ class StreamingSampler:
     k_max = int(k_row.max())
     c_user = self.user_chunk_len_for(prompts)
     cap = self.capacity_for_prompts(prompts, c_user)
-    key = jax.random.key(int(seed))
+    if self.mesh is not None:   # one turn count and one set of shapes for every process
+      from streampro_jax import parallel  # pylint: disable=g-import-not-at-top
+      k_max, c_user, cap = (int(x) for x in parallel.process_max([k_max, c_user, cap]))
+    widths = self._chunk_widths(prompts, k_max, c_user, self.small_chunk_len_for(prompts, c_user))
+    key = self._key(int(seed))
     cache, stream = self._prefix(params, len(k_row), cap, k_max)
     for k in range(k_max):
-      chunk = self._user_chunk(prompts, g, k, stream, c_user)
+      chunk = self._user_chunk(prompts, g, k, stream, c_user, int(widths[k]))
       first, cache = self._prefill_user(params, cache, chunk, k, key)
-      args = jax.device_put((first, chunk.active, chunk.next_position, np.int32(k)))
-      msg, cache = self._decode_message(params, cache, *args, key)
-      self._record_turn(stream, chunk, jax.device_get(msg), k)
+      active, nxt = self._global((chunk.active, chunk.next_position))
+      if self.mesh is None:
+        active, nxt = jax.device_put((active, nxt))
+      msg, cache = self._decode_message(params, cache, first, active, nxt, np.int32(k), key)
+      self._record_turn(stream, chunk, self._local(msg), k)
       if on_turn is not None:
         on_turn(k, k_max)
     self._close_rows(stream, k_row)
-    overflow = np.asarray(jax.device_get(cache.overflow))
+    overflow = np.asarray(self._local(cache.overflow))
     return self._assemble(stream.rows, prompts, g, stream.decisions, stream.texts,
                           stream.messages, k_row, k_max, seq_len, overflow)
 
@@ -751,13 +826,12 @@ class StreamingSampler:
   def _prefix(self, params, n: int, capacity: int, k_max: int
               ) -> tuple[kv_cache.KVCache, _Stream]:
     """A cache of N rows holding the pinned system prefix, and the host state after it."""
-    cache = kv_cache.init_cache(self.model_config, n, capacity,
-                                window_turns=self.cfg.window_turns)
+    cache = self._init_cache(n, capacity)
     ids = np.tile(self._system[None], (n, 1))
     mask = np.ones_like(ids)
     pos, nxt = self.backbone.chunk_position_ids(ids, np.zeros((n,), np.int64),
                                                 config=self.model_config, chunk_mask=mask)
-    cache = self._pin(params, cache, ids, pos, mask)
+    cache = self._pin(params, cache, *self._global((ids, pos, mask), (0, 1, 0)))
     rows = [_Row() for _ in range(n)]
     for r in range(n):
       rows[r].add(self._system, pos[:, r], -1)
@@ -766,29 +840,56 @@ class StreamingSampler:
                           decisions=np.full((n, k_max), NO_TURN, np.int32),
                           texts=[[] for _ in range(n)], messages=[[] for _ in range(n)])
 
+  def _chunk_tokens(self, prompt: StreamPrompt, k: int) -> np.ndarray:
+    """Turn k's user message of a prompt (time label, [question], frames)."""
+    asked = k == prompt.ask_turn or (self._repeat and k > prompt.ask_turn)
+    q = prompt.question if (prompt.question is not None and asked) else None
+    return self.fmt.user_ids(k, q)
+
+  def _chunk_widths(self, prompts: Sequence[StreamPrompt], k_max: int, c_user: int,
+                    c_small: int) -> np.ndarray:
+    """The bucket of each turn, i32[k_max]: C_small (when > 0) if every row's chunk of the turn
+    fits it, else C_user; across processes the largest of any process (one shape per turn)."""
+    widths = np.full((k_max,), c_user, np.int64)
+    if c_small > 0:
+      lead, head = 1 + len(self.newline_ids), len(self._header)
+      for k in range(k_max):
+        need = max((lead * (k > 0) + len(self._chunk_tokens(p, k)) + head
+                    for p in prompts if k < p.num_turns), default=0)
+        widths[k] = c_small if need <= c_small else c_user
+    if self.mesh is not None:
+      from streampro_jax import parallel  # pylint: disable=g-import-not-at-top
+      widths = parallel.process_max(widths)
+    return widths
+
   def _user_chunk(self, prompts: Sequence[StreamPrompt], g: int, k: int, stream: _Stream,
-                  c_user: int) -> _UserChunk:
+                  c_user: int, c: int | None = None) -> _UserChunk:
     """Turn k's user chunk of every row (host): ["<|im_end|>\\n" of the previous message] user
-    message (time label, [question], frames) + assistant header; rows padded to C_user."""
+    message (time label, [question], frames) + assistant header; rows padded to the turn's
+    bucket c (`_chunk_widths`; default C_user)."""
     n = len(stream.rows)
     active = np.asarray([k < prompts[r // g].num_turns for r in range(n)])
-    ids = np.full((n, c_user), self.pad_id, np.int32)
-    mask = np.zeros((n, c_user), np.int32)
     force = np.full((n,), -1, np.int32)
+    chunks = {}
     for r in np.nonzero(active)[0]:
       prompt = prompts[r // g]
-      asked = k == prompt.ask_turn or (self._repeat and k > prompt.ask_turn)
-      q = prompt.question if (prompt.question is not None and asked) else None
       lead = ([self.im_end_id] + self.newline_ids) if stream.had_message[r] else []
-      chunk = np.concatenate([np.asarray(lead, np.int32), self.fmt.user_ids(k, q),
+      chunk = np.concatenate([np.asarray(lead, np.int32), self._chunk_tokens(prompt, k),
                               self._header]).astype(np.int32)
       if len(chunk) > c_user:
         raise ValueError(f"turn {k} of sample {prompt.sample_id!r} needs a user chunk of "
                          f"{len(chunk)} tokens but the bucket is {c_user}")
-      ids[r, :len(chunk)] = chunk
-      mask[r, :len(chunk)] = 1
+      chunks[r] = chunk
       if k in prompt.force_response_turns:
         force[r] = self.response_id
+    c = c_user if c is None else c
+    if max((len(x) for x in chunks.values()), default=0) > c:
+      raise AssertionError(f"turn {k}: a chunk is longer than the turn's bucket {c}")
+    ids = np.full((n, c), self.pad_id, np.int32)
+    mask = np.zeros((n, c), np.int32)
+    for r, chunk in chunks.items():
+      ids[r, :len(chunk)] = chunk
+      mask[r, :len(chunk)] = 1
     pos, nxt = self.backbone.chunk_position_ids(
         ids, stream.next_position, config=self.model_config,
         video_grid_thw=np.asarray([self.grid], np.int64), chunk_mask=mask)
@@ -806,8 +907,10 @@ class StreamingSampler:
     """Writes the user chunks (and frames) into the cache; the message's first token of each row
     (token, old_logp, sampling_logp, forced), on device."""
     restrict = chunk.active & bool(self.cfg.constrain_decision)
-    return self._user(params, cache, chunk.ids, chunk.pos, np.int32(k), chunk.mask, chunk.pixels,
-                      key, chunk.force, restrict)
+    ids, pos, mask, pixels, force, restrict = self._global(
+        (chunk.ids, chunk.pos, chunk.mask, chunk.pixels, chunk.force, restrict),
+        (0, 1, 0, 0, 0, 0))
+    return self._user(params, cache, ids, pos, np.int32(k), mask, pixels, key, force, restrict)
 
   def _decode_message(self, params, cache, first, active, next_position, turn, key):
     """The rest of the turn's message of every row: `decode_message` under jit, device arrays

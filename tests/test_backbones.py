@@ -167,7 +167,8 @@ def test_rollout_qwen3_logps_equal_teacher_forcing(setup):
   out = sampler.sample(setup["params"], prompts, group_size=2, seed=1)
   assert not out.overflow.any()
   np.testing.assert_array_equal(out.num_turns, [5, 5, 4, 4])
-  assert sampler.compile_counts() == {"prefix": 1, "user": 1, "decode": 1}
+  # Two user buckets: C_user = 96 on the question turn, the small one on the other turns.
+  assert sampler.compile_counts() == {"prefix": 1, "user": 2, "decode": 1}
   ref = rollout.teacher_forced_logps(setup["params"], cfg, out)
   sampled, forced = out.loss_mask > 0, out.forced_mask > 0
   assert sampled.sum() >= 2 * 4 * 4

@@ -194,7 +194,7 @@ def test_sliding_window_equals_turn_banded_full_forward():
     causal = np.tril(np.ones((length, length), bool))
     visible = (turn[None, :] < 0) | (turn[None, :] > turn[:, None] - window)
     mask = jnp.asarray((causal & visible)[None, None])
-    shape = (1, length, t.num_key_value_heads, t.head_dim)
+    shape = (1, t.num_key_value_heads, length, t.head_dim)   # head-major cache layout
     kv = q.KVInput(tuple(jnp.zeros(shape) for _ in range(t.num_hidden_layers)),
                    tuple(jnp.zeros(shape) for _ in range(t.num_hidden_layers)),
                    jnp.arange(length)[None], mask)

@@ -125,7 +125,7 @@ def test_sliding_window_equals_banded_full_forward(params):
   visible = (turn_of[None, :] < 0) | (turn_of[None, :] > turn_of[:, None] - window)
   mask = (causal & visible)[None, None]
   t = CONFIG.text
-  zeros = tuple(np.zeros((1, n, t.num_key_value_heads, t.head_dim), np.float32)
+  zeros = tuple(np.zeros((1, t.num_key_value_heads, n, t.head_dim), np.float32)  # head-major
                 for _ in range(t.num_hidden_layers))
   kv = kv_cache.qwen2_5_vl.KVInput(zeros, zeros, np.arange(n)[None], mask)
   ids = np.concatenate(pieces)[None].astype(np.int32)

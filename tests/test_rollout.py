@@ -156,10 +156,28 @@ def test_deterministic_and_compiles_once(setup, sampler_t1):
   assert not np.array_equal(a.input_ids, c.input_ids)
   # The G rollouts of a sample differ (same frames, different draws).
   assert a.messages[0] != a.messages[1]
-  # Other samples, questions and turn counts: still one compilation per function.
+  # Other samples, questions and turn counts: still one compilation per function and bucket
+  # (the user chunk: C_user = 96 on each sample's question turn, C_small = 32 on the others).
   d = sampler_t1.sample(setup["params"], prompts[::-1], group_size=2, seed=1)
   assert d.input_ids.shape[0] == 6
-  assert sampler_t1.compile_counts() == {"prefix": 1, "user": 1, "decode": 1}
+  assert sampler_t1.small_chunk_len_for(prompts, 96) == 32
+  assert sampler_t1.compile_counts() == {"prefix": 1, "user": 2, "decode": 1}
+
+
+def test_small_chunk_bucket_gives_the_same_rollouts(setup, sampler_t1):
+  """Padding the question-free turns to C_small = 32 instead of C_user = 96 changes no token and
+  no log-prob (padding is masked and never takes a cache slot); off (< 0): one user bucket."""
+  prompts = setup["prompts"]
+  off = rollout.StreamingSampler(
+      setup["cfg"], setup["chat"], dataclasses.replace(sampler_t1.cfg, small_chunk_len=-1),
+      video_grid=GRID)
+  a = sampler_t1.sample(setup["params"], prompts, group_size=2, seed=3)
+  b = off.sample(setup["params"], prompts, group_size=2, seed=3)
+  assert off.compile_counts()["user"] == 1
+  np.testing.assert_array_equal(a.input_ids, b.input_ids)
+  np.testing.assert_array_equal(a.position_ids, b.position_ids)
+  np.testing.assert_allclose(a.old_logps, b.old_logps, atol=1e-5)
+  assert a.messages == b.messages
 
 
 def test_capacity_for_prompts_is_tight_and_enough(setup, sampler_t1):

@@ -64,8 +64,8 @@ def test_kv_cache_stream_equals_unrolled():
                                                                                   kvt.CAP))
   scfg = cfg.replace(scan_layers=True)
   s_cache = kc.init_cache(scfg, 2, kvt.CAP)
-  assert s_cache.k.shape == (cfg.text.num_hidden_layers, 2, kvt.CAP,
-                             cfg.text.num_key_value_heads, cfg.text.head_dim)
+  assert s_cache.k.shape == (cfg.text.num_hidden_layers, 2, cfg.text.num_key_value_heads,
+                             kvt.CAP, cfg.text.head_dim)
   s_outs, s_cache = kvt.run_stream(scfg, common.scan_params(params), s, kc.make_extend(scfg),
                                    s_cache)
   for r in range(2):

@@ -11,8 +11,9 @@ chunks (sampled tokens). Every chunk is padded to a fixed bucket length C (right
 `chunk_mask` marks real tokens), so a whole stream compiles once per bucket shape.
 
 Layout (fixed shapes, donated in place under jit):
-  k[i], v[i]          [B, cap, K, H] per decoder layer i (rotary already applied to k); with a
-                      scan_layers config k, v are stacks [L, B, cap, K, H] (k[i] is layer i)
+  k[i], v[i]          [B, K, cap, H] per decoder layer i, head-major (rotary already applied to
+                      k; attention reads it in place); with a scan_layers config k, v are
+                      stacks [L, B, K, cap, H] (k[i] is layer i)
   slot_turn  i32[B, cap]  turn id of the token in the slot
   slot_seq   i32[B, cap]  order in which tokens were written (the causal order)
   slot_valid bool[B, cap] slot holds a live token
@@ -104,8 +105,8 @@ def init_cache(config, batch: int, capacity: int, *, window_turns: int = 200, dt
   """An empty cache for `batch` streams of `capacity` slots (dtype default: compute dtype)."""
   t = _text_config(config)
   dtype = config.compute_dtype if dtype is None else jnp.dtype(dtype)
-  shape = (batch, capacity, t.num_key_value_heads, t.head_dim)
-  if config.scan_layers:  # one stack [L, B, cap, K, H] per k and v
+  shape = (batch, t.num_key_value_heads, capacity, t.head_dim)   # head-major
+  if config.scan_layers:  # one stack [L, B, K, cap, H] per k and v
     layers_k = jnp.zeros((t.num_hidden_layers,) + shape, dtype)
     layers_v = jnp.zeros((t.num_hidden_layers,) + shape, dtype)
   else:

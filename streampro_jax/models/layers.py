@@ -273,15 +273,36 @@ def attention(q_btnh: Array, k_bskh: Array, v_bskh: Array, *, mask: Array | None
     return jax.nn.dot_product_attention(
         q_btnh, k_bskh.astype(q_btnh.dtype), v_bskh.astype(q_btnh.dtype), mask=mask,
         scale=scale, is_causal=is_causal, implementation="xla")
-  b, t, _, h = q_btnh.shape
-  s = k_bskh.shape[1]
-  g = n_heads // k_heads
   # Head-major layout [B, K, G, T, H] (cheap transposes of q, k, v): both einsums are then plain
   # batched matmuls over (B, K) and XLA:CPU never transposes the [.., T, S] logits or
   # probabilities (with q as [B, T, K, G, H] it computed them transposed and copied them back).
-  q = q_btnh.reshape(b, t, k_heads, g, h).transpose(0, 2, 3, 1, 4)
-  k = k_bskh.astype(q.dtype).transpose(0, 2, 1, 3)  # [B, K, S, H]
+  k = k_bskh.astype(q_btnh.dtype).transpose(0, 2, 1, 3)  # [B, K, S, H]
   v = v_bskh.transpose(0, 2, 1, 3)  # [B, K, S, H]
+  return _xla_attention(q_btnh, k, v, mask, scale, is_causal)
+
+
+def head_major_attention(q_btnh: Array, k_bksh: Array, v_bksh: Array, *, mask: Array | None,
+                         scale: float | None = None) -> Array:
+  """`attention(..., impl='xla')` (not causal) on keys and values stored head-major.
+
+  q: [B, T, N, H]; k, v: [B, K, S, H] (the KV cache's layout) with N % K == 0; mask: bool
+  broadcastable to [B, N, T, S] or None. Returns [B, T, N, H] in q.dtype. The keys and values
+  are read in place (a single-token decode step moves only q and the output between layouts).
+  """
+  n_heads, k_heads = q_btnh.shape[2], k_bksh.shape[1]
+  if n_heads % k_heads:
+    raise ValueError(f"{n_heads} query heads are not a multiple of {k_heads} kv heads")
+  scale = q_btnh.shape[-1] ** -0.5 if scale is None else scale
+  return _xla_attention(q_btnh, k_bksh.astype(q_btnh.dtype), v_bksh, mask, scale, False)
+
+
+def _xla_attention(q_btnh: Array, k: Array, v: Array, mask: Array | None, scale: float,
+                   is_causal: bool) -> Array:
+  """The 'xla' path of `attention` with k, v already head-major [B, K, S, H]."""
+  b, t, n_heads, h = q_btnh.shape
+  k_heads, s = k.shape[1], k.shape[2]
+  g = n_heads // k_heads
+  q = q_btnh.reshape(b, t, k_heads, g, h).transpose(0, 2, 3, 1, 4)
   m = None
   if mask is not None:
     m = jnp.asarray(mask)
@@ -334,10 +355,12 @@ def decoder_attention(q_btnh: Array, k_btkh: Array, v_btkh: Array, *, mask: Arra
   [B, 1, 1, T], right padding, or None); returns (o [B, T, N, H], None). On the cuDNN path the
   mask is given to the kernel as per-row lengths (the real tokens lead each row, as the data
   pipeline and the sampler lay them out).
-  kv = (k_cache, v_cache, slots) with caches [B, cap, K, H] and slots i32[B, T]: k, v are written
-  at `slots` (cast to the cache dtype), then q attends to the whole cache (cast to `dtype`) under
-  `mask` (bool [B, 1, T, cap]); returns (o, (k_cache, v_cache)) with the updated caches.
-  kv = (k_stack, v_stack, slots, i) with stacks [L, B, cap, K, H] (scanned layers): the same on
+  kv = (k_cache, v_cache, slots) with head-major caches [B, K, cap, H] and slots i32[B, T]: k, v
+  are written at `slots` (cast to the cache dtype), then q attends to the whole cache (cast to
+  `dtype`) under `mask` (bool [B, 1, T, cap]); returns (o, (k_cache, v_cache)) with the updated
+  caches. The cache is read in its own layout (`head_major_attention`): a decode step never
+  copies it.
+  kv = (k_stack, v_stack, slots, i) with stacks [L, B, K, cap, H] (scanned layers): the same on
   layer i of the stacks, written in place; returns (o, (k_stack, v_stack)).
   """
   if kv is None:
@@ -347,20 +370,26 @@ def decoder_attention(q_btnh: Array, k_btkh: Array, v_btkh: Array, *, mask: Arra
                        is_causal=True), None
     return attention(q_btnh, k_btkh, v_btkh, mask=mask, impl=impl, is_causal=True), None
   # Cached attention runs a [T, cap] mask of slots (no kernel takes that): the XLA path.
-  impl = "xla" if resolve_impl(impl, q_btnh.dtype) == "cudnn" else impl
+  impl = resolve_impl(impl, q_btnh.dtype)
+  impl = "xla" if impl == "cudnn" else impl
   bidx = jnp.arange(q_btnh.shape[0])[:, None]
   if len(kv) == 4:
     k_stack, v_stack, slots, i = kv
-    k_stack = k_stack.at[i, bidx, slots].set(k_btkh.astype(k_stack.dtype))
-    v_stack = v_stack.at[i, bidx, slots].set(v_btkh.astype(v_stack.dtype))
+    # Advanced indices split by a slice: the indexed view is [B, T, K, H], k's own layout.
+    k_stack = k_stack.at[i, bidx, :, slots].set(k_btkh.astype(k_stack.dtype))
+    v_stack = v_stack.at[i, bidx, :, slots].set(v_btkh.astype(v_stack.dtype))
     k_cache, v_cache = k_stack[i], v_stack[i]
     new = (k_stack, v_stack)
   else:
     k_cache, v_cache, slots = kv
-    k_cache = k_cache.at[bidx, slots].set(k_btkh.astype(k_cache.dtype))
-    v_cache = v_cache.at[bidx, slots].set(v_btkh.astype(v_cache.dtype))
+    k_cache = k_cache.at[bidx, :, slots].set(k_btkh.astype(k_cache.dtype))
+    v_cache = v_cache.at[bidx, :, slots].set(v_btkh.astype(v_cache.dtype))
     new = (k_cache, v_cache)
-  o = attention(q_btnh, k_cache.astype(dtype), v_cache.astype(dtype), mask=mask, impl=impl)
+  if impl == "xla":
+    o = head_major_attention(q_btnh, k_cache.astype(dtype), v_cache.astype(dtype), mask=mask)
+  else:  # 'jax_xla' (a reference): its own layout
+    o = attention(q_btnh, k_cache.astype(dtype).transpose(0, 2, 1, 3),
+                  v_cache.astype(dtype).transpose(0, 2, 1, 3), mask=mask, impl=impl)
   return o, new
 
 
@@ -565,7 +594,7 @@ class Unembed(nn.Module):
 class KVInput(NamedTuple):
   """Per-call view of a KV cache given to the decoder (see kv_cache.py).
 
-  k, v: tuples (one per layer) of [B, cap, K, H], or stacks [L, B, cap, K, H] for a scanned
+  k, v: tuples (one per layer) of [B, K, cap, H], or stacks [L, B, K, cap, H] for a scanned
   decoder; slots: i32[B, C] cache slots written by this chunk; mask: bool[B, 1, C, cap] (query i
   may attend to slot s).
   """
@@ -628,7 +657,7 @@ class VLDecoderModel(nn.Module):
 
   Decoder layers are `layers_i` (unrolled) or, with `config.scan_layers`, one scanned stack
   `layers` whose parameters carry a leading axis of length num_hidden_layers (logical name
-  'layers'); the KV cache then holds stacks [L, B, cap, K, H] instead of per-layer tuples.
+  'layers'); the KV cache then holds stacks [L, B, K, cap, H] instead of per-layer tuples.
 
   Subclasses declare the field `config` (a whole-model config with text / vision sections) and
   set the class attributes VISION_TOWER (called as (vision_cfg, dtype, param_dtype, impl,
@@ -674,7 +703,7 @@ class VLDecoderModel(nn.Module):
     """Decoder layers (each followed by `after_layer_fn()(i, x, extra)` when defined), final
     norm, and logits f32[B, T, V] (or the normed hidden [B, T, D] with return_hidden).
     x: [B, T, D] embeddings. With `kv`, returns (out, (k, v)) of the updated caches (per-layer
-    tuples, or stacks [L, B, cap, K, H] with scan_layers)."""
+    tuples, or stacks [L, B, K, cap, H] with scan_layers)."""
     mask = decoder_mask(attention_mask, None if kv is None else kv.mask)
     if self.config.scan_layers:
       stacks = None if kv is None else (kv.k, kv.v)

@@ -28,8 +28,8 @@ Python use (what launch/train_grpo.py does)::
   config.init.sft_workdir = "/tmp/tiny_sft"          # a launch/train_sft.py workdir
   state = grpo_trainer.train(config, "/tmp/tiny_grpo")
 
-Single host only for now: the sampler runs on this host's rows with the globally sharded params
-(multi-host sampling needs the sampler's inputs as global arrays; not done).
+Across processes each process samples its own rows (its share of the prompts) with the globally
+sharded params (StreamingSampler(mesh=...), docs/rollouts.md); the update sees the global batch.
 """
 
 from __future__ import annotations
@@ -445,8 +445,9 @@ class GRPOTrainer:
     tokens_per_turn = gh * gw // (mcfg.vision.spatial_merge_size ** 2)
     self.chat = chat_format.ChatFormat(self.tokenizer, tokens_per_turn=tokens_per_turn,
                                        system_prompt=self.pcfg.system_prompt)
-    self.sampler = rollout.StreamingSampler(mcfg, self.chat, sampler_config(config),
-                                            video_grid=self.grid)
+    self.sampler = rollout.StreamingSampler(
+        mcfg, self.chat, sampler_config(config), video_grid=self.grid,
+        mesh=self.mesh if jax.process_count() > 1 else None)
     self.vision_ids = (mcfg.video_token_id, mcfg.image_token_id)
 
     # Data: B samples per step on this host (global batch / hosts), each with G rollouts.
