@@ -54,43 +54,10 @@ GRPO_PRESETS: dict[str, dict[str, object]] = {
 # ----------------------------------------------------------------------------------------------
 
 
-def token_logps(logits: Array, targets: Array, *, temperature: float = 1.0) -> Array:
-  """log p(targets) under softmax(logits / temperature).
-
-  logp[b, t] = logits[b, t, y] / temp - logsumexp_v(logits[b, t, v] / temp), y = targets[b, t].
-
-  Args:
-    logits: [B, T, V] (any float dtype; computed in float32).
-    targets: i32[B, T] the sampled tokens (already shifted: logits at t predict targets[t]).
-    temperature: the sampling temperature of the rollouts (1.0 in StreamPro).
-
-  Returns:
-    f32[B, T].
-  """
-  logits = logits.astype(jnp.float32)
-  if temperature != 1.0:
-    logits = logits / jnp.float32(temperature)
-  return -losses.token_nll(logits, targets)
-
-
-def token_logps_from_hidden(hidden_btd: Array, unembed_dv: Array, targets: Array, *,
-                            chunk_size: int = 8192, temperature: float = 1.0) -> Array:
-  """token_logps of logits = hidden_btd @ unembed_dv, one vocabulary chunk at a time.
-
-  Never materialises [B, T, V] logits (see losses.chunked_token_stats).
-
-  Args:
-    hidden_btd: [B, T, D]; unembed_dv: [D, V]; targets: i32[B, T].
-    chunk_size: static vocabulary chunk size.
-    temperature: logits are divided by it (folded into the hidden states).
-
-  Returns:
-    f32[B, T].
-  """
-  if temperature != 1.0:
-    hidden_btd = hidden_btd.astype(jnp.float32) / jnp.float32(temperature)
-  nll, _ = losses.chunked_token_stats(hidden_btd, unembed_dv, targets, chunk_size=chunk_size)
-  return -nll
+# token_logps and token_logps_from_hidden live in losses.py (the rollout sampler needs them and
+# sits beside this module, not above it); re-exported here.
+token_logps = losses.token_logps
+token_logps_from_hidden = losses.token_logps_from_hidden
 
 
 # ----------------------------------------------------------------------------------------------

@@ -674,3 +674,47 @@ focal_stream_loss_jit = jax.jit(focal_stream_loss,
                                 static_argnames=STATIC_ARGNAMES["focal_stream_loss"])
 chunked_stream_loss_jit = jax.jit(chunked_stream_loss,
                                   static_argnames=STATIC_ARGNAMES["chunked_stream_loss"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-token log-probabilities of sampled tokens (GRPO and the rollout sampler).
+# ----------------------------------------------------------------------------------------------
+
+
+def token_logps(logits: Array, targets: Array, *, temperature: float = 1.0) -> Array:
+  """log p(targets) under softmax(logits / temperature).
+
+  logp[b, t] = logits[b, t, y] / temp - logsumexp_v(logits[b, t, v] / temp), y = targets[b, t].
+
+  Args:
+    logits: [B, T, V] (any float dtype; computed in float32).
+    targets: i32[B, T] the sampled tokens (already shifted: logits at t predict targets[t]).
+    temperature: the sampling temperature of the rollouts (1.0 in StreamPro).
+
+  Returns:
+    f32[B, T].
+  """
+  logits = logits.astype(jnp.float32)
+  if temperature != 1.0:
+    logits = logits / jnp.float32(temperature)
+  return -token_nll(logits, targets)
+
+
+def token_logps_from_hidden(hidden_btd: Array, unembed_dv: Array, targets: Array, *,
+                            chunk_size: int = 8192, temperature: float = 1.0) -> Array:
+  """token_logps of logits = hidden_btd @ unembed_dv, one vocabulary chunk at a time.
+
+  Never materialises [B, T, V] logits (see losses.chunked_token_stats).
+
+  Args:
+    hidden_btd: [B, T, D]; unembed_dv: [D, V]; targets: i32[B, T].
+    chunk_size: static vocabulary chunk size.
+    temperature: logits are divided by it (folded into the hidden states).
+
+  Returns:
+    f32[B, T].
+  """
+  if temperature != 1.0:
+    hidden_btd = hidden_btd.astype(jnp.float32) / jnp.float32(temperature)
+  nll, _ = chunked_token_stats(hidden_btd, unembed_dv, targets, chunk_size=chunk_size)
+  return -nll

@@ -38,17 +38,11 @@ import numpy as np
 
 from streampro_jax import prompts
 from streampro_jax.data import schema
-from streampro_jax.data.tokenizer import RESPONSE_TOKEN, SILENCE_TOKEN
+from streampro_jax.prompts import (  # noqa: F401  (the tokens' one home; names kept here)
+    IM_END, IM_START, PAD, RESPONSE_TOKEN, SILENCE_TOKEN, VIDEO_PAD, VISION_END, VISION_START)
 
-SILENCE = SILENCE_TOKEN
+SILENCE = SILENCE_TOKEN  # The token strings (rollout.TURN_* are the per-turn decision codes).
 RESPONSE = RESPONSE_TOKEN
-
-IM_START = "<|im_start|>"
-IM_END = "<|im_end|>"
-VISION_START = "<|vision_start|>"
-VISION_END = "<|vision_end|>"
-VIDEO_PAD = "<|video_pad|>"
-PAD = "<|endoftext|>"
 
 ANSWER_JOINER = "; "
 """Texts of several answers that fall on the same turn are joined with this [choice]."""

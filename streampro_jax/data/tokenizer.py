@@ -25,9 +25,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-SILENCE_TOKEN = "</Silence>"
-RESPONSE_TOKEN = "</Response>"
-DECISION_TOKENS = (SILENCE_TOKEN, RESPONSE_TOKEN)
+from streampro_jax import prompts
+from streampro_jax.prompts import DECISION_TOKENS, RESPONSE_TOKEN, SILENCE_TOKEN  # noqa: F401
 
 # Qwen2.5-VL's added tokens, in its id order (151643...). The first 14 are special.
 QWEN_SPECIAL_TOKENS = (
@@ -210,11 +209,9 @@ def build_synthetic_tokenizer(words: Iterable[str], out_dir: str, *,
   from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers  # pylint: disable=g-import-not-at-top,g-multiple-import
   from transformers import AutoTokenizer, PreTrainedTokenizerFast  # pylint: disable=g-import-not-at-top,g-multiple-import
 
-  from streampro_jax.data import chat_format  # pylint: disable=g-import-not-at-top
-
   vocab_words: list[str] = []
   seen = set()
-  sources = list(words) + list(extra_texts) + [chat_format.SYSTEM_PROMPT] + list(_ROLE_WORDS)
+  sources = list(words) + list(extra_texts) + [prompts.STREAMING_SYSTEM_PROMPT] + list(_ROLE_WORDS)
   for text in sources:
     for w in _WORD_RE.findall(text):
       if len(w) >= 2 and w not in seen:
