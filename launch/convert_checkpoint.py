@@ -67,10 +67,6 @@ _WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json", ".bin", ".bin.ind
 _TOKENIZER_PREFIXES = ("tokenizer", "vocab", "merges", "special_tokens_map", "added_tokens")
 
 
-def _round_up(n: int, m: int) -> int:
-  return -(-n // max(m, 1)) * max(m, 1)
-
-
 def copy_aux_files(src: str, dst: str) -> list[str]:
   """Copies the non-weight, non-config, non-tokenizer files of HF folder ``src`` (processor and
   generation configs, chat template) that ``dst`` does not have yet. Returns their names."""
@@ -242,7 +238,7 @@ def convert_hf(hf_input: str, output: str, *, dtype: str = "auto", reinit: str =
     config, params = models.load_hf_checkpoint(hf_input, dtype=jnp.dtype(dtype))
     backbone = models.backbone_module(config)
     v_old = int(config.text.vocab_size)
-    v_new = _round_up(len(tokenizer), pad_vocab_to) if needs_resize else v_old
+    v_new = models.round_up(len(tokenizer), max(pad_vocab_to, 1)) if needs_resize else v_old
     if v_new != v_old or reinit_ids:
       params = dict(params)
       params["embed_tokens"] = {"embedding": tok_lib.resize_vocab_rows(

@@ -58,7 +58,7 @@ import numpy as np
 
 from streampro_jax import losses, models
 from streampro_jax.data import chat_format
-from streampro_jax.models import kv_cache
+from streampro_jax.models import common, kv_cache
 
 # Per-turn decisions of a rollout (the codes of RolloutBatch.decisions; the token strings are
 # prompts.SILENCE_TOKEN / RESPONSE_TOKEN).
@@ -399,8 +399,7 @@ def sample_tokens(logits_nv: jax.Array, keys_n: jax.Array, force_n: jax.Array,
   return tok, old, slp
 
 
-def _round_up(n: int, m: int) -> int:
-  return -(-int(n) // int(m)) * int(m)
+_round_up = common.round_up
 
 
 def row_keys(key: jax.Array, turn, step, n: int) -> jax.Array:

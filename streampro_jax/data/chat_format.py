@@ -388,17 +388,6 @@ class ChatFormat:
     return decode_turns(ids, self.tokenizer)
 
 
-def render_trajectory(record: schema.Record, question, tokenizer, *, tokens_per_turn: int,
-                      max_turns: int | None = None,
-                      system_prompt: str = SYSTEM_PROMPT) -> Trajectory:
-  """``ChatFormat(tokenizer, tokens_per_turn=...).render(record, question, max_turns=...)``.
-
-  Build one ChatFormat and reuse it when rendering many trajectories (it caches pieces).
-  """
-  return ChatFormat(tokenizer, tokens_per_turn=tokens_per_turn,
-                    system_prompt=system_prompt).render(record, question, max_turns=max_turns)
-
-
 _USER_RE = re.compile(r"^user\n(?:(?P<q>.*)\n)?(?P<label><\d+s-\d+s>)\n$", re.DOTALL)
 
 
