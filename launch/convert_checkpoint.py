@@ -240,12 +240,7 @@ def convert_hf(hf_input: str, output: str, *, dtype: str = "auto", reinit: str =
     v_old = int(config.text.vocab_size)
     v_new = models.round_up(len(tokenizer), max(pad_vocab_to, 1)) if needs_resize else v_old
     if v_new != v_old or reinit_ids:
-      params = dict(params)
-      params["embed_tokens"] = {"embedding": tok_lib.resize_vocab_rows(
-          params["embed_tokens"]["embedding"], v_new, axis=0, reinit_ids=reinit_ids)}
-      if "lm_head" in params:
-        params["lm_head"] = {"kernel": tok_lib.resize_vocab_rows(
-            params["lm_head"]["kernel"], v_new, axis=1, reinit_ids=reinit_ids)}
+      params = tok_lib.resize_param_vocab(params, v_new, reinit_ids=reinit_ids)
       config = dataclasses.replace(
           config, text=dataclasses.replace(config.text, vocab_size=v_new))
     backbone.save_hf_checkpoint(config, params, output)

@@ -183,6 +183,18 @@ _WORD_RE = re.compile(r"[A-Za-z]+")
 _ASCII_SINGLES = tuple(chr(c) for c in range(33, 127)) + (" ", "\n", "\t")
 
 
+def resize_param_vocab(params, new_vocab_size: int, *, reinit_ids: Iterable[int] = ()):
+  """A backbone's params with the embedding (``embed_tokens``, ``[V, D]``) and, when untied, the
+  LM head (``lm_head``, ``[D, V]``) grown to ``new_vocab_size`` rows (resize_vocab_rows)."""
+  params = dict(params)
+  params["embed_tokens"] = {"embedding": resize_vocab_rows(
+      params["embed_tokens"]["embedding"], new_vocab_size, axis=0, reinit_ids=reinit_ids)}
+  if "lm_head" in params:
+    params["lm_head"] = {"kernel": resize_vocab_rows(
+        params["lm_head"]["kernel"], new_vocab_size, axis=1, reinit_ids=reinit_ids)}
+  return params
+
+
 def _pre_tokenizer_pattern(words: Sequence[str]) -> str:
   alts = "|".join(re.escape(w) for w in sorted(words, key=lambda w: (-len(w), w)))
   word_part = f"(?<![A-Za-z])(?:{alts})(?![A-Za-z])|" if alts else ""

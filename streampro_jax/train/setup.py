@@ -119,16 +119,7 @@ def load_hf_state(config, model_config, tokenizer, tx, shardings, mesh):
   if config.model.get("reinit_decision_rows", True):
     ids = tok_lib.decision_token_ids(tokenizer)
     v = model_config.text.vocab_size
-
-    def reinit(params):
-      params = dict(params)
-      params["embed_tokens"] = {"embedding": tok_lib.resize_vocab_rows(
-          params["embed_tokens"]["embedding"], v, axis=0, reinit_ids=ids)}
-      if "lm_head" in params:
-        params["lm_head"] = {"kernel": tok_lib.resize_vocab_rows(
-            params["lm_head"]["kernel"], v, axis=1, reinit_ids=ids)}
-      return params
-
+    reinit = lambda p: tok_lib.resize_param_vocab(p, v, reinit_ids=ids)  # noqa: E731
     params = jax.jit(reinit, out_shardings=shardings.params)(params)
     logging.info("re-initialised embedding rows of the decision tokens %s", ids)
   return state_lib.state_from_params(params, tx, shardings, mesh)
