@@ -633,9 +633,6 @@ unembedding = common.unembedding
 hf_name = common.hf_name
 
 
-_hf_name = hf_name  # old private name
-
-
 def _unrolled_hf_key_map(config: Qwen2_5_VLConfig) -> dict[str, tuple[tuple[str, ...], str]]:
   """HF safetensors key -> (our param path, transform) for every parameter.
 
