@@ -67,10 +67,6 @@ _WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json", ".bin", ".bin.ind
 _TOKENIZER_PREFIXES = ("tokenizer", "vocab", "merges", "special_tokens_map", "added_tokens")
 
 
-def _round_up(n: int, m: int) -> int:
-  return -(-n // max(m, 1)) * max(m, 1)
-
-
 def copy_aux_files(src: str, dst: str) -> list[str]:
   """Copies the non-weight, non-config, non-tokenizer files of HF folder ``src`` (processor and
   generation configs, chat template) that ``dst`` does not have yet. Returns their names."""
@@ -242,14 +238,9 @@ def convert_hf(hf_input: str, output: str, *, dtype: str = "auto", reinit: str =
     config, params = models.load_hf_checkpoint(hf_input, dtype=jnp.dtype(dtype))
     backbone = models.backbone_module(config)
     v_old = int(config.text.vocab_size)
-    v_new = _round_up(len(tokenizer), pad_vocab_to) if needs_resize else v_old
+    v_new = models.round_up(len(tokenizer), max(pad_vocab_to, 1)) if needs_resize else v_old
     if v_new != v_old or reinit_ids:
-      params = dict(params)
-      params["embed_tokens"] = {"embedding": tok_lib.resize_vocab_rows(
-          params["embed_tokens"]["embedding"], v_new, axis=0, reinit_ids=reinit_ids)}
-      if "lm_head" in params:
-        params["lm_head"] = {"kernel": tok_lib.resize_vocab_rows(
-            params["lm_head"]["kernel"], v_new, axis=1, reinit_ids=reinit_ids)}
+      params = tok_lib.resize_param_vocab(params, v_new, reinit_ids=reinit_ids)
       config = dataclasses.replace(
           config, text=dataclasses.replace(config.text, vocab_size=v_new))
     backbone.save_hf_checkpoint(config, params, output)

@@ -5,7 +5,9 @@ Layout of this module:
   2. KL estimators, registered by name (KL_ESTIMATORS).
   3. Group advantages.
   4. The GRPO objective (loss, loss + aux metrics, (sum, count) for gradient accumulation).
-  5. (Added by the training area) the sharded GRPO update step.
+  5. The update's pieces: GRPOStepConfig, the log-prob function and the sum-and-count loss of
+     train/step.accumulate_gradients; the sharded update itself is train/grpo_step.py (its
+     names build_grpo_update, make_grpo_step and grpo_batch_shardings stay reachable here).
 
 Shapes: B rollouts (B = number of prompts * G, groups contiguous), T tokens per rollout.
   logps, old_logps, ref_logps  f32[B, T]   log-prob of each sampled token under the current,
@@ -26,6 +28,7 @@ sequence-mean-token-mean), "verl" (veRL's GRPO example: KL loss coefficient 0.00
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import jax
@@ -51,43 +54,10 @@ GRPO_PRESETS: dict[str, dict[str, object]] = {
 # ----------------------------------------------------------------------------------------------
 
 
-def token_logps(logits: Array, targets: Array, *, temperature: float = 1.0) -> Array:
-  """log p(targets) under softmax(logits / temperature).
-
-  logp[b, t] = logits[b, t, y] / temp - logsumexp_v(logits[b, t, v] / temp), y = targets[b, t].
-
-  Args:
-    logits: [B, T, V] (any float dtype; computed in float32).
-    targets: i32[B, T] the sampled tokens (already shifted: logits at t predict targets[t]).
-    temperature: the sampling temperature of the rollouts (1.0 in StreamPro).
-
-  Returns:
-    f32[B, T].
-  """
-  logits = logits.astype(jnp.float32)
-  if temperature != 1.0:
-    logits = logits / jnp.float32(temperature)
-  return -losses.token_nll(logits, targets)
-
-
-def token_logps_from_hidden(hidden_btd: Array, unembed_dv: Array, targets: Array, *,
-                            chunk_size: int = 8192, temperature: float = 1.0) -> Array:
-  """token_logps of logits = hidden_btd @ unembed_dv, one vocabulary chunk at a time.
-
-  Never materialises [B, T, V] logits (see losses.chunked_token_stats).
-
-  Args:
-    hidden_btd: [B, T, D]; unembed_dv: [D, V]; targets: i32[B, T].
-    chunk_size: static vocabulary chunk size.
-    temperature: logits are divided by it (folded into the hidden states).
-
-  Returns:
-    f32[B, T].
-  """
-  if temperature != 1.0:
-    hidden_btd = hidden_btd.astype(jnp.float32) / jnp.float32(temperature)
-  nll, _ = losses.chunked_token_stats(hidden_btd, unembed_dv, targets, chunk_size=chunk_size)
-  return -nll
+# token_logps and token_logps_from_hidden live in losses.py (the rollout sampler needs them and
+# sits beside this module, not above it); re-exported here.
+token_logps = losses.token_logps
+token_logps_from_hidden = losses.token_logps_from_hidden
 
 
 # ----------------------------------------------------------------------------------------------
@@ -386,22 +356,12 @@ group_advantages_jit = jax.jit(group_advantages,
 # The reference and the behaviour log-probs are computed once, inside the same jit, before the
 # passes (no gradient flows through them); each pass is a full optimizer step, so state.step and
 # the learning-rate schedule advance num_passes per batch. Gradient accumulation over
-# num_microbatches is exact (sum-and-count losses, train/sft.accumulate_gradients).
-
-import dataclasses  # noqa: E402  (section 5 is appended; sections 1-4 are unchanged)
+# num_microbatches is exact (sum-and-count losses, train/step.accumulate_gradients).
 
 GRPO_MODEL_KEYS = ("input_ids", "labels", "loss_mask", "attention_mask", "position_ids",
                    "pixel_values_videos")
 REWARD_KEYS = ("reward_fmt", "reward_turn", "reward_traj")
 OLD_LOGPS_SOURCES = ("rollout", "recompute")
-
-
-def _seq_sharded(x: Array, mesh) -> Array:
-  """Constrains a per-row array [N, ...] to the batch sharding (rows over 'data', 'fsdp')."""
-  if mesh is None:
-    return x
-  spec = jax.sharding.PartitionSpec(("data", "fsdp"), *([None] * (x.ndim - 1)))
-  return jax.lax.with_sharding_constraint(x, spec)
 
 
 def group_statistics(rewards: Array, group_size: int) -> dict[str, Array]:
@@ -503,7 +463,7 @@ def make_logps_fn(forward_fn: Callable, *, temperature: float = 1.0, chunk_size:
 
   Args:
     forward_fn: (params, batch, return_hidden) -> logits [B, T, V] or hidden [B, T, D]
-      (train/sft.make_forward).
+      (train/setup.make_forward).
     temperature: the rollouts' temperature.
     chunk_size: > 0 uses token_logps_from_hidden (never builds [B, T, V]); needs unembed_fn.
     unembed_fn: params -> [D, V].
@@ -523,7 +483,7 @@ def make_logps_fn(forward_fn: Callable, *, temperature: float = 1.0, chunk_size:
 
 
 def make_grpo_loss_fn(logps_fn: Callable, cfg: GRPOStepConfig) -> Callable:
-  """GRPO loss in sum-and-count form for train/sft.accumulate_gradients.
+  """GRPO loss in sum-and-count form for train/step.accumulate_gradients.
 
   loss_fn(params, mb, context) -> (numerator, (denominator, metric sums)), numerator and
   denominator of aggregate_sum_and_count of the per-token loss over mb["loss_mask"]; mb holds the
@@ -556,7 +516,7 @@ def make_grpo_loss_fn(logps_fn: Callable, cfg: GRPOStepConfig) -> Callable:
   return loss_fn
 
 
-def _finish_pass_metrics(sums: dict[str, Array], count: Array) -> dict[str, Array]:
+def finish_pass_metrics(sums: dict[str, Array], count: Array) -> dict[str, Array]:
   """Token sums -> token means; pg_loss sum -> aggregate (divided by the loss count)."""
   tokens = jnp.maximum(sums["policy_tokens"], 1.0)
   out = {k: sums[k] / tokens for k in ("kl", "clip_fraction", "ratio_mean", "abs_log_ratio")}
@@ -565,128 +525,13 @@ def _finish_pass_metrics(sums: dict[str, Array], count: Array) -> dict[str, Arra
   return out
 
 
-def build_grpo_update(logps_fn: Callable, tx, cfg: GRPOStepConfig, *, trainable=None,
-                      schedule=None) -> Callable:
-  """The un-jitted GRPO update ``(state, ref_params, batch) -> (new_state, metrics)``.
-
-  Args:
-    logps_fn: (params, batch) -> f32[N, T] (make_logps_fn).
-    tx: optax optimizer (train/optim.make_optimizer; frozen parameters get zero updates).
-    cfg: GRPOStepConfig.
-    trainable: pytree of bools (train/optim.trainable_mask); frozen leaves get no gradient.
-    schedule: the optimizer's learning-rate schedule (for the "lr" metric).
-
-  The batch holds GRPO_MODEL_KEYS, "old_logps" f32[N, T] (unless old_logps = "recompute") and
-  either "rewards" f32[N] or the three REWARD_KEYS f32[N]. ref_params: the frozen reference
-  parameters (same structure as state.params; None when beta == 0).
-
-  Metrics (f32 scalars, global over the batch): reward, reward_fmt / reward_turn / reward_traj
-  (when given), reward_group_std, zero_variance_groups, advantage_abs_mean; averaged over the
-  passes: loss, pg_loss, kl, clip_fraction, ratio_mean, abs_log_ratio, grad_norm; behaviour_gap
-  (mean |logp - old_logp| of the first pass, before any update: the rollout-vs-teacher-forced
-  numerical gap, 0 with "recompute"), loss_first_pass, lr (of the first pass), policy_tokens,
-  tokens (real tokens), rows.
-  """
-  from streampro_jax import rewards as rewards_lib  # pylint: disable=g-import-not-at-top
-  from streampro_jax.train import sft  # pylint: disable=g-import-not-at-top
-  from streampro_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
-
-  loss_fn = make_grpo_loss_fn(logps_fn, cfg)
-
-  def update(state, ref_params, batch):
-    mesh = sft._current_mesh()  # pylint: disable=protected-access
-    n = batch["input_ids"].shape[0]
-    if n % cfg.group_size:
-      raise ValueError(f"{n} rollouts do not split into groups of {cfg.group_size}")
-    metrics = {}
-    if "rewards" in batch:
-      r = batch["rewards"].astype(jnp.float32)
-    else:
-      missing = [k for k in REWARD_KEYS if k not in batch]
-      if missing:
-        raise ValueError(f"the batch has neither 'rewards' nor the reward components {missing}")
-      r = rewards_lib.combine(batch["reward_fmt"], batch["reward_turn"], batch["reward_traj"],
-                              cfg.reward_weights)
-      for k in REWARD_KEYS:
-        metrics[k] = jnp.mean(batch[k].astype(jnp.float32))
-    adv = _seq_sharded(group_advantages(r, cfg.group_size, eps=cfg.adv_eps, ddof=cfg.adv_ddof),
-                       mesh)
-    metrics.update(group_statistics(r, cfg.group_size))
-    metrics["advantage_abs_mean"] = jnp.mean(jnp.abs(adv))
-
-    model_batch = {k: batch[k] for k in GRPO_MODEL_KEYS}
-    sg = jax.lax.stop_gradient
-    train_batch = dict(model_batch, advantages=adv)
-    if cfg.old_logps == "recompute":
-      train_batch["old_logps"] = _seq_sharded(sg(logps_fn(state.params, model_batch)), mesh)
-    else:
-      train_batch["old_logps"] = batch["old_logps"].astype(jnp.float32)
-    if cfg.beta != 0.0:
-      if ref_params is None:
-        raise ValueError(f"ref_params is None but the KL coefficient beta is {cfg.beta}")
-      train_batch["ref_logps"] = _seq_sharded(sg(logps_fn(ref_params, model_batch)), mesh)
-
-    def one_pass(st):
-      loss, grads, count, sums = sft.accumulate_gradients(
-          loss_fn, st.params, train_batch, None, num_microbatches=cfg.num_microbatches,
-          trainable=trainable, mesh=mesh)
-      updates, opt_state = tx.update(grads, st.opt_state, st.params)
-      params = optax.apply_updates(st.params, updates)
-      m = _finish_pass_metrics(sums, count)
-      m["loss"] = loss
-      m["grad_norm"] = optax.tree.norm(grads)
-      if schedule is not None:
-        m["lr"] = jnp.asarray(schedule(st.step), jnp.float32)
-      new = state_lib.TrainState(step=st.step + 1, params=params, opt_state=opt_state)
-      return new, {k: jnp.asarray(v, jnp.float32) for k, v in m.items()}
-
-    if cfg.num_passes == 1:
-      state, per_pass = one_pass(state)
-      per_pass = jax.tree.map(lambda x: x[None], per_pass)
-    else:
-      state, per_pass = jax.lax.scan(lambda st, _: one_pass(st), state, None,
-                                     length=cfg.num_passes)
-    for k, v in per_pass.items():
-      metrics[k] = v[0] if k in ("lr", "policy_tokens") else jnp.mean(v)
-    metrics["behaviour_gap"] = per_pass["abs_log_ratio"][0]
-    metrics["loss_first_pass"] = per_pass["loss"][0]
-    metrics["tokens"] = jnp.sum(batch["attention_mask"].astype(jnp.float32))
-    metrics["rows"] = jnp.float32(n)
-    return state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
-
-  return update
+_MOVED_TO_TRAIN = ("build_grpo_update", "make_grpo_step", "grpo_batch_shardings")
 
 
-def grpo_batch_shardings(batch, mesh) -> dict:
-  """NamedShardings of a GRPO batch dict: rows over ('data', 'fsdp'), position_ids dim 1."""
-  from streampro_jax.train import sft  # pylint: disable=g-import-not-at-top
-  return sft.batch_shardings(batch, mesh)
-
-
-def make_grpo_step(logps_fn: Callable, tx, cfg: GRPOStepConfig, *, state_shardings,
-                   batch_sharding, mesh, trainable=None, schedule=None, rules=None,
-                   donate: bool = True) -> Callable:
-  """Jitted GRPO step ``(state, ref_params, batch) -> (state, metrics)``.
-
-  jax.jit with explicit in/out shardings: state (donated) and ref_params follow
-  ``state_shardings`` (ref_params = state_shardings.params; pass None when beta == 0), the batch
-  follows ``batch_sharding`` (grpo_batch_shardings), metrics are replicated scalars. Traced
-  under the mesh and logical-axis rules.
-  """
-  from streampro_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
-  update = build_grpo_update(logps_fn, tx, cfg, trainable=trainable, schedule=schedule)
-  ref_sharding = state_shardings.params if cfg.beta != 0.0 else None
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  jitted = jax.jit(update, in_shardings=(state_shardings, ref_sharding, batch_sharding),
-                   out_shardings=(state_shardings, replicated),
-                   donate_argnums=(0,) if donate else ())
-
-  def step(state, ref_params, batch):
-    if cfg.beta == 0.0:
-      ref_params = None
-    with state_lib.sharding_context(mesh, rules):
-      return jitted(state, ref_params, batch)
-
-  step.jitted = jitted
-  return step
+def __getattr__(name: str):
+  """The update step moved up to the train layer (train/grpo_step.py); its names stay reachable
+  here (public API) without this math module importing the train layer at import time."""
+  if name in _MOVED_TO_TRAIN:
+    import importlib  # pylint: disable=g-import-not-at-top
+    return getattr(importlib.import_module("streampro_jax.train.grpo_step"), name)
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -382,15 +382,6 @@ def cb_stream_loss(logits: Array, labels: Array, loss_mask: Array, *, decision_t
       text_weight=text_weight, class_counts=class_counts))
 
 
-def cross_entropy_loss_sum_and_count(logits: Array, labels: Array,
-                                     loss_mask: Array) -> tuple[Array, Array]:
-  """(sum_i mask_i * nll_i, N). See cross_entropy_loss."""
-  _check_inputs("cross_entropy_loss", logits, labels, loss_mask)
-  return weighted_nll_sum_and_count(token_nll(logits, labels, loss_mask), labels, loss_mask,
-                                 kind="ce",
-                                 decision_token_ids=None)
-
-
 def cross_entropy_loss(logits: Array, labels: Array, loss_mask: Array) -> Array:
   """Plain token cross-entropy: L = (1 / N) * sum_i mask_i * (-log p(y_i)), N = sum_i mask_i.
 
@@ -400,7 +391,9 @@ def cross_entropy_loss(logits: Array, labels: Array, loss_mask: Array) -> Array:
   Returns:
     f32 scalar (0 when N = 0).
   """
-  return _safe_div(*cross_entropy_loss_sum_and_count(logits, labels, loss_mask))
+  _check_inputs("cross_entropy_loss", logits, labels, loss_mask)
+  return _safe_div(*weighted_nll_sum_and_count(token_nll(logits, labels, loss_mask), labels,
+                                               loss_mask, kind="ce", decision_token_ids=None))
 
 
 def focal_stream_loss_sum_and_count(logits: Array, labels: Array, loss_mask: Array, *,
@@ -590,22 +583,6 @@ def chunked_token_stats(hidden_btd: Array, unembed_dv: Array, labels: Array, *,
   return nll, predictions
 
 
-def chunked_stream_loss_sum_and_count(hidden_btd: Array, unembed_dv: Array, labels: Array,
-                                      loss_mask: Array, *, kind: str = "cb_stream",
-                                      decision_token_ids=None, chunk_size: int = 8192,
-                                      beta: float = 0.9999, text_weight: float = 2.0,
-                                      gamma: float = 2.0,
-                                      class_counts: Array | None = None) -> tuple[Array, Array]:
-  """(weighted nll sum, N) of `kind` from hidden states. See chunked_stream_loss."""
-  if kind != "ce":
-    _decision_ids(decision_token_ids, unembed_dv.shape[-1], "chunked_stream_loss")
-  nll, _ = chunked_token_stats(hidden_btd, unembed_dv, labels, chunk_size=chunk_size,
-                               loss_mask=loss_mask)
-  return weighted_nll_sum_and_count(nll, labels, loss_mask, kind=kind,
-                                 decision_token_ids=decision_token_ids, beta=beta,
-                                 text_weight=text_weight, gamma=gamma, class_counts=class_counts)
-
-
 def chunked_stream_loss(hidden_btd: Array, unembed_dv: Array, labels: Array, loss_mask: Array,
                         *, kind: str = "cb_stream", decision_token_ids=None,
                         chunk_size: int = 8192, beta: float = 0.9999, text_weight: float = 2.0,
@@ -627,9 +604,12 @@ def chunked_stream_loss(hidden_btd: Array, unembed_dv: Array, labels: Array, los
   Returns:
     f32 scalar.
   """
-  return _safe_div(*chunked_stream_loss_sum_and_count(
-      hidden_btd, unembed_dv, labels, loss_mask, kind=kind,
-      decision_token_ids=decision_token_ids, chunk_size=chunk_size, beta=beta,
+  if kind != "ce":
+    _decision_ids(decision_token_ids, unembed_dv.shape[-1], "chunked_stream_loss")
+  nll, _ = chunked_token_stats(hidden_btd, unembed_dv, labels, chunk_size=chunk_size,
+                               loss_mask=loss_mask)
+  return _safe_div(*weighted_nll_sum_and_count(
+      nll, labels, loss_mask, kind=kind, decision_token_ids=decision_token_ids, beta=beta,
       text_weight=text_weight, gamma=gamma, class_counts=class_counts))
 
 
@@ -655,7 +635,6 @@ STATIC_ARGNAMES: dict[str, tuple[str, ...]] = {
     "cb_stream_loss": ("decision_token_ids", "beta"),
     "cb_stream_loss_sum_and_count": ("decision_token_ids", "beta"),
     "cross_entropy_loss": (),
-    "cross_entropy_loss_sum_and_count": (),
     "focal_stream_loss": ("decision_token_ids",),
     "focal_stream_loss_sum_and_count": ("decision_token_ids",),
     "chunked_stream_loss": ("kind", "decision_token_ids", "chunk_size", "beta"),
@@ -674,3 +653,47 @@ focal_stream_loss_jit = jax.jit(focal_stream_loss,
                                 static_argnames=STATIC_ARGNAMES["focal_stream_loss"])
 chunked_stream_loss_jit = jax.jit(chunked_stream_loss,
                                   static_argnames=STATIC_ARGNAMES["chunked_stream_loss"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-token log-probabilities of sampled tokens (GRPO and the rollout sampler).
+# ----------------------------------------------------------------------------------------------
+
+
+def token_logps(logits: Array, targets: Array, *, temperature: float = 1.0) -> Array:
+  """log p(targets) under softmax(logits / temperature).
+
+  logp[b, t] = logits[b, t, y] / temp - logsumexp_v(logits[b, t, v] / temp), y = targets[b, t].
+
+  Args:
+    logits: [B, T, V] (any float dtype; computed in float32).
+    targets: i32[B, T] the sampled tokens (already shifted: logits at t predict targets[t]).
+    temperature: the sampling temperature of the rollouts (1.0 in StreamPro).
+
+  Returns:
+    f32[B, T].
+  """
+  logits = logits.astype(jnp.float32)
+  if temperature != 1.0:
+    logits = logits / jnp.float32(temperature)
+  return -token_nll(logits, targets)
+
+
+def token_logps_from_hidden(hidden_btd: Array, unembed_dv: Array, targets: Array, *,
+                            chunk_size: int = 8192, temperature: float = 1.0) -> Array:
+  """token_logps of logits = hidden_btd @ unembed_dv, one vocabulary chunk at a time.
+
+  Never materialises [B, T, V] logits (see losses.chunked_token_stats).
+
+  Args:
+    hidden_btd: [B, T, D]; unembed_dv: [D, V]; targets: i32[B, T].
+    chunk_size: static vocabulary chunk size.
+    temperature: logits are divided by it (folded into the hidden states).
+
+  Returns:
+    f32[B, T].
+  """
+  if temperature != 1.0:
+    hidden_btd = hidden_btd.astype(jnp.float32) / jnp.float32(temperature)
+  nll, _ = chunked_token_stats(hidden_btd, unembed_dv, targets, chunk_size=chunk_size)
+  return -nll

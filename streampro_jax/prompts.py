@@ -1,4 +1,4 @@
-"""Every prompt of the project, and the parsers of the judges' replies.
+"""Every prompt and special token of the project, and the parsers of the judges' replies.
 
 The streaming system prompt (STREAMING_SYSTEM_PROMPT, what the model is told while it watches) and
 three judge jobs, as in the paper (SPEC sections 1 and 3, "Judges"; the paper's App. E prompts
@@ -26,6 +26,22 @@ from typing import Any
 
 PROMPT_VERSION = "v2"
 MAX_ANSWER_SCORE = 5
+
+# ---- the special tokens (their one definition; tokenizer, chat format, rewards and importers
+# import them from here) ------------------------------------------------------------------------
+
+SILENCE_TOKEN = "</Silence>"
+"""The decision token of a silent turn (a whole assistant message is exactly this)."""
+RESPONSE_TOKEN = "</Response>"
+"""The decision token that opens an answer (``</Response>`` + the answer text)."""
+DECISION_TOKENS = (SILENCE_TOKEN, RESPONSE_TOKEN)
+
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+VISION_START = "<|vision_start|>"
+VISION_END = "<|vision_end|>"
+VIDEO_PAD = "<|video_pad|>"
+PAD = "<|endoftext|>"
 
 # ---- the streaming system prompt (SPEC section 1; the paper's App. E rules, our wording) -------
 

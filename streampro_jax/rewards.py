@@ -27,12 +27,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from streampro_jax import _checks
+from streampro_jax import _checks, prompts
 
 Array = jax.Array
 
-SILENCE = "</Silence>"
-RESPONSE = "</Response>"
+SILENCE = prompts.SILENCE_TOKEN  # The decision token strings (defined in prompts.py).
+RESPONSE = prompts.RESPONSE_TOKEN
 DEFAULT_WEIGHTS = (0.1, 0.45, 0.45)
 
 

@@ -41,7 +41,7 @@ multiple-choice question at its time).
 Log-probs returned (aligned with labels: entry t scores labels[t] = input_ids[t + 1]):
   old_logps[t]      = log softmax(logits_t / T')[labels[t]] with T' = temperature when it is > 0
                       and 1 for greedy decoding. This is the policy log-prob that a GRPO trainer
-                      recomputes with grpo.token_logps(..., temperature=T'); it ignores top-p and
+                      recomputes with losses.token_logps(..., temperature=T'); it ignores top-p and
                       the decision constraint. At temperature 1 and top_p 1 it IS the log-prob
                       under the sampling distribution.
   sampling_logps[t] = log-prob under the distribution actually sampled from (tempered, top-p and
@@ -60,14 +60,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from streampro_jax import models
+from streampro_jax import losses, models
 from streampro_jax.data import chat_format
-from streampro_jax.models import kv_cache
+from streampro_jax.models import common, kv_cache
 
-# Per-turn decisions of a rollout (the codes of RolloutBatch.decisions).
-SILENCE = 0
-RESPONSE = 1
-INVALID = 2
+# Per-turn decisions of a rollout (the codes of RolloutBatch.decisions; the token strings are
+# prompts.SILENCE_TOKEN / RESPONSE_TOKEN).
+TURN_SILENCE = 0
+TURN_RESPONSE = 1
+TURN_INVALID = 2
+SILENCE, RESPONSE, INVALID = TURN_SILENCE, TURN_RESPONSE, TURN_INVALID  # Short names (public).
 NO_TURN = -1       # the row's sample has fewer turns than the batch
 DECISION_NAMES = {SILENCE: "silence", RESPONSE: "response", INVALID: "invalid"}
 
@@ -406,8 +408,7 @@ def sample_tokens(logits_nv: jax.Array, keys_n: jax.Array, force_n: jax.Array,
   return tok, old, slp
 
 
-def _round_up(n: int, m: int) -> int:
-  return -(-int(n) // int(m)) * int(m)
+_round_up = common.round_up
 
 
 def row_keys(key: jax.Array, turn, step, n: int) -> jax.Array:
@@ -1016,11 +1017,10 @@ def teacher_forced_logps(params, model_config, batch: RolloutBatch, *, temperatu
                          ) -> np.ndarray:
   """log softmax(logits / temperature)[labels] of one full forward over a RolloutBatch, f32[N, T]
   (the reference the rollout's old_logps must equal; also what a GRPO step recomputes)."""
-  from streampro_jax import grpo  # pylint: disable=g-import-not-at-top
   logits = models.build(model_config).apply(
       {"params": params}, jnp.asarray(batch.input_ids),
       pixel_values_videos=jnp.asarray(batch.pixel_values_videos),
       video_grid_thw=batch.video_grid_thw, attention_mask=jnp.asarray(batch.attention_mask),
       position_ids=jnp.asarray(batch.position_ids))
-  return np.asarray(grpo.token_logps(logits, jnp.asarray(batch.labels), temperature=temperature))
+  return np.asarray(losses.token_logps(logits, jnp.asarray(batch.labels), temperature=temperature))
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from streampro_jax import rollout
+from streampro_jax import models, rollout
 from streampro_jax.data import chat_format, schema
 
 logger = logging.getLogger(__name__)
@@ -262,12 +262,8 @@ def make_sampler(model_config, tokenizer, config: HarnessConfig, *, user_chunk_l
   return rollout.StreamingSampler(model_config, fmt, scfg, video_grid=grid)
 
 
-def processor_config(model_config):
-  """The per-turn video processor settings of `model_config`'s backbone (frames pre-resized):
-  processing.VideoProcessorConfig (Qwen2.5-VL) or processing_qwen3.Qwen3VideoProcessorConfig
-  (Qwen3-VL)."""
-  from streampro_jax import models  # pylint: disable=g-import-not-at-top
-  return models.video_processor_config(model_config)
+# The per-turn video processor settings of a backbone (frames pre-resized): the one builder.
+processor_config = models.video_processor_config
 
 
 def run_benchmark(params, model_config, tokenizer, items: Sequence[Item], results_path: str,

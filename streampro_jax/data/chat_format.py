@@ -38,17 +38,11 @@ import numpy as np
 
 from streampro_jax import prompts
 from streampro_jax.data import schema
-from streampro_jax.data.tokenizer import RESPONSE_TOKEN, SILENCE_TOKEN
+from streampro_jax.prompts import (  # noqa: F401  (the tokens' one home; names kept here)
+    IM_END, IM_START, PAD, RESPONSE_TOKEN, SILENCE_TOKEN, VIDEO_PAD, VISION_END, VISION_START)
 
-SILENCE = SILENCE_TOKEN
+SILENCE = SILENCE_TOKEN  # The token strings (rollout.TURN_* are the per-turn decision codes).
 RESPONSE = RESPONSE_TOKEN
-
-IM_START = "<|im_start|>"
-IM_END = "<|im_end|>"
-VISION_START = "<|vision_start|>"
-VISION_END = "<|vision_end|>"
-VIDEO_PAD = "<|video_pad|>"
-PAD = "<|endoftext|>"
 
 ANSWER_JOINER = "; "
 """Texts of several answers that fall on the same turn are joined with this [choice]."""
@@ -392,17 +386,6 @@ class ChatFormat:
   def decode_turns(self, ids: Sequence[int]) -> list[DecodedTurn]:
     """Parses ids (a rendered or generated trajectory) back into turns; see ``decode_turns``."""
     return decode_turns(ids, self.tokenizer)
-
-
-def render_trajectory(record: schema.Record, question, tokenizer, *, tokens_per_turn: int,
-                      max_turns: int | None = None,
-                      system_prompt: str = SYSTEM_PROMPT) -> Trajectory:
-  """``ChatFormat(tokenizer, tokens_per_turn=...).render(record, question, max_turns=...)``.
-
-  Build one ChatFormat and reuse it when rendering many trajectories (it caches pieces).
-  """
-  return ChatFormat(tokenizer, tokens_per_turn=tokens_per_turn,
-                    system_prompt=system_prompt).render(record, question, max_turns=max_turns)
 
 
 _USER_RE = re.compile(r"^user\n(?:(?P<q>.*)\n)?(?P<label><\d+s-\d+s>)\n$", re.DOTALL)

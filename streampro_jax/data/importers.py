@@ -39,15 +39,16 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
+from streampro_jax import prompts
 from streampro_jax.data import chat_format
 from streampro_jax.data import schema
 from streampro_jax.data.schema import DataError
 
 TASKS = schema.TASKS
 FORMATS = ("streamo_raw", "streamo_stream", "timechat_online", "videochat_flash", "simple")
-SILENCE = "</Silence>"
+SILENCE = prompts.SILENCE_TOKEN
 STANDBY = "</Standby>"
-RESPONSE = "</Response>"
+RESPONSE = prompts.RESPONSE_TOKEN
 STANDBY_NOTE = "Streamo </Standby> turns mapped to </Silence> (SPEC has no standby token)"
 # Streamo's converter puts this question on <0s-1s> when an entry has none.
 STREAMO_DEFAULT_QUESTION = "Find all significant events in the video and describe them."

@@ -25,9 +25,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-SILENCE_TOKEN = "</Silence>"
-RESPONSE_TOKEN = "</Response>"
-DECISION_TOKENS = (SILENCE_TOKEN, RESPONSE_TOKEN)
+from streampro_jax import prompts
+from streampro_jax.prompts import DECISION_TOKENS, RESPONSE_TOKEN, SILENCE_TOKEN  # noqa: F401
 
 # Qwen2.5-VL's added tokens, in its id order (151643...). The first 14 are special.
 QWEN_SPECIAL_TOKENS = (
@@ -184,6 +183,18 @@ _WORD_RE = re.compile(r"[A-Za-z]+")
 _ASCII_SINGLES = tuple(chr(c) for c in range(33, 127)) + (" ", "\n", "\t")
 
 
+def resize_param_vocab(params, new_vocab_size: int, *, reinit_ids: Iterable[int] = ()):
+  """A backbone's params with the embedding (``embed_tokens``, ``[V, D]``) and, when untied, the
+  LM head (``lm_head``, ``[D, V]``) grown to ``new_vocab_size`` rows (resize_vocab_rows)."""
+  params = dict(params)
+  params["embed_tokens"] = {"embedding": resize_vocab_rows(
+      params["embed_tokens"]["embedding"], new_vocab_size, axis=0, reinit_ids=reinit_ids)}
+  if "lm_head" in params:
+    params["lm_head"] = {"kernel": resize_vocab_rows(
+        params["lm_head"]["kernel"], new_vocab_size, axis=1, reinit_ids=reinit_ids)}
+  return params
+
+
 def _pre_tokenizer_pattern(words: Sequence[str]) -> str:
   alts = "|".join(re.escape(w) for w in sorted(words, key=lambda w: (-len(w), w)))
   word_part = f"(?<![A-Za-z])(?:{alts})(?![A-Za-z])|" if alts else ""
@@ -210,11 +221,9 @@ def build_synthetic_tokenizer(words: Iterable[str], out_dir: str, *,
   from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers  # pylint: disable=g-import-not-at-top,g-multiple-import
   from transformers import AutoTokenizer, PreTrainedTokenizerFast  # pylint: disable=g-import-not-at-top,g-multiple-import
 
-  from streampro_jax.data import chat_format  # pylint: disable=g-import-not-at-top
-
   vocab_words: list[str] = []
   seen = set()
-  sources = list(words) + list(extra_texts) + [chat_format.SYSTEM_PROMPT] + list(_ROLE_WORDS)
+  sources = list(words) + list(extra_texts) + [prompts.STREAMING_SYSTEM_PROMPT] + list(_ROLE_WORDS)
   for text in sources:
     for w in _WORD_RE.findall(text):
       if len(w) >= 2 and w not in seen:

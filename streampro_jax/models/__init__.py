@@ -49,7 +49,7 @@ import numpy as np
 
 # Parameter trees between the unrolled (layers_i, visual/blocks_i) and the scanned (stacked
 # `layers`, `visual/blocks`) layouts.
-from streampro_jax.models.common import layout_of, scan_params, unscan_params  # noqa: F401
+from streampro_jax.models.common import layout_of, round_up, scan_params, unscan_params  # noqa: F401
 
 # model_type -> (module, config class name, model class name)
 _BACKBONES = {
@@ -146,10 +146,6 @@ def process_turns(frames_kthwc: np.ndarray, processor_config
   raise TypeError(f"unknown video processor config {type(processor_config).__name__}")
 
 
-def _round_up(n: int, m: int) -> int:
-  return -(-n // m) * m
-
-
 def config_from_section(model_cfg, tokenizer):
   """A backbone config from a training config's `model` section (+ the tokenizer).
 
@@ -181,7 +177,7 @@ def config_from_section(model_cfg, tokenizer):
   ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in (
       ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
       ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
-  text = dict(vocab_size=_round_up(len(tokenizer), 64))
+  text = dict(vocab_size=round_up(len(tokenizer), 64))
   text.update(dict(model_cfg.get("tiny_text", None) or {}))
   return mod.tiny_config(text=text, vision=dict(model_cfg.get("tiny_vision", None) or {}),
                          **ids, **common)

@@ -2,7 +2,8 @@
 
 Backbone-agnostic (everything backbone-specific is passed in):
 
-- `ConfigMixin`: `compute_dtype`, `params_dtype` and `replace` of a frozen whole-model config.
+- `ConfigMixin`: `compute_dtype`, `params_dtype` and `replace` of a frozen whole-model config;
+  `video_processor_config` (the one builder of the per-turn video processor settings); `round_up`.
 - HF config.json pieces: `config_keys`, `check_model_type`, `text_kwargs_from_hf`,
   `vision_kwargs_from_hf`, `special_token_ids_from_hf`, `hf_fields`, `hf_config_dict`.
 - Host-side M-RoPE: `token_types`, `mrope_row_positions` (the run-by-run rule of get_rope_index).
@@ -33,6 +34,11 @@ SPECIAL_TOKEN_KEYS = ("image_token_id", "video_token_id", "vision_start_token_id
                       "vision_end_token_id")
 
 
+def round_up(n: int, m: int) -> int:
+  """The smallest multiple of m that is >= n (ints)."""
+  return -(-int(n) // int(m)) * int(m)
+
+
 # ----------------------------------------------------------------------------------------------
 # Configuration.
 
@@ -50,6 +56,17 @@ class ConfigMixin:
 
   def replace(self, **kw):
     return dataclasses.replace(self, **kw)
+
+
+def video_processor_config(config, processor_cls, **overrides):
+  """``processor_cls`` (a processing / processing_qwen3 video processor config) with the patch,
+  merge and temporal patch sizes of ``config``'s vision tower and do_resize=False (StreamPro
+  resizes every frame to a fixed size first), then ``overrides``."""
+  v = config.vision
+  kw = dict(patch_size=v.patch_size, merge_size=v.spatial_merge_size,
+            temporal_patch_size=v.temporal_patch_size, do_resize=False)
+  kw.update(overrides)
+  return processor_cls(**kw)
 
 
 def config_keys(cls, exclude: tuple[str, ...]) -> tuple[str, ...]:

@@ -48,11 +48,6 @@ CAUSAL_BLOCK = 64
 MAX_CAUSAL_BLOCKS = 16
 
 
-def canonical_dtype(dtype: Dtype) -> jnp.dtype:
-  """Returns a jnp dtype from a name ('float32', 'bfloat16') or a dtype."""
-  return jnp.dtype(dtype)
-
-
 def activation(name: str) -> Callable[[Array], Array]:
   """HF activation names -> JAX functions ('silu', 'gelu' (exact erf), 'gelu_pytorch_tanh')."""
   table = {

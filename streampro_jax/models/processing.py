@@ -273,5 +273,3 @@ def check_frames(frames_thwc: np.ndarray) -> np.ndarray:
     raise ValueError("no frames (T = 0)")
   return frames_thwc
 
-
-_check_frames = check_frames  # old private name

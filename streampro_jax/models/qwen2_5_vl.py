@@ -209,9 +209,6 @@ def tiny_config(*, text: dict | None = None, vision: dict | None = None, **kw
 # Host-side index computations (NumPy, from concrete grids).
 
 
-_token_types = common.token_types
-
-
 def _time_interval(tokens_per_second: int, second_per_grid_t) -> Any:
   """tokens_per_second * second_per_grid_t with torch's dtype rules (float32 unless float64)."""
   if second_per_grid_t is None:
@@ -261,7 +258,7 @@ def get_rope_index(input_ids, video_grid_thw=None, second_per_grid_ts=None, atte
   """
   ids = np.asarray(input_ids)
   bsz, seq = ids.shape
-  types = _token_types(ids, config)
+  types = common.token_types(ids, config)
   pos = np.zeros((3, bsz, seq), np.int64)
   grid_iters = {1: iter(np.asarray(image_grid_thw)) if image_grid_thw is not None else None,
                 2: iter(np.asarray(video_grid_thw)) if video_grid_thw is not None else None}
@@ -291,7 +288,7 @@ def chunk_position_ids(input_ids_chunk, start_positions, *, config: Qwen2_5_VLCo
   ids = np.asarray(input_ids_chunk)
   bsz, c = ids.shape
   starts = np.broadcast_to(np.asarray(start_positions, np.int64).reshape(-1), (bsz,))
-  types = _token_types(ids, config)
+  types = common.token_types(ids, config)
   pos = np.zeros((3, bsz, c), np.int64)
   nxt = np.zeros((bsz,), np.int64)
   for b in range(bsz):
@@ -373,9 +370,7 @@ def vision_plan(grid_thw, vcfg: VisionConfig):
 # ----------------------------------------------------------------------------------------------
 # Modules.
 
-# Shared with qwen3_vl (now in layers); the names stay importable from here.
-Embedding = layers.Embedding
-Unembed = layers.Unembed
+# The decoder's KV-cache view (layers.KVInput); kv_cache and the tests reach it from here.
 KVInput = layers.KVInput
 
 
@@ -403,10 +398,6 @@ class VisionBlock(nn.Module):
     mlp = layers.GatedMLP(c.hidden_size, c.intermediate_size, c.hidden_act, use_bias=True,
                           axes=("vision_embed", "vision_mlp"), name="mlp", **kw)
     return x + mlp(h)
-
-
-# Kept for old imports: the fused vision qkv/proj params now live in layers.
-_AttnQKV = layers.VisionQKV
 
 
 class VisionTower(nn.Module):
@@ -522,9 +513,6 @@ def _is_tracer(x) -> bool:
   return isinstance(x, jax.core.Tracer)
 
 
-# Kept for old imports (now public in layers).
-_fill_tokens = layers.fill_tokens
-
 
 class Qwen2_5_VL(layers.VLDecoderModel):
   """Qwen2.5-VL for conditional generation. See the module docstring for the call contract."""
@@ -602,11 +590,7 @@ def video_processor_config(config: Qwen2_5_VLConfig, **overrides):
   Returns processing.VideoProcessorConfig.
   """
   from streampro_jax.models import processing  # pylint: disable=g-import-not-at-top
-  v = config.vision
-  kw = dict(patch_size=v.patch_size, merge_size=v.spatial_merge_size,
-            temporal_patch_size=v.temporal_patch_size, do_resize=False)
-  kw.update(overrides)
-  return processing.VideoProcessorConfig(**kw)
+  return common.video_processor_config(config, processing.VideoProcessorConfig, **overrides)
 
 
 def host_position_ids(config: Qwen2_5_VLConfig, input_ids, video_grid_thw=None,
@@ -647,9 +631,6 @@ def init_params(config: Qwen2_5_VLConfig, rng: Array):
 
 unembedding = common.unembedding
 hf_name = common.hf_name
-
-
-_hf_name = hf_name  # old private name
 
 
 def _unrolled_hf_key_map(config: Qwen2_5_VLConfig) -> dict[str, tuple[tuple[str, ...], str]]:

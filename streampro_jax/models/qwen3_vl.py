@@ -57,7 +57,7 @@ import numpy as np
 from streampro_jax.models import common
 from streampro_jax.models import layers
 from streampro_jax.models import qwen2_5_vl
-from streampro_jax.models.layers import Embedding, KVInput, Unembed  # noqa: F401 (re-exported)
+from streampro_jax.models.layers import KVInput
 
 Array = jax.Array
 
@@ -729,11 +729,8 @@ def video_processor_config(config: Qwen3VLConfig, **overrides):
   size first). Returns processing_qwen3.Qwen3VideoProcessorConfig.
   """
   from streampro_jax.models import processing_qwen3  # pylint: disable=g-import-not-at-top
-  v = config.vision
-  kw = dict(patch_size=v.patch_size, merge_size=v.spatial_merge_size,
-            temporal_patch_size=v.temporal_patch_size, do_resize=False)
-  kw.update(overrides)
-  return processing_qwen3.Qwen3VideoProcessorConfig(**kw)
+  return common.video_processor_config(config, processing_qwen3.Qwen3VideoProcessorConfig,
+                                       **overrides)
 
 
 # ----------------------------------------------------------------------------------------------

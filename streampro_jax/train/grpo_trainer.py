@@ -6,7 +6,7 @@ One step (``GRPOTrainer.train_step``):
   -> G rollouts each, turn by turn with a KV cache      rollout.StreamingSampler (current params)
   -> judge (batched, one call per sample group)         judges.* via rewards.group_*_inputs
   -> rewards per rollout: R_fmt, R_turn (tau), R_traj   RewardScorer (host arrays f32[N])
-  -> the jitted, sharded, donated update                grpo.make_grpo_step: R = combine(...),
+  -> the jitted, sharded, donated update                grpo_step.make_grpo_step: R = combine(),
      (group advantages on the global array, reference   group advantages, ref / old log-probs,
      log-probs, num_passes optimizer steps)             num_passes optimizer steps
   -> metrics (console, TensorBoard, metrics.jsonl) -> orbax checkpoint (state + data position)
@@ -37,7 +37,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import signal
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -49,12 +48,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from streampro_jax import grpo, parallel, rewards, rollout
-from streampro_jax.data import chat_format, pipeline, schema
+from streampro_jax import grpo, judges, models, parallel, rewards, rollout
+from streampro_jax.data import chat_format, pipeline, schema, synthetic
 from streampro_jax.train import checkpoint as ckpt_lib
+from streampro_jax.train import config_check, grpo_step, loop, optim
 from streampro_jax.train import metrics as metrics_lib
-from streampro_jax.train import optim, sft
+from streampro_jax.train import setup as setup_lib
 from streampro_jax.train import state as state_lib
+from streampro_jax.train import step as step_lib
 
 PROACTIVE_TASKS = ("GP", "RF")
 
@@ -134,7 +135,6 @@ class SyntheticRubricJudge:
   checkpoints by ``synthetic.check_rubric`` on the rollout's (time, text) responses."""
 
   def __init__(self):
-    from streampro_jax import judges  # pylint: disable=g-import-not-at-top
     self._match = judges.MatchJudge()
     self.stats = self._match.stats
 
@@ -143,7 +143,6 @@ class SyntheticRubricJudge:
 
   def check_responses(self, responses: Sequence[tuple[float, str]], checks: Sequence[str]
                       ) -> list[bool | None]:
-    from streampro_jax.data import synthetic  # pylint: disable=g-import-not-at-top
     self.stats.add("requests", len(checks))
     out: list[bool | None] = []
     for c in checks:
@@ -159,7 +158,6 @@ def build_judge(reward_cfg: Mapping[str, Any]):
   """The judge of ``config.reward.judge``: a ConfigDict/dict for judges.build_judge (kind
   "match" | "openai" | "local"), or a string: "synthetic" (SyntheticRubricJudge), "match" /
   "exact" (judges.MatchJudge)."""
-  from streampro_jax import judges  # pylint: disable=g-import-not-at-top
   spec = reward_cfg.get("judge", "match")
   if isinstance(spec, str):
     if spec == "synthetic":
@@ -376,7 +374,6 @@ def restore_params(checkpoint_dir: str, abstract_params, param_shardings, step: 
 def load_initial_params(config, model_config, abstract_params, param_shardings, rng):
   """Initial (= reference) params from config.init.sft_workdir, config.model.hf_checkpoint, or
   a random init, placed in ``param_shardings``."""
-  from streampro_jax import models  # pylint: disable=g-import-not-at-top
   backbone = models.backbone_module(model_config)
   init = config.get("init", {}) or {}
   if init.get("sft_workdir"):
@@ -389,8 +386,7 @@ def load_initial_params(config, model_config, abstract_params, param_shardings, 
     logging.info("initial params: %s", config.model.hf_checkpoint)
     return params
   logging.warning("no config.init.sft_workdir nor model.hf_checkpoint: GRPO from a RANDOM init")
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  init_fn = lambda r: nn.unbox(backbone.init_params(model_config, r))  # noqa: E731
+  init_fn = lambda r: setup_lib.nn_unbox(backbone.init_params(model_config, r))  # noqa: E731
   return jax.jit(init_fn, out_shardings=param_shardings)(rng)
 
 
@@ -422,18 +418,14 @@ class GRPOTrainer:
   """
 
   def __init__(self, config, workdir: str, *, judge=None, source=None):
-    from streampro_jax import models  # pylint: disable=g-import-not-at-top
-    from streampro_jax.train import config_check  # pylint: disable=g-import-not-at-top
     config_check.check_config(config, "grpo")
     config_check.check_workdir_config(workdir, config, write=jax.process_index() == 0)
     self.config = config
     self.workdir = workdir
     os.makedirs(workdir, exist_ok=True)
-    self.mesh = parallel.make_mesh(dict(config.mesh))
-    logging.info("mesh %s over %d devices (%d processes)", dict(self.mesh.shape),
-                 self.mesh.devices.size, jax.process_count())
-    self.tokenizer = sft.make_tokenizer(config, workdir)
-    self.model_config = sft.make_model_config(config.model, self.tokenizer)
+    self.mesh = setup_lib.make_mesh(config)
+    self.tokenizer = setup_lib.make_tokenizer(config, workdir)
+    self.model_config = setup_lib.make_model_config(config.model, self.tokenizer)
     mcfg = self.model_config
     data_cfg = config.data
     self.pcfg = pipeline.PipelineConfig.from_config(data_cfg)
@@ -461,7 +453,7 @@ class GRPOTrainer:
                                   shuffle=bool(data_cfg.get("shuffle", True)),
                                   process_index=jax.process_index(), process_count=n_proc,
                                   max_turns=self.max_turns)
-    self.total_steps = sft.total_steps_of(config, self.prompts.num_trajectories)
+    self.total_steps = setup_lib.total_steps_of(config, self.prompts.num_trajectories)
     logging.info("batch: %d samples x G %d = %s; seq_len %d, max_turns %d, grid %s; %d steps",
                  gb, self.group_size, parallel.describe_batch(gb * self.group_size, self.mesh),
                  self.seq_len, self.max_turns, self.grid, self.total_steps)
@@ -486,7 +478,7 @@ class GRPOTrainer:
     self.boxed = jax.eval_shape(
         functools.partial(models.backbone_module(mcfg).init_params, mcfg), rng)
     self.shardings = state_lib.state_shardings(self.tx, self.boxed, self.mesh)
-    abstract_params = sft.nn_unbox(self.boxed)
+    abstract_params = setup_lib.nn_unbox(self.boxed)
     logging.info("parameters: %s", optim.count_params(abstract_params, config.optim.frozen))
     init_params = load_initial_params(config, mcfg, abstract_params, self.shardings.params, rng)
     # The reference: a separate copy of the initial params (the train state is donated),
@@ -511,14 +503,14 @@ class GRPOTrainer:
       self.state = state_lib.state_from_params(init_params, self.tx, self.shardings, self.mesh)
     self.module = models.build(mcfg)
     grid = np.tile(np.asarray(self.grid, np.int64).reshape(1, 3), (self.max_turns, 1))
-    forward = sft.make_forward(self.module, grid)
+    forward = setup_lib.make_forward(self.module, grid)
     logps_fn = grpo.make_logps_fn(forward, temperature=self.step_cfg.temperature,
                                   chunk_size=self.step_cfg.logps_chunk_size,
-                                  unembed_fn=sft.make_unembed(mcfg))
+                                  unembed_fn=setup_lib.make_unembed(mcfg))
     example = self._example_batch()
-    self.step_fn = grpo.make_grpo_step(
+    self.step_fn = grpo_step.make_grpo_step(
         logps_fn, self.tx, self.step_cfg, state_shardings=self.shardings,
-        batch_sharding=grpo.grpo_batch_shardings(example, self.mesh), mesh=self.mesh,
+        batch_sharding=grpo_step.grpo_batch_shardings(example, self.mesh), mesh=self.mesh,
         trainable=optim.trainable_mask(abstract_params, config.optim.frozen),
         schedule=self.schedule)
 
@@ -574,7 +566,7 @@ class GRPOTrainer:
     reward_arrays = self.scorer.score(rb, [(r, q) for r, q, _ in samples])
     t2 = time.perf_counter()
     host_batch, masked = self.update_batch(rb, reward_arrays)
-    batch = parallel.shard_batch(host_batch, self.mesh, batch_dims=sft.BATCH_DIMS)
+    batch = parallel.shard_batch(host_batch, self.mesh, batch_dims=step_lib.BATCH_DIMS)
     self.state, m = self.step_fn(self.state, self.ref_params, batch)
     m = {k: float(v) for k, v in jax.device_get(m).items()}
     t3 = time.perf_counter()
@@ -588,33 +580,24 @@ class GRPOTrainer:
     return m
 
   def train(self):
-    """The loop from the current step to total_steps; returns the final TrainState."""
+    """The loop (train/loop.py) from the current step to total_steps; returns the final state."""
     cfg = self.config
+
+    def step_fn(state, step):
+      self.state = state
+      m = self.train_step(step)
+      return self.state, m
+
     writer = metrics_lib.create_writer(self.workdir, total_steps=self.total_steps,
                                        enabled=jax.process_index() == 0,
                                        tensorboard=cfg.get("tensorboard", True))
-    start = int(jax.device_get(self.state.step)) // self.step_cfg.num_passes
-    progress = metrics_lib.Progress(self.total_steps, start)
-    log_every = max(int(cfg.log_every_steps), 1)
-    kill_after = int(cfg.get("debug_kill_after_step", -1))
-    step = start
-    for step in range(start + 1, self.total_steps + 1):
-      m = self.train_step(step)
-      if step == start + 1 or step % log_every == 0 or step == self.total_steps:
-        m.update({k: v for k, v in progress.update(step).items() if v == v})
-        writer.write_scalars(step, m)
-        writer.flush()
-      self.ckpt.maybe_save(step, self.state, self.prompts, last_step=self.total_steps)
-      if step == kill_after:
-        logging.warning("debug_kill_after_step=%d: sending SIGKILL to myself", step)
-        writer.flush()
-        self.ckpt.wait()
-        os.kill(os.getpid(), signal.SIGKILL)
-    if step >= 1 and step not in self.ckpt.all_steps():
-      self.ckpt.save(step, self.state, self.prompts)
-    self.ckpt.close()
+    self.state, _ = loop.train_loop(
+        self.state, step_fn,
+        start_step=int(jax.device_get(self.state.step)) // self.step_cfg.num_passes,
+        total_steps=self.total_steps, checkpointer=self.ckpt, data_iterator=self.prompts,
+        writer=writer, log_every=int(cfg.log_every_steps),
+        kill_after=int(cfg.get("debug_kill_after_step", -1)))
     logging.info("judge: %s", getattr(self.judge, "stats", None))
-    writer.close()
     return self.state
 
 

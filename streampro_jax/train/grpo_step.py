@@ -1,0 +1,129 @@
+"""The sharded GRPO update: grpo.py's loss run through train/step.py's generic optimizer step.
+
+  R      = combine(R_fmt, R_turn, R_traj)  (or batch["rewards"])
+  A      = group_advantages(R)                                    (on the global array)
+  ref    = token_logps(forward(ref_params))                       (skipped when beta == 0)
+  old    = batch["old_logps"] (the sampler's)  or  token_logps(forward(params)) ("recompute")
+  repeat num_passes times: step.gradient_step(grpo loss)          (one optimizer step per pass)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from streampro_jax import grpo, rewards
+from streampro_jax.train import step as step_lib
+
+
+def build_grpo_update(logps_fn: Callable, tx, cfg: grpo.GRPOStepConfig, *, trainable=None,
+                      schedule=None) -> Callable:
+  """The un-jitted GRPO update ``(state, ref_params, batch) -> (new_state, metrics)``.
+
+  Args:
+    logps_fn: (params, batch) -> f32[N, T] (grpo.make_logps_fn).
+    tx: optax optimizer (train/optim.make_optimizer; frozen parameters get zero updates).
+    cfg: grpo.GRPOStepConfig.
+    trainable: pytree of bools (train/optim.trainable_mask); frozen leaves get no gradient.
+    schedule: the optimizer's learning-rate schedule (for the "lr" metric).
+
+  The batch holds grpo.GRPO_MODEL_KEYS, "old_logps" f32[N, T] (unless old_logps = "recompute")
+  and either "rewards" f32[N] or the three grpo.REWARD_KEYS f32[N]. ref_params: the frozen
+  reference parameters (same structure as state.params; None when beta == 0).
+
+  Metrics (f32 scalars, global over the batch): reward, reward_fmt / reward_turn / reward_traj
+  (when given), reward_group_std, zero_variance_groups, advantage_abs_mean; averaged over the
+  passes: loss, pg_loss, kl, clip_fraction, ratio_mean, abs_log_ratio, grad_norm; behaviour_gap
+  (mean |logp - old_logp| of the first pass, before any update: the rollout-vs-teacher-forced
+  numerical gap, 0 with "recompute"), loss_first_pass, lr (of the first pass), policy_tokens,
+  tokens (real tokens), rows.
+  """
+  loss_fn = grpo.make_grpo_loss_fn(logps_fn, cfg)
+
+  def update(state, ref_params, batch):
+    mesh = step_lib.current_mesh()
+    n = batch["input_ids"].shape[0]
+    if n % cfg.group_size:
+      raise ValueError(f"{n} rollouts do not split into groups of {cfg.group_size}")
+    metrics = {}
+    if "rewards" in batch:
+      r = batch["rewards"].astype(jnp.float32)
+    else:
+      missing = [k for k in grpo.REWARD_KEYS if k not in batch]
+      if missing:
+        raise ValueError(f"the batch has neither 'rewards' nor the reward components {missing}")
+      r = rewards.combine(batch["reward_fmt"], batch["reward_turn"], batch["reward_traj"],
+                          cfg.reward_weights)
+      for k in grpo.REWARD_KEYS:
+        metrics[k] = jnp.mean(batch[k].astype(jnp.float32))
+    adv = step_lib.seq_sharded(
+        grpo.group_advantages(r, cfg.group_size, eps=cfg.adv_eps, ddof=cfg.adv_ddof), mesh)
+    metrics.update(grpo.group_statistics(r, cfg.group_size))
+    metrics["advantage_abs_mean"] = jnp.mean(jnp.abs(adv))
+
+    model_batch = {k: batch[k] for k in grpo.GRPO_MODEL_KEYS}
+    sg = jax.lax.stop_gradient
+    train_batch = dict(model_batch, advantages=adv)
+    if cfg.old_logps == "recompute":
+      train_batch["old_logps"] = step_lib.seq_sharded(sg(logps_fn(state.params, model_batch)),
+                                                      mesh)
+    else:
+      train_batch["old_logps"] = batch["old_logps"].astype(jnp.float32)
+    if cfg.beta != 0.0:
+      if ref_params is None:
+        raise ValueError(f"ref_params is None but the KL coefficient beta is {cfg.beta}")
+      train_batch["ref_logps"] = step_lib.seq_sharded(sg(logps_fn(ref_params, model_batch)),
+                                                      mesh)
+
+    def one_pass(st):
+      new, m, count, sums = step_lib.gradient_step(
+          loss_fn, tx, st, train_batch, None, num_microbatches=cfg.num_microbatches,
+          trainable=trainable, mesh=mesh, schedule=schedule)
+      m.update(grpo.finish_pass_metrics(sums, count))
+      return new, {k: jnp.asarray(v, jnp.float32) for k, v in m.items()}
+
+    if cfg.num_passes == 1:
+      state, per_pass = one_pass(state)
+      per_pass = jax.tree.map(lambda x: x[None], per_pass)
+    else:
+      state, per_pass = jax.lax.scan(lambda st, _: one_pass(st), state, None,
+                                     length=cfg.num_passes)
+    for k, v in per_pass.items():
+      metrics[k] = v[0] if k in ("lr", "policy_tokens") else jnp.mean(v)
+    metrics["behaviour_gap"] = per_pass["abs_log_ratio"][0]
+    metrics["loss_first_pass"] = per_pass["loss"][0]
+    metrics["tokens"] = jnp.sum(batch["attention_mask"].astype(jnp.float32))
+    metrics["rows"] = jnp.float32(n)
+    return state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+
+  return update
+
+
+def grpo_batch_shardings(batch, mesh) -> dict:
+  """NamedShardings of a GRPO batch dict: rows over ('data', 'fsdp'), position_ids dim 1."""
+  return step_lib.batch_shardings(batch, mesh)
+
+
+def make_grpo_step(logps_fn: Callable, tx, cfg: grpo.GRPOStepConfig, *, state_shardings,
+                   batch_sharding, mesh, trainable=None, schedule=None, rules=None,
+                   donate: bool = True) -> Callable:
+  """Jitted GRPO step ``(state, ref_params, batch) -> (state, metrics)``.
+
+  jax.jit with explicit in/out shardings (step.jit_update_step): state (donated) and ref_params
+  follow ``state_shardings`` (ref_params = state_shardings.params; pass None when beta == 0),
+  the batch follows ``batch_sharding`` (grpo_batch_shardings), metrics are replicated scalars.
+  Traced under the mesh and logical-axis rules.
+  """
+  update = build_grpo_update(logps_fn, tx, cfg, trainable=trainable, schedule=schedule)
+  ref_sharding = state_shardings.params if cfg.beta != 0.0 else None
+  jitted_step = step_lib.jit_update_step(update, state_shardings, batch_sharding, mesh,
+                                         rules=rules, donate=donate,
+                                         extra_in_shardings=(ref_sharding,))
+
+  def step(state, ref_params, batch):
+    return jitted_step(state, None if cfg.beta == 0.0 else ref_params, batch)
+
+  step.jitted = jitted_step.jitted
+  return step

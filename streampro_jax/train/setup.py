@@ -1,0 +1,125 @@
+"""Config sections -> the objects both training stages build: mesh, tokenizer, backbone config,
+forward and unembedding functions, the SFT data iterator, the step count and the initial state
+from a Hugging Face checkpoint."""
+
+from __future__ import annotations
+
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from streampro_jax import models, parallel
+from streampro_jax.data import pipeline, synthetic
+from streampro_jax.data import tokenizer as tok_lib
+from streampro_jax.train import state as state_lib
+
+
+def make_mesh(config):
+  """The device mesh of ``config.mesh`` (parallel.make_mesh), logged."""
+  mesh = parallel.make_mesh(dict(config.mesh))
+  logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.devices.size,
+               jax.process_count())
+  return mesh
+
+
+def make_tokenizer(config, workdir: str):
+  """Tokenizer from ``config.tokenizer``: "synthetic" (built under ``<workdir>/tokenizer`` of
+  this process) or a folder (``data.tokenizer.load_tokenizer``, decision tokens added)."""
+  name = config.get("tokenizer", "synthetic")
+  if name == "synthetic":
+    out = os.path.join(workdir, "tokenizer", f"process_{jax.process_index()}")
+    return tok_lib.build_synthetic_tokenizer(synthetic.synthetic_vocabulary(), out)
+  tokenizer, _ = tok_lib.load_tokenizer(name)
+  return tokenizer
+
+
+def make_model_config(model_cfg, tokenizer):
+  """Backbone config (``model.family``: qwen2_5_vl | qwen3_vl) from ``config.model``.
+
+  See ``models.config_from_section``: an HF checkpoint's config.json, or a tiny random config
+  carrying the tokenizer's special ids.
+  """
+  return models.config_from_section(model_cfg, tokenizer)
+
+
+def make_forward(module, video_grid_thw):
+  """forward_fn(params, batch, return_hidden) for either backbone on the batched layout.
+
+  Args:
+    module: ``models.build(config)`` (``Qwen2_5_VL`` or ``Qwen3_VL``).
+    video_grid_thw: i64[K, 3], the grids of ONE row's K turns (static: host-side index plans).
+  """
+  grid = np.asarray(video_grid_thw)
+
+  def forward(params, batch, return_hidden=False):
+    return module.apply({"params": params}, batch["input_ids"],
+                        pixel_values_videos=batch["pixel_values_videos"], video_grid_thw=grid,
+                        attention_mask=batch["attention_mask"],
+                        position_ids=batch["position_ids"], return_hidden=return_hidden)
+
+  return forward
+
+
+def make_unembed(model_config):
+  """params -> unembedding [D, V] in the model's compute dtype (as its own logits use it)."""
+  dtype = model_config.compute_dtype
+  backbone = models.backbone_module(model_config)
+  return lambda params: backbone.unembedding(params, model_config).astype(dtype)
+
+
+def make_data(config, tokenizer, model_config):
+  """(iterator, pipeline) of this host from ``config.data``; source "synth" generates
+  SynthStream in memory (``data.num_videos`` videos of ``data.split``, frames rendered lazily),
+  other sources go through ``pipeline.make_train_iterator``. ``data.narration=True`` (SynthStream
+  sources only) trains on ``synthetic.narration_record`` of each video instead of its questions:
+  a caption on every turn (pretraining a base model from scratch)."""
+  data_cfg = dict(config.data)
+  data_cfg["batch_size"] = int(config.global_batch_size)
+  source = None
+  if data_cfg.get("source") == "synth":
+    synth_cfg = synthetic.SynthConfig.from_dict(dict(data_cfg.get("synth", {})))
+    pairs = synthetic.generate(data_cfg.get("split", "train"), int(data_cfg["num_videos"]),
+                               seed=int(data_cfg.get("synth_seed", 0)), config=synth_cfg,
+                               with_frames=False)
+    source = pipeline.RecordSource([r for r, _ in pairs], frames=synthetic.render_frames)
+  if data_cfg.get("narration", False):
+    source = synthetic.NarrationSource(
+        source if source is not None else pipeline.source_from_config(data_cfg))
+  return pipeline.make_train_iterator(data_cfg, tokenizer=tokenizer, model_config=model_config,
+                                      source=source)
+
+
+def total_steps_of(config, num_trajectories: int) -> int:
+  """config.total_steps if > 0, else floor(num_epochs * trajectories / global batch)."""
+  if config.get("total_steps", -1) and config.total_steps > 0:
+    return int(config.total_steps)
+  steps = int(float(config.num_epochs) * num_trajectories // int(config.global_batch_size))
+  if steps < 1:
+    raise ValueError(f"{config.num_epochs} epochs of {num_trajectories} trajectories at global "
+                     f"batch {config.global_batch_size} is less than one step")
+  return steps
+
+
+def nn_unbox(tree):
+  """flax.linen.unbox: the plain arrays (or ShapeDtypeStructs) of a boxed parameter tree."""
+  return nn.unbox(tree)
+
+
+def load_hf_state(config, model_config, tokenizer, tx, shardings, mesh):
+  """TrainState from a Hugging Face checkpoint, loaded straight into the param shardings; with
+  ``model.reinit_decision_rows`` (default True) the decision tokens' embedding rows are drawn
+  afresh."""
+  _, params = models.backbone_module(model_config).load_hf_checkpoint(
+      config.model.hf_checkpoint, dtype=jnp.float32, shardings=shardings.params,
+      scan_layers=model_config.scan_layers)
+  if config.model.get("reinit_decision_rows", True):
+    ids = tok_lib.decision_token_ids(tokenizer)
+    v = model_config.text.vocab_size
+    reinit = lambda p: tok_lib.resize_param_vocab(p, v, reinit_ids=ids)  # noqa: E731
+    params = jax.jit(reinit, out_shardings=shardings.params)(params)
+    logging.info("re-initialised embedding rows of the decision tokens %s", ids)
+  return state_lib.state_from_params(params, tx, shardings, mesh)
