@@ -70,6 +70,8 @@ class LiveConfig:
     max_question_tokens: token budget of the questions asked in one second (sets the user-chunk
       bucket; a longer question raises QuestionTooLong).
     question_turns_in_window: questions the cache reserves room for inside one window.
+    force_response_at_ask: force </Response> on a turn where a question is asked (as the
+      harness does for multiple-choice peers; also lets a random model show answers).
     seed: sampler seed (irrelevant for greedy decoding).
   """
   frame_height: int = 224
@@ -81,6 +83,7 @@ class LiveConfig:
   system_prompt: str | None = None
   max_question_tokens: int = 64
   question_turns_in_window: int = 8
+  force_response_at_ask: bool = False
   seed: int = 0
 
   def harness_config(self) -> harness.HarnessConfig:
@@ -88,7 +91,8 @@ class LiveConfig:
         batch_size=1, frame_height=self.frame_height, frame_width=self.frame_width,
         max_text_tokens=self.max_text_tokens, window_turns=self.window_turns,
         prompt_style=self.prompt_style, constrain_decision=self.constrain_decision,
-        seed=self.seed, progress=False, system_prompt=self.system_prompt)
+        force_response_at_ask=self.force_response_at_ask, seed=self.seed, progress=False,
+        system_prompt=self.system_prompt)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,6 +233,9 @@ class LiveSession:
     # A one-row prompt whose turn k holds this second's patches (a broadcast view: no copy).
     prompt = rollout.StreamPrompt(pixel_values=np.broadcast_to(pix[None], (k + 1, *pix.shape)),
                                   question=text, ask_turn=k if text is not None else -1,
+                                  force_response_turns=(
+                                      (k,) if questions and self.model.config.force_response_at_ask
+                                      else ()),
                                   sample_id=self.stream_id)
     with self.model.lock:
       if self._cache is None:
