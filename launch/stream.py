@@ -64,7 +64,8 @@ def parse_question(spec: str) -> tuple[float, str]:
 def load_live_model():
   """(LiveModel, frame size) of the evaluate.py model flags."""
   from streampro_jax import live  # pylint: disable=g-import-not-at-top
-  workdir = os.path.join(os.path.dirname(os.path.abspath(_TRANSCRIPT.value)), ".live_tokenizer")
+  import tempfile  # pylint: disable=g-import-not-at-top
+  workdir = tempfile.mkdtemp(prefix="live_model_")   # where "random" builds its tokenizer
   params, model_config, tokenizer, train_cfg = evaluate.load_model(
       evaluate._CHECKPOINT.value, config_path=evaluate._CONFIG.value,  # pylint: disable=protected-access
       tokenizer_dir=evaluate._TOKENIZER.value, workdir=workdir)  # pylint: disable=protected-access
