@@ -1,6 +1,7 @@
 """Latency and memory of one long live stream (streampro_jax/live.py) on the tiny random model.
 
-  .venv/bin/python benchmarks/live_stream.py --turns=3600 --out=benchmarks/results/live_stream_cpu.json
+  .venv/bin/python benchmarks/live_stream.py --turns=3600 \
+      --out=benchmarks/results/live_stream_cpu.json
 
 Streams `--turns` seconds (default 3,600 = one hour) of deterministic random 32 x 32 frames
 through one LiveSession (the harness's greedy sampler, KV cache with the 200-turn sliding window

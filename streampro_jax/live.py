@@ -53,7 +53,7 @@ _BIG_TURN = 10 ** 6 - 1   # the longest time label a live stream is sized for (1
 
 
 class QuestionTooLong(ValueError):
-  """A question that does not fit the session's user-chunk bucket (LiveConfig.max_question_tokens)."""
+  """A question that does not fit the session's user-chunk bucket (max_question_tokens)."""
 
 
 @dataclasses.dataclass(frozen=True)
