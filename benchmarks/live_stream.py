@@ -1,4 +1,4 @@
-"""Latency and memory of one long live stream (streampro_jax/live.py) on the tiny random model.
+r"""Latency and memory of one long live stream (streampro_jax/live.py) on the tiny random model.
 
   .venv/bin/python benchmarks/live_stream.py --turns=3600 \
       --out=benchmarks/results/live_stream_cpu.json

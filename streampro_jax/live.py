@@ -419,24 +419,25 @@ class TranscriptWriter:
 
 
 def read_transcript(path: str) -> tuple[list[dict], dict | None]:
-  """(turn lines, summary line or None) of a transcript; a torn last line is skipped."""
+  """(turn lines, summary line or None) of a transcript. A torn last line (a process killed
+  mid-write) is skipped; any other bad line raises ValueError naming file, line and field."""
   turns, summary = [], None
   with open(path, encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
-      line = line.strip()
-      if not line:
-        continue
-      try:
-        obj = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{n}: not JSON ({e})") from e
-      if obj.get("kind") == "turn":
-        turns.append(obj)
-      elif obj.get("kind") == "summary":
-        summary = obj
-      else:
-        raise ValueError(f"{path}:{n}: field 'kind' must be 'turn' or 'summary', got "
-                         f"{obj.get('kind')!r}")
+    lines = [(n, line.strip()) for n, line in enumerate(f, 1) if line.strip()]
+  for i, (n, line) in enumerate(lines):
+    try:
+      obj = json.loads(line)
+    except json.JSONDecodeError as e:
+      if i == len(lines) - 1:
+        break
+      raise ValueError(f"{path}:{n}: not JSON ({e})") from e
+    if obj.get("kind") == "turn":
+      turns.append(obj)
+    elif obj.get("kind") == "summary":
+      summary = obj
+    else:
+      raise ValueError(f"{path}:{n}: field 'kind' must be 'turn' or 'summary', got "
+                       f"{obj.get('kind')!r}")
   return turns, summary
 
 

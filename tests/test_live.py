@@ -121,6 +121,9 @@ def test_transcript_results_are_scored_by_the_harness_scorers(tmp_path):
   # red at 3 s matches the answer (at 3 s) exactly: S = 1; blue does
   # not: P = 1/2, R = 1.
   assert qa["recall"] == pytest.approx(1.0) and qa["precision"] == pytest.approx(0.5)
+  with open(path, "a", encoding="utf-8") as f:
+    f.write('{"kind": "turn", "tur')   # killed mid-write: the torn last line is skipped
+  assert len(live.read_transcript(path)[0]) == 5
   bad = tmp_path / "bad.jsonl"
   bad.write_text('{"kind": "what"}\n')
   with pytest.raises(ValueError, match="bad.jsonl:1: field 'kind'"):
@@ -160,3 +163,39 @@ def test_stream_command_writes_the_transcript(tmp_path):
   results = live.transcript_results(turns)
   assert [r["ask_turn"] for r in results] == [0, 2]
   assert json.dumps(results)   # JSON-able, as results.jsonl lines
+
+
+@pytest.mark.slow
+def test_stream_command_ctrl_c_keeps_the_transcript(tmp_path):
+  """SIGINT while streaming in real time: exit 0, every finished turn and the summary kept."""
+  import signal
+  import time
+  from streampro_jax.data import video
+  path = str(tmp_path / "long.mp4")
+  video.encode_video(path, np.zeros((60 * 2, 16, 16, 3), np.uint8), fps=2)   # 60 s
+  transcript = str(tmp_path / "t.jsonl")
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  proc = subprocess.Popen(
+      [sys.executable, os.path.join(ROOT, "launch", "stream.py"), "--checkpoint=random",
+       f"--video={path}", "--realtime", "--silence_every=1", "--max_text_tokens=2",
+       f"--transcript={transcript}"],
+      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=str(tmp_path))
+  try:
+    deadline = time.monotonic() + 180
+    seen = 0
+    for line in proc.stdout:   # bounded: 60 s of video, and the deadline
+      seen += "silent for" in line
+      if seen >= 2 or time.monotonic() > deadline:
+        break
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=60)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+  assert proc.returncode == 0
+  assert "interrupted" in rest and "latency median" in rest
+  turns, summary = live.read_transcript(transcript)
+  assert summary is not None and summary["interrupted"] is True
+  assert 2 <= len(turns) < 60 and summary["turns"] == len(turns)
+  assert [t["turn"] for t in turns] == sorted(t["turn"] for t in turns)
