@@ -1,0 +1,119 @@
+r"""Latency and memory of one long live stream (streampro_jax/live.py) on the tiny random model.
+
+  .venv/bin/python benchmarks/live_stream.py --turns=3600 \
+      --out=benchmarks/results/live_stream_cpu.json
+
+Streams `--turns` seconds (default 3,600 = one hour) of deterministic random 32 x 32 frames
+through one LiveSession (the harness's greedy sampler, KV cache with the 200-turn sliding window
+and the pinned system prefix), asking a question every `--ask_every` seconds. Records the
+per-turn latency (median, p95 overall and per block of `--every` turns), the process RSS
+(/proc/self/status VmRSS) and the bytes of live device buffers (jax.live_arrays()) every
+`--every` turns, and whether the KV cache ever overflowed. Memory is flat when the last
+samples equal the ones just after the window filled (turn 200).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib.util
+import json
+import os
+import platform
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def rss_bytes() -> int:
+  with open("/proc/self/status", encoding="utf-8") as f:
+    for line in f:
+      if line.startswith("VmRSS:"):
+        return int(line.split()[1]) * 1024
+  return -1
+
+
+def tiny_random_model(workdir: str):
+  import flax.linen as nn
+  import jax
+  from streampro_jax import models
+  from streampro_jax.train import sft
+  spec = importlib.util.spec_from_file_location("tiny_cfg",
+                                                os.path.join(ROOT, "configs", "tiny_synthetic.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  cfg = mod.get_config()
+  tok = sft.make_tokenizer(cfg, workdir)
+  mcfg = models.config_from_section(cfg.model, tok)
+  init = jax.jit(functools.partial(models.backbone_module(mcfg).init_params, mcfg))
+  return nn.unbox(init(jax.random.key(0))), mcfg, tok, int(cfg.data.frame_height)
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--turns", type=int, default=3600)
+  p.add_argument("--every", type=int, default=100)
+  p.add_argument("--ask_every", type=int, default=60)
+  p.add_argument("--max_text_tokens", type=int, default=16)
+  p.add_argument("--constrain_decision", action=argparse.BooleanOptionalAction, default=True)
+  p.add_argument("--out", default=None)
+  args = p.parse_args()
+
+  import tempfile
+  import jax
+  import numpy as np
+  from streampro_jax import live
+
+  params, mcfg, tok, frame = tiny_random_model(tempfile.mkdtemp(prefix="live_bench_"))
+  model = live.LiveModel(params, mcfg, tok, live.LiveConfig(
+      frame_height=frame, frame_width=frame, max_text_tokens=args.max_text_tokens,
+      constrain_decision=args.constrain_decision, force_response_at_ask=True))
+  compile_s = model.warm_up()
+  session = model.new_session("bench")
+  rng = np.random.default_rng(0)
+  lat, samples, decisions = [], [], {"silence": 0, "response": 0, "invalid": 0}
+  overflow = False
+  t0 = time.perf_counter()
+  for k in range(args.turns):
+    frames = rng.integers(0, 256, (model.frames_per_turn, 32, 32, 3), dtype=np.uint8)
+    qs = [f"What is on screen at second {k}?"] if k % args.ask_every == 0 else ()
+    r = session.step(frames, qs)
+    lat.append(r.latency_s)
+    decisions[r.decision] += 1
+    overflow |= r.overflow
+    if (k + 1) % args.every == 0 or k == 0:
+      block = np.asarray(lat[-args.every:])
+      samples.append({"turn": k + 1, "rss_mb": rss_bytes() / 2 ** 20,
+                      "device_mb": sum(a.nbytes for a in jax.live_arrays()) / 2 ** 20,
+                      "median_ms": float(np.median(block) * 1e3),
+                      "p95_ms": float(np.percentile(block, 95) * 1e3)})
+      s = samples[-1]
+      print(f"turn {s['turn']:>5d}: rss {s['rss_mb']:.1f} MB, device buffers "
+            f"{s['device_mb']:.2f} MB, latency median {s['median_ms']:.1f} ms p95 "
+            f"{s['p95_ms']:.1f} ms", flush=True)
+  wall = time.perf_counter() - t0
+  summary = live.latency_summary(lat, float(args.turns))
+  after_window = [s for s in samples if s["turn"] >= 200]
+  out = {
+      "command": "python3 benchmarks/live_stream.py " + " ".join(sys.argv[1:]),
+      "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+      "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+                 f"jax {jax.__version__} {jax.devices()[0].platform}",
+      "turns": args.turns, "wall_s": wall, "compile_s": compile_s, "decisions": decisions,
+      "kv_capacity": model.capacity, "overflow": overflow, **summary,
+      "rss_mb_after_window": [min(s["rss_mb"] for s in after_window),
+                              max(s["rss_mb"] for s in after_window)] if after_window else None,
+      "device_mb_after_window": [min(s["device_mb"] for s in after_window),
+                                 max(s["device_mb"] for s in after_window)]
+      if after_window else None,
+      "samples": samples}
+  print(json.dumps({k: v for k, v in out.items() if k != "samples"}, indent=1))
+  if args.out:
+    with open(args.out, "w", encoding="utf-8") as f:
+      json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()

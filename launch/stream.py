@@ -1,0 +1,155 @@
+r"""Watch a checkpoint decide, live: stream a video one second per turn and print what it says.
+
+  .venv/bin/python launch/stream.py --checkpoint=random --video=clip.mp4 \
+      --question="What colour is the circle?@3" --question="Tell me when it moves"
+  .venv/bin/python launch/stream.py --checkpoint=/ckpt/sft_run --video=rtsp://cam/stream \
+      --question="Tell me when someone enters@0" --realtime
+
+--checkpoint, --config, --tokenizer, --frame_size, --max_text_tokens, --window_turns,
+--prompt_style and --constrain_decision are launch/evaluate.py's flags, read the same way (an HF
+folder, a training workdir or "random" = the tiny config with random weights); its benchmark
+flags are unused here. --video: a file, a folder of frames (--folder_fps), a camera
+(/dev/video0) or a stream PyAV opens (rtsp://, http://). --question (repeatable): "TEXT" (asked
+at 0 s) or "TEXT@SECONDS". --realtime paces files at one second per turn and drops seconds
+the model has fallen behind on (saying so); without it the stream runs as fast as it can
+(live sources are always paced by the source). Ctrl-C ends cleanly; the transcript is kept.
+
+Prints one line per second that has something to say (questions, </Response> answers, a
+silence count every --silence_every seconds), then per-turn latency (median, p95) and the
+real-time factor. The transcript (--transcript, JSONL, streampro_jax/live.py) is readable by the
+evaluation scorers through live.transcript_results.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import evaluate  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
+_VIDEO = flags.DEFINE_string("video", None, "Video file, folder of frames, camera device or URL.")
+_QUESTION = flags.DEFINE_multi_string("question", [], "A question, 'TEXT' or 'TEXT@SECONDS'.")
+_REALTIME = flags.DEFINE_boolean("realtime", False, "Pace at 1 s per turn, dropping seconds the "
+                                 "model falls behind on.")
+_TRANSCRIPT = flags.DEFINE_string("transcript", "live_transcript.jsonl", "Transcript JSONL.")
+_FOLDER_FPS = flags.DEFINE_float("folder_fps", 2.0, "Frames per second of a folder of frames.")
+_SILENCE_EVERY = flags.DEFINE_integer("silence_every", 10, "Print a silence count every N "
+                                      "seconds (0: never).")
+_FORCE = flags.DEFINE_boolean("force_response_at_ask", False, "Force </Response> on the second "
+                              "a question is asked (as the harness does for multiple-choice "
+                              "benchmarks).")
+_MAX_SECONDS = flags.DEFINE_integer("max_seconds", None, "Stop after this many seconds.")
+
+_AT_RE = re.compile(r"^(?P<text>.*\S)\s*@\s*(?P<sec>\d+(?:\.\d*)?)$", re.DOTALL)
+
+
+def parse_question(spec: str) -> tuple[float, str]:
+  """'TEXT@SECONDS' -> (seconds, text); 'TEXT' -> (0, text)."""
+  m = _AT_RE.match(spec.strip())
+  if m:
+    return float(m.group("sec")), m.group("text").strip()
+  if not spec.strip():
+    raise app.UsageError("--question must not be empty")
+  return 0.0, spec.strip()
+
+
+def load_live_model():
+  """(LiveModel, frame size) of the evaluate.py model flags."""
+  from streampro_jax import live  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  workdir = tempfile.mkdtemp(prefix="live_model_")   # where "random" builds its tokenizer
+  params, model_config, tokenizer, train_cfg = evaluate.load_model(
+      evaluate._CHECKPOINT.value, config_path=evaluate._CONFIG.value,  # pylint: disable=protected-access
+      tokenizer_dir=evaluate._TOKENIZER.value, workdir=workdir)  # pylint: disable=protected-access
+  frame = evaluate._FRAME_SIZE.value  # pylint: disable=protected-access
+  if not frame:
+    frame, _ = evaluate.trained_frame_size(evaluate._CHECKPOINT.value, train_cfg)  # pylint: disable=protected-access
+  cfg = live.LiveConfig(
+      frame_height=frame, frame_width=frame,
+      max_text_tokens=evaluate._MAX_TEXT_TOKENS.value,  # pylint: disable=protected-access
+      window_turns=evaluate._WINDOW_TURNS.value,  # pylint: disable=protected-access
+      prompt_style=evaluate._PROMPT_STYLE.value,  # pylint: disable=protected-access
+      constrain_decision=evaluate._CONSTRAIN.value,  # pylint: disable=protected-access
+      force_response_at_ask=_FORCE.value)
+  return live.LiveModel(params, model_config, tokenizer, cfg)
+
+
+def main(argv):
+  del argv
+  if not evaluate._CHECKPOINT.value or not _VIDEO.value:  # pylint: disable=protected-access
+    raise app.UsageError("--checkpoint and --video are required")
+  evaluate.checkpoint_kind(evaluate._CHECKPOINT.value)  # pylint: disable=protected-access
+  os.environ.setdefault("HF_HUB_OFFLINE", "1")
+  from streampro_jax import live  # pylint: disable=g-import-not-at-top
+  from streampro_jax.data import chat_format  # pylint: disable=g-import-not-at-top
+
+  questions = sorted((parse_question(q) for q in _QUESTION.value), key=lambda x: x[0])
+  model = load_live_model()
+  size = (model.config.frame_height, model.config.frame_width)
+  source = _VIDEO.value
+  paced_by_source = live.is_live_source(source)
+  stream_id = os.path.splitext(os.path.basename(os.path.normpath(source)))[0] or "live"
+  writer = live.TranscriptWriter(_TRANSCRIPT.value, stream_id)
+  session = model.new_session(stream_id)
+  pace = "real time" if _REALTIME.value or paced_by_source else "as fast as possible"
+  print(f"streaming {source} ({pace}); transcript {_TRANSCRIPT.value}", flush=True)
+  print("compiling ...", flush=True)
+  model.warm_up()
+  latencies, dropped_all, pending_drop = [], [], []
+  silent, last_k, interrupted = 0, -1, False
+  start = time.monotonic()
+  try:
+    for k, frames in live.iter_source(source, frames_per_turn=model.frames_per_turn, size=size,
+                                      folder_fps=_FOLDER_FPS.value):
+      if _MAX_SECONDS.value is not None and k >= _MAX_SECONDS.value:
+        break
+      if _REALTIME.value or paced_by_source:
+        due = start + k + 1   # second k has fully arrived
+        now = time.monotonic()
+        if now < due and not paced_by_source:
+          time.sleep(due - now)
+        elif now - due >= 1.0:   # the next second is already here: drop this one
+          pending_drop.append(k)
+          dropped_all.append(k)
+          print(f"[{k:>5d}s] dropped: the model is {now - due:.1f} s behind real time",
+                flush=True)
+          continue
+      asked = [q for t, q in questions if chat_format.ask_turn(t, 10 ** 9) <= k]
+      questions = [(t, q) for t, q in questions if chat_format.ask_turn(t, 10 ** 9) > k]
+      result = session.step(frames, asked, turn=k)
+      writer.turn(result, pending_drop)
+      pending_drop = []
+      latencies.append(result.latency_s)
+      last_k = k
+      for line in live.format_turn_line(result):
+        print(line, flush=True)
+      silent = 0 if result.decision == "response" else silent + 1
+      if result.overflow:
+        print(f"[{k:>5d}s] warning: KV cache overflow", flush=True)
+      if _SILENCE_EVERY.value and silent and silent % _SILENCE_EVERY.value == 0:
+        print(f"[{result.time:>5.0f}s] ... silent for {silent} s", flush=True)
+  except KeyboardInterrupt:
+    interrupted = True
+    print("\ninterrupted: closing the transcript", flush=True)
+  wall = time.monotonic() - start
+  summary = live.latency_summary(latencies, stream_seconds=float(last_k + 1))
+  summary.update(seconds=last_k + 1, dropped=len(dropped_all), wall_s=round(wall, 3),
+                 interrupted=interrupted,
+                 unasked=[q for _, q in questions])
+  writer.summary(summary)
+  writer.close()
+  print(f"{summary['turns']} turns over {last_k + 1} s ({len(dropped_all)} dropped): latency "
+        f"median {summary['median_ms']:.1f} ms, p95 {summary['p95_ms']:.1f} ms, real-time "
+        f"factor {summary['real_time_factor']:.3f}; transcript {_TRANSCRIPT.value}", flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
