@@ -28,7 +28,7 @@ import ml_collections
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from streampro_jax.data import pipeline  # noqa: E402  pylint: disable=g-import-not-at-top
 
-# Vision tower frozen, patch merger and LLM trained (SPEC section 1).
+# Vision tower frozen, patch merger and LLM trained (docs/method.md section 1).
 FROZEN_VISION = r"^visual/(?!merger/)"
 
 

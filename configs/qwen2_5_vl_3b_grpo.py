@@ -10,13 +10,13 @@ tokenizer, with the decision tokens); the weights come from the newest checkpoin
 init.sft_workdir (a launch/train_sft.py run with configs/qwen2_5_vl_3b_sft.py). With an exported
 SFT model instead: --config.init.sft_workdir= --config.model.hf_checkpoint=/path/to/export.
 
-Paper (SPEC section 3): G = 8 rollouts per sample at temperature 1.0, lr 1e-6, global batch 16,
-1 epoch; R = 0.1 R_fmt + 0.45 R_turn + 0.45 R_traj with tau = 8 s for every task; StreamPro-Bench
-W-Avg 16.3 (SFT) -> 28.1 (GRPO). Not given by the paper, SPEC's defaults: clip epsilon 0.2, KL
-beta 0.04 with the k3 estimator, advantage (r - mean) / (std (ddof 1) + 1e-6), loss = mean over
-sequences of the per-sequence token mean, one optimisation pass per batch (on-policy; the
-behaviour log-probs are the sampler's). [choice] marks settings the paper does not give.
-Every field is documented in configs/tiny_synthetic_grpo.py.
+Paper (docs/method.md section 3): G = 8 rollouts per sample at temperature 1.0, lr 1e-6, global
+batch 16, 1 epoch; R = 0.1 R_fmt + 0.45 R_turn + 0.45 R_traj with tau = 8 s for every task;
+StreamPro-Bench W-Avg 16.3 (SFT) -> 28.1 (GRPO). Not given by the paper, docs/method.md's defaults:
+clip epsilon 0.2, KL beta 0.04 with the k3 estimator, advantage (r - mean) / (std (ddof 1) + 1e-6),
+loss = mean over sequences of the per-sequence token mean, one optimisation pass per batch
+(on-policy; the behaviour log-probs are the sampler's). [choice] marks settings the paper does not
+give. Every field is documented in configs/tiny_synthetic_grpo.py.
 """
 
 import os

@@ -1,4 +1,5 @@
-"""StreamPro SFT of Qwen2.5-VL-3B with the CB-Stream loss (paper settings, SPEC section 2).
+"""StreamPro SFT of Qwen2.5-VL-3B with the CB-Stream loss (paper settings,
+docs/method.md section 2).
 
 Paper: lr 1e-5, global batch 512, 1 epoch, CB-Stream beta 0.9999, lambda_text 2, vision tower
 frozen, projector (patch merger) + LLM trained; 64 H100 for 24 h.

@@ -5,8 +5,8 @@
       --config.init.sft_workdir=/runs/sft4b --config.data.jsonl=/data/grpo_train.jsonl \
       --config.reward.judge.base_url=http://judge:8000/v1 --workdir /runs/grpo4b
 
-Same settings as configs/qwen2_5_vl_3b_grpo.py (paper, SPEC section 3: G 8, temperature 1.0,
-lr 1e-6, global batch 16, tau 8, reward weights 0.1/0.45/0.45; epsilon 0.2, beta_KL 0.04 k3),
+Same settings as configs/qwen2_5_vl_3b_grpo.py (paper, docs/method.md section 3: G 8, temperature
+1.0, lr 1e-6, global batch 16, tau 8, reward weights 0.1/0.45/0.45; epsilon 0.2, beta_KL 0.04 k3),
 with Qwen3-VL's frozen set and frames as in configs/qwen3_vl_4b_sft.py. Paper: StreamPro-Bench
 W-Avg 24.7 (SFT) -> 41.5 (GRPO).
 """

@@ -3,9 +3,9 @@
   .venv/bin/python launch/train_sft.py \
       --config configs/qwen3_vl_4b_sft.py:/checkpoints/Qwen3-VL-4B-Instruct --workdir /runs/sft4b
 
-Same settings as configs/qwen2_5_vl_3b_sft.py (paper, SPEC section 2: lr 1e-5, global batch 512,
-1 epoch, CB-Stream beta 0.9999, lambda_text 2; vision encoder frozen, projector and LLM trained),
-with the Qwen3-VL differences:
+Same settings as configs/qwen2_5_vl_3b_sft.py (paper, docs/method.md section 2: lr 1e-5, global
+batch 512, 1 epoch, CB-Stream beta 0.9999, lambda_text 2; vision encoder frozen, projector and LLM
+trained), with the Qwen3-VL differences:
 - [choice] Qwen3-VL's projector is the patch merger AND the DeepStack mergers
   (visual/deepstack_merger_list_*): both are trained; the vision blocks, the patch embedding and
   the learned position table are frozen.

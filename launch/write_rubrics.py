@@ -1,4 +1,5 @@
-r"""Writes the trajectory rubrics of an RL annotation file before GRPO (SPEC section 3, App. E).
+r"""Writes the trajectory rubrics of an RL annotation file before GRPO (docs/method.md section 3,
+App. E).
 
 For every question of every record, the rubric writer (an LLM judge: prompts.RUBRIC_WRITE_*, any
 backend of judges.build_judge) gets the question and its timestamped reference answers and

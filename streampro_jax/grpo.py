@@ -1,4 +1,4 @@
-"""GRPO for StreamPro stage 2 (SPEC section 3).
+"""GRPO for StreamPro stage 2 (docs/method.md section 3).
 
 Layout of this module:
   1. Per-token log-probabilities (from logits, or chunked from hidden states).
@@ -106,7 +106,8 @@ def group_advantages(rewards: Array, group_size: int, *, eps: float = 1e-6,
     rewards: f32[N], N = num_groups * group_size, groups contiguous.
     group_size: static G >= 1 (G > ddof).
     eps: added to the std.
-    ddof: delta degrees of freedom of the std (1 = sample std, as SPEC; 0 = population std).
+    ddof: delta degrees of freedom of the std (1 = sample std, as docs/method.md; 0 = population
+    std).
 
   Returns:
     f32[N].
@@ -267,7 +268,7 @@ def grpo_loss_sum_and_count(logps: Array, old_logps: Array, ref_logps: Array | N
 def grpo_loss(logps: Array, old_logps: Array, ref_logps: Array | None, advantages: Array,
               mask: Array, *, epsilon: float = 0.2, beta: float = 0.04, kl: str = "k3",
               aggregation: str = "sequence-mean-token-mean") -> Array:
-  """GRPO objective (to minimise), SPEC section 3.
+  """GRPO objective (to minimise), docs/method.md section 3.
 
   r_t    = exp(logp_t - old_logp_t)
   loss_t = -min(r_t * A_b, clip(r_t, 1 - epsilon, 1 + epsilon) * A_b) + beta * KL_t
@@ -380,7 +381,7 @@ def group_statistics(rewards: Array, group_size: int) -> dict[str, Array]:
 
 @dataclasses.dataclass(frozen=True)
 class GRPOStepConfig:
-  """Hyper-parameters of the GRPO update (SPEC section 3 defaults).
+  """Hyper-parameters of the GRPO update (docs/method.md section 3 defaults).
 
   Attributes:
     group_size: G rollouts per sample (rows b * G .. b * G + G - 1 form a group).

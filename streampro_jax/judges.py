@@ -1,14 +1,14 @@
 """Judges for the GRPO rewards and the benchmark: one interface, three implementations.
 
-A judge answers two batched questions (SPEC section 3, "Judges"):
+A judge answers two batched questions (docs/method.md section 3, "Judges"):
   score_answers(items)                  -> [score in [0, 1] or None]     (S_acc; LLM score / 5)
   check_rubric(trajectory, checks, ...) -> [True/False or None]          (R_traj checkpoints)
 LLM judges also write rubrics (offline, launch/write_rubrics.py): write_rubric_items(question,
 answers) -> [{"rubric_id", "dimension", "rubric"}] or None (write_rubrics: batched).
 
 Temporal Grounding (task "TG") items are scored by every judge as the IoU of the prediction's
-"Xs-Ys" span with the reference's (spans.text_iou), never by an LLM (SPEC: whatever judge is
-configured); a TG reference without a span is a failure (None, counted).
+"Xs-Ys" span with the reference's (spans.text_iou), never by an LLM (docs/method.md: whatever judge
+is configured); a TG reference without a span is a failure (None, counted).
 
 None means the judge failed on that item (timeout after the retries, HTTP error, malformed reply,
 unparseable number). Failures are counted in `judge.stats` (a JudgeStats) and reported; they are
@@ -385,7 +385,7 @@ class _LLMJudge:
                          min_checks: int = 6, max_checks: int = 10
                          ) -> list[dict[str, Any]] | None:
     """Rubric items {"rubric_id", "dimension", "rubric"} for a question and its (time, text)
-    answers (SPEC section 3: 6 to 10, all three dimensions), or None on failure."""
+    answers (docs/method.md section 3: 6 to 10, all three dimensions), or None on failure."""
     return self.write_rubrics([question], [answers], min_checks=min_checks,
                               max_checks=max_checks)[0]
 

@@ -63,7 +63,7 @@ class LiveConfig:
   Attributes:
     frame_height, frame_width: every frame is resized to this size.
     max_text_tokens: response text tokens before <|im_end|> is forced.
-    window_turns: sliding window of the KV cache in turns (seconds); SPEC: 200.
+    window_turns: sliding window of the KV cache in turns (seconds); docs/method.md: 200.
     prompt_style: "streampro" or "wait" (rollout.WaitPromptFormat).
     constrain_decision: restrict the first token to the decision tokens.
     system_prompt: None: chat_format.SYSTEM_PROMPT.

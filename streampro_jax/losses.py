@@ -1,6 +1,6 @@
 """Stage-1 (SFT) losses: CB-Stream, plain cross-entropy and the Streamo focal baseline.
 
-All three share one shape convention (SPEC section 2):
+All three share one shape convention (docs/method.md section 2):
 
   logits    f32[B, T, V]  (any float dtype; the math runs in float32)
   labels    i32[B, T]     target token at each position (already shifted)
@@ -230,7 +230,7 @@ def effective_number(n: Array, beta: float) -> Array:
 
 
 def cb_stream_class_weights(class_counts: Array, beta: float = 0.9999) -> Array:
-  """Class-balanced weights of the decision classes (SPEC section 2).
+  """Class-balanced weights of the decision classes (docs/method.md section 2).
 
   E_k = (1 - beta**n_k) / (1 - beta)
   w_k = (1 / E_k) / sum_{j present} (1 / E_j) * |S_present|    (w_k = 0 for an absent class)
@@ -353,7 +353,7 @@ def cb_stream_loss_sum_and_count(logits: Array, labels: Array, loss_mask: Array,
 def cb_stream_loss(logits: Array, labels: Array, loss_mask: Array, *, decision_token_ids,
                    beta: float = 0.9999, text_weight: float = 2.0,
                    class_counts: Array | None = None) -> Array:
-  """Class-balanced streaming loss (CB-Stream, SPEC section 2).
+  """Class-balanced streaming loss (CB-Stream, docs/method.md section 2).
 
   n_k   = number of supervised positions with target k, for k in S = decision tokens
   E_k   = (1 - beta**n_k) / (1 - beta)
@@ -410,7 +410,7 @@ def focal_stream_loss_sum_and_count(logits: Array, labels: Array, loss_mask: Arr
 
 def focal_stream_loss(logits: Array, labels: Array, loss_mask: Array, *, decision_token_ids,
                       gamma: float = 2.0, class_counts: Array | None = None) -> Array:
-  """Streamo focal baseline (SPEC section 2).
+  """Streamo focal baseline (docs/method.md section 2).
 
   alpha_k = (sum_j n_j / n_k) / |S_present|               (constant in the gradient)
   l_i     = alpha_{y_i} * (1 - p_i)**gamma * (-log p_i)   if y_i in S

@@ -1,8 +1,8 @@
 """Every prompt and special token of the project, and the parsers of the judges' replies.
 
 The streaming system prompt (STREAMING_SYSTEM_PROMPT, what the model is told while it watches) and
-three judge jobs, as in the paper (SPEC sections 1 and 3, "Judges"; the paper's App. E prompts
-followed rule by rule in our own words):
+three judge jobs, as in the paper (docs/method.md sections 1 and 3, "Judges"; the paper's App. E
+prompts followed rule by rule in our own words):
   - answer score: 0 to 5 for a predicted answer against the reference; S_acc = score / 5; the
     reply is a JSON object {"explanation": one sentence, "score": integer 0-5} and nothing else;
   - rubric check: pass/fail of each trajectory checkpoint on a whole predicted trajectory
@@ -43,7 +43,7 @@ VISION_END = "<|vision_end|>"
 VIDEO_PAD = "<|video_pad|>"
 PAD = "<|endoftext|>"
 
-# ---- the streaming system prompt (SPEC section 1; the paper's App. E rules, our wording) -------
+# ---- the streaming system prompt (docs/method.md section 1; the paper's App. E rules, our wording)
 
 STREAMING_SYSTEM_PROMPT = (
     "You are watching a live video stream together with a user. The frames arrive one second "
@@ -61,7 +61,7 @@ not complete or the input is irrelevant; </Response> only when the event has con
 information suffices for a complete final answer; no partial answers, no speculation; every
 answer starts with </Response>."""
 
-# ---- the answer judge (S_acc; SPEC section 3 "Judges") -----------------------------------------
+# ---- the answer judge (S_acc; docs/method.md section 3 "Judges") ---------------------------------
 
 ANSWER_SCORE_SYSTEM = (
     "You grade the answers a video assistant gives to questions about a video. You compare the "
@@ -113,7 +113,7 @@ checkpoint about content fails when the point is missing or hallucinated.
 Reply with exactly one line per checkpoint, in order, formatted as "<number>: PASS" or
 "<number>: FAIL", and nothing else."""
 
-# ---- the rubric writer (offline, before RL; SPEC section 3, App. E) ----------------------------
+# ---- the rubric writer (offline, before RL; docs/method.md section 3, App. E) --------------------
 
 RUBRIC_DIMENSIONS = ("granularity", "coherence", "coverage")
 

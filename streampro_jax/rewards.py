@@ -1,7 +1,7 @@
 """Stage-2 (GRPO) rewards: format, turn-level F1, trajectory rubric, and their combination.
 
-SPEC section 3. The jittable reward functions take fixed-shape arrays with masks, so a whole group
-(or batch) of rollouts is scored with jax.vmap over a leading axis:
+docs/method.md section 3. The jittable reward functions take fixed-shape arrays with masks, so a
+whole group (or batch) of rollouts is scored with jax.vmap over a leading axis:
 
   R = w_fmt * R_fmt + w_turn * R_turn + w_traj * R_traj,    weights (0.1, 0.45, 0.45)
 
@@ -106,7 +106,8 @@ MATCHING_ORDERS = ("gt_first", "prediction_first")
 def turn_f1_reward(pred_times: Array, pred_mask: Array, gt_times: Array, gt_mask: Array,
                    acc: Array, *, tau: float = 8.0, proactive: bool = False,
                    matching: str = "gt_first") -> Array:
-  """Turn-level F1 reward R_turn with GT-first greedy matching (SPEC section 3, Algorithm 1).
+  """Turn-level F1 reward R_turn with GT-first greedy matching (docs/method.md section 3,
+  Algorithm 1).
 
   S_time(p, g) = max(0, 1 - |t_p - t_g| / tau)
   S'(p, g)     = S_time(p, g) + acc[p, g]
@@ -288,7 +289,8 @@ def _answer_fields(answer) -> tuple[float, str]:
 
 
 def predictions_from_messages(messages: Sequence[str]) -> list[tuple[float, str]]:
-  """[(t_p, text)] of a rollout: turn k (0-based) responding gives t_p = k + 1 (SPEC section 1)."""
+  """[(t_p, text)] of a rollout: turn k (0-based) responding gives t_p = k + 1
+  (docs/method.md section 1)."""
   out = []
   for k, m in enumerate(messages):
     parsed = parse_message(m)
@@ -369,7 +371,8 @@ def group_turn_f1_inputs(group_messages: Sequence[Sequence[str]], answers: Seque
           items.append(judges_lib.AnswerItem(question=question, prediction=text_p,
                                              reference=text_g, task=task))
   if items and task.upper() == "TG":
-    # Temporal Grounding: S_acc is the span IoU whatever the judge (SPEC section 3); no judge call.
+    # Temporal Grounding: S_acc is the span IoU whatever the judge (docs/method.md section 3); no
+    # judge call.
     from streampro_jax import spans  # pylint: disable=g-import-not-at-top
     scores = [spans.text_iou(it.prediction, it.reference) for it in items]
   elif items:

@@ -1,6 +1,6 @@
 """Streaming sampler: B samples x G rollouts (N = B * G rows) generated in lockstep, turn by turn.
 
-What one call of `StreamingSampler.sample` does (SPEC sections 1 and 3):
+What one call of `StreamingSampler.sample` does (docs/method.md sections 1 and 3):
 
   1. write the pinned system prefix (``<|im_start|>system\\n...<|im_end|>\\n``) into a KV cache
      of N rows (models/kv_cache.py, sliding window of `window_turns` turns, default 200);
@@ -87,7 +87,7 @@ class SamplerConfig:
     temperature: sampling temperature; 0 means greedy (argmax).
     top_p: nucleus mass in (0, 1]; 1 disables the filter.
     max_text_tokens: text tokens after the decision token before <|im_end|> is forced.
-    window_turns: sliding window of the KV cache in turns (SPEC: 200).
+    window_turns: sliding window of the KV cache in turns (docs/method.md: 200).
     constrain_decision: sample the first token among {</Silence>, </Response>} only and force
       <|im_end|> after </Silence> (off: every token is sampled from the whole vocabulary, so a
       message can be invalid, which R_fmt measures).
@@ -233,7 +233,7 @@ WAIT_INSTRUCTION = (
 
 
 class WaitPromptFormat:
-  """Offline prompting of a plain video-LLM (SPEC section 4, baselines).
+  """Offline prompting of a plain video-LLM (docs/method.md section 4, baselines).
 
   Every user turn holds the time label, the frames and, from the ask turn on
   (`repeat_question`), the instruction `WAIT_INSTRUCTION` with the question; the model answers
@@ -346,7 +346,7 @@ class RolloutBatch:
             if self.decisions[row, k] == RESPONSE]
 
   def as_batch(self) -> dict[str, np.ndarray]:
-    """The arrays a train step takes (CONVENTIONS batch keys + old_logps)."""
+    """The arrays a train step takes (batch keys of docs/architecture.md + old_logps)."""
     return {k: getattr(self, k) for k in self.BATCH_KEYS}
 
 

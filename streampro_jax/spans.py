@@ -2,8 +2,8 @@
 
 TG answers are scored by the IoU of the predicted span with the ground-truth span, in the RL reward
 (rewards.group_turn_f1_inputs), in every judge (judges.*) and in the benchmark metric
-(bench/streampro_f1), never by an LLM (SPEC sections 3 and 4). All three use these functions, so
-one reply gets one S_acc everywhere. No dependencies.
+(bench/streampro_f1), never by an LLM (docs/method.md sections 3 and 4). All three use these
+functions, so one reply gets one S_acc everywhere. No dependencies.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""StreamPro-F1 (SPEC section 4): windows, tolerances, matching, aggregation -- by hand."""
+"""StreamPro-F1 (docs/method.md section 4): windows, tolerances, matching, aggregation -- by
+hand."""
 
 import pytest
 
@@ -183,7 +184,7 @@ def test_five_point_judge_and_question_passed():
 
 
 def test_aggregate_reproduces_paper():
-  # StreamPro-GRPO-4B per-task F1 and the QA counts (SPEC section 4).
+  # StreamPro-GRPO-4B per-task F1 and the QA counts (docs/method.md section 4).
   task_f1 = {"EU": 54.6, "OU": 36.4, "AA": 43.5, "TP": 58.8, "TG": 31.4, "GP": 10.6, "RF": 6.3}
   out = f1m.aggregate(task_f1, f1m.PAPER_QA_COUNTS)
   paper = {"PU": 45.0, "TR": 44.4, "PA": 7.6, "Avg": 32.3, "W-Avg": 41.5}

@@ -82,7 +82,7 @@ def test_parse_rubric_checks_and_rubric():
 
 
 def test_prompts_state_the_papers_rules():
-  """Each rule SPEC section 3 ("Judges") gives the paper's prompts is present in ours."""
+  """Each rule docs/method.md section 3 ("Judges") gives the paper's prompts is present in ours."""
   judge = (prompts.ANSWER_SCORE_SYSTEM + prompts.ANSWER_SCORE_TEMPLATE).lower()
   for phrase in ("directly answers the question", "does not have to repeat every detail",
                  "simplified, rephrased, high-level", "secondary or illustrative details",

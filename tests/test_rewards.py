@@ -1,5 +1,5 @@
-"""Tests of streampro_jax.rewards: hand-computed cases for every rule of SPEC section 3 and a
-pure-Python reference of the turn-level F1 matching compared on random inputs."""
+"""Tests of streampro_jax.rewards: hand-computed cases for every rule of docs/method.md section 3
+and a pure-Python reference of the turn-level F1 matching compared on random inputs."""
 
 import functools
 
@@ -148,7 +148,7 @@ def test_vmap_over_group():
 
 
 def reference_turn_f1(preds, gts, acc, tau, proactive):
-  """Plain-Python GT-first greedy matching, written from SPEC section 3."""
+  """Plain-Python GT-first greedy matching, written from docs/method.md section 3."""
   if not preds and not gts:
     return 1.0
   if not preds or not gts:

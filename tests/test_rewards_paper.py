@@ -1,5 +1,5 @@
-"""Turn-level F1 as the paper's Algorithm 1 (SPEC section 3), and the rewards' argument handling
-(issue 20 item 1, issue 16 item 9): hand-computed numbers."""
+"""Turn-level F1 as the paper's Algorithm 1 (docs/method.md section 3), and the rewards' argument
+handling (issue 20 item 1, issue 16 item 9): hand-computed numbers."""
 
 import jax
 import jax.numpy as jnp

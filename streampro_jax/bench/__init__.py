@@ -2,7 +2,7 @@
 
 Modules (import them by name; none is imported here, so that `import streampro_jax.bench` stays
 light and matplotlib is only loaded by `report`):
-  streampro_f1    StreamPro-F1 (score_qa, aggregate, score_benchmark) -- SPEC section 4
+  streampro_f1    StreamPro-F1 (score_qa, aggregate, score_benchmark) -- docs/method.md section 4
   streamingbench  StreamingBench RTVU and Proactive Output scoring (official count.py rules)
   ovo             OVO-Bench scoring (official OVOBenchOfflineScore rules)
   pauc            ProactiveVideoQA PAUC

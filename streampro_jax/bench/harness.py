@@ -15,7 +15,7 @@ Result line (JSON): {"id", "record_id", "question_id", "task", "num_turns", "ask
              "text": ..., "message": ...}, ...]}.
 
 Prompt styles: "streampro" (the StreamPro chat format with its decision tokens) and "wait" (a
-plain video-LLM prompted every turn to reply "Wait" until it can answer; SPEC section 4
+plain video-LLM prompted every turn to reply "Wait" until it can answer; docs/method.md section 4
 baselines; rollout.WaitPromptFormat).
 
 Peer benchmarks (records from data/peer_loaders.py) go through the same run; the adapters at the
@@ -115,7 +115,7 @@ class HarnessConfig:
     batch_size: videos (items) run together in lockstep.
     frame_height, frame_width: every frame is resized to this size (multiples of patch * merge).
     max_text_tokens: response text tokens before <|im_end|> is forced.
-    window_turns: sliding window of the KV cache (SPEC: 200 turns).
+    window_turns: sliding window of the KV cache (docs/method.md: 200 turns).
     max_turns: cut streams after this many turns (None: whole videos).
     prompt_style: "streampro" or "wait".
     constrain_decision: restrict the first token to the decision tokens (streampro style).

@@ -1,4 +1,4 @@
-"""StreamPro-F1: the StreamPro-Bench metric (SPEC section 4).
+"""StreamPro-F1: the StreamPro-Bench metric (docs/method.md section 4).
 
 One QA of StreamPro-Bench has a question, one or more timestamped ground-truth answers, and the
 model's timestamped responses (predictions). The metric is computed in four steps:
@@ -20,12 +20,13 @@ model's timestamped responses (predictions). The metric is computed in four step
               ground-truth span (unparseable prediction: IoU 0).
 4. P = sum_answers(best S) / N_pred, R = sum_answers(best S) / N_gt, F1 = 2PR / (P + R), 0 when
    P + R = 0. Edge cases [choice]: N_pred = 0 and N_gt = 0 gives P = R = F1 = 1 (nothing to say,
-   nothing said; as R_turn in SPEC section 3); N_pred = 0 < N_gt gives P = R = F1 = 0;
+   nothing said; as R_turn in docs/method.md section 3); N_pred = 0 < N_gt gives P = R = F1 = 0;
    N_gt = 0 < N_pred gives P = R = F1 = 0.
 
-Benchmark aggregation ([choice] of SPEC section 4): task F1 = mean of per-QA F1 over the task's QA;
-dimension F1 = QA-weighted mean of its tasks' F1; W-Avg = QA-weighted mean over all QA; Avg = plain
-mean of the three dimension F1s. All values here are fractions in [0, 1] (the report prints x100).
+Benchmark aggregation ([choice] of docs/method.md section 4): task F1 = mean of per-QA F1 over the
+task's QA; dimension F1 = QA-weighted mean of its tasks' F1; W-Avg = QA-weighted mean over all QA;
+Avg = plain mean of the three dimension F1s. All values here are fractions in [0, 1] (the report
+prints x100).
 
 Answer encoding (dicts as in the annotation schema, or any object with the same attributes):
   * point answers {"time": t, "text": ...}: t is the best response time. For RF this is the best
@@ -52,7 +53,7 @@ Judge = Callable[[str, str, str], float]
 
 @dataclasses.dataclass(frozen=True)
 class TaskSetting:
-  """Window and tolerance of one StreamPro-Bench task (SPEC section 4 table).
+  """Window and tolerance of one StreamPro-Bench task (docs/method.md section 4 table).
 
   The window of an answer is [ref_lo + window_before, ref_hi + window_after] where
   (ref_lo, ref_hi) = (start, end) for interval answers and (t_best, t_best) for point answers;
@@ -84,7 +85,7 @@ TASK_SETTINGS: dict[str, TaskSetting] = {
 
 TASKS = ("EU", "OU", "AA", "TP", "TG", "GP", "RF")
 DIMENSIONS = {"PU": ("EU", "OU", "AA"), "TR": ("TP", "TG"), "PA": ("GP", "RF")}
-# QA counts of StreamPro-Bench (paper, SPEC section 4).
+# QA counts of StreamPro-Bench (paper, docs/method.md section 4).
 PAPER_QA_COUNTS = {"EU": 166, "OU": 144, "AA": 240, "TP": 296, "TG": 331, "GP": 33, "RF": 75}
 RF_HAZARD_LEAD = 3.0   # RF: the best response time is this many seconds before the hazard.
 

@@ -7,7 +7,7 @@ Layout (Qwen2.5-VL chat template; BUILD_NOTES.md), for turns k = 0 .. K-1::
       <|vision_start|>{<|video_pad|> x n}<|vision_end|><|im_end|>\\n     (one line, split here)
   <|im_start|>assistant\\n</Silence><|im_end|>\\n        (or </Response>{answer text})
 
-Turn timing (SPEC section 1, CONVENTIONS.md):
+Turn timing (docs/method.md section 1, docs/architecture.md):
   * K = ceil(duration); turn k covers <ks-(k+1)s> and happens at time Y = k + 1;
   * a question asked at time a goes on turn floor(a), clipped to K - 1;
   * an answer with response time t goes on turn max(ceil(t) - 1, 0, ask_turn);
@@ -54,8 +54,8 @@ DECISION_RESPONSE = 2
 TIME_EPS = 1e-6
 
 SYSTEM_PROMPT = prompts.STREAMING_SYSTEM_PROMPT
-"""The one system prompt (SPEC section 1; its text and rules live in streampro_jax/prompts.py).
-Configs refer to this constant."""
+"""The one system prompt (docs/method.md section 1; its text and rules live in
+streampro_jax/prompts.py). Configs refer to this constant."""
 
 
 # ------------------------------------------------------------------------------------------------

@@ -22,10 +22,10 @@ bounded by the largest single record. Bad input records follow a ``fail``/``skip
 ``skip`` each one is counted and listed (file, record index/line, field, reason) in
 ``ImportStats``; nothing is dropped silently.
 
-Timing (CONVENTIONS.md, SPEC section 1): turn k covers ``<ks-(k+1)s>``; a question asked at
-time a goes on turn ``floor(a)``; an answer with response time t goes on turn
+Timing (docs/architecture.md, docs/method.md section 1): turn k covers ``<ks-(k+1)s>``; a question
+asked at time a goes on turn ``floor(a)``; an answer with response time t goes on turn
 ``max(ceil(t) - 1, 0, ask_turn)``; K = ceil(duration) turns. Streamo has a third decision,
-``</Standby>``, which SPEC does not have: it becomes silence (counted in ``meta``).
+``</Standby>``, which docs/method.md does not have: it becomes silence (counted in ``meta``).
 """
 
 from __future__ import annotations
@@ -49,11 +49,12 @@ FORMATS = ("streamo_raw", "streamo_stream", "timechat_online", "videochat_flash"
 SILENCE = prompts.SILENCE_TOKEN
 STANDBY = "</Standby>"
 RESPONSE = prompts.RESPONSE_TOKEN
-STANDBY_NOTE = "Streamo </Standby> turns mapped to </Silence> (SPEC has no standby token)"
+STANDBY_NOTE = "Streamo </Standby> turns mapped to </Silence> (docs/method.md has no standby token)"
 # Streamo's converter puts this question on <0s-1s> when an entry has none.
 STREAMO_DEFAULT_QUESTION = "Find all significant events in the video and describe them."
 
-# Streamo task_type (lower-cased, punctuation removed) -> SPEC task. Keyword rules follow.
+# Streamo task_type (lower-cased, punctuation removed) -> task of docs/method.md. Keyword rules
+# follow.
 DEFAULT_STREAMO_TASK_MAP = {
     "qa": "EU",
     "timesensitiveqa": "EU",
@@ -341,8 +342,8 @@ class Options:
     streamo_interval_end_offset: a Streamo interval response (st_time, end_time) becomes
       ``{start: st_time, end: end_time + offset}``. 1.0 reproduces Streamo's converter, which
       answers on the turn after end_time; 0.0 answers on the turn that ends at end_time.
-    streamo_task_map: Streamo task_type -> SPEC task (keys normalised: lower case, letters and
-      digits only); merged over DEFAULT_STREAMO_TASK_MAP.
+    streamo_task_map: Streamo task_type -> task of docs/method.md (keys normalised: lower case,
+      letters and digits only); merged over DEFAULT_STREAMO_TASK_MAP.
     default_task: task for formats without a task label (TimeChat-Online, VideoChat-Flash,
       simple rows without ``task``), and for unknown Streamo task types when not None.
     group_by_video: merge consecutive raw entries with the same video into one record.

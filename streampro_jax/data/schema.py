@@ -54,7 +54,8 @@ TASK_DIMENSION = {
 """StreamPro-Bench dimension of each task (PU perception, TR temporal reasoning, PA agency)."""
 
 INTERVAL_TASKS = ("EU", "TP")
-"""Tasks whose benchmark answers are intervals (SPEC section 4); not enforced by the parser."""
+"""Tasks whose benchmark answers are intervals (docs/method.md section 4); not enforced by the
+parser."""
 
 SYNTH_PREFIX = "synth://"
 

@@ -1,4 +1,5 @@
-"""Stage-2 GRPO training loop (SPEC section 3) around the streaming sampler and the jitted step.
+"""Stage-2 GRPO training loop (docs/method.md section 3) around the streaming sampler and the jitted
+step.
 
 One step (``GRPOTrainer.train_step``):
 

@@ -114,8 +114,8 @@ def make_sft_loss_fn(forward_fn: Callable[..., jax.Array], loss_cfg: Mapping[str
 
 COUNT_SCOPES = ("global", "microbatch", "device")
 """Where CB-Stream / focal count n_k (config loss.count_scope; BUILD_NOTES has the table):
-global      the whole global batch, all devices and micro-batches (SPEC: "the current global
-            batch"; the default);
+global      the whole global batch, all devices and micro-batches (docs/method.md: "the current
+            global batch"; the default);
 microbatch  each micro-batch of the gradient accumulation, all devices;
 device      each device's rows of each micro-batch (what a data-parallel PyTorch trainer that
             does not all-reduce the counts computes, as Streamo's code; with one row per device,
