@@ -80,7 +80,7 @@ def test_matching_order_ablation_hand_computed():
   args = _args([11.0, 13.0], [12.0, 10.0], [[0.0, 0.0], [0.0, 0.0]])
   got = rewards.turn_f1_reward(*args, tau=8.0, matching="prediction_first")
   assert float(got) == pytest.approx(0.875)
-  # The SPEC worked example holds in both orders (one prediction: the order cannot matter).
+  # The worked example of docs/method.md section 3 holds in both orders (one prediction).
   args = _args([18.0], [10.0, 20.0], [[0.0, 0.0]])
   for order in rewards.MATCHING_ORDERS:
     assert float(rewards.turn_f1_reward(*args, tau=8.0, matching=order)) == pytest.approx(0.5)
