@@ -797,9 +797,10 @@ class StreamingSampler:
       chunk = self._user_chunk(prompts, g, k, stream, c_user, int(widths[k]))
       first, cache = self._prefill_user(params, cache, chunk, k, key)
       active, nxt = self._global((chunk.active, chunk.next_position))
-      if self.mesh is None:
-        active, nxt = jax.device_put((active, nxt))
-      msg, cache = self._decode_message(params, cache, first, active, nxt, np.int32(k), key)
+      turn = np.int32(k)
+      if self.mesh is None:  # every input on device before the decode (no transfer inside it)
+        active, nxt, turn = jax.device_put((active, nxt, turn))
+      msg, cache = self._decode_message(params, cache, first, active, nxt, turn, key)
       self._record_turn(stream, chunk, self._local(msg), k)
       if on_turn is not None:
         on_turn(k, k_max)

@@ -141,9 +141,17 @@ def _absl_parse(path, argv):
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   fv = flags.FlagValues()
   full_argv = []   # filled below; config_flags reads it lazily to define the override flags
-  sources = [path]
-  if "import _common" in path.read_text():
-    sources.append(path.parent / "_common.py")
+  # The script's own definitions and those of the sibling launch modules it imports (e.g.
+  # _common, or evaluate's model flags that stream.py and serve.py reuse), transitively.
+  sources, todo = [], [path]
+  while todo:
+    source = todo.pop()
+    if source in sources:
+      continue
+    sources.append(source)
+    for name in re.findall(r"^import (\w+)", source.read_text(), re.M):
+      if (path.parent / f"{name}.py").exists():
+        todo.append(path.parent / f"{name}.py")
   for source in sources:
     tree = ast.parse(source.read_text())
     resolve = _resolver(tree)

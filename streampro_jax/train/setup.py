@@ -13,7 +13,7 @@ import numpy as np
 from absl import logging
 
 from streampro_jax import models, parallel
-from streampro_jax.data import pipeline, synthetic
+from streampro_jax.data import synthetic
 from streampro_jax.data import tokenizer as tok_lib
 from streampro_jax.train import state as state_lib
 
@@ -77,6 +77,9 @@ def make_data(config, tokenizer, model_config):
   other sources go through ``pipeline.make_train_iterator``. ``data.narration=True`` (SynthStream
   sources only) trains on ``synthetic.narration_record`` of each video instead of its questions:
   a caption on every turn (pretraining a base model from scratch)."""
+  # grain is imported only here: the step and setup code run where grain is absent (the GPU
+  # benchmark image, tests/test_gpu_benchmark.py).
+  from streampro_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   data_cfg = dict(config.data)
   data_cfg["batch_size"] = int(config.global_batch_size)
   source = None
