@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 import time
 
@@ -84,6 +85,9 @@ def load_live_model():
 
 def main(argv):
   del argv
+  # Ctrl-C ends the stream cleanly (KeyboardInterrupt), even when the parent started us with
+  # SIGINT ignored (Python then installs no handler: e.g. under a pytest-xdist worker).
+  signal.signal(signal.SIGINT, signal.default_int_handler)
   if not evaluate._CHECKPOINT.value or not _VIDEO.value:  # pylint: disable=protected-access
     raise app.UsageError("--checkpoint and --video are required")
   evaluate.checkpoint_kind(evaluate._CHECKPOINT.value)  # pylint: disable=protected-access
