@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import flax.linen as nn
 import jax
@@ -14,6 +12,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from streampro_jax import parallel
+
+import multiprocess_run  # pylint: disable=g-bad-import-order
 
 
 def test_eight_fake_devices():
@@ -128,25 +128,9 @@ def test_two_processes_build_one_global_array(tmp_path):
   """Two real processes joined by jax.distributed on loopback reduce to the one-process value."""
   port = portpicker.pick_unused_port()
   worker = os.path.join(os.path.dirname(__file__), "helpers", "two_process_worker.py")
-  env = dict(os.environ)
-  env.pop("XLA_FLAGS", None)
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-  procs = [subprocess.Popen([sys.executable, worker, str(port), str(pid),
-                             str(tmp_path / f"out{pid}.json")], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-           for pid in range(2)]
-  logs = []
-  for p in procs:
-    try:
-      out, _ = p.communicate(timeout=180)
-    except subprocess.TimeoutExpired:
-      for q in procs:
-        q.kill()
-      raise
-    logs.append(out.decode(errors="replace"))
-  for p, log in zip(procs, logs):
-    assert p.returncode == 0, log[-3000:]
+  multiprocess_run.run_workers(
+      [[worker, str(port), str(pid), str(tmp_path / f"out{pid}.json")] for pid in range(2)],
+      timeout=180)
   full = np.arange(24, dtype=np.float32).reshape(8, 3) ** 1.5
   expected = float(np.sum(full.astype(np.float64) ** 2))
   results = [json.loads((tmp_path / f"out{pid}.json").read_text()) for pid in range(2)]

@@ -3,8 +3,6 @@ its own prompts with the globally sharded parameters, produce the rollouts of on
 sampling all prompts with the same seed (tests/helpers/two_process_rollout_worker.py)."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import portpicker
@@ -13,30 +11,18 @@ import pytest
 from streampro_jax.data import synthetic
 from streampro_jax.data import tokenizer as tok_lib
 
+import multiprocess_run  # pylint: disable=g-bad-import-order
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "helpers", "two_process_rollout_worker.py")
 
 
 def _run(num: int, tok_dir: str, tmp_path) -> list[dict]:
   port = portpicker.pick_unused_port()
-  env = dict(os.environ)
-  env.pop("XLA_FLAGS", None)
-  env["PYTHONPATH"] = os.path.dirname(HERE) + os.pathsep + env.get("PYTHONPATH", "")
   outs = [str(tmp_path / f"n{num}_p{pid}.npz") for pid in range(num)]
-  procs = [subprocess.Popen([sys.executable, WORKER, str(port), str(pid), str(num), tok_dir,
-                             outs[pid]], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT) for pid in range(num)]
-  logs = []
-  for p in procs:
-    try:
-      out, _ = p.communicate(timeout=600)
-    except subprocess.TimeoutExpired:
-      for q in procs:
-        q.kill()
-      raise
-    logs.append(out.decode(errors="replace"))
-  for p, log in zip(procs, logs):
-    assert p.returncode == 0, log[-3000:]
+  multiprocess_run.run_workers(
+      [[WORKER, str(port), str(pid), str(num), tok_dir, outs[pid]] for pid in range(num)],
+      timeout=600)
   return [dict(np.load(o)) for o in outs]
 
 
