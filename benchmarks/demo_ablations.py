@@ -39,14 +39,12 @@ import importlib.util
 import json
 import math
 import os
-import sys
 import time
 
 from absl import app
 from absl import flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 _spec = importlib.util.spec_from_file_location("streampro_demo", os.path.join(ROOT, "launch",
                                                                              "demo.py"))

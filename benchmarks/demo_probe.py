@@ -24,13 +24,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 from absl import app
 from absl import flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A demo workdir (launch/demo.py --workdir).")
 _VARIANTS = flags.DEFINE_list("variants", ["sft_ce", "sft_focal", "sft_cb_stream", "grpo"],

@@ -36,7 +36,6 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 SPEC_PEAK = 989e12  # dense bf16 FLOP/s, H100/H200 SXM datasheet
 FROZEN = r"^visual/(?!merger/)"
@@ -122,7 +121,7 @@ def model_flops(cfg, params_abstract, batch: int, seq: int, patches: int) -> dic
   """The model FLOPs per step of the module docstring (and the parameter counts it uses)."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  size = lambda tree: int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))  # noqa: E731
+  size = lambda tree: int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
   p_dec = size(params_abstract["layers"])
   p_vis = size(params_abstract["visual"])
   t = cfg.text

@@ -16,18 +16,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import jax
+import numpy as np
+import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from streampro_jax.models import qwen3_vl as q3  # noqa: E402
+from streampro_jax.models import qwen3_vl as q3
 
 PRESETS = {
     # ~ 9 M parameters.

@@ -33,7 +33,6 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import flax.linen as nn  # noqa: E402
@@ -148,7 +147,7 @@ def demo_grpo_config():
   c.global_batch_size = int(d.grpo.batch_size)
   c.grpo.group_size = int(d.grpo.group_size)
   c.grpo.temperature = float(d.grpo.temperature)
-  c.grpo.max_response_tokens = int(d.grpo.max_response_tokens)
+  c.rollout.max_text_tokens = int(d.grpo.max_text_tokens)
   c.data.seq_len = int(d.grpo.seq_len)
   c.data.max_turns = int(d.max_turns)
   if int(d.frame_size) != int(c.data.get("frame_size", c.data.get("frame_height"))):

@@ -35,18 +35,16 @@ import argparse
 import dataclasses
 import functools
 import os
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from streampro_jax import models  # noqa: E402
-from streampro_jax import rollout  # noqa: E402
-from streampro_jax.models import hf_io, kv_cache  # noqa: E402
+from streampro_jax import models
+from streampro_jax import rollout
+from streampro_jax.models import hf_io, kv_cache
 
 
 def default_grid(model_config) -> tuple[int, int, int]:

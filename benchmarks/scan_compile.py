@@ -14,17 +14,15 @@ import argparse
 import functools
 import json
 import os
-import sys
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import flax.linen as nn  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
-from streampro_jax.models import qwen2_5_vl as q  # noqa: E402
+from streampro_jax.models import qwen2_5_vl as q
 
 
 def measure(cfg) -> dict:

@@ -25,24 +25,22 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import ml_collections  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from streampro_jax import losses, parallel  # noqa: E402
-from streampro_jax.models import qwen2_5_vl  # noqa: E402
-from streampro_jax.train import optim, sft  # noqa: E402
-from streampro_jax.train import state as state_lib  # noqa: E402
+from streampro_jax import losses, parallel
+from streampro_jax.models import qwen2_5_vl
+from streampro_jax.train import optim, sft
+from streampro_jax.train import state as state_lib
 
 FROZEN = r"^visual/(?!merger/)"
 

@@ -4,7 +4,9 @@ ConfigDict; the launcher and streampro_jax.train read them.
 Sections:
   model       which backbone and how it computes (dtype = compute dtype, param_dtype = master
               weights), random tiny architecture or a Hugging Face checkpoint folder.
-  mesh        device mesh axis sizes (data, fsdp, tensor; -1 fills the rest).
+  mesh        device mesh axis sizes (data, fsdp, tensor; -1 fills the rest) and the
+              logical-axis sharding rules (rules: [logical name, mesh axes] pairs, by default
+              streampro_jax.parallel.DEFAULT_RULES; docs/architecture.md#mesh-rules).
   data        the grain pipeline (streampro_jax.data.pipeline.PipelineConfig fields) plus its
               source: "synth" (SynthStream generated in memory), "tfds" (data.tfds_dir, a
               prepared builder directory such as /data/tfds/jsonl_videos/train/1.0.0) or
@@ -20,13 +22,11 @@ that no code reads is an error naming it.
 """
 
 import dataclasses
-import os
-import sys
 
 import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from streampro_jax.data import pipeline  # noqa: E402  pylint: disable=g-import-not-at-top
+from streampro_jax import parallel
+from streampro_jax.data import pipeline
 
 # Vision tower frozen, patch merger and LLM trained (docs/method.md section 1).
 FROZEN_VISION = r"^visual/(?!merger/)"
@@ -56,8 +56,14 @@ def model_config(*, hf_checkpoint: str = "", dtype: str = "bfloat16", remat: boo
   ))
 
 
-def mesh_config(data: int = -1, fsdp: int = 1, tensor: int = 1) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, tensor=tensor))
+def mesh_config(data: int = -1, fsdp: int = 1, tensor: int = 1,
+                rules=parallel.DEFAULT_RULES) -> ml_collections.ConfigDict:
+  """Mesh section: the axis sizes and the rules mapping each logical axis name of the parameters
+  to mesh axes (None: replicated), e.g. ``("embed", "fsdp")``; read by the trainers
+  (parallel.rules_from_config). On the command line a rule table is a Python literal:
+  ``--config.mesh.rules="(('embed', None), ('mlp', 'tensor'), ...)"``."""
+  return ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, tensor=tensor,
+                                        rules=tuple(tuple(r) for r in rules)))
 
 
 def data_config(*, source: str, seq_len: int, max_turns: int, frame_size: int,
@@ -123,14 +129,14 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-# GRPO settings selectable by name (streampro_jax.grpo.GRPO_PRESETS): "spec" (beta_kl 0.04, k3,
+# GRPO settings selectable by name (streampro_jax.grpo.GRPO_PRESETS): "spec" (beta 0.04, k3,
 # sequence-mean-token-mean), "verl" (KL loss coefficient 0.001, k3, token-mean), "verl-no-kl".
 GRPO_PRESET_NAMES = ("spec", "verl", "verl-no-kl")
 
 
 def with_grpo_preset(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
   """Sets config.grpo.preset = name (read by grpo.GRPOStepConfig.from_config; the preset's
-  beta_kl, kl_estimator and aggregation win over the section's own). Returns the config."""
+  beta, kl_estimator and aggregation win over the section's own). Returns the config."""
   if name not in GRPO_PRESET_NAMES:
     raise ValueError(f"GRPO preset {name!r}; expected one of {GRPO_PRESET_NAMES}")
   with config.unlocked():

@@ -23,19 +23,17 @@ BUILD_NOTES.md. Fields:
   sft                  steps, batch_size, lr, warmup_ratio, weight_decay, beta / text_weight
                        (CB-Stream), gamma (focal); the variants are LOSS_OF_VARIANT.
   grpo                 steps, batch_size (samples per step), group_size G, lr, temperature,
-                       max_response_tokens, beta_kl, epsilon, num_passes, seq_len, rollout sizes,
+                       max_text_tokens, beta (KL), epsilon, num_passes, seq_len, rollout sizes,
                        reward weights, tau and matching (R_turn's order).
   eval                 batch_size (videos streamed together), max_text_tokens,
                        constrain_decision (first token of a message is a decision token).
 """
 
 import os
-import sys
 
 import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import common  # noqa: E402  pylint: disable=g-import-not-at-top
+from configs import common
 
 BUDGETS = ("smoke", "default")
 VARIANTS = ("sft_ce", "sft_focal", "sft_cb_stream", "grpo")
@@ -78,8 +76,8 @@ def get_config(budget: str = "default") -> ml_collections.ConfigDict:
   # scale tau 8 lowered W-Avg below the SFT model on all 3 seeds, tau 3 raised it on all 3
   # (benchmarks/demo_ablations.py; docs/ablations.md).
   c.grpo = ml_collections.ConfigDict(dict(
-      steps=60, batch_size=4, group_size=8, lr=1e-4, temperature=1.0, max_response_tokens=18,
-      beta_kl=0.04, epsilon=0.2, num_passes=1, seq_len=768, user_chunk_len=0, capacity=0,
+      steps=60, batch_size=4, group_size=8, lr=1e-4, temperature=1.0, max_text_tokens=18,
+      beta=0.04, epsilon=0.2, num_passes=1, seq_len=768, user_chunk_len=0, capacity=0,
       constrain_decision=True, weights=(0.1, 0.45, 0.45), tau=3.0, matching="gt_first",
       log_every_steps=1))
   c.eval = ml_collections.ConfigDict(dict(batch_size=10, max_text_tokens=18,
@@ -191,8 +189,7 @@ def grpo_config(demo, sft_workdir: str, data_dir: str) -> ml_collections.ConfigD
   c.optim.schedule = "constant"
   c.grpo = ml_collections.ConfigDict(dict(
       group_size=int(g.group_size), temperature=float(g.temperature), top_p=1.0,
-      max_response_tokens=int(g.max_response_tokens), epsilon=float(g.epsilon),
-      beta_kl=float(g.beta_kl), kl_estimator="k3", adv_eps=1e-6, adv_ddof=1,
+      epsilon=float(g.epsilon), beta=float(g.beta), kl_estimator="k3", adv_eps=1e-6, adv_ddof=1,
       aggregation="sequence-mean-token-mean", old_logps="rollout",
       num_passes=int(g.num_passes), num_microbatches=1, logps_chunk_size=0))
   c.reward = ml_collections.ConfigDict(dict(
@@ -200,7 +197,8 @@ def grpo_config(demo, sft_workdir: str, data_dir: str) -> ml_collections.ConfigD
       judge="synthetic", max_answers=16, max_checks=16))
   c.rollout = ml_collections.ConfigDict(dict(
       window_turns=200, constrain_decision=bool(g.constrain_decision),
-      user_chunk_len=int(g.user_chunk_len), capacity=int(g.capacity)))
+      user_chunk_len=int(g.user_chunk_len), capacity=int(g.capacity),
+      max_text_tokens=int(g.max_text_tokens)))
   c.checkpoint = common.checkpoint_config(every_steps=max(int(g.steps) // 3, 1), keep=1,
                                           async_save=False)
   return c

@@ -19,13 +19,9 @@ loss = mean over sequences of the per-sequence token mean, one optimisation pass
 give. Every field is documented in configs/tiny_synthetic_grpo.py.
 """
 
-import os
-import sys
-
 import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import common  # noqa: E402  pylint: disable=g-import-not-at-top
+from configs import common
 
 
 def get_config(hf_checkpoint: str = "/checkpoints/Qwen2.5-VL-3B-Instruct"):
@@ -52,8 +48,7 @@ def get_config(hf_checkpoint: str = "/checkpoints/Qwen2.5-VL-3B-Instruct"):
   c.optim.schedule = "constant"
   c.grpo = ml_collections.ConfigDict(dict(
       group_size=8, temperature=1.0, top_p=1.0,
-      max_response_tokens=64,              # [choice] text tokens after </Response>
-      epsilon=0.2, beta_kl=0.04, kl_estimator="k3", adv_eps=1e-6, adv_ddof=1,
+      epsilon=0.2, beta=0.04, kl_estimator="k3", adv_eps=1e-6, adv_ddof=1,
       aggregation="sequence-mean-token-mean",
       old_logps="rollout",                 # [choice] the sampler's log-probs (at temperature 1)
       num_passes=1,                        # [choice] mu = 1 (on-policy)
@@ -70,6 +65,7 @@ def get_config(hf_checkpoint: str = "/checkpoints/Qwen2.5-VL-3B-Instruct"):
           kind="openai", base_url="http://localhost:8000/v1", model="judge",
           api_key_env=None, max_concurrency=64, timeout_s=60.0, max_retries=3))))
   c.rollout = ml_collections.ConfigDict(dict(
-      window_turns=200, constrain_decision=False, user_chunk_len=160, capacity=16384))
+      window_turns=200, constrain_decision=False, user_chunk_len=160, capacity=16384,
+      max_text_tokens=64))                 # [choice] text tokens after </Response>
   c.checkpoint = common.checkpoint_config(every_steps=20, keep=3)
   return c

@@ -19,11 +19,7 @@ tokenizer files; the decision tokens are added to the tokenizer, their embedding
 re-initialised). [choice] marks settings the paper does not give.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import common  # noqa: E402  pylint: disable=g-import-not-at-top
+from configs import common
 
 
 def get_config(hf_checkpoint: str = "/checkpoints/Qwen2.5-VL-3B-Instruct"):

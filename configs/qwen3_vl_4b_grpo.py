@@ -11,11 +11,7 @@ with Qwen3-VL's frozen set and frames as in configs/qwen3_vl_4b_sft.py. Paper: S
 W-Avg 24.7 (SFT) -> 41.5 (GRPO).
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import qwen2_5_vl_3b_grpo, qwen3_vl_4b_sft  # noqa: E402  pylint: disable=g-import-not-at-top
+from configs import qwen2_5_vl_3b_grpo, qwen3_vl_4b_sft
 
 
 def get_config(hf_checkpoint: str = "/checkpoints/Qwen3-VL-4B-Instruct"):

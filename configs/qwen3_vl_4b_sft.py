@@ -15,11 +15,7 @@ trained), with the Qwen3-VL differences:
 - The backbone is chosen from config.json's model_type; model.family must agree with it.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import qwen2_5_vl_3b_sft  # noqa: E402  pylint: disable=g-import-not-at-top
+from configs import qwen2_5_vl_3b_sft
 
 # Vision tower frozen; the patch merger and the DeepStack mergers (the projector) are trained.
 FROZEN_VISION_QWEN3 = r"^visual/(?!merger/|deepstack_merger_list_\d+/)"

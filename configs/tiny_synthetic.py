@@ -10,11 +10,7 @@ vocabulary = the SynthStream tokenizer's (rounded up to 64). Data: 128 SynthStre
 rows of 640 tokens.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import common  # noqa: E402  pylint: disable=g-import-not-at-top
+from configs import common
 
 
 def get_config():

@@ -21,8 +21,8 @@ Every field of a GRPO config:
   data: the record source (source, num_videos, split, synth_seed, synth ...) and the sizes:
     seq_len (T of the rollout rows, fixed so the update compiles once), max_turns (longer
     records are cut to their first max_turns turns), frame_size, seed, shuffle.
-  grpo: group_size G, temperature, top_p, max_response_tokens (text tokens after </Response>),
-    epsilon, beta_kl, kl_estimator (k1 | k2 | k3), adv_eps, adv_ddof, aggregation
+  grpo: group_size G, temperature, top_p, epsilon, beta (the KL coefficient), kl_estimator
+    (k1 | k2 | k3), adv_eps, adv_ddof, aggregation
     (grpo.AGGREGATIONS), old_logps (rollout | recompute), num_passes (optimizer steps per batch),
     num_microbatches (exact accumulation), logps_chunk_size (0: full logits), ref_param_dtype
     ("" = the params' float32; "bfloat16" halves the frozen reference copy).
@@ -30,18 +30,17 @@ Every field of a GRPO config:
     paper's Algorithm 1, or "prediction_first"), judge ("synthetic" | "match" | a
     judges.build_judge config such as dict(kind="openai", base_url=..., model=...)),
     max_answers, max_checks (padded sizes).
-  rollout: rollout.SamplerConfig fields other than temperature / top_p (window_turns,
-    constrain_decision, user_chunk_len, capacity, chunk_multiple, capacity_multiple, ...).
+  rollout: rollout.SamplerConfig fields other than temperature / top_p (max_text_tokens: text
+    tokens after </Response>; window_turns, constrain_decision, user_chunk_len, capacity,
+    chunk_multiple, capacity_multiple, ...).
+  A renamed key (grpo.RENAMED_KEYS: grpo.beta_kl, grpo.max_response_tokens) is an error naming
+  its new key.
 """
-
-import os
-import sys
 
 import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import common  # noqa: E402  pylint: disable=g-import-not-at-top
-from configs import tiny_synthetic  # noqa: E402  pylint: disable=g-import-not-at-top
+from configs import common
+from configs import tiny_synthetic
 
 
 def get_config():
@@ -64,14 +63,15 @@ def get_config():
   c.optim = common.optim_config(lr=1e-4, warmup_ratio=0.0, weight_decay=0.0, grad_clip_norm=1.0)
   c.optim.schedule = "constant"
   c.grpo = ml_collections.ConfigDict(dict(
-      group_size=4, temperature=1.0, top_p=1.0, max_response_tokens=8,
-      epsilon=0.2, beta_kl=0.04, kl_estimator="k3", adv_eps=1e-6, adv_ddof=1,
+      group_size=4, temperature=1.0, top_p=1.0,
+      epsilon=0.2, beta=0.04, kl_estimator="k3", adv_eps=1e-6, adv_ddof=1,
       aggregation="sequence-mean-token-mean", old_logps="rollout", num_passes=1,
       num_microbatches=1, logps_chunk_size=0, ref_param_dtype=""))
   c.reward = ml_collections.ConfigDict(dict(
       weights=(0.1, 0.45, 0.45), tau=8.0, matching="gt_first", judge="synthetic",
       max_answers=16, max_checks=16))
   c.rollout = ml_collections.ConfigDict(dict(
-      window_turns=200, constrain_decision=True, user_chunk_len=96, capacity=2048))
+      window_turns=200, constrain_decision=True, user_chunk_len=96, capacity=2048,
+      max_text_tokens=8))
   c.checkpoint = common.checkpoint_config(every_steps=2, keep=2)
   return c

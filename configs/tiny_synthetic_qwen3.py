@@ -6,11 +6,7 @@ Same data, budget and loss as configs/tiny_synthetic.py; the model is Qwen3-VL (
 real model, here the tiny vision tower with one DeepStack level feeding the first decoder layer).
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import tiny_synthetic  # noqa: E402  pylint: disable=g-import-not-at-top
+from configs import tiny_synthetic
 
 QWEN3_TINY_VISION = dict(depth=2, hidden_size=32, deepstack_visual_indexes=(0,))
 FROZEN_VISION_QWEN3 = r"^visual/(?!merger/|deepstack_merger_list_\d+/)"

@@ -1,7 +1,7 @@
 """Flags and start-up shared by launch/train_sft.py and launch/train_grpo.py.
 
 Importing this module defines the launchers' flags (--config, --workdir, --coordinator_address,
---num_processes, --process_id, --distributed) and puts the repository root on sys.path.
+--num_processes, --process_id, --distributed).
 """
 
 import os
@@ -11,8 +11,6 @@ from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
                                          lock_config=True)

@@ -22,10 +22,9 @@ import sys
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from streampro_jax.data import chat_format  # noqa: E402
-from streampro_jax.data import schema  # noqa: E402
+from streampro_jax.data import chat_format
+from streampro_jax.data import schema
 
 _INPUT = flags.DEFINE_multi_string("input", None, "Annotation JSONL file(s) to check.")
 _CHECK_VIDEOS = flags.DEFINE_boolean(
@@ -261,8 +260,8 @@ def main(argv):
       for out in (fixed, rejects):
         if any(_same(out, p) for p in inputs):
           raise app.UsageError(f"output {out} is an input file; refusing to touch the input")
-      fixed_out = open(fixed, "w", encoding="utf-8")  # noqa: SIM115
-      rejects_out = open(rejects, "w", encoding="utf-8")  # noqa: SIM115
+      fixed_out = open(fixed, "w", encoding="utf-8")
+      rejects_out = open(rejects, "w", encoding="utf-8")
     try:
       rep = check_file(path, checker=checker, video_root=_VIDEO_ROOT.value,
                        duration_tolerance=_DURATION_TOLERANCE.value, fixed_out=fixed_out,

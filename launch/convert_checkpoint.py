@@ -41,7 +41,6 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file of the run "
                                           "(workdir mode).", lock_config=False)

@@ -31,14 +31,12 @@ from __future__ import annotations
 import json
 import logging as py_logging
 import os
-import sys
 import time
 
 from absl import app
 from absl import flags
 from absl import logging
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 FLAGS = flags.FLAGS
 
@@ -298,7 +296,7 @@ class Demo:
       f.write(cfg.to_json_best_effort(indent=2))
     print(f"   from {cfg.init.sft_workdir}: {cfg.total_steps} steps x {cfg.global_batch_size} "
           f"samples x G {cfg.grpo.group_size}, lr {cfg.optim.lr}, T {cfg.grpo.temperature}, "
-          f"KL {cfg.grpo.beta_kl}, rewards {tuple(cfg.reward.weights)}", flush=True)
+          f"KL {cfg.grpo.beta}, rewards {tuple(cfg.reward.weights)}", flush=True)
     grpo_trainer.GRPOTrainer(cfg, workdir, source=self.source("train")).train()
     return {"last_metrics": _last_metrics(workdir)}
 

@@ -36,7 +36,6 @@ from absl import app
 from absl import flags
 from absl import logging
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 BENCHMARKS = ("synthstream", "streampro", "streamingbench", "ovo", "proactivevideoqa")
 

@@ -33,10 +33,9 @@ from absl import app
 from absl import flags
 from absl import logging
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from streampro_jax.data import importers  # noqa: E402
-from streampro_jax.data import schema  # noqa: E402
+from streampro_jax.data import importers
+from streampro_jax.data import schema
 
 _FORMAT = flags.DEFINE_enum("format", None, importers.FORMATS, "Source format.")
 _INPUT = flags.DEFINE_string("input", None, "Source file (JSON array / object, JSONL, or CSV "

@@ -35,9 +35,8 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import stream  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+import stream
 
 _PORT = flags.DEFINE_integer("port", 8000, "Port on 127.0.0.1.")
 _MAX_VIEWERS = flags.DEFINE_integer("max_viewers", 4, "Streams served at once.")

@@ -32,9 +32,8 @@ from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import evaluate  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+import evaluate
 
 _VIDEO = flags.DEFINE_string("video", None, "Video file, folder of frames, camera device or URL.")
 _QUESTION = flags.DEFINE_multi_string("question", [], "A question, 'TEXT' or 'TEXT@SECONDS'.")

@@ -15,7 +15,7 @@ JAX_NUM_PROCESSES / JAX_PROCESS_ID, else (with --distributed) jax.distributed's 
 
 from absl import flags
 
-import _common  # launch/_common.py: the flags; puts the repository root on sys.path
+import _common  # launch/_common.py: the flags and the start-up
 
 flags.adopt_module_key_flags(_common)
 

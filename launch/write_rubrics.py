@@ -38,11 +38,10 @@ from typing import Any
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from streampro_jax import judges as judges_lib  # noqa: E402
-from streampro_jax import prompts  # noqa: E402
-from streampro_jax.data import schema  # noqa: E402
+from streampro_jax import judges as judges_lib
+from streampro_jax import prompts
+from streampro_jax.data import schema
 
 logger = logging.getLogger("write_rubrics")
 

@@ -34,7 +34,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from streampro_jax import _checks, losses
+from streampro_jax import _checks, _config, losses
 
 Array = jax.Array
 
@@ -379,6 +379,11 @@ def group_statistics(rewards: Array, group_size: int) -> dict[str, Array]:
           "zero_variance_groups": jnp.mean(equal.astype(jnp.float32))}
 
 
+RENAMED_KEYS = {"beta_kl": "grpo.beta", "max_response_tokens": "rollout.max_text_tokens"}
+"""Old keys of a config's grpo section -> the key that replaced them; an old key is an error naming
+the new one (GRPOStepConfig.from_config, train/config_check.py)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class GRPOStepConfig:
   """Hyper-parameters of the GRPO update (docs/method.md section 3 defaults).
@@ -433,21 +438,18 @@ class GRPOStepConfig:
   def from_config(cls, grpo_cfg, reward_cfg=None, **overrides) -> GRPOStepConfig:
     """From the ``config.grpo`` (and ``config.reward``) sections of a GRPO config.
 
-    An optional ``grpo.preset`` (GRPO_PRESETS: "spec", "verl", "verl-no-kl") sets beta,
-    kl_estimator and aggregation, over the section's own values of those three.
+    Each field is the section's key of the same name (reward_weights: ``config.reward.weights``);
+    a key left out keeps the field's default, so ``from_config({}) == GRPOStepConfig()``. A
+    temperature of 0 (greedy rollouts) reads as 1: log-probs are then of logits / 1. An optional
+    ``grpo.preset`` (GRPO_PRESETS: "spec", "verl", "verl-no-kl") sets beta, kl_estimator and
+    aggregation, over the section's own values of those three. An old key (RENAMED_KEYS) raises
+    an error naming its new key.
     """
-    g = dict(grpo_cfg)
-    kw = dict(group_size=int(g.get("group_size", 8)), epsilon=float(g.get("epsilon", 0.2)),
-              beta=float(g.get("beta_kl", g.get("beta", 0.04))),
-              kl_estimator=str(g.get("kl_estimator", "k3")),
-              adv_eps=float(g.get("adv_eps", 1e-6)), adv_ddof=int(g.get("adv_ddof", 1)),
-              aggregation=str(g.get("aggregation", "sequence-mean-token-mean")),
-              temperature=float(g.get("temperature", 1.0)) or 1.0,
-              old_logps=str(g.get("old_logps", "rollout")),
-              num_passes=int(g.get("num_passes", 1)),
-              num_microbatches=int(g.get("num_microbatches", 1)),
-              logps_chunk_size=int(g.get("logps_chunk_size", 0) or 0))
-    preset = str(g.get("preset", "") or "")
+    kw = _config.field_values(cls, grpo_cfg, renamed=RENAMED_KEYS, section_name="grpo")
+    kw.pop("reward_weights", None)  # config.reward.weights, below.
+    if kw.get("temperature") == 0.0:
+      kw["temperature"] = 1.0
+    preset = str(_config.as_dict(grpo_cfg).get("preset") or "")
     if preset:
       if preset not in GRPO_PRESETS:
         raise ValueError(f"grpo.preset {preset!r}; expected one of {tuple(GRPO_PRESETS)} or ''")

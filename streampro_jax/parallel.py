@@ -6,11 +6,15 @@ Helpers turn a pytree of logical annotations (or of boxed ``nn.Partitioned`` val
 ``NamedSharding``s, dropping a mesh axis from any dimension it does not divide so that tiny configs
 stay legal on any mesh.
 
+The rules are data: a config's ``mesh.rules`` ([logical name, mesh axes] pairs; configs/common.py
+copies :data:`DEFAULT_RULES` there), read by the trainers with :func:`rules_from_config`.
+
 Typical use (born-sharded state, as big_vision does)::
 
-  mesh = parallel.make_mesh(config.mesh)             # {"data": 2, "fsdp": -1, "tensor": 1}
+  mesh = parallel.make_mesh(parallel.mesh_sizes(config.mesh))  # {"data": 2, "fsdp": -1, ...}
+  rules = parallel.rules_from_config(config.mesh)
   abstract = jax.eval_shape(init_fn, rng)            # boxed nn.Partitioned leaves
-  shardings = parallel.logical_shardings(abstract, mesh)
+  shardings = parallel.logical_shardings(abstract, mesh, rules=rules)
   state = jax.jit(init_fn, out_shardings=shardings)(rng)
 """
 
@@ -30,12 +34,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
-# Logical axis name -> mesh axis (or tuple of mesh axes, or None for replicated).
+# Logical axis name -> mesh axis (or tuple of mesh axes, or None for replicated): the default of a
+# config's ``mesh.rules`` (configs/common.mesh_config copies it there; rules_from_config reads it).
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
-    # Activations.
-    ("batch", ("data", "fsdp")),
-    ("length", None),
-    ("act_embed", None),
     # Language model parameters: FSDP over the model dimension, tensor parallel over the rest.
     ("vocab", "tensor"),
     ("embed", "fsdp"),
@@ -54,6 +55,9 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("merger_in", "fsdp"),
     ("merger_hidden", "tensor"),
 )
+
+MESH_CONFIG_KEYS = (*MESH_AXES, "rules")
+"""The keys of a config's ``mesh`` section: the axis sizes and the logical-axis rules."""
 
 
 class MeshError(ValueError):
@@ -115,6 +119,38 @@ def make_mesh(sizes: Mapping[str, int] | None = None,
 
 def _rules_dict(rules) -> dict[str, Any]:
   return dict(DEFAULT_RULES if rules is None else rules)
+
+
+def mesh_sizes(mesh_cfg: Mapping[str, Any] | None) -> dict[str, int]:
+  """The axis sizes of a config's ``mesh`` section (its keys other than ``rules``)."""
+  return {k: v for k, v in dict(mesh_cfg or {}).items() if k != "rules"}
+
+
+def rules_from_config(mesh_cfg: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...]:
+  """The logical-axis rules of a config's ``mesh.rules``: (logical name, mesh axes) pairs, the mesh
+  axes None (replicated), one of MESH_AXES or a sequence of them. No ``rules`` key (or None):
+  DEFAULT_RULES. Raises ValueError naming ``config.mesh.rules[i]`` for a malformed pair, an
+  unknown mesh axis or a logical name given twice.
+  """
+  rules = None if mesh_cfg is None else dict(mesh_cfg).get("rules")
+  if rules is None:
+    return DEFAULT_RULES
+  out, seen = [], set()
+  for i, pair in enumerate(rules):
+    where = f"config.mesh.rules[{i}] = {pair!r}"
+    if isinstance(pair, (str, bytes)) or len(pair) != 2 or not isinstance(pair[0], str):
+      raise ValueError(f"{where}: expected a [logical name, mesh axes] pair")
+    name, axes = pair
+    if name in seen:
+      raise ValueError(f"{where}: logical axis {name!r} has a rule already")
+    seen.add(name)
+    if axes is not None and not isinstance(axes, str):
+      axes = tuple(axes)
+    for axis in (() if axes is None else (axes,) if isinstance(axes, str) else axes):
+      if axis not in MESH_AXES:
+        raise ValueError(f"{where}: mesh axis {axis!r} is not one of {MESH_AXES}")
+    out.append((name, axes))
+  return tuple(out)
 
 
 def logical_to_spec(logical_axes: Sequence[str | None], *, rules=None,

@@ -19,13 +19,12 @@ import ml_collections
 import numpy as np
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from streampro_jax import judges, models
+from streampro_jax.data import synthetic
+from streampro_jax.data import tokenizer as tok_lib
+from streampro_jax.train import config_check, grpo_trainer, sft
 
-from streampro_jax import judges, models  # noqa: E402
-from streampro_jax.data import synthetic  # noqa: E402
-from streampro_jax.data import tokenizer as tok_lib  # noqa: E402
-from streampro_jax.train import config_check, grpo_trainer, sft  # noqa: E402
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 TRAINER_CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py")
                          if p.stem not in ("__init__", "common", "demo"))
@@ -177,7 +176,7 @@ def _tiny_overrides(c, name, tfds_dir):
     c.global_batch_size = 2
     c.grpo.group_size = 4
     c.grpo.num_microbatches = 1
-    c.grpo.max_response_tokens = 4
+    c.rollout.max_text_tokens = 4
     c.grpo.logps_chunk_size = min(int(c.grpo.logps_chunk_size), 128)
     c.data.seq_len = 1024
     c.rollout.capacity = 0

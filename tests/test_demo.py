@@ -12,10 +12,9 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from configs import demo as demo_configs
 
-from configs import demo as demo_configs  # noqa: E402  pylint: disable=g-import-not-at-top
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 VARIANTS = ("sft_ce", "sft_focal", "sft_cb_stream", "grpo")
 TASKS = ("EU", "OU", "AA", "TP", "TG", "GP", "RF")

@@ -9,7 +9,6 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-sys.path.insert(0, ROOT)
 
 import demo_ablations as abl  # noqa: E402  pylint: disable=g-import-not-at-top
 from configs import demo as demo_configs  # noqa: E402  pylint: disable=g-import-not-at-top

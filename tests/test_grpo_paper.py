@@ -49,7 +49,7 @@ def test_verl_preset_and_from_config():
   cfg = grpo.GRPOStepConfig.from_config(dict(group_size=4, preset="spec"))
   assert (cfg.beta, cfg.aggregation) == (0.04, "sequence-mean-token-mean")
   # The preset wins over the section's own values (it is the one switch a user flips).
-  cfg = grpo.GRPOStepConfig.from_config(dict(group_size=4, beta_kl=0.04, preset="verl"))
+  cfg = grpo.GRPOStepConfig.from_config(dict(group_size=4, beta=0.04, preset="verl"))
   assert cfg.beta == 0.001
   with pytest.raises(ValueError, match="preset"):
     grpo.GRPOStepConfig.from_config(dict(group_size=4, preset="ppo"))

@@ -182,7 +182,7 @@ def test_config_errors_state_the_numbers():
   with pytest.raises(ValueError, match="old_logps 'sampler'"):
     grpo.GRPOStepConfig(old_logps="sampler")
   cfg = grpo.GRPOStepConfig.from_config(
-      dict(group_size=8, beta_kl=0.0, temperature=0.7, num_passes=2),
+      dict(group_size=8, beta=0.0, temperature=0.7, num_passes=2),
       dict(weights=(0.1, 0.9, 0.0)))
   assert (cfg.beta, cfg.temperature, cfg.num_passes, cfg.reward_weights) == (
       0.0, 0.7, 2, (0.1, 0.9, 0.0))

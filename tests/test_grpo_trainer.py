@@ -32,7 +32,7 @@ def _config(sft_dir, total_steps):
   c.data.num_videos = 8
   c.data.synth = dict(resolution=32, min_duration=12, max_duration=12, difficulty=0)
   c.data.max_turns, c.data.seq_len = 8, 576
-  c.grpo.max_response_tokens = 4
+  c.rollout.max_text_tokens = 4
   c.rollout.capacity = 1024
   c.checkpoint.every_steps, c.checkpoint.keep, c.checkpoint.async_save = 1, 5, False
   return c

@@ -53,10 +53,12 @@ def test_logical_to_spec_drops_non_dividing_axes():
   # 517 is odd: the vocabulary dimension stays whole.
   assert parallel.logical_to_spec(("vocab", "embed"), mesh=mesh, shape=(517, 64)) == P(None,
                                                                                       "fsdp")
-  assert parallel.logical_to_spec(("batch", "length"), mesh=mesh, shape=(8, 5)) == P(
-      ("data", "fsdp"), None)
+  rules = (*parallel.DEFAULT_RULES, ("batch", ("data", "fsdp")), ("length", None))
+  assert parallel.logical_to_spec(("batch", "length"), rules=rules, mesh=mesh,
+                                  shape=(8, 5)) == P(("data", "fsdp"), None)
   # Batch of 2 is divisible by data (2) but not by data x fsdp (4): keeps data only.
-  assert parallel.logical_to_spec(("batch", None), mesh=mesh, shape=(2, 5)) == P("data", None)
+  assert parallel.logical_to_spec(("batch", None), rules=rules, mesh=mesh,
+                                  shape=(2, 5)) == P("data", None)
   with pytest.raises(KeyError, match="no sharding rule"):
     parallel.logical_to_spec(("nonsense",))
 

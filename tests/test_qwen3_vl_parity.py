@@ -347,8 +347,6 @@ def test_paper_configs_and_frozen_projector():
   """configs/qwen3_vl_4b_{sft,grpo}.py: paper numbers; the frozen regex keeps the patch merger
   and the DeepStack mergers trainable and freezes the rest of the vision tower."""
   import re  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   from configs import qwen3_vl_4b_grpo, qwen3_vl_4b_sft  # pylint: disable=g-import-not-at-top
   sft, grpo = qwen3_vl_4b_sft.get_config(), qwen3_vl_4b_grpo.get_config()
   assert (sft.optim.lr, sft.global_batch_size, sft.num_epochs) == (1e-5, 512, 1.0)

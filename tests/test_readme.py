@@ -47,7 +47,6 @@ import ast  # noqa: E402
 import importlib  # noqa: E402
 import shlex  # noqa: E402
 import subprocess  # noqa: E402
-import sys  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -224,14 +223,10 @@ def _argparse_parse(path, argv):
 
 def _parse(script, argv):
   path = ROOT / script
-  sys.path.insert(0, str(ROOT))
-  try:
-    if "argparse" in path.read_text():
-      _argparse_parse(path, argv)
-    else:
-      _absl_parse(path, argv)
-  finally:
-    sys.path.remove(str(ROOT))
+  if "argparse" in path.read_text():
+    _argparse_parse(path, argv)
+  else:
+    _absl_parse(path, argv)
 
 
 def test_docs_show_commands():

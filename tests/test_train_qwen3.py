@@ -3,18 +3,16 @@
 import importlib
 import os
 import pathlib
-import sys
 
 import jax
 import numpy as np
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from configs import tiny_synthetic_grpo, tiny_synthetic_qwen3
+from streampro_jax.models import qwen3_vl
+from streampro_jax.train import grpo_trainer, sft
 
-from configs import tiny_synthetic_grpo, tiny_synthetic_qwen3  # noqa: E402
-from streampro_jax.models import qwen3_vl  # noqa: E402
-from streampro_jax.train import grpo_trainer, sft  # noqa: E402
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "configs").glob("*.py")

@@ -10,11 +10,10 @@ import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from configs import tiny_synthetic
+from streampro_jax.train import config_check
 
-from configs import tiny_synthetic  # noqa: E402
-from streampro_jax.train import config_check  # noqa: E402
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_changed_config_is_refused_and_named(tmp_path):

@@ -46,7 +46,7 @@ import grain
 import numpy as np
 from absl import logging
 
-from streampro_jax import models
+from streampro_jax import _config, models
 from streampro_jax.data import chat_format, schema
 from streampro_jax.models import processing
 
@@ -102,12 +102,9 @@ class PipelineConfig:
 
   @classmethod
   def from_config(cls, cfg: Any, **overrides) -> PipelineConfig:
-    """From a mapping / ConfigDict (unknown keys are ignored), then `overrides`."""
-    items = dict(cfg.items()) if hasattr(cfg, "items") else dict(vars(cfg))
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {k: v for k, v in items.items() if k in names}
-    kwargs.update(overrides)
-    return cls(**kwargs)
+    """From a mapping / ConfigDict (config.data: its keys that name a field; the source keys are
+    read by source_from_config), then `overrides`; a key left out keeps the field's default."""
+    return cls(**{**_config.field_values(cls, cfg, section_name="data"), **overrides})
 
 
 def processor_config(cfg: PipelineConfig, model_config):

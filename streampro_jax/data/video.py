@@ -24,6 +24,7 @@ from typing import Any
 import av
 import numpy as np
 
+from streampro_jax import _config
 from streampro_jax.models import processing
 
 
@@ -62,12 +63,9 @@ class ResizePolicy:
 
   @classmethod
   def from_config(cls, cfg: Any | None) -> ResizePolicy:
-    """From a mapping / ConfigDict with any of the attribute names (None -> native size)."""
-    if cfg is None:
-      return cls()
-    items = dict(cfg.items()) if hasattr(cfg, "items") else dict(vars(cfg))
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in items.items() if k in names})
+    """From a mapping / ConfigDict with any of the attribute names (None -> native size); a key
+    left out keeps the field's default."""
+    return cls(**_config.field_values(cls, cfg))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from streampro_jax import _config
+
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -52,10 +54,9 @@ class ProcessorConfigMixin:
 
   @classmethod
   def from_config(cls, cfg: Any):
-    """Builds from a mapping / ConfigDict, taking only the keys this class knows."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    items = dict(cfg.items()) if hasattr(cfg, "items") else dict(vars(cfg))
-    kwargs = {k: v for k, v in items.items() if k in names}
+    """Builds from a mapping / ConfigDict, taking only the keys this class knows (a key left out
+    keeps the field's default)."""
+    kwargs = _config.field_values(cls, cfg)
     for k in ("image_mean", "image_std"):
       if k in kwargs:
         kwargs[k] = tuple(float(x) for x in kwargs[k])

@@ -15,9 +15,10 @@ Where each section's keys come from (the readers, not a hand list where a reader
                and the keys of pipeline.SOURCE_KEYS (synth: synthetic.SynthConfig fields), plus
                narration (train/sft.make_data);
   rollout      rollout.SamplerConfig fields (temperature and top_p come from grpo);
-  grpo         grpo.GRPOStepConfig fields, with beta_kl, top_p, max_response_tokens and
-               ref_param_dtype (train/grpo_trainer);
-  mesh         parallel.MESH_AXES;
+  grpo         grpo.GRPOStepConfig fields, with top_p, ref_param_dtype (train/grpo_trainer) and
+               preset; an old key (grpo.RENAMED_KEYS: beta_kl, max_response_tokens) is an
+               error naming the key that replaced it;
+  mesh         parallel.MESH_CONFIG_KEYS: the axis sizes and the logical-axis rules;
   top level, optim, loss, checkpoint, reward, init: the keys their readers take (listed below
                next to the reader's name).
 
@@ -47,8 +48,8 @@ _REWARD = ("weights", "tau", "max_answers", "max_checks", "judge",   # GRPOTrain
            "rubrics_file", "missing_rubric",                         # grpo_trainer rubric files
            "matching")                                               # RewardScorer
 _INIT = ("sft_workdir", "sft_step")                                  # load_initial_params
-_GRPO_EXTRA = ("beta_kl", "top_p", "max_response_tokens", "ref_param_dtype",  # GRPOTrainer
-               "preset")                                                  # grpo.GRPOStepConfig
+_GRPO_EXTRA = ("top_p", "ref_param_dtype",  # GRPOTrainer
+               "preset")                    # grpo.GRPOStepConfig
 
 
 class ConfigError(ValueError):
@@ -64,11 +65,13 @@ class Section:
     neutral: keys of another mode of the reader, allowed only at this value.
     why: per neutral key, the reason it is not read now (for the message).
     nested: key -> Section of a sub-dict (tiny_text, synth, ...).
+    renamed: old key -> the full name of the key that replaced it (an error naming it).
   """
   read: frozenset[str]
   neutral: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   why: Mapping[str, str] = dataclasses.field(default_factory=dict)
   nested: Mapping[str, Section] = dataclasses.field(default_factory=dict)
+  renamed: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 def _fields(cls) -> frozenset[str]:
@@ -140,7 +143,7 @@ def sections(config: Mapping[str, Any], trainer: str) -> dict[str, Section]:
   from streampro_jax import grpo, parallel, rollout  # pylint: disable=g-import-not-at-top
   if trainer not in TRAINERS:
     raise ValueError(f"trainer {trainer!r}; expected one of {TRAINERS}")
-  common = {"mesh": Section(frozenset(parallel.MESH_AXES)),
+  common = {"mesh": Section(frozenset(parallel.MESH_CONFIG_KEYS)),
             "optim": Section(frozenset(_OPTIM)),
             "checkpoint": Section(frozenset(_CHECKPOINT))}
   if "model" in config:
@@ -157,8 +160,8 @@ def sections(config: Mapping[str, Any], trainer: str) -> dict[str, Section]:
                 why={"num_microbatches": "GRPO accumulates over grpo.num_microbatches"})
   return {"": top, **common,
           "init": Section(frozenset(_INIT)),
-          "grpo": Section((_fields(grpo.GRPOStepConfig) - {"reward_weights", "beta"})
-                          | set(_GRPO_EXTRA)),
+          "grpo": Section((_fields(grpo.GRPOStepConfig) - {"reward_weights"})
+                          | set(_GRPO_EXTRA), renamed=grpo.RENAMED_KEYS),
           "reward": Section(frozenset(_REWARD)),
           "rollout": Section(_fields(rollout.SamplerConfig) - {"temperature", "top_p"})}
 
@@ -176,6 +179,9 @@ def _problems(values: Mapping[str, Any], section: Section, path: str) -> list[st
         out.append(f"config.{name} = {_plain(values[key])!r} is not read: "
                    f"{section.why.get(key, 'another mode reads it')} (leave it at "
                    f"{section.neutral[key]!r})")
+      continue
+    if key in section.renamed:
+      out.append(f"config.{name} was renamed: use config.{section.renamed[key]}")
       continue
     known = sorted(section.read)
     out.append(f"config.{name}: no code reads this key (the keys read here: "

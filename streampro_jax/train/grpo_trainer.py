@@ -49,7 +49,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from streampro_jax import grpo, judges, models, parallel, rewards, rollout
+from streampro_jax import _config, grpo, judges, models, parallel, rewards, rollout
 from streampro_jax.data import chat_format, pipeline, schema, synthetic
 from streampro_jax.train import checkpoint as ckpt_lib
 from streampro_jax.train import config_check, grpo_step, loop, optim
@@ -396,16 +396,30 @@ def load_initial_params(config, model_config, abstract_params, param_shardings, 
 # ----------------------------------------------------------------------------------------------
 
 
+SAMPLER_KEYS_OF_GRPO = ("temperature", "top_p")
+"""rollout.SamplerConfig fields read from config.grpo (the update needs the temperature too);
+the other fields come from config.rollout."""
+
+
 def sampler_config(config) -> rollout.SamplerConfig:
-  """rollout.SamplerConfig from config.grpo (temperature, top_p) and config.rollout (the rest)."""
-  r = dict(config.get("rollout", {}) or {})
-  names = {f.name for f in dataclasses.fields(rollout.SamplerConfig)}
-  kw = {k: v for k, v in r.items() if k in names}
-  kw["temperature"] = float(config.grpo.temperature)
-  kw["top_p"] = float(config.grpo.get("top_p", 1.0))
-  if "max_response_tokens" in config.grpo and "max_text_tokens" not in kw:
-    kw["max_text_tokens"] = int(config.grpo.max_response_tokens)
+  """rollout.SamplerConfig from config.grpo (temperature, top_p) and config.rollout (the rest);
+  a key left out keeps the SamplerConfig default; an old key of config.grpo (grpo.RENAMED_KEYS,
+  e.g. max_response_tokens) raises an error naming its new key."""
+  g = _config.as_dict(config.grpo)
+  problems = _config.renamed_keys(g, grpo.RENAMED_KEYS, "grpo")
+  if problems:
+    raise _config.RenamedKeyError("; ".join(problems))
+  r = {k: v for k, v in _config.as_dict(config.get("rollout")).items()
+       if k not in SAMPLER_KEYS_OF_GRPO}
+  kw = _config.field_values(rollout.SamplerConfig, r, section_name="rollout")
+  kw.update(_config.field_values(rollout.SamplerConfig,
+                                 {k: g[k] for k in SAMPLER_KEYS_OF_GRPO if k in g},
+                                 section_name="grpo"))
   return rollout.SamplerConfig(**kw)
+
+
+REWARD_SCORER_KEYS = ("tau", "max_answers", "max_checks", "matching")
+"""RewardScorer fields read from config.reward (a key left out keeps the RewardScorer default)."""
 
 
 class GRPOTrainer:
@@ -424,7 +438,7 @@ class GRPOTrainer:
     self.config = config
     self.workdir = workdir
     os.makedirs(workdir, exist_ok=True)
-    self.mesh = setup_lib.make_mesh(config)
+    self.mesh, self.rules = setup_lib.make_mesh(config), setup_lib.mesh_rules(config)
     self.tokenizer = setup_lib.make_tokenizer(config, workdir)
     self.model_config = setup_lib.make_model_config(config.model, self.tokenizer)
     mcfg = self.model_config
@@ -463,12 +477,11 @@ class GRPOTrainer:
     rcfg = config.reward
     self.judge = judge if judge is not None else build_judge(rcfg)
     stored_rubrics, missing_rubric = rubrics_from_config(rcfg)
-    self.scorer = RewardScorer(self.judge, tau=float(rcfg.get("tau", 8.0)),
-                               max_turns=self.max_turns,
-                               max_answers=int(rcfg.get("max_answers", 32)),
-                               max_checks=int(rcfg.get("max_checks", 16)),
-                               rubrics=stored_rubrics, missing_rubric=missing_rubric,
-                               matching=str(rcfg.get("matching", "gt_first")))
+    self.scorer = RewardScorer(
+        self.judge, max_turns=self.max_turns, rubrics=stored_rubrics,
+        missing_rubric=missing_rubric, **_config.field_values(
+            RewardScorer, {k: rcfg[k] for k in REWARD_SCORER_KEYS if k in rcfg},
+            section_name="reward"))
 
     # State, optimizer, step.
     self.step_cfg = grpo.GRPOStepConfig.from_config(config.grpo, rcfg)
@@ -478,7 +491,7 @@ class GRPOTrainer:
     rng = jax.random.key(int(config.seed))
     self.boxed = jax.eval_shape(
         functools.partial(models.backbone_module(mcfg).init_params, mcfg), rng)
-    self.shardings = state_lib.state_shardings(self.tx, self.boxed, self.mesh)
+    self.shardings = state_lib.state_shardings(self.tx, self.boxed, self.mesh, self.rules)
     abstract_params = setup_lib.nn_unbox(self.boxed)
     logging.info("parameters: %s", optim.count_params(abstract_params, config.optim.frozen))
     init_params = load_initial_params(config, mcfg, abstract_params, self.shardings.params, rng)
@@ -513,7 +526,7 @@ class GRPOTrainer:
         logps_fn, self.tx, self.step_cfg, state_shardings=self.shardings,
         batch_sharding=grpo_step.grpo_batch_shardings(example, self.mesh), mesh=self.mesh,
         trainable=optim.trainable_mask(abstract_params, config.optim.frozen),
-        schedule=self.schedule)
+        schedule=self.schedule, rules=self.rules)
 
   # -- pieces of a step ----------------------------------------------------------------------
 

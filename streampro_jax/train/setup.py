@@ -19,11 +19,18 @@ from streampro_jax.train import state as state_lib
 
 
 def make_mesh(config):
-  """The device mesh of ``config.mesh`` (parallel.make_mesh), logged."""
-  mesh = parallel.make_mesh(dict(config.mesh))
+  """The device mesh of ``config.mesh``'s axis sizes (parallel.make_mesh), logged."""
+  mesh = parallel.make_mesh(parallel.mesh_sizes(config.mesh))
   logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.devices.size,
                jax.process_count())
   return mesh
+
+
+def mesh_rules(config):
+  """The logical-axis rules of ``config.mesh.rules`` (parallel.rules_from_config;
+  parallel.DEFAULT_RULES when the section has none): what the trainers shard parameters,
+  optimizer state and the update step with."""
+  return parallel.rules_from_config(config.get("mesh"))
 
 
 def make_tokenizer(config, workdir: str):

@@ -180,7 +180,7 @@ def train(config, workdir: str):
   # wrote it under --allow_config_change; then this finds the same config).
   config_check.check_workdir_config(workdir, config, write=jax.process_index() == 0)
   os.makedirs(workdir, exist_ok=True)
-  mesh = setup_lib.make_mesh(config)
+  mesh, rules = setup_lib.make_mesh(config), setup_lib.mesh_rules(config)
   tokenizer = make_tokenizer(config, workdir)
   model_config = make_model_config(config.model, tokenizer)
   decision_ids = tok_lib.decision_token_ids(tokenizer)
@@ -202,7 +202,7 @@ def train(config, workdir: str):
   init_fn = functools.partial(models.backbone_module(model_config).init_params, model_config)
   rng = jax.random.key(int(config.seed))
   boxed = jax.eval_shape(init_fn, rng)
-  shardings = state_lib.state_shardings(tx, boxed, mesh)
+  shardings = state_lib.state_shardings(tx, boxed, mesh, rules)
   logging.info("parameters: %s", optim.count_params(nn_unbox(boxed), config.optim.frozen))
 
   ckpt_cfg = config.checkpoint
@@ -216,7 +216,7 @@ def train(config, workdir: str):
   elif config.model.get("hf_checkpoint"):
     state = load_hf_state(config, model_config, tokenizer, tx, shardings, mesh)
   else:
-    state, _ = state_lib.create_train_state(init_fn, tx, mesh, rng)
+    state, _ = state_lib.create_train_state(init_fn, tx, mesh, rng, rules=rules)
 
   example = {k: np.zeros(s, np.float32) for k, s in pipe.batch_shapes().items()
              if k in STEP_BATCH_KEYS}
@@ -225,7 +225,7 @@ def train(config, workdir: str):
       batch_sharding=batch_shardings(example, mesh), mesh=mesh,
       unembed_fn=make_unembed(model_config),
       trainable=optim.trainable_mask(nn_unbox(boxed), config.optim.frozen),
-      num_microbatches=micro, schedule=schedule)
+      num_microbatches=micro, schedule=schedule, rules=rules)
 
   def step_fn(state, step):
     del step
