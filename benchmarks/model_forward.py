@@ -21,12 +21,12 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 
-from streampro_jax.models import kv_cache as kc
-from streampro_jax.models import qwen2_5_vl as q
+from streampro_jax.models import kv_cache as kc  # noqa: E402
+from streampro_jax.models import qwen2_5_vl as q  # noqa: E402
 
 
 def mid_config() -> q.Qwen2_5_VLConfig:

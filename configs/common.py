@@ -16,7 +16,8 @@ Sections:
 The trainers check every section when they load it (streampro_jax/train/config_check.py): a key
 that no code reads is an error naming it.
   tokenizer   "synthetic" (word-level SynthStream tokenizer, built in the workdir) or a folder.
-  optim       AdamW, schedule, clipping, frozen-parameter regex (streampro_jax.train.optim).
+  optim       AdamW, schedule, clipping, frozen-parameter regex (streampro_jax.train.optim.
+              OptimConfig: its defaults are the section's).
   loss        kind = cb_stream | ce | focal, its hyper-parameters and the vocabulary chunking.
   checkpoint  orbax keep-N asynchronous checkpoints.
 """
@@ -27,6 +28,7 @@ import ml_collections
 
 from streampro_jax import parallel
 from streampro_jax.data import pipeline
+from streampro_jax.train import checkpoint, optim, sft
 
 # Vision tower frozen, patch merger and LLM trained (docs/method.md section 1).
 FROZEN_VISION = r"^visual/(?!merger/)"
@@ -87,30 +89,26 @@ def data_config(*, source: str, seq_len: int, max_turns: int, frame_size: int,
   return ml_collections.ConfigDict(d)
 
 
-def optim_config(*, lr: float, warmup_ratio: float = 0.03, weight_decay: float = 0.0,
-                 grad_clip_norm: float = 1.0, frozen: str = FROZEN_VISION,
-                 end_lr_factor: float = 0.0) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      lr=lr, warmup_steps=-1, warmup_ratio=warmup_ratio, schedule="cosine",
-      end_lr_factor=end_lr_factor, b1=0.9, b2=0.999, eps=1e-8, weight_decay=weight_decay,
-      grad_clip_norm=grad_clip_norm, frozen=frozen))
+def optim_config(*, lr: float, frozen: str = FROZEN_VISION, **kw) -> ml_collections.ConfigDict:
+  """Optim section: every streampro_jax.train.optim.OptimConfig field, at its default unless
+  given in ``kw`` (warmup_ratio, weight_decay, grad_clip_norm, end_lr_factor, schedule, ...);
+  ``frozen`` is the vision tower unless given."""
+  return ml_collections.ConfigDict(dataclasses.asdict(optim.OptimConfig(lr=lr, frozen=frozen,
+                                                                        **kw)))
 
 
-def loss_config(kind: str = "cb_stream", *, beta: float = 0.9999, text_weight: float = 2.0,
-                gamma: float = 2.0, chunk_size: int = 0,
-                count_scope: str = "global") -> ml_collections.ConfigDict:
-  """kind: cb_stream | ce | focal. chunk_size > 0: chunked-vocabulary loss from hidden states.
+def loss_config(kind: str = sft.LossConfig.kind, **kw) -> ml_collections.ConfigDict:
+  """Loss section: every streampro_jax.train.sft.LossConfig field, at its default unless given.
+  kind: cb_stream | ce | focal. chunk_size > 0: chunked-vocabulary loss from hidden states.
   count_scope: global | microbatch | device, where the decision-class counts n_k are taken
   (train/sft.COUNT_SCOPES; BUILD_NOTES "CB-Stream count scope" has the weight-ratio table)."""
-  return ml_collections.ConfigDict(dict(kind=kind, beta=beta, text_weight=text_weight,
-                                        gamma=gamma, chunk_size=chunk_size,
-                                        count_scope=count_scope))
+  return ml_collections.ConfigDict(dataclasses.asdict(sft.LossConfig(kind=kind, **kw)))
 
 
-def checkpoint_config(*, every_steps: int = 500, keep: int = 3,
-                      async_save: bool = True) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(every_steps=every_steps, keep=keep,
-                                        async_save=async_save))
+def checkpoint_config(**kw) -> ml_collections.ConfigDict:
+  """Checkpoint section: every streampro_jax.train.checkpoint.CheckpointConfig field (every_steps,
+  keep, async_save), at its default unless given."""
+  return ml_collections.ConfigDict(dataclasses.asdict(checkpoint.CheckpointConfig(**kw)))
 
 
 def base_config() -> ml_collections.ConfigDict:

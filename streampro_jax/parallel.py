@@ -11,7 +11,7 @@ copies :data:`DEFAULT_RULES` there), read by the trainers with :func:`rules_from
 
 Typical use (born-sharded state, as big_vision does)::
 
-  mesh = parallel.make_mesh(parallel.mesh_sizes(config.mesh))  # {"data": 2, "fsdp": -1, ...}
+  mesh = parallel.make_mesh(config.mesh)             # {"data": 2, "fsdp": -1, "rules": ...}
   rules = parallel.rules_from_config(config.mesh)
   abstract = jax.eval_shape(init_fn, rng)            # boxed nn.Partitioned leaves
   shardings = parallel.logical_shardings(abstract, mesh, rules=rules)
@@ -69,11 +69,14 @@ def resolve_mesh_shape(sizes: Mapping[str, int], num_devices: int) -> dict[str, 
 
   Args:
     sizes: {"data": d, "fsdp": f, "tensor": t}; missing axes count as 1, at most one may be -1.
+      A config's whole ``mesh`` section may be passed: its ``rules`` key is not a size and is
+      left out.
     num_devices: total number of devices the mesh must cover exactly.
 
   Returns:
     {"data": d, "fsdp": f, "tensor": t} with product == num_devices.
   """
+  sizes = {k: v for k, v in sizes.items() if k != "rules"}
   unknown = set(sizes) - set(MESH_AXES)
   if unknown:
     raise MeshError(f"unknown mesh axes {sorted(unknown)}; expected a subset of {MESH_AXES}")
@@ -119,11 +122,6 @@ def make_mesh(sizes: Mapping[str, int] | None = None,
 
 def _rules_dict(rules) -> dict[str, Any]:
   return dict(DEFAULT_RULES if rules is None else rules)
-
-
-def mesh_sizes(mesh_cfg: Mapping[str, Any] | None) -> dict[str, int]:
-  """The axis sizes of a config's ``mesh`` section (its keys other than ``rules``)."""
-  return {k: v for k, v in dict(mesh_cfg or {}).items() if k != "rules"}
 
 
 def rules_from_config(mesh_cfg: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...]:

@@ -6,20 +6,43 @@ import dataclasses
 import ml_collections
 import pytest
 
-from configs import tiny_synthetic_grpo
+from configs import common, tiny_synthetic_grpo
 from streampro_jax import _config, grpo, rollout
 from streampro_jax.data import pipeline, video
 from streampro_jax.models import processing, processing_qwen3
-from streampro_jax.train import config_check, grpo_trainer
+from streampro_jax.train import checkpoint, config_check, grpo_trainer, optim, sft
 
 FROM_CONFIG = (grpo.GRPOStepConfig, pipeline.PipelineConfig, video.ResizePolicy,
-               processing.VideoProcessorConfig, processing_qwen3.Qwen3VideoProcessorConfig)
+               processing.VideoProcessorConfig, processing_qwen3.Qwen3VideoProcessorConfig,
+               sft.LossConfig, checkpoint.CheckpointConfig)
 
 
 @pytest.mark.parametrize("cls", FROM_CONFIG, ids=lambda c: c.__name__)
 @pytest.mark.parametrize("empty", [{}, ml_collections.ConfigDict()], ids=["dict", "ConfigDict"])
 def test_empty_section_gives_the_dataclass_defaults(cls, empty):
   assert cls.from_config(empty) == cls()
+
+
+def test_optim_section_needs_only_lr():
+  assert optim.OptimConfig.from_config({"lr": 1e-3}) == optim.OptimConfig(lr=1e-3)
+  with pytest.raises(ValueError, match=r"config\.optim\.lr is required"):
+    optim.OptimConfig.from_config({})
+  # None disables clipping (as 0 does) and keeps all checkpoints (as 0 does).
+  assert optim.OptimConfig.from_config({"lr": 1.0, "grad_clip_norm": None}).grad_clip_norm == 0
+  assert checkpoint.CheckpointConfig.from_config({"keep": None}).keep == 0
+
+
+def test_configs_common_sections_are_the_dataclass_defaults():
+  """configs/common.py builds its sections from the dataclasses: no second copy of a default."""
+  assert dict(common.loss_config()) == dataclasses.asdict(sft.LossConfig())
+  assert dict(common.checkpoint_config()) == dataclasses.asdict(checkpoint.CheckpointConfig())
+  assert dict(common.optim_config(lr=0.5, frozen=None)) == dataclasses.asdict(
+      optim.OptimConfig(lr=0.5))
+  assert common.optim_config(lr=0.5).frozen == common.FROZEN_VISION  # The project's choice.
+  assert sft.LossConfig.from_config(common.loss_config("focal", gamma=3.0)) == sft.LossConfig(
+      kind="focal", gamma=3.0)
+  # config_check's list of loss keys (sft sits above it) is LossConfig's fields.
+  assert set(config_check._LOSS) == {f.name for f in dataclasses.fields(sft.LossConfig)}  # pylint: disable=protected-access
 
 
 def test_sampler_config_defaults_are_the_dataclass_defaults():

@@ -37,6 +37,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from streampro_jax import _config
+
 STATE = "state"
 DATA = "data"
 
@@ -200,11 +202,39 @@ def skipped_note(ckpt: Checkpointer) -> str:
           f"{', '.join(p for _, p in ckpt.set_aside)})")
 
 
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+  """The ``config.checkpoint`` section (Checkpointer's arguments).
+
+  Attributes:
+    every_steps: save when ``step % every_steps == 0``.
+    keep: how many of the newest checkpoints to keep (0, or None in a config section, keeps all).
+    async_save: write in a background thread.
+  """
+  every_steps: int = 1000
+  keep: int = 3
+  async_save: bool = True
+
+  @classmethod
+  def from_config(cls, cfg: Any) -> CheckpointConfig:
+    """From a ``config.checkpoint`` mapping / ConfigDict; a key left out keeps its default."""
+    kw = _config.field_values(cls, cfg, section_name="checkpoint")
+    if "keep" in _config.as_dict(cfg) and _config.as_dict(cfg)["keep"] is None:
+      kw["keep"] = 0  # None keeps all, as 0 does.
+    return cls(**kw)
+
+
 class Checkpointer:
   """Keep-N asynchronous orbax checkpoints of (train state, data iterator state)."""
 
-  def __init__(self, directory: str | os.PathLike, *, keep: int = 3, every_steps: int = 1000,
-               async_save: bool = True):
+  @classmethod
+  def from_config(cls, directory: str | os.PathLike, cfg: Any) -> Checkpointer:
+    """A Checkpointer of ``directory`` with the settings of a ``config.checkpoint`` section."""
+    return cls(directory, **dataclasses.asdict(CheckpointConfig.from_config(cfg)))
+
+  def __init__(self, directory: str | os.PathLike, *, keep: int = CheckpointConfig.keep,
+               every_steps: int = CheckpointConfig.every_steps,
+               async_save: bool = CheckpointConfig.async_save):
     """Args:
       directory: where checkpoints go (created if missing); usually ``<workdir>/checkpoints``.
       keep: how many of the newest checkpoints to keep (None or 0 keeps all).

@@ -19,8 +19,12 @@ Where each section's keys come from (the readers, not a hand list where a reader
                preset; an old key (grpo.RENAMED_KEYS: beta_kl, max_response_tokens) is an
                error naming the key that replaced it;
   mesh         parallel.MESH_CONFIG_KEYS: the axis sizes and the logical-axis rules;
-  top level, optim, loss, checkpoint, reward, init: the keys their readers take (listed below
-               next to the reader's name).
+  optim        optim.OptimConfig fields;
+  checkpoint   checkpoint.CheckpointConfig fields;
+  loss         sft.LossConfig fields (sft sits above this module: the list below, which a test
+               compares with the dataclass);
+  top level, reward, init: the keys their readers take (listed below next to the reader's
+               name).
 
 A key that belongs to another mode of its reader (``data.jsonl`` when ``data.source`` is
 "tfds", ``model.tiny_text`` next to an ``hf_checkpoint``) may stay in a config at its neutral
@@ -39,11 +43,8 @@ TRAINERS = ("sft", "grpo")
 # Readers without a dataclass: the keys they take (reader in the comment).
 _TOP_LEVEL = ("seed", "global_batch_size", "num_epochs", "total_steps", "log_every_steps",
               "tokenizer", "tensorboard", "debug_kill_after_step")   # sft.train, GRPOTrainer
-_OPTIM = ("lr", "warmup_steps", "warmup_ratio", "schedule", "end_lr_factor", "b1", "b2", "eps",
-          "weight_decay", "grad_clip_norm", "frozen")                # optim.make_optimizer
-_LOSS = ("kind", "beta", "text_weight", "gamma", "chunk_size",   # sft.make_sft_loss_fn
-         "count_scope")                                          # sft.sft_context
-_CHECKPOINT = ("every_steps", "keep", "async_save")                  # checkpoint.Checkpointer
+_LOSS = ("kind", "beta", "text_weight", "gamma", "chunk_size",   # sft.LossConfig
+         "count_scope")
 _REWARD = ("weights", "tau", "max_answers", "max_checks", "judge",   # GRPOTrainer, build_judge
            "rubrics_file", "missing_rubric",                         # grpo_trainer rubric files
            "matching")                                               # RewardScorer
@@ -141,11 +142,12 @@ def data_section(data_cfg: Mapping[str, Any], trainer: str) -> Section:
 def sections(config: Mapping[str, Any], trainer: str) -> dict[str, Section]:
   """{"" (top level) or section name: Section} of a `trainer` ("sft" | "grpo") config."""
   from streampro_jax import grpo, parallel, rollout  # pylint: disable=g-import-not-at-top
+  from streampro_jax.train import checkpoint, optim  # pylint: disable=g-import-not-at-top
   if trainer not in TRAINERS:
     raise ValueError(f"trainer {trainer!r}; expected one of {TRAINERS}")
   common = {"mesh": Section(frozenset(parallel.MESH_CONFIG_KEYS)),
-            "optim": Section(frozenset(_OPTIM)),
-            "checkpoint": Section(frozenset(_CHECKPOINT))}
+            "optim": Section(_fields(optim.OptimConfig)),
+            "checkpoint": Section(_fields(checkpoint.CheckpointConfig))}
   if "model" in config:
     common["model"] = model_section(config["model"], trainer)
   if "data" in config:

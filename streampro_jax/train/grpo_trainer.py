@@ -193,7 +193,7 @@ def rubrics_from_config(reward_cfg: Mapping[str, Any]):
   ("error", the default: a sample without a rubric stops the run; "zero": R_traj = 0 for that
   sample, counted in the metric rubric_fallbacks)."""
   path = str(reward_cfg.get("rubrics_file", "") or "")
-  policy = str(reward_cfg.get("missing_rubric", "error") or "error")
+  policy = str(reward_cfg.get("missing_rubric") or RewardScorer.missing_rubric)
   if policy not in MISSING_RUBRIC_POLICIES:
     raise ValueError(f"config.reward.missing_rubric = {policy!r}; expected one of "
                      f"{MISSING_RUBRIC_POLICIES}")
@@ -464,8 +464,8 @@ class GRPOTrainer:
     n_proc = jax.process_count()
     if gb % n_proc:
       raise ValueError(f"global batch {gb} is not divisible by {n_proc} hosts")
-    self.prompts = PromptIterator(source, gb // n_proc, seed=int(data_cfg.get("seed", 0)),
-                                  shuffle=bool(data_cfg.get("shuffle", True)),
+    self.prompts = PromptIterator(source, gb // n_proc, seed=self.pcfg.seed,
+                                  shuffle=self.pcfg.shuffle,
                                   process_index=jax.process_index(), process_count=n_proc,
                                   max_turns=self.max_turns)
     self.total_steps = setup_lib.total_steps_of(config, self.prompts.num_trajectories)
@@ -502,10 +502,8 @@ class GRPOTrainer:
       ref_dtype = config.grpo.get("ref_param_dtype", "") or None
       self.ref_params = jax.tree.map(
           lambda p: jnp.array(p, dtype=ref_dtype or p.dtype, copy=True), init_params)
-    ck = config.checkpoint
-    self.ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=ck.keep,
-                                      every_steps=ck.every_steps,
-                                      async_save=ck.get("async_save", True))
+    self.ckpt = ckpt_lib.Checkpointer.from_config(os.path.join(workdir, "checkpoints"),
+                                                  config.checkpoint)
     latest = self.ckpt.latest_step()
     if latest is not None:
       del init_params
@@ -604,13 +602,13 @@ class GRPOTrainer:
 
     writer = metrics_lib.create_writer(self.workdir, total_steps=self.total_steps,
                                        enabled=jax.process_index() == 0,
-                                       tensorboard=cfg.get("tensorboard", True))
+                                       tensorboard=bool(cfg.tensorboard))
     self.state, _ = loop.train_loop(
         self.state, step_fn,
         start_step=int(jax.device_get(self.state.step)) // self.step_cfg.num_passes,
         total_steps=self.total_steps, checkpointer=self.ckpt, data_iterator=self.prompts,
         writer=writer, log_every=int(cfg.log_every_steps),
-        kill_after=int(cfg.get("debug_kill_after_step", -1)))
+        kill_after=int(cfg.debug_kill_after_step))
     logging.info("judge: %s", getattr(self.judge, "stats", None))
     return self.state
 

@@ -1,12 +1,13 @@
 """Optimizer for the SFT (and later GRPO) stages: AdamW, warmup + cosine decay, clipping, freezing.
 
-The optimizer is one optax transformation built from a config section (``config.optim``)::
+The optimizer is one optax transformation built from a config section (``config.optim``, read
+as an :class:`OptimConfig`: each default is written there once)::
 
   tx = optim.make_optimizer(config.optim, total_steps=1000)
 
 * Learning rate: linear warmup from 0 to ``lr`` over ``warmup_steps`` (or ``warmup_ratio`` of the
   run), then cosine decay to ``lr * end_lr_factor`` at ``total_steps``.
-* Gradient clipping by global norm (``grad_clip_norm``; 0 or None disables it). The norm is taken
+* Gradient clipping by global norm (``grad_clip_norm``; 0 disables it). The norm is taken
   over the *trainable* parameters only.
 * AdamW with decoupled weight decay on parameters with ``ndim >= 2`` (kernels, embeddings); biases
   and norm scales are not decayed.
@@ -20,6 +21,7 @@ Parameter paths are the Flax param dict keys joined with '/', e.g.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Mapping
@@ -28,8 +30,59 @@ from typing import Any
 import jax
 import optax
 
+from streampro_jax import _config
+
 TRAIN = "train"
 FROZEN = "frozen"
+SCHEDULES = ("cosine", "constant")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+  """The ``config.optim`` section.
+
+  Attributes:
+    lr: peak learning rate (required).
+    warmup_steps: linear warmup steps; < 0: ``round(warmup_ratio * total_steps)``.
+    warmup_ratio: warmup as a fraction of the run (when warmup_steps < 0).
+    schedule: "cosine" (decay to lr * end_lr_factor at total_steps) or "constant".
+    end_lr_factor: the cosine schedule's final lr / lr.
+    b1, b2, eps: AdamW's moment decays and epsilon.
+    weight_decay: decoupled weight decay of parameters with ndim >= 2.
+    grad_clip_norm: clip by global norm over the trainable parameters; 0 (or None in a config
+      section) disables it.
+    frozen: regular expression of frozen parameter paths (see trainable_mask); None or ''
+      freezes nothing.
+  """
+  lr: float
+  warmup_steps: int = -1
+  warmup_ratio: float = 0.0
+  schedule: str = "cosine"
+  end_lr_factor: float = 0.0
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  weight_decay: float = 0.0
+  grad_clip_norm: float = 1.0
+  frozen: str | None = None
+
+  def __post_init__(self):
+    if self.schedule not in SCHEDULES:
+      raise ValueError(f"config.optim.schedule = {self.schedule!r}; expected one of {SCHEDULES}")
+
+  @classmethod
+  def from_config(cls, cfg: Any) -> OptimConfig:
+    """From a ``config.optim`` mapping / ConfigDict (an OptimConfig is returned as is); a key left
+    out keeps the field's default; ``lr`` is required."""
+    if isinstance(cfg, cls):
+      return cfg
+    values = _config.as_dict(cfg)
+    if values.get("lr") is None:
+      raise ValueError("config.optim.lr is required (the peak learning rate)")
+    kw = _config.field_values(cls, values, section_name="optim")
+    if "grad_clip_norm" in values and values["grad_clip_norm"] is None:
+      kw["grad_clip_norm"] = 0.0  # None disables clipping, as 0 does.
+    return cls(**kw)
 
 
 def path_str(path) -> str:
@@ -74,15 +127,16 @@ def count_params(params, frozen: str | None = None) -> dict[str, int]:
   return {"total": total, "trainable": trained, "frozen": total - trained}
 
 
-def warmup_steps(cfg: Mapping[str, Any], total_steps: int) -> int:
+def warmup_steps(cfg: Mapping[str, Any] | OptimConfig, total_steps: int) -> int:
   """Warmup length: ``cfg.warmup_steps`` if set (>= 0), else ``round(warmup_ratio * total)``."""
-  steps = cfg.get("warmup_steps", -1)
-  if steps is None or steps < 0:
-    steps = int(round(float(cfg.get("warmup_ratio", 0.0)) * total_steps))
+  c = OptimConfig.from_config(cfg)
+  steps = c.warmup_steps
+  if steps < 0:
+    steps = int(round(c.warmup_ratio * total_steps))
   return int(min(steps, total_steps))
 
 
-def make_schedule(cfg: Mapping[str, Any], total_steps: int) -> optax.Schedule:
+def make_schedule(cfg: Mapping[str, Any] | OptimConfig, total_steps: int) -> optax.Schedule:
   """Learning rate schedule: linear warmup 0 -> lr, then cosine decay to lr * end_lr_factor.
 
   lr(s) = lr * s / W                                                    for s < W
@@ -92,47 +146,45 @@ def make_schedule(cfg: Mapping[str, Any], total_steps: int) -> optax.Schedule:
   """
   if total_steps <= 0:
     raise ValueError(f"total_steps must be positive, got {total_steps}")
-  lr = float(cfg["lr"])
-  warm = warmup_steps(cfg, total_steps)
-  kind = cfg.get("schedule", "cosine")
-  if kind == "constant":
+  c = OptimConfig.from_config(cfg)
+  lr = c.lr
+  warm = warmup_steps(c, total_steps)
+  if c.schedule == "constant":
     if warm == 0:
       return optax.constant_schedule(lr)
     return optax.join_schedules(
         [optax.linear_schedule(0.0, lr, warm), optax.constant_schedule(lr)], [warm])
-  if kind != "cosine":
-    raise ValueError(f"unknown schedule '{kind}' (expected 'cosine' or 'constant')")
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=lr, warmup_steps=warm, decay_steps=max(total_steps, warm + 1),
-      end_value=lr * float(cfg.get("end_lr_factor", 0.0)))
+      end_value=lr * c.end_lr_factor)
 
 
 def _decay_mask(params):
   return jax.tree.map(lambda p: len(p.shape) >= 2, params)
 
 
-def make_optimizer(cfg: Mapping[str, Any], total_steps: int) -> optax.GradientTransformation:
+def make_optimizer(cfg: Mapping[str, Any] | OptimConfig,
+                   total_steps: int) -> optax.GradientTransformation:
   """AdamW + schedule + clipping on trainable parameters, zero updates on frozen ones.
 
   Args:
-    cfg: the ``config.optim`` section: lr, warmup_steps / warmup_ratio, schedule, end_lr_factor,
-      b1, b2, eps, weight_decay, grad_clip_norm, frozen (regex of frozen parameter paths).
+    cfg: the ``config.optim`` section (OptimConfig fields: lr, warmup_steps / warmup_ratio,
+      schedule, end_lr_factor, b1, b2, eps, weight_decay, grad_clip_norm, frozen), or an
+      OptimConfig.
     total_steps: number of optimizer steps of the run (the cosine horizon).
 
   Returns:
     An optax GradientTransformation whose parameter labels are computed from the params tree.
   """
-  schedule = make_schedule(cfg, total_steps)
+  c = OptimConfig.from_config(cfg)
+  schedule = make_schedule(c, total_steps)
   parts = []
-  clip = cfg.get("grad_clip_norm", 1.0)
-  if clip:
-    parts.append(optax.clip_by_global_norm(float(clip)))
-  parts.append(optax.adamw(
-      learning_rate=schedule, b1=float(cfg.get("b1", 0.9)), b2=float(cfg.get("b2", 0.999)),
-      eps=float(cfg.get("eps", 1e-8)), weight_decay=float(cfg.get("weight_decay", 0.0)),
-      mask=_decay_mask))
+  if c.grad_clip_norm:
+    parts.append(optax.clip_by_global_norm(c.grad_clip_norm))
+  parts.append(optax.adamw(learning_rate=schedule, b1=c.b1, b2=c.b2, eps=c.eps,
+                           weight_decay=c.weight_decay, mask=_decay_mask))
   train_tx = optax.chain(*parts)
-  frozen = cfg.get("frozen", None)
+  frozen = c.frozen
   return optax.multi_transform(
       {TRAIN: train_tx, FROZEN: optax.set_to_zero()},
       lambda params: param_labels(params, frozen))

@@ -20,7 +20,7 @@ from streampro_jax.train import state as state_lib
 
 def make_mesh(config):
   """The device mesh of ``config.mesh``'s axis sizes (parallel.make_mesh), logged."""
-  mesh = parallel.make_mesh(parallel.mesh_sizes(config.mesh))
+  mesh = parallel.make_mesh(dict(config.mesh))
   logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.devices.size,
                jax.process_count())
   return mesh
@@ -36,7 +36,7 @@ def mesh_rules(config):
 def make_tokenizer(config, workdir: str):
   """Tokenizer from ``config.tokenizer``: "synthetic" (built under ``<workdir>/tokenizer`` of
   this process) or a folder (``data.tokenizer.load_tokenizer``, decision tokens added)."""
-  name = config.get("tokenizer", "synthetic")
+  name = config.tokenizer
   if name == "synthetic":
     out = os.path.join(workdir, "tokenizer", f"process_{jax.process_index()}")
     return tok_lib.build_synthetic_tokenizer(synthetic.synthetic_vocabulary(), out)
@@ -91,9 +91,10 @@ def make_data(config, tokenizer, model_config):
   data_cfg["batch_size"] = int(config.global_batch_size)
   source = None
   if data_cfg.get("source") == "synth":
-    synth_cfg = synthetic.SynthConfig.from_dict(dict(data_cfg.get("synth", {})))
-    pairs = synthetic.generate(data_cfg.get("split", "train"), int(data_cfg["num_videos"]),
-                               seed=int(data_cfg.get("synth_seed", 0)), config=synth_cfg,
+    spec = {k: data_cfg.get(k, v) for k, v in pipeline.SOURCE_KEYS["synth"].items()}
+    synth_cfg = synthetic.SynthConfig.from_dict(dict(spec["synth"]))
+    pairs = synthetic.generate(spec["split"], int(spec["num_videos"]),
+                               seed=int(spec["synth_seed"]), config=synth_cfg,
                                with_frames=False)
     source = pipeline.RecordSource([r for r, _ in pairs], frames=synthetic.render_frames)
   if data_cfg.get("narration", False):
@@ -105,7 +106,7 @@ def make_data(config, tokenizer, model_config):
 
 def total_steps_of(config, num_trajectories: int) -> int:
   """config.total_steps if > 0, else floor(num_epochs * trajectories / global batch)."""
-  if config.get("total_steps", -1) and config.total_steps > 0:
+  if config.total_steps > 0:
     return int(config.total_steps)
   steps = int(float(config.num_epochs) * num_trajectories // int(config.global_batch_size))
   if steps < 1:

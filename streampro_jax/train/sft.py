@@ -19,6 +19,7 @@ this module (``sft.build_update_step``, ``sft.make_forward``, ...).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from collections.abc import Callable, Mapping
@@ -30,7 +31,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from streampro_jax import losses, models, parallel
+from streampro_jax import _config, losses, models, parallel
 from streampro_jax.data import tokenizer as tok_lib
 from streampro_jax.train import checkpoint as ckpt_lib
 from streampro_jax.train import config_check, loop, optim
@@ -51,6 +52,52 @@ from streampro_jax.train.step import (  # noqa: F401
 # ----------------------------------------------------------------------------------------------
 
 
+COUNT_SCOPES = ("global", "microbatch", "device")
+"""Where CB-Stream / focal count n_k (config loss.count_scope; BUILD_NOTES has the table):
+global      the whole global batch, all devices and micro-batches (docs/method.md: "the current
+            global batch"; the default);
+microbatch  each micro-batch of the gradient accumulation, all devices;
+device      each device's rows of each micro-batch (what a data-parallel PyTorch trainer that
+            does not all-reduce the counts computes, as Streamo's code; with one row per device,
+            one trajectory's counts)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  """The ``config.loss`` section of an SFT config.
+
+  Attributes:
+    kind: losses.LOSS_KINDS: "cb_stream" | "ce" | "focal".
+    beta: CB-Stream's class-balance beta.
+    text_weight: CB-Stream's weight of the text tokens.
+    gamma: the focal loss's gamma.
+    chunk_size: 0: the loss on full logits; > 0: from the final hidden states, one vocabulary
+      chunk at a time.
+    count_scope: COUNT_SCOPES, where the decision-class counts n_k are taken.
+  """
+  kind: str = "cb_stream"
+  beta: float = 0.9999
+  text_weight: float = 2.0
+  gamma: float = 2.0
+  chunk_size: int = 0
+  count_scope: str = "global"
+
+  def __post_init__(self):
+    if self.kind not in losses.LOSS_KINDS:
+      raise ValueError(f"config.loss.kind = {self.kind!r}; expected one of {losses.LOSS_KINDS}")
+    if self.count_scope not in COUNT_SCOPES:
+      raise ValueError(f"config.loss.count_scope = {self.count_scope!r}; expected one of "
+                       f"{COUNT_SCOPES}")
+
+  @classmethod
+  def from_config(cls, loss_cfg: Any) -> LossConfig:
+    """From a ``config.loss`` mapping / ConfigDict (a LossConfig is returned as is); a key left
+    out keeps the field's default."""
+    if isinstance(loss_cfg, cls):
+      return loss_cfg
+    return cls(**_config.field_values(cls, loss_cfg, section_name="loss"))
+
+
 def _weighted_nll(nll, labels, loss_mask, **kwargs):
   """losses' shared weighting of per-token nll."""
   return losses.weighted_nll_sum_and_count(nll, labels, loss_mask, **kwargs)
@@ -64,7 +111,8 @@ def make_sft_loss_fn(forward_fn: Callable[..., jax.Array], loss_cfg: Mapping[str
   Args:
     forward_fn: (params, batch, return_hidden: bool) -> logits f32[B, T, V] (return_hidden False)
       or final hidden states [B, T, D] (return_hidden True).
-    loss_cfg: ``config.loss``: kind ("cb_stream" | "ce" | "focal"), beta, text_weight, gamma,
+    loss_cfg: ``config.loss`` (LossConfig fields, or a LossConfig): kind ("cb_stream" | "ce" |
+      "focal"), beta, text_weight, gamma,
       chunk_size (0: plain loss on full logits; > 0: chunked vocabulary from hidden states),
       count_scope (COUNT_SCOPES: where the decision-class counts n_k of CB-Stream / focal are
       taken: "global" the whole global batch, "microbatch" each micro-batch, "device" each
@@ -77,17 +125,13 @@ def make_sft_loss_fn(forward_fn: Callable[..., jax.Array], loss_cfg: Mapping[str
     context is the global decision-class counts f32[2] (:func:`sft_context`; None for the
     "microbatch" and "device" scopes, whose counts are taken inside loss_fn).
   """
-  kind = loss_cfg.get("kind", "cb_stream")
-  scope = count_scope_of(loss_cfg)
-  if kind not in losses.LOSS_KINDS:
-    raise ValueError(f"config.loss.kind = {kind!r}; expected one of {losses.LOSS_KINDS}")
-  chunk = int(loss_cfg.get("chunk_size", 0) or 0)
+  cfg = LossConfig.from_config(loss_cfg)
+  kind, scope, chunk = cfg.kind, cfg.count_scope, cfg.chunk_size
   if chunk and unembed_fn is None:
     raise ValueError(f"loss.chunk_size = {chunk} needs an unembed_fn (params -> [D, V])")
   ids = tuple(int(i) for i in decision_token_ids)
-  weights = dict(kind=kind, decision_token_ids=ids, beta=float(loss_cfg.get("beta", 0.9999)),
-                 text_weight=float(loss_cfg.get("text_weight", 2.0)),
-                 gamma=float(loss_cfg.get("gamma", 2.0)))
+  weights = dict(kind=kind, decision_token_ids=ids, beta=cfg.beta, text_weight=cfg.text_weight,
+                 gamma=cfg.gamma)
 
   def loss_fn(params, batch, class_counts):
     labels, mask = batch["labels"], batch["loss_mask"]
@@ -112,21 +156,9 @@ def make_sft_loss_fn(forward_fn: Callable[..., jax.Array], loss_cfg: Mapping[str
   return loss_fn
 
 
-COUNT_SCOPES = ("global", "microbatch", "device")
-"""Where CB-Stream / focal count n_k (config loss.count_scope; BUILD_NOTES has the table):
-global      the whole global batch, all devices and micro-batches (docs/method.md: "the current
-            global batch"; the default);
-microbatch  each micro-batch of the gradient accumulation, all devices;
-device      each device's rows of each micro-batch (what a data-parallel PyTorch trainer that
-            does not all-reduce the counts computes, as Streamo's code; with one row per device,
-            one trajectory's counts)."""
-
-
-def count_scope_of(loss_cfg: Mapping[str, Any]) -> str:
-  scope = str(loss_cfg.get("count_scope", "global") or "global")
-  if scope not in COUNT_SCOPES:
-    raise ValueError(f"config.loss.count_scope = {scope!r}; expected one of {COUNT_SCOPES}")
-  return scope
+def count_scope_of(loss_cfg: Mapping[str, Any] | LossConfig) -> str:
+  """The count scope of a ``config.loss`` section (LossConfig.count_scope)."""
+  return LossConfig.from_config(loss_cfg).count_scope
 
 
 def sft_context(decision_token_ids, count_scope: str = "global"):
@@ -186,7 +218,7 @@ def train(config, workdir: str):
   decision_ids = tok_lib.decision_token_ids(tokenizer)
   data_iter, pipe = make_data(config, tokenizer, model_config)
   total_steps = total_steps_of(config, pipe.num_trajectories)
-  gb, micro = int(config.global_batch_size), int(config.get("num_microbatches", 1))
+  gb, micro = int(config.global_batch_size), int(config.num_microbatches)
   dp = step_lib.data_shards(mesh)
   if gb % (micro * dp):
     raise ValueError(f"global batch {gb} is not divisible by {micro} micro-batches x {dp} "
@@ -205,10 +237,8 @@ def train(config, workdir: str):
   shardings = state_lib.state_shardings(tx, boxed, mesh, rules)
   logging.info("parameters: %s", optim.count_params(nn_unbox(boxed), config.optim.frozen))
 
-  ckpt_cfg = config.checkpoint
-  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), keep=ckpt_cfg.keep,
-                               every_steps=ckpt_cfg.every_steps,
-                               async_save=ckpt_cfg.get("async_save", True))
+  ckpt = ckpt_lib.Checkpointer.from_config(os.path.join(workdir, "checkpoints"),
+                                           config.checkpoint)
   latest = ckpt.latest_step()
   if latest is not None:
     state = ckpt.restore(latest, state_lib.abstract_state(tx, boxed), shardings, data_iter)
@@ -236,11 +266,11 @@ def train(config, workdir: str):
 
   writer = metrics_lib.create_writer(workdir, total_steps=total_steps,
                                      enabled=jax.process_index() == 0,
-                                     tensorboard=config.get("tensorboard", True))
+                                     tensorboard=bool(config.tensorboard))
   state, _ = loop.train_loop(
       state, step_fn, start_step=int(jax.device_get(state.step)), total_steps=total_steps,
       checkpointer=ckpt, data_iterator=data_iter, writer=writer,
       log_every=int(config.log_every_steps),
-      kill_after=int(config.get("debug_kill_after_step", -1)))
+      kill_after=int(config.debug_kill_after_step))
   logging.info("data pipeline: %s", data_iter.stats.as_dict())
   return state
