@@ -7,8 +7,9 @@ import ml_collections
 import pytest
 
 from configs import common, tiny_synthetic_grpo
-from streampro_jax import _config, grpo, rollout
-from streampro_jax.data import pipeline, video
+from streampro_jax import _config, grpo, models, rollout
+from streampro_jax.data import pipeline, synthetic, video
+from streampro_jax.data import tokenizer as tok_lib
 from streampro_jax.models import processing, processing_qwen3
 from streampro_jax.train import checkpoint, config_check, grpo_trainer, optim, sft
 
@@ -123,3 +124,17 @@ def test_field_values_conversion_and_none():
   assert _config.field_values(Example, None) == {}
   with pytest.raises(ValueError, match=r"config\.s\.n = 'three': expected a value of type int"):
     _config.field_values(Example, dict(n="three"), section_name="s")
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_model_section_compute_keys_default_to_the_backbone_config(family, tmp_path):
+  tokenizer = tok_lib.build_synthetic_tokenizer(synthetic.synthetic_vocabulary(), str(tmp_path))
+  config_cls = models.backbone_module({"family": family}).Config
+  mcfg = models.config_from_section({"family": family}, tokenizer)
+  assert {k: getattr(mcfg, k) for k in models.COMPUTE_KEYS} == {
+      k: getattr(config_cls(), k) for k in models.COMPUTE_KEYS}
+  given = dict(dtype="bfloat16", param_dtype="bfloat16", attention_impl="xla", remat=True,
+               remat_policy="dots", scan_layers=True)
+  assert set(given) == set(models.COMPUTE_KEYS)
+  mcfg = models.config_from_section({"family": family, **given}, tokenizer)
+  assert {k: getattr(mcfg, k) for k in models.COMPUTE_KEYS} == given

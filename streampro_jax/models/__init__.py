@@ -47,6 +47,8 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from streampro_jax import _config
+
 # Parameter trees between the unrolled (layers_i, visual/blocks_i) and the scanned (stacked
 # `layers`, `visual/blocks`) layouts.
 from streampro_jax.models.common import layout_of, round_up, scan_params, unscan_params  # noqa: F401
@@ -146,23 +148,24 @@ def process_turns(frames_kthwc: np.ndarray, processor_config
   raise TypeError(f"unknown video processor config {type(processor_config).__name__}")
 
 
+COMPUTE_KEYS = ("dtype", "param_dtype", "attention_impl", "remat", "remat_policy", "scan_layers")
+"""The compute settings a ``model`` section may set: the backbone Config's fields of these
+names."""
+
+
 def config_from_section(model_cfg, tokenizer):
   """A backbone config from a training config's `model` section (+ the tokenizer).
 
-  Keys: family ('qwen2_5_vl' default | 'qwen3_vl'), dtype, param_dtype ('float32'),
-  attention_impl ('jax'), remat (False), remat_policy ('full'), scan_layers (False);
-  hf_checkpoint: a HF folder whose config.json gives the
-  architecture (its vocabulary must hold the tokenizer's); otherwise a tiny random config of the
-  family (`tiny_config`) with the tokenizer's special ids, vocab = len(tokenizer) rounded up to
-  64, updated by `tiny_text` / `tiny_vision` dicts.
+  Keys: family ('qwen2_5_vl' default | 'qwen3_vl'), the compute settings COMPUTE_KEYS (dtype,
+  param_dtype, attention_impl, remat, remat_policy, scan_layers: the backbone Config's fields of
+  those names, a key left out keeps the Config default); hf_checkpoint: a HF folder whose
+  config.json gives the architecture (its vocabulary must hold the tokenizer's); otherwise a tiny
+  random config of the family (`tiny_config`) with the tokenizer's special ids, vocab =
+  len(tokenizer) rounded up to 64, updated by `tiny_text` / `tiny_vision` dicts.
   """
   mod = backbone_module(model_cfg)
-  common = dict(dtype=model_cfg.get("dtype", "float32"),
-                param_dtype=model_cfg.get("param_dtype", "float32"),
-                attention_impl=model_cfg.get("attention_impl", "jax"),
-                remat=bool(model_cfg.get("remat", False)),
-                remat_policy=str(model_cfg.get("remat_policy", "full")),
-                scan_layers=bool(model_cfg.get("scan_layers", False)))
+  common = _config.field_values(
+      mod.Config, {k: model_cfg[k] for k in COMPUTE_KEYS if k in model_cfg}, section_name="model")
   if model_cfg.get("hf_checkpoint", None):
     with open(os.path.join(model_cfg["hf_checkpoint"], "config.json"), encoding="utf-8") as f:
       d = json.load(f)
