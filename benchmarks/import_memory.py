@@ -18,11 +18,8 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 _CHILD = r"""
 import json, resource, sys, time, tracemalloc
-sys.path.insert(0, {root!r})
 from streampro_jax.data import importers as im
 mode, src, dst, trace = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"
 def rss_mb():
@@ -39,8 +36,8 @@ else:
     n = len(json.load(f))
 secs = time.time() - t
 peak_py = tracemalloc.get_traced_memory()[1] / 2**20 if trace else None
-print(json.dumps({{"mode": mode, "records": n, "seconds": secs, "rss_after_imports_mb": base,
-                  "peak_rss_mb": rss_mb(), "tracemalloc_peak_mb": peak_py}}))
+print(json.dumps({"mode": mode, "records": n, "seconds": secs, "rss_after_imports_mb": base,
+                  "peak_rss_mb": rss_mb(), "tracemalloc_peak_mb": peak_py}))
 """
 
 
@@ -60,8 +57,7 @@ def write_synthetic(path: str, n: int) -> None:
 
 
 def run_child(mode: str, src: str, dst: str, trace: bool) -> dict:
-  code = _CHILD.format(root=ROOT)
-  out = subprocess.run([sys.executable, "-c", code, mode, src, dst, "1" if trace else "0"],
+  out = subprocess.run([sys.executable, "-c", _CHILD, mode, src, dst, "1" if trace else "0"],
                        capture_output=True, text=True, check=True)
   return json.loads(out.stdout.strip().splitlines()[-1])
 
