@@ -131,8 +131,8 @@ def _sft_steps(mcfg, grid, ids, batches, params, mesh_shape):
 
 
 @pytest.mark.slow
-def test_sft_step_scanned_equals_unrolled_and_shards(tmp_path):
-  mcfg, _, batches, grid, ids = tst._qwen_setup(tmp_path)  # pylint: disable=protected-access
+def test_sft_step_scanned_equals_unrolled_and_shards(tmp_path, tiny_sft_config):
+  mcfg, _, batches, grid, ids = tst._qwen_setup(tmp_path, tiny_sft_config)  # pylint: disable=protected-access
   mcfg = mcfg.replace(text=mcfg.text.__class__(**{**mcfg.text.__dict__,
                                                    "num_hidden_layers": 2}))
   params = jax.tree.map(np.asarray, nn.unbox(q.init_params(mcfg, jax.random.key(0))))

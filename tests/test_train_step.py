@@ -198,18 +198,11 @@ def test_microbatch_split_is_strided_and_checked():
 # ----------------------------------------------------------------------------------------------
 
 
-def _qwen_setup(tmp_dir):
+def _qwen_setup(tmp_dir, tiny_sft_config):
+  """(model config, backbone module, 2 batches, grid, decision ids) of the tiny SFT config
+  (tests/conftest.py) on 24 SynthStream videos, batch 8 of 384-token rows."""
   from streampro_jax.models import qwen2_5_vl  # pylint: disable=g-import-not-at-top
-  cfg = ml_collections.ConfigDict(dict(
-      tokenizer="synthetic", global_batch_size=8,
-      model=dict(family="qwen2_5_vl", hf_checkpoint="", dtype="float32", param_dtype="float32",
-                 attention_impl="xla", remat=False,
-                 tiny_text=dict(num_hidden_layers=1), tiny_vision=dict(
-                     depth=1, fullatt_block_indexes=(0,))),
-      data=dict(source="synth", num_videos=24, split="train", synth_seed=0,
-                synth=dict(resolution=32, min_duration=12, max_duration=12), seq_len=384,
-                max_turns=6, frame_height=16, frame_width=16, seed=0, shuffle=True,
-                num_threads=1, prefetch_buffer_size=8)))
+  cfg = tiny_sft_config(8, num_videos=24, seq_len=384, max_turns=6, prefetch_buffer_size=8)
   tokenizer = sft.make_tokenizer(cfg, str(tmp_dir))
   mcfg = sft.make_model_config(cfg.model, tokenizer)
   it, pipe = sft.make_data(cfg, tokenizer, mcfg)
@@ -245,8 +238,9 @@ def _qwen_run(setup, mesh_shape):
 
 
 @pytest.mark.slow
-def test_tiny_qwen_sharded_step_equals_single_device_and_freezes_vision(tmp_path):
-  setup = _qwen_setup(tmp_path)
+def test_tiny_qwen_sharded_step_equals_single_device_and_freezes_vision(tmp_path,
+                                                                         tiny_sft_config):
+  setup = _qwen_setup(tmp_path, tiny_sft_config)
   batches = setup[2]
   assert all(b["decision_class"].max() == 2 for b in batches)  # both decision classes present
   h1, init1, p1, _ = _qwen_run(setup, {"data": 1, "fsdp": 1, "tensor": 1})
@@ -274,19 +268,12 @@ def test_tiny_qwen_sharded_step_equals_single_device_and_freezes_vision(tmp_path
                        - init1["layers_0"]["mlp"]["up_proj"]["kernel"])) > 1e-4
 
 
-def test_narration_data_option_captions_every_turn(tmp_path):
+def test_narration_data_option_captions_every_turn(tmp_path, tiny_sft_config):
   # data.narration=True: the same SynthStream videos, one trajectory each, a </Response> and a
   # caption on every kept turn (no silence), the caption tokens supervised.
-  cfg = ml_collections.ConfigDict(dict(
-      tokenizer="synthetic", global_batch_size=4,
-      model=dict(family="qwen2_5_vl", hf_checkpoint="", dtype="float32", param_dtype="float32",
-                 attention_impl="xla", remat=False, tiny_text=dict(num_hidden_layers=1),
-                 tiny_vision=dict(depth=1, fullatt_block_indexes=(0,))),
-      # seq_len leaves room for the (longer) paper system prompt: all 6 turns fit.
-      data=dict(source="synth", num_videos=4, split="train", synth_seed=0, narration=True,
-                synth=dict(resolution=32, min_duration=12, max_duration=12), seq_len=768,
-                max_turns=6, frame_height=16, frame_width=16, seed=0, shuffle=False,
-                num_threads=1, prefetch_buffer_size=2)))
+  # seq_len leaves room for the (longer) paper system prompt: all 6 turns fit.
+  cfg = tiny_sft_config(4, num_videos=4, narration=True, seq_len=768, max_turns=6,
+                        shuffle=False, prefetch_buffer_size=2)
   tokenizer = sft.make_tokenizer(cfg, str(tmp_path))
   it, pipe = sft.make_data(cfg, tokenizer, sft.make_model_config(cfg.model, tokenizer))
   assert pipe.num_trajectories == 4
