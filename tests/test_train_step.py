@@ -213,15 +213,22 @@ def _qwen_setup(tmp_dir, tiny_sft_config):
   return mcfg, qwen2_5_vl, batches, grid, ids
 
 
-def _qwen_run(setup, mesh_shape):
-  mcfg, qwen2_5_vl, batches, grid, ids = setup
+def _sft_steps(mcfg, grid, ids, batches, mesh_shape, params=None):
+  """CB-Stream SFT steps of the tiny Qwen2.5-VL over `batches` on a mesh (Adam lr 1e-3, vision
+  frozen but its merger), from `params` or, if None, create_train_state's init of key 0.
+  Returns (metrics per step, initial params, final params, final state)."""
+  from streampro_jax.models import qwen2_5_vl  # pylint: disable=g-import-not-at-top
   n = int(np.prod(list(mesh_shape.values())))
   mesh = parallel.make_mesh(mesh_shape, devices=jax.devices()[:n])
   optim_cfg = ml_collections.ConfigDict(dict(lr=1e-3, warmup_steps=0, grad_clip_norm=1.0,
                                              weight_decay=0.01, frozen=r"^visual/(?!merger/)"))
   tx = optim.make_optimizer(optim_cfg, total_steps=2)
   init_fn = lambda rng: qwen2_5_vl.init_params(mcfg, rng)  # noqa: E731
-  state, shardings = state_lib.create_train_state(init_fn, tx, mesh, jax.random.key(0))
+  if params is None:
+    state, shardings = state_lib.create_train_state(init_fn, tx, mesh, jax.random.key(0))
+  else:
+    shardings = state_lib.state_shardings(tx, jax.eval_shape(init_fn, jax.random.key(0)), mesh)
+    state = state_lib.state_from_params(params, tx, shardings, mesh)
   init = jax.device_get(state.params)
   keys = sft.STEP_BATCH_KEYS
   step = sft.make_sft_step(
@@ -235,6 +242,11 @@ def _qwen_run(setup, mesh_shape):
                                                 batch_dims=sft.BATCH_DIMS))
     history.append(jax.device_get(m))
   return history, init, jax.device_get(state.params), state
+
+
+def _qwen_run(setup, mesh_shape):
+  mcfg, _, batches, grid, ids = setup
+  return _sft_steps(mcfg, grid, ids, batches, mesh_shape)
 
 
 @pytest.mark.slow
