@@ -1,7 +1,27 @@
 """A threaded HTTP server on 127.0.0.1 for the tests' OpenAI-compatible stubs."""
 
 import http.server
+import json
 import threading
+
+
+class JSONHandler(http.server.BaseHTTPRequestHandler):
+  """A quiet request handler with the JSON body and reply helpers the stubs share."""
+
+  def log_message(self, *args):  # keep test output quiet
+    pass
+
+  def read_json(self):
+    """The request body, parsed as JSON."""
+    return json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+
+  def send_json(self, data: bytes, status: int = 200) -> None:
+    """Replies `data` (the encoded JSON body) with `status`."""
+    self.send_response(status)
+    self.send_header("Content-Type", "application/json")
+    self.send_header("Content-Length", str(len(data)))
+    self.end_headers()
+    self.wfile.write(data)
 
 
 class LoopbackServer:
