@@ -26,7 +26,8 @@ class JSONHandler(http.server.BaseHTTPRequestHandler):
 
 class LoopbackServer:
   """Serves `handler_cls` (a BaseHTTPRequestHandler) on a free loopback port in a daemon thread;
-  `base_url` is its chat-completions root (.../v1). `close()` stops it."""
+  `base_url` is its chat-completions root (.../v1). `close()` stops it (as does leaving a
+  `with` block on it)."""
 
   def start(self, handler_cls) -> None:
     self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler_cls)
@@ -38,3 +39,9 @@ class LoopbackServer:
   def close(self) -> None:
     self.httpd.shutdown()
     self.httpd.server_close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()

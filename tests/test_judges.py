@@ -217,9 +217,8 @@ class _Server(loopback_http.LoopbackServer):
 
 @pytest.fixture()
 def server():
-  s = _Server()
-  yield s
-  s.close()
+  with _Server() as s:
+    yield s
 
 
 @pytest.fixture()

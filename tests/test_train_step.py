@@ -153,22 +153,24 @@ def test_frozen_vision_unchanged_and_rest_trained(single):
   assert np.max(np.abs(params1["embed"] - init["embed"])) > 1e-4
 
 
-def test_grad_accumulation_equals_big_batch(single):
-  hist1, params1, _ = single
-  hist_acc, params_acc, _ = _run({"data": 2, "fsdp": 2, "tensor": 2}, num_microbatches=2)
-  for m1, m2 in zip(hist1, hist_acc):
+def _assert_same_steps(single, other, metric):
+  """Each step's loss (abs 1e-5) and `metric` (abs 1e-6), and the final params (max |diff| <
+  1e-5), of two _run results agree."""
+  (hist1, params1, _), (hist2, params2, _) = single, other
+  for m1, m2 in zip(hist1, hist2):
     assert m1["loss"] == pytest.approx(m2["loss"], abs=1e-5)
-    assert m1["decision_accuracy"] == pytest.approx(m2["decision_accuracy"], abs=1e-6)
-  assert _max_diff(params1, params_acc) < 1e-5
+    assert m1[metric] == pytest.approx(m2[metric], abs=1e-6)
+  assert _max_diff(params1, params2) < 1e-5
+
+
+def test_grad_accumulation_equals_big_batch(single):
+  acc = _run({"data": 2, "fsdp": 2, "tensor": 2}, num_microbatches=2)
+  _assert_same_steps(single, acc, "decision_accuracy")
 
 
 def test_chunked_loss_step_equals_plain(single):
-  hist1, params1, _ = single
-  hist_c, params_c, _ = _run({"data": 1, "fsdp": 1, "tensor": 1}, chunk=24)
-  for m1, m2 in zip(hist1, hist_c):
-    assert m1["loss"] == pytest.approx(m2["loss"], abs=1e-5)
-    assert m1["token_accuracy"] == pytest.approx(m2["token_accuracy"], abs=1e-6)
-  assert _max_diff(params1, params_c) < 1e-5
+  chunked = _run({"data": 1, "fsdp": 1, "tensor": 1}, chunk=24)
+  _assert_same_steps(single, chunked, "token_accuracy")
 
 
 def test_loss_kind_is_one_config_field():

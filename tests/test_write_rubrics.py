@@ -64,9 +64,8 @@ class _Server(loopback_http.LoopbackServer):
 
 @pytest.fixture()
 def server():
-  s = _Server()
-  yield s
-  s.close()
+  with _Server() as s:
+    yield s
 
 
 def _record(rid, question, answer_text, rubric=None):
