@@ -15,8 +15,6 @@ samples equal the ones just after the window filled (turn 200).
 from __future__ import annotations
 
 import argparse
-import functools
-import importlib.util
 import json
 import os
 import platform
@@ -34,22 +32,6 @@ def rss_bytes() -> int:
   return -1
 
 
-def tiny_random_model(workdir: str):
-  import flax.linen as nn
-  import jax
-  from streampro_jax import models
-  from streampro_jax.train import sft
-  spec = importlib.util.spec_from_file_location("tiny_cfg",
-                                                os.path.join(ROOT, "configs", "tiny_synthetic.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  cfg = mod.get_config()
-  tok = sft.make_tokenizer(cfg, workdir)
-  mcfg = models.config_from_section(cfg.model, tok)
-  init = jax.jit(functools.partial(models.backbone_module(mcfg).init_params, mcfg))
-  return nn.unbox(init(jax.random.key(0))), mcfg, tok, int(cfg.data.frame_height)
-
-
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--turns", type=int, default=3600)
@@ -63,9 +45,13 @@ def main():
   import tempfile
   import jax
   import numpy as np
+  from configs import tiny_synthetic
   from streampro_jax import live
+  from streampro_jax.train import setup
 
-  params, mcfg, tok, frame = tiny_random_model(tempfile.mkdtemp(prefix="live_bench_"))
+  config = tiny_synthetic.get_config()
+  params, mcfg, tok = setup.random_model(config, tempfile.mkdtemp(prefix="live_bench_"))
+  frame = int(config.data.frame_height)
   model = live.LiveModel(params, mcfg, tok, live.LiveConfig(
       frame_height=frame, frame_width=frame, max_text_tokens=args.max_text_tokens,
       constrain_decision=args.constrain_decision, force_response_at_ask=True))

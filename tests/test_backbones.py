@@ -1,11 +1,9 @@
 """Both backbones through every consumer: registry, grain pipeline, teacher-forced forward,
 streaming sampler, evaluation harness and launcher, on a tiny random Qwen3-VL."""
 
-import functools
 import json
 import os
 
-import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
@@ -14,7 +12,6 @@ import pytest
 from streampro_jax import models, rollout
 from streampro_jax.bench import harness
 from streampro_jax.data import chat_format, pipeline, synthetic
-from streampro_jax.data import tokenizer as tok_lib
 from streampro_jax.judges import MatchJudge
 from streampro_jax.models import processing, processing_qwen3, qwen2_5_vl, qwen3_vl
 
@@ -23,19 +20,10 @@ GRID = (1, 4, 4)
 SYNTH = synthetic.SynthConfig(resolution=32, min_duration=12, max_duration=13)
 
 
-def _special_ids(tok):
-  return {name: tok.convert_tokens_to_ids(t) for name, t in (
-      ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
-      ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
-
-
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-  tok_dir = str(tmp_path_factory.mktemp("tok"))
-  tok = tok_lib.build_synthetic_tokenizer(synthetic.synthetic_vocabulary(), tok_dir)
-  cfg = qwen3_vl.tiny_config(text=dict(vocab_size=-(-len(tok) // 64) * 64),
-                             attention_impl="xla", **_special_ids(tok))
-  params = nn.unbox(jax.jit(functools.partial(qwen3_vl.init_params, cfg))(jax.random.key(0)))
+def setup(synthetic_tokenizer, synthetic_tokenizer_dir, tiny_backbone):
+  tok, tok_dir = synthetic_tokenizer, synthetic_tokenizer_dir
+  cfg, params = tiny_backbone("qwen3_vl")
   records = [synthetic.make_record("test", i, config=SYNTH) for i in range(2)]
   return dict(tok=tok, tok_dir=tok_dir, cfg=cfg, params=params, records=records)
 

@@ -45,11 +45,9 @@ def test_an_answer_word_is_not_copyable_from_an_earlier_answer():
   assert "colour (only on screen)" in out and "colour (in the question)" not in out
 
 
-def test_slot_groups_of_the_synthetic_tokenizer(tmp_path):
-  import ml_collections
+def test_slot_groups_of_the_synthetic_tokenizer(synthetic_tokenizer):
   from streampro_jax.data import synthetic
-  from streampro_jax.train import sft
-  tok = sft.make_tokenizer(ml_collections.ConfigDict(dict(tokenizer="synthetic")), str(tmp_path))
+  tok = synthetic_tokenizer
   groups = content_probe.slot_groups(tok)
   assert [len(groups[g]) for g in ("colour", "shape", "direction")] == [8, 4, 4]
   assert tok.convert_ids_to_tokens(groups["colour"]) == list(synthetic.COLORS)

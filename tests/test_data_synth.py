@@ -10,7 +10,6 @@ import pytest
 from streampro_jax.data import chat_format as cf
 from streampro_jax.data import schema
 from streampro_jax.data import synthetic as sy
-from streampro_jax.data import tokenizer as tk
 
 
 @pytest.fixture(scope="module")
@@ -114,9 +113,9 @@ def test_silence_response_ratio():
     assert 3.0 <= low["per_task"][task] <= 9.0, low
 
 
-def test_vocabulary_covers_questions_and_answers(records, tmp_path):
+def test_vocabulary_covers_questions_and_answers(records, synthetic_tokenizer):
   vocab = set(sy.synthetic_vocabulary())
-  tok = tk.build_synthetic_tokenizer(sy.synthetic_vocabulary(), str(tmp_path))
+  tok = synthetic_tokenizer
   assert len(tok) < 300
   chat = cf.ChatFormat(tok, tokens_per_turn=4)
   for r in records[:14]:

@@ -31,18 +31,9 @@ OPTIM = ml_collections.ConfigDict(dict(lr=1e-2, warmup_steps=0, grad_clip_norm=1
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, tiny_sft_config):
   from streampro_jax.models import qwen2_5_vl  # pylint: disable=g-import-not-at-top
-  cfg = ml_collections.ConfigDict(dict(
-      tokenizer="synthetic", global_batch_size=8,
-      model=dict(family="qwen2_5_vl", hf_checkpoint="", dtype="float32", param_dtype="float32",
-                 attention_impl="xla", remat=False,
-                 tiny_text=dict(num_hidden_layers=1), tiny_vision=dict(
-                     depth=1, fullatt_block_indexes=(0,))),
-      data=dict(source="synth", num_videos=16, split="train", synth_seed=0,
-                synth=dict(resolution=32, min_duration=12, max_duration=12), seq_len=320,
-                max_turns=4, frame_height=16, frame_width=16, seed=0, shuffle=True,
-                num_threads=1, prefetch_buffer_size=8)))
+  cfg = tiny_sft_config(8, num_videos=16, seq_len=320, max_turns=4, prefetch_buffer_size=8)
   tokenizer = sft.make_tokenizer(cfg, str(tmp_path_factory.mktemp("tok")))
   mcfg = sft.make_model_config(cfg.model, tokenizer)
   it, pipe = sft.make_data(cfg, tokenizer, mcfg)

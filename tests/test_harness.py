@@ -138,19 +138,16 @@ def test_read_results_skips_torn_lines(tmp_path):
   assert harness.read_results(str(tmp_path / "missing.jsonl")) == {}
 
 
-def test_wait_prompt_format():
-  from streampro_jax.data import tokenizer as tok_lib
-  import tempfile
-  with tempfile.TemporaryDirectory() as d:
-    tok = tok_lib.build_synthetic_tokenizer(synthetic.synthetic_vocabulary(), d)
-    fmt = rollout.WaitPromptFormat(tok, tokens_per_turn=4)
-    text = tok.decode(fmt.user_ids(3, "What colour is the circle?"), skip_special_tokens=False)
-    assert text.startswith("<|im_start|>user\n<3s-4s>\n<|vision_start|>")
-    assert text.count("<|video_pad|>") == 4
-    assert "Question: What colour is the circle?" in text and '"Wait"' in text
-    assert text.endswith("<|im_end|>\n")
-    plain = tok.decode(fmt.user_ids(3, None), skip_special_tokens=False)
-    assert "Question" not in plain
+def test_wait_prompt_format(synthetic_tokenizer):
+  tok = synthetic_tokenizer
+  fmt = rollout.WaitPromptFormat(tok, tokens_per_turn=4)
+  text = tok.decode(fmt.user_ids(3, "What colour is the circle?"), skip_special_tokens=False)
+  assert text.startswith("<|im_start|>user\n<3s-4s>\n<|vision_start|>")
+  assert text.count("<|video_pad|>") == 4
+  assert "Question: What colour is the circle?" in text and '"Wait"' in text
+  assert text.endswith("<|im_end|>\n")
+  plain = tok.decode(fmt.user_ids(3, None), skip_special_tokens=False)
+  assert "Question" not in plain
   assert fmt.parse(" Wait.") == (rollout.SILENCE, "")
   assert fmt.parse("wait") == (rollout.SILENCE, "")
   assert fmt.parse("  The circle is red. ") == (rollout.RESPONSE, "The circle is red.")

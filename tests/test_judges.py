@@ -5,7 +5,6 @@ that can be slow, fail with 500, or reply with malformed bodies. The local judge
 random OLMo-2 causal LM saved to a temp dir.
 """
 
-import http.server
 import json
 import logging
 import threading
@@ -157,13 +156,10 @@ class _Server(loopback_http.LoopbackServer):
     self.total = 0
     outer = self
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-
-      def log_message(self, *args):  # keep test output quiet
-        pass
+    class Handler(loopback_http.JSONHandler):
 
       def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        body = self.read_json()
         assert self.path == "/v1/chat/completions", self.path
         assert body["model"] == "judge-model"
         prompt = body["messages"][-1]["content"]
@@ -188,11 +184,7 @@ class _Server(loopback_http.LoopbackServer):
       def _reply(self, content, status=200, raw=None):
         data = raw if raw is not None else json.dumps(
             {"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self.send_json(data, status)
 
       def _respond(self, marker, n, prompt):
         if marker == "SLOW" and n == 0:
@@ -225,9 +217,8 @@ class _Server(loopback_http.LoopbackServer):
 
 @pytest.fixture()
 def server():
-  s = _Server()
-  yield s
-  s.close()
+  with _Server() as s:
+    yield s
 
 
 @pytest.fixture()

@@ -100,24 +100,16 @@ def test_import_data_streamo_raw(tmp_path):
 # convert_checkpoint.py: train workdir -> HF folder
 
 
-def _load_tiny_config():
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location("tiny_cfg_for_launcher_test", TINY_CONFIG)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
-
-
-def _write_sft_workdir(workdir):
+def _write_sft_workdir(workdir, cfg):
   """A workdir as launch/train_sft.py leaves it: <workdir>/tokenizer/process_0 and orbax
   TrainState checkpoints 1 and 2 (different params) written by train/checkpoint.Checkpointer on
-  a (data 8) mesh. Returns the params of step 2 and the tokenizer."""
+  a (data 8) mesh, for the training config `cfg`. Returns the params of step 2 and the
+  tokenizer."""
   from streampro_jax import models, parallel  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import optim, sft  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
 
-  cfg = _load_tiny_config()
   tokenizer = sft.make_tokenizer(cfg, workdir)
   mcfg = models.config_from_section(cfg.model, tokenizer)
   mesh = parallel.make_mesh(dict(cfg.mesh))
@@ -137,7 +129,7 @@ def _write_sft_workdir(workdir):
 
 
 @pytest.mark.slow
-def test_convert_workdir_to_hf(tmp_path):
+def test_convert_workdir_to_hf(tmp_path, tiny_synthetic_config):
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
 
@@ -145,7 +137,7 @@ def test_convert_workdir_to_hf(tmp_path):
   from streampro_jax.data import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
 
   workdir = str(tmp_path / "sft")
-  params2, params1, tokenizer = _write_sft_workdir(workdir)
+  params2, params1, tokenizer = _write_sft_workdir(workdir, tiny_synthetic_config)
   out = str(tmp_path / "hf")
   r = _run("convert_checkpoint.py", f"--workdir={workdir}", f"--config={TINY_CONFIG}",
            f"--output={out}")
@@ -154,7 +146,7 @@ def test_convert_workdir_to_hf(tmp_path):
   assert record["step"] == 2 and record["model_type"] == "qwen2_5_vl"
   # The training frame size travels with the export (launch/evaluate.py streams at it; issue 16
   # item 5: it used 224 px whatever the model was trained on).
-  assert record["frame_height"] == record["frame_width"] == _load_tiny_config().data.frame_height
+  assert record["frame_height"] == record["frame_width"] == tiny_synthetic_config.data.frame_height
 
   # Bit-exact round trip through models.load_hf_checkpoint (newest step = step 2).
   config, loaded = models.load_hf_checkpoint(out)

@@ -1,6 +1,5 @@
 """streampro_jax/live.py and launch/stream.py: live sessions on the harness's sampler."""
 
-import functools
 import json
 import os
 import subprocess
@@ -15,35 +14,15 @@ from streampro_jax.bench import harness, streampro_f1
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@functools.cache
-def _random_model(tmpdir="/tmp/streampro_live_test_tok"):
-  """The tiny config with random weights (what --checkpoint=random loads)."""
-  import flax.linen as nn
-  import importlib.util
-  import jax
-  from streampro_jax import models
-  from streampro_jax.train import sft
-  spec = importlib.util.spec_from_file_location("tiny_cfg",
-                                                os.path.join(ROOT, "configs", "tiny_synthetic.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  cfg = mod.get_config()
-  tok = sft.make_tokenizer(cfg, tmpdir)
-  mcfg = models.config_from_section(cfg.model, tok)
-  params = nn.unbox(jax.jit(functools.partial(models.backbone_module(mcfg).init_params, mcfg))(
-      jax.random.key(0)))
-  return params, mcfg, tok
-
-
 def _frames(k, seed=0, tp=2, size=16):
   return np.random.default_rng(seed).integers(0, 256, (k, tp, size, size, 3), dtype=np.uint8)
 
 
 @pytest.mark.slow
-def test_session_equals_the_benchmark_sampler():
+def test_session_equals_the_benchmark_sampler(tiny_random_model):
   """Turn by turn, a LiveSession gives the messages StreamingSampler.sample gives on the whole
   stream (same sampler settings): what users watch is what the benchmark measures."""
-  params, mcfg, tok = _random_model()
+  params, mcfg, tok = tiny_random_model
   cfg = live.LiveConfig(frame_height=16, frame_width=16, max_text_tokens=6)
   model = live.LiveModel(params, mcfg, tok, cfg)
   frames = _frames(6)
@@ -62,8 +41,8 @@ def test_session_equals_the_benchmark_sampler():
   assert not any(r.overflow for r in got)
 
 
-def test_session_skips_seconds_and_forces_answers():
-  params, mcfg, tok = _random_model()
+def test_session_skips_seconds_and_forces_answers(tiny_random_model):
+  params, mcfg, tok = tiny_random_model
   model = live.LiveModel(params, mcfg, tok, live.LiveConfig(
       frame_height=16, frame_width=16, max_text_tokens=4, force_response_at_ask=True))
   s = model.new_session()

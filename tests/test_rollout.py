@@ -2,16 +2,13 @@
 
 import contextlib
 import dataclasses
-import functools
 
-import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 
 from streampro_jax import rollout
 from streampro_jax.data import chat_format, synthetic
-from streampro_jax.data import tokenizer as tok_lib
 from streampro_jax.models import processing, qwen2_5_vl
 
 FRAME = 16          # 16 x 16 frames, patch 4 -> grid (1, 4, 4), 4 visual tokens per turn
@@ -19,15 +16,9 @@ GRID = (1, 4, 4)
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-  tok = tok_lib.build_synthetic_tokenizer(synthetic.synthetic_vocabulary(),
-                                          str(tmp_path_factory.mktemp("tok")))
-  ids = {name: tok.convert_tokens_to_ids(t) for name, t in (
-      ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
-      ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
-  cfg = qwen2_5_vl.tiny_config(text=dict(vocab_size=-(-len(tok) // 64) * 64),
-                               attention_impl="xla", **ids)
-  params = nn.unbox(jax.jit(functools.partial(qwen2_5_vl.init_params, cfg))(jax.random.key(0)))
+def setup(synthetic_tokenizer, tiny_backbone):
+  tok = synthetic_tokenizer
+  cfg, params = tiny_backbone("qwen2_5_vl")
   chat = chat_format.ChatFormat(tok, tokens_per_turn=4)
   proc = processing.VideoProcessorConfig(patch_size=4, merge_size=2, temporal_patch_size=2,
                                          do_resize=False)

@@ -106,33 +106,9 @@ def _loss_and_grads(mcfg, grid, ids, batch, params):
   return jax.device_get(jax.jit(jax.value_and_grad(lambda p: loss_fn(p, b, ctx)[0]))(params))
 
 
-def _sft_steps(mcfg, grid, ids, batches, params, mesh_shape):
-  """SFT steps from `params` over `batches` on a mesh; returns (metrics, params, state)."""
-  n = int(np.prod(list(mesh_shape.values())))
-  mesh = parallel.make_mesh(mesh_shape, devices=jax.devices()[:n])
-  ocfg = ml_collections.ConfigDict(dict(lr=1e-3, warmup_steps=0, grad_clip_norm=1.0,
-                                        weight_decay=0.01, frozen=r"^visual/(?!merger/)"))
-  tx = optim.make_optimizer(ocfg, total_steps=2)
-  boxed = jax.eval_shape(lambda r: q.init_params(mcfg, r), jax.random.key(0))
-  shardings = state_lib.state_shardings(tx, boxed, mesh)
-  state = state_lib.state_from_params(params, tx, shardings, mesh)
-  keys = sft.STEP_BATCH_KEYS
-  step = sft.make_sft_step(
-      sft.make_forward(q.Qwen2_5_VL(mcfg), grid), dict(kind="cb_stream"), ids, tx,
-      state_shardings=shardings,
-      batch_sharding=sft.batch_shardings({k: batches[0][k] for k in keys}, mesh), mesh=mesh,
-      trainable=optim.trainable_mask(state.params, ocfg.frozen))
-  history = []
-  for b in batches:
-    state, m = step(state, parallel.shard_batch({k: b[k] for k in keys}, mesh,
-                                                batch_dims=sft.BATCH_DIMS))
-    history.append(jax.device_get(m))
-  return history, jax.device_get(state.params), state
-
-
 @pytest.mark.slow
-def test_sft_step_scanned_equals_unrolled_and_shards(tmp_path):
-  mcfg, _, batches, grid, ids = tst._qwen_setup(tmp_path)  # pylint: disable=protected-access
+def test_sft_step_scanned_equals_unrolled_and_shards(tmp_path, tiny_sft_config):
+  mcfg, _, batches, grid, ids = tst._qwen_setup(tmp_path, tiny_sft_config)  # pylint: disable=protected-access
   mcfg = mcfg.replace(text=mcfg.text.__class__(**{**mcfg.text.__dict__,
                                                    "num_hidden_layers": 2}))
   params = jax.tree.map(np.asarray, nn.unbox(q.init_params(mcfg, jax.random.key(0))))
@@ -148,9 +124,9 @@ def test_sft_step_scanned_equals_unrolled_and_shards(tmp_path):
     assert float(np.abs(a - b).max()) <= 1e-5 * max(float(np.abs(a).max()), 1e-6), path
   assert float(np.abs(g_u["layers_1"]["mlp"]["up_proj"]["kernel"]).max()) > 0
   # The scanned step on 8 fake devices (data 2 x fsdp 2 x tensor 2) equals one device.
-  h_1, p_1, _ = _sft_steps(scfg, grid, ids, batches, sparams, {"data": 1})
-  h_8, p_8, state8 = _sft_steps(scfg, grid, ids, batches, sparams,
-                                {"data": 2, "fsdp": 2, "tensor": 2})
+  h_1, _, p_1, _ = tst._sft_steps(scfg, grid, ids, batches, {"data": 1}, sparams)  # pylint: disable=protected-access
+  h_8, _, p_8, state8 = tst._sft_steps(scfg, grid, ids, batches,  # pylint: disable=protected-access
+                                       {"data": 2, "fsdp": 2, "tensor": 2}, sparams)
   assert state8.params["layers"]["self_attn"]["q_proj"]["kernel"].sharding.spec == (
       jax.sharding.PartitionSpec(None, "fsdp", "tensor"))
   for a, b in zip(h_1, h_8):

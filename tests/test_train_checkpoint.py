@@ -37,22 +37,20 @@ def _mesh(shape):
   return parallel.make_mesh(shape, devices=jax.devices()[:n])
 
 
-def _pipeline_iterator(tmp_path):
-  cfg = ml_collections.ConfigDict(dict(
-      tokenizer="synthetic", global_batch_size=2,
-      model=dict(family="qwen2_5_vl", hf_checkpoint="", dtype="float32", tiny_text={},
-                 tiny_vision={}),
-      data=dict(source="synth", num_videos=6, split="train", synth_seed=0,
-                synth=dict(resolution=32, min_duration=12, max_duration=12), seq_len=384,
-                max_turns=6, frame_height=16, frame_width=16, seed=0, shuffle=True,
-                num_threads=1, prefetch_buffer_size=2)))
+def _pipeline_iterator(tmp_path, tiny_sft_config):
+  # The data of the tiny SFT config (tests/conftest.py); the model section only shapes the rows
+  # (the default tiny Qwen2.5-VL).
+  cfg = tiny_sft_config(
+      2, model=dict(family="qwen2_5_vl", hf_checkpoint="", dtype="float32", tiny_text={},
+                    tiny_vision={}),
+      num_videos=6, seq_len=384, max_turns=6, prefetch_buffer_size=2)
   tokenizer = sft.make_tokenizer(cfg, str(tmp_path))
   mcfg = sft.make_model_config(cfg.model, tokenizer)
   return lambda: sft.make_data(cfg, tokenizer, mcfg)[0]
 
 
-def test_roundtrip_onto_other_mesh_with_data_iterator(tmp_path):
-  make_iter = _pipeline_iterator(tmp_path)
+def test_roundtrip_onto_other_mesh_with_data_iterator(tmp_path, tiny_sft_config):
+  make_iter = _pipeline_iterator(tmp_path, tiny_sft_config)
   mesh8 = _mesh({"data": 2, "fsdp": 2, "tensor": 2})
   state, _ = state_lib.create_train_state(_init, TX, mesh8, jax.random.key(0))
   state = state.replace(step=state.step + 7)

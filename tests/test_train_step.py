@@ -153,22 +153,24 @@ def test_frozen_vision_unchanged_and_rest_trained(single):
   assert np.max(np.abs(params1["embed"] - init["embed"])) > 1e-4
 
 
-def test_grad_accumulation_equals_big_batch(single):
-  hist1, params1, _ = single
-  hist_acc, params_acc, _ = _run({"data": 2, "fsdp": 2, "tensor": 2}, num_microbatches=2)
-  for m1, m2 in zip(hist1, hist_acc):
+def _assert_same_steps(single, other, metric):
+  """Each step's loss (abs 1e-5) and `metric` (abs 1e-6), and the final params (max |diff| <
+  1e-5), of two _run results agree."""
+  (hist1, params1, _), (hist2, params2, _) = single, other
+  for m1, m2 in zip(hist1, hist2):
     assert m1["loss"] == pytest.approx(m2["loss"], abs=1e-5)
-    assert m1["decision_accuracy"] == pytest.approx(m2["decision_accuracy"], abs=1e-6)
-  assert _max_diff(params1, params_acc) < 1e-5
+    assert m1[metric] == pytest.approx(m2[metric], abs=1e-6)
+  assert _max_diff(params1, params2) < 1e-5
+
+
+def test_grad_accumulation_equals_big_batch(single):
+  acc = _run({"data": 2, "fsdp": 2, "tensor": 2}, num_microbatches=2)
+  _assert_same_steps(single, acc, "decision_accuracy")
 
 
 def test_chunked_loss_step_equals_plain(single):
-  hist1, params1, _ = single
-  hist_c, params_c, _ = _run({"data": 1, "fsdp": 1, "tensor": 1}, chunk=24)
-  for m1, m2 in zip(hist1, hist_c):
-    assert m1["loss"] == pytest.approx(m2["loss"], abs=1e-5)
-    assert m1["token_accuracy"] == pytest.approx(m2["token_accuracy"], abs=1e-6)
-  assert _max_diff(params1, params_c) < 1e-5
+  chunked = _run({"data": 1, "fsdp": 1, "tensor": 1}, chunk=24)
+  _assert_same_steps(single, chunked, "token_accuracy")
 
 
 def test_loss_kind_is_one_config_field():
@@ -198,18 +200,11 @@ def test_microbatch_split_is_strided_and_checked():
 # ----------------------------------------------------------------------------------------------
 
 
-def _qwen_setup(tmp_dir):
+def _qwen_setup(tmp_dir, tiny_sft_config):
+  """(model config, backbone module, 2 batches, grid, decision ids) of the tiny SFT config
+  (tests/conftest.py) on 24 SynthStream videos, batch 8 of 384-token rows."""
   from streampro_jax.models import qwen2_5_vl  # pylint: disable=g-import-not-at-top
-  cfg = ml_collections.ConfigDict(dict(
-      tokenizer="synthetic", global_batch_size=8,
-      model=dict(family="qwen2_5_vl", hf_checkpoint="", dtype="float32", param_dtype="float32",
-                 attention_impl="xla", remat=False,
-                 tiny_text=dict(num_hidden_layers=1), tiny_vision=dict(
-                     depth=1, fullatt_block_indexes=(0,))),
-      data=dict(source="synth", num_videos=24, split="train", synth_seed=0,
-                synth=dict(resolution=32, min_duration=12, max_duration=12), seq_len=384,
-                max_turns=6, frame_height=16, frame_width=16, seed=0, shuffle=True,
-                num_threads=1, prefetch_buffer_size=8)))
+  cfg = tiny_sft_config(8, num_videos=24, seq_len=384, max_turns=6, prefetch_buffer_size=8)
   tokenizer = sft.make_tokenizer(cfg, str(tmp_dir))
   mcfg = sft.make_model_config(cfg.model, tokenizer)
   it, pipe = sft.make_data(cfg, tokenizer, mcfg)
@@ -220,15 +215,22 @@ def _qwen_setup(tmp_dir):
   return mcfg, qwen2_5_vl, batches, grid, ids
 
 
-def _qwen_run(setup, mesh_shape):
-  mcfg, qwen2_5_vl, batches, grid, ids = setup
+def _sft_steps(mcfg, grid, ids, batches, mesh_shape, params=None):
+  """CB-Stream SFT steps of the tiny Qwen2.5-VL over `batches` on a mesh (Adam lr 1e-3, vision
+  frozen but its merger), from `params` or, if None, create_train_state's init of key 0.
+  Returns (metrics per step, initial params, final params, final state)."""
+  from streampro_jax.models import qwen2_5_vl  # pylint: disable=g-import-not-at-top
   n = int(np.prod(list(mesh_shape.values())))
   mesh = parallel.make_mesh(mesh_shape, devices=jax.devices()[:n])
   optim_cfg = ml_collections.ConfigDict(dict(lr=1e-3, warmup_steps=0, grad_clip_norm=1.0,
                                              weight_decay=0.01, frozen=r"^visual/(?!merger/)"))
   tx = optim.make_optimizer(optim_cfg, total_steps=2)
   init_fn = lambda rng: qwen2_5_vl.init_params(mcfg, rng)  # noqa: E731
-  state, shardings = state_lib.create_train_state(init_fn, tx, mesh, jax.random.key(0))
+  if params is None:
+    state, shardings = state_lib.create_train_state(init_fn, tx, mesh, jax.random.key(0))
+  else:
+    shardings = state_lib.state_shardings(tx, jax.eval_shape(init_fn, jax.random.key(0)), mesh)
+    state = state_lib.state_from_params(params, tx, shardings, mesh)
   init = jax.device_get(state.params)
   keys = sft.STEP_BATCH_KEYS
   step = sft.make_sft_step(
@@ -244,9 +246,15 @@ def _qwen_run(setup, mesh_shape):
   return history, init, jax.device_get(state.params), state
 
 
+def _qwen_run(setup, mesh_shape):
+  mcfg, _, batches, grid, ids = setup
+  return _sft_steps(mcfg, grid, ids, batches, mesh_shape)
+
+
 @pytest.mark.slow
-def test_tiny_qwen_sharded_step_equals_single_device_and_freezes_vision(tmp_path):
-  setup = _qwen_setup(tmp_path)
+def test_tiny_qwen_sharded_step_equals_single_device_and_freezes_vision(tmp_path,
+                                                                         tiny_sft_config):
+  setup = _qwen_setup(tmp_path, tiny_sft_config)
   batches = setup[2]
   assert all(b["decision_class"].max() == 2 for b in batches)  # both decision classes present
   h1, init1, p1, _ = _qwen_run(setup, {"data": 1, "fsdp": 1, "tensor": 1})
@@ -274,19 +282,12 @@ def test_tiny_qwen_sharded_step_equals_single_device_and_freezes_vision(tmp_path
                        - init1["layers_0"]["mlp"]["up_proj"]["kernel"])) > 1e-4
 
 
-def test_narration_data_option_captions_every_turn(tmp_path):
+def test_narration_data_option_captions_every_turn(tmp_path, tiny_sft_config):
   # data.narration=True: the same SynthStream videos, one trajectory each, a </Response> and a
   # caption on every kept turn (no silence), the caption tokens supervised.
-  cfg = ml_collections.ConfigDict(dict(
-      tokenizer="synthetic", global_batch_size=4,
-      model=dict(family="qwen2_5_vl", hf_checkpoint="", dtype="float32", param_dtype="float32",
-                 attention_impl="xla", remat=False, tiny_text=dict(num_hidden_layers=1),
-                 tiny_vision=dict(depth=1, fullatt_block_indexes=(0,))),
-      # seq_len leaves room for the (longer) paper system prompt: all 6 turns fit.
-      data=dict(source="synth", num_videos=4, split="train", synth_seed=0, narration=True,
-                synth=dict(resolution=32, min_duration=12, max_duration=12), seq_len=768,
-                max_turns=6, frame_height=16, frame_width=16, seed=0, shuffle=False,
-                num_threads=1, prefetch_buffer_size=2)))
+  # seq_len leaves room for the (longer) paper system prompt: all 6 turns fit.
+  cfg = tiny_sft_config(4, num_videos=4, narration=True, seq_len=768, max_turns=6,
+                        shuffle=False, prefetch_buffer_size=2)
   tokenizer = sft.make_tokenizer(cfg, str(tmp_path))
   it, pipe = sft.make_data(cfg, tokenizer, sft.make_model_config(cfg.model, tokenizer))
   assert pipe.num_trajectories == 4

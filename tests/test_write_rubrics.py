@@ -1,7 +1,6 @@
 """launch/write_rubrics.py end to end against a local OpenAI-compatible stub server (good, malformed
 and failing replies; resume), and the GRPO reward scorer reading the written rubrics."""
 
-import http.server
 import json
 import os
 import subprocess
@@ -42,13 +41,10 @@ class _Server(loopback_http.LoopbackServer):
     self.asked: list[str] = []
     outer = self
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-
-      def log_message(self, *args):
-        pass
+    class Handler(loopback_http.JSONHandler):
 
       def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        body = self.read_json()
         prompt = body["messages"][-1]["content"]
         question = prompt.split("\n", 1)[0]
         outer.asked.append(question)
@@ -61,20 +57,15 @@ class _Server(loopback_http.LoopbackServer):
             content = json.dumps(_items(question.split()[-1]))
           data = json.dumps({"choices": [{"message": {"content": content}}]}).encode()
           status = 200
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self.send_json(data, status)
 
     self.start(Handler)
 
 
 @pytest.fixture()
 def server():
-  s = _Server()
-  yield s
-  s.close()
+  with _Server() as s:
+    yield s
 
 
 def _record(rid, question, answer_text, rubric=None):

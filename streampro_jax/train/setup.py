@@ -1,9 +1,10 @@
 """Config sections -> the objects both training stages build: mesh, tokenizer, backbone config,
 forward and unembedding functions, the SFT data iterator, the step count and the initial state
-from a Hugging Face checkpoint."""
+from a Hugging Face checkpoint, or a random model of a config."""
 
 from __future__ import annotations
 
+import functools
 import os
 
 import flax.linen as nn
@@ -51,6 +52,23 @@ def make_model_config(model_cfg, tokenizer):
   carrying the tokenizer's special ids.
   """
   return models.config_from_section(model_cfg, tokenizer)
+
+
+def random_params(model_config, seed: int = 0):
+  """Random parameters of a backbone config: its ``init_params`` under jit, unboxed (plain
+  arrays). The same seed gives the same parameters."""
+  init = functools.partial(models.backbone_module(model_config).init_params, model_config)
+  return nn.unbox(jax.jit(init)(jax.random.key(int(seed))))
+
+
+def random_model(config, workdir: str, seed: int = 0):
+  """(params, model_config, tokenizer) of a training config with random weights: the tokenizer
+  of ``config.tokenizer`` (the synthetic one is built under ``<workdir>/tokenizer``), the
+  backbone config of ``config.model`` (``make_model_config``) and ``random_params(., seed)``.
+  For the tiny configs (``configs/tiny_synthetic.py``): the live-stream benchmark and tests."""
+  tokenizer = make_tokenizer(config, workdir)
+  model_config = make_model_config(config.model, tokenizer)
+  return random_params(model_config, seed), model_config, tokenizer
 
 
 def make_forward(module, video_grid_thw):

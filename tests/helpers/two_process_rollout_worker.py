@@ -21,10 +21,11 @@ import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from streampro_jax import parallel, rollout  # noqa: E402
+from streampro_jax import models, parallel, rollout  # noqa: E402
 from streampro_jax.data import chat_format, synthetic  # noqa: E402
 from streampro_jax.data import tokenizer as tok_lib  # noqa: E402
 from streampro_jax.models import processing, qwen2_5_vl  # noqa: E402
+from streampro_jax.train import setup  # noqa: E402
 
 FRAME, GRID = 16, (1, 4, 4)
 
@@ -39,14 +40,11 @@ def main():
     assert jax.process_count() == NUM and jax.device_count() == 2 * NUM
     mesh = parallel.make_mesh({"data": NUM, "fsdp": 2, "tensor": 1})
   tok = tok_lib.build_synthetic_tokenizer(synthetic.synthetic_vocabulary(), tok_dir)
-  ids = {name: tok.convert_tokens_to_ids(t) for name, t in (
-      ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
-      ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
-  cfg = qwen2_5_vl.tiny_config(text=dict(vocab_size=-(-len(tok) // 64) * 64),
-                               attention_impl="xla", **ids)
+  # The tiny backbone of tests/conftest.py's `tiny_backbone("qwen2_5_vl")` (test_rollout.py).
+  cfg = models.config_from_section(dict(family="qwen2_5_vl", attention_impl="xla"), tok)
   init = functools.partial(qwen2_5_vl.init_params, cfg)
   if mesh is None:
-    params = nn.unbox(jax.jit(init)(jax.random.key(0)))
+    params = setup.random_params(cfg, seed=0)
   else:   # the globally sharded parameters (fsdp over the 4 devices of both processes)
     shardings = parallel.logical_shardings(jax.eval_shape(init, jax.random.key(0)), mesh)
     params = jax.jit(lambda k: nn.unbox(init(k)), out_shardings=shardings)(jax.random.key(0))
