@@ -628,7 +628,7 @@ class StreamingSampler:
 
     def pin_fn(params, cache, ids, pos, mask):
       _, cache = kv_cache.extend(params, cache, ids, pos, config=mcfg, turn_id=0,
-                                 chunk_mask=mask, pin=True, output="hidden")
+                                 chunk_mask=mask, pin=True, output="hidden", fresh=True)
       return cache
 
     def user_fn(params, cache, ids, pos, turn, mask, pix_bpd, key, force, restrict):

@@ -354,7 +354,9 @@ def decoder_attention(q_btnh: Array, k_btkh: Array, v_btkh: Array, *, mask: Arra
   are written at `slots` (cast to the cache dtype), then q attends to the whole cache (cast to
   `dtype`) under `mask` (bool [B, 1, T, cap]); returns (o, (k_cache, v_cache)) with the updated
   caches. The cache is read in its own layout (`head_major_attention`): a decode step never
-  copies it.
+  copies it. With kv and mask None (a chunk written into a cache that holds nothing it may see,
+  e.g. the first chunk; real tokens lead each row), q attends causally to the chunk's own k, v
+  only, as without a cache ([T, T] logits in query blocks instead of [T, cap]).
   kv = (k_stack, v_stack, slots, i) with stacks [L, B, K, cap, H] (scanned layers): the same on
   layer i of the stacks, written in place; returns (o, (k_stack, v_stack)).
   """
@@ -365,7 +367,7 @@ def decoder_attention(q_btnh: Array, k_btkh: Array, v_btkh: Array, *, mask: Arra
                        is_causal=True), None
     return attention(q_btnh, k_btkh, v_btkh, mask=mask, impl=impl, is_causal=True), None
   # Cached attention runs a [T, cap] mask of slots (no kernel takes that): the XLA path.
-  impl = resolve_impl(impl, q_btnh.dtype)
+  impl_in, impl = impl, resolve_impl(impl, q_btnh.dtype)
   impl = "xla" if impl == "cudnn" else impl
   bidx = jnp.arange(q_btnh.shape[0])[:, None]
   if len(kv) == 4:
@@ -380,7 +382,10 @@ def decoder_attention(q_btnh: Array, k_btkh: Array, v_btkh: Array, *, mask: Arra
     k_cache = k_cache.at[bidx, :, slots].set(k_btkh.astype(k_cache.dtype))
     v_cache = v_cache.at[bidx, :, slots].set(v_btkh.astype(v_cache.dtype))
     new = (k_cache, v_cache)
-  if impl == "xla":
+  if mask is None:  # a fresh chunk: causal self-attention, as without a cache
+    o = attention(q_btnh, k_btkh.astype(dtype), v_btkh.astype(dtype), impl=impl_in,
+                  is_causal=True)
+  elif impl == "xla":
     o = head_major_attention(q_btnh, k_cache.astype(dtype), v_cache.astype(dtype), mask=mask)
   else:  # 'jax_xla' (a reference): its own layout
     o = attention(q_btnh, k_cache.astype(dtype).transpose(0, 2, 1, 3),
@@ -591,7 +596,7 @@ class KVInput(NamedTuple):
 
   k, v: tuples (one per layer) of [B, K, cap, H], or stacks [L, B, K, cap, H] for a scanned
   decoder; slots: i32[B, C] cache slots written by this chunk; mask: bool[B, 1, C, cap] (query i
-  may attend to slot s).
+  may attend to slot s), or None: the chunk attends causally to itself only (`decoder_attention`).
   """
   k: Any
   v: Any
