@@ -224,8 +224,8 @@ def make_extend(config, *, output: str = "logits"):
   """Jitted `extend` with the cache donated; compiles once per (chunk shape, grid, pin, fresh).
 
   Returns fn(params, cache, input_ids, position_ids, turn_id, chunk_mask=None,
-  pixel_values=None, video_grid_thw=None, pin=False, fresh=False) -> (out, cache). The number of compiled
-  variants is `compiled_count()` (attribute of the returned fn).
+  pixel_values=None, video_grid_thw=None, pin=False, fresh=False) -> (out, cache). The number
+  of compiled variants is `compiled_count()` (attribute of the returned fn).
   """
 
   def fn(params, cache, input_ids, position_ids, turn_id, chunk_mask=None, pixel_values=None,
