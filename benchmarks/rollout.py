@@ -8,7 +8,8 @@ Four measurements on this machine (default: the tiny_synthetic_grpo model, CPU):
    the same weights. Ours: a jitted prefill + rollout.decode_message (the sampler's on-device
    message loop). Reference: transformers Qwen2_5_VLForConditionalGeneration.generate(
    do_sample=True, use_cache=True, min_new_tokens = max_new_tokens) on a torch copy of the
-   params. Reported: tokens/s each (prefill + decode, median of `--repeats`), and their ratio.
+   params. Reported: tokens/s each (prefill + decode, median of `--repeats` rounds that run
+   the two sides in turn), and their ratio.
 2. Streaming rollout: G rollouts of B SynthStream samples, turn by turn (what GRPO runs, the
    sampler's `sample`): sampled tokens/s and all tokens/s.
 3. Per-turn latency of one live stream (1 row): each turn = that second's frames and visual
@@ -62,12 +63,12 @@ def _params(mcfg, seed=0):
 
 
 def bench_decode(config, workdir, rows: int, new_tokens: int, prefix_len: int, repeats: int):
-  """Ours vs transformers generate, same prefix / weights / new tokens (rollout_decode)."""
+  """Ours vs transformers generate, same prefix / weights / new tokens, timed interleaved
+  (rollout_decode.compare_throughput)."""
   _, mcfg, _, _, grid, _ = _setup(config, workdir)
   params = _params(mcfg)
   kw = dict(rows=rows, prefix_len=prefix_len, new_tokens=new_tokens, repeats=repeats, grid=grid)
-  ours = rollout_decode.decode_throughput(mcfg, params, **kw)
-  theirs = rollout_decode.hf_generate_throughput(mcfg, params, device="cpu", **kw)
+  ours, theirs = rollout_decode.compare_throughput(mcfg, params, device="cpu", **kw)
   return {"rows": rows, "new_tokens": new_tokens, "prefix_tokens": prefix_len,
           "ours_tokens_per_s": ours["tokens_per_s"],
           "ours_decode_only_tokens_per_s": ours["decode_tokens_per_s"],

@@ -5,7 +5,8 @@ video turn <|vision_start|> <|video_pad|> x tokens <|vision_end|>, with random f
 weights and the same number of new tokens per row, with no early stop:
 
   decode_throughput(model_config, params, *, rows, prefix_len, new_tokens, seed=0, ...)
-    ours: one jitted prefill (kv_cache.extend of the prefix with its frames, first token drawn
+    ours: one jitted prefill (kv_cache.extend(fresh=True) of the prefix with its frames into
+    the empty cache: causal attention over the prefix only, as a forward; first token drawn
     from the last logits), then one jitted rollout.decode_message (lax.while_loop, [rows, 1]
     steps through the KV cache). <|im_end|> is never drawn; the length limit forces it as token
     new_tokens, so every row has exactly new_tokens tokens after new_tokens - 1 decode steps.
@@ -16,11 +17,13 @@ weights and the same number of new tokens per row, with no early stop:
 
 Both return dict(tokens_per_s, seconds, ...): tokens_per_s = rows * new_tokens / seconds, where
 seconds is the median over `repeats` timed calls (after one untimed call that compiles / warms
-up) of prefill + decode. Ours also reports the decode loop alone (decode_seconds,
-decode_step_s), the parameter bytes and, given `hbm_bytes_per_s` (H200: 4.8e12), the
-bandwidth-bound fraction: (param_bytes / hbm_bytes_per_s) / decode_step_s.
+up) of prefill + decode. compare_throughput(...) -> (ours, theirs) times the two interleaved
+(the CLI does, unless --skip_hf), so that the machine's load hits both alike. Ours also
+reports the decode loop alone (decode_seconds, decode_step_s), the parameter bytes and, given
+`hbm_bytes_per_s` (H200: 4.8e12), the bandwidth-bound fraction:
+(param_bytes / hbm_bytes_per_s) / decode_step_s.
 
-Imports: jax, numpy, torch and transformers (inside hf_generate_throughput only) and
+Imports: jax, numpy, torch and transformers (inside the transformers functions only) and
 streampro_jax.rollout / streampro_jax.models (none of grain, tensorflow_datasets, av,
 ml_collections, tensorboardX).
 
@@ -104,7 +107,8 @@ def make_decode_fns(model_config, *, rows: int, capacity: int, new_tokens: int, 
   def prefill(params, ids, pos, pix, key):
     cache = kv_cache.init_cache(model_config, rows, capacity)
     logits, cache = kv_cache.extend(params, cache, ids, pos, config=model_config, turn_id=0,
-                                    pixel_values=pix, video_grid_thw=grid_t, output="last")
+                                    pixel_values=pix, video_grid_thw=grid_t, output="last",
+                                    fresh=True)
     none = -jnp.ones((rows,), jnp.int32)
     tok, old, slp = sampling(logits, rollout.row_keys(key, 0, 0, rows), none,
                              jnp.zeros((rows,), bool))
@@ -120,47 +124,50 @@ def _param_bytes(params) -> int:
   return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params)))
 
 
-def decode_throughput(model_config, params, *, rows: int, prefix_len: int, new_tokens: int,
-                      seed: int = 0, grid=None, repeats: int = 3, temperature: float = 1.0,
-                      hbm_bytes_per_s: float | None = None) -> dict:
-  """Times our prefill + on-device message decode: rows x new_tokens after a one-turn prefix.
+def _ours_runner(model_config, params, *, rows: int, prefix_len: int, new_tokens: int,
+                 seed: int = 0, grid=None, temperature: float = 1.0):
+  """run(i) -> (prefill_s, decode_s, message) of our path with the key seed + i.
 
-  params: the model's parameters (on device; their dtype is what the decode reads).
-  Returns dict(tokens_per_s, seconds, prefill_seconds, decode_seconds, decode_step_s,
-  decode_tokens_per_s, param_bytes, [bandwidth_bound_step_s, bandwidth_fraction],
-  compile_seconds, rows, prefix_len, new_tokens, device). Timings are medians over `repeats`.
+  The prefill's time includes the host-side position ids (the backbone's chunk_position_ids, as
+  `generate` computes its rope index inside the call) and their transfer; the token ids and
+  frames are put on device once, as the transformers side builds its tensors once.
   """
   if new_tokens < 2:
     raise ValueError(f"new_tokens must be >= 2, got {new_tokens}")
   pre = one_turn_prefix(model_config, rows=rows, prefix_len=prefix_len, grid=grid, seed=seed)
   grid = pre["video_grid_thw"]
-  ids = np.tile(pre["input_ids"][None], (rows, 1))
-  pos, nxt = models.backbone_module(model_config).chunk_position_ids(
-      ids, np.zeros((rows,), np.int64), config=model_config, video_grid_thw=grid)
+  ids_np = np.tile(pre["input_ids"][None], (rows, 1))
+  positions = functools.partial(models.backbone_module(model_config).chunk_position_ids,
+                                config=model_config, video_grid_thw=grid)
   pix = np.tile(pre["pixel_values"][None], (rows, 1, 1))
   capacity = -(-(prefix_len + new_tokens) // 128) * 128
   prefill, decode = make_decode_fns(model_config, rows=rows, capacity=capacity,
                                     new_tokens=new_tokens, grid=grid, end_id=pre["end_id"],
                                     temperature=temperature)
-  ids, pos, pix, active, nxt, turn = jax.device_put(
-      (ids, pos, pix, np.ones((rows,), bool), nxt.astype(np.int32), np.int32(0)))
+  ids, pix, active, turn = jax.device_put((ids_np, pix, np.ones((rows,), bool), np.int32(0)))
+  zeros = np.zeros((rows,), np.int64)
 
   def run(i):
     key = jax.random.key(seed + i)
     t0 = time.perf_counter()
+    pos, nxt = jax.device_put(positions(ids_np, zeros))
     first, cache = jax.block_until_ready(prefill(params, ids, pos, pix, key))
     t1 = time.perf_counter()
     msg, cache = jax.block_until_ready(decode(params, cache, first, active, nxt, turn, key))
     t2 = time.perf_counter()
     return t1 - t0, t2 - t1, msg
 
-  t = time.perf_counter()
-  _, _, msg = run(0)
-  compile_s = time.perf_counter() - t
+  return run
+
+
+def _check_lengths(msg, new_tokens: int) -> None:
   length = np.asarray(jax.device_get(msg.length))
   if not (length == new_tokens).all():
     raise AssertionError(f"rows decoded {sorted(set(length.tolist()))} tokens, not {new_tokens}")
-  times = [run(i + 1)[:2] for i in range(repeats)]
+
+
+def _ours_summary(times, *, params, rows, prefix_len, new_tokens, compile_s,
+                  hbm_bytes_per_s=None) -> dict:
   pre_s = float(np.median([a for a, _ in times]))
   dec_s = float(np.median([b for _, b in times]))
   tot_s = float(np.median([a + b for a, b in times]))
@@ -173,6 +180,58 @@ def decode_throughput(model_config, params, *, rows: int, prefix_len: int, new_t
     bound = out["param_bytes"] / float(hbm_bytes_per_s)
     out.update(bandwidth_bound_step_s=bound, bandwidth_fraction=bound / out["decode_step_s"])
   return out
+
+
+def decode_throughput(model_config, params, *, rows: int, prefix_len: int, new_tokens: int,
+                      seed: int = 0, grid=None, repeats: int = 3, temperature: float = 1.0,
+                      hbm_bytes_per_s: float | None = None) -> dict:
+  """Times our prefill + on-device message decode: rows x new_tokens after a one-turn prefix.
+
+  params: the model's parameters (on device; their dtype is what the decode reads).
+  Returns dict(tokens_per_s, seconds, prefill_seconds, decode_seconds, decode_step_s,
+  decode_tokens_per_s, param_bytes, [bandwidth_bound_step_s, bandwidth_fraction],
+  compile_seconds, rows, prefix_len, new_tokens, device). Timings are medians over `repeats`;
+  prefill_seconds includes the host-side position ids.
+  """
+  run = _ours_runner(model_config, params, rows=rows, prefix_len=prefix_len,
+                     new_tokens=new_tokens, seed=seed, grid=grid, temperature=temperature)
+  t = time.perf_counter()
+  _, _, msg = run(0)
+  compile_s = time.perf_counter() - t
+  _check_lengths(msg, new_tokens)
+  times = [run(i + 1)[:2] for i in range(repeats)]
+  return _ours_summary(times, params=params, rows=rows, prefix_len=prefix_len,
+                       new_tokens=new_tokens, compile_s=compile_s,
+                       hbm_bytes_per_s=hbm_bytes_per_s)
+
+
+def compare_throughput(model_config, params, *, rows: int, prefix_len: int, new_tokens: int,
+                       seed: int = 0, grid=None, repeats: int = 5, temperature: float = 1.0,
+                       device=None, dtype: str = "float32", model=None
+                       ) -> tuple[dict, dict]:
+  """(ours, transformers) as `decode_throughput` and `hf_generate_throughput` return them, timed
+  interleaved: after both warm up, each of the `repeats` rounds runs ours (prefill + decode),
+  then `generate` with one new token (its prefill), then `generate` with new_tokens, so that a
+  change of machine load hits both sides alike. Medians over the rounds."""
+  ours_run = _ours_runner(model_config, params, rows=rows, prefix_len=prefix_len,
+                          new_tokens=new_tokens, seed=seed, grid=grid, temperature=temperature)
+  hf_run, hf_meta = _hf_runner(model_config, params, rows=rows, prefix_len=prefix_len,
+                               new_tokens=new_tokens, seed=seed, grid=grid,
+                               temperature=temperature, device=device, dtype=dtype, model=model)
+  t = time.perf_counter()
+  _, _, msg = ours_run(0)
+  compile_s = time.perf_counter() - t
+  _check_lengths(msg, new_tokens)
+  hf_run(0)
+  hf_run(0, 1)
+  ours_t, hf_t = [], []
+  for i in range(repeats):
+    ours_t.append(ours_run(i + 1)[:2])
+    hf_t.append((hf_run(i + 1, 1), hf_run(i + 1)))
+  ours = _ours_summary(ours_t, params=params, rows=rows, prefix_len=prefix_len,
+                       new_tokens=new_tokens, compile_s=compile_s)
+  return ours, _hf_summary(hf_t, rows=rows, prefix_len=prefix_len, new_tokens=new_tokens,
+                           **hf_meta)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -231,20 +290,10 @@ def torch_model(model_config, params, *, device=None, dtype: str = "float32"):
   return model.to(device).eval()
 
 
-def hf_generate_throughput(model_config, params, *, rows: int, prefix_len: int,
-                           new_tokens: int, seed: int = 0, grid=None, repeats: int = 3,
-                           temperature: float = 1.0, device=None, dtype: str = "float32",
-                           model=None) -> dict:
-  """Times transformers `generate` (sampling, KV cache, exactly new_tokens per row) on a torch
-  copy of `params` from the same prefix as `decode_throughput`.
-
-  device: torch device (default cuda when available, else cpu); dtype "float32" | "bfloat16";
-  model: an already built `torch_model(...)` to reuse. Returns dict(tokens_per_s, seconds,
-  prefill_seconds, decode_seconds, decode_step_s, decode_tokens_per_s, setup_seconds, rows,
-  prefix_len, new_tokens, device, dtype, torch_threads): prefill_seconds is the median of
-  `generate` with max_new_tokens = 1 (the prefix forward and the first token), decode_seconds
-  = seconds - prefill_seconds (the new_tokens - 1 cached steps), as ours splits them.
-  """
+def _hf_runner(model_config, params, *, rows: int, prefix_len: int, new_tokens: int,
+               seed: int = 0, grid=None, temperature: float = 1.0, device=None,
+               dtype: str = "float32", model=None):
+  """(run(i, n_new=new_tokens) -> seconds of one `generate` call, meta dict)."""
   import torch  # pylint: disable=g-import-not-at-top
   t = time.perf_counter()
   if model is None:
@@ -274,17 +323,41 @@ def hf_generate_throughput(model_config, params, *, rows: int, prefix_len: int,
       raise AssertionError(f"generate made {gen.shape[1] - prefix_len} tokens, not {n_new}")
     return time.perf_counter() - t0
 
-  run(0)
-  run(0, 1)
-  times = [(run(i + 1, 1), run(i + 1)) for i in range(repeats)]   # interleaved
+  return run, dict(setup_seconds=setup_s, device=str(dev), dtype=dtype,
+                   torch_threads=torch.get_num_threads())
+
+
+def _hf_summary(times, *, rows, prefix_len, new_tokens, **meta) -> dict:
   pre_s = float(np.median([a for a, _ in times]))
   secs = float(np.median([b for _, b in times]))
   dec_s = max(secs - pre_s, 1e-9)
   return dict(tokens_per_s=rows * new_tokens / secs, seconds=secs, prefill_seconds=pre_s,
               decode_seconds=dec_s, decode_step_s=dec_s / (new_tokens - 1),
-              decode_tokens_per_s=rows * (new_tokens - 1) / dec_s, setup_seconds=setup_s,
-              rows=rows, prefix_len=prefix_len, new_tokens=new_tokens, device=str(dev),
-              dtype=dtype, torch_threads=torch.get_num_threads())
+              decode_tokens_per_s=rows * (new_tokens - 1) / dec_s, rows=rows,
+              prefix_len=prefix_len, new_tokens=new_tokens, **meta)
+
+
+def hf_generate_throughput(model_config, params, *, rows: int, prefix_len: int,
+                           new_tokens: int, seed: int = 0, grid=None, repeats: int = 3,
+                           temperature: float = 1.0, device=None, dtype: str = "float32",
+                           model=None) -> dict:
+  """Times transformers `generate` (sampling, KV cache, exactly new_tokens per row) on a torch
+  copy of `params` from the same prefix as `decode_throughput`.
+
+  device: torch device (default cuda when available, else cpu); dtype "float32" | "bfloat16";
+  model: an already built `torch_model(...)` to reuse. Returns dict(tokens_per_s, seconds,
+  prefill_seconds, decode_seconds, decode_step_s, decode_tokens_per_s, setup_seconds, rows,
+  prefix_len, new_tokens, device, dtype, torch_threads): prefill_seconds is the median of
+  `generate` with max_new_tokens = 1 (the prefix forward and the first token), decode_seconds
+  = seconds - prefill_seconds (the new_tokens - 1 cached steps), as ours splits them.
+  """
+  run, meta = _hf_runner(model_config, params, rows=rows, prefix_len=prefix_len,
+                         new_tokens=new_tokens, seed=seed, grid=grid, temperature=temperature,
+                         device=device, dtype=dtype, model=model)
+  run(0)
+  run(0, 1)
+  times = [(run(i + 1, 1), run(i + 1)) for i in range(repeats)]   # interleaved
+  return _hf_summary(times, rows=rows, prefix_len=prefix_len, new_tokens=new_tokens, **meta)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -350,18 +423,26 @@ def main() -> None:
   kw = dict(rows=args.rows, prefix_len=prefix_len, new_tokens=args.new_tokens,
             repeats=args.repeats)
   print(f"devices: {jax.devices()}  model {model} {dtype}  load {os.getloadavg()}", flush=True)
-  ours = decode_throughput(cfg, params, hbm_bytes_per_s=args.hbm_bytes_per_s or None, **kw)
+  if args.skip_hf:
+    ours = decode_throughput(cfg, params, hbm_bytes_per_s=args.hbm_bytes_per_s or None, **kw)
+    print(f"ours: {ours}", flush=True)
+    return
+  hf_cfg, hf_params = cfg, params
+  if cfg.scan_layers:  # the torch copy is built from the unrolled layout
+    hf_cfg, hf_params = cfg.replace(scan_layers=False), models.unscan_params(params)
+  hf = torch_model(hf_cfg, hf_params, dtype=dtype)
+  del hf_params
+  ours, theirs = compare_throughput(cfg, params, dtype=dtype, model=hf, **kw)   # interleaved
+  if args.hbm_bytes_per_s:
+    bound = ours["param_bytes"] / args.hbm_bytes_per_s
+    ours.update(bandwidth_bound_step_s=bound, bandwidth_fraction=bound / ours["decode_step_s"])
   print(f"ours: {ours}", flush=True)
-  if not args.skip_hf:
-    if cfg.scan_layers:  # the torch copy is built from the unrolled layout
-      from streampro_jax import models  # pylint: disable=g-import-not-at-top
-      cfg, params = cfg.replace(scan_layers=False), models.unscan_params(params)
-    theirs = hf_generate_throughput(cfg, params, dtype=dtype, **kw)
-    print(f"transformers: {theirs}")
-    print(f"ratio ours / transformers (tokens/s, prefill + decode): "
-          f"{ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x; prefill only "
-          f"{theirs['prefill_seconds'] / ours['prefill_seconds']:.2f}x; decode only "
-          f"{ours['decode_tokens_per_s'] / theirs['decode_tokens_per_s']:.2f}x")
+  print(f"transformers: {theirs}")
+  print(f"ratio ours / transformers (tokens/s, prefill + decode): "
+        f"{ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x; prefill only "
+        f"{theirs['prefill_seconds'] / ours['prefill_seconds']:.2f}x; decode only "
+        f"{ours['decode_tokens_per_s'] / theirs['decode_tokens_per_s']:.2f}x  "
+        f"(interleaved, {args.repeats} rounds; load {os.getloadavg()})")
 
 
 if __name__ == "__main__":

@@ -475,6 +475,9 @@ def decode_message(params, cache: kv_cache.KVCache, first: tuple, active: jax.Ar
                 length=active.astype(jnp.int32))
   done = ~active | (tok0 == end_id)
   no_restrict = jnp.zeros((n,), bool)
+  # Every step's row keys up front (the same keys as row_keys inside the loop): no key
+  # derivation (three threefry hashes) per decoded token. keys[s]: the N keys of step s.
+  keys = jax.vmap(lambda s: row_keys(key, turn, s, n))(jnp.arange(m, dtype=jnp.int32))
 
   def cond(carry):
     step, _, _, done = carry
@@ -492,7 +495,7 @@ def decode_message(params, cache: kv_cache.KVCache, first: tuple, active: jax.Ar
     logits, cache = kv_cache.extend(params, cache, last, pos.astype(jnp.int32),
                                     config=model_config, turn_id=turn,
                                     chunk_mask=feed[:, None].astype(jnp.int32), output="last")
-    tok, old, slp = sampling(logits, row_keys(key, turn, step, n), force, no_restrict)
+    tok, old, slp = sampling(logits, keys[step], force, no_restrict)
     at = (col == msg.length[:, None]) & feed[:, None]
     msg = Message(tokens=put(msg.tokens, tok, at), old_logps=put(msg.old_logps, old, at),
                   sampling_logps=put(msg.sampling_logps, slp, at),
@@ -628,7 +631,7 @@ class StreamingSampler:
 
     def pin_fn(params, cache, ids, pos, mask):
       _, cache = kv_cache.extend(params, cache, ids, pos, config=mcfg, turn_id=0,
-                                 chunk_mask=mask, pin=True, output="hidden")
+                                 chunk_mask=mask, pin=True, output="hidden", fresh=True)
       return cache
 
     def user_fn(params, cache, ids, pos, turn, mask, pix_bpd, key, force, restrict):

@@ -62,6 +62,19 @@ def test_decode_and_generate_throughput_run(tiny):
   assert theirs["tokens_per_s"] > 0 and theirs["new_tokens"] == 5
 
 
+def test_compare_throughput_times_both_sides_interleaved(tiny):
+  """The interleaved comparison returns both sides' figures for the same work."""
+  pytest.importorskip("torch")
+  cfg, params = tiny
+  ours, theirs = rollout_decode.compare_throughput(cfg, params, rows=2, prefix_len=32,
+                                                   new_tokens=5, repeats=2, device="cpu")
+  for side in (ours, theirs):
+    assert side["rows"] == 2 and side["new_tokens"] == 5 and side["prefix_len"] == 32
+    assert side["seconds"] > side["prefill_seconds"] > 0
+    assert side["tokens_per_s"] == pytest.approx(2 * 5 / side["seconds"])
+  assert theirs["device"] == "cpu" and "torch_threads" in theirs
+
+
 def test_imports_only_the_allowed_libraries():
   """A GPU script can import the module without grain, tfds, av, ml_collections, tensorboardX."""
   code = ("import sys; sys.path.insert(0, 'benchmarks'); import rollout_decode; "

@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from streampro_jax import models
 from streampro_jax.models import kv_cache as kc
 from streampro_jax.models import qwen2_5_vl as q
 
@@ -224,3 +225,56 @@ def test_300_turn_stream_compiles_once_per_chunk_shape():
   assert all(lt == list(range(100, 300)) for lt in live_turns)
   assert (valid & pinned).sum(axis=1).tolist() == [6, 5]  # the prefix survived
   assert (np.asarray(cache.next_position) > 300 * 10).all()  # positions kept increasing
+
+
+def _valid_kv(cache):
+  """Per-layer k, v at the live slots only (padding slots hold don't-care values)."""
+  valid = np.asarray(cache.slot_valid)
+  ks = [np.asarray(x) for x in (cache.k if isinstance(cache.k, tuple) else list(cache.k))]
+  vs = [np.asarray(x) for x in (cache.v if isinstance(cache.v, tuple) else list(cache.v))]
+  return [np.where(valid[:, None, :, None], x, 0.0) for x in ks + vs]
+
+
+def test_fresh_first_chunk_equals_masked_extend():
+  """extend(fresh=True) on an empty cache (causal [C, C] attention over the chunk only) gives
+  the same real-token logits and the same live cache as the masked [C, cap] path, pinned or
+  not, unrolled or scanned; the next chunk's logits then agree too."""
+  for scan in (False, True):
+    cfg = q.tiny_config(scan_layers=scan)
+    params = scaled_params(q.tiny_config())
+    if scan:
+      params = models.scan_params(params)
+    s = Stream(cfg, 2, seed=5)
+    ext = kc.make_extend(cfg)
+    for pin in (True, False):
+      if pin:
+        ids, m = pad(s.prefix, PREFIX_BUCKET)
+        pix, grid = None, None
+      else:
+        ids, m = pad([s.turns[r][0][0] for r in range(2)], USER_BUCKET)
+        pix, grid = s.pix[:, 0], GRID
+      pos, _ = q.chunk_position_ids(ids, 0, config=cfg, chunk_mask=m, video_grid_thw=grid)
+      outs = []
+      for fresh in (False, True):
+        logits, cache = ext(params, kc.init_cache(cfg, 2, CAP), ids, pos, 0, m,
+                            pixel_values=pix, video_grid_thw=grid, pin=pin, fresh=fresh)
+        nids, nm = pad([s.turns[r][1][1] for r in range(2)], ASST_BUCKET)
+        npos, _ = q.chunk_position_ids(nids, np.asarray(cache.next_position), config=cfg,
+                                       chunk_mask=nm)
+        kv_live = _valid_kv(cache)
+        meta = [np.asarray(x) for x in (cache.slot_turn, cache.slot_seq, cache.slot_valid,
+                                        cache.count, cache.pin_len, cache.ring_ptr,
+                                        cache.next_position, cache.overflow)]
+        nxt, _ = ext(params, cache, nids, npos, 1, nm)
+        outs.append((np.asarray(logits), kv_live, meta, np.asarray(nxt)))
+      (l0, kv0, m0, n0), (l1, kv1, m1, n1) = outs
+      real = np.asarray(m, bool)
+      assert np.abs(l0[real]).max() > 1.0
+      np.testing.assert_allclose(l1[real], l0[real], atol=1e-5 * np.abs(l0[real]).max(), rtol=0)
+      for a, b in zip(kv1, kv0):
+        np.testing.assert_allclose(a, b, atol=1e-5 * max(np.abs(b).max(), 1.0), rtol=0)
+      for a, b in zip(m1, m0):
+        np.testing.assert_array_equal(a, b)
+      nreal = np.asarray(nm, bool)
+      np.testing.assert_allclose(n1[nreal], n0[nreal], atol=1e-5 * np.abs(n0[nreal]).max(),
+                                 rtol=0)

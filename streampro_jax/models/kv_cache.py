@@ -35,7 +35,7 @@ API
   cache = init_cache(config, batch, capacity, window_turns=200, dtype=None)
   logits, cache = extend(params, cache, input_ids, position_ids, config=config, turn_id=t,
                          chunk_mask=None, pixel_values=None, video_grid_thw=None, pin=False,
-                         output="logits")
+                         output="logits", fresh=False)
     input_ids i32[B, C]; position_ids i32[3, B, C] (host: the backbone's chunk_position_ids(ids,
     start=np.asarray(cache.next_position), ...), e.g. models.backbone_module(config));
     turn_id int or i32[B]; chunk_mask [B, C]
@@ -43,6 +43,9 @@ API
     layout with video_grid_thw [n, 3] = one row's grids (NumPy or tuple; static); pin=True
     writes the pinned prefix (before any other chunk). output: "logits" -> f32[B, C, V],
     "last" -> f32[B, V] at each row's last real token, "hidden" -> [B, C, D] (final-normed).
+    fresh=True (static) promises that the cache holds no live slot (the first chunk of an empty
+    cache): the chunk then attends causally to itself only ([C, C] attention in query blocks, as
+    a forward without cache) instead of to all `cap` slots under a mask; same outputs, same cache.
   extend_fn = make_extend(config, output="logits")   # jitted, cache donated, compile-once
     logits, cache = extend_fn(params, cache, input_ids, position_ids, turn_id, chunk_mask,
                               pixel_values=None, video_grid_thw=None, pin=False)
@@ -131,7 +134,8 @@ def _model_for(config):
 def extend(params, cache: KVCache, input_ids: Array, position_ids: Array, *, config,
            turn_id, chunk_mask: Array | None = None, pixel_values: Array | None = None,
            video_grid_thw=None, pin: bool = False, output: str = "logits",
-           model_kwargs: dict[str, Any] | None = None) -> tuple[Array, KVCache]:
+           model_kwargs: dict[str, Any] | None = None, fresh: bool = False
+           ) -> tuple[Array, KVCache]:
   """Writes one chunk into the cache and returns its outputs (see module docstring).
 
   Steps: evict turns <= turn_id - window_turns (pinned slots stay); pick slots (pinned region
@@ -139,6 +143,8 @@ def extend(params, cache: KVCache, input_ids: Array, position_ids: Array, *, con
   (padding slots are marked invalid and reused by the next chunk); attend with mask
   valid[slot] & seq[slot] <= seq[query]; advance count / pin_len / ring_ptr by the number of
   real tokens; next_position = max(next_position, max real position + 1).
+  fresh=True: the cache must be empty (nothing this chunk may see; not checked, the cache is on
+  device); the chunk's real tokens lead each row and attend causally to each other only.
   """
   b, c = input_ids.shape
   cap = cache.capacity
@@ -171,7 +177,7 @@ def extend(params, cache: KVCache, input_ids: Array, position_ids: Array, *, con
   mask = slot_valid[:, None, None, :] & (slot_seq[:, None, None, :] <= seq_new[:, None, :, None])
 
   model = _model_for(config)
-  kv = qwen2_5_vl.KVInput(cache.k, cache.v, slots, mask)
+  kv = qwen2_5_vl.KVInput(cache.k, cache.v, slots, None if fresh else mask)
   grid = None if video_grid_thw is None else np.asarray(video_grid_thw)
   out, (new_k, new_v) = model.apply(
       {"params": params}, input_ids, pixel_values_videos=pixel_values, video_grid_thw=grid,
@@ -204,32 +210,34 @@ def unembedding_for(params, config) -> Array:
   return models.backbone_module(config).unembedding(params, config)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "video_grid_thw", "pin", "output"),
+@functools.partial(jax.jit, static_argnames=("config", "video_grid_thw", "pin", "output",
+                                             "fresh"),
                    donate_argnames=("cache",))
 def _extend_jit(params, cache, input_ids, position_ids, turn_id, chunk_mask, pixel_values,
-                *, config, video_grid_thw, pin, output):
+                *, config, video_grid_thw, pin, output, fresh=False):
   return extend(params, cache, input_ids, position_ids, config=config, turn_id=turn_id,
                 chunk_mask=chunk_mask, pixel_values=pixel_values, video_grid_thw=video_grid_thw,
-                pin=pin, output=output)
+                pin=pin, output=output, fresh=fresh)
 
 
 def make_extend(config, *, output: str = "logits"):
-  """Jitted `extend` with the cache donated; compiles once per (chunk shape, grid, pin).
+  """Jitted `extend` with the cache donated; compiles once per (chunk shape, grid, pin, fresh).
 
   Returns fn(params, cache, input_ids, position_ids, turn_id, chunk_mask=None,
-  pixel_values=None, video_grid_thw=None, pin=False) -> (out, cache). The number of compiled
-  variants is `compiled_count()` (attribute of the returned fn).
+  pixel_values=None, video_grid_thw=None, pin=False, fresh=False) -> (out, cache). The number
+  of compiled variants is `compiled_count()` (attribute of the returned fn).
   """
 
   def fn(params, cache, input_ids, position_ids, turn_id, chunk_mask=None, pixel_values=None,
-         video_grid_thw=None, pin=False):
+         video_grid_thw=None, pin=False, fresh=False):
     grid = (None if video_grid_thw is None
             else tuple(tuple(int(x) for x in g) for g in np.asarray(video_grid_thw)))
     if chunk_mask is None:
       chunk_mask = np.ones(np.shape(input_ids), np.int32)
     return _extend_jit(params, cache, input_ids, position_ids,
                        jnp.asarray(turn_id, jnp.int32), chunk_mask, pixel_values,
-                       config=config, video_grid_thw=grid, pin=pin, output=output)
+                       config=config, video_grid_thw=grid, pin=pin, output=output,
+                       fresh=fresh)
 
   fn.compiled_count = _extend_jit._cache_size
   return fn

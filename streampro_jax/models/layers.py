@@ -329,16 +329,27 @@ def _xla_attention(q_btnh: Array, k: Array, v: Array, mask: Array | None, scale:
 
 def _attend(q: Array, k: Array, v: Array, m: Array | None, scale: float) -> Array:
   """softmax(scale * q k^T, masked by m) v for q [B, K, G, T, H], k, v [B, K, S, H], m bool
-  broadcastable to [B, K, G, T, S] or None; softmax in float32. Returns [B, K, G, T, H]."""
+  broadcastable to [B, K, G, T, S] or None; softmax in float32. Returns [B, K, G, T, H].
+
+  The scale multiplies a float32 q ([T, H]) and the softmax's normalisation divides the output
+  ([T, H]) instead of the probabilities ([T, S]): p = exp(l - max l), o = (p v) / sum(p). The
+  max is a constant of the gradient (it cancels out). One [T, S] pass fewer forward and
+  backward than jax.nn.softmax, the same function.
+  """
   b, kh, g, t, h = q.shape
   s = k.shape[2]
-  logits = jnp.einsum("bkmh,bksh->bkms", q.reshape(b, kh, g * t, h), k,
-                      preferred_element_type=jnp.float32) * scale
-  logits = logits.reshape(b, kh, g, t, s)
+  on_q = q.dtype == jnp.float32   # 16-bit q: scale the float32 logits (no extra rounding)
+  logits = jnp.einsum("bkmh,bksh->bkms", (q * scale if on_q else q).reshape(b, kh, g * t, h), k,
+                      preferred_element_type=jnp.float32)
+  logits = logits.reshape(b, kh, g, t, s) * (1.0 if on_q else scale)
   if m is not None:
     logits = jnp.where(m, logits, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype).reshape(b, kh, g * t, s)
-  return jnp.einsum("bkms,bksh->bkmh", probs, v).reshape(b, kh, g, t, h)
+  top = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+  p = jnp.exp(logits - top)
+  total = jnp.sum(p, axis=-1, keepdims=True)   # >= 1 (the max's own term)
+  o = jnp.einsum("bkms,bksh->bkmh", p.astype(v.dtype).reshape(b, kh, g * t, s), v,
+                 preferred_element_type=jnp.float32).reshape(b, kh, g, t, h)
+  return (o / total).astype(v.dtype)
 
 
 def decoder_attention(q_btnh: Array, k_btkh: Array, v_btkh: Array, *, mask: Array | None,
@@ -354,7 +365,9 @@ def decoder_attention(q_btnh: Array, k_btkh: Array, v_btkh: Array, *, mask: Arra
   are written at `slots` (cast to the cache dtype), then q attends to the whole cache (cast to
   `dtype`) under `mask` (bool [B, 1, T, cap]); returns (o, (k_cache, v_cache)) with the updated
   caches. The cache is read in its own layout (`head_major_attention`): a decode step never
-  copies it.
+  copies it. With kv and mask None (a chunk written into a cache that holds nothing it may see,
+  e.g. the first chunk; real tokens lead each row), q attends causally to the chunk's own k, v
+  only, as without a cache ([T, T] logits in query blocks instead of [T, cap]).
   kv = (k_stack, v_stack, slots, i) with stacks [L, B, K, cap, H] (scanned layers): the same on
   layer i of the stacks, written in place; returns (o, (k_stack, v_stack)).
   """
@@ -365,7 +378,7 @@ def decoder_attention(q_btnh: Array, k_btkh: Array, v_btkh: Array, *, mask: Arra
                        is_causal=True), None
     return attention(q_btnh, k_btkh, v_btkh, mask=mask, impl=impl, is_causal=True), None
   # Cached attention runs a [T, cap] mask of slots (no kernel takes that): the XLA path.
-  impl = resolve_impl(impl, q_btnh.dtype)
+  impl_in, impl = impl, resolve_impl(impl, q_btnh.dtype)
   impl = "xla" if impl == "cudnn" else impl
   bidx = jnp.arange(q_btnh.shape[0])[:, None]
   if len(kv) == 4:
@@ -380,7 +393,10 @@ def decoder_attention(q_btnh: Array, k_btkh: Array, v_btkh: Array, *, mask: Arra
     k_cache = k_cache.at[bidx, :, slots].set(k_btkh.astype(k_cache.dtype))
     v_cache = v_cache.at[bidx, :, slots].set(v_btkh.astype(v_cache.dtype))
     new = (k_cache, v_cache)
-  if impl == "xla":
+  if mask is None:  # a fresh chunk: causal self-attention, as without a cache
+    o = attention(q_btnh, k_btkh.astype(dtype), v_btkh.astype(dtype), impl=impl_in,
+                  is_causal=True)
+  elif impl == "xla":
     o = head_major_attention(q_btnh, k_cache.astype(dtype), v_cache.astype(dtype), mask=mask)
   else:  # 'jax_xla' (a reference): its own layout
     o = attention(q_btnh, k_cache.astype(dtype).transpose(0, 2, 1, 3),
@@ -591,7 +607,7 @@ class KVInput(NamedTuple):
 
   k, v: tuples (one per layer) of [B, K, cap, H], or stacks [L, B, K, cap, H] for a scanned
   decoder; slots: i32[B, C] cache slots written by this chunk; mask: bool[B, 1, C, cap] (query i
-  may attend to slot s).
+  may attend to slot s), or None: the chunk attends causally to itself only (`decoder_attention`).
   """
   k: Any
   v: Any
