@@ -485,6 +485,22 @@ def vision_rope_attention(q_ne: Array, k_ne: Array, v_ne: Array, cos: Array, sin
   return o.reshape(n, e)
 
 
+def frame_plan(grid: np.ndarray) -> tuple[int, SegmentPlan]:
+  """(N, the SegmentPlan with one segment per frame) of patch grids int[n, 3] (t, h, w): the full
+  attention of the vision towers (HF cu_seqlens over frames of h * w patches)."""
+  grid = np.asarray(grid, np.int64).reshape(-1, 3)
+  n = int(np.prod(grid, axis=1).sum())
+  frames = np.repeat(grid[:, 1] * grid[:, 2], grid[:, 0])
+  return n, segment_plan(cu_seqlens_segments(np.concatenate([[0], np.cumsum(frames)])), n)
+
+
+def check_num_patches(pixels: Array, n: int, grid_thw) -> None:
+  """Raises unless pixels [N, Dp] holds the n patches of the grids."""
+  if pixels.shape[0] != n:
+    raise ValueError(f"{pixels.shape[0]} patches given but the grids {np.asarray(grid_thw)} "
+                     f"hold {n}")
+
+
 def device_plans(plans) -> tuple[SegmentPlan, ...]:
   """SegmentPlans with their index arrays as jnp arrays (to pass into a scanned stack)."""
   return tuple(SegmentPlan(jnp.asarray(p.gather), jnp.asarray(p.valid), jnp.asarray(p.scatter))
@@ -687,6 +703,54 @@ class VLDecoderModel(nn.Module):
     """A static (i, x, extra) -> x run after decoder layer i (i a traced int32 under scan), with
     `extra` the pytree passed to `decode`; None for none (Qwen3-VL adds DeepStack features)."""
     return None
+
+  def vision_features(self, embeds) -> Array:
+    """The features an `encode_vision` output puts at the vision tokens: the output itself
+    (Qwen2.5-VL); a backbone whose encoder returns more overrides it (Qwen3-VL: (merged,
+    deepstack) -> merged)."""
+    return embeds
+
+  def encode_vision(self, pixel_values: Array, grid_thw):
+    """Vision tower. Flat pixel_values [N, Dp] -> the tower's output for grid_thw; batched
+    [B, N_b, Dp] (grid_thw = one row's grids) -> the same pytree with every leaf [B, N_b/4, D]."""
+    grid = np.asarray(grid_thw).reshape(-1, 3)
+    if pixel_values.ndim == 3:
+      b = pixel_values.shape[0]
+      out = self.visual(pixel_values.reshape(-1, pixel_values.shape[-1]), np.tile(grid, (b, 1)))
+      return jax.tree_util.tree_map(lambda f: f.reshape(b, -1, f.shape[-1]), out)
+    return self.visual(pixel_values, grid)
+
+  def embed_inputs(self, input_ids, pixel_values, image_grid_thw, pixel_values_videos,
+                   video_grid_thw, video_embeds):
+    """Token embeddings [B, T, D] with the visual features (`vision_features` of the
+    encode_vision outputs) at the image / video tokens. video_embeds: a precomputed
+    encode_vision output used instead of pixel_values_videos. Returns (x, encoded, batched):
+    encoded = [(token_id, encode_vision output, batched)] of the images and videos in order,
+    batched whether the videos come in the batched layout."""
+    cfg = self.config
+    batched = pixel_values_videos is not None and pixel_values_videos.ndim == 3
+    if video_embeds is not None:
+      batched = jax.tree_util.tree_leaves(video_embeds)[0].ndim == 3
+    x = self.embed_tokens(input_ids)
+    encoded = []
+    if pixel_values is not None:
+      if image_grid_thw is None:
+        raise ValueError("pixel_values given without image_grid_thw")
+      images = self.encode_vision(pixel_values, image_grid_thw)
+      x = fill_tokens(x, input_ids, cfg.image_token_id, self.vision_features(images),
+                      batched=False)
+      encoded.append((cfg.image_token_id, images, False))
+    if pixel_values_videos is not None and video_embeds is None:
+      if video_grid_thw is None:
+        raise ValueError("pixel_values_videos given without video_grid_thw")
+      video_embeds = self.encode_vision(pixel_values_videos, video_grid_thw)
+    if video_embeds is not None:
+      x = fill_tokens(x, input_ids, cfg.video_token_id, self.vision_features(video_embeds),
+                      batched=batched)
+      encoded.append((cfg.video_token_id, video_embeds, batched))
+    if self.is_initializing() and not cfg.tie_word_embeddings:
+      self.lm_head()
+    return x, encoded, batched
 
   def unembedding_matrix(self) -> Array:
     if self.config.tie_word_embeddings:
