@@ -511,8 +511,14 @@ def vision_rope_attention(q_ne: Array, k_ne: Array, v_ne: Array, cos: Array, sin
 
   q, k, v: [N, E] with E = num_heads * H (split into heads); cos, sin: [N, H] (rope applied in
   float32). plan: a SegmentPlan, or a tuple of them with `which` selecting one (a Python int, or
-  a traced int32 under a scanned layer stack: then lax.switch runs the selected plan's
-  attention). Returns o [N, E].
+  a traced int32 under a scanned layer stack: then every plan's attention is computed and the
+  selected one kept with `where`). Returns o [N, E].
+
+  The traced case computes all plans' attention (the window and the full one in a Qwen2.5-VL
+  block: +3 % of a block's FLOPs at 224 x 224 frames, +13 % at 448 x 448) instead of a
+  lax.switch: a switch compiles each branch on its own, with its own residuals under remat, and
+  made the scanned loss-gradient compile 0.33x of the unrolled one instead of 0.26x
+  (benchmarks/scan_compile.py, docs/benchmarks.md).
   """
   n, e = q_ne.shape
   shape = (n, num_heads, e // num_heads)
@@ -523,8 +529,9 @@ def vision_rope_attention(q_ne: Array, k_ne: Array, v_ne: Array, cos: Array, sin
   if isinstance(which, (int, np.integer)) or len(plans) == 1:
     o = segment_attention(q, k, v, plans[int(which) if len(plans) > 1 else 0], impl=impl)
   else:
-    branches = [lambda q, k, v, p=p: segment_attention(q, k, v, p, impl=impl) for p in plans]
-    o = jax.lax.switch(which, branches, q, k, v)
+    o = segment_attention(q, k, v, plans[0], impl=impl)
+    for i, p in enumerate(plans[1:], 1):
+      o = jnp.where(which == i, segment_attention(q, k, v, p, impl=impl), o)
   return o.reshape(n, e)
 
 
