@@ -288,8 +288,8 @@ def check_concrete(*args, module: str) -> None:
   """Raises when any of args is traced: get_rope_index runs on the host from concrete ids."""
   if any(isinstance(a, jax.core.Tracer) for a in args):
     raise ValueError("position_ids must be passed under jit (get_rope_index runs on the host "
-                     f"from concrete input_ids); compute them with {module}.get_rope_index or "
-                     f"{module}.host_position_ids")
+                     f"from concrete input_ids); compute them with {module}.get_rope_index"
+                     + (f" or {module}.host_position_ids" if module == "qwen2_5_vl" else ""))
 
 
 def host_rope_index(get_rope_index: Callable, input_ids, *, batched: bool, per_token: dict,
