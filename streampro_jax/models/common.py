@@ -137,6 +137,48 @@ def hf_config_dict(config, architecture: str, model_type: str, text: dict[str, A
   }
 
 
+class VisionConfigMixin:
+  """Derived sizes of a vision-tower config (fields hidden_size, num_heads, in_channels,
+  temporal_patch_size, patch_size)."""
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_heads
+
+  @property
+  def patch_dim(self) -> int:
+    """Dp, the length of one flattened patch (channels x temporal patch x patch x patch)."""
+    return self.in_channels * self.temporal_patch_size * self.patch_size ** 2
+
+
+@dataclasses.dataclass(frozen=True)
+class VLConfig(ConfigMixin):
+  """The top-level fields of both whole-model configs (the backbones redeclare `text` and
+  `vision` with their own section classes and may change a default, e.g. tie_word_embeddings).
+
+  dtype = compute dtype, param_dtype = parameter dtype (names); attention_impl: 'jax' | 'cudnn' |
+  'xla' | 'jax_xla' (see layers.attention; 'jax' is cuDNN flash attention on GPU in 16-bit, XLA
+  elsewhere). remat: rematerialise each decoder layer and vision block in the backward pass,
+  with `remat_policy` (layers.REMAT_POLICIES: 'full', 'dots', 'dots_no_batch', 'none').
+  scan_layers: decoder layers and vision blocks run under a scan with parameters stacked on a
+  leading 'layers' axis (fast init and compile; `scan_params` / `unscan_params` convert between
+  the layouts).
+  """
+  text: Any = None
+  vision: Any = None
+  image_token_id: int = 151655
+  video_token_id: int = 151656
+  vision_start_token_id: int = 151652
+  vision_end_token_id: int = 151653
+  tie_word_embeddings: bool = False
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  attention_impl: str = "jax"
+  remat: bool = False
+  remat_policy: str = "full"
+  scan_layers: bool = False
+
+
 # ----------------------------------------------------------------------------------------------
 # Host-side M-RoPE positions (NumPy).
 
@@ -189,6 +231,82 @@ def mrope_row_positions(types: np.ndarray, start: int, grid_iters: dict, sms: in
   if not out:
     return np.zeros((3, 0), np.int64), current
   return np.concatenate(out, axis=1), current
+
+
+def _row_mask(mask, b: int, length: int) -> np.ndarray:
+  return (np.asarray(mask)[b].astype(bool) if mask is not None
+          else np.ones((length,), bool))
+
+
+def rope_index_rows(types: np.ndarray, attention_mask, row_positions: Callable
+                    ) -> tuple[np.ndarray, np.ndarray]:
+  """The row loop of get_rope_index: row_positions(types of a row's unmasked tokens) ->
+  int64[3, n] for each row in order (masked tokens get position 0).
+
+  types: int[B, T]; attention_mask: [B, T] or None. Returns position_ids i32[3, B, T] and
+  rope_deltas i32[B, 1] = max position + 1 - number of unmasked tokens (0 for an empty row).
+  """
+  bsz, seq = types.shape
+  pos = np.zeros((3, bsz, seq), np.int64)
+  deltas = []
+  for b in range(bsz):
+    sel = _row_mask(attention_mask, b, seq)
+    row = row_positions(types[b][sel])
+    pos[:, b, sel] = row
+    deltas.append(int(row.max()) + 1 - int(sel.sum()) if row.size else 0)
+  return pos.astype(np.int32), np.asarray(deltas, np.int32)[:, None]
+
+
+def chunk_rows(types: np.ndarray, start_positions, chunk_mask, row_positions: Callable
+               ) -> tuple[np.ndarray, np.ndarray]:
+  """The row loop of chunk_position_ids: row_positions(types of a row's real tokens, start) ->
+  (int64[3, n], next running position) for each row from its start position.
+
+  types: int[B, C]; start_positions: int[B] (or one int for all rows); chunk_mask: [B, C] or None
+  (padding gets position 0). Returns (position_ids i32[3, B, C], next_start i32[B]).
+  """
+  bsz, c = types.shape
+  starts = np.broadcast_to(np.asarray(start_positions, np.int64).reshape(-1), (bsz,))
+  pos = np.zeros((3, bsz, c), np.int64)
+  nxt = np.zeros((bsz,), np.int64)
+  for b in range(bsz):
+    sel = _row_mask(chunk_mask, b, c)
+    row, cur = row_positions(types[b][sel], int(starts[b]))
+    pos[:, b, sel] = row
+    nxt[b] = cur
+  return pos.astype(np.int32), nxt.astype(np.int32)
+
+
+def text_position_ids(input_ids) -> Array:
+  """Positions of a text-only batch (no grids): arange(T) on all 3 axes, as transformers. i32[3,
+  B, T]."""
+  b, t = input_ids.shape
+  return jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (3, b, t))
+
+
+def check_concrete(*args, module: str) -> None:
+  """Raises when any of args is traced: get_rope_index runs on the host from concrete ids."""
+  if any(isinstance(a, jax.core.Tracer) for a in args):
+    raise ValueError("position_ids must be passed under jit (get_rope_index runs on the host "
+                     f"from concrete input_ids); compute them with {module}.get_rope_index"
+                     + (f" or {module}.host_position_ids" if module == "qwen2_5_vl" else ""))
+
+
+def host_rope_index(get_rope_index: Callable, input_ids, *, batched: bool, per_token: dict,
+                    flat_only: dict, **kw) -> np.ndarray:
+  """The position_ids i32[3, B, T] a backbone computes on the host when none are passed:
+  get_rope_index(ids, **per_token, **flat_only, **kw)[0] on the whole batch (flat layout: grids
+  consumed across rows), or with `batched` row by row, each row with the same per-row grids in
+  kw (a row may use fewer of them). per_token: {name: [B, T] array or None} (sliced per row);
+  flat_only: arguments given in the flat layout only (e.g. image_grid_thw)."""
+  ids = np.asarray(input_ids)
+  per_token = {k: None if v is None else np.asarray(v) for k, v in per_token.items()}
+  if not batched:
+    return get_rope_index(ids, **per_token, **flat_only, **kw)[0]
+  rows = [get_rope_index(ids[b:b + 1], **{k: None if v is None else v[b:b + 1]
+                                          for k, v in per_token.items()}, **kw)[0]
+          for b in range(ids.shape[0])]
+  return np.concatenate(rows, axis=1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -324,6 +442,37 @@ def hf_leaf_entry(name: str, path: tuple[str, ...], leaf: str) -> tuple[str, tup
   if leaf == "bias":
     return name + ".bias", (path, "id")
   return name + ".weight", (path, "id")
+
+
+def unrolled_hf_key_map(config, init_params: Callable, module_name: Callable
+                        ) -> dict[str, tuple[tuple[str, ...], Any]]:
+  """HF safetensors key -> (our unrolled param path, transform) for every parameter of
+  init_params(config): 'lm_head.weight' 'T'; the patch embedding kernel as the Conv3d weight
+  ('conv', [E, C, t, p, p]; stride = kernel, so it is exactly this matmul on the flattened patch)
+  and its bias ('id', when it has one) of HF module module_name(('visual', 'patch_embed')) +
+  '.proj'; every other leaf through hf_leaf_entry of HF module module_name(module path).
+  module_name: our module path (a tuple of names) -> the HF module name (the backbone's prefixes).
+  """
+  flat = jax.tree_util.tree_flatten_with_path(param_shapes(init_params, config))[0]
+  out = {}
+  for kp, _ in flat:
+    path = tuple(k.key for k in kp)
+    *mod, leaf = path
+    if path == ("lm_head", "kernel"):
+      out["lm_head.weight"] = (path, "T")
+      continue
+    if mod == ["visual", "patch_embed"]:
+      v = config.vision
+      name = module_name(tuple(mod)) + ".proj"
+      if leaf == "kernel":
+        out[name + ".weight"] = (path, ("conv", (
+            v.hidden_size, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)))
+      else:
+        out[name + ".bias"] = (path, "id")
+      continue
+    key, entry = hf_leaf_entry(module_name(tuple(mod)), path, leaf)
+    out[key] = entry
+  return out
 
 
 def stacked_key_map(config, unrolled_key_map: Callable) -> dict:

@@ -436,6 +436,9 @@ class SegmentPlan(NamedTuple):
 def segment_plan(segments: Sequence[np.ndarray], num_tokens: int) -> SegmentPlan:
   """Builds a SegmentPlan from a list of token-index arrays (a partition of range(num_tokens))."""
   segs = [np.asarray(s, np.int64) for s in segments if len(s)]
+  if sum(len(s) for s in segs) != num_tokens:
+    raise ValueError(f"segments hold {sum(len(s) for s in segs)} token slots for {num_tokens} "
+                     "tokens (they must partition the tokens)")
   max_len = max(len(s) for s in segs)
   gather = np.full((len(segs), max_len), num_tokens, np.int32)
   scatter = np.full((num_tokens,), -1, np.int64)
@@ -455,27 +458,67 @@ def cu_seqlens_segments(cu_seqlens: np.ndarray, order: np.ndarray | None = None
   return [idx[cu[i]:cu[i + 1]] for i in range(len(cu) - 1) if cu[i + 1] > cu[i]]
 
 
+def _pad_gather(x: Array, gather: Array) -> Array:
+  """x [N, ...] -> [S, L, ...]: row gather[s, l] of x, zeros where gather == N (padding)."""
+  return jnp.concatenate([x, jnp.zeros((1,) + x.shape[1:], x.dtype)], axis=0)[gather]
+
+
+# The two index maps of a SegmentPlan are inverse to each other (the segments partition the
+# tokens), so each one's gradient is a gather through the other: no scatter-add in the backward
+# pass (fewer, cheaper kernels to compile and run; the same values, as every token has exactly
+# one slot).
+@jax.custom_vjp
+def _to_segments(x: Array, gather: Array, scatter: Array) -> Array:
+  """x [N, ...] -> padded segments [S, L, ...] (see _pad_gather)."""
+  del scatter
+  return _pad_gather(x, gather)
+
+
+def _to_segments_fwd(x, gather, scatter):
+  return _pad_gather(x, gather), (gather, scatter)
+
+
+def _to_segments_bwd(res, g):
+  gather, scatter = res
+  return g.reshape((-1,) + g.shape[2:])[scatter], None, None
+
+
+_to_segments.defvjp(_to_segments_fwd, _to_segments_bwd)
+
+
+@jax.custom_vjp
+def _from_segments(o: Array, gather: Array, scatter: Array) -> Array:
+  """Padded segments o [S, L, ...] -> tokens [N, ...] (each token's slot)."""
+  del gather
+  return o.reshape((-1,) + o.shape[2:])[scatter]
+
+
+def _from_segments_fwd(o, gather, scatter):
+  return _from_segments(o, gather, scatter), (gather, scatter)
+
+
+def _from_segments_bwd(res, g):
+  gather, _ = res
+  return _pad_gather(g, gather), None, None  # padding slots get a zero gradient
+
+
+_from_segments.defvjp(_from_segments_fwd, _from_segments_bwd)
+
+
 def segment_attention(q_nhd: Array, k_nhd: Array, v_nhd: Array, plan: SegmentPlan, *,
                       scale: float | None = None, impl: str = "jax") -> Array:
   """Block-diagonal attention over packed tokens: token n attends to tokens of its segment only.
 
-  q, k, v: [N, heads, H]. Returns [N, heads, H].
+  q, k, v: [N, heads, H]. Returns [N, heads, H]. Reverse-mode differentiable (custom VJP: the
+  gradients of the gather into segments and back are gathers through the inverse index map).
   """
-  n = q_nhd.shape[0]
-  gather = jnp.asarray(plan.gather)
-
-  def pad_gather(x):
-    x = jnp.concatenate([x, jnp.zeros((1,) + x.shape[1:], x.dtype)], axis=0)
-    return x[gather]  # [S, L, heads, H]
-
+  gather, scatter = jnp.asarray(plan.gather), jnp.asarray(plan.scatter)
   # Real tokens lead each padded segment: the padding is given as lengths (cuDNN takes no
   # dense mask; the XLA paths turn lengths back into one).
   lengths = jnp.sum(jnp.asarray(plan.valid).astype(jnp.int32), axis=-1)  # [S]
-  out = attention(pad_gather(q_nhd), pad_gather(k_nhd), pad_gather(v_nhd), lengths=lengths,
-                  scale=scale, impl=impl)
-  out = out.reshape((-1,) + out.shape[2:])
-  del n
-  return out[jnp.asarray(plan.scatter)]
+  out = attention(*(_to_segments(x, gather, scatter) for x in (q_nhd, k_nhd, v_nhd)),
+                  lengths=lengths, scale=scale, impl=impl)
+  return _from_segments(out, gather, scatter)
 
 
 def vision_rope_attention(q_ne: Array, k_ne: Array, v_ne: Array, cos: Array, sin: Array,
@@ -484,8 +527,14 @@ def vision_rope_attention(q_ne: Array, k_ne: Array, v_ne: Array, cos: Array, sin
 
   q, k, v: [N, E] with E = num_heads * H (split into heads); cos, sin: [N, H] (rope applied in
   float32). plan: a SegmentPlan, or a tuple of them with `which` selecting one (a Python int, or
-  a traced int32 under a scanned layer stack: then lax.switch runs the selected plan's
-  attention). Returns o [N, E].
+  a traced int32 under a scanned layer stack: then every plan's attention is computed and the
+  selected one kept with `where`). Returns o [N, E].
+
+  The traced case computes all plans' attention (the window and the full one in a Qwen2.5-VL
+  block: +3 % of a block's FLOPs at 224 x 224 frames, +13 % at 448 x 448) instead of a
+  lax.switch: a switch compiles each branch on its own, with its own residuals under remat, and
+  made the scanned loss-gradient compile 0.33x of the unrolled one instead of 0.26x
+  (benchmarks/scan_compile.py, docs/benchmarks.md).
   """
   n, e = q_ne.shape
   shape = (n, num_heads, e // num_heads)
@@ -496,9 +545,26 @@ def vision_rope_attention(q_ne: Array, k_ne: Array, v_ne: Array, cos: Array, sin
   if isinstance(which, (int, np.integer)) or len(plans) == 1:
     o = segment_attention(q, k, v, plans[int(which) if len(plans) > 1 else 0], impl=impl)
   else:
-    branches = [lambda q, k, v, p=p: segment_attention(q, k, v, p, impl=impl) for p in plans]
-    o = jax.lax.switch(which, branches, q, k, v)
+    o = segment_attention(q, k, v, plans[0], impl=impl)
+    for i, p in enumerate(plans[1:], 1):
+      o = jnp.where(which == i, segment_attention(q, k, v, p, impl=impl), o)
   return o.reshape(n, e)
+
+
+def frame_plan(grid: np.ndarray) -> tuple[int, SegmentPlan]:
+  """(N, the SegmentPlan with one segment per frame) of patch grids int[n, 3] (t, h, w): the full
+  attention of the vision towers (HF cu_seqlens over frames of h * w patches)."""
+  grid = np.asarray(grid, np.int64).reshape(-1, 3)
+  n = int(np.prod(grid, axis=1).sum())
+  frames = np.repeat(grid[:, 1] * grid[:, 2], grid[:, 0])
+  return n, segment_plan(cu_seqlens_segments(np.concatenate([[0], np.cumsum(frames)])), n)
+
+
+def check_num_patches(pixels: Array, n: int, grid_thw) -> None:
+  """Raises unless pixels [N, Dp] holds the n patches of the grids."""
+  if pixels.shape[0] != n:
+    raise ValueError(f"{pixels.shape[0]} patches given but the grids {np.asarray(grid_thw)} "
+                     f"hold {n}")
 
 
 def device_plans(plans) -> tuple[SegmentPlan, ...]:
@@ -703,6 +769,54 @@ class VLDecoderModel(nn.Module):
     """A static (i, x, extra) -> x run after decoder layer i (i a traced int32 under scan), with
     `extra` the pytree passed to `decode`; None for none (Qwen3-VL adds DeepStack features)."""
     return None
+
+  def vision_features(self, embeds) -> Array:
+    """The features an `encode_vision` output puts at the vision tokens: the output itself
+    (Qwen2.5-VL); a backbone whose encoder returns more overrides it (Qwen3-VL: (merged,
+    deepstack) -> merged)."""
+    return embeds
+
+  def encode_vision(self, pixel_values: Array, grid_thw):
+    """Vision tower. Flat pixel_values [N, Dp] -> the tower's output for grid_thw; batched
+    [B, N_b, Dp] (grid_thw = one row's grids) -> the same pytree with every leaf [B, N_b/4, D]."""
+    grid = np.asarray(grid_thw).reshape(-1, 3)
+    if pixel_values.ndim == 3:
+      b = pixel_values.shape[0]
+      out = self.visual(pixel_values.reshape(-1, pixel_values.shape[-1]), np.tile(grid, (b, 1)))
+      return jax.tree_util.tree_map(lambda f: f.reshape(b, -1, f.shape[-1]), out)
+    return self.visual(pixel_values, grid)
+
+  def embed_inputs(self, input_ids, pixel_values, image_grid_thw, pixel_values_videos,
+                   video_grid_thw, video_embeds):
+    """Token embeddings [B, T, D] with the visual features (`vision_features` of the
+    encode_vision outputs) at the image / video tokens. video_embeds: a precomputed
+    encode_vision output used instead of pixel_values_videos. Returns (x, encoded, batched):
+    encoded = [(token_id, encode_vision output, batched)] of the images and videos in order,
+    batched whether the videos come in the batched layout."""
+    cfg = self.config
+    batched = pixel_values_videos is not None and pixel_values_videos.ndim == 3
+    if video_embeds is not None:
+      batched = jax.tree_util.tree_leaves(video_embeds)[0].ndim == 3
+    x = self.embed_tokens(input_ids)
+    encoded = []
+    if pixel_values is not None:
+      if image_grid_thw is None:
+        raise ValueError("pixel_values given without image_grid_thw")
+      images = self.encode_vision(pixel_values, image_grid_thw)
+      x = fill_tokens(x, input_ids, cfg.image_token_id, self.vision_features(images),
+                      batched=False)
+      encoded.append((cfg.image_token_id, images, False))
+    if pixel_values_videos is not None and video_embeds is None:
+      if video_grid_thw is None:
+        raise ValueError("pixel_values_videos given without video_grid_thw")
+      video_embeds = self.encode_vision(pixel_values_videos, video_grid_thw)
+    if video_embeds is not None:
+      x = fill_tokens(x, input_ids, cfg.video_token_id, self.vision_features(video_embeds),
+                      batched=batched)
+      encoded.append((cfg.video_token_id, video_embeds, batched))
+    if self.is_initializing() and not cfg.tie_word_embeddings:
+      self.lm_head()
+    return x, encoded, batched
 
   def unembedding_matrix(self) -> Array:
     if self.config.tie_word_embeddings:

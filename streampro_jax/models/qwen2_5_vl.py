@@ -60,7 +60,7 @@ MODEL_TYPE = "qwen2_5_vl"
 
 
 @dataclasses.dataclass(frozen=True)
-class VisionConfig:
+class VisionConfig(common.VisionConfigMixin):
   """Qwen2.5-VL vision tower (HF `Qwen2_5_VLVisionConfig`)."""
   depth: int = 32
   hidden_size: int = 1280
@@ -77,14 +77,6 @@ class VisionConfig:
   hidden_act: str = "silu"
   rope_theta: float = 10000.0
   rms_norm_eps: float = 1e-6  # hard-coded in HF
-
-  @property
-  def head_dim(self) -> int:
-    return self.hidden_size // self.num_heads
-
-  @property
-  def patch_dim(self) -> int:
-    return self.in_channels * self.temporal_patch_size * self.patch_size ** 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,29 +107,13 @@ _VISION_KEYS = common.config_keys(VisionConfig, ("rope_theta", "rms_norm_eps"))
 
 
 @dataclasses.dataclass(frozen=True)
-class Qwen2_5_VLConfig(common.ConfigMixin):
-  """Whole-model config. `dtype` = compute dtype, `param_dtype` = parameter dtype (names).
-
-  attention_impl: 'jax' | 'cudnn' | 'xla' | 'jax_xla' (see layers.attention; 'jax' is cuDNN
-  flash attention on GPU in 16-bit, XLA elsewhere). remat: rematerialise each decoder layer and
-  vision block (nn.remat) in the backward pass, with `remat_policy` (layers.REMAT_POLICIES:
-  'full', 'dots', 'dots_no_batch', 'none'). scan_layers: decoder layers and vision blocks run
-  under nn.scan with parameters stacked on a leading 'layers' axis (fast init and compile;
-  `models.scan_params` / `unscan_params` convert between the layouts).
-  """
+class Qwen2_5_VLConfig(common.VLConfig):
+  """Whole-model config: the fields of common.VLConfig (special token ids, dtypes, attention
+  impl, remat, scan_layers) with Qwen2.5-VL's text and vision sections; tied embeddings by
+  default."""
   text: TextConfig = TextConfig()
   vision: VisionConfig = VisionConfig()
-  image_token_id: int = 151655
-  video_token_id: int = 151656
-  vision_start_token_id: int = 151652
-  vision_end_token_id: int = 151653
   tie_word_embeddings: bool = True
-  dtype: str = "float32"
-  param_dtype: str = "float32"
-  attention_impl: str = "jax"
-  remat: bool = False
-  remat_policy: str = "full"
-  scan_layers: bool = False
 
   model_type = MODEL_TYPE
 
@@ -258,19 +234,12 @@ def get_rope_index(input_ids, video_grid_thw=None, second_per_grid_ts=None, atte
   """
   ids = np.asarray(input_ids)
   bsz, seq = ids.shape
-  types = common.token_types(ids, config)
-  pos = np.zeros((3, bsz, seq), np.int64)
   grid_iters = {1: iter(np.asarray(image_grid_thw)) if image_grid_thw is not None else None,
                 2: iter(np.asarray(video_grid_thw)) if video_grid_thw is not None else None}
   spgt = iter(list(second_per_grid_ts) if second_per_grid_ts is not None else [None] * seq * bsz)
-  deltas = []
-  for b in range(bsz):
-    sel = (np.asarray(attention_mask)[b].astype(bool) if attention_mask is not None
-           else np.ones((seq,), bool))
-    row, _ = _row_positions(types[b][sel], 0, grid_iters, spgt, config)
-    pos[:, b, sel] = row
-    deltas.append(int(row.max()) + 1 - int(sel.sum()) if row.size else 0)
-  return pos.astype(np.int32), np.asarray(deltas, np.int32)[:, None]
+  return common.rope_index_rows(
+      common.token_types(ids, config), attention_mask,
+      lambda types: _row_positions(types, 0, grid_iters, spgt, config)[0])
 
 
 def chunk_position_ids(input_ids_chunk, start_positions, *, config: Qwen2_5_VLConfig,
@@ -286,20 +255,15 @@ def chunk_position_ids(input_ids_chunk, start_positions, *, config: Qwen2_5_VLCo
   temporal positions stay below the running position, i.e. t = 1 grids as in StreamPro turns).
   """
   ids = np.asarray(input_ids_chunk)
-  bsz, c = ids.shape
-  starts = np.broadcast_to(np.asarray(start_positions, np.int64).reshape(-1), (bsz,))
-  types = common.token_types(ids, config)
-  pos = np.zeros((3, bsz, c), np.int64)
-  nxt = np.zeros((bsz,), np.int64)
-  for b in range(bsz):
-    sel = (np.asarray(chunk_mask)[b].astype(bool) if chunk_mask is not None
-           else np.ones((c,), bool))
+
+  def row_positions(types, start):  # fresh grid and interval iterators for every row
     grid_iters = {2: iter(np.asarray(video_grid_thw)) if video_grid_thw is not None else None}
-    spgt = iter(list(second_per_grid_ts) if second_per_grid_ts is not None else [None] * c)
-    row, cur = _row_positions(types[b][sel], int(starts[b]), grid_iters, spgt, config)
-    pos[:, b, sel] = row
-    nxt[b] = cur
-  return pos.astype(np.int32), nxt.astype(np.int32)
+    spgt = iter(list(second_per_grid_ts) if second_per_grid_ts is not None
+                else [None] * ids.shape[1])
+    return _row_positions(types, start, grid_iters, spgt, config)
+
+  return common.chunk_rows(common.token_types(ids, config), start_positions, chunk_mask,
+                           row_positions)
 
 
 def vision_window_index(grid_thw: np.ndarray, vcfg: VisionConfig
@@ -343,12 +307,9 @@ def vision_position_hw(grid_thw: np.ndarray, sms: int) -> np.ndarray:
 @functools.lru_cache(maxsize=64)
 def _vision_plan_cached(grid_key: tuple, vcfg: VisionConfig):
   grid = np.asarray(grid_key, np.int64).reshape(-1, 3)
-  n = int(np.prod(grid, axis=1).sum())
   unit = vcfg.spatial_merge_size ** 2
   # Full attention: one segment per frame (HF cu_seqlens; the window permutation keeps frames).
-  frames = np.repeat(grid[:, 1] * grid[:, 2], grid[:, 0])
-  full = layers.segment_plan(layers.cu_seqlens_segments(np.concatenate([[0], np.cumsum(frames)])),
-                             n)
+  n, full = layers.frame_plan(grid)
   widx, cu_w = vision_window_index(grid, vcfg)
   order = (widx[:, None] * unit + np.arange(unit)).reshape(-1)
   window = layers.segment_plan(layers.cu_seqlens_segments(cu_w, order), n)
@@ -415,10 +376,7 @@ class VisionTower(nn.Module):
     c = self.cfg
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     pos_hw, full, window = vision_plan(grid_thw, c)
-    n = pos_hw.shape[0]
-    if pixels.shape[0] != n:
-      raise ValueError(f"{pixels.shape[0]} patches given but the grids {np.asarray(grid_thw)} "
-                       f"hold {n}")
+    layers.check_num_patches(pixels, pos_hw.shape[0], grid_thw)
     x = layers.dense(c.hidden_size, ("vision_patch", "vision_embed"), use_bias=False,
                      name="patch_embed", **kw)(pixels.astype(self.dtype))
     cos, sin = layers.axial_rope_cos_sin(pos_hw, layers.rope_inv_freq(c.head_dim // 2,
@@ -509,11 +467,6 @@ class _DecoderAttnParams(nn.Module):
     return q, k, v, o
 
 
-def _is_tracer(x) -> bool:
-  return isinstance(x, jax.core.Tracer)
-
-
-
 class Qwen2_5_VL(layers.VLDecoderModel):
   """Qwen2.5-VL for conditional generation. See the module docstring for the call contract."""
   config: Qwen2_5_VLConfig
@@ -521,15 +474,8 @@ class Qwen2_5_VL(layers.VLDecoderModel):
   VISION_TOWER = VisionTower
   DECODER_LAYER = DecoderLayer
 
-  def encode_vision(self, pixel_values: Array, grid_thw) -> Array:
-    """Vision tower + merger. Flat [N, Dp] -> [N/4, D]; batched [B, N_b, Dp] -> [B, N_b/4, D]
-    (grid_thw = one row's grids)."""
-    grid = np.asarray(grid_thw).reshape(-1, 3)
-    if pixel_values.ndim == 3:
-      b = pixel_values.shape[0]
-      feats = self.visual(pixel_values.reshape(-1, pixel_values.shape[-1]), np.tile(grid, (b, 1)))
-      return feats.reshape(b, -1, feats.shape[-1])
-    return self.visual(pixel_values, grid)
+  # encode_vision (layers.VLDecoderModel): vision tower + merger. Flat [N, Dp] -> [N/4, D];
+  # batched [B, N_b, Dp] -> [B, N_b/4, D] (grid_thw = one row's grids).
 
   def __call__(self, input_ids, pixel_values_videos=None, video_grid_thw=None,
                second_per_grid_ts=None, attention_mask=None, position_ids=None,
@@ -537,28 +483,12 @@ class Qwen2_5_VL(layers.VLDecoderModel):
                video_embeds=None, kv: KVInput | None = None):
     """Returns logits f32[B, T, V] (or hidden [B, T, D] with return_hidden), and the updated
     (k, v) tuples when `kv` is given (then the output is (out, (k_tuple, v_tuple)))."""
-    cfg = self.config
-    batched = pixel_values_videos is not None and pixel_values_videos.ndim == 3
-    if video_embeds is not None:
-      batched = video_embeds.ndim == 3
-    x = self.embed_tokens(input_ids)
-    if pixel_values is not None:
-      if image_grid_thw is None:
-        raise ValueError("pixel_values given without image_grid_thw")
-      x = layers.fill_tokens(x, input_ids, cfg.image_token_id,
-                             self.encode_vision(pixel_values, image_grid_thw), batched=False)
-    if pixel_values_videos is not None and video_embeds is None:
-      if video_grid_thw is None:
-        raise ValueError("pixel_values_videos given without video_grid_thw")
-      video_embeds = self.encode_vision(pixel_values_videos, video_grid_thw)
-    if video_embeds is not None:
-      x = layers.fill_tokens(x, input_ids, cfg.video_token_id, video_embeds, batched=batched)
-    if self.is_initializing() and not cfg.tie_word_embeddings:
-      self.lm_head()
+    x, _, batched = self.embed_inputs(input_ids, pixel_values, image_grid_thw,
+                                      pixel_values_videos, video_grid_thw, video_embeds)
     if position_ids is None:
       position_ids = self._host_position_ids(input_ids, video_grid_thw, second_per_grid_ts,
                                              attention_mask, image_grid_thw, batched)
-    t = cfg.text
+    t = self.config.text
     cos, sin = layers.mrope_cos_sin(jnp.asarray(position_ids), layers.rope_inv_freq(
         t.head_dim, t.rope_theta), t.mrope_section)
     return self.decode(x, cos, sin, attention_mask, kv, return_hidden)
@@ -566,12 +496,8 @@ class Qwen2_5_VL(layers.VLDecoderModel):
   def _host_position_ids(self, input_ids, video_grid_thw, second_per_grid_ts, attention_mask,
                          image_grid_thw, batched):
     if video_grid_thw is None and image_grid_thw is None:
-      b, t = input_ids.shape
-      return jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (3, b, t))
-    if _is_tracer(input_ids) or _is_tracer(attention_mask) or _is_tracer(second_per_grid_ts):
-      raise ValueError("position_ids must be passed under jit (get_rope_index runs on the host "
-                       "from concrete input_ids); compute them with qwen2_5_vl.get_rope_index "
-                       "or qwen2_5_vl.host_position_ids")
+      return common.text_position_ids(input_ids)
+    common.check_concrete(input_ids, attention_mask, second_per_grid_ts, module="qwen2_5_vl")
     return jnp.asarray(host_position_ids(
         self.config, input_ids, video_grid_thw, second_per_grid_ts, attention_mask,
         image_grid_thw=image_grid_thw, batched=batched))
@@ -605,14 +531,10 @@ def host_position_ids(config: Qwen2_5_VLConfig, input_ids, video_grid_thw=None,
   ids = np.asarray(input_ids)
   if video_grid_thw is None and image_grid_thw is None:
     return np.broadcast_to(np.arange(ids.shape[1], dtype=np.int32), (3,) + ids.shape).copy()
-  am = None if attention_mask is None else np.asarray(attention_mask)
-  if not batched:
-    return get_rope_index(ids, video_grid_thw, second_per_grid_ts, am, config=config,
-                          image_grid_thw=image_grid_thw)[0]
-  rows = [get_rope_index(ids[b:b + 1], video_grid_thw, second_per_grid_ts,
-                         None if am is None else am[b:b + 1], config=config)[0]
-          for b in range(ids.shape[0])]
-  return np.concatenate(rows, axis=1)
+  return common.host_rope_index(
+      get_rope_index, ids, batched=batched, per_token=dict(attention_mask=attention_mask),
+      flat_only=dict(image_grid_thw=image_grid_thw), video_grid_thw=video_grid_thw,
+      second_per_grid_ts=second_per_grid_ts, config=config)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -642,23 +564,8 @@ def _unrolled_hf_key_map(config: Qwen2_5_VLConfig) -> dict[str, tuple[tuple[str,
   ('conv', hf_shape) (Conv3d weight [E, C, t, p, p] <-> kernel [C*t*p*p, E]; the conv has
   stride = kernel, so it is exactly this matmul on the flattened patch).
   """
-  flat = jax.tree_util.tree_flatten_with_path(common.param_shapes(init_params, config))[0]
-  out = {}
-  for kp, _ in flat:
-    path = tuple(k.key for k in kp)
-    *mod, leaf = path
-    if path == ("lm_head", "kernel"):
-      out["lm_head.weight"] = (path, "T")
-      continue
-    prefix = "" if mod[0] == "visual" else "model."
-    if mod == ["visual", "patch_embed"]:
-      v = config.vision
-      out["visual.patch_embed.proj.weight"] = (path, ("conv", (
-          v.hidden_size, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)))
-      continue
-    key, entry = common.hf_leaf_entry(prefix + hf_name(tuple(mod)), path, leaf)
-    out[key] = entry
-  return out
+  return common.unrolled_hf_key_map(
+      config, init_params, lambda mod: ("" if mod[0] == "visual" else "model.") + hf_name(mod))
 
 
 def _alias_hf_key(key: str) -> str:

@@ -69,7 +69,7 @@ MODEL_TYPE = "qwen3_vl"
 
 
 @dataclasses.dataclass(frozen=True)
-class VisionConfig:
+class VisionConfig(common.VisionConfigMixin):
   """Qwen3-VL vision tower (HF `Qwen3VLVisionConfig`, same defaults)."""
   depth: int = 27
   hidden_size: int = 1152
@@ -85,14 +85,6 @@ class VisionConfig:
   hidden_act: str = "gelu_pytorch_tanh"
   rope_theta: float = 10000.0
   layer_norm_eps: float = 1e-6  # hard-coded in HF
-
-  @property
-  def head_dim(self) -> int:
-    return self.hidden_size // self.num_heads
-
-  @property
-  def patch_dim(self) -> int:
-    return self.in_channels * self.temporal_patch_size * self.patch_size ** 2
 
   @property
   def num_grid_per_side(self) -> int:
@@ -125,26 +117,12 @@ _VISION_KEYS = common.config_keys(VisionConfig, ("rope_theta", "layer_norm_eps")
 
 
 @dataclasses.dataclass(frozen=True)
-class Qwen3VLConfig(common.ConfigMixin):
-  """Whole-model config; same top-level fields and meaning as `qwen2_5_vl.Qwen2_5_VLConfig`.
-
-  dtype = compute dtype, param_dtype = parameter dtype (names); attention_impl: 'jax' | 'cudnn' |
-  'xla' | 'jax_xla' (layers.attention); remat, remat_policy: rematerialise each decoder layer and
-  vision block; scan_layers: scanned stacks (see `qwen2_5_vl.Qwen2_5_VLConfig`).
-  """
+class Qwen3VLConfig(common.VLConfig):
+  """Whole-model config: the fields of common.VLConfig (the same top-level fields and meaning as
+  `qwen2_5_vl.Qwen2_5_VLConfig`) with Qwen3-VL's text and vision sections; untied embeddings by
+  default."""
   text: TextConfig = TextConfig()
   vision: VisionConfig = VisionConfig()
-  image_token_id: int = 151655
-  video_token_id: int = 151656
-  vision_start_token_id: int = 151652
-  vision_end_token_id: int = 151653
-  tie_word_embeddings: bool = False
-  dtype: str = "float32"
-  param_dtype: str = "float32"
-  attention_impl: str = "jax"
-  remat: bool = False
-  remat_policy: str = "full"
-  scan_layers: bool = False
 
   model_type = MODEL_TYPE
 
@@ -279,18 +257,12 @@ def get_rope_index(input_ids, video_grid_thw=None, attention_mask=None, *,
   bsz, seq = ids.shape
   types = (token_types(ids, config) if mm_token_type_ids is None
            else np.asarray(mm_token_type_ids, np.int64))
-  pos = np.zeros((3, bsz, seq), np.int64)
   vgrid = split_video_grids(video_grid_thw)
   grid_iters = {1: iter(np.asarray(image_grid_thw)) if image_grid_thw is not None else None,
                 2: iter(vgrid) if vgrid is not None else None}
-  deltas = []
-  for b in range(bsz):
-    sel = (np.asarray(attention_mask)[b].astype(bool) if attention_mask is not None
-           else np.ones((seq,), bool))
-    row, _ = _row_positions(types[b][sel], 0, grid_iters, config.vision.spatial_merge_size)
-    pos[:, b, sel] = row
-    deltas.append(int(row.max()) + 1 - int(sel.sum()) if row.size else 0)
-  return pos.astype(np.int32), np.asarray(deltas, np.int32)[:, None]
+  return common.rope_index_rows(
+      types, attention_mask,
+      lambda row: _row_positions(row, 0, grid_iters, config.vision.spatial_merge_size)[0])
 
 
 def chunk_position_ids(input_ids_chunk, start_positions, *, config: Qwen3VLConfig,
@@ -307,22 +279,13 @@ def chunk_position_ids(input_ids_chunk, start_positions, *, config: Qwen3VLConfi
   """
   del second_per_grid_ts
   ids = np.asarray(input_ids_chunk)
-  bsz, c = ids.shape
-  starts = np.broadcast_to(np.asarray(start_positions, np.int64), (bsz,))
   types = (token_types(ids, config) if mm_token_type_ids is None
            else np.asarray(mm_token_type_ids, np.int64))
-  pos = np.zeros((3, bsz, c), np.int64)
-  nxt = np.zeros((bsz,), np.int64)
   vgrid = split_video_grids(video_grid_thw)
-  for b in range(bsz):
-    sel = (np.asarray(chunk_mask)[b].astype(bool) if chunk_mask is not None
-           else np.ones((c,), bool))
-    grid_iters = {2: iter(vgrid) if vgrid is not None else None}
-    row, cur = _row_positions(types[b][sel], int(starts[b]), grid_iters,
-                              config.vision.spatial_merge_size)
-    pos[:, b, sel] = row
-    nxt[b] = cur
-  return pos.astype(np.int32), nxt.astype(np.int32)
+  return common.chunk_rows(
+      types, start_positions, chunk_mask,
+      lambda row, start: _row_positions(row, start, {2: iter(vgrid) if vgrid is not None else None},
+                                        config.vision.spatial_merge_size))
 
 
 def interpolation_taps(grid_thw, num_grid_per_side: int, merge: int
@@ -363,10 +326,7 @@ def interpolation_taps(grid_thw, num_grid_per_side: int, merge: int
 @functools.lru_cache(maxsize=64)
 def _vision_plan_cached(grid_key: tuple, vcfg: VisionConfig):
   grid = np.asarray(grid_key, np.int64).reshape(-1, 3)
-  n = int(np.prod(grid, axis=1).sum())
-  frames = np.repeat(grid[:, 1] * grid[:, 2], grid[:, 0])
-  full = layers.segment_plan(layers.cu_seqlens_segments(np.concatenate([[0], np.cumsum(frames)])),
-                             n)
+  _, full = layers.frame_plan(grid)
   pos_hw = qwen2_5_vl.vision_position_hw(grid, vcfg.spatial_merge_size)
   taps, weights = interpolation_taps(grid, vcfg.num_grid_per_side, vcfg.spatial_merge_size)
   return pos_hw, full, taps, weights
@@ -481,10 +441,7 @@ class VisionTower(nn.Module):
     c = self.cfg
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     pos_hw, plan, taps, weights = vision_plan(grid_thw, c)
-    n = pos_hw.shape[0]
-    if pixels.shape[0] != n:
-      raise ValueError(f"{pixels.shape[0]} patches given but the grids {np.asarray(grid_thw)} "
-                       f"hold {n}")
+    layers.check_num_patches(pixels, pos_hw.shape[0], grid_thw)
     x = layers.dense(c.hidden_size, ("vision_patch", "vision_embed"), use_bias=True,
                      name="patch_embed", **kw)(pixels.astype(self.dtype))
     table = _PosEmbed(c.num_position_embeddings, c.hidden_size, self.param_dtype,
@@ -634,17 +591,12 @@ class Qwen3_VL(layers.VLDecoderModel):  # pylint: disable=invalid-name
   VISION_TOWER = VisionTower
   DECODER_LAYER = DecoderLayer
 
-  def encode_vision(self, pixel_values: Array, grid_thw) -> tuple[Array, tuple[Array, ...]]:
-    """Vision tower + mergers. Flat [N, Dp] -> ([N/4, D], deepstack tuple of [N/4, D]);
-    batched [B, N_b, Dp] -> ([B, N_b/4, D], tuple of [B, N_b/4, D]) (grid_thw = one row's)."""
-    grid = np.asarray(grid_thw).reshape(-1, 3)
-    if pixel_values.ndim == 3:
-      b = pixel_values.shape[0]
-      feats, deep = self.visual(pixel_values.reshape(-1, pixel_values.shape[-1]),
-                                np.tile(grid, (b, 1)))
-      return (feats.reshape(b, -1, feats.shape[-1]),
-              tuple(d.reshape(b, -1, d.shape[-1]) for d in deep))
-    return self.visual(pixel_values, grid)
+  # encode_vision (layers.VLDecoderModel): vision tower + mergers. Flat [N, Dp] -> ([N/4, D],
+  # deepstack tuple of [N/4, D]); batched [B, N_b, Dp] -> ([B, N_b/4, D], tuple of
+  # [B, N_b/4, D]) (grid_thw = one row's grids).
+
+  def vision_features(self, embeds):
+    return embeds[0]  # (merged, deepstack) -> merged; the DeepStack part goes to after_layer_fn
 
   def __call__(self, input_ids, pixel_values_videos=None, video_grid_thw=None,
                second_per_grid_ts=None, attention_mask=None, position_ids=None,
@@ -658,27 +610,8 @@ class Qwen3_VL(layers.VLDecoderModel):  # pylint: disable=invalid-name
     """
     del second_per_grid_ts  # Qwen3-VL encodes time as text timestamps, not in rope.
     cfg = self.config
-    batched = pixel_values_videos is not None and pixel_values_videos.ndim == 3
-    if video_embeds is not None:
-      batched = video_embeds[0].ndim == 3
-    x = self.embed_tokens(input_ids)
-    deep_adds = []  # (token_id, deepstack tuple, batched)
-    if pixel_values is not None:
-      if image_grid_thw is None:
-        raise ValueError("pixel_values given without image_grid_thw")
-      img, img_deep = self.encode_vision(pixel_values, image_grid_thw)
-      x = layers.fill_tokens(x, input_ids, cfg.image_token_id, img, batched=False)
-      deep_adds.append((cfg.image_token_id, img_deep, False))
-    if pixel_values_videos is not None and video_embeds is None:
-      if video_grid_thw is None:
-        raise ValueError("pixel_values_videos given without video_grid_thw")
-      video_embeds = self.encode_vision(pixel_values_videos, video_grid_thw)
-    if video_embeds is not None:
-      vid, vid_deep = video_embeds
-      x = layers.fill_tokens(x, input_ids, cfg.video_token_id, vid, batched=batched)
-      deep_adds.append((cfg.video_token_id, vid_deep, batched))
-    if self.is_initializing() and not cfg.tie_word_embeddings:
-      self.lm_head()
+    x, encoded, batched = self.embed_inputs(input_ids, pixel_values, image_grid_thw,
+                                            pixel_values_videos, video_grid_thw, video_embeds)
     if position_ids is None:
       position_ids = self._host_position_ids(input_ids, video_grid_thw, attention_mask,
                                              image_grid_thw, mm_token_type_ids, batched)
@@ -687,7 +620,7 @@ class Qwen3_VL(layers.VLDecoderModel):  # pylint: disable=invalid-name
         t.head_dim, t.rope_theta), t.mrope_section, interleaved=True)
 
     extra = (input_ids, tuple((jnp.asarray(tid, jnp.int32), jnp.stack(deep))
-                              for tid, deep, _ in deep_adds if deep))
+                              for tid, (_, deep), _ in encoded if deep))
     return self.decode(x, cos, sin, attention_mask, kv, return_hidden, extra)
 
   def after_layer_fn(self):
@@ -696,24 +629,13 @@ class Qwen3_VL(layers.VLDecoderModel):  # pylint: disable=invalid-name
   def _host_position_ids(self, input_ids, video_grid_thw, attention_mask, image_grid_thw,
                          mm_token_type_ids, batched):
     if video_grid_thw is None and image_grid_thw is None:
-      b, t = input_ids.shape
-      return jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (3, b, t))
-    tracers = (input_ids, attention_mask, mm_token_type_ids)
-    if any(isinstance(a, jax.core.Tracer) for a in tracers):
-      raise ValueError("position_ids must be passed under jit (get_rope_index runs on the host "
-                       "from concrete input_ids); compute them with qwen3_vl.get_rope_index")
-    ids = np.asarray(input_ids)
-    am = None if attention_mask is None else np.asarray(attention_mask)
-    mm = None if mm_token_type_ids is None else np.asarray(mm_token_type_ids)
-    if not batched:
-      pos, _ = get_rope_index(ids, video_grid_thw, am, config=self.config,
-                              image_grid_thw=image_grid_thw, mm_token_type_ids=mm)
-      return jnp.asarray(pos)
-    rows = [get_rope_index(ids[b:b + 1], video_grid_thw, None if am is None else am[b:b + 1],
-                           config=self.config,
-                           mm_token_type_ids=None if mm is None else mm[b:b + 1])[0]
-            for b in range(ids.shape[0])]
-    return jnp.asarray(np.concatenate(rows, axis=1))
+      return common.text_position_ids(input_ids)
+    common.check_concrete(input_ids, attention_mask, mm_token_type_ids, module="qwen3_vl")
+    return jnp.asarray(common.host_rope_index(
+        get_rope_index, input_ids, batched=batched,
+        per_token=dict(attention_mask=attention_mask, mm_token_type_ids=mm_token_type_ids),
+        flat_only=dict(image_grid_thw=image_grid_thw), video_grid_thw=video_grid_thw,
+        config=self.config))
 
 
 # Backbone protocol names (models.backbone_module): the config class and the Flax model class.
@@ -758,31 +680,10 @@ def _unrolled_hf_key_map(config: Qwen3VLConfig) -> dict[str, tuple[tuple[str, ..
   [E, C, t, p, p] <-> kernel [C*t*p*p, E]; stride = kernel, so it is this matmul exactly).
   LayerNorm scale/bias map to weight/bias.
   """
-  flat = jax.tree_util.tree_flatten_with_path(common.param_shapes(init_params, config))[0]
-  hf_name = common.hf_name
-  out = {}
-  for kp, _ in flat:
-    path = tuple(k.key for k in kp)
-    *mod, leaf = path
-    if path == ("lm_head", "kernel"):
-      out["lm_head.weight"] = (path, "T")
-      continue
-    if mod[0] == "visual":
-      name = "model.visual." + hf_name(tuple(mod[1:]))
-    else:
-      name = "model.language_model." + hf_name(tuple(mod))
-    if mod == ["visual", "patch_embed"]:
-      v = config.vision
-      name = "model.visual.patch_embed.proj"
-      if leaf == "kernel":
-        out[name + ".weight"] = (path, ("conv", (
-            v.hidden_size, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)))
-      else:
-        out[name + ".bias"] = (path, "id")
-      continue
-    key, entry = common.hf_leaf_entry(name, path, leaf)
-    out[key] = entry
-  return out
+  return common.unrolled_hf_key_map(
+      config, init_params,
+      lambda mod: ("model.visual." + common.hf_name(mod[1:]) if mod[0] == "visual"
+                   else "model.language_model." + common.hf_name(mod)))
 
 
 def hf_key_map(config: Qwen3VLConfig) -> dict:
