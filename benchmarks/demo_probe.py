@@ -16,8 +16,8 @@ tell "sees nothing" from "almost right"; this probe can. With --narration the ro
 narration captions of the same test videos (``synthetic.narration_record``: every turn names the
 objects on screen, their colours and frame halves), which measures perception directly.
 
-Prints one markdown table and writes <workdir>/probe.json. Results: BUILD_NOTES.md ("The
-end-to-end demo").
+Prints one markdown table and writes <workdir>/probe.json. Results:
+docs/benchmarks.md#the-end-to-end-demo.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
   python3 benchmarks/gpu_train_step.py            # one GPU, about 8 minutes
   python3 benchmarks/gpu_train_step.py --tiny     # the same code paths on CPU in about a minute
 
-Shapes of the paper's SFT (docs: BUILD_NOTES.md "Accelerator training"): the Qwen2.5-VL-3B
+Shapes of the paper's SFT (figures: docs/benchmarks.md#accelerator-training-h200): the Qwen2.5-VL-3B
 architecture with random weights, 224 x 224 frames (16 x 16 patches, 64 visual tokens per
 1-second turn), 96 turns of 80 tokens per row, batch 2, T = 7,680; bfloat16 compute with float32
 master weights, remat, the chunked CB-Stream loss, vision tower frozen (merger + LLM trained),

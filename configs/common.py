@@ -101,7 +101,7 @@ def loss_config(kind: str = sft.LossConfig.kind, **kw) -> ml_collections.ConfigD
   """Loss section: every streampro_jax.train.sft.LossConfig field, at its default unless given.
   kind: cb_stream | ce | focal. chunk_size > 0: chunked-vocabulary loss from hidden states.
   count_scope: global | microbatch | device, where the decision-class counts n_k are taken
-  (train/sft.COUNT_SCOPES; BUILD_NOTES "CB-Stream count scope" has the weight-ratio table)."""
+  (train/sft.COUNT_SCOPES; docs/components.md#count-scope has the weight-ratio table)."""
   return ml_collections.ConfigDict(dataclasses.asdict(sft.LossConfig(kind=kind, **kw)))
 
 

@@ -8,7 +8,7 @@ evaluation of all four.
 `get_config(budget)` returns the demo's own settings (one ConfigDict, plain data); `sft_config`
 and `grpo_config` turn them into the trainer configs of streampro_jax.train (the same sections as
 configs/tiny_synthetic.py and configs/tiny_synthetic_grpo.py). Every choice is explained in
-BUILD_NOTES.md. Fields:
+docs/components.md#the-end-to-end-demo. Fields:
 
   seed                 training seed (init, data order, rollouts); the data set does not change.
   data                 SynthStream: synth_seed, num_train / num_test videos, synth (SynthConfig
@@ -128,8 +128,9 @@ def base_config(demo, data_dir: str) -> ml_collections.ConfigDict:
 
   The paper fine-tunes a pretrained VLM that already sees and reads; a randomly initialised tiny
   model trained only on the streaming rows (one or two answers among ~12 silent turns) learns
-  neither in the demo's CPU budget: every content word stays at chance (BUILD_NOTES.md, "The
-  end-to-end demo"). The base stage stands in for that pretraining: plain cross-entropy on the
+  neither in the demo's CPU budget: every content word stays at chance
+  (docs/benchmarks.md#the-end-to-end-demo, "Configuration B: the cause, measured"). The base
+  stage stands in for that pretraining: plain cross-entropy on the
   *narration* of the training videos (``synthetic.NarrationSource``: on every turn a caption of
   the objects on screen, or of the one object the question names), the vision tower trained too.
   It never sees a benchmark question and never a silence; the three SFT variants start from it

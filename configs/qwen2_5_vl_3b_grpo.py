@@ -33,7 +33,7 @@ def get_config(hf_checkpoint: str = "/checkpoints/Qwen2.5-VL-3B-Instruct"):
   c.tokenizer = hf_checkpoint
   c.init = ml_collections.ConfigDict(dict(sft_workdir="", sft_step=-1))
   # Scanned layer stacks, remat keeping the projection/MLP matmul outputs, cuDNN attention on
-  # GPU: 0.94 s per paper-shape step on one H200 (BUILD_NOTES "Accelerator training").
+  # GPU: 0.94 s per paper-shape step on one H200 (docs/benchmarks.md#accelerator-training-h200).
   c.model = common.model_config(hf_checkpoint=hf_checkpoint, dtype="bfloat16", remat=True,
                                 remat_policy="dots_no_batch", scan_layers=True,
                                 attention_impl="jax")

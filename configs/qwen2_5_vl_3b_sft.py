@@ -31,7 +31,7 @@ def get_config(hf_checkpoint: str = "/checkpoints/Qwen2.5-VL-3B-Instruct"):
   c.log_every_steps = 10
   c.tokenizer = hf_checkpoint
   # Scanned layer stacks, remat keeping the projection/MLP matmul outputs, cuDNN attention on
-  # GPU: 0.94 s per paper-shape step on one H200 (BUILD_NOTES "Accelerator training").
+  # GPU: 0.94 s per paper-shape step on one H200 (docs/benchmarks.md#accelerator-training-h200).
   c.model = common.model_config(hf_checkpoint=hf_checkpoint, dtype="bfloat16", remat=True,
                                 remat_policy="dots_no_batch", scan_layers=True,
                                 attention_impl="jax")

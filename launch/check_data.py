@@ -2,7 +2,7 @@ r"""Checks annotation JSONL files and their videos before training.
 
 Every bad record is reported as ``file:line: field: reason``; then a summary: records and
 questions per task, responses per video, the silence:response ratio in turns (by the turn-timing
-rule of BUILD_NOTES.md), video durations, and missing or unreadable videos (opened with
+rule of docs/method.md section 1), video durations, and missing or unreadable videos (opened with
 PyAV through streampro_jax.data.video). Exit status 1 when anything is wrong, else 0.
 
 ``--fix`` writes a cleaned copy (the good lines, unchanged) and a rejects file (one JSON object

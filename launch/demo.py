@@ -23,7 +23,7 @@ an interrupted one from its last checkpoint / results line):
 results.json: {"budget", "seed", "variants": {"sft_ce": {"W-Avg", "Avg", "PU", "TR", "PA",
 "per_task": {task: F1}, "per_task_detail", "decisions"}, "sft_focal": ..., "sft_cb_stream": ...,
 "grpo": ...}, "timings": {...}}. Scores are fractions in [0, 1]; the printed table is x100.
-Settings: configs/demo.py; what they are and why: BUILD_NOTES.md.
+Settings: configs/demo.py; what they are and why: docs/components.md#the-end-to-end-demo.
 """
 
 from __future__ import annotations

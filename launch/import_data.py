@@ -1,7 +1,7 @@
 r"""Imports public streaming-video training data into StreamPro annotation JSONL.
 
-A command line over ``streampro_jax.data.importers`` (see BUILD_NOTES.md for the mapping
-rules of each format):
+A command line over ``streampro_jax.data.importers`` (docs/components.md#mapping-decisions has the
+mapping rules of each format):
 
   .venv/bin/python launch/import_data.py --format=streamo_raw --input=raw_data.json \
       --output=data/streamo.jsonl --on_error=skip --durations=durations.csv

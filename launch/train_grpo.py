@@ -14,12 +14,12 @@ sft_workdir (a launch/train_sft.py workdir; --config.init.sft_step picks another
 config.model.hf_checkpoint. Writes to --workdir: checkpoints/<step>/ (orbax: train state + prompt
 position), metrics.jsonl, tb/ (TensorBoard events) and the console progress (rewards, KL, clip
 fraction, response rate, rollout / reward / update seconds). Re-running the same command resumes
-from the newest checkpoint. See BUILD_NOTES.md.
+from the newest checkpoint. See docs/components.md#grpo-update-step-and-trainer.
 
 Multi-host: run the same command on every host. The distributed runtime is initialised from
 --coordinator_address/--num_processes/--process_id, else JAX_COORDINATOR_ADDRESS /
 JAX_NUM_PROCESSES / JAX_PROCESS_ID, else (with --distributed) jax.distributed's auto-detection
-(Cloud TPU, SLURM, Open MPI). See BUILD_NOTES.md (single host tested for GRPO; see BUILD_NOTES.md).
+(Cloud TPU, SLURM, Open MPI). Recipes: docs/components.md#recipes (GRPO is tested on a single host).
 """
 
 from absl import flags

@@ -10,7 +10,7 @@ Re-running the same command resumes from the newest checkpoint.
 Multi-host: run the same command on every host. The distributed runtime is initialised from
 --coordinator_address/--num_processes/--process_id, else JAX_COORDINATOR_ADDRESS /
 JAX_NUM_PROCESSES / JAX_PROCESS_ID, else (with --distributed) jax.distributed's auto-detection
-(Cloud TPU, SLURM, Open MPI). See BUILD_NOTES.md.
+(Cloud TPU, SLURM, Open MPI). Recipes: docs/components.md#recipes.
 """
 
 from absl import flags

@@ -36,9 +36,9 @@ Static arguments under jax.jit: `STATIC_ARGNAMES` names them per function (decis
 beta, kind, chunk_size); `cb_stream_loss_jit`, `cross_entropy_loss_jit`, `focal_stream_loss_jit`
 and `chunked_stream_loss_jit` are the already-jitted entry points.
 
-Class-count scopes (config `loss.count_scope`, see train/sft.py and BUILD_NOTES): `class_counts`
-may be one f32[K] vector for the whole batch or one f32[..., K] row of counts per sequence
-(`grouped_class_counts`: the counts of the group of rows each row belongs to).
+Class-count scopes (config `loss.count_scope`, see train/sft.py and docs/components.md#count-scope):
+`class_counts` may be one f32[K] vector for the whole batch or one f32[..., K] row of counts per
+sequence (`grouped_class_counts`: the counts of the group of rows each row belongs to).
 """
 
 from __future__ import annotations
@@ -194,7 +194,7 @@ def cb_stream_weight_ratio(n_silence: float, n_response: float, beta: float = 0.
   """w_response / w_silence of CB-Stream for class counts (n_silence, n_response) (host float).
 
   With both classes present the ratio is E_silence / E_response,
-  E_k = (1 - beta**n_k) / (1 - beta) (BUILD_NOTES: the count-scope table).
+  E_k = (1 - beta**n_k) / (1 - beta) (the table in docs/components.md#count-scope).
   """
   w = np.asarray(cb_stream_class_weights(jnp.asarray([n_silence, n_response], jnp.float32),
                                          beta))

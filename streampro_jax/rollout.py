@@ -282,7 +282,7 @@ class WaitPromptFormat:
 
 @dataclasses.dataclass
 class RolloutBatch:
-  """N = B * G rollouts in the teacher-forcing layout of BUILD_NOTES.md (contributor conventions).
+  """N = B * G rollouts in the teacher-forcing layout (docs/architecture.md#shared-interfaces).
 
   Rows b * G .. b * G + G - 1 are the G rollouts of sample b (groups contiguous, as
   grpo.group_advantages expects). T is padded to a multiple of `pad_multiple` (or `seq_len`).

@@ -2,8 +2,8 @@
 
 The fixtures below are built in the official file formats. The pinned numbers were produced by
 running the official scoring code on exactly these inputs (StreamingBench src/data/count.py at
-89299232, OVO-Bench utils/OVOBenchScore.py at c34093f9; BUILD_NOTES.md says how), and are also
-derived by hand in the comments.
+89299232, OVO-Bench utils/OVOBenchScore.py at c34093f9; docs/components.md#peer-scorers says how),
+and are also derived by hand in the comments.
 """
 
 import json

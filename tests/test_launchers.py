@@ -71,7 +71,8 @@ def test_import_data_streamo_raw(tmp_path):
   assert len(lines) == 1
   rec = json.loads(lines[0])
   # The two raw entries on the same video merge; Streamo question time q -> ask_time q - 1;
-  # interval response (5, 6) -> {start 5, end 7} (BUILD_NOTES.md); duration from the table.
+  # interval response (5, 6) -> {start 5, end 7} (docs/components.md#mapping-decisions); duration
+  # from the table.
   # The relative path is the input's (resolved against raw_data.json's folder), written relative
   # to the output's folder, where readers resolve it.
   assert rec["video"] == os.path.join("..", STREAMO_RAW[0]["video_path"])

@@ -263,10 +263,6 @@ def test_a_misspelled_command_fails(script, argv):
 
 # ---- the documents' links resolve, and nothing points outside the repository --------------------
 
-# Pages other branches add; a link to them is allowed before they exist.
-_PENDING_PAGES = ("docs/rollouts.md", "docs/live.md")
-
-
 def _anchors(page):
   text = page.read_text()
   ids = set(re.findall(r'<a id="([^"]+)"', text))
@@ -284,10 +280,34 @@ def test_document_links_resolve():
         continue
       path = (page.parent / target).resolve() if target else page
       if not path.exists():
-        if str(path.relative_to(ROOT)) not in _PENDING_PAGES:
-          broken.append(f"{doc}: {target}")
+        broken.append(f"{doc}: {target}")
       elif anchor and path.suffix == ".md" and anchor[1:] not in _anchors(path):
         broken.append(f"{doc}: {target}{anchor}")
+  assert not broken, broken
+
+
+def _tracked(suffix):
+  files = subprocess.run(["git", "ls-files", f"*{suffix}"], cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout.split()
+  return [name for name in files if (ROOT / name).is_file()]
+
+
+def test_code_cites_documentation_that_exists():
+  """Every `docs/<page>.md[#anchor]` and `docs/method.md section N` a .py file names resolves."""
+  sections = set(re.findall(r"^## (\d+)\. ", (ROOT / "docs/method.md").read_text(), re.M))
+  broken = []
+  for name in _tracked(".py"):
+    text = (ROOT / name).read_text()
+    if name != "tests/test_readme.py" and "BUILD_NOTES" in text:
+      broken.append(f"{name}: cites BUILD_NOTES (a guide now; cite the docs/ page)")
+    for page, anchor in re.findall(r"\b(docs/\w+\.md)(#[\w-]+)?", text):
+      if not (ROOT / page).exists():
+        broken.append(f"{name}: {page}")
+      elif anchor and anchor[1:] not in _anchors(ROOT / page):
+        broken.append(f"{name}: {page}{anchor}")
+    for number in re.findall(r"method\.md\s+(?:section|§)\s*(\d+)", text):
+      if number not in sections:
+        broken.append(f"{name}: method.md section {number}")
   assert not broken, broken
 
 

@@ -3,7 +3,7 @@
 Source of the rules: ProactiveVideoQA's `pauc/judge_llm_scores_openai.py` (repository
 yellow-binary-tree/ProactiveVideoQA). That repository could not be read here; the rules below follow
 two independent public ports of that file which agree line for line (VLMEvalKit's
-ProactiveVideoQA dataset and a stand-alone port); see BUILD_NOTES.md.
+ProactiveVideoQA dataset and a stand-alone port); see docs/components.md#peer-scorers.
 
 Per ground-truth turn with reply span [s, e] (the turn's "reply_timespan"):
   * every model reply at time t with s <= t <= e is judged; grades are 0..2 (the judge answers

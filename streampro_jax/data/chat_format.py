@@ -1,6 +1,6 @@
 """The streaming chat format: one (record, question) -> token ids, labels and masks.
 
-Layout (Qwen2.5-VL chat template; BUILD_NOTES.md), for turns k = 0 .. K-1::
+Layout (Qwen2.5-VL chat template; docs/architecture.md#shared-interfaces), for turns k = 0 .. K-1::
 
   <|im_start|>system\\n{SYSTEM_PROMPT}<|im_end|>\\n
   <|im_start|>user\\n[{question}\\n]<ks-(k+1)s>\\n

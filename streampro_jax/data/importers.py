@@ -1,6 +1,7 @@
 """Importers of public streaming-video training data into this project's annotation JSONL.
 
-Formats (see BUILD_NOTES.md for the real sample records each one was checked against):
+Formats (docs/components.md#importer-formats lists the real sample records each one was checked
+against):
 
 - ``streamo_raw``: Streamo's raw annotation JSON (a list of
   ``{video_name, video_path, task_type, source, question: [{content, time}],

@@ -12,8 +12,8 @@ Data flow (one host):
      side; `models.backbone_module(model_config)`), pad to `seq_len`
   -> IterDataset with thread prefetch -> `TrainIterator`: B rows per batch, checkpointable.
 
-Batch (numpy, BUILD_NOTES.md): input_ids i32[B,T], labels i32[B,T], loss_mask f32[B,T],
-decision_class i32[B,T], attention_mask i32[B,T], position_ids i32[3,B,T],
+Batch (numpy, docs/architecture.md#shared-interfaces): input_ids i32[B,T], labels i32[B,T],
+loss_mask f32[B,T], decision_class i32[B,T], attention_mask i32[B,T], position_ids i32[3,B,T],
 pixel_values_videos f32[B, K*P, D] (K = max_turns, P = gh*gw, D = 3*tp*p*p; rows of turns a
 trajectory does not have are zero). The per-turn grid (1, gh, gw) is static per config:
 `Pipeline.video_grid_thw` (every frame is resized to frame_height x frame_width first).

@@ -1,4 +1,6 @@
-"""Annotation records: one JSONL line per video (the contract of BUILD_NOTES.md).
+"""Annotation records: one JSONL line per video.
+
+The contract is docs/architecture.md#shared-interfaces.
 
 A line looks like::
 

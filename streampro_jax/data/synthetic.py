@@ -826,7 +826,7 @@ def narration_record(record: schema.Record, refer: int | None = None) -> schema.
   training config, see ``train.sft.make_data``): every turn supervises colours, shapes and
   positions, about 30x more visual supervision per row than the streaming tasks, whose rows hold
   one or two answers among ~12 silent turns. What a tiny model learns from it on a CPU is in
-  BUILD_NOTES.md ("The end-to-end demo": position in ~200 steps, colour only after ~400).
+  docs/benchmarks.md#the-end-to-end-demo (position in ~200 steps, colour only after ~400).
 
   Raises:
     ValueError: the record is not a SynthStream record (no ``meta["synth"]`` scene spec).

@@ -12,11 +12,12 @@ frames:
 4. patchify: [T, C, H, W] -> [gt, tp, C, gh/m, m, p, gw/m, m, p] -> permuted to
    [gt, gh/m, gw/m, m, m, C, tp, p, p] -> [gt * gh * gw, C * tp * p * p].
 
-Reference used for parity (see BUILD_NOTES.md): transformers' `Qwen2VLImageProcessorPil`
-(no torchvision needed) has the same resize (PIL bicubic), rescale, normalisation and spatial patch
-order; it duplicates a single frame over the temporal axis, while the video processor interleaves
-`temporal_patch_size` distinct frames at the same position (the `tp` axis above). The video layout
-is therefore the image layout with the tp slot taken from frame t of the temporal patch.
+Reference used for parity (docs/components.md#video-processor): transformers'
+`Qwen2VLImageProcessorPil` (no torchvision needed) has the same resize (PIL bicubic), rescale,
+normalisation and spatial patch order; it duplicates a single frame over the temporal axis,
+while the video processor interleaves `temporal_patch_size` distinct frames at the same position
+(the `tp` axis above). The video layout is therefore the image layout with the tp slot taken from
+frame t of the temporal patch.
 
 StreamPro feeds each turn (1 second) as one video of grid (1, gh, gw): `process_turn` takes exactly
 temporal_patch_size frames and returns patches [P, D] with P = gh * gw.

@@ -16,10 +16,10 @@ from the Qwen2-VL one (`streampro_jax.models.processing`) in:
 5. the processor returns `mm_token_type_ids` (0 text, 1 image, 2 video).
 
 Resize, rescale/normalise and patchify are the arithmetic of `processing.py` with these settings
-(the patch order is the same). Reference for parity (see BUILD_NOTES.md): transformers'
-`Qwen3VLVideoProcessor` needs torchvision, which does not import here next to torch 2.13, so the
-tests compare against the PIL image-processor path (`Qwen2VLImageProcessorPil`, the image
-processor Qwen3-VL uses, with patch 16 and mean/std 0.5; a single frame duplicated over the
+(the patch order is the same). Reference for parity (docs/components.md#qwen3-processor):
+transformers' `Qwen3VLVideoProcessor` needs torchvision, which does not import here next to torch
+2.13, so the tests compare against the PIL image-processor path (`Qwen2VLImageProcessorPil`, the
+image processor Qwen3-VL uses, with patch 16 and mean/std 0.5; a single frame duplicated over the
 temporal axis equals a video of two identical frames), and against the transformers code of
 `smart_resize`, `sample_frames` and `_calculate_timestamps`/`replace_video_token` called directly.
 torchvision resizes tensors with antialiased bicubic filtering, PIL with its own bicubic filter;

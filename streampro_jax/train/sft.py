@@ -53,7 +53,7 @@ from streampro_jax.train.step import (  # noqa: F401
 
 
 COUNT_SCOPES = ("global", "microbatch", "device")
-"""Where CB-Stream / focal count n_k (config loss.count_scope; BUILD_NOTES has the table):
+"""Where CB-Stream / focal count n_k (loss.count_scope; table: docs/components.md#count-scope):
 global      the whole global batch, all devices and micro-batches (docs/method.md: "the current
             global batch"; the default);
 microbatch  each micro-batch of the gradient accumulation, all devices;
