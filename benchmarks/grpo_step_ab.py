@@ -1,0 +1,99 @@
+"""The demo's GRPO step on two checkouts of this repository, run in turn (an A/B over commits).
+
+Each run starts a fresh process on one checkout (``--root``, imported ahead of the installed
+package) and times GRPOTrainer.train_step on the demo's GRPO shapes: configs/demo.py "default"
+(4 samples x G 8, 16 turns, seq_len 768, its tiny Qwen2.5-VL, its system prompt and SynthStream
+settings, rollout sizes), temperature 1.0 and 18 text tokens per message on both sides, random
+init, SynthStream records generated on the fly. The first step compiles and is not counted;
+the median of the next ``--steps`` is printed as one JSON line per run. The config is built
+here from the keys both checkouts know (an older checkout names the text budget
+``grpo.max_response_tokens``), so the same script measures commits that predate it.
+
+  git worktree add /tmp/old <commit>
+  .venv/bin/python benchmarks/grpo_step_ab.py --root /tmp/old --root . --rounds 3
+
+Compare only runs of the same invocation: the ratio of medians, rounds interleaved, on a quiet
+machine (the load average is printed with each run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+_CHILD = r"""
+import json, os, sys, tempfile
+root, steps = sys.argv[1], int(sys.argv[2])
+sys.path.insert(0, root)
+os.chdir(root)
+import numpy as np
+from configs import demo, tiny_synthetic_grpo
+import streampro_jax
+from streampro_jax.train import grpo_trainer
+if not os.path.abspath(streampro_jax.__file__).startswith(os.path.abspath(root)):
+  raise SystemExit(f"imported {streampro_jax.__file__}, not the checkout {root}")
+d = demo.get_config("default")
+c = tiny_synthetic_grpo.get_config()
+c.model = d.model
+c.model.reinit_decision_rows = False
+c.global_batch_size = int(d.grpo.batch_size)
+c.grpo.group_size = int(d.grpo.group_size)
+c.grpo.temperature = 1.0
+if "max_text_tokens" in c.rollout:
+  c.rollout.max_text_tokens = 18
+else:
+  c.grpo.max_response_tokens = 18
+c.data.seq_len = int(d.grpo.seq_len)
+c.data.max_turns = int(d.max_turns)
+if int(d.frame_size) != int(c.data.get("frame_size", c.data.get("frame_height"))):
+  c.data.frame_size = int(d.frame_size)
+c.data.synth = dict(d.data.synth)
+c.data.system_prompt = str(d.system_prompt)
+c.rollout.constrain_decision = True
+c.rollout.user_chunk_len = int(d.grpo.user_chunk_len)
+c.rollout.capacity = int(d.grpo.capacity)
+trainer = grpo_trainer.GRPOTrainer(c, tempfile.mkdtemp())
+rows = []
+for s in range(1, steps + 2):
+  m = trainer.train_step(s)
+  if s > 1:
+    rows.append({k: float(m[k]) for k in ("step_s", "rollout_s", "update_s", "sampled_tokens")})
+med = {k: float(np.median([r[k] for r in rows])) for k in rows[0]}
+print("RESULT " + json.dumps(dict(med, load=os.getloadavg()[0])), flush=True)
+"""
+
+
+def run(root: str, steps: int) -> dict:
+  """One fresh process on `root`: median step_s / rollout_s / update_s / sampled_tokens."""
+  proc = subprocess.run([sys.executable, "-c", _CHILD, os.path.abspath(root), str(steps)],
+                        capture_output=True, text=True, check=False)
+  lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+  if proc.returncode or not lines:
+    raise RuntimeError(f"run on {root} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+  return json.loads(lines[-1][len("RESULT "):])
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--root", action="append", required=True,
+                 help="a checkout of this repository; give it twice (A, then B)")
+  p.add_argument("--rounds", type=int, default=3, help="A-then-B rounds")
+  p.add_argument("--steps", type=int, default=3, help="timed steps per run, after the first")
+  args = p.parse_args()
+  results = {root: [] for root in args.root}
+  for i in range(args.rounds):
+    for root in args.root:
+      r = run(root, args.steps)
+      results[root].append(r)
+      print(json.dumps(dict(round=i + 1, root=root, **r)), flush=True)
+  if len(args.root) == 2:
+    a, b = args.root
+    ratios = [x["step_s"] / y["step_s"] for x, y in zip(results[a], results[b])]
+    print(json.dumps({"step_s ratio A/B per round": [round(x, 2) for x in ratios]}))
+
+
+if __name__ == "__main__":
+  main()
