@@ -70,8 +70,12 @@ def test_compare_throughput_times_both_sides_interleaved(tiny):
                                                    new_tokens=5, repeats=2, device="cpu")
   for side in (ours, theirs):
     assert side["rows"] == 2 and side["new_tokens"] == 5 and side["prefix_len"] == 32
-    assert side["seconds"] > side["prefill_seconds"] > 0
+    assert side["seconds"] > 0 and side["prefill_seconds"] > 0
     assert side["tokens_per_s"] == pytest.approx(2 * 5 / side["seconds"])
+  # Ours times prefill and decode of the same call (median of their sums, two repeats: the
+  # mean). Transformers' prefill is a separate generate call, so its median may exceed the
+  # whole generate's on a noisy machine: only ours must hold seconds > prefill_seconds.
+  assert ours["seconds"] > ours["prefill_seconds"]
   assert theirs["device"] == "cpu" and "torch_threads" in theirs
 
 
