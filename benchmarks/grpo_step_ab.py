@@ -19,11 +19,43 @@ machine (the load average is printed with each run).
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import subprocess
 import sys
 
+def demo_grpo_config(demo, tiny_synthetic_grpo, *, temperature=None):
+  """The demo's GRPO stage (configs/demo.py "default": samples x G, turns, text tokens, seq_len,
+  its tiny model, system prompt, SynthStream settings and rollout sizes) as a GRPOTrainer config
+  on SynthStream records generated on the fly (random init). Takes the checkout's `configs.demo`
+  and `configs.tiny_synthetic_grpo` modules and reads only keys every checkout since 23563ed has
+  (the text budget was `grpo.max_response_tokens` there). temperature: None keeps the demo's."""
+  d = demo.get_config("default")
+  c = tiny_synthetic_grpo.get_config()
+  c.model = d.model
+  c.model.reinit_decision_rows = False   # GRPO starts from a trained policy
+  c.global_batch_size = int(d.grpo.batch_size)
+  c.grpo.group_size = int(d.grpo.group_size)
+  c.grpo.temperature = float(d.grpo.temperature if temperature is None else temperature)
+  text_tokens = int(d.grpo.get("max_text_tokens", d.grpo.get("max_response_tokens")))
+  if "max_text_tokens" in c.rollout:
+    c.rollout.max_text_tokens = text_tokens
+  else:
+    c.grpo.max_response_tokens = text_tokens
+  c.data.seq_len = int(d.grpo.seq_len)
+  c.data.max_turns = int(d.max_turns)
+  if int(d.frame_size) != int(c.data.get("frame_size", c.data.get("frame_height"))):
+    c.data.frame_size = int(d.frame_size)
+  c.data.synth = dict(d.data.synth)
+  c.data.system_prompt = str(d.system_prompt)
+  c.rollout.constrain_decision = bool(d.grpo.constrain_decision)
+  c.rollout.user_chunk_len = int(d.grpo.user_chunk_len)
+  c.rollout.capacity = int(d.grpo.capacity)
+  return c
+
+
+# The child runs in a fresh process on the checkout; demo_grpo_config's source travels with it.
 _CHILD = r"""
 import json, os, sys, tempfile
 root, steps = sys.argv[1], int(sys.argv[2])
@@ -35,26 +67,8 @@ import streampro_jax
 from streampro_jax.train import grpo_trainer
 if not os.path.abspath(streampro_jax.__file__).startswith(os.path.abspath(root)):
   raise SystemExit(f"imported {streampro_jax.__file__}, not the checkout {root}")
-d = demo.get_config("default")
-c = tiny_synthetic_grpo.get_config()
-c.model = d.model
-c.model.reinit_decision_rows = False
-c.global_batch_size = int(d.grpo.batch_size)
-c.grpo.group_size = int(d.grpo.group_size)
-c.grpo.temperature = 1.0
-if "max_text_tokens" in c.rollout:
-  c.rollout.max_text_tokens = 18
-else:
-  c.grpo.max_response_tokens = 18
-c.data.seq_len = int(d.grpo.seq_len)
-c.data.max_turns = int(d.max_turns)
-if int(d.frame_size) != int(c.data.get("frame_size", c.data.get("frame_height"))):
-  c.data.frame_size = int(d.frame_size)
-c.data.synth = dict(d.data.synth)
-c.data.system_prompt = str(d.system_prompt)
-c.rollout.constrain_decision = True
-c.rollout.user_chunk_len = int(d.grpo.user_chunk_len)
-c.rollout.capacity = int(d.grpo.capacity)
+""" + inspect.getsource(demo_grpo_config) + r"""
+c = demo_grpo_config(demo, tiny_synthetic_grpo, temperature=1.0)
 trainer = grpo_trainer.GRPOTrainer(c, tempfile.mkdtemp())
 rows = []
 for s in range(1, steps + 2):

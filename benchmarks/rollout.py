@@ -40,6 +40,7 @@ import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+import grpo_step_ab  # noqa: E402  (benchmarks/grpo_step_ab.py)
 import rollout_decode  # noqa: E402  (benchmarks/rollout_decode.py)
 from configs import tiny_synthetic_grpo  # noqa: E402
 from streampro_jax import rollout  # noqa: E402
@@ -137,25 +138,12 @@ def bench_turn_latency(config, workdir, answer_tokens: int, turns: int, repeats:
 
 
 def demo_grpo_config():
-  """The demo's GRPO stage shapes (configs/demo.py "default": 4 samples x G 8, 16 turns, T 0.7,
-  18 text tokens, seq_len 768, its tiny model and system prompt) on SynthStream records generated
-  on the fly (no TFDS data dir, no SFT checkpoint: random init)."""
+  """The demo's GRPO stage (grpo_step_ab.demo_grpo_config: 4 samples x G 8, 16 turns, 18 text
+  tokens, seq_len 768, its tiny model and system prompt) on SynthStream records generated on the
+  fly (no TFDS data dir, no SFT checkpoint: random init), with the rollout sizes this
+  benchmark's recorded figures used (user chunks of 96 tokens, a 1,024-slot cache)."""
   from configs import demo  # pylint: disable=g-import-not-at-top
-  d = demo.get_config("default")
-  c = tiny_synthetic_grpo.get_config()
-  c.model = d.model
-  c.model.reinit_decision_rows = False   # GRPO starts from a trained policy
-  c.global_batch_size = int(d.grpo.batch_size)
-  c.grpo.group_size = int(d.grpo.group_size)
-  c.grpo.temperature = float(d.grpo.temperature)
-  c.rollout.max_text_tokens = int(d.grpo.max_text_tokens)
-  c.data.seq_len = int(d.grpo.seq_len)
-  c.data.max_turns = int(d.max_turns)
-  if int(d.frame_size) != int(c.data.get("frame_size", c.data.get("frame_height"))):
-    c.data.frame_size = int(d.frame_size)
-  c.data.synth = dict(d.data.synth)
-  c.data.system_prompt = str(d.system_prompt)
-  c.rollout.constrain_decision = bool(d.grpo.constrain_decision)
+  c = grpo_step_ab.demo_grpo_config(demo, tiny_synthetic_grpo)
   c.rollout.user_chunk_len = 96
   c.rollout.capacity = 1024
   return c
