@@ -1,24 +1,28 @@
 r"""The paper's ablations at the demo's scale (opt-in findings script, not run by CI).
 
-  .venv/bin/python benchmarks/demo_ablations.py --workdir=workdir/ablations \
-      [--seeds=0,1,2] [--budget=default] [--grpo_steps=0] [--only=NAME,...]
+  .venv/bin/python benchmarks/demo_ablations.py --workdir=<a demo workdir> \
+      [--seeds=0,1,2] [--budget=default] [--split=validation] [--grpo_steps=0] [--only=NAME,...]
 
-For every seed, one demo workdir <workdir>/seed_<n> (launch/demo.py's stages, resumable: a rerun
-skips every finished stage) holds the base model (with --shared_base, the default, a link to the
-first seed's: the paper's ablations share one pretrained model too), the SFT and GRPO runs below
-and their streaming evaluations on the SynthStream test split. The runs go ablation by ablation
-(every seed of one before the next), so whatever has finished is a complete paired comparison.
+The workdir is a demo workdir (launch/demo.py's stages, resumable: a rerun skips every finished
+stage): the data and the one base model (the paper's ablations share one pretrained model too),
+then per seed seed_<n>/<run> and its streaming evaluation seed_<n>/eval_<split>_<run>. Pointed at
+the workdir of `launch/demo.py --seeds=0,1,2`, the runs that are the demo's own (sft_cb_stream;
+grpo_tau3 is the demo's grpo) are reused, not retrained. Scores are taken on the validation split
+by default: these comparisons choose the demo's settings, and the test split is kept for the
+headline table (docs/ablations.md). The runs go ablation by ablation (every seed of one before
+the next), so whatever has finished is a complete paired comparison.
 Each ablation changes one setting of a reference run, from the same initialisation and data order
 (same seed), so a difference is paired:
 
   SFT (CB-Stream, from the seed's base model; reference: sft_cb_stream = lambda_text 2, counts
   over the global batch):
     sft_text1, sft_text3       lambda_text 1 and 3            (paper 16.3 / 16.3 / 15.3 for 1/2/3)
+    sft_beta_paper             beta 0.9999 (the paper's; the demo's is 0.99)
     sft_scope_microbatch       class counts of each micro-batch, 8 micro-batches of one
                                trajectory (Streamo's per-trajectory counts; weight ratio ~20)
   GRPO (from the seed's sft_cb_stream; reference: grpo_paper = the paper's tau 8,
   temperature 1.0, weights 0.1/0.45/0.45, GT-first matching):
-    grpo_tau3                  tau 3                          (paper 25.8 vs 28.1)
+    grpo_tau3                  tau 3 (= the demo's grpo run)  (paper 25.8 vs 28.1)
     grpo_w_0.1_0.9_0           weights 0.1/0.9/0              (paper 25.5 vs 28.1)
     grpo_w_0.1_0.6_0.3         weights 0.1/0.6/0.3            (paper 24.8 vs 28.1)
     grpo_pred_first            prediction-first matching in R_turn
@@ -26,10 +30,10 @@ Each ablation changes one setting of a reference run, from the same initialisati
                                apart)
     grpo_demo_old              tau 4, temperature 0.7 (the demo's defaults before this ablation)
 
-Outputs: <workdir>/ablations.json (per seed, per run: W-Avg, PU, TR, PA; the paired differences
-against each run's reference with mean, sample std (ddof 1) and the per-seed values) and
-<workdir>/ablations.md (the table, x100, next to the paper's numbers). The runs that have not
-finished are listed as missing, never filled in.
+Outputs: <workdir>/ablations_<split>.json (per seed, per run: W-Avg, PU, TR, PA; the paired
+differences against each run's reference with mean, sample std (ddof 1) and the per-seed values)
+and <workdir>/ablations_<split>.md (the table, x100, next to the paper's numbers). The runs that
+have not finished are listed as missing, never filled in.
 """
 
 from __future__ import annotations
@@ -56,17 +60,16 @@ FLAGS = flags.FLAGS
 
 def define_flags():
   """The command line's flags (defined only when run as a program: the tests import it)."""
-  flags.DEFINE_string("workdir", None, "Parent folder of the per-seed workdirs.")
+  flags.DEFINE_string("workdir", None, "A demo workdir (launch/demo.py --workdir).")
   flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (each a full set of runs).")
   flags.DEFINE_enum("budget", "default", ("smoke", "default"), "Demo budget.")
+  flags.DEFINE_enum("split", "validation", ("validation", "test"), "Split the runs are scored "
+                    "on (settings are chosen on validation).")
   flags.DEFINE_integer("grpo_steps", 0, "GRPO steps of every GRPO run (0: the demo budget's).")
   flags.DEFINE_list("only", [], "Run only these ablations (names below; their references run "
                     "too). Empty: all.")
   flags.DEFINE_boolean("progress_bar", False, "Evaluation progress bars.")
-  flags.DEFINE_boolean(
-      "shared_base", True, "Every seed starts from the first seed's base model (the stand-in "
-      "for the pretrained VLM, which the paper's ablations share too); seeds then differ in SFT "
-      "/ GRPO init, data order and rollouts.")
+  flags.DEFINE_boolean("pin_numerics", True, "Pin XLA:CPU's rounding as the demo does.")
   demo_lib.define_cache_flag()
   flags.mark_flags_as_required(["workdir"])
 
@@ -83,15 +86,20 @@ class Run:
   overrides: tuple = ()           # ((dotted key, value), ...)
   reference: str = ""             # the run it is compared with ("" for a reference)
   paper: str = ""                 # the paper's number for this run / its reference
+  stage_name: str = ""            # the demo stage it is (same config: reused), else its name
+
+  @property
+  def stage_dir(self) -> str:
+    return self.stage_name or self.name
 
   def override_dict(self) -> dict:
     return dict(self.overrides)
 
 
-def _grpo(name, reference="grpo_paper", paper="", **changes):
+def _grpo(name, reference="grpo_paper", paper="", stage_name="", **changes):
   over = dict(PAPER_GRPO)
   over.update({k.replace("__", "."): v for k, v in changes.items()})
-  return Run(name, "grpo", tuple(over.items()), reference, paper)
+  return Run(name, "grpo", tuple(over.items()), reference, paper, stage_name)
 
 
 RUNS = (  # in the order they run: the references, the demo-default question, then the rest
@@ -101,10 +109,12 @@ RUNS = (  # in the order they run: the references, the demo-default question, th
           grpo__temperature=0.7),
     Run("sft_text1", "sft", (("loss.text_weight", 1.0),), "sft_cb_stream", "16.3 vs 16.3"),
     Run("sft_text3", "sft", (("loss.text_weight", 3.0),), "sft_cb_stream", "15.3 vs 16.3"),
+    Run("sft_beta_paper", "sft", (("loss.beta", 0.9999),), "sft_cb_stream",
+        "beta 0.9999 is the paper's setting"),
     Run("sft_scope_microbatch", "sft", (("loss.count_scope", "microbatch"),
                                         ("num_microbatches", 8)), "sft_cb_stream",
         "not ablated (the paper counts over \"the current batch\")"),
-    _grpo("grpo_tau3", paper="25.8 vs 28.1", reward__tau=3.0),
+    _grpo("grpo_tau3", paper="25.8 vs 28.1", stage_name="grpo", reward__tau=3.0),
     _grpo("grpo_w_0.1_0.9_0", paper="25.5 vs 28.1", reward__weights=(0.1, 0.9, 0.0)),
     _grpo("grpo_w_0.1_0.6_0.3", paper="24.8 vs 28.1", reward__weights=(0.1, 0.6, 0.3)),
     _grpo("grpo_pred_first", paper="ablated, number not given",
@@ -126,47 +136,43 @@ def selected_runs(only) -> list[Run]:
   return [r for r in RUNS if r.name in want]
 
 
-def prepare_seed(cfg, workdir: str, *, progress: bool, base_from: str = ""):
-  """The seed's Demo with its data and base model (skipped when finished). base_from: another
-  seed's workdir whose base model this seed starts from (linked, not retrained)."""
+def prepare(cfg, workdir: str, *, progress: bool):
+  """The workdir's Demo with its data and base model (skipped when finished)."""
   demo = demo_lib.Demo(cfg, workdir, progress=progress)
   d = cfg.data
-  demo.run_stage("data", f"SynthStream {d.num_train} train + {d.num_test} test videos",
-                 demo.stage_data)
-  link = demo.stage_dir("base")
-  if base_from and not os.path.exists(link):
-    os.symlink(os.path.join(os.path.abspath(base_from), "base"), link)
+  demo.run_stage("data", f"SynthStream {d.num_train} train + {d.num_validation} validation + "
+                 f"{d.num_test} test videos", demo.stage_data)
   demo.run_stage("base", "base model (narration)", demo.stage_base)
   return demo
 
 
-def run_one(demo, r: Run, *, grpo_steps: int) -> None:
-  """One run and its evaluation (each skipped when finished). A GRPO run needs the seed's
-  sft_cb_stream, which runs first when missing."""
+def run_one(demo, seed: int, r: Run, *, grpo_steps: int, split: str) -> None:
+  """One run of one seed and its evaluation on split (each skipped when finished). A GRPO run
+  needs the seed's sft_cb_stream, which runs first when missing."""
   over = r.override_dict()
+  stage = demo_lib.seed_stage(seed, r.stage_dir)
   if r.stage == "sft":
-    demo.run_stage(r.name, f"SFT (CB-Stream) {over or 'reference'}",
-                   lambda: demo.stage_sft(r.name, kind="cb_stream", overrides=over))
+    demo.run_stage(stage, f"seed {seed}: SFT (CB-Stream) {over or 'reference'}",
+                   lambda: demo.stage_sft(seed, r.stage_dir, kind="cb_stream", overrides=over))
   else:
-    if demo.done("sft_cb_stream") is None:
-      run_one(demo, RUN_BY_NAME["sft_cb_stream"], grpo_steps=grpo_steps)
+    if demo.done(demo_lib.seed_stage(seed, "sft_cb_stream")) is None:
+      run_one(demo, seed, RUN_BY_NAME["sft_cb_stream"], grpo_steps=grpo_steps, split=split)
     if grpo_steps:
       over["total_steps"] = int(grpo_steps)
-    demo.run_stage(r.name, f"GRPO from sft_cb_stream {over}",
-                   lambda: demo.stage_grpo(r.name, overrides=over))
-  demo.run_stage(f"eval_{r.name}", f"streaming evaluation of {r.name}",
-                 lambda: demo.stage_eval(r.name))
+    demo.run_stage(stage, f"seed {seed}: GRPO from sft_cb_stream {over}",
+                   lambda: demo.stage_grpo(seed, r.stage_dir, overrides=over))
+  demo.run_stage(demo_lib.seed_stage(seed, demo_lib.eval_stage(split, r.stage_dir)),
+                 f"seed {seed}: streaming evaluation of {r.name} on the {split} split",
+                 lambda: demo.stage_eval(seed, r.stage_dir, split))
 
 
-def seed_scores(workdir: str) -> dict[str, dict]:
-  """{run: {W-Avg, PU, TR, PA}} of the finished evaluations of one seed's workdir."""
+def seed_scores(demo, seed: int, split: str) -> dict[str, dict]:
+  """{run: {W-Avg, PU, TR, PA}} of one seed's finished evaluations on split."""
   out = {}
   for r in RUNS:
-    path = os.path.join(workdir, f"eval_{r.name}", demo_lib.DONE)
-    if os.path.exists(path):
-      with open(path, encoding="utf-8") as f:
-        sc = json.load(f)["scores"]
-      out[r.name] = {k: float(sc[k]) for k in KEYS}
+    done = demo.done(demo_lib.seed_stage(seed, demo_lib.eval_stage(split, r.stage_dir)))
+    if done is not None:
+      out[r.name] = {k: float(done["scores"][k]) for k in KEYS}
   return out
 
 
@@ -234,33 +240,30 @@ def main(argv):
   del argv
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
   demo_lib.quiet_library_logs()
+  if FLAGS.pin_numerics:
+    from streampro_jax import numerics  # pylint: disable=g-import-not-at-top
+    numerics.pin_cpu_numerics()
   from configs import demo as demo_configs  # pylint: disable=g-import-not-at-top
   root = os.path.abspath(FLAGS.workdir)
   os.makedirs(root, exist_ok=True)
   demo_lib.set_compilation_cache(root, FLAGS.compilation_cache)
   runs = selected_runs(FLAGS.only)
   seeds = [int(s) for s in FLAGS.seeds]
-  dirs = {s: os.path.join(root, f"seed_{s}") for s in seeds}
+  split = FLAGS.split
   t0 = time.perf_counter()
-  demos = {}
-  for seed in seeds:
-    cfg = demo_configs.get_config(FLAGS.budget)
-    cfg.seed = seed
-    base_from = dirs[seeds[0]] if FLAGS.shared_base and seed != seeds[0] else ""
-    demos[seed] = prepare_seed(cfg, dirs[seed], progress=FLAGS.progress_bar, base_from=base_from)
+  demo = prepare(demo_configs.get_config(FLAGS.budget), root, progress=FLAGS.progress_bar)
   # Run-major: every seed of one ablation before the next, so the paired comparisons that
   # finish first are complete ones.
   for r in runs:
     for seed in seeds:
       demo_lib.banner(f"ablation {r.name}, seed {seed} ({time.perf_counter() - t0:.0f} s so far)")
-      run_one(demos[seed], r, grpo_steps=FLAGS.grpo_steps)
-    summary = summarize({s: seed_scores(dirs[s]) for s in seeds})
-    summary.update(budget=FLAGS.budget, grpo_steps=FLAGS.grpo_steps, seeds=seeds,
-                   shared_base=FLAGS.shared_base)
-    with open(os.path.join(root, "ablations.json"), "w", encoding="utf-8") as f:
+      run_one(demo, seed, r, grpo_steps=FLAGS.grpo_steps, split=split)
+    summary = summarize({s: seed_scores(demo, s, split) for s in seeds})
+    summary.update(budget=FLAGS.budget, grpo_steps=FLAGS.grpo_steps, seeds=seeds, split=split)
+    with open(os.path.join(root, f"ablations_{split}.json"), "w", encoding="utf-8") as f:
       json.dump(summary, f, indent=1)
     text = table(summary)
-    with open(os.path.join(root, "ablations.md"), "w", encoding="utf-8") as f:
+    with open(os.path.join(root, f"ablations_{split}.md"), "w", encoding="utf-8") as f:
       f.write(text)
     print("\n" + text, flush=True)
 

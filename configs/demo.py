@@ -10,16 +10,22 @@ and `grpo_config` turn them into the trainer configs of streampro_jax.train (the
 configs/tiny_synthetic.py and configs/tiny_synthetic_grpo.py). Every choice is explained in
 docs/components.md#the-end-to-end-demo. Fields:
 
-  seed                 training seed (init, data order, rollouts); the data set does not change.
-  data                 SynthStream: synth_seed, num_train / num_test videos, synth (SynthConfig
+  seed                 training seed of the SFT and GRPO stages (decision-row init, data order,
+                       rollouts); launch/demo.py sets it per --seeds. The data set and the base
+                       model do not change with it.
+  data                 SynthStream: synth_seed, num_train / num_validation / num_test videos (the
+                       validation split chooses every setting; the test split is scored once per
+                       variant for the headline table), synth (SynthConfig
                        fields: resolution, min/max_duration, difficulty, silence_ratio, tasks).
   frame_size           frames are resized to frame_size x frame_size (patch 4, merge 2 -> (frame /
                        8)^2 visual tokens per turn).
   system_prompt        the chat format's system prompt in every stage (DEMO_SYSTEM_PROMPT).
   seq_len, max_turns   SFT rows (tokens) and the turn cut of every stage.
   model                configs/common.model_config (random tiny Qwen2.5-VL architecture).
-  base                 the base model's narration pretraining (base_config): steps, batch_size,
-                       lr, warmup_ratio, seq_len, frozen (regex; "" trains the vision tower).
+  base                 the base model's narration pretraining (base_config): seed (one base model,
+                       the stand-in for the pretrained VLM, shared by every seed), steps,
+                       batch_size, lr, warmup_ratio, seq_len, frozen (regex; "" trains the vision
+                       tower).
   sft                  steps, batch_size, lr, warmup_ratio, weight_decay, beta / text_weight
                        (CB-Stream), gamma (focal); the variants are LOSS_OF_VARIANT.
   grpo                 steps, batch_size (samples per step), group_size G, lr, temperature,
@@ -52,7 +58,7 @@ def get_config(budget: str = "default") -> ml_collections.ConfigDict:
   c.budget = budget
   c.seed = 0
   c.data = ml_collections.ConfigDict(dict(
-      synth_seed=0, num_train=256, num_test=140,
+      synth_seed=0, num_train=256, num_validation=140, num_test=140,
       synth=dict(resolution=32, min_duration=12, max_duration=16, difficulty=0,
                  silence_ratio=12.0)))
   c.system_prompt = DEMO_SYSTEM_PROMPT
@@ -66,7 +72,7 @@ def get_config(budget: str = "default") -> ml_collections.ConfigDict:
       tiny_vision=dict(depth=2, hidden_size=32, fullatt_block_indexes=(1,)))
   # Base model: the stand-in for the paper's pretrained VLM (see base_config).
   c.base = ml_collections.ConfigDict(dict(
-      steps=1000, batch_size=8, lr=3e-3, warmup_ratio=0.05, seq_len=768, frozen="",
+      seed=0, steps=1000, batch_size=8, lr=3e-3, warmup_ratio=0.05, seq_len=768, frozen="",
       log_every_steps=50))
   c.sft = ml_collections.ConfigDict(dict(
       steps=300, batch_size=8, lr=3e-3, warmup_ratio=0.05, weight_decay=0.0,
@@ -84,6 +90,7 @@ def get_config(budget: str = "default") -> ml_collections.ConfigDict:
                                           constrain_decision=True))
   if budget == "smoke":
     c.data.num_train = 16
+    c.data.num_validation = 7
     c.data.num_test = 7
     c.base.steps = 3
     c.base.log_every_steps = 1
@@ -108,11 +115,11 @@ def _data_section(demo, data_dir: str, *, seq_len: int):
       prefetch_buffer_size=4, system_prompt=str(demo.system_prompt))
 
 
-def _trainer_config(demo, section) -> ml_collections.ConfigDict:
+def _trainer_config(demo, section, seed: int) -> ml_collections.ConfigDict:
   """The fields every demo trainer config shares: seed, batch, steps, logging, the synthetic
   tokenizer, the tiny model and a data-parallel mesh over the local devices."""
   c = common.base_config()
-  c.seed = int(demo.seed)
+  c.seed = int(seed)
   c.global_batch_size = int(section.batch_size)
   c.total_steps = int(section.steps)
   c.log_every_steps = int(section.log_every_steps)
@@ -137,10 +144,10 @@ def base_config(demo, data_dir: str) -> ml_collections.ConfigDict:
   with the decision tokens' embedding rows re-initialised (as for a Hugging Face checkpoint).
   """
   b = demo.base
-  c = _trainer_config(demo, b)
+  c = _trainer_config(demo, b, int(b.seed))
   c.num_microbatches = 1
   c.data = _data_section(demo, data_dir, seq_len=int(b.seq_len))
-  c.data.seed = int(demo.seed) + 2
+  c.data.seed = int(b.seed) + 2
   c.data.narration = True
   c.optim = common.optim_config(lr=float(b.lr), warmup_ratio=float(b.warmup_ratio),
                                 weight_decay=0.0, grad_clip_norm=1.0, frozen=str(b.frozen))
@@ -158,7 +165,7 @@ def sft_config(demo, loss_kind: str, data_dir: str,
   None: random init (what the evaluation uses to build the same model config).
   """
   s = demo.sft
-  c = _trainer_config(demo, s)
+  c = _trainer_config(demo, s, int(demo.seed))
   c.num_microbatches = 1
   if base_hf_dir:
     c.model.hf_checkpoint = base_hf_dir
@@ -180,7 +187,7 @@ def sft_config(demo, loss_kind: str, data_dir: str,
 def grpo_config(demo, sft_workdir: str, data_dir: str) -> ml_collections.ConfigDict:
   """The streampro_jax.train.grpo_trainer config: GRPO from the CB-Stream SFT checkpoint."""
   g = demo.grpo
-  c = _trainer_config(demo, g)
+  c = _trainer_config(demo, g, int(demo.seed))
   c.init = ml_collections.ConfigDict(dict(sft_workdir=sft_workdir, sft_step=-1))
   c.model.reinit_decision_rows = False  # the SFT policy's decision rows are trained
   c.data = _data_section(demo, data_dir, seq_len=int(g.seq_len))

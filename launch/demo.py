@@ -1,33 +1,44 @@
 r"""The end-to-end StreamPro demo on SynthStream, on CPU.
 
-  .venv/bin/python launch/demo.py --workdir=workdir/demo [--budget=smoke|default] [--seed=N]
+  .venv/bin/python launch/demo.py --workdir=workdir/demo [--budget=smoke|default] [--seeds=0,1,2]
 
 Stages (each one's outputs live in --workdir; a rerun skips the stages that finished and resumes
 an interrupted one from its last checkpoint / results line):
 
-  data            SynthStream train + test splits, built once as a TFDS array_record data set
-                  (data/); every later stage reads it.
-  base            the base model (stand-in for the paper's pretrained VLM): the random tiny
-                  Qwen2.5-VL trained with cross-entropy to narrate the training videos (a caption
-                  of the objects on screen, or of the one the question names, on every turn),
-                  exported as a Hugging Face folder (base/hf); no benchmark question, no silence.
+  data            SynthStream train, validation and test splits, built once as a TFDS
+                  array_record data set (data/); every later stage reads it.
+  base            the base model (stand-in for the paper's pretrained VLM, one for every seed):
+                  the random tiny Qwen2.5-VL trained with cross-entropy to narrate the training
+                  videos (a caption of the objects on screen, or of the one the question names, on
+                  every turn), exported as a Hugging Face folder (base/hf); no benchmark
+                  question, no silence.
+  then for every seed in --seeds, in seed_<n>/:
   sft_ce          SFT under plain cross-entropy        } same init (the base model, decision
                                                        } rows re-initialised), same data order,
   sft_focal       SFT under the Streamo focal loss     } same steps / batch / learning rate
   sft_cb_stream   SFT under CB-Stream                  }
   grpo            GRPO from the sft_cb_stream checkpoint (format + turn-F1 + rubric rewards)
-  eval_<variant>  streaming evaluation (greedy, turn by turn) of each model on the test split,
+  eval_<split>_<variant>  streaming evaluation (greedy, turn by turn) of each model on the
+                  validation split (where settings are chosen) and the test split (the headline),
                   scored with StreamPro-F1 (exact-match judge, span IoU for TG)
-  report          results.json, table.md and the report figures (report/*.png)
+  report          results.json, table.md and the report figures (report/*.png: the first seed's
+                  test split)
 
-results.json: {"budget", "seed", "variants": {"sft_ce": {"W-Avg", "Avg", "PU", "TR", "PA",
-"per_task": {task: F1}, "per_task_detail", "decisions"}, "sft_focal": ..., "sft_cb_stream": ...,
-"grpo": ...}, "timings": {...}}. Scores are fractions in [0, 1]; the printed table is x100.
-Settings: configs/demo.py; what they are and why: docs/components.md#the-end-to-end-demo.
+The workdir belongs to one budget: a later run with more --seeds reuses the data, the base model
+and every finished seed. Before JAX starts, the demo pins XLA:CPU's rounding
+(streampro_jax.numerics; --nopin_numerics turns it off): the same command prints the same table
+on every machine of the CI kind (docs/decisions.md#cpu-numerics).
+
+results.json: {"budget", "seeds", "numerics" (the host and the base model's parameter hash),
+"per_seed": {seed: {split: {variant: {"W-Avg", "Avg", "PU", "TR", "PA", "per_task": {task: F1},
+"decisions"}}}}, "summary": {split: bench.seeds.summarize output}, "findings": {split: {gap:
+holds}}, "timings", "load", "figures"}. Scores are fractions in [0, 1]; the printed tables are
+x100. Settings: configs/demo.py; what they are and why: docs/components.md#the-end-to-end-demo.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging as py_logging
 import os
@@ -39,6 +50,7 @@ from absl import logging
 
 
 FLAGS = flags.FLAGS
+SPLITS = ("validation", "test")
 
 
 def define_flags():
@@ -46,12 +58,13 @@ def define_flags():
   programs (benchmarks/demo_ablations.py) can import its stages."""
   flags.DEFINE_string("workdir", None, "Where every stage writes (resumable).")
   flags.DEFINE_enum("budget", "default", ("smoke", "default"), "Demo budget.")
-  flags.DEFINE_integer("seed", 0, "Training seed (init, data order, rollouts).")
+  flags.DEFINE_list("seeds", ["0"], "Training seeds of the SFT and GRPO stages (decision-row "
+                    "init, data order, rollouts); the data and the base model are shared.")
   flags.DEFINE_boolean("progress_bar", True, "Show the evaluation progress bars.")
+  flags.DEFINE_boolean("pin_numerics", True, "Pin XLA:CPU's rounding (streampro_jax.numerics) "
+                       "so that every host of a kind prints the same table.")
   define_cache_flag()
   flags.mark_flags_as_required(["workdir"])
-
-
 def define_cache_flag():
   flags.DEFINE_string("compilation_cache", "",
                       "JAX persistent compilation cache folder ('' : <workdir>/jax_cache, "
@@ -122,8 +135,29 @@ def _write_json(path, obj):
   os.replace(tmp, path)
 
 
+def _flat(d, prefix=""):
+  """{"a": {"b": 1}} -> {"a.b": 1}."""
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def params_sha256(params) -> str:
+  """SHA-256 of every parameter leaf's bytes (tree order): equal hashes, equal bits."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  h = hashlib.sha256()
+  for leaf in jax.tree.leaves(params):
+    h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+  return h.hexdigest()
+
+
 class Demo:
-  """The demo's stages over one workdir."""
+  """The demo's stages over one workdir: the shared data and base model, then per seed."""
 
   def __init__(self, demo_cfg, workdir: str, *, progress: bool = True):
     self.cfg = demo_cfg
@@ -135,19 +169,36 @@ class Demo:
 
   # -- bookkeeping ---------------------------------------------------------------------------
 
-  def _check_config(self):
-    """The workdir belongs to one budget / seed: refuse to mix stages of different settings."""
-    path = os.path.join(self.workdir, "demo_config.json")
+  def identity(self) -> dict:
+    """What the workdir's stages depend on: the settings (the seed aside: each seed has its own
+    folder) and whether the numerics were pinned."""
+    from streampro_jax import numerics  # pylint: disable=g-import-not-at-top
     mine = json.loads(self.cfg.to_json_best_effort())
+    mine.pop("seed", None)
+    mine["pinned_numerics"] = numerics.is_pinned()
+    return mine
+
+  def _check_config(self):
+    """The workdir belongs to one set of settings: refuse to mix stages of different ones,
+    naming every key that differs."""
+    path = os.path.join(self.workdir, "demo_config.json")
+    mine = self.identity()
     if os.path.exists(path):
       theirs = _read_json(path)
       if theirs != mine:
+        a, b = _flat(theirs), _flat(mine)
+        diff = [f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}"
+                for k in sorted(set(a) | set(b)) if a.get(k, "(absent)") != b.get(k, "(absent)")]
         raise app.UsageError(
-            f"{self.workdir} holds a demo run with other settings (budget "
-            f"{theirs.get('budget')!r}, seed {theirs.get('seed')}; now budget "
-            f"{mine.get('budget')!r}, seed {mine.get('seed')}); use another --workdir")
+            f"{self.workdir} holds a demo run with other settings ({'; '.join(diff)}); use "
+            f"another --workdir")
     else:
       _write_json(path, mine)
+
+  def seed_cfg(self, seed: int):
+    c = self.cfg.copy_and_resolve_references()
+    c.seed = int(seed)
+    return c
 
   def stage_dir(self, name: str) -> str:
     return os.path.join(self.workdir, name)
@@ -192,22 +243,24 @@ class Demo:
     from streampro_jax.data import pipeline  # pylint: disable=g-import-not-at-top
     return pipeline.tfds_source(self.data_dir, split)
 
-  # -- stages --------------------------------------------------------------------------------
+  # -- shared stages -------------------------------------------------------------------------
 
   def stage_data(self):
     from streampro_jax.data import synthetic  # pylint: disable=g-import-not-at-top
     from streampro_jax.data.tfds_builders import jsonl_videos, synth_stream  # pylint: disable=g-import-not-at-top
     d = self.cfg.data
+    splits = {"train": int(d.num_train), "validation": int(d.num_validation),
+              "test": int(d.num_test)}
     bcfg = synth_stream.SynthStreamConfig(
-        name="demo", num_videos={"train": int(d.num_train), "test": int(d.num_test)},
-        seed=int(d.synth_seed), synth=dict(d.synth), frames_per_turn=2)
+        name="demo", num_videos=splits, seed=int(d.synth_seed), synth=dict(d.synth),
+        frames_per_turn=2)
     builder = synth_stream.SynthStream(config=bcfg, data_dir=self.stage_dir("data"),
                                        file_format="array_record")
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     tfds.disable_progress_bar()
     reports = jsonl_videos.build(builder)
     stats = {}
-    for split in ("train", "test"):
+    for split in splits:
       src = self.source(split)
       records = [src[i][0] for i in range(len(src))]
       ratio = synthetic.silence_response_stats(records)
@@ -233,19 +286,26 @@ class Demo:
     state = sft.train(cfg, workdir)
     _, mcfg = self.tokenizer_and_model_config()
     models.backbone_module(mcfg).save_hf_checkpoint(mcfg, state.params, self.base_hf_dir)
-    print(f"   base model written to {self.base_hf_dir}", flush=True)
-    return {"last_metrics": _last_metrics(workdir), "hf_dir": self.base_hf_dir}
+    sha = params_sha256(state.params)
+    print(f"   base model written to {self.base_hf_dir} (parameters sha256 {sha[:16]}...)",
+          flush=True)
+    return {"last_metrics": _last_metrics(workdir), "hf_dir": self.base_hf_dir,
+            "params_sha256": sha}
 
-  def stage_sft(self, variant: str, kind: str | None = None, overrides: dict | None = None):
-    """SFT from the base model into stage `variant`. kind: the loss (default: the demo
-    variant's, LOSS_OF_VARIANT); overrides: {"dotted.key": value} applied to the trainer config
-    (benchmarks/demo_ablations.py)."""
+  # -- per-seed stages -----------------------------------------------------------------------
+
+  def stage_sft(self, seed: int, variant: str, kind: str | None = None,
+                overrides: dict | None = None):
+    """SFT from the base model into stage seed_<seed>/<variant>. kind: the loss (default: the
+    demo variant's, LOSS_OF_VARIANT); overrides: {"dotted.key": value} applied to the trainer
+    config (benchmarks/demo_ablations.py)."""
     from configs import demo as demo_configs  # pylint: disable=g-import-not-at-top
     from streampro_jax.train import sft  # pylint: disable=g-import-not-at-top
     kind = kind or demo_configs.LOSS_OF_VARIANT[variant]
-    cfg = demo_configs.sft_config(self.cfg, kind, self.data_dir, base_hf_dir=self.base_hf_dir)
+    cfg = demo_configs.sft_config(self.seed_cfg(seed), kind, self.data_dir,
+                                  base_hf_dir=self.base_hf_dir)
     apply_overrides(cfg, overrides)
-    workdir = self.stage_dir(variant)
+    workdir = self.stage_dir(seed_stage(seed, variant))
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
       f.write(cfg.to_json_best_effort(indent=2))
     print(f"   loss {kind}: {cfg.total_steps} steps x batch {cfg.global_batch_size}, lr "
@@ -280,32 +340,37 @@ class Demo:
     c_user = probe.user_chunk_len_for(fake)
     return c_user, probe.capacity_for_prompts(fake, c_user)
 
-  def stage_grpo(self, name: str = "grpo", overrides: dict | None = None,
+  def stage_grpo(self, seed: int, name: str = "grpo", overrides: dict | None = None,
                  sft_variant: str = "sft_cb_stream"):
-    """GRPO from the `sft_variant` checkpoint into stage `name`; overrides as stage_sft's."""
+    """GRPO from seed_<seed>/<sft_variant> into seed_<seed>/<name>; overrides as stage_sft's."""
     from configs import demo as demo_configs  # pylint: disable=g-import-not-at-top
     from streampro_jax.train import grpo_trainer  # pylint: disable=g-import-not-at-top
-    cfg = demo_configs.grpo_config(self.cfg, self.stage_dir(sft_variant), self.data_dir)
+    cfg = demo_configs.grpo_config(self.seed_cfg(seed),
+                                   self.stage_dir(seed_stage(seed, sft_variant)), self.data_dir)
     apply_overrides(cfg, overrides)
     if not cfg.rollout.user_chunk_len or not cfg.rollout.capacity:
       c_user, cap = self.grpo_rollout_sizes(cfg)
       cfg.rollout.user_chunk_len = cfg.rollout.user_chunk_len or c_user
       cfg.rollout.capacity = cfg.rollout.capacity or cap
-    workdir = self.stage_dir(name)
+    workdir = self.stage_dir(seed_stage(seed, name))
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
       f.write(cfg.to_json_best_effort(indent=2))
     print(f"   from {cfg.init.sft_workdir}: {cfg.total_steps} steps x {cfg.global_batch_size} "
           f"samples x G {cfg.grpo.group_size}, lr {cfg.optim.lr}, T {cfg.grpo.temperature}, "
-          f"KL {cfg.grpo.beta}, rewards {tuple(cfg.reward.weights)}", flush=True)
+          f"KL {cfg.grpo.beta}, tau {cfg.reward.tau}, rewards {tuple(cfg.reward.weights)}",
+          flush=True)
     grpo_trainer.GRPOTrainer(cfg, workdir, source=self.source("train")).train()
     return {"last_metrics": _last_metrics(workdir)}
 
-  def stage_eval(self, variant: str):
+  def stage_eval(self, seed: int, run: str, split: str):
+    """Streaming evaluation of seed_<seed>/<run> on a split into seed_<seed>/eval_<split>_<run>."""
     from streampro_jax import judges  # pylint: disable=g-import-not-at-top
     from streampro_jax.bench import harness  # pylint: disable=g-import-not-at-top
+    if split not in SPLITS:
+      raise ValueError(f"split {split!r}: expected one of {SPLITS}")
     tokenizer, mcfg = self.tokenizer_and_model_config()
-    params = restore_params(os.path.join(self.stage_dir(variant), "checkpoints"))
-    src = self.source("test")
+    params = restore_params(os.path.join(self.stage_dir(seed_stage(seed, run)), "checkpoints"))
+    src = self.source(split)
     records = [pipeline_record(src, i) for i in range(len(src))]
     e = self.cfg.eval
     hcfg = harness.HarnessConfig(
@@ -315,69 +380,114 @@ class Demo:
         constrain_decision=bool(e.constrain_decision), progress=self.progress,
         system_prompt=str(self.cfg.system_prompt))
     out = harness.evaluate(params, mcfg, tokenizer, records, judges.MatchJudge(),
-                           self.stage_dir(f"eval_{variant}"), hcfg, name=variant)
+                           self.stage_dir(seed_stage(seed, eval_stage(split, run))), hcfg,
+                           name=run)
     sc = out["scores"]["scores"]
     st = out["stats"]
-    print(f"   {variant}: W-Avg {100 * sc['W-Avg']:.1f}; {st['response']} responses, "
-          f"{st['silence']} silences, {st['invalid']} invalid over {st['turns']} turns",
-          flush=True)
+    print(f"   seed {seed}, {run}, {split} split: W-Avg {100 * sc['W-Avg']:.1f}; "
+          f"{st['response']} responses, {st['silence']} silences, {st['invalid']} invalid over "
+          f"{st['turns']} turns", flush=True)
     return {"scores": sc, "decisions": {k: v for k, v in st.items() if k != "judge"}}
 
-  def stage_report(self):
-    from streampro_jax.bench import report  # pylint: disable=g-import-not-at-top
+  def run_seed(self, seed: int):
+    """The SFT variants, GRPO and the evaluations of one seed (finished stages skipped)."""
     from configs import demo as demo_configs  # pylint: disable=g-import-not-at-top
-    full, variants = {}, {}
+    for v in ("sft_ce", "sft_focal", "sft_cb_stream"):
+      self.run_stage(seed_stage(seed, v),
+                     f"seed {seed}: SFT with the {demo_configs.LOSS_OF_VARIANT[v]} loss",
+                     lambda v=v: self.stage_sft(seed, v))
+    self.run_stage(seed_stage(seed, "grpo"), f"seed {seed}: GRPO from the CB-Stream SFT model",
+                   lambda: self.stage_grpo(seed))
+    for split in SPLITS:
+      for v in demo_configs.VARIANTS:
+        self.run_stage(seed_stage(seed, eval_stage(split, v)),
+                       f"seed {seed}: streaming evaluation of {v} on the {split} split",
+                       lambda v=v, split=split: self.stage_eval(seed, v, split))
+
+  # -- report --------------------------------------------------------------------------------
+
+  def seed_scores(self, seed: int, split: str) -> dict:
+    """{variant: {W-Avg, Avg, PU, TR, PA, per_task, decisions}} of one seed and split."""
+    from configs import demo as demo_configs  # pylint: disable=g-import-not-at-top
+    out = {}
     for v in demo_configs.VARIANTS:
-      d = self.stage_dir(f"eval_{v}")
-      scored = _read_json(os.path.join(d, "scores.json"))
-      rep = _read_json(os.path.join(d, "results.json"))["variants"][v]
-      full[v] = rep
+      scored = _read_json(os.path.join(self.stage_dir(seed_stage(seed, eval_stage(split, v))),
+                                       "scores.json"))
       sc = scored["scores"]
-      variants[v] = {
-          "W-Avg": sc["W-Avg"], "Avg": sc["Avg"], "PU": sc["PU"], "TR": sc["TR"], "PA": sc["PA"],
-          "per_task": {t: pt["f1"] for t, pt in scored["per_task"].items()},
-          "per_task_detail": scored["per_task"], "decisions": scored["decisions"]}
+      out[v] = {"W-Avg": sc["W-Avg"], "Avg": sc["Avg"], "PU": sc["PU"], "TR": sc["TR"],
+                "PA": sc["PA"],
+                "per_task": {t: pt["f1"] for t, pt in scored["per_task"].items()},
+                "decisions": {k: v for k, v in scored["decisions"].items() if k != "judge"}}
+    return out
+
+  def stage_report(self, seeds) -> dict:
+    """Per-seed scores of both splits, their summary and findings, and the first seed's test
+    figures (report/)."""
+    from streampro_jax.bench import report  # pylint: disable=g-import-not-at-top
+    from streampro_jax.bench import seeds as seeds_lib  # pylint: disable=g-import-not-at-top
+    from configs import demo as demo_configs  # pylint: disable=g-import-not-at-top
+    per_seed = {str(s): {split: self.seed_scores(s, split) for split in SPLITS} for s in seeds}
+    summary = {split: seeds_lib.summarize({s: r[split] for s, r in per_seed.items()},
+                                          demo_configs.VARIANTS) for split in SPLITS}
+    findings = {split: seeds_lib.findings(summary[split]) for split in SPLITS}
+    first = seeds[0]
+    full = {v: _read_json(os.path.join(self.stage_dir(seed_stage(first, eval_stage("test", v))),
+                                       "results.json"))["variants"][v]
+            for v in demo_configs.VARIANTS}
     paths = report.write_report(full, os.path.join(self.workdir, "report"))
-    return {"variants": variants, "report": paths}
+    return {"per_seed": per_seed, "summary": summary, "findings": findings, "report": paths}
 
   # -- all -----------------------------------------------------------------------------------
 
-  def run(self) -> dict:
-    from configs import demo as demo_configs  # pylint: disable=g-import-not-at-top
+  def run(self, seeds) -> dict:
+    from streampro_jax import numerics  # pylint: disable=g-import-not-at-top
+    seeds = [int(s) for s in seeds]
+    load0 = os.getloadavg()
     t0w, t0c = time.perf_counter(), time.process_time()
     d = self.cfg.data
-    self.run_stage("data", f"SynthStream {d.num_train} train + {d.num_test} test videos "
-                   f"({d.synth.min_duration}-{d.synth.max_duration} s, silence ratio "
-                   f"{d.synth.silence_ratio}, {d.synth.resolution} px)", self.stage_data)
-    self.run_stage("base", f"base model: narration of the {d.num_train} training videos",
-                   self.stage_base)
-    for v in ("sft_ce", "sft_focal", "sft_cb_stream"):
-      self.run_stage(v, f"SFT with the {demo_configs.LOSS_OF_VARIANT[v]} loss",
-                     lambda v=v: self.stage_sft(v))
-    self.run_stage("grpo", "GRPO from the CB-Stream SFT model", self.stage_grpo)
-    for v in demo_configs.VARIANTS:
-      self.run_stage(f"eval_{v}", f"streaming evaluation of {v} on the test split",
-                     lambda v=v: self.stage_eval(v))
+    self.run_stage("data", f"SynthStream {d.num_train} train + {d.num_validation} validation + "
+                   f"{d.num_test} test videos ({d.synth.min_duration}-{d.synth.max_duration} s, "
+                   f"silence ratio {d.synth.silence_ratio}, {d.synth.resolution} px)",
+                   self.stage_data)
+    base = self.run_stage("base", f"base model: narration of the {d.num_train} training videos",
+                          self.stage_base)
+    for seed in seeds:
+      self.run_seed(seed)
     # The report is cheap: always rebuilt from the evaluations.
     banner("report")
-    rep = self.stage_report()
+    rep = self.stage_report(seeds)
     total = {"wall_s": round(time.perf_counter() - t0w, 2),
              "cpu_s": round(time.process_time() - t0c, 2)}
     self.timings["total_this_run"] = total
-    results = {"budget": self.cfg.budget, "seed": int(self.cfg.seed),
-               "variants": rep["variants"], "timings": self.timings,
+    results = {"budget": self.cfg.budget, "seeds": seeds,
+               "numerics": dict(numerics.fingerprint(),
+                                base_params_sha256=base.get("params_sha256", "")),
+               "per_seed": rep["per_seed"], "summary": rep["summary"],
+               "findings": rep["findings"], "timings": self.timings,
+               "load": {"before": [round(x, 2) for x in load0],
+                        "after": [round(x, 2) for x in os.getloadavg()]},
                "figures": {k: v for k, v in rep["report"].items() if k not in ("json",)}}
     _write_json(os.path.join(self.workdir, "results.json"), results)
-    table = print_table(rep["variants"], rep["report"]["table"])
+    table = results_text(results)
+    print(table, flush=True)
     with open(os.path.join(self.workdir, "table.md"), "w", encoding="utf-8") as f:
       f.write(table)
     print("\nStage timings (wall / CPU seconds; skipped = reused from an earlier run):")
     for name, t in self.timings.items():
-      print(f"  {name:<22} {t.get('wall_s', 0):8.1f} {t.get('cpu_s', 0):8.1f}"
+      print(f"  {name:<36} {t.get('wall_s', 0):8.1f} {t.get('cpu_s', 0):8.1f}"
             f"{'  (skipped)' if t.get('skipped') else ''}")
     print(f"\nresults: {os.path.join(self.workdir, 'results.json')}\nfigures: "
           + ", ".join(v for k, v in rep["report"].items() if k.endswith(("f1", "offsets", "pr"))))
     return results
+
+
+def seed_stage(seed: int, name: str) -> str:
+  """The stage (folder) name of a per-seed stage."""
+  return f"seed_{int(seed)}/{name}"
+
+
+def eval_stage(split: str, run: str) -> str:
+  return f"eval_{split}_{run}"
 
 
 def apply_overrides(cfg, overrides: dict | None):
@@ -419,20 +529,10 @@ def _last_metrics(workdir: str) -> dict:
   return rows[max(rows)] if rows else {}
 
 
-def print_table(variants: dict, table_path: str) -> str:
-  """Prints (and returns) the StreamPro-F1 table and the decision statistics."""
-  with open(table_path, encoding="utf-8") as f:
-    table = f.read()
-  lines = ["", "StreamPro-F1 on the SynthStream test split (x100):", "", table.rstrip(), "",
-           "| Variant | responses / turn | responses | invalid | turns |",
-           "|---|---:|---:|---:|---:|"]
-  for v, r in variants.items():
-    d = r["decisions"]
-    lines.append(f"| {v} | {d['response_rate']:.3f} | {d['response']} | {d['invalid']} | "
-                 f"{d['turns']} |")
-  text = "\n".join(lines) + "\n"
-  print(text, flush=True)
-  return text
+def results_text(results: dict) -> str:
+  """The result tables printed at the end and kept in table.md (bench.seeds.demo_text)."""
+  from streampro_jax.bench import seeds as seeds_lib  # pylint: disable=g-import-not-at-top
+  return "\n" + seeds_lib.demo_text(results)
 
 
 def main(argv):
@@ -440,15 +540,25 @@ def main(argv):
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
   os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
   quiet_library_logs()
+  try:
+    seeds = [int(s) for s in FLAGS.seeds]
+  except ValueError as e:
+    raise app.UsageError(f"--seeds={','.join(FLAGS.seeds)}: expected integers ({e})") from e
+  if not seeds or len(set(seeds)) != len(seeds):
+    raise app.UsageError(f"--seeds={','.join(FLAGS.seeds)}: expected distinct integers")
+  from streampro_jax import numerics  # pylint: disable=g-import-not-at-top
+  if FLAGS.pin_numerics:
+    numerics.pin_cpu_numerics()     # before JAX starts its backend
   import jax  # pylint: disable=g-import-not-at-top
   from configs import demo as demo_configs  # pylint: disable=g-import-not-at-top
   workdir = FLAGS.workdir
   set_compilation_cache(workdir, FLAGS.compilation_cache)
   cfg = demo_configs.get_config(FLAGS.budget)
-  cfg.seed = FLAGS.seed
-  banner(f"StreamPro demo: budget {cfg.budget}, seed {cfg.seed}, workdir {workdir} "
-         f"({jax.device_count()} {jax.devices()[0].platform} device(s))")
-  Demo(cfg, workdir, progress=FLAGS.progress_bar).run()
+  fp = numerics.fingerprint()
+  banner(f"StreamPro demo: budget {cfg.budget}, seeds {seeds}, workdir {workdir} "
+         f"({jax.device_count()} {jax.devices()[0].platform} device(s); {fp['cpu']}, "
+         f"{fp['cores']} cores; numerics {'pinned' if fp['pinned'] else 'NOT pinned'})")
+  Demo(cfg, workdir, progress=FLAGS.progress_bar).run(seeds)
 
 
 if __name__ == "__main__":

@@ -83,3 +83,16 @@ def test_summary_pairs_seeds_and_lists_missing_runs():
   text = abl.table(s)
   assert "| grpo_tau3 | tau 3.0 | 16.0 +- 4.2 | +1.0 +- 2.8 (vs grpo_paper) | 1/2 | 0,1 |" in text
   assert "| sft_text1 | text_weight 1.0 | not run |" in text
+
+
+def test_a_run_reusing_a_demo_stage_has_exactly_that_stages_config():
+  """grpo_tau3 is the demo's own grpo stage (reused, not retrained): its overrides must give the
+  demo's GRPO config, key for key; sft_cb_stream is the demo's SFT stage of that name."""
+  cfg = demo_configs.get_config("default")
+  run = abl.RUN_BY_NAME["grpo_tau3"]
+  assert run.stage_dir == "grpo"
+  c = demo_configs.grpo_config(cfg, "/sft", "/data")
+  abl.demo_lib.apply_overrides(c, run.override_dict())
+  assert c.to_json() == demo_configs.grpo_config(cfg, "/sft", "/data").to_json()
+  assert abl.RUN_BY_NAME["sft_cb_stream"].stage_dir == "sft_cb_stream"
+  assert [r.name for r in abl.RUNS if r.stage_name] == ["grpo_tau3"]

@@ -7,4 +7,5 @@ light and matplotlib is only loaded by `report`):
   ovo             OVO-Bench scoring (official OVOBenchOfflineScore rules)
   pauc            ProactiveVideoQA PAUC
   report          JSON, markdown table and PNG figures of StreamPro-Bench results
+  seeds           paired gaps over seeds and the findings they support (the demo's claims)
 """
