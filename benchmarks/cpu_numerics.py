@@ -6,7 +6,8 @@ Runs the same short SFT (configs/tiny_synthetic.py, --steps steps, one CPU devic
 process under each host setting below, and compares the trained parameters bit for bit (SHA-256
 of every leaf's bytes) and the per-step losses. The settings stand in for the hosts a run may
 land on: one core instead of two (``taskset -c 0``), an AVX2-only CPU's code (``--xla_cpu_max_isa
-=AVX2`` on an AVX-512 host), YNNPACK's dots off, and the other core busy. A setting that changes
+=AVX2`` on an AVX-512 host), XLA's CPU-specific math off, YNNPACK's dots off, and the other
+core busy. A setting that changes
 the hash changes every later number of a training run.
 
 Each run of this script appends one JSON line (commit, date, machine, load before and after,
@@ -36,6 +37,7 @@ SETTINGS = {
     "default, 1 core": ("", None, ["taskset", "-c", "0"], False),
     "default, AVX2 code": ("--xla_cpu_max_isa=AVX2", None, [], False),
     "default, YNNPACK off": ("--xla_cpu_experimental_ynn_fusion_type=", None, [], False),
+    "default, portable math": ("--xla_cpu_enable_platform_dependent_math=false", None, [], False),
     "default, 2 threads on 1 core": ("", "2", ["taskset", "-c", "0"], False),
     "pinned": (_PIN, str(numerics.THREADS), [], False),
     "pinned, 1 core": (_PIN, str(numerics.THREADS), ["taskset", "-c", "0"], False),

@@ -10,12 +10,14 @@ XLA:CPU's bits:
    summation order, is split by thread count. The environment variable ``NPROC`` sets the pool
    size instead (XLA reads it when the CPU client starts);
 2. the instruction set XLA generates code for, the best the host has (AVX-512 on some hosts,
-   AVX2 on others): ``--xla_cpu_max_isa=AVX2`` caps it;
+   AVX2 on others), and the CPU-specific math it may use ("faster code at the expense of
+   consistent results across CPUs", XLA's own help): ``--xla_cpu_max_isa=AVX2`` and
+   ``--xla_cpu_enable_platform_dependent_math=false`` cap both;
 3. YNNPACK's dot kernels (on by default), chosen by the CPU's features at run time:
    ``--xla_cpu_experimental_ynn_fusion_type=`` turns them off, so dots take Eigen's kernels,
    which are compiled into jaxlib once for all hosts.
 
-``pin_cpu_numerics()`` sets the three before JAX starts its backend; the demo calls it. Left
+``pin_cpu_numerics()`` sets them before JAX starts its backend; the demo calls it. Left
 open (known limit): Eigen blocks its matrix products by the L1 data cache it reads from the CPU
 (32 KiB on every AMD EPYC and most x86 server CPUs); a host with another L1 size may still round
 differently. ``fingerprint()`` records what a run's numbers depend on, so that two result files
@@ -30,9 +32,10 @@ import sys
 
 # The pinned values: two intra-op threads (every machine of the CI kind has 2 cores; a host with
 # more or fewer still splits the work the same way), code for AVX2 (every x86-64 host this
-# project runs on has it), and YNNPACK's dots off.
+# project runs on has it) with portable math, and YNNPACK's dots off.
 THREADS = 2
-XLA_FLAGS = ("--xla_cpu_max_isa=AVX2", "--xla_cpu_experimental_ynn_fusion_type=")
+XLA_FLAGS = ("--xla_cpu_max_isa=AVX2", "--xla_cpu_enable_platform_dependent_math=false",
+             "--xla_cpu_experimental_ynn_fusion_type=")
 
 
 def pinned_env(env: dict[str, str] | None = None) -> dict[str, str]:

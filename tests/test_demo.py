@@ -181,7 +181,8 @@ def test_readme_first_command_prints_readme_table(tmp_path):
   The demo pins XLA:CPU's rounding (streampro_jax.numerics), so on a host of the CI kind its
   base model has the raw file's parameter hash and every number is the raw file's. On a host whose
   base model differs (a CPU family the pin does not cover), the digits cannot match; the test
-  then checks the findings and says so.
+  then checks the findings that hold over the three seeds (a gap positive on every seed and at
+  least twice its spread must be positive here too) and says so.
   """
   args = [a for a in _readme_demo_args() if not a.startswith("--workdir")]
   workdir = str(tmp_path / "demo")
@@ -199,7 +200,13 @@ def test_readme_first_command_prints_readme_table(tmp_path):
     import warnings  # pylint: disable=g-import-not-at-top
     warnings.warn(f"this host ({res['numerics']['cpu']}) trains another base model than the raw "
                   f"file's host ({raw['numerics']['cpu']}): digits not compared, findings only")
-    assert res["findings"] == raw["findings"]
+    many = demo_results.read(demo_results.SEEDS)
+    for split in ("validation", "test"):
+      for gap, holds in many["findings"][split].items():
+        a, b = gap.split(" - ")
+        scores = res["per_seed"]["0"][split]
+        if holds:
+          assert scores[a]["W-Avg"] > scores[b]["W-Avg"], (split, gap)
     return
   assert demo_results.compare_run(res, raw) == []
   with open(os.path.join(workdir, "table.md"), encoding="utf-8") as f:
