@@ -1,8 +1,8 @@
 r"""Does a demo model see and read? Teacher-forced probabilities of the answer words that carry
 content, on the demo's test split.
 
-  .venv/bin/python benchmarks/demo_probe.py --workdir=workdir/demo [--variants=sft_ce,...] \
-      [--narration] [--rows=64]
+  .venv/bin/python benchmarks/demo_probe.py --workdir=workdir/demo [--seed=0] \
+      [--variants=base,sft_ce,...] [--narration] [--rows=64]
 
 For each trained variant of a finished demo workdir (launch/demo.py), the test trajectories are
 fed whole (teacher forcing, the same rows the SFT pipeline builds) and
@@ -31,6 +31,7 @@ from absl import flags
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A demo workdir (launch/demo.py --workdir).")
+_SEED = flags.DEFINE_integer("seed", 0, "Whose SFT / GRPO models (seed_<n>/); base is shared.")
 _VARIANTS = flags.DEFINE_list("variants", ["sft_ce", "sft_focal", "sft_cb_stream", "grpo"],
                               "Variants to probe (those without a checkpoint are skipped).")
 _NARRATION = flags.DEFINE_boolean("narration", False,
@@ -55,8 +56,10 @@ def main(argv):
   with open(os.path.join(workdir, "demo_config.json"), encoding="utf-8") as f:
     stored = json.load(f)
   cfg = demo_configs.get_config(stored["budget"])
-  cfg.seed = int(stored["seed"])
-  if json.loads(cfg.to_json_best_effort()) != stored:
+  cfg.seed = int(_SEED.value)
+  mine = json.loads(cfg.to_json_best_effort())
+  mine.pop("seed")
+  if mine != {k: v for k, v in stored.items() if k != "pinned_numerics"}:
     raise app.UsageError(f"{workdir} was run with settings other than configs/demo.py's "
                          f"{stored['budget']!r} budget now holds; probe it with that version")
   c = demo_configs.sft_config(cfg, "ce", demo_configs.data_dir(workdir))
@@ -82,7 +85,7 @@ def main(argv):
 
   results = {}
   for v in _VARIANTS.value:
-    ckpt = os.path.join(workdir, v, "checkpoints")
+    ckpt = os.path.join(workdir, v if v == "base" else f"seed_{_SEED.value}/{v}", "checkpoints")
     if not os.path.isdir(ckpt):
       print(f"[skip] {v}: no checkpoint in {ckpt}")
       continue
