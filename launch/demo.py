@@ -22,7 +22,7 @@ an interrupted one from its last checkpoint / results line):
                   validation split (where settings are chosen) and the test split (the headline),
                   scored with StreamPro-F1 (exact-match judge, span IoU for TG)
   report          results.json, table.md and the report figures (report/*.png: the first seed's
-                  test split)
+                  test split; seeds.png: every seed's four models on both splits)
 
 The workdir belongs to one budget: a later run with more --seeds reuses the data, the base model
 and every finished seed. Before JAX starts, the demo pins XLA:CPU's rounding
@@ -435,6 +435,8 @@ class Demo:
                                        "results.json"))["variants"][v]
             for v in demo_configs.VARIANTS}
     paths = report.write_report(full, os.path.join(self.workdir, "report"))
+    paths["seeds"] = report.plot_seeds({"seeds": seeds, "per_seed": per_seed},
+                                       os.path.join(self.workdir, "report", "seeds.png"))
     return {"per_seed": per_seed, "summary": summary, "findings": findings, "report": paths}
 
   # -- all -----------------------------------------------------------------------------------
@@ -477,7 +479,8 @@ class Demo:
       print(f"  {name:<36} {t.get('wall_s', 0):8.1f} {t.get('cpu_s', 0):8.1f}"
             f"{'  (skipped)' if t.get('skipped') else ''}")
     print(f"\nresults: {os.path.join(self.workdir, 'results.json')}\nfigures: "
-          + ", ".join(v for k, v in rep["report"].items() if k.endswith(("f1", "offsets", "pr"))))
+          + ", ".join(v for k, v in rep["report"].items()
+                      if k.endswith(("f1", "offsets", "pr", "seeds"))))
     return results
 
 

@@ -96,7 +96,7 @@ def test_smoke_end_to_end_and_resume(tmp_path):
       want = sum(r["per_task"][t] * counts[t] for t in TASKS) / sum(counts.values())
       assert r["W-Avg"] == pytest.approx(want, abs=1e-12)   # 7 terms of float64: exact to ~1e-15
       assert r["decisions"]["turns"] > 0
-  for name in ("f1", "offsets", "pr"):
+  for name in ("f1", "offsets", "pr", "seeds"):
     path = res["figures"][name]
     assert os.path.getsize(path) > 1000 and open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
   for stage in STAGES:

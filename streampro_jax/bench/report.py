@@ -256,3 +256,35 @@ def write_report(results: Mapping[str, Any], out_dir: str) -> dict[str, str]:
   _plot_offsets(variants, paths["offsets"], plt)
   _plot_pr(variants, paths["pr"], plt)
   return paths
+
+
+def plot_seeds(results: Mapping[str, Any], path: str) -> str:
+  """W-Avg of every variant per seed, one line per seed across the variants (the paired view:
+  a line that rises from left to right is the paper's order on that seed), validation and test
+  split side by side. results: the demo's results.json ({"seeds", "per_seed": {seed: {split:
+  {variant: {"W-Avg", ...}}}}}). Returns path."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  seeds = [str(s) for s in results["seeds"]]
+  splits = ("validation", "test")
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+  top = 0.0
+  for ax, split in zip(axes, splits):
+    variants = list(results["per_seed"][seeds[0]][split])
+    xs = range(len(variants))
+    for s in seeds:
+      ys = [100.0 * float(results["per_seed"][s][split][v]["W-Avg"]) for v in variants]
+      top = max(top, *ys)
+      ax.plot(xs, ys, marker="o", label=f"seed {s}")
+    ax.set_xticks(list(xs), variants, rotation=15)
+    ax.set_title(f"{split} split")
+    ax.grid(axis="y", alpha=0.3)
+  axes[0].set_ylabel("W-Avg (StreamPro-F1 x100)")
+  axes[0].set_ylim(0, max(top * 1.15, 1.0))
+  axes[-1].legend(loc="upper left", fontsize=8)
+  fig.suptitle("The demo per seed: the same seed's four models joined")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
