@@ -2,7 +2,7 @@
 
 The same program, run on two x86-64 machines with the same library versions, gives different
 float32 results: a training run then lands elsewhere after a few hundred steps. Measured with
-``benchmarks/cpu_numerics.py`` (docs/decisions.md#cpu-numerics), three host properties change
+``benchmarks/cpu_numerics.py`` (docs/decisions.md#cpu-numerics), four host properties change
 XLA:CPU's bits:
 
 1. the size of its intra-op thread pool, which XLA takes from the cores the process may use
