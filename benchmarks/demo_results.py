@@ -51,7 +51,9 @@ def run_line(res: dict) -> str:
           f"cores, numerics {'pinned' if num['pinned'] else 'not pinned'}); load average "
           f"{res['load']['before'][0]:.2f} before, {res['load']['after'][0]:.2f} after")
   if skipped:
-    line += f"; reused from the first run: {', '.join(skipped)}"
+    groups = sorted({k.split("/")[0] for k in skipped}, key=lambda g: (g.startswith("seed_"), g))
+    line += (f"; the stages of {', '.join(groups)} reused from the first run (their own times in "
+             f"its raw file)")
   return line
 
 

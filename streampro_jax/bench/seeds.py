@@ -150,7 +150,7 @@ def seed_tables(results: Mapping, seed: str | int | None = None) -> str:
   seed = str(results["seeds"][0] if seed is None else seed)
   out = []
   for split, what in (("test", "the headline: each model scored once"),
-                      ("validation", "where the demo's settings were chosen")):
+                      ("validation", "the split settings are compared on")):
     rows = results["per_seed"][seed][split]
     table = report.markdown_table(
         {v: {"scores": dict(r["per_task"], **{k: r[k] for k in ("PU", "TR", "PA", "Avg",
