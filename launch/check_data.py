@@ -22,6 +22,9 @@ import sys
 from absl import app
 from absl import flags
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _cli  # launch/_cli.py: one-line usage errors (exit 2)
 
 from streampro_jax.data import chat_format
 from streampro_jax.data import schema
@@ -194,6 +197,9 @@ def check_file(path: str, *, checker: VideoChecker | None, video_root: str | Non
       rep.response_turns += r
       rep.silence_turns += s
       rep.warnings += [Problem(path, lineno, "questions", w) for w in warns]
+  if rep.lines == 0:   # what every reader of the file (import_data, the pipeline) refuses
+    rep.problems.append(Problem(path, 0, "<file>", "holds no records (empty or blank lines "
+                                "only)"))
   return rep
 
 
@@ -244,6 +250,9 @@ def main(argv):
   inputs = _INPUT.value or []
   if not inputs:
     raise app.UsageError("--input is required")
+  missing = [p for p in inputs if not os.path.isfile(p)]
+  if missing:
+    raise app.UsageError(f"--input={missing[0]}: no such file")
   if (_FIXED_OUTPUT.value or _REJECTS_OUTPUT.value) and len(inputs) > 1:
     raise app.UsageError("--fixed_output/--rejects_output take one --input")
   checker = VideoChecker() if _CHECK_VIDEOS.value else None
@@ -287,4 +296,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _cli.run(main)

@@ -36,6 +36,9 @@ from absl import app
 from absl import flags
 from absl import logging
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _cli  # launch/_cli.py: one-line usage errors (exit 2)
 
 BENCHMARKS = ("synthstream", "streampro", "streamingbench", "ovo", "proactivevideoqa")
 
@@ -352,4 +355,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _cli.run(main)

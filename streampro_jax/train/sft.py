@@ -199,24 +199,27 @@ STEP_BATCH_KEYS = ("input_ids", "labels", "loss_mask", "attention_mask", "positi
                    "pixel_values_videos")
 
 
-def train(config, workdir: str):
+def train(config, workdir: str, *, allow_config_change: bool = False):
   """Runs (or resumes) SFT as configured; returns the final TrainState.
 
   Resumes from the newest complete checkpoint in ``<workdir>/checkpoints`` when there is one
   (params, optimizer state, step and data iterator position), so a killed run continues exactly.
   Raises config_check.ConfigError for a key no code reads, or when ``<workdir>/config.json``
-  holds another config (a different run); writes it otherwise.
+  holds another config (a different run; unless `allow_config_change`); writes config.json once
+  the tokenizer, model config and data are built (a run that stops before leaves none).
   """
   config_check.check_config(config, "sft")
-  # The workdir holds one run: another config stops here (launch/_common.py already compared and
-  # wrote it under --allow_config_change; then this finds the same config).
-  config_check.check_workdir_config(workdir, config, write=jax.process_index() == 0)
+  # The workdir holds one run: another config stops here, before anything is written.
+  config_check.check_workdir_config(workdir, config, allow_change=allow_config_change,
+                                    write=False)
   os.makedirs(workdir, exist_ok=True)
   mesh, rules = setup_lib.make_mesh(config), setup_lib.mesh_rules(config)
   tokenizer = make_tokenizer(config, workdir)
   model_config = make_model_config(config.model, tokenizer)
   decision_ids = tok_lib.decision_token_ids(tokenizer)
   data_iter, pipe = make_data(config, tokenizer, model_config)
+  config_check.check_workdir_config(workdir, config, allow_change=allow_config_change,
+                                    write=jax.process_index() == 0)
   total_steps = total_steps_of(config, pipe.num_trajectories)
   gb, micro = int(config.global_batch_size), int(config.num_microbatches)
   dp = step_lib.data_shards(mesh)
