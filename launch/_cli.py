@@ -43,8 +43,9 @@ def _config_overrides(argv: list[str]) -> tuple[str | None, list[str]]:
 
 
 def _override_problem(argv: list[str]) -> str | None:
-  """One line naming the first --config.<path> override whose parent section the config file
-  lacks (ml_collections raises a bare KeyError for it); None when each parent exists."""
+  """One line naming the first --config.<path> override that the config file lacks (a section
+  on the way, or the key itself; ml_collections raises a bare KeyError / AttributeError for
+  it); None when each exists."""
   path, overrides = _config_overrides(argv)
   if not path or not overrides or "config" not in flags.FLAGS:
     return None
@@ -55,11 +56,12 @@ def _override_problem(argv: list[str]) -> str | None:
     return None
   for override in overrides:
     node, parts = config, override.split(".")
-    for depth, part in enumerate(parts[:-1]):
+    for depth, part in enumerate(parts):
       keys = list(node.keys()) if hasattr(node, "keys") else []
       if part not in keys:
         where = "config" + "".join(f".{p}" for p in parts[:depth])
-        return (f"--config.{override}: {where} has no section {part!r} (its keys: "
+        what = "key" if depth == len(parts) - 1 else "section"
+        return (f"--config.{override}: {where} has no {what} {part!r} (its keys: "
                 f"{', '.join(sorted(map(str, keys)))})")
       node = node[part]
   return None

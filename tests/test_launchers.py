@@ -20,9 +20,9 @@ from test_importers import STREAMO_RAW  # noqa: E402  (verbatim Streamo example 
 TINY_CONFIG = os.path.join(ROOT, "configs", "tiny_synthetic.py")
 
 
-def _run(script, *args, timeout=300):
+def _run(script, *args, timeout=300, **env_overrides):
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1",
-             TRANSFORMERS_OFFLINE="1")
+             TRANSFORMERS_OFFLINE="1", **env_overrides)
   return subprocess.run([sys.executable, os.path.join(ROOT, "launch", script), *args],
                         capture_output=True, text=True, env=env, timeout=timeout, check=False)
 
@@ -206,13 +206,15 @@ def test_evaluate_and_stream_read_a_training_workdir(tmp_path, name):
   config_check.check_workdir_config(workdir, cfg)   # config.json, as launch/_common.py writes it
   r = _run("evaluate.py", "--benchmark=synthstream", f"--checkpoint={workdir}",
            f"--workdir={tmp_path / 'eval'}", "--max_videos=1", "--batch_size=1",
-           "--synth_num_videos=1", "--max_text_tokens=2", "--max_turns=3", "--noprogress_bar")
+           "--synth_num_videos=1", "--max_text_tokens=2", "--max_turns=3", "--noprogress_bar",
+           timeout=600, XLA_FLAGS="")   # one device: the launcher as a user runs it
   assert r.returncode == 0, r.stdout + r.stderr[-4000:]
   assert os.path.isfile(tmp_path / "eval" / "scores.json")
   clip = str(tmp_path / "clip.mp4")
   video.encode_video(clip, np.zeros((8, 16, 16, 3), np.uint8), fps=4)
   r = _run("stream.py", f"--checkpoint={workdir}", f"--video={clip}", "--question=What?@1",
-           f"--transcript={tmp_path / 't.jsonl'}", "--max_text_tokens=2")
+           f"--transcript={tmp_path / 't.jsonl'}", "--max_text_tokens=2", timeout=600,
+           XLA_FLAGS="")
   assert r.returncode == 0, r.stdout + r.stderr[-4000:]
   assert "2 turns over 2 s" in r.stdout
 

@@ -512,11 +512,11 @@ class GRPOTrainer:
                                       write=jax.process_index() == 0)
     self.ckpt = ckpt_lib.Checkpointer.from_config(os.path.join(workdir, "checkpoints"),
                                                   config.checkpoint)
-    latest = self.ckpt.latest_step()
+    restored, latest = self.ckpt.restore_newest(state_lib.abstract_state(self.tx, self.boxed),
+                                                self.shardings, self.prompts)
     if latest is not None:
       del init_params
-      self.state = self.ckpt.restore(latest, state_lib.abstract_state(self.tx, self.boxed),
-                                     self.shardings, self.prompts)
+      self.state = restored
       logging.info("resumed from GRPO checkpoint %d (prompt position %d)%s", latest,
                    self.prompts.position, ckpt_lib.skipped_note(self.ckpt))
     else:
@@ -608,9 +608,10 @@ class GRPOTrainer:
       m = self.train_step(step)
       return self.state, m
 
-    writer = metrics_lib.create_writer(self.workdir, total_steps=self.total_steps,
-                                       enabled=jax.process_index() == 0,
-                                       tensorboard=bool(cfg.tensorboard))
+    writer = metrics_lib.create_writer(
+        self.workdir, total_steps=self.total_steps, enabled=jax.process_index() == 0,
+        tensorboard=bool(cfg.tensorboard),
+        start_step=int(jax.device_get(self.state.step)) // self.step_cfg.num_passes)
     self.state, _ = loop.train_loop(
         self.state, step_fn,
         start_step=int(jax.device_get(self.state.step)) // self.step_cfg.num_passes,

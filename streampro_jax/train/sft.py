@@ -242,9 +242,8 @@ def train(config, workdir: str, *, allow_config_change: bool = False):
 
   ckpt = ckpt_lib.Checkpointer.from_config(os.path.join(workdir, "checkpoints"),
                                            config.checkpoint)
-  latest = ckpt.latest_step()
+  state, latest = ckpt.restore_newest(state_lib.abstract_state(tx, boxed), shardings, data_iter)
   if latest is not None:
-    state = ckpt.restore(latest, state_lib.abstract_state(tx, boxed), shardings, data_iter)
     logging.info("resumed from step %d%s", latest, ckpt_lib.skipped_note(ckpt))
   elif config.model.get("hf_checkpoint"):
     state = load_hf_state(config, model_config, tokenizer, tx, shardings, mesh)
@@ -269,7 +268,8 @@ def train(config, workdir: str, *, allow_config_change: bool = False):
 
   writer = metrics_lib.create_writer(workdir, total_steps=total_steps,
                                      enabled=jax.process_index() == 0,
-                                     tensorboard=bool(config.tensorboard))
+                                     tensorboard=bool(config.tensorboard),
+                                     start_step=int(jax.device_get(state.step)))
   state, _ = loop.train_loop(
       state, step_fn, start_step=int(jax.device_get(state.step)), total_steps=total_steps,
       checkpointer=ckpt, data_iterator=data_iter, writer=writer,
