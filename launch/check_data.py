@@ -197,9 +197,6 @@ def check_file(path: str, *, checker: VideoChecker | None, video_root: str | Non
       rep.response_turns += r
       rep.silence_turns += s
       rep.warnings += [Problem(path, lineno, "questions", w) for w in warns]
-  if rep.lines == 0:   # what every reader of the file (import_data, the pipeline) refuses
-    rep.problems.append(Problem(path, 0, "<file>", "holds no records (empty or blank lines "
-                                "only)"))
   return rep
 
 
@@ -290,7 +287,9 @@ def main(argv):
     if _FIX.value:
       print(f"wrote {rep.good} good records to {fixed} and {len(rep.problems)} rejects to "
             f"{rejects}")
-    any_bad |= bool(rep.problems)
+    if rep.lines == 0:   # what every reader of the file (import_data, the pipeline) refuses
+      print(f"ERROR {path}:0: <file>: holds no records (empty, or blank lines only)")
+    any_bad |= bool(rep.problems) or rep.lines == 0
   print("RESULT: " + ("problems found" if any_bad else "no problems"), flush=True)
   sys.exit(1 if any_bad else 0)
 
