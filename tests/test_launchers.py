@@ -144,6 +144,13 @@ def test_convert_workdir_to_hf(tmp_path, tiny_synthetic_config):
   r = _run("convert_checkpoint.py", f"--workdir={workdir}", f"--config={TINY_CONFIG}",
            f"--output={out}")
   assert r.returncode == 0, r.stdout + r.stderr[-4000:]
+  # Every file of the export is readable as open() makes files (safetensors left 0600).
+  umask = os.umask(0)
+  os.umask(umask)
+  assert {n: oct(os.stat(os.path.join(out, n)).st_mode & 0o777) for n in os.listdir(out)
+          if os.path.isfile(os.path.join(out, n))} == {
+              n: oct(0o666 & ~umask) for n in os.listdir(out)
+              if os.path.isfile(os.path.join(out, n))}
   record = json.load(open(os.path.join(out, "streampro_conversion.json")))
   assert record["step"] == 2 and record["model_type"] == "qwen2_5_vl"
   # The training frame size travels with the export (launch/evaluate.py streams at it; issue 16
@@ -270,6 +277,13 @@ def test_convert_hf_input_adds_decision_tokens(tmp_path):
   out = str(tmp_path / "hf_out")
   r = _run("convert_checkpoint.py", f"--hf_input={src}", f"--output={out}")
   assert r.returncode == 0, r.stdout + r.stderr[-4000:]
+  # Every file of the export is readable as open() makes files (safetensors left 0600).
+  umask = os.umask(0)
+  os.umask(umask)
+  assert {n: oct(os.stat(os.path.join(out, n)).st_mode & 0o777) for n in os.listdir(out)
+          if os.path.isfile(os.path.join(out, n))} == {
+              n: oct(0o666 & ~umask) for n in os.listdir(out)
+              if os.path.isfile(os.path.join(out, n))}
   record = json.load(open(os.path.join(out, "streampro_conversion.json")))
   assert record["added_tokens"] == ["</Silence>", "</Response>"]
   assert record["vocab_size_before"] == v_old and record["vocab_size"] == 64  # 23 -> pad to 64
