@@ -58,6 +58,9 @@ def get_config(hf_checkpoint: str = "/checkpoints/Qwen2.5-VL-3B-Instruct"):
   c.reward = ml_collections.ConfigDict(dict(
       weights=(0.1, 0.45, 0.45), tau=8.0, matching="gt_first", max_answers=32,
       max_checks=16,
+      # launch/write_rubrics.py's output (--config.reward.rubrics_file=...); "" = the records'
+      # own rubrics. missing_rubric: "error" stops at a sample without one, "zero" scores it 0.
+      rubrics_file="", missing_rubric="error",
       # [choice] an OpenAI-compatible judge server (e.g. vLLM serving an open judge model);
       # for a hosted endpoint: --config.reward.judge.api_key_env=OPENAI_API_KEY (the key is read
       # from that environment variable, never from the config).

@@ -29,7 +29,9 @@ Every field of a GRPO config:
   reward: weights (fmt, turn, traj), tau (seconds), matching (R_turn's order: "gt_first", the
     paper's Algorithm 1, or "prediction_first"), judge ("synthetic" | "match" | a
     judges.build_judge config such as dict(kind="openai", base_url=..., model=...)),
-    max_answers, max_checks (padded sizes).
+    max_answers, max_checks (padded sizes), rubrics_file (a launch/write_rubrics.py output whose
+    rubrics replace the records' own; "" = none), missing_rubric ("error" | "zero": a sample
+    without a rubric stops the run, or gets R_traj = 0).
   rollout: rollout.SamplerConfig fields other than temperature / top_p (max_text_tokens: text
     tokens after </Response>; window_turns, constrain_decision, user_chunk_len, capacity,
     chunk_multiple, capacity_multiple, ...).
@@ -69,7 +71,7 @@ def get_config():
       num_microbatches=1, logps_chunk_size=0, ref_param_dtype=""))
   c.reward = ml_collections.ConfigDict(dict(
       weights=(0.1, 0.45, 0.45), tau=8.0, matching="gt_first", judge="synthetic",
-      max_answers=16, max_checks=16))
+      max_answers=16, max_checks=16, rubrics_file="", missing_rubric="error"))
   c.rollout = ml_collections.ConfigDict(dict(
       window_turns=200, constrain_decision=True, user_chunk_len=96, capacity=2048,
       max_text_tokens=8))

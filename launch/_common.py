@@ -4,16 +4,17 @@ Importing this module defines the launchers' flags (--config, --workdir, --coord
 --num_processes, --process_id, --distributed).
 """
 
-import os
-import sys
-
-from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+import _cli  # launch/_cli.py: one-line usage errors
+
+# accept_new_attributes: a key given on the command line that the config file does not hold
+# (--config.optim.lr_typo=1, the renamed --config.grpo.beta_kl) reaches train/config_check, which
+# names it in one line (ml_collections would stop with a traceback instead).
 CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
-                                         lock_config=True)
+                                         lock_config=False, accept_new_attributes=True)
 WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go.")
 COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
@@ -29,13 +30,26 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def start(trainer: str):
-  """Initialises the distributed runtime, logs the devices and the config, checks the config
-  (every key read by ``trainer``: "sft" | "grpo"; the workdir's config.json, if any, the same
-  unless --allow_config_change) and (process 0) writes ``<workdir>/config.json``. Returns
-  (config, workdir); exits with status 2 and the differences on a config error."""
+  """Initialises the distributed runtime, logs the devices and the config, and checks before
+  anything is built or written: every key read by ``trainer`` ("sft" | "grpo"), every file and
+  folder the config names (config_check.check_inputs), and the workdir's config.json, if any
+  (the same unless --allow_config_change). Returns (config, workdir); a problem is one line
+  ``error: ...`` and exit status 2. The trainer writes ``<workdir>/config.json`` once its data
+  and model are built (pass it ALLOW_CONFIG_CHANGE.value)."""
   import jax  # pylint: disable=g-import-not-at-top
   from streampro_jax import parallel  # pylint: disable=g-import-not-at-top
 
+  config = CONFIG.value
+  config.lock()   # parsed unlocked (accept_new_attributes); read-only from here
+  workdir = WORKDIR.value
+  from streampro_jax.train import config_check  # pylint: disable=g-import-not-at-top
+  try:
+    config_check.check_config(config, trainer)
+    config_check.check_inputs(config, trainer)
+    config_check.check_workdir_config(workdir, config, allow_change=ALLOW_CONFIG_CHANGE.value,
+                                      write=False)
+  except config_check.ConfigError as err:
+    _cli.fail(str(err))
   parallel.initialize_distributed(
       parallel.DistributedConfig(coordinator_address=COORDINATOR.value,
                                  num_processes=NUM_PROCESSES.value,
@@ -43,27 +57,13 @@ def start(trainer: str):
       force=DISTRIBUTED.value)
   from streampro_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   ckpt_lib.quiet_orbax_info()
-  config = CONFIG.value
   logging.info("process %d/%d, %d local / %d global devices (%s)", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].platform)
   logging.info("config:\n%s", config)
-  workdir = WORKDIR.value
-  from streampro_jax.train import config_check  # pylint: disable=g-import-not-at-top
-  try:
-    config_check.check_config(config, trainer)
-    config_check.check_workdir_config(workdir, config, allow_change=ALLOW_CONFIG_CHANGE.value,
-                                      write=jax.process_index() == 0)
-  except config_check.ConfigError as err:
-    logging.error("%s", err)
-    print(f"error: {err}", file=sys.stderr)
-    sys.exit(2)
   return config, workdir
 
 
 def run(main):
-  """``app.run(main)`` with the hub kept offline (HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE default
-  to 1)."""
-  os.environ.setdefault("HF_HUB_OFFLINE", "1")
-  os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-  app.run(main)
+  """``_cli.run(main)``: app.run with one-line usage errors (exit 2) and the hub kept offline."""
+  _cli.run(main)

@@ -22,6 +22,9 @@ import sys
 from absl import app
 from absl import flags
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _cli  # launch/_cli.py: one-line usage errors (exit 2)
 
 from streampro_jax.data import chat_format
 from streampro_jax.data import schema
@@ -244,6 +247,9 @@ def main(argv):
   inputs = _INPUT.value or []
   if not inputs:
     raise app.UsageError("--input is required")
+  missing = [p for p in inputs if not os.path.isfile(p)]
+  if missing:
+    raise app.UsageError(f"--input={missing[0]}: no such file")
   if (_FIXED_OUTPUT.value or _REJECTS_OUTPUT.value) and len(inputs) > 1:
     raise app.UsageError("--fixed_output/--rejects_output take one --input")
   checker = VideoChecker() if _CHECK_VIDEOS.value else None
@@ -281,10 +287,12 @@ def main(argv):
     if _FIX.value:
       print(f"wrote {rep.good} good records to {fixed} and {len(rep.problems)} rejects to "
             f"{rejects}")
-    any_bad |= bool(rep.problems)
+    if rep.lines == 0:   # what every reader of the file (import_data, the pipeline) refuses
+      print(f"ERROR {path}:0: <file>: holds no records (empty, or blank lines only)")
+    any_bad |= bool(rep.problems) or rep.lines == 0
   print("RESULT: " + ("problems found" if any_bad else "no problems"), flush=True)
   sys.exit(1 if any_bad else 0)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _cli.run(main)

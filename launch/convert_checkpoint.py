@@ -41,6 +41,9 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _cli  # launch/_cli.py: one-line usage errors (exit 2)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file of the run "
                                           "(workdir mode).", lock_config=False)
@@ -268,6 +271,12 @@ def main(argv) -> int:
     raise app.UsageError("give exactly one of --workdir (with --config) and --hf_input")
   if not _OUTPUT.value:
     raise app.UsageError("--output is required")
+  if _WORKDIR.value and not os.path.isdir(os.path.join(_WORKDIR.value, "checkpoints")):
+    raise app.UsageError(f"--workdir={_WORKDIR.value} is not a training workdir (no "
+                         "checkpoints/ there)")
+  if _HF_INPUT.value and not os.path.isfile(os.path.join(_HF_INPUT.value, "config.json")):
+    raise app.UsageError(f"--hf_input={_HF_INPUT.value} is not a Hugging Face checkpoint folder "
+                         "(no config.json there)")
   try:
     if _WORKDIR.value:
       if _CONFIG.value is None:
@@ -288,4 +297,4 @@ def main(argv) -> int:
 if __name__ == "__main__":
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
   os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-  app.run(main)
+  _cli.run(main)

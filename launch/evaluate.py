@@ -36,6 +36,9 @@ from absl import app
 from absl import flags
 from absl import logging
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _cli  # launch/_cli.py: one-line usage errors (exit 2)
 
 BENCHMARKS = ("synthstream", "streampro", "streamingbench", "ovo", "proactivevideoqa")
 
@@ -202,12 +205,24 @@ def load_model(checkpoint: str, *, config_path: str | None, tokenizer_dir: str |
 
 
 def restore_train_params(ckpt_dir: str):
-  """Params of the newest orbax checkpoint in ``<workdir>/checkpoints`` (host arrays)."""
+  """Params of the newest orbax checkpoint in ``<workdir>/checkpoints``, on this process's
+  first device, whatever mesh and device count saved them (the shapes come from the
+  checkpoint's metadata; the optimizer state is not read)."""
+  import jax  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   step = ckpt_lib.newest_complete_step(ckpt_dir)
-  path = os.path.join(os.path.abspath(ckpt_dir), str(step), "state")
-  state = ocp.StandardCheckpointer().restore(path)
+  path = os.path.join(os.path.abspath(ckpt_dir), str(step), ckpt_lib.STATE)
+  ckptr = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
+  meta = ckptr.metadata(path)
+  meta = getattr(meta, "item_metadata", meta)
+  meta = getattr(meta, "tree", meta)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = {"params": jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta["params"])}
+  state = ckptr.restore(path, args=ocp.args.PyTreeRestore(
+      item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+      partial_restore=True))
   logging.info("restored params of step %d from %s", step, path)
   return state["params"]
 
@@ -352,4 +367,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _cli.run(main)

@@ -33,6 +33,9 @@ from absl import app
 from absl import flags
 from absl import logging
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _cli  # launch/_cli.py: one-line usage errors (exit 2)
 
 from streampro_jax.data import importers
 from streampro_jax.data import schema
@@ -106,9 +109,8 @@ def main(argv) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   src, dst = _INPUT.value, _OUTPUT.value
-  if not os.path.isfile(src):
-    print(f"error: input {src} does not exist", file=sys.stderr)
-    return 1
+  if not src or not os.path.isfile(src):
+    raise app.UsageError(f"--input={src}: no such file")
   try:
     opts = make_options()
     stats = importers.import_to_jsonl(_FORMAT.value, src, dst, opts=opts,
@@ -143,4 +145,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _cli.run(main)

@@ -10,10 +10,12 @@ message. The server streams the video at one second per turn (--realtime, defaul
 timeline keeps pace with the playing video; seconds the model falls behind on are dropped and
 marked.
 
-API: GET / (the page); GET /healthz {"ready", "viewers", "max_viewers"}; GET /api/videos (the
---video_dir files); POST /api/sessions (body: the video bytes, or ?video=<name in --video_dir>)
--> {"id"} or 503; POST /api/sessions/{id}/questions {"text"}; GET /api/sessions/{id}/events
-(text/event-stream of the transcript's turn lines, then {"kind": "done", ...});
+API: GET / (the page); GET /healthz {"ready", "error", "viewers", "max_viewers"}; GET
+/api/videos (the --video_dir files); POST /api/sessions (body: the video bytes, or ?video=<name
+in --video_dir>) -> {"id"}, or 503 while the model is not ready (still compiling, or "error" says
+why it failed) or the server is full; POST /api/sessions/{id}/questions {"text"}; GET
+/api/sessions/{id}/events (text/event-stream of the transcript's turn lines, then {"kind":
+"done", ...});
 DELETE /api/sessions/{id}.
 """
 
@@ -36,6 +38,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Streamin
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import _cli  # launch/_cli.py: one-line usage errors (exit 2)
 import stream
 
 _PORT = flags.DEFINE_integer("port", 8000, "Port on 127.0.0.1.")
@@ -129,12 +132,17 @@ def make_app(model, *, max_viewers: int = 4, realtime: bool = True, video_dir: s
   api = FastAPI(title="streampro_jax live")
   viewers: dict[str, Viewer] = {}
   lock = threading.Lock()
-  state = {"ready": False}
+  state = {"ready": False, "error": None}
   page = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "live_page.html"),
               encoding="utf-8").read()
 
   def warm():
-    t = model.warm_up()
+    try:
+      t = model.warm_up()
+    except Exception as err:  # pylint: disable=broad-except
+      state["error"] = f"{type(err).__name__}: {err}"
+      logging.exception("the model failed to compile; every new stream is refused (503)")
+      return
     state["ready"] = True
     logging.info("model compiled in %.1f s; serving", t)
 
@@ -161,7 +169,8 @@ def make_app(model, *, max_viewers: int = 4, realtime: bool = True, video_dir: s
 
   @api.get("/healthz")
   def healthz():
-    return {"ready": state["ready"], "viewers": len(viewers), "max_viewers": max_viewers}
+    return {"ready": state["ready"], "error": state["error"], "viewers": len(viewers),
+            "max_viewers": max_viewers}
 
   @api.get("/api/videos")
   def videos():
@@ -178,6 +187,11 @@ def make_app(model, *, max_viewers: int = 4, realtime: bool = True, video_dir: s
 
   @api.post("/api/sessions", status_code=201)
   async def create(request: Request, video: str | None = None):
+    if not state["ready"]:
+      why = (f"the model failed to load ({state['error']}); restart the server with a working "
+             "--checkpoint" if state["error"] else
+             "the model is still compiling; try again in a moment")
+      return JSONResponse(status_code=503, content={"detail": why})
     reap()
     with lock:
       busy = sum(1 for v in viewers.values() if not v.done)
@@ -268,4 +282,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.FLAGS.set_default("realtime", True)
-  app.run(main)
+  _cli.run(main)

@@ -10,9 +10,12 @@ r"""Watch a checkpoint decide, live: stream a video one second per turn and prin
 folder, a training workdir or "random" = the tiny config with random weights); its benchmark
 flags are unused here. --video: a file, a folder of frames (--folder_fps), a camera
 (/dev/video0) or a stream PyAV opens (rtsp://, http://). --question (repeatable): "TEXT" (asked
-at 0 s) or "TEXT@SECONDS". --realtime paces files at one second per turn and drops seconds
-the model has fallen behind on (saying so); without it the stream runs as fast as it can
-(live sources are always paced by the source). Ctrl-C ends cleanly; the transcript is kept.
+at 0 s) or "TEXT@SECONDS" (a number >= 0, before the end of a video file; a question that holds
+an "@" of its own ends with "@SECONDS"). --realtime paces files at one second per turn and
+drops seconds the model has fallen behind on (saying so); without it the stream runs as fast as
+it can (live sources are always paced by the source). Ctrl-C ends cleanly; the transcript is
+kept (none is written when no turn ran). The video and the questions are checked before the
+model loads.
 
 Prints one line per second that has something to say (questions, </Response> answers, a
 silence count every --silence_every seconds), then per-turn latency (median, p95) and the
@@ -33,6 +36,7 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import _cli  # launch/_cli.py: one-line usage errors (exit 2)
 import evaluate
 
 _VIDEO = flags.DEFINE_string("video", None, "Video file, folder of frames, camera device or URL.")
@@ -48,17 +52,55 @@ _FORCE = flags.DEFINE_boolean("force_response_at_ask", False, "Force </Response>
                               "benchmarks).")
 _MAX_SECONDS = flags.DEFINE_integer("max_seconds", None, "Stop after this many seconds.")
 
-_AT_RE = re.compile(r"^(?P<text>.*\S)\s*@\s*(?P<sec>\d+(?:\.\d*)?)$", re.DOTALL)
+_SECONDS_RE = re.compile(r"^\d+(?:\.\d*)?$")
 
 
 def parse_question(spec: str) -> tuple[float, str]:
-  """'TEXT@SECONDS' -> (seconds, text); 'TEXT' -> (0, text)."""
-  m = _AT_RE.match(spec.strip())
-  if m:
-    return float(m.group("sec")), m.group("text").strip()
-  if not spec.strip():
-    raise app.UsageError("--question must not be empty")
-  return 0.0, spec.strip()
+  """'TEXT@SECONDS' -> (seconds, text); 'TEXT' -> (0, text). A UsageError naming the flag for
+  an empty question, text that is not UTF-8, or anything after the last "@" that is not a number
+  of seconds >= 0 ('x@-3', 'x@abc')."""
+  try:
+    spec.encode("utf-8")
+  except UnicodeEncodeError:
+    raise app.UsageError(f"--question={spec.encode('utf-8', 'replace').decode()!r} is not UTF-8 "
+                         "text") from None
+  text, at, sec = spec.strip().rpartition("@")
+  if not at:
+    text, sec = sec, None
+  text = text.strip()
+  if not text:
+    raise app.UsageError(f"--question={spec!r}: the question text is empty")
+  if sec is None:
+    return 0.0, text
+  if not _SECONDS_RE.match(sec.strip()):
+    raise app.UsageError(f"--question={spec!r}: {sec.strip()!r} after the last '@' is not a "
+                         "time in seconds >= 0 (write 'TEXT@SECONDS', e.g. 'What now?@3')")
+  return float(sec), text
+
+
+def check_video(source: str, questions: list[tuple[float, str]]) -> float | None:
+  """Checks --video before any model is loaded: a file PyAV opens (its duration returned, and
+  every question asked before it ends) or a folder of frames; a camera or URL is not opened
+  here (None). A UsageError naming the flag otherwise."""
+  from streampro_jax import live  # pylint: disable=g-import-not-at-top
+  from streampro_jax.data import video  # pylint: disable=g-import-not-at-top
+  if live.is_live_source(source):
+    return None
+  if os.path.isdir(source):
+    if not any(os.path.isfile(os.path.join(source, n)) for n in os.listdir(source)):
+      raise app.UsageError(f"--video={source}: the folder holds no frames")
+    return None
+  if not os.path.isfile(source):
+    raise app.UsageError(f"--video={source}: no such file or folder")
+  try:
+    duration = video.probe(source).duration
+  except video.VideoError as err:
+    raise app.UsageError(f"--video={source} cannot be read as a video: {err}") from None
+  for t, q in questions:
+    if t >= duration:
+      raise app.UsageError(f"--question={q}@{t:g} is asked after the video ends ({duration:.1f} "
+                           "s); ask it earlier")
+  return duration
 
 
 def load_live_model():
@@ -82,6 +124,15 @@ def load_live_model():
   return live.LiveModel(params, model_config, tokenizer, cfg)
 
 
+def _discard(writer) -> None:
+  """Closes and removes a transcript that holds no turn."""
+  writer.close()
+  try:
+    os.remove(writer.path)
+  except OSError:
+    pass
+
+
 def main(argv):
   del argv
   # Ctrl-C ends the stream cleanly (KeyboardInterrupt), even when the parent started us with
@@ -95,17 +146,23 @@ def main(argv):
   from streampro_jax.data import chat_format  # pylint: disable=g-import-not-at-top
 
   questions = sorted((parse_question(q) for q in _QUESTION.value), key=lambda x: x[0])
+  check_video(_VIDEO.value, questions)   # before the model loads and compiles
   model = load_live_model()
   size = (model.config.frame_height, model.config.frame_width)
   source = _VIDEO.value
   paced_by_source = live.is_live_source(source)
   stream_id = os.path.splitext(os.path.basename(os.path.normpath(source)))[0] or "live"
-  writer = live.TranscriptWriter(_TRANSCRIPT.value, stream_id)
   session = model.new_session(stream_id)
   pace = "real time" if _REALTIME.value or paced_by_source else "as fast as possible"
   print(f"streaming {source} ({pace}); transcript {_TRANSCRIPT.value}", flush=True)
   print("compiling ...", flush=True)
-  model.warm_up()
+  try:
+    model.warm_up()
+  except KeyboardInterrupt:
+    print("\ninterrupted before the first turn: no transcript written", flush=True)
+    sys.exit(130)
+  # Opened once the model runs; removed again if no turn reaches it (no empty transcript).
+  writer = live.TranscriptWriter(_TRANSCRIPT.value, stream_id)
   latencies, dropped_all, pending_drop = [], [], []
   silent, last_k, interrupted = 0, -1, False
   start = time.monotonic()
@@ -142,6 +199,15 @@ def main(argv):
   except KeyboardInterrupt:
     interrupted = True
     print("\ninterrupted: closing the transcript", flush=True)
+  except BaseException:
+    if last_k < 0:
+      _discard(writer)
+    raise
+  if last_k < 0:
+    _discard(writer)
+    print(("interrupted" if interrupted else f"{source} gave no second of video") +
+          " before the first turn: no transcript written", flush=True)
+    sys.exit(130 if interrupted else 1)
   wall = time.monotonic() - start
   summary = live.latency_summary(latencies, stream_seconds=float(last_k + 1))
   summary.update(seconds=last_k + 1, dropped=len(dropped_all), wall_s=round(wall, 3),
@@ -155,4 +221,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _cli.run(main)

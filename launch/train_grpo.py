@@ -34,7 +34,8 @@ def main(argv):
   from streampro_jax.train import grpo_trainer  # pylint: disable=g-import-not-at-top
 
   config, workdir = _common.start("grpo")
-  grpo_trainer.train(config, workdir)
+  grpo_trainer.train(config, workdir,
+                     allow_config_change=_common.ALLOW_CONFIG_CHANGE.value)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ def main(argv):
   from streampro_jax.train import sft  # pylint: disable=g-import-not-at-top
 
   config, workdir = _common.start("sft")
-  sft.train(config, workdir)
+  sft.train(config, workdir, allow_config_change=_common.ALLOW_CONFIG_CHANGE.value)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,9 @@ from typing import Any
 from absl import app
 from absl import flags
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _cli  # launch/_cli.py: one-line usage errors (exit 2)
 
 from streampro_jax import judges as judges_lib
 from streampro_jax import prompts
@@ -141,6 +144,8 @@ def main(argv):
   for name, flag in (("input", _INPUT), ("output", _OUTPUT), ("judge", _JUDGE)):
     if not flag.value:
       raise app.UsageError(f"--{name} is required")
+  if not os.path.isfile(_INPUT.value):
+    raise app.UsageError(f"--input={_INPUT.value}: no such file")
   logging.basicConfig(level=logging.INFO, format="%(message)s")
   try:
     judge_cfg = json.loads(_JUDGE.value)
@@ -190,4 +195,4 @@ def _define_flags() -> None:
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  _cli.run(main)

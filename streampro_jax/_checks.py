@@ -2,7 +2,8 @@
 
 Every check raises ArgumentError, a ValueError (and an AssertionError, as chex raises) whose
 message starts with "<function>: <argument>: ". Checks look only at static shapes and dtypes, so
-they cost nothing under jax.jit.
+they cost nothing under jax.jit; `in_range` looks at values, and only when they are concrete
+(never inside a traced function).
 """
 
 from __future__ import annotations
@@ -51,3 +52,18 @@ def floating_or_bool(fn: str, name: str, x) -> None:
   if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)
           or dtype == np.bool_ or str(dtype) == "bfloat16"):
     raise ArgumentError(f"{fn}: {name} has dtype {dtype}; expected a float, int or bool mask")
+
+
+def in_range(fn: str, name: str, x, lo: float, hi: float, where=None) -> None:
+  """Every value of `x` (where the bool array `where` is True) lies in [lo, hi]; skipped when `x`
+  or `where` is traced (under jit / vmap the values are not known)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if isinstance(x, jax.core.Tracer) or isinstance(where, jax.core.Tracer):
+    return
+  v = np.asarray(x, np.float64)
+  if where is not None:
+    v = v[np.broadcast_to(np.asarray(where, bool), v.shape)]
+  bad = v[~((v >= lo) & (v <= hi))]
+  if bad.size:
+    raise ArgumentError(f"{fn}: {name} holds {bad.size} value(s) outside [{lo:g}, {hi:g}] "
+                        f"(e.g. {bad.flat[0]:g}); it is a score in [{lo:g}, {hi:g}]")

@@ -128,7 +128,9 @@ def turn_f1_reward(pred_times: Array, pred_mask: Array, gt_times: Array, gt_mask
     pred_mask: bool[P], True for real predictions.
     gt_times: f32[G] ground-truth response times.
     gt_mask: bool[G], True for real ground truths.
-    acc: f32[P, G] answer accuracy S_acc in [0, 1] of prediction p against ground truth g.
+    acc: f32[P, G] answer accuracy S_acc in [0, 1] of prediction p against ground truth g
+      (a concrete acc with a real pair outside [0, 1] is an ArgumentError; under jit it is not
+      checked).
     tau: time scale in seconds (8 in RL); may be a traced scalar. A Python tau must be > 0; a
       traced tau of 0 is the limit tau -> 0 (S_time = 1 at dt = 0, the window is the point t_g;
       never NaN), a traced negative tau matches nothing.
@@ -148,6 +150,10 @@ def turn_f1_reward(pred_times: Array, pred_mask: Array, gt_times: Array, gt_mask
   _checks.shape(fn, "pred_mask", pred_mask, (num_p,), "(the shape of pred_times)")
   _checks.shape(fn, "gt_mask", gt_mask, (num_g,), "(the shape of gt_times)")
   _checks.shape(fn, "acc", acc, (num_p, num_g), "= (P, G)")
+  _checks.in_range(fn, "acc", acc, 0.0, 1.0,
+                   where=None if isinstance(pred_mask, jax.core.Tracer)
+                   or isinstance(gt_mask, jax.core.Tracer)
+                   else np.asarray(pred_mask, bool)[:, None] & np.asarray(gt_mask, bool)[None])
   _checks.rank(fn, "tau", tau, 0)
   _checks.rank(fn, "proactive", proactive, 0)
   pred_times = jnp.asarray(pred_times, jnp.float32)

@@ -116,3 +116,12 @@ def test_without_video_checks_and_refuses_to_overwrite_input(data_dir):
   assert res.returncode == 0 and "RESULT: no problems" in res.stdout
   res = _run(f"--input={path}", "--fix", f"--fixed_output={path}")
   assert res.returncode != 0 and "refusing to touch the input" in (res.stdout + res.stderr)
+
+
+def test_an_empty_file_is_a_problem(data_dir):
+  """Issue 28: an empty file (import_data refuses it) said "no problems" with exit 0."""
+  path = data_dir / "empty.jsonl"
+  path.write_text("\n\n")
+  res = _run(f"--input={path}", "--nocheck_videos")
+  assert res.returncode == 1 and "holds no records" in res.stdout
+  assert "RESULT: problems found" in res.stdout

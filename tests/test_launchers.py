@@ -20,8 +20,9 @@ from test_importers import STREAMO_RAW  # noqa: E402  (verbatim Streamo example 
 TINY_CONFIG = os.path.join(ROOT, "configs", "tiny_synthetic.py")
 
 
-def _run(script, *args, timeout=300):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+def _run(script, *args, timeout=300, **env_overrides):
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1",
+             TRANSFORMERS_OFFLINE="1", **env_overrides)
   return subprocess.run([sys.executable, os.path.join(ROOT, "launch", script), *args],
                         capture_output=True, text=True, env=env, timeout=timeout, check=False)
 
@@ -92,7 +93,7 @@ def test_import_data_streamo_raw(tmp_path):
   # A missing input file or an unknown format is a failure too.
   r = _run("import_data.py", "--format=simple", f"--input={tmp_path / 'nope.csv'}",
            f"--output={tmp_path / 'x.jsonl'}")
-  assert r.returncode == 1
+  assert r.returncode == 2 and "nope.csv: no such file" in r.stderr
   r = _run("import_data.py", "--format=bogus", f"--input={src}", f"--output={out}")
   assert r.returncode != 0
 
@@ -143,6 +144,13 @@ def test_convert_workdir_to_hf(tmp_path, tiny_synthetic_config):
   r = _run("convert_checkpoint.py", f"--workdir={workdir}", f"--config={TINY_CONFIG}",
            f"--output={out}")
   assert r.returncode == 0, r.stdout + r.stderr[-4000:]
+  # Every file of the export is readable as open() makes files (safetensors left 0600).
+  umask = os.umask(0)
+  os.umask(umask)
+  assert {n: oct(os.stat(os.path.join(out, n)).st_mode & 0o777) for n in os.listdir(out)
+          if os.path.isfile(os.path.join(out, n))} == {
+              n: oct(0o666 & ~umask) for n in os.listdir(out)
+              if os.path.isfile(os.path.join(out, n))}
   record = json.load(open(os.path.join(out, "streampro_conversion.json")))
   assert record["step"] == 2 and record["model_type"] == "qwen2_5_vl"
   # The training frame size travels with the export (launch/evaluate.py streams at it; issue 16
@@ -188,6 +196,34 @@ def test_convert_workdir_to_hf(tmp_path, tiny_synthetic_config):
   _, loaded1 = models.load_hf_checkpoint(out, dtype=jnp.bfloat16)
   _assert_bit_equal(jax.device_get(loaded1),
                     jax.tree.map(lambda x: np.asarray(x.astype(jnp.bfloat16)), params1))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["tiny_synthetic", "tiny_synthetic_qwen3"])
+def test_evaluate_and_stream_read_a_training_workdir(tmp_path, name):
+  """A training workdir (its config.json stores tuples as JSON lists) is read by evaluate.py and
+  stream.py with its own config (issue 28: both ended in "unhashable type: 'list'")."""
+  import importlib  # pylint: disable=g-import-not-at-top
+
+  from streampro_jax.data import video  # pylint: disable=g-import-not-at-top
+  from streampro_jax.train import config_check  # pylint: disable=g-import-not-at-top
+  cfg = importlib.import_module(f"configs.{name}").get_config()
+  workdir = str(tmp_path / "sft")
+  _write_sft_workdir(workdir, cfg)
+  config_check.check_workdir_config(workdir, cfg)   # config.json, as launch/_common.py writes it
+  r = _run("evaluate.py", "--benchmark=synthstream", f"--checkpoint={workdir}",
+           f"--workdir={tmp_path / 'eval'}", "--max_videos=1", "--batch_size=1",
+           "--synth_num_videos=1", "--max_text_tokens=2", "--max_turns=3", "--noprogress_bar",
+           timeout=600, XLA_FLAGS="")   # one device: the launcher as a user runs it
+  assert r.returncode == 0, r.stdout + r.stderr[-4000:]
+  assert os.path.isfile(tmp_path / "eval" / "scores.json")
+  clip = str(tmp_path / "clip.mp4")
+  video.encode_video(clip, np.zeros((8, 16, 16, 3), np.uint8), fps=4)
+  r = _run("stream.py", f"--checkpoint={workdir}", f"--video={clip}", "--question=What?@1",
+           f"--transcript={tmp_path / 't.jsonl'}", "--max_text_tokens=2", timeout=600,
+           XLA_FLAGS="")
+  assert r.returncode == 0, r.stdout + r.stderr[-4000:]
+  assert "2 turns over 2 s" in r.stdout
 
 
 # ------------------------------------------------------------------------------------------------
@@ -241,6 +277,13 @@ def test_convert_hf_input_adds_decision_tokens(tmp_path):
   out = str(tmp_path / "hf_out")
   r = _run("convert_checkpoint.py", f"--hf_input={src}", f"--output={out}")
   assert r.returncode == 0, r.stdout + r.stderr[-4000:]
+  # Every file of the export is readable as open() makes files (safetensors left 0600).
+  umask = os.umask(0)
+  os.umask(umask)
+  assert {n: oct(os.stat(os.path.join(out, n)).st_mode & 0o777) for n in os.listdir(out)
+          if os.path.isfile(os.path.join(out, n))} == {
+              n: oct(0o666 & ~umask) for n in os.listdir(out)
+              if os.path.isfile(os.path.join(out, n))}
   record = json.load(open(os.path.join(out, "streampro_conversion.json")))
   assert record["added_tokens"] == ["</Silence>", "</Response>"]
   assert record["vocab_size_before"] == v_old and record["vocab_size"] == 64  # 23 -> pad to 64

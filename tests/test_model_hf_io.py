@@ -86,6 +86,12 @@ def test_round_trip_bit_exact_float32_sharded_and_bfloat16(tmp_path):
   pb = jax.tree_util.tree_map(lambda x: x.astype(jnp.bfloat16), params)
   q.save_hf_checkpoint(cfg, pb, str(tmp_path / "bf16"))
   assert "model.safetensors" in os.listdir(tmp_path / "bf16")
+  # Issue 28: the weights are readable as open() makes files (safetensors left them 0600).
+  umask = os.umask(0)
+  os.umask(umask)
+  for folder in ("f32", "bf16"):
+    for name in os.listdir(tmp_path / folder):
+      assert os.stat(tmp_path / folder / name).st_mode & 0o777 == 0o666 & ~umask, name
   cfg3, loaded_b = models.load_hf_checkpoint(str(tmp_path / "bf16"), jnp.bfloat16)
   assert cfg3.param_dtype == "bfloat16"
   leaves_equal(pb, loaded_b)

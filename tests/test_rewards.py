@@ -348,3 +348,15 @@ def test_group_helpers_end_to_end():
   np.testing.assert_allclose(total, [0.1 + 0.9 + 0.45, 0.1, 0.1 * 8 / 9 + 0.225], rtol=1e-6)
   adv = grpo.group_advantages(total, 3)
   assert adv[0] > 0 > adv[1] and float(jnp.sum(adv)) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_turn_f1_rejects_accuracy_outside_0_1():
+  """Issue 28: acc = 5 gave R_turn = 5.67, beyond the documented [0, 2]; a concrete acc outside
+  [0, 1] on a real pair is an error naming it (padding is not looked at)."""
+  import numpy as np
+  from streampro_jax import _checks
+  t, m = np.array([4.0, 0.0], np.float32), np.array([True, False])
+  with pytest.raises(_checks.ArgumentError, match="turn_f1_reward: acc .*outside \\[0, 1\\]"):
+    rewards.turn_f1_reward(t, m, t, m, np.array([[5.0, 0.0], [0.0, 0.0]], np.float32))
+  padded = np.array([[1.0, 9.0], [9.0, 9.0]], np.float32)   # 9 only on padded pairs
+  assert float(rewards.turn_f1_reward(t, m, t, m, padded)) == pytest.approx(2.0)

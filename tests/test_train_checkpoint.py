@@ -168,3 +168,55 @@ def test_orbax_info_records_are_filtered_from_the_launchers_log():
   from absl import logging as absl_logging
   assert sum(isinstance(x, ckpt_lib.OrbaxInfoFilter)
              for x in absl_logging.get_absl_handler().filters) == 1
+
+
+def test_resume_falls_back_past_an_unreadable_checkpoint(tmp_path, caplog):
+  """Issue 28: the newest checkpoint has its commit markers but its array files are gone; resume
+  logs which step and why, moves it to unreadable_<step> and restores the previous one."""
+  import shutil
+  mesh = _mesh({"data": 1})
+  state, _ = state_lib.create_train_state(_init, TX, mesh, jax.random.key(0))
+  ckpt = ckpt_lib.Checkpointer(tmp_path / "c", every_steps=1)
+  ckpt.save(40, state, _CountingIterator(40))
+  ckpt.save(50, state.replace(step=state.step + 10), _CountingIterator(50))
+  ckpt.close()
+  state_dir = tmp_path / "c" / "50" / "state"
+  arrays = [p for p in state_dir.iterdir() if p.is_dir() or p.name.startswith("manifest")]
+  assert arrays, sorted(p.name for p in state_dir.iterdir())
+  for p in arrays:   # the array data; _CHECKPOINT_METADATA and state/_METADATA stay
+    shutil.rmtree(p) if p.is_dir() else p.unlink()
+  assert ckpt_lib.is_complete(tmp_path / "c" / "50")
+
+  ckpt = ckpt_lib.Checkpointer(tmp_path / "c", every_steps=1)
+  boxed = jax.eval_shape(_init, jax.random.key(0))
+  it = _CountingIterator()
+  with caplog.at_level("WARNING"):
+    restored, step = ckpt.restore_newest(state_lib.abstract_state(TX, boxed),
+                                         state_lib.state_shardings(TX, boxed, mesh), it)
+  assert step == 40 and int(restored.step) == int(state.step) and it.n == 40
+  assert "checkpoint 50" in caplog.text and "cannot be read" in caplog.text
+  assert "unreadable" in ckpt_lib.skipped_note(ckpt)
+  ckpt.close()
+  assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["40", "unreadable_50"]
+
+
+def test_metrics_jsonl_marks_a_resume(tmp_path):
+  """Issue 28: a resumed run's repeated steps follow a marker line naming the step it resumed
+  from; read_jsonl keeps the last record per step and skips the marker."""
+  import json
+  writer = metrics_lib.create_writer(str(tmp_path), total_steps=10, tensorboard=False)
+  for step in (1, 2, 3):
+    writer.write_scalars(step, {"loss": float(step)})
+  writer.close()
+  writer = metrics_lib.create_writer(str(tmp_path), total_steps=10, tensorboard=False,
+                                     start_step=2)   # killed after step 3, checkpoint at 2
+  writer.write_scalars(3, {"loss": 30.0})
+  writer.close()
+  lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [x.get("step") for x in lines] == [1, 2, 3, None, 3]
+  assert lines[3]["resumed_from_step"] == 2 and "time" in lines[3]
+  assert metrics_lib.read_jsonl(tmp_path / "metrics.jsonl")[3] == {"loss": 30.0}
+  disabled = metrics_lib.create_writer(str(tmp_path), total_steps=10, enabled=False,
+                                       tensorboard=False)   # another process: no marker
+  disabled.close()
+  assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 5

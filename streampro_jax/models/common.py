@@ -2,6 +2,8 @@
 
 Backbone-agnostic (everything backbone-specific is passed in):
 
+- `FieldTypesMixin`: a frozen config's list values (a config read back from JSON) become the
+  tuples its fields declare, so the config stays hashable.
 - `ConfigMixin`: `compute_dtype`, `params_dtype` and `replace` of a frozen whole-model config;
   `video_processor_config` (the one builder of the per-turn video processor settings); `round_up`.
 - HF config.json pieces: `config_keys`, `check_model_type`, `text_kwargs_from_hf`,
@@ -43,8 +45,33 @@ def round_up(n: int, m: int) -> int:
 # Configuration.
 
 
-class ConfigMixin:
-  """Dtype accessors and `replace` for a frozen dataclass with `dtype` / `param_dtype` names."""
+def _as_tuple(value: Any) -> Any:
+  """A list (nested lists too) -> the tuple of the same items; anything else as is."""
+  if isinstance(value, list):
+    return tuple(_as_tuple(v) for v in value)
+  return value
+
+
+class FieldTypesMixin:
+  """A frozen config dataclass whose list values become tuples when it is built.
+
+  JSON has no tuples: a config written to JSON (a workdir's config.json, a ConfigDict's
+  to_json) reads back `fullatt_block_indexes`, `mrope_section`, `eos_token_id` ... as lists,
+  which would make the config unhashable (it is a static argument of jitted functions). Every
+  tuple-typed field of these configs holds ints, so a list value is always the tuple the field
+  declares.
+  """
+
+  def __post_init__(self):
+    for f in dataclasses.fields(self):
+      value = getattr(self, f.name)
+      if isinstance(value, list):
+        object.__setattr__(self, f.name, _as_tuple(value))
+
+
+class ConfigMixin(FieldTypesMixin):
+  """Dtype accessors and `replace` for a frozen dataclass with `dtype` / `param_dtype` names
+  (list values become tuples: FieldTypesMixin)."""
 
   @property
   def compute_dtype(self):
@@ -137,9 +164,9 @@ def hf_config_dict(config, architecture: str, model_type: str, text: dict[str, A
   }
 
 
-class VisionConfigMixin:
+class VisionConfigMixin(FieldTypesMixin):
   """Derived sizes of a vision-tower config (fields hidden_size, num_heads, in_channels,
-  temporal_patch_size, patch_size)."""
+  temporal_patch_size, patch_size); list values become tuples (FieldTypesMixin)."""
 
   @property
   def head_dim(self) -> int:

@@ -149,6 +149,15 @@ def load_params(path: str, key_map: dict[str, tuple[tuple[str, ...], Any]], shap
   return params
 
 
+def _readable_like_open(path: str) -> None:
+  """Gives `path` the mode open() would (0666 less the umask): safetensors writes through a
+  private temporary file and leaves mode 0600, unreadable to the other users of a shared
+  checkpoint folder."""
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(path, 0o666 & ~umask)
+
+
 def save_params(path: str, params, key_map: dict[str, tuple[tuple[str, ...], Any]],
                 config_json: dict, *, max_shard_bytes: int = 5 * 2 ** 30) -> None:
   """Writes config.json and the params as HF safetensors (sharded above max_shard_bytes)."""
@@ -188,6 +197,7 @@ def save_params(path: str, params, key_map: dict[str, tuple[tuple[str, ...], Any
       tensors[k] = np.ascontiguousarray(to_hf(host, transform))
       weight_map[k] = fname
     save_file(tensors, os.path.join(path, fname), metadata={"format": "pt"})
+    _readable_like_open(os.path.join(path, fname))
     del tensors
   if len(shards) > 1:
     with open(os.path.join(path, INDEX_NAME), "w") as f:

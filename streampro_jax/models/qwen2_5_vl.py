@@ -80,7 +80,7 @@ class VisionConfig(common.VisionConfigMixin):
 
 
 @dataclasses.dataclass(frozen=True)
-class TextConfig:
+class TextConfig(common.FieldTypesMixin):
   """Qwen2.5-VL language model (HF `Qwen2_5_VLTextConfig`)."""
   vocab_size: int = 151936
   hidden_size: int = 2048

@@ -92,7 +92,7 @@ class VisionConfig(common.VisionConfigMixin):
 
 
 @dataclasses.dataclass(frozen=True)
-class TextConfig:
+class TextConfig(common.FieldTypesMixin):
   """Qwen3-VL language model (HF `Qwen3VLTextConfig`, same defaults)."""
   vocab_size: int = 151936
   hidden_size: int = 4096

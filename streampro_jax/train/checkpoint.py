@@ -18,6 +18,10 @@ Usage::
   ckpt.maybe_save(step, state, data_iter)                       # async, every `every_steps`
   ckpt.close()                                                  # waits for pending writes
 
+A checkpoint that is complete but does not read back (its array files lost or damaged later) is
+moved aside to ``unreadable_<step>`` by ``restore_newest``, which then restores the previous one
+and logs which step it skipped and why.
+
 A killed run leaves at most a partial temporary directory, which orbax ignores, or a step folder
 without its metadata (a crash between creating ``<step>/`` and writing into it). Opening the
 checkpointer moves such incomplete step folders aside to ``incomplete_<step>`` (orbax would list
@@ -195,10 +199,11 @@ def set_aside_incomplete(directory: str | os.PathLike) -> list[tuple[int, str]]:
 
 
 def skipped_note(ckpt: Checkpointer) -> str:
-  """"" or "; skipped incomplete checkpoint(s) [..]" for a resume message."""
+  """"" or "; skipped incomplete or unreadable checkpoint(s) [..]" for a resume message."""
   if not ckpt.set_aside:
     return ""
-  return (f"; skipped incomplete checkpoint(s) {[s for s, _ in ckpt.set_aside]} (moved to "
+  return (f"; skipped incomplete or unreadable checkpoint(s) "
+          f"{[s for s, _ in ckpt.set_aside]} (moved to "
           f"{', '.join(p for _, p in ckpt.set_aside)})")
 
 
@@ -301,6 +306,44 @@ class Checkpointer:
     logging.info("restored checkpoint %d from %s", step, self.directory)
     return restored[STATE]
 
+  def restore_newest(self, abstract_state, shardings, data_iterator=None):
+    """Restores the newest checkpoint that reads back, falling back past unreadable ones.
+
+    A checkpoint whose commit markers exist but whose arrays do not read (files deleted or
+    damaged after the save) is logged with the reason, moved aside to ``unreadable_<step>``
+    (process 0) and the next older one is tried. A layout mismatch (_check_layout) is a config
+    problem, not damage: it raises.
+
+    Returns:
+      (state, step), or (None, None) when the folder holds no checkpoint. Raises RuntimeError
+      naming each step and why when none reads.
+    """
+    self.manager.reload()
+    failed = []
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      self._check_layout(step, abstract_state)
+      try:
+        return self.restore(step, abstract_state, shardings, data_iterator), step
+      except Exception as err:  # pylint: disable=broad-except  (any read failure: fall back)
+        first = (str(err).strip().splitlines() or [""])[0][:300]
+        why = f"{type(err).__name__}: {first}"
+        failed.append(f"step {step} ({why})")
+        target = self.directory / f"unreadable_{step}"
+        n = 1
+        while target.exists():
+          target = self.directory / f"unreadable_{step}_{n}"
+          n += 1
+        if jax.process_index() == 0:
+          (self.directory / str(step)).rename(target)
+        self.set_aside.append((step, str(target)))
+        logging.warning("checkpoint %d in %s cannot be read (%s): moved to %s; trying the "
+                        "previous one", step, self.directory, why, target)
+        self.manager.reload()
+    if failed:
+      raise RuntimeError(f"no checkpoint in {self.directory} reads back: {'; '.join(failed)} "
+                         "(moved aside; rerun to start from scratch)")
+    return None, None
+
   def saved_layout(self, step: int) -> str:
     """'scanned' | 'unrolled' | 'unknown': the layer layout of checkpoint `step`'s parameters
     (from orbax's tree metadata; nothing is read)."""
@@ -334,12 +377,9 @@ class Checkpointer:
     Returns:
       (state, step): step is the restored step, or None when nothing was restored.
     """
-    self.manager.reload()
-    step = self.latest_step()
-    if step is None:
-      return state, None
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
-    return self.restore(step, abstract, shardings, data_iterator), step
+    restored, step = self.restore_newest(abstract, shardings, data_iterator)
+    return (state, None) if step is None else (restored, step)
 
   def wait(self):
     """Blocks until pending asynchronous saves are written."""

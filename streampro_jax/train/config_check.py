@@ -201,12 +201,72 @@ def unread_keys(config: Mapping[str, Any], trainer: str) -> list[str]:
   return out
 
 
+def _raise(problems: list[str], what: str) -> None:
+  """ConfigError of `problems`: the one problem as it is, or a count and one line each."""
+  if len(problems) == 1:
+    raise ConfigError(problems[0])
+  if problems:
+    raise ConfigError(f"{len(problems)} {what}:\n  " + "\n  ".join(problems))
+
+
 def check_config(config: Mapping[str, Any], trainer: str) -> None:
   """Raises ConfigError listing every key of `config` that the `trainer` does not read."""
-  problems = unread_keys(config, trainer)
-  if problems:
-    raise ConfigError(f"{len(problems)} config key(s) that no code reads:\n  " +
-                      "\n  ".join(problems))
+  _raise(unread_keys(config, trainer), "config keys that no code reads")
+
+
+def input_problems(config: Mapping[str, Any], trainer: str) -> list[str]:
+  """One message per file or folder that `config` names and that is not there (empty: all
+  there): data.tfds_dir (a prepared TFDS builder folder, with dataset_info.json) or data.jsonl
+  for its source, model.hf_checkpoint (a folder with config.json), tokenizer (a folder, unless
+  "synthetic"), and for GRPO reward.rubrics_file and init.sft_workdir (a training workdir, with
+  checkpoints/). Checked before anything is built or written, so a run that cannot start
+  leaves its workdir as it was."""
+  import os  # pylint: disable=g-import-not-at-top
+
+  def get(section, key):
+    sec = config.get(section) if section else config
+    return (sec.get(key, None) if hasattr(sec, "get") else None) or ""
+
+  out = []
+  data = config.get("data") or {}
+  source = data.get("source", None)
+  for key, want in (("tfds_dir", "tfds"), ("jsonl", "jsonl")):
+    path = str(get("data", key))
+    if source != want:
+      continue
+    if not path:
+      out.append(f"config.data.source is {want!r} but config.data.{key} is empty; set "
+                 f"--config.data.{key}=...")
+    elif key == "tfds_dir" and not os.path.isfile(os.path.join(path, "dataset_info.json")):
+      out.append(f"config.data.tfds_dir = {path!r} is not a prepared TFDS dataset folder (no "
+                 "dataset_info.json there); pass the folder tfds build wrote (e.g. "
+                 ".../streampro/1.0.0)")
+    elif key == "jsonl" and not os.path.isfile(path):
+      out.append(f"config.data.jsonl = {path!r}: no such file")
+  hf = str(get("model", "hf_checkpoint"))
+  if hf and not os.path.isfile(os.path.join(hf, "config.json")):
+    out.append(f"config.model.hf_checkpoint = {hf!r} is not a Hugging Face checkpoint folder "
+               "(no config.json there)")
+  tok = str(get("", "tokenizer"))
+  if tok and tok != "synthetic" and not os.path.isdir(tok):
+    out.append(f"config.tokenizer = {tok!r}: no such folder (a tokenizer folder or "
+               "'synthetic')")
+  if trainer == "grpo":
+    rubrics = str(get("reward", "rubrics_file"))
+    if rubrics and not os.path.isfile(rubrics):
+      out.append(f"config.reward.rubrics_file = {rubrics!r}: no such file (write it with "
+                 "launch/write_rubrics.py)")
+    sft = str(get("init", "sft_workdir"))
+    if sft and not os.path.isdir(os.path.join(sft, "checkpoints")):
+      out.append(f"config.init.sft_workdir = {sft!r} is not a training workdir (no "
+                 "checkpoints/ there)")
+  return out
+
+
+def check_inputs(config: Mapping[str, Any], trainer: str) -> None:
+  """Raises ConfigError naming every file or folder of `config` that is not there
+  (input_problems)."""
+  _raise(input_problems(config, trainer), "inputs of the config that are not there")
 
 
 # ------------------------------------------------------------------------------------------------

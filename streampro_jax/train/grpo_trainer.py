@@ -430,11 +430,17 @@ class GRPOTrainer:
     workdir: checkpoints/, metrics.jsonl, tb/, tokenizer/.
     judge: overrides config.reward.judge.
     source: overrides the record source of config.data.
+    allow_config_change: resume a workdir whose config.json differs (launch/_common.py's
+      --allow_config_change; the differences are logged).
   """
 
-  def __init__(self, config, workdir: str, *, judge=None, source=None):
+  def __init__(self, config, workdir: str, *, judge=None, source=None,
+               allow_config_change: bool = False):
     config_check.check_config(config, "grpo")
-    config_check.check_workdir_config(workdir, config, write=jax.process_index() == 0)
+    # The workdir holds one run: another config stops here; config.json is written once the
+    # data, rewards and initial params are in hand (a run that stops before leaves none).
+    config_check.check_workdir_config(workdir, config, allow_change=allow_config_change,
+                                      write=False)
     self.config = config
     self.workdir = workdir
     os.makedirs(workdir, exist_ok=True)
@@ -502,13 +508,15 @@ class GRPOTrainer:
       ref_dtype = config.grpo.get("ref_param_dtype", "") or None
       self.ref_params = jax.tree.map(
           lambda p: jnp.array(p, dtype=ref_dtype or p.dtype, copy=True), init_params)
+    config_check.check_workdir_config(workdir, config, allow_change=allow_config_change,
+                                      write=jax.process_index() == 0)
     self.ckpt = ckpt_lib.Checkpointer.from_config(os.path.join(workdir, "checkpoints"),
                                                   config.checkpoint)
-    latest = self.ckpt.latest_step()
+    restored, latest = self.ckpt.restore_newest(state_lib.abstract_state(self.tx, self.boxed),
+                                                self.shardings, self.prompts)
     if latest is not None:
       del init_params
-      self.state = self.ckpt.restore(latest, state_lib.abstract_state(self.tx, self.boxed),
-                                     self.shardings, self.prompts)
+      self.state = restored
       logging.info("resumed from GRPO checkpoint %d (prompt position %d)%s", latest,
                    self.prompts.position, ckpt_lib.skipped_note(self.ckpt))
     else:
@@ -600,9 +608,10 @@ class GRPOTrainer:
       m = self.train_step(step)
       return self.state, m
 
-    writer = metrics_lib.create_writer(self.workdir, total_steps=self.total_steps,
-                                       enabled=jax.process_index() == 0,
-                                       tensorboard=bool(cfg.tensorboard))
+    writer = metrics_lib.create_writer(
+        self.workdir, total_steps=self.total_steps, enabled=jax.process_index() == 0,
+        tensorboard=bool(cfg.tensorboard),
+        start_step=int(jax.device_get(self.state.step)) // self.step_cfg.num_passes)
     self.state, _ = loop.train_loop(
         self.state, step_fn,
         start_step=int(jax.device_get(self.state.step)) // self.step_cfg.num_passes,

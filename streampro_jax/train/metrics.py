@@ -111,13 +111,22 @@ class TensorBoardWriter:
 class JsonlWriter:
   """One JSON object per call ({"step": ..., **scalars}) appended to ``path``.
 
-  Appending lets a resumed run continue the same file; readers keep the last line per step.
+  Appending lets a resumed run continue the same file; readers keep the last line per step. A
+  run that resumes into a file that already holds lines first appends a marker line
+  ``{"resumed_from_step": <start_step>, "time": <unix seconds>}`` (no "step" key): the steps
+  after it that repeat earlier ones (redone after a kill) are told apart.
   """
 
-  def __init__(self, path: str | os.PathLike):
+  def __init__(self, path: str | os.PathLike, *, start_step: int | None = None,
+               mark_resume: bool = True):
     self.path = os.fspath(path)
     os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+    resumed = mark_resume and os.path.isfile(self.path) and os.path.getsize(self.path) > 0
     self._file = open(self.path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
+    if resumed:
+      self._file.write(json.dumps({"resumed_from_step": start_step,
+                                   "time": round(time.time(), 3)}) + "\n")
+      self._file.flush()
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]):
     self._file.write(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}})
@@ -135,12 +144,15 @@ class JsonlWriter:
 
 
 def read_jsonl(path: str | os.PathLike) -> dict[int, dict[str, float]]:
-  """Reads a JsonlWriter file: {step: scalars}, the last record of a step winning."""
+  """Reads a JsonlWriter file: {step: scalars}, the last record of a step winning (resume
+  markers, the lines without a "step", are left out)."""
   out = {}
   with open(path, encoding="utf-8") as f:
     for line in f:
       if line.strip():
         record = json.loads(line)
+        if "step" not in record:
+          continue
         out[int(record.pop("step"))] = record
   return out
 
@@ -169,9 +181,12 @@ class MultiWriter:
 
 
 def create_writer(workdir: str | os.PathLike, *, total_steps: int, enabled: bool = True,
-                  tensorboard: bool = True) -> MultiWriter:
-  """Console + TensorBoard (``<workdir>/tb``) + JSONL (``<workdir>/metrics.jsonl``) writers."""
-  writers = [ConsoleWriter(total_steps), JsonlWriter(os.path.join(workdir, "metrics.jsonl"))]
+                  tensorboard: bool = True, start_step: int | None = None) -> MultiWriter:
+  """Console + TensorBoard (``<workdir>/tb``) + JSONL (``<workdir>/metrics.jsonl``) writers;
+  `start_step` (the step a resumed run continues from) goes into the JSONL resume marker."""
+  writers = [ConsoleWriter(total_steps),
+             JsonlWriter(os.path.join(workdir, "metrics.jsonl"), start_step=start_step,
+                         mark_resume=enabled)]
   if tensorboard and enabled:
     writers.append(TensorBoardWriter(os.path.join(workdir, "tb")))
   return MultiWriter(writers, enabled=enabled)

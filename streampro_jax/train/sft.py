@@ -199,24 +199,27 @@ STEP_BATCH_KEYS = ("input_ids", "labels", "loss_mask", "attention_mask", "positi
                    "pixel_values_videos")
 
 
-def train(config, workdir: str):
+def train(config, workdir: str, *, allow_config_change: bool = False):
   """Runs (or resumes) SFT as configured; returns the final TrainState.
 
   Resumes from the newest complete checkpoint in ``<workdir>/checkpoints`` when there is one
   (params, optimizer state, step and data iterator position), so a killed run continues exactly.
   Raises config_check.ConfigError for a key no code reads, or when ``<workdir>/config.json``
-  holds another config (a different run); writes it otherwise.
+  holds another config (a different run; unless `allow_config_change`); writes config.json once
+  the tokenizer, model config and data are built (a run that stops before leaves none).
   """
   config_check.check_config(config, "sft")
-  # The workdir holds one run: another config stops here (launch/_common.py already compared and
-  # wrote it under --allow_config_change; then this finds the same config).
-  config_check.check_workdir_config(workdir, config, write=jax.process_index() == 0)
+  # The workdir holds one run: another config stops here, before anything is written.
+  config_check.check_workdir_config(workdir, config, allow_change=allow_config_change,
+                                    write=False)
   os.makedirs(workdir, exist_ok=True)
   mesh, rules = setup_lib.make_mesh(config), setup_lib.mesh_rules(config)
   tokenizer = make_tokenizer(config, workdir)
   model_config = make_model_config(config.model, tokenizer)
   decision_ids = tok_lib.decision_token_ids(tokenizer)
   data_iter, pipe = make_data(config, tokenizer, model_config)
+  config_check.check_workdir_config(workdir, config, allow_change=allow_config_change,
+                                    write=jax.process_index() == 0)
   total_steps = total_steps_of(config, pipe.num_trajectories)
   gb, micro = int(config.global_batch_size), int(config.num_microbatches)
   dp = step_lib.data_shards(mesh)
@@ -239,9 +242,8 @@ def train(config, workdir: str):
 
   ckpt = ckpt_lib.Checkpointer.from_config(os.path.join(workdir, "checkpoints"),
                                            config.checkpoint)
-  latest = ckpt.latest_step()
+  state, latest = ckpt.restore_newest(state_lib.abstract_state(tx, boxed), shardings, data_iter)
   if latest is not None:
-    state = ckpt.restore(latest, state_lib.abstract_state(tx, boxed), shardings, data_iter)
     logging.info("resumed from step %d%s", latest, ckpt_lib.skipped_note(ckpt))
   elif config.model.get("hf_checkpoint"):
     state = load_hf_state(config, model_config, tokenizer, tx, shardings, mesh)
@@ -266,7 +268,8 @@ def train(config, workdir: str):
 
   writer = metrics_lib.create_writer(workdir, total_steps=total_steps,
                                      enabled=jax.process_index() == 0,
-                                     tensorboard=bool(config.tensorboard))
+                                     tensorboard=bool(config.tensorboard),
+                                     start_step=int(jax.device_get(state.step)))
   state, _ = loop.train_loop(
       state, step_fn, start_step=int(jax.device_get(state.step)), total_steps=total_steps,
       checkpointer=ckpt, data_iterator=data_iter, writer=writer,
