@@ -200,11 +200,19 @@ def test_microbatch_split_is_strided_and_checked():
 # ----------------------------------------------------------------------------------------------
 
 
+# The tiny Qwen SFT runs (_qwen_setup, _sft_steps): row length, Adam lr and eps. eps 1e-3, not
+# the default 1e-8: see tests/helpers/tolerances.py (Adam) and test_grpo_step.OPTIM.
+SFT_SEQ_LEN = 384
+SFT_LR = 1e-3
+SFT_ADAM_EPS = 1e-3
+
+
 def _qwen_setup(tmp_dir, tiny_sft_config):
   """(model config, backbone module, 2 batches, grid, decision ids) of the tiny SFT config
   (tests/conftest.py) on 24 SynthStream videos, batch 8 of 384-token rows."""
   from streampro_jax.models import qwen2_5_vl  # pylint: disable=g-import-not-at-top
-  cfg = tiny_sft_config(8, num_videos=24, seq_len=384, max_turns=6, prefetch_buffer_size=8)
+  cfg = tiny_sft_config(8, num_videos=24, seq_len=SFT_SEQ_LEN, max_turns=6,
+                        prefetch_buffer_size=8)
   tokenizer = sft.make_tokenizer(cfg, str(tmp_dir))
   mcfg = sft.make_model_config(cfg.model, tokenizer)
   it, pipe = sft.make_data(cfg, tokenizer, mcfg)
@@ -215,15 +223,16 @@ def _qwen_setup(tmp_dir, tiny_sft_config):
   return mcfg, qwen2_5_vl, batches, grid, ids
 
 
-def _sft_steps(mcfg, grid, ids, batches, mesh_shape, params=None):
-  """CB-Stream SFT steps of the tiny Qwen2.5-VL over `batches` on a mesh (Adam lr 1e-3, vision
-  frozen but its merger), from `params` or, if None, create_train_state's init of key 0.
-  Returns (metrics per step, initial params, final params, final state)."""
+def _sft_steps(mcfg, grid, ids, batches, mesh_shape, params=None, eps=SFT_ADAM_EPS):
+  """CB-Stream SFT steps of the tiny Qwen2.5-VL over `batches` on a mesh (Adam lr 1e-3, eps
+  `eps`, vision frozen but its merger), from `params` or, if None, create_train_state's init of
+  key 0. Returns (metrics per step, initial params, final params, final state)."""
   from streampro_jax.models import qwen2_5_vl  # pylint: disable=g-import-not-at-top
   n = int(np.prod(list(mesh_shape.values())))
   mesh = parallel.make_mesh(mesh_shape, devices=jax.devices()[:n])
-  optim_cfg = ml_collections.ConfigDict(dict(lr=1e-3, warmup_steps=0, grad_clip_norm=1.0,
-                                             weight_decay=0.01, frozen=r"^visual/(?!merger/)"))
+  optim_cfg = ml_collections.ConfigDict(dict(lr=SFT_LR, warmup_steps=0, grad_clip_norm=1.0,
+                                             eps=eps, weight_decay=0.01,
+                                             frozen=r"^visual/(?!merger/)"))
   tx = optim.make_optimizer(optim_cfg, total_steps=2)
   init_fn = lambda rng: qwen2_5_vl.init_params(mcfg, rng)  # noqa: E731
   if params is None:
