@@ -130,6 +130,31 @@ def path_lengths(*, hidden: int, intermediate: int, head_dim: int, seq: int, lay
   return out
 
 
+def model_path(cfg, seq: int, *, vision_seq: int = 64, vocab: bool = False,
+               backward: bool = False, tokens: int = 0) -> list[int]:
+  """path_lengths of a Qwen-VL config (either family): a video token's path through the vision
+  tower (patch embedding over 3 x T x P x P inputs, `vision.depth` blocks attending over at most
+  `vision_seq` patches, the merger over spatial_merge^2 x hidden, twice), then the text layers
+  over `seq` positions (vocab: and the log-softmax over the vocabulary)."""
+  t, v = cfg.text, cfg.vision
+  patch = getattr(v, "in_channels", 3) * v.temporal_patch_size * v.patch_size ** 2
+  merge = v.hidden_size * v.spatial_merge_size ** 2
+  vision = [patch] + path_lengths(
+      hidden=v.hidden_size, intermediate=v.intermediate_size,
+      head_dim=v.hidden_size // v.num_heads, seq=vision_seq, layers=v.depth)[:-2] + [merge, merge]
+  text = path_lengths(hidden=t.hidden_size, intermediate=t.intermediate_size,
+                      head_dim=t.head_dim, seq=seq, layers=t.num_hidden_layers,
+                      vocab=t.vocab_size if vocab else 0)
+  fwd = vision + text
+  return fwd * 2 + ([tokens] if tokens else []) if backward else fwd
+
+
+def model_rel(cfg, seq: int, **kw) -> float:
+  """chain_bound(model_path(cfg, seq, **kw), 1): the relative rounding bound of a tiny Qwen-VL's
+  logits (or, backward=True, weight gradients) between two summation orders."""
+  return chain_bound(model_path(cfg, seq, **kw), 1.0)
+
+
 def approx64(expected, ops: int = 64):
   """pytest.approx for host-side float64 arithmetic (Python floats, NumPy float64) of at most
   `ops` roundings on values of order one, against a hand-computed reference: rel gamma(ops) in
