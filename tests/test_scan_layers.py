@@ -161,7 +161,7 @@ def test_sft_step_scanned_equals_unrolled_and_shards(tmp_path, tiny_sft_config):
                     "scan: step loss vs unrolled loss sum / count")
   assert h_1[0]["loss"] != h_1[1]["loss"]
   # The step's gradient is the loss sum's / the supervised tokens: its largest trained entry
-  # scales the gradient noise that Adam (eps 1e-3) turns into parameter differences.
+  # scales the gradient noise that Adam (eps 1e-2) turns into parameter differences.
   g_trained = max(tol.max_abs({k: v for k, v in g_u.items() if k != "visual"}),
                   tol.max_abs(g_u["visual"]["merger"]))
   tst.assert_steps_agree((h_1, p_1), (h_8, p_8), init, loss_rel=loss_rel, grad_rel=grad_rel,

@@ -33,8 +33,10 @@ The model (Higham, "Accuracy and Stability of Numerical Algorithms", 2nd ed., se
   default eps = 1e-8 that is a 1e8 gain: a gradient entry whose true value is at the rounding
   noise is stepped by about +-lr on either side of the comparison, a 2 lr difference that no
   tolerance below the update itself can bound on every host. So the trainer tests that compare
-  parameters after Adam steps use eps = 1e-3, which keeps the map from gradients to parameters
-  Lipschitz with a small constant (the sharding logic under test does not depend on eps).
+  parameters after Adam steps use a larger eps (1e-3 for the toy and GRPO steps, 1e-2 for the
+  tiny Qwen SFT runs, whose gradient chain is longer), which keeps the map from gradients to
+  parameters Lipschitz with a small constant (the sharding logic under test does not depend on
+  eps), and they check that the resulting bound stays below half the largest parameter change.
 """
 
 from __future__ import annotations
