@@ -193,3 +193,12 @@ def max_abs(a) -> float:
   import numpy as np  # pylint: disable=g-import-not-at-top
   return max((float(np.max(np.abs(np.asarray(x, np.float64)), initial=0.0))
               for x in jax.tree.leaves(a)), default=0.0)
+
+
+def approx_ops(expected, ops: int = 16, u: float = U32):
+  """pytest.approx for a short formula of at most `ops` roundings in unit roundoff u (default
+  float32: 16 roundings, 9.5e-7, what pytest.approx's default rel 1e-6 stood for) against a
+  hand-computed or float64 value: rel and abs gamma(ops) (abs so that exact zeros compare)."""
+  import pytest  # pylint: disable=g-import-not-at-top
+  t = gamma(ops, u)
+  return pytest.approx(expected, rel=t, abs=t)
