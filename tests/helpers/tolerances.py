@@ -202,3 +202,21 @@ def approx_ops(expected, ops: int = 16, u: float = U32):
   import pytest  # pylint: disable=g-import-not-at-top
   t = gamma(ops, u)
   return pytest.approx(expected, rel=t, abs=t)
+
+
+def attention_bound(q, k, v, keys: int, u: float = U32, two_sided: bool = False) -> float:
+  """|error| of softmax(q k^T / sqrt(h)) v computed in float32 against the exact value (or, two
+  sided, against another order), q [B, T, N, H] and k, v [B, S, K, H] (or without B): a score's
+  error is gamma_{h+1} sum_i |q_i k_i| / sqrt(h) (the largest over the pairs), exp turns it into
+  the same relative error of p (twice: numerator and normaliser), the normaliser and p . v sum
+  over `keys` terms (gamma_keys each), on the scale max |v| (sum_s p_s |v_s| <= max |v|)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  q, k, v = (np.abs(np.asarray(x, np.float64)) for x in (q, k, v))
+  if q.ndim == 3:
+    q, k, v = q[None], k[None], v[None]
+  h = q.shape[-1]
+  k = np.repeat(k, q.shape[2] // k.shape[2], axis=2)
+  qk = float(np.einsum("btnh,bsnh->bnts", q, k).max()) / math.sqrt(h)
+  score = gamma(h + 1, u) * qk
+  b = (2 * score + 2 * gamma(keys, u) + 3 * u) * float(v.max())
+  return 2 * b if two_sided else b
