@@ -148,7 +148,12 @@ def assert_steps_agree(run1, run2, init, *, loss_rel, grad_rel, lrs, eps, weight
       # it changes only where a logit's argmax flips (a tie within loss_rel), not seen here.
       tol.assert_within(abs(m1[key] - m2[key]), 2 * tol.U32, f"{what}: step {i} {key}")
     scale = gn if g_max is None else g_max * gn / float(hist1[0]["grad_norm"])
-    grad_delta = grad_rel * min(scale / max(gn, 1.0), 1.0) * (2.0 if gn > 1.0 else 1.0) + extra
+    noise = grad_rel * min(scale / max(gn, 1.0), 1.0) * (2.0 if gn > 1.0 else 1.0)
+    # Step t's gradient also moves by the curvature times the earlier parameter difference; no
+    # first-principles bound on the curvature is at hand, so it is assumed to be at most the
+    # rounding noise per step (grad_delta grows by `noise` a step), which the observed
+    # differences (docs/components.md#test-tolerances) stay far inside.
+    grad_delta = noise * (i + 1)
     dp = tol.adam_param_bound(grad_delta, lrs[:i + 1], eps, weight_decay=weight_decay)
   tol.assert_within(_max_diff(params1, params2), dp, f"{what}: params")
   # The bound leaves room to fail: below half of the largest parameter change.

@@ -108,9 +108,9 @@ def adam_param_bound(grad_delta: float, lrs: Iterable[float], eps: float, b1: fl
                      b2: float = 0.999, weight_decay: float = 0.0) -> float:
   """|parameter difference| after Adam(W) steps at these learning rates when every (clipped)
   gradient entry differs by at most grad_delta between the two runs: the parameter difference d
-  grows by lr_t (adam_gain(t) grad_delta / eps + weight_decay d) per step. First order: the
-  curvature times the earlier parameter difference is taken to be inside grad_delta (the tests'
-  lr / eps <= 1 keeps that difference at the gradient noise's size)."""
+  grows by lr_t (adam_gain(t) grad_delta / eps + weight_decay d) per step. grad_delta must also
+  hold the curvature times the earlier parameter difference (the caller's allowance:
+  test_train_step.assert_steps_agree assumes it at most the rounding noise per step)."""
   d = 0.0
   for t, lr in enumerate(lrs, 1):
     d += lr * (adam_gain(t, b1, b2) * grad_delta / eps + weight_decay * d)
