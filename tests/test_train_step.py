@@ -81,9 +81,10 @@ def _forward(params, batch, return_hidden):
   return MODEL.apply({"params": params}, batch, return_hidden=return_hidden)
 
 
-# Adam eps 1e-3, not the default 1e-8: runs that sum in other orders are compared after Adam
-# steps, and only a larger eps bounds Adam's gain on gradient noise (tests/helpers/tolerances.py).
-OPTIM = ml_collections.ConfigDict(dict(lr=3e-2, warmup_steps=1, end_lr_factor=0.1, eps=1e-3,
+# Adam eps 1e-2, not the default 1e-8: runs that sum in other orders are compared after Adam
+# steps, and only a larger eps bounds Adam's gain on gradient noise (tests/helpers/tolerances.py;
+# at 1e-3 the derived bound, 3.4e-2, was 73% of the largest parameter change, 4.6e-2).
+OPTIM = ml_collections.ConfigDict(dict(lr=3e-2, warmup_steps=1, end_lr_factor=0.1, eps=1e-2,
                                        weight_decay=0.01, grad_clip_norm=1.0,
                                        frozen=r"^visual_patch/"))
 # The toy's reductions from the inputs to the loss: patch embedding (12), merger (16), mean over
