@@ -8,6 +8,8 @@ import pytest
 
 from streampro_jax.models import layers
 
+from helpers import tolerances as tol  # pylint: disable=g-bad-import-order
+
 
 def _reference(q, k, v, mask, causal):
   """Plain float64 softmax attention: q [B, T, N, H], k, v [B, S, K, H], mask [B, N, T, S]."""
@@ -24,6 +26,15 @@ def _reference(q, k, v, mask, causal):
   p = np.exp(logits - logits.max(-1, keepdims=True))
   p /= p.sum(-1, keepdims=True)
   return np.einsum("bnts,bsnh->btnh", p, v)
+
+
+def _grad_bound(q, k, v, w, keys):
+  """Two float32 orders of attention's gradients (tests/helpers/tolerances.py): the backward
+  passes the forward's reductions again and sums dk, dv over the queries (at most `keys`): twice
+  the two-sided forward bound, on the scale |w| x max(|q|, |k|, |v|, 1)."""
+  scale = float(np.abs(np.asarray(w)).max()) * max(
+      1.0, *(float(np.abs(np.asarray(x)).max()) for x in (q, k, v)))
+  return 2 * tol.attention_bound(q, k, v, keys, two_sided=True) * scale
 
 
 def _inputs(t, *, b=2, n=4, kh=2, h=8, seed=0):
@@ -54,11 +65,14 @@ def test_block_causal_xla_matches_reference(mask_kind):
                          mask=None if mask is None else jnp.asarray(mask), impl="xla",
                          is_causal=True)
   assert got.shape == q.shape
+  bound = tol.attention_bound(q, k, v, t)  # float32 vs the float64 reference, t keys
   if mask_kind == "padding":  # padded queries attend to real keys only; compare the real rows
-    np.testing.assert_allclose(np.asarray(got)[1, :lengths[1]], want[1, :lengths[1]], atol=2e-6)
-    np.testing.assert_allclose(np.asarray(got)[0], want[0], atol=2e-6)
+    tol.assert_within(tol.max_abs_diff(np.asarray(got)[1, :lengths[1]], want[1, :lengths[1]]),
+                      bound, "attention: block causal padding row 1")
+    tol.assert_within(tol.max_abs_diff(np.asarray(got)[0], want[0]), bound,
+                      "attention: block causal padding row 0")
   else:
-    np.testing.assert_allclose(np.asarray(got), want, atol=2e-6)
+    tol.assert_within(tol.max_abs_diff(got, want), bound, f"attention: block causal {mask_kind}")
 
 
 def test_block_causal_xla_gradients_match_jax_impl():
@@ -73,7 +87,8 @@ def test_block_causal_xla_gradients_match_jax_impl():
   g_xla = jax.grad(lambda *a: loss("xla", *a), argnums=(0, 1, 2))(q, k, v)
   g_jax = jax.grad(lambda *a: loss("jax_xla", *a), argnums=(0, 1, 2))(q, k, v)
   for a, e in zip(g_xla, g_jax):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(e), atol=1e-5)
+    tol.assert_within(tol.max_abs_diff(a, e), _grad_bound(q, k, v, w, t),
+                      "attention: xla vs jax_xla gradients")
 
 
 def test_block_causal_xla_long_row_uses_longer_blocks():
@@ -84,7 +99,8 @@ def test_block_causal_xla_long_row_uses_longer_blocks():
   got = layers.attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), mask=jnp.asarray(mask),
                          impl="xla", is_causal=True)
   want = _reference(q, k, v, np.broadcast_to(mask, (1, 2, t, t)), True)
-  np.testing.assert_allclose(np.asarray(got)[:, :t - 7], want[:, :t - 7], atol=2e-6)
+  tol.assert_within(tol.max_abs_diff(np.asarray(got)[:, :t - 7], want[:, :t - 7]),
+                    tol.attention_bound(q, k, v, t), "attention: long row")
 
 
 def test_xla_cross_attention_and_causal_with_fewer_queries():
@@ -95,11 +111,13 @@ def test_xla_cross_attention_and_causal_with_fewer_queries():
   mask[..., 0] = True
   got = layers.attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), mask=jnp.asarray(mask),
                          impl="xla")
-  np.testing.assert_allclose(np.asarray(got), _reference(q, k, v, mask, False), atol=2e-6)
+  bound = tol.attention_bound(q, k, v, 70)
+  tol.assert_within(tol.max_abs_diff(got, _reference(q, k, v, mask, False)), bound,
+                    "attention: cross attention")
   got = layers.attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), impl="xla",
                          is_causal=True)
-  np.testing.assert_allclose(np.asarray(got), _reference(q, k, v, np.ones((2, 4, 5, 70)), True),
-                             atol=2e-6)
+  tol.assert_within(tol.max_abs_diff(got, _reference(q, k, v, np.ones((2, 4, 5, 70)), True)),
+                    bound, "attention: causal with fewer queries")
 
 
 def test_fully_masked_query_is_finite():
@@ -125,7 +143,9 @@ def test_lengths_equal_the_padding_mask_they_stand_for():
       got = layers.attention(q, k, v, lengths=lengths, impl=impl, is_causal=causal)
       want = layers.attention(q, k, v, mask=dense, impl=impl, is_causal=causal)
       real = np.arange(t) < np.asarray(lengths)[:, None]  # padded query rows are unspecified
-      np.testing.assert_allclose(np.asarray(got)[real], np.asarray(want)[real], atol=1e-6)
+      tol.assert_within(tol.max_abs_diff(np.asarray(got)[real], np.asarray(want)[real]),
+                        tol.attention_bound(q, k, v, t, two_sided=True),
+                        f"attention: lengths vs dense mask {impl} causal={causal}")
   assert layers.resolve_impl("jax", jnp.bfloat16) == (
       "cudnn" if jax.default_backend() == "gpu" else "xla")
   assert layers.resolve_impl("jax", jnp.float32) == "xla"
@@ -159,10 +179,12 @@ def test_segment_attention_values_and_gradients_match_a_dense_segment_mask():
 
   out = layers.segment_attention(q, k, v, plan, impl="xla")
   ref = _reference(q[None], k[None], v[None], np.asarray(mask), False)[0]
-  np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=1e-5)
+  tol.assert_within(tol.max_abs_diff(out, ref), tol.attention_bound(q, k, v, n),
+                    "attention: segments vs reference")
   for got, want in zip(jax.grad(seg, argnums=(0, 1, 2))(q, k, v),
                        jax.grad(dense, argnums=(0, 1, 2))(q, k, v)):
-    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+    tol.assert_within(tol.max_abs_diff(got, want), _grad_bound(q, k, v, w, n),
+                      "attention: segment gradients vs dense mask")
 
 
 def test_segment_plan_rejects_segments_that_do_not_partition_the_tokens():

@@ -5,6 +5,11 @@ import pytest
 
 from streampro_jax.bench import content_probe
 
+from helpers import tolerances as tol  # pylint: disable=g-bad-import-order
+
+# The probabilities are float32 count ratios (one rounding) and the chance a float64 quotient:
+# tol.approx_ops(x, ops=1) (tests/helpers/tolerances.py).
+
 GROUPS = {"colour": list(range(10, 18)), "shape": [20, 21, 22, 23], "direction": [30, 31, 32, 33]}
 
 
@@ -28,11 +33,11 @@ def test_probabilities_accuracy_and_copyable_split():
   out = content_probe.probe_batches(_forward, None, [_batch()], GROUPS)
   # The colour word 12 was in the user text before its slot: copyable. The shape word 21 was not.
   assert set(out) == {"colour", "colour (in the question)", "shape", "shape (only on screen)"}
-  assert out["colour"]["p_right"] == pytest.approx(0.3)
+  assert out["colour"]["p_right"] == tol.approx_ops(0.3, ops=1)
   assert out["colour"]["accuracy"] == 1.0 and out["colour"]["slots"] == 1
-  assert out["colour"]["chance"] == pytest.approx(1 / 8)
+  assert out["colour"]["chance"] == tol.approx_ops(1 / 8, ops=1)
   assert out["colour (in the question)"] == out["colour"]
-  assert out["shape"]["p_right"] == pytest.approx(0.2)
+  assert out["shape"]["p_right"] == tol.approx_ops(0.2, ops=1)
   assert out["shape"]["accuracy"] == 0.0 and out["shape"]["chance"] == 0.25
 
 

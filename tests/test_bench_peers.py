@@ -12,6 +12,12 @@ import pytest
 
 from streampro_jax.bench import ovo, pauc, streamingbench
 
+from helpers import tolerances as tol  # pylint: disable=g-bad-import-order
+
+# Values here are host-side float64 arithmetic (Python floats) of a few dozen operations on
+# values of order one, compared with hand-computed references: tol.approx64, rel and abs
+# gamma_64 in float64 (7e-15) (tests/helpers/tolerances.py).
+
 MODEL = "MyModel"
 
 # (task_type, answer, response or None for "no entry for the model")
@@ -159,8 +165,8 @@ def test_score_rtvu_matches_official_count(tmp_path):
   # Official count.py --task real on rtvu_official_output(): 8 items; OR 1/2, Counting 2/3
   # (" D" is wrong: first character), Clips Summarize 1/1 (no entry skipped), CR 1/2 ("c" wrong).
   assert out["n_scored"] == 8 and out["n_missing"] == 1
-  assert out["total"] == pytest.approx(0.625)
-  assert out["tasks"] == pytest.approx({"Object Recognition": 0.5, "Counting": 2 / 3,
+  assert out["total"] == tol.approx64(0.625)
+  assert out["tasks"] == tol.approx64({"Object Recognition": 0.5, "Counting": 2 / 3,
                                         "Clips Summarize": 1.0, "Causal Reasoning": 0.5})
   assert out["counts"]["Counting"] == {"total": 3, "correct": 2}
   # A mapping keyed by position gives the same.
@@ -181,15 +187,15 @@ def test_score_proactive_matches_official_count(tmp_path):
   out = streamingbench.score_proactive(qs, histories)
   # Official count.py --task proactive: total 5, time_correct 3, answer_correct 2.
   assert out["n_scored"] == 5 and out["n_missing"] == 1
-  assert out["time_accuracy"] == pytest.approx(0.6)
-  assert out["answer_accuracy"] == pytest.approx(0.4)
+  assert out["time_accuracy"] == tol.approx64(0.6)
+  assert out["answer_accuracy"] == tol.approx64(0.4)
   t = out["tasks"]["Proactive Output"]
   assert (t["total"], t["time_correct"], t["answer_correct"]) == (5, 3, 2)
   # Plain reply lists {"time", "content"} (no roles) score the same.
   plain = [None if h is None else [{"time": m["time"], "content": m["content"]}
                                    for m in h["dialog_history"] if m["role"] == "assistant"]
            for h in histories]
-  assert streamingbench.score_proactive(qs, plain)["answer_accuracy"] == pytest.approx(0.4)
+  assert streamingbench.score_proactive(qs, plain)["answer_accuracy"] == tol.approx64(0.4)
 
 
 def test_proactive_protocol_helpers():
@@ -221,7 +227,7 @@ def test_ovo_score_matches_official():
   # CRR: "no" (type 0) no; "Yes" ok; "Not yet. No" ok ("No" in "Not") -> 2/3.
   expected_tasks = {"EPM": 0.5, "ASI": 0.5, "HLD": 1.0, "OCR": 0.5, "ACR": 1.0, "STU": 1.0,
                     "REC": 0.5, "SSR": 0.6, "CRR": 2 / 3}
-  assert out["tasks"] == pytest.approx(expected_tasks)
+  assert out["tasks"] == tol.approx64(expected_tasks)
   assert round(100 * out["backward"], 2) == 66.67
   assert round(100 * out["realtime"], 2) == 83.33
   assert round(100 * out["forward"], 2) == 58.89
@@ -243,7 +249,7 @@ def test_ovo_rules_and_edges():
   assert out["forward"] is None and out["total"] is None
   merged = ovo.merge_results([{"backward": res["backward"][:2], "realtime": [], "forward": []},
                               {"backward": res["backward"][2:], "realtime": res["realtime"]}])
-  assert ovo.score(merged)["tasks"]["EPM"] == pytest.approx(0.5)
+  assert ovo.score(merged)["tasks"]["EPM"] == tol.approx64(0.5)
   bad = {"backward": [], "realtime": [], "forward": [{"id": 1, "task": "XYZ", "test_info": []}]}
   with pytest.raises(ValueError, match="XYZ"):
     ovo.score(bad)
@@ -261,7 +267,7 @@ def test_ovo_rules_and_edges():
                                              (0.25, (0.5 * 1.5 + 1 * 3 + 2 * 5.5) / 20)])
 def test_turn_score_by_hand(omega, expected):
   got = pauc.turn_score([16.0, 12.0], [2, 1], (10.0, 20.0), omega=omega)
-  assert got == pytest.approx(expected)
+  assert got == tol.approx64(expected)
 
 
 @pytest.mark.parametrize("omega", [0.0, 0.5, 1.0])
@@ -276,12 +282,12 @@ def test_turn_score_more_cases_by_hand():
   assert pauc.turn_score([5.0], [0], (5.0, 9.0), omega=0.0) == 0.0
   # A late good reply at the span end: omega 0 -> 0.5 over [0, 4] -> 2/8 = 0.25;
   # omega 0.5 -> 0.5*2 + 2*2 = 5 -> 5/8; omega 1 -> 2*4/8 = 1.
-  assert pauc.turn_score([9.0], [2], (5.0, 9.0), omega=0.0) == pytest.approx(0.25)
-  assert pauc.turn_score([9.0], [2], (5.0, 9.0), omega=0.5) == pytest.approx(0.625)
-  assert pauc.turn_score([9.0], [2], (5.0, 9.0), omega=1.0) == pytest.approx(1.0)
+  assert pauc.turn_score([9.0], [2], (5.0, 9.0), omega=0.0) == tol.approx64(0.25)
+  assert pauc.turn_score([9.0], [2], (5.0, 9.0), omega=0.5) == tol.approx64(0.625)
+  assert pauc.turn_score([9.0], [2], (5.0, 9.0), omega=1.0) == tol.approx64(1.0)
   # Grade 1 at x=1 on a 0..3 scale with start 0: (0*1 + 1*3) / (4*3) = 0.25.
   assert pauc.turn_score([6.0], [1], (5.0, 9.0), omega=0.0, max_grade=3,
-                         start=0.0) == pytest.approx(0.25)
+                         start=0.0) == tol.approx64(0.25)
   # Zero-length span with a reply in it: 0.
   assert pauc.turn_score([5.0], [2], (5.0, 5.0)) == 0.0
   with pytest.raises(ValueError, match="2 reply times but 1 grades"):
@@ -302,14 +308,14 @@ def test_pauc_benchmark_mean_and_postprocess():
   out = pauc.score(examples)
   # Turn b after post-processing: replies 12 (2), 18 (2).
   #   omega 0: 0.5*2 + 2*8 = 17 -> 0.85; omega 0.5: 0.5*1 + 2*9 = 18.5 -> 0.925; omega 1: 1.
-  assert out["omega=0"] == pytest.approx((0.65 + 0.25 + 0.85) / 3)
-  assert out["omega=0.5"] == pytest.approx((0.825 + 0.25 + 0.925) / 3)
-  assert out["omega=1"] == pytest.approx((1.0 + 0.25 + 1.0) / 3)
+  assert out["omega=0"] == tol.approx64((0.65 + 0.25 + 0.85) / 3)
+  assert out["omega=0.5"] == tol.approx64((0.825 + 0.25 + 0.925) / 3)
+  assert out["omega=1"] == tol.approx64((1.0 + 0.25 + 1.0) / 3)
   assert out["num_videos"] == 2 and out["num_turns"] == 3
   # Without the post-processing, the grade-0 reply at 17 stays:
   #   omega 0: 0.5*2 + 2*5 + 0*1 + 2*2 = 15 -> 0.75.
   raw = pauc.score(examples, postprocess=False)
-  assert raw["omega=0"] == pytest.approx((0.65 + 0.25 + 0.75) / 3)
+  assert raw["omega=0"] == tol.approx64((0.65 + 0.25 + 0.75) / 3)
 
 
 def test_drop_late_regressions_and_judge_helpers():

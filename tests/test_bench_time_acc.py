@@ -6,10 +6,15 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.axes  # noqa: E402
-import pytest  # noqa: E402
 
 from streampro_jax.bench import report  # noqa: E402
 from streampro_jax.bench import streampro_f1 as f1m  # noqa: E402
+
+from helpers import tolerances as tol  # pylint: disable=g-bad-import-order
+
+# Values here are host-side float64 arithmetic (Python floats) of a few dozen operations on
+# values of order one, compared with hand-computed references: tol.approx64, rel and abs
+# gamma_64 in float64 (7e-15) (tests/helpers/tolerances.py).
 
 
 def _judge(p, a, q):
@@ -41,18 +46,18 @@ def test_time_acc_by_hand():
   res = f1m.score_benchmark(_items(), _judge)
   ta = res["time_acc"]
   # OU: matched (0.75, 1), (0.5, 0.5), (1, 0): Time 2.25 / 3, Acc 1.5 / 3.
-  assert ta["OU"]["time"] == pytest.approx(0.75) and ta["OU"]["acc"] == pytest.approx(0.5)
+  assert ta["OU"]["time"] == tol.approx64(0.75) and ta["OU"]["acc"] == tol.approx64(0.5)
   assert ta["OU"]["matched"] == 3 and ta["OU"]["count"] == 2
-  assert res["per_task"]["OU"]["time"] == pytest.approx(0.75)
-  assert ta["AA"]["time"] == pytest.approx(0.5) and ta["AA"]["acc"] == pytest.approx(1.0)
-  assert ta["TG"]["time"] == pytest.approx(0.75) and ta["TG"]["acc"] == pytest.approx(2 / 6)
+  assert res["per_task"]["OU"]["time"] == tol.approx64(0.75)
+  assert ta["AA"]["time"] == tol.approx64(0.5) and ta["AA"]["acc"] == tol.approx64(1.0)
+  assert ta["TG"]["time"] == tol.approx64(0.75) and ta["TG"]["acc"] == tol.approx64(2 / 6)
   # PU pools OU and AA's 4 matched predictions: Time (2.25 + 0.5) / 4, Acc (1.5 + 1) / 4.
-  assert ta["PU"]["time"] == pytest.approx(2.75 / 4) and ta["PU"]["acc"] == pytest.approx(2.5 / 4)
+  assert ta["PU"]["time"] == tol.approx64(2.75 / 4) and ta["PU"]["acc"] == tol.approx64(2.5 / 4)
   # PU F1: QA-weighted (OU 2 QA, AA 1 QA). OU QA 1: best S = max(0.75, 0.25) = 0.75, P = 0.25,
   # R = 0.75, F1 = 0.375; OU QA 2: S = 0, F1 0. AA: S 0.5, P = R = 0.5, F1 0.5.
-  assert ta["OU"]["f1"] == pytest.approx(0.375 / 2)
-  assert ta["PU"]["f1"] == pytest.approx((0.375 + 0 + 0.5) / 3)
-  assert ta["TR"]["acc"] == pytest.approx(2 / 6) and "PA" not in ta
+  assert ta["OU"]["f1"] == tol.approx64(0.375 / 2)
+  assert ta["PU"]["f1"] == tol.approx64((0.375 + 0 + 0.5) / 3)
+  assert ta["TR"]["acc"] == tol.approx64(2 / 6) and "PA" not in ta
   assert ta["All"]["matched"] == 5 and ta["All"]["count"] == 4
   # The table.
   table = report.detail_table({"m": res})
@@ -75,7 +80,7 @@ def test_tg_in_the_metric_is_iou_with_a_batched_llm_judge():
 
   j = ZeroLLM()
   res = f1m.score_benchmark([_items()[3]], j)
-  assert res["per_qa"][0]["f1"] == pytest.approx(0.75 * 2 / 6)
+  assert res["per_qa"][0]["f1"] == tol.approx64(0.75 * 2 / 6)
   assert j.items == []          # TG never reaches the judge
 
 

@@ -6,6 +6,12 @@ import pytest
 
 from streampro_jax.data import peer_loaders, schema
 
+from helpers import tolerances as tol  # pylint: disable=g-bad-import-order
+
+# Values here are host-side float64 arithmetic (Python floats) of a few dozen operations on
+# values of order one, compared with hand-computed references: tol.approx64, rel and abs
+# gamma_64 in float64 (7e-15) (tests/helpers/tolerances.py).
+
 STREAMINGBENCH = [
     {"time": "[0:00:00 - 0:01:00]",
      "questions": [{"task_type": "Object Perception", "question": "What is on the table now?",
@@ -150,7 +156,7 @@ def test_proactivevideoqa(tmp_path):
   assert r0.meta["items"]["Explosion016_x264.mp4"]["answer"][0]["related_timespan"] == [6.0, 15.0]
   # The reply span 47.5 past the 46.97 s video is clipped and counted.
   (a1,) = r1.questions[0].answers
-  assert a1.end == pytest.approx(46.96666666666667)
+  assert a1.end == tol.approx64(46.96666666666667)
   assert r1.meta["items"]["Shooting034_x264.mp4"]["clipped_spans"] == 1
   assert r1.meta["items"]["Shooting034_x264.mp4"]["conversation"][1]["content"] == "Subtitle: hello"
   records_tv, _ = peer_loaders.load_proactivevideoqa(path, subset="TV")
@@ -179,4 +185,4 @@ def test_probe_duration_from_video_file(tmp_path):
                           "time_stamp": "00:00:01", "answer": "A", "options": ["A. 1", "B. 2"]}]}
   path = _write(tmp_path / "q.json", [entry])
   (r,), _ = peer_loaders.load_streamingbench(path)
-  assert r.duration == pytest.approx(2.5) and r.meta["duration_source"] == "probe"
+  assert r.duration == tol.approx64(2.5) and r.meta["duration_source"] == "probe"

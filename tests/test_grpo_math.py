@@ -10,6 +10,13 @@ import pytest
 
 from streampro_jax import grpo
 
+from helpers import tolerances as tol  # pylint: disable=g-bad-import-order
+
+# Tolerances (tests/helpers/tolerances.py), float32 against hand values or float64 references.
+# A hand formula of a few float32 operations (logs, exps, a mean or std over <= 8 values): at most
+# 16 roundings, relative to the result.
+HAND_RTOL = tol.rel_ops_bound(16)
+
 # ---- group advantages --------------------------------------------------------------------------
 
 
@@ -24,18 +31,23 @@ def test_group_advantages_hand_computed():
   # Group [0, 1, 2, 3]: mean 1.5, sample std sqrt((2.25 + .25 + .25 + 2.25) / 3) = sqrt(5/3).
   a = grpo.group_advantages(jnp.array([0.0, 1.0, 2.0, 3.0]), 4, eps=0.0)
   s = math.sqrt(5 / 3)
-  np.testing.assert_allclose(a, [-1.5 / s, -0.5 / s, 0.5 / s, 1.5 / s], rtol=1e-6)
+  np.testing.assert_allclose(a, [-1.5 / s, -0.5 / s, 0.5 / s, 1.5 / s], rtol=HAND_RTOL)
   # ddof = 0: population std sqrt(5/4).
   a0 = grpo.group_advantages(jnp.array([0.0, 1.0, 2.0, 3.0]), 4, eps=0.0, ddof=0)
-  np.testing.assert_allclose(a0, np.array([-1.5, -0.5, 0.5, 1.5]) / math.sqrt(1.25), rtol=1e-6)
+  np.testing.assert_allclose(a0, np.array([-1.5, -0.5, 0.5, 1.5]) / math.sqrt(1.25),
+                             rtol=HAND_RTOL)
 
 
 def test_group_advantages_match_reference():
   rng = np.random.default_rng(0)
   r = rng.random(6 * 8).astype(np.float32) * 2.0
   for ddof in (0, 1):
-    np.testing.assert_allclose(grpo.group_advantages(jnp.asarray(r), 8, ddof=ddof),
-                               _np_advantages(r, 8, ddof=ddof), rtol=2e-5, atol=2e-5)
+    # float32 mean (8 terms), centring, std (8 squares, a sqrt), division: 2 gamma_8 on the
+    # rewards' scale (<= 2) per sum, ~20 roundings, relative to the std (>= 0.3 for these
+    # uniform rewards): absolute on the advantages' scale (|A| <= sqrt(7)).
+    want = _np_advantages(r, 8, ddof=ddof)
+    np.testing.assert_allclose(grpo.group_advantages(jnp.asarray(r), 8, ddof=ddof), want,
+                               atol=tol.rel_ops_bound(20) * 2 / 0.3 * np.abs(want).max(), rtol=0)
 
 
 def test_equal_rewards_give_exact_zeros_in_float32():
@@ -100,17 +112,20 @@ def test_grpo_loss_hand_computed():
   # sequence-mean-token-mean: row 1 mean (-1.2 - 0.5) / 2 + .04 kl, row 2: 0.8 + .04 kl.
   want = ((-1.7 / 2) + 0.8) / 2 + 0.04 * kl
   loss, aux = grpo.grpo_loss_and_aux(logps, old, ref, adv, mask)
-  np.testing.assert_allclose(loss, want, rtol=1e-5)
-  np.testing.assert_allclose(aux["clip_fraction"], 2 / 3, rtol=1e-6)
-  np.testing.assert_allclose(aux["kl_mean"], kl, rtol=1e-5)
-  np.testing.assert_allclose(aux["ratio_max"], 1.5, rtol=1e-6)
+  # The loss cancels: its terms sum to |.| ~ 0.85 for a result ~ 0.013, so HAND_RTOL applies on
+  # the terms' scale (x 0.85 / |want|); k3 = e^d - d - 1 cancels too (terms ~3.3, result 0.31).
+  terms = (1.2 + 0.5) / 4 + 0.8 / 2 + 0.04 * kl
+  np.testing.assert_allclose(loss, want, atol=HAND_RTOL * terms, rtol=0)
+  np.testing.assert_allclose(aux["clip_fraction"], 2 / 3, rtol=tol.U32)  # a count ratio
+  np.testing.assert_allclose(aux["kl_mean"], kl, atol=HAND_RTOL * (2 + math.log(2) + 1), rtol=0)
+  np.testing.assert_allclose(aux["ratio_max"], 1.5, rtol=HAND_RTOL)  # exp(log 1.5)
   # token-mean: (-1.2 - 0.5 + 0.8) / 3 + .04 kl.
   np.testing.assert_allclose(grpo.grpo_loss(logps, old, ref, adv, mask, aggregation="token-mean"),
-                             -0.9 / 3 + 0.04 * kl, rtol=1e-5)
+                             -0.9 / 3 + 0.04 * kl, atol=HAND_RTOL * terms, rtol=0)
   # k1 on the same tokens: logp - ref = -ln 2.
   np.testing.assert_allclose(
       grpo.grpo_loss(logps, old, ref, adv, mask, kl="k1"),
-      ((-1.7 / 2) + 0.8) / 2 - 0.04 * math.log(2.0), rtol=1e-5)
+      ((-1.7 / 2) + 0.8) / 2 - 0.04 * math.log(2.0), atol=HAND_RTOL * terms, rtol=0)
 
 
 def _random_batch(seed, b=6, t=7):
@@ -135,7 +150,11 @@ def test_grpo_loss_and_grad_match_reference(aggregation, kl):
   val, grad = jax.jit(jax.value_and_grad(fn))(f32(logps))
   ref_fn = lambda lp: _np_grpo(lp, old, ref, adv, mask, kl=kl,  # noqa: E731
                                aggregation=aggregation)
-  np.testing.assert_allclose(val, ref_fn(logps), rtol=1e-5, atol=1e-6)
+  # float32 vs float64: per token ~10 roundings (ratio exp, clip, min, k3's exp), the masked
+  # means over 7 tokens and 6 rows (~14): 24 roundings on the terms' scale (ratio x |A| <= ~5,
+  # k3 terms <= ~3), absolute.
+  scale = 5.0
+  np.testing.assert_allclose(val, ref_fn(logps), atol=tol.rel_ops_bound(24) * scale, rtol=0)
   h = 1e-6
   fd = np.zeros_like(logps)
   for idx in np.ndindex(*logps.shape):
@@ -143,7 +162,10 @@ def test_grpo_loss_and_grad_match_reference(aggregation, kl):
     lp[idx] += h
     lm[idx] -= h
     fd[idx] = (ref_fn(lp) - ref_fn(lm)) / (2 * h)
-  np.testing.assert_allclose(grad, fd, atol=2e-6, rtol=1e-4)
+  # Finite differences of the float64 reference: truncation ~h^2 and rounding 2^-53 |f| / h
+  # (~1e-9); the float32 gradient: ~10 roundings per entry on its scale (ratio x |A| / n).
+  np.testing.assert_allclose(grad, fd, atol=tol.rel_ops_bound(10) * scale * np.abs(fd).max()
+                             + 1e-8, rtol=0)
   assert np.all(np.asarray(grad)[mask == 0] == 0.0)
 
 
@@ -153,7 +175,8 @@ def test_first_update_gradient_is_minus_advantage_over_length():
   adv = jnp.array([2.0, -1.0])
   mask = jnp.array([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
   g = jax.grad(lambda lp: grpo.grpo_loss(lp, logps, logps, adv, mask))(logps)
-  np.testing.assert_allclose(g, [[-2.0 / 2 / 2, -2.0 / 2 / 2, 0.0], [1 / 3 / 2] * 3], rtol=1e-6)
+  np.testing.assert_allclose(g, [[-2.0 / 2 / 2, -2.0 / 2 / 2, 0.0], [1 / 3 / 2] * 3],
+                             rtol=HAND_RTOL)
 
 
 def test_sum_and_count_accumulates_exactly():
@@ -165,26 +188,35 @@ def test_sum_and_count_accumulates_exactly():
       n, d = grpo.grpo_loss_sum_and_count(logps[sl], old[sl], ref[sl], adv[sl], mask[sl],
                                           aggregation=aggregation)
       num, den = num + n, den + d
-    np.testing.assert_allclose(num / den, full, rtol=1e-6)
+    # Two partial sums (2 + 4 rows) added vs one sum over 6 rows of <= 7 tokens: two orders of
+    # <= 42 terms on the terms' scale (<= 5 vs a result >= ~0.1), plus the division.
+    np.testing.assert_allclose(num / den, full, atol=tol.f32_sum_bound(42, 5.0) + tol.U32,
+                               rtol=0)
 
 
 def test_token_logps_and_kl_estimators():
   logits = jnp.log(jnp.array([[[0.5, 0.25, 0.25], [0.1, 0.6, 0.3]]]))
   targets = jnp.array([[0, 2]])
-  np.testing.assert_allclose(grpo.token_logps(logits, targets), np.log([[0.5, 0.3]]), rtol=1e-6)
+  np.testing.assert_allclose(grpo.token_logps(logits, targets), np.log([[0.5, 0.3]]),
+                             rtol=HAND_RTOL)
   # temperature 2: softmax(log p / 2) = sqrt(p) / sum sqrt(p).
   p = np.array([0.5, 0.25, 0.25])
   np.testing.assert_allclose(grpo.token_logps(logits, targets, temperature=2.0)[0, 0],
-                             np.log(np.sqrt(p[0]) / np.sqrt(p).sum()), rtol=1e-6)
+                             np.log(np.sqrt(p[0]) / np.sqrt(p).sum()), rtol=HAND_RTOL)
   rng = np.random.default_rng(3)
   hidden = jnp.asarray(rng.normal(size=(2, 3, 4)), jnp.float32)
   w = jnp.asarray(rng.normal(size=(4, 11)), jnp.float32)
   tg = jnp.asarray(rng.integers(0, 11, size=(2, 3)))
   np.testing.assert_allclose(grpo.token_logps_from_hidden(hidden, w, tg, chunk_size=4,
                                                           temperature=0.7),
-                             grpo.token_logps(hidden @ w, tg, temperature=0.7), rtol=1e-5)
+                             grpo.token_logps(hidden @ w, tg, temperature=0.7),
+                             atol=4 * tol.chain_bound([4, 11], 1.0) * 5, rtol=0)
+  # (chunked vs whole: other orders of h @ w over 4 and a logsumexp over 11 in chunks of 4, on
+  # the logits' scale |h @ w| / 0.7 <= ~5, x 4 for logsumexp's terms)
   lp, rf = jnp.array([-1.0]), jnp.array([-1.5])
-  np.testing.assert_allclose(grpo.kl_k3(lp, rf), math.exp(-0.5) + 0.5 - 1, rtol=1e-6)
+  # k3 = e^d - d - 1 at d = -0.5: terms ~2.1 for a result ~0.107: HAND_RTOL on the terms.
+  np.testing.assert_allclose(grpo.kl_k3(lp, rf), math.exp(-0.5) + 0.5 - 1,
+                             atol=HAND_RTOL * 2.1, rtol=0)
   np.testing.assert_allclose(grpo.kl_k1(lp, rf), 0.5)
   np.testing.assert_allclose(grpo.kl_k2(lp, rf), 0.125)
 

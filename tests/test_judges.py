@@ -14,6 +14,12 @@ import pytest
 
 from streampro_jax import judges, prompts
 
+from helpers import tolerances as tol  # pylint: disable=g-bad-import-order
+
+# Values here are host-side float64 arithmetic (Python floats) of a few dozen operations on
+# values of order one, compared with hand-computed references: tol.approx64, rel and abs
+# gamma_64 in float64 (7e-15) (tests/helpers/tolerances.py).
+
 import loopback_http  # pylint: disable=g-bad-import-order
 
 SECRET = "sk-test-SECRET-4c1d9e"
@@ -42,7 +48,7 @@ def _score_reply(score, explanation="It matches the reference."):
 ])
 def test_parse_score_exact_json_format(reply, want):
   got = prompts.parse_score(reply)
-  assert got == (pytest.approx(want) if want is not None else None)
+  assert got == (tol.approx64(want) if want is not None else None)
 
 
 def _rubric_items(n=6, dims=("granularity", "coherence", "coverage")):
@@ -121,7 +127,7 @@ def test_match_judge():
   ]
   got = j.score_answers(items)
   assert got[:2] == [1.0, 0.0]
-  assert got[2] == pytest.approx(2 / 6)
+  assert got[2] == tol.approx64(2 / 6)
   assert got[3:] == [0.0, 1.0]
   assert j.stats.requests == 5 and j.stats.failures == 0
   traj = "[2s-3s] the ball is red\n[5s-6s] it rolls away"
@@ -138,7 +144,7 @@ def test_match_judge():
   # TG uses the metric's span grammar (spans.py): "2-6 seconds" and "0:02-0:06" are spans.
   got = j.score_answers([judges.AnswerItem("q", "2-6 seconds", "4s-8s", task="TG"),
                          judges.AnswerItem("q", "0:04-0:08", "4s-8s", task="TG")])
-  assert got == [pytest.approx(2 / 6), 1.0]
+  assert got == [tol.approx64(2 / 6), 1.0]
 
 
 # ---- a real chat-completions server -----------------------------------------------------------
@@ -315,7 +321,7 @@ def test_http_judge_scores_tg_by_iou_without_calling_the_model(server, judge_fac
            judges.AnswerItem("When?", "no span here", "4s-8s", task="TG"),
            judges.AnswerItem("When?", "2s-6s", "the end", task="TG"),   # reference without span
            _item("plain")]
-  assert j.score_answers(items) == [pytest.approx(2 / 6), 0.0, None, 1.0]
+  assert j.score_answers(items) == [tol.approx64(2 / 6), 0.0, None, 1.0]
   assert server.total == 1                          # only the non-TG item reached the model
   assert j.stats.failures == 1
 
@@ -382,9 +388,9 @@ def test_local_judge(tmp_path):
 
   j = judges.LocalLMJudge(str(good), batch_size=2, score_max_tokens=1)
   items = [_item("a"), _item("b"), _item("c")]
-  assert j.score_answers(items) == [pytest.approx(0.8)] * 3
+  assert j.score_answers(items) == [tol.approx64(0.8)] * 3
   assert j.stats.failures == 0 and j.stats.calls == 3
-  assert j.score_answers(items[:1]) == [pytest.approx(0.8)]
+  assert j.score_answers(items[:1]) == [tol.approx64(0.8)]
   assert j.stats.cache_hits == 1
   assert "sk-" not in repr(j)
 

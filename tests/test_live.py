@@ -11,6 +11,12 @@ import pytest
 from streampro_jax import live, rollout
 from streampro_jax.bench import harness, streampro_f1
 
+from helpers import tolerances as tol  # pylint: disable=g-bad-import-order
+
+# Values here are host-side float64 arithmetic (Python floats) of a few dozen operations on
+# values of order one, compared with hand-computed references: tol.approx64, rel and abs
+# gamma_64 in float64 (7e-15) (tests/helpers/tolerances.py).
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -99,7 +105,7 @@ def test_transcript_results_are_scored_by_the_harness_scorers(tmp_path):
   qa = scores["per_qa"][0]
   # red at 3 s matches the answer (at 3 s) exactly: S = 1; blue does
   # not: P = 1/2, R = 1.
-  assert qa["recall"] == pytest.approx(1.0) and qa["precision"] == pytest.approx(0.5)
+  assert qa["recall"] == tol.approx64(1.0) and qa["precision"] == tol.approx64(0.5)
   with open(path, "a", encoding="utf-8") as f:
     f.write('{"kind": "turn", "tur')   # killed mid-write: the torn last line is skipped
   assert len(live.read_transcript(path)[0]) == 5

@@ -12,8 +12,18 @@ import pytest
 
 from streampro_jax import losses
 
+from helpers import tolerances as tol  # pylint: disable=g-bad-import-order
+
 SIL, RESP = 2, 3  # decision token ids in the tiny vocabularies below.
 LN2 = math.log(2.0)
+# Tolerances (tests/helpers/tolerances.py), float32 against exact or float64 values:
+# hand case: log-softmax over V = 4 (max, 4 exps, their sum, a log: 8 roundings), class weights
+# (6), the weighted sum over 5 tokens and one division (6): 20 roundings, relative.
+HAND_RTOL = tol.rel_ops_bound(20)
+# random case (V = 7, 12 tokens, logits ~ 2 N(0, 1)): log-softmax (11), weights (6), sum over 12
+# tokens and a division (13): 30 roundings; logsumexp rounds on the logits' scale, at most 4x the
+# mean per-token loss here (|z| <= 2 x 3 sigma vs a loss ~ 1.5-2): x 4.
+RANDOM_RTOL = 4 * tol.rel_ops_bound(30)
 
 
 def _hand_case():
@@ -44,9 +54,11 @@ def test_cb_stream_hand_computed():
   #   = ln2 / 4 * (2 + (6 + 3.9998) / 2.9999)
   expected = LN2 / 4 * (2 + 9.9998 / 2.9999)
   got = losses.cb_stream_loss(logits, labels, mask, decision_token_ids=(SIL, RESP))
-  np.testing.assert_allclose(got, expected, rtol=1e-6)
+  np.testing.assert_allclose(got, expected, rtol=HAND_RTOL)
   w = losses.cb_stream_class_weights(jnp.array([2.0, 1.0]))
-  np.testing.assert_allclose(w, [2 / 2.9999, 3.9998 / 2.9999], rtol=1e-6)
+  # effective numbers (8 roundings, test_effective_number_accurate_in_float32), inverses, their
+  # sum and the normalisation (4).
+  np.testing.assert_allclose(w, [2 / 2.9999, 3.9998 / 2.9999], rtol=tol.rel_ops_bound(12))
 
 
 def test_cb_stream_absent_class_left_out():
@@ -55,7 +67,7 @@ def test_cb_stream_absent_class_left_out():
   # Only silence present -> w_sil = 1. L = (2 * ln2 + 1 * ln2 + 1 * 2 ln2 + 2 * 2 ln2) / 4.
   expected = (2 * LN2 + LN2 + 2 * LN2 + 4 * LN2) / 4
   got = losses.cb_stream_loss(logits, labels, mask, decision_token_ids=(SIL, RESP))
-  np.testing.assert_allclose(got, expected, rtol=1e-6)
+  np.testing.assert_allclose(got, expected, rtol=HAND_RTOL)
   np.testing.assert_allclose(losses.cb_stream_class_weights(jnp.array([5.0, 0.0])), [1.0, 0.0])
 
 
@@ -63,7 +75,7 @@ def test_cross_entropy_hand_computed():
   logits, labels, mask = _hand_case()
   # (ln2 + ln2 + 2 ln2 + ln2) / 4
   np.testing.assert_allclose(losses.cross_entropy_loss(logits, labels, mask), 5 * LN2 / 4,
-                             rtol=1e-6)
+                             rtol=HAND_RTOL)
 
 
 def test_focal_hand_computed():
@@ -72,7 +84,7 @@ def test_focal_hand_computed():
   # t0 text: ln2; t1: .75 * (1 - .5)^2 * ln2 = .1875 ln2; t2: .75 * (.75)^2 * 2 ln2 = .84375 ln2;
   # t3: 1.5 * (.5)^2 * ln2 = .375 ln2.  L = 2.40625 ln2 / 4.
   got = losses.focal_stream_loss(logits, labels, mask, decision_token_ids=(SIL, RESP))
-  np.testing.assert_allclose(got, 2.40625 * LN2 / 4, rtol=1e-6)
+  np.testing.assert_allclose(got, 2.40625 * LN2 / 4, rtol=HAND_RTOL)
 
 
 def test_empty_mask_gives_zero():
@@ -90,8 +102,11 @@ def test_effective_number_accurate_in_float32():
   beta = 0.9999
   ref = -np.expm1(n * np.log1p(-(1 - beta))) / (1 - beta)  # float64
   got = np.asarray(losses.effective_number(jnp.asarray(n, jnp.float32), beta), np.float64)
-  np.testing.assert_allclose(got, ref, rtol=1e-5)
-  # The naive float32 formula misses the 1e-5 tolerance (so the check above can fail).
+  # log1p(-(1 - beta)) and 1 - beta rounded to float32 (2u), times n (u; n exact), expm1 (its
+  # argument's error times a condition number x / (1 - e^-x) e^-x <= 1, plus <= 2 ulp of its
+  # own), the division (u): 8 roundings (measured 2.3u on this host).
+  np.testing.assert_allclose(got, ref, rtol=tol.rel_ops_bound(8))
+  # The naive float32 formula misses it by far (so the check above can fail).
   naive = (1 - np.float32(beta) ** n.astype(np.float32)) / (1 - np.float32(beta))
   assert np.max(np.abs(naive / ref - 1)) > 1e-4
   np.testing.assert_allclose(losses.effective_number(jnp.array([3.0]), 1.0), [3.0])
@@ -156,8 +171,10 @@ def test_value_and_grad_match_float64_reference(kind):
   fn = jax.jit(jax.value_and_grad(
       lambda lg: _jax_loss(kind, lg, jnp.asarray(labels), jnp.asarray(mask, jnp.float32))))
   val, grad = fn(jnp.asarray(logits, jnp.float32))
-  np.testing.assert_allclose(val, _np_loss(logits, labels, mask, kind), rtol=1e-5)
-  # Central finite differences of the float64 reference.
+  np.testing.assert_allclose(val, _np_loss(logits, labels, mask, kind), rtol=RANDOM_RTOL)
+  # Central finite differences of the float64 reference: truncation (h^2 / 6 times the third
+  # derivative, ~1e-12) and rounding (2^-53 |f| / h, ~1e-9) are far below the float32
+  # gradient's error: the softmax's roundings (RANDOM_RTOL) on the gradient's scale.
   h = 1e-6
   fd = np.zeros_like(logits)
   it = np.nditer(logits, flags=["multi_index"])
@@ -167,7 +184,7 @@ def test_value_and_grad_match_float64_reference(kind):
     lp[idx] += h
     lm[idx] -= h
     fd[idx] = (_np_loss(lp, labels, mask, kind) - _np_loss(lm, labels, mask, kind)) / (2 * h)
-  np.testing.assert_allclose(grad, fd, atol=2e-6, rtol=1e-4)
+  np.testing.assert_allclose(grad, fd, atol=RANDOM_RTOL * np.abs(fd).max() + 1e-9, rtol=0)
   # Unsupervised positions get no gradient.
   assert np.all(np.asarray(grad)[mask == 0] == 0.0)
 
@@ -178,7 +195,7 @@ def test_cb_stream_weights_carry_no_gradient_and_text_weight():
   for tw in (1.0, 3.0):
     np.testing.assert_allclose(
         losses.cb_stream_loss(*args, decision_token_ids=(SIL, RESP), text_weight=tw),
-        _np_loss(logits, labels, mask, "cb_stream", text_weight=tw), rtol=1e-5)
+        _np_loss(logits, labels, mask, "cb_stream", text_weight=tw), rtol=RANDOM_RTOL)
 
 
 @pytest.mark.parametrize("kind", ("cb_stream", "focal"))
@@ -194,7 +211,9 @@ def test_sum_and_count_accumulation_with_global_counts(kind):
   for sl in (slice(0, 1), slice(1, 4)):
     s, c = fn(lg[sl], lb[sl], mk[sl], decision_token_ids=(SIL, RESP), class_counts=counts)
     total, count = total + s, count + c
-  np.testing.assert_allclose(total / count, full, rtol=1e-6)
+  # The same terms summed in two parts (1 row + 3 rows) then added: another order of a sum of
+  # <= 24 positive terms, plus the division: 2 gamma_24 + u.
+  np.testing.assert_allclose(total / count, full, rtol=tol.f32_sum_bound(24, 1.0) + tol.U32)
 
 
 def test_sharded_jit_counts_over_global_batch():
@@ -210,7 +229,8 @@ def test_sharded_jit_counts_over_global_batch():
   args = [jnp.asarray(logits, jnp.float32), jnp.asarray(labels), jnp.asarray(mask, jnp.float32)]
   sharded = [jax.device_put(a, sharding) for a in args]
   fn = jax.jit(lambda lg, lb, mk: losses.cb_stream_loss(lg, lb, mk, decision_token_ids=(SIL, RESP)))
-  np.testing.assert_allclose(fn(*sharded), _np_loss(logits, labels, mask, "cb_stream"), rtol=1e-5)
+  np.testing.assert_allclose(fn(*sharded), _np_loss(logits, labels, mask, "cb_stream"),
+                             rtol=RANDOM_RTOL)
 
 
 def test_metrics_hand_computed():
@@ -243,11 +263,18 @@ def test_chunked_equals_plain(kind):
 
   v1, g1 = jax.value_and_grad(plain, argnums=(0, 1))(hidden, unembed)
   v2, g2 = jax.jit(jax.value_and_grad(chunked, argnums=(0, 1)))(hidden, unembed)
-  np.testing.assert_allclose(v2, v1, rtol=1e-5)
-  chex.assert_trees_all_close(g2, g1, atol=1e-5, rtol=1e-4)
+  # Chunked vs plain: other orders of the same sums (logits h @ w over d = 6, logsumexp over
+  # V = 23 in chunks of 8, the token sum over 10): two orders, on the logits' scale
+  # (|h @ w| <= ~4x the mean loss, as above); the gradients pass the same chain back.
+  rel = 4 * tol.chain_bound([d, v, b * t], 1.0)
+  np.testing.assert_allclose(v2, v1, rtol=rel)
+  for x, y in zip(jax.tree.leaves(g2), jax.tree.leaves(g1)):
+    np.testing.assert_allclose(x, y, atol=2 * rel * tol.max_abs(y), rtol=0)
   nll, pred = losses.chunked_token_stats(hidden, unembed, labels, chunk_size=8)
   np.testing.assert_array_equal(pred, jnp.argmax(hidden @ unembed, -1))
-  np.testing.assert_allclose(nll, losses.token_nll(hidden @ unembed, labels), rtol=1e-5, atol=1e-6)
+  nll_ref = losses.token_nll(hidden @ unembed, labels)
+  np.testing.assert_allclose(nll, nll_ref, atol=4 * tol.chain_bound([d, v], 1.0)
+                             * max(tol.max_abs(nll_ref), 1.0), rtol=0)
 
 
 def test_chunked_backward_keeps_no_full_logits():

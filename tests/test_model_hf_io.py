@@ -17,6 +17,8 @@ from streampro_jax import parallel
 from streampro_jax.models import hf_io
 from streampro_jax.models import qwen2_5_vl as q
 
+from helpers import tolerances as tol  # pylint: disable=g-bad-import-order
+
 # The hub config.json of Qwen/Qwen2.5-VL-3B-Instruct (flat text keys, rope_scaling).
 HUB_3B = {
     "architectures": ["Qwen2_5_VLForConditionalGeneration"], "attention_dropout": 0.0,
@@ -141,4 +143,8 @@ def test_transformers_loads_our_checkpoint_and_logits_agree(tmp_path):
             position_ids=pos)
     scale = np.abs(ref).max()
     assert scale > 1.0
-    assert np.abs(np.asarray(ours) - ref).max() <= 1e-4 * scale
+    # Two summation orders (torch vs XLA) over the logits' chain of reductions, worst case
+    # (tests/helpers/tolerances.py): vision over a 4 x 6 frame, text over the prompt.
+    tol.assert_within(np.abs(np.asarray(ours) - ref).max(),
+                      tol.model_rel(cfg, ids.shape[1], vision_seq=24) * scale,
+                      "hf_io: transformers from_pretrained of our checkpoint")
