@@ -14,8 +14,8 @@ docs/components.md#the-end-to-end-demo. Fields:
                        rollouts); launch/demo.py sets it per --seeds. The data set and the base
                        model do not change with it.
   data                 SynthStream: synth_seed, num_train / num_validation / num_test videos (the
-                       validation split chooses every setting; the test split is scored once per
-                       variant for the headline table), synth (SynthConfig
+                       demo's settings are compared on the validation split; the test split is
+                       scored once per variant for the headline table), synth (SynthConfig
                        fields: resolution, min/max_duration, difficulty, silence_ratio, tasks).
   frame_size           frames are resized to frame_size x frame_size (patch 4, merge 2 -> (frame /
                        8)^2 visual tokens per turn).
