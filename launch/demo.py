@@ -135,17 +135,6 @@ def _write_json(path, obj):
   os.replace(tmp, path)
 
 
-def _flat(d, prefix=""):
-  """{"a": {"b": 1}} -> {"a.b": 1}."""
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
 def params_sha256(params) -> str:
   """SHA-256 of every parameter leaf's bytes (tree order): equal hashes, equal bits."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -186,9 +175,8 @@ class Demo:
     if os.path.exists(path):
       theirs = _read_json(path)
       if theirs != mine:
-        a, b = _flat(theirs), _flat(mine)
-        diff = [f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}"
-                for k in sorted(set(a) | set(b)) if a.get(k, "(absent)") != b.get(k, "(absent)")]
+        from streampro_jax.train import config_check  # pylint: disable=g-import-not-at-top
+        diff = config_check.config_diff(theirs, mine, ignore=())
         raise app.UsageError(
             f"{self.workdir} holds a demo run with other settings ({'; '.join(diff)}); use "
             f"another --workdir")

@@ -22,6 +22,16 @@ from test_importers import STREAMO_RAW  # noqa: E402  (verbatim Streamo example 
 TINY_CONFIG = os.path.join(ROOT, "configs", "tiny_synthetic.py")
 
 
+
+def _assert_files_have_open_mode(folder):
+  """Every file of an export is readable as open() makes files: 0666 less the umask (the
+  safetensors file was left 0600)."""
+  umask = os.umask(0)
+  os.umask(umask)
+  files = [n for n in os.listdir(folder) if os.path.isfile(os.path.join(folder, n))]
+  assert {n: oct(os.stat(os.path.join(folder, n)).st_mode & 0o777) for n in files} == {
+      n: oct(0o666 & ~umask) for n in files}
+
 def _run(script, *args, timeout=300, **env_overrides):
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1",
              TRANSFORMERS_OFFLINE="1", **env_overrides)
@@ -146,13 +156,7 @@ def test_convert_workdir_to_hf(tmp_path, tiny_synthetic_config):
   r = _run("convert_checkpoint.py", f"--workdir={workdir}", f"--config={TINY_CONFIG}",
            f"--output={out}")
   assert r.returncode == 0, r.stdout + r.stderr[-4000:]
-  # Every file of the export is readable as open() makes files (safetensors left 0600).
-  umask = os.umask(0)
-  os.umask(umask)
-  assert {n: oct(os.stat(os.path.join(out, n)).st_mode & 0o777) for n in os.listdir(out)
-          if os.path.isfile(os.path.join(out, n))} == {
-              n: oct(0o666 & ~umask) for n in os.listdir(out)
-              if os.path.isfile(os.path.join(out, n))}
+  _assert_files_have_open_mode(out)
   record = json.load(open(os.path.join(out, "streampro_conversion.json")))
   assert record["step"] == 2 and record["model_type"] == "qwen2_5_vl"
   # The training frame size travels with the export (launch/evaluate.py streams at it; issue 16
@@ -279,13 +283,7 @@ def test_convert_hf_input_adds_decision_tokens(tmp_path):
   out = str(tmp_path / "hf_out")
   r = _run("convert_checkpoint.py", f"--hf_input={src}", f"--output={out}")
   assert r.returncode == 0, r.stdout + r.stderr[-4000:]
-  # Every file of the export is readable as open() makes files (safetensors left 0600).
-  umask = os.umask(0)
-  os.umask(umask)
-  assert {n: oct(os.stat(os.path.join(out, n)).st_mode & 0o777) for n in os.listdir(out)
-          if os.path.isfile(os.path.join(out, n))} == {
-              n: oct(0o666 & ~umask) for n in os.listdir(out)
-              if os.path.isfile(os.path.join(out, n))}
+  _assert_files_have_open_mode(out)
   record = json.load(open(os.path.join(out, "streampro_conversion.json")))
   assert record["added_tokens"] == ["</Silence>", "</Response>"]
   assert record["vocab_size_before"] == v_old and record["vocab_size"] == 64  # 23 -> pad to 64
