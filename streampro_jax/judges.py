@@ -118,8 +118,8 @@ class Judge(Protocol):
 # ----------------------------------------------------------------------------------------------
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
-_SPAN_RE = re.compile(r"(\d+(?:\.\d+)?)\s*s?\s*(?:-|–|—|to)\s*(\d+(?:\.\d+)?)\s*s\b",
-                      re.IGNORECASE)
+# Words around a reference span that still leave it "a span and nothing else" (MatchJudge).
+_SPAN_FRAME = frozenset({"from", "between", "at", "and", "to"})
 
 
 # Words that turn a quoted-string checkpoint into "none of these occurs" (MatchJudge).
@@ -134,31 +134,23 @@ def normalize_text(text: str) -> str:
   return " ".join(text.split())
 
 
-def parse_span(text: str) -> tuple[float, float] | None:
-  """The first "Xs-Ys" span of a text (also "X-Ys", "Xs to Ys") as (start, end), start <= end."""
-  m = _SPAN_RE.search(text)
-  if not m:
-    return None
-  a, b = float(m.group(1)), float(m.group(2))
-  return (min(a, b), max(a, b))
-
-
-def span_iou(a: tuple[float, float], b: tuple[float, float]) -> float:
-  """Temporal IoU of two closed spans; two equal zero-length spans give 1."""
-  inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
-  union = max(a[1], b[1]) - min(a[0], b[0])
-  if union <= 0.0:
-    return 1.0 if a == b else 0.0
-  return inter / union
+def _span_only(text: str) -> bool:
+  """True when `text` holds a span (spans.SPAN_RE) and, besides it, only framing words
+  ("from", "between", ...) and punctuation: "4s-8s", "From 4 to 8 seconds."."""
+  if spans.parse_span(text) is None:
+    return False
+  rest = normalize_text(spans.SPAN_RE.sub(" ", text, count=1)).split()
+  return all(w in _SPAN_FRAME for w in rest)
 
 
 class MatchJudge:
   """Exact match after normalisation (normalize_text); TG by span IoU.
 
   score_answers: for task "TG", spans.text_iou (the IoU every judge and the metric use; 0 when
-  a span is missing); whatever the task, a reference that is a span and nothing else ("4s-8s"),
-  the IoU of the first "Xs-Ys" span of the prediction with it; otherwise 1.0 when the normalised
-  texts are equal, else 0.0.
+  a span is missing); whatever the task, a reference that is a span and nothing else ("4s-8s",
+  "from 4 to 8 seconds"), the same spans.text_iou, so both sides are read by one span grammar
+  ("from 4 to 8 seconds" against "4s-8s" scores 1); otherwise 1.0 when the normalised texts are
+  equal, else 0.0.
   check_rubric: a checkpoint holding quoted strings ("..." or '...') passes when every quoted
   string occurs, normalised, in the normalised trajectory, or, when the words outside the quotes
   negate ("never", "not", "without", "nothing"; 'Never mentions "cyan".'), when none occurs;
@@ -178,11 +170,8 @@ class MatchJudge:
     if item.task.upper() == "TG":
       iou = spans.text_iou(item.prediction, item.reference)
       return 0.0 if iou is None else iou
-    ref_span = parse_span(item.reference)
-    span_only = ref_span is not None and not _SPAN_RE.sub("", item.reference).strip(" .,;")
-    if span_only:
-      pred_span = parse_span(item.prediction)
-      return 0.0 if pred_span is None else span_iou(pred_span, ref_span)
+    if _span_only(item.reference):
+      return spans.text_iou(item.prediction, item.reference)
     return float(normalize_text(item.prediction) == normalize_text(item.reference))
 
   def score_answers(self, items: Sequence[AnswerItem]) -> list[float | None]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 _NUM = r"(\d+(?::\d{1,2}){0,2}(?:\.\d+)?)"
-_UNIT = r"\s*(?:s|sec|secs|second|seconds)?\.?"
+_UNIT = r"\s*(?:seconds|second|secs|sec|s)?\.?"  # longest first: the match covers the unit
 _SEP = r"\s*(?:-|–|—|~|to|until|and)\s*"
 SPAN_RE = re.compile(_NUM + _UNIT + _SEP + _NUM + _UNIT, re.IGNORECASE)
 

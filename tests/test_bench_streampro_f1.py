@@ -3,6 +3,7 @@ hand."""
 
 import pytest
 
+from streampro_jax import spans
 from streampro_jax.bench import streampro_f1 as f1m
 
 from helpers import tolerances as tol  # pylint: disable=g-bad-import-order
@@ -108,14 +109,20 @@ def test_temporal_grounding_iou(t, text, expected):
     ("0:12-1:05", (12.0, 65.0)), ("18s–12s", (12.0, 18.0)), ("at 12 seconds", None), ("", None),
 ])
 def test_parse_span(text, span):
-  assert f1m.parse_span(text) == span
+  assert spans.parse_span(text) == span
+
+
+def test_span_match_covers_the_unit():
+  # The match spans the whole unit word, so what is left of a reference is its framing words only.
+  assert spans.SPAN_RE.search("From 4 to 8 seconds.").group(0) == "4 to 8 seconds."
+  assert spans.SPAN_RE.search("2-6 secs later").group(0) == "2-6 secs"
 
 
 def test_span_iou():
-  assert f1m.span_iou((0, 10), (5, 15)) == tol.approx64(5 / 15)
-  assert f1m.span_iou((3, 3), (3, 3)) == 1.0
-  assert f1m.span_iou((3, 3), (4, 4)) == 0.0
-  assert f1m.span_iou(None, (0, 1)) == 0.0
+  assert spans.span_iou((0, 10), (5, 15)) == tol.approx64(5 / 15)
+  assert spans.span_iou((3, 3), (3, 3)) == 1.0
+  assert spans.span_iou((3, 3), (4, 4)) == 0.0
+  assert spans.span_iou(None, (0, 1)) == 0.0
 
 
 def test_greedy_matching_by_hand():

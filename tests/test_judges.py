@@ -139,8 +139,14 @@ def test_match_judge():
                                "Does not mention 'blue' or 'rolls away'.",
                                'Says "red" between 1s and 2s.']) == [True, False, False, True]
   assert isinstance(j, judges.Judge)
-  assert judges.span_iou((1.0, 1.0), (1.0, 1.0)) == 1.0
-  assert judges.parse_span("from 3 to 5s") == (3.0, 5.0)
+  # A span reference is read by the metric's grammar on both sides, whatever the task: a spelled-out
+  # span equals "4s-8s"; half the span overlapping scores 2/6 (IoU of 4-8 with 2-6).
+  got = j.score_answers([judges.AnswerItem("q", "from 4 to 8 seconds", "4s-8s"),
+                         judges.AnswerItem("q", "4s-8s", "From 4 to 8 seconds."),
+                         judges.AnswerItem("q", "between 2 and 6 sec", "4s-8s"),
+                         judges.AnswerItem("q", "no idea", "4s-8s"),
+                         judges.AnswerItem("q", "red ball", "the red ball at 4s-8s")])
+  assert got == [1.0, 1.0, tol.approx64(2 / 6), 0.0, 0.0]
   # TG uses the metric's span grammar (spans.py): "2-6 seconds" and "0:02-0:06" are spans.
   got = j.score_answers([judges.AnswerItem("q", "2-6 seconds", "4s-8s", task="TG"),
                          judges.AnswerItem("q", "0:04-0:08", "4s-8s", task="TG")])

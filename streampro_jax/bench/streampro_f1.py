@@ -114,11 +114,6 @@ def _get(obj: Any, key: str, default: Any = None) -> Any:
   return getattr(obj, key, default)
 
 
-# The span grammar and IoU are shared with the RL reward and the judges (streampro_jax.spans).
-parse_span = spans.parse_span
-span_iou = spans.span_iou
-
-
 def _refs(task: str, answers: Sequence[Any]) -> list[_Ref]:
   setting = TASK_SETTINGS[task]
   refs = []
@@ -144,7 +139,7 @@ def _refs(task: str, answers: Sequence[Any]) -> list[_Ref]:
       # (A point answer of an interval task (EU/TP) is taken as a zero-length event.)
       lo = hi = best = float(time)
       if task == "TG":
-        span = parse_span(text)
+        span = spans.parse_span(text)
         if span is None:
           raise ValueError(f"TG answer {i}: no 'Xs-Ys' span in its text {text!r}")
     refs.append(_Ref(i, lo, hi, best, text, span, lo + setting.window_before,
@@ -237,7 +232,7 @@ def match_qa(task: str, predictions: Sequence[Any], answers: Sequence[Any],
     if joined is not None:
       s_time = time_score(task, t, joined.lo, joined.hi)
       if setting.accuracy == "iou":
-        s_acc = span_iou(parse_span(text), joined.span)
+        s_acc = spans.span_iou(spans.parse_span(text), joined.span)
       elif s_time > 0.0:
         if judge is None:
           raise ValueError(f"task {task} needs a judge (got None)")
