@@ -8,7 +8,13 @@ the record:
 
   questions[i].rubric            the rubric statements (what the GRPO trainer checks), and
   meta.rubric_items[question id] the full items {"rubric_id", "dimension", "rubric"},
-  meta.rubric_writer             {"prompt_version": prompts.PROMPT_VERSION}.
+  meta.rubric_writer             {"prompt_version": prompts.PROMPT_VERSION,
+                                  "video_frames": frames shown to the writer (0: text only)}.
+
+As in the paper, the writer sees the video: --frames_per_clip frames (default 8) sampled evenly
+from each clip (pipeline.clip_frames) go with the question and answers, as JPEG images in
+OpenAI-style "image_url" content parts, so the endpoint must serve a model that takes images.
+--frames_per_clip=0 is the text-only writer (the answers alone describe the video).
 
 The output is a valid annotation JSONL (schema.py), the input order kept; train GRPO on it
 (data.source = "jsonl") or point ``config.reward.rubrics_file`` at it.
@@ -28,6 +34,8 @@ status 0 when every question has a rubric, 1 when some failed (rerun to retry th
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import logging
 import os
@@ -35,6 +43,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+from PIL import Image
 from absl import app
 from absl import flags
 
@@ -44,7 +54,7 @@ import _cli  # launch/_cli.py: one-line usage errors (exit 2)
 
 from streampro_jax import judges as judges_lib
 from streampro_jax import prompts
-from streampro_jax.data import schema
+from streampro_jax.data import pipeline, schema
 
 logger = logging.getLogger("write_rubrics")
 
@@ -56,14 +66,33 @@ def _atomic_write(path: str, lines: Sequence[str]) -> None:
   os.replace(tmp, path)
 
 
+def jpeg_data_url(frame_hwc: np.ndarray, quality: int = 90) -> str:
+  """A uint8 [H, W, 3] RGB frame as a "data:image/jpeg;base64,..." URL (OpenAI image_url)."""
+  buf = io.BytesIO()
+  Image.fromarray(np.asarray(frame_hwc, np.uint8), "RGB").save(buf, format="JPEG", quality=quality)
+  return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def clip_frame_urls(record: schema.Record, num_frames: int, *, base_dir: str | None = None,
+                    max_pixels: int = 448 * 448) -> list[tuple[float, str]]:
+  """[(time s, JPEG data URL)] of `num_frames` frames sampled evenly from the record's clip."""
+  times, frames = pipeline.clip_frames(record, num_frames, base_dir=base_dir,
+                                       max_pixels=max_pixels)
+  return [(round(float(t), 2), jpeg_data_url(f)) for t, f in zip(times, frames)]
+
+
 def _has_rubric(q: dict) -> bool:
   return bool(q.get("rubric"))
 
 
 def write_rubrics(input_path: str, output_path: str, judge, *, batch_size: int = 64,
                   min_checks: int = 6, max_checks: int = 10, overwrite: bool = False,
-                  failures_path: str | None = None) -> dict[str, Any]:
+                  failures_path: str | None = None, frames_per_clip: int = 8,
+                  max_pixels: int = 448 * 448) -> dict[str, Any]:
   """Writes output_path (see the module docstring) and returns a summary dict.
+
+  frames_per_clip: frames of each clip shown to the writer (0: the text-only writer); a clip that
+  cannot be read is a failure of its questions (listed with the reason), not of the run.
 
   Returns:
     {"records", "questions", "kept" (rubrics already present), "written" (this run), "failed",
@@ -71,6 +100,8 @@ def write_rubrics(input_path: str, output_path: str, judge, *, batch_size: int =
   """
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  if frames_per_clip < 0:
+    raise ValueError(f"frames_per_clip must be >= 0, got {frames_per_clip}")
   records, _ = schema.load_jsonl(input_path)
   rows = [r.to_json() for r in records]
   lines = {r.id: r.source_line for r in records}
@@ -102,6 +133,7 @@ def write_rubrics(input_path: str, output_path: str, judge, *, batch_size: int =
   failures_path = failures_path or output_path + ".failures.jsonl"
   failures: list[dict[str, Any]] = []
   written = 0
+  frame_cache: dict[int, list[tuple[float, str]] | str] = {}  # record index -> frames or error
 
   def flush():
     for row in rows:  # every output line must parse as a record
@@ -111,23 +143,38 @@ def write_rubrics(input_path: str, output_path: str, judge, *, batch_size: int =
 
   for start in range(0, len(todo), batch_size):
     batch = todo[start:start + batch_size]
-    qs, answers = [], []
+    qs, answers, frames, asked = [], [], [], []
     for i, j in batch:
       rec = records[i]
       q = rec.questions[j]
+      if frames_per_clip:
+        if i not in frame_cache:  # a record's questions are consecutive: keep one clip's frames
+          frame_cache.clear()
+          try:
+            frame_cache[i] = clip_frame_urls(rec, frames_per_clip, max_pixels=max_pixels)
+          except (OSError, ValueError) as e:  # video.VideoError is a ValueError
+            frame_cache[i] = str(e)
+        if isinstance(frame_cache[i], str):
+          failures.append({"record_id": rec.id, "question_id": q.id,
+                           "line": lines.get(rec.id, 0), "reason": frame_cache[i]})
+          continue
+        frames.append(frame_cache[i])
+      asked.append((i, j))
       qs.append(q.question)
       answers.append([(a.response_time, a.text) for a in q.sorted_answers()])
-    results = judge.write_rubrics(qs, answers, min_checks=min_checks, max_checks=max_checks)
-    for (i, j), items in zip(batch, results, strict=True):
+    results = judge.write_rubrics(qs, answers, min_checks=min_checks, max_checks=max_checks,
+                                  frames=frames if frames_per_clip else None) if asked else []
+    for (i, j), items in zip(asked, results, strict=True):
       row, q = rows[i], rows[i]["questions"][j]
       if items is None:  # (with --overwrite, a rubric the input carried is kept)
         failures.append({"record_id": row["id"], "question_id": q["id"],
-                         "line": lines.get(row["id"], 0)})
+                         "line": lines.get(row["id"], 0), "reason": "the writer failed"})
         continue
       q["rubric"] = [it["rubric"] for it in items]
       meta = row.setdefault("meta", {})
       meta.setdefault("rubric_items", {})[q["id"]] = items
-      meta["rubric_writer"] = {"prompt_version": prompts.PROMPT_VERSION}
+      meta["rubric_writer"] = {"prompt_version": prompts.PROMPT_VERSION,
+                               "video_frames": frames_per_clip}
       written += 1
     flush()
     logger.info("rubrics: %d / %d questions asked, %d written, %d failed",
@@ -158,7 +205,8 @@ def main(argv):
   try:
     summary = write_rubrics(_INPUT.value, _OUTPUT.value, judge, batch_size=_BATCH_SIZE.value,
                             min_checks=_MIN_CHECKS.value, max_checks=_MAX_CHECKS.value,
-                            overwrite=_OVERWRITE.value, failures_path=_FAILURES.value)
+                            overwrite=_OVERWRITE.value, failures_path=_FAILURES.value,
+                            frames_per_clip=_FRAMES.value, max_pixels=_MAX_PIXELS.value)
   finally:
     if hasattr(judge, "close"):
       judge.close()
@@ -168,7 +216,7 @@ def main(argv):
   print(f"judge: {summary['judge']}")
   for f in summary["failures"]:
     print(f"  failed: {_INPUT.value}:{f['line']}: record {f['record_id']!r} question "
-          f"{f['question_id']!r}")
+          f"{f['question_id']!r}: {f['reason']}")
   if summary["failed"]:
     print(f"{summary['failed']} questions have no rubric (listed in "
           f"{_FAILURES.value or _OUTPUT.value + '.failures.jsonl'}); rerun to retry them.")
@@ -179,6 +227,7 @@ def _define_flags() -> None:
   """The command-line flags, defined only when this file runs as a program, so that importing
   `write_rubrics` (tests, other tools) never clashes with another launcher's --judge / --input."""
   global _INPUT, _OUTPUT, _JUDGE, _BATCH_SIZE, _MIN_CHECKS, _MAX_CHECKS, _OVERWRITE, _FAILURES  # pylint: disable=global-statement
+  global _FRAMES, _MAX_PIXELS  # pylint: disable=global-statement
   _INPUT = flags.DEFINE_string("input", None, "RL annotation JSONL (schema.py).")
   _OUTPUT = flags.DEFINE_string("output", None, "Output JSONL: the records with their rubrics.")
   _JUDGE = flags.DEFINE_string(
@@ -189,6 +238,11 @@ def _define_flags() -> None:
   _MAX_CHECKS = flags.DEFINE_integer("max_checks", 10, "Most rubrics a reply may hold.")
   _OVERWRITE = flags.DEFINE_boolean("overwrite", False,
                                     "Rewrite rubrics the input already carries.")
+  _FRAMES = flags.DEFINE_integer(
+      "frames_per_clip", 8, "Frames of each clip shown to the writer as images, as in the paper "
+      "(0: the text-only writer; the endpoint must take images otherwise).", lower_bound=0)
+  _MAX_PIXELS = flags.DEFINE_integer("max_pixels", 448 * 448,
+                                     "Most pixels of a frame sent to the writer.", lower_bound=1)
   _FAILURES = flags.DEFINE_string("failures", None,
                                   "Failure list (default: <output>.failures.jsonl).")
 

@@ -202,20 +202,42 @@ class MatchJudge:
 
 @dataclasses.dataclass(frozen=True)
 class _Request:
+  """One chat request, hashable: each message is (role, content), content a string or, for a
+  message with images, a tuple of ("text", text) and ("image_url", url) parts."""
   kind: str  # "score" | "rubric" | "write"
-  messages: tuple[tuple[str, str], ...]
+  messages: tuple[tuple[str, Any], ...]
   max_tokens: int
 
-  def as_messages(self) -> list[dict[str, str]]:
-    return [{"role": r, "content": c} for r, c in self.messages]
+  @property
+  def has_images(self) -> bool:
+    return any(not isinstance(c, str) and any(k == "image_url" for k, _ in c)
+               for _, c in self.messages)
+
+  def as_messages(self) -> list[dict[str, Any]]:
+    """OpenAI chat messages: string content as is, parts as [{"type": ..., ...}]."""
+    out = []
+    for role, content in self.messages:
+      if not isinstance(content, str):
+        content = [{"type": "text", "text": v} if k == "text"
+                   else {"type": "image_url", "image_url": {"url": v}} for k, v in content]
+      out.append({"role": role, "content": content})
+    return out
 
 
-def _freeze(messages: list[dict[str, str]]) -> tuple[tuple[str, str], ...]:
-  return tuple((m["role"], m["content"]) for m in messages)
+def _freeze(messages: list[dict[str, Any]]) -> tuple[tuple[str, Any], ...]:
+  def parts(content):
+    if isinstance(content, str):
+      return content
+    return tuple(("text", p["text"]) if p["type"] == "text" else ("image_url", p["image_url"]["url"])
+                 for p in content)
+  return tuple((m["role"], parts(m["content"])) for m in messages)
 
 
 class _LLMJudge:
-  """Base of the LLM judges. Subclasses implement _complete_many(requests) -> [reply or None]."""
+  """Base of the LLM judges. Subclasses implement _complete_many(requests) -> [reply or None];
+  `sees_images` says whether a request may carry images (write_rubrics with frames)."""
+
+  sees_images = False
 
   def __init__(self, *, backend_id: str, cache_path: str | None = None,
                score_max_tokens: int = 128, rubric_max_tokens: int = 256,
@@ -357,14 +379,26 @@ class _LLMJudge:
 
   def write_rubrics(self, questions: Sequence[str],
                     answers: Sequence[Sequence[tuple[float, str]]], *, min_checks: int = 6,
-                    max_checks: int = 10) -> list[list[dict[str, Any]] | None]:
+                    max_checks: int = 10,
+                    frames: Sequence[Sequence[tuple[float, str]]] | None = None
+                    ) -> list[list[dict[str, Any]] | None]:
     """Rubric items (prompts.parse_rubric_items) for several (question, answers), in one batch
-    (concurrent for the HTTP judge); None where the writer failed or replied malformed."""
+    (concurrent for the HTTP judge); None where the writer failed or replied malformed.
+
+    frames: per question, [(time s, image URL)] of its clip (prompts.rubric_write_messages), as
+    the paper's writer sees the video; None: the text-only writer. A judge that cannot take images
+    (sees_images False) refuses frames with a ValueError rather than dropping them.
+    """
+    if frames is not None and not self.sees_images:
+      raise ValueError(f"{type(self).__name__} cannot take images; write rubrics without frames "
+                       "(text only) or use an OpenAI-compatible endpoint that takes images")
+    frames = list(frames) if frames is not None else [()] * len(questions)
     reqs = []
-    for q, ans in zip(questions, answers, strict=True):
+    for q, ans, fr in zip(questions, answers, frames, strict=True):
       self.stats.add("requests")
       reqs.append(_Request("write", _freeze(prompts.rubric_write_messages(
-          q, ans, min_checks=min_checks, max_checks=max_checks)), self._write_max_tokens))
+          q, ans, min_checks=min_checks, max_checks=max_checks, frames=fr)),
+                           self._write_max_tokens))
     out = self._run(reqs, lambda r, reply: prompts.parse_rubric_items(
         reply, min_checks=min_checks, max_checks=max_checks), lambda v: v is not None)
     self.stats.add("failures", sum(v is None for v in out))
@@ -432,7 +466,10 @@ class _Fatal(Exception):
 
 
 class OpenAIJudge(_LLMJudge):
-  """Judge served by an OpenAI-compatible /chat/completions endpoint (see module docstring)."""
+  """Judge served by an OpenAI-compatible /chat/completions endpoint (see module docstring).
+  Requests may carry images (OpenAI "image_url" content parts) when the served model takes them."""
+
+  sees_images = True
 
   def __init__(self, config: OpenAIJudgeConfig):
     if config.api_key_env and config.api_key_env not in os.environ:

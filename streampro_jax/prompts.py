@@ -126,7 +126,7 @@ RUBRIC_WRITE_TEMPLATE = """Question: {question}
 Reference answers (the second at which each is due, then the answer):
 {answers}
 
-The video itself is described to you only by these timestamped reference answers.
+{video_line}
 
 Write between {min_checks} and {max_checks} rubrics for this video and this question.
 Rules for every rubric:
@@ -168,20 +168,40 @@ def rubric_check_messages(trajectory_text: str, checks: Sequence[str],
   ]
 
 
+# What the rubric writer is told of the video: without frames, only the answers describe it.
+RUBRIC_WRITE_TEXT_ONLY = ("The video itself is described to you only by these timestamped "
+                          "reference answers.")
+RUBRIC_WRITE_WITH_FRAMES = ("The video is shown to you below as {n} frames sampled evenly from "
+                            "the clip, each after the second at which it is shown.")
+
+
 def rubric_write_messages(question: str, answers: Sequence[tuple[float, str]], *,
-                          min_checks: int = 6, max_checks: int = 10) -> list[dict[str, str]]:
+                          min_checks: int = 6, max_checks: int = 10,
+                          frames: Sequence[tuple[float, str]] = ()) -> list[dict[str, Any]]:
   """Chat messages asking for a rubric (JSON list of checkpoint strings).
 
   Args:
     question: the question.
     answers: [(response time in seconds, answer text)].
+    frames: [(time in seconds, image URL)] of frames from the clip, as the paper's writer sees the
+      video (the URLs are usually "data:image/jpeg;base64,..."). Empty: the text-only writer (the
+      user message is one string). Otherwise the user message is OpenAI-style content parts: the
+      text, then for each frame a text part "<t>s:" and an "image_url" part.
   """
   lines = "\n".join(f"{t:g}s: {text}" for t, text in answers)
-  return [
-      {"role": "system", "content": RUBRIC_WRITE_SYSTEM},
-      {"role": "user", "content": RUBRIC_WRITE_TEMPLATE.format(
-          question=question, answers=lines, min_checks=min_checks, max_checks=max_checks)},
-  ]
+  video_line = (RUBRIC_WRITE_WITH_FRAMES.format(n=len(frames)) if frames
+                else RUBRIC_WRITE_TEXT_ONLY)
+  text = RUBRIC_WRITE_TEMPLATE.format(question=question, answers=lines, min_checks=min_checks,
+                                      max_checks=max_checks, video_line=video_line)
+  if not frames:
+    return [{"role": "system", "content": RUBRIC_WRITE_SYSTEM},
+            {"role": "user", "content": text}]
+  parts: list[dict[str, Any]] = [{"type": "text", "text": text}]
+  for t, url in frames:
+    parts.append({"type": "text", "text": f"{t:g}s:"})
+    parts.append({"type": "image_url", "image_url": {"url": url}})
+  return [{"role": "system", "content": RUBRIC_WRITE_SYSTEM},
+          {"role": "user", "content": parts}]
 
 
 def messages_to_text(messages: Sequence[dict[str, str]]) -> str:

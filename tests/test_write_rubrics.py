@@ -1,6 +1,8 @@
 """launch/write_rubrics.py end to end against a local OpenAI-compatible stub server (good, malformed
 and failing replies; resume), and the GRPO reward scorer reading the written rubrics."""
 
+import base64
+import io
 import json
 import os
 import subprocess
@@ -8,14 +10,15 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from launch import write_rubrics  # noqa: E402
-from streampro_jax import judges  # noqa: E402
-from streampro_jax.data import schema  # noqa: E402
+from streampro_jax import judges, prompts  # noqa: E402
+from streampro_jax.data import pipeline, schema, synthetic, video  # noqa: E402
 from streampro_jax.train import grpo_trainer  # noqa: E402
 import loopback_http  # noqa: E402  pylint: disable=g-bad-import-order
 from test_grpo_trainer import _rollout_batch  # noqa: E402
@@ -39,13 +42,16 @@ class _Server(loopback_http.LoopbackServer):
   def __init__(self):
     self.mode = "first"
     self.asked: list[str] = []
+    self.bodies: list[dict] = []
     outer = self
 
     class Handler(loopback_http.JSONHandler):
 
       def do_POST(self):  # noqa: N802
         body = self.read_json()
-        prompt = body["messages"][-1]["content"]
+        content = body["messages"][-1]["content"]
+        outer.bodies.append(body)
+        prompt = content if isinstance(content, str) else content[0]["text"]
         question = prompt.split("\n", 1)[0]
         outer.asked.append(question)
         if outer.mode == "first" and "FAILQ" in question:
@@ -96,7 +102,8 @@ def _judge(server, **kw):
 def test_write_rubrics_end_to_end_resume_and_trainer_reads_them(server, tmp_path):
   src, out = _input(tmp_path), tmp_path / "rl.rubrics.jsonl"
   judge = _judge(server)
-  summary = write_rubrics.write_rubrics(str(src), str(out), judge, batch_size=2)
+  summary = write_rubrics.write_rubrics(str(src), str(out), judge, batch_size=2,
+                                        frames_per_clip=0)
   judge.close()
   assert (summary["questions"], summary["kept"], summary["written"], summary["failed"]) == (
       4, 1, 1, 2)
@@ -108,6 +115,8 @@ def test_write_rubrics_end_to_end_resume_and_trainer_reads_them(server, tmp_path
   assert [r.id for r in records] == ["v0", "v1", "v2", "v3"]  # input order
   assert by_id["v0"].questions[0].rubric == tuple(it["rubric"] for it in _items("circle"))
   assert by_id["v0"].meta["rubric_items"]["q0"] == _items("circle")
+  assert by_id["v0"].meta["rubric_writer"]["video_frames"] == 0   # the text-only writer
+  assert all(isinstance(b["messages"][-1]["content"], str) for b in server.bodies)
   assert by_id["v1"].questions[0].rubric is None and by_id["v2"].questions[0].rubric is None
   assert by_id["v3"].questions[0].rubric == ('Mentions "kept".',)
   listed = [json.loads(l) for l in open(str(out) + ".failures.jsonl")]
@@ -117,7 +126,8 @@ def test_write_rubrics_end_to_end_resume_and_trainer_reads_them(server, tmp_path
   server.mode = "second"
   server.asked.clear()
   judge = _judge(server)
-  summary = write_rubrics.write_rubrics(str(src), str(out), judge, batch_size=8)
+  summary = write_rubrics.write_rubrics(str(src), str(out), judge, batch_size=8,
+                                        frames_per_clip=0)
   judge.close()
   assert (summary["kept"], summary["written"], summary["failed"]) == (2, 2, 0)
   assert sorted(q.split()[1] for q in server.asked) == ["FAILQ", "MALFORMEDQ"]
@@ -150,7 +160,7 @@ def test_write_rubrics_command_line(server, tmp_path):
   cfg = json.dumps({"kind": "openai", "base_url": server.base_url, "model": "m",
                     "api_key_env": None, "max_retries": 0, "timeout_s": 5.0})
   cmd = [sys.executable, os.path.join(ROOT, "launch", "write_rubrics.py"), f"--input={src}",
-         f"--output={out}", f"--judge={cfg}", "--batch_size=3"]
+         f"--output={out}", f"--judge={cfg}", "--batch_size=3", "--frames_per_clip=0"]
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
   r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
   assert r.returncode == 1, r.stderr[-2000:]          # two questions failed
@@ -160,3 +170,67 @@ def test_write_rubrics_command_line(server, tmp_path):
   r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
   assert r.returncode == 0, r.stdout + r.stderr[-2000:]
   assert "2 rubrics kept, 2 written, 0 failed" in r.stdout
+
+
+def _decode_data_url(url):
+  assert url.startswith("data:image/jpeg;base64,")
+  img = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+  assert img.format == "JPEG"
+  return np.asarray(img.convert("RGB"), np.int32)
+
+
+def test_clip_frames_pick_the_frame_shown_at_each_time(tmp_path):
+  # SynthStream: frame i shows time (i + 1) / fps; 4 frames of a clip of duration D sit at
+  # (k + 0.5) D / 4, so at fps f the frame index is floor(t f) - 1.
+  rec = synthetic.make_record("train", 0)
+  spec, dur = rec.meta["synth"], rec.duration
+  times, frames = pipeline.clip_frames(rec, 4)
+  np.testing.assert_array_equal(times, (np.arange(4) + 0.5) * dur / 4)
+  want = [int(np.floor(t * spec["fps"])) - 1 for t in times]
+  np.testing.assert_array_equal(frames, synthetic.render_frames(rec)[want])
+  # A real file: one flat colour per second; the frame at (k + 0.5) * 4 / 4 s is second k's.
+  colours = np.array([[250, 0, 0], [0, 250, 0], [0, 0, 250], [250, 250, 0]], np.uint8)
+  clip = np.repeat(colours, 8, axis=0)[:, None, None, :] * np.ones((1, 32, 32, 1), np.uint8)
+  video.encode_video(str(tmp_path / "c.mp4"), clip, fps=8.0)
+  real = schema.parse_record(dict(_record("r", "q", "a"), video="c.mp4", duration=4.0),
+                             file=str(tmp_path / "x.jsonl"))
+  times, frames = pipeline.clip_frames(real, 4)
+  np.testing.assert_array_equal(times, [0.5, 1.5, 2.5, 3.5])
+  # Lossless x264 in yuv444p: the RGB -> YUV -> RGB round trip moves a value by a few levels.
+  np.testing.assert_allclose(frames.mean(axis=(1, 2)), colours, atol=4)
+
+
+def test_rubric_writer_sees_the_video(server, tmp_path):
+  """The paper's writer: frames of each clip go with the question as OpenAI image_url parts; the
+  file records how many; a clip that cannot be read fails its questions with the reason."""
+  rec = synthetic.make_record("train", 1)
+  row = rec.to_json()
+  row["questions"] = [dict(row["questions"][0], question="OKQ What happens? ball")]
+  row["questions"][0].pop("rubric", None)                       # SynthStream writes its own
+  bad = dict(_record("v9", "OKQ Where? gone", "x"), video="missing.mp4")
+  src, out = tmp_path / "rl.jsonl", tmp_path / "out.jsonl"
+  src.write_text(json.dumps(row) + "\n" + json.dumps(bad) + "\n")
+  judge = _judge(server)
+  summary = write_rubrics.write_rubrics(str(src), str(out), judge, frames_per_clip=3)
+  judge.close()
+  assert (summary["written"], summary["failed"]) == (1, 1)
+  assert summary["failures"][0]["record_id"] == "v9"
+  assert "missing.mp4" in summary["failures"][0]["reason"]
+  (body,) = server.bodies                                      # v9 is never sent
+  parts = body["messages"][-1]["content"]
+  assert [p["type"] for p in parts] == ["text"] + ["text", "image_url"] * 3
+  assert prompts.RUBRIC_WRITE_WITH_FRAMES.format(n=3) in parts[0]["text"]
+  assert prompts.RUBRIC_WRITE_TEXT_ONLY not in parts[0]["text"]
+  times, frames = pipeline.clip_frames(rec, 3)
+  assert [p["text"] for p in parts[1::2]] == [f"{round(float(t), 2):g}s:" for t in times]
+  for p, frame in zip(parts[2::2], frames):
+    got = _decode_data_url(p["image_url"]["url"])
+    assert got.shape == frame.shape
+    # JPEG at quality 90 on flat synthetic shapes: mean error well under 4 levels of 255.
+    assert np.abs(got - frame).mean() < 4.0
+  records, _ = schema.load_jsonl(str(out))
+  assert records[0].meta["rubric_writer"]["video_frames"] == 3
+  assert records[0].questions[0].rubric == tuple(it["rubric"] for it in _items("ball"))
+  # A judge that cannot take images refuses frames instead of dropping them.
+  with pytest.raises(ValueError, match="cannot take images"):
+    judges._LLMJudge(backend_id="x").write_rubrics(["q"], [[(1.0, "a")]], frames=[[(0.5, "u")]])

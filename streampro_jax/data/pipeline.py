@@ -169,6 +169,33 @@ class VideoFileSource(RecordSource):
     super().__init__(records, decode)
 
 
+def clip_frames(record: schema.Record, num_frames: int, *, base_dir: str | None = None,
+                max_pixels: int = 448 * 448) -> tuple[np.ndarray, np.ndarray]:
+  """`num_frames` frames sampled evenly from a record's clip, for a reader that sees the video
+  (the rubric writer): frame k at time (k + 0.5) * duration / num_frames.
+
+  SynthStream records ("synth://") are drawn (synthetic.render_frames, the frame shown at that
+  time); other videos are decoded (video.decode_frames_at) and resized to at most `max_pixels`.
+
+  Returns:
+    (float64 times [n] in seconds, uint8 frames [n, h, w, 3] RGB).
+  """
+  if num_frames < 1:
+    raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+  times = (np.arange(num_frames) + 0.5) * float(record.duration) / num_frames
+  if record.is_synthetic:
+    from streampro_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+    drawn = synthetic.render_frames(record)
+    fps = int(record.meta["synth"]["fps"])
+    # Frame i shows time (i + 1) / fps: the frame shown at t is the last with (i + 1) / fps <= t.
+    idx = np.clip(np.floor(times * fps).astype(int) - 1, 0, len(drawn) - 1)
+    return times, drawn[idx]
+  from streampro_jax.data import video  # pylint: disable=g-import-not-at-top
+  frames, _ = video.decode_frames_at(record.video_path(base_dir), times,
+                                     video.ResizePolicy(max_pixels=max_pixels))
+  return times, frames
+
+
 class TfdsSource:
   """A TFDS data source of the builders in data/tfds_builders (features "record", "frames").
 
