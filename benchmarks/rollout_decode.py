@@ -20,8 +20,18 @@ seconds is the median over `repeats` timed calls (after one untimed call that co
 up) of prefill + decode. compare_throughput(...) -> (ours, theirs) times the two interleaved
 (the CLI does, unless --skip_hf), so that the machine's load hits both alike. Ours also
 reports the decode loop alone (decode_seconds, decode_step_s), the parameter bytes and, given
-`hbm_bytes_per_s` (H200: 4.8e12), the bandwidth-bound fraction:
-(param_bytes / hbm_bytes_per_s) / decode_step_s.
+`hbm_bytes_per_s` (H200: 4.8e12), the bandwidth bound of a decode step: the bytes it must read
+(`decode_step_bytes`, averaged over the steps) over the HBM rate, and the fraction of it reached,
+
+  step_bytes(L) = W_dec + W_head + rows * E + 2 * layers * rows * K * D * L * c
+  bound_step_s  = mean over steps s = 1 .. new_tokens - 1 of step_bytes(prefix_len + s) / HBM
+  bandwidth_fraction = bound_step_s / decode_step_s
+
+where W_dec is the decoder layers' and final norm's parameter bytes, W_head the lm_head's (the
+embedding table when the embeddings are tied), rows * E the embedding rows of the fed tokens
+(E = hidden * parameter itemsize), K kv heads of width D, L the tokens in the cache the step
+attends to (the prefix and the tokens fed so far), c the cache's itemsize. The vision tower is
+not read by a decode step, and the embedding table only at the fed tokens' rows.
 
 Imports: jax, numpy, torch and transformers (inside the transformers functions only) and
 streampro_jax.rollout / streampro_jax.models (none of grain, tensorflow_datasets, av,
@@ -30,6 +40,8 @@ ml_collections, tensorboardX).
   .venv/bin/python benchmarks/rollout_decode.py --tiny             # CPU, well under a minute
   .venv/bin/python benchmarks/rollout_decode.py --model=3b --rows=16 --new_tokens=64 \\
       --dtype=bfloat16 --hbm_bytes_per_s=4.8e12                     # Qwen2.5-VL-3B shapes
+  .venv/bin/python benchmarks/rollout_decode.py --hbm_bytes_per_s=4.8e12 \\
+      --rebound=benchmarks/results/rollout_decode_h200_run1.log      # a recorded run's bound
 """
 
 from __future__ import annotations
@@ -166,7 +178,33 @@ def _check_lengths(msg, new_tokens: int) -> None:
     raise AssertionError(f"rows decoded {sorted(set(length.tolist()))} tokens, not {new_tokens}")
 
 
-def _ours_summary(times, *, params, rows, prefix_len, new_tokens, compile_s,
+def decode_step_bytes(model_config, params, *, rows: int, cache_len: int,
+                      cache_itemsize: int | None = None) -> int:
+  """Bytes one decode step must read from memory: the decoder's weights, the lm_head, the fed
+  tokens' embedding rows and the KV cache up to `cache_len` tokens (formula in the module
+  docstring). cache_itemsize: default the compute dtype's (the cache is kept in it)."""
+  def nbytes(tree):
+    return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)))
+  t = model_config.text
+  embed = params["embed_tokens"]["embedding"]
+  head = embed if model_config.tie_word_embeddings else params["lm_head"]
+  decoder = {k: v for k, v in params.items() if k not in ("visual", "embed_tokens", "lm_head")}
+  c = cache_itemsize or jnp.dtype(model_config.compute_dtype).itemsize
+  head_dim = t.hidden_size // t.num_attention_heads
+  kv = 2 * t.num_hidden_layers * rows * t.num_key_value_heads * head_dim * cache_len * c
+  return nbytes(decoder) + nbytes(head) + rows * embed.shape[1] * embed.dtype.itemsize + kv
+
+
+def bandwidth_bound(model_config, params, *, rows: int, prefix_len: int, new_tokens: int,
+                    hbm_bytes_per_s: float) -> tuple[float, float]:
+  """(mean bytes read per decode step, bound_step_s) over the new_tokens - 1 decode steps."""
+  steps = [decode_step_bytes(model_config, params, rows=rows, cache_len=prefix_len + s)
+           for s in range(1, new_tokens)]
+  mean = float(np.mean(steps))
+  return mean, mean / float(hbm_bytes_per_s)
+
+
+def _ours_summary(times, *, model_config, params, rows, prefix_len, new_tokens, compile_s,
                   hbm_bytes_per_s=None) -> dict:
   pre_s = float(np.median([a for a, _ in times]))
   dec_s = float(np.median([b for _, b in times]))
@@ -177,8 +215,10 @@ def _ours_summary(times, *, params, rows, prefix_len, new_tokens, compile_s,
              param_bytes=_param_bytes(params), compile_seconds=compile_s, rows=rows,
              prefix_len=prefix_len, new_tokens=new_tokens, device=str(jax.devices()[0]))
   if hbm_bytes_per_s:
-    bound = out["param_bytes"] / float(hbm_bytes_per_s)
-    out.update(bandwidth_bound_step_s=bound, bandwidth_fraction=bound / out["decode_step_s"])
+    step_bytes, bound = bandwidth_bound(model_config, params, rows=rows, prefix_len=prefix_len,
+                                        new_tokens=new_tokens, hbm_bytes_per_s=hbm_bytes_per_s)
+    out.update(decode_step_bytes=step_bytes, bandwidth_bound_step_s=bound,
+               bandwidth_fraction=bound / out["decode_step_s"])
   return out
 
 
@@ -189,7 +229,8 @@ def decode_throughput(model_config, params, *, rows: int, prefix_len: int, new_t
 
   params: the model's parameters (on device; their dtype is what the decode reads).
   Returns dict(tokens_per_s, seconds, prefill_seconds, decode_seconds, decode_step_s,
-  decode_tokens_per_s, param_bytes, [bandwidth_bound_step_s, bandwidth_fraction],
+  decode_tokens_per_s, param_bytes, [decode_step_bytes, bandwidth_bound_step_s,
+  bandwidth_fraction], 
   compile_seconds, rows, prefix_len, new_tokens, device). Timings are medians over `repeats`;
   prefill_seconds includes the host-side position ids.
   """
@@ -200,15 +241,16 @@ def decode_throughput(model_config, params, *, rows: int, prefix_len: int, new_t
   compile_s = time.perf_counter() - t
   _check_lengths(msg, new_tokens)
   times = [run(i + 1)[:2] for i in range(repeats)]
-  return _ours_summary(times, params=params, rows=rows, prefix_len=prefix_len,
+  return _ours_summary(times, model_config=model_config, params=params, rows=rows,
+                       prefix_len=prefix_len,
                        new_tokens=new_tokens, compile_s=compile_s,
                        hbm_bytes_per_s=hbm_bytes_per_s)
 
 
 def compare_throughput(model_config, params, *, rows: int, prefix_len: int, new_tokens: int,
                        seed: int = 0, grid=None, repeats: int = 5, temperature: float = 1.0,
-                       device=None, dtype: str = "float32", model=None
-                       ) -> tuple[dict, dict]:
+                       device=None, dtype: str = "float32", model=None,
+                       hbm_bytes_per_s: float | None = None) -> tuple[dict, dict]:
   """(ours, transformers) as `decode_throughput` and `hf_generate_throughput` return them, timed
   interleaved: after both warm up, each of the `repeats` rounds runs ours (prefill + decode),
   then `generate` with one new token (its prefill), then `generate` with new_tokens, so that a
@@ -228,8 +270,9 @@ def compare_throughput(model_config, params, *, rows: int, prefix_len: int, new_
   for i in range(repeats):
     ours_t.append(ours_run(i + 1)[:2])
     hf_t.append((hf_run(i + 1, 1), hf_run(i + 1)))
-  ours = _ours_summary(ours_t, params=params, rows=rows, prefix_len=prefix_len,
-                       new_tokens=new_tokens, compile_s=compile_s)
+  ours = _ours_summary(ours_t, model_config=model_config, params=params, rows=rows,
+                       prefix_len=prefix_len, new_tokens=new_tokens, compile_s=compile_s,
+                       hbm_bytes_per_s=hbm_bytes_per_s)
   return ours, _hf_summary(hf_t, rows=rows, prefix_len=prefix_len, new_tokens=new_tokens,
                            **hf_meta)
 
@@ -370,16 +413,37 @@ def tiny_model(seed: int = 0, *, dtype: str = "float32"):
   from streampro_jax.models import qwen2_5_vl  # pylint: disable=g-import-not-at-top
   cfg = qwen2_5_vl.tiny_config(text=dict(vocab_size=320, intermediate_size=192),
                                attention_impl="xla", dtype=dtype)
-  params = nn.unbox(jax.jit(functools.partial(qwen2_5_vl.init_params, cfg))(
-      jax.random.key(seed)))
+  init = functools.partial(qwen2_5_vl.init_params, cfg)
+  if abstract:  # shapes and dtypes only (the bandwidth bound needs nothing else)
+    return cfg, nn.unbox(jax.eval_shape(init, jax.random.key(seed)))
+  params = nn.unbox(jax.jit(init)(jax.random.key(seed)))
   return cfg, params
 
 
+def rebound(raw_log: str, *, hbm_bytes_per_s: float) -> dict:
+  """The bandwidth bound of a recorded 3B run (the `ours: {...}` line of its log), recomputed with
+  `bandwidth_bound` on the abstract 3B parameters: the run's decode_step_s is kept as measured."""
+  import ast  # pylint: disable=g-import-not-at-top
+  with open(raw_log) as f:
+    line = next(l for l in f if l.startswith("ours: "))
+  ours = ast.literal_eval(line[len("ours: "):])
+  cfg, params = qwen2_5_vl_3b(abstract=True)
+  step_bytes, bound = bandwidth_bound(cfg, params, rows=ours["rows"], prefix_len=ours["prefix_len"],
+                                      new_tokens=ours["new_tokens"],
+                                      hbm_bytes_per_s=hbm_bytes_per_s)
+  return dict(raw_log=raw_log, rows=ours["rows"], prefix_len=ours["prefix_len"],
+              new_tokens=ours["new_tokens"], decode_step_s=ours["decode_step_s"],
+              hbm_bytes_per_s=hbm_bytes_per_s, all_param_bytes=ours["param_bytes"],
+              decode_step_bytes=step_bytes, bandwidth_bound_step_s=bound,
+              bandwidth_fraction=bound / ours["decode_step_s"],
+              old_bandwidth_fraction=ours.get("bandwidth_fraction"))
+
+
 def qwen2_5_vl_3b(seed: int = 0, *, dtype: str = "bfloat16", attention_impl: str = "jax",
-                  layers: int = 0, scan_layers: bool = False):
+                  layers: int = 0, scan_layers: bool = False, abstract: bool = False):
   """(config, params): the Qwen2.5-VL-3B architecture (the config defaults), random weights in
   `dtype` (parameters and compute); layers > 0: only that many decoder layers and vision blocks
-  (a smoke test of the path on CPU)."""
+  (a smoke test of the path on CPU); abstract: jax.ShapeDtypeStruct leaves, no weights."""
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   from streampro_jax.models import qwen2_5_vl  # pylint: disable=g-import-not-at-top
   cfg = qwen2_5_vl.Qwen2_5_VLConfig(dtype=dtype, param_dtype=dtype,
@@ -388,9 +452,30 @@ def qwen2_5_vl_3b(seed: int = 0, *, dtype: str = "bfloat16", attention_impl: str
     cfg = cfg.replace(text=dataclasses.replace(cfg.text, num_hidden_layers=layers),
                       vision=dataclasses.replace(cfg.vision, depth=layers,
                                                  fullatt_block_indexes=(layers - 1,)))
-  params = nn.unbox(jax.jit(functools.partial(qwen2_5_vl.init_params, cfg))(
-      jax.random.key(seed)))
+  init = functools.partial(qwen2_5_vl.init_params, cfg)
+  if abstract:  # shapes and dtypes only (the bandwidth bound needs nothing else)
+    return cfg, nn.unbox(jax.eval_shape(init, jax.random.key(seed)))
+  params = nn.unbox(jax.jit(init)(jax.random.key(seed)))
   return cfg, params
+
+
+def rebound(raw_log: str, *, hbm_bytes_per_s: float) -> dict:
+  """The bandwidth bound of a recorded 3B run (the `ours: {...}` line of its log), recomputed with
+  `bandwidth_bound` on the abstract 3B parameters: the run's decode_step_s is kept as measured."""
+  import ast  # pylint: disable=g-import-not-at-top
+  with open(raw_log) as f:
+    line = next(l for l in f if l.startswith("ours: "))
+  ours = ast.literal_eval(line[len("ours: "):])
+  cfg, params = qwen2_5_vl_3b(abstract=True)
+  step_bytes, bound = bandwidth_bound(cfg, params, rows=ours["rows"], prefix_len=ours["prefix_len"],
+                                      new_tokens=ours["new_tokens"],
+                                      hbm_bytes_per_s=hbm_bytes_per_s)
+  return dict(raw_log=raw_log, rows=ours["rows"], prefix_len=ours["prefix_len"],
+              new_tokens=ours["new_tokens"], decode_step_s=ours["decode_step_s"],
+              hbm_bytes_per_s=hbm_bytes_per_s, all_param_bytes=ours["param_bytes"],
+              decode_step_bytes=step_bytes, bandwidth_bound_step_s=bound,
+              bandwidth_fraction=bound / ours["decode_step_s"],
+              old_bandwidth_fraction=ours.get("bandwidth_fraction"))
 
 
 def main() -> None:
@@ -410,7 +495,14 @@ def main() -> None:
   p.add_argument("--torch_threads", type=int, default=0,
                  help="torch.set_num_threads for the transformers side (0: torch's default); "
                       "set it to the cores XLA uses for a like-for-like CPU comparison")
+  p.add_argument("--rebound", default="",
+                 help="a recorded 3B run's log: recompute its bandwidth bound (no model run), "
+                      "print it as one JSON line")
   args = p.parse_args()
+  if args.rebound:
+    import json  # pylint: disable=g-import-not-at-top
+    print(json.dumps(rebound(args.rebound, hbm_bytes_per_s=args.hbm_bytes_per_s or 4.8e12)))
+    return
   if args.torch_threads and not args.skip_hf:
     import torch  # pylint: disable=g-import-not-at-top
     torch.set_num_threads(args.torch_threads)
@@ -432,10 +524,8 @@ def main() -> None:
     hf_cfg, hf_params = cfg.replace(scan_layers=False), models.unscan_params(params)
   hf = torch_model(hf_cfg, hf_params, dtype=dtype)
   del hf_params
-  ours, theirs = compare_throughput(cfg, params, dtype=dtype, model=hf, **kw)   # interleaved
-  if args.hbm_bytes_per_s:
-    bound = ours["param_bytes"] / args.hbm_bytes_per_s
-    ours.update(bandwidth_bound_step_s=bound, bandwidth_fraction=bound / ours["decode_step_s"])
+  ours, theirs = compare_throughput(cfg, params, dtype=dtype, model=hf,   # interleaved
+                                    hbm_bytes_per_s=args.hbm_bytes_per_s or None, **kw)
   print(f"ours: {ours}", flush=True)
   print(f"transformers: {theirs}")
   print(f"ratio ours / transformers (tokens/s, prefill + decode): "

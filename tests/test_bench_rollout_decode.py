@@ -48,6 +48,24 @@ def test_torch_copy_has_the_same_logits(tiny, tie):
   np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-5)
 
 
+def test_decode_step_bytes_by_hand(tiny):
+  """The bandwidth bound counts what a decode step reads, computed here from the tiny config by
+  hand (hidden 64, 2 layers, 4 heads of 16, 2 kv heads, MLP 192, vocab 320, float32)."""
+  cfg, params = tiny
+  layer = (64 * 64 + 64) + 2 * (64 * 32 + 32) + 64 * 64 + 3 * 64 * 192 + 2 * 64   # 49,408
+  w_dec = (2 * layer + 64) * 4                   # two layers and the final norm: 395,520 bytes
+  w_head = 64 * 320 * 4                          # untied lm_head: 81,920 (vision tower: none)
+  emb_rows = 2 * 64 * 4                          # the two fed tokens' embedding rows
+  kv = 2 * 2 * 2 * 2 * 16 * 33 * 4               # K and V, layers, rows, kv heads, D, L = 33, f32
+  assert rollout_decode.decode_step_bytes(cfg, params, rows=2, cache_len=33) == (
+      w_dec + w_head + emb_rows + kv) == 511_744
+  # Averaged over the steps: new_tokens 5 -> steps 1..4 attend to prefix 32 + s tokens.
+  mean, bound = rollout_decode.bandwidth_bound(cfg, params, rows=2, prefix_len=32, new_tokens=5,
+                                               hbm_bytes_per_s=1e9)
+  per_token = 2 * 2 * 2 * 2 * 16 * 4
+  assert mean == w_dec + w_head + emb_rows + per_token * 34.5 and bound == mean / 1e9
+
+
 def test_decode_and_generate_throughput_run(tiny):
   cfg, params = tiny
   ours = rollout_decode.decode_throughput(cfg, params, rows=2, prefix_len=32, new_tokens=5,
@@ -56,6 +74,8 @@ def test_decode_and_generate_throughput_run(tiny):
   assert ours["tokens_per_s"] > 0 and ours["seconds"] >= ours["decode_seconds"] > 0
   assert ours["param_bytes"] == sum(x.size * 4 for x in __import__("jax").tree.leaves(params))
   assert 0 < ours["bandwidth_fraction"]
+  assert ours["decode_step_bytes"] == rollout_decode.bandwidth_bound(
+      cfg, params, rows=2, prefix_len=32, new_tokens=5, hbm_bytes_per_s=1e12)[0]
   pytest.importorskip("torch")
   theirs = rollout_decode.hf_generate_throughput(cfg, params, rows=2, prefix_len=32,
                                                  new_tokens=5, repeats=1, device="cpu")
