@@ -176,6 +176,11 @@ def check_file(path: str, *, checker: VideoChecker | None, video_root: str | Non
           bad = Problem(path, lineno, "duration",
                         f"{record.duration} s is longer than the video ({vdur:.3f} s) by more "
                         f"than {duration_tolerance} s")
+      short = None
+      if bad is None and checker is not None and not record.is_synthetic and vdur is not None \
+          and record.duration < vdur - 1.0:
+        short = (f"{record.duration} s covers only part of the video ({vdur:.3f} s): the turns "
+                 "after it are never shown")
       if bad is not None:
         rep.problems.append(bad)
         if rejects_out is not None:
@@ -197,6 +202,12 @@ def check_file(path: str, *, checker: VideoChecker | None, video_root: str | Non
       rep.response_turns += r
       rep.silence_turns += s
       rep.warnings += [Problem(path, lineno, "questions", w) for w in warns]
+      if short is not None:
+        rep.warnings.append(Problem(path, lineno, "duration", short))
+      if src == "annotation_bound":
+        rep.warnings.append(Problem(
+            path, lineno, "duration", f"{record.duration} s was guessed from the annotations (the "
+            "last answer's turn), not read from the video: reimport with --durations or --probe"))
   return rep
 
 

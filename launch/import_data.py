@@ -48,8 +48,10 @@ _ON_ERROR = flags.DEFINE_enum("on_error", "fail", ("fail", "skip"),
                               "fail: stop at the first bad record; skip: count and report it.")
 _DURATIONS = flags.DEFINE_string("durations", None, "Table of video durations: CSV "
                                  "'video,duration' or JSON object {video: seconds}.")
-_PROBE = flags.DEFINE_boolean("probe", False, "Read missing durations from the video files "
-                              "(PyAV); relative paths are taken from --video_root.")
+_PROBE = flags.DEFINE_boolean("probe", True, "Read missing durations from the video files "
+                              "that exist (PyAV); relative paths are taken from --video_root. "
+                              "A record whose duration is neither given nor probed ends at its "
+                              "last answer's turn (duration_source 'annotation_bound', warned).")
 _VIDEO_ROOT = flags.DEFINE_string("video_root", None, "Folder of relative video paths (default: "
                                   "the --input annotation file's folder); they are written "
                                   "relative to the output file's folder.")
@@ -92,6 +94,8 @@ def make_options() -> importers.Options:
     from streampro_jax.data import video  # pylint: disable=g-import-not-at-top
 
     def probe(path: str) -> float | None:   # path: resolved by the importer (video_root)
+      if not os.path.isfile(path):  # a missing video is check_videos' error, not the probe's
+        return None
       try:
         return video.probe(path).duration
       except Exception as err:  # pylint: disable=broad-except
@@ -120,6 +124,12 @@ def main(argv) -> int:
     return 1
   print(f"{_FORMAT.value} {src} -> {dst}")
   print(stats.summary())
+  guessed = stats.duration_sources.get("annotation_bound", 0)
+  if guessed:
+    print(f"WARNING: {guessed} records give no duration and none was found (no --durations "
+          "entry, video not probed): each ends at its last answer's turn, so a longer video is "
+          "cut there (meta.duration_source = 'annotation_bound'). Give --durations, or the "
+          "videos under --video_root with --probe.", file=sys.stderr)
   for msg in stats.errors[:20]:
     print(f"  SKIPPED {msg}")
   if len(stats.errors) > 20:

@@ -110,6 +110,35 @@ def test_import_data_streamo_raw(tmp_path):
   assert r.returncode != 0
 
 
+def test_import_data_reads_durations_from_the_videos_and_warns_on_a_guess(tmp_path):
+  """Issue 28: simple rows without a duration were cut at their last answer (a 12 s clip became
+  5 s) without a word, and check_data then said "no problems"."""
+  from streampro_jax.data import video  # pylint: disable=g-import-not-at-top
+  video.encode_video(str(tmp_path / "clip.mp4"), np.zeros((96, 16, 16, 3), np.uint8), fps=8.0)
+  src = tmp_path / "rows.csv"
+  src.write_text("video,time,question,answer\nclip.mp4,4,What is it?,a box\n")
+  out = tmp_path / "probed.jsonl"
+  r = _run("import_data.py", "--format=simple", f"--input={src}", f"--output={out}",
+           "--noprogress_bar")
+  assert r.returncode == 0, r.stdout + r.stderr
+  rec = json.loads(out.read_text())
+  assert rec["duration"] == 12.0 and rec["meta"]["duration_source"] == "video_probe"  # 96 / 8 fps
+  assert "WARNING" not in r.stderr
+  r = _run("check_data.py", f"--input={out}")
+  assert r.returncode == 0 and "0 warnings" in r.stdout, r.stdout + r.stderr
+
+  guessed = tmp_path / "guessed.jsonl"
+  r = _run("import_data.py", "--format=simple", f"--input={src}", f"--output={guessed}",
+           "--noprogress_bar", "--noprobe")
+  assert r.returncode == 0, r.stdout + r.stderr
+  rec = json.loads(guessed.read_text())
+  assert rec["duration"] == 4.0 and rec["meta"]["duration_source"] == "annotation_bound"
+  assert "WARNING: 1 records give no duration" in r.stderr
+  r = _run("check_data.py", f"--input={guessed}")
+  assert "covers only part of the video (12.000 s)" in r.stdout, r.stdout
+  assert "was guessed from the annotations" in r.stdout
+
+
 # ------------------------------------------------------------------------------------------------
 # convert_checkpoint.py: train workdir -> HF folder
 
