@@ -88,15 +88,19 @@ def _has_rubric(q: dict) -> bool:
 def write_rubrics(input_path: str, output_path: str, judge, *, batch_size: int = 64,
                   min_checks: int = 6, max_checks: int = 10, overwrite: bool = False,
                   failures_path: str | None = None, frames_per_clip: int = 8,
-                  max_pixels: int = 448 * 448) -> dict[str, Any]:
+                  max_pixels: int = 448 * 448,
+                  stop_after_failed_batches: int = 2) -> dict[str, Any]:
   """Writes output_path (see the module docstring) and returns a summary dict.
 
   frames_per_clip: frames of each clip shown to the writer (0: the text-only writer); a clip that
   cannot be read is a failure of its questions (listed with the reason), not of the run.
+  stop_after_failed_batches: stop when this many batches in a row wrote nothing (the judge is
+  down); 0: never stop early.
 
   Returns:
     {"records", "questions", "kept" (rubrics already present), "written" (this run), "failed",
-     "failures": [{"record_id", "question_id", "line"}], "judge": judge.stats.as_dict()}.
+     "failures": [{"record_id", "question_id", "line", "reason"}], "stopped" (None, or why the run
+     stopped early), "judge": judge.stats.as_dict()}.
   """
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -134,6 +138,7 @@ def write_rubrics(input_path: str, output_path: str, judge, *, batch_size: int =
   failures: list[dict[str, Any]] = []
   written = 0
   frame_cache: dict[int, list[tuple[float, str]] | str] = {}  # record index -> frames or error
+  failed_in_row, written_before, stopped = 0, 0, None
 
   def flush():
     for row in rows:  # every output line must parse as a record
@@ -179,10 +184,20 @@ def write_rubrics(input_path: str, output_path: str, judge, *, batch_size: int =
     flush()
     logger.info("rubrics: %d / %d questions asked, %d written, %d failed",
                 min(start + batch_size, len(todo)), len(todo), written, len(failures))
+    # A judge that is down fails every request after all its retries: stop after
+    # `stop_after_failed_batches` batches in a row with nothing written instead of retrying
+    # every remaining question; the rerun asks for them.
+    failed_in_row = failed_in_row + 1 if asked and written == written_before else 0
+    written_before = written
+    if stop_after_failed_batches and failed_in_row >= stop_after_failed_batches:
+      stopped = (f"the writer failed every question of the last {failed_in_row} batches; "
+                 f"stopped with {len(todo) - start - len(batch)} questions not asked")
+      logger.error("rubrics: %s", stopped)
+      break
   if not todo:
     flush()
   return {"records": len(rows), "questions": n_questions, "kept": kept, "written": written,
-          "failed": len(failures), "failures": failures,
+          "failed": len(failures), "failures": failures, "stopped": stopped,
           "judge": judge.stats.as_dict() if hasattr(judge, "stats") else {}}
 
 
@@ -217,6 +232,9 @@ def main(argv):
   for f in summary["failures"]:
     print(f"  failed: {_INPUT.value}:{f['line']}: record {f['record_id']!r} question "
           f"{f['question_id']!r}: {f['reason']}")
+  if summary["stopped"]:
+    print(f"STOPPED: {summary['stopped']}; rerun when the judge answers again.")
+    sys.exit(1)
   if summary["failed"]:
     print(f"{summary['failed']} questions have no rubric (listed in "
           f"{_FAILURES.value or _OUTPUT.value + '.failures.jsonl'}); rerun to retry them.")

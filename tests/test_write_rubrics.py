@@ -234,3 +234,24 @@ def test_rubric_writer_sees_the_video(server, tmp_path):
   # A judge that cannot take images refuses frames instead of dropping them.
   with pytest.raises(ValueError, match="cannot take images"):
     judges._LLMJudge(backend_id="x").write_rubrics(["q"], [[(1.0, "a")]], frames=[[(0.5, "u")]])
+
+
+def test_writer_down_stops_after_two_empty_batches(tmp_path):
+  """Issue 28: with the judge down every batch still ran all its retries. Nothing listens on the
+  port: each request fails at once; two batches in a row with nothing written stop the run."""
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as sock:                        # a free port, closed again: refused
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+  src, out = tmp_path / "rl.jsonl", tmp_path / "out.jsonl"
+  src.write_text("".join(json.dumps(_record(f"v{i}", f"OKQ q{i}? x", "a")) + "\n"
+                         for i in range(5)))
+  judge = judges.OpenAIJudge(judges.OpenAIJudgeConfig(
+      base_url=f"http://127.0.0.1:{port}/v1", model="m", api_key_env=None, timeout_s=2.0,
+      max_retries=0))
+  summary = write_rubrics.write_rubrics(str(src), str(out), judge, batch_size=1,
+                                        frames_per_clip=0)
+  judge.close()
+  assert summary["failed"] == 2 and summary["judge"]["calls"] == 2
+  assert "last 2 batches" in summary["stopped"] and "3 questions not asked" in summary["stopped"]
+  assert [r.questions[0].rubric for r in schema.load_jsonl(str(out))[0]] == [None] * 5
