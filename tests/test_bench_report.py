@@ -65,3 +65,53 @@ def test_table_from_paper_numbers():
                  "45.0 | 44.3 | 7.6 | 32.3 | **41.5** |")
   assert table.splitlines()[3] == ("| partial | 10.0 | - | - | - | - | - | - | 10.0 | - | - | "
                                    "10.0 | **10.0** |")
+
+
+class _KeepFigures:
+  """matplotlib.pyplot, but close() keeps the figure for the test to read its artists."""
+
+  def __init__(self):
+    import matplotlib  # pylint: disable=g-import-not-at-top
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+    self._plt, self.figures = plt, []
+
+  def __getattr__(self, name):
+    return getattr(self._plt, name)
+
+  def close(self, fig):
+    self.figures.append(fig)
+
+
+def _texts(artist):
+  """Every text of a figure or an axes: annotations and the entries of every legend."""
+  from matplotlib import legend, text  # pylint: disable=g-import-not-at-top
+  found = [t.get_text() for t in artist.findobj(text.Text)]
+  for leg in artist.findobj(legend.Legend):
+    found += [t.get_text() for t in leg.get_texts()]
+  return found
+
+
+def test_figures_say_what_is_missing_and_keep_coinciding_points_apart(tmp_path):
+  """Issue 28: empty offset panels had no note, the PR plot had no key for the task colours and
+  its points at (0, 0) piled up unseen."""
+  items = [it for it in _items(0, 0.8) if it["task"] != "TG"]
+  tg = [dict(it, predictions=[]) for it in _items(0, 0.8) if it["task"] == "TG"]
+  silent = [dict(it, predictions=[]) for it in _items(2, 0.8)]   # answers nothing at all
+  variants = {"A": f1m.score_benchmark(items + tg, judge),
+              "B": f1m.score_benchmark(silent, judge)}
+  plt = _KeepFigures()
+  report._plot_offsets(variants, str(tmp_path / "o.png"), plt)
+  (fig,) = plt.figures
+  by_title = {ax.get_title(): _texts(ax) for ax in fig.axes}
+  assert "no responses\nto this task's questions" in by_title["TG"]
+  assert "no responses\nto this task's questions" not in by_title["EU"]
+  assert "B: no responses" in by_title["EU"] and any(t.startswith("A (n=") for t in by_title["EU"])
+  plt.figures.clear()
+  report._plot_pr(variants, str(tmp_path / "p.png"), plt)
+  (fig,) = plt.figures
+  texts = _texts(fig)
+  assert set(f1m.TASKS) <= set(texts) and {"A", "B"} <= set(texts)    # both keys
+  (shared,) = [t for t in texts if t.startswith("same point:")]
+  assert "(0, 0):\n" in shared and "  A: TG" in shared
+  assert "  B: " + " ".join(f1m.TASKS) in shared                      # every task of B

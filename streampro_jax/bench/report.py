@@ -168,14 +168,23 @@ def _plot_offsets(variants, path, plt):
     w_lo = s.window_before
     ax.axvspan(w_lo, s.window_after, color="tab:green", alpha=0.12, lw=0)
     ax.axvline(0.0, color="k", lw=0.8)
+    silent = []
     for name, res in variants.items():
       offs = [min(max(p["offset"], lo), hi) for p in res.get("predictions", [])
               if p["task"] == task and p.get("offset") is not None]
       if offs:
         ax.hist(offs, bins=bins, histtype="step", lw=1.4, color=colors[name],
                 label=f"{name} (n={len(offs)})")
+      else:
+        silent.append(name)
     ax.set_title(task, fontsize=10)
     ax.tick_params(labelsize=8)
+    if len(silent) == len(variants):  # an empty panel says why it is empty
+      ax.text(0.5, 0.5, "no responses\nto this task's questions", transform=ax.transAxes,
+              ha="center", va="center", fontsize=9, color="0.35")
+    elif silent:  # the variants without a response are named, not left out
+      for name in silent:
+        ax.plot([], [], color=colors[name], lw=1.4, ls=":", label=f"{name}: no responses")
     if ax.get_legend_handles_labels()[0]:
       ax.legend(fontsize=6.5, loc="upper left")
   last = axes[-1]
@@ -194,27 +203,42 @@ def _plot_offsets(variants, path, plt):
 
 
 def _plot_pr(variants, path, plt):
+  """Precision against recall, one point per (variant, task): colour = task (key on the right),
+  marker = variant (key on the right); points that coincide are listed under the keys instead
+  of being drawn over one another unseen (several variants at (0, 0) is common)."""
   markers = "osD^v<>pP*X"
   cmap = plt.get_cmap("tab10")
-  fig, ax = plt.subplots(figsize=(6.4, 5.6), dpi=120)
+  fig, ax = plt.subplots(figsize=(9.0, 5.6), dpi=120)
   grid = [k / 100 for k in range(1, 101)]
   for f in (0.2, 0.4, 0.6, 0.8):
     pts = [(r, f * r / (2 * r - f)) for r in grid if 2 * r - f > 0 and f * r / (2 * r - f) <= 1]
     ax.plot([100 * r for r, _ in pts], [100 * p for _, p in pts], color="0.8", lw=0.8)
     ax.annotate(f"F1={f:.1f}", (100 * pts[-1][0], 100 * pts[-1][1]), fontsize=7, color="0.5",
                 ha="right", va="bottom")
-  for vi, res in enumerate(variants.values()):
+  at: dict[tuple[float, float], dict[str, list[str]]] = {}  # point -> variant -> its tasks
+  for vi, (name, res) in enumerate(variants.items()):
     for ti, task in enumerate(streampro_f1.TASKS):
       pt = (res.get("per_task") or {}).get(task)
       if pt is None:
         continue
-      ax.scatter(100 * pt["recall"], 100 * pt["precision"], color=cmap(ti),
-                 marker=markers[vi % len(markers)], s=46, edgecolor="k", lw=0.5)
-      ax.annotate(task, (100 * pt["recall"], 100 * pt["precision"]), fontsize=7,
-                  xytext=(3, 3), textcoords="offset points")
-  handles = [plt.Line2D([], [], color="k", marker=markers[i % len(markers)], ls="", label=n)
-             for i, n in enumerate(variants)]
-  ax.legend(handles=handles, fontsize=8, loc="lower right")
+      xy = (round(100 * pt["recall"], 1), round(100 * pt["precision"], 1))
+      at.setdefault(xy, {}).setdefault(name, []).append(task)
+      ax.scatter(*xy, color=cmap(ti), marker=markers[vi % len(markers)], s=46, edgecolor="k",
+                 lw=0.5, zorder=3)
+  tasks = plt.legend(handles=[plt.Line2D([], [], color=cmap(ti), marker="o", ls="", label=t)
+                              for ti, t in enumerate(streampro_f1.TASKS)],
+                     title="task", fontsize=8, title_fontsize=8, loc="upper left",
+                     bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+  ax.add_artist(tasks)
+  ax.legend(handles=[plt.Line2D([], [], color="k", marker=markers[i % len(markers)], ls="",
+                                label=n) for i, n in enumerate(variants)],
+            title="variant", fontsize=8, title_fontsize=8, loc="upper left",
+            bbox_to_anchor=(1.02, 0.52), borderaxespad=0)
+  shared = [f"({x:g}, {y:g}):\n" + "\n".join(f"  {n}: {' '.join(ts)}" for n, ts in who.items())
+            for (x, y), who in sorted(at.items()) if sum(map(len, who.values())) > 1]
+  if shared:
+    ax.text(1.02, 0.16, "same point:\n" + "\n".join(shared), transform=ax.transAxes,
+            fontsize=6.5, va="top")
   ax.set_xlim(0, 100)
   ax.set_ylim(0, 100)
   ax.set_xlabel("recall (x100, mean over QA)")
