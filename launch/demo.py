@@ -42,11 +42,14 @@ import hashlib
 import json
 import logging as py_logging
 import os
+import sys
 import time
 
 from absl import app
 from absl import flags
 from absl import logging
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 FLAGS = flags.FLAGS
@@ -553,5 +556,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  import _cli  # pylint: disable=g-import-not-at-top  (launch/_cli.py: one-line usage errors)
   define_flags()
-  app.run(main)
+  _cli.run(main)

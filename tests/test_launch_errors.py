@@ -170,11 +170,14 @@ def _cases(tmp):
        "lr_typo", w),
       ("rubrics-input", "write_rubrics.py", [f"--input={nope}.jsonl", f"--output={w}/o.jsonl",
                                              judge], "no such file", w),
+      ("demo-flag", "demo.py", [f"--workdir={w}", "--bogus"], "bogus", w),
+      ("demo-seeds", "demo.py", [f"--workdir={w}", "--seeds=0,x"], "--seeds", w),
   ]
 
 
 LAUNCHERS = ("train_sft.py", "train_grpo.py", "evaluate.py", "stream.py", "serve.py",
-             "check_data.py", "import_data.py", "convert_checkpoint.py", "write_rubrics.py")
+             "check_data.py", "import_data.py", "convert_checkpoint.py", "write_rubrics.py",
+             "demo.py")
 
 
 def _launch(script, args, timeout=240):
