@@ -24,8 +24,11 @@ def main(argv):
   del argv
   from streampro_jax.train import sft  # pylint: disable=g-import-not-at-top
 
+  from streampro_jax.train import setup  # pylint: disable=g-import-not-at-top
+
   config, workdir = _common.start("sft")
-  sft.train(config, workdir, allow_config_change=_common.ALLOW_CONFIG_CHANGE.value)
+  with setup.clean_on_early_failure(workdir):
+    sft.train(config, workdir, allow_config_change=_common.ALLOW_CONFIG_CHANGE.value)
 
 
 if __name__ == "__main__":

@@ -233,8 +233,8 @@ def test_launcher_mistake_is_one_line(launcher_runs, cid):
   # No model was loaded or compiled: seconds on an idle machine (the imports); the bound only
   # catches a launcher that went on to load and compile (minutes on a loaded 2-core CI machine).
   assert seconds < 240 and "compiling" not in r.stdout
-  if folder is not None:
-    assert not os.path.exists(os.path.join(folder, "config.json")), os.listdir(folder)
+  if folder is not None:  # nothing written: no config.json, no tokenizer, no workdir at all
+    assert not os.path.exists(folder), os.listdir(folder)
 
 
 @pytest.mark.slow
@@ -243,3 +243,26 @@ def test_launcher_help_exits_0(launcher_runs, script):
   r, _, _, _ = launcher_runs[f"help-{script}"]
   assert r.returncode == 0, r.stderr[-2000:]
   assert "--" in r.stdout
+
+
+def test_a_run_that_fails_before_config_json_leaves_the_workdir_as_it_found_it(tmp_path):
+  """Issue 28: a trainer that stopped at start-up had written its tokenizer (and the workdir)."""
+  from streampro_jax.train import setup  # pylint: disable=g-import-not-at-top
+  w = tmp_path / "w"
+  with pytest.raises(ValueError, match="no data"):
+    with setup.clean_on_early_failure(str(w)):
+      (w / "tokenizer" / "process_0").mkdir(parents=True)
+      raise ValueError("no data")
+  assert not w.exists()                                  # new workdir: gone
+  (w / "checkpoints").mkdir(parents=True)                # a workdir that was there stays
+  with pytest.raises(KeyboardInterrupt):
+    with setup.clean_on_early_failure(str(w)):
+      (w / "tokenizer").mkdir()
+      raise KeyboardInterrupt
+  assert sorted(os.listdir(w)) == ["checkpoints"]
+  with pytest.raises(RuntimeError):                      # past config.json: everything is kept
+    with setup.clean_on_early_failure(str(w)):
+      (w / "tokenizer").mkdir()
+      (w / "config.json").write_text("{}")
+      raise RuntimeError("step 7 failed")
+  assert sorted(os.listdir(w)) == ["checkpoints", "config.json", "tokenizer"]

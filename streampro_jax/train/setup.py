@@ -4,8 +4,10 @@ from a Hugging Face checkpoint, or a random model of a config."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import shutil
 
 import flax.linen as nn
 import jax
@@ -17,6 +19,24 @@ from streampro_jax import models, parallel
 from streampro_jax.data import synthetic
 from streampro_jax.data import tokenizer as tok_lib
 from streampro_jax.train import state as state_lib
+
+
+@contextlib.contextmanager
+def clean_on_early_failure(workdir: str):
+  """A run that fails before it writes ``<workdir>/config.json`` leaves the workdir as it found
+  it: the paths this block created (the workdir itself, its ``tokenizer`` folder) are removed,
+  so nothing half-written greets the corrected command. Once config.json exists (data and model
+  built), a failure keeps everything (checkpoints, metrics) for the resume."""
+  made = [p for p in (workdir, os.path.join(workdir, "tokenizer")) if not os.path.exists(p)]
+  config_json = os.path.join(workdir, "config.json")
+  had_config = os.path.exists(config_json)
+  try:
+    yield
+  except BaseException:
+    if not had_config and not os.path.exists(config_json):
+      for p in reversed(made):  # the tokenizer folder, then the workdir when it was new
+        shutil.rmtree(p, ignore_errors=True)
+    raise
 
 
 def make_mesh(config):
