@@ -10,12 +10,19 @@ master weights, remat, the chunked CB-Stream loss, vision tower frozen (merger +
 AdamW. The batch is built directly in the layout the grain pipeline produces (this script must
 run where grain, tensorflow-datasets, PyAV and ml_collections are not installed).
 
-Parts, each in its own process so that the two frameworks never share the device's memory:
-  jax     bf16 matmul ceiling; random init of the TrainState; for each --policies remat policy:
-          compile, 2 warm-up and 5 timed SFT steps; then the GRPO update at the same shapes.
-  torch   transformers Qwen2_5_VLForConditionalGeneration (sdpa attention, autocast bf16,
-          gradient checkpointing, fused AdamW, vision frozen), the same batch and CB-Stream
-          weights: 2 warm-up and 5 timed steps.
+Parts, each variant in its own process, so that the frameworks never share the device's memory
+and each variant's peak memory is its own (a process's high-water mark is all there is to read):
+  jax     (one process per --policies remat policy) bf16 matmul ceiling; random init of the
+          TrainState; compile, 2 warm-up and 5 timed SFT steps.
+  grpo    (one process, the first policy) the GRPO update (policy + reference) at the same shapes.
+  torch   (one process per --torch_variants entry) transformers
+          Qwen2_5_VLForConditionalGeneration (sdpa attention, autocast bf16, fused AdamW, vision
+          frozen), the same batch and CB-Stream weights: 2 warm-up and 5 timed steps. A variant is
+          "eager|compile:full|dots_no_batch": eager PyTorch or `torch.compile` of the model, with
+          transformers' full-layer activation checkpointing or with selective checkpointing that
+          saves the matmul outputs (aten.mm / addmm, not the batched attention products), the
+          counterpart of our dots_no_batch remat. transformers offers no chunked loss for this
+          model: its logits are computed in full, in bf16 under autocast, then cast to float32.
 Every result is one JSON line prefixed "RESULT "; the driver prints a summary table last. The
 decode figures of the rollout path come from benchmarks/rollout_decode.py (same import limits).
 
@@ -172,12 +179,14 @@ def run_jax(args):
   from streampro_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
 
   shp = shape_args(args.tiny)
+  cfg = model_config(args.tiny, remat_policy=args.policies.split(",")[0].partition(":")[0])
+  if args.grpo_only:
+    return run_grpo(args, cfg, args.policies.split(",")[0])
   emit(part="device", backend=jax.default_backend(), device=str(jax.devices()[0]),
        jax=jax.__version__)
   rate = matmul_rate(1024 if args.tiny else 8192)
   emit(part="matmul", bf16_flops_per_s=rate)
 
-  cfg = model_config(args.tiny, remat_policy=args.policies.split(",")[0].partition(":")[0])
   batch, grid = build_batch(cfg, **shp)
   b, t = batch["input_ids"].shape
   patches = batch["pixel_values_videos"].shape[1] * b
@@ -197,7 +206,6 @@ def run_jax(args):
   ids = decision_ids(cfg)
   loss_cfg = dict(kind="cb_stream", beta=0.9999, text_weight=2.0, chunk_size=shp["chunk"])
   trainable = optim.trainable_mask(nn.unbox(boxed), FROZEN)
-  best = None
   variants = []
   for spec in args.policies.split(","):  # "policy" or "policy:chunk_size"
     policy, _, chunk = spec.partition(":")
@@ -239,15 +247,34 @@ def run_jax(args):
          tokens_per_s=b * t / med, loss=holder["loss"], mfu_spec=mfu / SPEC_PEAK,
          mfu_matmul=mfu / rate, achieved_flops_per_s=mfu, peak_bytes=peak_memory(),
          batch=b, seq_len=t)
-    if best is None or med < best[1]:
-      best = (policy, med, impl, chunk)
 
-  if args.skip_grpo or best is None:
-    return
-  pcfg = cfg.replace(remat_policy=best[0], attention_impl=best[2])
-  gcfg = grpo.GRPOStepConfig(group_size=b, beta=0.04, logps_chunk_size=best[3])
+def run_grpo(args, cfg, policy_spec: str):
+  """The GRPO update (policy + reference) at the SFT step's shapes, remat `policy_spec`."""
+  import functools  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from streampro_jax import grpo, parallel  # pylint: disable=g-import-not-at-top
+  from streampro_jax.models import qwen2_5_vl as q  # pylint: disable=g-import-not-at-top
+  from streampro_jax.train import optim, sft  # pylint: disable=g-import-not-at-top
+  from streampro_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
+
+  shp = shape_args(args.tiny)
+  policy, _, chunk = policy_spec.partition(":")
+  chunk = int(chunk) if chunk else shp["chunk"]
+  batch, grid = build_batch(cfg, **shp)
+  b, t = batch["input_ids"].shape
+  mesh = parallel.make_mesh({"data": 1}, devices=jax.devices()[:1])
+  tx = optim.make_optimizer(dict(lr=1e-5, warmup_steps=0, schedule="constant",
+                                 grad_clip_norm=1.0, weight_decay=0.0, frozen=FROZEN),
+                            total_steps=1000)
+  init_fn = functools.partial(q.init_params, cfg)
+  trainable = optim.trainable_mask(nn.unbox(jax.eval_shape(init_fn, jax.random.key(0))), FROZEN)
+  state, shardings = state_lib.create_train_state(init_fn, tx, mesh, jax.random.key(0))
+  pcfg = cfg.replace(remat_policy=policy)
+  gcfg = grpo.GRPOStepConfig(group_size=b, beta=0.04, logps_chunk_size=chunk)
   logps_fn = grpo.make_logps_fn(sft.make_forward(q.Qwen2_5_VL(pcfg), grid), temperature=1.0,
-                                chunk_size=best[3], unembed_fn=sft.make_unembed(pcfg))
+                                chunk_size=chunk, unembed_fn=sft.make_unembed(pcfg))
   gbatch = {k: batch[k] for k in grpo.GRPO_MODEL_KEYS}
   rng = np.random.default_rng(1)
   gbatch["old_logps"] = (-rng.random(batch["labels"].shape) * batch["loss_mask"]).astype(
@@ -272,10 +299,31 @@ def run_jax(args):
 
     med, times = _median_time(grun, 2, args.steps)
     # The GRPO update = the policy's forward + backward and the reference forward (beta > 0).
-    emit(part="grpo_step", policy=best[0], compile_s=compile_s, step_s=med, times=times,
+    emit(part="grpo_step", policy=policy, compile_s=compile_s, step_s=med, times=times,
          tokens_per_s=b * t / med, loss=holder["loss"], peak_bytes=peak_memory())
   except Exception as e:  # pylint: disable=broad-except
     emit(part="grpo_step", error=f"{type(e).__name__}: {str(e)[:400]}")
+
+
+def torch_checkpoint_kwargs(remat: str) -> dict:
+  """torch.utils.checkpoint arguments of transformers' activation checkpointing: "full" recomputes
+  each decoder layer (transformers' default); "dots_no_batch" saves the outputs of the 2-D
+  matmuls (aten.mm / addmm: the projections and the MLP) and recomputes the rest, batched
+  attention products included, as our remat policy of the same name does."""
+  if remat == "full":
+    return {"use_reentrant": False}
+  import functools  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  from torch.utils import checkpoint as ckpt  # pylint: disable=g-import-not-at-top
+  saved = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default}
+
+  def policy(ctx, op, *args, **kwargs):
+    del ctx, args, kwargs
+    return (ckpt.CheckpointPolicy.MUST_SAVE if op in saved
+            else ckpt.CheckpointPolicy.PREFER_RECOMPUTE)
+
+  return {"use_reentrant": False,
+          "context_fn": functools.partial(ckpt.create_selective_checkpoint_contexts, policy)}
 
 
 def run_torch(args):
@@ -294,11 +342,15 @@ def run_torch(args):
   b, t = batch["input_ids"].shape
   hf = transformers.Qwen2_5_VLConfig(**cfg.replace(scan_layers=False).to_hf())
   hf._attn_implementation = "sdpa"  # pylint: disable=protected-access
+  mode, _, remat = args.torch_variant.partition(":")
+  if mode not in ("eager", "compile") or remat not in ("full", "dots_no_batch"):
+    raise SystemExit(f"--torch_variant={args.torch_variant}: expected eager|compile:"
+                     "full|dots_no_batch")
   t0 = time.perf_counter()
   torch.manual_seed(0)
   with torch.device(dev):
     model = transformers.Qwen2_5_VLForConditionalGeneration(hf).float().train()
-  model.gradient_checkpointing_enable()
+  model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=torch_checkpoint_kwargs(remat))
   if dev == "cuda":
     torch.cuda.synchronize()
   init_s = time.perf_counter() - t0
@@ -325,10 +377,12 @@ def run_torch(args):
       video_grid_thw=torch.tensor(np.tile(grid, (b, 1)), device=dev),
       second_per_grid_ts=torch.ones(b * turns, device=dev))
 
+  forward = torch.compile(model) if mode == "compile" else model
+
   def step():
     opt.zero_grad(set_to_none=True)
     with torch.autocast(dev, dtype=torch.bfloat16):
-      logits = model(**inputs).logits
+      logits = forward(**inputs).logits
     nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels_t.flatten(),
                                             reduction="none").view(labels_t.shape)
     loss = (nll * w_t).sum() / n
@@ -339,8 +393,12 @@ def run_torch(args):
       torch.cuda.synchronize()
     return float(loss)
 
-  med, times = _median_time(step, 2, args.steps)
-  emit(part="torch_step", init_s=init_s, step_s=med, times=times, tokens_per_s=b * t / med,
+  t0 = time.perf_counter()
+  step()  # the first step compiles under torch.compile
+  first_s = time.perf_counter() - t0
+  med, times = _median_time(step, 1, args.steps)
+  emit(part="torch_step", variant=args.torch_variant, first_step_s=first_s, init_s=init_s,
+       step_s=med, times=times, tokens_per_s=b * t / med,
        peak_bytes=torch.cuda.max_memory_allocated() if dev == "cuda" else None,
        torch=torch.__version__, transformers=transformers.__version__)
 
@@ -350,7 +408,7 @@ def summary(results: list[dict]) -> None:
   for r in results:
     by.setdefault(r["part"], []).append(r)
   print("\n== summary ==")
-  for r in by.get("device", []):
+  for r in by.get("device", [])[:1]:   # every JAX process reports it
     print(f"device: {r['device']} ({r['backend']}), jax {r['jax']}")
   rate = by.get("matmul", [{}])[0].get("bf16_flops_per_s")
   if rate:
@@ -363,7 +421,8 @@ def summary(results: list[dict]) -> None:
     if "error" in r:
       print(f"SFT step, remat {r['policy']}, chunk {r['chunk']}: {r['error'][:200]}")
       continue
-    ratio = (f", {torch_r[0]['step_s'] / r['step_s']:.2f}x transformers" if torch_r else "")
+    ratio = "".join(f", {tr['step_s'] / r['step_s']:.2f}x transformers {tr['variant']}"
+                    for tr in torch_r)
     print(f"SFT step, remat {r['policy']}, attention {r['attention']}, loss chunk {r['chunk']}: "
           f"{r['step_s']:.3f} s, {r['tokens_per_s']:.0f} tok/s, "
           f"MFU {100 * r['mfu_spec']:.1f}% of spec ({100 * r['mfu_matmul']:.1f}% of matmul), "
@@ -373,14 +432,19 @@ def summary(results: list[dict]) -> None:
                              f"{r['step_s']:.3f} s, {r['tokens_per_s']:.0f} tok/s, compile "
                              f"{r['compile_s']:.1f} s"))
   for r in by.get("torch_step", []):
-    print(f"transformers step: {r['step_s']:.3f} s, {r['tokens_per_s']:.0f} tok/s, peak "
-          f"{(r['peak_bytes'] or 0) / 2**30:.1f} GiB")
+    print("transformers step " + (f"{r['variant']}: {r['error'][:200]}" if "error" in r else
+          f"{r['variant']}: {r['step_s']:.3f} s, {r['tokens_per_s']:.0f} tok/s, first step "
+          f"{r['first_step_s']:.1f} s, peak {(r['peak_bytes'] or 0) / 2**30:.1f} GiB"))
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--tiny", action="store_true", help="tiny config on CPU (a test runs it)")
-  parser.add_argument("--part", default="all", choices=("all", "jax", "torch"))
+  parser.add_argument("--part", default="all", choices=("all", "jax", "grpo", "torch"))
+  parser.add_argument("--torch_variants", default="eager:full,compile:full,compile:dots_no_batch",
+                      help="the transformers variants, comma-separated, each "
+                      "eager|compile:full|dots_no_batch, each in its own process")
+  parser.add_argument("--torch_variant", default="eager:full", help=argparse.SUPPRESS)
   parser.add_argument("--policies", default="dots_no_batch,full",
                       help="variants of the SFT step, comma-separated: a remat policy, or "
                       "policy:chunk_size (loss vocabulary chunk; 0 = full logits)")
@@ -391,7 +455,8 @@ def main():
   args = parser.parse_args()
   if args.tiny:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-  if args.part == "jax":
+  if args.part in ("jax", "grpo"):
+    args.grpo_only = args.part == "grpo"
     return run_jax(args)
   if args.part == "torch":
     return run_torch(args)
@@ -399,12 +464,15 @@ def main():
   env = dict(os.environ, XLA_PYTHON_CLIENT_MEM_FRACTION=os.environ.get(
       "XLA_PYTHON_CLIENT_MEM_FRACTION", "0.92"), PYTHONUNBUFFERED="1")
   skip = set(filter(None, args.skip.split(",")))
-  for part in ("jax", "torch"):
+  runs = [("jax", ["--policies", p]) for p in args.policies.split(",")]
+  if not args.skip_grpo:
+    runs.append(("grpo", ["--policies", args.policies.split(",")[0]]))
+  runs += [("torch", ["--torch_variant", v]) for v in args.torch_variants.split(",")]
+  for part, extra in runs:
     if part in skip:
       continue
-    cmd = [sys.executable, os.path.abspath(__file__), "--part", part, "--policies",
-           args.policies, "--steps", str(args.steps)] + (["--tiny"] if args.tiny else []) + (
-               ["--skip_grpo"] if args.skip_grpo else [])
+    cmd = [sys.executable, os.path.abspath(__file__), "--part", part, "--steps",
+           str(args.steps)] + extra + (["--tiny"] if args.tiny else [])
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env)
@@ -413,7 +481,8 @@ def main():
         results.append(json.loads(line[len("RESULT "):]))
       print(line, end="", flush=True)
     rc = proc.wait()
-    print(f"[{part}] exit {rc} after {time.perf_counter() - t0:.0f} s", flush=True)
+    print(f"[{part} {' '.join(extra)}] exit {rc} after {time.perf_counter() - t0:.0f} s",
+          flush=True)
   if args.out:
     with open(args.out, "w") as f:
       for r in results:
