@@ -13,7 +13,9 @@ weights and the same number of new tokens per row, with no early stop:
   hf_generate_throughput(model_config, params, *, rows, prefix_len, new_tokens, seed=0, ...)
     transformers Qwen2_5_VLForConditionalGeneration.generate(do_sample=True, use_cache=True,
     min_new_tokens = max_new_tokens = new_tokens) on a torch copy of the same params, on
-    `device` (default: cuda when available), float32 or bfloat16.
+    `device` (default: cuda when available), float32 or bfloat16; hf_mode "eager" (a dynamic
+    cache) or "static_compiled" (a static cache and torch.compile'd decode steps, the CLI's
+    default: transformers as its docs advise running it for speed).
 
 Both return dict(tokens_per_s, seconds, ...): tokens_per_s = rows * new_tokens / seconds, where
 seconds is the median over `repeats` timed calls (after one untimed call that compiles / warms
@@ -250,7 +252,8 @@ def decode_throughput(model_config, params, *, rows: int, prefix_len: int, new_t
 def compare_throughput(model_config, params, *, rows: int, prefix_len: int, new_tokens: int,
                        seed: int = 0, grid=None, repeats: int = 5, temperature: float = 1.0,
                        device=None, dtype: str = "float32", model=None,
-                       hbm_bytes_per_s: float | None = None) -> tuple[dict, dict]:
+                       hbm_bytes_per_s: float | None = None, hf_mode: str = "eager"
+                       ) -> tuple[dict, dict]:
   """(ours, transformers) as `decode_throughput` and `hf_generate_throughput` return them, timed
   interleaved: after both warm up, each of the `repeats` rounds runs ours (prefill + decode),
   then `generate` with one new token (its prefill), then `generate` with new_tokens, so that a
@@ -259,7 +262,8 @@ def compare_throughput(model_config, params, *, rows: int, prefix_len: int, new_
                           new_tokens=new_tokens, seed=seed, grid=grid, temperature=temperature)
   hf_run, hf_meta = _hf_runner(model_config, params, rows=rows, prefix_len=prefix_len,
                                new_tokens=new_tokens, seed=seed, grid=grid,
-                               temperature=temperature, device=device, dtype=dtype, model=model)
+                               temperature=temperature, device=device, dtype=dtype, model=model,
+                               hf_mode=hf_mode)
   t = time.perf_counter()
   _, _, msg = ours_run(0)
   compile_s = time.perf_counter() - t
@@ -333,9 +337,28 @@ def torch_model(model_config, params, *, device=None, dtype: str = "float32"):
   return model.to(device).eval()
 
 
+HF_MODES = ("eager", "static_compiled")
+
+
+def _hf_generate_kwargs(hf_mode: str, device_type: str) -> dict:
+  """`generate` arguments of a transformers decode mode: "eager" (a dynamic cache, no compile)
+  or "static_compiled" (a static cache, whose decode steps transformers compiles with
+  torch.compile, as its docs advise for speed; on a non-CUDA device the CompileConfig flag that
+  transformers keeps for tests turns the compile on there too)."""
+  if hf_mode == "eager":
+    return {}
+  if hf_mode != "static_compiled":
+    raise ValueError(f"hf_mode {hf_mode!r}: expected one of {HF_MODES}")
+  import transformers  # pylint: disable=g-import-not-at-top
+  compile_config = transformers.CompileConfig()
+  if device_type != "cuda":
+    compile_config._compile_all_devices = True  # pylint: disable=protected-access
+  return dict(cache_implementation="static", compile_config=compile_config)
+
+
 def _hf_runner(model_config, params, *, rows: int, prefix_len: int, new_tokens: int,
                seed: int = 0, grid=None, temperature: float = 1.0, device=None,
-               dtype: str = "float32", model=None):
+               dtype: str = "float32", model=None, hf_mode: str = "eager"):
   """(run(i, n_new=new_tokens) -> seconds of one `generate` call, meta dict)."""
   import torch  # pylint: disable=g-import-not-at-top
   t = time.perf_counter()
@@ -352,6 +375,7 @@ def _hf_runner(model_config, params, *, rows: int, prefix_len: int, new_tokens: 
             video_grid_thw=torch.tensor(np.tile(pre["video_grid_thw"], (rows, 1)), device=dev),
             second_per_grid_ts=torch.ones(rows, device=dev))
   sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+  mode_kw = _hf_generate_kwargs(hf_mode, dev.type)
 
   def run(i, n_new=new_tokens):
     torch.manual_seed(seed + i)
@@ -360,13 +384,13 @@ def _hf_runner(model_config, params, *, rows: int, prefix_len: int, new_tokens: 
     with torch.no_grad():
       gen = model.generate(**kw, do_sample=True, temperature=float(temperature), top_k=0,
                            top_p=1.0, max_new_tokens=n_new, min_new_tokens=n_new,
-                           use_cache=True, eos_token_id=None, pad_token_id=0)
+                           use_cache=True, eos_token_id=None, pad_token_id=0, **mode_kw)
     sync()
     if gen.shape[1] - prefix_len != n_new:
       raise AssertionError(f"generate made {gen.shape[1] - prefix_len} tokens, not {n_new}")
     return time.perf_counter() - t0
 
-  return run, dict(setup_seconds=setup_s, device=str(dev), dtype=dtype,
+  return run, dict(setup_seconds=setup_s, device=str(dev), dtype=dtype, hf_mode=hf_mode,
                    torch_threads=torch.get_num_threads())
 
 
@@ -383,20 +407,21 @@ def _hf_summary(times, *, rows, prefix_len, new_tokens, **meta) -> dict:
 def hf_generate_throughput(model_config, params, *, rows: int, prefix_len: int,
                            new_tokens: int, seed: int = 0, grid=None, repeats: int = 3,
                            temperature: float = 1.0, device=None, dtype: str = "float32",
-                           model=None) -> dict:
+                           model=None, hf_mode: str = "eager") -> dict:
   """Times transformers `generate` (sampling, KV cache, exactly new_tokens per row) on a torch
   copy of `params` from the same prefix as `decode_throughput`.
 
   device: torch device (default cuda when available, else cpu); dtype "float32" | "bfloat16";
+  hf_mode: "eager" (dynamic cache) or "static_compiled" (static cache, compiled decode steps);
   model: an already built `torch_model(...)` to reuse. Returns dict(tokens_per_s, seconds,
   prefill_seconds, decode_seconds, decode_step_s, decode_tokens_per_s, setup_seconds, rows,
-  prefix_len, new_tokens, device, dtype, torch_threads): prefill_seconds is the median of
+  prefix_len, new_tokens, device, dtype, hf_mode, torch_threads): prefill_seconds is the median of
   `generate` with max_new_tokens = 1 (the prefix forward and the first token), decode_seconds
   = seconds - prefill_seconds (the new_tokens - 1 cached steps), as ours splits them.
   """
   run, meta = _hf_runner(model_config, params, rows=rows, prefix_len=prefix_len,
                          new_tokens=new_tokens, seed=seed, grid=grid, temperature=temperature,
-                         device=device, dtype=dtype, model=model)
+                         device=device, dtype=dtype, model=model, hf_mode=hf_mode)
   run(0)
   run(0, 1)
   times = [(run(i + 1, 1), run(i + 1)) for i in range(repeats)]   # interleaved
@@ -413,10 +438,8 @@ def tiny_model(seed: int = 0, *, dtype: str = "float32"):
   from streampro_jax.models import qwen2_5_vl  # pylint: disable=g-import-not-at-top
   cfg = qwen2_5_vl.tiny_config(text=dict(vocab_size=320, intermediate_size=192),
                                attention_impl="xla", dtype=dtype)
-  init = functools.partial(qwen2_5_vl.init_params, cfg)
-  if abstract:  # shapes and dtypes only (the bandwidth bound needs nothing else)
-    return cfg, nn.unbox(jax.eval_shape(init, jax.random.key(seed)))
-  params = nn.unbox(jax.jit(init)(jax.random.key(seed)))
+  params = nn.unbox(jax.jit(functools.partial(qwen2_5_vl.init_params, cfg))(
+      jax.random.key(seed)))
   return cfg, params
 
 
@@ -489,6 +512,9 @@ def main() -> None:
   p.add_argument("--dtype", default="", help="float32 | bfloat16 (default: f32 tiny, bf16 3b)")
   p.add_argument("--hbm_bytes_per_s", type=float, default=0.0)
   p.add_argument("--skip_hf", action="store_true")
+  p.add_argument("--hf_mode", choices=HF_MODES, default="static_compiled",
+                 help="transformers' decode: a static cache with compiled steps (as its docs "
+                      "advise for speed) or eager with a dynamic cache")
   p.add_argument("--attention_impl", default="jax", help="3b: jax | cudnn | xla")
   p.add_argument("--layers", type=int, default=0, help="3b: keep only this many layers (smoke)")
   p.add_argument("--scan_layers", action="store_true", help="3b: scanned layer stacks")
@@ -525,7 +551,8 @@ def main() -> None:
   hf = torch_model(hf_cfg, hf_params, dtype=dtype)
   del hf_params
   ours, theirs = compare_throughput(cfg, params, dtype=dtype, model=hf,   # interleaved
-                                    hbm_bytes_per_s=args.hbm_bytes_per_s or None, **kw)
+                                    hbm_bytes_per_s=args.hbm_bytes_per_s or None,
+                                    hf_mode=args.hf_mode, **kw)
   print(f"ours: {ours}", flush=True)
   print(f"transformers: {theirs}")
   print(f"ratio ours / transformers (tokens/s, prefill + decode): "

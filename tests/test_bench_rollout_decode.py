@@ -66,6 +66,7 @@ def test_decode_step_bytes_by_hand(tiny):
   assert mean == w_dec + w_head + emb_rows + per_token * 34.5 and bound == mean / 1e9
 
 
+@pytest.mark.slow
 def test_decode_and_generate_throughput_run(tiny):
   cfg, params = tiny
   ours = rollout_decode.decode_throughput(cfg, params, rows=2, prefix_len=32, new_tokens=5,
@@ -80,6 +81,11 @@ def test_decode_and_generate_throughput_run(tiny):
   theirs = rollout_decode.hf_generate_throughput(cfg, params, rows=2, prefix_len=32,
                                                  new_tokens=5, repeats=1, device="cpu")
   assert theirs["tokens_per_s"] > 0 and theirs["new_tokens"] == 5
+  # transformers as its docs advise for speed: a static cache and compiled decode steps.
+  tuned = rollout_decode.hf_generate_throughput(cfg, params, rows=2, prefix_len=32,
+                                                new_tokens=5, repeats=1, device="cpu",
+                                                hf_mode="static_compiled")
+  assert tuned["tokens_per_s"] > 0 and tuned["hf_mode"] == "static_compiled"
 
 
 def test_compare_throughput_times_both_sides_interleaved(tiny):
