@@ -122,9 +122,22 @@ def cpu_numerics() -> str:
   return "\n".join(lines)
 
 
-BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
-    "gpu_summary": ("docs/benchmarks.md", gpu_summary),
-    "cpu_numerics": ("docs/decisions.md", cpu_numerics),
+def deviations() -> str:
+  """The demo's settings that differ from the paper's (configs/demo.py: PAPER_DEVIATIONS, the
+  values read from get_config())."""
+  sys.path.insert(0, ROOT)
+  from configs import demo  # pylint: disable=g-import-not-at-top
+  lines = ["| Setting | Paper | Demo | Why, and how it was chosen |", "|---|---|---|---|"]
+  lines += [f"| {d['setting']} | {d['paper']} | {d['demo']} | {d['why']} |"
+            for d in demo.paper_deviations(demo.get_config())]
+  return "\n".join(lines)
+
+
+# name -> (the docs that hold the block, its renderer)
+BLOCKS: dict[str, tuple[tuple[str, ...], Callable[[], str]]] = {
+    "gpu_summary": (("docs/benchmarks.md",), gpu_summary),
+    "cpu_numerics": (("docs/decisions.md",), cpu_numerics),
+    "deviations": (("README.md", "docs/method.md"), deviations),
 }
 
 
@@ -149,26 +162,30 @@ def render(text: str, name: str, body: str, doc: str) -> str:
 def stale_blocks(root: str = ROOT) -> list[str]:
   """Names of the blocks whose text in their doc differs from what the raw files give."""
   stale = []
-  for name, (doc, fn) in BLOCKS.items():
-    with open(os.path.join(root, doc), encoding="utf-8") as f:
-      text = f.read()
-    if render(text, name, fn(), doc) != text:
-      stale.append(f"{doc}: figures:{name}")
+  for name, (docs, fn) in BLOCKS.items():
+    body = fn()
+    for doc in docs:
+      with open(os.path.join(root, doc), encoding="utf-8") as f:
+        text = f.read()
+      if render(text, name, body, doc) != text:
+        stale.append(f"{doc}: figures:{name}")
   return stale
 
 
 def write_all(root: str = ROOT) -> list[str]:
   """Rewrites every block; returns the docs that changed."""
   changed = []
-  for name, (doc, fn) in BLOCKS.items():
-    path = os.path.join(root, doc)
-    with open(path, encoding="utf-8") as f:
-      text = f.read()
-    new = render(text, name, fn(), doc)
-    if new != text:
-      with open(path, "w", encoding="utf-8") as f:
-        f.write(new)
-      changed.append(doc)
+  for name, (docs, fn) in BLOCKS.items():
+    body = fn()
+    for doc in docs:
+      path = os.path.join(root, doc)
+      with open(path, encoding="utf-8") as f:
+        text = f.read()
+      new = render(text, name, body, doc)
+      if new != text:
+        with open(path, "w", encoding="utf-8") as f:
+          f.write(new)
+        changed.append(doc)
   return changed
 
 
