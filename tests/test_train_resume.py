@@ -63,6 +63,8 @@ def test_sigkill_between_checkpoints_resumes_to_same_parameters(tmp_path):
 
   ref = _launch(ref_dir, cache)
   assert ref.returncode == 0, ref.stderr[-3000:]
+  # No cluster variables and no addresses: one process (streampro_jax/cluster.py).
+  assert "distributed: no cluster detected" in ref.stderr
 
   killed = _launch(run_dir, cache, "--config.debug_kill_after_step=5")
   assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
