@@ -9,9 +9,9 @@ with every preset: XLA and libtpu stop with "Unknown flag" on a flag they do not
   overlap computation, and the pipelining of the FSDP collectives (all-gather of the next layer's
   parameters, reduce-scatter of the previous layer's gradients, all-reduce) across the scanned
   layer loop, with the loop double-buffered so that the pipelined collective has a buffer to
-  write into. Source: NVIDIA JAX-Toolbox, the GPU_performance.md page of its rosetta folder ("Enable Latency
-  Hiding Scheduler, and Asynchronous collective communication", "Enable Optimizations for FSDP
-  communication"), and the JAX GPU performance tips (docs.jax.dev gpu_performance_tips).
+  write into. Source: NVIDIA JAX-Toolbox, the GPU_performance.md page of its rosetta folder
+  ("Enable Latency Hiding Scheduler, and Asynchronous collective communication", "Enable
+  Optimizations for FSDP communication"), and JAX's GPU performance tips (gpu_performance_tips).
 * ``tpu`` (``LIBTPU_INIT_ARGS``, read by libtpu, not by jaxlib's XLA): asynchronous collective
   fusion (all-gathers fused and run over several steps, overlapped with the TensorCore's
   computation), asynchronous all-gather and all-reduce, and the data-parallel all-reduce
