@@ -311,3 +311,11 @@ def test_two_process_checkpoint_restores_in_one_process_bit_exact(tmp_path):
     assert not (want.dtype.kind == "f" and np.isnan(want).any())   # every element was held
     np.testing.assert_array_equal(_bits(leaf), _bits(want), err_msg=jax.tree_util.keystr(path))
   assert int(restored.step) == 1
+  # The data position was saved per process: resuming it in one process stops with the counts
+  # named, and leaves the checkpoint where it is (not set aside as unreadable).
+  ckpt = ckpt_lib.Checkpointer(tmp_path / "c")
+  with pytest.raises(ckpt_lib.ProcessCountError,
+                     match=r"written by 2 process\(es\); this run has 1"):
+    ckpt.restore_newest(abstract, shardings, _CountingIterator())
+  assert ckpt.all_steps() == [1] and ckpt_lib.is_complete(tmp_path / "c" / "1")
+  ckpt.close()

@@ -4,7 +4,8 @@ Usage: python two_process_checkpoint_worker.py PORT PROCESS_ID CKPT_DIR OUT_NPZ
 
 Two processes joined by jax.distributed on 127.0.0.1:PORT, 2 CPU devices each, an (fsdp 4) mesh
 over both: the train state of tests/helpers/checkpoint_model.py (one AdamW step) saved together
-as checkpoint 1 in CKPT_DIR (asynchronously, then closed). Each process writes the shards it
+as checkpoint 1 in CKPT_DIR (asynchronously, then closed), with each process's data position
+({"position": 10 + PROCESS_ID}). Each process writes the shards it
 holds of every leaf, with their global index, to OUT_NPZ, so that the test can assemble the saved
 arrays without trusting the checkpoint.
 """
@@ -17,6 +18,16 @@ os.environ["JAX_PLATFORMS"] = "cpu"
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+
+
+class _Position:
+  """A data iterator's checkpointed state, as the trainers' iterators give it."""
+
+  def __init__(self, position):
+    self.position = position
+
+  def get_state(self):
+    return {"position": self.position}
 
 
 def main():
@@ -33,7 +44,7 @@ def main():
   state, _ = checkpoint_model.stepped_state(mesh)
   assert not state.params["w"].is_fully_addressable
   ckpt = ckpt_lib.Checkpointer(ckpt_dir, every_steps=1)
-  ckpt.save(1, state)
+  ckpt.save(1, state, _Position(10 + pid))
   ckpt.close()
   shards = {}
   for path, leaf in jax.tree_util.tree_leaves_with_path(state):
