@@ -124,6 +124,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.tensorboard = True
   # Fault injection for the resume test: SIGKILL this process right after this step (-1: never).
   c.debug_kill_after_step = -1
+  # With it: the SIGKILL comes while that step's asynchronous checkpoint is being written (the
+  # crash-during-save test) instead of after the writes finish.
+  c.debug_kill_mid_save = False
   return c
 
 

@@ -14,7 +14,7 @@ the paper settings (configs/qwen2_5_vl_3b_grpo.py) sample freely.
 Every field of a GRPO config:
   seed, global_batch_size (samples per step; each gets G rollouts, so the update sees
   global_batch_size * G rows), num_epochs / total_steps, log_every_steps, tokenizer, tensorboard,
-  debug_kill_after_step: as the SFT configs (configs/common.py).
+  debug_kill_after_step, debug_kill_mid_save: as the SFT configs (configs/common.py).
   init.sft_workdir / init.sft_step: the SFT run to start from (newest checkpoint when step -1);
     empty: model.hf_checkpoint, else a random init.
   model, mesh, optim, checkpoint: as the SFT configs (optim.frozen = the frozen vision tower).

@@ -1,7 +1,13 @@
 """Flags and start-up shared by launch/train_sft.py and launch/train_grpo.py.
 
 Importing this module defines the launchers' flags (--config, --workdir, --coordinator_address,
---num_processes, --process_id, --distributed).
+--num_processes, --process_id, --distributed, --xla_preset).
+
+Start-up joins the cluster the process was started in: addresses given (flags or JAX_*
+variables) are passed to jax.distributed.initialize; with none, a SLURM job step with more than
+one task, an Open MPI world, a Cloud TPU slice or a Kubernetes indexed job
+(streampro_jax/cluster.py) is joined by jax.distributed.initialize() with no arguments; anything
+else runs as one process. The log says which (lines starting "distributed:").
 """
 
 from absl import flags
@@ -20,8 +26,13 @@ COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of pro
 NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Call jax.distributed.initialize() even when nothing is configured "
-    "(auto-detection on Cloud TPU / SLURM / Open MPI).")
+    "distributed", False, "Call jax.distributed.initialize() even when no cluster is detected "
+    "(a cluster that streampro_jax/cluster.py detects is joined without this flag).")
+XLA_PRESET = flags.DEFINE_enum(
+    "xla_preset", "none", ["none", "gpu", "tpu"], "Named XLA compiler flags for the platform "
+    "(streampro_jax/xla_presets.py: gpu = latency-hiding scheduler and pipelined FSDP "
+    "collectives in XLA_FLAGS; tpu = async collective fusion in LIBTPU_INIT_ARGS), set before "
+    "JAX starts; a flag already in the environment keeps its value.")
 ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     "allow_config_change", False, "Resume a workdir whose config.json differs from --config "
     "(the differences are logged; the old file is kept as config.previous.<n>.json). Without "
@@ -36,9 +47,14 @@ def start(trainer: str):
   (the same unless --allow_config_change). Returns (config, workdir); a problem is one line
   ``error: ...`` and exit status 2. The trainer writes ``<workdir>/config.json`` once its data
   and model are built (pass it ALLOW_CONFIG_CHANGE.value)."""
+  from streampro_jax import xla_presets  # pylint: disable=g-import-not-at-top
+  preset_vars = xla_presets.apply_preset(XLA_PRESET.value)   # before JAX starts its backend
   import jax  # pylint: disable=g-import-not-at-top
-  from streampro_jax import parallel  # pylint: disable=g-import-not-at-top
+  from streampro_jax import cluster, parallel  # pylint: disable=g-import-not-at-top
 
+  if preset_vars:
+    logging.info("--xla_preset=%s: %s", XLA_PRESET.value,
+                 "; ".join(f"{k}={v}" for k, v in sorted(preset_vars.items())))
   config = CONFIG.value
   config.lock()   # parsed unlocked (accept_new_attributes); read-only from here
   workdir = WORKDIR.value
@@ -50,11 +66,14 @@ def start(trainer: str):
                                       write=False)
   except config_check.ConfigError as err:
     _cli.fail(str(err))
-  parallel.initialize_distributed(
-      parallel.DistributedConfig(coordinator_address=COORDINATOR.value,
-                                 num_processes=NUM_PROCESSES.value,
-                                 process_id=PROCESS_ID.value),
-      force=DISTRIBUTED.value)
+  try:
+    parallel.initialize_distributed(
+        parallel.DistributedConfig(coordinator_address=COORDINATOR.value,
+                                   num_processes=NUM_PROCESSES.value,
+                                   process_id=PROCESS_ID.value),
+        force=DISTRIBUTED.value)
+  except cluster.ClusterError as err:
+    _cli.fail(str(err))
   from streampro_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
   ckpt_lib.quiet_orbax_info()
   logging.info("process %d/%d, %d local / %d global devices (%s)", jax.process_index(),

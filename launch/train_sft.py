@@ -9,8 +9,11 @@ Re-running the same command resumes from the newest checkpoint.
 
 Multi-host: run the same command on every host. The distributed runtime is initialised from
 --coordinator_address/--num_processes/--process_id, else JAX_COORDINATOR_ADDRESS /
-JAX_NUM_PROCESSES / JAX_PROCESS_ID, else (with --distributed) jax.distributed's auto-detection
-(Cloud TPU, SLURM, Open MPI). Recipes: docs/components.md#recipes.
+JAX_NUM_PROCESSES / JAX_PROCESS_ID, else, when the environment shows a cluster (a SLURM step
+with more than one task, Open MPI, a Cloud TPU slice, a Kubernetes indexed job;
+streampro_jax/cluster.py), by jax.distributed.initialize() with no arguments; else the run is one
+process (--distributed forces the call). --xla_preset=gpu|tpu sets the platform's XLA flags.
+Recipes: docs/scale-out.md.
 """
 
 from absl import flags

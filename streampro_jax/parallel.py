@@ -1,4 +1,5 @@
-"""Device mesh, logical-axis sharding rules, batch sharding and multi-host start-up.
+"""Device mesh, logical-axis sharding rules, batch sharding and multi-host start-up (joining
+the cluster streampro_jax/cluster.py detects).
 
 One mesh with the named axes ``data``, ``fsdp`` and ``tensor``. Parameters carry logical axis names
 (``nn.with_logical_partitioning``); :data:`DEFAULT_RULES` maps each logical name to mesh axes.
@@ -31,6 +32,8 @@ import jax
 import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from streampro_jax import cluster as cluster_lib
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -279,9 +282,10 @@ def shard_batch(local_batch, mesh: Mesh, *, batch_dims=None):
 class DistributedConfig:
   """How to join a multi-host run. Empty fields are read from the environment.
 
-  Environment variables (the ones JAX and cluster managers use): ``JAX_COORDINATOR_ADDRESS``,
-  ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``. On Cloud TPU and under SLURM/Open MPI
-  ``jax.distributed.initialize()`` with no arguments auto-detects everything.
+  Environment variables (the ones JAX reads): ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``,
+  ``JAX_PROCESS_ID``. With none of them, a cluster that :func:`cluster.detect_cluster` sees
+  (SLURM, Open MPI, Cloud TPU, Kubernetes) is joined by ``jax.distributed.initialize()`` with no
+  arguments, JAX's own auto-detection.
   """
   coordinator_address: str | None = None
   num_processes: int | None = None
@@ -289,11 +293,25 @@ class DistributedConfig:
   local_device_ids: Sequence[int] | None = None
 
 
-def initialize_distributed(config: DistributedConfig | None = None, *, force: bool = False) -> bool:
-  """Calls ``jax.distributed.initialize`` when a multi-host run is configured.
+def initialize_distributed(config: DistributedConfig | None = None, *, force: bool = False
+                           ) -> bool:
+  """Joins the multi-process run this process belongs to, if any; idempotent.
 
-  Returns True when the distributed runtime was initialised, False for a single-process run
-  (nothing configured and ``force`` False). Idempotent.
+  In order: an address or process count given (``config`` or the ``JAX_*`` variables) calls
+  ``jax.distributed.initialize`` with them; else a cluster seen in the environment
+  (:func:`cluster.detect_cluster`), or ``force``, calls ``jax.distributed.initialize()`` with no
+  arguments (JAX's auto-detection); else the run stays single-process. The log says which.
+
+  Args:
+    config: explicit addresses (launch flags).
+    force: initialise even when no cluster is detected (``--distributed``).
+
+  Returns:
+    True when the distributed runtime is initialised, False for a single-process run.
+
+  Raises:
+    cluster.ClusterError: a cluster is detected that JAX cannot join by itself (the reason
+      named).
   """
   config = config or DistributedConfig()
   env = os.environ
@@ -302,23 +320,32 @@ def initialize_distributed(config: DistributedConfig | None = None, *, force: bo
                                  if env.get("JAX_NUM_PROCESSES") else None)
   pid = config.process_id if config.process_id is not None else (
       int(env["JAX_PROCESS_ID"]) if env.get("JAX_PROCESS_ID") else None)
-  if not (address or num or force):
-    return False
   if jax.distributed.is_initialized():
     return True
-  kwargs = {}
-  if address:
-    kwargs["coordinator_address"] = address
-  if num is not None:
-    kwargs["num_processes"] = num
-  if pid is not None:
-    kwargs["process_id"] = pid
+  kwargs = {k: v for k, v in (("coordinator_address", address), ("num_processes", num),
+                              ("process_id", pid)) if v is not None}
+  if address or num:
+    logging.info("distributed: addresses given, jax.distributed.initialize(%s)", kwargs)
+  else:
+    found = cluster_lib.detect_cluster(env)
+    if found is None and not force:
+      logging.info("distributed: no cluster detected (SLURM with > 1 task, Open MPI, Cloud TPU "
+                   "slice, Kubernetes indexed job) and no addresses given: single process")
+      return False
+    if found is None:
+      logging.info("distributed: no cluster detected; --distributed: "
+                   "jax.distributed.initialize() with JAX's own auto-detection")
+    elif found.error:
+      raise cluster_lib.ClusterError(
+          f"detected a {found.describe()}, but jax cannot join it by itself: {found.error}")
+    else:
+      logging.info("distributed: detected a %s; jax.distributed.initialize()", found.describe())
   if config.local_device_ids is not None:
     kwargs["local_device_ids"] = list(config.local_device_ids)
-  logging.info("jax.distributed.initialize(%s)", kwargs)
   jax.distributed.initialize(**kwargs)
-  logging.info("process %d of %d, %d local devices, %d global devices", jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count())
+  logging.info("distributed: process %d of %d, %d local devices, %d global devices",
+               jax.process_index(), jax.process_count(), jax.local_device_count(),
+               jax.device_count())
   return True
 
 

@@ -9,14 +9,19 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_workers(argvs: list[list[str]], *, timeout: float) -> None:
+def run_workers(argvs: list[list[str]], *, timeout: float,
+                envs: list[dict[str, str]] | None = None) -> list[str]:
   """Starts `python <argv...>` for every argv at once, waits for all (timeout seconds each) and
-  fails with the tail of the log of the first worker that exited non-zero."""
-  env = dict(os.environ)
-  env.pop("XLA_FLAGS", None)
-  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-  procs = [subprocess.Popen([sys.executable, *argv], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT) for argv in argvs]
+  fails with the tail of the log of the first worker that exited non-zero.
+
+  envs: per worker, variables added to its environment (e.g. a cluster's variables).
+  Returns each worker's log (stdout and stderr together)."""
+  base = dict(os.environ)
+  base.pop("XLA_FLAGS", None)
+  base["PYTHONPATH"] = ROOT + os.pathsep + base.get("PYTHONPATH", "")
+  procs = [subprocess.Popen([sys.executable, *argv], env={**base, **(envs[i] if envs else {})},
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+           for i, argv in enumerate(argvs)]
   logs = []
   for p in procs:
     try:
@@ -28,3 +33,4 @@ def run_workers(argvs: list[list[str]], *, timeout: float) -> None:
     logs.append(out.decode(errors="replace"))
   for p, log in zip(procs, logs):
     assert p.returncode == 0, log[-3000:]
+  return logs

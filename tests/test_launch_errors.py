@@ -124,6 +124,8 @@ def _cases(tmp):
                                        "--config.nosuch.key=1"], "'nosuch'", w),
       ("sft-file-key", "train_sft.py", [f"--config={file_key_cfg}", f"--workdir={w}"],
        "config.optim.lr_typo", w),
+      ("sft-preset", "train_sft.py", [f"--config={TINY}", f"--workdir={w}",
+                                      "--xla_preset=cuda"], "xla_preset", w),
       ("sft-tfds", "train_sft.py", [f"--config={tfds_cfg}", f"--workdir={w}"],
        "config.data.tfds_dir", w),
       ("sft-tfds-empty", "train_sft.py", [f"--config={tfds_cfg}", f"--workdir={w}",

@@ -1,10 +1,13 @@
 """Checkpointer: state + data iterator round trip, restore onto another mesh, keep-N, metrics IO."""
 
+import os
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import portpicker
 import pytest
 
 from streampro_jax import parallel
@@ -13,6 +16,8 @@ from streampro_jax.train import metrics as metrics_lib
 from streampro_jax.train import optim, sft
 from streampro_jax.train import state as state_lib
 
+import multiprocess_run  # pylint: disable=g-bad-import-order
+from helpers import checkpoint_model  # pylint: disable=g-bad-import-order
 from helpers import tolerances as tol  # pylint: disable=g-bad-import-order
 
 # Values here are host-side float64 arithmetic (Python floats) of a few dozen operations on
@@ -226,3 +231,91 @@ def test_metrics_jsonl_marks_a_resume(tmp_path):
                                        tensorboard=False)   # another process: no marker
   disabled.close()
   assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 5
+
+
+# ------------------------------------------------------------------------------------------------
+# Restore onto another mesh shape, device count or process count: the same bits.
+
+
+def _bits(x):
+  """The bytes of an array (a scalar as a 1-element array): equal bytes, equal bits."""
+  return np.ascontiguousarray(np.atleast_1d(np.asarray(x))).view(np.uint8)
+
+
+def _assert_same_bits(restored, expected):
+  """Every leaf of two TrainStates equal to the bit (NaN-free float32 arrays and the step)."""
+  got = jax.tree_util.tree_leaves_with_path(restored)
+  want = jax.tree_util.tree_leaves(expected)
+  assert len(got) == len(want)
+  for (path, a), b in zip(got, want):
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.dtype == b.dtype and a.shape == b.shape, jax.tree_util.keystr(path)
+    np.testing.assert_array_equal(_bits(a), _bits(b), err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize("target", [{"fsdp": 4}, {"tensor": 4}, {"data": 2, "tensor": 2}],
+                         ids=["8fsdp-4fsdp", "8fsdp-4tensor", "8fsdp-2data2tensor"])
+def test_restore_onto_fewer_devices_and_other_axes_is_bit_exact(tmp_path, target):
+  state, _ = checkpoint_model.stepped_state(_mesh({"fsdp": 8}))
+  assert state.params["w"].sharding.spec[0] == "fsdp"     # [16, 32] split over 8 devices
+  assert {s.data.shape for s in state.params["w"].addressable_shards} == {(2, 32)}
+  ckpt = ckpt_lib.Checkpointer(tmp_path / "c", every_steps=1)
+  ckpt.save(1, state)
+  ckpt.close()
+
+  mesh = _mesh(target)
+  abstract, shardings = checkpoint_model.abstract_and_shardings(mesh)
+  restored = ckpt_lib.Checkpointer(tmp_path / "c").restore(1, abstract, shardings)
+  w = restored.params["w"]
+  assert w.sharding == shardings.params["w"] and len(w.sharding.device_set) == 4
+  if "tensor" in target:   # the mlp axis now split over tensor, the embed axis whole
+    assert w.sharding.spec[1] == "tensor"
+    assert {s.data.shape for s in w.addressable_shards} == {(16, 32 // target["tensor"])}
+  _assert_same_bits(restored, state)
+  # A non-vacuous comparison: the step moved the parameters and the Adam moments are not zero.
+  mu = [x for x in jax.tree.leaves(restored.opt_state) if np.ndim(x) == 2]
+  assert mu and all(np.abs(np.asarray(m)).max() > 0 for m in mu)
+
+
+@pytest.mark.slow
+def test_two_process_checkpoint_restores_in_one_process_bit_exact(tmp_path):
+  """Saved by two processes joined on loopback (fsdp 4 over 2 x 2 CPU devices), restored by this
+  one process onto a (fsdp 2, tensor 2) mesh: every leaf equals the shards the two processes
+  held, to the bit."""
+  port = portpicker.pick_unused_port()
+  worker = os.path.join(os.path.dirname(__file__), "helpers", "two_process_checkpoint_worker.py")
+  outs = [str(tmp_path / f"shards{pid}.npz") for pid in range(2)]
+  multiprocess_run.run_workers(
+      [[worker, str(port), str(pid), str(tmp_path / "c"), outs[pid]] for pid in range(2)],
+      timeout=300)
+  # The saved arrays, assembled from both processes' shards.
+  saved = {}
+  for out in outs:
+    with np.load(out) as z:
+      for name in z.files:
+        key, i, part = name.split("|")
+        if part != "data":
+          continue
+        shape = tuple(z[f"{key}|{i}|shape"])
+        full = saved.setdefault(key, np.full(shape, np.nan, z[name].dtype)
+                                if z[name].dtype.kind == "f" else np.zeros(shape, z[name].dtype))
+        sl = tuple(slice(a, b) for a, b in z[f"{key}|{i}|index"])
+        full[sl] = z[name]
+  mesh = _mesh({"fsdp": 2, "tensor": 2})
+  abstract, shardings = checkpoint_model.abstract_and_shardings(mesh)
+  restored = ckpt_lib.Checkpointer(tmp_path / "c").restore(1, abstract, shardings)
+  leaves = jax.tree_util.tree_leaves_with_path(restored)
+  assert sorted(jax.tree_util.keystr(p) for p, _ in leaves) == sorted(saved)
+  for path, leaf in leaves:
+    want = saved[jax.tree_util.keystr(path)]
+    assert not (want.dtype.kind == "f" and np.isnan(want).any())   # every element was held
+    np.testing.assert_array_equal(_bits(leaf), _bits(want), err_msg=jax.tree_util.keystr(path))
+  assert int(restored.step) == 1
+  # The data position was saved per process: resuming it in one process stops with the counts
+  # named, and leaves the checkpoint where it is (not set aside as unreadable).
+  ckpt = ckpt_lib.Checkpointer(tmp_path / "c")
+  with pytest.raises(ckpt_lib.ProcessCountError,
+                     match=r"written by 2 process\(es\); this run has 1"):
+    ckpt.restore_newest(abstract, shardings, _CountingIterator())
+  assert ckpt.all_steps() == [1] and ckpt_lib.is_complete(tmp_path / "c" / "1")
+  ckpt.close()

@@ -128,6 +128,10 @@ class IteratorStateRestore(ocp.args.CheckpointArgs):
 # ----------------------------------------------------------------------------------------------
 
 
+class ProcessCountError(ValueError):
+  """A checkpoint's data position was saved by another number of processes."""
+
+
 def abstract_with_shardings(abstract_tree, shardings):
   """ShapeDtypeStructs carrying the target shardings (the restore target)."""
   return jax.tree.map(
@@ -295,6 +299,8 @@ class Checkpointer:
       The restored state.
     """
     self._check_layout(step, abstract_state)
+    if data_iterator is not None:
+      self._check_process_count(step)
     target = abstract_with_shardings(abstract_state, shardings)
     items = {STATE: ocp.args.StandardRestore(target)}
     has_data = (self.directory / str(step) / DATA).exists()
@@ -312,7 +318,8 @@ class Checkpointer:
     A checkpoint whose commit markers exist but whose arrays do not read (files deleted or
     damaged after the save) is logged with the reason, moved aside to ``unreadable_<step>``
     (process 0) and the next older one is tried. A layout mismatch (_check_layout) is a config
-    problem, not damage: it raises.
+    problem, not damage: it raises; so does a data position saved by another number of
+    processes (_check_process_count).
 
     Returns:
       (state, step), or (None, None) when the folder holds no checkpoint. Raises RuntimeError
@@ -322,6 +329,8 @@ class Checkpointer:
     failed = []
     for step in sorted(self.manager.all_steps(), reverse=True):
       self._check_layout(step, abstract_state)
+      if data_iterator is not None:
+        self._check_process_count(step)
       try:
         return self.restore(step, abstract_state, shardings, data_iterator), step
       except Exception as err:  # pylint: disable=broad-except  (any read failure: fall back)
@@ -370,6 +379,22 @@ class Checkpointer:
           f"model is {want} (model.scan_layers={want == 'scanned'}): set model.scan_layers="
           f"{have == 'scanned'} to resume it, or convert the parameters with "
           f"streampro_jax.models.scan_params / unscan_params")
+
+  def _check_process_count(self, step: int) -> None:
+    """The data position is one file per process: a checkpoint written by another number of
+    processes restores its train state (without a data iterator) but not its data position."""
+    data = self.directory / str(step) / DATA
+    if not data.exists() or _state_filename(data).exists():
+      return
+    counts = sorted({f.name.rsplit("-of-", 1)[1].removesuffix(".json")
+                     for f in data.iterdir() if f.name.startswith("process_")})
+    if counts:
+      raise ProcessCountError(
+          f"checkpoint {step} in {self.directory} was written by {' or '.join(counts)} "
+          f"process(es); this run has {jax.process_count()}: its data position is saved per "
+          f"process and cannot be resumed. Resume with {' or '.join(counts)} process(es), or "
+          f"start a new run from its parameters (Checkpointer.restore without a data iterator "
+          f"restores the train state onto any mesh and process count)")
 
   def restore_or(self, state, shardings, data_iterator=None):
     """Restores the newest checkpoint if any; else returns ``state`` unchanged.

@@ -42,7 +42,8 @@ TRAINERS = ("sft", "grpo")
 
 # Readers without a dataclass: the keys they take (reader in the comment).
 _TOP_LEVEL = ("seed", "global_batch_size", "num_epochs", "total_steps", "log_every_steps",
-              "tokenizer", "tensorboard", "debug_kill_after_step")   # sft.train, GRPOTrainer
+              "tokenizer", "tensorboard", "debug_kill_after_step",   # sft.train, GRPOTrainer
+              "debug_kill_mid_save")
 _LOSS = ("kind", "beta", "text_weight", "gamma", "chunk_size",   # sft.LossConfig
          "count_scope")
 _REWARD = ("weights", "tau", "max_answers", "max_checks", "judge",   # GRPOTrainer, build_judge
@@ -274,9 +275,9 @@ def check_inputs(config: Mapping[str, Any], trainer: str) -> None:
 
 CONFIG_FILE = "config.json"
 # Keys that change how a run is watched or paced, not what it computes: they may differ on resume.
-RUN_CONTROL_KEYS = ("debug_kill_after_step", "log_every_steps", "tensorboard", "data.num_threads",
-                    "data.prefetch_buffer_size", "checkpoint.every_steps", "checkpoint.keep",
-                    "checkpoint.async_save")
+RUN_CONTROL_KEYS = ("debug_kill_after_step", "debug_kill_mid_save", "log_every_steps",
+                    "tensorboard", "data.num_threads", "data.prefetch_buffer_size",
+                    "checkpoint.every_steps", "checkpoint.keep", "checkpoint.async_save")
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -617,7 +617,8 @@ class GRPOTrainer:
         start_step=int(jax.device_get(self.state.step)) // self.step_cfg.num_passes,
         total_steps=self.total_steps, checkpointer=self.ckpt, data_iterator=self.prompts,
         writer=writer, log_every=int(cfg.log_every_steps),
-        kill_after=int(cfg.debug_kill_after_step))
+        kill_after=int(cfg.debug_kill_after_step),
+        kill_mid_save=bool(cfg.debug_kill_mid_save))
     logging.info("judge: %s", getattr(self.judge, "stats", None))
     return self.state
 

@@ -6,7 +6,8 @@ kill-for-testing switch.
     every log_every steps (and the first, and the last): fetch the pending metrics once, write
       every step's metrics, the rates (steps_per_sec, eta_s, tokens_per_sec) with the last one
     checkpointer.maybe_save(step, state, data position)
-    step == kill_after: flush, wait for checkpoints, SIGKILL this process (resume tests)
+    step == kill_after: flush, wait for checkpoints (unless kill_mid_save: that step's save is
+      still being written), SIGKILL this process (resume tests)
   a final checkpoint of the last step, when it has none
 
 A run resumes from its newest checkpoint (the caller restores state and data position, and
@@ -41,7 +42,8 @@ def write_metrics(writer, fetched: Sequence[tuple[int, Mapping[str, Any]]],
 
 
 def train_loop(state, step_fn: StepFn, *, start_step: int, total_steps: int, checkpointer,
-               data_iterator=None, writer, log_every: int = 1, kill_after: int = -1):
+               data_iterator=None, writer, log_every: int = 1, kill_after: int = -1,
+               kill_mid_save: bool = False):
   """Runs steps start_step + 1 .. total_steps; returns (final state, last step run).
 
   Args:
@@ -57,6 +59,8 @@ def train_loop(state, step_fn: StepFn, *, start_step: int, total_steps: int, che
     log_every: metrics are fetched from the devices every log_every steps (and at the first and
       the last step): the loop does not wait for the devices in between.
     kill_after: SIGKILL this process after that step (tests of resume); -1: never.
+    kill_mid_save: with kill_after, the SIGKILL comes as soon as that step's asynchronous save has
+      started (the crash-during-save test), not after the pending writes finish.
   """
   progress = metrics_lib.Progress(total_steps, start_step)
   log_every = max(int(log_every), 1)
@@ -81,11 +85,16 @@ def train_loop(state, step_fn: StepFn, *, start_step: int, total_steps: int, che
       t_last = now
       write_metrics(writer, fetched, rates)
       pending = []
-    checkpointer.maybe_save(step, state, data_iterator, last_step=total_steps)
+    saved = checkpointer.maybe_save(step, state, data_iterator, last_step=total_steps)
     if step == kill_after:
-      logging.warning("debug_kill_after_step=%d: sending SIGKILL to myself", step)
       writer.flush()
-      checkpointer.wait()
+      if kill_mid_save:
+        logging.warning("debug_kill_after_step=%d, debug_kill_mid_save: sending SIGKILL to myself "
+                        "%s", step, f"while checkpoint {step} is written" if saved
+                        else "(no save at this step)")
+      else:
+        logging.warning("debug_kill_after_step=%d: sending SIGKILL to myself", step)
+        checkpointer.wait()
       os.kill(os.getpid(), signal.SIGKILL)
   if step >= 1 and step not in checkpointer.all_steps():
     checkpointer.save(step, state, data_iterator)

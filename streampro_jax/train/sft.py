@@ -274,6 +274,7 @@ def train(config, workdir: str, *, allow_config_change: bool = False):
       state, step_fn, start_step=int(jax.device_get(state.step)), total_steps=total_steps,
       checkpointer=ckpt, data_iterator=data_iter, writer=writer,
       log_every=int(config.log_every_steps),
-      kill_after=int(config.debug_kill_after_step))
+      kill_after=int(config.debug_kill_after_step),
+      kill_mid_save=bool(config.debug_kill_mid_save))
   logging.info("data pipeline: %s", data_iter.stats.as_dict())
   return state
