@@ -35,7 +35,6 @@ flags.adopt_module_key_flags(_common)
 def main(argv):
   del argv
   from streampro_jax.train import grpo_trainer  # pylint: disable=g-import-not-at-top
-
   from streampro_jax.train import setup  # pylint: disable=g-import-not-at-top
 
   config, workdir = _common.start("grpo")

@@ -26,7 +26,6 @@ flags.adopt_module_key_flags(_common)
 def main(argv):
   del argv
   from streampro_jax.train import sft  # pylint: disable=g-import-not-at-top
-
   from streampro_jax.train import setup  # pylint: disable=g-import-not-at-top
 
   config, workdir = _common.start("sft")
