@@ -365,6 +365,36 @@ REWARD_KEYS = ("reward_fmt", "reward_turn", "reward_traj")
 OLD_LOGPS_SOURCES = ("rollout", "recompute")
 
 
+def agreement_sums(logps: Array, old_logps: Array, mask: Array) -> dict[str, Array]:
+  """Sums over the masked tokens of the trainer's log-probs x = logps and the sampler's
+  y = old_logps [N, T] that `agreement_from_sums` turns into their agreement: n, sum |x - y|,
+  and the moments sum x, y, x^2, y^2, x y (sums add over micro-batches and devices)."""
+  m = mask.astype(jnp.float32)
+  x = jnp.where(m > 0, logps, 0.0).astype(jnp.float32)
+  y = jnp.where(m > 0, old_logps, 0.0).astype(jnp.float32)
+  return {"agree_n": jnp.sum(m), "agree_abs": jnp.sum(jnp.abs(x - y) * m),
+          "agree_x": jnp.sum(x * m), "agree_y": jnp.sum(y * m), "agree_xx": jnp.sum(x * x * m),
+          "agree_yy": jnp.sum(y * y * m), "agree_xy": jnp.sum(x * y * m)}
+
+
+def agreement_from_sums(sums: dict[str, Array]) -> dict[str, Array]:
+  """mean_abs_diff = sum |x - y| / n and the Pearson correlation of x and y,
+  corr = (n Sxy - Sx Sy) / sqrt((n Sxx - Sx^2) (n Syy - Sy^2)) (0 when either side is constant
+  or no token is masked in). A drift of the sampler's log-probs from the trainer's (a kernel,
+  dtype or temperature mismatch) shows as mean_abs_diff > 0 and corr < 1 on the first pass."""
+  n = sums["agree_n"]
+  cov = n * sums["agree_xy"] - sums["agree_x"] * sums["agree_y"]
+  var = (n * sums["agree_xx"] - sums["agree_x"] ** 2) * (n * sums["agree_yy"] - sums["agree_y"] ** 2)
+  return {"mean_abs_diff": sums["agree_abs"] / jnp.maximum(n, 1.0),
+          "corr": jnp.where(var > 0, cov / jnp.sqrt(jnp.maximum(var, 1e-30)), 0.0)}
+
+
+def logprob_agreement(logps: Array, old_logps: Array, mask: Array) -> dict[str, Array]:
+  """How well the trainer's token log-probs f32[N, T] agree with the sampler's (old_logps) over
+  the masked tokens: {"mean_abs_diff", "corr"} (agreement_from_sums)."""
+  return agreement_from_sums(agreement_sums(logps, old_logps, mask))
+
+
 def group_statistics(rewards: Array, group_size: int) -> dict[str, Array]:
   """Per-batch statistics of group rewards r f32[N] (groups contiguous), all f32 scalars.
 
@@ -492,7 +522,8 @@ def make_grpo_loss_fn(logps_fn: Callable, cfg: GRPOStepConfig) -> Callable:
   denominator of aggregate_sum_and_count of the per-token loss over mb["loss_mask"]; mb holds the
   model inputs plus "advantages" f32[b], "old_logps" f32[b, T] and "ref_logps" f32[b, T] (when
   beta != 0). Metric sums (over masked tokens): pg (aggregated like the loss), kl, clipped,
-  ratio, abs_log_ratio (|logp - old_logp|), tokens.
+  ratio, abs_log_ratio (|logp - old_logp|), tokens, and the agreement_sums of logp and
+  old_logp.
   """
   def loss_fn(params, mb, context):
     del context
@@ -513,7 +544,8 @@ def make_grpo_loss_fn(logps_fn: Callable, cfg: GRPOStepConfig) -> Callable:
             "clip_fraction": sg(jnp.sum(parts["clipped"] * mask)),
             "ratio_mean": sg(jnp.sum(parts["ratio"] * mask)),
             "abs_log_ratio": jnp.sum(jnp.abs(log_ratio) * mask),
-            "policy_tokens": jnp.sum(mask)}
+            "policy_tokens": jnp.sum(mask),
+            **agreement_sums(sg(logps), sg(old_logps), mask)}
     return num, (den, sums)
 
   return loss_fn
@@ -525,6 +557,7 @@ def finish_pass_metrics(sums: dict[str, Array], count: Array) -> dict[str, Array
   out = {k: sums[k] / tokens for k in ("kl", "clip_fraction", "ratio_mean", "abs_log_ratio")}
   out["pg_loss"] = sums["pg_loss"] / jnp.maximum(count, 1e-9)
   out["policy_tokens"] = sums["policy_tokens"]
+  out["logp_corr"] = agreement_from_sums(sums)["corr"]
   return out
 
 

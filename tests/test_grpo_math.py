@@ -231,3 +231,23 @@ def test_beta_zero_needs_no_reference_and_errors():
     grpo.grpo_loss(lp, lp, lp, jnp.array([1.0]), jnp.ones((1, 2)), aggregation="x")
   with pytest.raises(ValueError, match="unknown KL estimator"):
     grpo.grpo_loss(lp, lp, lp, jnp.array([1.0]), jnp.ones((1, 2)), kl="k9")
+
+
+def test_logprob_agreement_by_hand():
+  """Trainer x = (-1, -2, -3), sampler y = (-1, -2, -4) (a masked-out fourth token of garbage):
+  mean |x - y| = 1/3; centred x = (1, 0, -1), y = (4/3, 1/3, -5/3): cov 3, Sxx 2, Syy 42/9,
+  corr = 3 / sqrt(2 * 42 / 9) = 9 / sqrt(84)."""
+  x = jnp.array([[-1.0, -2.0, -3.0, 50.0]])
+  y = jnp.array([[-1.0, -2.0, -4.0, -90.0]])
+  mask = jnp.array([[1, 1, 1, 0]])
+  got = grpo.logprob_agreement(x, y, mask)
+  assert float(got["mean_abs_diff"]) == tol.approx_ops(1 / 3, ops=8)
+  assert float(got["corr"]) == tol.approx_ops(9 / math.sqrt(84), ops=32)
+  # Sums add over micro-batches: two halves give the same agreement as the whole.
+  halves = [grpo.agreement_sums(x[:, :2], y[:, :2], mask[:, :2]),
+            grpo.agreement_sums(x[:, 2:], y[:, 2:], mask[:, 2:])]
+  joined = grpo.agreement_from_sums(jax.tree.map(lambda a, b: a + b, *halves))
+  assert float(joined["corr"]) == tol.approx_ops(9 / math.sqrt(84), ops=32)
+  # A constant side (or nothing masked in) has no correlation to speak of: 0, not NaN.
+  assert float(grpo.logprob_agreement(x, jnp.full_like(y, -2.0), mask)["corr"]) == 0.0
+  assert float(grpo.logprob_agreement(x, y, jnp.zeros_like(mask))["corr"]) == 0.0

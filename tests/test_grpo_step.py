@@ -158,6 +158,9 @@ def test_recompute_old_logps_is_on_policy(setup):
                     aggregation="token-mean")
   m = h[0]
   assert m["behaviour_gap"] == pytest.approx(0.0, abs=1e-6)
+  # The same log-probs on both sides: correlation 1 up to the float32 rounding of the moments
+  # (relative 1e-7 per sum of a few hundred tokens, amplified by the n S - S S cancellation).
+  assert m["behaviour_corr"] == pytest.approx(1.0, abs=1e-4)
   assert m["ratio_mean"] == pytest.approx(1.0, abs=1e-6)
   assert m["clip_fraction"] == 0.0 and m["kl"] == 0.0
   # On-policy, beta 0, token-mean: loss = -sum(A_b * n_b) / sum(n_b).

@@ -37,7 +37,8 @@ def build_grpo_update(logps_fn: Callable, tx, cfg: grpo.GRPOStepConfig, *, train
   (when given), reward_group_std, zero_variance_groups, advantage_abs_mean; averaged over the
   passes: loss, pg_loss, kl, clip_fraction, ratio_mean, abs_log_ratio, grad_norm; behaviour_gap
   (mean |logp - old_logp| of the first pass, before any update: the rollout-vs-teacher-forced
-  numerical gap, 0 with "recompute"), loss_first_pass, lr (of the first pass), policy_tokens,
+  numerical gap, 0 with "recompute") and behaviour_corr (their correlation over the tokens,
+  grpo.agreement_from_sums; 1 with "recompute"), loss_first_pass, lr (of the first pass), policy_tokens,
   tokens (real tokens), rows.
   """
   loss_fn = grpo.make_grpo_loss_fn(logps_fn, cfg)
@@ -93,6 +94,7 @@ def build_grpo_update(logps_fn: Callable, tx, cfg: grpo.GRPOStepConfig, *, train
     for k, v in per_pass.items():
       metrics[k] = v[0] if k in ("lr", "policy_tokens") else jnp.mean(v)
     metrics["behaviour_gap"] = per_pass["abs_log_ratio"][0]
+    metrics["behaviour_corr"] = per_pass["logp_corr"][0]
     metrics["loss_first_pass"] = per_pass["loss"][0]
     metrics["tokens"] = jnp.sum(batch["attention_mask"].astype(jnp.float32))
     metrics["rows"] = jnp.float32(n)
