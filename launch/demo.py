@@ -303,7 +303,7 @@ class Demo:
 
   def grpo_rollout_sizes(self, cfg):
     """Fixed user-chunk bucket and KV capacity over every train sample (one compilation)."""
-    from streampro_jax import rollout  # pylint: disable=g-import-not-at-top
+    from streampro_jax import sampling  # pylint: disable=g-import-not-at-top
     from streampro_jax.train import grpo_trainer  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
     from streampro_jax.data import chat_format  # pylint: disable=g-import-not-at-top
@@ -314,7 +314,7 @@ class Demo:
     tokens = grid[1] * grid[2] // mcfg.vision.spatial_merge_size ** 2
     chat = chat_format.ChatFormat(tokenizer, tokens_per_turn=tokens,
                                   system_prompt=str(self.cfg.system_prompt))
-    probe = rollout.StreamingSampler(mcfg, chat, grpo_trainer.sampler_config(cfg),
+    probe = sampling.StreamingSampler(mcfg, chat, grpo_trainer.sampler_config(cfg),
                                      video_grid=grid)
     src = self.source("train")
     k_max = int(self.cfg.max_turns)
@@ -322,7 +322,7 @@ class Demo:
     for i in range(len(src)):
       rec = pipeline_record(src, i)
       k = min(chat_format.num_turns(rec.duration), k_max)
-      fake += [rollout.StreamPrompt(np.zeros((k, probe.patches_per_turn, 1), np.float32),
+      fake += [sampling.StreamPrompt(np.zeros((k, probe.patches_per_turn, 1), np.float32),
                                     q.question, chat_format.ask_turn(q.ask_time, k))
                for q in rec.questions]
     c_user = probe.user_chunk_len_for(fake)

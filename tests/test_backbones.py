@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from streampro_jax import models, rollout
+from streampro_jax import models, sampling
 from streampro_jax.bench import harness
 from streampro_jax.data import chat_format, pipeline, synthetic
 from streampro_jax.judges import MatchJudge
@@ -154,18 +154,18 @@ def test_rollout_qwen3_logps_equal_teacher_forcing(setup):
   prompts = []
   for i, k in enumerate((5, 4)):
     rec = setup["records"][i]
-    prompts.append(rollout.prompt_from_record(rec, rec.questions[0], synthetic.render_frames(rec),
+    prompts.append(sampling.prompt_from_record(rec, rec.questions[0], synthetic.render_frames(rec),
                                               proc, max_turns=k, frame_size=(FRAME, FRAME)))
-  sampler = rollout.StreamingSampler(
+  sampler = sampling.StreamingSampler(
       cfg, chat_format.ChatFormat(tok, tokens_per_turn=4),
-      rollout.SamplerConfig(temperature=1.0, max_text_tokens=4, user_chunk_len=96,
+      sampling.SamplerConfig(temperature=1.0, max_text_tokens=4, user_chunk_len=96,
                             capacity=1024), video_grid=GRID)
   out = sampler.sample(setup["params"], prompts, group_size=2, seed=1)
   assert not out.overflow.any()
   np.testing.assert_array_equal(out.num_turns, [5, 5, 4, 4])
   # Two user buckets: C_user = 96 on the question turn, the small one on the other turns.
   assert sampler.compile_counts() == {"prefix": 1, "user": 2, "decode": 1}
-  ref = rollout.teacher_forced_logps(setup["params"], cfg, out)
+  ref = sampling.teacher_forced_logps(setup["params"], cfg, out)
   sampled, forced = out.loss_mask > 0, out.forced_mask > 0
   assert sampled.sum() >= 2 * 4 * 4
   np.testing.assert_allclose(out.old_logps[sampled], ref[sampled], atol=1e-5)

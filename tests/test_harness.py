@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from streampro_jax import rollout
+from streampro_jax import sampling
 from streampro_jax.bench import harness, ovo, streamingbench, streampro_f1
 from streampro_jax.data import chat_format, peer_loaders, synthetic
 
@@ -146,7 +146,7 @@ def test_read_results_skips_torn_lines(tmp_path):
 
 def test_wait_prompt_format(synthetic_tokenizer):
   tok = synthetic_tokenizer
-  fmt = rollout.WaitPromptFormat(tok, tokens_per_turn=4)
+  fmt = sampling.WaitPromptFormat(tok, tokens_per_turn=4)
   text = tok.decode(fmt.user_ids(3, "What colour is the circle?"), skip_special_tokens=False)
   assert text.startswith("<|im_start|>user\n<3s-4s>\n<|vision_start|>")
   assert text.count("<|video_pad|>") == 4
@@ -154,10 +154,10 @@ def test_wait_prompt_format(synthetic_tokenizer):
   assert text.endswith("<|im_end|>\n")
   plain = tok.decode(fmt.user_ids(3, None), skip_special_tokens=False)
   assert "Question" not in plain
-  assert fmt.parse(" Wait.") == (rollout.SILENCE, "")
-  assert fmt.parse("wait") == (rollout.SILENCE, "")
-  assert fmt.parse("  The circle is red. ") == (rollout.RESPONSE, "The circle is red.")
-  assert fmt.parse("   ") == (rollout.INVALID, "")
+  assert fmt.parse(" Wait.") == (sampling.SILENCE, "")
+  assert fmt.parse("wait") == (sampling.SILENCE, "")
+  assert fmt.parse("  The circle is red. ") == (sampling.RESPONSE, "The circle is red.")
+  assert fmt.parse("   ") == (sampling.INVALID, "")
   assert fmt.repeat_question
 
 

@@ -47,7 +47,7 @@ def _prompts(synthetic, sampling, proc, turns, *, force=False):
 def grpo_cases(tokenizer):
   """GRPO rollouts: B prompts x G rows, tempered sampling, on both backbones."""
   from streampro_jax import models
-  from streampro_jax import rollout as sampling
+  from streampro_jax import sampling
   from streampro_jax.data import chat_format, synthetic
   from streampro_jax.train import setup
   out = {}
