@@ -292,8 +292,8 @@ def run_torch(args):
   cfg = model_config(args.tiny)
   batch, grid = build_batch(cfg, **shp)
   b, t = batch["input_ids"].shape
-  hf = transformers.Qwen2_5_VLConfig(**cfg.replace(scan_layers=False).to_hf())
-  hf._attn_implementation = "sdpa"  # pylint: disable=protected-access
+  hf = transformers.Qwen2_5_VLConfig(**cfg.replace(scan_layers=False).to_hf(),
+                                     attn_implementation="sdpa")
   t0 = time.perf_counter()
   torch.manual_seed(0)
   with torch.device(dev):

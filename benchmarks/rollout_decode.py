@@ -244,7 +244,7 @@ def hf_state_dict(model_config, params) -> dict[str, np.ndarray]:
   key_map = models.backbone_module(model_config).hf_key_map(model_config)
   out = {}
   for key, (path, transform) in key_map.items():
-    value = np.asarray(jax.device_get(hf_io._get(params, path)))  # pylint: disable=protected-access
+    value = np.asarray(jax.device_get(hf_io.get_path(params, path)))
     if key.startswith("model."):
       key = "model.language_model." + key[len("model."):]
     elif key.startswith("visual."):
@@ -261,8 +261,7 @@ def torch_model(model_config, params, *, device=None, dtype: str = "float32"):
     raise NotImplementedError(f"transformers reference for {model_config.model_type}")
   device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
   tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
-  hf = transformers.Qwen2_5_VLConfig(**model_config.to_hf())
-  hf._attn_implementation = "sdpa"  # pylint: disable=protected-access
+  hf = transformers.Qwen2_5_VLConfig(**model_config.to_hf(), attn_implementation="sdpa")
   with torch.device("meta"):
     model = transformers.Qwen2_5_VLForConditionalGeneration(hf)
   sd = {}

@@ -116,7 +116,7 @@ def main() -> None:
         raise SystemExit(f"{name} ({root}) failed:\n{proc.stderr[-3000:]}")
       m = json.loads(proc.stdout.strip().splitlines()[-1])
       line = {"benchmark": "rollout_group", "name": name, "round": r, "commit": _commit(root),
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
               "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus",
               "load_before": load0, "load_after": load1, "python": platform.python_version(),
               "command": " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]), **m}

@@ -292,7 +292,7 @@ def open_container(source: str):
       return av.open(source, format="v4l2")
     except av.FFmpegError as e:
       raise video.VideoError(source, f"cannot open the camera: {e}") from e
-  return video._open(source)  # pylint: disable=protected-access
+  return video.open_video(source)
 
 
 def iter_video(source: str, *, frames_per_turn: int, size: tuple[int, int] | None = None

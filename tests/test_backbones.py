@@ -199,21 +199,15 @@ def test_harness_evaluates_tiny_qwen3(setup, tmp_path):
   assert "decisions" in scores
 
 
-def _load_launcher():
-  """launch/evaluate.py, loaded once per process: test_harness.py's loader is reused (it caches
-  the module), since a second copy would define the absl flags twice."""
-  import test_harness  # pylint: disable=g-import-not-at-top  (tests/ is on sys.path)
-  return test_harness._load_launcher()  # pylint: disable=protected-access
-
-
 def test_evaluate_launcher_loads_qwen3(setup, tmp_path):
-  """launch/evaluate.load_model: a HF Qwen3-VL folder and a random model of a qwen3_vl config."""
-  ev = _load_launcher()
+  """bench/checkpoints.load_model (what launch/evaluate.py loads): a HF Qwen3-VL folder and a
+  random model of a qwen3_vl config."""
+  from streampro_jax.bench import checkpoints  # pylint: disable=g-import-not-at-top
   ckpt = str(tmp_path / "hf")
   qwen3_vl.save_hf_checkpoint(setup["cfg"], setup["params"], ckpt)
-  params, mcfg, tok, train_cfg = ev.load_model(ckpt, config_path=None,
-                                               tokenizer_dir=setup["tok_dir"],
-                                               workdir=str(tmp_path / "w"))
+  params, mcfg, tok, train_cfg = checkpoints.load_model(ckpt, config_path=None,
+                                                        tokenizer_dir=setup["tok_dir"],
+                                                        workdir=str(tmp_path / "w"))
   assert isinstance(mcfg, qwen3_vl.Qwen3VLConfig) and train_cfg is None
   assert len(tok) == len(setup["tok"])
   np.testing.assert_array_equal(params["visual"]["pos_embed"]["embedding"],
@@ -229,8 +223,8 @@ def test_evaluate_launcher_loads_qwen3(setup, tmp_path):
       "  c.model = ml_collections.ConfigDict(dict(family='qwen3_vl', dtype='float32',\n"
       "      attention_impl='xla', tiny_text=dict(num_hidden_layers=2)))\n"
       "  return c\n")
-  params, mcfg, tok, train_cfg = ev.load_model("random", config_path=str(config_py),
-                                               tokenizer_dir=None, workdir=str(tmp_path / "r"))
+  params, mcfg, tok, train_cfg = checkpoints.load_model(
+      "random", config_path=str(config_py), tokenizer_dir=None, workdir=str(tmp_path / "r"))
   assert isinstance(mcfg, qwen3_vl.Qwen3VLConfig) and mcfg.text.num_hidden_layers == 2
   assert mcfg.video_token_id == tok.convert_tokens_to_ids("<|video_pad|>")
   assert "deepstack_merger_list_0" in params["visual"] and train_cfg.model.family == "qwen3_vl"

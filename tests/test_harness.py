@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from streampro_jax import sampling
-from streampro_jax.bench import harness, ovo, streamingbench, streampro_f1
+from streampro_jax.bench import checkpoints, harness, ovo, streamingbench, streampro_f1
 from streampro_jax.data import chat_format, peer_loaders, synthetic
 
 from helpers import tolerances as tol  # pylint: disable=g-bad-import-order
@@ -88,8 +88,8 @@ def test_end_to_end_tiny_model_synthstream(tmp_path):
   lines = open(path).read().splitlines()
   with open(path, "w") as f:
     f.write("\n".join(lines[:-1]) + "\n" + lines[-1][:40])
-  params, model_config, tokenizer, _ = ev.load_model("random", config_path=None,
-                                                     tokenizer_dir=None, workdir=workdir)
+  params, model_config, tokenizer, _ = checkpoints.load_model("random", config_path=None,
+                                                              tokenizer_dir=None, workdir=workdir)
   calls = []
 
   def frames(record, k):
@@ -264,11 +264,10 @@ def test_pauc_adapter(tmp_path):
 
 
 def test_restore_train_params(tmp_path):
-  """launch/evaluate.py reads the params of the newest orbax SFT checkpoint."""
+  """The evaluation reads the params of the newest orbax SFT checkpoint."""
   import jax.numpy as jnp
   from streampro_jax.train import checkpoint as ckpt_lib
   from streampro_jax.train import state as state_lib
-  ev = _load_launcher()
   params = {"layer": {"kernel": jnp.arange(6.0).reshape(2, 3)}, "bias": jnp.ones(4)}
   ckpt = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"), keep=3, every_steps=1)
   for step in (2, 5):
@@ -278,7 +277,7 @@ def test_restore_train_params(tmp_path):
                                  opt_state={"mu": jnp.zeros(4)})
     ckpt.save(step, state)
   ckpt.close()
-  got = ev.restore_train_params(str(tmp_path / "checkpoints"))
+  got = checkpoints.restore_train_params(str(tmp_path / "checkpoints"))
   np.testing.assert_array_equal(np.asarray(got["layer"]["kernel"]),
                                 5 * np.arange(6.0).reshape(2, 3))
   np.testing.assert_array_equal(np.asarray(got["bias"]), np.ones(4))
@@ -313,7 +312,7 @@ def test_evaluate_never_mixes_two_checkpoints(tmp_path):
   ev = _load_launcher()
   a = _tiny_hf_folder(tmp_path / "model_a", 0)
   b = _tiny_hf_folder(tmp_path / "model_b", 1)
-  assert ev.trained_frame_size(a, None)[0] == 16
+  assert checkpoints.trained_frame_size(a, None)[0] == 16
   workdir = str(tmp_path / "eval")
   args = ["evaluate", "--benchmark=synthstream", f"--workdir={workdir}", "--max_videos=1",
           "--batch_size=1", "--max_text_tokens=2", "--synth_num_videos=1", "--max_turns=4",
