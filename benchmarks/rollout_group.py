@@ -5,7 +5,8 @@ Workload: the tiny_synthetic_grpo model (random init) on B = 4 SynthStream sampl
 (the demo's GRPO shapes: 4 samples x G = 8 = 32 rows, 18 text tokens, temperature 1, no decision
 constraint), user chunks of 96 tokens, a 1,024-slot cache. A round runs one checkout in a fresh
 process: one untimed call (compilation), then `--calls` timed calls with seeds 1, 2, ...; its
-figure is the median call. Rounds alternate between the checkouts (`--roots`), `--rounds` each.
+figures are the median call's wall time and its CPU time (all threads of the process: less
+sensitive than wall time to other jobs on a shared machine). Rounds alternate between the checkouts (`--roots`), `--rounds` each.
 
   .venv/bin/python benchmarks/rollout_group.py --roots before=/tmp/before,after=. --rounds 5 \
       --out benchmarks/results/rollout_group_g8.jsonl
@@ -67,15 +68,17 @@ def one_round(calls: int) -> dict:
   t = time.perf_counter()
   sampler.sample(params, prompts, group_size=GROUP, seed=0)
   compile_s = time.perf_counter() - t
-  seconds, tokens = [], []
+  seconds, cpu, tokens = [], [], []
   for seed in range(1, calls + 1):
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     rb = sampler.sample(params, prompts, group_size=GROUP, seed=seed)
     seconds.append(time.perf_counter() - t)
+    cpu.append(time.process_time() - c)
     tokens.append(int(rb.lengths.sum()))
   return {"rows": SAMPLES * GROUP, "samples": SAMPLES, "group_size": GROUP,
           "turns": [p.num_turns for p in prompts], "max_text_tokens": TEXT_TOKENS,
           "first_call_s": compile_s, "call_s": seconds, "median_call_s": statistics.median(seconds),
+          "call_cpu_s": cpu, "median_call_cpu_s": statistics.median(cpu),
           "tokens_per_call": tokens, "jax": jax.__version__, "numpy": np.__version__,
           "devices": [str(d) for d in jax.devices()]}
 
@@ -102,6 +105,7 @@ def main() -> None:
     return
   roots = [tuple(x.split("=", 1)) for x in args.roots.split(",")]
   results = {name: [] for name, _ in roots}
+  cpu_results = {name: [] for name, _ in roots}
   env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu"),
          "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
   for r in range(args.rounds):
@@ -121,14 +125,18 @@ def main() -> None:
               "load_before": load0, "load_after": load1, "python": platform.python_version(),
               "command": " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]), **m}
       results[name].append(m["median_call_s"])
-      print(f"round {r} {name}: median {m['median_call_s']:.2f} s {m['call_s']} "
-            f"(load {load0[0]:.1f} -> {load1[0]:.1f})", flush=True)
+      cpu_results[name].append(m["median_call_cpu_s"])
+      print(f"round {r} {name}: median {m['median_call_s']:.2f} s wall, "
+            f"{m['median_call_cpu_s']:.2f} s CPU (load {load0[0]:.1f} -> {load1[0]:.1f})",
+            flush=True)
       if args.out:
         with open(args.out, "a", encoding="utf-8") as f:
           f.write(json.dumps(line) + "\n")
   for name, xs in results.items():
-    print(f"{name}: median {statistics.median(xs):.2f} s per call, range {min(xs):.2f}-"
-          f"{max(xs):.2f} s over {len(xs)} rounds")
+    cs = cpu_results[name]
+    print(f"{name}: median {statistics.median(xs):.2f} s per call (range {min(xs):.2f}-"
+          f"{max(xs):.2f}), CPU {statistics.median(cs):.2f} s (range {min(cs):.2f}-"
+          f"{max(cs):.2f}) over {len(xs)} rounds")
 
 
 if __name__ == "__main__":
