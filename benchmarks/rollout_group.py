@@ -6,7 +6,8 @@ Workload: the tiny_synthetic_grpo model (random init) on B = 4 SynthStream sampl
 constraint), user chunks of 96 tokens, a 1,024-slot cache. A round runs one checkout in a fresh
 process: one untimed call (compilation), then `--calls` timed calls with seeds 1, 2, ...; its
 figures are the median call's wall time and its CPU time (all threads of the process: less
-sensitive than wall time to other jobs on a shared machine). Rounds alternate between the checkouts (`--roots`), `--rounds` each.
+sensitive than wall time to other jobs on a shared machine). Rounds alternate between the
+checkouts (`--roots`), `--rounds` each.
 
   .venv/bin/python benchmarks/rollout_group.py --roots before=/tmp/before,after=. --rounds 5 \
       --out benchmarks/results/rollout_group_g8.jsonl
