@@ -4,8 +4,9 @@ The same inputs at fixed seeds for GRPO rollouts (the sampler as train/grpo_trai
 B prompts x G rollouts at temperature > 0), the evaluation harness (bench/harness.run_benchmark,
 greedy) and a live session (live.LiveSession, one second at a time). `run_all()` returns, per
 case, the token ids, decisions and messages of every row and turn; tests/test_sampling_reference.py
-compares them with tests/fixtures/sampling_reference.json, which this module wrote from commit
-c51d9b6 (before the sampler moved into streampro_jax/sampling/):
+compares them with tests/fixtures/sampling_reference.json, which this module wrote at commit
+c51d9b6, where the sampler was the module streampro_jax/rollout.py with the same names (the
+file in commit f373da9 imports it so):
 
   PYTHONPATH=$PWD .venv/bin/python tests/helpers/sampling_reference.py \
       tests/fixtures/sampling_reference.json
