@@ -124,7 +124,7 @@ class LiveModel:
   """Weights + the shared greedy streaming sampler of the harness (see module docstring).
 
   Args:
-    params, model_config, tokenizer: the model (launch/evaluate.load_model's output).
+    params, model_config, tokenizer: the model (bench/checkpoints.load_model's output).
     config: LiveConfig.
   """
 
