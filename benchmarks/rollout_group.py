@@ -92,6 +92,15 @@ def _commit(root: str) -> str:
   return out.stdout.strip() + ("+changes" if dirty else "")
 
 
+def _command(roots) -> str:
+  """The command line, each checkout outside this one named by its commit (no host paths)."""
+  args = " ".join(sys.argv[1:])
+  for _, root in roots:
+    if os.path.abspath(root) != ROOT:
+      args = args.replace(root, f"<checkout of {_commit(root)}>")
+  return f"benchmarks/rollout_group.py {args}"
+
+
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--roots", default=f"after={ROOT}",
@@ -124,7 +133,7 @@ def main() -> None:
               "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
               "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus",
               "load_before": load0, "load_after": load1, "python": platform.python_version(),
-              "command": " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]), **m}
+              "command": _command(roots), **m}
       results[name].append(m["median_call_s"])
       cpu_results[name].append(m["median_call_cpu_s"])
       print(f"round {r} {name}: median {m['median_call_s']:.2f} s wall, "
