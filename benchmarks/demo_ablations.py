@@ -39,7 +39,6 @@ have not finished are listed as missing, never filled in.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
 import os
@@ -48,12 +47,10 @@ import time
 from absl import app
 from absl import flags
 
+from streampro_jax import demo as demo_lib
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-_spec = importlib.util.spec_from_file_location("streampro_demo", os.path.join(ROOT, "launch",
-                                                                             "demo.py"))
-demo_lib = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(demo_lib)
 
 FLAGS = flags.FLAGS
 
@@ -70,7 +67,9 @@ def define_flags():
                     "too). Empty: all.")
   flags.DEFINE_boolean("progress_bar", False, "Evaluation progress bars.")
   flags.DEFINE_boolean("pin_numerics", True, "Pin XLA:CPU's rounding as the demo does.")
-  demo_lib.define_cache_flag()
+  flags.DEFINE_string("compilation_cache", "",
+                      "JAX persistent compilation cache folder ('' : <workdir>/jax_cache, "
+                      "'none': off).")
   flags.mark_flags_as_required(["workdir"])
 
 
@@ -138,7 +137,8 @@ def selected_runs(only) -> list[Run]:
 
 def prepare(cfg, workdir: str, *, progress: bool):
   """The workdir's Demo with its data and base model (skipped when finished)."""
-  demo = demo_lib.Demo(cfg, workdir, progress=progress)
+  from configs import demo as demo_configs  # pylint: disable=g-import-not-at-top
+  demo = demo_lib.Demo(cfg, workdir, configs=demo_configs, progress=progress)
   d = cfg.data
   demo.run_stage("data", f"SynthStream {d.num_train} train + {d.num_validation} validation + "
                  f"{d.num_test} test videos", demo.stage_data)

@@ -340,8 +340,8 @@ def run_torch(args):
   cfg = model_config(args.tiny)
   batch, grid = build_batch(cfg, **shp)
   b, t = batch["input_ids"].shape
-  hf = transformers.Qwen2_5_VLConfig(**cfg.replace(scan_layers=False).to_hf())
-  hf._attn_implementation = "sdpa"  # pylint: disable=protected-access
+  hf = transformers.Qwen2_5_VLConfig(**cfg.replace(scan_layers=False).to_hf(),
+                                     attn_implementation="sdpa")
   mode, _, remat = args.torch_variant.partition(":")
   if mode not in ("eager", "compile") or remat not in ("full", "dots_no_batch"):
     raise SystemExit(f"--torch_variant={args.torch_variant}: expected eager|compile:"

@@ -53,8 +53,7 @@ def bench_forward(cfg, runs: int, n_videos: int) -> dict:
   import torch
   import transformers
   torch.set_num_threads(os.cpu_count() or 1)
-  hf = transformers.Qwen2_5_VLConfig(**cfg.to_hf())
-  hf._attn_implementation = "sdpa"
+  hf = transformers.Qwen2_5_VLConfig(**cfg.to_hf(), attn_implementation="sdpa")
   torch.manual_seed(0)
   m = transformers.Qwen2_5_VLForConditionalGeneration(hf).eval()
   params = q.params_from_hf_state_dict(

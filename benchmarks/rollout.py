@@ -5,7 +5,7 @@ Four measurements on this machine (default: the tiny_synthetic_grpo model, CPU):
 1. Decode, same work on both sides (benchmarks/rollout_decode.py): N rows start from the same
    one-turn prefix (`--prefix_len` tokens: text around one frame's visual tokens, with its
    frames) and each samples exactly `--new_tokens` tokens at temperature 1 with a KV cache, on
-   the same weights. Ours: a jitted prefill + rollout.decode_message (the sampler's on-device
+   the same weights. Ours: a jitted prefill + sampling.decode_message (the sampler's on-device
    message loop). Reference: transformers Qwen2_5_VLForConditionalGeneration.generate(
    do_sample=True, use_cache=True, min_new_tokens = max_new_tokens) on a torch copy of the
    params. Reported: tokens/s each (prefill + decode, median of `--repeats` rounds that run
@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 import grpo_step_ab  # noqa: E402  (benchmarks/grpo_step_ab.py)
 import rollout_decode  # noqa: E402  (benchmarks/rollout_decode.py)
 from configs import tiny_synthetic_grpo  # noqa: E402
-from streampro_jax import rollout  # noqa: E402
+from streampro_jax import sampling  # noqa: E402
 from streampro_jax.data import chat_format, pipeline, synthetic  # noqa: E402
 from streampro_jax.models import qwen2_5_vl  # noqa: E402
 from streampro_jax.train import grpo_trainer, sft  # noqa: E402
@@ -87,7 +87,7 @@ def _stream_prompts(config, proc, pcfg, n, *, max_turns, force_all=False):
   out = []
   for i in range(n):
     rec = synthetic.make_record("train", i, config=synth_cfg)
-    p = rollout.prompt_from_record(rec, rec.questions[0], synthetic.render_frames(rec), proc,
+    p = sampling.prompt_from_record(rec, rec.questions[0], synthetic.render_frames(rec), proc,
                                    max_turns=max_turns,
                                    frame_size=(pcfg.frame_height, pcfg.frame_width))
     if force_all:
@@ -101,7 +101,7 @@ def bench_stream(config, workdir, samples: int, group: int, repeats: int):
   _, mcfg, pcfg, proc, grid, chat = _setup(config, workdir)
   params = _params(mcfg)
   prompts = _stream_prompts(config, proc, pcfg, samples, max_turns=int(config.data.max_turns))
-  sampler = rollout.StreamingSampler(mcfg, chat, grpo_trainer.sampler_config(config),
+  sampler = sampling.StreamingSampler(mcfg, chat, grpo_trainer.sampler_config(config),
                                      video_grid=grid)
   out = []
   for i in range(repeats + 1):
@@ -121,7 +121,7 @@ def bench_turn_latency(config, workdir, answer_tokens: int, turns: int, repeats:
   _, mcfg, pcfg, proc, grid, chat = _setup(config, workdir)
   params = _params(mcfg)
   prompt = _stream_prompts(config, proc, pcfg, 1, max_turns=turns, force_all=True)[0]
-  sampler = rollout.StreamingSampler(mcfg, chat, rollout.SamplerConfig(
+  sampler = sampling.StreamingSampler(mcfg, chat, sampling.SamplerConfig(
       temperature=1.0, max_text_tokens=answer_tokens), video_grid=grid)
   per_turn, tokens = [], []
   for i in range(repeats + 1):

@@ -7,7 +7,7 @@ weights and the same number of new tokens per row, with no early stop:
   decode_throughput(model_config, params, *, rows, prefix_len, new_tokens, seed=0, ...)
     ours: one jitted prefill (kv_cache.extend(fresh=True) of the prefix with its frames into
     the empty cache: causal attention over the prefix only, as a forward; first token drawn
-    from the last logits), then one jitted rollout.decode_message (lax.while_loop, [rows, 1]
+    from the last logits), then one jitted sampling.decode_message (lax.while_loop, [rows, 1]
     steps through the KV cache). <|im_end|> is never drawn; the length limit forces it as token
     new_tokens, so every row has exactly new_tokens tokens after new_tokens - 1 decode steps.
   hf_generate_throughput(model_config, params, *, rows, prefix_len, new_tokens, seed=0, ...)
@@ -60,7 +60,7 @@ import numpy as np
 
 
 from streampro_jax import models
-from streampro_jax import rollout
+from streampro_jax import sampling
 from streampro_jax.models import hf_io, kv_cache
 
 
@@ -110,12 +110,12 @@ def make_decode_fns(model_config, *, rows: int, capacity: int, new_tokens: int, 
 
   prefill(params, ids i32[rows, L], pos i32[3, rows, L], pix f32[rows, P, Dp], key)
     -> (first token tuple, cache); decode(params, cache, first, active, next_position, turn,
-    key) -> (rollout.Message, cache) = rollout.decode_message with max_sampled = new_tokens - 1
+    key) -> (sampling.Message, cache) = sampling.decode_message with max_sampled = new_tokens - 1
     and <|im_end|> (end_id) banned from the draws.
   """
-  sampling = functools.partial(rollout.sample_tokens, temperature=float(temperature),
-                               top_p=float(top_p), allowed_ids=(),
-                               banned_ids=_banned(model_config, end_id))
+  draw = functools.partial(sampling.sample_tokens, temperature=float(temperature),
+                   top_p=float(top_p), allowed_ids=(),
+                   banned_ids=_banned(model_config, end_id))
   grid_t = tuple(tuple(int(x) for x in g) for g in np.asarray(grid).reshape(-1, 3))
 
   def prefill(params, ids, pos, pix, key):
@@ -124,12 +124,12 @@ def make_decode_fns(model_config, *, rows: int, capacity: int, new_tokens: int, 
                                     pixel_values=pix, video_grid_thw=grid_t, output="last",
                                     fresh=True)
     none = -jnp.ones((rows,), jnp.int32)
-    tok, old, slp = sampling(logits, rollout.row_keys(key, 0, 0, rows), none,
-                             jnp.zeros((rows,), bool))
+    tok, old, slp = draw(logits, sampling.row_keys(key, 0, 0, rows), none,
+                         jnp.zeros((rows,), bool))
     return (tok, old, slp, jnp.zeros((rows,), bool)), cache
 
-  decode = functools.partial(rollout.decode_message, model_config=model_config,
-                             sampling=sampling, end_id=int(end_id),
+  decode = functools.partial(sampling.decode_message, model_config=model_config,
+                             sampling=draw, end_id=int(end_id),
                              max_sampled=int(new_tokens) - 1)
   return jax.jit(prefill), jax.jit(decode, donate_argnums=(1,))
 
@@ -291,7 +291,7 @@ def hf_state_dict(model_config, params) -> dict[str, np.ndarray]:
   key_map = models.backbone_module(model_config).hf_key_map(model_config)
   out = {}
   for key, (path, transform) in key_map.items():
-    value = np.asarray(jax.device_get(hf_io._get(params, path)))  # pylint: disable=protected-access
+    value = np.asarray(jax.device_get(hf_io.get_path(params, path)))
     if key.startswith("model."):
       key = "model.language_model." + key[len("model."):]
     elif key.startswith("visual."):
@@ -308,8 +308,7 @@ def torch_model(model_config, params, *, device=None, dtype: str = "float32"):
     raise NotImplementedError(f"transformers reference for {model_config.model_type}")
   device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
   tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
-  hf = transformers.Qwen2_5_VLConfig(**model_config.to_hf())
-  hf._attn_implementation = "sdpa"  # pylint: disable=protected-access
+  hf = transformers.Qwen2_5_VLConfig(**model_config.to_hf(), attn_implementation="sdpa")
   with torch.device("meta"):
     model = transformers.Qwen2_5_VLForConditionalGeneration(hf)
   sd = {}

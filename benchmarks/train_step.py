@@ -80,8 +80,7 @@ def build(args, workdir):
 def torch_model(mcfg):
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
-  hf = transformers.Qwen2_5_VLConfig(**mcfg.to_hf())
-  hf._attn_implementation = "sdpa"  # pylint: disable=protected-access
+  hf = transformers.Qwen2_5_VLConfig(**mcfg.to_hf(), attn_implementation="sdpa")
   torch.manual_seed(0)
   return transformers.Qwen2_5_VLForConditionalGeneration(hf).train()
 

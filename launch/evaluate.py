@@ -27,7 +27,6 @@ peer_scores.json (StreamPro-F1 of the converted records is written as well).
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
@@ -39,15 +38,11 @@ from absl import logging
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _cli  # launch/_cli.py: one-line usage errors (exit 2)
+import _model_flags  # launch/_model_flags.py: --checkpoint, --config, ... (shared with stream.py)
 
 BENCHMARKS = ("synthstream", "streampro", "streamingbench", "ovo", "proactivevideoqa")
 
 _BENCHMARK = flags.DEFINE_enum("benchmark", "synthstream", BENCHMARKS, "Benchmark to run.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "HF folder, train workdir, or 'random'.")
-_CONFIG = flags.DEFINE_string(
-    "config", None, "Training config file (for a train workdir or 'random'; default "
-    "configs/tiny_synthetic.py).")
-_TOKENIZER = flags.DEFINE_string("tokenizer", None, "Tokenizer folder (default: the checkpoint).")
 _JUDGE = flags.DEFINE_string("judge", "exact", "exact | openai:<model>@<base_url> | local:<dir>")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder.")
 _ANNOTATIONS = flags.DEFINE_string(
@@ -56,16 +51,7 @@ _ANNOTATIONS = flags.DEFINE_string(
 _VIDEO_DIR = flags.DEFINE_string("video_dir", None, "Folder of relative video paths.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 4, "Videos streamed together.")
 _MAX_VIDEOS = flags.DEFINE_integer("max_videos", None, "Evaluate only the first N videos.")
-_FRAME_SIZE = flags.DEFINE_integer("frame_size", 0, "Frame height = width (0: what the model "
-                                   "was trained on: the training config's data.frame_height, or "
-                                   "the frame size an exported folder records; else 224).")
-_MAX_TEXT_TOKENS = flags.DEFINE_integer("max_text_tokens", 32, "Response length limit.")
-_WINDOW_TURNS = flags.DEFINE_integer("window_turns", 200, "Sliding window in turns.")
 _MAX_TURNS = flags.DEFINE_integer("max_turns", None, "Cut streams after N turns.")
-_PROMPT_STYLE = flags.DEFINE_enum("prompt_style", "streampro", ("streampro", "wait"),
-                                  "streampro: decision tokens; wait: plain-model 'Wait' prompt.")
-_CONSTRAIN = flags.DEFINE_boolean("constrain_decision", False,
-                                  "First token restricted to </Silence> / </Response>.")
 _SYNTH_SPLIT = flags.DEFINE_string("synth_split", "test", "SynthStream split.")
 _SYNTH_NUM = flags.DEFINE_integer("synth_num_videos", 50, "SynthStream videos to generate.")
 _SYNTH_SEED = flags.DEFINE_integer("synth_seed", 0, "SynthStream seed.")
@@ -77,161 +63,12 @@ _OVERWRITE = flags.DEFINE_boolean(
     "decoding setting, set them aside (results.jsonl.replaced.<n>) and start fresh; without it "
     "the run stops and names what differs.")
 
-CONVERSION_FILE = "streampro_conversion.json"   # launch/convert_checkpoint.py's record
-
-
-def _load_config(path: str | None):
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  path = path or os.path.join(root, "configs", "tiny_synthetic.py")
-  spec = importlib.util.spec_from_file_location("eval_config", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
-
-
-def checkpoint_kind(checkpoint: str) -> str:
-  """"random", "workdir" (holds checkpoints/) or "hf" (holds config.json); a UsageError naming
-  the path otherwise."""
-  if checkpoint == "random":
-    return "random"
-  if not os.path.isdir(checkpoint):
-    raise app.UsageError(f"--checkpoint={checkpoint}: no such folder (expected a Hugging Face "
-                         "folder, a training workdir or 'random')")
-  if os.path.isdir(os.path.join(checkpoint, "checkpoints")):
-    return "workdir"
-  if os.path.isfile(os.path.join(checkpoint, "config.json")):
-    return "hf"
-  raise app.UsageError(f"--checkpoint={checkpoint} holds neither config.json (a Hugging Face "
-                       "folder) nor checkpoints/ (a training workdir)")
-
-
-def _file_id(path: str) -> dict:
-  st = os.stat(path)
-  return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def checkpoint_identity(checkpoint: str, *, config_path: str | None = None) -> dict:
-  """What identifies the weights under evaluation: the folder and, per weight file, its size
-  and modification time (a re-export into the same folder is another model); a workdir's newest
-  complete step; "random" with its config."""
-  kind = checkpoint_kind(checkpoint)
-  if kind == "random":
-    return {"kind": "random", "config": os.path.abspath(config_path) if config_path else
-            "configs/tiny_synthetic.py"}
-  path = os.path.abspath(checkpoint)
-  if kind == "workdir":
-    from streampro_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-    ckpt_dir = os.path.join(path, "checkpoints")
-    step = ckpt_lib.newest_complete_step(ckpt_dir)
-    return {"kind": "workdir", "path": path, "step": step,
-            "state": _file_id(os.path.join(ckpt_dir, str(step), "_CHECKPOINT_METADATA"))}
-  files = {n: _file_id(os.path.join(path, n)) for n in sorted(os.listdir(path))
-           if n.endswith((".safetensors", ".bin", "config.json"))}
-  return {"kind": "hf", "path": path, "files": files}
-
-
-def _workdir_config(workdir: str):
-  """The config.json a training workdir was run with, as a ConfigDict (None if absent)."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    return None
-  with open(path, encoding="utf-8") as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
-def trained_frame_size(checkpoint: str, train_cfg) -> tuple[int, str]:
-  """(frame size, where it came from): the training config's data.frame_height, else the one an
-  exported folder records (streampro_conversion.json), else 224 (with a warning)."""
-  if train_cfg is not None and "data" in train_cfg:
-    return int(train_cfg.data.frame_height), "the training config"
-  record = os.path.join(checkpoint, CONVERSION_FILE)
-  if os.path.isfile(record):
-    with open(record, encoding="utf-8") as f:
-      size = json.load(f).get("frame_height")
-    if size:
-      return int(size), record
-  logging.warning("%s records no training frame size; using 224 x 224 (pass --frame_size)",
-                  checkpoint)
-  return 224, "the default"
-
-
-def load_model(checkpoint: str, *, config_path: str | None, tokenizer_dir: str | None,
-               workdir: str):
-  """(params, model_config, tokenizer, train_config or None) of --checkpoint.
-
-  A training workdir is read with the config.json it was run with; --config overrides it (a
-  warning names the differences)."""
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-
-  from streampro_jax import models  # pylint: disable=g-import-not-at-top
-  from streampro_jax.data import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
-  from streampro_jax.train import sft  # pylint: disable=g-import-not-at-top
-
-  kind = checkpoint_kind(checkpoint)
-  if kind in ("random", "workdir"):
-    cfg = _workdir_config(checkpoint) if kind == "workdir" else None
-    if cfg is None or config_path:
-      given = _load_config(config_path)
-      if cfg is not None:
-        from streampro_jax.train import config_check  # pylint: disable=g-import-not-at-top
-        diffs = config_check.config_diff(cfg, given)
-        if diffs:
-          logging.warning("--config differs from %s/config.json (the run's own):\n  %s",
-                          checkpoint, "\n  ".join(diffs))
-      cfg = given
-    tok_home = workdir if checkpoint == "random" else checkpoint
-    tokenizer = (tok_lib.load_tokenizer(tokenizer_dir)[0] if tokenizer_dir
-                 else sft.make_tokenizer(cfg, tok_home))
-    model_config = models.config_from_section(cfg.model, tokenizer)
-    if checkpoint == "random":
-      init = jax.jit(functools.partial(models.backbone_module(model_config).init_params,
-                                       model_config))
-      params = nn.unbox(init(jax.random.key(int(cfg.get("seed", 0)))))
-      logging.info("random model of %s", config_path or "configs/tiny_synthetic.py")
-    else:
-      params = restore_train_params(os.path.join(checkpoint, "checkpoints"))
-    return params, model_config, tokenizer, cfg
-  model_config, params = models.load_hf_checkpoint(checkpoint, dtype=jnp.float32)
-  tokenizer, needs_resize = tok_lib.load_tokenizer(tokenizer_dir or checkpoint)
-  if needs_resize:
-    raise ValueError(f"the tokenizer of {tokenizer_dir or checkpoint} has {len(tokenizer)} tokens, "
-                     f"more than the model's {model_config.text.vocab_size} rows; evaluate a "
-                     "checkpoint trained with the decision tokens")
-  return params, model_config, tokenizer, None
-
-
-def restore_train_params(ckpt_dir: str):
-  """Params of the newest orbax checkpoint in ``<workdir>/checkpoints``, on this process's
-  first device, whatever mesh and device count saved them (the shapes come from the
-  checkpoint's metadata; the optimizer state is not read)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  from streampro_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  step = ckpt_lib.newest_complete_step(ckpt_dir)
-  path = os.path.join(os.path.abspath(ckpt_dir), str(step), ckpt_lib.STATE)
-  ckptr = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
-  meta = ckptr.metadata(path)
-  meta = getattr(meta, "item_metadata", meta)
-  meta = getattr(meta, "tree", meta)
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = {"params": jax.tree.map(
-      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta["params"])}
-  state = ckptr.restore(path, args=ocp.args.PyTreeRestore(
-      item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-      partial_restore=True))
-  logging.info("restored params of step %d from %s", step, path)
-  return state["params"]
-
-
 def _annotations_identity() -> dict | None:
   path = _ANNOTATIONS.value
   if not path:
     return None
-  return {"path": os.path.abspath(path), **_file_id(path)}
+  from streampro_jax.bench import checkpoints  # pylint: disable=g-import-not-at-top
+  return {"path": os.path.abspath(path), **checkpoints.file_id(path)}
 
 
 def make_judge(spec: str):
@@ -310,43 +147,41 @@ def peer_scores(benchmark: str, results, records, judge) -> dict:
 
 def main(argv):
   del argv
-  if not _CHECKPOINT.value or not _WORKDIR.value:
+  if not _model_flags.CHECKPOINT.value or not _WORKDIR.value:
     raise app.UsageError("--checkpoint and --workdir are required")
-  checkpoint_kind(_CHECKPOINT.value)   # a UsageError naming a missing / unrecognised folder
+  _model_flags.check_checkpoint()   # a UsageError naming a missing / unrecognised folder
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
-  from streampro_jax.bench import harness  # pylint: disable=g-import-not-at-top
+  from streampro_jax.bench import checkpoints, harness  # pylint: disable=g-import-not-at-top
 
   workdir = _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
-  params, model_config, tokenizer, train_cfg = load_model(
-      _CHECKPOINT.value, config_path=_CONFIG.value, tokenizer_dir=_TOKENIZER.value,
-      workdir=workdir)
-  frame = _FRAME_SIZE.value
-  if not frame:
-    frame, origin = trained_frame_size(_CHECKPOINT.value, train_cfg)
-    logging.info("frames %d x %d (from %s)", frame, frame, origin)
+  params, model_config, tokenizer, train_cfg = _model_flags.load_model(workdir)
+  frame, origin = _model_flags.frame_size(train_cfg)
+  logging.info("frames %d x %d (from %s)", frame, frame, origin)
   benchmark = _BENCHMARK.value
   hcfg = harness.HarnessConfig(
       batch_size=_BATCH_SIZE.value, frame_height=frame, frame_width=frame,
-      max_text_tokens=_MAX_TEXT_TOKENS.value, window_turns=_WINDOW_TURNS.value,
-      max_turns=_MAX_TURNS.value, prompt_style=_PROMPT_STYLE.value,
-      constrain_decision=_CONSTRAIN.value,
+      max_text_tokens=_model_flags.MAX_TEXT_TOKENS.value,
+      window_turns=_model_flags.WINDOW_TURNS.value,
+      max_turns=_MAX_TURNS.value, prompt_style=_model_flags.PROMPT_STYLE.value,
+      constrain_decision=_model_flags.CONSTRAIN.value,
       force_response_at_ask=benchmark in ("streamingbench", "ovo"),
       progress=not _NO_PROGRESS.value)
   records = load_records(benchmark, train_cfg)
   judge = make_judge(_JUDGE.value)
   logging.info("evaluate %s on %s: %d videos, batch %d, frames %dx%d, window %d turns",
-               _CHECKPOINT.value, benchmark, len(records), hcfg.batch_size, frame, frame,
-               hcfg.window_turns)
-  identity = {"checkpoint": checkpoint_identity(_CHECKPOINT.value, config_path=_CONFIG.value),
+               _model_flags.CHECKPOINT.value, benchmark, len(records), hcfg.batch_size, frame,
+               frame, hcfg.window_turns)
+  identity = {"checkpoint": checkpoints.checkpoint_identity(_model_flags.CHECKPOINT.value,
+                                                           config_path=_model_flags.CONFIG.value),
               "benchmark": benchmark, "annotations": _annotations_identity(),
-              "video_dir": _VIDEO_DIR.value, "tokenizer": _TOKENIZER.value,
+              "video_dir": _VIDEO_DIR.value, "tokenizer": _model_flags.TOKENIZER.value,
               "synth": ({"split": _SYNTH_SPLIT.value, "seed": _SYNTH_SEED.value,
                          "resolution": _SYNTH_RES.value} if benchmark == "synthstream" else None)}
   try:
     out = harness.evaluate(params, model_config, tokenizer, records, judge, workdir, hcfg,
                            max_videos=_MAX_VIDEOS.value,
-                           name=os.path.basename(os.path.normpath(_CHECKPOINT.value)),
+                           name=os.path.basename(os.path.normpath(_model_flags.CHECKPOINT.value)),
                            identity=identity, overwrite=_OVERWRITE.value)
   except harness.ResultsMismatch as err:
     print(f"error: {err}", file=sys.stderr)

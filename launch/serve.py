@@ -3,12 +3,12 @@ r"""A web page to watch a checkpoint decide: upload or pick a video, ask questio
   .venv/bin/python launch/serve.py --checkpoint=random        # then open http://127.0.0.1:8000
 
 FastAPI + server-sent events on uvicorn, bound to 127.0.0.1 only (docs/live.md says why). The
-model flags (--checkpoint, --config, --frame_size, ...) are launch/evaluate.py's, read as
-launch/stream.py reads them. Each viewer gets its own streampro_jax.live.LiveSession (its own KV
-cache) on the one shared model; at most --max_viewers at once, the next one gets HTTP 503 with a
-message. The server streams the video at one second per turn (--realtime, default) so the
-timeline keeps pace with the playing video; seconds the model falls behind on are dropped and
-marked.
+model flags (--checkpoint, --config, --frame_size, ...) are launch/_model_flags.py's, shared
+with launch/evaluate.py and launch/stream.py. Each viewer gets its own
+streampro_jax.live.LiveSession (its own KV cache) on the one shared model; at most
+--max_viewers at once, the next one gets HTTP 503 with a message. The server streams the video
+at one second per turn (--realtime, default) so the timeline keeps pace with the playing video;
+seconds the model falls behind on are dropped and marked.
 
 API: GET / (the page); GET /healthz {"ready", "error", "viewers", "max_viewers"}; GET
 /api/videos (the --video_dir files); POST /api/sessions (body: the video bytes, or ?video=<name
@@ -30,7 +30,6 @@ import threading
 import time
 import uuid
 
-from absl import app
 from absl import flags
 from absl import logging
 from fastapi import FastAPI, HTTPException, Request
@@ -39,8 +38,9 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Streamin
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _cli  # launch/_cli.py: one-line usage errors (exit 2)
-import stream
+import _model_flags  # launch/_model_flags.py: the model flags (shared with evaluate.py, stream.py)
 
+_REALTIME, _FORCE = _model_flags.define_live_flags()
 _PORT = flags.DEFINE_integer("port", 8000, "Port on 127.0.0.1.")
 _MAX_VIEWERS = flags.DEFINE_integer("max_viewers", 4, "Streams served at once.")
 _VIDEO_DIR = flags.DEFINE_string("video_dir_pick", None, "Folder of videos offered to pick.")
@@ -268,12 +268,10 @@ def make_app(model, *, max_viewers: int = 4, realtime: bool = True, video_dir: s
 def main(argv):
   del argv
   import uvicorn  # pylint: disable=g-import-not-at-top
-  if not stream.evaluate._CHECKPOINT.value:  # pylint: disable=protected-access
-    raise app.UsageError("--checkpoint is required (an HF folder, a training workdir or random)")
-  stream.evaluate.checkpoint_kind(stream.evaluate._CHECKPOINT.value)  # pylint: disable=protected-access
+  _model_flags.check_checkpoint()
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
-  model = stream.load_live_model()
-  api = make_app(model, max_viewers=_MAX_VIEWERS.value, realtime=stream._REALTIME.value,  # pylint: disable=protected-access
+  model = _model_flags.load_live_model(_FORCE.value)
+  api = make_app(model, max_viewers=_MAX_VIEWERS.value, realtime=_REALTIME.value,
                  video_dir=_VIDEO_DIR.value, max_upload_mb=_MAX_UPLOAD_MB.value,
                  idle_timeout_s=_IDLE_S.value)
   print(f"open http://127.0.0.1:{_PORT.value}/", flush=True)

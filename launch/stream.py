@@ -6,9 +6,9 @@ r"""Watch a checkpoint decide, live: stream a video one second per turn and prin
       --question="Tell me when someone enters@0" --realtime
 
 --checkpoint, --config, --tokenizer, --frame_size, --max_text_tokens, --window_turns,
---prompt_style and --constrain_decision are launch/evaluate.py's flags, read the same way (an HF
-folder, a training workdir or "random" = the tiny config with random weights); its benchmark
-flags are unused here. --video: a file, a folder of frames (--folder_fps), a camera
+--prompt_style and --constrain_decision are the model flags launch/evaluate.py has too
+(launch/_model_flags.py: an HF folder, a training workdir or "random" = the tiny config with
+random weights). --video: a file, a folder of frames (--folder_fps), a camera
 (/dev/video0) or a stream PyAV opens (rtsp://, http://). --question (repeatable): "TEXT" (asked
 at 0 s) or "TEXT@SECONDS" (a number >= 0, before the end of a video file; a question that holds
 an "@" of its own ends with "@SECONDS"). --realtime paces files at one second per turn and
@@ -37,19 +37,15 @@ from absl import flags
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _cli  # launch/_cli.py: one-line usage errors (exit 2)
-import evaluate
+import _model_flags  # launch/_model_flags.py: the model flags (shared with evaluate.py, serve.py)
 
 _VIDEO = flags.DEFINE_string("video", None, "Video file, folder of frames, camera device or URL.")
 _QUESTION = flags.DEFINE_multi_string("question", [], "A question, 'TEXT' or 'TEXT@SECONDS'.")
-_REALTIME = flags.DEFINE_boolean("realtime", False, "Pace at 1 s per turn, dropping seconds the "
-                                 "model falls behind on.")
+_REALTIME, _FORCE = _model_flags.define_live_flags()
 _TRANSCRIPT = flags.DEFINE_string("transcript", "live_transcript.jsonl", "Transcript JSONL.")
 _FOLDER_FPS = flags.DEFINE_float("folder_fps", 2.0, "Frames per second of a folder of frames.")
 _SILENCE_EVERY = flags.DEFINE_integer("silence_every", 10, "Print a silence count every N "
                                       "seconds (0: never).")
-_FORCE = flags.DEFINE_boolean("force_response_at_ask", False, "Force </Response> on the second "
-                              "a question is asked (as the harness does for multiple-choice "
-                              "benchmarks).")
 _MAX_SECONDS = flags.DEFINE_integer("max_seconds", None, "Stop after this many seconds.")
 
 _SECONDS_RE = re.compile(r"^\d+(?:\.\d*)?$")
@@ -103,27 +99,6 @@ def check_video(source: str, questions: list[tuple[float, str]]) -> float | None
   return duration
 
 
-def load_live_model():
-  """(LiveModel, frame size) of the evaluate.py model flags."""
-  from streampro_jax import live  # pylint: disable=g-import-not-at-top
-  import tempfile  # pylint: disable=g-import-not-at-top
-  workdir = tempfile.mkdtemp(prefix="live_model_")   # where "random" builds its tokenizer
-  params, model_config, tokenizer, train_cfg = evaluate.load_model(
-      evaluate._CHECKPOINT.value, config_path=evaluate._CONFIG.value,  # pylint: disable=protected-access
-      tokenizer_dir=evaluate._TOKENIZER.value, workdir=workdir)  # pylint: disable=protected-access
-  frame = evaluate._FRAME_SIZE.value  # pylint: disable=protected-access
-  if not frame:
-    frame, _ = evaluate.trained_frame_size(evaluate._CHECKPOINT.value, train_cfg)  # pylint: disable=protected-access
-  cfg = live.LiveConfig(
-      frame_height=frame, frame_width=frame,
-      max_text_tokens=evaluate._MAX_TEXT_TOKENS.value,  # pylint: disable=protected-access
-      window_turns=evaluate._WINDOW_TURNS.value,  # pylint: disable=protected-access
-      prompt_style=evaluate._PROMPT_STYLE.value,  # pylint: disable=protected-access
-      constrain_decision=evaluate._CONSTRAIN.value,  # pylint: disable=protected-access
-      force_response_at_ask=_FORCE.value)
-  return live.LiveModel(params, model_config, tokenizer, cfg)
-
-
 def _discard(writer) -> None:
   """Closes and removes a transcript that holds no turn."""
   writer.close()
@@ -138,16 +113,16 @@ def main(argv):
   # Ctrl-C ends the stream cleanly (KeyboardInterrupt), even when the parent started us with
   # SIGINT ignored (Python then installs no handler: e.g. under a pytest-xdist worker).
   signal.signal(signal.SIGINT, signal.default_int_handler)
-  if not evaluate._CHECKPOINT.value or not _VIDEO.value:  # pylint: disable=protected-access
+  if not _model_flags.CHECKPOINT.value or not _VIDEO.value:
     raise app.UsageError("--checkpoint and --video are required")
-  evaluate.checkpoint_kind(evaluate._CHECKPOINT.value)  # pylint: disable=protected-access
+  _model_flags.check_checkpoint()
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
   from streampro_jax import live  # pylint: disable=g-import-not-at-top
   from streampro_jax.data import chat_format  # pylint: disable=g-import-not-at-top
 
   questions = sorted((parse_question(q) for q in _QUESTION.value), key=lambda x: x[0])
   check_video(_VIDEO.value, questions)   # before the model loads and compiles
-  model = load_live_model()
+  model = _model_flags.load_live_model(_FORCE.value)
   size = (model.config.frame_height, model.config.frame_width)
   source = _VIDEO.value
   paced_by_source = live.is_live_source(source)

@@ -1,18 +1,18 @@
 """Live streaming: one viewer's stream, one second at a time, on the benchmark's sampler.
 
-A `LiveModel` holds the weights and ONE `rollout.StreamingSampler` built by
+A `LiveModel` holds the weights and ONE `sampling.StreamingSampler` built by
 `bench.harness.make_sampler` (greedy, the harness's prompt format, KV cache with the sliding
 window of `window_turns` = 200 turns and the pinned system prefix), so what a viewer watches is
 what the benchmark measures. Its jitted functions compile once and are shared by every session.
 
-A `LiveSession` (one per viewer) owns a KV cache of one row and the sampler's host state, and
-drives the sampler's per-turn steps in the same order as `StreamingSampler.sample`
-(`_user_chunk` -> `_prefill_user` -> `_decode_message` -> `_record_turn`): turn k's user chunk
-(time label, any question asked this second, the second's frames), the decision token, the
-response text. Unlike `sample`, it does not know the frames of later seconds, keeps no token
-history (memory stays flat over hours: the host keeps nothing per turn, the cache is a fixed
-ring) and may skip seconds (real-time pacing drops turns when the model falls behind; the turn
-ids keep counting seconds, so times stay right and the window stays 200 seconds).
+A `LiveSession` (one per viewer) owns a `sampling.SamplerState` of one row and runs one
+`StreamingSampler.step_turn` per second, the step `StreamingSampler.sample` repeats over a
+whole stream: turn k's user chunk (time label, any question asked this second, the second's
+frames), the decision token, the response text. Unlike `sample`, it does not know the frames of
+later seconds, keeps no token history (memory stays flat over hours: the host keeps nothing per
+turn, the cache is a fixed ring) and may skip seconds (real-time pacing drops turns when the
+model falls behind; the turn ids keep counting seconds, so times stay right and the window
+stays 200 seconds).
 
   model = LiveModel(params, model_config, tokenizer, LiveConfig(frame_height=16, frame_width=16))
   session = model.new_session()
@@ -41,12 +41,12 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import jax
 import numpy as np
 
-from streampro_jax import models, rollout
+from streampro_jax import models, sampling
 from streampro_jax.bench import harness
 from streampro_jax.data import chat_format
+from streampro_jax.models import common
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 _BIG_TURN = 10 ** 6 - 1   # the longest time label a live stream is sized for (11.6 days)
@@ -64,7 +64,7 @@ class LiveConfig:
     frame_height, frame_width: every frame is resized to this size.
     max_text_tokens: response text tokens before <|im_end|> is forced.
     window_turns: sliding window of the KV cache in turns (seconds); docs/method.md: 200.
-    prompt_style: "streampro" or "wait" (rollout.WaitPromptFormat).
+    prompt_style: "streampro" or "wait" (sampling.WaitPromptFormat).
     constrain_decision: restrict the first token to the decision tokens.
     system_prompt: None: chat_format.SYSTEM_PROMPT.
     max_question_tokens: token budget of the questions asked in one second (sets the user-chunk
@@ -124,7 +124,7 @@ class LiveModel:
   """Weights + the shared greedy streaming sampler of the harness (see module docstring).
 
   Args:
-    params, model_config, tokenizer: the model (launch/evaluate.load_model's output).
+    params, model_config, tokenizer: the model (bench/checkpoints.load_model's output).
     config: LiveConfig.
   """
 
@@ -144,21 +144,19 @@ class LiveModel:
     self.frames_per_turn = int(self.processor.temporal_patch_size)
     self.lock = threading.Lock()   # one device: sessions take turns
 
-  def _chunk_len(self, s: rollout.StreamingSampler) -> int:
-    lead = 1 + len(s.newline_ids)
-    plain = len(s.fmt.user_ids(_BIG_TURN, None))
-    need = lead + plain + int(self.config.max_question_tokens) + len(s._header)  # pylint: disable=protected-access
-    return rollout._round_up(need, s.cfg.chunk_multiple)  # pylint: disable=protected-access
+  def _chunk_len(self, s: sampling.StreamingSampler) -> int:
+    """The user-chunk bucket: a question-free chunk of the longest time label plus
+    `max_question_tokens`, rounded up."""
+    need = s.turn_chunk_len(_BIG_TURN, None) + int(self.config.max_question_tokens)
+    return common.round_up(need, s.cfg.chunk_multiple)
 
-  def _capacity(self, s: rollout.StreamingSampler, c_user: int) -> int:
+  def _capacity(self, s: sampling.StreamingSampler, c_user: int) -> int:
     """Pinned prefix + the real tokens of `window_turns` turns (time labels of up to 6 digits,
     full-length messages) + room for `question_turns_in_window` questions + one padded chunk."""
-    lead = 1 + len(s.newline_ids)
-    per_turn = (lead + len(s.fmt.user_ids(_BIG_TURN, None)) + len(s._header)  # pylint: disable=protected-access
-                + s.cfg.max_message_tokens)
+    per_turn = s.turn_chunk_len(_BIG_TURN, None) + s.cfg.max_message_tokens
     questions = int(self.config.question_turns_in_window) * int(self.config.max_question_tokens)
-    need = len(s._system) + self.config.window_turns * per_turn + questions + c_user  # pylint: disable=protected-access
-    return rollout._round_up(need, s.cfg.capacity_multiple)  # pylint: disable=protected-access
+    need = len(s.system_ids) + self.config.window_turns * per_turn + questions + c_user
+    return common.round_up(need, s.cfg.capacity_multiple)
 
   def patches(self, frames_thwc: np.ndarray) -> np.ndarray:
     """uint8 frames [tp, H, W, 3] of one second -> f32 patches [P, D] (resized first)."""
@@ -187,21 +185,15 @@ class LiveModel:
 
 
 class LiveSession:
-  """One viewer's stream: a KV cache of one row and the sampler's host state between turns."""
+  """One viewer's stream: the sampler's state of one row (a KV cache and its positions)."""
 
   def __init__(self, model: LiveModel, stream_id: str = "live"):
     self.model = model
     self.stream_id = stream_id
-    self._cache = None
-    self._stream = None
-    self._key = jax.random.key(int(model.config.seed))
+    self._state = None
     self._asked: list[str] = []   # every question so far (for formats that repeat it)
     self.next_turn = 0
     self.turns_run = 0
-
-  def _start(self):
-    s = self.model.sampler
-    self._cache, self._stream = s._prefix(self.model.params, 1, self.model.capacity, 1)  # pylint: disable=protected-access
 
   def step(self, frames_thwc: np.ndarray, questions: Sequence[str] = (), *,
            turn: int | None = None) -> TurnResult:
@@ -218,48 +210,33 @@ class LiveSession:
     t0 = time.perf_counter()
     s = self.model.sampler
     pix = self.model.patches(frames_thwc)
-    if questions or (s._repeat and self._asked):  # pylint: disable=protected-access
-      shown = list(self._asked) + list(questions) if s._repeat else list(questions)  # pylint: disable=protected-access
+    if questions or (s.repeat_question and self._asked):
+      shown = list(self._asked) + list(questions) if s.repeat_question else list(questions)
       text = "\n".join(shown)
     else:
       text = None
     if text is not None:
-      need = 1 + len(s.newline_ids) + len(s.fmt.user_ids(k, text)) + len(s._header)  # pylint: disable=protected-access
+      need = s.turn_chunk_len(k, text)
       if need > self.model.user_chunk_len:
         raise QuestionTooLong(
             f"stream {self.stream_id!r}, second {k}: the question(s) take {need} tokens with "
             f"the turn's chunk, more than the {self.model.user_chunk_len} the session was sized "
             f"for (LiveConfig.max_question_tokens = {self.model.config.max_question_tokens})")
-    # A one-row prompt whose turn k holds this second's patches (a broadcast view: no copy).
-    prompt = rollout.StreamPrompt(pixel_values=np.broadcast_to(pix[None], (k + 1, *pix.shape)),
-                                  question=text, ask_turn=k if text is not None else -1,
-                                  force_response_turns=(
-                                      (k,) if questions and self.model.config.force_response_at_ask
-                                      else ()),
-                                  sample_id=self.stream_id)
+    force = bool(questions) and self.model.config.force_response_at_ask
     with self.model.lock:
-      if self._cache is None:
-        self._start()
-      st = self._stream
-      st.decisions = np.full((1, k + 1), rollout.NO_TURN, np.int32)
-      chunk = s._user_chunk([prompt], 1, k, st, self.model.user_chunk_len)  # pylint: disable=protected-access
-      first, self._cache = s._prefill_user(self.model.params, self._cache, chunk, k, self._key)  # pylint: disable=protected-access
-      args = jax.device_put((first, chunk.active, chunk.next_position, np.int32(k)))
-      msg, self._cache = s._decode_message(self.model.params, self._cache, *args, self._key)  # pylint: disable=protected-access
-      s._record_turn(st, chunk, jax.device_get(msg), k)  # pylint: disable=protected-access
-      overflow = bool(np.asarray(jax.device_get(self._cache.overflow))[0])
-    dec = int(st.decisions[0, k])
-    text_out, message = st.texts[0][-1], st.messages[0][-1]
-    # Keep nothing per turn on the host: the token history is what `sample` assembles into a
-    # RolloutBatch, which a live stream never needs.
-    st.rows = [rollout._Row()]  # pylint: disable=protected-access
-    st.texts, st.messages = [[]], [[]]
+      if self._state is None:
+        self._state = s.init_state(self.model.params, 1, 1, capacity=self.model.capacity,
+                                   user_chunk_len=self.model.user_chunk_len,
+                                   seed=int(self.model.config.seed))
+      self._state, out = s.step_turn(self.model.params, self._state, pix[None], text, turn=k,
+                                     force_response=[force])
     self._asked.extend(questions)
     self.next_turn = k + 1
     self.turns_run += 1
-    return TurnResult(turn=k, time=float(k + 1), decision=rollout.DECISION_NAMES[dec],
-                      text=text_out, message=message, questions=questions,
-                      latency_s=time.perf_counter() - t0, overflow=overflow)
+    return TurnResult(turn=k, time=float(k + 1),
+                      decision=sampling.DECISION_NAMES[int(out.decisions[0])],
+                      text=out.texts[0], message=out.messages[0], questions=questions,
+                      latency_s=time.perf_counter() - t0, overflow=bool(out.overflow[0]))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -315,7 +292,7 @@ def open_container(source: str):
       return av.open(source, format="v4l2")
     except av.FFmpegError as e:
       raise video.VideoError(source, f"cannot open the camera: {e}") from e
-  return video._open(source)  # pylint: disable=protected-access
+  return video.open_video(source)
 
 
 def iter_video(source: str, *, frames_per_turn: int, size: tuple[int, int] | None = None

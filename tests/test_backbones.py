@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from streampro_jax import models, rollout
+from streampro_jax import models, sampling
 from streampro_jax.bench import harness
 from streampro_jax.data import chat_format, pipeline, synthetic
 from streampro_jax.judges import MatchJudge
@@ -154,18 +154,18 @@ def test_rollout_qwen3_logps_equal_teacher_forcing(setup):
   prompts = []
   for i, k in enumerate((5, 4)):
     rec = setup["records"][i]
-    prompts.append(rollout.prompt_from_record(rec, rec.questions[0], synthetic.render_frames(rec),
+    prompts.append(sampling.prompt_from_record(rec, rec.questions[0], synthetic.render_frames(rec),
                                               proc, max_turns=k, frame_size=(FRAME, FRAME)))
-  sampler = rollout.StreamingSampler(
+  sampler = sampling.StreamingSampler(
       cfg, chat_format.ChatFormat(tok, tokens_per_turn=4),
-      rollout.SamplerConfig(temperature=1.0, max_text_tokens=4, user_chunk_len=96,
+      sampling.SamplerConfig(temperature=1.0, max_text_tokens=4, user_chunk_len=96,
                             capacity=1024), video_grid=GRID)
   out = sampler.sample(setup["params"], prompts, group_size=2, seed=1)
   assert not out.overflow.any()
   np.testing.assert_array_equal(out.num_turns, [5, 5, 4, 4])
   # Two user buckets: C_user = 96 on the question turn, the small one on the other turns.
   assert sampler.compile_counts() == {"prefix": 1, "user": 2, "decode": 1}
-  ref = rollout.teacher_forced_logps(setup["params"], cfg, out)
+  ref = sampling.teacher_forced_logps(setup["params"], cfg, out)
   sampled, forced = out.loss_mask > 0, out.forced_mask > 0
   assert sampled.sum() >= 2 * 4 * 4
   np.testing.assert_allclose(out.old_logps[sampled], ref[sampled], atol=1e-5)
@@ -199,21 +199,15 @@ def test_harness_evaluates_tiny_qwen3(setup, tmp_path):
   assert "decisions" in scores
 
 
-def _load_launcher():
-  """launch/evaluate.py, loaded once per process: test_harness.py's loader is reused (it caches
-  the module), since a second copy would define the absl flags twice."""
-  import test_harness  # pylint: disable=g-import-not-at-top  (tests/ is on sys.path)
-  return test_harness._load_launcher()  # pylint: disable=protected-access
-
-
 def test_evaluate_launcher_loads_qwen3(setup, tmp_path):
-  """launch/evaluate.load_model: a HF Qwen3-VL folder and a random model of a qwen3_vl config."""
-  ev = _load_launcher()
+  """bench/checkpoints.load_model (what launch/evaluate.py loads): a HF Qwen3-VL folder and a
+  random model of a qwen3_vl config."""
+  from streampro_jax.bench import checkpoints  # pylint: disable=g-import-not-at-top
   ckpt = str(tmp_path / "hf")
   qwen3_vl.save_hf_checkpoint(setup["cfg"], setup["params"], ckpt)
-  params, mcfg, tok, train_cfg = ev.load_model(ckpt, config_path=None,
-                                               tokenizer_dir=setup["tok_dir"],
-                                               workdir=str(tmp_path / "w"))
+  params, mcfg, tok, train_cfg = checkpoints.load_model(ckpt, config_path=None,
+                                                        tokenizer_dir=setup["tok_dir"],
+                                                        workdir=str(tmp_path / "w"))
   assert isinstance(mcfg, qwen3_vl.Qwen3VLConfig) and train_cfg is None
   assert len(tok) == len(setup["tok"])
   np.testing.assert_array_equal(params["visual"]["pos_embed"]["embedding"],
@@ -229,8 +223,8 @@ def test_evaluate_launcher_loads_qwen3(setup, tmp_path):
       "  c.model = ml_collections.ConfigDict(dict(family='qwen3_vl', dtype='float32',\n"
       "      attention_impl='xla', tiny_text=dict(num_hidden_layers=2)))\n"
       "  return c\n")
-  params, mcfg, tok, train_cfg = ev.load_model("random", config_path=str(config_py),
-                                               tokenizer_dir=None, workdir=str(tmp_path / "r"))
+  params, mcfg, tok, train_cfg = checkpoints.load_model(
+      "random", config_path=str(config_py), tokenizer_dir=None, workdir=str(tmp_path / "r"))
   assert isinstance(mcfg, qwen3_vl.Qwen3VLConfig) and mcfg.text.num_hidden_layers == 2
   assert mcfg.video_token_id == tok.convert_tokens_to_ids("<|video_pad|>")
   assert "deepstack_merger_list_0" in params["visual"] and train_cfg.model.family == "qwen3_vl"

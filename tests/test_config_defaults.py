@@ -7,7 +7,7 @@ import ml_collections
 import pytest
 
 from configs import common, tiny_synthetic_grpo
-from streampro_jax import _config, grpo, models, rollout
+from streampro_jax import _config, grpo, models, sampling
 from streampro_jax.data import pipeline, synthetic, video
 from streampro_jax.data import tokenizer as tok_lib
 from streampro_jax.models import processing, processing_qwen3
@@ -48,7 +48,7 @@ def test_configs_common_sections_are_the_dataclass_defaults():
 
 def test_sampler_config_defaults_are_the_dataclass_defaults():
   config = ml_collections.ConfigDict(dict(grpo={}, rollout={}))
-  assert grpo_trainer.sampler_config(config) == rollout.SamplerConfig()
+  assert grpo_trainer.sampler_config(config) == sampling.SamplerConfig()
 
 
 # One value per field, none of them the default (hand-written, so a field that from_config drops
@@ -80,7 +80,7 @@ def test_sampler_config_reads_rollout_and_grpo_keys():
   config = ml_collections.ConfigDict(dict(
       grpo=dict(temperature=0.5, top_p=0.9),
       rollout=dict(max_text_tokens=7, window_turns=10, capacity=512)))
-  assert grpo_trainer.sampler_config(config) == rollout.SamplerConfig(
+  assert grpo_trainer.sampler_config(config) == sampling.SamplerConfig(
       temperature=0.5, top_p=0.9, max_text_tokens=7, window_turns=10, capacity=512)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from configs import tiny_synthetic_grpo
-from streampro_jax import rollout
+from streampro_jax import sampling
 from streampro_jax.data import schema, synthetic
 from streampro_jax.train import checkpoint as ckpt_lib
 from streampro_jax.train import grpo_trainer, metrics, optim, sft
@@ -116,10 +116,10 @@ def _record(task, answers, rubric, duration=10.0):
 
 def _rollout_batch(messages_per_row, group_size):
   n, k = len(messages_per_row), len(messages_per_row[0])
-  dec = np.asarray([[rollout.RESPONSE if m.startswith("</Response>") else rollout.SILENCE
+  dec = np.asarray([[sampling.RESPONSE if m.startswith("</Response>") else sampling.SILENCE
                      for m in row] for row in messages_per_row], np.int32)
   z = np.zeros((n, 4), np.float32)
-  return rollout.RolloutBatch(
+  return sampling.RolloutBatch(
       input_ids=z.astype(np.int32), labels=z.astype(np.int32), loss_mask=z, forced_mask=z,
       decision_class=z.astype(np.int32), attention_mask=z.astype(np.int32),
       position_ids=np.zeros((3, n, 4), np.int32), pixel_values_videos=np.zeros((n, 1, 1)),

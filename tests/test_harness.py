@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from streampro_jax import rollout
-from streampro_jax.bench import harness, ovo, streamingbench, streampro_f1
+from streampro_jax import sampling
+from streampro_jax.bench import checkpoints, harness, ovo, streamingbench, streampro_f1
 from streampro_jax.data import chat_format, peer_loaders, synthetic
 
 from helpers import tolerances as tol  # pylint: disable=g-bad-import-order
@@ -88,8 +88,8 @@ def test_end_to_end_tiny_model_synthstream(tmp_path):
   lines = open(path).read().splitlines()
   with open(path, "w") as f:
     f.write("\n".join(lines[:-1]) + "\n" + lines[-1][:40])
-  params, model_config, tokenizer, _ = ev.load_model("random", config_path=None,
-                                                     tokenizer_dir=None, workdir=workdir)
+  params, model_config, tokenizer, _ = checkpoints.load_model("random", config_path=None,
+                                                              tokenizer_dir=None, workdir=workdir)
   calls = []
 
   def frames(record, k):
@@ -146,7 +146,7 @@ def test_read_results_skips_torn_lines(tmp_path):
 
 def test_wait_prompt_format(synthetic_tokenizer):
   tok = synthetic_tokenizer
-  fmt = rollout.WaitPromptFormat(tok, tokens_per_turn=4)
+  fmt = sampling.WaitPromptFormat(tok, tokens_per_turn=4)
   text = tok.decode(fmt.user_ids(3, "What colour is the circle?"), skip_special_tokens=False)
   assert text.startswith("<|im_start|>user\n<3s-4s>\n<|vision_start|>")
   assert text.count("<|video_pad|>") == 4
@@ -154,10 +154,10 @@ def test_wait_prompt_format(synthetic_tokenizer):
   assert text.endswith("<|im_end|>\n")
   plain = tok.decode(fmt.user_ids(3, None), skip_special_tokens=False)
   assert "Question" not in plain
-  assert fmt.parse(" Wait.") == (rollout.SILENCE, "")
-  assert fmt.parse("wait") == (rollout.SILENCE, "")
-  assert fmt.parse("  The circle is red. ") == (rollout.RESPONSE, "The circle is red.")
-  assert fmt.parse("   ") == (rollout.INVALID, "")
+  assert fmt.parse(" Wait.") == (sampling.SILENCE, "")
+  assert fmt.parse("wait") == (sampling.SILENCE, "")
+  assert fmt.parse("  The circle is red. ") == (sampling.RESPONSE, "The circle is red.")
+  assert fmt.parse("   ") == (sampling.INVALID, "")
   assert fmt.repeat_question
 
 
@@ -264,11 +264,10 @@ def test_pauc_adapter(tmp_path):
 
 
 def test_restore_train_params(tmp_path):
-  """launch/evaluate.py reads the params of the newest orbax SFT checkpoint."""
+  """The evaluation reads the params of the newest orbax SFT checkpoint."""
   import jax.numpy as jnp
   from streampro_jax.train import checkpoint as ckpt_lib
   from streampro_jax.train import state as state_lib
-  ev = _load_launcher()
   params = {"layer": {"kernel": jnp.arange(6.0).reshape(2, 3)}, "bias": jnp.ones(4)}
   ckpt = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"), keep=3, every_steps=1)
   for step in (2, 5):
@@ -278,7 +277,7 @@ def test_restore_train_params(tmp_path):
                                  opt_state={"mu": jnp.zeros(4)})
     ckpt.save(step, state)
   ckpt.close()
-  got = ev.restore_train_params(str(tmp_path / "checkpoints"))
+  got = checkpoints.restore_train_params(str(tmp_path / "checkpoints"))
   np.testing.assert_array_equal(np.asarray(got["layer"]["kernel"]),
                                 5 * np.arange(6.0).reshape(2, 3))
   np.testing.assert_array_equal(np.asarray(got["bias"]), np.ones(4))
@@ -313,7 +312,7 @@ def test_evaluate_never_mixes_two_checkpoints(tmp_path):
   ev = _load_launcher()
   a = _tiny_hf_folder(tmp_path / "model_a", 0)
   b = _tiny_hf_folder(tmp_path / "model_b", 1)
-  assert ev.trained_frame_size(a, None)[0] == 16
+  assert checkpoints.trained_frame_size(a, None)[0] == 16
   workdir = str(tmp_path / "eval")
   args = ["evaluate", "--benchmark=synthstream", f"--workdir={workdir}", "--max_videos=1",
           "--batch_size=1", "--max_text_tokens=2", "--synth_num_videos=1", "--max_turns=4",

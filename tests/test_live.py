@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from streampro_jax import live, rollout
+from streampro_jax import live, sampling
 from streampro_jax.bench import harness, streampro_f1
 
 from helpers import tolerances as tol  # pylint: disable=g-bad-import-order
@@ -38,10 +38,10 @@ def test_session_equals_the_benchmark_sampler(tiny_random_model):
   sampler = harness.make_sampler(mcfg, tok, cfg.harness_config(),
                                  user_chunk_len=model.user_chunk_len, capacity=model.capacity)
   patches = np.stack([model.patches(f) for f in frames])
-  prompt = rollout.StreamPrompt(patches, "What colour is the circle?", ask_turn=2)
+  prompt = sampling.StreamPrompt(patches, "What colour is the circle?", ask_turn=2)
   want = sampler.sample(params, [prompt], group_size=1)
   assert [r.message for r in got] == want.messages[0]
-  assert [r.decision for r in got] == [rollout.DECISION_NAMES[int(d)] for d in want.decisions[0]]
+  assert [r.decision for r in got] == [sampling.DECISION_NAMES[int(d)] for d in want.decisions[0]]
   assert [r.time for r in got] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
   assert got[2].questions == ("What colour is the circle?",)
   assert not any(r.overflow for r in got)

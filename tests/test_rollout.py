@@ -1,4 +1,4 @@
-"""Tests of the streaming sampler (streampro_jax/rollout.py) on a random tiny Qwen2.5-VL."""
+"""Tests of the streaming sampler (streampro_jax/sampling/) on a random tiny Qwen2.5-VL."""
 
 import contextlib
 import dataclasses
@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from streampro_jax import rollout
+from streampro_jax import sampling
 from streampro_jax.data import chat_format, synthetic
 from streampro_jax.models import processing, qwen2_5_vl
 
@@ -26,23 +26,23 @@ def setup(synthetic_tokenizer, tiny_backbone):
   prompts = []
   for i, k in enumerate((5, 4, 6)):
     rec = synthetic.make_record("test", i, config=sc)
-    prompts.append(rollout.prompt_from_record(rec, rec.questions[0], synthetic.render_frames(rec),
+    prompts.append(sampling.prompt_from_record(rec, rec.questions[0], synthetic.render_frames(rec),
                                               proc, max_turns=k, frame_size=(FRAME, FRAME)))
   return dict(tok=tok, cfg=cfg, params=params, chat=chat, prompts=prompts)
 
 
 @pytest.fixture(scope="module")
 def sampler_t1(setup):
-  scfg = rollout.SamplerConfig(temperature=1.0, max_text_tokens=5, user_chunk_len=96,
+  scfg = sampling.SamplerConfig(temperature=1.0, max_text_tokens=5, user_chunk_len=96,
                                capacity=1024)
-  return rollout.StreamingSampler(setup["cfg"], setup["chat"], scfg, video_grid=GRID)
+  return sampling.StreamingSampler(setup["cfg"], setup["chat"], scfg, video_grid=GRID)
 
 
 def test_top_p_filter_matches_numpy():
   rng = np.random.default_rng(0)
   logits = rng.normal(size=(4, 11)).astype(np.float32)
   for top_p in (0.3, 0.75, 0.95):
-    got = np.asarray(rollout.top_p_filter(logits, top_p))
+    got = np.asarray(sampling.top_p_filter(logits, top_p))
     for row, out in zip(logits, got):
       p = np.exp(row - row.max())
       p /= p.sum()
@@ -60,7 +60,7 @@ def test_sample_tokens_force_restrict_greedy():
   logits = np.log(np.asarray([[0.1, 0.6, 0.2, 0.1], [0.5, 0.1, 0.1, 0.3],
                               [0.25, 0.25, 0.4, 0.1]], np.float32))
   keys = jax.random.split(jax.random.key(0), 3)
-  tok, old, slp = rollout.sample_tokens(
+  tok, old, slp = sampling.sample_tokens(
       logits, keys, np.asarray([-1, 3, -1]), np.asarray([False, False, True]),
       temperature=0.0, top_p=1.0, allowed_ids=(0, 3))
   np.testing.assert_array_equal(np.asarray(tok), [1, 3, 0])    # argmax; forced; restricted
@@ -68,7 +68,7 @@ def test_sample_tokens_force_restrict_greedy():
   np.testing.assert_array_equal(np.asarray(slp), [0, 0, 0])
   # Temperature 2: old logp is under softmax(logits / 2); the restricted row's sampling logp is
   # renormalised over the allowed ids.
-  tok, old, slp = rollout.sample_tokens(
+  tok, old, slp = sampling.sample_tokens(
       logits, keys, np.asarray([-1, -1, -1]), np.asarray([False, False, True]),
       temperature=2.0, top_p=1.0, allowed_ids=(0, 3))
   tok = np.asarray(tok)
@@ -91,7 +91,7 @@ def test_logps_match_teacher_forcing_and_layout(setup, sampler_t1):
   np.testing.assert_array_equal(out.num_turns, [5, 5, 4, 4, 6, 6])
   np.testing.assert_array_equal(out.sample_index, [0, 0, 1, 1, 2, 2])
   # Full forward over the returned layout at temperature 1 = the sampling log-probs.
-  ref = rollout.teacher_forced_logps(setup["params"], setup["cfg"], out)
+  ref = sampling.teacher_forced_logps(setup["params"], setup["cfg"], out)
   sampled = out.loss_mask > 0
   assert sampled.sum() > 3 * n
   np.testing.assert_allclose(out.old_logps[sampled], ref[sampled], atol=1e-5)
@@ -102,7 +102,7 @@ def test_logps_match_teacher_forcing_and_layout(setup, sampler_t1):
   cfg = setup["cfg"]
   ids = sorted({cfg.image_token_id, cfg.video_token_id, cfg.vision_start_token_id,
                 cfg.vision_end_token_id})
-  p_banned = sum(np.exp(rollout.teacher_forced_logps(
+  p_banned = sum(np.exp(sampling.teacher_forced_logps(
       setup["params"], cfg, dataclasses.replace(out, labels=np.full_like(out.labels, i))))
       for i in ids)
   np.testing.assert_allclose(out.sampling_logps[sampled],
@@ -124,8 +124,8 @@ def test_logps_match_teacher_forcing_and_layout(setup, sampler_t1):
     assert q_turns == [prompts[r // 2].ask_turn]
     for t, turn in enumerate(turns):
       assert turn.num_video_pads == 4
-      assert turn.decision == rollout.DECISION_NAMES[int(out.decisions[r, t])]
-    assert (out.decisions[r, int(out.num_turns[r]):] == rollout.NO_TURN).all()
+      assert turn.decision == sampling.DECISION_NAMES[int(out.decisions[r, t])]
+    assert (out.decisions[r, int(out.num_turns[r]):] == sampling.NO_TURN).all()
     # Ends with <|im_end|> "\n"; every supervised message ends with a sampled or forced im_end.
     np.testing.assert_array_equal(out.input_ids[r, m - 2:m], [chat.im_end_id] + chat.newline_ids)
   n_end = ((out.labels == chat.im_end_id) & ((out.loss_mask + out.forced_mask) > 0)).sum(1)
@@ -159,7 +159,7 @@ def test_small_chunk_bucket_gives_the_same_rollouts(setup, sampler_t1):
   """Padding the question-free turns to C_small = 32 instead of C_user = 96 changes no token and
   no log-prob (padding is masked and never takes a cache slot); off (< 0): one user bucket."""
   prompts = setup["prompts"]
-  off = rollout.StreamingSampler(
+  off = sampling.StreamingSampler(
       setup["cfg"], setup["chat"], dataclasses.replace(sampler_t1.cfg, small_chunk_len=-1),
       video_grid=GRID)
   a = sampler_t1.sample(setup["params"], prompts, group_size=2, seed=3)
@@ -176,13 +176,13 @@ def test_capacity_for_prompts_is_tight_and_enough(setup, sampler_t1):
   the same rollout as a roomy cache, and is below the bucket-per-turn bound of capacity_for."""
   prompts = setup["prompts"]
   scfg = dataclasses.replace(sampler_t1.cfg, capacity=0, capacity_multiple=1)
-  s = rollout.StreamingSampler(setup["cfg"], setup["chat"], scfg, video_grid=GRID)
+  s = sampling.StreamingSampler(setup["cfg"], setup["chat"], scfg, video_grid=GRID)
   c_user = s.user_chunk_len_for(prompts)
   cap = s.capacity_for_prompts(prompts, c_user)
   p = prompts[2]   # the longest (6 turns)
-  by_hand = len(s._system) + c_user + sum(  # pylint: disable=protected-access
+  by_hand = len(s.system_ids) + c_user + sum(
       1 + len(s.newline_ids) + len(s.fmt.user_ids(k, p.question if k == p.ask_turn else None))
-      + len(s._header) + scfg.max_message_tokens for k in range(p.num_turns))  # pylint: disable=protected-access
+      + len(s.header_ids) + scfg.max_message_tokens for k in range(p.num_turns))
   assert cap == by_hand < s.capacity_for(6, c_user)
   tight = s.sample(setup["params"], prompts, group_size=2, seed=7)
   roomy = sampler_t1.sample(setup["params"], prompts, group_size=2, seed=7)
@@ -190,16 +190,16 @@ def test_capacity_for_prompts_is_tight_and_enough(setup, sampler_t1):
   assert tight.messages == roomy.messages
   np.testing.assert_allclose(tight.old_logps, roomy.old_logps, atol=1e-5)
   # A sliding window of 2 turns needs only the two longest consecutive turns.
-  s2 = rollout.StreamingSampler(setup["cfg"], setup["chat"],
+  s2 = sampling.StreamingSampler(setup["cfg"], setup["chat"],
                                 dataclasses.replace(scfg, window_turns=2), video_grid=GRID)
   assert s2.capacity_for_prompts(prompts, c_user) < cap
 
 
 @pytest.mark.slow
 def test_greedy_constrained_with_sliding_window(setup):
-  scfg = rollout.SamplerConfig(temperature=0.0, max_text_tokens=3, window_turns=2,
+  scfg = sampling.SamplerConfig(temperature=0.0, max_text_tokens=3, window_turns=2,
                                constrain_decision=True)
-  s = rollout.StreamingSampler(setup["cfg"], setup["chat"], scfg, video_grid=GRID)
+  s = sampling.StreamingSampler(setup["cfg"], setup["chat"], scfg, video_grid=GRID)
   prompts = setup["prompts"][:2]
   out = s.sample(setup["params"], prompts, group_size=2, seed=0)
   assert not out.overflow.any()
@@ -213,13 +213,13 @@ def test_greedy_constrained_with_sliding_window(setup):
     for t, msg in enumerate(out.messages[r]):
       assert msg.startswith(("</Silence>", "</Response>")), msg
       if msg.startswith("</Silence>"):
-        assert msg == "</Silence>" and out.decisions[r, t] == rollout.SILENCE
+        assert msg == "</Silence>" and out.decisions[r, t] == sampling.SILENCE
   silence_targets = (out.labels == chat.silence_id) & (out.loss_mask > 0)
   nxt = np.roll(silence_targets, 1, axis=1)
   assert (out.forced_mask[nxt] == 1).all() and (out.labels[nxt] == chat.im_end_id).all()
   # Sliding window of 2 turns: tokens of turns 0 and 1 were sampled before any eviction and
   # match a full forward; later turns attend to fewer tokens than the full forward and differ.
-  ref = rollout.teacher_forced_logps(setup["params"], setup["cfg"], out)
+  ref = sampling.teacher_forced_logps(setup["params"], setup["cfg"], out)
   label_turn = np.concatenate([out.turn_index[:, 1:], out.turn_index[:, -1:]], axis=1)
   scored = (out.loss_mask + out.forced_mask) > 0
   early, late = scored & (label_turn < 2), scored & (label_turn >= 2)
@@ -237,7 +237,7 @@ def test_sample_tokens_never_draws_banned_vision_ids():
   force = -jnp.ones((n,), jnp.int32)
   restrict = jnp.zeros((n,), bool)
   for temperature in (1.0, 0.0):
-    tok, old, _ = rollout.sample_tokens(logits, keys, force, restrict, temperature=temperature,
+    tok, old, _ = sampling.sample_tokens(logits, keys, force, restrict, temperature=temperature,
                                         top_p=1.0, allowed_ids=(), banned_ids=(7, 8))
     tok = np.asarray(tok)
     assert not np.isin(tok, [7, 8]).any()
@@ -287,15 +287,15 @@ def per_token_decode(sampler, params, cache, first, active, next_position, turn,
       logits, cache = kv_cache.extend(params, cache, ids, pos, config=sampler.model_config,
                                       turn_id=turn, chunk_mask=mask, output="last")
       n = ids.shape[0]
-      return rollout.sample_tokens(
-          logits, rollout.row_keys(key, turn, s, n), force, jnp.zeros((n,), bool),
+      return sampling.sample_tokens(
+          logits, sampling.row_keys(key, turn, s, n), force, jnp.zeros((n,), bool),
           temperature=cfg.temperature, top_p=cfg.top_p, allowed_ids=(),
           banned_ids=sampler.vision_token_ids), cache
     sampler._ref_step = jax.jit(step, donate_argnums=(1,))  # pylint: disable=protected-access
   tok, old, slp, forced = (np.asarray(jax.device_get(x)) for x in first)
   active, pos0 = np.asarray(jax.device_get(active)), np.asarray(jax.device_get(next_position))
   n, m = tok.shape[0], cfg.max_text_tokens + 2
-  msg = rollout.Message(*(np.zeros((n, m), d) for d in (np.int32, np.float32, np.float32, bool)),
+  msg = sampling.Message(*(np.zeros((n, m), d) for d in (np.int32, np.float32, np.float32, bool)),
                         length=active.astype(np.int32))
   for buf, x in zip(msg[:4], (tok, old, slp, forced)):
     buf[active, 0] = x[active]
@@ -322,7 +322,7 @@ def test_message_decode_on_device_without_host_transfers(setup, sampler_t1, monk
   """The sampler's message decode runs under no_host_transfers and reproduces the per-token
   host loop exactly; the per-token host loop itself trips the guard."""
   params, prompts = setup["params"], setup["prompts"]
-  decode = rollout.StreamingSampler._decode_message
+  decode = sampling.StreamingSampler._decode_message
   ref_path = lambda self, *a: per_token_decode(self, *a)
 
   def guarded(fn):
@@ -331,15 +331,15 @@ def test_message_decode_on_device_without_host_transfers(setup, sampler_t1, monk
         return fn(self, *a)
     return run
 
-  monkeypatch.setattr(rollout.StreamingSampler, "_decode_message", ref_path)
+  monkeypatch.setattr(sampling.StreamingSampler, "_decode_message", ref_path)
   want = sampler_t1.sample(params, prompts, group_size=2, seed=5)
-  monkeypatch.setattr(rollout.StreamingSampler, "_decode_message", guarded(decode))
+  monkeypatch.setattr(sampling.StreamingSampler, "_decode_message", guarded(decode))
   got = sampler_t1.sample(params, prompts, group_size=2, seed=5)
   assert got.messages == want.messages
   for name in ("input_ids", "position_ids", "loss_mask", "forced_mask", "old_logps",
                "sampling_logps", "turn_index", "decisions"):
     np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
   assert (got.forced_mask > 0).any()   # the length limit was hit (max_text_tokens 5)
-  monkeypatch.setattr(rollout.StreamingSampler, "_decode_message", guarded(ref_path))
+  monkeypatch.setattr(sampling.StreamingSampler, "_decode_message", guarded(ref_path))
   with pytest.raises(Exception, match="transfer"):
     sampler_t1.sample(params, prompts, group_size=2, seed=5)

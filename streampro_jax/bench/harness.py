@@ -2,7 +2,7 @@
 
 Flow (`evaluate`):
   records -> items, one per (record, question), id "<record id>/<question id>"
-  -> `run_benchmark`: batches of `batch_size` items through rollout.StreamingSampler (greedy,
+  -> `run_benchmark`: batches of `batch_size` items through sampling.StreamingSampler (greedy,
      temperature 0, G = 1, KV cache with a sliding window of `window_turns` = 200 turns); one
      JSON line per finished item appended to the results file (resumable: a rerun skips the ids
      already there; a torn last line is ignored and redone); tqdm progress over turns
@@ -16,7 +16,7 @@ Result line (JSON): {"id", "record_id", "question_id", "task", "num_turns", "ask
 
 Prompt styles: "streampro" (the StreamPro chat format with its decision tokens) and "wait" (a
 plain video-LLM prompted every turn to reply "Wait" until it can answer; docs/method.md section 4
-baselines; rollout.WaitPromptFormat).
+baselines; sampling.WaitPromptFormat).
 
 Peer benchmarks (records from data/peer_loaders.py) go through the same run; the adapters at the
 end of this file turn result lines into the inputs of the peer scorers (see each docstring for
@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from streampro_jax import models, rollout
+from streampro_jax import models, sampling
 from streampro_jax.data import chat_format, schema
 
 logger = logging.getLogger(__name__)
@@ -220,13 +220,13 @@ def read_results(path: str) -> dict[str, dict]:
   return out
 
 
-def result_of(item: Item, batch: rollout.RolloutBatch, row: int, prompt_style: str) -> dict:
+def result_of(item: Item, batch: sampling.RolloutBatch, row: int, prompt_style: str) -> dict:
   """The JSON result of one row of a rollout batch."""
   k = int(batch.num_turns[row])
   turns = []
   for t in range(k):
     dec = int(batch.decisions[row, t])
-    turns.append({"turn": t, "time": float(t + 1), "decision": rollout.DECISION_NAMES[dec],
+    turns.append({"turn": t, "time": float(t + 1), "decision": sampling.DECISION_NAMES[dec],
                   "text": batch.texts[row][t], "message": batch.messages[row][t]})
   return {"id": item.id, "record_id": item.record.id, "question_id": item.question.id,
           "task": item.question.task, "num_turns": k,
@@ -240,7 +240,7 @@ def result_of(item: Item, batch: rollout.RolloutBatch, row: int, prompt_style: s
 
 
 def make_sampler(model_config, tokenizer, config: HarnessConfig, *, user_chunk_len: int = 0,
-                 capacity: int = 0) -> rollout.StreamingSampler:
+                 capacity: int = 0) -> sampling.StreamingSampler:
   """The greedy streaming sampler of a harness run."""
   v = model_config.vision
   factor = v.patch_size * v.spatial_merge_size
@@ -250,16 +250,16 @@ def make_sampler(model_config, tokenizer, config: HarnessConfig, *, user_chunk_l
   grid = (1, config.frame_height // v.patch_size, config.frame_width // v.patch_size)
   tokens = grid[1] * grid[2] // (v.spatial_merge_size ** 2)
   if config.prompt_style == "streampro":
-    fmt = rollout.StreamProFormat(chat_format.ChatFormat(
+    fmt = sampling.StreamProFormat(chat_format.ChatFormat(
         tokenizer, tokens_per_turn=tokens,
         system_prompt=config.system_prompt or chat_format.SYSTEM_PROMPT))
   else:
-    fmt = rollout.WaitPromptFormat(tokenizer, tokens_per_turn=tokens)
-  scfg = rollout.SamplerConfig(
+    fmt = sampling.WaitPromptFormat(tokenizer, tokens_per_turn=tokens)
+  scfg = sampling.SamplerConfig(
       temperature=0.0, top_p=1.0, max_text_tokens=config.max_text_tokens,
       window_turns=config.window_turns, constrain_decision=config.constrain_decision,
       user_chunk_len=user_chunk_len, capacity=capacity)
-  return rollout.StreamingSampler(model_config, fmt, scfg, video_grid=grid)
+  return sampling.StreamingSampler(model_config, fmt, scfg, video_grid=grid)
 
 
 # The per-turn video processor settings of a backbone (frames pre-resized): the one builder.
@@ -303,7 +303,7 @@ def run_benchmark(params, model_config, tokenizer, items: Sequence[Item], result
     turns_of = lambda it: (it.num_turns if config.max_turns is None
                            else min(it.num_turns, int(config.max_turns)))
     probe = make_sampler(model_config, tokenizer, config)
-    fake = [rollout.StreamPrompt(
+    fake = [sampling.StreamPrompt(
         np.zeros((turns_of(it), probe.patches_per_turn, 1), np.float32), it.question.question,
         chat_format.ask_turn(it.question.ask_time, turns_of(it))) for it in todo]
     c_user = probe.user_chunk_len_for(fake)
@@ -321,7 +321,7 @@ def run_benchmark(params, model_config, tokenizer, items: Sequence[Item], result
         for it in batch_items:
           k = turns_of(it)
           frames = frames_fn(it.record, k)
-          prompts.append(rollout.prompt_from_record(
+          prompts.append(sampling.prompt_from_record(
               it.record, it.question, frames, proc, max_turns=k, frame_size=size,
               force_response_at_ask=config.force_response_at_ask))
         k_max = max(p.num_turns for p in prompts)

@@ -106,7 +106,9 @@ def turn_sample_times(num_turns: int, frames_per_turn: int) -> np.ndarray:
 _NOT_VIDEO_FORMATS = frozenset({"tty"})
 
 
-def _open(path: str):
+def open_video(path: str):
+  """av.open of a video file; VideoError (naming the file) when it is missing, a folder, not a
+  video or unreadable."""
   if not os.path.exists(path):
     raise VideoError(path, "file not found")
   if os.path.isdir(path):
@@ -130,7 +132,7 @@ def _open(path: str):
 def probe(path: str) -> VideoInfo:
   """Reads the container header: duration (s), fps, height, width, codec. Raises VideoError."""
   path = os.fspath(path)
-  container = _open(path)
+  container = open_video(path)
   try:
     stream = container.streams.video[0]
     duration = None
@@ -167,7 +169,7 @@ def decode_frames_at(path: str, times: Sequence[float],
   times = np.asarray(times, np.float64)
   if times.ndim != 1 or np.any(np.diff(times) < 0):
     raise ValueError(f"times must be a non-decreasing 1-D sequence, got shape {times.shape}")
-  container = _open(path)
+  container = open_video(path)
   out: list[np.ndarray | None] = [None] * len(times)
   try:
     stream = container.streams.video[0]

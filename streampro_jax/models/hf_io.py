@@ -29,7 +29,8 @@ INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 
 
-def _np_dtype(dtype) -> np.dtype:
+def numpy_dtype(dtype) -> np.dtype:
+  """The NumPy dtype of a dtype or array (ml_dtypes.bfloat16 for bfloat16)."""
   name = np.dtype(dtype).name if not hasattr(dtype, "dtype") else np.dtype(dtype.dtype).name
   return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
 
@@ -69,13 +70,15 @@ def checkpoint_files(path: str) -> dict[str, str]:
     return {k: SINGLE_NAME for k in f.keys()}
 
 
-def _set(tree: dict, path: tuple[str, ...], value) -> None:
+def set_path(tree: dict, path: tuple[str, ...], value) -> None:
+  """tree[path[0]][path[1]]... = value, creating the dicts on the way."""
   for p in path[:-1]:
     tree = tree.setdefault(p, {})
   tree[path[-1]] = value
 
 
-def _get(tree, path: tuple[str, ...]):
+def get_path(tree, path: tuple[str, ...]):
+  """tree[path[0]][path[1]]..."""
   for p in path:
     tree = tree[p]
   return tree
@@ -104,7 +107,7 @@ def load_params(path: str, key_map: dict[str, tuple[tuple[str, ...], Any]], shap
   missing = sorted(set(key_map) - seen)
   if missing:
     raise ValueError(f"{len(missing)} tensors missing from {path}: {missing[:5]}")
-  np_dtype = _np_dtype(dtype)
+  np_dtype = numpy_dtype(dtype)
   params: dict = {}
   # Stacked leaves (a path ending in a layer index): filled slice by slice on the host, placed
   # once their last layer is read.
@@ -115,11 +118,11 @@ def load_params(path: str, key_map: dict[str, tuple[tuple[str, ...], Any]], shap
 
   def place(ppath, arr):
     if shardings is not None:
-      sharding = _get(shardings, ppath)
+      sharding = get_path(shardings, ppath)
       value = jax.make_array_from_callback(arr.shape, sharding, lambda idx, a=arr: a[idx])
     else:
       value = jax.device_put(arr)
-    _set(params, ppath, value)
+    set_path(params, ppath, value)
 
   for fname, keys in by_file.items():
     with safe_open(os.path.join(path, fname), framework="np") as f:
@@ -129,7 +132,7 @@ def load_params(path: str, key_map: dict[str, tuple[tuple[str, ...], Any]], shap
         layer = None
         if isinstance(ppath[-1], int):
           ppath, layer = ppath[:-1], ppath[-1]
-        want = tuple(_get(shape_tree, ppath).shape)
+        want = tuple(get_path(shape_tree, ppath).shape)
         if layer is not None:
           want = want[1:]
         if arr.shape != want:
@@ -168,9 +171,9 @@ def save_params(path: str, params, key_map: dict[str, tuple[tuple[str, ...], Any
   sizes = {}
   for k in keys:
     ppath = key_map[k][0]
-    leaf = _get(params, ppath[:-1] if isinstance(ppath[-1], int) else ppath)
+    leaf = get_path(params, ppath[:-1] if isinstance(ppath[-1], int) else ppath)
     shape = leaf.shape[1:] if isinstance(ppath[-1], int) else leaf.shape
-    sizes[k] = int(np.prod(shape)) * _np_dtype(leaf.dtype).itemsize
+    sizes[k] = int(np.prod(shape)) * numpy_dtype(leaf.dtype).itemsize
   shards, cur, cur_size = [], [], 0
   for k in keys:
     if cur and cur_size + sizes[k] > max_shard_bytes:
@@ -191,9 +194,9 @@ def save_params(path: str, params, key_map: dict[str, tuple[tuple[str, ...], Any
     for k in shard:
       ppath, transform = key_map[k]
       if isinstance(ppath[-1], int):  # one layer of a stacked leaf
-        host = np.asarray(jax.device_get(_get(params, ppath[:-1])[ppath[-1]]))
+        host = np.asarray(jax.device_get(get_path(params, ppath[:-1])[ppath[-1]]))
       else:
-        host = np.asarray(jax.device_get(_get(params, ppath)))
+        host = np.asarray(jax.device_get(get_path(params, ppath)))
       tensors[k] = np.ascontiguousarray(to_hf(host, transform))
       weight_map[k] = fname
     save_file(tensors, os.path.join(path, fname), metadata={"format": "pt"})

@@ -39,11 +39,11 @@ Dtype = Any
 Array = jax.Array
 
 ATTENTION_IMPLS = ("jax", "cudnn", "xla", "jax_xla")
-# Query block of the 'xla' causal self-attention (see attention). On a 2-core CPU, demo rows (B 8,
-# T 768, 4/2 heads of 16), fwd+bwd: full square ~145 ms, blocks of 64 ~75 ms; 32 and 48 are
-# within run-to-run noise of 64 and compile longer (benchmarks/attention.py --causal_block).
-# At most MAX_CAUSAL_BLOCKS blocks per call (longer rows get longer blocks), which bounds the
-# compiled graph and still skips (n - 1) / 2n of the square's logits.
+# Query block of the 'xla' causal self-attention (see attention): blocks skip the logits above
+# the diagonal; 64 is the size chosen by benchmarks/attention.py --causal_block (figures in
+# docs/benchmarks.md: smaller blocks are no faster and compile longer). At most
+# MAX_CAUSAL_BLOCKS blocks per call (longer rows get longer blocks), which bounds the compiled
+# graph and still skips (n - 1) / 2n of the square's logits.
 CAUSAL_BLOCK = 64
 MAX_CAUSAL_BLOCKS = 16
 
@@ -121,8 +121,8 @@ class GatedMLP(nn.Module):
     kw = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
     lead = x.shape[:-1]
     # Rows flattened to 2-D: the backward's weight gradients then need only 2-D transposes, which
-    # XLA:CPU emits fast (a transpose over [B, T, F] fused into the activation's backward ran
-    # ~10x slower than the same elementwise work).
+    # XLA:CPU emits fast; a transpose over [B, T, F] fused into the activation's backward is
+    # slow there (docs/benchmarks.md has the measurement).
     x = x.reshape(-1, x.shape[-1])
     gate = dense(self.intermediate, self.axes, name="gate_proj", **kw)(x)
     up = dense(self.intermediate, self.axes, name="up_proj", **kw)(x)

@@ -609,7 +609,7 @@ def params_from_hf_state_dict(config: Qwen2_5_VLConfig, state_dict: dict[str, An
   tensors converted to NumPy). Accepts saved and in-memory key names. Returns the layout of
   `config` (scanned stacks when config.scan_layers)."""
   key_map = _unrolled_hf_key_map(config.replace(scan_layers=False))
-  np_dtype = hf_io._np_dtype(dtype)
+  np_dtype = hf_io.numpy_dtype(dtype)
   params: dict = {}
   for key, value in state_dict.items():
     ours = _alias_hf_key(key)
@@ -618,7 +618,7 @@ def params_from_hf_state_dict(config: Qwen2_5_VLConfig, state_dict: dict[str, An
     if ours not in key_map:
       raise ValueError(f"unexpected tensor {key!r}")
     ppath, transform = key_map[ours]
-    hf_io._set(params, ppath, jnp.asarray(hf_io.to_ours(np.asarray(value), transform)
+    hf_io.set_path(params, ppath, jnp.asarray(hf_io.to_ours(np.asarray(value), transform)
                                           .astype(np_dtype)))
   missing = sorted(set(key_map) - {_alias_hf_key(k) for k in state_dict})
   if missing:

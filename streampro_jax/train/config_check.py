@@ -14,7 +14,7 @@ Where each section's keys come from (the readers, not a hand list where a reader
   data         pipeline.PipelineConfig fields (batch_size comes from global_batch_size), source
                and the keys of pipeline.SOURCE_KEYS (synth: synthetic.SynthConfig fields), plus
                narration (train/sft.make_data);
-  rollout      rollout.SamplerConfig fields (temperature and top_p come from grpo);
+  rollout      sampling.SamplerConfig fields (temperature and top_p come from grpo);
   grpo         grpo.GRPOStepConfig fields, with top_p, ref_param_dtype (train/grpo_trainer) and
                preset; an old key (grpo.RENAMED_KEYS: beta_kl, max_response_tokens) is an
                error naming the key that replaced it;
@@ -142,7 +142,7 @@ def data_section(data_cfg: Mapping[str, Any], trainer: str) -> Section:
 
 def sections(config: Mapping[str, Any], trainer: str) -> dict[str, Section]:
   """{"" (top level) or section name: Section} of a `trainer` ("sft" | "grpo") config."""
-  from streampro_jax import grpo, parallel, rollout  # pylint: disable=g-import-not-at-top
+  from streampro_jax import grpo, parallel, sampling  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import checkpoint, optim  # pylint: disable=g-import-not-at-top
   if trainer not in TRAINERS:
     raise ValueError(f"trainer {trainer!r}; expected one of {TRAINERS}")
@@ -166,7 +166,7 @@ def sections(config: Mapping[str, Any], trainer: str) -> dict[str, Section]:
           "grpo": Section((_fields(grpo.GRPOStepConfig) - {"reward_weights"})
                           | set(_GRPO_EXTRA), renamed=grpo.RENAMED_KEYS),
           "reward": Section(frozenset(_REWARD)),
-          "rollout": Section(_fields(rollout.SamplerConfig) - {"temperature", "top_p"})}
+          "rollout": Section(_fields(sampling.SamplerConfig) - {"temperature", "top_p"})}
 
 
 def _problems(values: Mapping[str, Any], section: Section, path: str) -> list[str]:

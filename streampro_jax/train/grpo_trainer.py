@@ -4,7 +4,7 @@ step.
 One step (``GRPOTrainer.train_step``):
 
   B (record, question) samples of this host            PromptIterator (checkpointable position)
-  -> G rollouts each, turn by turn with a KV cache      rollout.StreamingSampler (current params)
+  -> G rollouts each, turn by turn with a KV cache      sampling.StreamingSampler (current params)
   -> judge (batched, one call per sample group)         judges.* via rewards.group_*_inputs
   -> rewards per rollout: R_fmt, R_turn (tau), R_traj   RewardScorer (host arrays f32[N])
   -> the jitted, sharded, donated update                grpo_step.make_grpo_step: R = combine(),
@@ -49,7 +49,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from streampro_jax import _config, grpo, judges, models, parallel, rewards, rollout
+from streampro_jax import _config, grpo, judges, models, parallel, rewards, sampling
 from streampro_jax.data import chat_format, pipeline, schema, synthetic
 from streampro_jax.train import checkpoint as ckpt_lib
 from streampro_jax.train import config_check, grpo_step, loop, optim
@@ -234,7 +234,7 @@ class RewardScorer:
       raise ValueError(f"config.reward.matching = {self.matching!r}; expected one of "
                        f"{rewards.MATCHING_ORDERS}")
 
-  def score(self, batch: rollout.RolloutBatch,
+  def score(self, batch: sampling.RolloutBatch,
             samples: Sequence[tuple[schema.Record, int]]) -> dict[str, np.ndarray]:
     """Rewards of the N = len(samples) * G rollouts (groups contiguous).
 
@@ -324,20 +324,20 @@ class RewardScorer:
     return out["checks"], out["check_mask"], out["judge_failures"]
 
 
-def rollout_stats(batch: rollout.RolloutBatch) -> dict[str, float]:
+def rollout_stats(batch: sampling.RolloutBatch) -> dict[str, float]:
   """Host metrics of a rollout batch: response_rate and invalid_rate (over real turns),
   responses_per_rollout, sampled_tokens (loss-masked), mean_length (real tokens per row)."""
   real = batch.decisions >= 0
   turns = max(int(real.sum()), 1)
-  return {"response_rate": float((batch.decisions == rollout.RESPONSE).sum() / turns),
-          "invalid_rate": float((batch.decisions == rollout.INVALID).sum() / turns),
-          "responses_per_rollout": float((batch.decisions == rollout.RESPONSE).sum()
+  return {"response_rate": float((batch.decisions == sampling.RESPONSE).sum() / turns),
+          "invalid_rate": float((batch.decisions == sampling.INVALID).sum() / turns),
+          "responses_per_rollout": float((batch.decisions == sampling.RESPONSE).sum()
                                          / batch.decisions.shape[0]),
           "sampled_tokens": float(batch.loss_mask.sum()),
           "mean_length": float(batch.lengths.mean())}
 
 
-def rows_with_sampled_vision_tokens(batch: rollout.RolloutBatch, vision_ids: Sequence[int]
+def rows_with_sampled_vision_tokens(batch: sampling.RolloutBatch, vision_ids: Sequence[int]
                                     ) -> np.ndarray:
   """bool[N]: rows whose assistant messages hold a sampled vision placeholder token.
 
@@ -397,12 +397,12 @@ def load_initial_params(config, model_config, abstract_params, param_shardings, 
 
 
 SAMPLER_KEYS_OF_GRPO = ("temperature", "top_p")
-"""rollout.SamplerConfig fields read from config.grpo (the update needs the temperature too);
+"""sampling.SamplerConfig fields read from config.grpo (the update needs the temperature too);
 the other fields come from config.rollout."""
 
 
-def sampler_config(config) -> rollout.SamplerConfig:
-  """rollout.SamplerConfig from config.grpo (temperature, top_p) and config.rollout (the rest);
+def sampler_config(config) -> sampling.SamplerConfig:
+  """sampling.SamplerConfig from config.grpo (temperature, top_p) and config.rollout (the rest);
   a key left out keeps the SamplerConfig default; an old key of config.grpo (grpo.RENAMED_KEYS,
   e.g. max_response_tokens) raises an error naming its new key."""
   g = _config.as_dict(config.grpo)
@@ -411,11 +411,11 @@ def sampler_config(config) -> rollout.SamplerConfig:
     raise _config.RenamedKeyError("; ".join(problems))
   r = {k: v for k, v in _config.as_dict(config.get("rollout")).items()
        if k not in SAMPLER_KEYS_OF_GRPO}
-  kw = _config.field_values(rollout.SamplerConfig, r, section_name="rollout")
-  kw.update(_config.field_values(rollout.SamplerConfig,
+  kw = _config.field_values(sampling.SamplerConfig, r, section_name="rollout")
+  kw.update(_config.field_values(sampling.SamplerConfig,
                                  {k: g[k] for k in SAMPLER_KEYS_OF_GRPO if k in g},
                                  section_name="grpo"))
-  return rollout.SamplerConfig(**kw)
+  return sampling.SamplerConfig(**kw)
 
 
 REWARD_SCORER_KEYS = ("tau", "max_answers", "max_checks", "matching")
@@ -458,7 +458,7 @@ class GRPOTrainer:
     tokens_per_turn = gh * gw // (mcfg.vision.spatial_merge_size ** 2)
     self.chat = chat_format.ChatFormat(self.tokenizer, tokens_per_turn=tokens_per_turn,
                                        system_prompt=self.pcfg.system_prompt)
-    self.sampler = rollout.StreamingSampler(
+    self.sampler = sampling.StreamingSampler(
         mcfg, self.chat, sampler_config(config), video_grid=self.grid,
         mesh=self.mesh if jax.process_count() > 1 else None)
     self.vision_ids = (mcfg.video_token_id, mcfg.image_token_id)
@@ -546,19 +546,19 @@ class GRPOTrainer:
             "position_ids": z(3, n, t, dt=np.int32), "pixel_values_videos": z(n, p, d),
             "old_logps": z(n, t), "reward_fmt": z(n), "reward_turn": z(n), "reward_traj": z(n)}
 
-  def make_prompts(self, samples) -> list[rollout.StreamPrompt]:
-    return [rollout.prompt_from_record(
+  def make_prompts(self, samples) -> list[sampling.StreamPrompt]:
+    return [sampling.prompt_from_record(
         record, record.questions[q], frames, self.proc, max_turns=self.max_turns,
         frame_size=(self.pcfg.frame_height, self.pcfg.frame_width))
             for record, q, frames in samples]
 
-  def rollout(self, samples, step: int) -> rollout.RolloutBatch:
+  def rollout(self, samples, step: int) -> sampling.RolloutBatch:
     """G rollouts of each sample with the current params (seed = f(config.seed, step))."""
     seed = int(self.config.seed) * 1_000_003 + int(step)
     return self.sampler.sample(self.state.params, self.make_prompts(samples),
                                group_size=self.group_size, seed=seed, seq_len=self.seq_len)
 
-  def update_batch(self, rb: rollout.RolloutBatch, reward_arrays) -> tuple[dict, int]:
+  def update_batch(self, rb: sampling.RolloutBatch, reward_arrays) -> tuple[dict, int]:
     """The host batch of the jitted step (pixels padded to max_turns) and the masked-row count."""
     batch = {k: getattr(rb, k) for k in grpo.GRPO_MODEL_KEYS + ("old_logps",)}
     pix = batch["pixel_values_videos"]

@@ -21,7 +21,7 @@ import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from streampro_jax import models, parallel, rollout  # noqa: E402
+from streampro_jax import models, parallel, sampling  # noqa: E402
 from streampro_jax.data import chat_format, synthetic  # noqa: E402
 from streampro_jax.data import tokenizer as tok_lib  # noqa: E402
 from streampro_jax.models import processing, qwen2_5_vl  # noqa: E402
@@ -56,13 +56,13 @@ def main():
   prompts = []
   for i, k in enumerate((5, 4, 6, 3)):
     rec = synthetic.make_record("test", i, config=sc)
-    prompts.append(rollout.prompt_from_record(rec, rec.questions[0], synthetic.render_frames(rec),
+    prompts.append(sampling.prompt_from_record(rec, rec.questions[0], synthetic.render_frames(rec),
                                               proc, max_turns=k, frame_size=(FRAME, FRAME)))
   mine = prompts if NUM == 1 else prompts[2 * pid:2 * pid + 2]
   # Every process loops over the same number of turns (the global longest stream): each turn's
   # jitted steps are collective programs.
-  sampler = rollout.StreamingSampler(
-      cfg, chat, rollout.SamplerConfig(temperature=1.0, max_text_tokens=5, user_chunk_len=96,
+  sampler = sampling.StreamingSampler(
+      cfg, chat, sampling.SamplerConfig(temperature=1.0, max_text_tokens=5, user_chunk_len=96,
                                        small_chunk_len=32, capacity=1024), video_grid=GRID,
       mesh=mesh)
   rb = sampler.sample(params, mine, group_size=2, seed=5, seq_len=512)

@@ -91,7 +91,7 @@ class JsonlVideosConfig(tfds.core.BuilderConfig):
                                   height=self.height, width=self.width)
 
 
-class _NoCodePathMixin:
+class NoCodePathMixin:
   """TFDS looks for a checksums file next to the builder's code through `importlib_resources`,
   a package that is not installed here (and these builders download nothing): no code path."""
 
@@ -101,7 +101,7 @@ class _NoCodePathMixin:
     return None
 
 
-class JsonlVideos(_NoCodePathMixin, tfds.core.GeneratorBasedBuilder):
+class JsonlVideos(NoCodePathMixin, tfds.core.GeneratorBasedBuilder):
   """Annotation records (schema JSONL) with their videos decoded into 1-second turns."""
 
   VERSION = tfds.core.Version("1.0.0")

@@ -60,7 +60,7 @@ def turn_frames(frames_thwc: np.ndarray, fps: int, frames_per_turn: int) -> np.n
   return per_second[:, step - 1::step]
 
 
-class SynthStream(jsonl_videos._NoCodePathMixin, tfds.core.GeneratorBasedBuilder):  # pylint: disable=protected-access
+class SynthStream(jsonl_videos.NoCodePathMixin, tfds.core.GeneratorBasedBuilder):
   """SynthStream samples: record JSON + rendered frames."""
 
   VERSION = tfds.core.Version("1.0.0")
