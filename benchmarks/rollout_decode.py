@@ -36,7 +36,7 @@ attends to (the prefix and the tokens fed so far), c the cache's itemsize. The v
 not read by a decode step, and the embedding table only at the fed tokens' rows.
 
 Imports: jax, numpy, torch and transformers (inside the transformers functions only) and
-streampro_jax.rollout / streampro_jax.models (none of grain, tensorflow_datasets, av,
+streampro_jax.sampling / streampro_jax.models (none of grain, tensorflow_datasets, av,
 ml_collections, tensorboardX).
 
   .venv/bin/python benchmarks/rollout_decode.py --tiny             # CPU, well under a minute
