@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -45,10 +46,26 @@ _PORT = flags.DEFINE_integer("port", 8000, "Port on 127.0.0.1.")
 _MAX_VIEWERS = flags.DEFINE_integer("max_viewers", 4, "Streams served at once.")
 _VIDEO_DIR = flags.DEFINE_string("video_dir_pick", None, "Folder of videos offered to pick.")
 _MAX_UPLOAD_MB = flags.DEFINE_integer("max_upload_mb", 200, "Largest upload.")
-_IDLE_S = flags.DEFINE_integer("idle_timeout_s", 120, "Drop a finished or unwatched stream "
-                               "after this many seconds.")
+_IDLE_S = flags.DEFINE_integer("idle_timeout_s", 120, "Drop a finished stream, or one never "
+                               "opened, after this many seconds.")
+_UNWATCHED_S = flags.DEFINE_integer(
+    "unwatched_timeout_s", 10, "Stop a playing stream nobody has watched (its page closed) for "
+    "this many seconds, freeing its viewer slot.")
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi")
+
+
+def viewer_message(err: BaseException, uploaded: bool) -> str:
+  """What the page says when a stream fails: the reason in plain words, never the server's
+  temporary file path or an errno."""
+  from streampro_jax.data import video  # pylint: disable=g-import-not-at-top
+  what = "the uploaded video" if uploaded else "the video"
+  if isinstance(err, video.VideoError):   # PyAV's reason may quote the path and an errno
+    reason = re.sub(r"\[Errno -?\d+\]\s*", "", err.reason.replace(err.path, what))
+    return f"{what} could not be played: {reason}"
+  if isinstance(err, OSError):
+    return f"{what} could not be read: {(err.strerror or 'input/output error').lower()}"
+  return f"the stream stopped: {err}"
 
 
 class Viewer:
@@ -115,7 +132,7 @@ class Viewer:
       self._emit({"kind": "done", "dropped": len(dropped), **summary})
     except Exception as err:  # pylint: disable=broad-except
       logging.exception("viewer %s failed", self.id)
-      self._emit({"kind": "done", "error": f"{type(err).__name__}: {err}"})
+      self._emit({"kind": "done", "error": viewer_message(err, self.owns_file)})
     finally:
       self.done = True
       if self.owns_file:
@@ -126,8 +143,14 @@ class Viewer:
 
 
 def make_app(model, *, max_viewers: int = 4, realtime: bool = True, video_dir: str | None = None,
-             max_upload_mb: int = 200, idle_timeout_s: int = 120):
-  """The FastAPI app serving `model` (a streampro_jax.live.LiveModel)."""
+             max_upload_mb: int = 200, idle_timeout_s: int = 120, unwatched_timeout_s: int = 10):
+  """The FastAPI app serving `model` (a streampro_jax.live.LiveModel).
+
+  A viewer slot is held by a stream that plays and is watched: a playing stream whose event feed
+  nobody has read for `unwatched_timeout_s` (the tab was closed) is stopped and dropped; a
+  finished stream, or one never opened, is dropped after `idle_timeout_s`.
+  """
+  from streampro_jax import live  # pylint: disable=g-import-not-at-top
 
   api = FastAPI(title="streampro_jax live")
   viewers: dict[str, Viewer] = {}
@@ -152,7 +175,9 @@ def make_app(model, *, max_viewers: int = 4, realtime: bool = True, video_dir: s
     now = time.monotonic()
     with lock:
       for vid, v in list(viewers.items()):
-        if (v.done or not v.started.is_set()) and now - v.last_seen > idle_timeout_s:
+        idle = now - v.last_seen
+        unwatched = v.started.is_set() and not v.done and idle > unwatched_timeout_s
+        if unwatched or ((v.done or not v.started.is_set()) and idle > idle_timeout_s):
           v.stop.set()
           del viewers[vid]
 
@@ -169,7 +194,9 @@ def make_app(model, *, max_viewers: int = 4, realtime: bool = True, video_dir: s
 
   @api.get("/healthz")
   def healthz():
-    return {"ready": state["ready"], "error": state["error"], "viewers": len(viewers),
+    reap()
+    return {"ready": state["ready"], "error": state["error"],
+            "viewers": sum(1 for v in viewers.values() if not v.done),
             "max_viewers": max_viewers}
 
   @api.get("/api/videos")
@@ -206,7 +233,8 @@ def make_app(model, *, max_viewers: int = 4, realtime: bool = True, video_dir: s
     else:
       body = await request.body()
       if not body:
-        raise HTTPException(400, "upload the video as the request body")
+        raise HTTPException(400, "no video was sent: choose a video file, or one of the "
+                                 "server's videos")
       if len(body) > max_upload_mb * 2 ** 20:
         raise HTTPException(413, f"video larger than {max_upload_mb} MB")
       fd, path = tempfile.mkstemp(prefix="live_", suffix=".video")
@@ -230,6 +258,11 @@ def make_app(model, *, max_viewers: int = 4, realtime: bool = True, video_dir: s
       raise HTTPException(400, "empty question")
     if v.done:
       raise HTTPException(409, "this stream has ended")
+    try:   # the question must fit the next second's chunk, or it is refused now, not mid-stream
+      model.check_questions([(v.session.next_turn, text)], v.id)
+    except live.QuestionTooLong:
+      raise HTTPException(400, "this question is too long for the model's question budget; "
+                          "ask a shorter one") from None
     return {"turn": v.ask(text)}
 
   @api.delete("/api/sessions/{vid}")
@@ -273,7 +306,7 @@ def main(argv):
   model = _model_flags.load_live_model(_FORCE.value)
   api = make_app(model, max_viewers=_MAX_VIEWERS.value, realtime=_REALTIME.value,
                  video_dir=_VIDEO_DIR.value, max_upload_mb=_MAX_UPLOAD_MB.value,
-                 idle_timeout_s=_IDLE_S.value)
+                 idle_timeout_s=_IDLE_S.value, unwatched_timeout_s=_UNWATCHED_S.value)
   print(f"open http://127.0.0.1:{_PORT.value}/", flush=True)
   uvicorn.run(api, host="127.0.0.1", port=_PORT.value, log_level="warning")
 

@@ -127,6 +127,11 @@ def main(argv):
   source = _VIDEO.value
   paced_by_source = live.is_live_source(source)
   stream_id = os.path.splitext(os.path.basename(os.path.normpath(source)))[0] or "live"
+  try:   # needs the tokenizer; before anything is compiled
+    model.check_questions([(chat_format.ask_turn(t, 10 ** 9), q) for t, q in questions],
+                          stream_id)
+  except live.QuestionTooLong as err:
+    raise app.UsageError(f"--question: {err}; ask a shorter question") from None
   session = model.new_session(stream_id)
   pace = "real time" if _REALTIME.value or paced_by_source else "as fast as possible"
   print(f"streaming {source} ({pace}); transcript {_TRANSCRIPT.value}", flush=True)

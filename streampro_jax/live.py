@@ -172,6 +172,32 @@ class LiveModel:
     patches, _ = models.process_turns(frames[None], self.processor)
     return np.asarray(patches[0], np.float32)
 
+  def chunk_problem(self, stream_id: str, turn: int, text: str | None) -> str | None:
+    """Why the user text of second `turn` does not fit the session's user chunk, or None."""
+    if text is None:
+      return None
+    need = self.sampler.turn_chunk_len(turn, text)
+    if need <= self.user_chunk_len:
+      return None
+    return (f"stream {stream_id!r}, second {turn}: the question(s) take {need} tokens with the "
+            f"turn's chunk, more than the {self.user_chunk_len} the session was sized for "
+            f"(LiveConfig.max_question_tokens = {self.config.max_question_tokens})")
+
+  def check_questions(self, asked: Sequence[tuple[int, str]], stream_id: str = "live") -> None:
+    """Raises QuestionTooLong for the first of the (turn, question) pairs that would not fit its
+    second's chunk, built as LiveSession.step builds it, before anything is compiled."""
+    by_turn: dict[int, list[str]] = {}
+    for k, q in sorted(asked):
+      if q and q.strip():
+        by_turn.setdefault(int(k), []).append(q.strip())
+    shown: list[str] = []
+    for k, qs in sorted(by_turn.items()):
+      text = "\n".join(shown + qs if self.sampler.repeat_question else qs)
+      problem = self.chunk_problem(stream_id, k, text)
+      if problem:
+        raise QuestionTooLong(problem)
+      shown += qs
+
   def new_session(self, stream_id: str = "live") -> LiveSession:
     return LiveSession(self, stream_id)
 
@@ -215,13 +241,9 @@ class LiveSession:
       text = "\n".join(shown)
     else:
       text = None
-    if text is not None:
-      need = s.turn_chunk_len(k, text)
-      if need > self.model.user_chunk_len:
-        raise QuestionTooLong(
-            f"stream {self.stream_id!r}, second {k}: the question(s) take {need} tokens with "
-            f"the turn's chunk, more than the {self.model.user_chunk_len} the session was sized "
-            f"for (LiveConfig.max_question_tokens = {self.model.config.max_question_tokens})")
+    problem = self.model.chunk_problem(self.stream_id, k, text)
+    if problem:
+      raise QuestionTooLong(problem)
     force = bool(questions) and self.model.config.force_response_at_ask
     with self.model.lock:
       if self._state is None:

@@ -50,7 +50,8 @@ def server(tmp_path_factory):
   log = open(tmp / "server.log", "w", encoding="utf-8")   # pylint: disable=consider-using-with
   proc = subprocess.Popen(   # pylint: disable=consider-using-with
       [sys.executable, os.path.join(ROOT, "launch", "serve.py"), "--checkpoint=random",
-       f"--port={port}", "--max_viewers=2", "--force_response_at_ask", "--max_text_tokens=4"],
+       f"--port={port}", "--max_viewers=2", "--force_response_at_ask", "--max_text_tokens=4",
+       "--unwatched_timeout_s=3"],
       stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(tmp))
   base = f"http://127.0.0.1:{port}"
   try:
@@ -119,7 +120,32 @@ def test_two_viewers_stay_separate_and_a_third_is_told_busy(server):
     assert e[-1]["kind"] == "done" and e[-1]["turns"] == 4
   assert _http("GET", base + "/api/sessions/nope/events")[0] == 404
   code, j = _http("POST", base + "/api/sessions", data=b"")
-  assert code == 400 and "body" in j["detail"]
+  assert code == 400 and j["detail"].startswith("no video was sent")
+
+
+@pytest.mark.slow
+def test_a_closed_page_frees_its_slot_and_errors_speak_plainly(server):
+  """Issue 28: a closed tab kept its viewer slot (503 for a lone browser), errors showed API
+  words or the server's temporary path with an errno, a too-long question failed mid-stream."""
+  base = server["base"]
+  body = open(_video(str(server["tmp"] / "long.webm"), seconds=40, fps=2), "rb").read()
+  ids = [_http("POST", base + "/api/sessions", data=body)[1]["id"] for _ in range(2)]
+  for sid in ids:   # each page opens its feed, reads a little, and is closed
+    with urllib.request.urlopen(f"{base}/api/sessions/{sid}/events", timeout=30) as r:
+      r.readline()
+  code, j = _http("POST", f"{base}/api/sessions/{ids[0]}/questions",
+                  data=json.dumps({"text": "how many boxes " * 700}).encode())
+  assert code == 400 and "too long" in j["detail"], j
+  assert _http("POST", base + "/api/sessions", data=body)[0] == 503   # both slots still held
+  deadline = time.monotonic() + 30   # unwatched for 3 s: stopped and dropped
+  while time.monotonic() < deadline and _http("GET", base + "/healthz")[1]["viewers"]:
+    time.sleep(0.5)
+  assert _http("GET", base + "/healthz")[1]["viewers"] == 0
+  code, j = _http("POST", base + "/api/sessions", data=b"\x00not a video" * 64)
+  assert code == 201, j
+  (done,) = [e for e in _events(base, j["id"]) if e["kind"] == "done"]
+  assert done["error"].startswith("the uploaded video could not be played: "), done
+  assert "/tmp" not in done["error"] and "Errno" not in done["error"]
 
 
 @pytest.mark.slow
