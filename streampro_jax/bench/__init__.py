@@ -9,3 +9,15 @@ light and matplotlib is only loaded by `report`):
   report          JSON, markdown table and PNG figures of StreamPro-Bench results
   seeds           paired gaps over seeds and the findings they support (the demo's claims)
 """
+
+__all__ = [
+    "checkpoints",
+    "content_probe",
+    "harness",
+    "ovo",
+    "pauc",
+    "report",
+    "seeds",
+    "streamingbench",
+    "streampro_f1",
+]

@@ -38,6 +38,32 @@ backbone config).
 
 from __future__ import annotations
 
+__all__ = [
+    "BACKBONES",
+    "COMPUTE_KEYS",
+    "DEFAULT_FAMILY",
+    "backbone_module",
+    "build",
+    "config_from_section",
+    "layout_of",
+    "load_hf_checkpoint",
+    "model_type_of",
+    "process_turns",
+    "round_up",
+    "scan_params",
+    "unscan_params",
+    "video_processor_config",
+    "common",
+    "hf_io",
+    "kv_cache",
+    "layers",
+    "processing",
+    "processing_qwen3",
+    "qwen2_5_vl",
+    "qwen3_vl",
+]
+
+
 import importlib
 import json
 import os
@@ -51,7 +77,7 @@ from streampro_jax import _config
 
 # Parameter trees between the unrolled (layers_i, visual/blocks_i) and the scanned (stacked
 # `layers`, `visual/blocks`) layouts.
-from streampro_jax.models.common import layout_of, round_up, scan_params, unscan_params  # noqa: F401
+from streampro_jax.models.common import layout_of, round_up, scan_params, unscan_params
 
 # model_type -> (module, config class name, model class name)
 _BACKBONES = {

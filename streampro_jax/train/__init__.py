@@ -1,1 +1,16 @@
-"""streampro_jax.train."""
+"""streampro_jax.train: the two training stages (SFT and GRPO) over one sharded update step,
+with the training loop, checkpoints, optimizer, metrics and config checks."""
+
+__all__ = [
+    "checkpoint",
+    "config_check",
+    "grpo_step",
+    "grpo_trainer",
+    "loop",
+    "metrics",
+    "optim",
+    "setup",
+    "sft",
+    "state",
+    "step",
+]
