@@ -172,8 +172,7 @@ def run_jax(args):
   import functools  # pylint: disable=g-import-not-at-top
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from streampro_jax import grpo, parallel  # pylint: disable=g-import-not-at-top
+  from streampro_jax import parallel  # pylint: disable=g-import-not-at-top
   from streampro_jax.models import qwen2_5_vl as q  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import optim, sft  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
@@ -256,7 +255,7 @@ def run_grpo(args, cfg, policy_spec: str):
   import numpy as np  # pylint: disable=g-import-not-at-top
   from streampro_jax import grpo, parallel  # pylint: disable=g-import-not-at-top
   from streampro_jax.models import qwen2_5_vl as q  # pylint: disable=g-import-not-at-top
-  from streampro_jax.train import optim, sft  # pylint: disable=g-import-not-at-top
+  from streampro_jax.train import grpo_step, optim, sft  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
 
   shp = shape_args(args.tiny)
@@ -282,9 +281,9 @@ def run_grpo(args, cfg, policy_spec: str):
   gbatch["rewards"] = rng.random(b).astype(np.float32)
   ggb = parallel.shard_batch(gbatch, mesh, batch_dims=sft.BATCH_DIMS)
   ref = jax.tree.map(lambda x: x.copy(), state.params)
-  gstep = grpo.make_grpo_step(logps_fn, tx, gcfg, state_shardings=shardings,
-                              batch_sharding=grpo.grpo_batch_shardings(gbatch, mesh), mesh=mesh,
-                              trainable=trainable)
+  gstep = grpo_step.make_grpo_step(
+      logps_fn, tx, gcfg, state_shardings=shardings,
+      batch_sharding=grpo_step.grpo_batch_shardings(gbatch, mesh), mesh=mesh, trainable=trainable)
   try:
     t0 = time.perf_counter()
     with state_lib.sharding_context(mesh):

@@ -232,9 +232,8 @@ def decode_throughput(model_config, params, *, rows: int, prefix_len: int, new_t
   params: the model's parameters (on device; their dtype is what the decode reads).
   Returns dict(tokens_per_s, seconds, prefill_seconds, decode_seconds, decode_step_s,
   decode_tokens_per_s, param_bytes, [decode_step_bytes, bandwidth_bound_step_s,
-  bandwidth_fraction], 
-  compile_seconds, rows, prefix_len, new_tokens, device). Timings are medians over `repeats`;
-  prefill_seconds includes the host-side position ids.
+  bandwidth_fraction], compile_seconds, rows, prefix_len, new_tokens, device). Timings are
+  medians over `repeats`; prefill_seconds includes the host-side position ids.
   """
   run = _ours_runner(model_config, params, rows=rows, prefix_len=prefix_len,
                      new_tokens=new_tokens, seed=seed, grid=grid, temperature=temperature)
@@ -438,25 +437,6 @@ def tiny_model(seed: int = 0, *, dtype: str = "float32"):
   params = nn.unbox(jax.jit(functools.partial(qwen2_5_vl.init_params, cfg))(
       jax.random.key(seed)))
   return cfg, params
-
-
-def rebound(raw_log: str, *, hbm_bytes_per_s: float) -> dict:
-  """The bandwidth bound of a recorded 3B run (the `ours: {...}` line of its log), recomputed with
-  `bandwidth_bound` on the abstract 3B parameters: the run's decode_step_s is kept as measured."""
-  import ast  # pylint: disable=g-import-not-at-top
-  with open(raw_log) as f:
-    line = next(l for l in f if l.startswith("ours: "))
-  ours = ast.literal_eval(line[len("ours: "):])
-  cfg, params = qwen2_5_vl_3b(abstract=True)
-  step_bytes, bound = bandwidth_bound(cfg, params, rows=ours["rows"], prefix_len=ours["prefix_len"],
-                                      new_tokens=ours["new_tokens"],
-                                      hbm_bytes_per_s=hbm_bytes_per_s)
-  return dict(raw_log=raw_log, rows=ours["rows"], prefix_len=ours["prefix_len"],
-              new_tokens=ours["new_tokens"], decode_step_s=ours["decode_step_s"],
-              hbm_bytes_per_s=hbm_bytes_per_s, all_param_bytes=ours["param_bytes"],
-              decode_step_bytes=step_bytes, bandwidth_bound_step_s=bound,
-              bandwidth_fraction=bound / ours["decode_step_s"],
-              old_bandwidth_fraction=ours.get("bandwidth_fraction"))
 
 
 def qwen2_5_vl_3b(seed: int = 0, *, dtype: str = "bfloat16", attention_impl: str = "jax",

@@ -384,7 +384,8 @@ def agreement_from_sums(sums: dict[str, Array]) -> dict[str, Array]:
   dtype or temperature mismatch) shows as mean_abs_diff > 0 and corr < 1 on the first pass."""
   n = sums["agree_n"]
   cov = n * sums["agree_xy"] - sums["agree_x"] * sums["agree_y"]
-  var = (n * sums["agree_xx"] - sums["agree_x"] ** 2) * (n * sums["agree_yy"] - sums["agree_y"] ** 2)
+  var_x = n * sums["agree_xx"] - sums["agree_x"] ** 2
+  var = var_x * (n * sums["agree_yy"] - sums["agree_y"] ** 2)
   return {"mean_abs_diff": sums["agree_abs"] / jnp.maximum(n, 1.0),
           "corr": jnp.where(var > 0, cov / jnp.sqrt(jnp.maximum(var, 1e-30)), 0.0)}
 
@@ -559,15 +560,3 @@ def finish_pass_metrics(sums: dict[str, Array], count: Array) -> dict[str, Array
   out["policy_tokens"] = sums["policy_tokens"]
   out["logp_corr"] = agreement_from_sums(sums)["corr"]
   return out
-
-
-_MOVED_TO_TRAIN = ("build_grpo_update", "make_grpo_step", "grpo_batch_shardings")
-
-
-def __getattr__(name: str):
-  """The update step moved up to the train layer (train/grpo_step.py); its names stay reachable
-  here (public API) without this math module importing the train layer at import time."""
-  if name in _MOVED_TO_TRAIN:
-    import importlib  # pylint: disable=g-import-not-at-top
-    return getattr(importlib.import_module("streampro_jax.train.grpo_step"), name)
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -228,8 +228,8 @@ def _freeze(messages: list[dict[str, Any]]) -> tuple[tuple[str, Any], ...]:
   def parts(content):
     if isinstance(content, str):
       return content
-    return tuple(("text", p["text"]) if p["type"] == "text" else ("image_url", p["image_url"]["url"])
-                 for p in content)
+    return tuple(("text", p["text"]) if p["type"] == "text"
+                 else ("image_url", p["image_url"]["url"]) for p in content)
   return tuple((m["role"], parts(m["content"])) for m in messages)
 
 

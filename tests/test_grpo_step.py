@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from streampro_jax import grpo, parallel, rewards
-from streampro_jax.train import optim, sft
+from streampro_jax.train import grpo_step, optim, sft
 from streampro_jax.train import state as state_lib
 
 G = 4
@@ -70,9 +70,9 @@ def _run(setup, mesh_shape, *, calls=1, **cfg_kw):
   shardings = state_lib.state_shardings(tx, boxed, mesh)
   state = state_lib.state_from_params(setup["init"], tx, shardings, mesh)
   ref = state_lib.put_params(setup["ref"], shardings.params)
-  step = grpo.make_grpo_step(
+  step = grpo_step.make_grpo_step(
       setup["logps_fn"], tx, cfg, state_shardings=shardings,
-      batch_sharding=grpo.grpo_batch_shardings(setup["batch"], mesh), mesh=mesh,
+      batch_sharding=grpo_step.grpo_batch_shardings(setup["batch"], mesh), mesh=mesh,
       trainable=optim.trainable_mask(state.params, OPTIM.frozen),
       schedule=optim.make_schedule(OPTIM, total))
   history = []

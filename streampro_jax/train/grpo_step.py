@@ -38,8 +38,8 @@ def build_grpo_update(logps_fn: Callable, tx, cfg: grpo.GRPOStepConfig, *, train
   passes: loss, pg_loss, kl, clip_fraction, ratio_mean, abs_log_ratio, grad_norm; behaviour_gap
   (mean |logp - old_logp| of the first pass, before any update: the rollout-vs-teacher-forced
   numerical gap, 0 with "recompute") and behaviour_corr (their correlation over the tokens,
-  grpo.agreement_from_sums; 1 with "recompute"), loss_first_pass, lr (of the first pass), policy_tokens,
-  tokens (real tokens), rows.
+  grpo.agreement_from_sums; 1 with "recompute"), loss_first_pass, lr (of the first pass),
+  policy_tokens, tokens (real tokens), rows.
   """
   loss_fn = grpo.make_grpo_loss_fn(logps_fn, cfg)
 
