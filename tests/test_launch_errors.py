@@ -174,7 +174,8 @@ def _cases(tmp):
 
 
 LAUNCHERS = ("train_sft.py", "train_grpo.py", "evaluate.py", "stream.py", "serve.py",
-             "check_data.py", "import_data.py", "convert_checkpoint.py", "write_rubrics.py")
+             "check_data.py", "import_data.py", "convert_checkpoint.py", "write_rubrics.py",
+             "aot_compile.py")
 
 
 def _launch(script, args, timeout=240):
