@@ -55,7 +55,8 @@ def test_parse_resource_exhausted_and_advice():
       counted_argument_bytes={}, tiled_argument_bytes=0, fits=False, model_flops=0.0,
       flops_per_chip=0.0, compiler_flops_per_chip=None, compile_s=0.0, shapes={}, model={})
   advice = report.advice()
-  assert "5.00 GiB over the 16.00 GiB" in advice and "remat_policy" in advice
+  assert "5.00 GiB over the 16.00 GiB" in advice and "remat_policy=full" in advice
+  assert "attention_impl=splash" in advice
 
 
 def test_unknown_topology_is_one_line():

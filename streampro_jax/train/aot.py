@@ -159,11 +159,16 @@ def published_config(model_type: str, **compute):
 
 
 def build_setup(config, devices: Sequence) -> Setup:
-  """Mesh (config.mesh over `devices`), rules, backbone config, optimizer, boxed abstract params
-  and TrainState shardings of a training config."""
+  """Mesh (config.mesh over `devices`), rules, backbone config (attention_impl 'jax' taken as
+  'splash', its path on a TPU), optimizer, boxed abstract params and TrainState shardings of a
+  training config."""
   mesh = parallel.make_mesh(dict(config.mesh), devices=devices)
   rules = setup_lib.mesh_rules(config)
   mcfg = model_config_of(config)
+  if mcfg.attention_impl == "jax":
+    # What 'jax' resolves to on a TPU (layers.resolve_impl); this process's own backend (the
+    # CPU) would resolve it to the XLA path.
+    mcfg = mcfg.replace(attention_impl="splash")
   tx = optim.make_optimizer(config.optim, 1000)
   init_fn = functools.partial(models.backbone_module(mcfg).init_params, mcfg)
   boxed = jax.eval_shape(init_fn, jax.random.key(0))
@@ -545,16 +550,20 @@ class Report:
     lines = [f"{self.stage} on {self.topology}: {self.per_chip_bytes.get('total', 0) / GiB:.2f} "
              f"GiB per chip, {over / GiB:.2f} GiB over the {self.hbm_bytes / GiB:.2f} GiB of HBM "
              f"(arguments {args / GiB:.2f} GiB, temporaries {temp / GiB:.2f} GiB)."]
+    changes = ["a larger slice (--topology; with --config.mesh.fsdp=-1 the parameters, "
+               "gradients and optimizer state shard over every chip)"]
     if temp >= args:
-      lines.append("Temporaries dominate: they scale with the rows each chip holds per "
-                   "micro-batch and with the sequence length. Raise --config.num_microbatches "
-                   "(or grpo.num_microbatches), spread rows over more chips (a larger slice), "
-                   "use a stricter remat policy (--config.model.remat_policy=full) or splash "
-                   "attention (--config.model.attention_impl=splash).")
+      changes.append("more micro-batches (--config.num_microbatches, grpo.num_microbatches: "
+                     "fewer rows per chip at a time)")
+      if self.model.get("remat_policy") != "full" or not self.model.get("remat"):
+        changes.append("--config.model.remat=True --config.model.remat_policy=full")
+      if self.model.get("attention_impl") not in ("splash", "jax"):
+        changes.append("--config.model.attention_impl=splash")
+      lines.append("Temporaries dominate; change: " + "; ".join(changes) + ".")
     else:
-      lines.append("Arguments dominate (parameters, optimizer state, batch): shard them over "
-                   "more chips (--config.mesh.fsdp=-1 on a larger slice) or feed a smaller "
-                   "global batch per step.")
+      changes.append("a smaller global batch per step (--config.global_batch_size)")
+      lines.append("Arguments dominate (parameters, optimizer state, batch); change: "
+                   + "; ".join(changes) + ".")
     return " ".join(lines)
 
 
