@@ -89,8 +89,11 @@ def test_tiny_all_stages_v5e(tmp_path):
     assert b["argument"] == r["tiled_argument_bytes"], r["stage"]
     counted = sum(r["counted_argument_bytes"].values())
     # Tiling only adds: at most the (8, 128) round-up of the tiny model's 32- and 64-wide
-    # arrays; measured 1.07x (prefill) to 1.28x (grpo): bound 1.5x.
-    assert counted <= b["argument"] <= 1.5 * counted, (r["stage"], counted, b["argument"])
+    # arrays; measured 1.07x (prefill) to 1.28x (grpo): bound 1.5x. The decode step reads no
+    # vision-tower parameter, and arguments it does not read are not allocated: no lower bound.
+    assert b["argument"] <= 1.5 * counted, (r["stage"], counted, b["argument"])
+    if r["stage"] != "decode":
+      assert counted <= b["argument"], (r["stage"], counted, b["argument"])
     assert b["total"] == b["argument"] + b["output"] - b["alias"] + b["temp"] + b["generated_code"]
     assert r["compiler_flops_per_chip"] > 0
   sft = rows[0]
