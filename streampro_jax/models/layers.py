@@ -276,6 +276,22 @@ def splash_fits(t: int, s: int) -> bool:
   return splash_block(t, SPLASH_ALIGN) > 0 and splash_block(s, SPLASH_ALIGN) > 0
 
 
+def shard_rows(x: Array) -> Array:
+  """Constrains dim 0 of x to the row axes ('data', 'fsdp') of the mesh in scope (jax.set_mesh)
+  when their product divides it; x unchanged without a mesh or when it does not divide. The
+  vision tower's tokens [N, ...] and segments [S, ...] go through gathers by host-built indices,
+  which XLA's sharding propagation does not see through: without this, every chip computed the
+  whole global batch's vision tower (per-chip temporaries grew with the number of chips)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh is None or mesh.empty or mesh.size == 1:
+    return x
+  axes = _row_axes_of(mesh, x.shape[0])
+  if axes is None:
+    return x
+  from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  return jax.lax.with_sharding_constraint(x, P(axes, *([None] * (x.ndim - 1))))
+
+
 def _row_axes_of(mesh, rows: int) -> tuple[str, ...] | None:
   """The mesh axes ('data', 'fsdp') present in `mesh` whose product divides `rows` (None: the
   rows are not split; every device then computes all of them)."""
@@ -673,15 +689,15 @@ def segment_attention(q_nhd: Array, k_nhd: Array, v_nhd: Array, plan: SegmentPla
   # Real tokens lead each padded segment: the padding is given as lengths (cuDNN takes no
   # dense mask; the XLA paths turn lengths back into one; splash takes them as segment ids).
   lengths = jnp.sum(jnp.asarray(plan.valid).astype(jnp.int32), axis=-1)  # [S]
-  qs, ks, vs = (_to_segments(x, gather, scatter) for x in (q_nhd, k_nhd, v_nhd))
+  qs, ks, vs = (shard_rows(_to_segments(x, gather, scatter)) for x in (q_nhd, k_nhd, v_nhd))
   seg_len = qs.shape[1]
   if resolve_impl(impl, q_nhd.dtype) == "splash" and seg_len % SPLASH_ALIGN:
     # The kernel takes lengths in multiples of SPLASH_ALIGN: segments are padded up to one
     # (e.g. Qwen2.5-VL's 64-token windows to 128), the padding masked by the lengths.
     pad = ((0, 0), (0, -seg_len % SPLASH_ALIGN), (0, 0), (0, 0))
     qs, ks, vs = (jnp.pad(x, pad) for x in (qs, ks, vs))
-  out = attention(qs, ks, vs, lengths=lengths, scale=scale, impl=impl)[:, :seg_len]
-  return _from_segments(out, gather, scatter)
+  out = shard_rows(attention(qs, ks, vs, lengths=lengths, scale=scale, impl=impl)[:, :seg_len])
+  return shard_rows(_from_segments(out, gather, scatter))
 
 
 def vision_rope_attention(q_ne: Array, k_ne: Array, v_ne: Array, cos: Array, sin: Array,
@@ -701,6 +717,7 @@ def vision_rope_attention(q_ne: Array, k_ne: Array, v_ne: Array, cos: Array, sin
   """
   n, e = q_ne.shape
   shape = (n, num_heads, e // num_heads)
+  q_ne, k_ne, v_ne = shard_rows(q_ne), shard_rows(k_ne), shard_rows(v_ne)
   q = apply_rotary(q_ne.reshape(shape), cos, sin, compute_dtype=jnp.float32)
   k = apply_rotary(k_ne.reshape(shape), cos, sin, compute_dtype=jnp.float32)
   v = v_ne.reshape(shape)
@@ -711,7 +728,7 @@ def vision_rope_attention(q_ne: Array, k_ne: Array, v_ne: Array, cos: Array, sin
     o = segment_attention(q, k, v, plans[0], impl=impl)
     for i, p in enumerate(plans[1:], 1):
       o = jnp.where(which == i, segment_attention(q, k, v, p, impl=impl), o)
-  return o.reshape(n, e)
+  return shard_rows(o.reshape(n, e))
 
 
 def frame_plan(grid: np.ndarray) -> tuple[int, SegmentPlan]:
@@ -945,8 +962,9 @@ class VLDecoderModel(nn.Module):
     grid = np.asarray(grid_thw).reshape(-1, 3)
     if pixel_values.ndim == 3:
       b = pixel_values.shape[0]
-      out = self.visual(pixel_values.reshape(-1, pixel_values.shape[-1]), np.tile(grid, (b, 1)))
-      return jax.tree_util.tree_map(lambda f: f.reshape(b, -1, f.shape[-1]), out)
+      out = self.visual(shard_rows(pixel_values.reshape(-1, pixel_values.shape[-1])),
+                        np.tile(grid, (b, 1)))
+      return jax.tree_util.tree_map(lambda f: shard_rows(f.reshape(b, -1, f.shape[-1])), out)
     return self.visual(pixel_values, grid)
 
   def embed_inputs(self, input_ids, pixel_values, image_grid_thw, pixel_values_videos,
