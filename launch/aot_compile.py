@@ -1,8 +1,9 @@
 """Compile a training config's steps for a TPU slice on this machine (no TPU needed).
 
   .venv/bin/python launch/aot_compile.py --config=configs/qwen2_5_vl_3b_sft.py \
-      --topology=v5e:2x2 --stage=sft --config.global_batch_size=4 --config.num_microbatches=1 \
-      --config.data.seq_len=7680 --config.data.max_turns=96 --json=/tmp/aot.jsonl
+      --topology=v5e:2x4 --stage=sft --config.global_batch_size=8 --config.num_microbatches=1 \
+      --config.data.seq_len=7680 --config.data.max_turns=96 --config.model.remat_policy=full \
+      --json=/tmp/aot.jsonl
   # other slices: --topology=v5p:2x2x1 | v6e:4x4 | v5e:16x16 [--num_slices=2]
   # --stage=sft | grpo | decode (the sampler's prefill and decode steps) | all
 
