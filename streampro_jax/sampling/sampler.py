@@ -305,6 +305,48 @@ class TurnOutput:
   overflow: np.ndarray
 
 
+def sampler_step_fns(model_config, cfg: SamplerConfig, video_grid: Sequence[int], *,
+                     im_end_id: int, silence_id: int | None, response_id: int | None,
+                     vision_token_ids: Sequence[int]) -> tuple[Callable, Callable]:
+  """The sampler's user-chunk and decode step functions, un-jitted (StreamingSampler jits each
+  with the cache donated; train/aot.py compiles them for a TPU topology).
+
+  user_fn(params, cache, ids i32[N, C], pos i32[3, N, C], turn i32[], mask i32[N, C],
+  pix f32[B, P, Dp], key, force i32[N], restrict bool[N]) -> ((token, old_logp, sampling_logp,
+  forced) each [N], cache): the prefill of a turn's user chunk with its frames (vision tower on
+  the B samples, features repeated G = N / B times) and the message's first token.
+  decode_fn(params, cache, first, active, next_position, turn, key) -> (Message, cache):
+  `decode.decode_message` with these settings.
+  """
+  mcfg = model_config
+  grid = np.asarray([tuple(video_grid)], np.int64)
+  sampling = functools.partial(
+      decode.sample_tokens, temperature=float(cfg.temperature), top_p=float(cfg.top_p),
+      allowed_ids=((int(silence_id), int(response_id)) if cfg.constrain_decision else ()),
+      banned_ids=tuple(vision_token_ids))
+  module = models.build(mcfg)
+  encode_vision = type(module).encode_vision
+
+  def user_fn(params, cache, ids, pos, turn, mask, pix_bpd, key, force, restrict):
+    n = ids.shape[0]
+    # The backbone's visual features: one array (Qwen2.5-VL) or (merged, deepstack tuple)
+    # (Qwen3-VL), each leaf [B, P/4, D], computed once per sample and repeated to its G rows.
+    feats = module.apply({"params": params}, pix_bpd, grid, method=encode_vision)
+    reps = n // pix_bpd.shape[0]
+    feats = jax.tree.map(lambda x: jnp.repeat(x, reps, axis=0), feats)
+    logits, cache = kv_cache.extend(params, cache, ids, pos, config=mcfg, turn_id=turn,
+                                    chunk_mask=mask, output="last",
+                                    model_kwargs={"video_embeds": feats})
+    tok, old, slp = sampling(logits, decode.row_keys(key, turn, 0, n), force, restrict)
+    return (tok, old, slp, force >= 0), cache
+
+  decode_fn = functools.partial(
+      decode.decode_message, model_config=mcfg, sampling=sampling, end_id=int(im_end_id),
+      max_sampled=cfg.max_text_tokens + 1,
+      silence_id=(int(silence_id) if cfg.constrain_decision else -1))
+  return user_fn, decode_fn
+
+
 class StreamingSampler:
   """Samples B x G streaming rollouts with a KV cache (see the module docstring).
 
@@ -366,15 +408,9 @@ class StreamingSampler:
 
   def _build_fns(self):
     mcfg = self.model_config
-    grid = np.asarray([self.grid], np.int64)
-    sampling = functools.partial(
-        decode.sample_tokens, temperature=float(self.cfg.temperature),
-        top_p=float(self.cfg.top_p),
-        allowed_ids=((int(self.silence_id), int(self.response_id))
-                     if self.cfg.constrain_decision else ()),
-        banned_ids=self.vision_token_ids)
-    module = models.build(mcfg)
-    encode_vision = type(module).encode_vision
+    user_step, decode_step = sampler_step_fns(
+        mcfg, self.cfg, self.grid, im_end_id=self.im_end_id, silence_id=self.silence_id,
+        response_id=self.response_id, vision_token_ids=self.vision_token_ids)
     traces = self._traces
     ids1 = self.system_ids[None]
     mask1 = np.ones_like(ids1)
@@ -393,28 +429,13 @@ class StreamingSampler:
           lambda x: jnp.broadcast_to(x, x.shape[:1] + (n,) + x.shape[2:]) if x.ndim == 5
           else jnp.broadcast_to(x, (n,) + x.shape[1:]), one)
 
-    def user_fn(params, cache, ids, pos, turn, mask, pix_bpd, key, force, restrict):
+    def user_fn(*args):
       traces["user"] += 1
-      n = ids.shape[0]
-      # The backbone's visual features: one array (Qwen2.5-VL) or (merged, deepstack tuple)
-      # (Qwen3-VL), each leaf [B, P/4, D], computed once per sample and repeated to its G rows.
-      feats = module.apply({"params": params}, pix_bpd, grid, method=encode_vision)
-      reps = n // pix_bpd.shape[0]
-      feats = jax.tree.map(lambda x: jnp.repeat(x, reps, axis=0), feats)
-      logits, cache = kv_cache.extend(params, cache, ids, pos, config=mcfg, turn_id=turn,
-                                      chunk_mask=mask, output="last",
-                                      model_kwargs={"video_embeds": feats})
-      tok, old, slp = sampling(logits, decode.row_keys(key, turn, 0, n), force, restrict)
-      return (tok, old, slp, force >= 0), cache
-
-    decode_message = functools.partial(
-        decode.decode_message, model_config=mcfg, sampling=sampling,
-        end_id=int(self.im_end_id), max_sampled=self.cfg.max_text_tokens + 1,
-        silence_id=(int(self.silence_id) if self.cfg.constrain_decision else -1))
+      return user_step(*args)
 
     def decode_fn(*args):
       traces["decode"] += 1
-      return decode_message(*args)
+      return decode_step(*args)
 
     self._pin_fn = pin_fn
     self._pin = jax.jit(pin_fn, static_argnums=(1, 2))
