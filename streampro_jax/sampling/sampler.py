@@ -357,15 +357,18 @@ class StreamingSampler:
       formats.WaitPromptFormat.
     config: SamplerConfig.
     video_grid: the grid (1, gh, gw) of one turn.
-    mesh: None (one process: the jitted functions take host arrays) or the training mesh, to
-      sample across processes: every process calls `sample` with its own prompts (the same
-      number B on each, and the same group size, seed and turn count max), its rows become
-      one global batch split over the mesh's (data, fsdp) devices in process order (global row
-      = process * N + local row, parallel.rows_to_global), every jitted step runs once over
-      the global batch with the (globally sharded) parameters, and each process reads back
-      only its own rows (parallel.rows_to_local). The draws depend on the global row, so the
-      rollouts equal one process sampling all prompts in process order with the same seed.
-      Each process's B and N must be divisible by its devices on (data, fsdp).
+    mesh: None (the jitted functions take host arrays; the live page, the evaluation harness)
+      or the training mesh (GRPOTrainer, one process or many): every process calls `sample`
+      with its own prompts (the same number B on each, and the same group size, seed and turn
+      count max), its rows become one global batch split over the mesh's (data, fsdp) devices
+      in process order (global row = process * N + local row, parallel.rows_to_global): the KV
+      cache (rows on dim 1 of the scanned [L, N, ...] k / v stacks, dim 0 elsewhere), the
+      chunk, the frames and every per-row input and output are sharded by row; every jitted
+      step runs once over the global batch with the parameters in the rules' layout, and each
+      process reads back only its own rows (parallel.rows_to_local). The draws depend on the
+      global row, so the rollouts equal one process sampling all prompts in process order with
+      the same seed. `sample` pads B to a multiple of `row_multiple()` and drops the padding;
+      `init_state` raises a ValueError for a B that does not split.
   """
 
   def __init__(self, model_config, prompt_format, config: SamplerConfig | None = None, *,
@@ -448,7 +451,14 @@ class StreamingSampler:
     one set of shapes)."""
     return dict(self._traces)
 
-  # -- rows across processes -------------------------------------------------------------------
+  # -- rows on the mesh --------------------------------------------------------------------------
+
+  def row_multiple(self) -> int:
+    """The row shards of this process (the mesh's data x fsdp devices over the processes; 1
+    without a mesh): its prompt count B, hence its N = B x G rows, must be a multiple of it."""
+    if self.mesh is None:
+      return 1
+    return max(1, self.mesh.shape["data"] * self.mesh.shape["fsdp"] // jax.process_count())
 
   def _global(self, tree, row_dims=0):
     """Host row arrays -> the jitted functions' inputs (global arrays when sampling across
@@ -586,6 +596,11 @@ class StreamingSampler:
     if num_prompts < 1 or g < 1:
       raise ValueError(f"need >= 1 prompt and group_size >= 1, got {num_prompts} prompts, "
                        f"G = {g}")
+    m = self.row_multiple()
+    if num_prompts % m:
+      raise ValueError(f"init_state: {num_prompts} prompts on this process do not split over its "
+                       f"{m} row shards of the mesh (data x fsdp); pad the prompts to a multiple "
+                       f"of {m} (sample() does)")
     n = int(num_prompts) * g
     _, nxt = self._prefix_positions()
     return SamplerState(cache=self._prefix_cache(params, n, capacity),
@@ -721,6 +736,11 @@ class StreamingSampler:
     """
     g = int(group_size)
     self._check_prompts(prompts, g)
+    # Rows split evenly over this process's row shards: the prompts are padded with copies of
+    # the last one, sampled like the others and dropped before the batch is laid out (the kept
+    # rows keep their indices, hence their draws).
+    b_keep = len(prompts)
+    prompts = list(prompts) + [prompts[-1]] * (-b_keep % self.row_multiple())
     k_row = np.repeat(np.asarray([p.num_turns for p in prompts], np.int32), g)
     k_max = int(k_row.max())
     c_user = self.user_chunk_len_for(prompts)
@@ -761,8 +781,9 @@ class StreamingSampler:
       s = int(state.next_position[r]) + 1
       row.add(self.newline_ids, np.broadcast_to(np.arange(s, s + nl), (3, nl)), int(k_row[r]) - 1)
     overflow = np.asarray(self._local(state.cache.overflow))
-    return self._assemble(rows, prompts, g, decisions, texts, messages, k_row, k_max, seq_len,
-                          overflow)
+    keep = b_keep * g
+    return self._assemble(rows[:keep], prompts[:b_keep], g, decisions[:keep], texts[:keep],
+                          messages[:keep], k_row[:keep], k_max, seq_len, overflow[:keep])
 
   def _check_prompts(self, prompts: Sequence[formats.StreamPrompt], g: int) -> None:
     """ValueError unless the B prompts and G can be sampled together."""
