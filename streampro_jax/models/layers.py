@@ -36,6 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from streampro_jax import parallel
+
 Dtype = Any
 Array = jax.Array
 
@@ -132,7 +134,7 @@ class GatedMLP(nn.Module):
     x = x.reshape(-1, x.shape[-1])
     gate = dense(self.intermediate, self.axes, name="gate_proj", **kw)(x)
     up = dense(self.intermediate, self.axes, name="up_proj", **kw)(x)
-    h = activation(self.act)(gate) * up
+    h = parallel.constrain(activation(self.act)(gate) * up, parallel.ACT_ROWS_MLP)
     y = dense(self.hidden, (self.axes[1], self.axes[0]), name="down_proj", **kw)(h)
     return y.reshape(*lead, self.hidden)
 
@@ -997,7 +999,7 @@ class VLDecoderModel(nn.Module):
       encoded.append((cfg.video_token_id, video_embeds, batched))
     if self.is_initializing() and not cfg.tie_word_embeddings:
       self.lm_head()
-    return x, encoded, batched
+    return parallel.constrain(x, parallel.ACT_RESIDUAL), encoded, batched
 
   def unembedding_matrix(self) -> Array:
     if self.config.tie_word_embeddings:

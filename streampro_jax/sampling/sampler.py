@@ -61,11 +61,13 @@ Both are 0 on non-assistant positions; they are also filled on forced positions 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -369,14 +371,17 @@ class StreamingSampler:
       global row, so the rollouts equal one process sampling all prompts in process order with
       the same seed. `sample` pads B to a multiple of `row_multiple()` and drops the padding;
       `init_state` raises a ValueError for a B that does not split.
+    rules: the logical-axis rules of the activation and KV-cache layouts under the mesh
+      (parallel.DEFAULT_RULES when None; GRPOTrainer passes config.mesh.rules).
   """
 
   def __init__(self, model_config, prompt_format, config: SamplerConfig | None = None, *,
-               video_grid: Sequence[int], mesh=None):
+               video_grid: Sequence[int], mesh=None, rules=None):
     if isinstance(prompt_format, chat_format.ChatFormat):
       prompt_format = formats.StreamProFormat(prompt_format)
     self.model_config = model_config
     self.mesh = mesh
+    self.rules = rules
     self.backbone = models.backbone_module(model_config)
     self.fmt = prompt_format
     self.cfg = config or SamplerConfig()
@@ -453,6 +458,18 @@ class StreamingSampler:
 
   # -- rows on the mesh --------------------------------------------------------------------------
 
+  def _layouts(self):
+    """The mesh and logical-axis rules in scope while the jitted steps trace (the activation and
+    KV-cache constraints of parallel.constrain); nothing without a mesh."""
+    if self.mesh is None:
+      return contextlib.nullcontext()
+    from streampro_jax import parallel  # pylint: disable=g-import-not-at-top
+    stack = contextlib.ExitStack()
+    stack.enter_context(jax.set_mesh(self.mesh))
+    stack.enter_context(nn.logical_axis_rules(
+        tuple(parallel.DEFAULT_RULES if self.rules is None else self.rules)))
+    return stack
+
   def row_multiple(self) -> int:
     """The row shards of this process (the mesh's data x fsdp devices over the processes; 1
     without a mesh): its prompt count B, hence its N = B x G rows, must be a multiple of it."""
@@ -505,7 +522,8 @@ class StreamingSampler:
           self.mesh, parallel.row_spec(x.ndim, 1 if x.ndim == 5 else 0)), shapes)
       self._pin_sharded[key] = jax.jit(self._pin_fn, static_argnums=(1, 2),
                                        out_shardings=shard)
-    return self._pin_sharded[key](params, n_global, capacity)
+    with self._layouts():
+      return self._pin_sharded[key](params, n_global, capacity)
 
   # -- sizes -------------------------------------------------------------------------------------
 
@@ -674,8 +692,9 @@ class StreamingSampler:
     restrict = active_n & bool(self.cfg.constrain_decision)
     g_ids, g_pos, g_mask, g_pix, g_force, g_restrict = self._global(
         (ids, pos, mask, pix, force, restrict), (0, 1, 0, 0, 0, 0))
-    first, cache = self._user(params, state.cache, g_ids, g_pos, np.int32(k), g_mask, g_pix,
-                              state.key, g_force, g_restrict)
+    with self._layouts():
+      first, cache = self._user(params, state.cache, g_ids, g_pos, np.int32(k), g_mask, g_pix,
+                                state.key, g_force, g_restrict)
     g_active, g_start = self._global((active_n, start))
     turn_id = np.int32(k)
     if self.mesh is None:  # every input on device before the decode (no transfer inside it)
@@ -712,7 +731,8 @@ class StreamingSampler:
   def _decode_message(self, params, cache, first, active, next_position, turn, key):
     """The rest of the turn's message of every row: decode.decode_message under jit, device
     arrays in and out (no host transfer until the caller fetches the Message)."""
-    return self._decode(params, cache, first, active, next_position, turn, key)
+    with self._layouts():
+      return self._decode(params, cache, first, active, next_position, turn, key)
 
   # -- whole rollouts ----------------------------------------------------------------------------
 

@@ -463,7 +463,8 @@ class GRPOTrainer:
     # The sampler runs on the training mesh (one process or many): rows over (data, fsdp), the
     # parameters where the rules put them (docs/rollouts.md, "Rollouts on the mesh").
     self.sampler = sampling.StreamingSampler(
-        mcfg, self.chat, sampler_config(config), video_grid=self.grid, mesh=self.mesh)
+        mcfg, self.chat, sampler_config(config), video_grid=self.grid, mesh=self.mesh,
+        rules=self.rules)
     self.vision_ids = (mcfg.video_token_id, mcfg.image_token_id)
 
     # Data: B samples per step on this host (global batch / hosts), each with G rollouts.
