@@ -63,6 +63,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     # model dimension and the sequence whole on every device.
     ("act_batch", ("data", "fsdp")),
     ("act_length", None),
+    ("act_residual_length", None),
     ("act_embed", None),
     ("act_heads", "tensor"),
     ("act_kv_heads", "tensor"),
@@ -70,23 +71,25 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("act_vocab", "tensor"),
 )
 
-# Named rule sets (config.mesh.rules may name one, configs/common.mesh_config takes the name).
+# Named rule sets (configs/common.mesh_config(rules=name) stores the set's table; a config's
+# mesh.rules may also hold the name itself, parallel.rules_from_config reads both).
 # "tensor_in_host_fsdp_across": for a mesh whose tensor axis spans the devices of one host (fast
 # links: NVLink, ICI) and whose fsdp (and data) axes span the hosts. The parameters and the
 # activations' heads / mlp / vocab are as DEFAULT_RULES; between the tensor-parallel blocks the
-# residual stream is also split over tensor along the sequence (act_length -> tensor, Megatron's
-# sequence parallelism), so the norms, residual adds and the stored activations of a layer cost
-# 1 / tensor per device and the tensor all-reduces become reduce-scatter + all-gather pairs,
-# inside the host. docs/scale-out.md#activation-layouts says when to pick it.
+# residual stream is also split over tensor along the sequence (act_residual_length -> tensor,
+# Megatron's sequence parallelism; q / k / v stay split by heads), so the norms, residual adds
+# and the stored activations of a layer cost 1 / tensor per device, and the collectives of the
+# tensor axis stay inside the host.
+# docs/scale-out.md#activation-layouts says when to pick it.
 RULE_SETS: dict[str, tuple[tuple[str, Any], ...]] = {
     "default": DEFAULT_RULES,
     "tensor_in_host_fsdp_across": tuple(
-        (name, "tensor") if name == "act_length" else (name, axes)
+        (name, "tensor") if name == "act_residual_length" else (name, axes)
         for name, axes in DEFAULT_RULES),
 }
 
 # The logical names of the constrained activations (parallel.constrain).
-ACT_RESIDUAL = ("act_batch", "act_length", "act_embed")        # [B, T, D]
+ACT_RESIDUAL = ("act_batch", "act_residual_length", "act_embed")   # [B, T, D]
 ACT_Q = ("act_batch", "act_length", "act_heads", None)         # [B, T, Nh, Dh]
 ACT_KV = ("act_batch", "act_length", "act_kv_heads", None)     # [B, T, Nk, Dh]
 ACT_ROWS_MLP = ("act_batch", "act_mlp")                        # [rows, F]

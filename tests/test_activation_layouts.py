@@ -117,7 +117,8 @@ def test_constrain_is_a_no_op_without_a_mesh():
 def test_rule_sets_by_name():
   assert parallel.rules_from_config({"rules": "default"}) == parallel.DEFAULT_RULES
   tp = dict(parallel.rules_from_config({"rules": "tensor_in_host_fsdp_across"}))
-  assert tp["act_length"] == "tensor" and tp["act_heads"] == "tensor"
+  assert tp["act_residual_length"] == "tensor" and tp["act_heads"] == "tensor"
+  assert tp["act_length"] is None
   assert tp["embed"] == "fsdp" and tp["act_batch"] == ("data", "fsdp")
   with pytest.raises(ValueError, match="config.mesh.rules = 'nope': not a rule set"):
     parallel.rules_from_config({"rules": "nope"})
@@ -174,3 +175,20 @@ def test_lowered_step_constrains_activations_over_tensor(setup, kind):
   assert not any(ax[-1] == tp for shape, ax in found if shape == (b, n, t.hidden_size))
   if kind == "sft":
     assert ((b, n, 128), (rows, whole, tp)) in found, found
+
+
+def test_tensor_in_host_rule_set_splits_the_residual_stream_by_sequence(setup):
+  """Under the named set "tensor_in_host_fsdp_across" the residual stream [B, T, D] is split by
+  row over (data, fsdp) and along the sequence over tensor; q stays split by heads."""
+  mesh = _mesh(MESHES[0])
+  step, args = _sft_step(setup, mesh)
+  rules = parallel.rules_from_config({"rules": "tensor_in_host_fsdp_across"})
+  with state_lib.sharding_context(mesh, rules):
+    text = step.jitted.lower(*args).as_text()
+  found = _constraints(text)
+  t = setup["mcfg"].text
+  rows, tp, whole = frozenset({"data", "fsdp"}), frozenset({"tensor"}), frozenset()
+  assert ((8, 320, t.hidden_size), (rows, tp, whole)) in found, found
+  assert ((8, 320, t.hidden_size), (rows, whole, whole)) not in found, found
+  # q / k / v stay split by heads (their length is act_length, whole in both sets).
+  assert ((8, 320, t.num_attention_heads, t.head_dim), (rows, whole, tp, whole)) in found, found
