@@ -49,6 +49,9 @@ def model_config(*, hf_checkpoint: str = "", dtype: str = "bfloat16", remat: boo
       dtype=dtype,              # compute dtype
       param_dtype="float32",    # master weights
       attention_impl=attention_impl,
+      # splash attention's query / key block targets (TPU; layers.splash_block)
+      attention_block_q=512,
+      attention_block_kv=512,
       remat=remat,
       remat_policy=remat_policy,
       scan_layers=scan_layers,
@@ -63,7 +66,10 @@ def mesh_config(data: int = -1, fsdp: int = 1, tensor: int = 1,
   """Mesh section: the axis sizes and the rules mapping each logical axis name of the parameters
   to mesh axes (None: replicated), e.g. ``("embed", "fsdp")``; read by the trainers
   (parallel.rules_from_config). On the command line a rule table is a Python literal:
-  ``--config.mesh.rules="(('embed', None), ('mlp', 'tensor'), ...)"``."""
+  ``--config.mesh.rules="(('embed', None), ('mlp', 'tensor'), ...)"``. ``rules`` may name a
+  set of parallel.RULE_SETS (e.g. "tensor_in_host_fsdp_across"); the section stores its table."""
+  if isinstance(rules, str):
+    rules = parallel.rules_from_config({"rules": rules})
   return ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, tensor=tensor,
                                         rules=tuple(tuple(r) for r in rules)))
 

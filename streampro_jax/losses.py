@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from streampro_jax import _checks
+from streampro_jax import _checks, parallel
 
 Array = jax.Array
 
@@ -514,6 +514,7 @@ def _chunk_body(hidden_btd: Array, labels: Array, carry, xs):
   w_dc, start = xs
   chunk = w_dc.shape[-1]
   logits = jnp.einsum("btd,dc->btc", hidden_btd, w_dc, preferred_element_type=jnp.float32)
+  logits = parallel.constrain(logits, parallel.ACT_LOGITS)
   vocab_idx = start + jnp.arange(chunk, dtype=jnp.int32)
   valid = vocab_idx < carry  # carry holds the true vocabulary size (a constant).
   logits = jnp.where(valid, logits, -jnp.inf)

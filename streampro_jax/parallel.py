@@ -57,7 +57,46 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("vision_patch", None),
     ("merger_in", "fsdp"),
     ("merger_hidden", "tensor"),
+    # Activations and the KV cache (parallel.constrain; the ``act_`` names are the brief's
+    # batch / length / embed / heads / kv_heads / mlp / vocab, prefixed because the parameters
+    # own the bare names): rows over the batch axes, heads and hidden units over tensor, the
+    # model dimension and the sequence whole on every device.
+    ("act_batch", ("data", "fsdp")),
+    ("act_length", None),
+    ("act_residual_length", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
 )
+
+# Named rule sets (configs/common.mesh_config(rules=name) stores the set's table; a config's
+# mesh.rules may also hold the name itself, parallel.rules_from_config reads both).
+# "tensor_in_host_fsdp_across": for a mesh whose tensor axis spans the devices of one host (fast
+# links: NVLink, ICI) and whose fsdp (and data) axes span the hosts. The parameters and the
+# activations' heads / mlp / vocab are as DEFAULT_RULES; between the tensor-parallel blocks the
+# residual stream is also split over tensor along the sequence (act_residual_length -> tensor,
+# Megatron's sequence parallelism; q / k / v stay split by heads), so the norms, residual adds
+# and the stored activations of a layer cost 1 / tensor per device, and the collectives of the
+# tensor axis stay inside the host.
+# docs/scale-out.md#activation-layouts says when to pick it.
+RULE_SETS: dict[str, tuple[tuple[str, Any], ...]] = {
+    "default": DEFAULT_RULES,
+    "tensor_in_host_fsdp_across": tuple(
+        (name, "tensor") if name == "act_residual_length" else (name, axes)
+        for name, axes in DEFAULT_RULES),
+}
+
+# The logical names of the constrained activations (parallel.constrain).
+ACT_RESIDUAL = ("act_batch", "act_residual_length", "act_embed")   # [B, T, D]
+ACT_Q = ("act_batch", "act_length", "act_heads", None)         # [B, T, Nh, Dh]
+ACT_KV = ("act_batch", "act_length", "act_kv_heads", None)     # [B, T, Nk, Dh]
+ACT_ROWS_MLP = ("act_batch", "act_mlp")                        # [rows, F]
+ACT_ROWS_EMBED = ("act_batch", "act_embed")                    # [rows, D]
+ACT_LOGITS = ("act_batch", "act_length", "act_vocab")          # [B, T, V chunk]
+# KV cache k / v: [L, B, Nk, cap, Dh] scanned stacks, [B, Nk, cap, Dh] per layer.
+CACHE_KV = ("act_batch", "act_kv_heads", None, None)
 
 MESH_CONFIG_KEYS = (*MESH_AXES, "rules")
 """The keys of a config's ``mesh`` section: the axis sizes and the logical-axis rules."""
@@ -129,13 +168,19 @@ def _rules_dict(rules) -> dict[str, Any]:
 
 def rules_from_config(mesh_cfg: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...]:
   """The logical-axis rules of a config's ``mesh.rules``: (logical name, mesh axes) pairs, the mesh
-  axes None (replicated), one of MESH_AXES or a sequence of them. No ``rules`` key (or None):
-  DEFAULT_RULES. Raises ValueError naming ``config.mesh.rules[i]`` for a malformed pair, an
-  unknown mesh axis or a logical name given twice.
+  axes None (replicated), one of MESH_AXES or a sequence of them; or the name of a RULE_SETS
+  entry. No ``rules`` key (or None): DEFAULT_RULES. Raises ValueError naming
+  ``config.mesh.rules[i]`` for a malformed pair, an unknown mesh axis or a logical name given
+  twice, and ``config.mesh.rules`` for an unknown set name.
   """
   rules = None if mesh_cfg is None else dict(mesh_cfg).get("rules")
   if rules is None:
     return DEFAULT_RULES
+  if isinstance(rules, str):
+    if rules not in RULE_SETS:
+      raise ValueError(f"config.mesh.rules = {rules!r}: not a rule set; known: "
+                       f"{sorted(RULE_SETS)}")
+    return RULE_SETS[rules]
   out, seen = [], set()
   for i, pair in enumerate(rules):
     where = f"config.mesh.rules[{i}] = {pair!r}"
@@ -193,6 +238,41 @@ def logical_to_spec(logical_axes: Sequence[str | None], *, rules=None,
     used.update(kept)
     spec.append(None if not kept else (kept[0] if len(kept) == 1 else tuple(kept)))
   return PartitionSpec(*spec)
+
+
+def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
+  """x constrained (jax.lax.with_sharding_constraint) to the layout its logical axis names get
+  from the rules in scope (flax nn.logical_axis_rules; DEFAULT_RULES when none) on the mesh in
+  scope (jax.set_mesh; train/state.sharding_context sets both while a step traces). x unchanged
+  without a mesh or on a one-device mesh (CPU single-device users, the live page). Per dimension:
+  a name without a rule leaves the dimension to XLA (PartitionSpec.UNCONSTRAINED), a rule of
+  None keeps it whole on every device, and mesh axes of size 1, already used by an earlier
+  dimension, or whose product does not divide the dimension leave it to XLA as well (never an
+  error for a tiny head count or an odd row count)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh is None or mesh.empty or mesh.size == 1:
+    return x
+  if len(logical_axes) != x.ndim:
+    raise ValueError(f"logical axes {tuple(logical_axes)} do not match shape {x.shape}")
+  table = dict(nn.get_logical_axis_rules() or DEFAULT_RULES)
+  used: set[str] = set()
+  spec = []
+  for dim, name in enumerate(logical_axes):
+    if name is None or name not in table:
+      spec.append(None if name is None else PartitionSpec.UNCONSTRAINED)
+      continue
+    target = table[name]
+    axes = () if target is None else ((target,) if isinstance(target, str) else tuple(target))
+    axes = tuple(a for a in axes if a in mesh.shape and mesh.shape[a] > 1 and a not in used)
+    if not axes and target is not None:
+      spec.append(PartitionSpec.UNCONSTRAINED)
+      continue
+    if x.shape[dim] % math.prod(mesh.shape[a] for a in axes):
+      spec.append(PartitionSpec.UNCONSTRAINED)
+      continue
+    used.update(axes)
+    spec.append(None if not axes else (axes[0] if len(axes) == 1 else axes))
+  return jax.lax.with_sharding_constraint(x, PartitionSpec(*spec))
 
 
 def _is_partitioned(x) -> bool:

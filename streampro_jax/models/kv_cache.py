@@ -70,6 +70,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from streampro_jax import parallel
 from streampro_jax.models import qwen2_5_vl
 
 Array = jax.Array
@@ -197,6 +198,10 @@ def extend(params, cache: KVCache, input_ids: Array, position_ids: Array, *, con
   else:
     pin_len = cache.pin_len
     ring_ptr = (cache.ring_ptr + n_new) % (cap - cache.pin_len)
+  # Rows (and kv heads) where the rules put the cache (parallel.CACHE_KV; the scanned stacks
+  # [L, B, ...] carry the layer axis first, whole).
+  new_k, new_v = (jax.tree.map(lambda a: parallel.constrain(
+      a, (None,) * (a.ndim - 4) + parallel.CACHE_KV), t) for t in (new_k, new_v))
   new_cache = cache.replace(
       k=new_k, v=new_v, slot_turn=slot_turn, slot_seq=slot_seq,
       slot_valid=slot_valid, count=cache.count + n_new, pin_len=pin_len, ring_ptr=ring_ptr,

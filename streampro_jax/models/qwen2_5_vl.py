@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from streampro_jax import parallel
 from streampro_jax.models import common
 from streampro_jax.models import hf_io
 from streampro_jax.models import layers
@@ -354,11 +355,11 @@ class VisionBlock(nn.Module):
       q, k, v, proj = qkv(h)
       o = layers.vision_rope_attention(q, k, v, cos, sin, plans, num_heads=c.num_heads,
                                        impl=self.impl, which=which)
-      x = x + proj(o)
+      x = parallel.constrain(x + proj(o), parallel.ACT_ROWS_EMBED)
     h = layers.RMSNorm(c.hidden_size, 1e-6, name="norm2", **kw)(x)
     mlp = layers.GatedMLP(c.hidden_size, c.intermediate_size, c.hidden_act, use_bias=True,
                           axes=("vision_embed", "vision_mlp"), name="mlp", **kw)
-    return x + mlp(h)
+    return parallel.constrain(x + mlp(h), parallel.ACT_ROWS_EMBED)
 
 
 class VisionTower(nn.Module):
@@ -437,13 +438,17 @@ class DecoderLayer(nn.Module):
     k = layers.apply_rotary(k.reshape(b, t, nk, hd), cos.astype(self.dtype),
                             sin.astype(self.dtype))
     v = v.reshape(b, t, nk, hd)
+    q = parallel.constrain(q, parallel.ACT_Q)
+    k, v = parallel.constrain(k, parallel.ACT_KV), parallel.constrain(v, parallel.ACT_KV)
     o, new_kv = layers.decoder_attention(q, k, v, mask=mask, kv=kv, impl=self.impl,
                                          dtype=self.dtype)
-    x = x + o_proj(o.reshape(b * t, nh * hd)).reshape(b, t, -1)
+    o = parallel.constrain(o, parallel.ACT_Q)
+    x = parallel.constrain(x + o_proj(o.reshape(b * t, nh * hd)).reshape(b, t, -1),
+                           parallel.ACT_RESIDUAL)
     h = layers.RMSNorm(c.hidden_size, c.rms_norm_eps, name="post_attention_layernorm", **kw)(x)
     x = x + layers.GatedMLP(c.hidden_size, c.intermediate_size, c.hidden_act, use_bias=False,
                             axes=("embed", "mlp"), name="mlp", **kw)(h)
-    return x, new_kv
+    return parallel.constrain(x, parallel.ACT_RESIDUAL), new_kv
 
 
 class _DecoderAttnParams(nn.Module):

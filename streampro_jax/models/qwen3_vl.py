@@ -54,6 +54,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from streampro_jax import parallel
 from streampro_jax.models import common
 from streampro_jax.models import layers
 from streampro_jax.models import qwen2_5_vl
@@ -385,9 +386,10 @@ class VisionBlock(nn.Module):
                                        name="attn")(h)
       o = layers.vision_rope_attention(q, k, v, cos, sin, plan, num_heads=c.num_heads,
                                        impl=self.impl)
-      x = x + proj(o)
+      x = parallel.constrain(x + proj(o), parallel.ACT_ROWS_EMBED)
     h = _layer_norm("vision_embed", c.layer_norm_eps, self.dtype, self.param_dtype, "norm2")(x)
-    return x + VisionMLP(c, self.dtype, self.param_dtype, name="mlp")(h)
+    return parallel.constrain(x + VisionMLP(c, self.dtype, self.param_dtype, name="mlp")(h),
+                              parallel.ACT_ROWS_EMBED)
 
 
 class _ScannedVisionBlock(VisionBlock):
@@ -538,13 +540,17 @@ class DecoderLayer(nn.Module):
     q, k, v, o_proj = _DecoderAttnParams(c, **kw, name="self_attn")(h)
     q = layers.apply_rotary(q, cos.astype(self.dtype), sin.astype(self.dtype))
     k = layers.apply_rotary(k, cos.astype(self.dtype), sin.astype(self.dtype))
+    q = parallel.constrain(q, parallel.ACT_Q)
+    k, v = parallel.constrain(k, parallel.ACT_KV), parallel.constrain(v, parallel.ACT_KV)
     o, new_kv = layers.decoder_attention(q, k, v, mask=mask, kv=kv, impl=self.impl,
                                          dtype=self.dtype)
-    x = x + o_proj(o.reshape(b, t, c.num_attention_heads * c.head_dim))
+    o = parallel.constrain(o, parallel.ACT_Q)
+    x = parallel.constrain(x + o_proj(o.reshape(b, t, c.num_attention_heads * c.head_dim)),
+                           parallel.ACT_RESIDUAL)
     h = layers.RMSNorm(c.hidden_size, c.rms_norm_eps, name="post_attention_layernorm", **kw)(x)
     x = x + layers.GatedMLP(c.hidden_size, c.intermediate_size, c.hidden_act, use_bias=False,
                             axes=("embed", "mlp"), name="mlp", **kw)(h)
-    return x, new_kv
+    return parallel.constrain(x, parallel.ACT_RESIDUAL), new_kv
 
 
 def _gather_tokens(ids, token_id, feats, batched: bool):

@@ -38,6 +38,7 @@ from streampro_jax.sampling.sampler import SamplerConfig
 from streampro_jax.sampling.sampler import SamplerState
 from streampro_jax.sampling.sampler import StreamingSampler
 from streampro_jax.sampling.sampler import TurnOutput
+from streampro_jax.sampling.sampler import sampler_step_fns
 from streampro_jax.sampling.sampler import teacher_forced_logps
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "RESPONSE", "RolloutBatch", "SAMPLED_TOKEN", "SILENCE", "SamplerConfig", "SamplerState",
     "StreamProFormat", "StreamPrompt", "StreamingSampler", "TURN_INVALID", "TURN_RESPONSE",
     "TURN_SILENCE", "TurnOutput", "WAIT_INSTRUCTION", "WAIT_SYSTEM_PROMPT", "WaitPromptFormat",
-    "decode_message", "prompt_from_record", "row_keys", "sample_tokens", "teacher_forced_logps",
+    "decode_message", "prompt_from_record", "row_keys", "sample_tokens", "sampler_step_fns",
+    "teacher_forced_logps",
     "top_p_filter",
 ]

@@ -61,11 +61,13 @@ Both are 0 on non-assistant positions; they are also filled on forced positions 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -305,6 +307,48 @@ class TurnOutput:
   overflow: np.ndarray
 
 
+def sampler_step_fns(model_config, cfg: SamplerConfig, video_grid: Sequence[int], *,
+                     im_end_id: int, silence_id: int | None, response_id: int | None,
+                     vision_token_ids: Sequence[int]) -> tuple[Callable, Callable]:
+  """The sampler's user-chunk and decode step functions, un-jitted (StreamingSampler jits each
+  with the cache donated; train/aot.py compiles them for a TPU topology).
+
+  user_fn(params, cache, ids i32[N, C], pos i32[3, N, C], turn i32[], mask i32[N, C],
+  pix f32[B, P, Dp], key, force i32[N], restrict bool[N]) -> ((token, old_logp, sampling_logp,
+  forced) each [N], cache): the prefill of a turn's user chunk with its frames (vision tower on
+  the B samples, features repeated G = N / B times) and the message's first token.
+  decode_fn(params, cache, first, active, next_position, turn, key) -> (Message, cache):
+  `decode.decode_message` with these settings.
+  """
+  mcfg = model_config
+  grid = np.asarray([tuple(video_grid)], np.int64)
+  sampling = functools.partial(
+      decode.sample_tokens, temperature=float(cfg.temperature), top_p=float(cfg.top_p),
+      allowed_ids=((int(silence_id), int(response_id)) if cfg.constrain_decision else ()),
+      banned_ids=tuple(vision_token_ids))
+  module = models.build(mcfg)
+  encode_vision = type(module).encode_vision
+
+  def user_fn(params, cache, ids, pos, turn, mask, pix_bpd, key, force, restrict):
+    n = ids.shape[0]
+    # The backbone's visual features: one array (Qwen2.5-VL) or (merged, deepstack tuple)
+    # (Qwen3-VL), each leaf [B, P/4, D], computed once per sample and repeated to its G rows.
+    feats = module.apply({"params": params}, pix_bpd, grid, method=encode_vision)
+    reps = n // pix_bpd.shape[0]
+    feats = jax.tree.map(lambda x: jnp.repeat(x, reps, axis=0), feats)
+    logits, cache = kv_cache.extend(params, cache, ids, pos, config=mcfg, turn_id=turn,
+                                    chunk_mask=mask, output="last",
+                                    model_kwargs={"video_embeds": feats})
+    tok, old, slp = sampling(logits, decode.row_keys(key, turn, 0, n), force, restrict)
+    return (tok, old, slp, force >= 0), cache
+
+  decode_fn = functools.partial(
+      decode.decode_message, model_config=mcfg, sampling=sampling, end_id=int(im_end_id),
+      max_sampled=cfg.max_text_tokens + 1,
+      silence_id=(int(silence_id) if cfg.constrain_decision else -1))
+  return user_fn, decode_fn
+
+
 class StreamingSampler:
   """Samples B x G streaming rollouts with a KV cache (see the module docstring).
 
@@ -315,23 +359,29 @@ class StreamingSampler:
       formats.WaitPromptFormat.
     config: SamplerConfig.
     video_grid: the grid (1, gh, gw) of one turn.
-    mesh: None (one process: the jitted functions take host arrays) or the training mesh, to
-      sample across processes: every process calls `sample` with its own prompts (the same
-      number B on each, and the same group size, seed and turn count max), its rows become
-      one global batch split over the mesh's (data, fsdp) devices in process order (global row
-      = process * N + local row, parallel.rows_to_global), every jitted step runs once over
-      the global batch with the (globally sharded) parameters, and each process reads back
-      only its own rows (parallel.rows_to_local). The draws depend on the global row, so the
-      rollouts equal one process sampling all prompts in process order with the same seed.
-      Each process's B and N must be divisible by its devices on (data, fsdp).
+    mesh: None (the jitted functions take host arrays; the live page, the evaluation harness)
+      or the training mesh (GRPOTrainer, one process or many): every process calls `sample`
+      with its own prompts (the same number B on each, and the same group size, seed and turn
+      count max), its rows become one global batch split over the mesh's (data, fsdp) devices
+      in process order (global row = process * N + local row, parallel.rows_to_global): the KV
+      cache (rows on dim 1 of the scanned [L, N, ...] k / v stacks, dim 0 elsewhere), the
+      chunk, the frames and every per-row input and output are sharded by row; every jitted
+      step runs once over the global batch with the parameters in the rules' layout, and each
+      process reads back only its own rows (parallel.rows_to_local). The draws depend on the
+      global row, so the rollouts equal one process sampling all prompts in process order with
+      the same seed. `sample` pads B to a multiple of `row_multiple()` and drops the padding;
+      `init_state` raises a ValueError for a B that does not split.
+    rules: the logical-axis rules of the activation and KV-cache layouts under the mesh
+      (parallel.DEFAULT_RULES when None; GRPOTrainer passes config.mesh.rules).
   """
 
   def __init__(self, model_config, prompt_format, config: SamplerConfig | None = None, *,
-               video_grid: Sequence[int], mesh=None):
+               video_grid: Sequence[int], mesh=None, rules=None):
     if isinstance(prompt_format, chat_format.ChatFormat):
       prompt_format = formats.StreamProFormat(prompt_format)
     self.model_config = model_config
     self.mesh = mesh
+    self.rules = rules
     self.backbone = models.backbone_module(model_config)
     self.fmt = prompt_format
     self.cfg = config or SamplerConfig()
@@ -366,15 +416,9 @@ class StreamingSampler:
 
   def _build_fns(self):
     mcfg = self.model_config
-    grid = np.asarray([self.grid], np.int64)
-    sampling = functools.partial(
-        decode.sample_tokens, temperature=float(self.cfg.temperature),
-        top_p=float(self.cfg.top_p),
-        allowed_ids=((int(self.silence_id), int(self.response_id))
-                     if self.cfg.constrain_decision else ()),
-        banned_ids=self.vision_token_ids)
-    module = models.build(mcfg)
-    encode_vision = type(module).encode_vision
+    user_step, decode_step = sampler_step_fns(
+        mcfg, self.cfg, self.grid, im_end_id=self.im_end_id, silence_id=self.silence_id,
+        response_id=self.response_id, vision_token_ids=self.vision_token_ids)
     traces = self._traces
     ids1 = self.system_ids[None]
     mask1 = np.ones_like(ids1)
@@ -393,28 +437,13 @@ class StreamingSampler:
           lambda x: jnp.broadcast_to(x, x.shape[:1] + (n,) + x.shape[2:]) if x.ndim == 5
           else jnp.broadcast_to(x, (n,) + x.shape[1:]), one)
 
-    def user_fn(params, cache, ids, pos, turn, mask, pix_bpd, key, force, restrict):
+    def user_fn(*args):
       traces["user"] += 1
-      n = ids.shape[0]
-      # The backbone's visual features: one array (Qwen2.5-VL) or (merged, deepstack tuple)
-      # (Qwen3-VL), each leaf [B, P/4, D], computed once per sample and repeated to its G rows.
-      feats = module.apply({"params": params}, pix_bpd, grid, method=encode_vision)
-      reps = n // pix_bpd.shape[0]
-      feats = jax.tree.map(lambda x: jnp.repeat(x, reps, axis=0), feats)
-      logits, cache = kv_cache.extend(params, cache, ids, pos, config=mcfg, turn_id=turn,
-                                      chunk_mask=mask, output="last",
-                                      model_kwargs={"video_embeds": feats})
-      tok, old, slp = sampling(logits, decode.row_keys(key, turn, 0, n), force, restrict)
-      return (tok, old, slp, force >= 0), cache
-
-    decode_message = functools.partial(
-        decode.decode_message, model_config=mcfg, sampling=sampling,
-        end_id=int(self.im_end_id), max_sampled=self.cfg.max_text_tokens + 1,
-        silence_id=(int(self.silence_id) if self.cfg.constrain_decision else -1))
+      return user_step(*args)
 
     def decode_fn(*args):
       traces["decode"] += 1
-      return decode_message(*args)
+      return decode_step(*args)
 
     self._pin_fn = pin_fn
     self._pin = jax.jit(pin_fn, static_argnums=(1, 2))
@@ -427,7 +456,26 @@ class StreamingSampler:
     one set of shapes)."""
     return dict(self._traces)
 
-  # -- rows across processes -------------------------------------------------------------------
+  # -- rows on the mesh --------------------------------------------------------------------------
+
+  def _layouts(self):
+    """The mesh and logical-axis rules in scope while the jitted steps trace (the activation and
+    KV-cache constraints of parallel.constrain); nothing without a mesh."""
+    if self.mesh is None:
+      return contextlib.nullcontext()
+    from streampro_jax import parallel  # pylint: disable=g-import-not-at-top
+    stack = contextlib.ExitStack()
+    stack.enter_context(jax.set_mesh(self.mesh))
+    stack.enter_context(nn.logical_axis_rules(
+        tuple(parallel.DEFAULT_RULES if self.rules is None else self.rules)))
+    return stack
+
+  def row_multiple(self) -> int:
+    """The row shards of this process (the mesh's data x fsdp devices over the processes; 1
+    without a mesh): its prompt count B, hence its N = B x G rows, must be a multiple of it."""
+    if self.mesh is None:
+      return 1
+    return max(1, self.mesh.shape["data"] * self.mesh.shape["fsdp"] // jax.process_count())
 
   def _global(self, tree, row_dims=0):
     """Host row arrays -> the jitted functions' inputs (global arrays when sampling across
@@ -474,7 +522,8 @@ class StreamingSampler:
           self.mesh, parallel.row_spec(x.ndim, 1 if x.ndim == 5 else 0)), shapes)
       self._pin_sharded[key] = jax.jit(self._pin_fn, static_argnums=(1, 2),
                                        out_shardings=shard)
-    return self._pin_sharded[key](params, n_global, capacity)
+    with self._layouts():
+      return self._pin_sharded[key](params, n_global, capacity)
 
   # -- sizes -------------------------------------------------------------------------------------
 
@@ -565,6 +614,11 @@ class StreamingSampler:
     if num_prompts < 1 or g < 1:
       raise ValueError(f"need >= 1 prompt and group_size >= 1, got {num_prompts} prompts, "
                        f"G = {g}")
+    m = self.row_multiple()
+    if num_prompts % m:
+      raise ValueError(f"init_state: {num_prompts} prompts on this process do not split over its "
+                       f"{m} row shards of the mesh (data x fsdp); pad the prompts to a multiple "
+                       f"of {m} (sample() does)")
     n = int(num_prompts) * g
     _, nxt = self._prefix_positions()
     return SamplerState(cache=self._prefix_cache(params, n, capacity),
@@ -638,8 +692,9 @@ class StreamingSampler:
     restrict = active_n & bool(self.cfg.constrain_decision)
     g_ids, g_pos, g_mask, g_pix, g_force, g_restrict = self._global(
         (ids, pos, mask, pix, force, restrict), (0, 1, 0, 0, 0, 0))
-    first, cache = self._user(params, state.cache, g_ids, g_pos, np.int32(k), g_mask, g_pix,
-                              state.key, g_force, g_restrict)
+    with self._layouts():
+      first, cache = self._user(params, state.cache, g_ids, g_pos, np.int32(k), g_mask, g_pix,
+                                state.key, g_force, g_restrict)
     g_active, g_start = self._global((active_n, start))
     turn_id = np.int32(k)
     if self.mesh is None:  # every input on device before the decode (no transfer inside it)
@@ -676,7 +731,8 @@ class StreamingSampler:
   def _decode_message(self, params, cache, first, active, next_position, turn, key):
     """The rest of the turn's message of every row: decode.decode_message under jit, device
     arrays in and out (no host transfer until the caller fetches the Message)."""
-    return self._decode(params, cache, first, active, next_position, turn, key)
+    with self._layouts():
+      return self._decode(params, cache, first, active, next_position, turn, key)
 
   # -- whole rollouts ----------------------------------------------------------------------------
 
@@ -700,6 +756,11 @@ class StreamingSampler:
     """
     g = int(group_size)
     self._check_prompts(prompts, g)
+    # Rows split evenly over this process's row shards: the prompts are padded with copies of
+    # the last one, sampled like the others and dropped before the batch is laid out (the kept
+    # rows keep their indices, hence their draws).
+    b_keep = len(prompts)
+    prompts = list(prompts) + [prompts[-1]] * (-b_keep % self.row_multiple())
     k_row = np.repeat(np.asarray([p.num_turns for p in prompts], np.int32), g)
     k_max = int(k_row.max())
     c_user = self.user_chunk_len_for(prompts)
@@ -740,8 +801,9 @@ class StreamingSampler:
       s = int(state.next_position[r]) + 1
       row.add(self.newline_ids, np.broadcast_to(np.arange(s, s + nl), (3, nl)), int(k_row[r]) - 1)
     overflow = np.asarray(self._local(state.cache.overflow))
-    return self._assemble(rows, prompts, g, decisions, texts, messages, k_row, k_max, seq_len,
-                          overflow)
+    keep = b_keep * g
+    return self._assemble(rows[:keep], prompts[:b_keep], g, decisions[:keep], texts[:keep],
+                          messages[:keep], k_row[:keep], k_max, seq_len, overflow[:keep])
 
   def _check_prompts(self, prompts: Sequence[formats.StreamPrompt], g: int) -> None:
     """ValueError unless the B prompts and G can be sampled together."""

@@ -432,10 +432,12 @@ class GRPOTrainer:
     source: overrides the record source of config.data.
     allow_config_change: resume a workdir whose config.json differs (launch/_common.py's
       --allow_config_change; the differences are logged).
+    devices: the devices of the mesh (default every device of every process; tests compare a
+      run on one device with a run on eight).
   """
 
   def __init__(self, config, workdir: str, *, judge=None, source=None,
-               allow_config_change: bool = False):
+               allow_config_change: bool = False, devices=None):
     config_check.check_config(config, "grpo")
     # The workdir holds one run: another config stops here; config.json is written once the
     # data, rewards and initial params are in hand (a run that stops before leaves none).
@@ -444,7 +446,7 @@ class GRPOTrainer:
     self.config = config
     self.workdir = workdir
     os.makedirs(workdir, exist_ok=True)
-    self.mesh, self.rules = setup_lib.make_mesh(config), setup_lib.mesh_rules(config)
+    self.mesh, self.rules = setup_lib.make_mesh(config, devices), setup_lib.mesh_rules(config)
     self.tokenizer = setup_lib.make_tokenizer(config, workdir)
     self.model_config = setup_lib.make_model_config(config.model, self.tokenizer)
     mcfg = self.model_config
@@ -458,9 +460,11 @@ class GRPOTrainer:
     tokens_per_turn = gh * gw // (mcfg.vision.spatial_merge_size ** 2)
     self.chat = chat_format.ChatFormat(self.tokenizer, tokens_per_turn=tokens_per_turn,
                                        system_prompt=self.pcfg.system_prompt)
+    # The sampler runs on the training mesh (one process or many): rows over (data, fsdp), the
+    # parameters where the rules put them (docs/rollouts.md, "Rollouts on the mesh").
     self.sampler = sampling.StreamingSampler(
-        mcfg, self.chat, sampler_config(config), video_grid=self.grid,
-        mesh=self.mesh if jax.process_count() > 1 else None)
+        mcfg, self.chat, sampler_config(config), video_grid=self.grid, mesh=self.mesh,
+        rules=self.rules)
     self.vision_ids = (mcfg.video_token_id, mcfg.image_token_id)
 
     # Data: B samples per step on this host (global batch / hosts), each with G rollouts.

@@ -39,9 +39,10 @@ def clean_on_early_failure(workdir: str):
     raise
 
 
-def make_mesh(config):
-  """The device mesh of ``config.mesh``'s axis sizes (parallel.make_mesh), logged."""
-  mesh = parallel.make_mesh(dict(config.mesh))
+def make_mesh(config, devices=None):
+  """The device mesh of ``config.mesh``'s axis sizes (parallel.make_mesh) over `devices`
+  (default: every device of every process), logged."""
+  mesh = parallel.make_mesh(dict(config.mesh), devices)
   logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.devices.size,
                jax.process_count())
   return mesh
