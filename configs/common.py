@@ -49,6 +49,9 @@ def model_config(*, hf_checkpoint: str = "", dtype: str = "bfloat16", remat: boo
       dtype=dtype,              # compute dtype
       param_dtype="float32",    # master weights
       attention_impl=attention_impl,
+      # splash attention's query / key block targets (TPU; layers.splash_block)
+      attention_block_q=512,
+      attention_block_kv=512,
       remat=remat,
       remat_policy=remat_policy,
       scan_layers=scan_layers,

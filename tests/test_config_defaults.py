@@ -133,8 +133,9 @@ def test_model_section_compute_keys_default_to_the_backbone_config(family, tmp_p
   mcfg = models.config_from_section({"family": family}, tokenizer)
   assert {k: getattr(mcfg, k) for k in models.COMPUTE_KEYS} == {
       k: getattr(config_cls(), k) for k in models.COMPUTE_KEYS}
-  given = dict(dtype="bfloat16", param_dtype="bfloat16", attention_impl="xla", remat=True,
-               remat_policy="dots", scan_layers=True)
+  given = dict(dtype="bfloat16", param_dtype="bfloat16", attention_impl="xla",
+               attention_block_q=256, attention_block_kv=1024, remat=True, remat_policy="dots",
+               scan_layers=True)
   assert set(given) == set(models.COMPUTE_KEYS)
   mcfg = models.config_from_section({"family": family, **given}, tokenizer)
   assert {k: getattr(mcfg, k) for k in models.COMPUTE_KEYS} == given

@@ -179,7 +179,7 @@ def _cases(tmp):
 
 LAUNCHERS = ("train_sft.py", "train_grpo.py", "evaluate.py", "stream.py", "serve.py",
              "check_data.py", "import_data.py", "convert_checkpoint.py", "write_rubrics.py",
-             "demo.py")
+             "demo.py", "aot_compile.py")
 
 
 def _launch(script, args, timeout=240):

@@ -148,7 +148,8 @@ def process_turns(frames_kthwc: np.ndarray, processor_config
   raise TypeError(f"unknown video processor config {type(processor_config).__name__}")
 
 
-COMPUTE_KEYS = ("dtype", "param_dtype", "attention_impl", "remat", "remat_policy", "scan_layers")
+COMPUTE_KEYS = ("dtype", "param_dtype", "attention_impl", "attention_block_q",
+                "attention_block_kv", "remat", "remat_policy", "scan_layers")
 """The compute settings a ``model`` section may set: the backbone Config's fields of these
 names."""
 

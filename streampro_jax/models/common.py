@@ -184,8 +184,9 @@ class VLConfig(ConfigMixin):
   `vision` with their own section classes and may change a default, e.g. tie_word_embeddings).
 
   dtype = compute dtype, param_dtype = parameter dtype (names); attention_impl: 'jax' | 'cudnn' |
-  'xla' | 'jax_xla' (see layers.attention; 'jax' is cuDNN flash attention on GPU in 16-bit, XLA
-  elsewhere). remat: rematerialise each decoder layer and vision block in the backward pass,
+  'xla' | 'jax_xla' | 'splash' (see layers.attention; 'jax' is cuDNN flash attention on GPU in
+  16-bit, splash attention on TPU, XLA elsewhere); attention_block_q / attention_block_kv: the
+  splash kernel's query / key block targets (layers.splash_block). remat: rematerialise each decoder layer and vision block in the backward pass,
   with `remat_policy` (layers.REMAT_POLICIES: 'full', 'dots', 'dots_no_batch', 'none').
   scan_layers: decoder layers and vision blocks run under a scan with parameters stacked on a
   leading 'layers' axis (fast init and compile; `scan_params` / `unscan_params` convert between
@@ -201,6 +202,8 @@ class VLConfig(ConfigMixin):
   dtype: str = "float32"
   param_dtype: str = "float32"
   attention_impl: str = "jax"
+  attention_block_q: int = 512
+  attention_block_kv: int = 512
   remat: bool = False
   remat_policy: str = "full"
   scan_layers: bool = False

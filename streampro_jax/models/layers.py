@@ -27,6 +27,7 @@ Shapes use B batch, T query length, S key length, N query heads, K kv heads, H h
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 from collections.abc import Callable, Sequence
 
@@ -38,12 +39,26 @@ import numpy as np
 Dtype = Any
 Array = jax.Array
 
+<<<<<<< HEAD
 ATTENTION_IMPLS = ("jax", "cudnn", "xla", "jax_xla")
 # Query block of the 'xla' causal self-attention (see attention): blocks skip the logits above
 # the diagonal; 64 is the size chosen by benchmarks/attention.py --causal_block (figures in
 # docs/benchmarks.md: smaller blocks are no faster and compile longer). At most
 # MAX_CAUSAL_BLOCKS blocks per call (longer rows get longer blocks), which bounds the compiled
 # graph and still skips (n - 1) / 2n of the square's logits.
+=======
+ATTENTION_IMPLS = ("jax", "cudnn", "xla", "jax_xla", "splash")
+# Splash attention (TPU Pallas kernel): the sequence lengths it takes are multiples of
+# SPLASH_ALIGN (the TPU lane width); its query / key blocks are the largest multiple of
+# SPLASH_ALIGN that divides the length and is at most the configured block (AttentionImpl).
+SPLASH_ALIGN = 128
+DEFAULT_SPLASH_BLOCK = 512
+# Query block of the 'xla' causal self-attention (see attention). On a 2-core CPU, demo rows (B 8,
+# T 768, 4/2 heads of 16), fwd+bwd: full square ~145 ms, blocks of 64 ~75 ms; 32 and 48 are
+# within run-to-run noise of 64 and compile longer (benchmarks/attention.py --causal_block).
+# At most MAX_CAUSAL_BLOCKS blocks per call (longer rows get longer blocks), which bounds the
+# compiled graph and still skips (n - 1) / 2n of the square's logits.
+>>>>>>> i31
 CAUSAL_BLOCK = 64
 MAX_CAUSAL_BLOCKS = 16
 
@@ -212,23 +227,161 @@ def axial_rope_cos_sin(pos_hw: Array, inv_freq: np.ndarray) -> tuple[Array, Arra
 # Attention.
 
 
-def resolve_impl(impl: str, dtype) -> str:
-  """The attention path `impl` runs on this backend for `dtype`.
+class AttentionImpl(NamedTuple):
+  """An attention path with its kernel settings (what the model modules pass as `impl`; a plain
+  string is the same path with the default blocks).
 
-  'jax' (the default) is cuDNN flash attention on GPU for 16-bit inputs and the 'xla' path
-  everywhere else (CPU, TPU, float32); 'cudnn', 'xla' and 'jax_xla' (jax.nn.dot_product_attention's
-  own XLA implementation, a reference for tests) are taken as given.
+  name: one of ATTENTION_IMPLS; block_q, block_kv: the splash kernel's query / key block
+  targets (config `attention_block_q` / `attention_block_kv`).
   """
-  if impl not in ATTENTION_IMPLS:
-    raise ValueError(f"unknown attention impl {impl!r}; known: {ATTENTION_IMPLS}")
-  if impl != "jax":
-    return impl
+  name: str = "jax"
+  block_q: int = DEFAULT_SPLASH_BLOCK
+  block_kv: int = DEFAULT_SPLASH_BLOCK
+
+
+def as_attention_impl(impl) -> AttentionImpl:
+  """AttentionImpl of a name or an AttentionImpl (raises for an unknown name)."""
+  spec = impl if isinstance(impl, AttentionImpl) else AttentionImpl(str(impl))
+  if spec.name not in ATTENTION_IMPLS:
+    raise ValueError(f"unknown attention impl {spec.name!r}; known: {ATTENTION_IMPLS}")
+  return spec
+
+
+def resolve_impl(impl, dtype) -> str:
+  """The attention path `impl` (a name or an AttentionImpl) runs on this backend for `dtype`.
+
+  'jax' (the default) is cuDNN flash attention on GPU for 16-bit inputs, splash attention on
+  TPU, and the 'xla' path everywhere else (CPU, float32 on GPU); 'cudnn', 'xla', 'splash' and
+  'jax_xla' (jax.nn.dot_product_attention's own XLA implementation, a reference for tests) are
+  taken as given. Whether a splash call runs the kernel or the XLA path depends on its lengths
+  (`splash_fits`), decided per call by `attention`.
+  """
+  name = as_attention_impl(impl).name
+  if name != "jax":
+    return name
+  backend = jax.default_backend()
+  if backend == "tpu":
+    return "splash"
   half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-  return "cudnn" if half and jax.default_backend() == "gpu" else "xla"
+  return "cudnn" if half and backend == "gpu" else "xla"
+
+
+def splash_block(length: int, target: int) -> int:
+  """The splash block for a sequence of `length`: the largest multiple of SPLASH_ALIGN that
+  divides it and is at most max(target, SPLASH_ALIGN); 0 when length is not a multiple of
+  SPLASH_ALIGN (the kernel's blocks do not fit: the call takes the XLA path)."""
+  if length <= 0 or length % SPLASH_ALIGN:
+    return 0
+  best = SPLASH_ALIGN
+  for b in range(SPLASH_ALIGN, min(max(target, SPLASH_ALIGN), length) + 1, SPLASH_ALIGN):
+    if length % b == 0:
+      best = b
+  return best
+
+
+def splash_fits(t: int, s: int) -> bool:
+  """Whether splash attention takes queries of length t against keys of length s (both
+  multiples of SPLASH_ALIGN); a decode step (t = 1) or a short or odd chunk does not."""
+  return splash_block(t, SPLASH_ALIGN) > 0 and splash_block(s, SPLASH_ALIGN) > 0
+
+
+def shard_rows(x: Array) -> Array:
+  """Constrains dim 0 of x to the row axes ('data', 'fsdp') of the mesh in scope (jax.set_mesh)
+  when their product divides it; x unchanged without a mesh or when it does not divide. The
+  vision tower's tokens [N, ...] and segments [S, ...] go through gathers by host-built indices,
+  which XLA's sharding propagation does not see through: without this, every chip computed the
+  whole global batch's vision tower (per-chip temporaries grew with the number of chips)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh is None or mesh.empty or mesh.size == 1:
+    return x
+  axes = _row_axes_of(mesh, x.shape[0])
+  if axes is None:
+    return x
+  from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  return jax.lax.with_sharding_constraint(x, P(axes, *([None] * (x.ndim - 1))))
+
+
+def _row_axes_of(mesh, rows: int) -> tuple[str, ...] | None:
+  """The mesh axes ('data', 'fsdp') present in `mesh` whose product divides `rows` (None: the
+  rows are not split; every device then computes all of them)."""
+  axes = tuple(a for a in ("data", "fsdp") if a in mesh.shape and mesh.shape[a] > 1)
+  size = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+  if not axes or rows % size:
+    return None
+  return axes
+
+
+def splash_attention(q_btnh: Array, k_bskh: Array, v_bskh: Array, *, scale: float,
+                     is_causal: bool, q_segment: Array | None, kv_segment: Array | None,
+                     block_q: int, block_kv: int, interpret: bool | None = None) -> Array:
+  """Grouped-query attention through jax.experimental.pallas.ops.tpu.splash_attention.
+
+  q: [B, T, N, H]; k, v: [B, S, K, H] (N % K == 0; the kv heads are not repeated: each of the K
+  kv heads runs the kernel's multi-query form over its G = N / K query heads); q_segment i32[B, T]
+  and kv_segment i32[B, S] or None: query t may attend key s only when their segment ids are
+  equal (padding as its own segment); is_causal adds s <= t. T and S must be multiples of
+  SPLASH_ALIGN (see splash_block). interpret: True / False forces Pallas interpret mode or the
+  Mosaic kernel; None (default) takes Mosaic when the call is lowered for a TPU and interpret
+  mode otherwise (never another attention path). Under a mesh (jax.set_mesh) the kernel runs in a
+  shard_map with the rows split over ('data', 'fsdp') when they divide, the heads over 'tensor'
+  when K divides. Returns [B, T, N, H] in q.dtype.
+  """
+  from jax.experimental.pallas.ops.tpu.splash_attention import (  # pylint: disable=g-import-not-at-top
+      splash_attention_kernel as sk, splash_attention_mask as sm)
+  b, t, n_heads, h = q_btnh.shape
+  s, k_heads = k_bskh.shape[1], k_bskh.shape[2]
+  g = n_heads // k_heads
+  bq, bkv = splash_block(t, block_q), splash_block(s, block_kv)
+  if not bq or not bkv:
+    raise ValueError(f"splash attention needs lengths that are multiples of {SPLASH_ALIGN}; "
+                     f"got {t} queries and {s} keys")
+  blocks = sk.BlockSizes(block_q=bq, block_kv=bkv, block_kv_compute=bkv, block_q_dkv=bq,
+                         block_kv_dkv=bkv, block_kv_dkv_compute=bkv, block_q_dq=bq,
+                         block_kv_dq=bkv)
+  base = sm.CausalMask((t, s)) if is_causal else sm.FullMask((t, s))
+  make = functools.partial(sk.make_splash_mqa_single_device, sm.MultiHeadMask([base] * g),
+                           block_sizes=blocks)
+  if interpret is None:
+    # The platform the call is lowered for decides (lax.platform_dependent lowers only the
+    # matching branch): the Mosaic kernel for a TPU (also when compiling for a TPU topology from
+    # a CPU process), interpret mode for every other backend.
+    mosaic, interpreted = make(interpret=False), make(interpret=True)
+    kernel = lambda *a, **kw: jax.lax.platform_dependent(  # noqa: E731
+        *a, tpu=lambda *x: mosaic(*x, **kw), default=lambda *x: interpreted(*x, **kw))
+  else:
+    kernel = make(interpret=bool(interpret))
+  q = (q_btnh.astype(jnp.float32) * scale).astype(q_btnh.dtype)
+  q = q.reshape(b, t, k_heads, g, h).transpose(0, 2, 3, 1, 4)  # [B, K, G, T, H]
+  k = k_bskh.astype(q.dtype).transpose(0, 2, 1, 3)  # [B, K, S, H]
+  v = v_bskh.astype(q.dtype).transpose(0, 2, 1, 3)
+  if q_segment is None:
+    q_segment = jnp.zeros((b, t), jnp.int32)
+  if kv_segment is None:
+    kv_segment = jnp.zeros((b, s), jnp.int32)
+
+  def run(q, k, v, qs, ks):
+    def one_row(q_kgth, k_ksh, v_ksh, qs_t, ks_s):
+      seg = sk.SegmentIds(q=qs_t, kv=ks_s)
+      return jax.vmap(lambda qh, kh, vh: kernel(qh, kh, vh, segment_ids=seg))(
+          q_kgth, k_ksh, v_ksh)
+    return jax.vmap(one_row)(q, k, v, qs, ks)
+
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh is not None and not mesh.empty and mesh.size > 1:
+    from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
+    rows = _row_axes_of(mesh, b)
+    heads = "tensor" if mesh.shape.get("tensor", 1) > 1 and k_heads % mesh.shape["tensor"] == 0 \
+        else None
+    qkv = P(rows, heads, None, None, None), P(rows, heads, None, None)
+    seg = P(rows, None)
+    run = jax.shard_map(run, in_specs=(qkv[0], qkv[1], qkv[1], seg, seg), out_specs=qkv[0],
+                        check_vma=False)
+  out = run(q, k, v, q_segment.astype(jnp.int32), kv_segment.astype(jnp.int32))
+  return out.transpose(0, 3, 1, 2, 4).reshape(b, t, n_heads, h).astype(q_btnh.dtype)
 
 
 def attention(q_btnh: Array, k_bskh: Array, v_bskh: Array, *, mask: Array | None = None,
-              scale: float | None = None, impl: str = "jax", is_causal: bool = False,
+              scale: float | None = None, impl="jax", is_causal: bool = False,
               lengths: Array | None = None) -> Array:
   """Grouped-query attention: o = softmax(scale * q k^T + mask) v.
 
@@ -242,7 +395,10 @@ def attention(q_btnh: Array, k_bskh: Array, v_bskh: Array, *, mask: Array | None
   the cuDNN flash kernel; GPU only; masks must come as `lengths`), 'xla' (explicit
   einsum/softmax, runs anywhere; causal self-attention in query blocks of CAUSAL_BLOCK rows, at
   most MAX_CAUSAL_BLOCKS of them, that skip the keys after the block), 'jax_xla'
-  (jax.nn.dot_product_attention's XLA implementation).
+  (jax.nn.dot_product_attention's XLA implementation), 'splash' (`splash_attention`: the TPU
+  Pallas kernel, in interpret mode off TPU; masks must come as `lengths` or as a key-padding
+  mask [B, 1, 1, S]; a call whose lengths are not multiples of SPLASH_ALIGN, e.g. a decode step,
+  takes the 'xla' path). `impl` may be an AttentionImpl (the splash block sizes).
   Returns [B, T, N, H] in q.dtype. A query row with no allowed key returns a finite (unspecified)
   value, never NaN; padded query rows (t >= lengths[b]) are unspecified.
   """
@@ -251,7 +407,12 @@ def attention(q_btnh: Array, k_bskh: Array, v_bskh: Array, *, mask: Array | None
     raise ValueError(f"{n_heads} query heads are not a multiple of {k_heads} kv heads")
   head_dim = q_btnh.shape[-1]
   scale = head_dim ** -0.5 if scale is None else scale
-  impl = resolve_impl(impl, q_btnh.dtype)
+  spec = as_attention_impl(impl)
+  impl = resolve_impl(spec, q_btnh.dtype)
+  if impl == "splash" and splash_fits(q_btnh.shape[1], k_bskh.shape[1]):
+    return _splash_from_masks(q_btnh, k_bskh, v_bskh, mask, lengths, scale, is_causal, spec)
+  if impl == "splash":
+    impl = "xla"
   if impl == "cudnn":
     if mask is not None:
       raise ValueError("the cuDNN path takes padding as `lengths`, not a dense mask")
@@ -274,6 +435,35 @@ def attention(q_btnh: Array, k_bskh: Array, v_bskh: Array, *, mask: Array | None
   k = k_bskh.astype(q_btnh.dtype).transpose(0, 2, 1, 3)  # [B, K, S, H]
   v = v_bskh.transpose(0, 2, 1, 3)  # [B, K, S, H]
   return _xla_attention(q_btnh, k, v, mask, scale, is_causal)
+
+
+def _splash_from_masks(q_btnh, k_bskh, v_bskh, mask, lengths, scale, is_causal,
+                       spec: AttentionImpl) -> Array:
+  """`attention`'s splash path: padding (per-row `lengths`, or a key mask [B|1, 1, 1, S]) as
+  segment ids (1 for real tokens, 0 for padding: a padded query attends padding only, so no
+  softmax row is empty; padded query rows are unspecified, as on the other paths)."""
+  b, t, s = q_btnh.shape[0], q_btnh.shape[1], k_bskh.shape[1]
+  keep = None
+  if lengths is not None:
+    keep = jnp.arange(s)[None, :] < jnp.asarray(lengths)[:, None]  # [B, S]
+  if mask is not None:
+    m = jnp.asarray(mask)
+    if m.ndim != 4 or m.shape[1] != 1 or m.shape[2] != 1:
+      raise ValueError(f"the splash path takes a key-padding mask [B, 1, 1, S]; got a mask of "
+                       f"shape {m.shape}")
+    m = jnp.broadcast_to(m[:, 0, 0, :], (b, s))
+    keep = m if keep is None else jnp.logical_and(keep, m)
+  if keep is None:
+    q_seg = kv_seg = None
+  else:
+    kv_seg = keep.astype(jnp.int32)
+    if t != s:
+      raise ValueError("splash attention with padding needs as many queries as keys "
+                       f"({t} != {s})")
+    q_seg = kv_seg
+  return splash_attention(q_btnh, k_bskh, v_bskh, scale=scale, is_causal=is_causal,
+                          q_segment=q_seg, kv_segment=kv_seg, block_q=spec.block_q,
+                          block_kv=spec.block_kv)
 
 
 def head_major_attention(q_btnh: Array, k_bksh: Array, v_bksh: Array, *, mask: Array | None,
@@ -368,7 +558,7 @@ def decoder_attention(q_btnh: Array, k_btkh: Array, v_btkh: Array, *, mask: Arra
     return attention(q_btnh, k_btkh, v_btkh, mask=mask, impl=impl, is_causal=True), None
   # Cached attention runs a [T, cap] mask of slots (no kernel takes that): the XLA path.
   impl_in, impl = impl, resolve_impl(impl, q_btnh.dtype)
-  impl = "xla" if impl == "cudnn" else impl
+  impl = "xla" if impl in ("cudnn", "splash") else impl
   bidx = jnp.arange(q_btnh.shape[0])[:, None]
   if len(kv) == 4:
     k_stack, v_stack, slots, i = kv
@@ -495,19 +685,28 @@ _from_segments.defvjp(_from_segments_fwd, _from_segments_bwd)
 
 
 def segment_attention(q_nhd: Array, k_nhd: Array, v_nhd: Array, plan: SegmentPlan, *,
-                      scale: float | None = None, impl: str = "jax") -> Array:
+                      scale: float | None = None, impl="jax") -> Array:
   """Block-diagonal attention over packed tokens: token n attends to tokens of its segment only.
+
+  On the splash path the padded segments [S, L] are padded further to a multiple of
+  SPLASH_ALIGN, so that every vision call (window and full blocks) runs the kernel.
 
   q, k, v: [N, heads, H]. Returns [N, heads, H]. Reverse-mode differentiable (custom VJP: the
   gradients of the gather into segments and back are gathers through the inverse index map).
   """
   gather, scatter = jnp.asarray(plan.gather), jnp.asarray(plan.scatter)
   # Real tokens lead each padded segment: the padding is given as lengths (cuDNN takes no
-  # dense mask; the XLA paths turn lengths back into one).
+  # dense mask; the XLA paths turn lengths back into one; splash takes them as segment ids).
   lengths = jnp.sum(jnp.asarray(plan.valid).astype(jnp.int32), axis=-1)  # [S]
-  out = attention(*(_to_segments(x, gather, scatter) for x in (q_nhd, k_nhd, v_nhd)),
-                  lengths=lengths, scale=scale, impl=impl)
-  return _from_segments(out, gather, scatter)
+  qs, ks, vs = (shard_rows(_to_segments(x, gather, scatter)) for x in (q_nhd, k_nhd, v_nhd))
+  seg_len = qs.shape[1]
+  if resolve_impl(impl, q_nhd.dtype) == "splash" and seg_len % SPLASH_ALIGN:
+    # The kernel takes lengths in multiples of SPLASH_ALIGN: segments are padded up to one
+    # (e.g. Qwen2.5-VL's 64-token windows to 128), the padding masked by the lengths.
+    pad = ((0, 0), (0, -seg_len % SPLASH_ALIGN), (0, 0), (0, 0))
+    qs, ks, vs = (jnp.pad(x, pad) for x in (qs, ks, vs))
+  out = shard_rows(attention(qs, ks, vs, lengths=lengths, scale=scale, impl=impl)[:, :seg_len])
+  return shard_rows(_from_segments(out, gather, scatter))
 
 
 def vision_rope_attention(q_ne: Array, k_ne: Array, v_ne: Array, cos: Array, sin: Array,
@@ -527,6 +726,7 @@ def vision_rope_attention(q_ne: Array, k_ne: Array, v_ne: Array, cos: Array, sin
   """
   n, e = q_ne.shape
   shape = (n, num_heads, e // num_heads)
+  q_ne, k_ne, v_ne = shard_rows(q_ne), shard_rows(k_ne), shard_rows(v_ne)
   q = apply_rotary(q_ne.reshape(shape), cos, sin, compute_dtype=jnp.float32)
   k = apply_rotary(k_ne.reshape(shape), cos, sin, compute_dtype=jnp.float32)
   v = v_ne.reshape(shape)
@@ -537,7 +737,7 @@ def vision_rope_attention(q_ne: Array, k_ne: Array, v_ne: Array, cos: Array, sin
     o = segment_attention(q, k, v, plans[0], impl=impl)
     for i, p in enumerate(plans[1:], 1):
       o = jnp.where(which == i, segment_attention(q, k, v, p, impl=impl), o)
-  return o.reshape(n, e)
+  return shard_rows(o.reshape(n, e))
 
 
 def frame_plan(grid: np.ndarray) -> tuple[int, SegmentPlan]:
@@ -737,11 +937,11 @@ class VLDecoderModel(nn.Module):
     cfg = self.config
     t = cfg.text
     kw = dict(dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype)
-    self.visual = self.VISION_TOWER(cfg.vision, cfg.compute_dtype, cfg.params_dtype,
-                                    cfg.attention_impl, cfg.remat, cfg.remat_policy,
-                                    cfg.scan_layers)
+    impl = AttentionImpl(cfg.attention_impl, cfg.attention_block_q, cfg.attention_block_kv)
+    self.visual = self.VISION_TOWER(cfg.vision, cfg.compute_dtype, cfg.params_dtype, impl,
+                                    cfg.remat, cfg.remat_policy, cfg.scan_layers)
     self.embed_tokens = Embedding(t.vocab_size, t.hidden_size, **kw)
-    args = (t, cfg.compute_dtype, cfg.params_dtype, cfg.attention_impl)
+    args = (t, cfg.compute_dtype, cfg.params_dtype, impl)
     if cfg.scan_layers:
       body = remat_wrap(scanned_decoder_layer(self.DECODER_LAYER), cfg.remat, cfg.remat_policy,
                         scanned=True)
@@ -771,8 +971,9 @@ class VLDecoderModel(nn.Module):
     grid = np.asarray(grid_thw).reshape(-1, 3)
     if pixel_values.ndim == 3:
       b = pixel_values.shape[0]
-      out = self.visual(pixel_values.reshape(-1, pixel_values.shape[-1]), np.tile(grid, (b, 1)))
-      return jax.tree_util.tree_map(lambda f: f.reshape(b, -1, f.shape[-1]), out)
+      out = self.visual(shard_rows(pixel_values.reshape(-1, pixel_values.shape[-1])),
+                        np.tile(grid, (b, 1)))
+      return jax.tree_util.tree_map(lambda f: shard_rows(f.reshape(b, -1, f.shape[-1])), out)
     return self.visual(pixel_values, grid)
 
   def embed_inputs(self, input_ids, pixel_values, image_grid_thw, pixel_values_videos,
