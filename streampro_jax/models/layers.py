@@ -39,26 +39,17 @@ import numpy as np
 Dtype = Any
 Array = jax.Array
 
-<<<<<<< HEAD
-ATTENTION_IMPLS = ("jax", "cudnn", "xla", "jax_xla")
-# Query block of the 'xla' causal self-attention (see attention): blocks skip the logits above
-# the diagonal; 64 is the size chosen by benchmarks/attention.py --causal_block (figures in
-# docs/benchmarks.md: smaller blocks are no faster and compile longer). At most
-# MAX_CAUSAL_BLOCKS blocks per call (longer rows get longer blocks), which bounds the compiled
-# graph and still skips (n - 1) / 2n of the square's logits.
-=======
 ATTENTION_IMPLS = ("jax", "cudnn", "xla", "jax_xla", "splash")
 # Splash attention (TPU Pallas kernel): the sequence lengths it takes are multiples of
 # SPLASH_ALIGN (the TPU lane width); its query / key blocks are the largest multiple of
 # SPLASH_ALIGN that divides the length and is at most the configured block (AttentionImpl).
 SPLASH_ALIGN = 128
 DEFAULT_SPLASH_BLOCK = 512
-# Query block of the 'xla' causal self-attention (see attention). On a 2-core CPU, demo rows (B 8,
-# T 768, 4/2 heads of 16), fwd+bwd: full square ~145 ms, blocks of 64 ~75 ms; 32 and 48 are
-# within run-to-run noise of 64 and compile longer (benchmarks/attention.py --causal_block).
-# At most MAX_CAUSAL_BLOCKS blocks per call (longer rows get longer blocks), which bounds the
-# compiled graph and still skips (n - 1) / 2n of the square's logits.
->>>>>>> i31
+# Query block of the 'xla' causal self-attention (see attention): blocks skip the logits above
+# the diagonal; 64 is the size chosen by benchmarks/attention.py --causal_block (figures in
+# docs/benchmarks.md: smaller blocks are no faster and compile longer). At most
+# MAX_CAUSAL_BLOCKS blocks per call (longer rows get longer blocks), which bounds the compiled
+# graph and still skips (n - 1) / 2n of the square's logits.
 CAUSAL_BLOCK = 64
 MAX_CAUSAL_BLOCKS = 16
 
