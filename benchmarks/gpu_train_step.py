@@ -12,7 +12,8 @@ run where grain, tensorflow-datasets, PyAV and ml_collections are not installed)
 
 Parts, each variant in its own process, so that the frameworks never share the device's memory
 and each variant's peak memory is its own (a process's high-water mark is all there is to read):
-  jax     (one process per --policies remat policy) bf16 matmul ceiling; random init of the
+  jax     (one process per --policies remat policy, e.g. dots_attn: the matmul outputs, the
+          attention output and the softmax statistics saved) bf16 matmul ceiling; random init of the
           TrainState; compile, 2 warm-up and 5 timed SFT steps.
   grpo    (one process, the first policy) the GRPO update (policy + reference) at the same shapes.
   torch   (one process per --torch_variants entry) transformers
@@ -445,8 +446,9 @@ def main():
                       help="the transformers variants, comma-separated, each "
                       "eager|compile:full|dots_no_batch, each in its own process")
   parser.add_argument("--torch_variant", default="eager:full", help=argparse.SUPPRESS)
-  parser.add_argument("--policies", default="dots_no_batch,full",
-                      help="variants of the SFT step, comma-separated: a remat policy, or "
+  parser.add_argument("--policies", default="dots_attn,dots_no_batch,full",
+                      help="variants of the SFT step, comma-separated: a remat policy "
+                      "(streampro_jax.models.layers.REMAT_POLICIES), or "
                       "policy:chunk_size (loss vocabulary chunk; 0 = full logits)")
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--skip_grpo", action="store_true")
