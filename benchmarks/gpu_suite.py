@@ -71,7 +71,9 @@ def _versions() -> dict:
   return out
 
 
-def _child(args, argv: list[str], timeout: int) -> tuple[list[str], int]:
+def _child(args, argv: list[str], timeout: int, echo: str = "") -> tuple[list[str], int]:
+  """Runs `argv` under this Python, echoing its output with the prefix `echo` (a part's
+  children echo indented, so that the driver reads only the part's own RESULT lines)."""
   env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=ROOT + os.pathsep +
              os.environ.get("PYTHONPATH", ""))
   if args.tiny:
@@ -82,7 +84,7 @@ def _child(args, argv: list[str], timeout: int) -> tuple[list[str], int]:
   t0 = time.time()
   for line in proc.stdout:
     lines.append(line.rstrip("\n"))
-    print(line, end="", flush=True)
+    print(echo + line, end="", flush=True)
     if time.time() - t0 > timeout:
       proc.kill()
       lines.append(f"ERROR timeout after {timeout} s")
@@ -98,7 +100,7 @@ def part_sft(args) -> list[dict]:
   policies = "dots_attn,dots_attn+fp8"
   argv = [os.path.join(HERE, "gpu_train_step.py"), "--part", "jax", "--policies", policies,
           "--steps", str(1 if args.tiny else 5)] + (["--tiny"] if args.tiny else [])
-  lines, rc = _child(args, argv, 300)
+  lines, rc = _child(args, argv, 300, echo="  ")
   rows = [json.loads(l[len("RESULT "):]) for l in lines if l.startswith("RESULT ")]
   out = [dict(r, part="sft/" + r["part"]) for r in rows]
   steps = {r.get("matmul"): r for r in rows if r["part"] == "sft_step" and "step_s" in r}
@@ -110,18 +112,20 @@ def part_sft(args) -> list[dict]:
   for r in out:
     if r["part"] == "sft/sft_step" and "mfu_spec" in r:
       r["target_mfu"] = 0.5
-  return out + [{"part": "sft/exit", "rc": rc}]
+  if rc != 0 or not any(r["part"] == "sft/sft_step" for r in out):
+    out.append({"part": "sft/exit", "error": f"exit {rc}: " + " | ".join(lines[-5:])})
+  return out
 
 
 def part_decode(args) -> list[dict]:
   if args.tiny:
     flags = ["--tiny", "--rows", "2", "--new_tokens", "4", "--repeats", "1", "--prefix_len",
-             "64", "--hf_mode", "static"]
+             "64", "--hf_mode", "eager"]   # torch.compile on a loaded CPU takes minutes
   else:
     flags = ["--model", "3b", "--scan_layers", "--rows", "16", "--new_tokens", "64",
              "--prefix_len", "512", "--repeats", "3", "--hf_mode", "static_compiled",
              "--hbm_bytes_per_s", str(args.hbm_bytes_per_s)]
-  lines, rc = _child(args, [os.path.join(HERE, "rollout_decode.py")] + flags, 420)
+  lines, rc = _child(args, [os.path.join(HERE, "rollout_decode.py")] + flags, 420, echo="  ")
   out = {"part": "decode", "rc": rc, "flags": flags}
   for l in lines:
     for side in ("ours", "transformers"):
@@ -132,6 +136,8 @@ def part_decode(args) -> list[dict]:
     out["ratio_tokens_per_s"] = ours["tokens_per_s"] / theirs["tokens_per_s"]
     out["ratio_decode_tokens_per_s"] = (ours["decode_tokens_per_s"] /
                                         theirs["decode_tokens_per_s"])
+  else:
+    out["error"] = f"exit {rc}: " + " | ".join(lines[-5:])
   out["targets"] = {"bandwidth_fraction": 0.6, "ratio_tokens_per_s": 2.0}
   return [out]
 
