@@ -1,7 +1,11 @@
 """Issue 33's GPU figures in one run on one GPU (about 10 minutes), as raw JSON lines.
 
   python3 benchmarks/gpu_suite.py --out=benchmarks/results/gpu_suite_h200.jsonl
-  python3 benchmarks/gpu_suite.py --tiny --out=/tmp/suite.jsonl   # every path on CPU, ~1 min
+  python3 benchmarks/gpu_suite.py --tiny --out=/tmp/suite.jsonl   # every path on CPU
+  python3 benchmarks/gpu_suite.py --parts=sft,decode ...; ... --parts=grpo,live   # two calls
+
+--tiny runs every part on tiny models: about 10 minutes on a 2-core CPU at load average 11,
+nearly all of it XLA compiles (each part compiles its own programs in its own process).
 
 Parts (each in its own process, so that each has the device's memory to itself; --parts picks):
   sft     the paper-shape SFT step of the 3B model (benchmarks/gpu_train_step.py --part jax):
@@ -20,11 +24,10 @@ Parts (each in its own process, so that each has the device's memory to itself; 
           agreement (behaviour_gap = mean |logp - old_logp|, behaviour_corr). Rewards are random
           (the judge is not part of the device's time). Then the largest frames per sample
           whose update fits at G = 8 (search over --frames_search turns, 2 frames per turn).
-  live    benchmarks/live_stream.stream with the 3B architecture: 1 frame per second (one
-          2-frame turn every 2 seconds of video is the processor's unit; here one turn per
-          second of video, as live.py runs it) for --live_seconds (600 = 10 minutes): p50 / p95
-          seconds per second of video and device memory over time. Target: p95 <= 0.25 s, flat
-          memory.
+  live    benchmarks/live_stream.stream with the 3B architecture: one turn per second of video
+          (LiveModel.step, as live.py runs a stream) for --live_seconds (600 = 10 minutes):
+          p50 / p95 seconds per second of video and live device buffers over time. Target:
+          p95 <= 0.25 s, flat memory.
 Every line of --out is one JSON object: the header fields (commit, date, machine, load average
 before / after the part, versions, command) plus the part's measurements. Imports only what the
 GPU image has (no grain, tensorflow_datasets, av, ml_collections, tensorboardX).
@@ -367,12 +370,12 @@ def main():
   p.add_argument("--grpo_turns", type=int, default=0, help="turns per sample (0: 12 tiny, 32)")
   p.add_argument("--grpo_steps", type=int, default=2, help="timed GRPO steps after the first")
   p.add_argument("--frames_search", default="", help="turns per sample tried at G = 8, "
-                 "ascending (default: 2,4 tiny; 32,64,96,128,160)")
+                 "ascending (default: 2,4 tiny; 64,128,192)")
   p.add_argument("--live_seconds", type=int, default=0, help="0: 600 (tiny: 30)")
   p.add_argument("--hbm_bytes_per_s", type=float, default=H200_HBM)
   args = p.parse_args()
   args.prompts = args.prompts or (1 if args.tiny else 2)
-  args.frames_search = args.frames_search or ("2,4" if args.tiny else "32,64,96,128,160")
+  args.frames_search = args.frames_search or ("2,4" if args.tiny else "64,128,192")
   args.live_seconds = args.live_seconds or (30 if args.tiny else 600)
   if args.tiny:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
