@@ -83,10 +83,11 @@ def main(argv):
   reports = aot.compile_config(config, TOPOLOGY.value, aot.STAGE_GROUPS[STAGE.value],
                                NUM_SLICES.value)
   load_after = os.getloadavg()
-  meta = dict(commit=_commit(), date=datetime.datetime.now(datetime.timezone.utc).isoformat(),
+  versions = dict(jax=jax.__version__, python=sys.version.split()[0])
+  meta = dict(commit=_commit(), date=datetime.datetime.now(datetime.UTC).isoformat(),
               machine=f"{platform.node()} ({os.cpu_count()} CPUs)", load_before=load_before,
-              load_after=load_after, versions=dict(jax=jax.__version__, python=sys.version.split()[0]),
-              command=" ".join(sys.argv), hbm_source=aot.HBM_SOURCE)
+              load_after=load_after, versions=versions, command=" ".join(sys.argv),
+              hbm_source=aot.HBM_SOURCE)
   for r in reports:
     _print(r)
     if JSON.value:

@@ -36,6 +36,7 @@ def test_splash_block_and_path_choice():
   assert layers.resolve_impl("jax", jnp.float32) == "xla"
 
 
+@pytest.mark.slow
 def test_splash_decoder_causal_gqa_padded_rows_forward_and_gradients():
   """Causal self-attention, 4 query heads on 2 kv heads, row 1 right-padded (40 pad tokens):
   values and the gradients of q, k, v on the real rows equal the XLA path's."""
@@ -63,6 +64,7 @@ def test_splash_decoder_causal_gqa_padded_rows_forward_and_gradients():
                       f"splash vs xla: decoder d{name}")
 
 
+@pytest.mark.slow
 def test_splash_vision_window_and_full_segments_forward_and_gradients():
   """segment_attention over a frame of 64 patches: 4 windows of 16 (window blocks) and the whole
   frame (full blocks), both padded to 128 for the kernel: values and gradients equal XLA's."""

@@ -186,8 +186,9 @@ class VLConfig(ConfigMixin):
   dtype = compute dtype, param_dtype = parameter dtype (names); attention_impl: 'jax' | 'cudnn' |
   'xla' | 'jax_xla' | 'splash' (see layers.attention; 'jax' is cuDNN flash attention on GPU in
   16-bit, splash attention on TPU, XLA elsewhere); attention_block_q / attention_block_kv: the
-  splash kernel's query / key block targets (layers.splash_block). remat: rematerialise each decoder layer and vision block in the backward pass,
-  with `remat_policy` (layers.REMAT_POLICIES: 'full', 'dots', 'dots_no_batch', 'none').
+  splash kernel's query / key block targets (layers.splash_block). remat: rematerialise each
+  decoder layer and vision block in the backward pass, with `remat_policy`
+  (layers.REMAT_POLICIES: 'full', 'dots', 'dots_no_batch', 'dots_attn', 'none').
   matmul_dtype: the decoder's projections and MLP multiply in the compute dtype ('default') or
   in FP8 ('fp8': layers.fp8_dot_general, current scaling, e4m3 forward / e5m2 gradients).
   scan_layers: decoder layers and vision blocks run under a scan with parameters stacked on a
