@@ -12,7 +12,8 @@ run where grain, tensorflow-datasets, PyAV and ml_collections are not installed)
 
 Parts, each variant in its own process, so that the frameworks never share the device's memory
 and each variant's peak memory is its own (a process's high-water mark is all there is to read):
-  jax     (one process per --policies remat policy) bf16 matmul ceiling; random init of the
+  jax     (one process per --policies remat policy, e.g. dots_attn: the matmul outputs, the
+          attention output and the softmax statistics saved) bf16 matmul ceiling; random init of the
           TrainState; compile, 2 warm-up and 5 timed SFT steps.
   grpo    (one process, the first policy) the GRPO update (policy + reference) at the same shapes.
   torch   (one process per --torch_variants entry) transformers
@@ -178,7 +179,8 @@ def run_jax(args):
   from streampro_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
 
   shp = shape_args(args.tiny)
-  cfg = model_config(args.tiny, remat_policy=args.policies.split(",")[0].partition(":")[0])
+  first = args.policies.split(",")[0]
+  cfg = model_config(args.tiny, remat_policy=first.partition(":")[0].partition("+")[0])
   if args.grpo_only:
     return run_grpo(args, cfg, args.policies.split(",")[0])
   emit(part="device", backend=jax.default_backend(), device=str(jax.devices()[0]),
@@ -206,12 +208,14 @@ def run_jax(args):
   loss_cfg = dict(kind="cb_stream", beta=0.9999, text_weight=2.0, chunk_size=shp["chunk"])
   trainable = optim.trainable_mask(nn.unbox(boxed), FROZEN)
   variants = []
-  for spec in args.policies.split(","):  # "policy" or "policy:chunk_size"
+  for spec in args.policies.split(","):  # "policy[+fp8][:chunk_size]"
     policy, _, chunk = spec.partition(":")
     variants.append((policy, "jax", int(chunk) if chunk else shp["chunk"]))
   while variants:
-    policy, impl, chunk = variants.pop(0)
-    pcfg = cfg.replace(remat_policy=policy, attention_impl=impl)
+    spec_policy, impl, chunk = variants.pop(0)
+    policy, _, matmul = spec_policy.partition("+")
+    matmul = matmul or "default"
+    pcfg = cfg.replace(remat_policy=policy, attention_impl=impl, matmul_dtype=matmul)
     loss_cfg = dict(loss_cfg, chunk_size=chunk)
     step = sft.make_sft_step(
         sft.make_forward(q.Qwen2_5_VL(pcfg), grid), loss_cfg, ids, tx,
@@ -232,15 +236,16 @@ def run_jax(args):
       med, times = _median_time(run, 2, args.steps)
       state = holder["state"]
     except Exception as e:  # pylint: disable=broad-except  (e.g. out of memory: report, go on)
-      emit(part="sft_step", policy=policy, attention=impl, chunk=chunk,
+      emit(part="sft_step", policy=policy, matmul=matmul, attention=impl, chunk=chunk,
            error=f"{type(e).__name__}: {str(e)[:600]}")
       if impl == "jax" and "RESOURCE_EXHAUSTED" not in str(e):
-        variants.insert(0, (policy, "xla", chunk))  # the fused path failed: measure XLA's
+        variants.insert(0, (spec_policy, "xla", chunk))  # the fused path failed: measure XLA's
       if any(x.is_deleted() for x in jax.tree.leaves(state)):  # donated to the failed call
         state, shardings = state_lib.create_train_state(init_fn, tx, mesh, jax.random.key(0))
       continue
     mfu = counts["model_flops"] / med
-    emit(part="sft_step", policy=policy, attention=impl, chunk=chunk, compile_s=compile_s,
+    emit(part="sft_step", policy=policy, matmul=matmul, attention=impl, chunk=chunk,
+         compile_s=compile_s,
          step_s=med,
          times=times,
          tokens_per_s=b * t / med, loss=holder["loss"], mfu_spec=mfu / SPEC_PEAK,
@@ -260,6 +265,7 @@ def run_grpo(args, cfg, policy_spec: str):
 
   shp = shape_args(args.tiny)
   policy, _, chunk = policy_spec.partition(":")
+  policy = policy.partition("+")[0]
   chunk = int(chunk) if chunk else shp["chunk"]
   batch, grid = build_batch(cfg, **shp)
   b, t = batch["input_ids"].shape
@@ -281,9 +287,9 @@ def run_grpo(args, cfg, policy_spec: str):
   gbatch["rewards"] = rng.random(b).astype(np.float32)
   ggb = parallel.shard_batch(gbatch, mesh, batch_dims=sft.BATCH_DIMS)
   ref = jax.tree.map(lambda x: x.copy(), state.params)
-  gstep = grpo_step.make_grpo_step(
-      logps_fn, tx, gcfg, state_shardings=shardings,
-      batch_sharding=grpo_step.grpo_batch_shardings(gbatch, mesh), mesh=mesh, trainable=trainable)
+  gstep = grpo_step.make_grpo_step(logps_fn, tx, gcfg, state_shardings=shardings,
+                                   batch_sharding=grpo_step.grpo_batch_shardings(gbatch, mesh),
+                                   mesh=mesh, trainable=trainable)
   try:
     t0 = time.perf_counter()
     with state_lib.sharding_context(mesh):
@@ -422,7 +428,8 @@ def summary(results: list[dict]) -> None:
       continue
     ratio = "".join(f", {tr['step_s'] / r['step_s']:.2f}x transformers {tr['variant']}"
                     for tr in torch_r)
-    print(f"SFT step, remat {r['policy']}, attention {r['attention']}, loss chunk {r['chunk']}: "
+    print(f"SFT step, remat {r['policy']}, matmul {r.get('matmul', 'default')}, attention "
+          f"{r['attention']}, loss chunk {r['chunk']}: "
           f"{r['step_s']:.3f} s, {r['tokens_per_s']:.0f} tok/s, "
           f"MFU {100 * r['mfu_spec']:.1f}% of spec ({100 * r['mfu_matmul']:.1f}% of matmul), "
           f"compile {r['compile_s']:.1f} s, peak {(r['peak_bytes'] or 0) / 2**30:.1f} GiB{ratio}")
@@ -444,9 +451,11 @@ def main():
                       help="the transformers variants, comma-separated, each "
                       "eager|compile:full|dots_no_batch, each in its own process")
   parser.add_argument("--torch_variant", default="eager:full", help=argparse.SUPPRESS)
-  parser.add_argument("--policies", default="dots_no_batch,full",
-                      help="variants of the SFT step, comma-separated: a remat policy, or "
-                      "policy:chunk_size (loss vocabulary chunk; 0 = full logits)")
+  parser.add_argument("--policies", default="dots_attn,dots_no_batch,full",
+                      help="variants of the SFT step, comma-separated: a remat policy "
+                      "(streampro_jax.models.layers.REMAT_POLICIES), policy+fp8 (the decoder's "
+                      "projections and MLP in FP8, model matmul_dtype), each optionally "
+                      ":chunk_size (loss vocabulary chunk; 0 = full logits)")
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--skip_grpo", action="store_true")
   parser.add_argument("--skip", default="", help="parts to skip in 'all' (e.g. torch)")

@@ -32,6 +32,41 @@ def rss_bytes() -> int:
   return -1
 
 
+def stream(model, *, turns: int, every: int, ask_every: int, frame_hw: tuple[int, int],
+           seed: int = 0, log=print) -> dict:
+  """Streams `turns` seconds of random frames (uint8 [frames_per_turn, H, W, 3], H, W =
+  frame_hw) through one session of the live.LiveModel `model`, a question every `ask_every`
+  seconds. Returns {"lat": seconds per turn, "samples": every `every` turns (and the first) the
+  turn, RSS, live device buffer MB and that block's median / p95 latency in ms, "decisions":
+  counts, "overflow": whether the KV cache ever overflowed, "wall_s"}."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  session = model.new_session("bench")
+  rng = np.random.default_rng(seed)
+  lat, samples, decisions = [], [], {"silence": 0, "response": 0, "invalid": 0}
+  overflow = False
+  t0 = time.perf_counter()
+  for k in range(turns):
+    frames = rng.integers(0, 256, (model.frames_per_turn, *frame_hw, 3), dtype=np.uint8)
+    qs = [f"What is on screen at second {k}?"] if k % ask_every == 0 else ()
+    r = session.step(frames, qs)
+    lat.append(r.latency_s)
+    decisions[r.decision] += 1
+    overflow |= r.overflow
+    if (k + 1) % every == 0 or k == 0:
+      block = np.asarray(lat[-every:])
+      samples.append({"turn": k + 1, "rss_mb": rss_bytes() / 2 ** 20,
+                      "device_mb": sum(a.nbytes for a in jax.live_arrays()) / 2 ** 20,
+                      "median_ms": float(np.median(block) * 1e3),
+                      "p95_ms": float(np.percentile(block, 95) * 1e3)})
+      s = samples[-1]
+      log(f"turn {s['turn']:>5d}: rss {s['rss_mb']:.1f} MB, device buffers "
+          f"{s['device_mb']:.2f} MB, latency median {s['median_ms']:.1f} ms p95 "
+          f"{s['p95_ms']:.1f} ms")
+  return {"lat": lat, "samples": samples, "decisions": decisions, "overflow": overflow,
+          "wall_s": time.perf_counter() - t0}
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--turns", type=int, default=3600)
@@ -44,7 +79,6 @@ def main():
 
   import tempfile
   import jax
-  import numpy as np
   from configs import tiny_synthetic
   from streampro_jax import live
   from streampro_jax.train import setup
@@ -56,29 +90,11 @@ def main():
       frame_height=frame, frame_width=frame, max_text_tokens=args.max_text_tokens,
       constrain_decision=args.constrain_decision, force_response_at_ask=True))
   compile_s = model.warm_up()
-  session = model.new_session("bench")
-  rng = np.random.default_rng(0)
-  lat, samples, decisions = [], [], {"silence": 0, "response": 0, "invalid": 0}
-  overflow = False
-  t0 = time.perf_counter()
-  for k in range(args.turns):
-    frames = rng.integers(0, 256, (model.frames_per_turn, 32, 32, 3), dtype=np.uint8)
-    qs = [f"What is on screen at second {k}?"] if k % args.ask_every == 0 else ()
-    r = session.step(frames, qs)
-    lat.append(r.latency_s)
-    decisions[r.decision] += 1
-    overflow |= r.overflow
-    if (k + 1) % args.every == 0 or k == 0:
-      block = np.asarray(lat[-args.every:])
-      samples.append({"turn": k + 1, "rss_mb": rss_bytes() / 2 ** 20,
-                      "device_mb": sum(a.nbytes for a in jax.live_arrays()) / 2 ** 20,
-                      "median_ms": float(np.median(block) * 1e3),
-                      "p95_ms": float(np.percentile(block, 95) * 1e3)})
-      s = samples[-1]
-      print(f"turn {s['turn']:>5d}: rss {s['rss_mb']:.1f} MB, device buffers "
-            f"{s['device_mb']:.2f} MB, latency median {s['median_ms']:.1f} ms p95 "
-            f"{s['p95_ms']:.1f} ms", flush=True)
-  wall = time.perf_counter() - t0
+  run = stream(model, turns=args.turns, every=args.every, ask_every=args.ask_every,
+               frame_hw=(32, 32), log=lambda s: print(s, flush=True))
+  lat, samples, decisions, overflow = (run["lat"], run["samples"], run["decisions"],
+                                       run["overflow"])
+  wall = run["wall_s"]
   summary = live.latency_summary(lat, float(args.turns))
   after_window = [s for s in samples if s["turn"] >= 200]
   out = {

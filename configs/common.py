@@ -36,13 +36,16 @@ FROZEN_VISION = r"^visual/(?!merger/)"
 
 def model_config(*, hf_checkpoint: str = "", dtype: str = "bfloat16", remat: bool = False,
                  remat_policy: str = "full", scan_layers: bool = False,
-                 attention_impl: str = "jax", tiny_text=None, tiny_vision=None
+                 attention_impl: str = "jax", matmul_dtype: str = "default",
+                 tiny_text=None, tiny_vision=None
                  ) -> ml_collections.ConfigDict:
   """Model section. With ``hf_checkpoint`` the architecture comes from its config.json; else a
   random tiny Qwen2.5-VL (qwen2_5_vl.tiny_config with ``tiny_text`` / ``tiny_vision`` overrides;
   vocabulary size and special token ids are taken from the tokenizer). ``scan_layers`` runs the
   layer stacks under nn.scan (fast init and compile; the accelerator configs turn it on),
-  ``remat_policy`` names what a rematerialised layer keeps (layers.REMAT_POLICIES)."""
+  ``remat_policy`` names what a rematerialised layer keeps (layers.REMAT_POLICIES),
+  ``matmul_dtype`` the decoder projections' and MLP's matmul precision ('default' | 'fp8',
+  layers.MATMUL_DTYPES)."""
   return ml_collections.ConfigDict(dict(
       family="qwen2_5_vl",
       hf_checkpoint=hf_checkpoint,
@@ -55,6 +58,7 @@ def model_config(*, hf_checkpoint: str = "", dtype: str = "bfloat16", remat: boo
       remat=remat,
       remat_policy=remat_policy,
       scan_layers=scan_layers,
+      matmul_dtype=matmul_dtype,
       tiny_text=dict(tiny_text or {}),
       tiny_vision=dict(tiny_vision or {}),
       reinit_decision_rows=True,  # HF checkpoint: re-initialise the </Silence>, </Response> rows
@@ -133,6 +137,9 @@ def base_config() -> ml_collections.ConfigDict:
   # With it: the SIGKILL comes while that step's asynchronous checkpoint is being written (the
   # crash-during-save test) instead of after the writes finish.
   c.debug_kill_mid_save = False
+  # Named XLA flags (streampro_jax/xla_presets.py) the trainers set before JAX starts, unless
+  # --xla_preset is given on the command line.
+  c.xla_preset = "none"
   return c
 
 

@@ -30,6 +30,7 @@ DISTRIBUTED = flags.DEFINE_bool(
     "(a cluster that streampro_jax/cluster.py detects is joined without this flag).")
 XLA_PRESET = flags.DEFINE_enum(
     "xla_preset", "none", ["none", "gpu", "tpu"], "Named XLA compiler flags for the platform "
+    "(when not given: the config's `xla_preset`) "
     "(streampro_jax/xla_presets.py: gpu = latency-hiding scheduler and pipelined FSDP "
     "collectives in XLA_FLAGS; tpu = async collective fusion in LIBTPU_INIT_ARGS), set before "
     "JAX starts; a flag already in the environment keeps its value.")
@@ -48,12 +49,14 @@ def start(trainer: str):
   ``error: ...`` and exit status 2. The trainer writes ``<workdir>/config.json`` once its data
   and model are built (pass it ALLOW_CONFIG_CHANGE.value)."""
   from streampro_jax import xla_presets  # pylint: disable=g-import-not-at-top
-  preset_vars = xla_presets.apply_preset(XLA_PRESET.value)   # before JAX starts its backend
+  preset = (XLA_PRESET.value if flags.FLAGS["xla_preset"].present
+            else CONFIG.value.get("xla_preset", "none"))
+  preset_vars = xla_presets.apply_preset(preset)   # before JAX starts its backend
   import jax  # pylint: disable=g-import-not-at-top
   from streampro_jax import cluster, parallel  # pylint: disable=g-import-not-at-top
 
   if preset_vars:
-    logging.info("--xla_preset=%s: %s", XLA_PRESET.value,
+    logging.info("--xla_preset=%s: %s", preset,
                  "; ".join(f"{k}={v}" for k, v in sorted(preset_vars.items())))
   config = CONFIG.value
   config.lock()   # parsed unlocked (accept_new_attributes); read-only from here

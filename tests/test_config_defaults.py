@@ -135,7 +135,7 @@ def test_model_section_compute_keys_default_to_the_backbone_config(family, tmp_p
       k: getattr(config_cls(), k) for k in models.COMPUTE_KEYS}
   given = dict(dtype="bfloat16", param_dtype="bfloat16", attention_impl="xla",
                attention_block_q=256, attention_block_kv=1024, remat=True, remat_policy="dots",
-               scan_layers=True)
+               scan_layers=True, matmul_dtype="fp8")
   assert set(given) == set(models.COMPUTE_KEYS)
   mcfg = models.config_from_section({"family": family, **given}, tokenizer)
   assert {k: getattr(mcfg, k) for k in models.COMPUTE_KEYS} == given

@@ -28,7 +28,7 @@ def test_tiny_run_reports_every_part():
   for part in ("matmul", "init", "sft_step", "grpo_step", "torch_step"):
     assert part in parts, parts
   sft = [r for r in rows if r["part"] == "sft_step"]
-  assert {r["policy"] for r in sft} == {"dots_no_batch", "full"}
+  assert {r["policy"] for r in sft} == {"dots_attn", "dots_no_batch", "full"}
   assert all("error" not in r and r["step_s"] > 0 and r["loss"] > 0 for r in sft), sft
   torch_rows = [r for r in rows if r["part"] == "torch_step"]
   assert [r["variant"] for r in torch_rows] == ["eager:full", "compile:dots_no_batch"]

@@ -87,7 +87,7 @@ def test_kv_cache_stream_equals_unrolled():
                       k_rel * tol.max_abs(cache.k[i]), f"scan: kv cache keys layer {i}")
 
 
-@pytest.mark.parametrize("policy", ["full", "dots", "dots_no_batch", "none"])
+@pytest.mark.parametrize("policy", ["full", "dots", "dots_no_batch", "dots_attn", "none"])
 def test_remat_policies_give_the_same_gradients(policy):
   cfg = q.tiny_config(scan_layers=True)
   params = nn.unbox(q.init_params(cfg, jax.random.key(1)))

@@ -175,7 +175,7 @@ def process_turns(frames_kthwc: np.ndarray, processor_config
 
 
 COMPUTE_KEYS = ("dtype", "param_dtype", "attention_impl", "attention_block_q",
-                "attention_block_kv", "remat", "remat_policy", "scan_layers")
+                "attention_block_kv", "remat", "remat_policy", "scan_layers", "matmul_dtype")
 """The compute settings a ``model`` section may set: the backbone Config's fields of these
 names."""
 
@@ -184,7 +184,7 @@ def config_from_section(model_cfg, tokenizer):
   """A backbone config from a training config's `model` section (+ the tokenizer).
 
   Keys: family ('qwen2_5_vl' default | 'qwen3_vl'), the compute settings COMPUTE_KEYS (dtype,
-  param_dtype, attention_impl, remat, remat_policy, scan_layers: the backbone Config's fields of
+  param_dtype, attention_impl, remat, remat_policy, scan_layers, matmul_dtype: the backbone Config's fields of
   those names, a key left out keeps the Config default); hf_checkpoint: a HF folder whose
   config.json gives the architecture (its vocabulary must hold the tokenizer's); otherwise a tiny
   random config of the family (`tiny_config`) with the tokenizer's special ids, vocab =

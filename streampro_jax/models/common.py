@@ -188,7 +188,9 @@ class VLConfig(ConfigMixin):
   16-bit, splash attention on TPU, XLA elsewhere); attention_block_q / attention_block_kv: the
   splash kernel's query / key block targets (layers.splash_block). remat: rematerialise each
   decoder layer and vision block in the backward pass, with `remat_policy`
-  (layers.REMAT_POLICIES: 'full', 'dots', 'dots_no_batch', 'none').
+  (layers.REMAT_POLICIES: 'full', 'dots', 'dots_no_batch', 'dots_attn', 'none').
+  matmul_dtype: the decoder's projections and MLP multiply in the compute dtype ('default') or
+  in FP8 ('fp8': layers.fp8_dot_general, current scaling, e4m3 forward / e5m2 gradients).
   scan_layers: decoder layers and vision blocks run under a scan with parameters stacked on a
   leading 'layers' axis (fast init and compile; `scan_params` / `unscan_params` convert between
   the layouts).
@@ -208,6 +210,7 @@ class VLConfig(ConfigMixin):
   remat: bool = False
   remat_policy: str = "full"
   scan_layers: bool = False
+  matmul_dtype: str = "default"
 
 
 # ----------------------------------------------------------------------------------------------

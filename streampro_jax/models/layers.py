@@ -35,6 +35,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 from streampro_jax import parallel
 
@@ -72,15 +73,71 @@ def activation(name: str) -> Callable[[Array], Array]:
   return table[name]
 
 
+# Matmul precisions of the decoder's projections and MLP (config `matmul_dtype`): "default"
+# multiplies in the compute dtype; "fp8" runs `fp8_dot_general` (FP8 GEMMs on Hopper).
+MATMUL_DTYPES = ("default", "fp8")
+
+
+def fp8_qdq(x: Array, fp8_dtype) -> Array:
+  """x rounded to `fp8_dtype` under current per-tensor scaling, returned in x.dtype.
+
+  scale = amax(|x|) / max(fp8_dtype) (1 for an all-zero x), y = fp8(x / scale) * scale: the
+  largest entry maps to the format's largest finite value, so nothing overflows; a normal entry
+  is off by at most 2^-(m+1) relative (m mantissa bits: 3 for e4m3, 2 for e5m2), a subnormal
+  one by at most scale * 2^-(m+1) * min_normal absolute. The amax and scale are float32.
+  The dequantisation (convert, then multiply by the scale) right before a dot is the pattern
+  XLA:GPU rewrites to an FP8 GEMM on Hopper; elsewhere the product runs emulated in x.dtype.
+  """
+  x32 = x.astype(jnp.float32)
+  amax = jnp.max(jnp.abs(x32))
+  scale = jnp.where(amax > 0, amax / float(jnp.finfo(fp8_dtype).max), 1.0)
+  return (x32 / scale).astype(fp8_dtype).astype(x.dtype) * scale.astype(x.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def fp8_dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None,
+                    preferred_element_type=None) -> Array:
+  """lax.dot_general on FP8-rounded operands: both in float8_e4m3fn (forward), the incoming
+  gradient in float8_e5m2 (backward: the wider range gradients need), each with current scaling
+  (`fp8_qdq`); the gradients go straight through the rounding (d qdq(x) / dx taken as 1).
+  Stateless (no amax history to carry in the train state). Same shapes and dtypes as
+  lax.dot_general."""
+  return jax.lax.dot_general(fp8_qdq(lhs, jnp.float8_e4m3fn), fp8_qdq(rhs, jnp.float8_e4m3fn),
+                             dimension_numbers, precision=precision,
+                             preferred_element_type=preferred_element_type)
+
+
+def _fp8_dot_fwd(lhs, rhs, dimension_numbers, precision, preferred_element_type):
+  lq, rq = fp8_qdq(lhs, jnp.float8_e4m3fn), fp8_qdq(rhs, jnp.float8_e4m3fn)
+  out = jax.lax.dot_general(lq, rq, dimension_numbers, precision=precision,
+                            preferred_element_type=preferred_element_type)
+  return out, (lq, rq)
+
+
+def _fp8_dot_bwd(dimension_numbers, precision, preferred_element_type, res, g):
+  lq, rq = res
+  _, vjp = jax.vjp(lambda a, b: jax.lax.dot_general(
+      a, b, dimension_numbers, precision=precision,
+      preferred_element_type=preferred_element_type), lq, rq)
+  return vjp(fp8_qdq(g, jnp.float8_e5m2))
+
+
+fp8_dot_general.defvjp(_fp8_dot_fwd, _fp8_dot_bwd)
+
+
 def dense(features: int, axes: tuple[str, str], *, use_bias: bool, name: str,
           dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
-          init_std: float = 0.02) -> nn.Dense:
-  """nn.Dense with kernel [in, out] named `axes` and bias [out] named `axes[1]`."""
+          init_std: float = 0.02, matmul: str = "default") -> nn.Dense:
+  """nn.Dense with kernel [in, out] named `axes` and bias [out] named `axes[1]`; `matmul`
+  (MATMUL_DTYPES): 'fp8' multiplies with `fp8_dot_general` (the bias is added in `dtype`)."""
+  if matmul not in MATMUL_DTYPES:
+    raise ValueError(f"unknown matmul_dtype {matmul!r}; known: {MATMUL_DTYPES}")
   return nn.Dense(
       features,
       use_bias=use_bias,
       dtype=dtype,
       param_dtype=param_dtype,
+      dot_general=fp8_dot_general if matmul == "fp8" else None,
       kernel_init=nn.with_logical_partitioning(nn.initializers.normal(init_std), axes),
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)),
       name=name,
@@ -123,10 +180,12 @@ class GatedMLP(nn.Module):
   axes: tuple[str, str] = ("embed", "mlp")
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  matmul: str = "default"   # MATMUL_DTYPES
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    kw = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
+    kw = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+              matmul=self.matmul)
     lead = x.shape[:-1]
     # Rows flattened to 2-D: the backward's weight gradients then need only 2-D transposes, which
     # XLA:CPU emits fast; a transpose over [B, T, F] fused into the activation's backward is
@@ -520,7 +579,13 @@ def _attend(q: Array, k: Array, v: Array, m: Array | None, scale: float) -> Arra
   logits = logits.reshape(b, kh, g, t, s)
   if m is not None:
     logits = jnp.where(m, logits, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype).reshape(b, kh, g * t, s)
+  # jax.nn.softmax's forward written out, so that its statistics (row max and sum, [.., T, 1])
+  # carry the checkpoint name ATTN_STATS that the 'dots_attn' remat policy saves.
+  x_max = checkpoint_name(jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True)),
+                          ATTN_STATS)
+  unnormalized = jnp.exp(logits - x_max)
+  denom = checkpoint_name(jnp.sum(unnormalized, axis=-1, keepdims=True), ATTN_STATS)
+  probs = (unnormalized / denom).astype(v.dtype).reshape(b, kh, g * t, s)
   return jnp.einsum("bkms,bksh->bkmh", probs, v).reshape(b, kh, g, t, h)
 
 
@@ -546,9 +611,10 @@ def decoder_attention(q_btnh: Array, k_btkh: Array, v_btkh: Array, *, mask: Arra
   if kv is None:
     if resolve_impl(impl, q_btnh.dtype) == "cudnn" and mask is not None:
       lengths = jnp.sum(mask.reshape(mask.shape[0], -1).astype(jnp.int32), axis=-1)
-      return attention(q_btnh, k_btkh, v_btkh, lengths=lengths, impl="cudnn",
-                       is_causal=True), None
-    return attention(q_btnh, k_btkh, v_btkh, mask=mask, impl=impl, is_causal=True), None
+      o = attention(q_btnh, k_btkh, v_btkh, lengths=lengths, impl="cudnn", is_causal=True)
+    else:
+      o = attention(q_btnh, k_btkh, v_btkh, mask=mask, impl=impl, is_causal=True)
+    return checkpoint_name(o, ATTN_OUT), None
   # Cached attention runs a [T, cap] mask of slots (no kernel takes that): the XLA path.
   impl_in, impl = impl, resolve_impl(impl, q_btnh.dtype)
   impl = "xla" if impl in ("cudnn", "splash") else impl
@@ -866,8 +932,13 @@ class KVInput(NamedTuple):
 # Rematerialisation policies by name (config `remat_policy`, used when `remat` is on): "full"
 # saves nothing inside a layer, "dots" every matmul output, "dots_no_batch" the matmuls without
 # batch dimensions (the projections and MLP on [B*T, D] rows; attention is recomputed),
-# "none" turns remat off.
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+# "dots_attn" those plus the decoder's attention output (ATTN_OUT, [B, T, N, H]) and softmax
+# statistics (ATTN_STATS, row max and sum [B, K, G, T, 1] on the XLA paths), as MaxText's
+# policy that saves the attention output does: the backward then re-runs no attention forward
+# for the output projection's gradient; "none" turns remat off.
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "dots_attn")
+ATTN_OUT = "attn_out"
+ATTN_STATS = "attn_stats"
 
 
 def remat_wrap(cls, remat: bool, policy: str = "full", *, scanned: bool = False):
@@ -877,7 +948,10 @@ def remat_wrap(cls, remat: bool, policy: str = "full", *, scanned: bool = False)
   if not remat or policy == "none":
     return cls
   table = {"full": None, "dots": jax.checkpoint_policies.checkpoint_dots,
-           "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+           "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+           "dots_attn": jax.checkpoint_policies.save_from_both_policies(
+               jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+               jax.checkpoint_policies.save_only_these_names(ATTN_OUT, ATTN_STATS))}
   # Under scan, CSE across iterations is impossible, so the barrier that prevents it is not needed.
   return nn.remat(cls, policy=table[policy], prevent_cse=not scanned)
 
@@ -939,10 +1013,11 @@ class VLDecoderModel(nn.Module):
       body = remat_wrap(scanned_decoder_layer(self.DECODER_LAYER), cfg.remat, cfg.remat_policy,
                         scanned=True)
       self.layers = scan_stack(body, t.num_hidden_layers, 5)(
-          *args, after_layer=self.after_layer_fn())
+          *args, matmul=cfg.matmul_dtype, after_layer=self.after_layer_fn())
     else:
       layer_cls = remat_wrap(self.DECODER_LAYER, cfg.remat, cfg.remat_policy)
-      self.layers = [layer_cls(*args, name=f"layers_{i}") for i in range(t.num_hidden_layers)]
+      self.layers = [layer_cls(*args, matmul=cfg.matmul_dtype, name=f"layers_{i}")
+                     for i in range(t.num_hidden_layers)]
     self.norm = RMSNorm(t.hidden_size, t.rms_norm_eps, **kw)
     if not cfg.tie_word_embeddings:
       self.lm_head = Unembed(t.hidden_size, t.vocab_size, cfg.params_dtype)

@@ -422,6 +422,7 @@ class DecoderLayer(nn.Module):
   dtype: Any
   param_dtype: Any
   impl: str
+  matmul: str = "default"   # layers.MATMUL_DTYPES: the projections and MLP
 
   @nn.compact
   def __call__(self, x, cos, sin, mask, kv):
@@ -430,7 +431,7 @@ class DecoderLayer(nn.Module):
     b, t, _ = x.shape
     hd, nh, nk = c.head_dim, c.num_attention_heads, c.num_key_value_heads
     h = layers.RMSNorm(c.hidden_size, c.rms_norm_eps, name="input_layernorm", **kw)(x)
-    attn = _DecoderAttnParams(c, **kw, name="self_attn")
+    attn = _DecoderAttnParams(c, **kw, matmul=self.matmul, name="self_attn")
     # Projections on [B*T, D] rows (2-D weight-gradient transposes are fast on XLA:CPU).
     q, k, v, o_proj = attn(h.reshape(b * t, -1))
     q = layers.apply_rotary(q.reshape(b, t, nh, hd), cos.astype(self.dtype),
@@ -447,7 +448,7 @@ class DecoderLayer(nn.Module):
                            parallel.ACT_RESIDUAL)
     h = layers.RMSNorm(c.hidden_size, c.rms_norm_eps, name="post_attention_layernorm", **kw)(x)
     x = x + layers.GatedMLP(c.hidden_size, c.intermediate_size, c.hidden_act, use_bias=False,
-                            axes=("embed", "mlp"), name="mlp", **kw)(h)
+                            axes=("embed", "mlp"), matmul=self.matmul, name="mlp", **kw)(h)
     return parallel.constrain(x, parallel.ACT_RESIDUAL), new_kv
 
 
@@ -456,19 +457,21 @@ class _DecoderAttnParams(nn.Module):
   cfg: TextConfig
   dtype: Any
   param_dtype: Any
+  matmul: str = "default"
 
   @nn.compact
   def __call__(self, h):
     c = self.cfg
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    pkw = dict(kw, matmul=self.matmul)
     hd = c.head_dim
     q = layers.dense(c.num_attention_heads * hd, ("embed", "q_heads"), use_bias=True,
-                     name="q_proj", **kw)(h)
+                     name="q_proj", **pkw)(h)
     k = layers.dense(c.num_key_value_heads * hd, ("embed", "kv_heads"), use_bias=True,
-                     name="k_proj", **kw)(h)
+                     name="k_proj", **pkw)(h)
     v = layers.dense(c.num_key_value_heads * hd, ("embed", "kv_heads"), use_bias=True,
-                     name="v_proj", **kw)(h)
-    o = layers.dense(c.hidden_size, ("q_heads", "embed"), use_bias=False, name="o_proj", **kw)
+                     name="v_proj", **pkw)(h)
+    o = layers.dense(c.hidden_size, ("q_heads", "embed"), use_bias=False, name="o_proj", **pkw)
     return q, k, v, o
 
 

@@ -498,21 +498,23 @@ class _DecoderAttnParams(nn.Module):
   cfg: TextConfig
   dtype: Any
   param_dtype: Any
+  matmul: str = "default"
 
   @nn.compact
   def __call__(self, h):
     c = self.cfg
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    pkw = dict(kw, matmul=self.matmul)
     hd = c.head_dim
     b, t, _ = h.shape
     q = layers.dense(c.num_attention_heads * hd, ("embed", "q_heads"), use_bias=c.attention_bias,
-                     name="q_proj", **kw)(h)
+                     name="q_proj", **pkw)(h)
     k = layers.dense(c.num_key_value_heads * hd, ("embed", "kv_heads"), use_bias=c.attention_bias,
-                     name="k_proj", **kw)(h)
+                     name="k_proj", **pkw)(h)
     v = layers.dense(c.num_key_value_heads * hd, ("embed", "kv_heads"), use_bias=c.attention_bias,
-                     name="v_proj", **kw)(h)
+                     name="v_proj", **pkw)(h)
     o = layers.dense(c.hidden_size, ("q_heads", "embed"), use_bias=c.attention_bias,
-                     name="o_proj", **kw)
+                     name="o_proj", **pkw)
     q = layers.RMSNorm(hd, c.rms_norm_eps, name="q_norm", **kw)(
         q.reshape(b, t, c.num_attention_heads, hd))
     k = layers.RMSNorm(hd, c.rms_norm_eps, name="k_norm", **kw)(
@@ -530,6 +532,7 @@ class DecoderLayer(nn.Module):
   dtype: Any
   param_dtype: Any
   impl: str
+  matmul: str = "default"   # layers.MATMUL_DTYPES: the projections and MLP
 
   @nn.compact
   def __call__(self, x, cos, sin, mask, kv):
@@ -537,7 +540,7 @@ class DecoderLayer(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     b, t, _ = x.shape
     h = layers.RMSNorm(c.hidden_size, c.rms_norm_eps, name="input_layernorm", **kw)(x)
-    q, k, v, o_proj = _DecoderAttnParams(c, **kw, name="self_attn")(h)
+    q, k, v, o_proj = _DecoderAttnParams(c, **kw, matmul=self.matmul, name="self_attn")(h)
     q = layers.apply_rotary(q, cos.astype(self.dtype), sin.astype(self.dtype))
     k = layers.apply_rotary(k, cos.astype(self.dtype), sin.astype(self.dtype))
     q = parallel.constrain(q, parallel.ACT_Q)
@@ -549,7 +552,7 @@ class DecoderLayer(nn.Module):
                            parallel.ACT_RESIDUAL)
     h = layers.RMSNorm(c.hidden_size, c.rms_norm_eps, name="post_attention_layernorm", **kw)(x)
     x = x + layers.GatedMLP(c.hidden_size, c.intermediate_size, c.hidden_act, use_bias=False,
-                            axes=("embed", "mlp"), name="mlp", **kw)(h)
+                            axes=("embed", "mlp"), matmul=self.matmul, name="mlp", **kw)(h)
     return parallel.constrain(x, parallel.ACT_RESIDUAL), new_kv
 
 

@@ -43,7 +43,8 @@ TRAINERS = ("sft", "grpo")
 # Readers without a dataclass: the keys they take (reader in the comment).
 _TOP_LEVEL = ("seed", "global_batch_size", "num_epochs", "total_steps", "log_every_steps",
               "tokenizer", "tensorboard", "debug_kill_after_step",   # sft.train, GRPOTrainer
-              "debug_kill_mid_save")
+              "debug_kill_mid_save",
+              "xla_preset")                                          # launch/_common.start
 _LOSS = ("kind", "beta", "text_weight", "gamma", "chunk_size",   # sft.LossConfig
          "count_scope")
 _REWARD = ("weights", "tau", "max_answers", "max_checks", "judge",   # GRPOTrainer, build_judge
