@@ -30,7 +30,7 @@ PINNED = {
         "RESPONSE", "RolloutBatch", "SAMPLED_TOKEN", "SILENCE", "SamplerConfig", "SamplerState",
         "StreamProFormat", "StreamPrompt", "StreamingSampler", "TURN_INVALID", "TURN_RESPONSE",
         "TURN_SILENCE", "TurnOutput", "WAIT_INSTRUCTION", "WAIT_SYSTEM_PROMPT", "WaitPromptFormat",
-        "decode_message", "prompt_from_record", "row_keys", "sample_tokens",
+        "decode_message", "prompt_from_record", "row_keys", "sample_tokens", "sampler_step_fns",
         "teacher_forced_logps", "top_p_filter"],
     "streampro_jax.data":
         ["chat_format", "importers", "peer_loaders", "pipeline", "schema", "synthetic",
@@ -38,8 +38,8 @@ PINNED = {
     "streampro_jax.data.tfds_builders":
         ["JsonlVideos", "JsonlVideosConfig", "SynthStream", "SynthStreamConfig", "build"],
     "streampro_jax.train":
-        ["checkpoint", "config_check", "grpo_step", "grpo_trainer", "loop", "metrics", "optim",
-        "setup", "sft", "state", "step"],
+        ["aot", "checkpoint", "config_check", "grpo_step", "grpo_trainer", "loop", "metrics",
+        "optim", "setup", "sft", "state", "step"],
     "streampro_jax.bench":
         ["checkpoints", "content_probe", "harness", "ovo", "pauc", "report", "seeds",
         "streamingbench", "streampro_f1"],

@@ -2,6 +2,7 @@
 with the training loop, checkpoints, optimizer, metrics and config checks."""
 
 __all__ = [
+    "aot",
     "checkpoint",
     "config_check",
     "grpo_step",
