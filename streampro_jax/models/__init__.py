@@ -186,9 +186,9 @@ def config_from_section(model_cfg, tokenizer):
   Keys: family ('qwen2_5_vl' default | 'qwen3_vl'), the compute settings COMPUTE_KEYS (dtype,
   param_dtype, attention_impl, remat, remat_policy, scan_layers, matmul_dtype: the backbone
   Config's fields of those names, a key left out keeps the Config default); hf_checkpoint: a HF
-  folder whose config.json gives the architecture (its vocabulary must hold the tokenizer's); otherwise a tiny
-  random config of the family (`tiny_config`) with the tokenizer's special ids, vocab =
-  len(tokenizer) rounded up to 64, updated by `tiny_text` / `tiny_vision` dicts.
+  folder whose config.json gives the architecture (its vocabulary must hold the tokenizer's);
+  otherwise a tiny random config of the family (`tiny_config`) with the tokenizer's special ids,
+  vocab = len(tokenizer) rounded up to 64, updated by `tiny_text` / `tiny_vision` dicts.
   """
   mod = backbone_module(model_cfg)
   common = _config.field_values(
