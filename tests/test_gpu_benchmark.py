@@ -16,10 +16,11 @@ ABSENT_ON_GPU = ("grain", "tensorflow_datasets", "av", "ml_collections", "tensor
 
 @pytest.mark.slow
 def test_tiny_run_reports_every_part():
-  # The tuned baseline's code paths: torch.compile and the selective (dots_no_batch)
-  # checkpointing together, plus transformers' eager default.
+  # Two remat policies (the new default and the one transformers' default matches) and the tuned
+  # baseline's code path: torch.compile with the selective (dots_no_batch) checkpointing; each
+  # variant is one more process with its own compile, so the test keeps to these (CI budget).
   proc = subprocess.run([sys.executable, SCRIPT, "--tiny", "--steps", "1",
-                         "--torch_variants=eager:full,compile:dots_no_batch"],
+                         "--policies=dots_attn,full", "--torch_variants=compile:dots_no_batch"],
                         capture_output=True, text=True, timeout=900, cwd=ROOT)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   rows = [json.loads(line[len("RESULT "):]) for line in proc.stdout.splitlines()
@@ -28,10 +29,10 @@ def test_tiny_run_reports_every_part():
   for part in ("matmul", "init", "sft_step", "grpo_step", "torch_step"):
     assert part in parts, parts
   sft = [r for r in rows if r["part"] == "sft_step"]
-  assert {r["policy"] for r in sft} == {"dots_attn", "dots_no_batch", "full"}
+  assert {r["policy"] for r in sft} == {"dots_attn", "full"}
   assert all("error" not in r and r["step_s"] > 0 and r["loss"] > 0 for r in sft), sft
   torch_rows = [r for r in rows if r["part"] == "torch_step"]
-  assert [r["variant"] for r in torch_rows] == ["eager:full", "compile:dots_no_batch"]
+  assert [r["variant"] for r in torch_rows] == ["compile:dots_no_batch"]
   assert all(r["step_s"] > 0 for r in torch_rows), torch_rows
   assert "== summary ==" in proc.stdout
 

@@ -15,10 +15,13 @@ ABSENT_ON_GPU = ("grain", "tensorflow_datasets", "av", "ml_collections", "tensor
 
 
 @pytest.mark.slow
-def test_tiny_suite_runs_every_part(tmp_path):
+def test_tiny_suite_runs_its_own_parts(tmp_path):
   out = tmp_path / "suite.jsonl"
-  proc = subprocess.run([sys.executable, SCRIPT, "--tiny", "--live_seconds", "6",
-                         "--frames_search", "2", f"--out={out}"],
+  # The sft and decode parts call benchmarks/gpu_train_step.py's and rollout_decode.py's
+  # functions, run --tiny by tests/test_gpu_benchmark.py and tests/test_bench_rollout_decode.py
+  # (fp8 and dots_attn by tests/test_fp8.py); this runs the parts only the suite has (CI budget).
+  proc = subprocess.run([sys.executable, SCRIPT, "--tiny", "--parts=grpo,live",
+                         "--live_seconds", "6", "--frames_search", "2", f"--out={out}"],
                         capture_output=True, text=True, timeout=1500, cwd=ROOT,
                         env=dict(os.environ, PYTHONPATH=ROOT))
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -29,12 +32,7 @@ def test_tiny_suite_runs_every_part(tmp_path):
     for key in ("commit", "date", "machine", "load_before", "load_after", "versions", "command"):
       assert key in r, (key, r["part"])
   parts = {r["part"] for r in rows}
-  assert {"sft/sft_step", "sft/fp8_speedup", "decode", "grpo/step", "grpo/frames_search",
-          "live"} <= parts, parts
-  sft = {r["matmul"]: r for r in rows if r["part"] == "sft/sft_step"}
-  assert set(sft) == {"default", "fp8"} and all(r["policy"] == "dots_attn" for r in sft.values())
-  decode = next(r for r in rows if r["part"] == "decode")
-  assert decode["ours"]["tokens_per_s"] > 0 and decode["transformers"]["tokens_per_s"] > 0
+  assert {"grpo/step", "grpo/frames_search", "live"} <= parts, parts
   steps = [r for r in rows if r["part"] == "grpo/step"]
   assert len(steps) == 2 and all(r["rows"] == 8 and r["overflow"] == 0 for r in steps)
   # The sampler's and the trainer's log-probs are the same function of the same weights on the
