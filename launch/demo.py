@@ -77,6 +77,9 @@ def main(argv):
     raise app.UsageError(f"--seeds={','.join(FLAGS.seeds)}: expected integers ({e})") from e
   if not seeds or len(set(seeds)) != len(seeds):
     raise app.UsageError(f"--seeds={','.join(FLAGS.seeds)}: expected distinct integers")
+  # The demo runs on the CPU (its figures are CPU figures): no other backend is probed, so an
+  # installed libtpu (the test extra's, for launch/aot_compile.py) stays silent.
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
   from streampro_jax import numerics  # pylint: disable=g-import-not-at-top
   if FLAGS.pin_numerics:
     numerics.pin_cpu_numerics()     # before JAX starts its backend
