@@ -170,14 +170,12 @@ def _frame(tiny: bool) -> int:
 
 
 def part_grpo(args) -> list[dict]:
-  import functools  # pylint: disable=g-import-not-at-top
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from streampro_jax import grpo, models, parallel, sampling  # pylint: disable=g-import-not-at-top
   from streampro_jax.data import chat_format, synthetic  # pylint: disable=g-import-not-at-top
   from streampro_jax.models import qwen2_5_vl as q  # pylint: disable=g-import-not-at-top
-  from streampro_jax.train import grpo_step, optim, sft  # pylint: disable=g-import-not-at-top
+  from streampro_jax.train import grpo_step, sft  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
   import gpu_train_step  # pylint: disable=g-import-not-at-top
 
@@ -202,14 +200,7 @@ def part_grpo(args) -> list[dict]:
   scfg = sampling.SamplerConfig(temperature=1.0, max_text_tokens=8 if args.tiny else 32,
                                 constrain_decision=False)
   sampler = sampling.StreamingSampler(cfg, chat, scfg, video_grid=grid)
-  mesh = parallel.make_mesh({"data": 1}, devices=jax.devices()[:1])
-  tx = optim.make_optimizer(dict(lr=1e-6, warmup_steps=0, schedule="constant",
-                                 grad_clip_norm=1.0, weight_decay=0.0,
-                                 frozen=gpu_train_step.FROZEN), total_steps=1000)
-  init_fn = functools.partial(q.init_params, cfg)
-  trainable = optim.trainable_mask(nn.unbox(jax.eval_shape(init_fn, jax.random.key(0))),
-                                   gpu_train_step.FROZEN)
-  state, shardings = state_lib.create_train_state(init_fn, tx, mesh, jax.random.key(0))
+  mesh, tx, trainable, state, shardings = gpu_train_step.one_device_train_state(cfg, lr=1e-6)
   ref = jax.tree.map(lambda x: x.copy(), state.params)
   gcfg = grpo.GRPOStepConfig(group_size=group, beta=0.04, logps_chunk_size=0)
   out = []
@@ -281,26 +272,17 @@ def _frames_search(args, cfg, group: int) -> dict:
 
 def _grpo_update_at(args, cfg, shp) -> dict:
   """One GRPO update (after a compiling call) on a gpu_train_step batch of shape `shp`."""
-  import functools  # pylint: disable=g-import-not-at-top
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from streampro_jax import grpo, parallel  # pylint: disable=g-import-not-at-top
   from streampro_jax.models import qwen2_5_vl as q  # pylint: disable=g-import-not-at-top
-  from streampro_jax.train import grpo_step, optim, sft  # pylint: disable=g-import-not-at-top
+  from streampro_jax.train import grpo_step, sft  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
   import gpu_train_step  # pylint: disable=g-import-not-at-top
 
   batch, grid = gpu_train_step.build_batch(cfg, **shp)
   b, t = batch["input_ids"].shape
-  mesh = parallel.make_mesh({"data": 1}, devices=jax.devices()[:1])
-  tx = optim.make_optimizer(dict(lr=1e-6, warmup_steps=0, schedule="constant",
-                                 grad_clip_norm=1.0, weight_decay=0.0,
-                                 frozen=gpu_train_step.FROZEN), total_steps=1000)
-  init_fn = functools.partial(q.init_params, cfg)
-  trainable = optim.trainable_mask(nn.unbox(jax.eval_shape(init_fn, jax.random.key(0))),
-                                   gpu_train_step.FROZEN)
-  state, shardings = state_lib.create_train_state(init_fn, tx, mesh, jax.random.key(0))
+  mesh, tx, trainable, state, shardings = gpu_train_step.one_device_train_state(cfg, lr=1e-6)
   ref = jax.tree.map(lambda x: x.copy(), state.params)
   gbatch = {k: batch[k] for k in grpo.GRPO_MODEL_KEYS}
   gbatch["old_logps"] = np.zeros(batch["labels"].shape, np.float32)

@@ -252,15 +252,32 @@ def run_jax(args):
          mfu_matmul=mfu / rate, achieved_flops_per_s=mfu, peak_bytes=peak_memory(),
          batch=b, seq_len=t)
 
-def run_grpo(args, cfg, policy_spec: str):
-  """The GRPO update (policy + reference) at the SFT step's shapes, remat `policy_spec`."""
+def one_device_train_state(cfg, *, lr: float):
+  """(mesh, tx, trainable, state, shardings) of a random TrainState of backbone config `cfg` on
+  the first device: AdamW at constant `lr`, clip 1, the vision tower frozen (FROZEN)."""
   import functools  # pylint: disable=g-import-not-at-top
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from streampro_jax import parallel  # pylint: disable=g-import-not-at-top
+  from streampro_jax.models import qwen2_5_vl as q  # pylint: disable=g-import-not-at-top
+  from streampro_jax.train import optim  # pylint: disable=g-import-not-at-top
+  from streampro_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
+  mesh = parallel.make_mesh({"data": 1}, devices=jax.devices()[:1])
+  tx = optim.make_optimizer(dict(lr=lr, warmup_steps=0, schedule="constant", grad_clip_norm=1.0,
+                                 weight_decay=0.0, frozen=FROZEN), total_steps=1000)
+  init_fn = functools.partial(q.init_params, cfg)
+  trainable = optim.trainable_mask(nn.unbox(jax.eval_shape(init_fn, jax.random.key(0))), FROZEN)
+  state, shardings = state_lib.create_train_state(init_fn, tx, mesh, jax.random.key(0))
+  return mesh, tx, trainable, state, shardings
+
+
+def run_grpo(args, cfg, policy_spec: str):
+  """The GRPO update (policy + reference) at the SFT step's shapes, remat `policy_spec`."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from streampro_jax import grpo, parallel  # pylint: disable=g-import-not-at-top
   from streampro_jax.models import qwen2_5_vl as q  # pylint: disable=g-import-not-at-top
-  from streampro_jax.train import grpo_step, optim, sft  # pylint: disable=g-import-not-at-top
+  from streampro_jax.train import grpo_step, sft  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
 
   shp = shape_args(args.tiny)
@@ -269,13 +286,7 @@ def run_grpo(args, cfg, policy_spec: str):
   chunk = int(chunk) if chunk else shp["chunk"]
   batch, grid = build_batch(cfg, **shp)
   b, t = batch["input_ids"].shape
-  mesh = parallel.make_mesh({"data": 1}, devices=jax.devices()[:1])
-  tx = optim.make_optimizer(dict(lr=1e-5, warmup_steps=0, schedule="constant",
-                                 grad_clip_norm=1.0, weight_decay=0.0, frozen=FROZEN),
-                            total_steps=1000)
-  init_fn = functools.partial(q.init_params, cfg)
-  trainable = optim.trainable_mask(nn.unbox(jax.eval_shape(init_fn, jax.random.key(0))), FROZEN)
-  state, shardings = state_lib.create_train_state(init_fn, tx, mesh, jax.random.key(0))
+  mesh, tx, trainable, state, shardings = one_device_train_state(cfg, lr=1e-5)
   pcfg = cfg.replace(remat_policy=policy)
   gcfg = grpo.GRPOStepConfig(group_size=b, beta=0.04, logps_chunk_size=chunk)
   logps_fn = grpo.make_logps_fn(sft.make_forward(q.Qwen2_5_VL(pcfg), grid), temperature=1.0,
