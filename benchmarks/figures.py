@@ -133,11 +133,27 @@ def deviations() -> str:
   return "\n".join(lines)
 
 
+def test_split_size() -> str:
+  """docs/ablations.md's paired test-split gaps of the same 3-seed models on 140 and 560 test
+  videos (README's raw 3-seed file and the rescoring's)."""
+  small = _json("demo_seeds_0_1_2.json")["summary"]["test"]["gaps"]
+  big = _json("demo_test560_seeds_0_1_2.json")["summary_test"]["gaps"]
+  lines = ["| Paired W-Avg gap x100 | test videos | per seed | mean +- std | mean >= 2 std |",
+           "|---|---:|---:|---:|:---:|"]
+  for gap in small:
+    for n, g in ((140, small[gap]), (560, big[gap])):
+      per = ", ".join(f"{100 * v:+.1f}" for v in g["values"])
+      lines.append(f"| {gap} | {n} | {per} | {100 * g['mean']:+.1f} +- {100 * g['std']:.1f} | "
+                   f"{'yes' if g['holds'] else 'no'} |")
+  return "\n".join(lines)
+
+
 # name -> (the docs that hold the block, its renderer)
 BLOCKS: dict[str, tuple[tuple[str, ...], Callable[[], str]]] = {
     "gpu_summary": (("docs/benchmarks.md",), gpu_summary),
     "cpu_numerics": (("docs/decisions.md",), cpu_numerics),
     "deviations": (("README.md", "docs/method.md"), deviations),
+    "test_split_size": (("docs/ablations.md",), test_split_size),
 }
 
 

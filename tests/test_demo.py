@@ -175,6 +175,7 @@ def _readme_demo_args():
 
 
 @pytest.mark.slow
+@pytest.mark.first
 def test_readme_first_command_prints_readme_table(tmp_path):
   """README's first command on a fresh workdir prints the table README shows, to the digit.
 
