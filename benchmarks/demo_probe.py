@@ -51,6 +51,7 @@ def main(argv):
   from streampro_jax.bench import content_probe  # pylint: disable=g-import-not-at-top
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import grpo_trainer, sft  # pylint: disable=g-import-not-at-top
+  from streampro_jax.train import setup as setup_lib  # pylint: disable=g-import-not-at-top
 
   workdir = os.path.abspath(_WORKDIR.value)
   with open(os.path.join(workdir, "demo_config.json"), encoding="utf-8") as f:
@@ -69,14 +70,14 @@ def main(argv):
   c.data.narration = bool(_NARRATION.value)
   if c.data.narration:
     c.data.seq_len = max(int(c.data.seq_len), 768)
-  tokenizer = sft.make_tokenizer(c, workdir)
-  mcfg = sft.make_model_config(c.model, tokenizer)
-  it, pipe = sft.make_data(c, tokenizer, mcfg)
+  tokenizer = setup_lib.make_tokenizer(c, workdir)
+  mcfg = setup_lib.make_model_config(c.model, tokenizer)
+  it, pipe = setup_lib.make_data(c, tokenizer, mcfg)
   n_batches = max(1, min(_ROWS.value, pipe.num_trajectories) // batch)
   batches = [{k: jnp.asarray(v) for k, v in next(it).items() if k in sft.STEP_BATCH_KEYS}
              for _ in range(n_batches)]
   grid = np.tile(np.asarray(pipe.video_grid_thw).reshape(1, 3), (pipe.cfg.max_turns, 1))
-  forward = jax.jit(sft.make_forward(models.build(mcfg), grid))
+  forward = jax.jit(setup_lib.make_forward(models.build(mcfg), grid))
   groups = content_probe.slot_groups(tokenizer)
   abstract = nn.unbox(jax.eval_shape(lambda r: models.backbone_module(mcfg).init_params(mcfg, r),
                                      jax.random.key(0)))

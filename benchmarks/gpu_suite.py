@@ -175,7 +175,9 @@ def part_grpo(args) -> list[dict]:
   from streampro_jax import grpo, models, parallel, sampling  # pylint: disable=g-import-not-at-top
   from streampro_jax.data import chat_format, synthetic  # pylint: disable=g-import-not-at-top
   from streampro_jax.models import qwen2_5_vl as q  # pylint: disable=g-import-not-at-top
-  from streampro_jax.train import grpo_step, sft  # pylint: disable=g-import-not-at-top
+  from streampro_jax.train import grpo_step  # pylint: disable=g-import-not-at-top
+  from streampro_jax.train import setup as setup_lib  # pylint: disable=g-import-not-at-top
+  from streampro_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
   import gpu_train_step  # pylint: disable=g-import-not-at-top
 
@@ -216,13 +218,13 @@ def part_grpo(args) -> list[dict]:
     batch["rewards"] = np.random.default_rng(s).random(rb.input_ids.shape[0]).astype(np.float32)
     if step is None:
       logps_fn = grpo.make_logps_fn(
-          sft.make_forward(q.Qwen2_5_VL(cfg), np.tile(np.asarray(grid), (turns, 1))),
-          temperature=1.0, chunk_size=0, unembed_fn=sft.make_unembed(cfg))
+          setup_lib.make_forward(q.Qwen2_5_VL(cfg), np.tile(np.asarray(grid), (turns, 1))),
+          temperature=1.0, chunk_size=0, unembed_fn=setup_lib.make_unembed(cfg))
       step = grpo_step.make_grpo_step(
           logps_fn, tx, gcfg, state_shardings=shardings,
           batch_sharding=grpo_step.grpo_batch_shardings(batch, mesh), mesh=mesh,
           trainable=trainable)
-    gb = parallel.shard_batch(batch, mesh, batch_dims=sft.BATCH_DIMS)
+    gb = parallel.shard_batch(batch, mesh, batch_dims=step_lib.BATCH_DIMS)
     with state_lib.sharding_context(mesh):
       state, m = step(state, ref, gb)
     m = {k: float(v) for k, v in jax.device_get(m).items()}
@@ -276,7 +278,9 @@ def _grpo_update_at(args, cfg, shp) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
   from streampro_jax import grpo, parallel  # pylint: disable=g-import-not-at-top
   from streampro_jax.models import qwen2_5_vl as q  # pylint: disable=g-import-not-at-top
-  from streampro_jax.train import grpo_step, sft  # pylint: disable=g-import-not-at-top
+  from streampro_jax.train import grpo_step  # pylint: disable=g-import-not-at-top
+  from streampro_jax.train import setup as setup_lib  # pylint: disable=g-import-not-at-top
+  from streampro_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
   import gpu_train_step  # pylint: disable=g-import-not-at-top
 
@@ -288,12 +292,12 @@ def _grpo_update_at(args, cfg, shp) -> dict:
   gbatch["old_logps"] = np.zeros(batch["labels"].shape, np.float32)
   gbatch["rewards"] = np.random.default_rng(0).random(b).astype(np.float32)
   gcfg = grpo.GRPOStepConfig(group_size=b, beta=0.04, logps_chunk_size=shp["chunk"])
-  logps_fn = grpo.make_logps_fn(sft.make_forward(q.Qwen2_5_VL(cfg), grid), temperature=1.0,
-                                chunk_size=shp["chunk"], unembed_fn=sft.make_unembed(cfg))
+  logps_fn = grpo.make_logps_fn(setup_lib.make_forward(q.Qwen2_5_VL(cfg), grid), temperature=1.0,
+                                chunk_size=shp["chunk"], unembed_fn=setup_lib.make_unembed(cfg))
   step = grpo_step.make_grpo_step(logps_fn, tx, gcfg, state_shardings=shardings,
                                   batch_sharding=grpo_step.grpo_batch_shardings(gbatch, mesh),
                                   mesh=mesh, trainable=trainable)
-  gb = parallel.shard_batch(gbatch, mesh, batch_dims=sft.BATCH_DIMS)
+  gb = parallel.shard_batch(gbatch, mesh, batch_dims=step_lib.BATCH_DIMS)
   times = []
   for _ in range(2):
     t0 = time.perf_counter()

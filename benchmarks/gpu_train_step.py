@@ -176,6 +176,8 @@ def run_jax(args):
   from streampro_jax import parallel  # pylint: disable=g-import-not-at-top
   from streampro_jax.models import qwen2_5_vl as q  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import optim, sft  # pylint: disable=g-import-not-at-top
+  from streampro_jax.train import setup as setup_lib  # pylint: disable=g-import-not-at-top
+  from streampro_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
 
   shp = shape_args(args.tiny)
@@ -203,7 +205,7 @@ def run_jax(args):
   jax.block_until_ready(state)
   init_s = time.perf_counter() - t0
   emit(part="init", seconds=init_s, layout="scanned", **counts)
-  gb = parallel.shard_batch(batch, mesh, batch_dims=sft.BATCH_DIMS)
+  gb = parallel.shard_batch(batch, mesh, batch_dims=step_lib.BATCH_DIMS)
   ids = decision_ids(cfg)
   loss_cfg = dict(kind="cb_stream", beta=0.9999, text_weight=2.0, chunk_size=shp["chunk"])
   trainable = optim.trainable_mask(nn.unbox(boxed), FROZEN)
@@ -218,9 +220,9 @@ def run_jax(args):
     pcfg = cfg.replace(remat_policy=policy, attention_impl=impl, matmul_dtype=matmul)
     loss_cfg = dict(loss_cfg, chunk_size=chunk)
     step = sft.make_sft_step(
-        sft.make_forward(q.Qwen2_5_VL(pcfg), grid), loss_cfg, ids, tx,
-        state_shardings=shardings, batch_sharding=sft.batch_shardings(batch, mesh), mesh=mesh,
-        unembed_fn=sft.make_unembed(pcfg), trainable=trainable)
+        setup_lib.make_forward(q.Qwen2_5_VL(pcfg), grid), loss_cfg, ids, tx,
+        state_shardings=shardings, batch_sharding=step_lib.batch_shardings(batch, mesh), mesh=mesh,
+        unembed_fn=setup_lib.make_unembed(pcfg), trainable=trainable)
     try:
       t0 = time.perf_counter()
       with state_lib.sharding_context(mesh):
@@ -277,7 +279,9 @@ def run_grpo(args, cfg, policy_spec: str):
   import numpy as np  # pylint: disable=g-import-not-at-top
   from streampro_jax import grpo, parallel  # pylint: disable=g-import-not-at-top
   from streampro_jax.models import qwen2_5_vl as q  # pylint: disable=g-import-not-at-top
-  from streampro_jax.train import grpo_step, sft  # pylint: disable=g-import-not-at-top
+  from streampro_jax.train import grpo_step  # pylint: disable=g-import-not-at-top
+  from streampro_jax.train import setup as setup_lib  # pylint: disable=g-import-not-at-top
+  from streampro_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
 
   shp = shape_args(args.tiny)
@@ -289,14 +293,14 @@ def run_grpo(args, cfg, policy_spec: str):
   mesh, tx, trainable, state, shardings = one_device_train_state(cfg, lr=1e-5)
   pcfg = cfg.replace(remat_policy=policy)
   gcfg = grpo.GRPOStepConfig(group_size=b, beta=0.04, logps_chunk_size=chunk)
-  logps_fn = grpo.make_logps_fn(sft.make_forward(q.Qwen2_5_VL(pcfg), grid), temperature=1.0,
-                                chunk_size=chunk, unembed_fn=sft.make_unembed(pcfg))
+  logps_fn = grpo.make_logps_fn(setup_lib.make_forward(q.Qwen2_5_VL(pcfg), grid), temperature=1.0,
+                                chunk_size=chunk, unembed_fn=setup_lib.make_unembed(pcfg))
   gbatch = {k: batch[k] for k in grpo.GRPO_MODEL_KEYS}
   rng = np.random.default_rng(1)
   gbatch["old_logps"] = (-rng.random(batch["labels"].shape) * batch["loss_mask"]).astype(
       np.float32)
   gbatch["rewards"] = rng.random(b).astype(np.float32)
-  ggb = parallel.shard_batch(gbatch, mesh, batch_dims=sft.BATCH_DIMS)
+  ggb = parallel.shard_batch(gbatch, mesh, batch_dims=step_lib.BATCH_DIMS)
   ref = jax.tree.map(lambda x: x.copy(), state.params)
   gstep = grpo_step.make_grpo_step(logps_fn, tx, gcfg, state_shardings=shardings,
                                    batch_sharding=grpo_step.grpo_batch_shardings(gbatch, mesh),

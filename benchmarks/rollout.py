@@ -46,12 +46,13 @@ from configs import tiny_synthetic_grpo  # noqa: E402
 from streampro_jax import sampling  # noqa: E402
 from streampro_jax.data import chat_format, pipeline, synthetic  # noqa: E402
 from streampro_jax.models import qwen2_5_vl  # noqa: E402
-from streampro_jax.train import grpo_trainer, sft  # noqa: E402
+from streampro_jax.train import grpo_trainer  # noqa: E402
+from streampro_jax.train import setup as setup_lib  # noqa: E402
 
 
 def _setup(config, workdir):
-  tok = sft.make_tokenizer(config, workdir)
-  mcfg = sft.make_model_config(config.model, tok)
+  tok = setup_lib.make_tokenizer(config, workdir)
+  mcfg = setup_lib.make_model_config(config.model, tok)
   pcfg = pipeline.PipelineConfig.from_config(config.data)
   proc = pipeline.processor_config(pcfg, mcfg)
   _, gh, gw = proc.grid(pcfg.frame_height, pcfg.frame_width)

@@ -40,6 +40,8 @@ import numpy as np
 from streampro_jax import losses, parallel
 from streampro_jax.models import qwen2_5_vl
 from streampro_jax.train import optim, sft
+from streampro_jax.train import setup as setup_lib
+from streampro_jax.train import step as step_lib
 from streampro_jax.train import state as state_lib
 
 FROZEN = r"^visual/(?!merger/)"
@@ -68,9 +70,9 @@ def build(args, workdir):
                 synth=dict(resolution=32, min_duration=12, max_duration=16),
                 seq_len=args.seq_len, max_turns=16, frame_height=16, frame_width=16, seed=0,
                 shuffle=True, num_threads=2, prefetch_buffer_size=8)))
-  tokenizer = sft.make_tokenizer(cfg, workdir)
-  mcfg = sft.make_model_config(cfg.model, tokenizer)
-  it, pipe = sft.make_data(cfg, tokenizer, mcfg)
+  tokenizer = setup_lib.make_tokenizer(cfg, workdir)
+  mcfg = setup_lib.make_model_config(cfg.model, tokenizer)
+  it, pipe = setup_lib.make_data(cfg, tokenizer, mcfg)
   batch = next(it)
   ids = (tokenizer.convert_tokens_to_ids("</Silence>"),
          tokenizer.convert_tokens_to_ids("</Response>"))
@@ -145,10 +147,10 @@ def jax_step(mcfg, pipe, batch, ids, params):
   grid = np.tile(pipe.video_grid_thw.reshape(1, 3), (pipe.cfg.max_turns, 1))
   b = {k: batch[k] for k in sft.STEP_BATCH_KEYS}
   step = sft.make_sft_step(
-      sft.make_forward(qwen2_5_vl.Qwen2_5_VL(mcfg), grid), dict(kind="cb_stream"), ids, tx,
-      state_shardings=shardings, batch_sharding=sft.batch_shardings(b, mesh), mesh=mesh,
+      setup_lib.make_forward(qwen2_5_vl.Qwen2_5_VL(mcfg), grid), dict(kind="cb_stream"), ids, tx,
+      state_shardings=shardings, batch_sharding=step_lib.batch_shardings(b, mesh), mesh=mesh,
       trainable=optim.trainable_mask(state.params, FROZEN))
-  gb = parallel.shard_batch(b, mesh, batch_dims=sft.BATCH_DIMS)
+  gb = parallel.shard_batch(b, mesh, batch_dims=step_lib.BATCH_DIMS)
   with state_lib.sharding_context(mesh):
     compiled = step.jitted.lower(state, gb).compile()
   cost = compiled.cost_analysis()

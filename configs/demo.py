@@ -46,8 +46,8 @@ BUDGETS = ("smoke", "default")
 VARIANTS = ("sft_ce", "sft_focal", "sft_cb_stream", "grpo")
 LOSS_OF_VARIANT = {"sft_ce": "ce", "sft_focal": "focal", "sft_cb_stream": "cb_stream"}
 # The demo's system prompt (every stage: SFT rows, GRPO rollouts, evaluation). A randomly
-# initialised model cannot read instructions, and chat_format.SYSTEM_PROMPT is 234 tokens of the
-# synthetic tokenizer (~40% of every row); this one-sentence version is 21 tokens.
+# initialised model cannot read instructions, and prompts.STREAMING_SYSTEM_PROMPT is 234 tokens of
+# the synthetic tokenizer (~40% of every row); this one-sentence version is 21 tokens.
 DEMO_SYSTEM_PROMPT = "Reply </Silence> or </Response> followed by the answer."
 
 

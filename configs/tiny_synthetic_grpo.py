@@ -35,8 +35,6 @@ Every field of a GRPO config:
   rollout: rollout.SamplerConfig fields other than temperature / top_p (max_text_tokens: text
     tokens after </Response>; window_turns, constrain_decision, user_chunk_len, capacity,
     chunk_multiple, capacity_multiple, ...).
-  A renamed key (grpo.RENAMED_KEYS: grpo.beta_kl, grpo.max_response_tokens) is an error naming
-  its new key.
 """
 
 import ml_collections

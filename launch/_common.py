@@ -17,7 +17,7 @@ from ml_collections import config_flags
 import _cli  # launch/_cli.py: one-line usage errors
 
 # accept_new_attributes: a key given on the command line that the config file does not hold
-# (--config.optim.lr_typo=1, the renamed --config.grpo.beta_kl) reaches train/config_check, which
+# (--config.optim.lr_typo=1, --config.grpo.beta_kl) reaches train/config_check, which
 # names it in one line (ml_collections would stop with a traceback instead).
 CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
                                          lock_config=False, accept_new_attributes=True)

@@ -41,6 +41,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from streampro_jax.bench import checkpoints as bench_checkpoints
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _cli  # launch/_cli.py: one-line usage errors (exit 2)
@@ -63,7 +65,6 @@ _PAD_VOCAB = flags.DEFINE_integer("pad_vocab_to", 64, "--hf_input: a grown vocab
                                   "rounded up to a multiple of this.")
 _OVERWRITE = flags.DEFINE_boolean("overwrite", False, "Write into an existing output folder.")
 
-CONVERSION_FILE = "streampro_conversion.json"
 _WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json", ".bin", ".bin.index.json",
                     ".pt", ".pth", ".msgpack", ".h5")
 _TOKENIZER_PREFIXES = ("tokenizer", "vocab", "merges", "special_tokens_map", "added_tokens")
@@ -76,7 +77,7 @@ def copy_aux_files(src: str, dst: str) -> list[str]:
   for name in sorted(os.listdir(src)):
     path = os.path.join(src, name)
     if (not os.path.isfile(path) or name == "config.json" or name.endswith(_WEIGHT_SUFFIXES)
-        or name.startswith(_TOKENIZER_PREFIXES) or name == CONVERSION_FILE
+        or name.startswith(_TOKENIZER_PREFIXES) or name == bench_checkpoints.CONVERSION_FILE
         or os.path.exists(os.path.join(dst, name))):
       continue
     shutil.copy2(path, os.path.join(dst, name))
@@ -101,7 +102,7 @@ def _prepare_output(output: str, sources: list[str]):
 
 
 def _write_record(output: str, record: dict):
-  with open(os.path.join(output, CONVERSION_FILE), "w", encoding="utf-8") as f:
+  with open(os.path.join(output, bench_checkpoints.CONVERSION_FILE), "w", encoding="utf-8") as f:
     json.dump(record, f, indent=2, sort_keys=True)
 
 
@@ -110,14 +111,14 @@ def _tokenizer_of_run(config, workdir: str):
   ``<workdir>/tokenizer/process_0`` (rebuilt when absent), or config.tokenizer's folder with the
   decision tokens added."""
   from streampro_jax.data import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
-  from streampro_jax.train import sft  # pylint: disable=g-import-not-at-top
+  from streampro_jax.train import setup as setup_lib  # pylint: disable=g-import-not-at-top
   if config.get("tokenizer", "synthetic") == "synthetic":
     built = os.path.join(workdir, "tokenizer", "process_0")
     if os.path.isfile(os.path.join(built, "tokenizer.json")):
       return tok_lib.load_tokenizer(built)[0]
     with tempfile.TemporaryDirectory() as tmp:
-      return sft.make_tokenizer(config, tmp)
-  return sft.make_tokenizer(config, workdir)
+      return setup_lib.make_tokenizer(config, tmp)
+  return setup_lib.make_tokenizer(config, workdir)
 
 
 def _checkpoint_steps(ckpt_dir: str) -> list[int]:
@@ -216,7 +217,7 @@ def convert_hf(hf_input: str, output: str, *, dtype: str = "auto", reinit: str =
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
 
-  from streampro_jax import models  # pylint: disable=g-import-not-at-top
+  from streampro_jax import models, prompts  # pylint: disable=g-import-not-at-top
   from streampro_jax.data import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
 
   tok_lib.require_tokenizer_files(hf_input)   # before anything is written
@@ -226,7 +227,7 @@ def convert_hf(hf_input: str, output: str, *, dtype: str = "auto", reinit: str =
   if dtype == "auto":
     dtype = _source_dtype(source_json)
   had = set(AutoTokenizer.from_pretrained(hf_input, local_files_only=True).get_vocab())
-  added = [t for t in tok_lib.DECISION_TOKENS if t not in had]
+  added = [t for t in prompts.DECISION_TOKENS if t not in had]
   tokenizer, needs_resize = tok_lib.load_tokenizer(hf_input)
   ids = tok_lib.decision_token_ids(tokenizer)
   if reinit == "always":

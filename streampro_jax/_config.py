@@ -5,10 +5,6 @@ video.ResizePolicy, the processors' configs, optim.OptimConfig, ...) takes the k
 that name a field of its dataclass with :func:`field_values`; a key left out (or set to None where
 the field's default is not None) keeps the dataclass default. Keys that are not fields are left to
 their other readers, and train/config_check.py refuses a key that no reader takes.
-
-A key that was renamed is an error naming the new key (no alias keys): with
-``renamed={"beta_kl": "grpo.beta"}`` and ``section_name="grpo"``, a section holding ``beta_kl``
-raises RenamedKeyError("config.grpo.beta_kl was renamed: use config.grpo.beta").
 """
 
 from __future__ import annotations
@@ -18,10 +14,6 @@ from collections.abc import Mapping
 from typing import Any
 
 
-class RenamedKeyError(ValueError):
-  """A config key that was renamed; the message names the key that replaced it."""
-
-
 def as_dict(section: Any) -> dict[str, Any]:
   """A mapping, ConfigDict or object with attributes (None: empty) -> a plain dict of its keys."""
   if section is None:
@@ -29,14 +21,6 @@ def as_dict(section: Any) -> dict[str, Any]:
   if isinstance(section, Mapping) or hasattr(section, "items"):
     return dict(section.items())
   return dict(vars(section))
-
-
-def renamed_keys(section: Any, renamed: Mapping[str, str], name: str = "") -> list[str]:
-  """One message per key of `section` that `renamed` (old key -> the new key's full name, e.g.
-  "grpo.beta") lists: "config.<name>.<old> was renamed: use config.<new>"."""
-  prefix = f"{name}." if name else ""
-  return [f"config.{prefix}{old} was renamed: use config.{renamed[old]}"
-          for old in as_dict(section) if old in renamed]
 
 
 def _convert(value: Any, default: Any, where: str) -> Any:
@@ -57,15 +41,12 @@ def _convert(value: Any, default: Any, where: str) -> Any:
   return out
 
 
-def field_values(cls: type, section: Any, *, renamed: Mapping[str, str] | None = None,
-                 section_name: str = "") -> dict[str, Any]:
+def field_values(cls: type, section: Any, *, section_name: str = "") -> dict[str, Any]:
   """{field: value} for the keys of `section` that are fields of the dataclass `cls`.
 
   Args:
     cls: a dataclass.
     section: a mapping, ConfigDict or object with attributes; None reads as empty.
-    renamed: old key -> full name of the key that replaced it; an old key in `section` raises
-      RenamedKeyError naming the new key.
     section_name: the section's name in the config (for the message), e.g. "grpo".
 
   Returns:
@@ -74,9 +55,6 @@ def field_values(cls: type, section: Any, *, renamed: Mapping[str, str] | None =
     ``cls(**field_values(cls, {}))`` == ``cls()``.
   """
   values = as_dict(section)
-  problems = renamed_keys(values, renamed or {}, section_name)
-  if problems:
-    raise RenamedKeyError("; ".join(problems))
   out = {}
   for f in dataclasses.fields(cls):
     if f.name not in values:

@@ -174,10 +174,10 @@ class Demo:
     return self.configs.data_dir(self.workdir)
 
   def tokenizer_and_model_config(self):
-    from streampro_jax.train import sft  # pylint: disable=g-import-not-at-top
+    from streampro_jax.train import setup as setup_lib  # pylint: disable=g-import-not-at-top
     cfg = self.configs.sft_config(self.cfg, "ce", self.data_dir)
-    tokenizer = sft.make_tokenizer(cfg, self.workdir)
-    return tokenizer, sft.make_model_config(cfg.model, tokenizer)
+    tokenizer = setup_lib.make_tokenizer(cfg, self.workdir)
+    return tokenizer, setup_lib.make_model_config(cfg.model, tokenizer)
 
   def source(self, split: str):
     from streampro_jax.data import pipeline  # pylint: disable=g-import-not-at-top

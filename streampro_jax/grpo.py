@@ -1,13 +1,13 @@
 """GRPO for StreamPro stage 2 (docs/method.md section 3).
 
 Layout of this module:
-  1. Per-token log-probabilities (from logits, or chunked from hidden states).
-  2. KL estimators, registered by name (KL_ESTIMATORS).
-  3. Group advantages.
-  4. The GRPO objective (loss, loss + aux metrics, (sum, count) for gradient accumulation).
-  5. The update's pieces: GRPOStepConfig, the log-prob function and the sum-and-count loss of
-     train/step.accumulate_gradients; the sharded update itself is train/grpo_step.py (its
-     names build_grpo_update, make_grpo_step and grpo_batch_shardings stay reachable here).
+  1. KL estimators, registered by name (KL_ESTIMATORS).
+  2. Group advantages.
+  3. The GRPO objective (loss, loss + aux metrics, (sum, count) for gradient accumulation).
+  4. The update's pieces: GRPOStepConfig, the log-prob function and the sum-and-count loss of
+     train/step.accumulate_gradients; the sharded update itself is train/grpo_step.py.
+Per-token log-probabilities (from logits, or chunked from hidden states) are
+losses.token_logps and losses.token_logps_from_hidden.
 
 Shapes: B rollouts (B = number of prompts * G, groups contiguous), T tokens per rollout.
   logps, old_logps, ref_logps  f32[B, T]   log-prob of each sampled token under the current,
@@ -50,18 +50,7 @@ GRPO_PRESETS: dict[str, dict[str, object]] = {
 
 
 # ----------------------------------------------------------------------------------------------
-# 1. Per-token log-probabilities.
-# ----------------------------------------------------------------------------------------------
-
-
-# token_logps and token_logps_from_hidden live in losses.py (the rollout sampler needs them and
-# sits beside this module, not above it); re-exported here.
-token_logps = losses.token_logps
-token_logps_from_hidden = losses.token_logps_from_hidden
-
-
-# ----------------------------------------------------------------------------------------------
-# 2. KL estimators (per token, samples drawn from the current policy).
+# 1. KL estimators (per token, samples drawn from the current policy).
 # ----------------------------------------------------------------------------------------------
 
 
@@ -87,7 +76,7 @@ KL_ESTIMATORS: dict[str, Callable[[Array, Array], Array]] = {
 
 
 # ----------------------------------------------------------------------------------------------
-# 3. Group advantages.
+# 2. Group advantages.
 # ----------------------------------------------------------------------------------------------
 
 
@@ -137,7 +126,7 @@ def group_advantages(rewards: Array, group_size: int, *, eps: float = 1e-6,
 
 
 # ----------------------------------------------------------------------------------------------
-# 4. The GRPO objective.
+# 3. The GRPO objective.
 # ----------------------------------------------------------------------------------------------
 
 
@@ -329,8 +318,6 @@ STATIC_ARGNAMES: dict[str, tuple[str, ...]] = {
     "grpo_loss_sum_and_count": ("kl", "aggregation"),
     "per_token_grpo_loss": ("kl",),
     "aggregate_sum_and_count": ("aggregation",),
-    "token_logps": ("temperature",),
-    "token_logps_from_hidden": ("chunk_size", "temperature"),
 }
 """What each public GRPO function needs static under jax.jit; beta (unless it is a Python 0,
 which skips the reference), epsilon and eps may be traced."""
@@ -341,7 +328,7 @@ group_advantages_jit = jax.jit(group_advantages,
 
 
 # ----------------------------------------------------------------------------------------------
-# 5. The sharded GRPO update step (training area).
+# 4. The sharded GRPO update step (training area).
 # ----------------------------------------------------------------------------------------------
 #
 # One call of the jitted step on a batch of N = B * G rollouts (groups contiguous):
@@ -410,11 +397,6 @@ def group_statistics(rewards: Array, group_size: int) -> dict[str, Array]:
           "zero_variance_groups": jnp.mean(equal.astype(jnp.float32))}
 
 
-RENAMED_KEYS = {"beta_kl": "grpo.beta", "max_response_tokens": "rollout.max_text_tokens"}
-"""Old keys of a config's grpo section -> the key that replaced them; an old key is an error naming
-the new one (GRPOStepConfig.from_config, train/config_check.py)."""
-
-
 @dataclasses.dataclass(frozen=True)
 class GRPOStepConfig:
   """Hyper-parameters of the GRPO update (docs/method.md section 3 defaults).
@@ -473,10 +455,9 @@ class GRPOStepConfig:
     a key left out keeps the field's default, so ``from_config({}) == GRPOStepConfig()``. A
     temperature of 0 (greedy rollouts) reads as 1: log-probs are then of logits / 1. An optional
     ``grpo.preset`` (GRPO_PRESETS: "spec", "verl", "verl-no-kl") sets beta, kl_estimator and
-    aggregation, over the section's own values of those three. An old key (RENAMED_KEYS) raises
-    an error naming its new key.
+    aggregation, over the section's own values of those three.
     """
-    kw = _config.field_values(cls, grpo_cfg, renamed=RENAMED_KEYS, section_name="grpo")
+    kw = _config.field_values(cls, grpo_cfg, section_name="grpo")
     kw.pop("reward_weights", None)  # config.reward.weights, below.
     if kw.get("temperature") == 0.0:
       kw["temperature"] = 1.0
@@ -508,10 +489,10 @@ def make_logps_fn(forward_fn: Callable, *, temperature: float = 1.0, chunk_size:
   def logps_fn(params, batch):
     if chunk_size:
       hidden = forward_fn(params, batch, True)
-      return token_logps_from_hidden(hidden, unembed_fn(params), batch["labels"],
-                                     chunk_size=chunk_size, temperature=temperature)
-    return token_logps(forward_fn(params, batch, False), batch["labels"],
-                       temperature=temperature)
+      return losses.token_logps_from_hidden(hidden, unembed_fn(params), batch["labels"],
+                                            chunk_size=chunk_size, temperature=temperature)
+    return losses.token_logps(forward_fn(params, batch, False), batch["labels"],
+                              temperature=temperature)
 
   return logps_fn
 

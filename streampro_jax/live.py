@@ -43,9 +43,8 @@ from typing import Any
 
 import numpy as np
 
-from streampro_jax import models, sampling
+from streampro_jax import models, prompts, sampling
 from streampro_jax.bench import harness
-from streampro_jax.data import chat_format
 from streampro_jax.models import common
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -66,7 +65,7 @@ class LiveConfig:
     window_turns: sliding window of the KV cache in turns (seconds); docs/method.md: 200.
     prompt_style: "streampro" or "wait" (sampling.WaitPromptFormat).
     constrain_decision: restrict the first token to the decision tokens.
-    system_prompt: None: chat_format.SYSTEM_PROMPT.
+    system_prompt: None: prompts.STREAMING_SYSTEM_PROMPT.
     max_question_tokens: token budget of the questions asked in one second (sets the user-chunk
       bucket; a longer question raises QuestionTooLong).
     question_turns_in_window: questions the cache reserves room for inside one window.
@@ -140,7 +139,7 @@ class LiveModel:
     self.sampler = harness.make_sampler(model_config, tokenizer, hcfg,
                                         user_chunk_len=self.user_chunk_len,
                                         capacity=self.capacity)
-    self.processor = harness.processor_config(model_config)
+    self.processor = models.video_processor_config(model_config)
     self.frames_per_turn = int(self.processor.temporal_patch_size)
     self.lock = threading.Lock()   # one device: sessions take turns
 
@@ -487,5 +486,5 @@ def format_turn_line(result: TurnResult) -> list[str]:
   """The console lines of a turn that has something to say (questions, a response)."""
   lines = [f"[{result.turn:>5d}s] Q: {q}" for q in result.questions]
   if result.decision == "response":
-    lines.append(f"[{result.time:>5.0f}s] {chat_format.RESPONSE} {result.text}")
+    lines.append(f"[{result.time:>5.0f}s] {prompts.RESPONSE_TOKEN} {result.text}")
   return lines

@@ -644,6 +644,8 @@ STATIC_ARGNAMES: dict[str, tuple[str, ...]] = {
     "decision_class_counts": ("decision_token_ids",),
     "grouped_class_counts": ("decision_token_ids", "num_groups"),
     "metrics": ("decision_token_ids",),
+    "token_logps": ("temperature",),
+    "token_logps_from_hidden": ("chunk_size", "temperature"),
 }
 """The arguments each public loss needs static under jax.jit (Python ints / floats / strings:
 decision_token_ids as a tuple of ints). text_weight, gamma and class_counts may be traced."""

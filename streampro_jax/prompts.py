@@ -55,7 +55,7 @@ STREAMING_SYSTEM_PROMPT = (
     "for a complete and final answer. Never give a partial answer and never guess. Every answer "
     "begins with </Response>."
 )
-"""The one streaming system prompt (data/chat_format.SYSTEM_PROMPT is this text). Its rules, each
+"""The one streaming system prompt (the default of data/chat_format). Its rules, each
 from the paper's prompt: frames come one by one labelled <Xs-Ys>; </Silence> while the event is
 not complete or the input is irrelevant; </Response> only when the event has concluded or the
 information suffices for a complete final answer; no partial answers, no speculation; every

@@ -31,8 +31,6 @@ from streampro_jax import _checks, prompts
 
 Array = jax.Array
 
-SILENCE = prompts.SILENCE_TOKEN  # The decision token strings (defined in prompts.py).
-RESPONSE = prompts.RESPONSE_TOKEN
 DEFAULT_WEIGHTS = (0.1, 0.45, 0.45)
 
 
@@ -246,11 +244,11 @@ def parse_message(message: str) -> ParsedTurn:
   s = message.strip()
   if s.endswith("<|im_end|>"):
     s = s[: -len("<|im_end|>")].rstrip()
-  if s == SILENCE:
+  if s == prompts.SILENCE_TOKEN:
     return ParsedTurn("silence", "", True)
-  if s.startswith(RESPONSE):
-    text = s[len(RESPONSE):].strip()
-    valid = bool(text) and SILENCE not in text and RESPONSE not in text
+  if s.startswith(prompts.RESPONSE_TOKEN):
+    text = s[len(prompts.RESPONSE_TOKEN):].strip()
+    valid = bool(text) and prompts.SILENCE_TOKEN not in text and prompts.RESPONSE_TOKEN not in text
     return ParsedTurn("response", text, valid)
   return ParsedTurn("invalid", s, False)
 

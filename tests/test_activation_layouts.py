@@ -17,6 +17,7 @@ from streampro_jax import grpo, parallel
 from streampro_jax.data import tokenizer as tok_lib
 from streampro_jax.models import qwen2_5_vl
 from streampro_jax.train import grpo_step, optim, sft
+from streampro_jax.train import setup as setup_lib
 from streampro_jax.train import step as step_lib
 from streampro_jax.train import state as state_lib
 
@@ -31,13 +32,13 @@ MESHES = ({"data": 2, "fsdp": 2, "tensor": 2}, {"data": 1, "fsdp": 4, "tensor": 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_sft_config):
   cfg = tiny_sft_config(8, num_videos=8, seq_len=320, max_turns=4, prefetch_buffer_size=8)
-  tokenizer = sft.make_tokenizer(cfg, str(tmp_path_factory.mktemp("tok")))
-  mcfg = sft.make_model_config(cfg.model, tokenizer)
-  it, pipe = sft.make_data(cfg, tokenizer, mcfg)
+  tokenizer = setup_lib.make_tokenizer(cfg, str(tmp_path_factory.mktemp("tok")))
+  mcfg = setup_lib.make_model_config(cfg.model, tokenizer)
+  it, pipe = setup_lib.make_data(cfg, tokenizer, mcfg)
   host = next(it)
   grid = np.tile(pipe.video_grid_thw.reshape(1, 3), (pipe.cfg.max_turns, 1))
   module = qwen2_5_vl.Qwen2_5_VL(mcfg)
-  forward = sft.make_forward(module, grid)
+  forward = setup_lib.make_forward(module, grid)
   init = jax.tree.map(np.asarray, __import__("flax").linen.unbox(
       jax.device_get(qwen2_5_vl.init_params(mcfg, jax.random.key(0)))))
   sft_batch = {k: host[k] for k in sft.STEP_BATCH_KEYS if k in host}
@@ -67,8 +68,8 @@ def _sft_step(setup, mesh):
   state, shardings = _state(setup, mesh, tx)
   step = sft.make_sft_step(
       setup["forward"], dict(kind="cb_stream", chunk_size=128), setup["decision_ids"], tx,
-      state_shardings=shardings, batch_sharding=sft.batch_shardings(setup["sft_batch"], mesh),
-      mesh=mesh, unembed_fn=sft.make_unembed(setup["mcfg"]),
+      state_shardings=shardings, batch_sharding=step_lib.batch_shardings(setup["sft_batch"], mesh),
+      mesh=mesh, unembed_fn=setup_lib.make_unembed(setup["mcfg"]),
       trainable=optim.trainable_mask(state.params, OPTIM.frozen),
       schedule=optim.make_schedule(OPTIM, 1))
   batch = parallel.shard_batch(setup["sft_batch"], mesh, batch_dims=step_lib.BATCH_DIMS)

@@ -46,11 +46,13 @@ def test_backbone_registry():
   with pytest.raises(ValueError, match="qwen4"):
     models.backbone_module("qwen4")
   for mod, cfg in ((qwen2_5_vl, q25), (qwen3_vl, q3)):
-    for name in ("MODEL_TYPE", "Config", "Model", "tiny_config", "init_params", "unembedding",
+    for name in ("MODEL_TYPE", "tiny_config", "init_params",
                  "get_rope_index", "chunk_position_ids", "load_hf_checkpoint",
                  "save_hf_checkpoint", "video_processor_config"):
       assert hasattr(mod, name), (mod.__name__, name)
-    assert isinstance(cfg, mod.Config) and isinstance(models.build(cfg), mod.Model)
+    assert models.config_class(cfg) is type(cfg) is getattr(mod, type(cfg).__name__)
+    assert type(models.build(cfg)) is models.model_class(cfg)
+    assert models.model_class(cfg).__name__ + "Config" == type(cfg).__name__
     assert mod.MODEL_TYPE == cfg.model_type == models.model_type_of(cfg)
   # Processor settings: the config's patch sizes, the backbone's normalisation, no resize.
   p25, p3 = models.video_processor_config(q25), models.video_processor_config(q3)
@@ -208,7 +210,7 @@ def test_evaluate_launcher_loads_qwen3(setup, tmp_path):
   params, mcfg, tok, train_cfg = checkpoints.load_model(ckpt, config_path=None,
                                                         tokenizer_dir=setup["tok_dir"],
                                                         workdir=str(tmp_path / "w"))
-  assert isinstance(mcfg, qwen3_vl.Qwen3VLConfig) and train_cfg is None
+  assert isinstance(mcfg, qwen3_vl.Qwen3_VLConfig) and train_cfg is None
   assert len(tok) == len(setup["tok"])
   np.testing.assert_array_equal(params["visual"]["pos_embed"]["embedding"],
                                 setup["params"]["visual"]["pos_embed"]["embedding"])
@@ -225,6 +227,6 @@ def test_evaluate_launcher_loads_qwen3(setup, tmp_path):
       "  return c\n")
   params, mcfg, tok, train_cfg = checkpoints.load_model(
       "random", config_path=str(config_py), tokenizer_dir=None, workdir=str(tmp_path / "r"))
-  assert isinstance(mcfg, qwen3_vl.Qwen3VLConfig) and mcfg.text.num_hidden_layers == 2
+  assert isinstance(mcfg, qwen3_vl.Qwen3_VLConfig) and mcfg.text.num_hidden_layers == 2
   assert mcfg.video_token_id == tok.convert_tokens_to_ids("<|video_pad|>")
   assert "deepstack_merger_list_0" in params["visual"] and train_cfg.model.family == "qwen3_vl"

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from streampro_jax import grpo
+from streampro_jax import grpo, losses
 
 from helpers import tolerances as tol  # pylint: disable=g-bad-import-order
 
@@ -197,19 +197,19 @@ def test_sum_and_count_accumulates_exactly():
 def test_token_logps_and_kl_estimators():
   logits = jnp.log(jnp.array([[[0.5, 0.25, 0.25], [0.1, 0.6, 0.3]]]))
   targets = jnp.array([[0, 2]])
-  np.testing.assert_allclose(grpo.token_logps(logits, targets), np.log([[0.5, 0.3]]),
+  np.testing.assert_allclose(losses.token_logps(logits, targets), np.log([[0.5, 0.3]]),
                              rtol=HAND_RTOL)
   # temperature 2: softmax(log p / 2) = sqrt(p) / sum sqrt(p).
   p = np.array([0.5, 0.25, 0.25])
-  np.testing.assert_allclose(grpo.token_logps(logits, targets, temperature=2.0)[0, 0],
+  np.testing.assert_allclose(losses.token_logps(logits, targets, temperature=2.0)[0, 0],
                              np.log(np.sqrt(p[0]) / np.sqrt(p).sum()), rtol=HAND_RTOL)
   rng = np.random.default_rng(3)
   hidden = jnp.asarray(rng.normal(size=(2, 3, 4)), jnp.float32)
   w = jnp.asarray(rng.normal(size=(4, 11)), jnp.float32)
   tg = jnp.asarray(rng.integers(0, 11, size=(2, 3)))
-  np.testing.assert_allclose(grpo.token_logps_from_hidden(hidden, w, tg, chunk_size=4,
+  np.testing.assert_allclose(losses.token_logps_from_hidden(hidden, w, tg, chunk_size=4,
                                                           temperature=0.7),
-                             grpo.token_logps(hidden @ w, tg, temperature=0.7),
+                             losses.token_logps(hidden @ w, tg, temperature=0.7),
                              atol=4 * tol.chain_bound([4, 11], 1.0) * 5, rtol=0)
   # (chunked vs whole: other orders of h @ w over 4 and a logsumexp over 11 in chunks of 4, on
   # the logits' scale |h @ w| / 0.7 <= ~5, x 4 for logsumexp's terms)

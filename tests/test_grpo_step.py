@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 
 from streampro_jax import grpo, parallel, rewards
-from streampro_jax.train import grpo_step, optim, sft
+from streampro_jax.train import grpo_step, optim
+from streampro_jax.train import setup as setup_lib
+from streampro_jax.train import step as step_lib
 from streampro_jax.train import state as state_lib
 
 G = 4
@@ -34,13 +36,13 @@ OPTIM = ml_collections.ConfigDict(dict(lr=1e-2, warmup_steps=0, grad_clip_norm=1
 def setup(tmp_path_factory, tiny_sft_config):
   from streampro_jax.models import qwen2_5_vl  # pylint: disable=g-import-not-at-top
   cfg = tiny_sft_config(8, num_videos=16, seq_len=320, max_turns=4, prefetch_buffer_size=8)
-  tokenizer = sft.make_tokenizer(cfg, str(tmp_path_factory.mktemp("tok")))
-  mcfg = sft.make_model_config(cfg.model, tokenizer)
-  it, pipe = sft.make_data(cfg, tokenizer, mcfg)
+  tokenizer = setup_lib.make_tokenizer(cfg, str(tmp_path_factory.mktemp("tok")))
+  mcfg = setup_lib.make_model_config(cfg.model, tokenizer)
+  it, pipe = setup_lib.make_data(cfg, tokenizer, mcfg)
   host = next(it)
   grid = np.tile(pipe.video_grid_thw.reshape(1, 3), (pipe.cfg.max_turns, 1))
   module = qwen2_5_vl.Qwen2_5_VL(mcfg)
-  forward = sft.make_forward(module, grid)
+  forward = setup_lib.make_forward(module, grid)
   logps_fn = grpo.make_logps_fn(forward, temperature=1.0)
   init_params = jax.device_get(qwen2_5_vl.init_params(mcfg, jax.random.key(0)))
   init_params = jax.tree.map(np.asarray, __import__("flax").linen.unbox(init_params))
@@ -77,7 +79,7 @@ def _run(setup, mesh_shape, *, calls=1, **cfg_kw):
       schedule=optim.make_schedule(OPTIM, total))
   history = []
   for _ in range(calls):
-    batch = parallel.shard_batch(setup["batch"], mesh, batch_dims=sft.BATCH_DIMS)
+    batch = parallel.shard_batch(setup["batch"], mesh, batch_dims=step_lib.BATCH_DIMS)
     state, m = step(state, ref, batch)
     history.append(jax.device_get(m))
   return history, jax.device_get(state.params), state, jax.device_get(ref)

@@ -17,7 +17,8 @@ from configs import tiny_synthetic_grpo
 from streampro_jax import sampling
 from streampro_jax.data import schema, synthetic
 from streampro_jax.train import checkpoint as ckpt_lib
-from streampro_jax.train import grpo_trainer, metrics, optim, sft
+from streampro_jax.train import grpo_trainer, metrics, optim
+from streampro_jax.train import setup as setup_lib
 from streampro_jax.train import state as state_lib
 
 
@@ -41,8 +42,8 @@ def _config(sft_dir, total_steps):
 def _write_sft_checkpoint(config, sft_dir):
   """An SFT-run checkpoint (step 0 of a random init, SFT optimizer with its Adam state)."""
   from streampro_jax.models import qwen2_5_vl  # pylint: disable=g-import-not-at-top
-  tok = sft.make_tokenizer(config, sft_dir)
-  mcfg = sft.make_model_config(config.model, tok)
+  tok = setup_lib.make_tokenizer(config, sft_dir)
+  mcfg = setup_lib.make_model_config(config.model, tok)
   mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1, 1),
                            ("data", "fsdp", "tensor"))
   tx = optim.make_optimizer(config.optim, total_steps=10)
@@ -116,8 +117,9 @@ def _record(task, answers, rubric, duration=10.0):
 
 def _rollout_batch(messages_per_row, group_size):
   n, k = len(messages_per_row), len(messages_per_row[0])
-  dec = np.asarray([[sampling.RESPONSE if m.startswith("</Response>") else sampling.SILENCE
-                     for m in row] for row in messages_per_row], np.int32)
+  dec = np.asarray([[sampling.TURN_RESPONSE if m.startswith("</Response>")
+                      else sampling.TURN_SILENCE for m in row] for row in messages_per_row],
+                    np.int32)
   z = np.zeros((n, 4), np.float32)
   return sampling.RolloutBatch(
       input_ids=z.astype(np.int32), labels=z.astype(np.int32), loss_mask=z, forced_mask=z,

@@ -154,10 +154,10 @@ def test_wait_prompt_format(synthetic_tokenizer):
   assert text.endswith("<|im_end|>\n")
   plain = tok.decode(fmt.user_ids(3, None), skip_special_tokens=False)
   assert "Question" not in plain
-  assert fmt.parse(" Wait.") == (sampling.SILENCE, "")
-  assert fmt.parse("wait") == (sampling.SILENCE, "")
-  assert fmt.parse("  The circle is red. ") == (sampling.RESPONSE, "The circle is red.")
-  assert fmt.parse("   ") == (sampling.INVALID, "")
+  assert fmt.parse(" Wait.") == (sampling.TURN_SILENCE, "")
+  assert fmt.parse("wait") == (sampling.TURN_SILENCE, "")
+  assert fmt.parse("  The circle is red. ") == (sampling.TURN_RESPONSE, "The circle is red.")
+  assert fmt.parse("   ") == (sampling.TURN_INVALID, "")
   assert fmt.repeat_question
 
 

@@ -109,8 +109,6 @@ def test_prompts_state_the_papers_rules():
                  "irrelevant", "</Response>", "concluded", "complete and final answer",
                  "partial answer", "never guess", "Every answer begins with </Response>"):
     assert phrase in system, phrase
-  from streampro_jax.data import chat_format
-  assert chat_format.SYSTEM_PROMPT == prompts.STREAMING_SYSTEM_PROMPT
 
 
 # ---- match judge ------------------------------------------------------------------------------

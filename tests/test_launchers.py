@@ -150,10 +150,11 @@ def _write_sft_workdir(workdir, cfg):
   tokenizer."""
   from streampro_jax import models, parallel  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  from streampro_jax.train import optim, sft  # pylint: disable=g-import-not-at-top
+  from streampro_jax.train import optim  # pylint: disable=g-import-not-at-top
+  from streampro_jax.train import setup as setup_lib  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
 
-  tokenizer = sft.make_tokenizer(cfg, workdir)
+  tokenizer = setup_lib.make_tokenizer(cfg, workdir)
   mcfg = models.config_from_section(cfg.model, tokenizer)
   mesh = parallel.make_mesh(dict(cfg.mesh))
   tx = optim.make_optimizer(cfg.optim, 10)

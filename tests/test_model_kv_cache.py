@@ -8,6 +8,7 @@ import jax.numpy as jnp
 
 from streampro_jax import models
 from streampro_jax.models import kv_cache as kc
+from streampro_jax.models import layers
 from streampro_jax.models import qwen2_5_vl as q
 
 from helpers import tolerances as tol  # pylint: disable=g-bad-import-order
@@ -209,7 +210,7 @@ def test_sliding_window_equals_turn_banded_full_forward():
     visible = (turn[None, :] < 0) | (turn[None, :] > turn[:, None] - window)
     mask = jnp.asarray((causal & visible)[None, None])
     shape = (1, t.num_key_value_heads, length, t.head_dim)   # head-major cache layout
-    kv = q.KVInput(tuple(jnp.zeros(shape) for _ in range(t.num_hidden_layers)),
+    kv = layers.KVInput(tuple(jnp.zeros(shape) for _ in range(t.num_hidden_layers)),
                    tuple(jnp.zeros(shape) for _ in range(t.num_hidden_layers)),
                    jnp.arange(length)[None], mask)
     ref = forward(cfg, params, ids, pix, n, position_ids=pos, kv=kv)[len(s.prefix[r]):]

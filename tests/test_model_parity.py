@@ -14,6 +14,7 @@ import transformers
 import jax
 import jax.numpy as jnp
 
+from streampro_jax.models import common
 from streampro_jax.models import qwen2_5_vl as q
 
 from helpers import tolerances as tol  # pylint: disable=g-bad-import-order
@@ -232,5 +233,5 @@ def test_batched_layout_equals_flat_and_xla_equals_jax():
   eager = model.apply({"params": params}, **inp)
   tol.assert_within(tol.max_abs_diff(eager, flat), b, "parity: eager vs jit")
   hidden = apply(cfg, params, **inp, return_hidden=True)
-  tol.assert_within(tol.max_abs_diff(hidden @ q.unembedding(params, cfg), flat), b,
+  tol.assert_within(tol.max_abs_diff(hidden @ common.unembedding(params, cfg), flat), b,
                     "parity: hidden @ unembedding vs logits")

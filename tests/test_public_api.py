@@ -21,13 +21,14 @@ PINNED = {
         "models", "numerics", "parallel", "prompts", "rewards", "sampling", "spans", "train",
         "xla_presets"],
     "streampro_jax.models":
-        ["BACKBONES", "COMPUTE_KEYS", "DEFAULT_FAMILY", "backbone_module", "build",
-        "config_from_section", "layout_of", "load_hf_checkpoint", "model_type_of", "process_turns",
+        ["BACKBONES", "COMPUTE_KEYS", "DEFAULT_FAMILY", "backbone_module", "build", "config_class",
+        "config_from_section", "layout_of", "load_hf_checkpoint", "model_class", "model_type_of",
+        "process_turns",
         "round_up", "scan_params", "unscan_params", "video_processor_config", "common", "hf_io",
         "kv_cache", "layers", "processing", "processing_qwen3", "qwen2_5_vl", "qwen3_vl"],
     "streampro_jax.sampling":
-        ["DECISION_NAMES", "FORCED_TOKEN", "INVALID", "Message", "NO_TURN", "PROMPT_TOKEN",
-        "RESPONSE", "RolloutBatch", "SAMPLED_TOKEN", "SILENCE", "SamplerConfig", "SamplerState",
+        ["DECISION_NAMES", "FORCED_TOKEN", "Message", "NO_TURN", "PROMPT_TOKEN",
+        "RolloutBatch", "SAMPLED_TOKEN", "SamplerConfig", "SamplerState",
         "StreamProFormat", "StreamPrompt", "StreamingSampler", "TURN_INVALID", "TURN_RESPONSE",
         "TURN_SILENCE", "TurnOutput", "WAIT_INSTRUCTION", "WAIT_SYSTEM_PROMPT", "WaitPromptFormat",
         "decode_message", "prompt_from_record", "row_keys", "sample_tokens", "sampler_step_fns",

@@ -21,6 +21,7 @@ from transformers import Qwen3VLForConditionalGeneration as HFModel
 from transformers import vision_utils as hf_vision_utils
 
 from streampro_jax import models
+from streampro_jax.models import common
 from streampro_jax.models import qwen3_vl as q3
 
 from helpers import tolerances as tol  # pylint: disable=g-bad-import-order
@@ -40,7 +41,7 @@ CONFIGS = {
 }
 
 
-def _hf_model(config: q3.Qwen3VLConfig, seed: int) -> HFModel:
+def _hf_model(config: q3.Qwen3_VLConfig, seed: int) -> HFModel:
   hf = HFModel(HFConfig(**config.to_hf())).eval()
   gen = torch.Generator().manual_seed(seed)
   with torch.no_grad():
@@ -64,7 +65,7 @@ def _pair(name: str, tmp_root: str, scan: bool = False):
   loaded_config, params = models.load_hf_checkpoint(path, scan_layers=scan)
   assert loaded_config.scan_layers == scan and models.layout_of(params) == (
       "scanned" if scan else "unrolled")
-  assert isinstance(loaded_config, q3.Qwen3VLConfig)
+  assert isinstance(loaded_config, q3.Qwen3_VLConfig)
   assert isinstance(models.build(loaded_config), q3.Qwen3_VL)
   return hf, loaded_config, params, path
 
@@ -193,7 +194,7 @@ def test_return_hidden_and_unembedding(tmp_root):
   ids = np.random.default_rng(4).integers(0, config.text.vocab_size, (1, 7))
   hidden = _apply(config, params, input_ids=ids, return_hidden=True)
   logits = _apply(config, params, input_ids=ids)
-  w = q3.unembedding(params, config)
+  w = common.unembedding(params, config)
   assert w.shape == (config.text.hidden_size, config.text.vocab_size)
   # The unembedding outside the jit vs inside: the same chain, other orders.
   _assert_close(hidden @ w, logits, config, ids.shape[1], what="qwen3: hidden @ w vs logits")
@@ -303,8 +304,8 @@ def test_tied_checkpoint_roundtrip(tmp_root):
 
 def test_config_roundtrip_and_4b_parameter_count():
   for config in CONFIGS.values():
-    assert q3.Qwen3VLConfig.from_hf(config.to_hf()) == config
-    assert q3.Qwen3VLConfig.from_hf(json.loads(HFConfig(**config.to_hf()).to_json_string())
+    assert q3.Qwen3_VLConfig.from_hf(config.to_hf()) == config
+    assert q3.Qwen3_VLConfig.from_hf(json.loads(HFConfig(**config.to_hf()).to_json_string())
                                     ) == config
   big = q3.qwen3_vl_4b_config()
   shapes = jax.eval_shape(functools.partial(q3.init_params, big), jax.random.key(0))

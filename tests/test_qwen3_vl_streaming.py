@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from streampro_jax.models import kv_cache
+from streampro_jax.models import kv_cache, layers
 from streampro_jax.models import qwen3_vl as q3
 
 from helpers import tolerances as tol  # pylint: disable=g-bad-import-order
@@ -132,7 +132,7 @@ def test_sliding_window_equals_banded_full_forward(params):
   t = CONFIG.text
   zeros = tuple(np.zeros((1, t.num_key_value_heads, n, t.head_dim), np.float32)  # head-major
                 for _ in range(t.num_hidden_layers))
-  kv = kv_cache.qwen2_5_vl.KVInput(zeros, zeros, np.arange(n)[None], mask)
+  kv = layers.KVInput(zeros, zeros, np.arange(n)[None], mask)
   ids = np.concatenate(pieces)[None].astype(np.int32)
   fn = jax.jit(lambda p, i, x, ps, kv: q3.Qwen3_VL(CONFIG).apply(
       {"params": p}, i, pixel_values_videos=x, video_grid_thw=np.repeat(TURN_GRID, turns, 0),

@@ -213,7 +213,7 @@ def test_greedy_constrained_with_sliding_window(setup):
     for t, msg in enumerate(out.messages[r]):
       assert msg.startswith(("</Silence>", "</Response>")), msg
       if msg.startswith("</Silence>"):
-        assert msg == "</Silence>" and out.decisions[r, t] == sampling.SILENCE
+        assert msg == "</Silence>" and out.decisions[r, t] == sampling.TURN_SILENCE
   silence_targets = (out.labels == chat.silence_id) & (out.loss_mask > 0)
   nxt = np.roll(silence_targets, 1, axis=1)
   assert (out.forced_mask[nxt] == 1).all() and (out.labels[nxt] == chat.im_end_id).all()

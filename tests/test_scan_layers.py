@@ -21,6 +21,7 @@ from streampro_jax.models import kv_cache as kc
 from streampro_jax.models import qwen2_5_vl as q
 from streampro_jax.train import checkpoint as ckpt_lib
 from streampro_jax.train import optim, sft
+from streampro_jax.train import setup as setup_lib
 from streampro_jax.train import state as state_lib
 
 import test_model_kv_cache as kvt  # pylint: disable=g-bad-import-order
@@ -116,7 +117,7 @@ def test_remat_policies_give_the_same_gradients(policy):
 
 def _loss_and_grads(mcfg, grid, ids, batch, params):
   """CB-Stream SFT loss sum and its gradient at `params` (in mcfg's layout), one jit."""
-  forward = sft.make_forward(q.Qwen2_5_VL(mcfg), grid)
+  forward = setup_lib.make_forward(q.Qwen2_5_VL(mcfg), grid)
   loss_fn = sft.make_sft_loss_fn(forward, dict(kind="cb_stream"), ids)
   b = {k: jnp.asarray(batch[k]) for k in sft.STEP_BATCH_KEYS}
   ctx = sft.sft_context(ids)(b)

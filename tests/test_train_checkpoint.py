@@ -13,7 +13,8 @@ import pytest
 from streampro_jax import parallel
 from streampro_jax.train import checkpoint as ckpt_lib
 from streampro_jax.train import metrics as metrics_lib
-from streampro_jax.train import optim, sft
+from streampro_jax.train import optim
+from streampro_jax.train import setup as setup_lib
 from streampro_jax.train import state as state_lib
 
 import multiprocess_run  # pylint: disable=g-bad-import-order
@@ -55,9 +56,9 @@ def _pipeline_iterator(tmp_path, tiny_sft_config):
       2, model=dict(family="qwen2_5_vl", hf_checkpoint="", dtype="float32", tiny_text={},
                     tiny_vision={}),
       num_videos=6, seq_len=384, max_turns=6, prefetch_buffer_size=2)
-  tokenizer = sft.make_tokenizer(cfg, str(tmp_path))
-  mcfg = sft.make_model_config(cfg.model, tokenizer)
-  return lambda: sft.make_data(cfg, tokenizer, mcfg)[0]
+  tokenizer = setup_lib.make_tokenizer(cfg, str(tmp_path))
+  mcfg = setup_lib.make_model_config(cfg.model, tokenizer)
+  return lambda: setup_lib.make_data(cfg, tokenizer, mcfg)[0]
 
 
 def test_roundtrip_onto_other_mesh_with_data_iterator(tmp_path, tiny_sft_config):

@@ -41,7 +41,7 @@ def test_qwen3_sft_then_grpo(tmp_path):
   g.total_steps = 2
   g.data.num_videos = 4
   trainer = grpo_trainer.GRPOTrainer(g, os.path.join(tmp_path, "grpo"))
-  assert isinstance(trainer.model_config, qwen3_vl.Qwen3VLConfig)
+  assert isinstance(trainer.model_config, qwen3_vl.Qwen3_VLConfig)
   before = jax.tree.map(np.asarray, trainer.state.params)
   for step in range(2):
     metrics = trainer.train_step(step)

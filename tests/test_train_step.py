@@ -14,6 +14,8 @@ import pytest
 
 from streampro_jax import losses, parallel
 from streampro_jax.train import optim, sft
+from streampro_jax.train import setup as setup_lib
+from streampro_jax.train import step as step_lib
 from streampro_jax.train import state as state_lib
 
 from helpers import tolerances as tol  # pylint: disable=g-bad-import-order
@@ -102,7 +104,7 @@ def _run(mesh_shape, *, steps=3, num_microbatches=1, kind="cb_stream", chunk=0, 
   example = toy_batch(0)
   step = sft.make_sft_step(
       _forward, dict(kind=kind, chunk_size=chunk), (SIL, RESP), tx,
-      state_shardings=shardings, batch_sharding=sft.batch_shardings(example, mesh), mesh=mesh,
+      state_shardings=shardings, batch_sharding=step_lib.batch_shardings(example, mesh), mesh=mesh,
       unembed_fn=lambda p: p["embed"].T, trainable=trainable, num_microbatches=num_microbatches,
       schedule=optim.make_schedule(OPTIM, steps))
   history = []
@@ -236,12 +238,12 @@ def test_loss_kind_is_one_config_field():
 def test_microbatch_split_is_strided_and_checked():
   batch = {"input_ids": jnp.arange(8).reshape(8, 1), "position_ids": jnp.zeros((3, 8, 1)),
            "video_grid_thw": jnp.ones((2, 3))}
-  split, static = sft.split_microbatches(batch, 2)
+  split, static = step_lib.split_microbatches(batch, 2)
   assert split["input_ids"][:, :, 0].tolist() == [[0, 2, 4, 6], [1, 3, 5, 7]]
   assert split["position_ids"].shape == (2, 3, 4, 1)
   assert "video_grid_thw" in static
   with pytest.raises(ValueError, match="batch size 8, not divisible by 3"):
-    sft.split_microbatches(batch, 3)
+    step_lib.split_microbatches(batch, 3)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -275,9 +277,9 @@ def _qwen_setup(tmp_dir, tiny_sft_config):
   from streampro_jax.models import qwen2_5_vl  # pylint: disable=g-import-not-at-top
   cfg = tiny_sft_config(8, num_videos=24, seq_len=SFT_SEQ_LEN, max_turns=6,
                         prefetch_buffer_size=8)
-  tokenizer = sft.make_tokenizer(cfg, str(tmp_dir))
-  mcfg = sft.make_model_config(cfg.model, tokenizer)
-  it, pipe = sft.make_data(cfg, tokenizer, mcfg)
+  tokenizer = setup_lib.make_tokenizer(cfg, str(tmp_dir))
+  mcfg = setup_lib.make_model_config(cfg.model, tokenizer)
+  it, pipe = setup_lib.make_data(cfg, tokenizer, mcfg)
   batches = [next(it) for _ in range(2)]
   grid = np.tile(pipe.video_grid_thw.reshape(1, 3), (pipe.cfg.max_turns, 1))
   ids = (tokenizer.convert_tokens_to_ids("</Silence>"),
@@ -305,14 +307,14 @@ def _sft_steps(mcfg, grid, ids, batches, mesh_shape, params=None, eps=SFT_ADAM_E
   init = jax.device_get(state.params)
   keys = sft.STEP_BATCH_KEYS
   step = sft.make_sft_step(
-      sft.make_forward(qwen2_5_vl.Qwen2_5_VL(mcfg), grid), dict(kind="cb_stream"), ids, tx,
-      state_shardings=shardings, batch_sharding=sft.batch_shardings(
+      setup_lib.make_forward(qwen2_5_vl.Qwen2_5_VL(mcfg), grid), dict(kind="cb_stream"), ids, tx,
+      state_shardings=shardings, batch_sharding=step_lib.batch_shardings(
           {k: batches[0][k] for k in keys}, mesh), mesh=mesh,
       trainable=optim.trainable_mask(state.params, optim_cfg.frozen))
   history = []
   for b in batches:
     state, m = step(state, parallel.shard_batch({k: b[k] for k in keys}, mesh,
-                                                batch_dims=sft.BATCH_DIMS))
+                                                batch_dims=step_lib.BATCH_DIMS))
     history.append(jax.device_get(m))
   return history, init, jax.device_get(state.params), state
 
@@ -360,8 +362,8 @@ def test_narration_data_option_captions_every_turn(tmp_path, tiny_sft_config):
   # seq_len leaves room for the (longer) paper system prompt: all 6 turns fit.
   cfg = tiny_sft_config(4, num_videos=4, narration=True, seq_len=768, max_turns=6,
                         shuffle=False, prefetch_buffer_size=2)
-  tokenizer = sft.make_tokenizer(cfg, str(tmp_path))
-  it, pipe = sft.make_data(cfg, tokenizer, sft.make_model_config(cfg.model, tokenizer))
+  tokenizer = setup_lib.make_tokenizer(cfg, str(tmp_path))
+  it, pipe = setup_lib.make_data(cfg, tokenizer, setup_lib.make_model_config(cfg.model, tokenizer))
   assert pipe.num_trajectories == 4
   b = next(it)
   response = tokenizer.convert_tokens_to_ids("</Response>")

@@ -19,7 +19,8 @@ from absl import logging
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_CONFIG = os.path.join(ROOT, "configs", "tiny_synthetic.py")
 """The config of a "random" checkpoint when none is given (the tiny synthetic model)."""
-CONVERSION_FILE = "streampro_conversion.json"   # launch/convert_checkpoint.py's record
+CONVERSION_FILE = "streampro_conversion.json"
+"""The record launch/convert_checkpoint.py writes into an exported folder (frame size, source)."""
 
 
 class CheckpointError(ValueError):
@@ -115,7 +116,7 @@ def load_model(checkpoint: str, *, config_path: str | None, tokenizer_dir: str |
 
   from streampro_jax import models  # pylint: disable=g-import-not-at-top
   from streampro_jax.data import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
-  from streampro_jax.train import sft  # pylint: disable=g-import-not-at-top
+  from streampro_jax.train import setup as setup_lib  # pylint: disable=g-import-not-at-top
 
   kind = checkpoint_kind(checkpoint)
   if kind in ("random", "workdir"):
@@ -131,7 +132,7 @@ def load_model(checkpoint: str, *, config_path: str | None, tokenizer_dir: str |
       cfg = given
     tok_home = workdir if checkpoint == "random" else checkpoint
     tokenizer = (tok_lib.load_tokenizer(tokenizer_dir)[0] if tokenizer_dir
-                 else sft.make_tokenizer(cfg, tok_home))
+                 else setup_lib.make_tokenizer(cfg, tok_home))
     model_config = models.config_from_section(cfg.model, tokenizer)
     if checkpoint == "random":
       init = jax.jit(functools.partial(models.backbone_module(model_config).init_params,

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from streampro_jax import models, sampling
+from streampro_jax import models, prompts, sampling
 from streampro_jax.data import chat_format, schema
 
 logger = logging.getLogger(__name__)
@@ -122,8 +122,8 @@ class HarnessConfig:
     force_response_at_ask: force </Response> on the ask turn (multiple-choice peers).
     seed: sampler seed (irrelevant for greedy decoding).
     progress: show a tqdm bar.
-    system_prompt: the streampro-style system prompt (None: chat_format.SYSTEM_PROMPT); use the
-      one the model was trained with.
+    system_prompt: the streampro-style system prompt (None: prompts.STREAMING_SYSTEM_PROMPT); use
+      the one the model was trained with.
   """
   batch_size: int = 4
   frame_height: int = 224
@@ -252,7 +252,7 @@ def make_sampler(model_config, tokenizer, config: HarnessConfig, *, user_chunk_l
   if config.prompt_style == "streampro":
     fmt = sampling.StreamProFormat(chat_format.ChatFormat(
         tokenizer, tokens_per_turn=tokens,
-        system_prompt=config.system_prompt or chat_format.SYSTEM_PROMPT))
+        system_prompt=config.system_prompt or prompts.STREAMING_SYSTEM_PROMPT))
   else:
     fmt = sampling.WaitPromptFormat(tokenizer, tokens_per_turn=tokens)
   scfg = sampling.SamplerConfig(
@@ -260,10 +260,6 @@ def make_sampler(model_config, tokenizer, config: HarnessConfig, *, user_chunk_l
       window_turns=config.window_turns, constrain_decision=config.constrain_decision,
       user_chunk_len=user_chunk_len, capacity=capacity)
   return sampling.StreamingSampler(model_config, fmt, scfg, video_grid=grid)
-
-
-# The per-turn video processor settings of a backbone (frames pre-resized): the one builder.
-processor_config = models.video_processor_config
 
 
 def run_benchmark(params, model_config, tokenizer, items: Sequence[Item], results_path: str,
@@ -309,7 +305,7 @@ def run_benchmark(params, model_config, tokenizer, items: Sequence[Item], result
     c_user = probe.user_chunk_len_for(fake)
     cap = probe.capacity_for_prompts(fake, c_user)
     sampler = make_sampler(model_config, tokenizer, config, user_chunk_len=c_user, capacity=cap)
-    proc = processor_config(model_config)
+    proc = models.video_processor_config(model_config)
     os.makedirs(os.path.dirname(os.path.abspath(results_path)), exist_ok=True)
     bar = tqdm(total=sum(turns_of(it) for it in todo), unit="turn", desc="streaming",
                disable=not config.progress)

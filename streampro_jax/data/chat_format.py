@@ -2,7 +2,7 @@
 
 Layout (Qwen2.5-VL chat template; docs/architecture.md#shared-interfaces), for turns k = 0 .. K-1::
 
-  <|im_start|>system\\n{SYSTEM_PROMPT}<|im_end|>\\n
+  <|im_start|>system\\n{prompts.STREAMING_SYSTEM_PROMPT}<|im_end|>\\n
   <|im_start|>user\\n[{question}\\n]<ks-(k+1)s>\\n
       <|vision_start|>{<|video_pad|> x n}<|vision_end|><|im_end|>\\n     (one line, split here)
   <|im_start|>assistant\\n</Silence><|im_end|>\\n        (or </Response>{answer text})
@@ -38,11 +38,6 @@ import numpy as np
 
 from streampro_jax import prompts
 from streampro_jax.data import schema
-from streampro_jax.prompts import (  # noqa: F401  (the tokens' one home; names kept here)
-    IM_END, IM_START, PAD, RESPONSE_TOKEN, SILENCE_TOKEN, VIDEO_PAD, VISION_END, VISION_START)
-
-SILENCE = SILENCE_TOKEN  # The token strings (rollout.TURN_* are the per-turn decision codes).
-RESPONSE = RESPONSE_TOKEN
 
 ANSWER_JOINER = "; "
 """Texts of several answers that fall on the same turn are joined with this [choice]."""
@@ -52,11 +47,6 @@ DECISION_SILENCE = 1
 DECISION_RESPONSE = 2
 
 TIME_EPS = 1e-6
-
-SYSTEM_PROMPT = prompts.STREAMING_SYSTEM_PROMPT
-"""The one system prompt (docs/method.md section 1; its text and rules live in
-streampro_jax/prompts.py). Configs refer to this constant."""
-
 
 # ------------------------------------------------------------------------------------------------
 # Turn timing (pure functions of times).
@@ -163,31 +153,33 @@ def plan_turns(record: schema.Record, question: schema.Question | str | int | No
 # Text pieces.
 
 
-def system_text(system_prompt: str = SYSTEM_PROMPT) -> str:
-  return f"{IM_START}system\n{system_prompt}{IM_END}\n"
+def system_text(system_prompt: str = prompts.STREAMING_SYSTEM_PROMPT) -> str:
+  return f"{prompts.IM_START}system\n{system_prompt}{prompts.IM_END}\n"
 
 
 def user_turn_text(k: int, question: str | None = None, *, tokens_per_turn: int) -> str:
   q = "" if question is None else f"{question}\n"
-  return (f"{IM_START}user\n{q}{time_label(k)}\n{VISION_START}{VIDEO_PAD * tokens_per_turn}"
-          f"{VISION_END}{IM_END}\n")
+  return (f"{prompts.IM_START}user\n{q}{time_label(k)}\n"
+          f"{prompts.VISION_START}{prompts.VIDEO_PAD * tokens_per_turn}"
+          f"{prompts.VISION_END}{prompts.IM_END}\n")
 
 
 def assistant_header_text() -> str:
-  return f"{IM_START}assistant\n"
+  return f"{prompts.IM_START}assistant\n"
 
 
 def assistant_body_text(decision: int, text: str = "") -> str:
   """The supervised part of an assistant message plus its trailing newline."""
   if decision == DECISION_SILENCE:
-    return f"{SILENCE}{IM_END}\n"
+    return f"{prompts.SILENCE_TOKEN}{prompts.IM_END}\n"
   if decision == DECISION_RESPONSE:
-    return f"{RESPONSE}{text}{IM_END}\n"
+    return f"{prompts.RESPONSE_TOKEN}{text}{prompts.IM_END}\n"
   raise ValueError(f"decision must be {DECISION_SILENCE} or {DECISION_RESPONSE}, got {decision}")
 
 
 def render_text(record: schema.Record, question=None, *, tokens_per_turn: int,
-                max_turns: int | None = None, system_prompt: str = SYSTEM_PROMPT) -> str:
+                max_turns: int | None = None,
+                system_prompt: str = prompts.STREAMING_SYSTEM_PROMPT) -> str:
   """The whole trajectory as one string (what the token ids decode to)."""
   parts = [system_text(system_prompt)]
   for p in plan_turns(record, question, max_turns=max_turns):
@@ -275,23 +267,24 @@ class ChatFormat:
   Args:
     tokenizer: a HF tokenizer holding Qwen's special tokens and the decision tokens.
     tokens_per_turn: <|video_pad|> tokens per user turn (= gh * gw / 4 for grid (1, gh, gw)).
-    system_prompt: the system prompt (default SYSTEM_PROMPT).
+    system_prompt: the system prompt (default prompts.STREAMING_SYSTEM_PROMPT).
   """
 
-  def __init__(self, tokenizer, *, tokens_per_turn: int, system_prompt: str = SYSTEM_PROMPT):
+  def __init__(self, tokenizer, *, tokens_per_turn: int,
+               system_prompt: str = prompts.STREAMING_SYSTEM_PROMPT):
     if tokens_per_turn < 0:
       raise ValueError(f"tokens_per_turn must be >= 0, got {tokens_per_turn}")
     self.tokenizer = tokenizer
     self.tokens_per_turn = int(tokens_per_turn)
     self.system_prompt = system_prompt
-    self.im_start_id = _token_id(tokenizer, IM_START)
-    self.im_end_id = _token_id(tokenizer, IM_END)
-    self.vision_start_id = _token_id(tokenizer, VISION_START)
-    self.vision_end_id = _token_id(tokenizer, VISION_END)
-    self.video_pad_id = _token_id(tokenizer, VIDEO_PAD)
-    self.silence_id = _token_id(tokenizer, SILENCE)
-    self.response_id = _token_id(tokenizer, RESPONSE)
-    self.pad_id = _token_id(tokenizer, PAD)
+    self.im_start_id = _token_id(tokenizer, prompts.IM_START)
+    self.im_end_id = _token_id(tokenizer, prompts.IM_END)
+    self.vision_start_id = _token_id(tokenizer, prompts.VISION_START)
+    self.vision_end_id = _token_id(tokenizer, prompts.VISION_END)
+    self.video_pad_id = _token_id(tokenizer, prompts.VIDEO_PAD)
+    self.silence_id = _token_id(tokenizer, prompts.SILENCE_TOKEN)
+    self.response_id = _token_id(tokenizer, prompts.RESPONSE_TOKEN)
+    self.pad_id = _token_id(tokenizer, prompts.PAD)
     self.newline_ids = _encode(tokenizer, "\n")
     self._system = np.asarray(_encode(tokenizer, system_text(system_prompt)), np.int32)
     self._header = np.asarray(_encode(tokenizer, assistant_header_text()), np.int32)
@@ -311,7 +304,7 @@ class ChatFormat:
     if question is None and k in self._user_cache:
       return self._user_cache[k].copy()
     q = "" if question is None else f"{question}\n"
-    head = _encode(self.tokenizer, f"{IM_START}user\n{q}{time_label(k)}\n")
+    head = _encode(self.tokenizer, f"{prompts.IM_START}user\n{q}{time_label(k)}\n")
     ids = np.asarray(head + self._vision, np.int32)
     if question is None:
       self._user_cache[k] = ids
@@ -402,11 +395,11 @@ def decode_turns(ids: Sequence[int], tokenizer) -> list[DecodedTurn]:
     ValueError: a user message does not have the "<ks-(k+1)s>" layout.
   """
   ids = [int(i) for i in ids]
-  im_start = _token_id(tokenizer, IM_START)
-  im_end = _token_id(tokenizer, IM_END)
-  video_pad = _token_id(tokenizer, VIDEO_PAD)
-  vision_start = _token_id(tokenizer, VISION_START)
-  vision_end = _token_id(tokenizer, VISION_END)
+  im_start = _token_id(tokenizer, prompts.IM_START)
+  im_end = _token_id(tokenizer, prompts.IM_END)
+  video_pad = _token_id(tokenizer, prompts.VIDEO_PAD)
+  vision_start = _token_id(tokenizer, prompts.VISION_START)
+  vision_end = _token_id(tokenizer, prompts.VISION_END)
   messages = []   # (content ids)
   i, n = 0, len(ids)
   while i < n:
@@ -443,10 +436,11 @@ def decode_turns(ids: Sequence[int], tokenizer) -> list[DecodedTurn]:
       start, _ = parse_time_label(m.group("label"))
       pending = (start, m.group("label"), m.group("q"), n_pads)
     elif role == "assistant" and pending is not None:
-      if body.startswith(SILENCE):
-        decision, text = ("silence" if body == SILENCE else "invalid"), body[len(SILENCE):]
-      elif body.startswith(RESPONSE):
-        text = body[len(RESPONSE):]
+      if body.startswith(prompts.SILENCE_TOKEN):
+        decision = "silence" if body == prompts.SILENCE_TOKEN else "invalid"
+        text = body[len(prompts.SILENCE_TOKEN):]
+      elif body.startswith(prompts.RESPONSE_TOKEN):
+        text = body[len(prompts.RESPONSE_TOKEN):]
         decision = "response" if text.strip() else "invalid"
       else:
         decision, text = "invalid", body

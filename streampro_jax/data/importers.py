@@ -45,11 +45,8 @@ from streampro_jax.data import chat_format
 from streampro_jax.data import schema
 from streampro_jax.data.schema import DataError
 
-TASKS = schema.TASKS
 FORMATS = ("streamo_raw", "streamo_stream", "timechat_online", "videochat_flash", "simple")
-SILENCE = prompts.SILENCE_TOKEN
 STANDBY = "</Standby>"
-RESPONSE = prompts.RESPONSE_TOKEN
 STANDBY_NOTE = "Streamo </Standby> turns mapped to </Silence> (docs/method.md has no standby token)"
 # Streamo's converter puts this question on <0s-1s> when an entry has none.
 STREAMO_DEFAULT_QUESTION = "Find all significant events in the video and describe them."
@@ -482,7 +479,7 @@ def _finish_questions(rec_id: str, questions: list[dict], ctx: Ctx | None = None
 def _streamo_task(task_type: Any, ctx: Ctx, opts: Options) -> str:
   if not isinstance(task_type, str) or not task_type.strip():
     raise ctx.error("task_type", f"missing or not a string (got {task_type!r})")
-  if task_type in TASKS:
+  if task_type in schema.TASKS:
     return task_type
   table = dict(DEFAULT_STREAMO_TASK_MAP)
   if opts.streamo_task_map:
@@ -686,17 +683,17 @@ def convert_streamo_stream(obj: Any, ctx: Ctx, opts: Options | None = None) -> d
   occurrences: list[tuple[int, str]] = [(k, q) for k, (q, _) in enumerate(turns) if q]
   kinds: list[str] = []
   for k, (_, a) in enumerate(turns):
-    if a == SILENCE:
+    if a == prompts.SILENCE_TOKEN:
       kinds.append("silence")
     elif a == STANDBY:
       kinds.append("standby")
-    elif a.startswith(RESPONSE):
-      if not a[len(RESPONSE):].strip():
+    elif a.startswith(prompts.RESPONSE_TOKEN):
+      if not a[len(prompts.RESPONSE_TOKEN):].strip():
         raise ctx.error(f"turn[{k}]", "</Response> without answer text")
       kinds.append("response")
     else:
       raise ctx.error(f"turn[{k}]", f"assistant message {a[:40]!r} is none of "
-                      f"{SILENCE}, {STANDBY}, {RESPONSE}")
+                      f"{prompts.SILENCE_TOKEN}, {STANDBY}, {prompts.RESPONSE_TOKEN}")
   questions: list[dict] = []
   for k, text in occurrences:
     if questions and questions[-1]["question"] == text:
@@ -715,7 +712,7 @@ def convert_streamo_stream(obj: Any, ctx: Ctx, opts: Options | None = None) -> d
   for k, kind in enumerate(kinds):
     if kind != "response":
       continue
-    text = turns[k][1][len(RESPONSE):].strip()
+    text = turns[k][1][len(prompts.RESPONSE_TOKEN):].strip()
     a = k
     while a > 0 and kinds[a - 1] == "standby":
       a -= 1
@@ -947,8 +944,8 @@ def convert_simple_row(row: Any, ctx: Ctx, opts: Options | None = None) -> dict:
     raise ctx.error("start", f"start {start} > time {t}")
   ask = _num(row, "ask_time", ctx, 0.0)
   task = row.get("task") or opts.default_task
-  if task not in TASKS:
-    raise ctx.error("task", f"{task!r} is not one of {'|'.join(TASKS)}")
+  if task not in schema.TASKS:
+    raise ctx.error("task", f"{task!r} is not one of {'|'.join(schema.TASKS)}")
   video = _join_video(row["video"].strip(), opts)
   duration = _num(row, "duration", ctx)
   source = "row"
@@ -1229,7 +1226,7 @@ def export_array_record(jsonl_path: str, data_dir: str, *, name: str, split: str
 
 
 __all__ = [
-    "DataError", "FORMATS", "TASKS", "Options", "ImportStats", "Ctx", "iter_json_values",
+    "FORMATS", "Options", "ImportStats", "Ctx", "iter_json_values",
     "iter_jsonl", "iter_csv", "iter_source", "parse_streamo_time", "convert_streamo_raw",
     "convert_streamo_stream", "convert_timechat_online", "convert_videochat_flash",
     "convert_simple_row", "merge_records", "iter_import", "import_to_jsonl",

@@ -46,7 +46,7 @@ import grain
 import numpy as np
 from absl import logging
 
-from streampro_jax import _config, models
+from streampro_jax import _config, models, prompts
 from streampro_jax.data import chat_format, schema
 from streampro_jax.models import processing
 
@@ -98,7 +98,7 @@ class PipelineConfig:
   num_epochs: int | None = None
   num_threads: int = 4
   prefetch_buffer_size: int = 8
-  system_prompt: str = chat_format.SYSTEM_PROMPT
+  system_prompt: str = prompts.STREAMING_SYSTEM_PROMPT
 
   @classmethod
   def from_config(cls, cfg: Any, **overrides) -> PipelineConfig:
@@ -258,7 +258,7 @@ class TrajectoryEncoder:
   Args:
     cfg: pipeline settings.
     tokenizer: HF tokenizer with the Qwen special tokens and the decision tokens.
-    model_config: a backbone config (qwen2_5_vl.Qwen2_5_VLConfig or qwen3_vl.Qwen3VLConfig:
+    model_config: a backbone config (qwen2_5_vl.Qwen2_5_VLConfig or qwen3_vl.Qwen3_VLConfig:
       vision patch sizes and the special token ids used for M-RoPE; its video/image token ids
       must be the tokenizer's).
   """

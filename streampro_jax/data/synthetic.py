@@ -823,7 +823,7 @@ def narration_record(record: schema.Record, refer: int | None = None) -> schema.
   object's name must be read from the question, the rest from the frames.
 
   Dense-captioning data for pretraining a base model from scratch (``data.narration=True`` in a
-  training config, see ``train.sft.make_data``): every turn supervises colours, shapes and
+  training config, see ``train.setup.make_data``): every turn supervises colours, shapes and
   positions, about 30x more visual supervision per row than the streaming tasks, whose rows hold
   one or two answers among ~12 silent turns. What a tiny model learns from it on a CPU is in
   docs/benchmarks.md#the-end-to-end-demo (position in ~200 steps, colour only after ~400).

@@ -26,7 +26,6 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from streampro_jax import prompts
-from streampro_jax.prompts import DECISION_TOKENS, RESPONSE_TOKEN, SILENCE_TOKEN  # noqa: F401
 
 # Qwen2.5-VL's added tokens, in its id order (151643...). The first 14 are special.
 QWEN_SPECIAL_TOKENS = (
@@ -97,12 +96,12 @@ def load_tokenizer(checkpoint_dir: str, *, model_vocab_size: int | None = None):
   require_tokenizer_files(checkpoint_dir)
   tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir, local_files_only=True)
   vocab = tokenizer.get_vocab()
-  missing = [t for t in DECISION_TOKENS if t not in vocab]
+  missing = [t for t in prompts.DECISION_TOKENS if t not in vocab]
   if missing:
     tokenizer.add_tokens([AddedToken(t, special=True, normalized=False, lstrip=False,
                                      rstrip=False, single_word=False) for t in missing],
                          special_tokens=True)
-  for t in DECISION_TOKENS:
+  for t in prompts.DECISION_TOKENS:
     ids = tokenizer.encode(t, add_special_tokens=False)
     if len(ids) != 1:
       raise ValueError(f"{t} encodes to {len(ids)} tokens {ids}; it must be one special token")
@@ -118,7 +117,7 @@ def load_tokenizer(checkpoint_dir: str, *, model_vocab_size: int | None = None):
 def decision_token_ids(tokenizer) -> tuple[int, int]:
   """``(silence_id, response_id)`` of a tokenizer that has both decision tokens."""
   out = []
-  for t in DECISION_TOKENS:
+  for t in prompts.DECISION_TOKENS:
     tid = tokenizer.convert_tokens_to_ids(t)
     if tid is None or tid == getattr(tokenizer, "unk_token_id", None):
       raise ValueError(f"tokenizer has no {t} token; load it with load_tokenizer()")
@@ -230,14 +229,14 @@ def build_synthetic_tokenizer(words: Iterable[str], out_dir: str, *,
         seen.add(w)
         vocab_words.append(w)
   tokens = [UNK_TOKEN] + list(_ASCII_SINGLES) + vocab_words
-  added = list(QWEN_SPECIAL_TOKENS) + list(QWEN_ADDED_NONSPECIAL) + list(DECISION_TOKENS)
+  added = list(QWEN_SPECIAL_TOKENS) + list(QWEN_ADDED_NONSPECIAL) + list(prompts.DECISION_TOKENS)
   vocab = {t: i for i, t in enumerate(tokens + added)}
 
   tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
   tok.pre_tokenizer = pre_tokenizers.Split(Regex(_pre_tokenizer_pattern(vocab_words)),
                                            behavior="isolated")
   tok.decoder = decoders.Fuse()
-  special = set(QWEN_SPECIAL_TOKENS) | set(DECISION_TOKENS)
+  special = set(QWEN_SPECIAL_TOKENS) | set(prompts.DECISION_TOKENS)
   tok.add_tokens([AddedToken(t, special=t in special, normalized=False) for t in added
                   if t not in special])
   tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in added
@@ -249,7 +248,8 @@ def build_synthetic_tokenizer(words: Iterable[str], out_dir: str, *,
   extra_special = [t for t in QWEN_SPECIAL_TOKENS if t not in ("<|endoftext|>", "<|im_end|>")]
   fast = PreTrainedTokenizerFast(
       tokenizer_object=tok, unk_token=UNK_TOKEN, pad_token="<|endoftext|>",
-      eos_token="<|im_end|>", additional_special_tokens=extra_special + list(DECISION_TOKENS),
+      eos_token="<|im_end|>",
+      additional_special_tokens=extra_special + list(prompts.DECISION_TOKENS),
       clean_up_tokenization_spaces=False, model_max_length=1 << 20)
   os.makedirs(out_dir, exist_ok=True)
   fast.save_pretrained(out_dir)

@@ -13,27 +13,27 @@ Every backbone module provides the same names, so that consumers (data pipeline,
 sampler, evaluation) never import a backbone directly:
 
   MODEL_TYPE                      'qwen2_5_vl' | 'qwen3_vl'
-  Config                          the frozen config class (.from_hf(dict, **overrides), .to_hf())
-  Model                           the Flax module class: Model(config).apply({"params": p},
-                                  input_ids, pixel_values_videos=, video_grid_thw=,
-                                  attention_mask=, position_ids=, return_hidden=,
-                                  video_embeds=, kv=)
+  <Name>Config                    the frozen config class (.from_hf(dict, **overrides), .to_hf());
+                                  `config_class(x)` returns it (Qwen2_5_VLConfig, Qwen3_VLConfig)
+  <Name>                          the Flax module class: `model_class(x)(config).apply(
+                                  {"params": p}, input_ids, pixel_values_videos=,
+                                  video_grid_thw=, attention_mask=, position_ids=,
+                                  return_hidden=, video_embeds=, kv=) (Qwen2_5_VL, Qwen3_VL)
   tiny_config(text=, vision=, **top)   a small random-test config
   init_params(config, rng)        boxed random params
-  unembedding(params, config)     [D, V] output projection
   get_rope_index(input_ids, *, video_grid_thw=, attention_mask=, config=)   host M-RoPE positions
                                   (pass the arguments by keyword: positional orders differ)
   chunk_position_ids(ids, start, *, config=, video_grid_thw=, chunk_mask=)   streaming positions
   load_hf_checkpoint(path, dtype, shardings=None), save_hf_checkpoint(config, params, path)
   video_processor_config(config, **overrides)   per-turn processor settings (patch sizes of the
                                   config, the backbone's normalisation, do_resize=False)
-  Model.encode_vision(pixels, grid) -> a backbone-specific pytree (Qwen2.5-VL: one array;
+  <Name>.encode_vision(pixels, grid) -> a backbone-specific pytree (Qwen2.5-VL: one array;
                                   Qwen3-VL: (merged, deepstack tuple)), leading axis B in the
                                   batched layout, accepted back by `video_embeds=`.
 
-Helpers on top: `model_type_of`, `build`, `video_processor_config`, `process_turns` (dispatches on
-the processor config's type), `config_from_section` (a training config's `model` section ->
-backbone config).
+Helpers on top: `model_type_of`, `config_class`, `model_class`, `build`,
+`video_processor_config`, `process_turns` (dispatches on the processor config's type),
+`config_from_section` (a training config's `model` section -> backbone config).
 """
 
 from __future__ import annotations
@@ -44,9 +44,11 @@ __all__ = [
     "DEFAULT_FAMILY",
     "backbone_module",
     "build",
+    "config_class",
     "config_from_section",
     "layout_of",
     "load_hf_checkpoint",
+    "model_class",
     "model_type_of",
     "process_turns",
     "round_up",
@@ -125,6 +127,20 @@ def backbone_module(x: Any):
   return _backbone(model_type_of(x))
 
 
+def config_class(x: Any) -> type:
+  """The backbone config class of x (Qwen2_5_VLConfig or Qwen3_VLConfig; see `model_type_of`
+  for what x may be)."""
+  name = model_type_of(x)
+  return getattr(_backbone(name), _BACKBONES[name][1])
+
+
+def model_class(x: Any) -> type:
+  """The backbone's Flax module class of x (Qwen2_5_VL or Qwen3_VL; see `model_type_of` for what
+  x may be)."""
+  name = model_type_of(x)
+  return getattr(_backbone(name), _BACKBONES[name][2])
+
+
 def load_hf_checkpoint(path: str, dtype=jnp.float32, shardings=None, *,
                        scan_layers: bool = False, **overrides):
   """Loads a HF checkpoint directory (config.json + safetensors) -> (config, params), the
@@ -192,14 +208,15 @@ def config_from_section(model_cfg, tokenizer):
   """
   mod = backbone_module(model_cfg)
   common = _config.field_values(
-      mod.Config, {k: model_cfg[k] for k in COMPUTE_KEYS if k in model_cfg}, section_name="model")
+      config_class(model_cfg), {k: model_cfg[k] for k in COMPUTE_KEYS if k in model_cfg},
+      section_name="model")
   if model_cfg.get("hf_checkpoint", None):
     with open(os.path.join(model_cfg["hf_checkpoint"], "config.json"), encoding="utf-8") as f:
       d = json.load(f)
     if d.get("model_type") not in (None, mod.MODEL_TYPE):
       raise ValueError(f"model.family is {mod.MODEL_TYPE!r} but {model_cfg['hf_checkpoint']} "
                        f"holds a {d.get('model_type')!r} checkpoint")
-    mcfg = mod.Config.from_hf(d, **common)
+    mcfg = config_class(model_cfg).from_hf(d, **common)
     if len(tokenizer) > mcfg.text.vocab_size:
       raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the checkpoint's embedding "
                        f"has {mcfg.text.vocab_size} rows; resize the checkpoint first")

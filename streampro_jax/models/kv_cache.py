@@ -71,7 +71,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from streampro_jax import parallel
-from streampro_jax.models import qwen2_5_vl
+from streampro_jax.models import common, layers
 
 Array = jax.Array
 
@@ -178,7 +178,7 @@ def extend(params, cache: KVCache, input_ids: Array, position_ids: Array, *, con
   mask = slot_valid[:, None, None, :] & (slot_seq[:, None, None, :] <= seq_new[:, None, :, None])
 
   model = _model_for(config)
-  kv = qwen2_5_vl.KVInput(cache.k, cache.v, slots, None if fresh else mask)
+  kv = layers.KVInput(cache.k, cache.v, slots, None if fresh else mask)
   grid = None if video_grid_thw is None else np.asarray(video_grid_thw)
   out, (new_k, new_v) = model.apply(
       {"params": params}, input_ids, pixel_values_videos=pixel_values, video_grid_thw=grid,
@@ -211,8 +211,13 @@ def extend(params, cache: KVCache, input_ids: Array, position_ids: Array, *, con
 
 def unembedding_for(params, config) -> Array:
   """[D, V] output projection of `config`'s backbone."""
-  from streampro_jax import models  # pylint: disable=g-import-not-at-top
-  return models.backbone_module(config).unembedding(params, config)
+  return common.unembedding(params, config)
+
+
+# Traces of _extend_jit's body: jit traces a function exactly when it compiles a new variant
+# (a new shape / static-argument key), so this counts the compiled variants without reading
+# jit's private cache.
+_EXTEND_TRACES = [0]
 
 
 @functools.partial(jax.jit, static_argnames=("config", "video_grid_thw", "pin", "output",
@@ -220,6 +225,7 @@ def unembedding_for(params, config) -> Array:
                    donate_argnames=("cache",))
 def _extend_jit(params, cache, input_ids, position_ids, turn_id, chunk_mask, pixel_values,
                 *, config, video_grid_thw, pin, output, fresh=False):
+  _EXTEND_TRACES[0] += 1
   return extend(params, cache, input_ids, position_ids, config=config, turn_id=turn_id,
                 chunk_mask=chunk_mask, pixel_values=pixel_values, video_grid_thw=video_grid_thw,
                 pin=pin, output=output, fresh=fresh)
@@ -229,8 +235,9 @@ def make_extend(config, *, output: str = "logits"):
   """Jitted `extend` with the cache donated; compiles once per (chunk shape, grid, pin, fresh).
 
   Returns fn(params, cache, input_ids, position_ids, turn_id, chunk_mask=None,
-  pixel_values=None, video_grid_thw=None, pin=False, fresh=False) -> (out, cache). The number
-  of compiled variants is `compiled_count()` (attribute of the returned fn).
+  pixel_values=None, video_grid_thw=None, pin=False, fresh=False) -> (out, cache).
+  `compiled_count()` (attribute of the returned fn) is the number of variants compiled so far
+  by every extend function of the process (a count of traces; compare two readings).
   """
 
   def fn(params, cache, input_ids, position_ids, turn_id, chunk_mask=None, pixel_values=None,
@@ -244,5 +251,5 @@ def make_extend(config, *, output: str = "logits"):
                        config=config, video_grid_thw=grid, pin=pin, output=output,
                        fresh=fresh)
 
-  fn.compiled_count = _extend_jit._cache_size
+  fn.compiled_count = lambda: _EXTEND_TRACES[0]
   return fn

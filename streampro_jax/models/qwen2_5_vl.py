@@ -27,11 +27,10 @@ Public API
 - `chunk_position_ids(input_ids_chunk, start_positions, *, config, video_grid_thw=None,
   second_per_grid_ts=None, chunk_mask=None) -> (position_ids i32[3, B, C], next_start i32[B])`:
   the same rule continued from `start_positions` (streaming, see kv_cache.py).
-- `unembedding(params, config) -> [D, V]` (tied: the embedding transposed).
 - `init_params(config, rng)` (boxed with logical axis names), `load_hf_checkpoint(path, dtype,
   shardings=None)`, `save_hf_checkpoint(config, params, path, max_shard_bytes=...)`.
-- Backbone protocol (see `streampro_jax.models.backbone_module`): `MODEL_TYPE`, `Config`,
-  `Model`, `video_processor_config(config, **overrides)`; `encode_vision` returns one array
+- Backbone protocol (see `streampro_jax.models.backbone_module`): `MODEL_TYPE`,
+  `video_processor_config(config, **overrides)`; `encode_vision` returns one array
   [B, N_b/4, D] (batched) that `video_embeds` takes back.
 """
 
@@ -332,9 +331,6 @@ def vision_plan(grid_thw, vcfg: VisionConfig):
 # ----------------------------------------------------------------------------------------------
 # Modules.
 
-# The decoder's KV-cache view (layers.KVInput); kv_cache and the tests reach it from here.
-KVInput = layers.KVInput
-
 
 class VisionBlock(nn.Module):
   """x += proj(attn(rope(qkv(norm1(x))))) within segments; x += mlp(norm2(x)). x: [N, E]."""
@@ -488,7 +484,7 @@ class Qwen2_5_VL(layers.VLDecoderModel):
   def __call__(self, input_ids, pixel_values_videos=None, video_grid_thw=None,
                second_per_grid_ts=None, attention_mask=None, position_ids=None,
                return_hidden: bool = False, pixel_values=None, image_grid_thw=None,
-               video_embeds=None, kv: KVInput | None = None):
+               video_embeds=None, kv: layers.KVInput | None = None):
     """Returns logits f32[B, T, V] (or hidden [B, T, D] with return_hidden), and the updated
     (k, v) tuples when `kv` is given (then the output is (out, (k_tuple, v_tuple)))."""
     x, _, batched = self.embed_inputs(input_ids, pixel_values, image_grid_thw,
@@ -509,11 +505,6 @@ class Qwen2_5_VL(layers.VLDecoderModel):
     return jnp.asarray(host_position_ids(
         self.config, input_ids, video_grid_thw, second_per_grid_ts, attention_mask,
         image_grid_thw=image_grid_thw, batched=batched))
-
-
-# Backbone protocol names (models.backbone_module): the config class and the Flax model class.
-Config = Qwen2_5_VLConfig
-Model = Qwen2_5_VL
 
 
 def video_processor_config(config: Qwen2_5_VLConfig, **overrides):
@@ -549,18 +540,15 @@ def host_position_ids(config: Qwen2_5_VLConfig, input_ids, video_grid_thw=None,
 # Parameters: init, unembedding, HF checkpoints.
 
 
-dummy_inputs = common.dummy_inputs
 
 
 def init_params(config: Qwen2_5_VLConfig, rng: Array):
   """Random parameters (boxed nn.LogicallyPartitioned leaves; `nn.unbox` to strip). Shapes only:
   `jax.eval_shape(functools.partial(init_params, config), rng)`."""
-  d = dummy_inputs(config)  # NumPy constants closed over (concrete inside jit)
+  d = common.dummy_inputs(config)  # NumPy constants closed over (concrete inside jit)
   return jax.jit(lambda r: Qwen2_5_VL(config).init(r, **d))(rng)["params"]
 
 
-unembedding = common.unembedding
-hf_name = common.hf_name
 
 
 def _unrolled_hf_key_map(config: Qwen2_5_VLConfig) -> dict[str, tuple[tuple[str, ...], str]]:
@@ -573,7 +561,8 @@ def _unrolled_hf_key_map(config: Qwen2_5_VLConfig) -> dict[str, tuple[tuple[str,
   stride = kernel, so it is exactly this matmul on the flattened patch).
   """
   return common.unrolled_hf_key_map(
-      config, init_params, lambda mod: ("" if mod[0] == "visual" else "model.") + hf_name(mod))
+      config, init_params,
+      lambda mod: ("" if mod[0] == "visual" else "model.") + common.hf_name(mod))
 
 
 def _alias_hf_key(key: str) -> str:

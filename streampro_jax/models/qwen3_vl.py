@@ -3,7 +3,7 @@
 Reference: transformers 5.23 `models/qwen3_vl/modeling_qwen3_vl.py`; parity is tested tensor for
 tensor (tests/test_qwen3_vl_parity.py). The call contract, parameter logical axis names, dtype /
 param_dtype, remat, attention implementations, batched / flat pixel layouts, `return_hidden`, the
-KV-cache view (`qwen2_5_vl.KVInput`) and the checkpoint functions are the same as Qwen2.5-VL's
+KV-cache view (`layers.KVInput`) and the checkpoint functions are the same as Qwen2.5-VL's
 (`streampro_jax.models.qwen2_5_vl`); the shared pieces live in `layers` (modules, decoder trunk
 `VLDecoderModel`) and `common` (config / HF-I/O helpers, M-RoPE row rule).
 
@@ -26,7 +26,7 @@ What differs from Qwen2.5-VL (all as transformers defines it):
 
 Public API
 ----------
-- `Qwen3VLConfig` (frozen; alias `Qwen3_VLConfig`): `.from_hf(config_json_dict)`, `.to_hf()`;
+- `Qwen3_VLConfig` (frozen): `.from_hf(config_json_dict)`, `.to_hf()`;
   `tiny_config(**overrides)`, `qwen3_vl_4b_config(**overrides)` (Qwen3-VL-4B-Instruct).
 - `Qwen3_VL(config).apply({"params": params}, input_ids, pixel_values_videos=...,
   video_grid_thw=..., second_per_grid_ts=None, attention_mask=None, position_ids=None,
@@ -37,9 +37,9 @@ Public API
   image_grid_thw=None, mm_token_type_ids=None) -> (position_ids i32[3, B, T], deltas i32[B, 1])`.
 - `chunk_position_ids(input_ids_chunk, start_positions, *, config, video_grid_thw=None,
   chunk_mask=None, mm_token_type_ids=None) -> (position_ids i32[3, B, C], next_start i32[B])`.
-- `init_params`, `unembedding`, `hf_key_map`, `load_hf_checkpoint`, `save_hf_checkpoint`.
-- Backbone protocol (see `streampro_jax.models.backbone_module`): `MODEL_TYPE`, `Config`,
-  `Model`, `video_processor_config(config, **overrides)` (processing_qwen3 settings);
+- `init_params`, `hf_key_map`, `load_hf_checkpoint`, `save_hf_checkpoint`.
+- Backbone protocol (see `streampro_jax.models.backbone_module`): `MODEL_TYPE`,
+  `video_processor_config(config, **overrides)` (processing_qwen3 settings);
   `encode_vision` returns the pytree (merged, deepstack tuple) that `video_embeds` takes back.
 """
 
@@ -58,7 +58,6 @@ from streampro_jax import parallel
 from streampro_jax.models import common
 from streampro_jax.models import layers
 from streampro_jax.models import qwen2_5_vl
-from streampro_jax.models.layers import KVInput
 
 Array = jax.Array
 
@@ -118,7 +117,7 @@ _VISION_KEYS = common.config_keys(VisionConfig, ("rope_theta", "layer_norm_eps")
 
 
 @dataclasses.dataclass(frozen=True)
-class Qwen3VLConfig(common.VLConfig):
+class Qwen3_VLConfig(common.VLConfig):  # pylint: disable=invalid-name
   """Whole-model config: the fields of common.VLConfig (the same top-level fields and meaning as
   `qwen2_5_vl.Qwen2_5_VLConfig`) with Qwen3-VL's text and vision sections; untied embeddings by
   default."""
@@ -128,7 +127,7 @@ class Qwen3VLConfig(common.VLConfig):
   model_type = MODEL_TYPE
 
   @classmethod
-  def from_hf(cls, d: dict[str, Any], **overrides) -> Qwen3VLConfig:
+  def from_hf(cls, d: dict[str, Any], **overrides) -> Qwen3_VLConfig:
     """From a HF config.json dict (nested text_config / vision_config, v4 `rope_scaling` or v5
     `rope_parameters`)."""
     common.check_model_type(d, MODEL_TYPE)
@@ -173,11 +172,7 @@ class Qwen3VLConfig(common.VLConfig):
                                  vision)
 
 
-# The name models.build looks up (same spelling pattern as qwen2_5_vl.Qwen2_5_VLConfig).
-Qwen3_VLConfig = Qwen3VLConfig  # pylint: disable=invalid-name
-
-
-def tiny_config(*, text: dict | None = None, vision: dict | None = None, **kw) -> Qwen3VLConfig:
+def tiny_config(*, text: dict | None = None, vision: dict | None = None, **kw) -> Qwen3_VLConfig:
   """A small random config for tests (vocab 256, 3 decoder layers, GQA 4/2 heads, head_dim 16).
 
   Special ids: image 250, video 251, vision_start 252, vision_end 253. Vision: patch 4
@@ -194,10 +189,10 @@ def tiny_config(*, text: dict | None = None, vision: dict | None = None, **kw) -
   base = dict(image_token_id=250, video_token_id=251, vision_start_token_id=252,
               vision_end_token_id=253, tie_word_embeddings=False)
   base.update(kw)
-  return Qwen3VLConfig(text=TextConfig(**t), vision=VisionConfig(**v), **base)
+  return Qwen3_VLConfig(text=TextConfig(**t), vision=VisionConfig(**v), **base)
 
 
-def qwen3_vl_4b_config(**overrides) -> Qwen3VLConfig:
+def qwen3_vl_4b_config(**overrides) -> Qwen3_VLConfig:
   """The Qwen/Qwen3-VL-4B-Instruct architecture (its config.json, transcribed)."""
   text = TextConfig(vocab_size=151936, hidden_size=2560, intermediate_size=9728,
                     num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
@@ -208,14 +203,13 @@ def qwen3_vl_4b_config(**overrides) -> Qwen3VLConfig:
                         patch_size=16, spatial_merge_size=2, temporal_patch_size=2,
                         out_hidden_size=2560, num_position_embeddings=2304,
                         deepstack_visual_indexes=(5, 11, 17))
-  return Qwen3VLConfig(text=text, vision=vision, tie_word_embeddings=True, **overrides)
+  return Qwen3_VLConfig(text=text, vision=vision, tie_word_embeddings=True, **overrides)
 
 
 # ----------------------------------------------------------------------------------------------
 # Host-side index computations (NumPy, from concrete grids).
 
 
-token_types = common.token_types
 
 
 def split_video_grids(video_grid_thw) -> np.ndarray | None:
@@ -242,7 +236,7 @@ def _row_positions(types: np.ndarray, start: int, grid_iters: dict, sms: int
 
 
 def get_rope_index(input_ids, video_grid_thw=None, attention_mask=None, *,
-                   config: Qwen3VLConfig, image_grid_thw=None, mm_token_type_ids=None,
+                   config: Qwen3_VLConfig, image_grid_thw=None, mm_token_type_ids=None,
                    second_per_grid_ts=None) -> tuple[np.ndarray, np.ndarray]:
   """Multimodal (3-D) rope positions, exactly as transformers' Qwen3-VL `get_rope_index`.
 
@@ -256,7 +250,7 @@ def get_rope_index(input_ids, video_grid_thw=None, attention_mask=None, *,
   del second_per_grid_ts
   ids = np.asarray(input_ids)
   bsz, seq = ids.shape
-  types = (token_types(ids, config) if mm_token_type_ids is None
+  types = (common.token_types(ids, config) if mm_token_type_ids is None
            else np.asarray(mm_token_type_ids, np.int64))
   vgrid = split_video_grids(video_grid_thw)
   grid_iters = {1: iter(np.asarray(image_grid_thw)) if image_grid_thw is not None else None,
@@ -266,7 +260,7 @@ def get_rope_index(input_ids, video_grid_thw=None, attention_mask=None, *,
       lambda row: _row_positions(row, 0, grid_iters, config.vision.spatial_merge_size)[0])
 
 
-def chunk_position_ids(input_ids_chunk, start_positions, *, config: Qwen3VLConfig,
+def chunk_position_ids(input_ids_chunk, start_positions, *, config: Qwen3_VLConfig,
                        video_grid_thw=None, chunk_mask=None, mm_token_type_ids=None,
                        second_per_grid_ts=None) -> tuple[np.ndarray, np.ndarray]:
   """Positions of a streaming chunk, continuing the get_rope_index rule from `start_positions`.
@@ -280,7 +274,7 @@ def chunk_position_ids(input_ids_chunk, start_positions, *, config: Qwen3VLConfi
   """
   del second_per_grid_ts
   ids = np.asarray(input_ids_chunk)
-  types = (token_types(ids, config) if mm_token_type_ids is None
+  types = (common.token_types(ids, config) if mm_token_type_ids is None
            else np.asarray(mm_token_type_ids, np.int64))
   vgrid = split_video_grids(video_grid_thw)
   return common.chunk_rows(
@@ -595,7 +589,7 @@ def _add_deepstack(i, x, extra):
 
 class Qwen3_VL(layers.VLDecoderModel):  # pylint: disable=invalid-name
   """Qwen3-VL for conditional generation. See the module docstring for the call contract."""
-  config: Qwen3VLConfig
+  config: Qwen3_VLConfig
 
   VISION_TOWER = VisionTower
   DECODER_LAYER = DecoderLayer
@@ -610,7 +604,7 @@ class Qwen3_VL(layers.VLDecoderModel):  # pylint: disable=invalid-name
   def __call__(self, input_ids, pixel_values_videos=None, video_grid_thw=None,
                second_per_grid_ts=None, attention_mask=None, position_ids=None,
                return_hidden: bool = False, pixel_values=None, image_grid_thw=None,
-               mm_token_type_ids=None, video_embeds=None, kv: KVInput | None = None):
+               mm_token_type_ids=None, video_embeds=None, kv: layers.KVInput | None = None):
     """Returns logits f32[B, T, V] (or hidden [B, T, D] with return_hidden), and the updated
     (k, v) tuples when `kv` is given (then the output is (out, (k_tuple, v_tuple))).
 
@@ -647,12 +641,7 @@ class Qwen3_VL(layers.VLDecoderModel):  # pylint: disable=invalid-name
         config=self.config))
 
 
-# Backbone protocol names (models.backbone_module): the config class and the Flax model class.
-Config = Qwen3VLConfig
-Model = Qwen3_VL
-
-
-def video_processor_config(config: Qwen3VLConfig, **overrides):
+def video_processor_config(config: Qwen3_VLConfig, **overrides):
   """The Qwen3-VL video processor settings that match `config`'s vision tower.
 
   Patch, merge and temporal patch sizes come from the config, mean = std = 0.5 (transformers'
@@ -668,19 +657,17 @@ def video_processor_config(config: Qwen3VLConfig, **overrides):
 # Parameters: init, unembedding, HF checkpoints.
 
 
-dummy_inputs = common.dummy_inputs
 
 
-def init_params(config: Qwen3VLConfig, rng: Array):
+def init_params(config: Qwen3_VLConfig, rng: Array):
   """Random parameters (boxed nn.LogicallyPartitioned leaves; `nn.unbox` to strip). Shapes only:
   `jax.eval_shape(functools.partial(init_params, config), rng)`."""
-  return Qwen3_VL(config).init(rng, **dummy_inputs(config))["params"]
+  return Qwen3_VL(config).init(rng, **common.dummy_inputs(config))["params"]
 
 
-unembedding = common.unembedding
 
 
-def _unrolled_hf_key_map(config: Qwen3VLConfig) -> dict[str, tuple[tuple[str, ...], Any]]:
+def _unrolled_hf_key_map(config: Qwen3_VLConfig) -> dict[str, tuple[tuple[str, ...], Any]]:
   """HF safetensors key -> (our param path, transform) for every parameter.
 
   Keys as transformers 5.23 (and the released Qwen3-VL checkpoints) name them:
@@ -695,7 +682,7 @@ def _unrolled_hf_key_map(config: Qwen3VLConfig) -> dict[str, tuple[tuple[str, ..
                    else "model.language_model." + common.hf_name(mod)))
 
 
-def hf_key_map(config: Qwen3VLConfig) -> dict:
+def hf_key_map(config: Qwen3_VLConfig) -> dict:
   """HF safetensors key -> (our param path, transform) in `config`'s layout: in the scanned
   layout a path inside a layer stack ends with the layer index (see common.scanned_path)."""
   return common.stacked_key_map(config, _unrolled_hf_key_map)
@@ -708,11 +695,11 @@ def load_hf_checkpoint(path: str, dtype=jnp.float32, shardings=None, **overrides
   structure as params) of jax.sharding.Sharding; each tensor is placed directly, one at a time.
   A tied checkpoint's lm_head.weight, when present, is ignored.
   """
-  return common.load_hf_checkpoint(path, Qwen3VLConfig, init_params, hf_key_map, dtype=dtype,
+  return common.load_hf_checkpoint(path, Qwen3_VLConfig, init_params, hf_key_map, dtype=dtype,
                                    shardings=shardings, **overrides)
 
 
-def save_hf_checkpoint(config: Qwen3VLConfig, params, path: str, *,
+def save_hf_checkpoint(config: Qwen3_VLConfig, params, path: str, *,
                        max_shard_bytes: int = 5 * 2 ** 30) -> None:
   """Writes config.json + safetensors (sharded with model.safetensors.index.json above
   max_shard_bytes), loadable by transformers' Qwen3VLForConditionalGeneration.from_pretrained."""

@@ -17,10 +17,7 @@ from streampro_jax.sampling.decode import row_keys
 from streampro_jax.sampling.decode import sample_tokens
 from streampro_jax.sampling.decode import top_p_filter
 from streampro_jax.sampling.formats import DECISION_NAMES
-from streampro_jax.sampling.formats import INVALID
 from streampro_jax.sampling.formats import NO_TURN
-from streampro_jax.sampling.formats import RESPONSE
-from streampro_jax.sampling.formats import SILENCE
 from streampro_jax.sampling.formats import TURN_INVALID
 from streampro_jax.sampling.formats import TURN_RESPONSE
 from streampro_jax.sampling.formats import TURN_SILENCE
@@ -42,8 +39,8 @@ from streampro_jax.sampling.sampler import sampler_step_fns
 from streampro_jax.sampling.sampler import teacher_forced_logps
 
 __all__ = [
-    "DECISION_NAMES", "FORCED_TOKEN", "INVALID", "Message", "NO_TURN", "PROMPT_TOKEN",
-    "RESPONSE", "RolloutBatch", "SAMPLED_TOKEN", "SILENCE", "SamplerConfig", "SamplerState",
+    "DECISION_NAMES", "FORCED_TOKEN", "Message", "NO_TURN", "PROMPT_TOKEN",
+    "RolloutBatch", "SAMPLED_TOKEN", "SamplerConfig", "SamplerState",
     "StreamProFormat", "StreamPrompt", "StreamingSampler", "TURN_INVALID", "TURN_RESPONSE",
     "TURN_SILENCE", "TurnOutput", "WAIT_INSTRUCTION", "WAIT_SYSTEM_PROMPT", "WaitPromptFormat",
     "decode_message", "prompt_from_record", "row_keys", "sample_tokens", "sampler_step_fns",

@@ -14,7 +14,7 @@ import dataclasses
 
 import numpy as np
 
-from streampro_jax import models
+from streampro_jax import models, prompts
 from streampro_jax.data import chat_format
 
 
@@ -23,9 +23,8 @@ from streampro_jax.data import chat_format
 TURN_SILENCE = 0
 TURN_RESPONSE = 1
 TURN_INVALID = 2
-SILENCE, RESPONSE, INVALID = TURN_SILENCE, TURN_RESPONSE, TURN_INVALID  # Short names (public).
 NO_TURN = -1       # the row's sample has fewer turns than the batch
-DECISION_NAMES = {SILENCE: "silence", RESPONSE: "response", INVALID: "invalid"}
+DECISION_NAMES = {TURN_SILENCE: "silence", TURN_RESPONSE: "response", TURN_INVALID: "invalid"}
 
 
 @dataclasses.dataclass
@@ -115,10 +114,10 @@ class StreamProFormat:
     from streampro_jax import rewards  # pylint: disable=g-import-not-at-top
     p = rewards.parse_message(message)
     if p.decision == "silence":
-      return SILENCE, ""
+      return TURN_SILENCE, ""
     if p.decision == "response" and p.valid:
-      return RESPONSE, p.text
-    return INVALID, p.text
+      return TURN_RESPONSE, p.text
+    return TURN_INVALID, p.text
 
 
 WAIT_SYSTEM_PROMPT = "You are a helpful assistant watching a live video stream."
@@ -154,12 +153,12 @@ class WaitPromptFormat:
     return self._enc(chat_format.system_text(self.system_prompt))
 
   def user_ids(self, k: int, question: str | None) -> np.ndarray:
-    text = (f"{chat_format.IM_START}user\n{chat_format.time_label(k)}\n"
-            f"{chat_format.VISION_START}{chat_format.VIDEO_PAD * self.tokens_per_turn}"
-            f"{chat_format.VISION_END}")
+    text = (f"{prompts.IM_START}user\n{chat_format.time_label(k)}\n"
+            f"{prompts.VISION_START}{prompts.VIDEO_PAD * self.tokens_per_turn}"
+            f"{prompts.VISION_END}")
     if question is not None:
       text += "\n" + self.instruction.format(question=question)
-    return self._enc(text + f"{chat_format.IM_END}\n")
+    return self._enc(text + f"{prompts.IM_END}\n")
 
   def header_ids(self) -> np.ndarray:
     return self._enc(chat_format.assistant_header_text())
@@ -167,8 +166,8 @@ class WaitPromptFormat:
   def parse(self, message: str) -> tuple[int, str]:
     s = message.strip()
     if not s:
-      return INVALID, ""
+      return TURN_INVALID, ""
     if s.lower().startswith("wait"):
-      return SILENCE, ""
-    return RESPONSE, s
+      return TURN_SILENCE, ""
+    return TURN_RESPONSE, s
 

@@ -73,7 +73,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from streampro_jax import losses, models
+from streampro_jax import losses, models, prompts
 from streampro_jax.data import chat_format
 from streampro_jax.models import common, kv_cache
 from streampro_jax.sampling import decode, formats
@@ -199,7 +199,7 @@ class RolloutBatch:
   def predictions(self, row: int) -> list[tuple[float, str]]:
     """[(Y = k + 1, text)] of the row's RESPONSE turns (the StreamPro-F1 / R_turn input)."""
     return [(float(k + 1), self.texts[row][k]) for k in range(int(self.num_turns[row]))
-            if self.decisions[row, k] == formats.RESPONSE]
+            if self.decisions[row, k] == formats.TURN_RESPONSE]
 
   def as_batch(self) -> dict[str, np.ndarray]:
     """The arrays a train step takes (batch keys of docs/architecture.md + old_logps)."""
@@ -353,7 +353,7 @@ class StreamingSampler:
   """Samples B x G streaming rollouts with a KV cache (see the module docstring).
 
   Args:
-    model_config: a backbone config (qwen2_5_vl.Qwen2_5_VLConfig or qwen3_vl.Qwen3VLConfig; its
+    model_config: a backbone config (qwen2_5_vl.Qwen2_5_VLConfig or qwen3_vl.Qwen3_VLConfig; its
       special ids must be the tokenizer's).
     prompt_format: formats.StreamProFormat (default when a ChatFormat is given) or
       formats.WaitPromptFormat.
@@ -393,12 +393,12 @@ class StreamingSampler:
     self.tokens_per_turn = self.patches_per_turn // (m * m)
     tok = prompt_format.tokenizer
     enc = lambda s: list(tok.encode(s, add_special_tokens=False))
-    self.im_end_id = enc(chat_format.IM_END)[0]
+    self.im_end_id = enc(prompts.IM_END)[0]
     self.newline_ids = enc("\n")
-    self.pad_id = enc(chat_format.PAD)[0]
+    self.pad_id = enc(prompts.PAD)[0]
     vocab = tok.get_vocab()
-    self.silence_id = vocab.get(chat_format.SILENCE)
-    self.response_id = vocab.get(chat_format.RESPONSE)
+    self.silence_id = vocab.get(prompts.SILENCE_TOKEN)
+    self.response_id = vocab.get(prompts.RESPONSE_TOKEN)
     if self.cfg.constrain_decision and (self.silence_id is None or self.response_id is None):
       raise ValueError("constrain_decision needs a tokenizer with </Silence> and </Response>")
     # Vision placeholders are never sampled (see decode.sample_tokens).
@@ -714,7 +714,7 @@ class StreamingSampler:
                                        clean_up_tokenization_spaces=False)
       dec, said = self.fmt.parse(text)
       decisions[r], messages[r] = dec, text
-      texts[r] = said if dec == formats.RESPONSE else ""
+      texts[r] = said if dec == formats.TURN_RESPONSE else ""
       # The final <|im_end|> sits at the running position; the next chunk feeds it.
       next_position[r] = int(start[r]) + int(lengths[r]) - 1
     out = TurnOutput(

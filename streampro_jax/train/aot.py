@@ -135,7 +135,7 @@ def model_config_of(config):
       import json  # pylint: disable=g-import-not-at-top
       with open(os.path.join(ckpt, "config.json"), encoding="utf-8") as f:
         d = json.load(f)
-      return mod.Config.from_hf(d, **_compute_kwargs(mod, model_cfg))
+      return models.config_class(mod.MODEL_TYPE).from_hf(d, **_compute_kwargs(mod, model_cfg))
     return published_config(mod.MODEL_TYPE, **_compute_kwargs(mod, model_cfg))
   with tempfile.TemporaryDirectory() as tmp:
     tokenizer = setup_lib.make_tokenizer(config, tmp)
@@ -145,17 +145,17 @@ def model_config_of(config):
 def _compute_kwargs(mod, model_cfg) -> dict:
   from streampro_jax import _config  # pylint: disable=g-import-not-at-top
   return _config.field_values(
-      mod.Config, {k: model_cfg[k] for k in models.COMPUTE_KEYS if k in model_cfg},
-      section_name="model")
+      models.config_class(mod.MODEL_TYPE),
+      {k: model_cfg[k] for k in models.COMPUTE_KEYS if k in model_cfg}, section_name="model")
 
 
 def published_config(model_type: str, **compute):
-  """The architecture the paper trains for a backbone: Qwen2.5-VL-3B-Instruct (the Config
+  """The architecture the paper trains for a backbone: Qwen2.5-VL-3B-Instruct (the config
   defaults of qwen2_5_vl) or Qwen3-VL-4B-Instruct (qwen3_vl.qwen3_vl_4b_config)."""
   mod = models.backbone_module(model_type)
   if mod.MODEL_TYPE == "qwen3_vl":
     return mod.qwen3_vl_4b_config(**compute)
-  return mod.Config(**compute)
+  return models.config_class(mod.MODEL_TYPE)(**compute)
 
 
 def build_setup(config, devices: Sequence) -> Setup:
@@ -341,10 +341,10 @@ def sft_lowerable(s: Setup) -> Lowerable:
   grid = np.tile(np.asarray(s.grid, np.int64).reshape(1, 3), (s.pcfg.max_turns, 1))
   ids = decision_ids(mcfg)
   step = sft.make_sft_step(
-      sft.make_forward(models.build(mcfg), grid), cfg.loss, ids, s.tx,
+      setup_lib.make_forward(models.build(mcfg), grid), cfg.loss, ids, s.tx,
       state_shardings=s.shardings,
       batch_sharding={k: x.sharding for k, x in batch.items()}, mesh=s.mesh,
-      unembed_fn=sft.make_unembed(mcfg),
+      unembed_fn=setup_lib.make_unembed(mcfg),
       trainable=optim.trainable_mask(nn.unbox(s.boxed), cfg.optim.frozen),
       num_microbatches=int(cfg.num_microbatches), rules=s.rules)
   state = abstract_train_state(s)
@@ -377,8 +377,8 @@ def grpo_lowerable(s: Setup) -> Lowerable:
   mcfg = s.model_config
   grid = np.tile(np.asarray(s.grid, np.int64).reshape(1, 3), (s.pcfg.max_turns, 1))
   logps_fn = grpo.make_logps_fn(
-      sft.make_forward(models.build(mcfg), grid), temperature=gcfg.temperature,
-      chunk_size=gcfg.logps_chunk_size, unembed_fn=sft.make_unembed(mcfg))
+      setup_lib.make_forward(models.build(mcfg), grid), temperature=gcfg.temperature,
+      chunk_size=gcfg.logps_chunk_size, unembed_fn=setup_lib.make_unembed(mcfg))
   step = grpo_step.make_grpo_step(
       logps_fn, s.tx, gcfg, state_shardings=s.shardings,
       batch_sharding={k: x.sharding for k, x in batch.items()}, mesh=s.mesh,

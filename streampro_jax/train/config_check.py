@@ -13,11 +13,10 @@ Where each section's keys come from (the readers, not a hand list where a reader
                and tiny_vision (VisionConfig fields), read by models.config_from_section;
   data         pipeline.PipelineConfig fields (batch_size comes from global_batch_size), source
                and the keys of pipeline.SOURCE_KEYS (synth: synthetic.SynthConfig fields), plus
-               narration (train/sft.make_data);
+               narration (train/setup.make_data);
   rollout      sampling.SamplerConfig fields (temperature and top_p come from grpo);
   grpo         grpo.GRPOStepConfig fields, with top_p, ref_param_dtype (train/grpo_trainer) and
-               preset; an old key (grpo.RENAMED_KEYS: beta_kl, max_response_tokens) is an
-               error naming the key that replaced it;
+               preset;
   mesh         parallel.MESH_CONFIG_KEYS: the axis sizes and the logical-axis rules;
   optim        optim.OptimConfig fields;
   checkpoint   checkpoint.CheckpointConfig fields;
@@ -35,6 +34,7 @@ any other value is an error naming both keys.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from collections.abc import Mapping
 from typing import Any
 
@@ -68,13 +68,11 @@ class Section:
     neutral: keys of another mode of the reader, allowed only at this value.
     why: per neutral key, the reason it is not read now (for the message).
     nested: key -> Section of a sub-dict (tiny_text, synth, ...).
-    renamed: old key -> the full name of the key that replaced it (an error naming it).
   """
   read: frozenset[str]
   neutral: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   why: Mapping[str, str] = dataclasses.field(default_factory=dict)
   nested: Mapping[str, Section] = dataclasses.field(default_factory=dict)
-  renamed: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 def _fields(cls) -> frozenset[str]:
@@ -95,9 +93,9 @@ def _plain(value: Any) -> Any:
 def model_section(model_cfg: Mapping[str, Any], trainer: str) -> Section:
   """The model section's keys (models.config_from_section and the trainers)."""
   from streampro_jax import models  # pylint: disable=g-import-not-at-top
-  mod = models.backbone_module(model_cfg)
-  hf_keys = set(mod.Config().to_hf())
-  compute = {f for f in _fields(mod.Config) - {"text", "vision"}
+  mod, config_cls = models.backbone_module(model_cfg), models.config_class(model_cfg)
+  hf_keys = set(config_cls().to_hf())
+  compute = {f for f in _fields(config_cls) - {"text", "vision"}
              if f not in hf_keys or f == "dtype"}
   read = {"family", "hf_checkpoint"} | compute
   neutral, why = {}, {}
@@ -118,7 +116,7 @@ def model_section(model_cfg: Mapping[str, Any], trainer: str) -> Section:
 
 
 def data_section(data_cfg: Mapping[str, Any], trainer: str) -> Section:
-  """The data section's keys (pipeline.PipelineConfig, pipeline.SOURCE_KEYS, sft.make_data)."""
+  """The data section's keys (pipeline.PipelineConfig, pipeline.SOURCE_KEYS, setup.make_data)."""
   from streampro_jax.data import pipeline, synthetic  # pylint: disable=g-import-not-at-top
   source = data_cfg.get("source", None)
   if source not in pipeline.SOURCE_KEYS:
@@ -165,7 +163,7 @@ def sections(config: Mapping[str, Any], trainer: str) -> dict[str, Section]:
   return {"": top, **common,
           "init": Section(frozenset(_INIT)),
           "grpo": Section((_fields(grpo.GRPOStepConfig) - {"reward_weights"})
-                          | set(_GRPO_EXTRA), renamed=grpo.RENAMED_KEYS),
+                          | set(_GRPO_EXTRA)),
           "reward": Section(frozenset(_REWARD)),
           "rollout": Section(_fields(sampling.SamplerConfig) - {"temperature", "top_p"})}
 
@@ -184,11 +182,10 @@ def _problems(values: Mapping[str, Any], section: Section, path: str) -> list[st
                    f"{section.why.get(key, 'another mode reads it')} (leave it at "
                    f"{section.neutral[key]!r})")
       continue
-    if key in section.renamed:
-      out.append(f"config.{name} was renamed: use config.{section.renamed[key]}")
-      continue
     known = sorted(section.read)
-    out.append(f"config.{name}: no code reads this key (the keys read here: "
+    near = difflib.get_close_matches(key, known, n=1)
+    hint = f"nearest valid key: config.{path + '.' if path else ''}{near[0]}; " if near else ""
+    out.append(f"config.{name}: no code reads this key ({hint}the keys read here: "
                f"{', '.join(known)})")
   return out
 

@@ -329,9 +329,9 @@ def rollout_stats(batch: sampling.RolloutBatch) -> dict[str, float]:
   responses_per_rollout, sampled_tokens (loss-masked), mean_length (real tokens per row)."""
   real = batch.decisions >= 0
   turns = max(int(real.sum()), 1)
-  return {"response_rate": float((batch.decisions == sampling.RESPONSE).sum() / turns),
-          "invalid_rate": float((batch.decisions == sampling.INVALID).sum() / turns),
-          "responses_per_rollout": float((batch.decisions == sampling.RESPONSE).sum()
+  return {"response_rate": float((batch.decisions == sampling.TURN_RESPONSE).sum() / turns),
+          "invalid_rate": float((batch.decisions == sampling.TURN_INVALID).sum() / turns),
+          "responses_per_rollout": float((batch.decisions == sampling.TURN_RESPONSE).sum()
                                          / batch.decisions.shape[0]),
           "sampled_tokens": float(batch.loss_mask.sum()),
           "mean_length": float(batch.lengths.mean())}
@@ -403,12 +403,8 @@ the other fields come from config.rollout."""
 
 def sampler_config(config) -> sampling.SamplerConfig:
   """sampling.SamplerConfig from config.grpo (temperature, top_p) and config.rollout (the rest);
-  a key left out keeps the SamplerConfig default; an old key of config.grpo (grpo.RENAMED_KEYS,
-  e.g. max_response_tokens) raises an error naming its new key."""
+  a key left out keeps the SamplerConfig default."""
   g = _config.as_dict(config.grpo)
-  problems = _config.renamed_keys(g, grpo.RENAMED_KEYS, "grpo")
-  if problems:
-    raise _config.RenamedKeyError("; ".join(problems))
   r = {k: v for k, v in _config.as_dict(config.get("rollout")).items()
        if k not in SAMPLER_KEYS_OF_GRPO}
   kw = _config.field_values(sampling.SamplerConfig, r, section_name="rollout")

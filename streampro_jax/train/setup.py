@@ -16,6 +16,7 @@ import numpy as np
 from absl import logging
 
 from streampro_jax import models, parallel
+from streampro_jax.models import common
 from streampro_jax.data import synthetic
 from streampro_jax.data import tokenizer as tok_lib
 from streampro_jax.train import state as state_lib
@@ -113,8 +114,7 @@ def make_forward(module, video_grid_thw):
 def make_unembed(model_config):
   """params -> unembedding [D, V] in the model's compute dtype (as its own logits use it)."""
   dtype = model_config.compute_dtype
-  backbone = models.backbone_module(model_config)
-  return lambda params: backbone.unembedding(params, model_config).astype(dtype)
+  return lambda params: common.unembedding(params, model_config).astype(dtype)
 
 
 def make_data(config, tokenizer, model_config):

@@ -13,8 +13,6 @@ Metrics returned by the step (float32 scalars, global over the batch): loss, gra
 token_accuracy, decision_accuracy, silence_recall, response_recall, n_silence, n_response,
 supervised_tokens, tokens (real, non-pad tokens: host-side tokens/s = tokens / step time).
 
-The generic step and the setup glue were written here first; their names stay importable from
-this module (``sft.build_update_step``, ``sft.make_forward``, ...).
 """
 
 from __future__ import annotations
@@ -39,13 +37,6 @@ from streampro_jax.train import metrics as metrics_lib
 from streampro_jax.train import state as state_lib
 from streampro_jax.train import setup as setup_lib
 from streampro_jax.train import step as step_lib
-# Re-exported: the generic step and the setup glue lived here first (public API).
-from streampro_jax.train.setup import (  # noqa: F401
-    load_hf_state, make_data, make_forward, make_model_config, make_tokenizer, make_unembed,
-    nn_unbox, total_steps_of)
-from streampro_jax.train.step import (  # noqa: F401
-    BATCH_DIMS, UNBATCHED_KEYS, LossFn, accumulate_gradients, batch_dim, batch_shardings,
-    build_update_step, data_shards, global_batch_size, jit_update_step, split_microbatches)
 
 # ----------------------------------------------------------------------------------------------
 # The SFT loss.
@@ -105,7 +96,7 @@ def _weighted_nll(nll, labels, loss_mask, **kwargs):
 
 def make_sft_loss_fn(forward_fn: Callable[..., jax.Array], loss_cfg: Mapping[str, Any],
                      decision_token_ids, *, unembed_fn: Callable[[Any], jax.Array] | None = None
-                     ) -> LossFn:
+                     ) -> step_lib.LossFn:
   """SFT loss in sum-and-count form.
 
   Args:
@@ -172,7 +163,7 @@ def sft_context(decision_token_ids, count_scope: str = "global"):
 
 def make_sft_update(forward_fn, loss_cfg, decision_token_ids, tx, *, unembed_fn=None,
                     trainable=None, num_microbatches: int = 1, schedule=None):
-  """The un-jitted SFT update (state, batch) -> (state, metrics); see build_update_step."""
+  """The un-jitted SFT update (state, batch) -> (state, metrics); see step.build_update_step."""
   return step_lib.build_update_step(
       make_sft_loss_fn(forward_fn, loss_cfg, decision_token_ids, unembed_fn=unembed_fn), tx,
       context_fn=sft_context(decision_token_ids, count_scope_of(loss_cfg)),
@@ -214,13 +205,13 @@ def train(config, workdir: str, *, allow_config_change: bool = False):
                                     write=False)
   os.makedirs(workdir, exist_ok=True)
   mesh, rules = setup_lib.make_mesh(config), setup_lib.mesh_rules(config)
-  tokenizer = make_tokenizer(config, workdir)
-  model_config = make_model_config(config.model, tokenizer)
+  tokenizer = setup_lib.make_tokenizer(config, workdir)
+  model_config = setup_lib.make_model_config(config.model, tokenizer)
   decision_ids = tok_lib.decision_token_ids(tokenizer)
-  data_iter, pipe = make_data(config, tokenizer, model_config)
+  data_iter, pipe = setup_lib.make_data(config, tokenizer, model_config)
   config_check.check_workdir_config(workdir, config, allow_change=allow_config_change,
                                     write=jax.process_index() == 0)
-  total_steps = total_steps_of(config, pipe.num_trajectories)
+  total_steps = setup_lib.total_steps_of(config, pipe.num_trajectories)
   gb, micro = int(config.global_batch_size), int(config.num_microbatches)
   dp = step_lib.data_shards(mesh)
   if gb % (micro * dp):
@@ -238,7 +229,7 @@ def train(config, workdir: str, *, allow_config_change: bool = False):
   rng = jax.random.key(int(config.seed))
   boxed = jax.eval_shape(init_fn, rng)
   shardings = state_lib.state_shardings(tx, boxed, mesh, rules)
-  logging.info("parameters: %s", optim.count_params(nn_unbox(boxed), config.optim.frozen))
+  logging.info("parameters: %s", optim.count_params(setup_lib.nn_unbox(boxed), config.optim.frozen))
 
   ckpt = ckpt_lib.Checkpointer.from_config(os.path.join(workdir, "checkpoints"),
                                            config.checkpoint)
@@ -246,24 +237,24 @@ def train(config, workdir: str, *, allow_config_change: bool = False):
   if latest is not None:
     logging.info("resumed from step %d%s", latest, ckpt_lib.skipped_note(ckpt))
   elif config.model.get("hf_checkpoint"):
-    state = load_hf_state(config, model_config, tokenizer, tx, shardings, mesh)
+    state = setup_lib.load_hf_state(config, model_config, tokenizer, tx, shardings, mesh)
   else:
     state, _ = state_lib.create_train_state(init_fn, tx, mesh, rng, rules=rules)
 
   example = {k: np.zeros(s, np.float32) for k, s in pipe.batch_shapes().items()
              if k in STEP_BATCH_KEYS}
   update = make_sft_step(
-      make_forward(module, grid), config.loss, decision_ids, tx, state_shardings=shardings,
-      batch_sharding=batch_shardings(example, mesh), mesh=mesh,
-      unembed_fn=make_unembed(model_config),
-      trainable=optim.trainable_mask(nn_unbox(boxed), config.optim.frozen),
+      setup_lib.make_forward(module, grid), config.loss, decision_ids, tx,
+      state_shardings=shardings, batch_sharding=step_lib.batch_shardings(example, mesh), mesh=mesh,
+      unembed_fn=setup_lib.make_unembed(model_config),
+      trainable=optim.trainable_mask(setup_lib.nn_unbox(boxed), config.optim.frozen),
       num_microbatches=micro, schedule=schedule, rules=rules)
 
   def step_fn(state, step):
     del step
     host_batch = next(data_iter)
     batch = parallel.shard_batch({k: host_batch[k] for k in STEP_BATCH_KEYS}, mesh,
-                                 batch_dims=BATCH_DIMS)
+                                 batch_dims=step_lib.BATCH_DIMS)
     return update(state, batch)
 
   writer = metrics_lib.create_writer(workdir, total_steps=total_steps,
