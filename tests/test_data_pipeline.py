@@ -307,5 +307,6 @@ def test_jsonl_videos_builder_with_bad_records(tmp_path):
     assert json.load(f)["num_skipped"] == 2
   record, frames = pipeline.tfds_source(b.data_dir, "train")[0]
   assert record.id == "r0" and frames.shape == (4, 16, 24, 3)
+  # Flat colours through the encoder and back (RGB -> YUV -> RGB, 8-bit levels): a few levels.
   np.testing.assert_allclose(frames[:2].mean(), 0, atol=3)
   np.testing.assert_allclose(frames[2:].mean(), 200, atol=3)

@@ -97,7 +97,9 @@ def test_sigkill_between_checkpoints_resumes_to_same_parameters(tmp_path, uninte
   got = metrics_lib.read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
   assert sorted(want) == sorted(got) == list(range(1, STEPS + 1))
   for step in range(1, STEPS + 1):
-    assert got[step]["loss"] == pytest.approx(want[step]["loss"], rel=1e-6), step
+    # The same programs on the same inputs (the resumed run restores the state and the data
+    # position exactly): bit for bit.
+    assert got[step]["loss"] == want[step]["loss"], step
     assert got[step]["supervised_tokens"] == want[step]["supervised_tokens"], step
   assert want[1]["loss"] != want[STEPS]["loss"]
 
@@ -106,7 +108,7 @@ def test_sigkill_between_checkpoints_resumes_to_same_parameters(tmp_path, uninte
   assert step_ref == step_run == STEPS
   assert sorted(p_ref) == sorted(p_run)
   for key in p_ref:
-    np.testing.assert_allclose(p_run[key], p_ref[key], rtol=1e-6, atol=1e-7, err_msg=key)
+    np.testing.assert_array_equal(p_run[key], p_ref[key], err_msg=key)
 
 
 @pytest.mark.slow

@@ -196,10 +196,13 @@ def test_loss_and_metrics_match_losses_module(single):
   logits = _forward(params, batch, False)
   want = losses.cb_stream_loss(logits, batch["labels"], batch["loss_mask"],
                                decision_token_ids=(SIL, RESP))
-  assert hist1[0]["loss"] == pytest.approx(float(want), rel=1e-6)
+  # The jitted step and the eager forward sum in other orders: the toy's loss chain.
+  assert hist1[0]["loss"] == pytest.approx(float(want),
+                                           rel=tol.chain_bound(TOY_PATH + [TOY_TOKENS], 1.0))
   m = losses.metrics(logits, batch["labels"], batch["loss_mask"], decision_token_ids=(SIL, RESP))
   for key in ("decision_accuracy", "silence_recall", "response_recall"):
-    assert hist1[0][key] == pytest.approx(float(m[key]), abs=1e-7)
+    # Ratios of exact integer counts (< 2^24), one division each side.
+    assert hist1[0][key] == pytest.approx(float(m[key]), abs=2 * tol.U32)
   assert hist1[0]["tokens"] == 8 * 12
   assert hist1[0]["supervised_tokens"] == float(np.sum(toy_batch(0)["loss_mask"]))
   assert hist1[0]["lr"] == 0.0 and hist1[1]["lr"] == pytest.approx(3e-2)
@@ -230,7 +233,8 @@ def test_loss_kind_is_one_config_field():
   batch = jax.tree.map(jnp.asarray, toy_batch(0))
   logits = _forward(params, batch, False)
   want = losses.cross_entropy_loss(logits, batch["labels"], batch["loss_mask"])
-  assert hist_ce[0]["loss"] == pytest.approx(float(want), rel=1e-6)
+  assert hist_ce[0]["loss"] == pytest.approx(float(want),
+                                            rel=tol.chain_bound(TOY_PATH + [TOY_TOKENS], 1.0))
   with pytest.raises(ValueError, match="hinge"):
     sft.make_sft_loss_fn(_forward, dict(kind="hinge"), (SIL, RESP))
 

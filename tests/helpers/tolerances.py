@@ -157,6 +157,48 @@ def model_rel(cfg, seq: int, **kw) -> float:
   return chain_bound(model_path(cfg, seq, **kw), 1.0)
 
 
+def logp_bound(cfg, seq: int, logit_scale: float) -> float:
+  """|difference| of a token's log-prob log_softmax(z)[y] of a tiny Qwen-VL between two
+  summation orders, z its logits (largest magnitude `logit_scale`) over <= `seq` positions:
+  every logit moves by at most e = model_rel(cfg, seq) * logit_scale (the logits' chain on
+  their scale), which moves z_y - logsumexp(z) by at most 2 e (logsumexp is 1-Lipschitz in the
+  max norm); the log-softmax's own sum of V exponentials (one rounding each) is within
+  gamma(V) + u of its value in either order, 2 (gamma(V) + u) apart in the log; the last
+  subtraction rounds |logp| <= 2 logit_scale + log V once on each side."""
+  e = model_rel(cfg, seq) * logit_scale
+  v = cfg.text.vocab_size
+  return 2 * e + 2 * (gamma(v) + U32) + 2 * U32 * (2 * logit_scale + math.log(v))
+
+
+def logit_scale(params, cfg, batch) -> float:
+  """max |logit| over the real tokens of one full forward of a RolloutBatch-like `batch`
+  (input_ids, pixel_values_videos, video_grid_thw, attention_mask, position_ids): the scale
+  `logp_bound` needs."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from streampro_jax import models  # pylint: disable=g-import-not-at-top
+  logits = models.build(cfg).apply(
+      {"params": params}, jnp.asarray(batch.input_ids),
+      pixel_values_videos=jnp.asarray(batch.pixel_values_videos),
+      video_grid_thw=batch.video_grid_thw, attention_mask=jnp.asarray(batch.attention_mask),
+      position_ids=jnp.asarray(batch.position_ids))
+  return float(np.abs(np.asarray(logits)[np.asarray(batch.attention_mask) > 0]).max())
+
+
+def logit_bound(params, cfg) -> float:
+  """A bound on every logit of a Qwen-VL from its parameters alone: the final RMSNorm's
+  normalised vector x / sqrt(mean(x^2) + eps) has 2-norm <= sqrt(D), so by Cauchy-Schwarz
+  |z_v| <= sqrt(D) |scale * W[:, v]|_2 (W the [D, V] unembedding). For `logp_bound` where no
+  forward is at hand (a trainer's logged metric)."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from streampro_jax.models import common  # pylint: disable=g-import-not-at-top
+  p = nn.unbox(params)
+  scale = np.asarray(p["norm"]["scale"], np.float64)
+  w = np.asarray(common.unembedding(p, cfg), np.float64)
+  return float(math.sqrt(scale.size) * np.sqrt(((scale[:, None] * w) ** 2).sum(axis=0)).max())
+
+
 def approx64(expected, ops: int = 64):
   """pytest.approx for host-side float64 arithmetic (Python floats, NumPy float64) of at most
   `ops` roundings on values of order one, against a hand-computed reference: rel gamma(ops) in

@@ -66,9 +66,14 @@ def main():
                                        small_chunk_len=32, capacity=1024), video_grid=GRID,
       mesh=mesh)
   rb = sampler.sample(params, mine, group_size=2, seed=5, seq_len=512)
+  extra = {}
+  if NUM == 1:   # the scale of the test's log-prob bound (tolerances.logp_bound)
+    import tolerances  # pylint: disable=g-import-not-at-top
+    extra = dict(logit_scale=tolerances.logit_scale(params, cfg, rb),
+                 seq=max(rb.input_ids.shape[1], sampler.cfg.capacity))
   np.savez(out, input_ids=rb.input_ids, old_logps=rb.old_logps, loss_mask=rb.loss_mask,
            position_ids=rb.position_ids, decisions=rb.decisions,
-           messages=np.asarray(["\x1f".join(m) for m in rb.messages]))
+           messages=np.asarray(["\x1f".join(m) for m in rb.messages]), **extra)
   if NUM > 1:
     jax.distributed.shutdown()
 
