@@ -1,5 +1,8 @@
 """Config sections shared by the SFT (and GRPO) configs. Plain data: every function returns a
-ConfigDict; the launcher and streampro_jax.train read them.
+ConfigDict, and nothing here imports the trainer (streampro_jax.train); the trainers build their
+config tree from it (streampro_jax/train/config_check.build), whose dataclasses hold the defaults
+that the sections below write out in full (tests/test_config_defaults.py pins them equal), so
+that every key is on the command line's menu (--config.loss.beta=...).
 
 Sections:
   model       which backbone and how it computes (dtype = compute dtype, param_dtype = master
@@ -14,10 +17,10 @@ Sections:
               (pipeline.SOURCE_KEYS), the ones of the other sources at their unset values.
 
 The trainers check every section when they load it (streampro_jax/train/config_check.py): a key
-that no code reads is an error naming it.
+that no field of the tree declares is an error naming it and the nearest valid key.
   tokenizer   "synthetic" (word-level SynthStream tokenizer, built in the workdir) or a folder.
   optim       AdamW, schedule, clipping, frozen-parameter regex (streampro_jax.train.optim.
-              OptimConfig: its defaults are the section's).
+              OptimConfig).
   loss        kind = cb_stream | ce | focal, its hyper-parameters and the vocabulary chunking.
   checkpoint  orbax keep-N asynchronous checkpoints.
 """
@@ -28,7 +31,6 @@ import ml_collections
 
 from streampro_jax import parallel
 from streampro_jax.data import pipeline
-from streampro_jax.train import checkpoint, optim, sft
 
 # Vision tower frozen, patch merger and LLM trained (docs/method.md section 1).
 FROZEN_VISION = r"^visual/(?!merger/)"
@@ -99,26 +101,35 @@ def data_config(*, source: str, seq_len: int, max_turns: int, frame_size: int,
   return ml_collections.ConfigDict(d)
 
 
+def _section(name: str, defaults: dict, given: dict) -> ml_collections.ConfigDict:
+  unknown = set(given) - set(defaults)
+  if unknown:
+    raise ValueError(f"{name}: unknown keys {sorted(unknown)}")
+  return ml_collections.ConfigDict({**defaults, **given})
+
+
 def optim_config(*, lr: float, frozen: str = FROZEN_VISION, **kw) -> ml_collections.ConfigDict:
   """Optim section: every streampro_jax.train.optim.OptimConfig field, at its default unless
   given in ``kw`` (warmup_ratio, weight_decay, grad_clip_norm, end_lr_factor, schedule, ...);
   ``frozen`` is the vision tower unless given."""
-  return ml_collections.ConfigDict(dataclasses.asdict(optim.OptimConfig(lr=lr, frozen=frozen,
-                                                                        **kw)))
+  return _section("optim_config", dict(
+      lr=lr, warmup_steps=-1, warmup_ratio=0.0, schedule="cosine", end_lr_factor=0.0, b1=0.9,
+      b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip_norm=1.0, frozen=frozen), kw)
 
 
-def loss_config(kind: str = sft.LossConfig.kind, **kw) -> ml_collections.ConfigDict:
-  """Loss section: every streampro_jax.train.sft.LossConfig field, at its default unless given.
-  kind: cb_stream | ce | focal. chunk_size > 0: chunked-vocabulary loss from hidden states.
-  count_scope: global | microbatch | device, where the decision-class counts n_k are taken
-  (train/sft.COUNT_SCOPES; docs/components.md#count-scope has the weight-ratio table)."""
-  return ml_collections.ConfigDict(dataclasses.asdict(sft.LossConfig(kind=kind, **kw)))
+def loss_config(kind: str = "cb_stream", **kw) -> ml_collections.ConfigDict:
+  """Loss section: every streampro_jax.train.config_check.LossConfig field, at its default unless
+  given. kind: cb_stream | ce | focal. chunk_size > 0: chunked-vocabulary loss from hidden
+  states. count_scope: global | microbatch | device, where the decision-class counts n_k are
+  taken (config_check.COUNT_SCOPES; docs/components.md#count-scope has the weight-ratio table)."""
+  return _section("loss_config", dict(kind=kind, beta=0.9999, text_weight=2.0, gamma=2.0,
+                                      chunk_size=0, count_scope="global"), kw)
 
 
 def checkpoint_config(**kw) -> ml_collections.ConfigDict:
   """Checkpoint section: every streampro_jax.train.checkpoint.CheckpointConfig field (every_steps,
   keep, async_save), at its default unless given."""
-  return ml_collections.ConfigDict(dataclasses.asdict(checkpoint.CheckpointConfig(**kw)))
+  return _section("checkpoint_config", dict(every_steps=1000, keep=3, async_save=True), kw)
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -63,7 +63,7 @@ def start(trainer: str):
   workdir = WORKDIR.value
   from streampro_jax.train import config_check  # pylint: disable=g-import-not-at-top
   try:
-    config_check.check_config(config, trainer)
+    config_check.build(config, trainer)
     config_check.check_inputs(config, trainer)
     config_check.check_workdir_config(workdir, config, allow_change=ALLOW_CONFIG_CHANGE.value,
                                       write=False)

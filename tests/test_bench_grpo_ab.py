@@ -14,7 +14,7 @@ import grpo_step_ab  # noqa: E402  pylint: disable=g-import-not-at-top
 def test_demo_grpo_config_is_the_demos_grpo_stage():
   d = demo.get_config("default")
   c = grpo_step_ab.demo_grpo_config(demo, tiny_synthetic_grpo)
-  config_check.check_config(c, "grpo")   # every key is one the GRPO trainer reads
+  config_check.build(c, "grpo")   # every key is one the GRPO trainer reads
   assert c.global_batch_size == d.grpo.batch_size and c.grpo.group_size == d.grpo.group_size
   assert c.rollout.max_text_tokens == d.grpo.max_text_tokens
   assert c.grpo.temperature == d.grpo.temperature

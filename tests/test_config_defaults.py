@@ -12,11 +12,11 @@ from streampro_jax import _config, grpo, models, sampling
 from streampro_jax.data import pipeline, synthetic, video
 from streampro_jax.data import tokenizer as tok_lib
 from streampro_jax.models import processing, processing_qwen3
-from streampro_jax.train import checkpoint, config_check, grpo_trainer, optim, sft
+from streampro_jax.train import checkpoint, config_check, grpo_trainer, optim
 
 FROM_CONFIG = (grpo.GRPOStepConfig, pipeline.PipelineConfig, video.ResizePolicy,
                processing.VideoProcessorConfig, processing_qwen3.Qwen3VideoProcessorConfig,
-               sft.LossConfig, checkpoint.CheckpointConfig)
+               config_check.LossConfig, checkpoint.CheckpointConfig)
 
 
 @pytest.mark.parametrize("cls", FROM_CONFIG, ids=lambda c: c.__name__)
@@ -35,21 +35,42 @@ def test_optim_section_needs_only_lr():
 
 
 def test_configs_common_sections_are_the_dataclass_defaults():
-  """configs/common.py builds its sections from the dataclasses: no second copy of a default."""
-  assert dict(common.loss_config()) == dataclasses.asdict(sft.LossConfig())
+  """configs/common.py (plain data: it imports no trainer module) writes every field of the
+  dataclasses out at their defaults; a default changed in one place and not the other fails
+  here."""
+  assert dict(common.loss_config()) == dataclasses.asdict(config_check.LossConfig())
   assert dict(common.checkpoint_config()) == dataclasses.asdict(checkpoint.CheckpointConfig())
   assert dict(common.optim_config(lr=0.5, frozen=None)) == dataclasses.asdict(
       optim.OptimConfig(lr=0.5))
   assert common.optim_config(lr=0.5).frozen == common.FROZEN_VISION  # The project's choice.
-  assert sft.LossConfig.from_config(common.loss_config("focal", gamma=3.0)) == sft.LossConfig(
-      kind="focal", gamma=3.0)
-  # config_check's list of loss keys (sft sits above it) is LossConfig's fields.
-  assert set(config_check._LOSS) == {f.name for f in dataclasses.fields(sft.LossConfig)}  # pylint: disable=protected-access
+  assert config_check.LossConfig.from_config(
+      common.loss_config("focal", gamma=3.0)) == config_check.LossConfig(kind="focal", gamma=3.0)
+  # The top-level keys every config has: the tree's defaults.
+  top = {f.name: f.default for f in dataclasses.fields(config_check.SFTRun)
+         if not dataclasses.is_dataclass(f.type) and f.default is not dataclasses.MISSING
+         and f.name in common.base_config()}
+  assert dict(common.base_config()) == top
 
 
 def test_sampler_config_defaults_are_the_dataclass_defaults():
-  config = ml_collections.ConfigDict(dict(grpo={}, rollout={}))
-  assert grpo_trainer.sampler_config(config) == sampling.SamplerConfig()
+  run = config_check.GRPORun()
+  assert grpo_trainer.sampler_config(run) == sampling.SamplerConfig()
+
+
+def test_the_tree_is_built_from_every_section():
+  """A GRPO config's tree holds its values, converted to each field's type, and the defaults
+  of the keys it leaves out."""
+  config = tiny_synthetic_grpo.get_config()
+  with config.unlocked():
+    config.grpo.epsilon = 1   # an int where the field is a float
+    del config.reward.max_answers
+  run = config_check.build(config, "grpo")
+  assert run.grpo.epsilon == 1.0 and isinstance(run.grpo.epsilon, float)
+  assert run.reward.max_answers == config_check.RewardSection.max_answers
+  assert run.optim == optim.OptimConfig.from_config(config.optim)
+  assert run.checkpoint == checkpoint.CheckpointConfig.from_config(config.checkpoint)
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    run.seed = 1  # type: ignore[misc]
 
 
 # One value per field, none of them the default (hand-written, so a field that from_config drops
@@ -78,10 +99,12 @@ def test_grpo_from_config_types_and_greedy_temperature():
 
 
 def test_sampler_config_reads_rollout_and_grpo_keys():
-  config = ml_collections.ConfigDict(dict(
-      grpo=dict(temperature=0.5, top_p=0.9),
-      rollout=dict(max_text_tokens=7, window_turns=10, capacity=512)))
-  assert grpo_trainer.sampler_config(config) == sampling.SamplerConfig(
+  config = tiny_synthetic_grpo.get_config()
+  with config.unlocked():
+    config.grpo = ml_collections.ConfigDict(dict(temperature=0.5, top_p=0.9))
+    config.rollout = ml_collections.ConfigDict(dict(max_text_tokens=7, window_turns=10,
+                                                    capacity=512))
+  assert grpo_trainer.sampler_config(config_check.build(config, "grpo")) == sampling.SamplerConfig(
       temperature=0.5, top_p=0.9, max_text_tokens=7, window_turns=10, capacity=512)
 
 
@@ -93,7 +116,7 @@ def test_unknown_grpo_key_is_an_error_naming_the_nearest_key(key, nearest):
   message = (f"config.grpo.{key}: no code reads this key (nearest valid key: "
              f"config.grpo.{nearest};")
   with pytest.raises(config_check.ConfigError, match=re.escape(message)):
-    config_check.check_config(config, "grpo")
+    config_check.build(config, "grpo")
 
 
 def test_field_values_conversion_and_none():

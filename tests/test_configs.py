@@ -10,6 +10,7 @@ test_train_qwen3.py (tiny_synthetic_qwen3, and GRPO from it) and test_grpo_train
 (tiny_synthetic_grpo); here the four paper configs train (about 2 minutes on 2 CPU cores).
 """
 
+import dataclasses
 import importlib
 import pathlib
 import sys
@@ -51,12 +52,12 @@ def _demo_configs():
 @pytest.mark.parametrize("name", TRAINER_CONFIGS)
 def test_every_config_reads_every_key(name):
   args = ("/ckpt",) if name in PAPER_CONFIGS else ()
-  assert config_check.unread_keys(_get(name, *args), _trainer(name)) == []
+  assert config_check.config_problems(_get(name, *args), _trainer(name)) == []
 
 
 def test_demo_trainer_configs_read_every_key():
   for name, (config, trainer) in _demo_configs().items():
-    assert config_check.unread_keys(config, trainer) == [], name
+    assert config_check.config_problems(config, trainer) == [], name
 
 
 def test_unread_keys_are_errors_that_name_them():
@@ -77,15 +78,22 @@ def test_unread_keys_are_errors_that_name_them():
   c.data.jsonl = "/data/x.jsonl"
   with pytest.raises(config_check.ConfigError, match=r"config\.data\.jsonl .* data\.source is "
                      r"'tfds'"):
-    config_check.check_config(c, "sft")
+    config_check.build(c, "sft")
 
 
 def test_model_keys_come_from_the_backbone_config():
-  """A compute setting the backbone Config gains (e.g. scan_layers) is accepted without a list
-  to update: the model section's keys are the Config fields that config.json does not carry."""
-  sec = config_check.model_section({"family": "qwen2_5_vl", "hf_checkpoint": ""}, "sft")
-  assert {"dtype", "param_dtype", "attention_impl", "remat"} <= sec.read
-  assert "video_token_id" not in sec.read and "text" not in sec.read
+  """The model section's compute keys are the backbone Config fields that config.json does not
+  carry (models.COMPUTE_KEYS, the same set for both backbones),
+  with the Config's defaults."""
+  fields = {f.name: f.default for f in dataclasses.fields(config_check.ModelSection)}
+  assert {"dtype", "param_dtype", "attention_impl", "remat"} <= set(fields)
+  assert "video_token_id" not in fields and "text" not in fields
+  for family in models.BACKBONES:
+    hf_keys = set(models.config_class(family)().to_hf())
+    compute = {f.name for f in dataclasses.fields(models.config_class(family))
+               if f.name not in ("text", "vision") and (f.name not in hf_keys or f.name == "dtype")}
+    assert compute == set(models.COMPUTE_KEYS) <= set(fields), family
+    assert all(fields[k] == getattr(models.config_class(family)(), k) for k in compute)
 
 
 def test_the_source_can_be_switched_on_the_command_line():
@@ -99,7 +107,7 @@ def test_the_source_can_be_switched_on_the_command_line():
       "from streampro_jax.train import config_check\n"
       "c = config_flags.DEFINE_config_file('config', lock_config=True)\n"
       "flags.FLAGS(sys.argv)\n"
-      "config_check.check_config(c.value, 'sft')\n"
+      "config_check.build(c.value, 'sft')\n"
       "print(c.value.data.source, c.value.data.jsonl)\n")
   out = subprocess.run(
       [sys.executable, "-c", script, f"--config={ROOT / 'configs' / 'qwen2_5_vl_3b_sft.py'}:/ckpt",
@@ -201,7 +209,7 @@ def test_paper_config_trains_one_step(name, tiny_hf, tiny_data, tmp_path):
   their TFDS pipeline and their model from a HF folder and train one step."""
   family = "qwen3_vl" if name.startswith("qwen3") else "qwen2_5_vl"
   c = _tiny_overrides(_get(name, tiny_hf[family]), name, tiny_data)
-  config_check.check_config(c, _trainer(name))
+  config_check.build(c, _trainer(name))
   _one_step(c, name, str(tmp_path / "run"))
   jax.clear_caches()
 
@@ -209,10 +217,22 @@ def test_paper_config_trains_one_step(name, tiny_hf, tiny_data, tmp_path):
 def test_keys_added_by_other_modules_are_read():
   """The keys the SFT loss (count_scope), the GRPO trainer (rubric files, presets) and the model
   (scan_layers, remat_policy) read are accepted, so a user may set them."""
-  from streampro_jax.train import config_check  # pylint: disable=g-import-not-at-top
-  assert "count_scope" in config_check._LOSS  # pylint: disable=protected-access
-  assert {"rubrics_file", "missing_rubric"} <= set(config_check._REWARD)  # pylint: disable=protected-access
-  assert "preset" in config_check._GRPO_EXTRA  # pylint: disable=protected-access
-  section = config_check.model_section(dict(family="qwen2_5_vl", scan_layers=True,
-                                            remat_policy="dots_no_batch"), "sft")
-  assert {"scan_layers", "remat_policy"} <= set(section.read)
+  def fields(cls):
+    return {f.name for f in dataclasses.fields(cls)}
+  assert "count_scope" in fields(config_check.LossConfig)
+  assert {"rubrics_file", "missing_rubric"} <= fields(config_check.RewardSection)
+  assert "preset" in fields(config_check.GRPOSection)
+  c = _get("tiny_synthetic")
+  c.model.scan_layers, c.model.remat_policy = True, "dots_no_batch"
+  run = config_check.build(c, "sft")
+  assert (run.model.scan_layers, run.model.remat_policy) == (True, "dots_no_batch")
+
+
+def test_config_files_import_no_trainer_module():
+  """configs/*.py are plain data: none imports streampro_jax.train (the trainer reads them)."""
+  import ast  # pylint: disable=g-import-not-at-top
+  for path in sorted(pathlib.Path(ROOT, "configs").glob("*.py")):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+      names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+               [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+      assert not any(n.startswith("streampro_jax.train") for n in names), (path.name, names)

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from streampro_jax import prompts
 from streampro_jax.data import chat_format as cf
 from streampro_jax.data import schema
 from streampro_jax.data import tokenizer as tk
@@ -89,7 +90,7 @@ def test_render_small_trajectory_by_hand(tok):
   traj = chat.render(rec)
   text = tok.decode(traj.input_ids.tolist(), skip_special_tokens=False)
   expected = (
-      f"<|im_start|>system\n{cf.SYSTEM_PROMPT}<|im_end|>\n"
+      f"<|im_start|>system\n{prompts.STREAMING_SYSTEM_PROMPT}<|im_end|>\n"
       "<|im_start|>user\n<0s-1s>\n<|vision_start|><|video_pad|><|video_pad|><|vision_end|>"
       "<|im_end|>\n<|im_start|>assistant\n</Silence><|im_end|>\n"
       "<|im_start|>user\nWhen does it end?\n<1s-2s>\n<|vision_start|><|video_pad|><|video_pad|>"
@@ -253,10 +254,11 @@ def test_synthetic_tokenizer_files_and_specials(tok, tmp_path):
   again = AutoTokenizer.from_pretrained(tok.name_or_path, local_files_only=True)
   assert len(again) == len(tok) < 400
   vocab = tok.get_vocab()
-  for t in tk.QWEN_SPECIAL_TOKENS + tk.DECISION_TOKENS:
+  for t in tk.QWEN_SPECIAL_TOKENS + prompts.DECISION_TOKENS:
     assert t in vocab and len(tok.encode(t, add_special_tokens=False)) == 1
   assert tok.pad_token == "<|endoftext|>" and tok.eos_token == "<|im_end|>"
-  ids = [vocab[t] for t in tk.QWEN_SPECIAL_TOKENS + tk.QWEN_ADDED_NONSPECIAL + tk.DECISION_TOKENS]
+  ids = [vocab[t]
+         for t in tk.QWEN_SPECIAL_TOKENS + tk.QWEN_ADDED_NONSPECIAL + prompts.DECISION_TOKENS]
   assert ids == list(range(ids[0], ids[0] + 24))    # Qwen's order, decision tokens last
   silence, response = tk.decision_token_ids(tok)
   assert (silence, response) == (ids[-2], ids[-1])
@@ -322,11 +324,12 @@ def test_byte_level_bpe_piecewise_equals_whole(tmp_path):
       pre_tokenizers.Split(Regex(qwen_re), behavior="isolated"),
       pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
   raw.decoder = decoders.ByteLevel()
-  corpus = [cf.SYSTEM_PROMPT, "user\nWhen does the red circle end?\n<3s-4s>\n", "assistant\n",
+  corpus = [prompts.STREAMING_SYSTEM_PROMPT, "user\nWhen does the red circle end?\n<3s-4s>\n",
+            "assistant\n",
             "the red circle moves to the right edge; 12s-15s"] * 20
   raw.train_from_iterator(corpus, trainers.BpeTrainer(
       vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-  specials = list(tk.QWEN_SPECIAL_TOKENS) + list(tk.DECISION_TOKENS)
+  specials = list(tk.QWEN_SPECIAL_TOKENS) + list(prompts.DECISION_TOKENS)
   raw.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
   PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<|endoftext|>",
                           clean_up_tokenization_spaces=False).save_pretrained(tmp_path)

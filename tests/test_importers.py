@@ -424,7 +424,7 @@ def test_a_non_utf8_byte_is_one_named_skip_in_every_layout(tmp_path):
   for name, data in layouts.items():
     path = tmp_path / name
     path.write_bytes(data)
-    with pytest.raises(im.DataError) as e:
+    with pytest.raises(schema.DataError) as e:
       list(im.iter_import("simple", str(path)))
     # JSON array / CSV: line 1 is "[" / the header.
     assert e.value.line == (2 if name == "rows.jsonl" else 3), name
@@ -440,7 +440,7 @@ def test_missing_videos_are_errors_or_counted_skips(tmp_path):
   """Records whose video is missing were written without a word, even with --probe."""
   (tmp_path / "here.mp4").write_bytes(b"x")
   src = _write(tmp_path, "rows.jsonl", [_simple_row("here.mp4"), _simple_row("gone.mp4")])
-  with pytest.raises(im.DataError, match=r"\[1\]\.video: video not found: .*gone\.mp4"):
+  with pytest.raises(schema.DataError, match=r"\[1\]\.video: video not found: .*gone\.mp4"):
     list(im.iter_import("simple", src))
   stats = im.ImportStats()
   probed = []

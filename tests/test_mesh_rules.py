@@ -48,7 +48,7 @@ def test_default_config_carries_the_default_rules():
   assert setup_lib.mesh_rules(config) == parallel.DEFAULT_RULES
   # A section without rules (a hand-written config) gets the default too.
   assert parallel.rules_from_config({"data": -1}) == parallel.DEFAULT_RULES
-  config_check.check_config(config, "sft")  # mesh.rules is a key the trainers read.
+  config_check.build(config, "sft")  # mesh.rules is a key the trainers read.
   # The whole section builds the mesh: rules is not an axis size.
   assert dict(parallel.make_mesh(dict(_config().mesh)).shape) == {"data": 2, "fsdp": 2,
                                                                    "tensor": 2}

@@ -1,82 +1,52 @@
-"""Training configs checked when loaded: a key that no code reads is an error naming it.
+"""The one config tree of a training run, built from its ConfigDict by one strict function.
 
-A config is plain data (configs/*.py return ConfigDicts); the trainers read it section by
-section. A key that nothing reads is a silent no-op (``data.tfds_name`` where the pipeline reads
-``data.tfds_dir``, ``data.frame_size`` after the frames were set), so ``check_config`` refuses it
-before anything is built, and names it with the keys the reader does take.
+A config is plain data (configs/*.py return ConfigDicts). :func:`build` turns it into a frozen
+dataclass tree, :class:`SFTRun` or :class:`GRPORun`, whose nodes declare every key a trainer
+reads; a key that no field declares is an error naming its full path, the nearest valid key
+(difflib) and the keys of its section (``config.data.tfds_name`` where the pipeline reads
+``data.tfds_dir``, ``data.frame_size`` after the frames were set). It runs before anything is
+built. The trainers read the tree.
 
-Where each section's keys come from (the readers, not a hand list where a reader has a schema):
+The nodes and where their fields come from (the readers' own dataclasses, not hand lists):
 
-  model        the backbone Config's fields that config.json does not carry (the compute settings:
-               dtype, param_dtype, attention_impl, remat, and whatever field the Config gains),
-               plus family, hf_checkpoint, reinit_decision_rows, tiny_text (TextConfig fields)
-               and tiny_vision (VisionConfig fields), read by models.config_from_section;
-  data         pipeline.PipelineConfig fields (batch_size comes from global_batch_size), source
-               and the keys of pipeline.SOURCE_KEYS (synth: synthetic.SynthConfig fields), plus
-               narration (train/setup.make_data);
-  rollout      sampling.SamplerConfig fields (temperature and top_p come from grpo);
-  grpo         grpo.GRPOStepConfig fields, with top_p, ref_param_dtype (train/grpo_trainer) and
-               preset;
-  mesh         parallel.MESH_CONFIG_KEYS: the axis sizes and the logical-axis rules;
-  optim        optim.OptimConfig fields;
-  checkpoint   checkpoint.CheckpointConfig fields;
-  loss         sft.LossConfig fields (sft sits above this module: the list below, which a test
-               compares with the dataclass);
-  top level, reward, init: the keys their readers take (listed below next to the reader's
-               name).
+  model        ModelSection: family, hf_checkpoint, reinit_decision_rows, tiny_text (the
+               backbone's TextConfig fields), tiny_vision (VisionConfig fields) and the compute
+               settings (models.COMPUTE_KEYS: the backbone Config's fields that config.json does
+               not carry), read by models.config_from_section;
+  mesh         MeshSection: parallel.MESH_CONFIG_KEYS (the axis sizes and the logical-axis rules);
+  data         DataSection: pipeline.PipelineConfig's fields (batch_size comes from
+               global_batch_size), source, the keys of pipeline.SOURCE_KEYS (synth: a dict of
+               synthetic.SynthConfig fields) and narration (train/setup.make_data);
+  optim        optim.OptimConfig;  checkpoint  checkpoint.CheckpointConfig;  loss  LossConfig;
+  grpo         GRPOSection: grpo.GRPOStepConfig's fields but reward_weights, plus top_p (the
+               sampler's), ref_param_dtype (the reference copy's dtype) and preset;
+  rollout      RolloutSection: sampling.SamplerConfig's fields but temperature and top_p;
+  reward       RewardSection (the reward scorer's and judge's settings);
+  init         InitSection (where the GRPO policy starts).
 
 A key that belongs to another mode of its reader (``data.jsonl`` when ``data.source`` is
-"tfds", ``model.tiny_text`` next to an ``hf_checkpoint``) may stay in a config at its neutral
-value (so that ``--config.data.source=jsonl --config.data.jsonl=...`` works on the command line);
-any other value is an error naming both keys.
+"tfds", ``model.tiny_text`` next to an ``hf_checkpoint``, ``data.narration`` in a GRPO run) may
+stay in a config at its neutral value (so that ``--config.data.source=jsonl
+--config.data.jsonl=...`` works on the command line); any other value is an error naming both
+keys. Such a key keeps its field's default in the tree.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-TRAINERS = ("sft", "grpo")
+from streampro_jax import _config, grpo, losses, models, parallel, sampling
+from streampro_jax.data import pipeline, synthetic
+from streampro_jax.train import checkpoint, optim
 
-# Readers without a dataclass: the keys they take (reader in the comment).
-_TOP_LEVEL = ("seed", "global_batch_size", "num_epochs", "total_steps", "log_every_steps",
-              "tokenizer", "tensorboard", "debug_kill_after_step",   # sft.train, GRPOTrainer
-              "debug_kill_mid_save",
-              "xla_preset")                                          # launch/_common.start
-_LOSS = ("kind", "beta", "text_weight", "gamma", "chunk_size",   # sft.LossConfig
-         "count_scope")
-_REWARD = ("weights", "tau", "max_answers", "max_checks", "judge",   # GRPOTrainer, build_judge
-           "rubrics_file", "missing_rubric",                         # grpo_trainer rubric files
-           "matching")                                               # RewardScorer
-_INIT = ("sft_workdir", "sft_step")                                  # load_initial_params
-_GRPO_EXTRA = ("top_p", "ref_param_dtype",  # GRPOTrainer
-               "preset")                    # grpo.GRPOStepConfig
+TRAINERS = ("sft", "grpo")
 
 
 class ConfigError(ValueError):
   """A config key that no code reads (or that its reader ignores in the chosen mode)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Section:
-  """What the readers of one section take.
-
-  Attributes:
-    read: keys read.
-    neutral: keys of another mode of the reader, allowed only at this value.
-    why: per neutral key, the reason it is not read now (for the message).
-    nested: key -> Section of a sub-dict (tiny_text, synth, ...).
-  """
-  read: frozenset[str]
-  neutral: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-  why: Mapping[str, str] = dataclasses.field(default_factory=dict)
-  nested: Mapping[str, Section] = dataclasses.field(default_factory=dict)
-
-
-def _fields(cls) -> frozenset[str]:
-  return frozenset(f.name for f in dataclasses.fields(cls))
 
 
 def _plain(value: Any) -> Any:
@@ -90,114 +60,347 @@ def _plain(value: Any) -> Any:
   return value
 
 
-def model_section(model_cfg: Mapping[str, Any], trainer: str) -> Section:
-  """The model section's keys (models.config_from_section and the trainers)."""
-  from streampro_jax import models  # pylint: disable=g-import-not-at-top
-  mod, config_cls = models.backbone_module(model_cfg), models.config_class(model_cfg)
-  hf_keys = set(config_cls().to_hf())
-  compute = {f for f in _fields(config_cls) - {"text", "vision"}
-             if f not in hf_keys or f == "dtype"}
-  read = {"family", "hf_checkpoint"} | compute
-  neutral, why = {}, {}
-  if model_cfg.get("hf_checkpoint"):
+# ------------------------------------------------------------------------------------------------
+# The nodes.
+
+
+COUNT_SCOPES = ("global", "microbatch", "device")
+"""Where CB-Stream / focal count n_k (loss.count_scope; table: docs/components.md#count-scope):
+global      the whole global batch, all devices and micro-batches (docs/method.md: "the current
+            global batch"; the default);
+microbatch  each micro-batch of the gradient accumulation, all devices;
+device      each device's rows of each micro-batch (what a data-parallel PyTorch trainer that
+            does not all-reduce the counts computes, as Streamo's code; with one row per device,
+            one trajectory's counts)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  """The ``config.loss`` section of an SFT config.
+
+  Attributes:
+    kind: losses.LOSS_KINDS: "cb_stream" | "ce" | "focal".
+    beta: CB-Stream's class-balance beta.
+    text_weight: CB-Stream's weight of the text tokens.
+    gamma: the focal loss's gamma.
+    chunk_size: 0: the loss on full logits; > 0: from the final hidden states, one vocabulary
+      chunk at a time.
+    count_scope: COUNT_SCOPES, where the decision-class counts n_k are taken.
+  """
+  kind: str = "cb_stream"
+  beta: float = 0.9999
+  text_weight: float = 2.0
+  gamma: float = 2.0
+  chunk_size: int = 0
+  count_scope: str = "global"
+
+  def __post_init__(self):
+    if self.kind not in losses.LOSS_KINDS:
+      raise ValueError(f"config.loss.kind = {self.kind!r}; expected one of {losses.LOSS_KINDS}")
+    if self.count_scope not in COUNT_SCOPES:
+      raise ValueError(f"config.loss.count_scope = {self.count_scope!r}; expected one of "
+                       f"{COUNT_SCOPES}")
+
+  @classmethod
+  def from_config(cls, loss_cfg: Any) -> LossConfig:
+    """From a ``config.loss`` mapping / ConfigDict (a LossConfig is returned as is); a key left
+    out keeps the field's default."""
+    if isinstance(loss_cfg, cls):
+      return loss_cfg
+    return cls(**_config.field_values(cls, loss_cfg, section_name="loss"))
+
+
+def _fields_of(cls: type, drop: tuple[str, ...] = ()) -> list[tuple[str, Any, Any]]:
+  """(name, type, dataclasses.field) of each field of dataclass `cls` but `drop`, defaults kept."""
+  out = []
+  for f in dataclasses.fields(cls):
+    if f.name in drop:
+      continue
+    if f.default is not dataclasses.MISSING:
+      out.append((f.name, f.type, dataclasses.field(default=f.default)))
+    elif f.default_factory is not dataclasses.MISSING:
+      out.append((f.name, f.type, dataclasses.field(default_factory=f.default_factory)))
+    else:
+      out.append((f.name, f.type, dataclasses.field(default=None)))
+  return out
+
+
+def _node(name: str, doc: str, fields: list[tuple[str, Any, Any]]) -> type:
+  cls = dataclasses.make_dataclass(name, fields, frozen=True, namespace={"__doc__": doc})
+  cls.__module__ = __name__
+  return cls
+
+
+def _dict_field():
+  return dataclasses.field(default_factory=dict)
+
+
+ModelSection = _node("ModelSection", """The ``config.model`` section (models.config_from_section).
+
+  family: models.BACKBONES; hf_checkpoint: a HF folder whose config.json gives the architecture
+  ("" for a random tiny model); reinit_decision_rows: re-initialise the decision tokens' rows of
+  a checkpoint (SFT); tiny_text / tiny_vision: overrides of the tiny config's TextConfig /
+  VisionConfig fields; the compute settings models.COMPUTE_KEYS (backbone Config defaults).""",
+    [("family", str, dataclasses.field(default=models.DEFAULT_FAMILY)),
+     ("hf_checkpoint", str, dataclasses.field(default="")),
+     ("reinit_decision_rows", bool, dataclasses.field(default=True)),
+     ("tiny_text", dict, _dict_field()),
+     ("tiny_vision", dict, _dict_field())]
+    + [f for f in _fields_of(models.common.VLConfig) if f[0] in models.COMPUTE_KEYS])
+
+MeshSection = _node("MeshSection", """The ``config.mesh`` section: axis sizes (-1 fills the rest)
+  and the logical-axis rules (parallel.rules_from_config).""",
+    [(axis, int, dataclasses.field(default=-1 if axis == "data" else 1))
+     for axis in parallel.MESH_AXES]
+    + [("rules", tuple, dataclasses.field(default=tuple(parallel.DEFAULT_RULES)))])
+
+DataSection = _node("DataSection", """The ``config.data`` section: pipeline.PipelineConfig's
+  fields (batch_size comes from global_batch_size), the source and every source's keys
+  (pipeline.SOURCE_KEYS, at their unset values), and narration (SynthStream narration targets,
+  SFT only).""",
+    _fields_of(pipeline.PipelineConfig, drop=("batch_size",))
+    + [("source", str, dataclasses.field(default="synth"))]
+    + [(key, type(value), _dict_field() if isinstance(value, dict)
+        else dataclasses.field(default=value))
+       for key, value in {k: v for keys in pipeline.SOURCE_KEYS.values()
+                          for k, v in keys.items()}.items()]
+    + [("narration", bool, dataclasses.field(default=False))])
+
+GRPOSection = _node("GRPOSection", """The ``config.grpo`` section: grpo.GRPOStepConfig's fields
+  (reward_weights come from config.reward.weights), top_p (the sampler's nucleus mass; the
+  temperature is shared with the update), ref_param_dtype (the reference copy's dtype, "" =
+  the parameters') and preset (grpo.GRPO_PRESETS or "").""",
+    _fields_of(grpo.GRPOStepConfig, drop=("reward_weights",))
+    + [("top_p", float, dataclasses.field(default=sampling.SamplerConfig.top_p)),
+       ("ref_param_dtype", str, dataclasses.field(default="")),
+       ("preset", str, dataclasses.field(default=""))])
+
+RolloutSection = _node("RolloutSection", """The ``config.rollout`` section:
+  sampling.SamplerConfig's fields but temperature and top_p (config.grpo holds those).""",
+    _fields_of(sampling.SamplerConfig, drop=("temperature", "top_p")))
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardSection:
+  """The ``config.reward`` section.
+
+  Attributes:
+    weights: (format, turn, trajectory) reward weights.
+    tau: R_turn's time scale in seconds.
+    max_answers, max_checks: padded ground-truth and rubric sizes.
+    matching: R_turn's matching order (rewards.MATCHING_ORDERS).
+    judge: "synthetic" | "match" | a judges.build_judge config (a dict).
+    rubrics_file: a launch/write_rubrics.py output whose rubrics replace the records' ("": none).
+    missing_rubric: "error" | "zero" (a sample without a rubric stops the run / gets R_traj 0).
+  """
+  weights: tuple = grpo.GRPOStepConfig.reward_weights
+  tau: float = 8.0
+  max_answers: int = 32
+  max_checks: int = 16
+  matching: str = "gt_first"
+  judge: Any = "match"
+  rubrics_file: str = ""
+  missing_rubric: str = "error"
+
+
+@dataclasses.dataclass(frozen=True)
+class InitSection:
+  """The ``config.init`` section: the GRPO policy's start (sft_workdir: a launch/train_sft.py
+  workdir, "" = model.hf_checkpoint or a random init; sft_step: its checkpoint, -1 = newest)."""
+  sft_workdir: str = ""
+  sft_step: int = -1
+
+
+@dataclasses.dataclass(frozen=True)
+class _RunTop:
+  """Top-level keys of every training config."""
+  seed: int = 0
+  global_batch_size: int = 8
+  num_epochs: float = 1.0
+  total_steps: int = -1
+  log_every_steps: int = 10
+  tokenizer: str = "synthetic"
+  tensorboard: bool = True
+  debug_kill_after_step: int = -1
+  debug_kill_mid_save: bool = False
+  xla_preset: str = "none"
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTRun(_RunTop):
+  """The config tree of an SFT run (sft.train). num_microbatches: gradient accumulation steps
+  per optimizer step."""
+  num_microbatches: int = 1
+  model: ModelSection = dataclasses.field(default_factory=ModelSection)
+  mesh: MeshSection = dataclasses.field(default_factory=MeshSection)
+  data: DataSection = dataclasses.field(default_factory=DataSection)
+  optim: optim.OptimConfig | None = None
+  loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+  checkpoint: checkpoint.CheckpointConfig = dataclasses.field(
+      default_factory=checkpoint.CheckpointConfig)
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPORun(_RunTop):
+  """The config tree of a GRPO run (grpo_trainer.GRPOTrainer)."""
+  model: ModelSection = dataclasses.field(default_factory=ModelSection)
+  mesh: MeshSection = dataclasses.field(default_factory=MeshSection)
+  data: DataSection = dataclasses.field(default_factory=DataSection)
+  optim: optim.OptimConfig | None = None
+  checkpoint: checkpoint.CheckpointConfig = dataclasses.field(
+      default_factory=checkpoint.CheckpointConfig)
+  init: InitSection = dataclasses.field(default_factory=InitSection)
+  grpo: GRPOSection = dataclasses.field(default_factory=GRPOSection)
+  reward: RewardSection = dataclasses.field(default_factory=RewardSection)
+  rollout: RolloutSection = dataclasses.field(default_factory=RolloutSection)
+
+
+RUN_TYPES = {"sft": SFTRun, "grpo": GRPORun}
+"""The tree type of each trainer."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Keys of another mode: (neutral value, why it is not read now) per key, from the section's
+# values and the trainer.
+
+
+def _model_modes(values: Mapping[str, Any], trainer: str) -> dict[str, tuple[Any, str]]:
+  out = {}
+  if values.get("hf_checkpoint"):
     for key in ("tiny_text", "tiny_vision"):
-      neutral[key] = {}
-      why[key] = "the architecture comes from model.hf_checkpoint's config.json"
-  else:
-    read |= {"tiny_text", "tiny_vision"}
-  if trainer == "sft":
-    read.add("reinit_decision_rows")
-  else:
-    neutral["reinit_decision_rows"] = False
-    why["reinit_decision_rows"] = "GRPO starts from a trained policy and re-initialises nothing"
-  nested = {"tiny_text": Section(_fields(mod.TextConfig)),
-            "tiny_vision": Section(_fields(mod.VisionConfig))}
-  return Section(frozenset(read), neutral, why, nested)
+      out[key] = ({}, "the architecture comes from model.hf_checkpoint's config.json")
+  if trainer == "grpo":
+    out["reinit_decision_rows"] = (
+        False, "GRPO starts from a trained policy and re-initialises nothing")
+  return out
 
 
-def data_section(data_cfg: Mapping[str, Any], trainer: str) -> Section:
-  """The data section's keys (pipeline.PipelineConfig, pipeline.SOURCE_KEYS, setup.make_data)."""
-  from streampro_jax.data import pipeline, synthetic  # pylint: disable=g-import-not-at-top
-  source = data_cfg.get("source", None)
+def _data_modes(values: Mapping[str, Any], trainer: str) -> dict[str, tuple[Any, str]]:
+  source = values.get("source", None)
   if source not in pipeline.SOURCE_KEYS:
     raise ConfigError(f"config.data.source = {source!r}; expected one of "
                       f"{sorted(pipeline.SOURCE_KEYS)}")
-  read = set(_fields(pipeline.PipelineConfig) - {"batch_size"}) | {"source"}
-  read |= set(pipeline.SOURCE_KEYS[source])
-  neutral, why = {}, {}
+  out = {}
   for other, keys in pipeline.SOURCE_KEYS.items():
     for key, value in keys.items():
-      if key not in read:
-        neutral[key] = value
-        why[key] = f"data.source is {source!r} (only source {other!r} reads it)"
-  if trainer == "sft":
-    read.add("narration")
-  else:
-    neutral["narration"] = False
-    why["narration"] = "GRPO samples the questions of its records"
-  nested = {"synth": Section(_fields(synthetic.SynthConfig))}
-  return Section(frozenset(read), neutral, why, nested)
+      if key not in pipeline.SOURCE_KEYS[source] and key not in out:
+        out[key] = (value, f"data.source is {source!r} (only source {other!r} reads it)")
+  if trainer == "grpo":
+    out["narration"] = (False, "GRPO samples the questions of its records")
+  return out
 
 
-def sections(config: Mapping[str, Any], trainer: str) -> dict[str, Section]:
-  """{"" (top level) or section name: Section} of a `trainer` ("sft" | "grpo") config."""
-  from streampro_jax import grpo, parallel, sampling  # pylint: disable=g-import-not-at-top
-  from streampro_jax.train import checkpoint, optim  # pylint: disable=g-import-not-at-top
+def _grpo_top_modes(values: Mapping[str, Any], trainer: str) -> dict[str, tuple[Any, str]]:
+  del values
+  if trainer == "grpo":
+    return {"num_microbatches": (1, "GRPO accumulates over grpo.num_microbatches")}
+  return {}
+
+
+_MODES: dict[type, Callable[[Mapping[str, Any], str], dict[str, tuple[Any, str]]]] = {
+    ModelSection: _model_modes, DataSection: _data_modes, SFTRun: _grpo_top_modes,
+    GRPORun: _grpo_top_modes}
+
+
+def _dict_keys(cls: type, key: str, values: Mapping[str, Any]) -> frozenset[str] | None:
+  """The keys a dict-valued field takes (None: any, e.g. a judge config)."""
+  if cls is ModelSection and key in ("tiny_text", "tiny_vision"):
+    mod = models.backbone_module(values)
+    sub = mod.TextConfig if key == "tiny_text" else mod.VisionConfig
+    return frozenset(f.name for f in dataclasses.fields(sub))
+  if cls is DataSection and key == "synth":
+    return frozenset(f.name for f in dataclasses.fields(synthetic.SynthConfig))
+  return None
+
+
+def _unknown(name: str, path: str, key: str, known: list[str],
+             declared: list[str] | None = None) -> str:
+  """The message of an undeclared key: its full name, the nearest of `declared` (default
+  `known`: the keys read here) and `known`."""
+  near = difflib.get_close_matches(key, declared or known, n=1)
+  hint = f"nearest valid key: config.{path + '.' if path else ''}{near[0]}; " if near else ""
+  return (f"config.{name}: no code reads this key ({hint}the keys read here: "
+          f"{', '.join(known)})")
+
+
+def _node_type(tp: Any) -> type | None:
+  """The dataclass of a field annotation (``X`` or ``X | None``), else None."""
+  if isinstance(tp, str):
+    return None
+  if dataclasses.is_dataclass(tp):
+    return tp
+  for arg in getattr(tp, "__args__", ()):
+    if dataclasses.is_dataclass(arg):
+      return arg
+  return None
+
+
+def _check(cls: type, values: Mapping[str, Any], path: str, trainer: str,
+           problems: list[str]) -> dict[str, Any]:
+  """The values of `values` that fields of `cls` declare (the keys of another mode at their
+  neutral value left out); one message per other key in `problems`."""
+  values = _config.as_dict(values)
+  modes = _MODES.get(cls, lambda v, t: {})(values, trainer)
+  types = {f.name: f.type for f in dataclasses.fields(cls)}
+  known = sorted(k for k in types if k not in modes)
+  kept = {}
+  for key, value in values.items():
+    name = f"{path}.{key}" if path else key
+    if key in modes:
+      neutral, why = modes[key]
+      if _plain(value) != _plain(neutral):
+        problems.append(f"config.{name} = {_plain(value)!r} is not read: {why} (leave it at "
+                        f"{neutral!r})")
+      continue
+    if key not in types:
+      problems.append(_unknown(name, path, key, known, sorted(types)))
+      continue
+    sub = _node_type(_resolve(cls, key))
+    if sub is not None:
+      if value is not None:  # A section set to None keeps its defaults.
+        kept[key] = _check(sub, value, name, trainer, problems)
+      continue
+    allowed = _dict_keys(cls, key, values)
+    if allowed is not None and value is not None:
+      for k in _config.as_dict(value):
+        if k not in allowed:
+          problems.append(_unknown(f"{name}.{k}", name, k, sorted(allowed)))
+      value = _plain(value)
+    kept[key] = value
+  return kept
+
+
+def _resolve(cls: type, key: str) -> Any:
+  """The type of field `key` of `cls` (annotations of this module are strings)."""
+  import typing  # pylint: disable=g-import-not-at-top
+  return typing.get_type_hints(cls)[key]
+
+
+def _make(cls: type, values: dict[str, Any], path: str) -> Any:
+  """An instance of node `cls` from checked `values` (each library dataclass through its own
+  from_config, so its conversions and required keys apply)."""
+  kw = {}
+  for key, value in values.items():
+    sub = _node_type(_resolve(cls, key))
+    if sub is not None and isinstance(value, dict):
+      kw[key] = _make(sub, value, f"{path}.{key}" if path else key)
+    else:
+      kw[key] = value
+  if hasattr(cls, "from_config"):
+    return cls.from_config(kw)
+  conv = _config.field_values(cls, kw, section_name=path)
+  # A value the field conversion drops (None where the default is not None) keeps the default.
+  return cls(**conv)
+
+
+def config_problems(config: Mapping[str, Any], trainer: str) -> list[str]:
+  """One message per key of `config` that the `trainer`'s tree does not declare, or that its
+  mode leaves unread at a value other than the neutral one (empty: every key is read)."""
   if trainer not in TRAINERS:
     raise ValueError(f"trainer {trainer!r}; expected one of {TRAINERS}")
-  common = {"mesh": Section(frozenset(parallel.MESH_CONFIG_KEYS)),
-            "optim": Section(_fields(optim.OptimConfig)),
-            "checkpoint": Section(_fields(checkpoint.CheckpointConfig))}
-  if "model" in config:
-    common["model"] = model_section(config["model"], trainer)
-  if "data" in config:
-    common["data"] = data_section(config["data"], trainer)
-  if trainer == "sft":
-    top = Section(frozenset(_TOP_LEVEL + ("num_microbatches", "model", "mesh", "data", "optim",
-                                          "loss", "checkpoint")))
-    return {"": top, "loss": Section(frozenset(_LOSS)), **common}
-  top = Section(frozenset(_TOP_LEVEL + ("model", "mesh", "data", "optim", "checkpoint", "init",
-                                        "grpo", "reward", "rollout")),
-                neutral={"num_microbatches": 1},
-                why={"num_microbatches": "GRPO accumulates over grpo.num_microbatches"})
-  return {"": top, **common,
-          "init": Section(frozenset(_INIT)),
-          "grpo": Section((_fields(grpo.GRPOStepConfig) - {"reward_weights"})
-                          | set(_GRPO_EXTRA)),
-          "reward": Section(frozenset(_REWARD)),
-          "rollout": Section(_fields(sampling.SamplerConfig) - {"temperature", "top_p"})}
-
-
-def _problems(values: Mapping[str, Any], section: Section, path: str) -> list[str]:
-  out = []
-  for key in values:
-    name = f"{path}.{key}" if path else key
-    if key in section.read:
-      if key in section.nested and values[key] is not None:
-        out += _problems(values[key], section.nested[key], name)
-      continue
-    if key in section.neutral:
-      if _plain(values[key]) != _plain(section.neutral[key]):
-        out.append(f"config.{name} = {_plain(values[key])!r} is not read: "
-                   f"{section.why.get(key, 'another mode reads it')} (leave it at "
-                   f"{section.neutral[key]!r})")
-      continue
-    known = sorted(section.read)
-    near = difflib.get_close_matches(key, known, n=1)
-    hint = f"nearest valid key: config.{path + '.' if path else ''}{near[0]}; " if near else ""
-    out.append(f"config.{name}: no code reads this key ({hint}the keys read here: "
-               f"{', '.join(known)})")
-  return out
-
-
-def unread_keys(config: Mapping[str, Any], trainer: str) -> list[str]:
-  """One message per key of `config` that the `trainer` does not read (empty: all read)."""
-  secs = sections(config, trainer)
-  out = _problems(config, secs[""], "")
-  for name, section in secs.items():
-    if name and name in config and config[name] is not None:
-      out += _problems(config[name], section, name)
-  return out
+  problems: list[str] = []
+  _check(RUN_TYPES[trainer], config, "", trainer, problems)
+  return problems
 
 
 def _raise(problems: list[str], what: str) -> None:
@@ -208,9 +411,19 @@ def _raise(problems: list[str], what: str) -> None:
     raise ConfigError(f"{len(problems)} {what}:\n  " + "\n  ".join(problems))
 
 
-def check_config(config: Mapping[str, Any], trainer: str) -> None:
-  """Raises ConfigError listing every key of `config` that the `trainer` does not read."""
-  _raise(unread_keys(config, trainer), "config keys that no code reads")
+def build(config: Mapping[str, Any], trainer: str) -> SFTRun | GRPORun:
+  """The frozen config tree of a `trainer` ("sft" | "grpo") run from its ConfigDict.
+
+  Strict: raises ConfigError listing every key no field declares (its full path, the nearest
+  valid key and the keys of its section) and every key of another mode set to a value other
+  than its neutral one. A key left out keeps its field's default.
+  """
+  if trainer not in TRAINERS:
+    raise ValueError(f"trainer {trainer!r}; expected one of {TRAINERS}")
+  problems: list[str] = []
+  values = _check(RUN_TYPES[trainer], config, "", trainer, problems)
+  _raise(problems, "config keys that no code reads")
+  return _make(RUN_TYPES[trainer], values, "")
 
 
 def input_problems(config: Mapping[str, Any], trainer: str) -> list[str]:

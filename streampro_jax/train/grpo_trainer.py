@@ -159,7 +159,7 @@ def build_judge(reward_cfg: Mapping[str, Any]):
   """The judge of ``config.reward.judge``: a ConfigDict/dict for judges.build_judge (kind
   "match" | "openai" | "local"), or a string: "synthetic" (SyntheticRubricJudge), "match" /
   "exact" (judges.MatchJudge)."""
-  spec = reward_cfg.get("judge", "match")
+  spec = _config.as_dict(reward_cfg).get("judge", "match")
   if isinstance(spec, str):
     if spec == "synthetic":
       return SyntheticRubricJudge()
@@ -192,6 +192,7 @@ def rubrics_from_config(reward_cfg: Mapping[str, Any]):
   launch/write_rubrics.py output; its rubrics replace the data's) and ``missing_rubric``
   ("error", the default: a sample without a rubric stops the run; "zero": R_traj = 0 for that
   sample, counted in the metric rubric_fallbacks)."""
+  reward_cfg = _config.as_dict(reward_cfg)
   path = str(reward_cfg.get("rubrics_file", "") or "")
   policy = str(reward_cfg.get("missing_rubric") or RewardScorer.missing_rubric)
   if policy not in MISSING_RUBRIC_POLICIES:
@@ -372,19 +373,19 @@ def restore_params(checkpoint_dir: str, abstract_params, param_shardings, step: 
   return out["params"]
 
 
-def load_initial_params(config, model_config, abstract_params, param_shardings, rng):
-  """Initial (= reference) params from config.init.sft_workdir, config.model.hf_checkpoint, or
-  a random init, placed in ``param_shardings``."""
+def load_initial_params(run: config_check.GRPORun, model_config, abstract_params,
+                        param_shardings, rng):
+  """Initial (= reference) params from run.init.sft_workdir, run.model.hf_checkpoint, or a
+  random init, placed in ``param_shardings``."""
   backbone = models.backbone_module(model_config)
-  init = config.get("init", {}) or {}
-  if init.get("sft_workdir"):
-    return restore_params(os.path.join(init["sft_workdir"], "checkpoints"), abstract_params,
-                          param_shardings, int(init.get("sft_step", -1)))
-  if config.model.get("hf_checkpoint"):
-    _, params = backbone.load_hf_checkpoint(config.model.hf_checkpoint, dtype=jnp.float32,
+  if run.init.sft_workdir:
+    return restore_params(os.path.join(run.init.sft_workdir, "checkpoints"), abstract_params,
+                          param_shardings, run.init.sft_step)
+  if run.model.hf_checkpoint:
+    _, params = backbone.load_hf_checkpoint(run.model.hf_checkpoint, dtype=jnp.float32,
                                             shardings=param_shardings,
                                             scan_layers=model_config.scan_layers)
-    logging.info("initial params: %s", config.model.hf_checkpoint)
+    logging.info("initial params: %s", run.model.hf_checkpoint)
     return params
   logging.warning("no config.init.sft_workdir nor model.hf_checkpoint: GRPO from a RANDOM init")
   init_fn = lambda r: setup_lib.nn_unbox(backbone.init_params(model_config, r))  # noqa: E731
@@ -396,26 +397,11 @@ def load_initial_params(config, model_config, abstract_params, param_shardings, 
 # ----------------------------------------------------------------------------------------------
 
 
-SAMPLER_KEYS_OF_GRPO = ("temperature", "top_p")
-"""sampling.SamplerConfig fields read from config.grpo (the update needs the temperature too);
-the other fields come from config.rollout."""
-
-
-def sampler_config(config) -> sampling.SamplerConfig:
-  """sampling.SamplerConfig from config.grpo (temperature, top_p) and config.rollout (the rest);
-  a key left out keeps the SamplerConfig default."""
-  g = _config.as_dict(config.grpo)
-  r = {k: v for k, v in _config.as_dict(config.get("rollout")).items()
-       if k not in SAMPLER_KEYS_OF_GRPO}
-  kw = _config.field_values(sampling.SamplerConfig, r, section_name="rollout")
-  kw.update(_config.field_values(sampling.SamplerConfig,
-                                 {k: g[k] for k in SAMPLER_KEYS_OF_GRPO if k in g},
-                                 section_name="grpo"))
-  return sampling.SamplerConfig(**kw)
-
-
-REWARD_SCORER_KEYS = ("tau", "max_answers", "max_checks", "matching")
-"""RewardScorer fields read from config.reward (a key left out keeps the RewardScorer default)."""
+def sampler_config(run: config_check.GRPORun) -> sampling.SamplerConfig:
+  """sampling.SamplerConfig of a GRPO run: temperature and top_p from its grpo section (the update
+  shares the temperature), the other fields from its rollout section."""
+  return sampling.SamplerConfig(temperature=run.grpo.temperature, top_p=run.grpo.top_p,
+                                **dataclasses.asdict(run.rollout))
 
 
 class GRPOTrainer:
@@ -434,7 +420,7 @@ class GRPOTrainer:
 
   def __init__(self, config, workdir: str, *, judge=None, source=None,
                allow_config_change: bool = False, devices=None):
-    config_check.check_config(config, "grpo")
+    run = self.run = config_check.build(config, "grpo")
     # The workdir holds one run: another config stops here; config.json is written once the
     # data, rewards and initial params are in hand (a run that stops before leaves none).
     config_check.check_workdir_config(workdir, config, allow_change=allow_config_change,
@@ -459,14 +445,14 @@ class GRPOTrainer:
     # The sampler runs on the training mesh (one process or many): rows over (data, fsdp), the
     # parameters where the rules put them (docs/rollouts.md, "Rollouts on the mesh").
     self.sampler = sampling.StreamingSampler(
-        mcfg, self.chat, sampler_config(config), video_grid=self.grid, mesh=self.mesh,
+        mcfg, self.chat, sampler_config(run), video_grid=self.grid, mesh=self.mesh,
         rules=self.rules)
     self.vision_ids = (mcfg.video_token_id, mcfg.image_token_id)
 
     # Data: B samples per step on this host (global batch / hosts), each with G rollouts.
     if source is None:
       source = pipeline.source_from_config(data_cfg)
-    gb, self.group_size = int(config.global_batch_size), int(config.grpo.group_size)
+    gb, self.group_size = run.global_batch_size, run.grpo.group_size
     n_proc = jax.process_count()
     if gb % n_proc:
       raise ValueError(f"global batch {gb} is not divisible by {n_proc} hosts")
@@ -480,38 +466,38 @@ class GRPOTrainer:
                  self.seq_len, self.max_turns, self.grid, self.total_steps)
 
     # Rewards.
-    rcfg = config.reward
+    rcfg = run.reward
     self.judge = judge if judge is not None else build_judge(rcfg)
     stored_rubrics, missing_rubric = rubrics_from_config(rcfg)
     self.scorer = RewardScorer(
-        self.judge, max_turns=self.max_turns, rubrics=stored_rubrics,
-        missing_rubric=missing_rubric, **_config.field_values(
-            RewardScorer, {k: rcfg[k] for k in REWARD_SCORER_KEYS if k in rcfg},
-            section_name="reward"))
+        self.judge, tau=rcfg.tau, max_turns=self.max_turns, max_answers=rcfg.max_answers,
+        max_checks=rcfg.max_checks, rubrics=stored_rubrics, missing_rubric=missing_rubric,
+        matching=rcfg.matching)
 
     # State, optimizer, step.
-    self.step_cfg = grpo.GRPOStepConfig.from_config(config.grpo, rcfg)
+    self.step_cfg = grpo.GRPOStepConfig.from_config(dataclasses.asdict(run.grpo),
+                                                    {"weights": rcfg.weights})
     passes = self.step_cfg.num_passes
-    self.tx = optim.make_optimizer(config.optim, self.total_steps * passes)
-    self.schedule = optim.make_schedule(config.optim, self.total_steps * passes)
-    rng = jax.random.key(int(config.seed))
+    self.tx = optim.make_optimizer(run.optim, self.total_steps * passes)
+    self.schedule = optim.make_schedule(run.optim, self.total_steps * passes)
+    rng = jax.random.key(run.seed)
     self.boxed = jax.eval_shape(
         functools.partial(models.backbone_module(mcfg).init_params, mcfg), rng)
     self.shardings = state_lib.state_shardings(self.tx, self.boxed, self.mesh, self.rules)
     abstract_params = setup_lib.nn_unbox(self.boxed)
-    logging.info("parameters: %s", optim.count_params(abstract_params, config.optim.frozen))
-    init_params = load_initial_params(config, mcfg, abstract_params, self.shardings.params, rng)
+    logging.info("parameters: %s", optim.count_params(abstract_params, run.optim.frozen))
+    init_params = load_initial_params(run, mcfg, abstract_params, self.shardings.params, rng)
     # The reference: a separate copy of the initial params (the train state is donated),
     # optionally stored in a smaller dtype (grpo.ref_param_dtype, e.g. "bfloat16").
     self.ref_params = None
     if self.step_cfg.beta != 0.0:
-      ref_dtype = config.grpo.get("ref_param_dtype", "") or None
+      ref_dtype = run.grpo.ref_param_dtype or None
       self.ref_params = jax.tree.map(
           lambda p: jnp.array(p, dtype=ref_dtype or p.dtype, copy=True), init_params)
     config_check.check_workdir_config(workdir, config, allow_change=allow_config_change,
                                       write=jax.process_index() == 0)
     self.ckpt = ckpt_lib.Checkpointer.from_config(os.path.join(workdir, "checkpoints"),
-                                                  config.checkpoint)
+                                                  run.checkpoint)
     restored, latest = self.ckpt.restore_newest(state_lib.abstract_state(self.tx, self.boxed),
                                                 self.shardings, self.prompts)
     if latest is not None:
@@ -531,13 +517,13 @@ class GRPOTrainer:
     self.step_fn = grpo_step.make_grpo_step(
         logps_fn, self.tx, self.step_cfg, state_shardings=self.shardings,
         batch_sharding=grpo_step.grpo_batch_shardings(example, self.mesh), mesh=self.mesh,
-        trainable=optim.trainable_mask(abstract_params, config.optim.frozen),
+        trainable=optim.trainable_mask(abstract_params, run.optim.frozen),
         schedule=self.schedule, rules=self.rules)
 
   # -- pieces of a step ----------------------------------------------------------------------
 
   def _example_batch(self) -> dict[str, np.ndarray]:
-    n = int(self.config.global_batch_size) * self.group_size // jax.process_count()
+    n = self.run.global_batch_size * self.group_size // jax.process_count()
     t, p = self.seq_len, self.max_turns * self.grid[1] * self.grid[2]
     d = self.proc.patch_dim
     z = lambda *s, dt=np.float32: np.zeros(s, dt)  # noqa: E731
@@ -554,7 +540,7 @@ class GRPOTrainer:
 
   def rollout(self, samples, step: int) -> sampling.RolloutBatch:
     """G rollouts of each sample with the current params (seed = f(config.seed, step))."""
-    seed = int(self.config.seed) * 1_000_003 + int(step)
+    seed = self.run.seed * 1_000_003 + int(step)
     return self.sampler.sample(self.state.params, self.make_prompts(samples),
                                group_size=self.group_size, seed=seed, seq_len=self.seq_len)
 

@@ -17,7 +17,6 @@ supervised_tokens, tokens (real, non-pad tokens: host-side tokens/s = tokens / s
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 from collections.abc import Callable, Mapping
@@ -29,7 +28,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from streampro_jax import _config, losses, models, parallel
+from streampro_jax import losses, models, parallel
 from streampro_jax.data import tokenizer as tok_lib
 from streampro_jax.train import checkpoint as ckpt_lib
 from streampro_jax.train import config_check, loop, optim
@@ -41,52 +40,6 @@ from streampro_jax.train import step as step_lib
 # ----------------------------------------------------------------------------------------------
 # The SFT loss.
 # ----------------------------------------------------------------------------------------------
-
-
-COUNT_SCOPES = ("global", "microbatch", "device")
-"""Where CB-Stream / focal count n_k (loss.count_scope; table: docs/components.md#count-scope):
-global      the whole global batch, all devices and micro-batches (docs/method.md: "the current
-            global batch"; the default);
-microbatch  each micro-batch of the gradient accumulation, all devices;
-device      each device's rows of each micro-batch (what a data-parallel PyTorch trainer that
-            does not all-reduce the counts computes, as Streamo's code; with one row per device,
-            one trajectory's counts)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class LossConfig:
-  """The ``config.loss`` section of an SFT config.
-
-  Attributes:
-    kind: losses.LOSS_KINDS: "cb_stream" | "ce" | "focal".
-    beta: CB-Stream's class-balance beta.
-    text_weight: CB-Stream's weight of the text tokens.
-    gamma: the focal loss's gamma.
-    chunk_size: 0: the loss on full logits; > 0: from the final hidden states, one vocabulary
-      chunk at a time.
-    count_scope: COUNT_SCOPES, where the decision-class counts n_k are taken.
-  """
-  kind: str = "cb_stream"
-  beta: float = 0.9999
-  text_weight: float = 2.0
-  gamma: float = 2.0
-  chunk_size: int = 0
-  count_scope: str = "global"
-
-  def __post_init__(self):
-    if self.kind not in losses.LOSS_KINDS:
-      raise ValueError(f"config.loss.kind = {self.kind!r}; expected one of {losses.LOSS_KINDS}")
-    if self.count_scope not in COUNT_SCOPES:
-      raise ValueError(f"config.loss.count_scope = {self.count_scope!r}; expected one of "
-                       f"{COUNT_SCOPES}")
-
-  @classmethod
-  def from_config(cls, loss_cfg: Any) -> LossConfig:
-    """From a ``config.loss`` mapping / ConfigDict (a LossConfig is returned as is); a key left
-    out keeps the field's default."""
-    if isinstance(loss_cfg, cls):
-      return loss_cfg
-    return cls(**_config.field_values(cls, loss_cfg, section_name="loss"))
 
 
 def _weighted_nll(nll, labels, loss_mask, **kwargs):
@@ -102,11 +55,11 @@ def make_sft_loss_fn(forward_fn: Callable[..., jax.Array], loss_cfg: Mapping[str
   Args:
     forward_fn: (params, batch, return_hidden: bool) -> logits f32[B, T, V] (return_hidden False)
       or final hidden states [B, T, D] (return_hidden True).
-    loss_cfg: ``config.loss`` (LossConfig fields, or a LossConfig): kind ("cb_stream" | "ce" |
-      "focal"), beta, text_weight, gamma,
+    loss_cfg: ``config.loss`` (config_check.LossConfig fields, or a config_check.LossConfig):
+      kind ("cb_stream" | "ce" | "focal"), beta, text_weight, gamma,
       chunk_size (0: plain loss on full logits; > 0: chunked vocabulary from hidden states),
-      count_scope (COUNT_SCOPES: where the decision-class counts n_k of CB-Stream / focal are
-      taken: "global" the whole global batch, "microbatch" each micro-batch, "device" each
+      count_scope (config_check.COUNT_SCOPES: where the decision-class counts n_k of CB-Stream /
+      focal are taken: "global" the whole global batch, "microbatch" each micro-batch, "device" each
       device's rows of each micro-batch).
     decision_token_ids: (silence_id, response_id).
     unembed_fn: params -> unembedding [D, V]; needed when chunk_size > 0.
@@ -116,7 +69,7 @@ def make_sft_loss_fn(forward_fn: Callable[..., jax.Array], loss_cfg: Mapping[str
     context is the global decision-class counts f32[2] (:func:`sft_context`; None for the
     "microbatch" and "device" scopes, whose counts are taken inside loss_fn).
   """
-  cfg = LossConfig.from_config(loss_cfg)
+  cfg = config_check.LossConfig.from_config(loss_cfg)
   kind, scope, chunk = cfg.kind, cfg.count_scope, cfg.chunk_size
   if chunk and unembed_fn is None:
     raise ValueError(f"loss.chunk_size = {chunk} needs an unembed_fn (params -> [D, V])")
@@ -147,9 +100,9 @@ def make_sft_loss_fn(forward_fn: Callable[..., jax.Array], loss_cfg: Mapping[str
   return loss_fn
 
 
-def count_scope_of(loss_cfg: Mapping[str, Any] | LossConfig) -> str:
-  """The count scope of a ``config.loss`` section (LossConfig.count_scope)."""
-  return LossConfig.from_config(loss_cfg).count_scope
+def count_scope_of(loss_cfg: Mapping[str, Any] | config_check.LossConfig) -> str:
+  """The count scope of a ``config.loss`` section (config_check.LossConfig.count_scope)."""
+  return config_check.LossConfig.from_config(loss_cfg).count_scope
 
 
 def sft_context(decision_token_ids, count_scope: str = "global"):
@@ -195,11 +148,13 @@ def train(config, workdir: str, *, allow_config_change: bool = False):
 
   Resumes from the newest complete checkpoint in ``<workdir>/checkpoints`` when there is one
   (params, optimizer state, step and data iterator position), so a killed run continues exactly.
-  Raises config_check.ConfigError for a key no code reads, or when ``<workdir>/config.json``
+  The run reads the config tree config_check.build(config, "sft") (strict: raises
+  config_check.ConfigError for a key no field declares); the model, data and mesh sections go to
+  train/setup as they are. Raises config_check.ConfigError also when ``<workdir>/config.json``
   holds another config (a different run; unless `allow_config_change`); writes config.json once
   the tokenizer, model config and data are built (a run that stops before leaves none).
   """
-  config_check.check_config(config, "sft")
+  run = config_check.build(config, "sft")
   # The workdir holds one run: another config stops here, before anything is written.
   config_check.check_workdir_config(workdir, config, allow_change=allow_config_change,
                                     write=False)
@@ -212,7 +167,7 @@ def train(config, workdir: str, *, allow_config_change: bool = False):
   config_check.check_workdir_config(workdir, config, allow_change=allow_config_change,
                                     write=jax.process_index() == 0)
   total_steps = setup_lib.total_steps_of(config, pipe.num_trajectories)
-  gb, micro = int(config.global_batch_size), int(config.num_microbatches)
+  gb, micro = run.global_batch_size, run.num_microbatches
   dp = step_lib.data_shards(mesh)
   if gb % (micro * dp):
     raise ValueError(f"global batch {gb} is not divisible by {micro} micro-batches x {dp} "
@@ -223,20 +178,19 @@ def train(config, workdir: str, *, allow_config_change: bool = False):
 
   module = models.build(model_config)
   grid = np.tile(np.asarray(pipe.video_grid_thw).reshape(1, 3), (pipe.cfg.max_turns, 1))
-  tx = optim.make_optimizer(config.optim, total_steps)
-  schedule = optim.make_schedule(config.optim, total_steps)
+  tx = optim.make_optimizer(run.optim, total_steps)
+  schedule = optim.make_schedule(run.optim, total_steps)
   init_fn = functools.partial(models.backbone_module(model_config).init_params, model_config)
-  rng = jax.random.key(int(config.seed))
+  rng = jax.random.key(run.seed)
   boxed = jax.eval_shape(init_fn, rng)
   shardings = state_lib.state_shardings(tx, boxed, mesh, rules)
-  logging.info("parameters: %s", optim.count_params(setup_lib.nn_unbox(boxed), config.optim.frozen))
+  logging.info("parameters: %s", optim.count_params(setup_lib.nn_unbox(boxed), run.optim.frozen))
 
-  ckpt = ckpt_lib.Checkpointer.from_config(os.path.join(workdir, "checkpoints"),
-                                           config.checkpoint)
+  ckpt = ckpt_lib.Checkpointer.from_config(os.path.join(workdir, "checkpoints"), run.checkpoint)
   state, latest = ckpt.restore_newest(state_lib.abstract_state(tx, boxed), shardings, data_iter)
   if latest is not None:
     logging.info("resumed from step %d%s", latest, ckpt_lib.skipped_note(ckpt))
-  elif config.model.get("hf_checkpoint"):
+  elif run.model.hf_checkpoint:
     state = setup_lib.load_hf_state(config, model_config, tokenizer, tx, shardings, mesh)
   else:
     state, _ = state_lib.create_train_state(init_fn, tx, mesh, rng, rules=rules)
@@ -244,10 +198,10 @@ def train(config, workdir: str, *, allow_config_change: bool = False):
   example = {k: np.zeros(s, np.float32) for k, s in pipe.batch_shapes().items()
              if k in STEP_BATCH_KEYS}
   update = make_sft_step(
-      setup_lib.make_forward(module, grid), config.loss, decision_ids, tx,
+      setup_lib.make_forward(module, grid), run.loss, decision_ids, tx,
       state_shardings=shardings, batch_sharding=step_lib.batch_shardings(example, mesh), mesh=mesh,
       unembed_fn=setup_lib.make_unembed(model_config),
-      trainable=optim.trainable_mask(setup_lib.nn_unbox(boxed), config.optim.frozen),
+      trainable=optim.trainable_mask(setup_lib.nn_unbox(boxed), run.optim.frozen),
       num_microbatches=micro, schedule=schedule, rules=rules)
 
   def step_fn(state, step):
@@ -259,13 +213,12 @@ def train(config, workdir: str, *, allow_config_change: bool = False):
 
   writer = metrics_lib.create_writer(workdir, total_steps=total_steps,
                                      enabled=jax.process_index() == 0,
-                                     tensorboard=bool(config.tensorboard),
+                                     tensorboard=run.tensorboard,
                                      start_step=int(jax.device_get(state.step)))
   state, _ = loop.train_loop(
       state, step_fn, start_step=int(jax.device_get(state.step)), total_steps=total_steps,
       checkpointer=ckpt, data_iterator=data_iter, writer=writer,
-      log_every=int(config.log_every_steps),
-      kill_after=int(config.debug_kill_after_step),
-      kill_mid_save=bool(config.debug_kill_mid_save))
+      log_every=run.log_every_steps, kill_after=run.debug_kill_after_step,
+      kill_mid_save=run.debug_kill_mid_save)
   logging.info("data pipeline: %s", data_iter.stats.as_dict())
   return state
