@@ -618,18 +618,26 @@ def decoder_attention(q_btnh: Array, k_btkh: Array, v_btkh: Array, *, mask: Arra
   # Cached attention runs a [T, cap] mask of slots (no kernel takes that): the XLA path.
   impl_in, impl = impl, resolve_impl(impl, q_btnh.dtype)
   impl = "xla" if impl in ("cudnn", "splash") else impl
-  bidx = jnp.arange(q_btnh.shape[0])[:, None]
+  # The write indexes (row, kv head, slot) and moves one head's [H] vector per index: the
+  # scatter's window is the minor dim alone. With the kv heads in the window instead ([K, H]
+  # around the slot dim), XLA:TPU gives a scatter operand carried through a loop (the layer scan,
+  # the decode while loop) a slot-major layout and copies the whole donated cache into it and
+  # back: a second cache in temporaries (docs/scale.md, "Decode").
+  b, t, k_heads = k_btkh.shape[:3]
+  bidx = jnp.arange(b)[:, None, None]
+  kidx = jnp.arange(k_heads)[None, None, :]
   if len(kv) == 4:
     k_stack, v_stack, slots, i = kv
-    # Advanced indices split by a slice: the indexed view is [B, T, K, H], k's own layout.
-    k_stack = k_stack.at[i, bidx, :, slots].set(k_btkh.astype(k_stack.dtype))
-    v_stack = v_stack.at[i, bidx, :, slots].set(v_btkh.astype(v_stack.dtype))
+    sidx = slots[:, :, None]
+    k_stack = k_stack.at[i, bidx, kidx, sidx].set(k_btkh.astype(k_stack.dtype))
+    v_stack = v_stack.at[i, bidx, kidx, sidx].set(v_btkh.astype(v_stack.dtype))
     k_cache, v_cache = k_stack[i], v_stack[i]
     new = (k_stack, v_stack)
   else:
     k_cache, v_cache, slots = kv
-    k_cache = k_cache.at[bidx, :, slots].set(k_btkh.astype(k_cache.dtype))
-    v_cache = v_cache.at[bidx, :, slots].set(v_btkh.astype(v_cache.dtype))
+    sidx = slots[:, :, None]
+    k_cache = k_cache.at[bidx, kidx, sidx].set(k_btkh.astype(k_cache.dtype))
+    v_cache = v_cache.at[bidx, kidx, sidx].set(v_btkh.astype(v_cache.dtype))
     new = (k_cache, v_cache)
   if mask is None:  # a fresh chunk: causal self-attention, as without a cache
     o = attention(q_btnh, k_btkh.astype(dtype), v_btkh.astype(dtype), impl=impl_in,
