@@ -94,13 +94,20 @@ print("RESULT " + json.dumps(dict(med, load=os.getloadavg()[0])), flush=True)
 """
 
 
+def _child_env() -> dict:
+  """The environment of a child: CPU unless set, and no PYTHONPATH (a package of the parent's
+  checkout on it would shadow the child's: an old checkout's configs/ is a namespace package)."""
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  env.setdefault("JAX_PLATFORMS", "cpu")
+  return env
+
+
 def run(root: str, steps: int, temperature: float = 1.0) -> dict:
   """One fresh process on `root`: median step_s / rollout_s / update_s / sampled_tokens, the
   sampled tokens of every timed step, rows and timed steps."""
   proc = subprocess.run([sys.executable, "-c", _CHILD, os.path.abspath(root), str(steps),
                          str(temperature)], capture_output=True, text=True, check=False,
-                        env={**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS",
-                                                                          "cpu")})
+                        cwd=os.path.abspath(root), env=_child_env())
   lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
   if proc.returncode or not lines:
     raise RuntimeError(f"run on {root} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
