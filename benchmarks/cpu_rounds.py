@@ -105,6 +105,13 @@ def check_equal_work(round_index: int, work_a: dict, work_b: dict) -> None:
     raise AssertionError(f"round {round_index}: unequal work on the two sides {diff}")
 
 
+def _write(out: str, lines: list[dict]) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  with open(out, "w", encoding="utf-8") as f:
+    for line in lines:
+      f.write(json.dumps(line) + "\n")
+
+
 def run_rounds(figure: str, sides: Sequence[tuple[str, Callable[[], dict]]], *, rounds: int,
                out: str, command: str | None = None, metric: str = "seconds",
                work_keys: Sequence[str] = (), also: Sequence[str] = (),
@@ -115,7 +122,9 @@ def run_rounds(figure: str, sides: Sequence[tuple[str, Callable[[], dict]]], *, 
   sides: ((name_a, fn_a), (name_b, fn_b)); each fn runs its side once and returns a dict of
   measurements holding `metric` (seconds: smaller is faster) and the `work_keys` counts (equal
   on both sides, checked every round). Round r runs A then B when r is even, B then A when odd,
-  so neither side always runs second. Writes (overwrites) `out`: one line per round (both
+  so neither side always runs second. A round whose work differs stops the run: `out` then
+  holds the rounds so far and a "dropped" line with the reason (both sides' counts), and the
+  AssertionError propagates. Writes (overwrites) `out`: one line per round (both
   sides' measurements and the load average before / after each side) and a summary line
   (spread of each side's metric, and of the ratio B / A of the metric: how many times faster A
   is when the metric is seconds), and the same for each of the measurements named in `also`.
@@ -139,7 +148,14 @@ def run_rounds(figure: str, sides: Sequence[tuple[str, Callable[[], dict]]], *, 
       got[name] = {**m, "load_before": list(load0), "load_after": list(load1)}
       log(f"round {r} {name}: {metric} {m[metric]:.4g} (load {load0[0]:.1f} -> {load1[0]:.1f})")
     work = {name: {k: got[name][k] for k in work_keys} for name in got}
-    check_equal_work(r, work[name_a], work[name_b])
+    try:
+      check_equal_work(r, work[name_a], work[name_b])
+    except AssertionError as e:   # the raw file keeps the evidence; the figure is dropped
+      lines.append({**head, "kind": "round", "round": r, "order": [n for n, _ in order],
+                    "work": work, "sides": got})
+      _write(out, lines + [{**head, "kind": "dropped", "rounds": r + 1, "reason": str(e),
+                            "work": work}])
+      raise
     for k, per_side in values.items():
       for name in got:
         per_side[name].append(float(got[name][k]))
@@ -155,10 +171,7 @@ def run_rounds(figure: str, sides: Sequence[tuple[str, Callable[[], dict]]], *, 
                           "ratio": ratio_summary(values[k][name_b], values[k][name_a])}
                       for k in also},
              "work": lines[0]["work"], "load_1min": spread(loads)}
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  with open(out, "w", encoding="utf-8") as f:
-    for line in lines + [summary]:
-      f.write(json.dumps(line) + "\n")
+  _write(out, lines + [summary])
   r = summary["ratio"]
   log(f"{figure}: {name_b}/{name_a} {metric} median {r['median']:.2f}x "
       f"(range {r['min']:.2f}-{r['max']:.2f}, holds: {r['holds']}) over {rounds} rounds -> {out}")

@@ -168,6 +168,13 @@ CPU_FIGURES = {
         "the demo's GRPO step (4 samples x G 8, 16 turns; median of 3 timed steps per fresh "
         "process; greedy, so both sample the same tokens), this code against commit 23563ed "
         "(before the on-device decode)", "this code", "23563ed"),
+    "cpu_attention_xla_block_vs_xla_square.jsonl": (
+        "causal attention forward + backward, the demo's rows (B 8, T 768, 4 / 2 heads of 16, "
+        "228 padded positions per row; median of 5 calls per turn): block-causal 'xla' against "
+        "the full square", "xla_block", "xla_square"),
+    "cpu_attention_xla_block_vs_torch_sdpa.jsonl": (
+        "the same, block-causal 'xla' against torch sdpa (torch on 2 threads)", "xla_block",
+        "torch_sdpa"),
     "cpu_checkpoint_save.jsonl": (
         "time `save()` blocks the loop, 384 MiB train state on 8 CPU devices, async against "
         "sync", "async", "sync"),
@@ -175,14 +182,20 @@ CPU_FIGURES = {
 
 
 def _rounds(name: str) -> tuple[list[dict], dict]:
-  """(round lines, summary line) of a CPU-method raw file."""
+  """(round lines, last line) of a CPU-method raw file; the last line is its summary, or a
+  "dropped" line when a round's work differed between the sides."""
   lines = _jsonl(name)
   rounds = [l for l in lines if l.get("kind") == "round"]
-  summary = [l for l in lines if l.get("kind") == "summary"]
-  if len(summary) != 1 or len(rounds) != summary[0]["rounds"]:
-    raise ValueError(f"benchmarks/results/{name}: expected one summary line after its "
-                     f"{len(rounds)} round lines")
-  return rounds, summary[0]
+  last = [l for l in lines if l.get("kind") in ("summary", "dropped")]
+  if len(last) != 1 or len(rounds) != last[0]["rounds"]:
+    raise ValueError(f"benchmarks/results/{name}: expected one summary or dropped line after "
+                     f"its {len(rounds)} round lines")
+  return rounds, last[0]
+
+
+def _dropped(sm: dict) -> str:
+  """The unequal work of a dropped figure: each side's counts."""
+  return "; ".join(f"{side}: {_work(w)}" for side, w in sm["work"].items())
 
 
 def _sec(x: float) -> str:
@@ -221,6 +234,11 @@ def cpu_method() -> str:
            "raw file and command |", "|---|---|---|---|---|---|---|---|"]
   for name, (what, a, b) in CPU_FIGURES.items():
     rounds, sm = _rounds(name)
+    if sm["kind"] == "dropped":
+      lines.append(f"| {what} | | | | **dropped**: unequal work in round {len(rounds) - 1} | "
+                   f"{_dropped(sm)} | {len(rounds)}, {sm['date'][:10]} | `{name}`: "
+                   f"`{sm['command']}` |")
+      continue
     sa, sb = sm["sides"][a], sm["sides"][b]
     lines.append(
         f"| {what} ({sm['metric']}) | {a}: {_med_range(sa)} | {b}: {_med_range(sb)} | "
@@ -248,8 +266,21 @@ def cpu_rollouts() -> str:
         f"{tp(tps[a])} | {tp(tps[b])} | {_ratio(sm['ratio'])} | "
         f"{statistics.median(dec):.2f}x ({min(dec):.2f}-{max(dec):.2f}x) | "
         f"{ms(pre[a])} / {ms(pre[b])} | {_holds(sm['ratio'])} | {len(rounds)}, {_loads(sm)} |")
-  rounds, sm = _rounds("cpu_grpo_step_vs_23563ed.jsonl")
-  a, b = CPU_FIGURES["cpu_grpo_step_vs_23563ed.jsonl"][1:]
+  name = "cpu_grpo_step_vs_23563ed.jsonl"
+  rounds, sm = _rounds(name)
+  raw = f"Raw `benchmarks/results/{name}`, command `{sm['command']}`."
+  if sm["kind"] == "dropped":
+    steps = {side: _sec(statistics.median([r["sides"][side]["step_s"] for r in rounds]))
+             for side in sm["work"]}
+    lines += ["", f"The demo's GRPO step, this code against commit 23563ed, greedy (temperature "
+              f"{sm['temperature']:g}), {sm['date'][:10]}: **dropped, the work is not equal**. "
+              f"From the same seed the two checkouts sample different numbers of tokens per "
+              f"timed step ({_dropped(sm)}), so their step times "
+              f"({' against '.join(steps.values())} in round {len(rounds) - 1}) do not "
+              f"compare the same work and no ratio is "
+              f"claimed. {raw}"]
+    return "\n".join(lines)
+  a, b = CPU_FIGURES[name][1:]
   per = {s: {k: statistics.median(r["sides"][s][k] for r in rounds)
              for k in ("rollout_s", "update_s")} for s in (a, b)}
   lines += [
@@ -260,8 +291,7 @@ def cpu_rollouts() -> str:
       f"{_ratio(sm['ratio'])} faster (holds: {_holds(sm['ratio'])}); median rollout "
       f"{_sec(per[a]['rollout_s'])} against {_sec(per[b]['rollout_s'])}, update "
       f"{_sec(per[a]['update_s'])} against {_sec(per[b]['update_s'])}; equal work: "
-      f"{_work(sm['work'])} on both sides. Raw `benchmarks/results/cpu_grpo_step_vs_23563ed.jsonl`"
-      f", command `{sm['command']}`."]
+      f"{_work(sm['work'])} on both sides. {raw}"]
   return "\n".join(lines)
 
 

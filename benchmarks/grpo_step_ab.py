@@ -19,8 +19,10 @@ JSON-lines file with the per-round measurements and the summary (median and rang
 and of the ratio). Equal sampled tokens need the same draws on both sides: the checkouts derive
 their sampling keys differently, so at a temperature above 0 they sample different tokens (3,653
 against 3,978 per step between 23563ed and d46bca3 at temperature 1); ``--temperature 0``
-(greedy; the default with ``--out``) makes both sample the same tokens from the same random
-init, and the step does the same work (rollout, rewards, policy and reference forward, update).
+(greedy; the default with ``--out``) removes the key difference, so two checkouts that build the
+same model from the same seed sample the same tokens. The counts are checked either way: a round
+with unequal work stops the run and the raw file says so (23563ed against this code: unequal
+even greedy, the figure is dropped; docs/rollouts.md).
 
   .venv/bin/python benchmarks/grpo_step_ab.py --root . --root /tmp/old --rounds 5 \
       --out benchmarks/results/cpu_grpo_step_vs_23563ed.jsonl

@@ -1,7 +1,6 @@
 """benchmarks/rollout_decode.py: the GPU-callable decode benchmark functions, on a tiny model."""
 
 import dataclasses
-import json
 import os
 import subprocess
 import sys
@@ -104,23 +103,6 @@ def test_compare_throughput_times_both_sides_interleaved(tiny):
   # whole generate's on a noisy machine: only ours must hold seconds > prefill_seconds.
   assert ours["seconds"] > ours["prefill_seconds"]
   assert theirs["device"] == "cpu" and "torch_threads" in theirs
-
-
-def test_cpu_method_rounds_count_equal_work_on_both_sides(tiny, tmp_path):
-  """rounds_sides under cpu_rounds.run_rounds: five alternating rounds, the sampled tokens
-  counted from each side's outputs (2 rows x 4 tokens) and equal, one raw line per round."""
-  pytest.importorskip("torch")
-  import cpu_rounds  # pylint: disable=g-import-not-at-top
-  cfg, params = tiny
-  sides = rollout_decode.rounds_sides(cfg, params, rows=2, prefix_len=32, new_tokens=4, calls=1,
-                                      device="cpu")
-  out = tmp_path / "decode.jsonl"
-  summary = cpu_rounds.run_rounds("decode", sides, rounds=5, out=str(out),
-                                  work_keys=("rows", "sampled_tokens"), log=lambda _: None)
-  assert summary["work"] == {"rows": 2, "sampled_tokens": 8}
-  lines = out.read_text().splitlines()
-  assert len(lines) == 6 and summary["ratio"]["n"] == 5
-  assert [json.loads(l)["order"][0] for l in lines[:5]] == ["ours", "transformers"] * 2 + ["ours"]
 
 
 def test_imports_only_the_allowed_libraries():

@@ -61,5 +61,8 @@ def test_unequal_work_and_too_few_rounds_are_refused(tmp_path):
   with pytest.raises(AssertionError, match=r"round 0: unequal work .*'tokens': \(100, 99\)"):
     cpu_rounds.run_rounds("fig", [("a", a), ("b", b)], rounds=5, out=str(tmp_path / "x.jsonl"),
                           work_keys=("tokens",), log=lambda _: None)
+  lines = [json.loads(l) for l in (tmp_path / "x.jsonl").read_text().splitlines()]
+  assert [l["kind"] for l in lines] == ["round", "dropped"]   # the evidence is kept
+  assert lines[1]["work"] == {"a": {"tokens": 100}, "b": {"tokens": 99}}
   with pytest.raises(ValueError, match="at least 5"):
     cpu_rounds.run_rounds("fig", [("a", a), ("b", b)], rounds=4, out=str(tmp_path / "y.jsonl"))
