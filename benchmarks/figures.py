@@ -9,6 +9,9 @@ it from raw files only (nothing typed by hand), so a figure in the docs is what 
 
 tests/test_figures.py runs the check (and shows it failing on a planted wrong digit). README's
 demo block has its own writer, benchmarks/demo_results.py (checked by tests/test_demo.py).
+The CPU ratios come from the raw files of the CPU method (benchmarks/cpu_rounds.py): each ends
+with a summary line (spreads, per-round ratio, whether it holds) or a "dropped" line (unequal
+work), and the blocks render what that line says.
 """
 
 from __future__ import annotations
@@ -175,6 +178,15 @@ CPU_FIGURES = {
     "cpu_attention_xla_block_vs_torch_sdpa.jsonl": (
         "the same, block-causal 'xla' against torch sdpa (torch on 2 threads)", "xla_block",
         "torch_sdpa"),
+    "cpu_sft_step_jax_vs_torch_1thread.jsonl": (
+        "SFT training step, small config (4 layers x 512, 12.3 M params, batch 4 x 768, float32, "
+        "CB-Stream, AdamW), this library against transformers + PyTorch on 1 thread", "jax",
+        "torch"),
+    "cpu_sft_step_jax_vs_torch_2threads.jsonl": (
+        "the same, PyTorch on 2 threads", "jax", "torch"),
+    "cpu_scan_compile.jsonl": (
+        "random init and compile of the loss gradient, 32 decoder layers and 16 vision blocks "
+        "of width 64, scanned against unrolled stacks", "scanned", "unrolled"),
     "cpu_checkpoint_save.jsonl": (
         "time `save()` blocks the loop, 384 MiB train state on 8 CPU devices, async against "
         "sync", "async", "sync"),
@@ -230,20 +242,24 @@ def _loads(summary: dict) -> str:
 def cpu_method() -> str:
   """docs/benchmarks.md's table of the CPU figures measured by the CPU method."""
   lines = ["| figure | A: median (range) | B: median (range) | B / A per round: median "
-           "(range) | holds | equal work, checked every round | rounds, load average, date | "
+           "(range) | holds | equal work, checked every round | rounds, load average, date, "
+           "commit | "
            "raw file and command |", "|---|---|---|---|---|---|---|---|"]
   for name, (what, a, b) in CPU_FIGURES.items():
     rounds, sm = _rounds(name)
     if sm["kind"] == "dropped":
       lines.append(f"| {what} | | | | **dropped**: unequal work in round {len(rounds) - 1} | "
-                   f"{_dropped(sm)} | {len(rounds)}, {sm['date'][:10]} | `{name}`: "
+                   f"{_dropped(sm)} | {len(rounds)}, {sm['date'][:10]}, {sm['commit']} | "
+                   f"`{name}`: "
                    f"`{sm['command']}` |")
       continue
-    sa, sb = sm["sides"][a], sm["sides"][b]
-    lines.append(
-        f"| {what} ({sm['metric']}) | {a}: {_med_range(sa)} | {b}: {_med_range(sb)} | "
-        f"{_ratio(sm['ratio'])} | {_holds(sm['ratio'])} | {_work(sm['work'])} | "
-        f"{len(rounds)}, {_loads(sm)}, {sm['date'][:10]} | `{name}`: `{sm['command']}` |")
+    for metric, m in [(sm["metric"], sm)] + list(sm.get("also", {}).items()):
+      sa, sb = m["sides"][a], m["sides"][b]
+      lines.append(
+          f"| {what} ({metric}) | {a}: {_med_range(sa)} | {b}: {_med_range(sb)} | "
+          f"{_ratio(m['ratio'])} | {_holds(m['ratio'])} | {_work(sm['work'])} | "
+          f"{len(rounds)}, {_loads(sm)}, {sm['date'][:10]}, {sm['commit']} | `{name}`: "
+          f"`{sm['command']}` |")
   return "\n".join(lines)
 
 
