@@ -169,7 +169,7 @@ CPU_FIGURES = {
         "transformers"),
     "cpu_grpo_step_vs_23563ed.jsonl": (
         "the demo's GRPO step (4 samples x G 8, 16 turns; median of 3 timed steps per fresh "
-        "process; greedy, so both sample the same tokens), this code against commit 23563ed "
+        "process; greedy), this code against commit 23563ed "
         "(before the on-device decode)", "this code", "23563ed"),
     "cpu_attention_xla_block_vs_xla_square.jsonl": (
         "causal attention forward + backward, the demo's rows (B 8, T 768, 4 / 2 heads of 16, "
@@ -187,6 +187,12 @@ CPU_FIGURES = {
     "cpu_scan_compile.jsonl": (
         "random init and compile of the loss gradient, 32 decoder layers and 16 vision blocks "
         "of width 64, scanned against unrolled stacks", "scanned", "unrolled"),
+    "cpu_qwen3_forward_small_1thread.jsonl": (
+        "Qwen3-VL forward, preset small (6.7 M params; one row of 8 turns, 584 tokens, 2,048 "
+        "patches, float32; median of 3 calls per turn), jitted JAX against transformers eager, "
+        "torch on 1 thread", "jax", "torch"),
+    "cpu_qwen3_forward_medium_1thread.jsonl": (
+        "the same, preset medium (92.8 M params)", "jax", "torch"),
     "cpu_checkpoint_save.jsonl": (
         "time `save()` blocks the loop, 384 MiB train state on 8 CPU devices, async against "
         "sync", "async", "sync"),
