@@ -187,6 +187,11 @@ CPU_FIGURES = {
     "cpu_scan_compile.jsonl": (
         "random init and compile of the loss gradient, 32 decoder layers and 16 vision blocks "
         "of width 64, scanned against unrolled stacks", "scanned", "unrolled"),
+    "cpu_qwen2_5_forward_mid_1thread.jsonl": (
+        "Qwen2.5-VL forward, mid config (text 512 x 4 layers, vocabulary 8,192, vision 256 x 4 "
+        "blocks; batch 1, 424 tokens, 4 videos of 1 x 16 x 16 patches, float32; median of 3 "
+        "calls per turn), jitted JAX against transformers eager (sdpa), torch on 1 thread",
+        "jax", "torch"),
     "cpu_qwen3_forward_small_1thread.jsonl": (
         "Qwen3-VL forward, preset small (6.7 M params; one row of 8 turns, 584 tokens, 2,048 "
         "patches, float32; median of 3 calls per turn), jitted JAX against transformers eager, "
