@@ -44,6 +44,13 @@ ml_collections, tensorboardX).
       --dtype=bfloat16 --hbm_bytes_per_s=4.8e12                     # Qwen2.5-VL-3B shapes
   .venv/bin/python benchmarks/rollout_decode.py --hbm_bytes_per_s=4.8e12 \\
       --rebound=benchmarks/results/rollout_decode_h200_run1.log      # a recorded run's bound
+  .venv/bin/python benchmarks/rollout_decode.py --tiny --torch_threads 1 --hf_mode eager \\
+      --rounds 5 --out benchmarks/results/cpu_decode_vs_transformers_eager_1thread.jsonl
+
+The last is the CPU method (benchmarks/cpu_rounds.py, `rounds_sides`): `--rounds` (at least 5)
+interleaved rounds of ours against transformers, each side's turn the median of `--repeats`
+calls, the sampled tokens counted from both sides' outputs and checked equal every round, the
+load average around every turn, one raw JSON-lines file.
 """
 
 from __future__ import annotations
