@@ -17,6 +17,14 @@ as sum(o * w) differentiated w.r.t. q, k and v (the training step's pattern), co
 
 The implementations run interleaved (one of each per round); reported: the median wall time per
 call and the ratio to xla_block, plus the largest output difference from xla_square.
+
+With --out_dir, the CPU method (benchmarks/cpu_rounds.py) for the docs' two ratios, xla_block
+against xla_square and against torch_sdpa: `--rounds` (at least 5) rounds alternating the two
+sides, each side's turn the median of `--calls` calls, the load average around every turn, the
+same shapes on both sides (recorded and checked), written to
+<out_dir>/cpu_attention_xla_block_vs_{xla_square,torch_sdpa}.jsonl.
+
+  .venv/bin/python benchmarks/attention.py --rounds 5 --out_dir benchmarks/results
 """
 
 import argparse
@@ -86,6 +94,9 @@ def main():
   ap.add_argument("--rounds", type=int, default=10)
   ap.add_argument("--causal_block", type=int, default=layers.CAUSAL_BLOCK,
                   help="query block of xla_block (layers.CAUSAL_BLOCK for this run)")
+  ap.add_argument("--out_dir", default="",
+                  help="the CPU method's raw files go here (see the module docstring)")
+  ap.add_argument("--calls", type=int, default=5, help="with --out_dir: calls per side per round")
   args = ap.parse_args()
   layers.CAUSAL_BLOCK = args.causal_block  # read when attention is traced
   b, t, n, kh, h = args.batch, args.seq_len, args.heads, args.kv_heads, args.head_dim
@@ -110,6 +121,9 @@ def main():
     t0 = time.perf_counter()
     f()
     compile_s[name] = time.perf_counter() - t0
+  if args.out_dir:
+    _cpu_method(args, fns, diffs, compile_s)
+    return
   times = {name: [] for name in fns}
   for r in range(args.rounds):
     for name, f in fns.items():
@@ -125,6 +139,36 @@ def main():
          "first_call_s": compile_s, "max_abs_diff_vs_xla_square": diffs}
   print(json.dumps(out, indent=1))
   print("fwd+bwd ms: " + "  ".join(f"{name} {1e3 * s:.1f}" for name, s in med.items()))
+
+
+def _cpu_method(args, fns, diffs, compile_s) -> None:
+  """xla_block against xla_square and against torch_sdpa, by benchmarks/cpu_rounds.run_rounds."""
+  import cpu_rounds  # pylint: disable=g-import-not-at-top  (benchmarks/cpu_rounds.py)
+  shape = dict(batch=args.batch, seq_len=args.seq_len, heads=args.heads, kv_heads=args.kv_heads,
+               head_dim=args.head_dim, pad=args.pad)
+
+  def side(name):
+    def fn():
+      ts = []
+      for _ in range(args.calls):
+        t0 = time.perf_counter()
+        fns[name]()
+        ts.append(time.perf_counter() - t0)
+      return {"seconds": statistics.median(ts), "calls": args.calls, **shape}
+    return fn
+
+  for other in ("xla_square", "torch_sdpa"):
+    if other not in fns:
+      print(f"{other}: not available, no figure")
+      continue
+    cpu_rounds.run_rounds(
+        f"attention_xla_block_vs_{other}", [("xla_block", side("xla_block")),
+                                            (other, side(other))],
+        rounds=args.rounds, out=os.path.join(args.out_dir,
+                                             f"cpu_attention_xla_block_vs_{other}.jsonl"),
+        work_keys=tuple(shape), extra={"shape": shape, "causal_block": layers.CAUSAL_BLOCK,
+                                       "max_abs_diff_vs_xla_square": diffs,
+                                       "first_call_s": compile_s})
 
 
 if __name__ == "__main__":

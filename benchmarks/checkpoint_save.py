@@ -8,20 +8,20 @@ parameters and the two moments), born sharded over an (fsdp 8) mesh of 8 CPU dev
 the trainers' own `train/checkpoint.Checkpointer` into a fresh folder under `--dir`:
 `async_save=True` (orbax's background write: the loop waits only for the copy off the devices) and
 `async_save=False` (the loop waits for the whole write). Per save: the time `save()` blocks the
-caller, and the time until the checkpoint is on disk (`wait()` returns). `--rounds` rounds, each
-one async and one sync save in alternating order, so that a load change on a shared machine
-touches both; every sample is kept. Appends one JSON line (commit, date, machine, load average
-before and after, versions, command, samples, medians and ranges) to
-benchmarks/results/checkpoint_save.jsonl and, with --figure, draws the samples there.
+caller, and the time until the checkpoint is on disk (`wait()` returns). The CPU method
+(benchmarks/cpu_rounds.py): `--rounds` (at least 5) rounds, each one async and one sync save,
+in alternating order (async first in even rounds), so that a load change on a shared machine
+touches both; the same state on both sides (its parameter count and bytes checked every round);
+the load average before and after every save. Writes benchmarks/results/cpu_checkpoint_save.jsonl
+(one line per round, then the summary: median and range of each side and of the ratio sync /
+async, for the blocking time and the time until on disk) and, with --figure, draws the samples.
 """
 
 import argparse
-import datetime
 import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +34,6 @@ import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
-import orbax.checkpoint as ocp  # noqa: E402
 
 from streampro_jax import numerics, parallel  # noqa: E402
 from streampro_jax.train import checkpoint as ckpt_lib  # noqa: E402
@@ -42,7 +41,9 @@ from streampro_jax.train import optim  # noqa: E402
 from streampro_jax.train import state as state_lib  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULTS = os.path.join(ROOT, "benchmarks", "results", "checkpoint_save.jsonl")
+RESULTS = os.path.join(ROOT, "benchmarks", "results", "cpu_checkpoint_save.jsonl")
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import cpu_rounds  # noqa: E402  (benchmarks/cpu_rounds.py)
 WIDTH = 2048   # each layer a [WIDTH, WIDTH] kernel, split over fsdp by rows
 
 
@@ -87,11 +88,8 @@ def save_once(state, directory: str, async_save: bool) -> dict:
   return {"blocking_s": blocking, "written_s": written}
 
 
-def summary(xs):
-  return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
-
-
-def draw(record: dict, path: str) -> None:
+def draw(rounds: list[dict], summary: dict, path: str) -> None:
+  """The samples of every round (dots) and their medians (bars), async against sync."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -99,16 +97,17 @@ def draw(record: dict, path: str) -> None:
   labels = []
   for i, (mode, what) in enumerate([("async", "blocking_s"), ("sync", "blocking_s"),
                                     ("async", "written_s"), ("sync", "written_s")]):
-    xs = [s[what] for s in record["samples"][mode]]
+    xs = [r["sides"][mode][what] for r in rounds]
     ax.scatter([i] * len(xs), xs, s=18, color="C0" if mode == "async" else "C1", alpha=0.7)
     ax.hlines(statistics.median(xs), i - 0.25, i + 0.25, color="k")
     labels.append(f"{mode}\n{'save() blocks' if what == 'blocking_s' else 'on disk after'}")
   ax.set_xticks(range(4), labels)
   ax.set_ylabel("seconds")
   ax.set_ylim(bottom=0)
-  ax.set_title(f"Checkpoint save of a {record['state_bytes'] / 2**20:.0f} MiB train state "
-               f"({record['params'] / 1e6:.0f} M params + AdamW), 8 CPU devices\n"
-               f"{record['rounds']} interleaved rounds; bar = median", fontsize=9)
+  work = summary["work"]
+  ax.set_title(f"Checkpoint save of a {work['state_bytes'] / 2**20:.0f} MiB train state "
+               f"({work['params'] / 1e6:.0f} M params + AdamW), 8 CPU devices\n"
+               f"{summary['rounds']} interleaved rounds; bar = median", fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
 
@@ -116,49 +115,32 @@ def draw(record: dict, path: str) -> None:
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--params_m", type=float, default=32.0, help="million parameters")
-  ap.add_argument("--rounds", type=int, default=6)
+  ap.add_argument("--rounds", type=int, default=cpu_rounds.MIN_ROUNDS)
   ap.add_argument("--dir", default=None, help="where the checkpoints go (default: a temp dir)")
   ap.add_argument("--out", default=RESULTS)
   ap.add_argument("--figure", default=None, help="PNG of the samples (e.g. docs/...png)")
   args = ap.parse_args()
-  if args.rounds < 5:
-    ap.error("--rounds must be at least 5")
-  load0 = os.getloadavg()
   state, params, nbytes = make_state(args.params_m)
   print(f"train state: {params / 1e6:.1f} M params, {nbytes / 2**20:.0f} MiB with AdamW moments, "
         f"{jax.device_count()} devices", flush=True)
-  samples = {"async": [], "sync": []}
   with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
     save_once(state, os.path.join(tmp, "warmup"), True)    # orbax's first-use costs
-    for r in range(args.rounds):
-      order = ("async", "sync") if r % 2 == 0 else ("sync", "async")
-      for mode in order:
+
+    def side(mode):
+      def fn():
         s = save_once(state, os.path.join(tmp, mode), mode == "async")
-        samples[mode].append(s)
-        print(f"round {r} {mode:5s} save() blocked {s['blocking_s']:.3f} s, on disk after "
-              f"{s['written_s']:.3f} s", flush=True)
-  stats = {m: {k: summary([s[k] for s in samples[m]]) for k in ("blocking_s", "written_s")}
-           for m in samples}
-  commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                          text=True, check=False).stdout.strip()
-  record = {"benchmark": "checkpoint_save", "commit": commit,
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "machine": numerics.fingerprint(), "load_before": load0,
-            "load_after": os.getloadavg(),
-            "versions": {"jax": jax.__version__, "orbax": ocp.__version__,
-                         "python": sys.version.split()[0]},
-            "command": " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
-            "params": params, "state_bytes": nbytes, "devices": jax.device_count(),
-            "rounds": args.rounds, "samples": samples, "stats": stats}
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "a", encoding="utf-8") as f:
-    f.write(json.dumps(record) + "\n")
-  for m in ("async", "sync"):
-    b, w = stats[m]["blocking_s"], stats[m]["written_s"]
-    print(f"{m:5s}: save() blocks median {b['median']:.3f} s [{b['min']:.3f}, {b['max']:.3f}]; "
-          f"on disk after median {w['median']:.3f} s [{w['min']:.3f}, {w['max']:.3f}]")
+        return {**s, "params": params, "state_bytes": nbytes}
+      return fn
+
+    summary = cpu_rounds.run_rounds(
+        "checkpoint_save", [("async", side("async")), ("sync", side("sync"))],
+        rounds=args.rounds, out=args.out, metric="blocking_s", also=("written_s",),
+        work_keys=("params", "state_bytes"),
+        extra={"devices": jax.device_count(), "numerics": numerics.fingerprint()})
   if args.figure:
-    draw(record, args.figure)
+    with open(args.out, encoding="utf-8") as f:
+      rounds = [r for r in map(json.loads, f) if r["kind"] == "round"]
+    draw(rounds, summary, args.figure)
     print("figure:", args.figure)
 
 

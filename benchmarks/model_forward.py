@@ -10,6 +10,16 @@
    a 4-token assistant chunk) through the KV cache (`kv_cache.make_extend`); the latency of a
    whole turn (user + assistant chunk) at turn 10 and at the last turn, against recomputing the
    whole context (one jitted full forward over prefix + all turns so far).
+
+With --rounds N --out FILE, the CPU method (benchmarks/cpu_rounds.py) for the forward's
+torch / JAX ratio only: N (at least 5) rounds alternating the two forwards (each turn the median
+of `--runs` calls), the same input on both sides (tokens and patches recorded and checked), the
+load average around every turn, one raw JSON-lines file; `--torch_threads` sets torch's threads
+(default: one per core). The streaming comparison is not a ratio of equal work (a cached turn
+against recomputing the context) and is not run then.
+
+  .venv/bin/python benchmarks/model_forward.py --rounds 5 --runs 3 --torch_threads 1 \
+      --out benchmarks/results/cpu_qwen2_5_forward_mid_1thread.jsonl
 """
 
 from __future__ import annotations
@@ -49,10 +59,11 @@ def timed(fn, runs: int) -> float:
   return statistics.median(ts)
 
 
-def bench_forward(cfg, runs: int, n_videos: int) -> dict:
+def bench_forward(cfg, runs: int, n_videos: int, torch_threads: int = 0,
+                  rounds: int = 0, out: str = "") -> dict:
   import torch
   import transformers
-  torch.set_num_threads(os.cpu_count() or 1)
+  torch.set_num_threads(torch_threads or os.cpu_count() or 1)
   hf = transformers.Qwen2_5_VLConfig(**cfg.to_hf(), attn_implementation="sdpa")
   torch.manual_seed(0)
   m = transformers.Qwen2_5_VLForConditionalGeneration(hf).eval()
@@ -77,6 +88,21 @@ def bench_forward(cfg, runs: int, n_videos: int) -> dict:
     with torch.no_grad():
       return m(**tkw).logits
 
+  if rounds:
+    import sys  # pylint: disable=g-import-not-at-top
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import cpu_rounds  # pylint: disable=g-import-not-at-top  (benchmarks/cpu_rounds.py)
+    torch_fwd()   # warm-up
+    ref = torch_fwd().numpy()
+    work = dict(rows=1, tokens=int(ids.size), patches=int(inp["pixel_values_videos"].shape[0]))
+    sides = [("jax", lambda: dict(seconds=timed(lambda: fwd(*args).block_until_ready(), runs),
+                                  **work)),
+             ("torch", lambda: dict(seconds=timed(torch_fwd, runs), **work))]
+    return cpu_rounds.run_rounds(
+        f"qwen2_5_forward_mid_torch_threads_{torch.get_num_threads()}", sides, rounds=rounds,
+        out=out, work_keys=tuple(work),
+        extra=dict(rel_err=float(np.abs(np.asarray(fwd(*args)) - ref).max()
+                                 / np.abs(ref).max())))
   t_torch = timed(torch_fwd, runs)
   ref = torch_fwd().numpy()
   err = float(np.abs(np.asarray(fwd(*args)) - ref).max() / np.abs(ref).max())
@@ -154,8 +180,17 @@ def main():
   ap.add_argument("--videos", type=int, default=4)
   ap.add_argument("--turns", type=int, default=200)
   ap.add_argument("--skip-forward", action="store_true")
+  ap.add_argument("--rounds", type=int, default=0,
+                  help="the CPU method for the forward: this many interleaved rounds, to --out")
+  ap.add_argument("--out", default="", help="with --rounds: the raw JSON-lines file")
+  ap.add_argument("--torch_threads", type=int, default=0, help="0: one per core")
   args = ap.parse_args()
   cfg = mid_config()
+  if args.rounds:
+    if not args.out:
+      ap.error("--rounds needs --out")
+    bench_forward(cfg, args.runs, args.videos, args.torch_threads, args.rounds, args.out)
+    return
   print(f"jax {jax.__version__} devices {jax.devices()} cpus {os.cpu_count()}")
   if not args.skip_forward:
     r = bench_forward(cfg, args.runs, args.videos)

@@ -9,6 +9,14 @@ each "<text> <|vision_start|> (1, g, g) video block <|vision_end|> <text>", floa
 median wall time of a forward over `repeats` runs after one warm-up (the JAX time excludes
 compilation, which is reported separately), tokens per second, and max |logit difference| /
 max |logit|. Prints one JSON line.
+
+With --rounds N --out FILE, the CPU method (benchmarks/cpu_rounds.py) for the torch / JAX ratio
+instead: N (at least 5) rounds alternating the two forwards (each turn the median of `repeats`
+calls), the same input on both sides (tokens and patches recorded and checked), the load average
+around every turn, one raw JSON-lines file.
+
+  .venv/bin/python benchmarks/model_forward_qwen3.py --threads 1 --rounds 5 \
+      --out benchmarks/results/cpu_qwen3_forward_small_1thread.jsonl
 """
 
 from __future__ import annotations
@@ -61,7 +69,12 @@ def main(argv=None):
   ap.add_argument("--grid", type=int, default=16, help="patches per side of one turn's frame")
   ap.add_argument("--repeats", type=int, default=3)
   ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+  ap.add_argument("--rounds", type=int, default=0,
+                  help="the CPU method: this many interleaved rounds, written to --out")
+  ap.add_argument("--out", default="", help="with --rounds: the raw JSON-lines file")
   args = ap.parse_args(argv)
+  if args.rounds and not args.out:
+    ap.error("--rounds needs --out")
   if args.threads:
     torch.set_num_threads(args.threads)
 
@@ -105,6 +118,22 @@ def main(argv=None):
                 mm_token_type_ids=t_mm).logits
 
   ref = hf_forward().numpy()
+  if args.rounds:
+    import sys  # pylint: disable=g-import-not-at-top
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import cpu_rounds  # pylint: disable=g-import-not-at-top  (benchmarks/cpu_rounds.py)
+    work = dict(rows=1, tokens=int(ids.shape[1]), patches=int(pix.shape[0]))
+    sides = [("jax", lambda: dict(seconds=_median_time(
+                 lambda: jax.block_until_ready(fwd(params, ids, pix, pos)), args.repeats),
+                                  **work)),
+             ("torch", lambda: dict(seconds=_median_time(hf_forward, args.repeats), **work))]
+    return cpu_rounds.run_rounds(
+        f"qwen3_forward_{args.preset}_torch_threads_{torch.get_num_threads()}", sides,
+        rounds=args.rounds, out=args.out, work_keys=tuple(work),
+        extra=dict(preset=args.preset, jax_compile_s=compile_s,
+                   params=sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params)),
+                   max_abs_diff_over_scale=float(np.abs(np.asarray(out) - ref).max()
+                                                 / np.abs(ref).max())))
   torch_s = _median_time(hf_forward, args.repeats)
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
   result = dict(

@@ -44,6 +44,13 @@ ml_collections, tensorboardX).
       --dtype=bfloat16 --hbm_bytes_per_s=4.8e12                     # Qwen2.5-VL-3B shapes
   .venv/bin/python benchmarks/rollout_decode.py --hbm_bytes_per_s=4.8e12 \\
       --rebound=benchmarks/results/rollout_decode_h200_run1.log      # a recorded run's bound
+  .venv/bin/python benchmarks/rollout_decode.py --tiny --torch_threads 1 --hf_mode eager \\
+      --rounds 5 --out benchmarks/results/cpu_decode_vs_transformers_eager_1thread.jsonl
+
+The last is the CPU method (benchmarks/cpu_rounds.py, `rounds_sides`): `--rounds` (at least 5)
+interleaved rounds of ours against transformers, each side's turn the median of `--repeats`
+calls, the sampled tokens counted from both sides' outputs and checked equal every round, the
+load average around every turn, one raw JSON-lines file.
 """
 
 from __future__ import annotations
@@ -280,6 +287,54 @@ def compare_throughput(model_config, params, *, rows: int, prefix_len: int, new_
                            **hf_meta)
 
 
+def rounds_sides(model_config, params, *, rows: int, prefix_len: int, new_tokens: int,
+                 calls: int = 3, seed: int = 0, grid=None, temperature: float = 1.0,
+                 device=None, dtype: str = "float32", model=None, hf_mode: str = "eager"):
+  """The two sides of the CPU method's decode figure (benchmarks/cpu_rounds.run_rounds), each
+  warmed up: [("ours", fn), ("transformers", fn)]. One call of a side's fn is one round's turn:
+  `calls` timed runs of prefill + decode (transformers: `generate` with one new token, then with
+  new_tokens), medians, and the work done -- rows, new tokens per row and the sampled tokens
+  counted from the outputs (equal on both sides: checked every round by run_rounds)."""
+  ours_run = _ours_runner(model_config, params, rows=rows, prefix_len=prefix_len,
+                          new_tokens=new_tokens, seed=seed, grid=grid, temperature=temperature)
+  hf_run, hf_meta = _hf_runner(model_config, params, rows=rows, prefix_len=prefix_len,
+                               new_tokens=new_tokens, seed=seed, grid=grid,
+                               temperature=temperature, device=device, dtype=dtype, model=model,
+                               hf_mode=hf_mode)
+  _, _, msg = ours_run(0)
+  _check_lengths(msg, new_tokens)
+  hf_run(0)
+  hf_run(0, 1)
+  state = {"ours": 0, "transformers": 0}
+  work = dict(rows=rows, new_tokens_per_row=new_tokens, prefix_len=prefix_len)
+
+  def ours():
+    times, tokens = [], []
+    for _ in range(calls):
+      state["ours"] += 1
+      pre_s, dec_s, m = ours_run(state["ours"])
+      _check_lengths(m, new_tokens)
+      times.append((pre_s, dec_s))
+      tokens.append(int(np.asarray(jax.device_get(m.length)).sum()))
+    pre = float(np.median([a for a, _ in times]))
+    tot = float(np.median([a + b for a, b in times]))
+    return dict(seconds=tot, prefill_seconds=pre, decode_seconds=tot - pre, calls=calls,
+                tokens_per_s=rows * new_tokens / tot, sampled_tokens=tokens[-1], **work)
+
+  def transformers():
+    pres, tots, tokens = [], [], []
+    for _ in range(calls):
+      state["transformers"] += 1
+      pres.append(hf_run(state["transformers"], 1))
+      tots.append(hf_run(state["transformers"], counts=tokens))
+    pre, tot = float(np.median(pres)), float(np.median(tots))
+    return dict(seconds=tot, prefill_seconds=pre, decode_seconds=tot - pre, calls=calls,
+                tokens_per_s=rows * new_tokens / tot, sampled_tokens=tokens[-1],
+                hf_mode=hf_meta["hf_mode"], torch_threads=hf_meta["torch_threads"], **work)
+
+  return [("ours", ours), ("transformers", transformers)]
+
+
 # ------------------------------------------------------------------------------------------------
 # transformers
 
@@ -373,7 +428,7 @@ def _hf_runner(model_config, params, *, rows: int, prefix_len: int, new_tokens: 
   if hf_mode == "static_compiled":
     model.forward = torch.compile(model.forward, mode="reduce-overhead")
 
-  def run(i, n_new=new_tokens):
+  def run(i, n_new=new_tokens, counts=None):
     torch.manual_seed(seed + i)
     sync()
     t0 = time.perf_counter()
@@ -384,6 +439,8 @@ def _hf_runner(model_config, params, *, rows: int, prefix_len: int, new_tokens: 
     sync()
     if gen.shape[1] - prefix_len != n_new:
       raise AssertionError(f"generate made {gen.shape[1] - prefix_len} tokens, not {n_new}")
+    if counts is not None:   # the new tokens of every row, as generated
+      counts.append(int(gen[:, prefix_len:].numel()))
     return time.perf_counter() - t0
 
   return run, dict(setup_seconds=setup_s, device=str(dev), dtype=dtype, hf_mode=hf_mode,
@@ -498,6 +555,12 @@ def main() -> None:
   p.add_argument("--torch_threads", type=int, default=0,
                  help="torch.set_num_threads for the transformers side (0: torch's default); "
                       "set it to the cores XLA uses for a like-for-like CPU comparison")
+  p.add_argument("--rounds", type=int, default=0,
+                 help="the CPU method (benchmarks/cpu_rounds.py): this many interleaved rounds "
+                      "(at least 5) of ours against transformers, `--repeats` calls a side per "
+                      "round, written to --out as one raw JSON-lines file (0: the one-shot "
+                      "comparison)")
+  p.add_argument("--out", default="", help="with --rounds: the raw JSON-lines file")
   p.add_argument("--rebound", default="",
                  help="a recorded 3B run's log: recompute its bandwidth bound (no model run), "
                       "print it as one JSON line")
@@ -527,6 +590,22 @@ def main() -> None:
     hf_cfg, hf_params = cfg.replace(scan_layers=False), models.unscan_params(params)
   hf = torch_model(hf_cfg, hf_params, dtype=dtype)
   del hf_params
+  if args.rounds:
+    import cpu_rounds  # pylint: disable=g-import-not-at-top  (benchmarks/cpu_rounds.py)
+    import torch  # pylint: disable=g-import-not-at-top
+    if not args.out:
+      p.error("--rounds needs --out")
+    sides = rounds_sides(cfg, params, rows=args.rows, prefix_len=prefix_len,
+                         new_tokens=args.new_tokens, calls=args.repeats, dtype=dtype, model=hf,
+                         hf_mode=args.hf_mode)
+    cpu_rounds.run_rounds(
+        f"decode_vs_transformers_{args.hf_mode}_torch_threads_{torch.get_num_threads()}",
+        sides, rounds=args.rounds, out=args.out,
+        work_keys=("rows", "new_tokens_per_row", "prefix_len", "sampled_tokens"),
+        extra=dict(model=model, dtype=dtype, hf_mode=args.hf_mode,
+                   torch_threads=torch.get_num_threads(),
+                   devices=[str(d) for d in jax.devices()]))
+    return
   ours, theirs = compare_throughput(cfg, params, dtype=dtype, model=hf,   # interleaved
                                     hbm_bytes_per_s=args.hbm_bytes_per_s or None,
                                     hf_mode=args.hf_mode, **kw)

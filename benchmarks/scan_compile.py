@@ -8,6 +8,15 @@ first call) and of lowering + compiling the gradient of the SFT loss on a small 
 measured --repeats times with the layouts interleaved (a fresh trace and compile every time), the
 minimum kept, so that a load spike on a shared machine touches one sample, not the ratio. Prints
 one JSON line per layout and the scanned / unrolled ratios.
+
+With --rounds N --out FILE, the CPU method (benchmarks/cpu_rounds.py) instead: N (at least 5)
+rounds alternating the layouts (scanned first in even rounds), every sample kept, the same model
+on both sides (layers, vision blocks, parameter count: recorded and checked), the load average
+around every sample, one raw JSON-lines file; the ratio is unrolled over scanned (how many times
+faster the scanned layout compiles the gradient; random init alongside).
+
+  .venv/bin/python benchmarks/scan_compile.py --rounds 5 \\
+      --out benchmarks/results/cpu_scan_compile.jsonl
 """
 
 import argparse
@@ -43,7 +52,8 @@ def measure(cfg) -> dict:
   t0 = time.perf_counter()
   jax.jit(jax.grad(loss)).lower(params).compile()
   compile_s = time.perf_counter() - t0
-  return dict(scan_layers=cfg.scan_layers, init_s=init_s, grad_compile_s=compile_s)
+  return dict(scan_layers=cfg.scan_layers, init_s=init_s, grad_compile_s=compile_s,
+              params=int(sum(x.size for x in jax.tree.leaves(params))))
 
 
 def main():
@@ -51,11 +61,29 @@ def main():
   p.add_argument("--layers", type=int, default=32)
   p.add_argument("--vision_blocks", type=int, default=16)
   p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--rounds", type=int, default=0,
+                 help="the CPU method: this many interleaved rounds, written to --out")
+  p.add_argument("--out", default="", help="with --rounds: the raw JSON-lines file")
   args = p.parse_args()
+  if args.rounds and not args.out:
+    p.error("--rounds needs --out")
   base = q.tiny_config(text=dict(num_hidden_layers=args.layers),
                        vision=dict(depth=args.vision_blocks,
                                    fullatt_block_indexes=tuple(range(3, args.vision_blocks, 4))),
                        attention_impl="xla", remat=True)
+  if args.rounds:
+    import sys  # pylint: disable=g-import-not-at-top
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import cpu_rounds  # pylint: disable=g-import-not-at-top  (benchmarks/cpu_rounds.py)
+    shape = dict(layers=args.layers, vision_blocks=args.vision_blocks)
+
+    def side(scan):
+      return lambda: {**measure(base.replace(scan_layers=scan)), **shape}
+
+    cpu_rounds.run_rounds("scan_compile", [("scanned", side(True)), ("unrolled", side(False))],
+                          rounds=args.rounds, out=args.out, metric="grad_compile_s",
+                          also=("init_s",), work_keys=(*shape, "params"))
+    return
   samples = {False: [], True: []}
   for _ in range(args.repeats):
     for scan in (False, True):

@@ -19,6 +19,14 @@ trained), float32, on this CPU, default XLA flags. Reports:
   full-vocabulary loss against the chunked one, at Qwen2.5-VL's vocabulary size (151,936).
 
 The machine is shared: numbers are indicative; run it briefly.
+
+With --rounds N --out FILE: the CPU method (benchmarks/cpu_rounds.py) for the JAX / PyTorch
+ratio instead: N (at least 5) rounds alternating one JAX step and one PyTorch step (wall and
+process CPU time), the same batch on both sides (rows, sequence length and real tokens recorded
+and checked), the load average around every step, one raw JSON-lines file.
+
+  .venv/bin/python benchmarks/train_step.py --rounds 5 --torch_threads 1 --skip_memory \
+      --out benchmarks/results/cpu_sft_step_jax_vs_torch_1thread.jsonl
 """
 
 import argparse
@@ -207,8 +215,17 @@ def main():
   parser.add_argument("--skip_torch", action="store_true")
   parser.add_argument("--skip_memory", action="store_true")
   parser.add_argument("--attention", default="xla", help="jax | xla (layers.attention)")
+  parser.add_argument("--rounds", type=int, default=0,
+                      help="the CPU method: this many interleaved rounds, written to --out")
+  parser.add_argument("--out", default="", help="with --rounds: the raw JSON-lines file")
+  parser.add_argument("--torch_threads", type=int, default=0,
+                      help="torch.set_num_threads (0: torch's default)")
   args = parser.parse_args()
+  if args.rounds and (not args.out or args.skip_torch):
+    parser.error("--rounds needs --out and the PyTorch side")
   import torch  # pylint: disable=g-import-not-at-top
+  if args.torch_threads:
+    torch.set_num_threads(args.torch_threads)
 
   with tempfile.TemporaryDirectory() as tmp:
     mcfg, pipe, batch, ids = build(args, tmp)
@@ -240,6 +257,9 @@ def main():
     tstep = torch_step_fn(model, torch_inputs(mcfg, pipe, batch), batch, ids)
     result["torch_first_loss"] = tstep()
     runs["torch"] = tstep
+  if args.rounds:
+    _cpu_method(args, runs, tokens, result, torch.get_num_threads())
+    return
   # Interleaved: every round runs each contender once, so a load change on this shared machine
   # hits all of them; ratios are taken per round.
   times = {k: [] for k in runs}
@@ -280,6 +300,28 @@ def main():
     m = result["loss_memory_temp_bytes"]
     print(f"loss+grad peak temp memory: plain {m['plain'] / 2**30:.2f} GiB, "
           f"chunked {m['chunked'] / 2**30:.2f} GiB")
+
+
+def _cpu_method(args, runs, tokens: int, result: dict, torch_threads: int) -> None:
+  """One JAX step against one PyTorch step per turn, by benchmarks/cpu_rounds.run_rounds."""
+  import sys  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import cpu_rounds  # pylint: disable=g-import-not-at-top  (benchmarks/cpu_rounds.py)
+  work = {"rows": args.batch, "seq_len": args.seq_len, "real_tokens": tokens, "steps": 1}
+
+  def side(name):
+    def fn():
+      wall, cpu = timed(runs[name])
+      return {"seconds": wall, "cpu_s": cpu, "tokens_per_s": tokens / wall, **work}
+    return fn
+
+  cpu_rounds.run_rounds(
+      f"sft_step_jax_vs_torch_{args.config}_torch_threads_{torch_threads}",
+      [("jax", side("jax")), ("torch", side("torch"))], rounds=args.rounds, out=args.out,
+      also=("cpu_s",), work_keys=tuple(work),
+      extra={k: result[k] for k in ("config", "attention", "params", "jax_compile_s",
+                                    "jax_first_loss", "torch_first_loss")}
+      | {"torch_threads": torch_threads})
 
 
 if __name__ == "__main__":
