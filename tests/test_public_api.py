@@ -40,7 +40,7 @@ PINNED = {
         ["JsonlVideos", "JsonlVideosConfig", "SynthStream", "SynthStreamConfig", "build"],
     "streampro_jax.train":
         ["aot", "checkpoint", "config_check", "grpo_step", "grpo_trainer", "loop", "metrics",
-        "optim", "setup", "sft", "state", "step"],
+        "optim", "run", "setup", "sft", "state", "step"],
     "streampro_jax.bench":
         ["checkpoints", "content_probe", "harness", "ovo", "pauc", "report", "seeds",
         "streamingbench", "streampro_f1"],

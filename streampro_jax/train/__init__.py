@@ -1,5 +1,5 @@
 """streampro_jax.train: the two training stages (SFT and GRPO) over one sharded update step,
-with the training loop, checkpoints, optimizer, metrics and config checks."""
+with the run builder, the training loop, checkpoints, optimizer, metrics and the config tree."""
 
 __all__ = [
     "aot",
@@ -10,6 +10,7 @@ __all__ = [
     "loop",
     "metrics",
     "optim",
+    "run",
     "setup",
     "sft",
     "state",

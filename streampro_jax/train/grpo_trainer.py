@@ -53,6 +53,7 @@ from streampro_jax import _config, grpo, judges, models, parallel, rewards, samp
 from streampro_jax.data import chat_format, pipeline, schema, synthetic
 from streampro_jax.train import checkpoint as ckpt_lib
 from streampro_jax.train import config_check, grpo_step, loop, optim
+from streampro_jax.train import run as run_lib
 from streampro_jax.train import metrics as metrics_lib
 from streampro_jax.train import setup as setup_lib
 from streampro_jax.train import state as state_lib
@@ -230,6 +231,17 @@ class RewardScorer:
   missing_rubric: str = "error"
   matching: str = "gt_first"
 
+  @classmethod
+  def from_config(cls, reward: config_check.RewardSection, *, judge=None,
+                  max_turns: int) -> RewardScorer:
+    """The scorer of a run's reward section: its judge (`judge` overrides reward.judge), its
+    rubric file and policy, tau, padded sizes and matching order."""
+    judge = judge if judge is not None else build_judge(reward)
+    rubrics, missing_rubric = rubrics_from_config(reward)
+    return cls(judge, tau=reward.tau, max_turns=max_turns, max_answers=reward.max_answers,
+               max_checks=reward.max_checks, rubrics=rubrics, missing_rubric=missing_rubric,
+               matching=reward.matching)
+
   def __post_init__(self):
     if self.matching not in rewards.MATCHING_ORDERS:
       raise ValueError(f"config.reward.matching = {self.matching!r}; expected one of "
@@ -404,8 +416,78 @@ def sampler_config(run: config_check.GRPORun) -> sampling.SamplerConfig:
                                 **dataclasses.asdict(run.rollout))
 
 
+@dataclasses.dataclass
+class GRPOData:
+  """What the GRPO recipe builds with its prompts: the pipeline settings, the processor, the
+  video grid (1, gh, gw), the chat format and the row sizes."""
+  pcfg: pipeline.PipelineConfig
+  proc: Any
+  grid: tuple[int, int, int]
+  chat: chat_format.ChatFormat
+  max_turns: int
+  seq_len: int
+
+
+def build_grpo_run(config, workdir: str, *, source=None, allow_config_change: bool = False,
+                   devices=None) -> run_lib.Run:
+  """train/run.build_run with the GRPO data: a PromptIterator of B = global batch / hosts
+  samples per step over `source` (default config.data's source); Data.extra is a GRPOData."""
+
+  def data_fn(r: run_lib.Run) -> run_lib.Data:
+    mcfg, data_cfg = r.model_config, r.config.data
+    pcfg = pipeline.PipelineConfig.from_config(data_cfg)
+    proc = pipeline.processor_config(pcfg, mcfg)
+    _, gh, gw = proc.grid(pcfg.frame_height, pcfg.frame_width)
+    tokens_per_turn = gh * gw // (mcfg.vision.spatial_merge_size ** 2)
+    chat = chat_format.ChatFormat(r.tokenizer, tokens_per_turn=tokens_per_turn,
+                                  system_prompt=pcfg.system_prompt)
+    data = GRPOData(pcfg, proc, (1, gh, gw), chat, max_turns=int(data_cfg.max_turns),
+                    seq_len=int(data_cfg.seq_len))
+    src = source if source is not None else pipeline.source_from_config(data_cfg)
+    gb, n_proc = r.tree.global_batch_size, jax.process_count()
+    if gb % n_proc:
+      raise ValueError(f"global batch {gb} is not divisible by {n_proc} hosts")
+    prompts = PromptIterator(src, gb // n_proc, seed=pcfg.seed, shuffle=pcfg.shuffle,
+                             process_index=jax.process_index(), process_count=n_proc,
+                             max_turns=data.max_turns)
+    return run_lib.Data(prompts, prompts.num_trajectories, extra=data)
+
+  return run_lib.build_run(config, workdir, "grpo", data_fn=data_fn,
+                           allow_config_change=allow_config_change, devices=devices)
+
+
+def reference_params(init_params, step_cfg: grpo.GRPOStepConfig, dtype: str = ""):
+  """The reference policy: a separate copy of the initial params (the train state is donated),
+  in `dtype` ("" keeps each parameter's), or None when the KL term is off (beta 0)."""
+  if step_cfg.beta == 0.0:
+    return None
+  return jax.tree.map(lambda p: jnp.array(p, dtype=dtype or p.dtype, copy=True),
+                      init_params)
+
+
+def make_learner(run: run_lib.Run, module, step_cfg: grpo.GRPOStepConfig,
+                 grid: tuple[int, int, int], example: Mapping[str, np.ndarray]):
+  """The jitted GRPO update of the run: (state, ref_params, batch) -> (state, metrics), the
+  policy's log-probs from `module` over max_turns turns of `grid`."""
+  max_turns = run.data.extra.max_turns
+  turns = np.tile(np.asarray(grid, np.int64).reshape(1, 3), (max_turns, 1))
+  logps_fn = grpo.make_logps_fn(setup_lib.make_forward(module, turns),
+                                temperature=step_cfg.temperature,
+                                chunk_size=step_cfg.logps_chunk_size,
+                                unembed_fn=setup_lib.make_unembed(run.model_config))
+  return grpo_step.make_grpo_step(
+      logps_fn, run.tx, step_cfg, state_shardings=run.shardings,
+      batch_sharding=grpo_step.grpo_batch_shardings(example, run.mesh), mesh=run.mesh,
+      trainable=optim.trainable_mask(run.abstract_params, run.tree.optim.frozen),
+      schedule=run.schedule, rules=run.rules)
+
+
 class GRPOTrainer:
   """Everything a GRPO run holds; ``train_step`` runs one step, ``train`` the loop.
+
+  Built from its units: the run (build_grpo_run: train/run.build_run with the prompts), the
+  sampler (sampler_config), the rewards (RewardScorer.from_config), the reference policy
+  (reference_params) and the learner (make_learner, the jitted update).
 
   Args:
     config: a GRPO config (configs/tiny_synthetic_grpo.py documents every field).
@@ -420,110 +502,63 @@ class GRPOTrainer:
 
   def __init__(self, config, workdir: str, *, judge=None, source=None,
                allow_config_change: bool = False, devices=None):
-    run = self.run = config_check.build(config, "grpo")
-    # The workdir holds one run: another config stops here; config.json is written once the
-    # data, rewards and initial params are in hand (a run that stops before leaves none).
-    config_check.check_workdir_config(workdir, config, allow_change=allow_config_change,
-                                      write=False)
     self.config = config
     self.workdir = workdir
-    os.makedirs(workdir, exist_ok=True)
-    self.mesh, self.rules = setup_lib.make_mesh(config, devices), setup_lib.mesh_rules(config)
-    self.tokenizer = setup_lib.make_tokenizer(config, workdir)
-    self.model_config = setup_lib.make_model_config(config.model, self.tokenizer)
-    mcfg = self.model_config
-    data_cfg = config.data
-    self.pcfg = pipeline.PipelineConfig.from_config(data_cfg)
-    self.proc = pipeline.processor_config(self.pcfg, mcfg)
-    _, gh, gw = self.proc.grid(self.pcfg.frame_height, self.pcfg.frame_width)
-    self.grid = (1, gh, gw)
-    self.max_turns = int(data_cfg.max_turns)
-    self.seq_len = int(data_cfg.seq_len)
-    tokens_per_turn = gh * gw // (mcfg.vision.spatial_merge_size ** 2)
-    self.chat = chat_format.ChatFormat(self.tokenizer, tokens_per_turn=tokens_per_turn,
-                                       system_prompt=self.pcfg.system_prompt)
+    self.run = build_grpo_run(config, workdir, source=source,
+                              allow_config_change=allow_config_change, devices=devices)
+    run, data = self.run, self.run.data.extra
+    self.tree = run.tree
+    self.mesh, self.rules = run.mesh, run.rules
+    self.tokenizer, self.model_config = run.tokenizer, run.model_config
+    self.pcfg, self.proc, self.grid, self.chat = data.pcfg, data.proc, data.grid, data.chat
+    self.max_turns, self.seq_len = data.max_turns, data.seq_len
+    self.prompts, self.total_steps = run.data.iterator, run.total_steps
+    self.group_size = run.tree.grpo.group_size
+    self.vision_ids = (self.model_config.video_token_id, self.model_config.image_token_id)
     # The sampler runs on the training mesh (one process or many): rows over (data, fsdp), the
     # parameters where the rules put them (docs/rollouts.md, "Rollouts on the mesh").
     self.sampler = sampling.StreamingSampler(
-        mcfg, self.chat, sampler_config(run), video_grid=self.grid, mesh=self.mesh,
-        rules=self.rules)
-    self.vision_ids = (mcfg.video_token_id, mcfg.image_token_id)
-
-    # Data: B samples per step on this host (global batch / hosts), each with G rollouts.
-    if source is None:
-      source = pipeline.source_from_config(data_cfg)
-    gb, self.group_size = run.global_batch_size, run.grpo.group_size
-    n_proc = jax.process_count()
-    if gb % n_proc:
-      raise ValueError(f"global batch {gb} is not divisible by {n_proc} hosts")
-    self.prompts = PromptIterator(source, gb // n_proc, seed=self.pcfg.seed,
-                                  shuffle=self.pcfg.shuffle,
-                                  process_index=jax.process_index(), process_count=n_proc,
-                                  max_turns=self.max_turns)
-    self.total_steps = setup_lib.total_steps_of(config, self.prompts.num_trajectories)
+        self.model_config, self.chat, sampler_config(run.tree), video_grid=self.grid,
+        mesh=self.mesh, rules=self.rules)
+    gb = run.tree.global_batch_size
     logging.info("batch: %d samples x G %d = %s; seq_len %d, max_turns %d, grid %s; %d steps",
                  gb, self.group_size, parallel.describe_batch(gb * self.group_size, self.mesh),
                  self.seq_len, self.max_turns, self.grid, self.total_steps)
-
-    # Rewards.
-    rcfg = run.reward
-    self.judge = judge if judge is not None else build_judge(rcfg)
-    stored_rubrics, missing_rubric = rubrics_from_config(rcfg)
-    self.scorer = RewardScorer(
-        self.judge, tau=rcfg.tau, max_turns=self.max_turns, max_answers=rcfg.max_answers,
-        max_checks=rcfg.max_checks, rubrics=stored_rubrics, missing_rubric=missing_rubric,
-        matching=rcfg.matching)
-
-    # State, optimizer, step.
-    self.step_cfg = grpo.GRPOStepConfig.from_config(dataclasses.asdict(run.grpo),
-                                                    {"weights": rcfg.weights})
-    passes = self.step_cfg.num_passes
-    self.tx = optim.make_optimizer(run.optim, self.total_steps * passes)
-    self.schedule = optim.make_schedule(run.optim, self.total_steps * passes)
-    rng = jax.random.key(run.seed)
-    self.boxed = jax.eval_shape(
-        functools.partial(models.backbone_module(mcfg).init_params, mcfg), rng)
-    self.shardings = state_lib.state_shardings(self.tx, self.boxed, self.mesh, self.rules)
-    abstract_params = setup_lib.nn_unbox(self.boxed)
-    logging.info("parameters: %s", optim.count_params(abstract_params, run.optim.frozen))
-    init_params = load_initial_params(run, mcfg, abstract_params, self.shardings.params, rng)
-    # The reference: a separate copy of the initial params (the train state is donated),
-    # optionally stored in a smaller dtype (grpo.ref_param_dtype, e.g. "bfloat16").
+    self.scorer = RewardScorer.from_config(run.tree.reward, judge=judge,
+                                           max_turns=self.max_turns)
+    self.judge = self.scorer.judge
+    self.step_cfg = grpo.GRPOStepConfig.from_config(dataclasses.asdict(run.tree.grpo),
+                                                    {"weights": run.tree.reward.weights})
     self.ref_params = None
-    if self.step_cfg.beta != 0.0:
-      ref_dtype = run.grpo.ref_param_dtype or None
-      self.ref_params = jax.tree.map(
-          lambda p: jnp.array(p, dtype=ref_dtype or p.dtype, copy=True), init_params)
-    config_check.check_workdir_config(workdir, config, allow_change=allow_config_change,
-                                      write=jax.process_index() == 0)
-    self.ckpt = ckpt_lib.Checkpointer.from_config(os.path.join(workdir, "checkpoints"),
-                                                  run.checkpoint)
-    restored, latest = self.ckpt.restore_newest(state_lib.abstract_state(self.tx, self.boxed),
-                                                self.shardings, self.prompts)
-    if latest is not None:
-      del init_params
-      self.state = restored
-      logging.info("resumed from GRPO checkpoint %d (prompt position %d)%s", latest,
-                   self.prompts.position, ckpt_lib.skipped_note(self.ckpt))
-    else:
-      self.state = state_lib.state_from_params(init_params, self.tx, self.shardings, self.mesh)
-    self.module = models.build(mcfg)
-    grid = np.tile(np.asarray(self.grid, np.int64).reshape(1, 3), (self.max_turns, 1))
-    forward = setup_lib.make_forward(self.module, grid)
-    logps_fn = grpo.make_logps_fn(forward, temperature=self.step_cfg.temperature,
-                                  chunk_size=self.step_cfg.logps_chunk_size,
-                                  unembed_fn=setup_lib.make_unembed(mcfg))
-    example = self._example_batch()
-    self.step_fn = grpo_step.make_grpo_step(
-        logps_fn, self.tx, self.step_cfg, state_shardings=self.shardings,
-        batch_sharding=grpo_step.grpo_batch_shardings(example, self.mesh), mesh=self.mesh,
-        trainable=optim.trainable_mask(abstract_params, run.optim.frozen),
-        schedule=self.schedule, rules=self.rules)
+    initial = {}
+
+    def load_policy(r: run_lib.Run) -> None:
+      # The initial policy, and the reference: a separate copy of it (the train state is
+      # donated), optionally in a smaller dtype (grpo.ref_param_dtype).
+      initial["params"] = load_initial_params(r.tree, r.model_config, r.abstract_params,
+                                              r.shardings.params, r.rng)
+      self.ref_params = reference_params(initial["params"], self.step_cfg,
+                                         r.tree.grpo.ref_param_dtype)
+
+    run.attach_state(
+        optimizer_steps=self.total_steps * self.step_cfg.num_passes,
+        fresh_state=lambda r: state_lib.state_from_params(initial.pop("params"), r.tx,
+                                                          r.shardings, r.mesh),
+        before_checkpointer=load_policy)
+    initial.clear()
+    if run.resumed_from is not None:
+      logging.info("resumed from GRPO checkpoint %d (prompt position %d)%s", run.resumed_from,
+                   self.prompts.position, ckpt_lib.skipped_note(run.checkpointer))
+    self.tx, self.schedule, self.boxed = run.tx, run.schedule, run.abstract
+    self.shardings, self.ckpt, self.state = run.shardings, run.checkpointer, run.state
+    self.module = models.build(self.model_config)
+    self.step_fn = run.step = make_learner(run, self.module, self.step_cfg, self.grid,
+                                           self._example_batch())
 
   # -- pieces of a step ----------------------------------------------------------------------
 
   def _example_batch(self) -> dict[str, np.ndarray]:
-    n = self.run.global_batch_size * self.group_size // jax.process_count()
+    n = self.tree.global_batch_size * self.group_size // jax.process_count()
     t, p = self.seq_len, self.max_turns * self.grid[1] * self.grid[2]
     d = self.proc.patch_dim
     z = lambda *s, dt=np.float32: np.zeros(s, dt)  # noqa: E731
@@ -540,7 +575,7 @@ class GRPOTrainer:
 
   def rollout(self, samples, step: int) -> sampling.RolloutBatch:
     """G rollouts of each sample with the current params (seed = f(config.seed, step))."""
-    seed = self.run.seed * 1_000_003 + int(step)
+    seed = self.tree.seed * 1_000_003 + int(step)
     return self.sampler.sample(self.state.params, self.make_prompts(samples),
                                group_size=self.group_size, seed=seed, seq_len=self.seq_len)
 

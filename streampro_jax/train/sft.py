@@ -7,7 +7,8 @@ generic sharded update (train/step.py) by the one training loop (train/loop.py).
   final hidden states, plus metric sums (decision accuracy, silence / response recall).
 * :func:`sft_context` is the context computed once on the whole global batch (the CB-Stream class
   counts n_k of the "global" count scope).
-* :func:`train` builds the run (train/setup.py) and hands the step to train/loop.train_loop.
+* :func:`train` builds the run (train/run.build_run with the SFT pipeline, then
+  Run.attach_state) and hands its step to train/loop.train_loop.
 
 Metrics returned by the step (float32 scalars, global over the batch): loss, grad_norm, lr,
 token_accuracy, decision_accuracy, silence_recall, response_recall, n_silence, n_response,
@@ -17,8 +18,6 @@ supervised_tokens, tokens (real, non-pad tokens: host-side tokens/s = tokens / s
 
 from __future__ import annotations
 
-import functools
-import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -32,6 +31,7 @@ from streampro_jax import losses, models, parallel
 from streampro_jax.data import tokenizer as tok_lib
 from streampro_jax.train import checkpoint as ckpt_lib
 from streampro_jax.train import config_check, loop, optim
+from streampro_jax.train import run as run_lib
 from streampro_jax.train import metrics as metrics_lib
 from streampro_jax.train import state as state_lib
 from streampro_jax.train import setup as setup_lib
@@ -146,79 +146,73 @@ STEP_BATCH_KEYS = ("input_ids", "labels", "loss_mask", "attention_mask", "positi
 def train(config, workdir: str, *, allow_config_change: bool = False):
   """Runs (or resumes) SFT as configured; returns the final TrainState.
 
-  Resumes from the newest complete checkpoint in ``<workdir>/checkpoints`` when there is one
-  (params, optimizer state, step and data iterator position), so a killed run continues exactly.
-  The run reads the config tree config_check.build(config, "sft") (strict: raises
-  config_check.ConfigError for a key no field declares); the model, data and mesh sections go to
-  train/setup as they are. Raises config_check.ConfigError also when ``<workdir>/config.json``
-  holds another config (a different run; unless `allow_config_change`); writes config.json once
-  the tokenizer, model config and data are built (a run that stops before leaves none).
+  The run is built by train/run.build_run (the config tree config_check.build(config, "sft"),
+  strict; mesh, tokenizer, model config, the SFT pipeline) and completed by Run.attach_state
+  (optimizer, shardings, config.json, checkpointer, state). Resumes from the newest complete
+  checkpoint in ``<workdir>/checkpoints`` when there is one (params, optimizer state, step and
+  data iterator position), so a killed run continues exactly; else the state is the HF
+  checkpoint of ``model.hf_checkpoint`` or a random init. Raises config_check.ConfigError for a
+  key no field declares, or when ``<workdir>/config.json`` holds another config (a different run;
+  unless `allow_config_change`); config.json is written once the tokenizer, model config, data
+  and shardings are built (a run that stops before leaves none).
   """
-  run = config_check.build(config, "sft")
-  # The workdir holds one run: another config stops here, before anything is written.
-  config_check.check_workdir_config(workdir, config, allow_change=allow_config_change,
-                                    write=False)
-  os.makedirs(workdir, exist_ok=True)
-  mesh, rules = setup_lib.make_mesh(config), setup_lib.mesh_rules(config)
-  tokenizer = setup_lib.make_tokenizer(config, workdir)
-  model_config = setup_lib.make_model_config(config.model, tokenizer)
-  decision_ids = tok_lib.decision_token_ids(tokenizer)
-  data_iter, pipe = setup_lib.make_data(config, tokenizer, model_config)
-  config_check.check_workdir_config(workdir, config, allow_change=allow_config_change,
-                                    write=jax.process_index() == 0)
-  total_steps = setup_lib.total_steps_of(config, pipe.num_trajectories)
-  gb, micro = run.global_batch_size, run.num_microbatches
+
+  def data_fn(r: run_lib.Run) -> run_lib.Data:
+    data_iter, pipe = setup_lib.make_data(r.config, r.tokenizer, r.model_config)
+    return run_lib.Data(data_iter, pipe.num_trajectories, extra=pipe)
+
+  run = run_lib.build_run(config, workdir, "sft", data_fn=data_fn,
+                          allow_config_change=allow_config_change)
+  tree, mesh, rules, pipe = run.tree, run.mesh, run.rules, run.data.extra
+  gb, micro = tree.global_batch_size, tree.num_microbatches
   dp = step_lib.data_shards(mesh)
   if gb % (micro * dp):
     raise ValueError(f"global batch {gb} is not divisible by {micro} micro-batches x {dp} "
                      f"data-parallel shards")
   logging.info("batch: %s; %d micro-batch(es) of %d rows (%d per data-parallel shard); "
                "seq_len %d; %d steps", parallel.describe_batch(gb, mesh), micro, gb // micro,
-               gb // micro // dp, pipe.cfg.seq_len, total_steps)
+               gb // micro // dp, pipe.cfg.seq_len, run.total_steps)
 
-  module = models.build(model_config)
+  def fresh_state(r: run_lib.Run):
+    if tree.model.hf_checkpoint:
+      return setup_lib.load_hf_state(r.config, r.model_config, r.tokenizer, r.tx, r.shardings,
+                                     r.mesh)
+    state, _ = state_lib.create_train_state(r.init_fn(), r.tx, r.mesh, r.rng, rules=r.rules)
+    return state
+
+  run.attach_state(optimizer_steps=run.total_steps, fresh_state=fresh_state)
+  if run.resumed_from is not None:
+    logging.info("resumed from step %d%s", run.resumed_from,
+                 ckpt_lib.skipped_note(run.checkpointer))
+
+  module = models.build(run.model_config)
   grid = np.tile(np.asarray(pipe.video_grid_thw).reshape(1, 3), (pipe.cfg.max_turns, 1))
-  tx = optim.make_optimizer(run.optim, total_steps)
-  schedule = optim.make_schedule(run.optim, total_steps)
-  init_fn = functools.partial(models.backbone_module(model_config).init_params, model_config)
-  rng = jax.random.key(run.seed)
-  boxed = jax.eval_shape(init_fn, rng)
-  shardings = state_lib.state_shardings(tx, boxed, mesh, rules)
-  logging.info("parameters: %s", optim.count_params(setup_lib.nn_unbox(boxed), run.optim.frozen))
-
-  ckpt = ckpt_lib.Checkpointer.from_config(os.path.join(workdir, "checkpoints"), run.checkpoint)
-  state, latest = ckpt.restore_newest(state_lib.abstract_state(tx, boxed), shardings, data_iter)
-  if latest is not None:
-    logging.info("resumed from step %d%s", latest, ckpt_lib.skipped_note(ckpt))
-  elif run.model.hf_checkpoint:
-    state = setup_lib.load_hf_state(config, model_config, tokenizer, tx, shardings, mesh)
-  else:
-    state, _ = state_lib.create_train_state(init_fn, tx, mesh, rng, rules=rules)
-
   example = {k: np.zeros(s, np.float32) for k, s in pipe.batch_shapes().items()
              if k in STEP_BATCH_KEYS}
-  update = make_sft_step(
-      setup_lib.make_forward(module, grid), run.loss, decision_ids, tx,
-      state_shardings=shardings, batch_sharding=step_lib.batch_shardings(example, mesh), mesh=mesh,
-      unembed_fn=setup_lib.make_unembed(model_config),
-      trainable=optim.trainable_mask(setup_lib.nn_unbox(boxed), run.optim.frozen),
-      num_microbatches=micro, schedule=schedule, rules=rules)
+  run.step = make_sft_step(
+      setup_lib.make_forward(module, grid), tree.loss,
+      tok_lib.decision_token_ids(run.tokenizer), run.tx, state_shardings=run.shardings,
+      batch_sharding=step_lib.batch_shardings(example, mesh), mesh=mesh,
+      unembed_fn=setup_lib.make_unembed(run.model_config),
+      trainable=optim.trainable_mask(run.abstract_params, tree.optim.frozen),
+      num_microbatches=micro, schedule=run.schedule, rules=rules)
+  data_iter = run.data.iterator
 
   def step_fn(state, step):
     del step
     host_batch = next(data_iter)
     batch = parallel.shard_batch({k: host_batch[k] for k in STEP_BATCH_KEYS}, mesh,
                                  batch_dims=step_lib.BATCH_DIMS)
-    return update(state, batch)
+    return run.step(state, batch)
 
-  writer = metrics_lib.create_writer(workdir, total_steps=total_steps,
+  start = int(jax.device_get(run.state.step))
+  writer = metrics_lib.create_writer(workdir, total_steps=run.total_steps,
                                      enabled=jax.process_index() == 0,
-                                     tensorboard=run.tensorboard,
-                                     start_step=int(jax.device_get(state.step)))
+                                     tensorboard=tree.tensorboard, start_step=start)
   state, _ = loop.train_loop(
-      state, step_fn, start_step=int(jax.device_get(state.step)), total_steps=total_steps,
-      checkpointer=ckpt, data_iterator=data_iter, writer=writer,
-      log_every=run.log_every_steps, kill_after=run.debug_kill_after_step,
-      kill_mid_save=run.debug_kill_mid_save)
+      run.state, step_fn, start_step=start, total_steps=run.total_steps,
+      checkpointer=run.checkpointer, data_iterator=data_iter, writer=writer,
+      log_every=tree.log_every_steps, kill_after=tree.debug_kill_after_step,
+      kill_mid_save=tree.debug_kill_mid_save)
   logging.info("data pipeline: %s", data_iter.stats.as_dict())
   return state
