@@ -623,7 +623,7 @@ def decoder_attention(q_btnh: Array, k_btkh: Array, v_btkh: Array, *, mask: Arra
   # around the slot dim), XLA:TPU gives a scatter operand carried through a loop (the layer scan,
   # the decode while loop) a slot-major layout and copies the whole donated cache into it and
   # back: a second cache in temporaries (docs/scale.md, "Decode").
-  b, t, k_heads = k_btkh.shape[:3]
+  b, _, k_heads = k_btkh.shape[:3]
   bidx = jnp.arange(b)[:, None, None]
   kidx = jnp.arange(k_heads)[None, None, :]
   if len(kv) == 4:
