@@ -537,12 +537,23 @@ def ablations_tau() -> str:
                            "grpo_paper", "tau 8")
 
 
+AOT_FILES = ("aot/qwen2_5_vl_3b.jsonl", "aot/qwen3_vl_4b.jsonl")
+
+
+def aot_table() -> str:
+  """docs/scale.md's table of TPU compiles (benchmarks/aot_table.py on the two models' files)."""
+  sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+  import aot_table as table  # pylint: disable=g-import-not-at-top
+  return table.render([os.path.join(RESULTS, f) for f in AOT_FILES])
+
+
 # name -> (the docs that hold the block, its renderer)
 BLOCKS: dict[str, tuple[tuple[str, ...], Callable[[], str]]] = {
     "gpu_summary": (("docs/benchmarks.md",), gpu_summary),
     "cpu_numerics": (("docs/decisions.md",), cpu_numerics),
     "deviations": (("README.md", "docs/method.md"), deviations),
     "test_split_size": (("docs/ablations.md",), test_split_size),
+    "aot_table": (("docs/scale.md",), aot_table),
     "cpu_method": (("docs/benchmarks.md",), cpu_method),
     "cpu_rollouts": (("docs/rollouts.md",), cpu_rollouts),
     "rollout_group": (("docs/rollouts.md",), rollout_group),
