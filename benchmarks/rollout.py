@@ -44,7 +44,7 @@ import grpo_step_ab  # noqa: E402  (benchmarks/grpo_step_ab.py)
 import rollout_decode  # noqa: E402  (benchmarks/rollout_decode.py)
 from configs import tiny_synthetic_grpo  # noqa: E402
 from streampro_jax import sampling  # noqa: E402
-from streampro_jax.data import chat_format, pipeline, synthetic  # noqa: E402
+from streampro_jax.data import chat_format, pipeline, pipeline_config, synthetic  # noqa: E402
 from streampro_jax.models import qwen2_5_vl  # noqa: E402
 from streampro_jax.train import config_check, grpo_trainer  # noqa: E402
 from streampro_jax.train import setup as setup_lib  # noqa: E402
@@ -53,7 +53,7 @@ from streampro_jax.train import setup as setup_lib  # noqa: E402
 def _setup(config, workdir):
   tok = setup_lib.make_tokenizer(config, workdir)
   mcfg = setup_lib.make_model_config(config.model, tok)
-  pcfg = pipeline.PipelineConfig.from_config(config.data)
+  pcfg = pipeline_config.PipelineConfig.from_config(config.data)
   proc = pipeline.processor_config(pcfg, mcfg)
   _, gh, gw = proc.grid(pcfg.frame_height, pcfg.frame_width)
   chat = chat_format.ChatFormat(tok, tokens_per_turn=gh * gw // 4)

@@ -40,7 +40,7 @@ def one_round(calls: int) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from configs import tiny_synthetic_grpo  # pylint: disable=g-import-not-at-top
-  from streampro_jax.data import chat_format, pipeline, synthetic  # pylint: disable=g-import-not-at-top
+  from streampro_jax.data import chat_format, pipeline, pipeline_config, synthetic  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import setup  # pylint: disable=g-import-not-at-top
   try:
     from streampro_jax import sampling as lib  # pylint: disable=g-import-not-at-top
@@ -51,7 +51,7 @@ def one_round(calls: int) -> dict:
     tok = setup.make_tokenizer(config, tmp)
   mcfg = setup.make_model_config(config.model, tok)
   params = setup.random_params(mcfg, seed=0)
-  pcfg = pipeline.PipelineConfig.from_config(config.data)
+  pcfg = pipeline_config.PipelineConfig.from_config(config.data)
   proc = pipeline.processor_config(pcfg, mcfg)
   _, gh, gw = proc.grid(pcfg.frame_height, pcfg.frame_width)
   chat = chat_format.ChatFormat(tok, tokens_per_turn=gh * gw // mcfg.vision.spatial_merge_size ** 2,

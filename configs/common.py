@@ -10,11 +10,11 @@ Sections:
   mesh        device mesh axis sizes (data, fsdp, tensor; -1 fills the rest) and the
               logical-axis sharding rules (rules: [logical name, mesh axes] pairs, by default
               streampro_jax.parallel.DEFAULT_RULES; docs/architecture.md#mesh-rules).
-  data        the grain pipeline (streampro_jax.data.pipeline.PipelineConfig fields) plus its
+  data        the grain pipeline (streampro_jax.data.pipeline_config.PipelineConfig fields) plus its
               source: "synth" (SynthStream generated in memory), "tfds" (data.tfds_dir, a
               prepared builder directory such as /data/tfds/jsonl_videos/train/1.0.0) or
               "jsonl" (data.jsonl, videos decoded on demand); every source's keys are present
-              (pipeline.SOURCE_KEYS), the ones of the other sources at their unset values.
+              (pipeline_config.SOURCE_KEYS), the ones of the other sources at their unset values.
 
 The trainers check every section when they load it (streampro_jax/train/config_check.py): a key
 that no field of the tree declares is an error naming it and the nearest valid key.
@@ -30,7 +30,7 @@ import dataclasses
 import ml_collections
 
 from streampro_jax import parallel
-from streampro_jax.data import pipeline
+from streampro_jax.data import pipeline_config
 
 # Vision tower frozen, patch merger and LLM trained (docs/method.md section 1).
 FROZEN_VISION = r"^visual/(?!merger/)"
@@ -91,10 +91,10 @@ def data_config(*, source: str, seq_len: int, max_turns: int, frame_size: int,
            prefetch_buffer_size=8, narration=False)
   # Every source's keys at their unset values, so that any source can be chosen on the
   # command line (--config.data.source=jsonl --config.data.jsonl=/data/train.jsonl).
-  for keys in pipeline.SOURCE_KEYS.values():
+  for keys in pipeline_config.SOURCE_KEYS.values():
     for key, value in keys.items():
       d.setdefault(key, value)
-  unknown = set(kw) - set(d) - {f.name for f in dataclasses.fields(pipeline.PipelineConfig)}
+  unknown = set(kw) - set(d) - {f.name for f in dataclasses.fields(pipeline_config.PipelineConfig)}
   if unknown:
     raise ValueError(f"data_config: unknown keys {sorted(unknown)}")
   d.update(kw)

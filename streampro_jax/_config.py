@@ -1,6 +1,6 @@
 """Dataclass settings from a config section, so that each default is written once: in the dataclass.
 
-Every ``from_config`` of the package (grpo.GRPOStepConfig, pipeline.PipelineConfig,
+Every ``from_config`` of the package (grpo.GRPOStepConfig, pipeline_config.PipelineConfig,
 video.ResizePolicy, the processors' configs, optim.OptimConfig, ...) takes the keys of its section
 that name a field of its dataclass with :func:`field_values`; a key left out (or set to None where
 the field's default is not None) keeps the dataclass default. Keys that are not fields are left to

@@ -11,7 +11,7 @@ import pytest
 
 from streampro_jax import models, sampling
 from streampro_jax.bench import harness
-from streampro_jax.data import chat_format, pipeline, synthetic
+from streampro_jax.data import chat_format, pipeline, pipeline_config, synthetic
 from streampro_jax.judges import MatchJudge
 from streampro_jax.models import processing, processing_qwen3, qwen2_5_vl, qwen3_vl
 
@@ -94,7 +94,7 @@ def test_qwen3_process_turns_no_resize_matches_per_turn():
 
 def test_pipeline_batch_and_forward_qwen3(setup):
   cfg, tok, records = setup["cfg"], setup["tok"], setup["records"]
-  pcfg = pipeline.PipelineConfig(seq_len=640, batch_size=2, max_turns=13, frame_height=FRAME,
+  pcfg = pipeline_config.PipelineConfig(seq_len=640, batch_size=2, max_turns=13, frame_height=FRAME,
                                  frame_width=FRAME, shuffle=False, num_threads=1,
                                  prefetch_buffer_size=2)
   pipe = pipeline.build_pipeline(pipeline.RecordSource(records, synthetic.render_frames), pcfg,

@@ -9,12 +9,12 @@ import pytest
 
 from configs import common, tiny_synthetic_grpo
 from streampro_jax import _config, grpo, models, sampling
-from streampro_jax.data import pipeline, synthetic, video
+from streampro_jax.data import pipeline_config, synthetic, video
 from streampro_jax.data import tokenizer as tok_lib
 from streampro_jax.models import processing, processing_qwen3
 from streampro_jax.train import checkpoint, config_check, grpo_trainer, optim
 
-FROM_CONFIG = (grpo.GRPOStepConfig, pipeline.PipelineConfig, video.ResizePolicy,
+FROM_CONFIG = (grpo.GRPOStepConfig, pipeline_config.PipelineConfig, video.ResizePolicy,
                processing.VideoProcessorConfig, processing_qwen3.Qwen3VideoProcessorConfig,
                config_check.LossConfig, checkpoint.CheckpointConfig)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from etils import epath
 
-from streampro_jax.data import chat_format, pipeline, schema, synthetic
+from streampro_jax.data import chat_format, pipeline, pipeline_config, schema, synthetic
 from streampro_jax.data import tokenizer as tokenizer_lib
 from streampro_jax.data import video
 from streampro_jax.data.tfds_builders import jsonl_videos, synth_stream
@@ -58,7 +58,7 @@ def _cfg(**kw):
   base = dict(seq_len=2048, batch_size=2, max_turns=8, frame_height=H, frame_width=W,
               num_threads=2, prefetch_buffer_size=4, seed=1)
   base.update(kw)
-  return pipeline.PipelineConfig(**base)
+  return pipeline_config.PipelineConfig(**base)
 
 
 def _build(records, frames, tok, model_config, **kw):

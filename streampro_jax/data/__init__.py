@@ -6,6 +6,7 @@ __all__ = [
     "importers",
     "peer_loaders",
     "pipeline",
+    "pipeline_config",
     "schema",
     "synthetic",
     "tfds_builders",

@@ -46,8 +46,8 @@ import grain
 import numpy as np
 from absl import logging
 
-from streampro_jax import _config, models, prompts
-from streampro_jax.data import chat_format, schema
+from streampro_jax import models
+from streampro_jax.data import chat_format, pipeline_config, schema
 from streampro_jax.models import processing
 
 BATCH_KEYS = ("input_ids", "labels", "loss_mask", "decision_class", "attention_mask",
@@ -55,59 +55,11 @@ BATCH_KEYS = ("input_ids", "labels", "loss_mask", "decision_class", "attention_m
 
 QUESTION_COUNTS_FILE = "question_counts.json"
 
-# The source spec of a config's data section: per `source`, the keys `source_from_config` reads
-# and their values when unset. A data section may hold every source's keys (so that
-# `--config.data.source=jsonl --config.data.jsonl=...` works on the command line); the keys of
-# the sources not chosen must keep these values (train/config_check.py).
-SOURCE_KEYS = {
-    "tfds": {"tfds_dir": "", "split": "train"},
-    "jsonl": {"jsonl": "", "frames_per_turn": 2, "on_error": "fail"},
-    "synth": {"split": "train", "num_videos": 0, "synth_seed": 0, "synth": {}},
-}
-
-
 # ------------------------------------------------------------------------------------------------
-# Configuration.
+# Configuration (the settings: data/pipeline_config.py).
 
 
-@dataclasses.dataclass(frozen=True)
-class PipelineConfig:
-  """Settings of the input pipeline.
-
-  Attributes:
-    seq_len: T, tokens per row.
-    batch_size: B, rows per batch on this host.
-    max_turns: K, turns per row (size of the pixel buffer); longer records are cut.
-    frame_height: every frame is resized to this height (a multiple of patch * merge).
-    frame_width: every frame is resized to this width (a multiple of patch * merge).
-    seed: shuffle seed (the same on every host).
-    shuffle: shuffle trajectories (a new permutation every epoch).
-    num_epochs: passes over the data; None repeats forever.
-    num_threads: grain read threads for the map (decode, render, patchify).
-    prefetch_buffer_size: rows read ahead.
-    system_prompt: the chat format's system prompt.
-    min_pixels: processor setting (unused by the fixed-size resize; kept for parity configs).
-  """
-  seq_len: int = 4096
-  batch_size: int = 8
-  max_turns: int = 64
-  frame_height: int = 224
-  frame_width: int = 224
-  seed: int = 0
-  shuffle: bool = True
-  num_epochs: int | None = None
-  num_threads: int = 4
-  prefetch_buffer_size: int = 8
-  system_prompt: str = prompts.STREAMING_SYSTEM_PROMPT
-
-  @classmethod
-  def from_config(cls, cfg: Any, **overrides) -> PipelineConfig:
-    """From a mapping / ConfigDict (config.data: its keys that name a field; the source keys are
-    read by source_from_config), then `overrides`; a key left out keeps the field's default."""
-    return cls(**{**_config.field_values(cls, cfg, section_name="data"), **overrides})
-
-
-def processor_config(cfg: PipelineConfig, model_config):
+def processor_config(cfg: pipeline_config.PipelineConfig, model_config):
   """The processor settings that match the model's vision tower; frames are pre-resized.
 
   processing.VideoProcessorConfig (Qwen2.5-VL: patch 14, CLIP mean/std) or
@@ -263,7 +215,7 @@ class TrajectoryEncoder:
       must be the tokenizer's).
   """
 
-  def __init__(self, cfg: PipelineConfig, tokenizer, model_config):
+  def __init__(self, cfg: pipeline_config.PipelineConfig, tokenizer, model_config):
     self._get_rope_index = models.backbone_module(model_config).get_rope_index
     self.cfg = cfg
     self.model_config = model_config
@@ -456,7 +408,7 @@ class Pipeline:
     num_trajectories: trajectories in one epoch of the whole source (all hosts).
     video_grid_thw: i64[3], the static grid (1, gh, gw) of every turn.
   """
-  cfg: PipelineConfig
+  cfg: pipeline_config.PipelineConfig
   encoder: TrajectoryEncoder
   dataset: grain.IterDataset
   num_trajectories: int
@@ -472,7 +424,7 @@ class Pipeline:
     return shapes
 
 
-def build_pipeline(source, cfg: PipelineConfig, *, tokenizer, model_config,
+def build_pipeline(source, cfg: pipeline_config.PipelineConfig, *, tokenizer, model_config,
                    process_index: int | None = None,
                    process_count: int | None = None) -> Pipeline:
   """Builds the grain pipeline of one host.
@@ -521,12 +473,12 @@ def make_train_iterator(data_config: Any, *, tokenizer, model_config, source=Non
   """Training iterator from a config's `data` section.
 
   Args:
-    data_config: ConfigDict / mapping with the PipelineConfig fields, where `batch_size` is the
-      GLOBAL batch (divided by the number of hosts here), and, when `source` is None, a source
-      spec: `source` = "tfds" (keys `tfds_dir`, the prepared builder's directory such as
-      ".../synth_stream/tiny/1.0.0", and `split`), "jsonl" (keys `jsonl`, `frames_per_turn`;
-      videos decoded on demand) or "synth" (keys `split`, `num_videos`, `synth_seed`, `synth`: the
-      SynthStream generator, frames rendered on demand).
+    data_config: ConfigDict / mapping with the pipeline_config.PipelineConfig fields, where
+      `batch_size` is the GLOBAL batch (divided by the number of hosts here), and, when `source`
+      is None, a source spec: `source` = "tfds" (keys `tfds_dir`, the prepared builder's
+      directory such as ".../synth_stream/tiny/1.0.0", and `split`), "jsonl" (keys `jsonl`,
+      `frames_per_turn`; videos decoded on demand) or "synth" (keys `split`, `num_videos`,
+      `synth_seed`, `synth`: the SynthStream generator, frames rendered on demand).
     tokenizer, model_config: as build_pipeline.
     source: a ready source (overrides the spec).
     process_index, process_count: default jax.process_index() / jax.process_count().
@@ -543,7 +495,8 @@ def make_train_iterator(data_config: Any, *, tokenizer, model_config, source=Non
   if global_batch % process_count:
     raise ValueError(f"global batch size {global_batch} is not divisible by {process_count} "
                      "hosts")
-  cfg = PipelineConfig.from_config(data_config, batch_size=global_batch // process_count)
+  cfg = pipeline_config.PipelineConfig.from_config(data_config,
+                                                   batch_size=global_batch // process_count)
   if source is None:
     source = source_from_config(data_config)
   pipe = build_pipeline(source, cfg, tokenizer=tokenizer, model_config=model_config,
@@ -556,12 +509,14 @@ def make_train_iterator(data_config: Any, *, tokenizer, model_config, source=Non
 
 
 def source_from_config(data_config: Any):
-  """A source from a config's `source` spec (see make_train_iterator and SOURCE_KEYS)."""
+  """A source from a config's `source` spec (see make_train_iterator and
+  pipeline_config.SOURCE_KEYS)."""
   kind = data_config.get("source", None)
-  if kind not in SOURCE_KEYS:
-    raise ValueError(f"unknown data source {kind!r} (expected one of {sorted(SOURCE_KEYS)}, or "
+  known = pipeline_config.SOURCE_KEYS
+  if kind not in known:
+    raise ValueError(f"unknown data source {kind!r} (expected one of {sorted(known)}, or "
                      "pass source=)")
-  spec = {k: data_config.get(k, v) for k, v in SOURCE_KEYS[kind].items()}
+  spec = {k: data_config.get(k, v) for k, v in pipeline_config.SOURCE_KEYS[kind].items()}
   for key in ("tfds_dir", "jsonl"):
     if key in spec and not spec[key]:
       raise ValueError(f"data.source is {kind!r} but data.{key} is empty; set "

@@ -41,7 +41,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from streampro_jax import grpo, models, parallel, sampling
-from streampro_jax.data import pipeline
+from streampro_jax.data import pipeline, pipeline_config
 from streampro_jax.models import kv_cache
 from streampro_jax.train import config_check, grpo_step, grpo_trainer, optim, sft
 from streampro_jax.train import setup as setup_lib
@@ -117,7 +117,7 @@ class Setup:
   tx: Any
   boxed: Any
   shardings: Any
-  pcfg: pipeline.PipelineConfig
+  pcfg: pipeline_config.PipelineConfig
   grid: tuple[int, int, int]
   patch_dim: int
 
@@ -173,7 +173,7 @@ def build_setup(config, devices: Sequence) -> Setup:
   init_fn = functools.partial(models.backbone_module(mcfg).init_params, mcfg)
   boxed = jax.eval_shape(init_fn, jax.random.key(0))
   shardings = state_lib.state_shardings(tx, boxed, mesh, rules)
-  pcfg = pipeline.PipelineConfig.from_config(config.data)
+  pcfg = pipeline_config.PipelineConfig.from_config(config.data)
   proc = pipeline.processor_config(pcfg, mcfg)
   _, gh, gw = proc.grid(pcfg.frame_height, pcfg.frame_width)
   return Setup(config, mesh, rules, mcfg, tx, boxed, shardings, pcfg, (1, gh, gw),

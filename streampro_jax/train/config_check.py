@@ -14,8 +14,8 @@ The nodes and where their fields come from (the readers' own dataclasses, not ha
                settings (models.COMPUTE_KEYS: the backbone Config's fields that config.json does
                not carry), read by models.config_from_section;
   mesh         MeshSection: parallel.MESH_CONFIG_KEYS (the axis sizes and the logical-axis rules);
-  data         DataSection: pipeline.PipelineConfig's fields (batch_size comes from
-               global_batch_size), source, the keys of pipeline.SOURCE_KEYS (synth: a dict of
+  data         DataSection: pipeline_config.PipelineConfig's fields (batch_size comes from
+               global_batch_size), source, the keys of pipeline_config.SOURCE_KEYS (synth: a dict of
                synthetic.SynthConfig fields) and narration (train/setup.make_data);
   optim        optim.OptimConfig;  checkpoint  checkpoint.CheckpointConfig;  loss  LossConfig;
   grpo         GRPOSection: grpo.GRPOStepConfig's fields but reward_weights, plus top_p (the
@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from streampro_jax import _config, grpo, losses, models, parallel, sampling
-from streampro_jax.data import pipeline, synthetic
+from streampro_jax.data import pipeline_config, synthetic
 from streampro_jax.train import checkpoint, optim
 
 TRAINERS = ("sft", "grpo")
@@ -154,15 +154,15 @@ MeshSection = _node("MeshSection", """The ``config.mesh`` section: axis sizes (-
      for axis in parallel.MESH_AXES]
     + [("rules", tuple, dataclasses.field(default=tuple(parallel.DEFAULT_RULES)))])
 
-DataSection = _node("DataSection", """The ``config.data`` section: pipeline.PipelineConfig's
-  fields (batch_size comes from global_batch_size), the source and every source's keys
-  (pipeline.SOURCE_KEYS, at their unset values), and narration (SynthStream narration targets,
-  SFT only).""",
-    _fields_of(pipeline.PipelineConfig, drop=("batch_size",))
+DataSection = _node("DataSection", """The ``config.data`` section:
+  pipeline_config.PipelineConfig's fields (batch_size comes from global_batch_size), the source
+  and every source's keys (pipeline_config.SOURCE_KEYS, at their unset values), and narration
+  (SynthStream narration targets, SFT only).""",
+    _fields_of(pipeline_config.PipelineConfig, drop=("batch_size",))
     + [("source", str, dataclasses.field(default="synth"))]
     + [(key, type(value), _dict_field() if isinstance(value, dict)
         else dataclasses.field(default=value))
-       for key, value in {k: v for keys in pipeline.SOURCE_KEYS.values()
+       for key, value in {k: v for keys in pipeline_config.SOURCE_KEYS.values()
                           for k, v in keys.items()}.items()]
     + [("narration", bool, dataclasses.field(default=False))])
 
@@ -277,13 +277,13 @@ def _model_modes(values: Mapping[str, Any], trainer: str) -> dict[str, tuple[Any
 
 def _data_modes(values: Mapping[str, Any], trainer: str) -> dict[str, tuple[Any, str]]:
   source = values.get("source", None)
-  if source not in pipeline.SOURCE_KEYS:
+  if source not in pipeline_config.SOURCE_KEYS:
     raise ConfigError(f"config.data.source = {source!r}; expected one of "
-                      f"{sorted(pipeline.SOURCE_KEYS)}")
+                      f"{sorted(pipeline_config.SOURCE_KEYS)}")
   out = {}
-  for other, keys in pipeline.SOURCE_KEYS.items():
+  for other, keys in pipeline_config.SOURCE_KEYS.items():
     for key, value in keys.items():
-      if key not in pipeline.SOURCE_KEYS[source] and key not in out:
+      if key not in pipeline_config.SOURCE_KEYS[source] and key not in out:
         out[key] = (value, f"data.source is {source!r} (only source {other!r} reads it)")
   if trainer == "grpo":
     out["narration"] = (False, "GRPO samples the questions of its records")

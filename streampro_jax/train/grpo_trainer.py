@@ -50,7 +50,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from streampro_jax import _config, grpo, judges, models, parallel, rewards, sampling
-from streampro_jax.data import chat_format, pipeline, schema, synthetic
+from streampro_jax.data import chat_format, pipeline, pipeline_config, schema, synthetic
 from streampro_jax.train import checkpoint as ckpt_lib
 from streampro_jax.train import config_check, grpo_step, loop, optim
 from streampro_jax.train import run as run_lib
@@ -420,7 +420,7 @@ def sampler_config(run: config_check.GRPORun) -> sampling.SamplerConfig:
 class GRPOData:
   """What the GRPO recipe builds with its prompts: the pipeline settings, the processor, the
   video grid (1, gh, gw), the chat format and the row sizes."""
-  pcfg: pipeline.PipelineConfig
+  pcfg: pipeline_config.PipelineConfig
   proc: Any
   grid: tuple[int, int, int]
   chat: chat_format.ChatFormat
@@ -435,7 +435,7 @@ def build_grpo_run(config, workdir: str, *, source=None, allow_config_change: bo
 
   def data_fn(r: run_lib.Run) -> run_lib.Data:
     mcfg, data_cfg = r.model_config, r.config.data
-    pcfg = pipeline.PipelineConfig.from_config(data_cfg)
+    pcfg = pipeline_config.PipelineConfig.from_config(data_cfg)
     proc = pipeline.processor_config(pcfg, mcfg)
     _, gh, gw = proc.grid(pcfg.frame_height, pcfg.frame_width)
     tokens_per_turn = gh * gw // (mcfg.vision.spatial_merge_size ** 2)

@@ -17,7 +17,7 @@ from absl import logging
 
 from streampro_jax import models, parallel
 from streampro_jax.models import common
-from streampro_jax.data import synthetic
+from streampro_jax.data import pipeline_config, synthetic
 from streampro_jax.data import tokenizer as tok_lib
 from streampro_jax.train import state as state_lib
 
@@ -130,7 +130,7 @@ def make_data(config, tokenizer, model_config):
   data_cfg["batch_size"] = int(config.global_batch_size)
   source = None
   if data_cfg.get("source") == "synth":
-    spec = {k: data_cfg.get(k, v) for k, v in pipeline.SOURCE_KEYS["synth"].items()}
+    spec = {k: data_cfg.get(k, v) for k, v in pipeline_config.SOURCE_KEYS["synth"].items()}
     synth_cfg = synthetic.SynthConfig.from_dict(dict(spec["synth"]))
     pairs = synthetic.generate(spec["split"], int(spec["num_videos"]),
                                seed=int(spec["synth_seed"]), config=synth_cfg,
