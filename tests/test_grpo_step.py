@@ -12,6 +12,8 @@ with advantages from a NumPy float64 reference; 2 passes in one call equal 2 cal
 the vision tower stays frozen; "recompute" makes the behaviour policy the current one.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -101,6 +103,58 @@ def _np_advantages(r, g, eps=1e-6, ddof=1):
   return (c / (np.sqrt((c ** 2).sum(axis=1, keepdims=True) / (g - ddof)) + eps)).reshape(-1)
 
 
+def _bounds(setup) -> dict:
+  """The derived bounds of the first pass (tests/helpers/tolerances.py):
+  lp: a token's log-prob between two summation orders (tol.logp_bound on the logits' scale);
+  slope: the largest derivative of a token's GRPO loss in its log-prob, r_max |A|_max +
+    beta (1 + e^(max(ref - lp))) (r = e^(lp - old)), so the loss (the aggregation's weights sum
+    to 1) moves by at most slope * lp;
+  adv: an advantage (r - mean) / (std + eps) in float32 against another order or float64: the
+    centring to gamma(G + 1) max |r| / sigma (r - mean cancels), the rest (variance, sqrt,
+    division) to gamma(G + 4) |A|, on each side;
+  n_tok, adv_max: the policy tokens and the largest |advantage|."""
+  b, mcfg = setup["batch"], setup["mcfg"]
+  msk = b["loss_mask"] > 0
+  lp = tol.logp_bound(mcfg, b["input_ids"].shape[1], setup["logit_scale"])
+  r_all = rewards.combine(b["reward_fmt"], b["reward_turn"], b["reward_traj"])
+  adv_max = float(np.abs(_np_advantages(r_all, G)).max())
+  r_max = float(np.exp(setup["tf"] - b["old_logps"])[msk].max()) * (1 + lp)
+  kl_slope = 1 + float(np.exp(setup["ref_logps"] - setup["tf"])[msk].max()) * (1 + lp)
+  groups = np.asarray(r_all, np.float64).reshape(-1, G)
+  sigma = groups.std(axis=1, ddof=1)
+  adv = 2 * (tol.gamma(G + 1) * float(np.abs(groups).max()) / float(sigma[sigma > 0].min())
+             + tol.gamma(G + 4) * adv_max)
+  return dict(lp=lp, slope=r_max * adv_max + grpo.GRPOStepConfig(group_size=G).beta * kl_slope,
+              adv=adv, n_tok=int(msk.sum()), adv_max=adv_max, r_all=r_all)
+
+
+def _param_bound(setup, m, lp) -> float:
+  """The parameters after two Adam steps of the GRPO loss in two summation orders: the weight
+  gradients' noise is the model's chain forward and back (with the log-softmax, summed over the
+  batch's tokens) plus the per-token factors' (r, e^(ref - lp): relative lp each), on the scale
+  of the first pass's largest trained gradient entry (computed here, one device); clipping to
+  norm 1 divides the scale by max(1, |g|) and is 2-Lipschitz when active. Step 2's gradient also
+  moves by the curvature times step 1's parameter difference, assumed at most the rounding noise
+  (as test_train_step.assert_steps_agree does)."""
+  b, mcfg = setup["batch"], setup["mcfg"]
+  n_rows, seq = b["input_ids"].shape
+  grad_rel = tol.model_rel(mcfg, seq, vocab=True, backward=True, tokens=n_rows * seq) + 2 * lp
+  model_batch = jax.tree.map(jnp.asarray, {k: b[k] for k in grpo.GRPO_MODEL_KEYS})
+  r_all = rewards.combine(b["reward_fmt"], b["reward_turn"], b["reward_traj"])
+  adv32 = jnp.asarray(_np_advantages(r_all, G), jnp.float32)
+
+  def first_pass_loss(params):
+    return grpo.grpo_loss_and_aux(setup["logps_fn"](params, model_batch), b["old_logps"],
+                                  setup["ref_logps"], adv32, b["loss_mask"])[0]
+  g = jax.device_get(jax.jit(jax.grad(first_pass_loss))(setup["init"]))
+  g_max = max(tol.max_abs({k: v for k, v in g.items() if k != "visual"}),
+              tol.max_abs(g["visual"]["merger"]))
+  gn = float(m["grad_norm"])
+  noise = grad_rel * min(g_max / max(gn, 1.0), 1.0) * (2.0 if gn > 1.0 else 1.0)
+  lrs = [float(optim.make_schedule(OPTIM, 2)(i)) for i in range(2)]
+  return tol.adam_param_bound(2 * noise, lrs, OPTIM.eps)
+
+
 @pytest.fixture(scope="module")
 def single(setup):
   return _run(setup, {"data": 1, "fsdp": 1, "tensor": 1}, num_passes=2)
@@ -115,67 +169,28 @@ def test_sharded_step_equals_single_device(setup, single):
   assert q.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
   assert len(q.addressable_shards) == 8
   m1, m8 = h1[0], h8[0]
-  b, mcfg = setup["batch"], setup["mcfg"]
-  n_rows, seq = b["input_ids"].shape
-  msk = b["loss_mask"] > 0
-  n_tok = int(msk.sum())
-  # The first pass starts from the same parameters on both meshes; its log-probs differ by the
-  # two summation orders only: at most lp per token (tol.logp_bound, on the logits' scale).
-  lp = tol.logp_bound(mcfg, seq, setup["logit_scale"])
+  b = setup["batch"]
+  n_rows = b["input_ids"].shape[0]
+  d = _bounds(setup)
+  lp, n_tok = d["lp"], d["n_tok"]
   # Token means over n_tok tokens (micro-batch and device partial sums): sum_bound on the mean
   # of the magnitudes, plus each term's own difference.
   mean_rounding = lambda mean_abs: tol.sum_bound(n_tok, mean_abs)  # noqa: E731
   # behaviour_gap = mean |logp - old|: each term moves by <= lp.
   tol.assert_within(abs(m1["behaviour_gap"] - m8["behaviour_gap"]),
                     lp + mean_rounding(m1["behaviour_gap"]), "grpo 8 vs 1: behaviour_gap")
-  # The first pass's loss: per token -min(r A, clip(r) A) + beta (e^(ref - lp) - (ref - lp) - 1)
-  # with r = e^(lp - old); its derivative in the token's log-prob is at most
-  # r_max |A|_max + beta (1 + e^(max(ref - lp))), and the aggregation's weights sum to 1.
-  cfg = grpo.GRPOStepConfig(group_size=G)
-  r_all = rewards.combine(b["reward_fmt"], b["reward_turn"], b["reward_traj"])
-  adv_max = float(np.abs(_np_advantages(r_all, G)).max())
-  r_max = float(np.exp(setup["tf"] - b["old_logps"])[msk].max()) * (1 + lp)
-  kl_slope = 1 + float(np.exp(setup["ref_logps"] - setup["tf"])[msk].max()) * (1 + lp)
-  slope = r_max * adv_max + cfg.beta * kl_slope
   tol.assert_within(abs(m1["loss_first_pass"] - m8["loss_first_pass"]),
-                    slope * lp + mean_rounding(slope), "grpo 8 vs 1: loss_first_pass")
+                    d["slope"] * lp + mean_rounding(d["slope"]), "grpo 8 vs 1: loss_first_pass")
   # Means of the same float32 inputs over the rows in another order.
   for key in ("reward", "reward_fmt", "reward_turn", "reward_traj"):
     tol.assert_within(abs(m1[key] - m8[key]),
-                      tol.sum_bound(n_rows, float(np.abs(b.get(key, r_all)).mean())),
+                      tol.sum_bound(n_rows, float(np.abs(b.get(key, d["r_all"])).mean())),
                       f"grpo 8 vs 1: {key}")
-  # An advantage (r - mean) / (std + eps) of a group with spread sigma: the centring is exact to
-  # gamma(G + 1) max |r| (absolute: r - mean cancels), the rest (variance, sqrt, division) to
-  # gamma(G + 4) |A|, on each side; then the mean over the rows.
-  groups = np.asarray(r_all, np.float64).reshape(-1, G)
-  sigma = groups.std(axis=1, ddof=1)
-  sigma_min = float(sigma[sigma > 0].min())
-  adv_delta = 2 * (tol.gamma(G + 1) * float(np.abs(groups).max()) / sigma_min
-                   + tol.gamma(G + 4) * adv_max)
   tol.assert_within(abs(m1["advantage_abs_mean"] - m8["advantage_abs_mean"]),
-                    adv_delta + tol.sum_bound(n_rows, adv_max), "grpo 8 vs 1: advantage_abs_mean")
+                    d["adv"] + tol.sum_bound(n_rows, d["adv_max"]),
+                    "grpo 8 vs 1: advantage_abs_mean")
   assert m1["zero_variance_groups"] == m8["zero_variance_groups"] == 0.5
-  # The parameters after the two passes (two Adam steps): the weight gradients' noise is the
-  # model's chain forward and back (with the log-softmax, summed over the batch's tokens) plus
-  # the per-token factors' (r, e^(ref - lp): relative lp each), on the scale of the first
-  # pass's largest trained gradient entry (computed here, one device); clipping to norm 1
-  # divides the scale by max(1, |g|) and is 2-Lipschitz when active. Step 2's gradient also
-  # moves by the curvature times step 1's parameter difference, assumed at most the rounding
-  # noise (as test_train_step.assert_steps_agree does).
-  grad_rel = tol.model_rel(mcfg, seq, vocab=True, backward=True, tokens=n_rows * seq) + 2 * lp
-  model_batch = jax.tree.map(jnp.asarray, {k: b[k] for k in grpo.GRPO_MODEL_KEYS})
-  adv32 = jnp.asarray(_np_advantages(r_all, G), jnp.float32)
-
-  def first_pass_loss(params):
-    return grpo.grpo_loss_and_aux(setup["logps_fn"](params, model_batch), b["old_logps"],
-                                  setup["ref_logps"], adv32, b["loss_mask"])[0]
-  g = jax.device_get(jax.jit(jax.grad(first_pass_loss))(setup["init"]))
-  g_max = max(tol.max_abs({k: v for k, v in g.items() if k != "visual"}),
-              tol.max_abs(g["visual"]["merger"]))
-  gn = float(m1["grad_norm"])
-  noise = grad_rel * min(g_max / max(gn, 1.0), 1.0) * (2.0 if gn > 1.0 else 1.0)
-  lrs = [float(optim.make_schedule(OPTIM, 2)(i)) for i in range(2)]
-  dp = tol.adam_param_bound(2 * noise, lrs, OPTIM.eps)
+  dp = _param_bound(setup, m1, lp)
   tol.assert_within(_max_diff(p1, p8), dp, "grpo 8 vs 1: params after 2 passes")
   # The bound leaves room to fail: below half of the largest parameter change.
   assert dp < 0.5 * _max_diff(p1, setup["init"]), (dp, _max_diff(p1, setup["init"]))
@@ -186,23 +201,34 @@ def test_first_pass_equals_reference_loss_and_metrics(setup, single):
   m = h1[0]
   b = setup["batch"]
   r = np.asarray(rewards.combine(b["reward_fmt"], b["reward_turn"], b["reward_traj"]))
-  np.testing.assert_allclose(r[:4], [0.415, 1.225, 0.05, 0.4275], rtol=1e-6)  # by hand
+  # By hand; float32 inputs (one rounding each) and 3 products + 2 sums of non-negative terms.
+  np.testing.assert_allclose(r[:4], [0.415, 1.225, 0.05, 0.4275], rtol=tol.rel_ops_bound(8))
   adv = _np_advantages(r, G)
   assert np.all(adv[4:] == 0.0)
   assert m["zero_variance_groups"] == 0.5
-  assert m["reward"] == pytest.approx(float(np.mean(r)), rel=1e-6)
-  assert m["advantage_abs_mean"] == pytest.approx(float(np.mean(np.abs(adv))), rel=1e-5)
+  d = _bounds(setup)
+  # Means of 8 non-negative float32 numbers in two orders, one division each.
+  mean_rel = tol.sum_bound(8, 1.0) + 2 * tol.U32
+  assert m["reward"] == pytest.approx(float(np.mean(r)), rel=mean_rel)
+  tol.assert_within(abs(m["advantage_abs_mean"] - float(np.mean(np.abs(adv)))),
+                    d["adv"] + tol.sum_bound(8, d["adv_max"]), "grpo: advantage_abs_mean")
   for k in ("reward_fmt", "reward_turn", "reward_traj"):
-    assert m[k] == pytest.approx(float(np.mean(b[k])), rel=1e-6)
+    assert m[k] == pytest.approx(float(np.mean(b[k])), rel=mean_rel)
   ref_logps = np.asarray(jax.jit(setup["logps_fn"])(setup["ref"],
                                                     jax.tree.map(jnp.asarray, b)))
   loss, aux = grpo.grpo_loss_and_aux(jnp.asarray(setup["tf"]), b["old_logps"], ref_logps,
                                      jnp.asarray(adv, jnp.float32), b["loss_mask"])
-  assert m["loss_first_pass"] == pytest.approx(float(loss), rel=1e-4, abs=1e-6)
+  # The step's jit and this one compute the log-probs in other orders (lp per token), and the
+  # advantages in float32 against float64.
+  tol.assert_within(abs(m["loss_first_pass"] - float(loss)),
+                    d["slope"] * d["lp"] + tol.sum_bound(d["n_tok"], d["slope"])
+                    + d["adv"] * d["slope"] / max(d["adv_max"], 1e-30),
+                    "grpo: loss_first_pass vs grpo_loss_and_aux")
   # behaviour gap = mean |logp - old| before any update = the injected noise on masked tokens.
   msk = b["loss_mask"] > 0
-  assert m["behaviour_gap"] == pytest.approx(
-      float(np.mean(np.abs(setup["tf"] - b["old_logps"])[msk])), rel=1e-4)
+  gap = float(np.mean(np.abs(setup["tf"] - b["old_logps"])[msk]))
+  tol.assert_within(abs(m["behaviour_gap"] - gap), d["lp"] + tol.sum_bound(d["n_tok"], gap),
+                    "grpo: behaviour_gap vs NumPy")
   assert 0.0 < float(aux["clip_fraction"]) < 1.0 and float(aux["kl_mean"]) > 0.0
   assert m["policy_tokens"] == float(msk.sum()) and m["rows"] == 8
   # The reference params are an input, never updated or donated.
@@ -210,9 +236,11 @@ def test_first_pass_equals_reference_loss_and_metrics(setup, single):
 
 
 def test_two_passes_equal_two_single_pass_calls_and_vision_frozen(setup, single):
-  _, p_scan, _, _ = single
+  h_scan, p_scan, _, _ = single
   _, p_loop, _, _ = _run(setup, {"data": 1, "fsdp": 1, "tensor": 1}, calls=2, num_passes=1)
-  assert _max_diff(p_scan, p_loop) < 1e-6
+  # A scan over the passes and two calls are two programs: two summation orders.
+  tol.assert_within(_max_diff(p_scan, p_loop), _param_bound(setup, h_scan[0], _bounds(setup)["lp"]),
+                    "grpo: 2 passes in one call vs 2 calls")
   init = setup["init"]
   np.testing.assert_array_equal(p_scan["visual"]["patch_embed"]["kernel"],
                                 init["visual"]["patch_embed"]["kernel"])
@@ -224,17 +252,24 @@ def test_recompute_old_logps_is_on_policy(setup):
   h, _, _, _ = _run(setup, {"data": 1, "fsdp": 1, "tensor": 1}, old_logps="recompute", beta=0.0,
                     aggregation="token-mean")
   m = h[0]
-  assert m["behaviour_gap"] == pytest.approx(0.0, abs=1e-6)
+  d = _bounds(setup)
+  lp, n_tok = d["lp"], d["n_tok"]
+  # The behaviour log-probs (the reference-style forward) and the policy's (the loss's forward)
+  # are two programs: lp apart per token.
+  tol.assert_within(m["behaviour_gap"], lp + tol.sum_bound(n_tok, lp), "recompute: behaviour_gap")
   # The same log-probs on both sides: correlation 1 up to the float32 rounding of the moments
   # (relative 1e-7 per sum of a few hundred tokens, amplified by the n S - S S cancellation).
   assert m["behaviour_corr"] == pytest.approx(1.0, abs=1e-4)
-  assert m["ratio_mean"] == pytest.approx(1.0, abs=1e-6)
+  tol.assert_within(abs(m["ratio_mean"] - 1.0), math.expm1(lp) + tol.sum_bound(n_tok, 1 + lp),
+                    "recompute: ratio_mean")
   assert m["clip_fraction"] == 0.0 and m["kl"] == 0.0
   # On-policy, beta 0, token-mean: loss = -sum(A_b * n_b) / sum(n_b).
   b = setup["batch"]
   adv = _np_advantages(rewards.combine(b["reward_fmt"], b["reward_turn"], b["reward_traj"]), G)
   n_b = b["loss_mask"].sum(axis=1)
-  assert m["loss"] == pytest.approx(float(-(adv * n_b).sum() / n_b.sum()), abs=1e-5)
+  tol.assert_within(abs(m["loss"] - float(-(adv * n_b).sum() / n_b.sum())),
+                    d["adv_max"] * math.expm1(lp) + d["adv"] + tol.sum_bound(n_tok, d["adv_max"]),
+                    "recompute: on-policy loss")
 
 
 def test_config_errors_state_the_numbers():
