@@ -255,6 +255,18 @@ def decode_throughput(model_config, params, *, rows: int, prefix_len: int, new_t
                        hbm_bytes_per_s=hbm_bytes_per_s)
 
 
+def _runners(model_config, params, *, rows, prefix_len, new_tokens, seed, grid, temperature,
+             device, dtype, model, hf_mode):
+  """(ours_run, hf_run, hf_meta): both sides' runners of the same decode work."""
+  ours_run = _ours_runner(model_config, params, rows=rows, prefix_len=prefix_len,
+                          new_tokens=new_tokens, seed=seed, grid=grid, temperature=temperature)
+  hf_run, hf_meta = _hf_runner(model_config, params, rows=rows, prefix_len=prefix_len,
+                               new_tokens=new_tokens, seed=seed, grid=grid,
+                               temperature=temperature, device=device, dtype=dtype, model=model,
+                               hf_mode=hf_mode)
+  return ours_run, hf_run, hf_meta
+
+
 def compare_throughput(model_config, params, *, rows: int, prefix_len: int, new_tokens: int,
                        seed: int = 0, grid=None, repeats: int = 5, temperature: float = 1.0,
                        device=None, dtype: str = "float32", model=None,
@@ -264,12 +276,10 @@ def compare_throughput(model_config, params, *, rows: int, prefix_len: int, new_
   interleaved: after both warm up, each of the `repeats` rounds runs ours (prefill + decode),
   then `generate` with one new token (its prefill), then `generate` with new_tokens, so that a
   change of machine load hits both sides alike. Medians over the rounds."""
-  ours_run = _ours_runner(model_config, params, rows=rows, prefix_len=prefix_len,
-                          new_tokens=new_tokens, seed=seed, grid=grid, temperature=temperature)
-  hf_run, hf_meta = _hf_runner(model_config, params, rows=rows, prefix_len=prefix_len,
-                               new_tokens=new_tokens, seed=seed, grid=grid,
-                               temperature=temperature, device=device, dtype=dtype, model=model,
-                               hf_mode=hf_mode)
+  ours_run, hf_run, hf_meta = _runners(
+      model_config, params, rows=rows, prefix_len=prefix_len, new_tokens=new_tokens, seed=seed,
+      grid=grid, temperature=temperature, device=device, dtype=dtype, model=model,
+      hf_mode=hf_mode)
   t = time.perf_counter()
   _, _, msg = ours_run(0)
   compile_s = time.perf_counter() - t
@@ -295,12 +305,10 @@ def rounds_sides(model_config, params, *, rows: int, prefix_len: int, new_tokens
   `calls` timed runs of prefill + decode (transformers: `generate` with one new token, then with
   new_tokens), medians, and the work done -- rows, new tokens per row and the sampled tokens
   counted from the outputs (equal on both sides: checked every round by run_rounds)."""
-  ours_run = _ours_runner(model_config, params, rows=rows, prefix_len=prefix_len,
-                          new_tokens=new_tokens, seed=seed, grid=grid, temperature=temperature)
-  hf_run, hf_meta = _hf_runner(model_config, params, rows=rows, prefix_len=prefix_len,
-                               new_tokens=new_tokens, seed=seed, grid=grid,
-                               temperature=temperature, device=device, dtype=dtype, model=model,
-                               hf_mode=hf_mode)
+  ours_run, hf_run, hf_meta = _runners(
+      model_config, params, rows=rows, prefix_len=prefix_len, new_tokens=new_tokens, seed=seed,
+      grid=grid, temperature=temperature, device=device, dtype=dtype, model=model,
+      hf_mode=hf_mode)
   _, _, msg = ours_run(0)
   _check_lengths(msg, new_tokens)
   hf_run(0)
