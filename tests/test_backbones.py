@@ -199,7 +199,7 @@ def test_harness_evaluates_tiny_qwen3(setup, tmp_path):
   out = harness.evaluate(setup["params"], setup["cfg"], setup["tok"], setup["records"],
                          MatchJudge(), str(tmp_path), hcfg)
   items = harness.benchmark_items(setup["records"])
-  results = harness.read_results(os.path.join(str(tmp_path), harness.RESULTS_FILE))
+  results = harness._read_results(os.path.join(str(tmp_path), harness.RESULTS_FILE))
   assert sorted(results) == sorted(it.id for it in items)
   for it in items:
     res = results[it.id]

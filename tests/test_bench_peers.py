@@ -99,7 +99,7 @@ def proactive_official_output():
     for q in video["questions"]:
       last = _PROACTIVE[k][3]
       if last is not None:
-        hist = _history(streamingbench.hms_to_seconds(q["time_stamp"]), last)
+        hist = _history(streamingbench._hms_to_seconds(q["time_stamp"]), last)
         q[MODEL] = {"answered": last[0], "dialog_history": hist}
       k += 1
   return videos
@@ -201,11 +201,11 @@ def test_score_proactive_matches_official_count(tmp_path):
 def test_proactive_protocol_helpers():
   q = {"question": 'When the score is 3, output "3".', "time_stamp": "00:00:20",
        "ground_truth_time_stamp": "00:00:29", "ground_truth_output": "3"}
-  assert streamingbench.poll_times(q) == list(range(21, 34))
-  assert streamingbench.proactive_query(q).endswith(
+  assert streamingbench._poll_times(q) == list(range(21, 34))
+  assert streamingbench._proactive_query(q).endswith(
       'Is it the right time to output "3"? You can only answer yes or no.')
-  assert streamingbench.is_yes(" Yes.") and not streamingbench.is_yes("No")
-  assert streamingbench.hms_to_seconds("01:02:03") == 3723
+  assert streamingbench._is_yes(" Yes.") and not streamingbench._is_yes("No")
+  assert streamingbench._hms_to_seconds("01:02:03") == 3723
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,18 +236,18 @@ def test_ovo_score_matches_official():
 
 
 def test_ovo_rules_and_edges():
-  assert ovo.score_choice("B. a", "B") == 1 and ovo.score_choice("b", "B") == 0
-  assert ovo.score_choice(None, "A") == 0
-  assert ovo.score_rec("count: 1, 0", 10) == 1     # digits joined: "10"
-  assert ovo.score_rec("10", 10.0) == 0             # compared with str(10.0) == "10.0"
-  assert ovo.score_yes_no("N", 0) == 1 and ovo.score_yes_no("N", 1) == 0
-  assert ovo.score_yes_no("no", 0) == 0 and ovo.score_yes_no("Yes!", 1) == 1
-  assert ovo.score_yes_no(None, 1) == 0
+  assert ovo._score_choice("B. a", "B") == 1 and ovo._score_choice("b", "B") == 0
+  assert ovo._score_choice(None, "A") == 0
+  assert ovo._score_rec("count: 1, 0", 10) == 1     # digits joined: "10"
+  assert ovo._score_rec("10", 10.0) == 0             # compared with str(10.0) == "10.0"
+  assert ovo._score_yes_no("N", 0) == 1 and ovo._score_yes_no("N", 1) == 0
+  assert ovo._score_yes_no("no", 0) == 0 and ovo._score_yes_no("Yes!", 1) == 1
+  assert ovo._score_yes_no(None, 1) == 0
   res = ovo_results()
   res["forward"] = []
   out = ovo.score(res)
   assert out["forward"] is None and out["total"] is None
-  merged = ovo.merge_results([{"backward": res["backward"][:2], "realtime": [], "forward": []},
+  merged = ovo._merge_results([{"backward": res["backward"][:2], "realtime": [], "forward": []},
                               {"backward": res["backward"][2:], "realtime": res["realtime"]}])
   assert ovo.score(merged)["tasks"]["EPM"] == tol.approx64(0.5)
   bad = {"backward": [], "realtime": [], "forward": [{"id": 1, "task": "XYZ", "test_info": []}]}
@@ -319,13 +319,13 @@ def test_pauc_benchmark_mean_and_postprocess():
 
 
 def test_drop_late_regressions_and_judge_helpers():
-  assert pauc.drop_late_regressions({5: 1}, 0.0) == {5.0: 1}
+  assert pauc._drop_late_regressions({5: 1}, 0.0) == {5.0: 1}
   # Nothing inside the related span: last = 0, so no later grade is below it.
-  assert pauc.drop_late_regressions({5: 0, 6: 1}, 1.0) == {5.0: 0, 6.0: 1}
-  assert pauc.drop_late_regressions({1: 2, 5: 1, 6: 2}, 2.0) == {1.0: 2, 6.0: 2}
+  assert pauc._drop_late_regressions({5: 0, 6: 1}, 1.0) == {5.0: 0, 6.0: 1}
+  assert pauc._drop_late_regressions({1: 2, 5: 1, 6: 2}, 2.0) == {1.0: 2, 6.0: 2}
   # "a" at 1 is outside [2, 10]; the repeated "b" at 7 is skipped; "d" at 20 is outside.
   got = pauc.judge_inputs([(1.0, "a"), (4.0, "b"), (5.0, "a"), (7.0, "b"), (8.0, "c"),
                            (20.0, "d")], (2.0, 10.0))
   assert got == [(4.0, "b"), (5.0, "b a"), (8.0, "b a c")]
-  assert pauc.grade_from_judge_output(" 3") == 2
-  assert pauc.grade_from_judge_output("score: 2") is None
+  assert pauc._grade_from_judge_output(" 3") == 2
+  assert pauc._grade_from_judge_output("score: 2") is None

@@ -57,7 +57,7 @@ def test_write_report(tmp_path):
 def test_table_from_paper_numbers():
   # A variant given only its scores (fractions), e.g. the paper's row, and a missing dimension.
   task_f1 = {"EU": .546, "OU": .364, "AA": .435, "TP": .588, "TG": .314, "GP": .106, "RF": .063}
-  paper = {"scores": f1m.aggregate(task_f1, f1m.PAPER_QA_COUNTS)}
+  paper = {"scores": f1m.aggregate(task_f1, f1m._PAPER_QA_COUNTS)}
   partial = {"scores": f1m.aggregate({"EU": 0.1}, {"EU": 3})}
   table = report.markdown_table({"StreamPro-GRPO-4B (paper)": paper, "partial": partial})
   row = table.splitlines()[2]

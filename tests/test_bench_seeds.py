@@ -39,7 +39,7 @@ def test_paired_gaps_hand_computed():
   # Focal is reported, not claimed.
   assert "sft_focal - sft_ce" in s["gaps"] and "sft_focal - sft_ce" not in seeds.findings(s)
   assert s["variants"]["sft_ce"]["mean"] == tol.approx64(0.35 / 3, ops=16)
-  text = seeds.findings_text(s, "test")
+  text = seeds._findings_text(s, "test")
   assert "sft_cb_stream scores above sft_ce on every one of the 3 seeds: +6.0, +4.0, +8.0" in text
   assert "grpo does not score above sft_cb_stream on 1 of 3 seeds" in text
 
@@ -51,7 +51,7 @@ def test_positive_gaps_with_a_wide_spread_do_not_hold():
   g = seeds.summarize(_per_seed(table), VARIANTS)["gaps"]["sft_cb_stream - sft_ce"]
   assert g["std"] == tol.approx64(math.sqrt(0.0027), ops=16)
   assert g["all_positive"] and not g["holds"]
-  assert seeds.gaps_table({"gaps": {"x - y": g}}).splitlines()[-1] == (
+  assert seeds._gaps_table({"gaps": {"x - y": g}}).splitlines()[-1] == (
       "| x - y | +1.0, +1.0, +10.0 | +4.0 +- 5.2 | yes | no |")
 
 
@@ -61,6 +61,6 @@ def test_one_seed_and_missing_variants():
   assert s["gaps"]["grpo - sft_cb_stream"]["std"] == 0.0 and seeds.findings(s)[
       "grpo - sft_cb_stream"]
   with pytest.raises(KeyError, match="lack 'grpo'"):
-    seeds.paired_gap({"0": {"sft_cb_stream": 0.1}}, "grpo", "sft_cb_stream")
+    seeds._paired_gap({"0": {"sft_cb_stream": 0.1}}, "grpo", "sft_cb_stream")
   with pytest.raises(ValueError, match="no values"):
-    seeds.mean_std([])
+    seeds._mean_std([])

@@ -129,7 +129,7 @@ def test_greedy_matching_by_hand():
   # OU answers A at 10 (window [7, 13]) and B at 14 (window [11, 17]).
   answers = [{"time": 14, "text": "B"}, {"time": 10, "text": "A"}]   # given out of time order
   preds = [(30.0, "A"), (16.0, "B"), (12.5, "B"), (12.0, "A"), (8.0, "A")]
-  m = f1m.match_qa("OU", preds, answers, judge_by_text)
+  m = f1m._match_qa("OU", preds, answers, judge_by_text)
   # 8 -> A: S_time 1 - 2/4 = 0.5, S = 0.5.   12 -> A (A's window comes first): S = 0.5.
   # 12.5 -> A although B's window holds it too: judge("B", "A") = 0, S = 0.
   # 16 -> B: S_time 0.5, S = 0.5.            30 -> nothing (still counts in N_pred).
@@ -191,7 +191,7 @@ def test_five_point_judge_and_question_passed():
   def judge5(p, a, q):
     seen.append(q)
     return 4
-  out = f1m.score_qa("OU", [(5, "x")], [{"time": 5, "text": "y"}], f1m.five_point_judge(judge5),
+  out = f1m.score_qa("OU", [(5, "x")], [{"time": 5, "text": "y"}], f1m._five_point_judge(judge5),
                      question="What?")
   assert out["f1"] == tol.approx64(0.8) and seen == ["What?"]
 
@@ -199,7 +199,7 @@ def test_five_point_judge_and_question_passed():
 def test_aggregate_reproduces_paper():
   # StreamPro-GRPO-4B per-task F1 and the QA counts (docs/method.md section 4).
   task_f1 = {"EU": 54.6, "OU": 36.4, "AA": 43.5, "TP": 58.8, "TG": 31.4, "GP": 10.6, "RF": 6.3}
-  out = f1m.aggregate(task_f1, f1m.PAPER_QA_COUNTS)
+  out = f1m.aggregate(task_f1, f1m._PAPER_QA_COUNTS)
   paper = {"PU": 45.0, "TR": 44.4, "PA": 7.6, "Avg": 32.3, "W-Avg": 41.5}
   # The inputs are rounded to 0.1, so a weighted mean moves by <= 0.05 and the shown value by
   # another 0.05: agreement to 0.1.
@@ -209,7 +209,7 @@ def test_aggregate_reproduces_paper():
   assert out["PU"] == tol.approx64((54.6 * 166 + 36.4 * 144 + 43.5 * 240) / 550)
   assert out["TR"] == tol.approx64((58.8 * 296 + 31.4 * 331) / 627)
   assert out["PA"] == tol.approx64((10.6 * 33 + 6.3 * 75) / 108)
-  assert out["W-Avg"] == tol.approx64(sum(task_f1[k] * f1m.PAPER_QA_COUNTS[k]
+  assert out["W-Avg"] == tol.approx64(sum(task_f1[k] * f1m._PAPER_QA_COUNTS[k]
                                            for k in task_f1) / 1285)
   assert out["Avg"] == tol.approx64((out["PU"] + out["TR"] + out["PA"]) / 3)
   assert all(out[k] == task_f1[k] for k in task_f1)

@@ -60,7 +60,7 @@ def test_time_acc_by_hand():
   assert ta["TR"]["acc"] == tol.approx64(2 / 6) and "PA" not in ta
   assert ta["All"]["matched"] == 5 and ta["All"]["count"] == 4
   # The table.
-  table = report.detail_table({"m": res})
+  table = report._detail_table({"m": res})
   lines = table.splitlines()
   assert lines[0] == "| Variant | Task | F1 | P | R | Time | Acc | matched |"
   ou = next(line for line in lines if line.startswith("| m | OU |"))

@@ -60,7 +60,7 @@ def test_end_to_end_tiny_model_synthstream(tmp_path):
   for name in ("results.jsonl", "scores.json", "results.json", "table.md", "f1_by_task.png",
                "response_offsets.png", "precision_recall.png"):
     assert os.path.getsize(os.path.join(workdir, name)) > 0, name
-  results = harness.read_results(os.path.join(workdir, harness.RESULTS_FILE))
+  results = harness._read_results(os.path.join(workdir, harness.RESULTS_FILE))
   records = [synthetic.make_record("test", i, config=synthetic.SynthConfig(
       resolution=32, min_duration=12, max_duration=16)) for i in range(3)]
   items = harness.benchmark_items(records)
@@ -94,7 +94,7 @@ def test_end_to_end_tiny_model_synthstream(tmp_path):
 
   def frames(record, k):
     calls.append(record.id)
-    return harness.load_frames(record, k, size=(16, 16))
+    return harness._load_frames(record, k, size=(16, 16))
   redo = harness.run_benchmark(params, model_config, tokenizer, items, path, hcfg,
                                frames_fn=frames)
   torn = json.loads(lines[-1])["id"]
@@ -109,20 +109,20 @@ def test_streampro_items_oracle_and_silent():
   items = harness.benchmark_items(records)
   assert len(items) == 7 and len({it.question.task for it in items}) == 7
   oracle = [_oracle_result(it) for it in items]
-  scored = streampro_f1.score_benchmark(harness.streampro_items(oracle, items),
+  scored = streampro_f1.score_benchmark(harness._streampro_items(oracle, items),
                                         _exact_judge())
   # Responses dated Y = k + 1 on the ground-truth turns: exact texts, small time offsets.
   assert scored["scores"]["W-Avg"] > 0.8
   for res in oracle:
     assert all(float(t) == float(int(t)) for t, _ in res["predictions"])
   silent = [dict(r, predictions=[]) for r in oracle]
-  scored = streampro_f1.score_benchmark(harness.streampro_items(silent, items), _exact_judge())
+  scored = streampro_f1.score_benchmark(harness._streampro_items(silent, items), _exact_judge())
   assert scored["scores"]["W-Avg"] == 0.0
-  stats = harness.decision_stats(oracle)
+  stats = harness._decision_stats(oracle)
   assert stats["turns"] == sum(it.num_turns for it in items)
   assert stats["response"] == sum(len(r["predictions"]) for r in oracle)
   with pytest.raises(KeyError):
-    harness.streampro_items(oracle[:-1], items)
+    harness._streampro_items(oracle[:-1], items)
 
 
 def _exact_judge():
@@ -140,8 +140,8 @@ def test_benchmark_items_and_max_videos():
 def test_read_results_skips_torn_lines(tmp_path):
   path = tmp_path / "r.jsonl"
   path.write_text('{"id": "a", "x": 1}\n{"id": "b"\n\n{"id": "c"}\n')
-  assert sorted(harness.read_results(str(path))) == ["a", "c"]
-  assert harness.read_results(str(tmp_path / "missing.jsonl")) == {}
+  assert sorted(harness._read_results(str(path))) == ["a", "c"]
+  assert harness._read_results(str(tmp_path / "missing.jsonl")) == {}
 
 
 def test_wait_prompt_format(synthetic_tokenizer):
@@ -277,7 +277,7 @@ def test_restore_train_params(tmp_path):
                                  opt_state={"mu": jnp.zeros(4)})
     ckpt.save(step, state)
   ckpt.close()
-  got = checkpoints.restore_train_params(str(tmp_path / "checkpoints"))
+  got = checkpoints._restore_train_params(str(tmp_path / "checkpoints"))
   np.testing.assert_array_equal(np.asarray(got["layer"]["kernel"]),
                                 5 * np.arange(6.0).reshape(2, 3))
   np.testing.assert_array_equal(np.asarray(got["bias"]), np.ones(4))
@@ -319,7 +319,7 @@ def test_evaluate_never_mixes_two_checkpoints(tmp_path):
           "--noprogress_bar", "--nooverwrite"]
   ev.flags.FLAGS(args + [f"--checkpoint={a}"])
   ev.main([])
-  ident = json.load(open(os.path.join(workdir, harness.IDENTITY_FILE)))
+  ident = json.load(open(os.path.join(workdir, harness._IDENTITY_FILE)))
   assert ident["checkpoint"]["path"] == a and ident["decoding"]["frame_height"] == 16
   first = open(os.path.join(workdir, harness.RESULTS_FILE)).read()
 
@@ -331,12 +331,12 @@ def test_evaluate_never_mixes_two_checkpoints(tmp_path):
 
   with pytest.raises(harness.ResultsMismatch, match=r"checkpoint\.path: .*model_a.* -> "
                      r".*model_b"):
-    harness.check_results_identity(os.path.join(workdir, harness.RESULTS_FILE),
+    harness._check_results_identity(os.path.join(workdir, harness.RESULTS_FILE),
                                    {**ident, "checkpoint": {"kind": "hf", "path": b}})
   ev.flags.FLAGS(args[:-1] + [f"--checkpoint={b}", "--overwrite"])
   ev.main([])
   assert os.path.exists(os.path.join(workdir, harness.RESULTS_FILE + ".replaced.0"))
-  ident = json.load(open(os.path.join(workdir, harness.IDENTITY_FILE)))
+  ident = json.load(open(os.path.join(workdir, harness._IDENTITY_FILE)))
   assert ident["checkpoint"]["path"] == b
   scores = json.load(open(os.path.join(workdir, "scores.json")))
   assert scores["identity"]["checkpoint"]["path"] == b and scores["judge"]["class"]

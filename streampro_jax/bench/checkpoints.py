@@ -16,8 +16,13 @@ import os
 
 from absl import logging
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DEFAULT_CONFIG = os.path.join(ROOT, "configs", "tiny_synthetic.py")
+__all__ = [
+    "CONVERSION_FILE", "CheckpointError", "checkpoint_identity", "checkpoint_kind", "file_id",
+    "load_model", "trained_frame_size"
+]
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_DEFAULT_CONFIG = os.path.join(_ROOT, "configs", "tiny_synthetic.py")
 """The config of a "random" checkpoint when none is given (the tiny synthetic model)."""
 CONVERSION_FILE = "streampro_conversion.json"
 """The record launch/convert_checkpoint.py writes into an exported folder (frame size, source)."""
@@ -27,9 +32,9 @@ class CheckpointError(ValueError):
   """A checkpoint path that is none of the three kinds (the message names the path)."""
 
 
-def load_config_file(path: str | None):
-  """get_config() of a config file (default DEFAULT_CONFIG)."""
-  spec = importlib.util.spec_from_file_location("eval_config", path or DEFAULT_CONFIG)
+def _load_config_file(path: str | None):
+  """get_config() of a config file (default _DEFAULT_CONFIG)."""
+  spec = importlib.util.spec_from_file_location("eval_config", path or _DEFAULT_CONFIG)
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   return mod.get_config()
@@ -76,7 +81,7 @@ def checkpoint_identity(checkpoint: str, *, config_path: str | None = None) -> d
   return {"kind": "hf", "path": path, "files": files}
 
 
-def workdir_config(workdir: str):
+def _workdir_config(workdir: str):
   """The config.json a training workdir was run with, as a ConfigDict (None if absent)."""
   import ml_collections  # pylint: disable=g-import-not-at-top
   path = os.path.join(workdir, "config.json")
@@ -107,7 +112,7 @@ def load_model(checkpoint: str, *, config_path: str | None, tokenizer_dir: str |
   """(params, model_config, tokenizer, train_config or None) of a checkpoint (checkpoint_kind).
 
   A training workdir is read with the config.json it was run with; config_path (a config file)
-  overrides it (a warning names the differences); "random" uses config_path or DEFAULT_CONFIG.
+  overrides it (a warning names the differences); "random" uses config_path or _DEFAULT_CONFIG.
   tokenizer_dir: a tokenizer folder (default: the checkpoint's); workdir: where a "random"
   model's tokenizer is built."""
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
@@ -120,9 +125,9 @@ def load_model(checkpoint: str, *, config_path: str | None, tokenizer_dir: str |
 
   kind = checkpoint_kind(checkpoint)
   if kind in ("random", "workdir"):
-    cfg = workdir_config(checkpoint) if kind == "workdir" else None
+    cfg = _workdir_config(checkpoint) if kind == "workdir" else None
     if cfg is None or config_path:
-      given = load_config_file(config_path)
+      given = _load_config_file(config_path)
       if cfg is not None:
         from streampro_jax.train import config_check  # pylint: disable=g-import-not-at-top
         diffs = config_check.config_diff(cfg, given)
@@ -140,7 +145,7 @@ def load_model(checkpoint: str, *, config_path: str | None, tokenizer_dir: str |
       params = nn.unbox(init(jax.random.key(int(cfg.get("seed", 0)))))
       logging.info("random model of %s", config_path or "configs/tiny_synthetic.py")
     else:
-      params = restore_train_params(os.path.join(checkpoint, "checkpoints"))
+      params = _restore_train_params(os.path.join(checkpoint, "checkpoints"))
     return params, model_config, tokenizer, cfg
   model_config, params = models.load_hf_checkpoint(checkpoint, dtype=jnp.float32)
   tokenizer, needs_resize = tok_lib.load_tokenizer(tokenizer_dir or checkpoint)
@@ -151,7 +156,7 @@ def load_model(checkpoint: str, *, config_path: str | None, tokenizer_dir: str |
   return params, model_config, tokenizer, None
 
 
-def restore_train_params(ckpt_dir: str):
+def _restore_train_params(ckpt_dir: str):
   """Params of the newest orbax checkpoint in ``<workdir>/checkpoints``, on this process's
   first device, whatever mesh and device count saved them (the shapes come from the
   checkpoint's metadata; the optimizer state is not read)."""

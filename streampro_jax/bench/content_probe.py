@@ -17,14 +17,16 @@ from typing import Any
 import jax
 import numpy as np
 
-DIRECTION_WORDS = ("left", "right", "top", "bottom")
+__all__ = ["probe_batches", "slot_groups"]
+
+_DIRECTION_WORDS = ("left", "right", "top", "bottom")
 
 
 def slot_groups(tokenizer) -> dict[str, list[int]]:
   """Token ids of the content words of SynthStream answers, by group."""
   from streampro_jax.data import synthetic  # pylint: disable=g-import-not-at-top
   groups = {"colour": list(synthetic.COLORS), "shape": list(synthetic.SHAPES),
-            "direction": list(DIRECTION_WORDS)}
+            "direction": list(_DIRECTION_WORDS)}
   out = {}
   for name, words in groups.items():
     ids = [tokenizer.convert_tokens_to_ids(w) for w in words]

@@ -6,7 +6,7 @@ Flow (`evaluate`):
      temperature 0, G = 1, KV cache with a sliding window of `window_turns` = 200 turns); one
      JSON line per finished item appended to the results file (resumable: a rerun skips the ids
      already there; a torn last line is ignored and redone); tqdm progress over turns
-  -> `streampro_items`: StreamPro-F1 inputs, predictions [(Y = k + 1, text)] of the responding
+  -> `_streampro_items`: StreamPro-F1 inputs, predictions [(Y = k + 1, text)] of the responding
      turns -> bench.streampro_f1.score_benchmark with a judge -> bench.report.write_report.
 
 Result line (JSON): {"id", "record_id", "question_id", "task", "num_turns", "ask_turn",
@@ -38,10 +38,16 @@ import numpy as np
 from streampro_jax import models, prompts, sampling
 from streampro_jax.data import chat_format, schema
 
-logger = logging.getLogger(__name__)
+__all__ = [
+    "HarnessConfig", "RESULTS_FILE", "ResultsMismatch", "benchmark_items", "evaluate",
+    "item_id", "make_sampler", "ovo_results", "pauc_examples", "run_benchmark",
+    "streamingbench_proactive_histories", "streamingbench_rtvu_responses"
+]
+
+_logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.jsonl"
-IDENTITY_FILE = "results.identity.json"   # what made results.jsonl, next to it
+_IDENTITY_FILE = "results.identity.json"   # what made results.jsonl, next to it
 
 
 class ResultsMismatch(ValueError):
@@ -57,23 +63,23 @@ def _flat(tree, prefix=""):
   return {prefix: tree}
 
 
-def check_results_identity(results_path: str, identity: Mapping[str, Any], *,
+def _check_results_identity(results_path: str, identity: Mapping[str, Any], *,
                            overwrite: bool = False) -> None:
   """Makes sure the results in `results_path` were made by `identity`, and records it.
 
   identity: JSON-able dict of what determines the result lines (checkpoint identity, benchmark
-  and its annotations, frames, decoding settings). Stored in IDENTITY_FILE next to the results.
+  and its annotations, frames, decoding settings). Stored in _IDENTITY_FILE next to the results.
   An existing results file with another identity (or none recorded) raises ResultsMismatch
   naming every differing key, unless `overwrite`: then the old results and identity are moved
   to `<name>.replaced.<n>` and the run starts fresh. Never mixes two models' lines.
   """
-  ident_path = os.path.join(os.path.dirname(os.path.abspath(results_path)), IDENTITY_FILE)
+  ident_path = os.path.join(os.path.dirname(os.path.abspath(results_path)), _IDENTITY_FILE)
   want = json.loads(json.dumps(identity, default=str))
   have_results = os.path.exists(results_path) and os.path.getsize(results_path) > 0
   diffs = []
   if have_results:
     if not os.path.exists(ident_path):
-      diffs = [f"{results_path} records no identity ({IDENTITY_FILE} missing)"]
+      diffs = [f"{results_path} records no identity ({_IDENTITY_FILE} missing)"]
     else:
       with open(ident_path, encoding="utf-8") as f:
         old = _flat(json.load(f))
@@ -92,13 +98,13 @@ def check_results_identity(results_path: str, identity: Mapping[str, Any], *,
         while os.path.exists(f"{path}.replaced.{n}"):
           n += 1
         os.replace(path, f"{path}.replaced.{n}")
-        logger.warning("set aside %s as %s.replaced.%d (--overwrite)", path, path, n)
+        _logger.warning("set aside %s as %s.replaced.%d (--overwrite)", path, path, n)
   os.makedirs(os.path.dirname(os.path.abspath(results_path)), exist_ok=True)
   with open(ident_path, "w", encoding="utf-8") as f:
     json.dump(want, f, indent=1, sort_keys=True)
 
 
-def decoding_identity(config: HarnessConfig) -> dict[str, Any]:
+def _decoding_identity(config: HarnessConfig) -> dict[str, Any]:
   """The HarnessConfig fields that change result lines (not batch_size, seed of greedy
   decoding aside, nor the progress bar)."""
   d = dataclasses.asdict(config)
@@ -146,7 +152,7 @@ class HarnessConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class Item:
+class _Item:
   """One trajectory to evaluate."""
   record: schema.Record
   question: schema.Question
@@ -165,15 +171,15 @@ def item_id(record_id: str, question_id: str) -> str:
 
 
 def benchmark_items(records: Iterable[schema.Record], *, max_videos: int | None = None
-                    ) -> list[Item]:
+                    ) -> list[_Item]:
   """One item per (record, question) of the first `max_videos` records, in order."""
   records = list(records)
   if max_videos is not None:
     records = records[:int(max_videos)]
-  return [Item(r, q) for r in records for q in r.questions]
+  return [_Item(r, q) for r in records for q in r.questions]
 
 
-def load_frames(record: schema.Record, num_turns: int, *, frames_per_turn: int = 2,
+def _load_frames(record: schema.Record, num_turns: int, *, frames_per_turn: int = 2,
                 size: tuple[int, int] | None = None, base_dir: str | None = None) -> np.ndarray:
   """uint8 frames [num_turns * frames_per_turn, H, W, 3] of a record (SynthStream is rendered,
   files are decoded with data/video.py), resized to `size` (h, w) when given."""
@@ -201,7 +207,7 @@ def load_frames(record: schema.Record, num_turns: int, *, frames_per_turn: int =
 # Results file.
 
 
-def read_results(path: str) -> dict[str, dict]:
+def _read_results(path: str) -> dict[str, dict]:
   """{id: result} of a results JSONL file (missing file: {}); an unparsable line (a run killed
   mid-write) is skipped with a warning, so its item is run again."""
   out: dict[str, dict] = {}
@@ -216,11 +222,11 @@ def read_results(path: str) -> dict[str, dict]:
         res = json.loads(line)
         out[res["id"]] = res
       except (json.JSONDecodeError, KeyError, TypeError):
-        logger.warning("%s:%d: unreadable result line skipped (it will be run again)", path, n)
+        _logger.warning("%s:%d: unreadable result line skipped (it will be run again)", path, n)
   return out
 
 
-def result_of(item: Item, batch: sampling.RolloutBatch, row: int, prompt_style: str) -> dict:
+def _result_of(item: _Item, batch: sampling.RolloutBatch, row: int, prompt_style: str) -> dict:
   """The JSON result of one row of a rollout batch."""
   k = int(batch.num_turns[row])
   turns = []
@@ -262,7 +268,7 @@ def make_sampler(model_config, tokenizer, config: HarnessConfig, *, user_chunk_l
   return sampling.StreamingSampler(model_config, fmt, scfg, video_grid=grid)
 
 
-def run_benchmark(params, model_config, tokenizer, items: Sequence[Item], results_path: str,
+def run_benchmark(params, model_config, tokenizer, items: Sequence[_Item], results_path: str,
                   config: HarnessConfig, *,
                   frames_fn: Callable[[schema.Record, int], np.ndarray] | None = None,
                   identity: Mapping[str, Any] | None = None, overwrite: bool = False
@@ -275,8 +281,8 @@ def run_benchmark(params, model_config, tokenizer, items: Sequence[Item], result
     results_path: JSONL file (created; existing lines are kept and their ids skipped).
     config: HarnessConfig.
     frames_fn: (record, num_turns) -> uint8 frames [num_turns * tp, H, W, 3]; default
-      load_frames at the configured size.
-    identity: what made the results (check_results_identity; the decoding settings of `config`
+      _load_frames at the configured size.
+    identity: what made the results (_check_results_identity; the decoding settings of `config`
       are added): lines of another model or setting are never reused; None: no check.
     overwrite: with `identity`, set aside results of another identity instead of stopping.
 
@@ -285,17 +291,17 @@ def run_benchmark(params, model_config, tokenizer, items: Sequence[Item], result
   """
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   if identity is not None:
-    check_results_identity(results_path, {**identity, "decoding": decoding_identity(config)},
+    _check_results_identity(results_path, {**identity, "decoding": _decoding_identity(config)},
                            overwrite=overwrite)
-  done = read_results(results_path)
+  done = _read_results(results_path)
   todo = [it for it in items if it.id not in done]
-  logger.info("harness: %d items, %d already in %s, %d to run", len(items),
+  _logger.info("harness: %d items, %d already in %s, %d to run", len(items),
               len(items) - len(todo), results_path, len(todo))
   size = (config.frame_height, config.frame_width)
   if todo:
     if frames_fn is None:
       tp = model_config.vision.temporal_patch_size
-      frames_fn = lambda rec, k: load_frames(rec, k, frames_per_turn=tp, size=size)
+      frames_fn = lambda rec, k: _load_frames(rec, k, frames_per_turn=tp, size=size)
     turns_of = lambda it: (it.num_turns if config.max_turns is None
                            else min(it.num_turns, int(config.max_turns)))
     probe = make_sampler(model_config, tokenizer, config)
@@ -336,9 +342,9 @@ def run_benchmark(params, model_config, tokenizer, items: Sequence[Item], result
         if last[0] != live or out.decisions.shape[1] < k_max:
           raise RuntimeError(f"sampler ran {last[0]} of {live} turns")
         for row, it in enumerate(batch_items):
-          res = result_of(it, out, row, config.prompt_style)
+          res = _result_of(it, out, row, config.prompt_style)
           if res["overflow"]:
-            logger.warning("item %s: KV cache overflow (capacity %d)", it.id, cap)
+            _logger.warning("item %s: KV cache overflow (capacity %d)", it.id, cap)
           f.write(json.dumps(res, ensure_ascii=False) + "\n")
           done[it.id] = res
         f.flush()
@@ -350,7 +356,7 @@ def run_benchmark(params, model_config, tokenizer, items: Sequence[Item], result
 # StreamPro-F1.
 
 
-def streampro_items(results: Sequence[Mapping[str, Any]], items: Sequence[Item]) -> list[dict]:
+def _streampro_items(results: Sequence[Mapping[str, Any]], items: Sequence[_Item]) -> list[dict]:
   """score_benchmark inputs: {"id", "task", "question", "answers", "predictions"} per item."""
   by_id = {r["id"]: r for r in results}
   out = []
@@ -364,7 +370,7 @@ def streampro_items(results: Sequence[Mapping[str, Any]], items: Sequence[Item])
   return out
 
 
-def decision_stats(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def _decision_stats(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
   """Counts of silence / response / invalid turns over all results."""
   counts = {"silence": 0, "response": 0, "invalid": 0}
   for r in results:
@@ -383,7 +389,7 @@ def evaluate(params, model_config, tokenizer, records: Sequence[schema.Record], 
 
   Writes <workdir>/results.jsonl, scores.json (score_benchmark output + decision stats) and the
   report files of bench/report.write_report (results.json, table.md, three PNG figures).
-  Returns {"scores": score_benchmark output, "paths": report paths, "stats": decision_stats}.
+  Returns {"scores": score_benchmark output, "paths": report paths, "stats": _decision_stats}.
   identity / overwrite: see run_benchmark; scores.json records the identity and the judge.
   """
   from streampro_jax.bench import report, streampro_f1  # pylint: disable=g-import-not-at-top
@@ -391,24 +397,24 @@ def evaluate(params, model_config, tokenizer, records: Sequence[schema.Record], 
   results = run_benchmark(params, model_config, tokenizer, items,
                           os.path.join(workdir, RESULTS_FILE), config, frames_fn=frames_fn,
                           identity=identity, overwrite=overwrite)
-  scored = [x for x in streampro_items(results, items) if x["task"] in streampro_f1.TASK_SETTINGS]
+  scored = [x for x in _streampro_items(results, items) if x["task"] in streampro_f1.TASK_SETTINGS]
   if len(scored) < len(items):
-    logger.info("StreamPro-F1 leaves out %d items whose task is not a StreamPro-Bench task",
+    _logger.info("StreamPro-F1 leaves out %d items whose task is not a StreamPro-Bench task",
                 len(items) - len(scored))
   scores = streampro_f1.score_benchmark(scored, judge)
-  stats = decision_stats(results)
+  stats = _decision_stats(results)
   if judge is not None and hasattr(judge, "stats"):
     stats["judge"] = judge.stats.as_dict()
   with open(os.path.join(workdir, "scores.json"), "w", encoding="utf-8") as f:
     json.dump({"scores": scores["scores"], "per_task": scores["per_task"],
                "judge_failures": scores["judge_failures"], "decisions": stats,
-               "identity": identity, "judge": describe_judge(judge)}, f, indent=1,
+               "identity": identity, "judge": _describe_judge(judge)}, f, indent=1,
               default=str)
   paths = report.write_report({name: scores}, workdir)
   return {"scores": scores, "paths": paths, "stats": stats}
 
 
-def describe_judge(judge) -> dict[str, Any] | None:
+def _describe_judge(judge) -> dict[str, Any] | None:
   """{"class", and the judge's config fields without secrets} for scores.json."""
   if judge is None:
     return None

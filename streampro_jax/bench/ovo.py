@@ -3,7 +3,7 @@
 Official code: github.com/JoeLeelyf/OVO-Bench (read at commit c34093f9, 2025-07-24).
 
 Input: the official results JSON, {"backward": [...], "realtime": [...], "forward": [...]} (the
-official score.py concatenates these lists over all result files of a model: `merge_results`).
+official score.py concatenates these lists over all result files of a model: `_merge_results`).
   * backward / realtime item: {"id", "task", "response", "ground_truth": letter "A".."D", ...};
     score = 1 when ground_truth is a substring of response (case-sensitive), 0 when the response
     is None.
@@ -28,28 +28,30 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-OVO_VERSION = "ovo-bench-offline/c34093f9"
-BACKWARD_TASKS = ("EPM", "ASI", "HLD")
-REALTIME_TASKS = ("OCR", "ACR", "ATR", "STU", "FPD", "OJR")
-FORWARD_TASKS = ("REC", "SSR", "CRR")
-CATEGORIES = ("backward", "realtime", "forward")
+__all__ = ["score"]
+
+_OVO_VERSION = "ovo-bench-offline/c34093f9"
+_BACKWARD_TASKS = ("EPM", "ASI", "HLD")
+_REALTIME_TASKS = ("OCR", "ACR", "ATR", "STU", "FPD", "OJR")
+_FORWARD_TASKS = ("REC", "SSR", "CRR")
+_CATEGORIES = ("backward", "realtime", "forward")
 
 
-def score_choice(response: str | None, ground_truth: str) -> int:
+def _score_choice(response: str | None, ground_truth: str) -> int:
   """Backward / real-time item: 1 when the answer letter occurs in the response."""
   if response is None:
     return 0
   return int(ground_truth in response)
 
 
-def score_rec(response: str | None, count: Any) -> int:
+def _score_rec(response: str | None, count: Any) -> int:
   """REC probe: "".join(re.findall(r"\\d+", response)) == str(count)."""
   if response is None:
     return 0
   return int("".join(re.findall(r"\d+", response)) == str(count))
 
 
-def score_yes_no(response: str | None, probe_type: int) -> int:
+def _score_yes_no(response: str | None, probe_type: int) -> int:
   """SSR / CRR probe: exact "N"/"Y" for type 0/1, else substring "No"/"Yes" (case-sensitive)."""
   if (response == "N" and probe_type == 0) or (response == "Y" and probe_type == 1):
     return 1
@@ -58,11 +60,11 @@ def score_yes_no(response: str | None, probe_type: int) -> int:
   return int(("No" if probe_type == 0 else "Yes") in response)
 
 
-def merge_results(files: Iterable[Mapping[str, Any]]) -> dict[str, list]:
+def _merge_results(files: Iterable[Mapping[str, Any]]) -> dict[str, list]:
   """Concatenates several results JSONs category by category, as the official score.py."""
-  out: dict[str, list] = {c: [] for c in CATEGORIES}
+  out: dict[str, list] = {c: [] for c in _CATEGORIES}
   for f in files:
-    for c in CATEGORIES:
+    for c in _CATEGORIES:
       out[c] += list(f.get(c, []))
   return out
 
@@ -83,30 +85,30 @@ def score(results: Mapping[str, Any]) -> dict[str, Any]:
 
   for cat in ("backward", "realtime"):
     for item in results.get(cat, []) or []:
-      add(cat, item["task"], score_choice(item.get("response"), item["ground_truth"]))
+      add(cat, item["task"], _score_choice(item.get("response"), item["ground_truth"]))
   for item in results.get("forward", []) or []:
     task = item["task"]
-    if task not in FORWARD_TASKS:
+    if task not in _FORWARD_TASKS:
       raise ValueError(f"forward item {item.get('id')} has task {task!r}; expected one of "
-                       f"{FORWARD_TASKS}")
+                       f"{_FORWARD_TASKS}")
     for probe in item["test_info"]:
       response = probe.get("response")
       if task == "REC":
-        add("forward", task, score_rec(response, probe["count"]))
+        add("forward", task, _score_rec(response, probe["count"]))
       else:
-        add("forward", task, score_yes_no(response, probe["type"]))
+        add("forward", task, _score_yes_no(response, probe["type"]))
 
   acc = {k: sum(v) / len(v) for k, v in per_task.items()}
   out: dict[str, Any] = {}
-  for cat in CATEGORIES:
+  for cat in _CATEGORIES:
     accs = [a for (c, _), a in acc.items() if c == cat]
     out[cat] = sum(accs) / len(accs) if accs else None
-  cats = [out[c] for c in CATEGORIES]
+  cats = [out[c] for c in _CATEGORIES]
   out["total"] = None if any(c is None for c in cats) else sum(cats) / 3.0
   # A task name found in two categories (not in the official data) is reported as "cat/task".
   names = [t for _, t in acc]
   key = {(c, t): (t if names.count(t) == 1 else f"{c}/{t}") for c, t in acc}
   out["tasks"] = {key[k]: a for k, a in acc.items()}
   out["counts"] = {key[k]: len(v) for k, v in per_task.items()}
-  out["version"] = OVO_VERSION
+  out["version"] = _OVO_VERSION
   return out

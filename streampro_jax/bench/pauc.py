@@ -19,7 +19,7 @@ score is the last reply's grade / max_grade). The benchmark score is the mean ov
 all examples, reported for omega in {0, 0.5, 1} (official output: x100, 2 decimals; here
 fractions). Before the mean, a turn with more than one judged reply drops every reply later than
 the end of its "related_timespan" whose grade is below the grade of the last reply inside it
-(`drop_late_regressions`, as the official post-processing does).
+(`_drop_late_regressions`, as the official post-processing does).
 """
 
 from __future__ import annotations
@@ -28,15 +28,17 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-PAUC_VERSION = "proactivevideoqa-pauc/v1"
-DEFAULT_OMEGAS = (0.0, 0.5, 1.0)
-MAX_GRADE = 2
-START_SCORE = 0.5
+__all__ = ["judge_inputs", "score", "turn_score"]
+
+_PAUC_VERSION = "proactivevideoqa-pauc/v1"
+_DEFAULT_OMEGAS = (0.0, 0.5, 1.0)
+_MAX_GRADE = 2
+_START_SCORE = 0.5
 
 
 def turn_score(times: Sequence[float], grades: Sequence[float], span: Sequence[float], *,
-               omega: float = 0.5, max_grade: float = MAX_GRADE,
-               start: float = START_SCORE) -> float:
+               omega: float = 0.5, max_grade: float = _MAX_GRADE,
+               start: float = _START_SCORE) -> float:
   """PAUC of one ground-truth turn.
 
   Args:
@@ -71,7 +73,7 @@ def turn_score(times: Sequence[float], grades: Sequence[float], span: Sequence[f
   return area / max_area if max_area > 0 else 0.0
 
 
-def drop_late_regressions(judge_scores: Mapping[float, float],
+def _drop_late_regressions(judge_scores: Mapping[float, float],
                           related_end: float) -> dict[float, float]:
   """Official post-processing of one turn's {reply_time: grade}.
 
@@ -93,8 +95,8 @@ def drop_late_regressions(judge_scores: Mapping[float, float],
   return scores
 
 
-def score(examples: Iterable[Mapping[str, Any]], *, omegas: Sequence[float] = DEFAULT_OMEGAS,
-          max_grade: float = MAX_GRADE, start: float = START_SCORE,
+def score(examples: Iterable[Mapping[str, Any]], *, omegas: Sequence[float] = _DEFAULT_OMEGAS,
+          max_grade: float = _MAX_GRADE, start: float = _START_SCORE,
           postprocess: bool = True) -> dict[str, Any]:
   """Benchmark PAUC: mean turn_score over every turn of every example, per omega.
 
@@ -103,7 +105,7 @@ def score(examples: Iterable[Mapping[str, Any]], *, omegas: Sequence[float] = DE
       "related_timespan": [a, b] (optional; defaults to the reply span), "judge_scores":
       {reply_time: grade 0..2} (missing or empty: no judged reply)} -- the official scored format.
     omegas: the omegas to report.
-    postprocess: apply drop_late_regressions first (the official pipeline does).
+    postprocess: apply _drop_late_regressions first (the official pipeline does).
 
   Returns:
     {"omega=<w>": mean turn score (fraction) for each w, "num_videos", "num_turns",
@@ -118,7 +120,7 @@ def score(examples: Iterable[Mapping[str, Any]], *, omegas: Sequence[float] = DE
       js = turn.get("judge_scores") or {}
       if postprocess:
         related_end = (turn.get("related_timespan") or turn["reply_timespan"])[1]
-        js = drop_late_regressions(js, float(related_end))
+        js = _drop_late_regressions(js, float(related_end))
       turns.append(([float(t) for t in js], list(js.values()), (s, e)))
   out: dict[str, Any] = {}
   for w in omegas:
@@ -127,7 +129,7 @@ def score(examples: Iterable[Mapping[str, Any]], *, omegas: Sequence[float] = DE
     out[f"omega={_fmt(w)}"] = sum(vals) / len(vals) if vals else 0.0
   out["num_videos"] = n_examples
   out["num_turns"] = len(turns)
-  out["version"] = PAUC_VERSION
+  out["version"] = _PAUC_VERSION
   return out
 
 
@@ -157,7 +159,7 @@ def judge_inputs(replies: Sequence[tuple[float, str]],
 _GRADE_RE = re.compile(r"[123]")
 
 
-def grade_from_judge_output(text: str) -> int | None:
+def _grade_from_judge_output(text: str) -> int | None:
   """Judge reply "1".."3" -> grade 0..2 (a leading 1, 2 or 3 after stripping); None otherwise."""
   m = _GRADE_RE.match(str(text).strip())
   return int(m.group()) - 1 if m else None

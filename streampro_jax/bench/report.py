@@ -12,7 +12,7 @@ outputs and writes into out_dir:
   response_offsets.png   per task, the distribution of (response time - ground-truth best time)
                          per variant, the task's matching window shaded (point-answer tasks;
                          for EU/TP the offset is taken from the event's end); a variant keeps
-                         one colour in every panel (variant_colors), also where another has no
+                         one colour in every panel (_variant_colors), also where another has no
                          responses;
   precision_recall.png   per-task mean precision against mean recall, iso-F1 curves.
 """
@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from streampro_jax.bench import streampro_f1
+
+__all__ = ["markdown_table", "plot_seeds", "write_report"]
 
 _COLUMNS = ("EU", "OU", "AA", "TP", "TG", "GP", "RF", "PU", "TR", "PA", "Avg", "W-Avg")
 _OFFSET_RANGE = (-12.0, 12.0)
@@ -79,7 +81,7 @@ def markdown_table(results: Mapping[str, Any]) -> str:
 _DETAIL_ROWS = ("EU", "OU", "AA", "PU", "TP", "TG", "TR", "GP", "RF", "PA", "All")
 
 
-def detail_table(results: Mapping[str, Any]) -> str:
+def _detail_table(results: Mapping[str, Any]) -> str:
   """The paper's per-task detail table: F1, P, R, Time, Acc (x100, one decimal) per task and
   dimension, one block of rows per variant ('-' where nothing matched or the value is absent).
 
@@ -110,7 +112,7 @@ def detail_table(results: Mapping[str, Any]) -> str:
   return head + "\n".join(rows) + "\n" + note
 
 
-def variant_colors(names) -> dict[str, Any]:
+def _variant_colors(names) -> dict[str, Any]:
   """One colour per variant, by its position among all variants (tab10), for every figure."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   cmap = matplotlib.colormaps["tab10"]
@@ -138,7 +140,7 @@ def _plot_f1(variants, path, plt):
     sc = variants[name]["scores"]
     vals = [100.0 * sc[c] if sc.get(c) is not None else 0.0 for c in cols]
     xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(cols))]
-    bars = ax.bar(xs, vals, width=width * 0.95, label=name, color=variant_colors(names)[name])
+    bars = ax.bar(xs, vals, width=width * 0.95, label=name, color=_variant_colors(names)[name])
     for b, c in zip(bars, cols):
       if sc.get(c) is not None:
         ax.annotate(f"{b.get_height():.1f}", (b.get_x() + b.get_width() / 2, b.get_height()),
@@ -162,7 +164,7 @@ def _plot_offsets(variants, path, plt):
   bins = [lo - 0.5 + k for k in range(int(hi - lo) + 2)]   # 1 s bins centred on whole seconds
   fig, axes = plt.subplots(2, 4, figsize=(13, 5.6), dpi=120, sharex=True)
   axes = axes.ravel()
-  colors = variant_colors(list(variants))
+  colors = _variant_colors(list(variants))
   for ax, task in zip(axes, streampro_f1.TASKS):
     s = streampro_f1.TASK_SETTINGS[task]
     w_lo = s.window_before
@@ -273,7 +275,7 @@ def write_report(results: Mapping[str, Any], out_dir: str) -> dict[str, str]:
               indent=1)
   with open(paths["table"], "w", encoding="utf-8") as f:
     f.write(markdown_table(variants))
-    detail = detail_table(variants)
+    detail = _detail_table(variants)
     if detail:
       f.write("\n" + detail)
   _plot_f1(variants, paths["f1"], plt)

@@ -17,12 +17,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+__all__ = ["demo_text", "findings", "seed_tables", "seeds_text", "summarize"]
+
 # The paper's orderings that the demo checks (a above b), and one reported as it comes.
-CLAIMS = (("sft_cb_stream", "sft_ce"), ("grpo", "sft_cb_stream"))
-REPORTED = (("sft_focal", "sft_ce"),)
+_CLAIMS = (("sft_cb_stream", "sft_ce"), ("grpo", "sft_cb_stream"))
+_REPORTED = (("sft_focal", "sft_ce"),)
 
 
-def mean_std(xs: Sequence[float]) -> tuple[float, float]:
+def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
   """(mean, sample standard deviation with ddof 1; 0.0 for one value)."""
   xs = [float(x) for x in xs]
   if not xs:
@@ -33,7 +35,7 @@ def mean_std(xs: Sequence[float]) -> tuple[float, float]:
   return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
 
 
-def paired_gap(scores: Mapping[str, Mapping[str, float]], a: str, b: str) -> dict:
+def _paired_gap(scores: Mapping[str, Mapping[str, float]], a: str, b: str) -> dict:
   """The paired gap a - b over the seeds.
 
   Args:
@@ -47,7 +49,7 @@ def paired_gap(scores: Mapping[str, Mapping[str, float]], a: str, b: str) -> dic
   if missing:
     raise KeyError(f"seeds {missing} lack {a!r} or {b!r}")
   values = [float(scores[s][a]) - float(scores[s][b]) for s in seeds]
-  m, sd = mean_std(values)
+  m, sd = _mean_std(values)
   positive = all(v > 0 for v in values)
   return {"values": values, "seeds": seeds, "mean": m, "std": sd, "all_positive": positive,
           "holds": positive and m >= 2.0 * sd}
@@ -60,18 +62,18 @@ def summarize(per_seed: Mapping[str, Mapping[str, Mapping]], variants: Sequence[
   Args:
     per_seed: {seed (str): {variant: {key: score, ...}}}.
   Returns:
-    {"seeds", "variants": {v: {"values", "mean", "std"}}, "gaps": {"a - b": paired_gap(...)}}.
+    {"seeds", "variants": {v: {"values", "mean", "std"}}, "gaps": {"a - b": _paired_gap(...)}}.
   """
   seeds = sorted(per_seed, key=int)
   scores = {s: {v: float(per_seed[s][v][key]) for v in variants} for s in seeds}
   out = {"seeds": seeds, "key": key, "variants": {}, "gaps": {}}
   for v in variants:
     vals = [scores[s][v] for s in seeds]
-    m, sd = mean_std(vals)
+    m, sd = _mean_std(vals)
     out["variants"][v] = {"values": vals, "mean": m, "std": sd}
-  for a, b in CLAIMS + REPORTED:
+  for a, b in _CLAIMS + _REPORTED:
     if a in variants and b in variants:
-      out["gaps"][f"{a} - {b}"] = paired_gap(scores, a, b)
+      out["gaps"][f"{a} - {b}"] = _paired_gap(scores, a, b)
   return out
 
 
@@ -79,7 +81,7 @@ def _x100(v: float, sign: bool = False) -> str:
   return f"{100.0 * v:+.1f}" if sign else f"{100.0 * v:.1f}"
 
 
-def seeds_table(summary: Mapping, responses: Mapping[str, Mapping[str, int]] | None = None) -> str:
+def _seeds_table(summary: Mapping, responses: Mapping[str, Mapping[str, int]] | None = None) -> str:
   """| Variant | W-Avg per seed | mean +- std | [responses per seed] | (x100)."""
   seeds = summary["seeds"]
   head = f"| Variant | W-Avg, seed {', '.join(seeds)} | mean +- std |"
@@ -97,7 +99,7 @@ def seeds_table(summary: Mapping, responses: Mapping[str, Mapping[str, int]] | N
   return "\n".join(lines) + "\n"
 
 
-def gaps_table(summary: Mapping) -> str:
+def _gaps_table(summary: Mapping) -> str:
   """| Paired gap | per seed | mean +- std | every seed > 0 | mean >= 2 std | (x100)."""
   lines = ["| Paired W-Avg gap (same seed) | per seed | mean +- std | every seed > 0 | "
            "mean >= 2 std |", "|---|---:|---:|:---:|:---:|"]
@@ -110,12 +112,12 @@ def gaps_table(summary: Mapping) -> str:
 
 
 def findings(summary: Mapping) -> dict[str, bool]:
-  """{"a - b": holds} for the paper's orderings (CLAIMS) present in summary."""
-  return {f"{a} - {b}": bool(summary["gaps"][f"{a} - {b}"]["holds"]) for a, b in CLAIMS
+  """{"a - b": holds} for the paper's orderings (_CLAIMS) present in summary."""
+  return {f"{a} - {b}": bool(summary["gaps"][f"{a} - {b}"]["holds"]) for a, b in _CLAIMS
           if f"{a} - {b}" in summary["gaps"]}
 
 
-def findings_text(summary: Mapping, split: str) -> str:
+def _findings_text(summary: Mapping, split: str) -> str:
   """One sentence per paper ordering and per reported gap, from the numbers (never by hand)."""
   n = len(summary["seeds"])
   on = "the seed" if n == 1 else f"every one of the {n} seeds"
@@ -133,7 +135,7 @@ def findings_text(summary: Mapping, split: str) -> str:
       below = sum(v <= 0 for v in g["values"])
       verdict = (f"{a} does not score above {b} on {below} of {n} seed{'s' if n > 1 else ''}: "
                  f"{per}{spread}")
-    tag = "" if (a, b) in CLAIMS else " (reported as it comes)"
+    tag = "" if (a, b) in _CLAIMS else " (reported as it comes)"
     lines.append(f"- {verdict} ({split} split){tag}.")
   return "\n".join(lines) + "\n"
 
@@ -172,8 +174,8 @@ def seeds_text(results: Mapping) -> str:
     summary = results["summary"][split]
     responses = {s: {v: int(r["decisions"]["response"])
                      for v, r in results["per_seed"][s][split].items()} for s in seeds}
-    out += [f"W-Avg x100 per seed, {split} split:", "", seeds_table(summary, responses).rstrip(),
-            "", gaps_table(summary).rstrip(), "", findings_text(summary, split).rstrip(), ""]
+    out += [f"W-Avg x100 per seed, {split} split:", "", _seeds_table(summary, responses).rstrip(),
+            "", _gaps_table(summary).rstrip(), "", _findings_text(summary, split).rstrip(), ""]
   return "\n".join(out)
 
 

@@ -23,8 +23,8 @@ last reply's content. A missing history (None) is skipped; an empty one counts a
 official script would crash on it).
 
 The polling protocol that produces a history (for the harness): poll at question time + 1,
-+ 2, ... up to ground-truth time + 4 (`poll_times`) with the yes/no query (`proactive_query`);
-the first response containing "yes" (`is_yes`, lower-cased, stripped) stops polling, and the plain
++ 2, ... up to ground-truth time + 4 (`_poll_times`) with the yes/no query (`_proactive_query`);
+the first response containing "yes" (`_is_yes`, lower-cased, stripped) stops polling, and the plain
 question is then asked at that same time; its answer is the last reply.
 """
 
@@ -34,20 +34,22 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-STREAMINGBENCH_VERSION = "streamingbench-count/89299232"
+__all__ = ["load_questions", "score_proactive", "score_rtvu"]
+
+_STREAMINGBENCH_VERSION = "streamingbench-count/89299232"
 # The 10 RTVU task types as named in the released questions_real.json (2,500 questions); the paper
 # calls them OP, CR, CS, ATP, EU, TR, PR, SU, ACP, CT.
-RTVU_TASKS = ("Object Recognition", "Causal Reasoning", "Clips Summarize", "Attribute Recognition",
+_RTVU_TASKS = ("Object Recognition", "Causal Reasoning", "Clips Summarize", "Attribute Recognition",
               "Event Understanding", "Text-Rich Understanding", "Prospective Reasoning",
               "Spatial Understanding", "Action Recognition", "Counting")
-RTVU_CONTEXT_SECONDS = 60     # main setting (README): the 60 s of video before the question time
-PROACTIVE_TIME_TOLERANCE = 2  # seconds, inclusive, either side
-PROACTIVE_POLL_AFTER_GT = 4   # polling stops at ground-truth time + 4 s
-PROACTIVE_QUERY = ('{question} Is it the right time to output "{output}"? '
+_RTVU_CONTEXT_SECONDS = 60     # main setting (README): the 60 s of video before the question time
+_PROACTIVE_TIME_TOLERANCE = 2  # seconds, inclusive, either side
+_PROACTIVE_POLL_AFTER_GT = 4   # polling stops at ground-truth time + 4 s
+_PROACTIVE_QUERY = ('{question} Is it the right time to output "{output}"? '
                    "You can only answer yes or no.")
 
 
-def hms_to_seconds(stamp: str) -> int:
+def _hms_to_seconds(stamp: str) -> int:
   """ "HH:MM:SS" (or "MM:SS", "SS") -> seconds, as sum(int(x) * 60**i) over reversed fields."""
   return sum(int(x) * 60 ** i for i, x in enumerate(reversed(str(stamp).split(":"))))
 
@@ -72,9 +74,9 @@ def load_questions(path: str) -> list[dict[str, Any]]:
         raise ValueError(f"{path}: video {vi} question {qi} lacks task_type or time_stamp")
       rec.update(video_index=vi, question_index=qi, video_path=video.get("video_path"),
                  video_time=video.get("time"), video_categories=video.get("video_categories"),
-                 time_seconds=hms_to_seconds(rec["time_stamp"]))
+                 time_seconds=_hms_to_seconds(rec["time_stamp"]))
       if "ground_truth_time_stamp" in rec:
-        rec["ground_truth_time_seconds"] = hms_to_seconds(rec["ground_truth_time_stamp"])
+        rec["ground_truth_time_seconds"] = _hms_to_seconds(rec["ground_truth_time_stamp"])
       out.append(rec)
   return out
 
@@ -122,7 +124,7 @@ def score_rtvu(questions: Sequence[Mapping[str, Any]],
   return {"total": correct / n if n else 0.0,
           "tasks": {t: c["correct"] / c["total"] for t, c in counts.items()},
           "counts": counts, "n_scored": n, "n_missing": n_missing,
-          "version": STREAMINGBENCH_VERSION}
+          "version": _STREAMINGBENCH_VERSION}
 
 
 def _replies(history: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -153,14 +155,14 @@ def score_proactive(questions: Sequence[Mapping[str, Any]],
       continue
     if isinstance(h, Mapping):
       h = h.get("dialog_history", [])
-    gt_time = hms_to_seconds(q["ground_truth_time_stamp"])
+    gt_time = _hms_to_seconds(q["ground_truth_time_stamp"])
     c = per.setdefault(q["task_type"], {"total": 0, "time_correct": 0, "answer_correct": 0})
     c["total"] += 1
     replies = _replies(h)
     if not replies:
       continue
     last = replies[-1]
-    if -PROACTIVE_TIME_TOLERANCE <= float(last["time"]) - gt_time <= PROACTIVE_TIME_TOLERANCE:
+    if -_PROACTIVE_TIME_TOLERANCE <= float(last["time"]) - gt_time <= _PROACTIVE_TIME_TOLERANCE:
       c["time_correct"] += 1
       if str(q["ground_truth_output"]) in str(last.get("content", "")):
         c["answer_correct"] += 1
@@ -172,22 +174,22 @@ def score_proactive(questions: Sequence[Mapping[str, Any]],
   return {"time_accuracy": sum(c["time_correct"] for c in per.values()) / n if n else 0.0,
           "answer_accuracy": sum(c["answer_correct"] for c in per.values()) / n if n else 0.0,
           "tasks": tasks, "n_scored": n, "n_missing": n_missing,
-          "version": STREAMINGBENCH_VERSION}
+          "version": _STREAMINGBENCH_VERSION}
 
 
-def poll_times(question: Mapping[str, Any]) -> list[int]:
+def _poll_times(question: Mapping[str, Any]) -> list[int]:
   """Proactive polling times: question time + 1, ..., ground-truth time + 4 (inclusive)."""
-  start = hms_to_seconds(question["time_stamp"])
-  stop = hms_to_seconds(question["ground_truth_time_stamp"]) + PROACTIVE_POLL_AFTER_GT
+  start = _hms_to_seconds(question["time_stamp"])
+  stop = _hms_to_seconds(question["ground_truth_time_stamp"]) + _PROACTIVE_POLL_AFTER_GT
   return list(range(start + 1, stop + 1))
 
 
-def proactive_query(question: Mapping[str, Any]) -> str:
+def _proactive_query(question: Mapping[str, Any]) -> str:
   """The per-second yes/no query of the official proactive protocol."""
-  return PROACTIVE_QUERY.format(question=question["question"],
+  return _PROACTIVE_QUERY.format(question=question["question"],
                                 output=question["ground_truth_output"])
 
 
-def is_yes(response: str) -> bool:
+def _is_yes(response: str) -> bool:
   """Official stop rule: 'yes' in response.strip().lower()."""
   return "yes" in str(response).strip().lower()

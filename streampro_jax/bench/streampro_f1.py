@@ -15,7 +15,7 @@ model's timestamped responses (predictions). The metric is computed in four step
                                        t_p to [start, end] (interval answers: 0 inside),
                                        tau = tau_before when t_p < t_best else tau_after;
      S_acc  = judge(prediction_text, answer_text, question) in [0, 1]
-              (the paper's 0..5 judge divided by 5, see `five_point_judge`), or for Temporal
+              (the paper's 0..5 judge divided by 5, see `_five_point_judge`), or for Temporal
               Grounding (TG) the IoU of the "Xs-Ys" span parsed from the prediction text with the
               ground-truth span (unparseable prediction: IoU 0).
 4. P = sum_answers(best S) / N_pred, R = sum_answers(best S) / N_gt, F1 = 2PR / (P + R), 0 when
@@ -46,13 +46,18 @@ from typing import Any
 
 from streampro_jax import spans
 
+__all__ = [
+    "METRIC_VERSION", "TASKS", "TASK_SETTINGS", "aggregate", "score_benchmark", "score_qa",
+    "time_acc_table"
+]
+
 METRIC_VERSION = "streampro-f1/v1"
 
-Judge = Callable[[str, str, str], float]
+_Judge = Callable[[str, str, str], float]
 
 
 @dataclasses.dataclass(frozen=True)
-class TaskSetting:
+class _TaskSetting:
   """Window and tolerance of one StreamPro-Bench task (docs/method.md section 4 table).
 
   The window of an answer is [ref_lo + window_before, ref_hi + window_after] where
@@ -71,23 +76,23 @@ class TaskSetting:
   best_time: str            # human-readable description of t_best
 
 
-TASK_SETTINGS: dict[str, TaskSetting] = {
-    "EU": TaskSetting("EU", "PU", "interval", 0.0, 3.0, 4.0, 4.0, "judge", "within the event"),
-    "OU": TaskSetting("OU", "PU", "point", -3.0, 3.0, 4.0, 4.0, "judge", "the state transition"),
-    "AA": TaskSetting("AA", "PU", "point", 0.0, 5.0, 6.0, 6.0, "judge", "the onset"),
-    "TP": TaskSetting("TP", "TR", "interval", 0.0, 3.0, 4.0, 4.0, "judge", "within the event"),
-    "TG": TaskSetting("TG", "TR", "point", -3.0, 3.0, 4.0, 4.0, "iou", "the event's end"),
-    "GP": TaskSetting("GP", "PA", "point", -3.0, 0.0, 4.0, 4.0, "judge",
+TASK_SETTINGS: dict[str, _TaskSetting] = {
+    "EU": _TaskSetting("EU", "PU", "interval", 0.0, 3.0, 4.0, 4.0, "judge", "within the event"),
+    "OU": _TaskSetting("OU", "PU", "point", -3.0, 3.0, 4.0, 4.0, "judge", "the state transition"),
+    "AA": _TaskSetting("AA", "PU", "point", 0.0, 5.0, 6.0, 6.0, "judge", "the onset"),
+    "TP": _TaskSetting("TP", "TR", "interval", 0.0, 3.0, 4.0, 4.0, "judge", "within the event"),
+    "TG": _TaskSetting("TG", "TR", "point", -3.0, 3.0, 4.0, 4.0, "iou", "the event's end"),
+    "GP": _TaskSetting("GP", "PA", "point", -3.0, 0.0, 4.0, 4.0, "judge",
                       "completion of the previous step"),
-    "RF": TaskSetting("RF", "PA", "point", -1.0, 3.0, 2.0, 4.0, "judge",
+    "RF": _TaskSetting("RF", "PA", "point", -1.0, 3.0, 2.0, 4.0, "judge",
                       "3 s before the hazard"),
 }
 
 TASKS = ("EU", "OU", "AA", "TP", "TG", "GP", "RF")
-DIMENSIONS = {"PU": ("EU", "OU", "AA"), "TR": ("TP", "TG"), "PA": ("GP", "RF")}
+_DIMENSIONS = {"PU": ("EU", "OU", "AA"), "TR": ("TP", "TG"), "PA": ("GP", "RF")}
 # QA counts of StreamPro-Bench (paper, docs/method.md section 4).
-PAPER_QA_COUNTS = {"EU": 166, "OU": 144, "AA": 240, "TP": 296, "TG": 331, "GP": 33, "RF": 75}
-RF_HAZARD_LEAD = 3.0   # RF: the best response time is this many seconds before the hazard.
+_PAPER_QA_COUNTS = {"EU": 166, "OU": 144, "AA": 240, "TP": 296, "TG": 331, "GP": 33, "RF": 75}
+_RF_HAZARD_LEAD = 3.0   # RF: the best response time is this many seconds before the hazard.
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,7 +138,7 @@ def _refs(task: str, answers: Sequence[Any]) -> list[_Ref]:
       best = hi
     else:
       if time is None and task == "RF" and _get(a, "hazard_time") is not None:
-        time = float(_get(a, "hazard_time")) - RF_HAZARD_LEAD
+        time = float(_get(a, "hazard_time")) - _RF_HAZARD_LEAD
       if time is None:
         raise ValueError(f"{task} answer {i} has neither 'time' nor 'start'/'end': {a!r}")
       # (A point answer of an interval task (EU/TP) is taken as a zero-length event.)
@@ -159,7 +164,7 @@ def _predictions(predictions: Iterable[Any]) -> list[tuple[int, float, str]]:
   return sorted(out, key=lambda x: (x[1], x[0]))
 
 
-def time_score(task: str, t_pred: float, lo: float, hi: float) -> float:
+def _time_score(task: str, t_pred: float, lo: float, hi: float) -> float:
   """S_time = max(0, 1 - dt / tau) for a prediction at t_pred and reference [lo, hi].
 
   dt = lo - t_pred (tau_before) when t_pred < lo, t_pred - hi (tau_after) when t_pred > hi, and 0
@@ -179,7 +184,7 @@ def time_score(task: str, t_pred: float, lo: float, hi: float) -> float:
 
 
 @dataclasses.dataclass
-class QAMatch:
+class _QAMatch:
   """The full matching of one QA (what `score_qa` summarises)."""
   task: str
   precision: float
@@ -203,8 +208,8 @@ def _check_acc(value: Any, who: str) -> float:
   return v
 
 
-def match_qa(task: str, predictions: Sequence[Any], answers: Sequence[Any],
-             judge: Judge | None, question: str = "") -> QAMatch:
+def _match_qa(task: str, predictions: Sequence[Any], answers: Sequence[Any],
+             judge: _Judge | None, question: str = "") -> _QAMatch:
   """Prediction-first greedy matching of one QA; see the module docstring for the formulas.
 
   Args:
@@ -230,7 +235,7 @@ def match_qa(task: str, predictions: Sequence[Any], answers: Sequence[Any],
         break
     rec: dict[str, Any] = {"time": t, "answer": None, "s_time": 0.0, "s_acc": 0.0, "s": 0.0}
     if joined is not None:
-      s_time = time_score(task, t, joined.lo, joined.hi)
+      s_time = _time_score(task, t, joined.lo, joined.hi)
       if setting.accuracy == "iou":
         s_acc = spans.span_iou(spans.parse_span(text), joined.span)
       elif s_time > 0.0:
@@ -258,10 +263,10 @@ def match_qa(task: str, predictions: Sequence[Any], answers: Sequence[Any],
   else:
     p, r = total / n_pred, total / n_gt
     f1 = 0.0 if p + r == 0.0 else 2.0 * p * r / (p + r)
-  return QAMatch(task, p, r, f1, n_pred, n_gt, records, best)
+  return _QAMatch(task, p, r, f1, n_pred, n_gt, records, best)
 
 
-def _single_judge(judge: Any, task: str) -> Judge | None:
+def _single_judge(judge: Any, task: str) -> _Judge | None:
   """A per-pair callable from a callable judge or a batched `judges.Judge` (score_answers)."""
   if judge is None or not hasattr(judge, "score_answers"):
     return judge
@@ -272,7 +277,7 @@ def _single_judge(judge: Any, task: str) -> Judge | None:
   return call
 
 
-def score_qa(task: str, predictions: Sequence[Any], answers: Sequence[Any], judge: Judge | None,
+def score_qa(task: str, predictions: Sequence[Any], answers: Sequence[Any], judge: _Judge | None,
              question: str = "") -> dict[str, float]:
   """StreamPro-F1 of one QA -> dict(precision, recall, f1) (fractions in [0, 1]).
 
@@ -282,11 +287,11 @@ def score_qa(task: str, predictions: Sequence[Any], answers: Sequence[Any], judg
   [{"start", "end", "text"}]; judge(prediction_text, answer_text, question) -> [0, 1] (unused for
   TG, which scores the IoU of the "Xs-Ys" span parsed from the prediction).
   """
-  m = match_qa(task, predictions, answers, _single_judge(judge, task), question)
+  m = _match_qa(task, predictions, answers, _single_judge(judge, task), question)
   return {"precision": m.precision, "recall": m.recall, "f1": m.f1}
 
 
-def five_point_judge(judge5: Callable[[str, str, str], float]) -> Judge:
+def _five_point_judge(judge5: Callable[[str, str, str], float]) -> _Judge:
   """Wraps a 0..5 judge (the paper's scale) into the [0, 1] judge score_qa expects: score / 5."""
   def judge(prediction: str, answer: str, question: str) -> float:
     v = float(judge5(prediction, answer, question))
@@ -324,7 +329,7 @@ def aggregate(task_f1: Mapping[str, float], task_counts: Mapping[str, int]) -> d
       if n > 0:
         present[k] = (float(task_f1[k]), n)
   dims = []
-  for d, tasks in DIMENSIONS.items():
+  for d, tasks in _DIMENSIONS.items():
     items = [present[k] for k in tasks if k in present]
     n = sum(c for _, c in items)
     out[d] = sum(f * c for f, c in items) / n if n else None
@@ -376,7 +381,7 @@ def score_benchmark(items: Iterable[Mapping[str, Any]], judge: Any, *,
       def record(p: str, a: str, q: str, task: str = task) -> float:
         table.setdefault((task, p, a, q), None)
         return 0.0
-      match_qa(task, item.get("predictions", []), item["answers"], record,
+      _match_qa(task, item.get("predictions", []), item["answers"], record,
                item.get("question", ""))
     keys = list(table)
     scores = judge.score_answers([judges_lib.AnswerItem(q, p, a, t) for t, p, a, q in keys]
@@ -403,7 +408,7 @@ def score_benchmark(items: Iterable[Mapping[str, Any]], judge: Any, *,
         return 0.0
       return v
 
-    m = match_qa(task, item.get("predictions", []), item["answers"],
+    m = _match_qa(task, item.get("predictions", []), item["answers"],
                  None if judge is None else scored, item.get("question", ""))
     n_failures += failures
     per_qa.append({"id": qid, "task": task, "precision": m.precision, "recall": m.recall,
@@ -453,7 +458,7 @@ def time_acc_table(per_task: Mapping[str, Mapping[str, Any]],
   present, each dimension with a task present, and "All".
   """
   out: dict[str, dict[str, Any]] = {}
-  groups = [(t, (t,)) for t in TASKS] + list(DIMENSIONS.items()) + [("All", TASKS)]
+  groups = [(t, (t,)) for t in TASKS] + list(_DIMENSIONS.items()) + [("All", TASKS)]
   for key, tasks in groups:
     present = [t for t in tasks if t in per_task and per_task[t]["count"] > 0]
     if not present:
