@@ -13,7 +13,7 @@ shape or a direction word, the model's probability of the right word renormalise
 
 StreamPro-F1 with an exact-match judge gives 0 to any answer with one wrong word, so it cannot
 tell "sees nothing" from "almost right"; this probe can. With --narration the rows are the
-narration captions of the same test videos (``synthetic.narration_record``: every turn names the
+narration captions of the same test videos (``synthetic._narration_record``: every turn names the
 objects on screen, their colours and frame halves), which measures perception directly.
 
 Prints one markdown table and writes <workdir>/probe.json. Results:

@@ -468,7 +468,7 @@ def main():
   parser.add_argument("--torch_variant", default="eager:full", help=argparse.SUPPRESS)
   parser.add_argument("--policies", default="dots_attn,dots_no_batch,full",
                       help="variants of the SFT step, comma-separated: a remat policy "
-                      "(streampro_jax.models.layers.REMAT_POLICIES), policy+fp8 (the decoder's "
+                      "(streampro_jax.models.layers._REMAT_POLICIES), policy+fp8 (the decoder's "
                       "projections and MLP in FP8, model matmul_dtype), each optionally "
                       ":chunk_size (loss vocabulary chunk; 0 = full logits)")
   parser.add_argument("--steps", type=int, default=5)

@@ -45,16 +45,16 @@ def model_config(*, hf_checkpoint: str = "", dtype: str = "bfloat16", remat: boo
   random tiny Qwen2.5-VL (qwen2_5_vl.tiny_config with ``tiny_text`` / ``tiny_vision`` overrides;
   vocabulary size and special token ids are taken from the tokenizer). ``scan_layers`` runs the
   layer stacks under nn.scan (fast init and compile; the accelerator configs turn it on),
-  ``remat_policy`` names what a rematerialised layer keeps (layers.REMAT_POLICIES),
+  ``remat_policy`` names what a rematerialised layer keeps (layers._REMAT_POLICIES),
   ``matmul_dtype`` the decoder projections' and MLP's matmul precision ('default' | 'fp8',
-  layers.MATMUL_DTYPES)."""
+  layers._MATMUL_DTYPES)."""
   return ml_collections.ConfigDict(dict(
       family="qwen2_5_vl",
       hf_checkpoint=hf_checkpoint,
       dtype=dtype,              # compute dtype
       param_dtype="float32",    # master weights
       attention_impl=attention_impl,
-      # splash attention's query / key block targets (TPU; layers.splash_block)
+      # splash attention's query / key block targets (TPU; layers._splash_block)
       attention_block_q=512,
       attention_block_kv=512,
       remat=remat,

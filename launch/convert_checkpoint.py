@@ -15,7 +15,7 @@ HF input mode: a Hugging Face Qwen2.5-VL / Qwen3-VL folder gets the decision tok
 tokenizer (data/tokenizer.load_tokenizer); when the tokenizer then has more tokens than the
 embedding has rows, the embedding (and an untied LM head) grows to a multiple of --pad_vocab_to;
 the rows of newly added decision tokens are re-initialised to the mean of the other rows
-(data/tokenizer.resize_vocab_rows; --reinit_decision_rows=always|never to force). The original
+(data/tokenizer._resize_vocab_rows; --reinit_decision_rows=always|never to force). The original
 config.json is kept with vocab_size (and dtype) updated:
 
   .venv/bin/python launch/convert_checkpoint.py --hf_input=/ckpt/Qwen2.5-VL-3B-Instruct \

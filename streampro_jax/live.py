@@ -26,7 +26,7 @@ Transcript (JSONL, `TranscriptWriter`): one line per turn
 and a last {"kind": "summary", ...} line. `transcript_results` is the adapter to the harness's
 result lines (bench/harness.py: {"id", "record_id", "question_id", "task", "num_turns",
 "ask_turn", "prompt_style", "overflow", "predictions", "turns"}), one per question, which the
-scorers of launch/evaluate.py read (harness.streampro_items -> streampro_f1.score_benchmark).
+scorers of launch/evaluate.py read (harness._streampro_items -> streampro_f1.score_benchmark).
 """
 
 from __future__ import annotations

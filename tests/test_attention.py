@@ -93,7 +93,7 @@ def test_block_causal_xla_gradients_match_jax_impl():
 
 def test_block_causal_xla_long_row_uses_longer_blocks():
   """Past MAX_CAUSAL_BLOCKS * CAUSAL_BLOCK rows the blocks grow (at most MAX_CAUSAL_BLOCKS)."""
-  t = layers.MAX_CAUSAL_BLOCKS * layers.CAUSAL_BLOCK + 50
+  t = layers._MAX_CAUSAL_BLOCKS * layers.CAUSAL_BLOCK + 50
   q, k, v = _inputs(t, b=1, n=2, kh=1, h=4, seed=9)
   mask = (np.arange(t) < t - 7)[None, None, None, :]
   got = layers.attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), mask=jnp.asarray(mask),
@@ -146,11 +146,11 @@ def test_lengths_equal_the_padding_mask_they_stand_for():
       tol.assert_within(tol.max_abs_diff(np.asarray(got)[real], np.asarray(want)[real]),
                         tol.attention_bound(q, k, v, t, two_sided=True),
                         f"attention: lengths vs dense mask {impl} causal={causal}")
-  assert layers.resolve_impl("jax", jnp.bfloat16) == (
+  assert layers._resolve_impl("jax", jnp.bfloat16) == (
       "cudnn" if jax.default_backend() == "gpu" else "xla")
-  assert layers.resolve_impl("jax", jnp.float32) == "xla"
+  assert layers._resolve_impl("jax", jnp.float32) == "xla"
   with pytest.raises(ValueError, match="unknown attention impl"):
-    layers.resolve_impl("flash", jnp.float32)
+    layers._resolve_impl("flash", jnp.float32)
   with pytest.raises(ValueError, match="lengths"):
     layers.attention(q.astype(jnp.bfloat16), k, v, mask=dense, impl="cudnn")
 
@@ -172,12 +172,12 @@ def test_segment_attention_values_and_gradients_match_a_dense_segment_mask():
   mask = jnp.asarray(seg_id[:, None] == seg_id[None, :])[None, None]  # [1, 1, N, N]
 
   def seg(q, k, v):
-    return jnp.sum(layers.segment_attention(q, k, v, plan, impl="xla") * w)
+    return jnp.sum(layers._segment_attention(q, k, v, plan, impl="xla") * w)
 
   def dense(q, k, v):
     return jnp.sum(layers.attention(q[None], k[None], v[None], mask=mask, impl="xla")[0] * w)
 
-  out = layers.segment_attention(q, k, v, plan, impl="xla")
+  out = layers._segment_attention(q, k, v, plan, impl="xla")
   ref = _reference(q[None], k[None], v[None], np.asarray(mask), False)[0]
   tol.assert_within(tol.max_abs_diff(out, ref), tol.attention_bound(q, k, v, n),
                     "attention: segments vs reference")

@@ -58,7 +58,7 @@ def test_backbone_registry():
   p25, p3 = models.video_processor_config(q25), models.video_processor_config(q3)
   assert isinstance(p25, processing.VideoProcessorConfig)
   assert isinstance(p3, processing_qwen3.Qwen3VideoProcessorConfig)
-  assert p25.image_mean == processing.OPENAI_CLIP_MEAN and p3.image_mean == (0.5, 0.5, 0.5)
+  assert p25.image_mean == processing._OPENAI_CLIP_MEAN and p3.image_mean == (0.5, 0.5, 0.5)
   assert (p3.patch_size, p3.merge_size, p3.do_resize, p3.grid(16, 24)) == (4, 2, False, (1, 4, 6))
   assert qwen3_vl.qwen3_vl_4b_config().vision.patch_size == 16
   assert models.video_processor_config(qwen3_vl.qwen3_vl_4b_config()).patch_dim == 3 * 2 * 16 * 16
@@ -73,7 +73,7 @@ def test_qwen3_process_turns_no_resize_matches_per_turn():
   got, grid = models.process_turns(frames, proc)
   assert grid == (1, 2, 4) and got.shape == (3, 8, 3 * 2 * 16)
   for k in range(3):
-    ref, g = processing_qwen3.process_video(frames[k], proc)
+    ref, g = processing_qwen3._process_video(frames[k], proc)
     np.testing.assert_array_equal(got[k], ref)
     assert tuple(g[0]) == grid
   # Patch 0 of turn 1 is rows 0..3, cols 0..3, flattened as [C, tp, p, p].

@@ -33,7 +33,7 @@ def data_dir(tmp_path_factory):
   d = tmp_path_factory.mktemp("check")
   frames = np.zeros((24, 32, 32, 3), np.uint8)  # 3 s at 8 fps
   frames[:, :, :16] = 200
-  video.encode_video(str(d / "good.mp4"), frames, fps=8.0)
+  video._encode_video(str(d / "good.mp4"), frames, fps=8.0)
   (d / "broken.mp4").write_text("this is not a video\n" * 10)
   return d
 

@@ -46,7 +46,7 @@ def test_turn_rule_functions():
   assert cf.answer_turn(5.0) == 4 and cf.answer_turn(5.2) == 5 and cf.answer_turn(0.0) == 0
   assert cf.answer_turn(0.4) == 0 and cf.answer_turn(5.0, question_turn=5) == 5
   assert cf.answer_turn(5.0000000001) == 4
-  assert cf.time_label(4) == "<4s-5s>" and cf.parse_time_label("<12s-13s>") == (12, 13)
+  assert cf.time_label(4) == "<4s-5s>" and cf._parse_time_label("<12s-13s>") == (12, 13)
   assert cf.turn_time(4) == 5.0
 
 
@@ -97,7 +97,7 @@ def test_render_small_trajectory_by_hand(tok):
       "<|vision_end|><|im_end|>\n<|im_start|>assistant\n</Response>the red circle<|im_end|>\n"
       "<|im_start|>user\n<2s-3s>\n<|vision_start|><|video_pad|><|video_pad|><|vision_end|>"
       "<|im_end|>\n<|im_start|>assistant\n</Silence><|im_end|>\n")
-  assert text == expected == cf.render_text(rec, tokens_per_turn=2)
+  assert text == expected == cf._render_text(rec, tokens_per_turn=2)
   # Supervised targets are exactly the assistant bodies and their <|im_end|>.
   sup = tok.decode(traj.labels[traj.loss_mask > 0].tolist(), skip_special_tokens=False)
   assert sup == ("</Silence><|im_end|></Response>the red circle<|im_end|>"
@@ -120,7 +120,7 @@ def _check_trajectory(traj, chat, tok, rec):
                                        traj.turn_index))
   assert np.array_equal(traj.labels[:-1], ids[1:]) and traj.labels[-1] == chat.pad_id
   # Whole-string tokenisation gives the same ids as the piecewise rendering.
-  whole = tok.encode(cf.render_text(rec, tokens_per_turn=chat.tokens_per_turn,
+  whole = tok.encode(cf._render_text(rec, tokens_per_turn=chat.tokens_per_turn,
                                     max_turns=traj.num_turns), add_special_tokens=False)
   assert list(ids) == list(whole)
   # The pieces concatenate to the trajectory.
@@ -155,7 +155,7 @@ def test_render_invariants_and_round_trip(tok):
   chat = cf.ChatFormat(tok, tokens_per_turn=4)
   traj = chat.render(rec)
   _check_trajectory(traj, chat, tok, rec)
-  decoded = cf.decode_turns(traj.input_ids, tok)
+  decoded = cf._decode_turns(traj.input_ids, tok)
   assert [(d.index, d.label, d.question, d.decision, d.text, d.num_video_pads) for d in decoded] \
       == [(p.index, p.label, p.question, "response" if p.decision == 2 else "silence", p.text, 4)
           for p in traj.turns]
@@ -185,7 +185,7 @@ def test_decode_generated_and_invalid(tok):
   ids += list(chat.user_turn_ids(3)) + list(chat.assistant_header_ids())
   ids += tok.encode("</Response>the red")                   # generation still going
   ids += list(chat.user_turn_ids(4))
-  got = [(d.index, d.decision, d.text) for d in cf.decode_turns(ids, tok)]
+  got = [(d.index, d.decision, d.text) for d in cf._decode_turns(ids, tok)]
   assert got == [(0, "invalid", "yes"), (1, "invalid", " "), (2, "invalid", "no decision"),
                  (3, "response", "the red"), (4, "missing", "")]
 
@@ -240,7 +240,7 @@ def test_property_render_round_trip(tok, rec, n_pad):
   if "é" in rec.to_jsonl_line():
     return       # non-ASCII maps to <unk> in the synthetic tokenizer
   _check_trajectory(traj, chat, tok, rec)
-  decoded = cf.decode_turns(traj.input_ids, tok)
+  decoded = cf._decode_turns(traj.input_ids, tok)
   assert [(d.label, d.question, d.text) for d in decoded] == [
       (p.label, p.question, p.text) for p in traj.turns]
 
@@ -254,11 +254,11 @@ def test_synthetic_tokenizer_files_and_specials(tok, tmp_path):
   again = AutoTokenizer.from_pretrained(tok.name_or_path, local_files_only=True)
   assert len(again) == len(tok) < 400
   vocab = tok.get_vocab()
-  for t in tk.QWEN_SPECIAL_TOKENS + prompts.DECISION_TOKENS:
+  for t in tk._QWEN_SPECIAL_TOKENS + prompts.DECISION_TOKENS:
     assert t in vocab and len(tok.encode(t, add_special_tokens=False)) == 1
   assert tok.pad_token == "<|endoftext|>" and tok.eos_token == "<|im_end|>"
   ids = [vocab[t]
-         for t in tk.QWEN_SPECIAL_TOKENS + tk.QWEN_ADDED_NONSPECIAL + prompts.DECISION_TOKENS]
+         for t in tk._QWEN_SPECIAL_TOKENS + tk._QWEN_ADDED_NONSPECIAL + prompts.DECISION_TOKENS]
   assert ids == list(range(ids[0], ids[0] + 24))    # Qwen's order, decision tokens last
   silence, response = tk.decision_token_ids(tok)
   assert (silence, response) == (ids[-2], ids[-1])
@@ -296,21 +296,21 @@ def test_load_tokenizer_adds_decision_tokens(tmp_path):
 
 def test_resize_vocab_rows():
   table = np.arange(12, dtype=np.float32).reshape(4, 3)
-  out = tk.resize_vocab_rows(table, 6)
+  out = tk._resize_vocab_rows(table, 6)
   assert out.shape == (6, 3) and np.array_equal(out[:4], table)
   np.testing.assert_allclose(out[4], [4.5, 5.5, 6.5])
   np.testing.assert_allclose(out[5], [4.5, 5.5, 6.5])
   # Re-initialising existing rows excludes them from the mean: mean of rows 0, 1 = [1.5, 2.5, 3.5].
-  out = tk.resize_vocab_rows(table, 5, reinit_ids=[2, 3, 4])
+  out = tk._resize_vocab_rows(table, 5, reinit_ids=[2, 3, 4])
   np.testing.assert_allclose(out[2:], np.tile([1.5, 2.5, 3.5], (3, 1)))
   # LM-head kernel [D, V]: vocabulary on axis 1; JAX input stays a JAX array.
   import jax.numpy as jnp
   kernel = jnp.asarray(table.T)
-  out = tk.resize_vocab_rows(kernel, 5, axis=1)
+  out = tk._resize_vocab_rows(kernel, 5, axis=1)
   assert out.shape == (3, 5) and isinstance(out, type(kernel))
   np.testing.assert_allclose(np.asarray(out[:, 4]), [4.5, 5.5, 6.5])
   with pytest.raises(ValueError, match="smaller"):
-    tk.resize_vocab_rows(table, 3)
+    tk._resize_vocab_rows(table, 3)
 
 
 def test_byte_level_bpe_piecewise_equals_whole(tmp_path):
@@ -329,7 +329,7 @@ def test_byte_level_bpe_piecewise_equals_whole(tmp_path):
             "the red circle moves to the right edge; 12s-15s"] * 20
   raw.train_from_iterator(corpus, trainers.BpeTrainer(
       vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-  specials = list(tk.QWEN_SPECIAL_TOKENS) + list(prompts.DECISION_TOKENS)
+  specials = list(tk._QWEN_SPECIAL_TOKENS) + list(prompts.DECISION_TOKENS)
   raw.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
   PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<|endoftext|>",
                           clean_up_tokenization_spaces=False).save_pretrained(tmp_path)

@@ -74,11 +74,11 @@ def _write(path, obj):
 
 
 def test_hms():
-  assert peer_loaders.hms_to_seconds("00:01:52") == 112
-  assert peer_loaders.hms_to_seconds("1:00:00") == 3600
-  assert peer_loaders.hms_to_seconds("07:30") == 450
+  assert peer_loaders._hms_to_seconds("00:01:52") == 112
+  assert peer_loaders._hms_to_seconds("1:00:00") == 3600
+  assert peer_loaders._hms_to_seconds("07:30") == 450
   with pytest.raises(ValueError):
-    peer_loaders.hms_to_seconds("1::2")
+    peer_loaders._hms_to_seconds("1::2")
 
 
 def test_streamingbench(tmp_path):
@@ -178,7 +178,7 @@ def test_probe_duration_from_video_file(tmp_path):
 
   from streampro_jax.data import video
   (tmp_path / "videos").mkdir()
-  video.encode_video(str(tmp_path / "videos" / "sample_2.mp4"),
+  video._encode_video(str(tmp_path / "videos" / "sample_2.mp4"),
                      np.zeros((int(2.5 * 8), 32, 32, 3), np.uint8), fps=8)
   entry = {"time": "[0:00:00 - 0:01:00]", "video_path": "./videos/sample_2.mp4",
            "questions": [{"task_type": "Counting", "question": "How many?",

@@ -286,7 +286,7 @@ def test_jsonl_videos_builder_with_bad_records(tmp_path):
        "answers": [{"time": 1.5, "text": "ball"}]}]}
   fr = np.zeros((16, 32, 48, 3), np.uint8)
   fr[8:] = 200  # second 1 is bright
-  video.encode_video(str(tmp_path / "v0.mp4"), fr, fps=8)
+  video._encode_video(str(tmp_path / "v0.mp4"), fr, fps=8)
   lines = [rec, dict(rec, id="bad", duration=-1.0), dict(rec, id="missing", video="nope.mp4")]
   (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
 

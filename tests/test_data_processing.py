@@ -47,7 +47,7 @@ def _reference_video(frames, min_pixels, max_pixels):
 def test_process_video_matches_transformers_pil_path(h, w, min_pixels, max_pixels):
   frames = np.random.RandomState(h * w).randint(0, 256, (4, h, w, 3), dtype=np.uint8)
   cfg = processing.VideoProcessorConfig(min_pixels=min_pixels, max_pixels=max_pixels)
-  pv, grid = processing.process_video(frames, cfg)
+  pv, grid = processing._process_video(frames, cfg)
   ref_pv, ref_grid = _reference_video(frames, min_pixels, max_pixels)
   assert grid.tolist() == [list(ref_grid)]
   assert pv.dtype == np.float32
@@ -95,8 +95,8 @@ def test_smart_resize_pinned_values():
 
 def test_odd_frame_count_repeats_last_frame():
   frames = np.random.RandomState(0).randint(0, 256, (3, 28, 28, 3), dtype=np.uint8)
-  pv, grid = processing.process_video(frames, processing.VideoProcessorConfig(min_pixels=784))
-  pv4, grid4 = processing.process_video(np.concatenate([frames, frames[-1:]]),
+  pv, grid = processing._process_video(frames, processing.VideoProcessorConfig(min_pixels=784))
+  pv4, grid4 = processing._process_video(np.concatenate([frames, frames[-1:]]),
                                         processing.VideoProcessorConfig(min_pixels=784))
   assert grid.tolist() == grid4.tolist() == [[2, 2, 2]]
   np.testing.assert_array_equal(pv, pv4)
@@ -109,21 +109,21 @@ def test_process_turn_and_turns_agree_with_whole_video():
   # round(60/28)*28 = 56, round(90/28)*28 = 84; 56*84 = 4704 <= max_pixels.
   assert grid == cfg.grid(60, 90) == (1, 4, 6)
   assert turns.shape == (3, 24, cfg.patch_dim) and cfg.patch_dim == 1176
-  whole, whole_grid = processing.process_video(frames.reshape(6, 60, 90, 3), cfg)
+  whole, whole_grid = processing._process_video(frames.reshape(6, 60, 90, 3), cfg)
   assert whole_grid.tolist() == [[3, 4, 6]]
   np.testing.assert_array_equal(turns.reshape(-1, cfg.patch_dim), whole)
   for k in range(3):
-    one, g = processing.process_turn(frames[k], cfg)
+    one, g = processing._process_turn(frames[k], cfg)
     assert g == (1, 4, 6)
     np.testing.assert_array_equal(one, turns[k])
   with pytest.raises(ValueError, match="temporal_patch_size=2 frames, got 3"):
-    processing.process_turn(frames[0].repeat(2, axis=0)[:3], cfg)
+    processing._process_turn(frames[0].repeat(2, axis=0)[:3], cfg)
 
 
 def test_normalize_pinned_value():
   x = np.full((1, 1, 1, 3), 255, np.uint8)
   got = processing.normalize_frames(x)[0, :, 0, 0]
-  want = (1.0 - np.array(processing.OPENAI_CLIP_MEAN)) / np.array(processing.OPENAI_CLIP_STD)
+  want = (1.0 - np.array(processing._OPENAI_CLIP_MEAN)) / np.array(processing._OPENAI_CLIP_STD)
   # float32 (255 / 255 - mean) / std vs float64: the constants' roundings (2), the difference
   # and the quotient (2): 4 roundings, relative (the value, ~1.6-1.9, has no cancellation).
   np.testing.assert_allclose(got, want, rtol=tol.rel_ops_bound(4))

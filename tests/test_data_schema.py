@@ -179,7 +179,7 @@ def test_iter_jsonl_is_lazy(tmp_path):
 def test_write_jsonl_round_trip(tmp_path):
   recs = [schema.parse_record(_valid()), schema.parse_record(dict(_valid(), id="w"))]
   path = os.path.join(tmp_path, "out.jsonl")
-  schema.write_jsonl(recs, path)
+  schema._write_jsonl(recs, path)
   back, report = schema.load_jsonl(path)
   assert back == recs and report.num_records == 2
 
@@ -234,10 +234,10 @@ def test_property_mutated_records_parse_or_dataerror(obj):
     return
   # Anything accepted satisfies the invariants and round-trips.
   for q in r.questions:
-    assert 0 <= q.ask_time <= r.duration + schema.TIME_TOLERANCE
+    assert 0 <= q.ask_time <= r.duration + schema._TIME_TOLERANCE
     assert q.task in schema.TASKS
     for a in q.answers:
-      assert q.ask_time <= a.response_time <= r.duration + schema.TIME_TOLERANCE
+      assert q.ask_time <= a.response_time <= r.duration + schema._TIME_TOLERANCE
       if a.is_interval:
         assert 0 <= a.start <= a.end
   assert schema.parse_record(json.loads(r.to_jsonl_line())) == r

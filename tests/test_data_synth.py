@@ -71,10 +71,10 @@ def test_rubric_passes_on_ground_truth(difficulty):
     r = sy.make_record("train", i, seed=3, config=cfg)
     q = r.questions[0]
     gt = _gt_responses(r)
-    assert sy.rubric_score(q.rubric, gt) == 1.0, (q.task, q.rubric, gt)
-    assert sy.rubric_score(q.rubric, []) < 1.0                  # staying silent fails
+    assert sy._rubric_score(q.rubric, gt) == 1.0, (q.task, q.rubric, gt)
+    assert sy._rubric_score(q.rubric, []) < 1.0                  # staying silent fails
     late = [(t + 6.0, x) for t, x in gt]                         # 6 s late fails a timed check
-    assert sy.rubric_score(q.rubric, late) < 1.0
+    assert sy._rubric_score(q.rubric, late) < 1.0
     schema.parse_record(r.to_json())
 
 
@@ -123,7 +123,7 @@ def test_vocabulary_covers_questions_and_answers(records, synthetic_tokenizer):
     texts = [q.question] + [a.text for a in q.answers] + list(q.rubric)
     for w in re.findall(r"[A-Za-z]{2,}", " ".join(texts)):
       assert w in vocab, w
-    text = cf.render_text(r, tokens_per_turn=4)
+    text = cf._render_text(r, tokens_per_turn=4)
     ids = tok.encode(text, add_special_tokens=False)
     assert tok.unk_token_id not in ids
     assert tok.decode(ids, skip_special_tokens=False) == text
@@ -248,21 +248,21 @@ def test_narration_caption_hand_made_scene():
       obj(dict(t=3.0, x=16.0, y=16.0, color="green", shape="diamond")),  # appears at 3 s
       obj(dict(t=0.0, x=9.0, y=20.0, color="pink", visible=False)),      # hidden
   ]}
-  assert sy.narration_caption(spec, 1.0) == ("the red square top left, "
+  assert sy._narration_caption(spec, 1.0) == ("the red square top left, "
                                              "the blue circle bottom right")
   # At 3 s the square is at x = 20 (right half); the diamond's centre 16 is the bottom half.
-  assert sy.narration_caption(spec, 3.0) == ("the green diamond bottom right, "
+  assert sy._narration_caption(spec, 3.0) == ("the green diamond bottom right, "
                                              "the red square top right, "
                                              "the blue circle bottom right")
-  assert sy.narration_caption({"resolution": 32, "objects": []}, 1.0) == "no shapes"
+  assert sy._narration_caption({"resolution": 32, "objects": []}, 1.0) == "no shapes"
 
 
 def test_narration_record_captions_every_turn_with_the_colours_on_screen():
   for r in _records_of("AA", n=2) + _records_of("RF", n=2) + _records_of("GP", n=2):
-    n = sy.narration_record(r)
+    n = sy._narration_record(r)
     assert (n.id, n.video, n.duration, n.meta) == (r.id, r.video, r.duration, r.meta)
     (q,) = n.questions
-    assert (q.task, q.ask_time, q.question) == ("CAP", 0.0, sy.NARRATION_QUESTION)
+    assert (q.task, q.ask_time, q.question) == ("CAP", 0.0, sy._NARRATION_QUESTION)
     k_total = cf.num_turns(r.duration)
     assert [a.time for a in q.answers] == [float(k + 1) for k in range(k_total)]
     # Independent check against the renderer: the object colours drawn in each turn's last
@@ -287,15 +287,15 @@ def test_narration_refer_names_one_object_and_captions_only_it():
       obj("blue", "circle", dict(t=0.0, x=25.0, y=28.0))]}
   rec = schema.Record(id="v", video="synth://v", duration=3.0, questions=(), meta={"synth": spec})
   # refer = 0 -> the first object ever visible (the red square), 1 -> the blue circle, 2 -> wraps.
-  q0 = sy.narration_record(rec, refer=0).questions[0]
+  q0 = sy._narration_record(rec, refer=0).questions[0]
   assert q0.question == "Describe the red square."
   assert [a.text for a in q0.answers] == ["the red square top left", "the red square top left",
                                           "no shapes"]       # hidden from 2.5 s
-  q1 = sy.narration_record(rec, refer=1).questions[0]
+  q1 = sy._narration_record(rec, refer=1).questions[0]
   assert q1.question == "Describe the blue circle."
   assert {a.text for a in q1.answers} == {"the blue circle bottom right"}
-  assert sy.narration_record(rec, refer=2).questions[0].question == q0.question
-  assert sy.narration_record(rec).questions[0].question == sy.NARRATION_QUESTION
+  assert sy._narration_record(rec, refer=2).questions[0].question == q0.question
+  assert sy._narration_record(rec).questions[0].question == sy._NARRATION_QUESTION
 
 
 def test_narration_source_wraps_any_source_and_rejects_other_records():
@@ -307,9 +307,9 @@ def test_narration_source_wraps_any_source_and_rejects_other_records():
   assert rec.questions[0].task == "CAP" and np.array_equal(frames, pairs[1][1])
   # Even examples narrate every object, odd ones the object their question names.
   questions = [src[i][0].questions[0].question for i in range(3)]
-  assert questions[0] == questions[2] == sy.NARRATION_QUESTION
-  assert questions[1] == sy.narration_record(pairs[1][0], refer=0).questions[0].question
-  assert questions[1].startswith("Describe the ") and questions[1] != sy.NARRATION_QUESTION
+  assert questions[0] == questions[2] == sy._NARRATION_QUESTION
+  assert questions[1] == sy._narration_record(pairs[1][0], refer=0).questions[0].question
+  assert questions[1].startswith("Describe the ") and questions[1] != sy._NARRATION_QUESTION
   other = dataclasses.replace(pairs[0][0], meta={})
   with pytest.raises(ValueError, match="no meta\\['synth'\\] scene spec"):
-    sy.narration_record(other)
+    sy._narration_record(other)

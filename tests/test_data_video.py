@@ -26,18 +26,18 @@ def clips(tmp_path_factory):
   out = {}
   for codec in ("libx264", "mpeg4"):
     path = str(d / f"clip_{codec}.mp4")
-    video.encode_video(path, _frames(int(3.5 * FPS)), fps=FPS, codec=codec)
+    video._encode_video(path, _frames(int(3.5 * FPS)), fps=FPS, codec=codec)
     out[codec] = path
   return out
 
 
 def test_turn_sample_times():
-  np.testing.assert_allclose(video.turn_sample_times(3, 2),
+  np.testing.assert_allclose(video._turn_sample_times(3, 2),
                              [[0.25, 0.75], [1.25, 1.75], [2.25, 2.75]])
-  np.testing.assert_allclose(video.turn_sample_times(1, 4), [[0.125, 0.375, 0.625, 0.875]])
-  assert video.num_turns_for(3.5) == 4
-  assert video.num_turns_for(3.0) == 3
-  assert video.num_turns_for(0.2) == 1
+  np.testing.assert_allclose(video._turn_sample_times(1, 4), [[0.125, 0.375, 0.625, 0.875]])
+  assert video._num_turns_for(3.5) == 4
+  assert video._num_turns_for(3.0) == 3
+  assert video._num_turns_for(0.2) == 1
 
 
 @pytest.mark.parametrize("codec,tol", [("libx264", 3), ("mpeg4", 8)])

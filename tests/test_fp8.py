@@ -1,4 +1,4 @@
-"""The FP8 matmul switch (model.matmul_dtype = 'fp8'): layers.fp8_qdq / fp8_dot_general against
+"""The FP8 matmul switch (model.matmul_dtype = 'fp8'): layers._fp8_qdq / fp8_dot_general against
 bounds derived from the formats, and a tiny Qwen2.5-VL's loss with the switch on against off.
 
 Tolerances (tests/helpers/tolerances.py conventions): round-to-nearest into a format with m
@@ -35,14 +35,14 @@ def test_qdq_moves_each_value_within_the_format_bound(fp8):
   rng = np.random.default_rng(0)
   # Five decades of magnitude: normal and subnormal fp8 values at the tensor's scale.
   x = (rng.standard_normal(4096) * 10.0 ** rng.uniform(-5, 0, 4096)).astype(np.float32)
-  got = np.asarray(layers.fp8_qdq(jnp.asarray(x), fp8), np.float64)
+  got = np.asarray(layers._fp8_qdq(jnp.asarray(x), fp8), np.float64)
   bound, _ = _rounding(x.astype(np.float64), fp8)
   # float32 rounding of the scale multiply adds 2 u32 relative.
   excess = np.abs(got - x) - bound - 2 * tol.U32 * np.abs(got)
   assert np.max(excess) <= 0, f"{fp8}: exceeds the format bound by {np.max(excess):.3e}"
   assert np.max(np.abs(got)) == pytest.approx(np.max(np.abs(x)), rel=2 * tol.U32)  # no overflow
   assert np.any(got != x)   # it does round
-  assert np.all(np.asarray(layers.fp8_qdq(jnp.zeros(8), fp8)) == 0)   # amax 0: scale 1
+  assert np.all(np.asarray(layers._fp8_qdq(jnp.zeros(8), fp8)) == 0)   # amax 0: scale 1
 
 
 def _dot_bound(a, b, fp8a, fp8b):
@@ -58,7 +58,7 @@ def test_fp8_dot_general_forward_and_gradients():
   b = (0.02 * rng.standard_normal((64, 32))).astype(np.float32)
   g = rng.standard_normal((16, 32)).astype(np.float32)
   dn = (((1,), (0,)), ((), ()))
-  f = lambda x, y: layers.fp8_dot_general(x, y, dn)  # noqa: E731
+  f = lambda x, y: layers._fp8_dot_general(x, y, dn)  # noqa: E731
   out, vjp = jax.vjp(f, jnp.asarray(a), jnp.asarray(b))
   ga, gb = vjp(jnp.asarray(g))
   a64, b64, g64 = (x.astype(np.float64) for x in (a, b, g))
@@ -66,8 +66,8 @@ def test_fp8_dot_general_forward_and_gradients():
   tol.assert_within(np.max(np.abs(np.asarray(out) - a64 @ b64) - _dot_bound(a64, b64, E4M3, E4M3)),
                     0.0, "fp8 forward")
   # Backward: the e5m2 gradient against the e4m3-rounded other operand (straight-through).
-  qa = np.asarray(layers.fp8_qdq(jnp.asarray(a), E4M3), np.float64)
-  qb = np.asarray(layers.fp8_qdq(jnp.asarray(b), E4M3), np.float64)
+  qa = np.asarray(layers._fp8_qdq(jnp.asarray(a), E4M3), np.float64)
+  qb = np.asarray(layers._fp8_qdq(jnp.asarray(b), E4M3), np.float64)
   tol.assert_within(np.max(np.abs(np.asarray(ga) - g64 @ qb.T)
                            - _dot_bound(g64, qb.T, E5M2, E4M3)), 0.0, "fp8 grad lhs")
   tol.assert_within(np.max(np.abs(np.asarray(gb) - qa.T @ g64)

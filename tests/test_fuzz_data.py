@@ -70,12 +70,12 @@ def _import_once(fmt, suffix, data, check_videos):
       f.write(data)
     opts = im.Options(check_videos=check_videos)
     try:
-      list(im.iter_import(fmt, path, opts=opts))
+      list(im._iter_import(fmt, path, opts=opts))
     except schema.DataError as e:
       assert e.file == path and e.line >= 0 and e.field, e
-    stats = im.ImportStats()
+    stats = im._ImportStats()
     try:
-      recs = list(im.iter_import(fmt, path, opts=opts, policy="skip", stats=stats))
+      recs = list(im._iter_import(fmt, path, opts=opts, policy="skip", stats=stats))
     except schema.DataError as e:   # a broken JSON array cannot be resynchronised
       assert e.file == path and e.field, e
       return

@@ -140,7 +140,7 @@ def _responses(record, question):
 
 def test_streamo_raw_real_sample(tmp_path):
   path = _write(tmp_path, "raw_data.json", STREAMO_RAW)
-  recs = list(im.iter_import("streamo_raw", path, opts=NOVID))
+  recs = list(im._iter_import("streamo_raw", path, opts=NOVID))
   # Both entries are on the same video -> one record with two questions.
   assert len(recs) == 1
   rec = schema.parse_record(recs[0])
@@ -165,12 +165,12 @@ def test_streamo_raw_renders_like_streamo_stream(tmp_path):
   raw = _write(tmp_path, "raw.json", STREAMO_RAW[:1])
   stream = _write(tmp_path, "stream.json", [streamo_stream_sample()])
   opts = im.Options(check_videos=False, durations={"ytb_ls8tmkfD7S0.mp4": 76.0})
-  (r_raw,) = im.iter_import("streamo_raw", raw, opts=opts)
-  (r_stream,) = im.iter_import("streamo_stream", stream, opts=NOVID)
+  (r_raw,) = im._iter_import("streamo_raw", raw, opts=opts)
+  (r_stream,) = im._iter_import("streamo_stream", stream, opts=NOVID)
   assert r_stream["duration"] == 76.0 and r_raw["duration"] == 76.0
   assert r_raw["questions"] == r_stream["questions"]
   rec = schema.parse_record(r_stream)
-  text = chat_format.render_text(rec, 0, tokens_per_turn=1)
+  text = chat_format._render_text(rec, 0, tokens_per_turn=1)
   user = text.split("<|im_start|>user\n")[1:]
   assert len(user) == 76
   # Turn 4 carries the question, turn 6 the response; every other turn is silence.
@@ -185,7 +185,7 @@ def test_streamo_raw_renders_like_streamo_stream(tmp_path):
 
 def test_streamo_stream_example_without_tags(tmp_path):
   path = _write(tmp_path, "ex.json", STREAMO_EXAMPLE)  # a single JSON object
-  (r,) = im.iter_import("streamo_stream", path, opts=NOVID)
+  (r,) = im._iter_import("streamo_stream", path, opts=NOVID)
   rec = schema.parse_record(r)
   # 10 turns: standby 0-5, response 6, standby 7-8, response 9.
   assert rec.duration == 10.0
@@ -206,14 +206,14 @@ def test_streamo_stream_rejects_wrong_tag(tmp_path):
   bad["messages"][3]["content"] = "<5s-6s>\n<stream>"  # second user turn says 5s
   path = _write(tmp_path, "bad.json", [bad])
   with pytest.raises(schema.DataError) as e:
-    list(im.iter_import("streamo_stream", path, opts=NOVID))
+    list(im._iter_import("streamo_stream", path, opts=NOVID))
   assert e.value.field == "[0].messages[3].content" and "turn 1" in e.value.reason
   assert e.value.line == 2
 
 
 def test_timechat_online_sample(tmp_path):
   path = _write(tmp_path, "tco.jsonl", json.dumps(TIMECHAT_SAMPLE) + "\n")
-  (r,) = im.iter_import("timechat_online", path, opts=NOVID)
+  (r,) = im._iter_import("timechat_online", path, opts=NOVID)
   rec = schema.parse_record(r)
   # Frames 279..346 at 1 fps -> a 68 s clip; the folder is the video.
   assert rec.video == _TCO_DIR and rec.duration == 68.0
@@ -223,13 +223,13 @@ def test_timechat_online_sample(tmp_path):
   # Offline QA: asked on the last turn (67), answered there.
   assert _responses(rec, q) == ([(67, "He goes from contemplative to energetic.")], [67])
   start_opts = im.Options(check_videos=False, offline_ask="start")
-  (r2,) = im.iter_import("timechat_online", path, opts=start_opts)
+  (r2,) = im._iter_import("timechat_online", path, opts=start_opts)
   assert _responses(schema.parse_record(r2), 0)[1] == [0]
 
 
 def test_videochat_flash_structure(tmp_path):
   path = _write(tmp_path, "vcf.json", [VIDEOCHAT_SAMPLE])
-  (r,) = im.iter_import("videochat_flash", path,
+  (r,) = im._iter_import("videochat_flash", path,
                         opts=im.Options(check_videos=False, video_prefix="/data"))
   rec = schema.parse_record(r)
   assert rec.video == "/data/videos/v_abc123.mp4" and rec.duration == 30.0
@@ -242,8 +242,8 @@ def test_videochat_flash_structure(tmp_path):
   no_clip = {k: v for k, v in VIDEOCHAT_SAMPLE.items() if k not in ("start", "end")}
   path2 = _write(tmp_path, "vcf2.json", [no_clip])
   with pytest.raises(schema.DataError, match="duration unknown"):
-    list(im.iter_import("videochat_flash", path2, opts=NOVID))
-  (r3,) = im.iter_import("videochat_flash", path2,
+    list(im._iter_import("videochat_flash", path2, opts=NOVID))
+  (r3,) = im._iter_import("videochat_flash", path2,
                          opts=im.Options(check_videos=False,
                                          durations={"videos/v_abc123.mp4": 12.5}))
   assert r3["duration"] == 12.5 and r3["questions"][0]["answers"][0]["time"] == 12.5
@@ -256,7 +256,7 @@ def test_simple_csv_and_jsonl(tmp_path):
               "a.mp4,9,When does he sit?,6s-9s,10,2,TG,6\n"
               "b.mp4,2,Who enters?,A dog.,,,,\n")
   path = _write(tmp_path, "own.csv", csv_text)
-  recs = list(im.iter_import("simple", path, opts=NOVID))
+  recs = list(im._iter_import("simple", path, opts=NOVID))
   assert [r["video"] for r in recs] == ["a.mp4", "b.mp4"]
   a = schema.parse_record(recs[0])
   assert a.duration == 10.0 and len(a.questions) == 2
@@ -270,7 +270,7 @@ def test_simple_csv_and_jsonl(tmp_path):
   assert b["questions"][0]["task"] == "EU"
   jl = "\n".join(json.dumps(x) for x in [
       {"video": "c.mp4", "time": 4, "question": "Q?", "answer": "A.", "duration": 6}]) + "\n"
-  (c,) = im.iter_import("simple", _write(tmp_path, "own.jsonl", jl), opts=NOVID)
+  (c,) = im._iter_import("simple", _write(tmp_path, "own.jsonl", jl), opts=NOVID)
   assert _responses(schema.parse_record(c), 0) == ([(3, "A.")], [0])
 
 
@@ -282,13 +282,13 @@ def test_errors_name_file_line_field_and_skip_counts(tmp_path):
                     question=[{"content": "Q", "time": "soon"}])
   path = _write(tmp_path, "mixed.json", entries)
   with pytest.raises(schema.DataError) as e:
-    list(im.iter_import("streamo_raw", path, opts=NOVID))
+    list(im._iter_import("streamo_raw", path, opts=NOVID))
   # The line where the second element's "{" stands (json.dumps(indent=2) layout).
   starts = [i + 1 for i, ln in enumerate(open(path).read().split("\n")) if ln == "  {"]
   assert str(e.value).startswith(
       f"{path}:{starts[1]}: [1].response[0]: st_time 9 > end_time 2")
-  stats = im.ImportStats()
-  recs = list(im.iter_import("streamo_raw", path, policy="skip", stats=stats, opts=NOVID))
+  stats = im._ImportStats()
+  recs = list(im._iter_import("streamo_raw", path, policy="skip", stats=stats, opts=NOVID))
   assert len(recs) == 1 and stats.read == 3 and stats.skipped == 2 and stats.written == 1
   assert any("[2].question[0].time" in m and "'soon' is not a time" in m for m in stats.errors)
   assert "skipped 2" in stats.summary()
@@ -297,8 +297,8 @@ def test_errors_name_file_line_field_and_skip_counts(tmp_path):
 def test_jsonl_bad_line_is_skipped_with_its_line_number(tmp_path):
   good = json.dumps(TIMECHAT_SAMPLE)
   path = _write(tmp_path, "t.jsonl", good + "\n{not json\n\n" + good + "\n")
-  stats = im.ImportStats()
-  recs = list(im.iter_import("timechat_online", path, policy="skip", stats=stats, opts=NOVID))
+  stats = im._ImportStats()
+  recs = list(im._iter_import("timechat_online", path, policy="skip", stats=stats, opts=NOVID))
   assert len(recs) == 2 and stats.skipped == 1
   assert stats.errors[0].startswith(f"{path}:2: <line>: malformed JSON")
   assert recs[0]["id"] != recs[1]["id"]
@@ -308,14 +308,14 @@ def test_malformed_array_fails_even_with_skip(tmp_path):
   text = json.dumps(STREAMO_RAW)[:-30]  # truncated array
   path = _write(tmp_path, "trunc.json", text)
   with pytest.raises(schema.DataError, match="malformed JSON|end of file"):
-    list(im.iter_import("streamo_raw", path, policy="skip", opts=NOVID))
+    list(im._iter_import("streamo_raw", path, policy="skip", opts=NOVID))
 
 
 def test_incremental_parser_across_chunk_boundaries(tmp_path):
   values = [{"i": i, "s": "x" * (i % 7), "n": 1234567 + i} for i in range(300)] + [3.25, 17]
   text = json.dumps(values, indent=1)
   path = _write(tmp_path, "v.json", text)
-  got = list(im.iter_json_values(path, chunk_chars=13))
+  got = list(im._iter_json_values(path, chunk_chars=13))
   assert [v for _, _, v in got] == values
   lines = text.split("\n")
   for _, line, v in got[:5]:
@@ -375,13 +375,13 @@ def test_large_file_converts_in_bounded_memory(tmp_path):
 def test_streamo_question_without_response_is_dropped_and_counted(tmp_path):
   entry = dict(STREAMO_RAW[0], question=STREAMO_RAW[0]["question"] + [
       {"content": "Unanswered?", "time": "30"}])
-  stats = im.ImportStats()
-  (r,) = im.iter_import("streamo_raw", _write(tmp_path, "d.json", [entry]), stats=stats, opts=NOVID)
+  stats = im._ImportStats()
+  (r,) = im._iter_import("streamo_raw", _write(tmp_path, "d.json", [entry]), stats=stats, opts=NOVID)
   assert len(r["questions"]) == 1 and r["meta"]["dropped_unanswered_questions"] == 1
   assert stats.dropped_questions == 1
   none = dict(STREAMO_RAW[0], response=[])
   with pytest.raises(schema.DataError, match="none of the 1 question"):
-    list(im.iter_import("streamo_raw", _write(tmp_path, "n.json", [none])))
+    list(im._iter_import("streamo_raw", _write(tmp_path, "n.json", [none])))
 
 
 @pytest.mark.slow
@@ -390,7 +390,7 @@ def test_csv_to_array_record_through_tfds_builder(tmp_path):
 
   from streampro_jax.data import video  # pylint: disable=import-outside-toplevel
   frames = np.zeros((24, 32, 32, 3), np.uint8)
-  video.encode_video(str(tmp_path / "clip.mp4"), frames, fps=8.0)
+  video._encode_video(str(tmp_path / "clip.mp4"), frames, fps=8.0)
   src = _write(tmp_path, "own.csv", "video,time,question,answer,duration\n"
                "clip.mp4,2,What is shown?,A black screen.,3\n")
   dst = str(tmp_path / "own.jsonl")
@@ -425,12 +425,12 @@ def test_a_non_utf8_byte_is_one_named_skip_in_every_layout(tmp_path):
     path = tmp_path / name
     path.write_bytes(data)
     with pytest.raises(schema.DataError) as e:
-      list(im.iter_import("simple", str(path)))
+      list(im._iter_import("simple", str(path)))
     # JSON array / CSV: line 1 is "[" / the header.
     assert e.value.line == (2 if name == "rows.jsonl" else 3), name
     assert "not UTF-8" in e.value.reason, name
-    stats = im.ImportStats()
-    recs = list(im.iter_import("simple", str(path), policy="skip", stats=stats))
+    stats = im._ImportStats()
+    recs = list(im._iter_import("simple", str(path), policy="skip", stats=stats))
     assert stats.read == 3 and stats.skipped == 1, name
     assert f"{path}:{e.value.line}:" in stats.errors[0], name
     assert [a["time"] for r in recs for q in r["questions"] for a in q["answers"]] == [1.0, 3.0]
@@ -441,16 +441,16 @@ def test_missing_videos_are_errors_or_counted_skips(tmp_path):
   (tmp_path / "here.mp4").write_bytes(b"x")
   src = _write(tmp_path, "rows.jsonl", [_simple_row("here.mp4"), _simple_row("gone.mp4")])
   with pytest.raises(schema.DataError, match=r"\[1\]\.video: video not found: .*gone\.mp4"):
-    list(im.iter_import("simple", src))
-  stats = im.ImportStats()
+    list(im._iter_import("simple", src))
+  stats = im._ImportStats()
   probed = []
   opts = im.Options(probe=lambda p: probed.append(p) or None)
-  recs = list(im.iter_import("simple", src, policy="skip", stats=stats, opts=opts))
+  recs = list(im._iter_import("simple", src, policy="skip", stats=stats, opts=opts))
   assert [r["video"] for r in recs] == ["here.mp4"]
   assert stats.skipped == 1 and stats.missing_videos == 1 and stats.videos_checked == 2
   assert "videos: 2 checked, 1 missing" in stats.summary()
-  unchecked = im.ImportStats()
-  list(im.iter_import("simple", src, opts=im.Options(check_videos=False), stats=unchecked))
+  unchecked = im._ImportStats()
+  list(im._iter_import("simple", src, opts=im.Options(check_videos=False), stats=unchecked))
   assert "videos: NOT checked" in unchecked.summary()
 
 

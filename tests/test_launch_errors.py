@@ -200,7 +200,7 @@ def launcher_runs(tmp_path_factory):
   import numpy as np
   from streampro_jax.data import video
   tmp = tmp_path_factory.mktemp("launchers")
-  video.encode_video(str(tmp / "clip.mp4"), np.zeros((24, 16, 16, 3), np.uint8), fps=4)  # 6 s
+  video._encode_video(str(tmp / "clip.mp4"), np.zeros((24, 16, 16, 3), np.uint8), fps=4)  # 6 s
   (tmp / "corrupt.mp4").write_bytes(b"\x00not a video" * 100)
   (tmp / "tfds_config.py").write_text(textwrap.dedent("""
       from configs import common, tiny_synthetic

@@ -114,7 +114,7 @@ def test_import_data_reads_durations_from_the_videos_and_warns_on_a_guess(tmp_pa
   """Issue 28: simple rows without a duration were cut at their last answer (a 12 s clip became
   5 s) without a word, and check_data then said "no problems"."""
   from streampro_jax.data import video  # pylint: disable=g-import-not-at-top
-  video.encode_video(str(tmp_path / "clip.mp4"), np.zeros((96, 16, 16, 3), np.uint8), fps=8.0)
+  video._encode_video(str(tmp_path / "clip.mp4"), np.zeros((96, 16, 16, 3), np.uint8), fps=8.0)
   src = tmp_path / "rows.csv"
   src.write_text("video,time,question,answer\nclip.mp4,4,What is it?,a box\n")
   out = tmp_path / "probed.jsonl"
@@ -254,7 +254,7 @@ def test_evaluate_and_stream_read_a_training_workdir(tmp_path, name):
   assert r.returncode == 0, r.stdout + r.stderr[-4000:]
   assert os.path.isfile(tmp_path / "eval" / "scores.json")
   clip = str(tmp_path / "clip.mp4")
-  video.encode_video(clip, np.zeros((8, 16, 16, 3), np.uint8), fps=4)
+  video._encode_video(clip, np.zeros((8, 16, 16, 3), np.uint8), fps=4)
   r = _run("stream.py", f"--checkpoint={workdir}", f"--video={clip}", "--question=What?@1",
            f"--transcript={tmp_path / 't.jsonl'}", "--max_text_tokens=2", timeout=600,
            XLA_FLAGS="")
@@ -273,7 +273,7 @@ def _plain_tokenizer(out_dir):
 
   from streampro_jax.data import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
   words = ["<unk>", "a", "b", "c", "hello", "world", " "]
-  specials = list(tok_lib.QWEN_SPECIAL_TOKENS)
+  specials = list(tok_lib._QWEN_SPECIAL_TOKENS)
   vocab = {t: i for i, t in enumerate(words + specials)}
   tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
   tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()

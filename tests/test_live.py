@@ -70,7 +70,7 @@ def test_iter_video_and_folder_follow_the_decoder_rule(tmp_path):
   for i in range(12):
     frames[i] = i * 20   # 4 fps, 3 s: a different grey per frame
   path = str(tmp_path / "v.mp4")
-  video.encode_video(path, frames, fps=4)
+  video._encode_video(path, frames, fps=4)
   want = video.decode_turns(path, frames_per_turn=2).frames
   got = list(live.iter_video(path, frames_per_turn=2))
   assert [k for k, _ in got] == [0, 1, 2]
@@ -124,7 +124,7 @@ def test_stream_command_writes_the_transcript(tmp_path):
   for i in range(24):
     frames[i, :, : (i * 2) % 32] = 220
   path = str(tmp_path / "clip.mp4")
-  video.encode_video(path, frames, fps=4)
+  video._encode_video(path, frames, fps=4)
   transcript = str(tmp_path / "out" / "t.jsonl")
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", XLA_FLAGS="")
   out = subprocess.run(
@@ -157,7 +157,7 @@ def test_stream_command_ctrl_c_keeps_the_transcript(tmp_path):
   import time
   from streampro_jax.data import video
   path = str(tmp_path / "long.mp4")
-  video.encode_video(path, np.zeros((60 * 2, 16, 16, 3), np.uint8), fps=2)   # 60 s
+  video._encode_video(path, np.zeros((60 * 2, 16, 16, 3), np.uint8), fps=2)   # 60 s
   transcript = str(tmp_path / "t.jsonl")
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", XLA_FLAGS="")
   proc = subprocess.Popen(

@@ -80,7 +80,7 @@ def test_round_trip_bit_exact_float32_sharded_and_bfloat16(tmp_path):
   # Several shards: the index file must be written and read.
   q.save_hf_checkpoint(cfg, params, str(tmp_path / "f32"), max_shard_bytes=60_000)
   files = os.listdir(tmp_path / "f32")
-  assert hf_io.INDEX_NAME in files and sum(f.endswith(".safetensors") for f in files) > 2
+  assert hf_io._INDEX_NAME in files and sum(f.endswith(".safetensors") for f in files) > 2
   cfg2, loaded = q.load_hf_checkpoint(str(tmp_path / "f32"), jnp.float32)
   assert cfg2 == cfg
   leaves_equal(params, loaded)

@@ -33,28 +33,10 @@ _PENDING = frozenset({
     "streampro_jax._checks",
     "streampro_jax._config",
     "streampro_jax.cluster",
-    "streampro_jax.data.chat_format",
-    "streampro_jax.data.importers",
-    "streampro_jax.data.peer_loaders",
-    "streampro_jax.data.pipeline_config",
-    "streampro_jax.data.schema",
-    "streampro_jax.data.synthetic",
-    "streampro_jax.data.tfds_builders.jsonl_videos",
-    "streampro_jax.data.tfds_builders.synth_stream",
-    "streampro_jax.data.tokenizer",
-    "streampro_jax.data.video",
     "streampro_jax.demo",
     "streampro_jax.judges",
     "streampro_jax.live",
     "streampro_jax.losses",
-    "streampro_jax.models.common",
-    "streampro_jax.models.hf_io",
-    "streampro_jax.models.kv_cache",
-    "streampro_jax.models.layers",
-    "streampro_jax.models.processing",
-    "streampro_jax.models.processing_qwen3",
-    "streampro_jax.models.qwen2_5_vl",
-    "streampro_jax.models.qwen3_vl",
     "streampro_jax.numerics",
     "streampro_jax.parallel",
     "streampro_jax.prompts",
@@ -82,21 +64,21 @@ _PENDING = frozenset({
 })
 
 # The names every backbone module provides (the protocol in streampro_jax/models/__init__.py's
-# docstring): models/__init__ reaches them through `backbone_module(x).<name>` and
+# docstring): callers reach them through `backbone_module(x).<name>` and
 # `getattr(module, "<Name>Config")`, which no static walk can follow.
+_BACKBONE = "backbone protocol (streampro_jax/models/__init__.py), reached via backbone_module"
 _BACKBONE_PROTOCOL = {
-    name: "backbone protocol (streampro_jax/models/__init__.py), reached through backbone_module"
-    for name in ("MODEL_TYPE", "tiny_config", "init_params", "get_rope_index",
-                 "chunk_position_ids", "load_hf_checkpoint", "save_hf_checkpoint",
-                 "video_processor_config")}
-
+    name: _BACKBONE
+    for name in ("MODEL_TYPE", "TextConfig", "VisionConfig", "tiny_config", "init_params",
+                 "get_rope_index", "chunk_position_ids", "hf_key_map", "load_hf_checkpoint",
+                 "save_hf_checkpoint", "video_processor_config")}
 PROTOCOLS: dict[str, dict[str, str]] = {
-    "streampro_jax.models.qwen2_5_vl": dict(_BACKBONE_PROTOCOL,
-                                            Qwen2_5_VLConfig="backbone protocol: <Name>Config",
-                                            Qwen2_5_VL="backbone protocol: <Name>"),
-    "streampro_jax.models.qwen3_vl": dict(_BACKBONE_PROTOCOL,
-                                          Qwen3_VLConfig="backbone protocol: <Name>Config",
-                                          Qwen3_VL="backbone protocol: <Name>"),
+    "streampro_jax.models.qwen2_5_vl": dict(_BACKBONE_PROTOCOL, Qwen2_5_VLConfig=_BACKBONE,
+                                            Qwen2_5_VL=_BACKBONE),
+    "streampro_jax.models.qwen3_vl": dict(_BACKBONE_PROTOCOL, Qwen3_VLConfig=_BACKBONE,
+                                          Qwen3_VL=_BACKBONE,
+                                          qwen3_vl_4b_config="train/aot.py reads it through "
+                                          "backbone_module (the Qwen3-VL-4B architecture)"),
 }
 
 # User API: names no file of the package, launch/, benchmarks/ or configs/ reads, kept public

@@ -257,7 +257,7 @@ def test_interpolation_taps_match_transformers(grid, side):
   ref_i, ref_w = hf_vision_utils.get_vision_interpolation_indices_and_weights(
       torch.as_tensor(grid), num_grid_per_side=side, mode="bilinear", align_corners=True,
       spatial_merge_size=2)
-  idx, w = q3.interpolation_taps(grid, side, 2)
+  idx, w = q3._interpolation_taps(grid, side, 2)
   np.testing.assert_array_equal(idx, ref_i.numpy())
   # Bilinear weights in [0, 1], each a product of two 1-D weights from a few float32 operations
   # (ours NumPy, theirs torch): <= 8 roundings each side on a scale of 1.

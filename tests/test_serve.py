@@ -38,7 +38,7 @@ def _video(path, seconds=6, fps=4, size=32, seed=0):
   for i in range(len(frames)):   # a bar sweeping right over a random colour
     frames[i] = rng.integers(0, 256, 3, dtype=np.uint8)
     frames[i, :, : (i * 3) % size] = 240
-  video.encode_video(path, frames, fps=fps, codec="libvpx")   # webm: chromium plays it
+  video._encode_video(path, frames, fps=fps, codec="libvpx")   # webm: chromium plays it
   return path
 
 

@@ -24,16 +24,16 @@ def _grad_bound(q, k, v, w, keys):
 
 
 def test_splash_block_and_path_choice():
-  assert layers.splash_block(7680, 512) == 512
-  assert layers.splash_block(768, 512) == 384       # the largest multiple of 128 dividing 768
-  assert layers.splash_block(128, 512) == 128
-  assert layers.splash_block(100, 512) == 0          # not a multiple of 128: the XLA path
-  assert not layers.splash_fits(1, 4096)             # a decode step
-  assert layers.splash_fits(256, 256)
-  assert layers.resolve_impl("splash", jnp.float32) == "splash"
-  assert layers.resolve_impl(layers.AttentionImpl("splash", 256, 256), jnp.float32) == "splash"
+  assert layers._splash_block(7680, 512) == 512
+  assert layers._splash_block(768, 512) == 384       # the largest multiple of 128 dividing 768
+  assert layers._splash_block(128, 512) == 128
+  assert layers._splash_block(100, 512) == 0          # not a multiple of 128: the XLA path
+  assert not layers._splash_fits(1, 4096)             # a decode step
+  assert layers._splash_fits(256, 256)
+  assert layers._resolve_impl("splash", jnp.float32) == "splash"
+  assert layers._resolve_impl(layers._AttentionImpl("splash", 256, 256), jnp.float32) == "splash"
   # 'jax' is splash on a TPU only; on this CPU it is the XLA path.
-  assert layers.resolve_impl("jax", jnp.float32) == "xla"
+  assert layers._resolve_impl("jax", jnp.float32) == "xla"
 
 
 @pytest.mark.slow
@@ -77,10 +77,10 @@ def test_splash_vision_window_and_full_segments_forward_and_gradients():
   w = jnp.asarray(rng.normal(size=(n, heads, h)), jnp.float32)
   for plan, keys, name in ((window, 16, "window"), (full, n, "full")):
     def loss(impl, q, k, v, plan=plan):
-      return jnp.sum(layers.segment_attention(q, k, v, plan, impl=impl) * w)
+      return jnp.sum(layers._segment_attention(q, k, v, plan, impl=impl) * w)
 
-    got = layers.segment_attention(q, k, v, plan, impl="splash")
-    want = layers.segment_attention(q, k, v, plan, impl="xla")
+    got = layers._segment_attention(q, k, v, plan, impl="splash")
+    want = layers._segment_attention(q, k, v, plan, impl="xla")
     tol.assert_within(tol.max_abs_diff(got, want),
                       tol.attention_bound(q, k, v, keys, two_sided=True),
                       f"splash vs xla: vision {name} forward")

@@ -193,7 +193,7 @@ def test_clip_frames_pick_the_frame_shown_at_each_time(tmp_path):
   # A real file: one flat colour per second; the frame at (k + 0.5) * 4 / 4 s is second k's.
   colours = np.array([[250, 0, 0], [0, 250, 0], [0, 0, 250], [250, 250, 0]], np.uint8)
   clip = np.repeat(colours, 8, axis=0)[:, None, None, :] * np.ones((1, 32, 32, 1), np.uint8)
-  video.encode_video(str(tmp_path / "c.mp4"), clip, fps=8.0)
+  video._encode_video(str(tmp_path / "c.mp4"), clip, fps=8.0)
   real = schema.parse_record(dict(_record("r", "q", "a"), video="c.mp4", duration=4.0),
                              file=str(tmp_path / "x.jsonl"))
   times, frames = pipeline.clip_frames(real, 4)

@@ -2,7 +2,7 @@
 
 `checkpoint_kind` tells the three apart; `load_model` returns (params, model_config, tokenizer,
 training config or None); `checkpoint_identity` is what identifies the weights in a results
-file (bench/harness.check_results_identity); `trained_frame_size` is the frame size the model
+file (bench/harness._check_results_identity); `trained_frame_size` is the frame size the model
 was trained on. launch/evaluate.py, launch/stream.py and launch/serve.py read their --checkpoint
 / --config / --tokenizer flags through these.
 """

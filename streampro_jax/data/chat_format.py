@@ -24,7 +24,7 @@ answer text, and the closing <|im_end|>) are the targets. ``labels`` are shifted
 
 Tokenisation is done per piece (each piece starts or ends next to a special token), which gives
 the same ids as tokenising the whole rendered string (special tokens are split out before the
-text model runs); ``render_text`` builds that whole string and the tests check the equality.
+text model runs); ``_render_text`` builds that whole string and the tests check the equality.
 """
 
 from __future__ import annotations
@@ -39,14 +39,19 @@ import numpy as np
 from streampro_jax import prompts
 from streampro_jax.data import schema
 
+__all__ = [
+    "ANSWER_JOINER", "ChatFormat", "DECISION_RESPONSE", "answer_turn", "ask_turn",
+    "assistant_header_text", "num_turns", "plan_turns", "system_text", "time_label", "turn_time"
+]
+
 ANSWER_JOINER = "; "
 """Texts of several answers that fall on the same turn are joined with this [choice]."""
 
-DECISION_NONE = 0
-DECISION_SILENCE = 1
+_DECISION_NONE = 0
+_DECISION_SILENCE = 1
 DECISION_RESPONSE = 2
 
-TIME_EPS = 1e-6
+_TIME_EPS = 1e-6
 
 # ------------------------------------------------------------------------------------------------
 # Turn timing (pure functions of times).
@@ -54,17 +59,17 @@ TIME_EPS = 1e-6
 
 def num_turns(duration: float) -> int:
   """K = ceil(duration) (at least 1)."""
-  return max(1, int(math.ceil(float(duration) - TIME_EPS)))
+  return max(1, int(math.ceil(float(duration) - _TIME_EPS)))
 
 
 def ask_turn(ask_time: float, n_turns: int) -> int:
   """Turn of a question asked at ``ask_time``: min(floor(ask_time), K - 1)."""
-  return int(min(max(math.floor(float(ask_time) + TIME_EPS), 0), n_turns - 1))
+  return int(min(max(math.floor(float(ask_time) + _TIME_EPS), 0), n_turns - 1))
 
 
 def answer_turn(response_time: float, question_turn: int = 0) -> int:
   """Turn of an answer due at ``response_time``: max(ceil(t) - 1, 0, question_turn)."""
-  return int(max(math.ceil(float(response_time) - TIME_EPS) - 1, 0, question_turn))
+  return int(max(math.ceil(float(response_time) - _TIME_EPS) - 1, 0, question_turn))
 
 
 def turn_time(k: int) -> float:
@@ -80,7 +85,7 @@ def time_label(k: int) -> str:
 _LABEL_RE = re.compile(r"^<(\d+)s-(\d+)s>$")
 
 
-def parse_time_label(label: str) -> tuple[int, int]:
+def _parse_time_label(label: str) -> tuple[int, int]:
   """"<4s-5s>" -> (4, 5)."""
   m = _LABEL_RE.match(label)
   if not m:
@@ -89,10 +94,10 @@ def parse_time_label(label: str) -> tuple[int, int]:
 
 
 @dataclasses.dataclass(frozen=True)
-class TurnPlan:
+class _TurnPlan:
   """What turn ``index`` holds: the question (on its ask turn), the decision and answer text."""
   index: int
-  decision: int                 # DECISION_SILENCE or DECISION_RESPONSE
+  decision: int                 # _DECISION_SILENCE or DECISION_RESPONSE
   text: str = ""                # answer text ("" for silence)
   question: str | None = None
 
@@ -115,7 +120,7 @@ def _resolve_question(record: schema.Record,
 
 
 def plan_turns(record: schema.Record, question: schema.Question | str | int | None = None,
-               *, max_turns: int | None = None) -> list[TurnPlan]:
+               *, max_turns: int | None = None) -> list[_TurnPlan]:
   """The per-turn content of one trajectory (no tokenizer needed).
 
   Args:
@@ -143,9 +148,9 @@ def plan_turns(record: schema.Record, question: schema.Question | str | int | No
   for k in range(k_keep):
     question_text = q.question if k == q_turn else None
     if k in texts:
-      plans.append(TurnPlan(k, DECISION_RESPONSE, ANSWER_JOINER.join(texts[k]), question_text))
+      plans.append(_TurnPlan(k, DECISION_RESPONSE, ANSWER_JOINER.join(texts[k]), question_text))
     else:
-      plans.append(TurnPlan(k, DECISION_SILENCE, "", question_text))
+      plans.append(_TurnPlan(k, _DECISION_SILENCE, "", question_text))
   return plans
 
 
@@ -157,7 +162,7 @@ def system_text(system_prompt: str = prompts.STREAMING_SYSTEM_PROMPT) -> str:
   return f"{prompts.IM_START}system\n{system_prompt}{prompts.IM_END}\n"
 
 
-def user_turn_text(k: int, question: str | None = None, *, tokens_per_turn: int) -> str:
+def _user_turn_text(k: int, question: str | None = None, *, tokens_per_turn: int) -> str:
   q = "" if question is None else f"{question}\n"
   return (f"{prompts.IM_START}user\n{q}{time_label(k)}\n"
           f"{prompts.VISION_START}{prompts.VIDEO_PAD * tokens_per_turn}"
@@ -168,24 +173,24 @@ def assistant_header_text() -> str:
   return f"{prompts.IM_START}assistant\n"
 
 
-def assistant_body_text(decision: int, text: str = "") -> str:
+def _assistant_body_text(decision: int, text: str = "") -> str:
   """The supervised part of an assistant message plus its trailing newline."""
-  if decision == DECISION_SILENCE:
+  if decision == _DECISION_SILENCE:
     return f"{prompts.SILENCE_TOKEN}{prompts.IM_END}\n"
   if decision == DECISION_RESPONSE:
     return f"{prompts.RESPONSE_TOKEN}{text}{prompts.IM_END}\n"
-  raise ValueError(f"decision must be {DECISION_SILENCE} or {DECISION_RESPONSE}, got {decision}")
+  raise ValueError(f"decision must be {_DECISION_SILENCE} or {DECISION_RESPONSE}, got {decision}")
 
 
-def render_text(record: schema.Record, question=None, *, tokens_per_turn: int,
+def _render_text(record: schema.Record, question=None, *, tokens_per_turn: int,
                 max_turns: int | None = None,
                 system_prompt: str = prompts.STREAMING_SYSTEM_PROMPT) -> str:
   """The whole trajectory as one string (what the token ids decode to)."""
   parts = [system_text(system_prompt)]
   for p in plan_turns(record, question, max_turns=max_turns):
-    parts.append(user_turn_text(p.index, p.question, tokens_per_turn=tokens_per_turn))
+    parts.append(_user_turn_text(p.index, p.question, tokens_per_turn=tokens_per_turn))
     parts.append(assistant_header_text())
-    parts.append(assistant_body_text(p.decision, p.text))
+    parts.append(_assistant_body_text(p.decision, p.text))
   return "".join(parts)
 
 
@@ -194,7 +199,7 @@ def render_text(record: schema.Record, question=None, *, tokens_per_turn: int,
 
 
 @dataclasses.dataclass
-class Trajectory:
+class _Trajectory:
   """One rendered trajectory. Arrays have length L (number of tokens) unless said otherwise.
 
   Attributes:
@@ -207,7 +212,7 @@ class Trajectory:
     user_spans: i32[K, 2], [start, end) of each user message (from <|im_start|> to after "\\n").
     assistant_spans: i32[K, 2], [start, end) of each assistant message (header included).
     turn_decisions: i32[K], 1 silence / 2 response per turn.
-    turns: the TurnPlan of each turn.
+    turns: the _TurnPlan of each turn.
     record_id, question_id, task: where it came from.
     tokens_per_turn: <|video_pad|> tokens per user turn.
   """
@@ -220,7 +225,7 @@ class Trajectory:
   user_spans: np.ndarray
   assistant_spans: np.ndarray
   turn_decisions: np.ndarray
-  turns: tuple[TurnPlan, ...]
+  turns: tuple[_TurnPlan, ...]
   record_id: str = ""
   question_id: str = ""
   task: str = ""
@@ -231,7 +236,7 @@ class Trajectory:
 
 
 @dataclasses.dataclass(frozen=True)
-class DecodedTurn:
+class _DecodedTurn:
   """One turn parsed back from token ids.
 
   ``decision`` is "silence", "response", "invalid" (the assistant message is not a lone
@@ -288,7 +293,7 @@ class ChatFormat:
     self.newline_ids = _encode(tokenizer, "\n")
     self._system = np.asarray(_encode(tokenizer, system_text(system_prompt)), np.int32)
     self._header = np.asarray(_encode(tokenizer, assistant_header_text()), np.int32)
-    self._silence_body = np.asarray(self._body(DECISION_SILENCE, ""), np.int32)
+    self._silence_body = np.asarray(self._body(_DECISION_SILENCE, ""), np.int32)
     self._user_cache: dict[int, np.ndarray] = {}
     self._vision = ([self.vision_start_id] + [self.video_pad_id] * self.tokens_per_turn
                     + [self.vision_end_id, self.im_end_id] + self.newline_ids)
@@ -315,23 +320,23 @@ class ChatFormat:
     return self._header.copy()
 
   def _body(self, decision: int, text: str) -> list[int]:
-    if decision == DECISION_SILENCE:
+    if decision == _DECISION_SILENCE:
       return [self.silence_id, self.im_end_id] + self.newline_ids
     if decision == DECISION_RESPONSE:
       return ([self.response_id] + _encode(self.tokenizer, text) + [self.im_end_id]
               + self.newline_ids)
-    raise ValueError(f"decision must be {DECISION_SILENCE} or {DECISION_RESPONSE}, got {decision}")
+    raise ValueError(f"decision must be {_DECISION_SILENCE} or {DECISION_RESPONSE}, got {decision}")
 
   def assistant_body_ids(self, decision: int, text: str = "") -> np.ndarray:
     """i32 ids of the supervised assistant part: decision token, text, <|im_end|>, then "\\n"."""
-    if decision == DECISION_SILENCE:
+    if decision == _DECISION_SILENCE:
       return self._silence_body.copy()
     return np.asarray(self._body(decision, text), np.int32)
 
   # -- whole trajectories ------------------------------------------------------------------------
 
   def render(self, record: schema.Record, question=None, *,
-             max_turns: int | None = None) -> Trajectory:
+             max_turns: int | None = None) -> _Trajectory:
     """Renders one (record, question) trajectory; see the module docstring for the layout."""
     q = _resolve_question(record, question)
     plans = plan_turns(record, q, max_turns=max_turns)
@@ -365,9 +370,9 @@ class ChatFormat:
     loss_mask[:-1] = is_target[1:]
     decision_class = np.zeros(input_ids.shape, np.int32)
     supervised = loss_mask > 0
-    decision_class[supervised & (labels == self.silence_id)] = DECISION_SILENCE
+    decision_class[supervised & (labels == self.silence_id)] = _DECISION_SILENCE
     decision_class[supervised & (labels == self.response_id)] = DECISION_RESPONSE
-    return Trajectory(
+    return _Trajectory(
         input_ids=input_ids, labels=labels, loss_mask=loss_mask, decision_class=decision_class,
         turn_index=turn_index, num_turns=n_turns, user_spans=user_spans,
         assistant_spans=asst_spans,
@@ -376,15 +381,15 @@ class ChatFormat:
 
   # -- parsing back ------------------------------------------------------------------------------
 
-  def decode_turns(self, ids: Sequence[int]) -> list[DecodedTurn]:
-    """Parses ids (a rendered or generated trajectory) back into turns; see ``decode_turns``."""
-    return decode_turns(ids, self.tokenizer)
+  def decode_turns(self, ids: Sequence[int]) -> list[_DecodedTurn]:
+    """Parses ids (a rendered or generated trajectory) back into turns; see ``_decode_turns``."""
+    return _decode_turns(ids, self.tokenizer)
 
 
 _USER_RE = re.compile(r"^user\n(?:(?P<q>.*)\n)?(?P<label><\d+s-\d+s>)\n$", re.DOTALL)
 
 
-def decode_turns(ids: Sequence[int], tokenizer) -> list[DecodedTurn]:
+def _decode_turns(ids: Sequence[int], tokenizer) -> list[_DecodedTurn]:
   """Parses token ids back into per-turn (time label, question, decision, text).
 
   The system message is skipped. Each user message opens a turn; the assistant message that
@@ -415,7 +420,7 @@ def decode_turns(ids: Sequence[int], tokenizer) -> list[DecodedTurn]:
   def text_of(piece: list[int]) -> str:
     return tokenizer.decode(piece, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
-  turns: list[DecodedTurn] = []
+  turns: list[_DecodedTurn] = []
   pending = None   # (index, label, question, pads)
   for content in messages:
     n_pads = sum(1 for t in content if t == video_pad)
@@ -429,11 +434,11 @@ def decode_turns(ids: Sequence[int], tokenizer) -> list[DecodedTurn]:
     role, _, body = content_text.partition("\n")
     if role == "user":
       if pending is not None:
-        turns.append(DecodedTurn(*pending[:3], "missing", "", pending[3]))
+        turns.append(_DecodedTurn(*pending[:3], "missing", "", pending[3]))
       m = _USER_RE.match(content_text)
       if not m:
         raise ValueError(f"user message does not hold a time label: {content_text!r:.200}")
-      start, _ = parse_time_label(m.group("label"))
+      start, _ = _parse_time_label(m.group("label"))
       pending = (start, m.group("label"), m.group("q"), n_pads)
     elif role == "assistant" and pending is not None:
       if body.startswith(prompts.SILENCE_TOKEN):
@@ -444,8 +449,8 @@ def decode_turns(ids: Sequence[int], tokenizer) -> list[DecodedTurn]:
         decision = "response" if text.strip() else "invalid"
       else:
         decision, text = "invalid", body
-      turns.append(DecodedTurn(pending[0], pending[1], pending[2], decision, text, pending[3]))
+      turns.append(_DecodedTurn(pending[0], pending[1], pending[2], decision, text, pending[3]))
       pending = None
   if pending is not None:
-    turns.append(DecodedTurn(*pending[:3], "missing", "", pending[3]))
+    turns.append(_DecodedTurn(*pending[:3], "missing", "", pending[3]))
   return turns

@@ -21,7 +21,7 @@ Every format is read as a stream (a big JSON array through an incremental ``raw_
 JSONL and CSV line by line), converted record by record and written as JSONL, so memory stays
 bounded by the largest single record. Bad input records follow a ``fail``/``skip`` policy: with
 ``skip`` each one is counted and listed (file, record index/line, field, reason) in
-``ImportStats``; nothing is dropped silently.
+``_ImportStats``; nothing is dropped silently.
 
 Timing (docs/architecture.md, docs/method.md section 1): turn k covers ``<ks-(k+1)s>``; a question
 asked at time a goes on turn ``floor(a)``; an answer with response time t goes on turn
@@ -45,15 +45,17 @@ from streampro_jax.data import chat_format
 from streampro_jax.data import schema
 from streampro_jax.data.schema import DataError
 
+__all__ = ["FORMATS", "Options", "export_array_record", "import_to_jsonl", "read_durations_table"]
+
 FORMATS = ("streamo_raw", "streamo_stream", "timechat_online", "videochat_flash", "simple")
-STANDBY = "</Standby>"
-STANDBY_NOTE = "Streamo </Standby> turns mapped to </Silence> (docs/method.md has no standby token)"
+_STANDBY = "</Standby>"
+_STANDBY_NOTE = "Streamo </Standby> turns mapped to </Silence> (docs/method.md has no standby token)"
 # Streamo's converter puts this question on <0s-1s> when an entry has none.
-STREAMO_DEFAULT_QUESTION = "Find all significant events in the video and describe them."
+_STREAMO_DEFAULT_QUESTION = "Find all significant events in the video and describe them."
 
 # Streamo task_type (lower-cased, punctuation removed) -> task of docs/method.md. Keyword rules
 # follow.
-DEFAULT_STREAMO_TASK_MAP = {
+_DEFAULT_STREAMO_TASK_MAP = {
     "qa": "EU",
     "timesensitiveqa": "EU",
     "narration": "CAP",
@@ -91,7 +93,7 @@ def _decode(raw: bytes) -> tuple[str, str | None]:
     return raw.decode("utf-8", errors="replace"), f"not UTF-8: {e.reason} at byte {e.start}"
 
 
-def iter_json_values(path: str, *, chunk_chars: int = 1 << 18,
+def _iter_json_values(path: str, *, chunk_chars: int = 1 << 18,
                      max_record_chars: int = 64 << 20,
                      progress: _Progress | None = None
                      ) -> Iterator[tuple[int, int, Any | DataError]]:
@@ -196,7 +198,7 @@ def iter_json_values(path: str, *, chunk_chars: int = 1 << 18,
       index += 1
 
 
-def iter_jsonl(path: str, *, progress: _Progress | None = None
+def _iter_jsonl(path: str, *, progress: _Progress | None = None
                ) -> Iterator[tuple[int, int, Any | DataError]]:
   """Yields ``(index, line, value_or_error)`` for each non-blank line of a JSONL file.
 
@@ -224,7 +226,7 @@ def iter_jsonl(path: str, *, progress: _Progress | None = None
       index += 1
 
 
-def sniff_json_layout(path: str) -> str:
+def _sniff_json_layout(path: str) -> str:
   """'array' when the first non-blank character is '[', 'object' for a single pretty-printed
   object, else 'jsonl'."""
   with open(path, "rb") as fh:
@@ -240,12 +242,12 @@ def sniff_json_layout(path: str) -> str:
     return "object" if s.startswith("{") else "jsonl"
 
 
-def iter_source(path: str, *, progress: _Progress | None = None
+def _iter_source(path: str, *, progress: _Progress | None = None
                 ) -> Iterator[tuple[int, int, Any | DataError]]:
   """Yields ``(index, line, value_or_error)`` from a JSON array, a JSON object or JSONL."""
-  layout = sniff_json_layout(path)
+  layout = _sniff_json_layout(path)
   if layout == "array":
-    yield from iter_json_values(path, progress=progress)
+    yield from _iter_json_values(path, progress=progress)
   elif layout == "object":
     with open(path, "rb") as fh:
       raw = fh.read()
@@ -258,10 +260,10 @@ def iter_source(path: str, *, progress: _Progress | None = None
       raise DataError(path, e.lineno, "<file>", f"malformed JSON: {e.msg}") from None
     yield 0, 1, value
   else:
-    yield from iter_jsonl(path, progress=progress)
+    yield from _iter_jsonl(path, progress=progress)
 
 
-def iter_csv(path: str, *, progress: _Progress | None = None
+def _iter_csv(path: str, *, progress: _Progress | None = None
              ) -> Iterator[tuple[int, int, dict | DataError]]:
   """Yields ``(index, line, row_or_error)`` of a CSV file with a header row, read as bytes line
   by line; a row on a line that is not UTF-8 (or with too many fields) yields a DataError."""
@@ -318,7 +320,7 @@ def iter_csv(path: str, *, progress: _Progress | None = None
 
 
 @dataclasses.dataclass
-class Ctx:
+class _Ctx:
   """Where a raw record came from, for error messages."""
   file: str
   line: int
@@ -341,7 +343,7 @@ class Options:
       ``{start: st_time, end: end_time + offset}``. 1.0 reproduces Streamo's converter, which
       answers on the turn after end_time; 0.0 answers on the turn that ends at end_time.
     streamo_task_map: Streamo task_type -> task of docs/method.md (keys normalised: lower case,
-      letters and digits only); merged over DEFAULT_STREAMO_TASK_MAP.
+      letters and digits only); merged over _DEFAULT_STREAMO_TASK_MAP.
     default_task: task for formats without a task label (TimeChat-Online, VideoChat-Flash,
       simple rows without ``task``), and for unknown Streamo task types when not None.
     group_by_video: merge consecutive raw entries with the same video into one record.
@@ -365,9 +367,9 @@ class Options:
   check_videos: bool = True
 
 
-def resolve_video(video: str, opts: Options) -> str:
+def _resolve_video(video: str, opts: Options) -> str:
   """The path of a record's video: absolute paths and URLs unchanged, relative ones under
-  ``opts.video_root`` (the annotation file's folder in iter_import)."""
+  ``opts.video_root`` (the annotation file's folder in _iter_import)."""
   if os.path.isabs(video) or "://" in video or not opts.video_root:
     return video
   return os.path.normpath(os.path.join(opts.video_root, video))
@@ -389,13 +391,13 @@ def _lookup_duration(video: str, name: str | None, opts: Options) -> tuple[float
       if key and key in opts.durations:
         return float(opts.durations[key]), "durations_table"
   if opts.probe is not None:
-    d = opts.probe(resolve_video(video, opts))
+    d = opts.probe(_resolve_video(video, opts))
     if d is not None and d > 0:
       return float(d), "video_probe"
   return None, ""
 
 
-def parse_streamo_time(value: Any) -> int | None:
+def _parse_streamo_time(value: Any) -> int | None:
   """Streamo's time parser: None/"" -> None; numbers truncate to whole seconds; strings accept
   "5", "5.5" (truncated), "MM:SS" and "HH:MM:SS". Raises ValueError otherwise."""
   if value is None or value == "":
@@ -454,7 +456,7 @@ def _assign_answers(questions: list[dict], answers: list[tuple[int, dict]]) -> i
   return moved
 
 
-def _finish_questions(rec_id: str, questions: list[dict], ctx: Ctx | None = None,
+def _finish_questions(rec_id: str, questions: list[dict], ctx: _Ctx | None = None,
                       meta: dict | None = None) -> list[dict]:
   """Final question dicts. Questions without any answer are dropped (the schema requires one)
   and counted in ``meta["dropped_unanswered_questions"]``; none left -> DataError."""
@@ -476,12 +478,12 @@ def _finish_questions(rec_id: str, questions: list[dict], ctx: Ctx | None = None
 # --------------------------------------------------------------------------------------------
 
 
-def _streamo_task(task_type: Any, ctx: Ctx, opts: Options) -> str:
+def _streamo_task(task_type: Any, ctx: _Ctx, opts: Options) -> str:
   if not isinstance(task_type, str) or not task_type.strip():
     raise ctx.error("task_type", f"missing or not a string (got {task_type!r})")
   if task_type in schema.TASKS:
     return task_type
-  table = dict(DEFAULT_STREAMO_TASK_MAP)
+  table = dict(_DEFAULT_STREAMO_TASK_MAP)
   if opts.streamo_task_map:
     table.update({_norm_key(k): v for k, v in opts.streamo_task_map.items()})
   key = _norm_key(task_type)
@@ -496,7 +498,7 @@ def _streamo_task(task_type: Any, ctx: Ctx, opts: Options) -> str:
   raise ctx.error("task_type", f"{task_type!r} has no task mapping; pass a task map")
 
 
-def convert_streamo_raw(obj: Any, ctx: Ctx, opts: Options | None = None) -> dict:
+def _convert_streamo_raw(obj: Any, ctx: _Ctx, opts: Options | None = None) -> dict:
   """One Streamo raw entry -> one record.
 
   Mapping (reproduces the turns of Streamo's scripts/convert_streaming_video.py at 1 fps):
@@ -531,7 +533,7 @@ def convert_streamo_raw(obj: Any, ctx: Ctx, opts: Options | None = None) -> dict
     if not isinstance(content, str) or not content.strip():
       raise ctx.error(f"question[{i}].content", "missing or empty text")
     try:
-      t = parse_streamo_time(q.get("time"))
+      t = _parse_streamo_time(q.get("time"))
     except ValueError as e:
       raise ctx.error(f"question[{i}].time", str(e)) from None
     if t is not None and t < 0:
@@ -541,7 +543,7 @@ def convert_streamo_raw(obj: Any, ctx: Ctx, opts: Options | None = None) -> dict
                       "_turn": turn, "answers": []})
   default_question = not questions
   if default_question:
-    questions.append({"task": task, "question": STREAMO_DEFAULT_QUESTION, "ask_time": 0.0,
+    questions.append({"task": task, "question": _STREAMO_DEFAULT_QUESTION, "ask_time": 0.0,
                       "_turn": 0, "answers": []})
 
   offset = float(opts.streamo_interval_end_offset)
@@ -555,9 +557,9 @@ def convert_streamo_raw(obj: Any, ctx: Ctx, opts: Options | None = None) -> dict
     if not isinstance(content, str) or not content.strip():
       raise ctx.error(f"response[{i}].content", "missing or empty text")
     try:
-      st = parse_streamo_time(r.get("st_time"))
-      en = parse_streamo_time(r.get("end_time"))
-      tt = parse_streamo_time(r.get("time"))
+      st = _parse_streamo_time(r.get("st_time"))
+      en = _parse_streamo_time(r.get("end_time"))
+      tt = _parse_streamo_time(r.get("time"))
     except ValueError as e:
       raise ctx.error(f"response[{i}]", str(e)) from None
     for name, v in (("st_time", st), ("end_time", en), ("time", tt)):
@@ -586,7 +588,7 @@ def convert_streamo_raw(obj: Any, ctx: Ctx, opts: Options | None = None) -> dict
   rec_id = f"{name}#{ctx.index}"
   meta = {"source_format": "streamo_raw", "source_task": obj.get("task_type"),
           "source": obj.get("source"), "duration_source": source,
-          "standby_turns": standby_turns, "standby": STANDBY_NOTE,
+          "standby_turns": standby_turns, "standby": _STANDBY_NOTE,
           "interval_end_offset": offset, "raw_index": ctx.index}
   if moved:
     meta["ask_time_moved_to_0"] = moved
@@ -596,7 +598,7 @@ def convert_streamo_raw(obj: Any, ctx: Ctx, opts: Options | None = None) -> dict
           "questions": _finish_questions(rec_id, questions, ctx, meta), "meta": meta}
 
 
-def merge_records(a: dict, b: dict) -> dict:
+def _merge_records(a: dict, b: dict) -> dict:
   """Merge record b (same video) into record a: questions appended, duration = max."""
   out = dict(a)
   n = len(a["questions"])
@@ -625,7 +627,7 @@ def merge_records(a: dict, b: dict) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def convert_streamo_stream(obj: Any, ctx: Ctx, opts: Options | None = None) -> dict:
+def _convert_streamo_stream(obj: Any, ctx: _Ctx, opts: Options | None = None) -> dict:
   """One Streamo multi-turn sample -> one record.
 
   Turn k is the k-th user message (its ``<Xs-Ys>`` tag, when present, must say X = k). The
@@ -685,7 +687,7 @@ def convert_streamo_stream(obj: Any, ctx: Ctx, opts: Options | None = None) -> d
   for k, (_, a) in enumerate(turns):
     if a == prompts.SILENCE_TOKEN:
       kinds.append("silence")
-    elif a == STANDBY:
+    elif a == _STANDBY:
       kinds.append("standby")
     elif a.startswith(prompts.RESPONSE_TOKEN):
       if not a[len(prompts.RESPONSE_TOKEN):].strip():
@@ -693,7 +695,7 @@ def convert_streamo_stream(obj: Any, ctx: Ctx, opts: Options | None = None) -> d
       kinds.append("response")
     else:
       raise ctx.error(f"turn[{k}]", f"assistant message {a[:40]!r} is none of "
-                      f"{prompts.SILENCE_TOKEN}, {STANDBY}, {prompts.RESPONSE_TOKEN}")
+                      f"{prompts.SILENCE_TOKEN}, {_STANDBY}, {prompts.RESPONSE_TOKEN}")
   questions: list[dict] = []
   for k, text in occurrences:
     if questions and questions[-1]["question"] == text:
@@ -706,7 +708,7 @@ def convert_streamo_stream(obj: Any, ctx: Ctx, opts: Options | None = None) -> d
                       "answers": []})
   default_question = not questions
   if default_question:
-    questions.append({"task": task, "question": STREAMO_DEFAULT_QUESTION, "ask_time": 0.0,
+    questions.append({"task": task, "question": _STREAMO_DEFAULT_QUESTION, "ask_time": 0.0,
                       "_turn": 0, "answers": []})
   answers: list[tuple[int, dict]] = []
   for k, kind in enumerate(kinds):
@@ -727,7 +729,7 @@ def convert_streamo_stream(obj: Any, ctx: Ctx, opts: Options | None = None) -> d
   rec_id = f"{name}#{ctx.index}"
   meta = {"source_format": "streamo_stream", "source_task": obj.get("task_type"),
           "source": obj.get("source"), "duration_source": "turn_count",
-          "standby_turns": kinds.count("standby"), "standby": STANDBY_NOTE,
+          "standby_turns": kinds.count("standby"), "standby": _STANDBY_NOTE,
           "raw_index": ctx.index}
   if moved:
     meta["ask_time_moved_to_0"] = moved
@@ -759,7 +761,7 @@ def _frame_second(path: str) -> int | None:
   return int(m[-1]) if m else None
 
 
-def convert_timechat_online(obj: Any, ctx: Ctx, opts: Options | None = None) -> dict:
+def _convert_timechat_online(obj: Any, ctx: _Ctx, opts: Options | None = None) -> dict:
   """One TimeChat-Online-139K sample -> one record.
 
   The sample holds ms-swift ``messages`` (user ``"<video>\\nquestion"``, assistant answer; no
@@ -840,7 +842,7 @@ def convert_timechat_online(obj: Any, ctx: Ctx, opts: Options | None = None) -> 
           "questions": _finish_questions(rec_id, questions), "meta": meta}
 
 
-def convert_videochat_flash(obj: Any, ctx: Ctx, opts: Options | None = None) -> dict:
+def _convert_videochat_flash(obj: Any, ctx: _Ctx, opts: Options | None = None) -> dict:
   """One VideoChat-Flash / LLaVA-NeXT video sample -> one record.
 
   Keys: ``video`` (path), ``conversations`` = [{from: human, value: "<image>\\nq"},
@@ -907,7 +909,7 @@ def convert_videochat_flash(obj: Any, ctx: Ctx, opts: Options | None = None) -> 
 # --------------------------------------------------------------------------------------------
 
 
-def _num(row: Mapping[str, Any], key: str, ctx: Ctx, default: float | None = None
+def _num(row: Mapping[str, Any], key: str, ctx: _Ctx, default: float | None = None
          ) -> float | None:
   v = row.get(key)
   if v is None or v == "":
@@ -921,9 +923,9 @@ def _num(row: Mapping[str, Any], key: str, ctx: Ctx, default: float | None = Non
   return f
 
 
-def convert_simple_row(row: Any, ctx: Ctx, opts: Options | None = None) -> dict:
+def _convert_simple_row(row: Any, ctx: _Ctx, opts: Options | None = None) -> dict:
   """One row ``{video, time, question, answer[, duration, ask_time, start, task, id]}`` ->
-  a one-question, one-answer record (consecutive rows are merged by ``iter_import``).
+  a one-question, one-answer record (consecutive rows are merged by ``_iter_import``).
 
   ``time`` is the response time; with ``start`` the answer is the interval [start, time].
   ``ask_time`` defaults to 0. Without ``duration`` the table/probe is used, else the
@@ -991,17 +993,17 @@ def _merge_simple(a: dict, b: dict) -> dict:
 # The import driver.
 # --------------------------------------------------------------------------------------------
 
-_CONVERTERS: dict[str, Callable[[Any, Ctx, Options], dict]] = {
-    "streamo_raw": convert_streamo_raw,
-    "streamo_stream": convert_streamo_stream,
-    "timechat_online": convert_timechat_online,
-    "videochat_flash": convert_videochat_flash,
-    "simple": convert_simple_row,
+_CONVERTERS: dict[str, Callable[[Any, _Ctx, Options], dict]] = {
+    "streamo_raw": _convert_streamo_raw,
+    "streamo_stream": _convert_streamo_stream,
+    "timechat_online": _convert_timechat_online,
+    "videochat_flash": _convert_videochat_flash,
+    "simple": _convert_simple_row,
 }
 
 
 @dataclasses.dataclass
-class ImportStats:
+class _ImportStats:
   """Counts of one import. ``errors`` keeps the first ``max_errors_kept`` messages."""
   read: int = 0
   converted: int = 0    # source records converted (read = converted + skipped; merged later)
@@ -1043,8 +1045,8 @@ def _video_key(rec: dict) -> str:
   return rec["video"]
 
 
-def iter_import(fmt: str, path: str, *, opts: Options | None = None, policy: str = "fail",
-                stats: ImportStats | None = None, progress: _Progress | None = None
+def _iter_import(fmt: str, path: str, *, opts: Options | None = None, policy: str = "fail",
+                stats: _ImportStats | None = None, progress: _Progress | None = None
                 ) -> Iterator[dict]:
   """Yields converted, validated records of one source file in source order.
 
@@ -1061,17 +1063,17 @@ def iter_import(fmt: str, path: str, *, opts: Options | None = None, policy: str
     raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
   if policy not in ("fail", "skip"):
     raise ValueError(f"policy must be 'fail' or 'skip', got {policy!r}")
-  stats = stats if stats is not None else ImportStats()
+  stats = stats if stats is not None else _ImportStats()
   if opts.video_root is None:
     opts = dataclasses.replace(opts, video_root=os.path.dirname(os.path.abspath(path)))
   if not opts.check_videos:
     stats.videos_checked = None
   convert = _CONVERTERS[fmt]
   if fmt == "simple" and path.lower().endswith(".csv"):
-    source = iter_csv(path, progress=progress)
+    source = _iter_csv(path, progress=progress)
   else:
-    source = iter_source(path, progress=progress)
-  merge = {"streamo_raw": merge_records, "simple": _merge_simple}.get(fmt)
+    source = _iter_source(path, progress=progress)
+  merge = {"streamo_raw": _merge_records, "simple": _merge_simple}.get(fmt)
   do_group = merge is not None and (opts.group_by_video or fmt == "simple")
   held: dict | None = None
 
@@ -1090,13 +1092,13 @@ def iter_import(fmt: str, path: str, *, opts: Options | None = None, policy: str
     try:
       if isinstance(value, DataError):
         raise value
-      rec = convert(value, Ctx(path, line, index), opts)
+      rec = convert(value, _Ctx(path, line, index), opts)
       try:
         schema.parse_record(rec, file=path, line=line)
       except DataError as err:
         raise DataError(path, line, f"[{index}] -> {err.field}", err.reason) from None
       if opts.check_videos and "://" not in rec["video"]:
-        full = resolve_video(rec["video"], opts)
+        full = _resolve_video(rec["video"], opts)
         stats.videos_checked += 1
         if not os.path.exists(full):
           stats.missing_videos += 1
@@ -1128,7 +1130,7 @@ def _same_file(a: str, b: str) -> bool:
 
 
 def import_to_jsonl(fmt: str, src: str, dst: str, *, opts: Options | None = None,
-                    policy: str = "fail", show_progress: bool = True) -> ImportStats:
+                    policy: str = "fail", show_progress: bool = True) -> _ImportStats:
   """Converts ``src`` (format ``fmt``) into the annotation JSONL ``dst``.
 
   Writes to ``dst + '.tmp'`` and renames when done, so a failed import leaves no half file.
@@ -1142,7 +1144,7 @@ def import_to_jsonl(fmt: str, src: str, dst: str, *, opts: Options | None = None
   out_dir = os.path.dirname(os.path.abspath(dst))
   if os.path.exists(dst) and _same_file(src, dst):
     raise ValueError(f"output {dst} is the input file; refusing to overwrite it")
-  stats = ImportStats()
+  stats = _ImportStats()
   prog = _Progress()
   bar = None
   if show_progress:
@@ -1154,10 +1156,10 @@ def import_to_jsonl(fmt: str, src: str, dst: str, *, opts: Options | None = None
   try:
     with open(tmp, "w", encoding="utf-8") as out:
       last = 0
-      for rec in iter_import(fmt, src, opts=opts, policy=policy, stats=stats, progress=prog):
+      for rec in _iter_import(fmt, src, opts=opts, policy=policy, stats=stats, progress=prog):
         video = rec["video"]
         if not (os.path.isabs(video) or "://" in video):
-          rec = dict(rec, video=os.path.relpath(resolve_video(video, opts), out_dir))
+          rec = dict(rec, video=os.path.relpath(_resolve_video(video, opts), out_dir))
         out.write(json.dumps(rec, ensure_ascii=False) + "\n")
         if bar is not None and prog.pos != last:
           bar.update(prog.pos - last)
@@ -1184,7 +1186,7 @@ def read_durations_table(path: str) -> dict[str, float]:
   return out
 
 
-def write_records_jsonl(records: Iterable[Mapping[str, Any]], dst: str) -> int:
+def _write_records_jsonl(records: Iterable[Mapping[str, Any]], dst: str) -> int:
   """Writes records one JSON object per line; returns the count."""
   n = 0
   with open(dst, "w", encoding="utf-8") as out:
@@ -1194,7 +1196,7 @@ def write_records_jsonl(records: Iterable[Mapping[str, Any]], dst: str) -> int:
   return n
 
 
-def records_from_text(text: str, fmt: str, *, opts: Options | None = None,
+def _records_from_text(text: str, fmt: str, *, opts: Options | None = None,
                       name: str = "<text>") -> list[dict]:
   """Converts a small source given as text (tests, notebooks). Policy "fail". Videos are not
   checked unless ``opts`` asks (the text names no folder)."""
@@ -1206,7 +1208,7 @@ def records_from_text(text: str, fmt: str, *, opts: Options | None = None,
     p = os.path.join(d, os.path.basename(name) + suffix)
     with open(p, "w", encoding="utf-8") as fh:
       fh.write(text)
-    return list(iter_import(fmt, p, opts=opts))
+    return list(_iter_import(fmt, p, opts=opts))
 
 
 def export_array_record(jsonl_path: str, data_dir: str, *, name: str, split: str = "train",
@@ -1223,12 +1225,3 @@ def export_array_record(jsonl_path: str, data_dir: str, *, name: str, split: str
       height=height, width=width, max_pixels=max_pixels, on_error=on_error)
   builder = tfds_builders.JsonlVideos(config=cfg, data_dir=data_dir, file_format="array_record")
   return tfds_builders.build(builder, **prepare_kwargs)
-
-
-__all__ = [
-    "FORMATS", "Options", "ImportStats", "Ctx", "iter_json_values",
-    "iter_jsonl", "iter_csv", "iter_source", "parse_streamo_time", "convert_streamo_raw",
-    "convert_streamo_stream", "convert_timechat_online", "convert_videochat_flash",
-    "convert_simple_row", "merge_records", "iter_import", "import_to_jsonl",
-    "read_durations_table", "write_records_jsonl", "records_from_text", "export_array_record",
-]

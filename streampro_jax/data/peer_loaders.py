@@ -44,8 +44,10 @@ from typing import Any
 from streampro_jax.data import schema
 from streampro_jax.data.schema import DataError, LoadReport, Record
 
+__all__ = ["load_ovo_bench", "load_proactivevideoqa", "load_streamingbench"]
+
 # StreamingBench task_type -> schema task [choice].
-STREAMINGBENCH_TASKS = {
+_STREAMINGBENCH_TASKS = {
     "Object Perception": "OU", "Attribute Perception": "OU", "Counting": "OU",
     "Text-Rich Understanding": "OU", "Spatial Understanding": "OU",
     "Event Understanding": "EU", "Action Perception": "EU", "Causal Reasoning": "EU",
@@ -56,17 +58,17 @@ STREAMINGBENCH_TASKS = {
     "Proactive Output": "TG",
 }
 # OVO-Bench task -> (category, schema task) [choice].
-OVO_TASKS = {
+_OVO_TASKS = {
     "EPM": ("backward", "EU"), "ASI": ("backward", "TP"), "HLD": ("backward", "EU"),
     "STU": ("realtime", "OU"), "OJR": ("realtime", "OU"), "ATR": ("realtime", "OU"),
     "ACR": ("realtime", "EU"), "OCR": ("realtime", "OU"), "FPD": ("realtime", "RF"),
     "REC": ("forward", "EU"), "SSR": ("forward", "GP"), "CRR": ("forward", "EU"),
 }
 # ProactiveVideoQA subset -> schema task [choice].
-PROACTIVEVIDEOQA_TASKS = {"VAD": "AA", "EGO": "EU", "TV": "EU", "WEB": "EU"}
+_PROACTIVEVIDEOQA_TASKS = {"VAD": "AA", "EGO": "EU", "TV": "EU", "WEB": "EU"}
 
 
-def hms_to_seconds(text: str) -> float:
+def _hms_to_seconds(text: str) -> float:
   """"HH:MM:SS" (or "MM:SS", "SS", fractional seconds allowed) -> seconds."""
   parts = str(text).strip().split(":")
   if not 1 <= len(parts) <= 3 or any(not p for p in parts):
@@ -77,7 +79,7 @@ def hms_to_seconds(text: str) -> float:
   return total
 
 
-def format_options(options: list[str]) -> str:
+def _format_options(options: list[str]) -> str:
   """Options as lines "A. ..." (an option already starting with "A." or "A " is kept as is)."""
   lines = []
   for i, opt in enumerate(options):
@@ -198,7 +200,7 @@ def _field(builder: _Builder, line: int, item: Any, key: str, prefix: str = "") 
 def _seconds(builder: _Builder, line: int, value: Any, field: str) -> float:
   try:
     if isinstance(value, str):
-      return hms_to_seconds(value)
+      return _hms_to_seconds(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
       raise ValueError(f"expected seconds or HH:MM:SS, got {value!r}")
     return float(value)
@@ -241,9 +243,9 @@ def load_streamingbench(path: str, *, video_dir: str | None = None,
           answer = {"time": t, "text": str(_field(b, line, q, "ground_truth_output", prefix))}
         else:
           options = _field(b, line, q, "options", prefix)
-          text = f"{text}\n{format_options(options)}"
+          text = f"{text}\n{_format_options(options)}"
           answer = {"time": ask, "text": str(_field(b, line, q, "answer", prefix))}
-        task = STREAMINGBENCH_TASKS.get(task_type, "EU")
+        task = _STREAMINGBENCH_TASKS.get(task_type, "EU")
       except DataError as e:
         b.fail(e)
         continue
@@ -273,10 +275,10 @@ def load_ovo_bench(path: str, *, video_dir: str | None = None,
     line = ii + 1
     try:
       task_name = _field(b, line, item, "task")
-      if task_name not in OVO_TASKS:
+      if task_name not in _OVO_TASKS:
         raise DataError(b.path, line, "task", f"unknown OVO-Bench task {task_name!r} "
-                        f"(known: {', '.join(OVO_TASKS)})")
-      category, task = OVO_TASKS[task_name]
+                        f"(known: {', '.join(_OVO_TASKS)})")
+      category, task = _OVO_TASKS[task_name]
       video = _field(b, line, item, "video")
       iid = str(_field(b, line, item, "id"))
       meta_item = dict(item, _task_type=task_name, category=category)
@@ -287,7 +289,7 @@ def load_ovo_bench(path: str, *, video_dir: str | None = None,
         if isinstance(gt, bool) or not isinstance(gt, int) or not 0 <= gt < len(options):
           raise DataError(b.path, line, "gt", f"option index {gt!r} is not in "
                           f"[0, {len(options)})")
-        text = f"{_field(b, line, item, 'question')}\n{format_options(options)}"
+        text = f"{_field(b, line, item, 'question')}\n{_format_options(options)}"
         questions = [{"id": iid, "task": task, "ask_time": t, "question": text,
                       "answers": [{"time": t, "text": chr(65 + gt)}]}]
       else:
@@ -342,7 +344,7 @@ def load_proactivevideoqa(path: str, *, subset: str | None = None,
   """
   if subset is None:
     subset = os.path.basename(os.path.dirname(os.path.abspath(path))).upper()
-  task = PROACTIVEVIDEOQA_TASKS.get(subset, "EU")
+  task = _PROACTIVEVIDEOQA_TASKS.get(subset, "EU")
   b = _Builder(path, "proactivevideoqa", video_dir=video_dir, durations=durations, tail=tail,
                on_error=on_error, probe_videos=probe_videos)
   for ii, item in enumerate(_read_json_list(path)):

@@ -42,27 +42,32 @@ import os
 from typing import Any
 from collections.abc import Iterator, Sequence
 
+__all__ = [
+    "Answer", "BENCH_TASKS", "DataError", "LoadReport", "Question", "Record", "SYNTH_PREFIX",
+    "TASKS", "from_json", "iter_jsonl", "load_jsonl", "parse_line", "parse_record"
+]
+
 TASKS = ("EU", "OU", "AA", "TP", "TG", "GP", "RF", "CAP")
 """All task codes a record may carry: the seven StreamPro-Bench tasks plus captioning."""
 
 BENCH_TASKS = ("EU", "OU", "AA", "TP", "TG", "GP", "RF")
 """The seven StreamPro-Bench tasks."""
 
-TASK_DIMENSION = {
+_TASK_DIMENSION = {
     "EU": "PU", "OU": "PU", "AA": "PU",
     "TP": "TR", "TG": "TR",
     "GP": "PA", "RF": "PA",
 }
 """StreamPro-Bench dimension of each task (PU perception, TR temporal reasoning, PA agency)."""
 
-INTERVAL_TASKS = ("EU", "TP")
+_INTERVAL_TASKS = ("EU", "TP")
 """Tasks whose benchmark answers are intervals (docs/method.md section 4); not enforced by the
 parser."""
 
 SYNTH_PREFIX = "synth://"
 
 # Times may exceed the duration by this much (float rounding of durations read from containers).
-TIME_TOLERANCE = 1e-6
+_TIME_TOLERANCE = 1e-6
 
 _RECORD_FIELDS = ("id", "video", "duration", "questions", "meta")
 _QUESTION_FIELDS = ("id", "task", "ask_time", "question", "answers", "rubric")
@@ -230,7 +235,7 @@ def _time(ctx: _Ctx, value: Any, field: str, duration: float) -> float:
   t = _num(ctx, value, field)
   if t < 0:
     raise ctx.error(field, f"negative time {t}")
-  if t > duration + TIME_TOLERANCE:
+  if t > duration + _TIME_TOLERANCE:
     raise ctx.error(field, f"time {t} is past the video duration {duration}")
   return t
 
@@ -441,7 +446,7 @@ def load_jsonl(path: str, *, on_error: str = "fail", check_video_exists: bool = 
   return records, report
 
 
-def write_jsonl(records: Sequence[Record], path: str) -> None:
+def _write_jsonl(records: Sequence[Record], path: str) -> None:
   """Writes records, one JSON object per line (UTF-8)."""
   with open(path, "w", encoding="utf-8") as f:
     for r in records:

@@ -51,7 +51,12 @@ import numpy as np
 
 from streampro_jax.data import chat_format, schema
 
-SPLITS = ("train", "validation", "test")
+__all__ = [
+    "COLORS", "NarrationSource", "SHAPES", "SynthConfig", "check_rubric", "generate",
+    "make_record", "render_frames", "silence_response_stats", "synthetic_vocabulary"
+]
+
+_SPLITS = ("train", "validation", "test")
 _SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
 
 COLORS = {
@@ -60,10 +65,10 @@ COLORS = {
     "pink": (245, 130, 190),
 }
 SHAPES = ("circle", "square", "triangle", "diamond")
-DIRECTIONS = ("left", "right", "top", "bottom")
-BOX_COLOR = (150, 150, 150)
-HAZARD_COLORS = ((245, 140, 20), (20, 20, 20))
-SPEC_VERSION = 1
+_DIRECTIONS = ("left", "right", "top", "bottom")
+_BOX_COLOR = (150, 150, 150)
+_HAZARD_COLORS = ((245, 140, 20), (20, 20, 20))
+_SPEC_VERSION = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +147,7 @@ _RUBRIC_WORDS = ("Responds at least once between and Does not respond before at 
 
 def synthetic_vocabulary() -> list[str]:
   """Every word SynthStream's questions, answers and rubrics use (for the synthetic tokenizer)."""
-  texts = list(COLORS) + list(SHAPES) + list(DIRECTIONS) + list(_Q.values())
+  texts = list(COLORS) + list(SHAPES) + list(_DIRECTIONS) + list(_Q.values())
   texts += [_A_MOVE, _A_RECOLOR, _A_RESHAPE, _A_GP_STEP, _A_GP_DONE, _A_RF, "yes no",
             _RUBRIC_WORDS] + list(_A_ANOMALY.values())
   words, seen = [], set()
@@ -268,7 +273,7 @@ class _Scene:
     if d:
       base = base + self.rng.uniform(-12, 12, size=3) * d
     return {
-        "version": SPEC_VERSION, "resolution": self.res, "fps": self.cfg.fps,
+        "version": _SPEC_VERSION, "resolution": self.res, "fps": self.cfg.fps,
         "duration": self.duration, "background": [int(round(v)) for v in base],
         "noise": float(4.0 * d), "noise_seed": int(self.rng.integers(2**31 - 1)),
         "static": self.static, "objects": self.objects,
@@ -294,7 +299,7 @@ def _state_at(obj: dict, t: float) -> dict | None:
 
 def _rng_for(split: str, index: int, seed: int) -> np.random.Generator:
   if split not in _SPLIT_IDS:
-    raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
   return np.random.default_rng([int(seed), _SPLIT_IDS[split], int(index)])
 
 
@@ -323,7 +328,7 @@ def _move_to_edge(scene: _Scene, obj: dict, direction: str, s: int, e: int) -> N
 def _edge_choices(scene: _Scene, obj: dict, min_dist: float) -> list[str]:
   k = scene.last(obj)
   out = []
-  for d in DIRECTIONS:
+  for d in _DIRECTIONS:
     axis, value = scene.edge_coord(d, k["size"])
     if abs(k[axis] - value) >= min_dist:
       out.append(d)
@@ -645,7 +650,7 @@ def check_rubric(item: str, responses: Sequence[tuple[float, str]]) -> bool:
   raise ValueError(f"unknown rubric template: {item!r}")
 
 
-def rubric_score(items: Sequence[str], responses: Sequence[tuple[float, str]]) -> float:
+def _rubric_score(items: Sequence[str], responses: Sequence[tuple[float, str]]) -> float:
   """Fraction of rubric checkpoints passed (R_traj with a programmatic judge)."""
   if not items:
     raise ValueError("empty rubric")
@@ -766,12 +771,12 @@ def render_frames(record_or_spec: schema.Record | dict) -> np.ndarray:
       inside = (xx >= item["x0"]) & (xx <= item["x1"]) & (yy >= item["y0"]) & (yy <= item["y1"])
       core = ((xx >= item["x0"] + 1) & (xx <= item["x1"] - 1) & (yy >= item["y0"] + 1)
               & (yy <= item["y1"] - 1))
-      base[inside & ~core] = BOX_COLOR
+      base[inside & ~core] = _BOX_COLOR
     elif item["kind"] == "hazard":
       band = (yy >= item["y0"]) & (yy <= item["y1"])
       stripe = (np.floor((xx + yy) / 4.0) % 2).astype(int)
-      base[band & (stripe == 0)] = HAZARD_COLORS[0]
-      base[band & (stripe == 1)] = HAZARD_COLORS[1]
+      base[band & (stripe == 0)] = _HAZARD_COLORS[0]
+      base[band & (stripe == 1)] = _HAZARD_COLORS[1]
     else:
       raise ValueError(f"unknown static item {item['kind']!r}")
   noise_rng = np.random.default_rng(int(spec["noise_seed"]))
@@ -789,11 +794,11 @@ def render_frames(record_or_spec: schema.Record | dict) -> np.ndarray:
   return frames
 
 
-NARRATION_QUESTION = "Describe the shapes."
-NARRATION_EMPTY = "no shapes"
+_NARRATION_QUESTION = "Describe the shapes."
+_NARRATION_EMPTY = "no shapes"
 
 
-def narration_caption(spec: dict, t: float) -> str:
+def _narration_caption(spec: dict, t: float) -> str:
   """What the frame at time ``t`` shows, in SynthStream's words: every visible object, left to
   right, as "the <colour> <shape> <top|bottom> <left|right>" (the frame half that holds its
   centre), joined by ", "; "no shapes" when none is visible.
@@ -809,13 +814,13 @@ def narration_caption(spec: dict, t: float) -> str:
     vert = "top" if st["y"] < res / 2 else "bottom"
     horiz = "left" if st["x"] < res / 2 else "right"
     parts.append((st["x"], f"the {st['color']} {st['shape']} {vert} {horiz}"))
-  return ", ".join(text for _, text in sorted(parts, key=lambda p: p[0])) or NARRATION_EMPTY
+  return ", ".join(text for _, text in sorted(parts, key=lambda p: p[0])) or _NARRATION_EMPTY
 
 
-def narration_record(record: schema.Record, refer: int | None = None) -> schema.Record:
+def _narration_record(record: schema.Record, refer: int | None = None) -> schema.Record:
   """The dense-captioning ("narration") version of a SynthStream record: the same video with one
-  question, ``NARRATION_QUESTION`` (task "CAP") asked at 0 s, answered on EVERY turn k by
-  ``narration_caption`` at the turn's time k + 1 (the last frame it shows).
+  question, ``_NARRATION_QUESTION`` (task "CAP") asked at 0 s, answered on EVERY turn k by
+  ``_narration_caption`` at the turn's time k + 1 (the last frame it shows).
 
   With ``refer`` = i, the question names the i-th object that is ever visible (modulo their
   number) by its first colour and shape, "Describe the red square.", and every turn's caption
@@ -835,7 +840,7 @@ def narration_record(record: schema.Record, refer: int | None = None) -> schema.
   if spec is None:
     raise ValueError(f"record {record.id!r}: no meta['synth'] scene spec (not a SynthStream "
                      "record), cannot narrate it")
-  text = NARRATION_QUESTION
+  text = _NARRATION_QUESTION
   if refer is not None:
     seen = [o for o in spec["objects"] if any(k["visible"] for k in o["keys"])]
     if seen:
@@ -844,7 +849,7 @@ def narration_record(record: schema.Record, refer: int | None = None) -> schema.
       text = f"Describe the {_name(first['color'], first['shape'])}."
       spec = dict(spec, objects=[obj])
   turns = chat_format.num_turns(record.duration)
-  answers = tuple(schema.Answer(text=narration_caption(spec, chat_format.turn_time(k)),
+  answers = tuple(schema.Answer(text=_narration_caption(spec, chat_format.turn_time(k)),
                                 time=chat_format.turn_time(k)) for k in range(turns))
   question = schema.Question(id="narration", task="CAP", ask_time=0.0, question=text,
                              answers=answers)
@@ -866,13 +871,13 @@ class NarrationSource:
 
   def __getitem__(self, i: int) -> tuple[schema.Record, np.ndarray]:
     record, frames = self.source[i]
-    return narration_record(record, None if i % 2 == 0 else i // 2), frames
+    return _narration_record(record, None if i % 2 == 0 else i // 2), frames
 
   def question_counts(self) -> list[int]:
     return [1] * len(self)
 
 
-def iter_generate(split: str, num_videos: int, *, seed: int = 0,
+def _iter_generate(split: str, num_videos: int, *, seed: int = 0,
                   config: SynthConfig | None = None, start: int = 0,
                   with_frames: bool = True) -> Iterator[tuple[schema.Record, np.ndarray | None]]:
   """Yields (record, frames) for indices start .. start + num_videos - 1 of a split."""
@@ -887,11 +892,11 @@ def generate(split: str, num_videos: int, *, seed: int = 0, config: SynthConfig 
 
   Deterministic by (split, index, seed, config): sample i is the same whatever num_videos is.
   """
-  return list(iter_generate(split, num_videos, seed=seed, config=config,
+  return list(_iter_generate(split, num_videos, seed=seed, config=config,
                             with_frames=with_frames))
 
 
-def response_turns(record: schema.Record) -> list[int]:
+def _response_turns(record: schema.Record) -> list[int]:
   """Turns (0-based) that respond in the record's first question's ground truth."""
   plans = chat_format.plan_turns(record, record.questions[0])
   return [p.index for p in plans if p.decision == chat_format.DECISION_RESPONSE]

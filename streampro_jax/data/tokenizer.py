@@ -2,7 +2,7 @@
 
 * :func:`load_tokenizer` loads a checkpoint's tokenizer (local files only) and adds the decision
   tokens ``</Silence>`` and ``</Response>`` as special tokens when they are missing.
-* :func:`resize_vocab_rows` grows an embedding (or LM-head) parameter to the new vocabulary,
+* :func:`_resize_vocab_rows` grows an embedding (or LM-head) parameter to the new vocabulary,
   filling new rows with the mean of the old ones.
 * :func:`build_synthetic_tokenizer` writes a small word-level tokenizer directory (a
   ``PreTrainedTokenizerFast`` that ``AutoTokenizer.from_pretrained`` loads) with the same special
@@ -27,17 +27,22 @@ import numpy as np
 
 from streampro_jax import prompts
 
+__all__ = [
+    "build_synthetic_tokenizer", "decision_token_ids", "load_tokenizer",
+    "require_tokenizer_files", "resize_param_vocab"
+]
+
 # Qwen2.5-VL's added tokens, in its id order (151643...). The first 14 are special.
-QWEN_SPECIAL_TOKENS = (
+_QWEN_SPECIAL_TOKENS = (
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
     "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
     "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
 )
-QWEN_ADDED_NONSPECIAL = (
+_QWEN_ADDED_NONSPECIAL = (
     "<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>",
     "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
 )
-UNK_TOKEN = "<unk>"
+_UNK_TOKEN = "<unk>"
 
 _ROLE_WORDS = ("system", "user", "assistant")
 
@@ -58,7 +63,7 @@ def _load_model_vocab_size(checkpoint_dir: str) -> int | None:
 
 # A folder holds a tokenizer when it has one of these (fast tokenizer.json, or the slow BPE
 # vocabulary files that transformers converts, or a sentencepiece model).
-TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model")
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model")
 
 
 def require_tokenizer_files(checkpoint_dir: str) -> None:
@@ -67,9 +72,9 @@ def require_tokenizer_files(checkpoint_dir: str) -> None:
   vocabulary rows)."""
   if not os.path.isdir(checkpoint_dir):
     raise FileNotFoundError(f"tokenizer folder {checkpoint_dir} does not exist")
-  if not any(os.path.isfile(os.path.join(checkpoint_dir, n)) for n in TOKENIZER_FILES):
+  if not any(os.path.isfile(os.path.join(checkpoint_dir, n)) for n in _TOKENIZER_FILES):
     raise FileNotFoundError(
-        f"{checkpoint_dir} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}); copy the "
+        f"{checkpoint_dir} holds no tokenizer (none of {', '.join(_TOKENIZER_FILES)}); copy the "
         "tokenizer files of the original checkpoint into it")
 
 
@@ -88,7 +93,7 @@ def load_tokenizer(checkpoint_dir: str, *, model_vocab_size: int | None = None):
     tokens than the embedding has rows (with no known embedding size: when tokens were added).
     Qwen2.5-VL's embedding is padded to 151936 rows, so adding the two tokens (ids 151665 and
     151666) needs no resize; those rows are untrained padding and should be re-initialised with
-    :func:`resize_vocab_rows` ``(..., reinit_ids=decision_token_ids(tokenizer))``.
+    :func:`_resize_vocab_rows` ``(..., reinit_ids=decision_token_ids(tokenizer))``.
   """
   from tokenizers import AddedToken  # pylint: disable=g-import-not-at-top
   from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
@@ -125,7 +130,7 @@ def decision_token_ids(tokenizer) -> tuple[int, int]:
   return out[0], out[1]
 
 
-def resize_vocab_rows(table, new_vocab_size: int, *, axis: int = 0,
+def _resize_vocab_rows(table, new_vocab_size: int, *, axis: int = 0,
                       reinit_ids: Iterable[int] = ()):
   """Grows a vocabulary-indexed parameter to ``new_vocab_size`` rows, mean-initialising new rows.
 
@@ -184,12 +189,12 @@ _ASCII_SINGLES = tuple(chr(c) for c in range(33, 127)) + (" ", "\n", "\t")
 
 def resize_param_vocab(params, new_vocab_size: int, *, reinit_ids: Iterable[int] = ()):
   """A backbone's params with the embedding (``embed_tokens``, ``[V, D]``) and, when untied, the
-  LM head (``lm_head``, ``[D, V]``) grown to ``new_vocab_size`` rows (resize_vocab_rows)."""
+  LM head (``lm_head``, ``[D, V]``) grown to ``new_vocab_size`` rows (_resize_vocab_rows)."""
   params = dict(params)
-  params["embed_tokens"] = {"embedding": resize_vocab_rows(
+  params["embed_tokens"] = {"embedding": _resize_vocab_rows(
       params["embed_tokens"]["embedding"], new_vocab_size, axis=0, reinit_ids=reinit_ids)}
   if "lm_head" in params:
-    params["lm_head"] = {"kernel": resize_vocab_rows(
+    params["lm_head"] = {"kernel": _resize_vocab_rows(
         params["lm_head"]["kernel"], new_vocab_size, axis=1, reinit_ids=reinit_ids)}
   return params
 
@@ -228,15 +233,15 @@ def build_synthetic_tokenizer(words: Iterable[str], out_dir: str, *,
       if len(w) >= 2 and w not in seen:
         seen.add(w)
         vocab_words.append(w)
-  tokens = [UNK_TOKEN] + list(_ASCII_SINGLES) + vocab_words
-  added = list(QWEN_SPECIAL_TOKENS) + list(QWEN_ADDED_NONSPECIAL) + list(prompts.DECISION_TOKENS)
+  tokens = [_UNK_TOKEN] + list(_ASCII_SINGLES) + vocab_words
+  added = list(_QWEN_SPECIAL_TOKENS) + list(_QWEN_ADDED_NONSPECIAL) + list(prompts.DECISION_TOKENS)
   vocab = {t: i for i, t in enumerate(tokens + added)}
 
-  tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
+  tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=_UNK_TOKEN))
   tok.pre_tokenizer = pre_tokenizers.Split(Regex(_pre_tokenizer_pattern(vocab_words)),
                                            behavior="isolated")
   tok.decoder = decoders.Fuse()
-  special = set(QWEN_SPECIAL_TOKENS) | set(prompts.DECISION_TOKENS)
+  special = set(_QWEN_SPECIAL_TOKENS) | set(prompts.DECISION_TOKENS)
   tok.add_tokens([AddedToken(t, special=t in special, normalized=False) for t in added
                   if t not in special])
   tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in added
@@ -245,9 +250,9 @@ def build_synthetic_tokenizer(words: Iterable[str], out_dir: str, *,
     if tok.token_to_id(t) != vocab[t]:
       raise RuntimeError(f"added token {t} got id {tok.token_to_id(t)}, expected {vocab[t]}")
 
-  extra_special = [t for t in QWEN_SPECIAL_TOKENS if t not in ("<|endoftext|>", "<|im_end|>")]
+  extra_special = [t for t in _QWEN_SPECIAL_TOKENS if t not in ("<|endoftext|>", "<|im_end|>")]
   fast = PreTrainedTokenizerFast(
-      tokenizer_object=tok, unk_token=UNK_TOKEN, pad_token="<|endoftext|>",
+      tokenizer_object=tok, unk_token=_UNK_TOKEN, pad_token="<|endoftext|>",
       eos_token="<|im_end|>",
       additional_special_tokens=extra_special + list(prompts.DECISION_TOKENS),
       clean_up_tokenization_spaces=False, model_max_length=1 << 20)

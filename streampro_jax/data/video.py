@@ -27,6 +27,8 @@ import numpy as np
 from streampro_jax import _config
 from streampro_jax.models import processing
 
+__all__ = ["ResizePolicy", "VideoError", "decode_frames_at", "decode_turns", "open_video", "probe"]
+
 
 class VideoError(ValueError):
   """A video file that cannot be used; `path` names it and `reason` says why."""
@@ -69,7 +71,7 @@ class ResizePolicy:
 
 
 @dataclasses.dataclass(frozen=True)
-class VideoInfo:
+class _VideoInfo:
   """What `probe` finds: duration in seconds, average fps, frame size (H, W), codec name."""
   path: str
   duration: float
@@ -80,7 +82,7 @@ class VideoInfo:
 
 
 @dataclasses.dataclass
-class DecodedVideo:
+class _DecodedVideo:
   """Frames of K turns: uint8 [K, n, H, W, 3], the times they were sampled at f64[K, n], and the
   video's own duration in seconds."""
   frames: np.ndarray
@@ -88,14 +90,14 @@ class DecodedVideo:
   duration: float
 
 
-def num_turns_for(duration: float) -> int:
+def _num_turns_for(duration: float) -> int:
   """K = ceil(duration), at least 1 (turn k covers [k, k+1) s)."""
   if not duration > 0:
     raise ValueError(f"duration must be > 0 s, got {duration}")
   return max(1, math.ceil(duration - 1e-6))
 
 
-def turn_sample_times(num_turns: int, frames_per_turn: int) -> np.ndarray:
+def _turn_sample_times(num_turns: int, frames_per_turn: int) -> np.ndarray:
   """t[k, j] = k + (j + 0.5) / n: f64[K, n] sample times (seconds) of each turn's frames."""
   k = np.arange(num_turns, dtype=np.float64)[:, None]
   j = np.arange(frames_per_turn, dtype=np.float64)[None, :]
@@ -129,7 +131,7 @@ def open_video(path: str):
   return container
 
 
-def probe(path: str) -> VideoInfo:
+def probe(path: str) -> _VideoInfo:
   """Reads the container header: duration (s), fps, height, width, codec. Raises VideoError."""
   path = os.fspath(path)
   container = open_video(path)
@@ -143,7 +145,7 @@ def probe(path: str) -> VideoInfo:
     fps = float(stream.average_rate) if stream.average_rate else 0.0
     if duration is None or duration <= 0:
       raise VideoError(path, f"zero-length or unknown duration ({duration})")
-    return VideoInfo(path=path, duration=duration, fps=fps, height=stream.height,
+    return _VideoInfo(path=path, duration=duration, fps=fps, height=stream.height,
                      width=stream.width, codec=stream.codec_context.name)
   finally:
     container.close()
@@ -228,7 +230,7 @@ def decode_frames_at(path: str, times: Sequence[float],
 
 
 def decode_turns(path: str, *, frames_per_turn: int = 2, num_turns: int | None = None,
-                 resize: ResizePolicy | None = None) -> DecodedVideo:
+                 resize: ResizePolicy | None = None) -> _DecodedVideo:
   """Decodes a video into turns of one second: uint8 frames [K, n, h, w, 3].
 
   Args:
@@ -240,22 +242,22 @@ def decode_turns(path: str, *, frames_per_turn: int = 2, num_turns: int | None =
     resize: resize policy (None: native size).
 
   Returns:
-    DecodedVideo(frames [K, n, h, w, 3], times f64[K, n], duration of the video in seconds).
+    _DecodedVideo(frames [K, n, h, w, 3], times f64[K, n], duration of the video in seconds).
   """
   path = os.fspath(path)
   if frames_per_turn < 1:
     raise ValueError(f"frames_per_turn must be >= 1, got {frames_per_turn}")
   if num_turns is None:
-    num_turns = num_turns_for(probe(path).duration)
-  times = turn_sample_times(num_turns, frames_per_turn)
+    num_turns = _num_turns_for(probe(path).duration)
+  times = _turn_sample_times(num_turns, frames_per_turn)
   frames, duration = decode_frames_at(path, times.reshape(-1), resize)
   if num_turns > math.ceil(duration - 1e-6) + 1:
     raise VideoError(path, f"video is {duration:.3f} s long but {num_turns} turns were requested")
-  return DecodedVideo(frames=frames.reshape(num_turns, frames_per_turn, *frames.shape[1:]),
+  return _DecodedVideo(frames=frames.reshape(num_turns, frames_per_turn, *frames.shape[1:]),
                       times=times, duration=duration)
 
 
-def encode_video(path: str, frames_thwc: np.ndarray, fps: float = 8.0, codec: str = "libx264",
+def _encode_video(path: str, frames_thwc: np.ndarray, fps: float = 8.0, codec: str = "libx264",
                  crf: int = 0) -> None:
   """Writes uint8 RGB frames [T, H, W, 3] to a video file (tests, demos, synthetic exports).
 

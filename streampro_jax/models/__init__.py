@@ -19,7 +19,9 @@ sampler, evaluation) never import a backbone directly:
                                   {"params": p}, input_ids, pixel_values_videos=,
                                   video_grid_thw=, attention_mask=, position_ids=,
                                   return_hidden=, video_embeds=, kv=) (Qwen2_5_VL, Qwen3_VL)
+  TextConfig, VisionConfig        the frozen sub-configs of <Name>Config.text / .vision
   tiny_config(text=, vision=, **top)   a small random-test config
+  hf_key_map(config)              HF safetensors key -> (our param path, transform)
   init_params(config, rng)        boxed random params
   get_rope_index(input_ids, *, video_grid_thw=, attention_mask=, config=)   host M-RoPE positions
                                   (pass the arguments by keyword: positional orders differ)

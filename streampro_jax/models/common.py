@@ -4,13 +4,13 @@ Backbone-agnostic (everything backbone-specific is passed in):
 
 - `FieldTypesMixin`: a frozen config's list values (a config read back from JSON) become the
   tuples its fields declare, so the config stays hashable.
-- `ConfigMixin`: `compute_dtype`, `params_dtype` and `replace` of a frozen whole-model config;
+- `_ConfigMixin`: `compute_dtype`, `params_dtype` and `replace` of a frozen whole-model config;
   `video_processor_config` (the one builder of the per-turn video processor settings); `round_up`.
 - HF config.json pieces: `config_keys`, `check_model_type`, `text_kwargs_from_hf`,
   `vision_kwargs_from_hf`, `special_token_ids_from_hf`, `hf_fields`, `hf_config_dict`.
 - Host-side M-RoPE: `token_types`, `mrope_row_positions` (the run-by-run rule of get_rope_index).
-- Parameters: `dummy_inputs`, `param_shapes`, `unembedding`.
-- HF checkpoints: `hf_name`, `hf_leaf_entry`, `load_hf_checkpoint`, `save_hf_checkpoint`.
+- Parameters: `dummy_inputs`, `_param_shapes`, `unembedding`.
+- HF checkpoints: `hf_name`, `_hf_leaf_entry`, `load_hf_checkpoint`, `save_hf_checkpoint`.
 """
 
 from __future__ import annotations
@@ -29,10 +29,20 @@ import numpy as np
 
 from streampro_jax.models import hf_io
 
-Array = jax.Array
+__all__ = [
+    "FieldTypesMixin", "VLConfig", "VisionConfigMixin", "check_concrete", "check_model_type",
+    "chunk_rows", "config_keys", "dummy_inputs", "hf_config_dict", "hf_fields", "hf_name",
+    "host_rope_index", "layout_of", "load_hf_checkpoint", "mrope_row_positions",
+    "rope_index_rows", "round_up", "save_hf_checkpoint", "scan_params",
+    "special_token_ids_from_hf", "stacked_key_map", "text_kwargs_from_hf", "text_position_ids",
+    "token_types", "unembedding", "unrolled_hf_key_map", "unscan_params",
+    "video_processor_config", "vision_kwargs_from_hf"
+]
+
+_Array = jax.Array
 
 # Top-level special-token fields of a Qwen-VL config.json (same names in our configs).
-SPECIAL_TOKEN_KEYS = ("image_token_id", "video_token_id", "vision_start_token_id",
+_SPECIAL_TOKEN_KEYS = ("image_token_id", "video_token_id", "vision_start_token_id",
                       "vision_end_token_id")
 
 
@@ -69,7 +79,7 @@ class FieldTypesMixin:
         object.__setattr__(self, f.name, _as_tuple(value))
 
 
-class ConfigMixin(FieldTypesMixin):
+class _ConfigMixin(FieldTypesMixin):
   """Dtype accessors and `replace` for a frozen dataclass with `dtype` / `param_dtype` names
   (list values become tuples: FieldTypesMixin)."""
 
@@ -137,8 +147,8 @@ def vision_kwargs_from_hf(vd: dict[str, Any], keys: tuple[str, ...], *,
 
 
 def special_token_ids_from_hf(d: dict[str, Any]) -> dict[str, int]:
-  """The SPECIAL_TOKEN_KEYS present at the top level of config.json dict `d`."""
-  return {k: d[k] for k in SPECIAL_TOKEN_KEYS if k in d}
+  """The _SPECIAL_TOKEN_KEYS present at the top level of config.json dict `d`."""
+  return {k: d[k] for k in _SPECIAL_TOKEN_KEYS if k in d}
 
 
 def hf_fields(obj, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -157,7 +167,7 @@ def hf_config_dict(config, architecture: str, model_type: str, text: dict[str, A
       "architectures": [architecture],
       "model_type": model_type,
       "dtype": config.param_dtype,
-      **{k: getattr(config, k) for k in SPECIAL_TOKEN_KEYS},
+      **{k: getattr(config, k) for k in _SPECIAL_TOKEN_KEYS},
       "tie_word_embeddings": config.tie_word_embeddings,
       "text_config": text,
       "vision_config": vision,
@@ -179,18 +189,18 @@ class VisionConfigMixin(FieldTypesMixin):
 
 
 @dataclasses.dataclass(frozen=True)
-class VLConfig(ConfigMixin):
+class VLConfig(_ConfigMixin):
   """The top-level fields of both whole-model configs (the backbones redeclare `text` and
   `vision` with their own section classes and may change a default, e.g. tie_word_embeddings).
 
   dtype = compute dtype, param_dtype = parameter dtype (names); attention_impl: 'jax' | 'cudnn' |
   'xla' | 'jax_xla' | 'splash' (see layers.attention; 'jax' is cuDNN flash attention on GPU in
   16-bit, splash attention on TPU, XLA elsewhere); attention_block_q / attention_block_kv: the
-  splash kernel's query / key block targets (layers.splash_block). remat: rematerialise each
+  splash kernel's query / key block targets (layers._splash_block). remat: rematerialise each
   decoder layer and vision block in the backward pass, with `remat_policy`
-  (layers.REMAT_POLICIES: 'full', 'dots', 'dots_no_batch', 'dots_attn', 'none').
+  (layers._REMAT_POLICIES: 'full', 'dots', 'dots_no_batch', 'dots_attn', 'none').
   matmul_dtype: the decoder's projections and MLP multiply in the compute dtype ('default') or
-  in FP8 ('fp8': layers.fp8_dot_general, current scaling, e4m3 forward / e5m2 gradients).
+  in FP8 ('fp8': layers._fp8_dot_general, current scaling, e4m3 forward / e5m2 gradients).
   scan_layers: decoder layers and vision blocks run under a scan with parameters stacked on a
   leading 'layers' axis (fast init and compile; `scan_params` / `unscan_params` convert between
   the layouts).
@@ -311,7 +321,7 @@ def chunk_rows(types: np.ndarray, start_positions, chunk_mask, row_positions: Ca
   return pos.astype(np.int32), nxt.astype(np.int32)
 
 
-def text_position_ids(input_ids) -> Array:
+def text_position_ids(input_ids) -> _Array:
   """Positions of a text-only batch (no grids): arange(T) on all 3 axes, as transformers. i32[3,
   B, T]."""
   b, t = input_ids.shape
@@ -357,13 +367,13 @@ def dummy_inputs(config, batch: int = 1) -> dict[str, Any]:
   return dict(input_ids=ids, pixel_values_videos=pix, video_grid_thw=np.tile(grid, (batch, 1)))
 
 
-def param_shapes(init_params: Callable, config, *, boxed: bool = False):
+def _param_shapes(init_params: Callable, config, *, boxed: bool = False):
   """`jax.eval_shape` of `init_params(config, rng)` (unboxed unless `boxed`)."""
   shapes = jax.eval_shape(functools.partial(init_params, config), jax.random.key(0))
   return shapes if boxed else nn.unbox(shapes)
 
 
-def unembedding(params, config) -> Array:
+def unembedding(params, config) -> _Array:
   """Output projection [D, V]: the embedding table transposed when tied, else lm_head."""
   p = nn.unbox(params)
   if config.tie_word_embeddings:
@@ -375,13 +385,13 @@ def unembedding(params, config) -> Array:
 # Layer-stack layouts: unrolled (layers_0, layers_1, ...) and scanned (one stacked `layers`).
 
 # Where the scanned stacks live in a parameter tree (decoder layers, vision blocks).
-STACKS = (("layers",), ("visual", "blocks"))
+_STACKS = (("layers",), ("visual", "blocks"))
 
 
 def _stack_of(path: tuple[str, ...]) -> tuple[tuple[str, ...], int] | None:
   """(stack path, layer index) when `path` starts inside an unrolled stack member
   (('visual', 'blocks_3', ...) -> (('visual', 'blocks'), 3)), else None."""
-  for stack in STACKS:
+  for stack in _STACKS:
     head, last = stack[:-1], stack[-1]
     n = len(stack)
     if len(path) >= n and path[:n - 1] == head:
@@ -391,7 +401,7 @@ def _stack_of(path: tuple[str, ...]) -> tuple[tuple[str, ...], int] | None:
   return None
 
 
-def scanned_path(path: tuple[str, ...]) -> tuple:
+def _scanned_path(path: tuple[str, ...]) -> tuple:
   """The scanned-layout address of an unrolled parameter path: ('layers_3', 'mlp', 'kernel') ->
   ('layers', 'mlp', 'kernel', 3) (a trailing int = that index of the stacked leading axis);
   paths outside the stacks are returned unchanged."""
@@ -410,7 +420,7 @@ def scan_params(params) -> dict:
   grouped: dict = {}
   out: dict = {}
   for path, value in flat.items():
-    target = scanned_path(path)
+    target = _scanned_path(path)
     if target is path:
       _set_path(out, path, value)
     else:
@@ -428,7 +438,7 @@ def unscan_params(params) -> dict:
   out: dict = {}
   for kp, value in jax.tree_util.tree_flatten_with_path(params)[0]:
     path = tuple(k.key for k in kp)
-    stack = next((st for st in STACKS if path[:len(st)] == st), None)
+    stack = next((st for st in _STACKS if path[:len(st)] == st), None)
     if stack is None:
       _set_path(out, path, value)
       continue
@@ -468,7 +478,7 @@ def hf_name(path: tuple[str, ...]) -> str:
   return ".".join(parts)
 
 
-def hf_leaf_entry(name: str, path: tuple[str, ...], leaf: str) -> tuple[str, tuple[Any, Any]]:
+def _hf_leaf_entry(name: str, path: tuple[str, ...], leaf: str) -> tuple[str, tuple[Any, Any]]:
   """(HF key, (path, transform)) of param leaf `leaf` of HF module `name`: kernel -> weight 'T',
   bias -> bias 'id', anything else (scale, embedding) -> weight 'id'."""
   if leaf == "kernel":
@@ -484,10 +494,10 @@ def unrolled_hf_key_map(config, init_params: Callable, module_name: Callable
   init_params(config): 'lm_head.weight' 'T'; the patch embedding kernel as the Conv3d weight
   ('conv', [E, C, t, p, p]; stride = kernel, so it is exactly this matmul on the flattened patch)
   and its bias ('id', when it has one) of HF module module_name(('visual', 'patch_embed')) +
-  '.proj'; every other leaf through hf_leaf_entry of HF module module_name(module path).
+  '.proj'; every other leaf through _hf_leaf_entry of HF module module_name(module path).
   module_name: our module path (a tuple of names) -> the HF module name (the backbone's prefixes).
   """
-  flat = jax.tree_util.tree_flatten_with_path(param_shapes(init_params, config))[0]
+  flat = jax.tree_util.tree_flatten_with_path(_param_shapes(init_params, config))[0]
   out = {}
   for kp, _ in flat:
     path = tuple(k.key for k in kp)
@@ -504,18 +514,18 @@ def unrolled_hf_key_map(config, init_params: Callable, module_name: Callable
       else:
         out[name + ".bias"] = (path, "id")
       continue
-    key, entry = hf_leaf_entry(module_name(tuple(mod)), path, leaf)
+    key, entry = _hf_leaf_entry(module_name(tuple(mod)), path, leaf)
     out[key] = entry
   return out
 
 
 def stacked_key_map(config, unrolled_key_map: Callable) -> dict:
   """A backbone's HF key map for `config`'s layout: the unrolled map, with every path inside a
-  layer stack moved to its scanned address (`scanned_path`) when config.scan_layers."""
+  layer stack moved to its scanned address (`_scanned_path`) when config.scan_layers."""
   key_map = unrolled_key_map(config.replace(scan_layers=False))
   if not config.scan_layers:
     return key_map
-  return {k: (scanned_path(p), t) for k, (p, t) in key_map.items()}
+  return {k: (_scanned_path(p), t) for k, (p, t) in key_map.items()}
 
 
 def load_hf_checkpoint(path: str, config_cls, init_params: Callable, hf_key_map: Callable,
@@ -531,7 +541,7 @@ def load_hf_checkpoint(path: str, config_cls, init_params: Callable, hf_key_map:
   with open(f"{path}/config.json") as f:
     config = config_cls.from_hf(json.load(f), param_dtype=jnp.dtype(dtype).name, **overrides)
   key_map = hf_key_map(config)
-  shape_tree = param_shapes(init_params, config)
+  shape_tree = _param_shapes(init_params, config)
   kw = {} if alias is None else dict(alias=alias)
   params = hf_io.load_params(path, key_map, shape_tree, dtype=dtype, shardings=shardings,
                              ignore=("lm_head.weight",) if config.tie_word_embeddings else (),

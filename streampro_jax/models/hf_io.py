@@ -25,8 +25,10 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-INDEX_NAME = "model.safetensors.index.json"
-SINGLE_NAME = "model.safetensors"
+__all__ = ["get_path", "load_params", "numpy_dtype", "save_params", "set_path", "to_hf", "to_ours"]
+
+_INDEX_NAME = "model.safetensors.index.json"
+_SINGLE_NAME = "model.safetensors"
 
 
 def numpy_dtype(dtype) -> np.dtype:
@@ -57,17 +59,17 @@ def to_hf(arr: np.ndarray, transform) -> np.ndarray:
   raise ValueError(f"unknown transform {transform!r}")
 
 
-def checkpoint_files(path: str) -> dict[str, str]:
+def _checkpoint_files(path: str) -> dict[str, str]:
   """HF key -> safetensors file name (from the index, or the single model.safetensors)."""
-  index = os.path.join(path, INDEX_NAME)
+  index = os.path.join(path, _INDEX_NAME)
   if os.path.exists(index):
     with open(index) as f:
       return dict(json.load(f)["weight_map"])
-  single = os.path.join(path, SINGLE_NAME)
+  single = os.path.join(path, _SINGLE_NAME)
   if not os.path.exists(single):
-    raise FileNotFoundError(f"neither {INDEX_NAME} nor {SINGLE_NAME} in {path}")
+    raise FileNotFoundError(f"neither {_INDEX_NAME} nor {_SINGLE_NAME} in {path}")
   with safe_open(single, framework="np") as f:
-    return {k: SINGLE_NAME for k in f.keys()}
+    return {k: _SINGLE_NAME for k in f.keys()}
 
 
 def set_path(tree: dict, path: tuple[str, ...], value) -> None:
@@ -93,7 +95,7 @@ def load_params(path: str, key_map: dict[str, tuple[tuple[str, ...], Any]], shap
   Shardings or None (then jax.device_put to the default device). Raises on missing, unexpected
   or mis-shaped tensors, naming them.
   """
-  files = checkpoint_files(path)
+  files = _checkpoint_files(path)
   by_file: dict[str, list[tuple[str, str]]] = {}
   seen = set()
   for key, fname in files.items():
@@ -184,11 +186,11 @@ def save_params(path: str, params, key_map: dict[str, tuple[tuple[str, ...], Any
   if cur:
     shards.append(cur)
   for name in os.listdir(path):  # stale shards of an earlier save
-    if name.endswith(".safetensors") or name == INDEX_NAME:
+    if name.endswith(".safetensors") or name == _INDEX_NAME:
       os.remove(os.path.join(path, name))
   weight_map = {}
   for i, shard in enumerate(shards):
-    fname = (SINGLE_NAME if len(shards) == 1
+    fname = (_SINGLE_NAME if len(shards) == 1
              else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors")
     tensors = {}
     for k in shard:
@@ -203,6 +205,6 @@ def save_params(path: str, params, key_map: dict[str, tuple[tuple[str, ...], Any
     _readable_like_open(os.path.join(path, fname))
     del tensors
   if len(shards) > 1:
-    with open(os.path.join(path, INDEX_NAME), "w") as f:
+    with open(os.path.join(path, _INDEX_NAME), "w") as f:
       json.dump({"metadata": {"total_size": sum(sizes.values())}, "weight_map": weight_map}, f,
                 indent=2, sort_keys=True)

@@ -73,7 +73,9 @@ import numpy as np
 from streampro_jax import parallel
 from streampro_jax.models import common, layers
 
-Array = jax.Array
+__all__ = ["KVCache", "extend", "init_cache", "make_extend"]
+
+_Array = jax.Array
 
 
 @flax.struct.dataclass
@@ -81,14 +83,14 @@ class KVCache:
   """Fixed-capacity turn-aware ring buffer (see module docstring for the fields)."""
   k: Any
   v: Any
-  slot_turn: Array
-  slot_seq: Array
-  slot_valid: Array
-  count: Array
-  pin_len: Array
-  ring_ptr: Array
-  next_position: Array
-  overflow: Array
+  slot_turn: _Array
+  slot_seq: _Array
+  slot_valid: _Array
+  count: _Array
+  pin_len: _Array
+  ring_ptr: _Array
+  next_position: _Array
+  overflow: _Array
   window_turns: int = flax.struct.field(pytree_node=False, default=200)
 
   @property
@@ -132,11 +134,11 @@ def _model_for(config):
   return models.build(config)
 
 
-def extend(params, cache: KVCache, input_ids: Array, position_ids: Array, *, config,
-           turn_id, chunk_mask: Array | None = None, pixel_values: Array | None = None,
+def extend(params, cache: KVCache, input_ids: _Array, position_ids: _Array, *, config,
+           turn_id, chunk_mask: _Array | None = None, pixel_values: _Array | None = None,
            video_grid_thw=None, pin: bool = False, output: str = "logits",
            model_kwargs: dict[str, Any] | None = None, fresh: bool = False
-           ) -> tuple[Array, KVCache]:
+           ) -> tuple[_Array, KVCache]:
   """Writes one chunk into the cache and returns its outputs (see module docstring).
 
   Steps: evict turns <= turn_id - window_turns (pinned slots stay); pick slots (pinned region
@@ -186,7 +188,7 @@ def extend(params, cache: KVCache, input_ids: Array, position_ids: Array, *, con
       **(model_kwargs or {}))
   if output == "last":
     last = jnp.take_along_axis(out, jnp.maximum(n_new - 1, 0)[:, None, None], axis=1)[:, 0]
-    w = unembedding_for(params, config).astype(config.compute_dtype)
+    w = _unembedding_for(params, config).astype(config.compute_dtype)
     out = jnp.dot(last.astype(config.compute_dtype), w,
                   preferred_element_type=jnp.float32).astype(jnp.float32)
   elif output not in ("logits", "hidden"):
@@ -209,7 +211,7 @@ def extend(params, cache: KVCache, input_ids: Array, position_ids: Array, *, con
   return out, new_cache
 
 
-def unembedding_for(params, config) -> Array:
+def _unembedding_for(params, config) -> _Array:
   """[D, V] output projection of `config`'s backbone."""
   return common.unembedding(params, config)
 

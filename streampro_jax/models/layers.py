@@ -5,21 +5,21 @@ Everything here is backbone-agnostic Flax Linen / pure JAX:
 - `dense`: an `nn.Dense` whose kernel and bias carry logical axis names.
 - `RMSNorm`: y = w * (x / sqrt(mean(x^2) + eps)), statistics in float32.
 - `GatedMLP`: y = down(act(gate(x)) * up(x)) (SwiGLU when act = silu).
-- Rotary helpers: `rotate_half`, `apply_rotary`, `rope_inv_freq`, `mrope_cos_sin` (multimodal
+- Rotary helpers: `_rotate_half`, `apply_rotary`, `rope_inv_freq`, `mrope_cos_sin` (multimodal
   rope with a per-axis section split, contiguous as in Qwen2/2.5-VL or interleaved as in Qwen3-VL),
   `axial_rope_cos_sin` (2-D rope of the vision towers).
 - `attention`: grouped-query scaled dot-product attention, through `jax.nn.dot_product_attention`
   ("jax" = let JAX pick, "cudnn" = force the cuDNN flash kernel) or an explicit einsum-softmax
   XLA fallback ("xla"), selected by a string.
-- Packed variable-length attention for vision towers (`segment_plan`, `segment_attention`):
+- Packed variable-length attention for vision towers (`segment_plan`, `_segment_attention`):
   tokens are gathered into padded segments [S, L] with host-computed indices, attended
   block-diagonally, and scattered back; cost O(S * L^2) instead of O(N^2).
-- `decoder_attention` (causal or through a KV cache), `decoder_mask`, `logits_from_hidden`:
+- `decoder_attention` (causal or through a KV cache), `_decoder_mask`, `_logits_from_hidden`:
   the decoder plumbing both backbones share.
 - `vision_rope_attention`: rope + packed attention of a vision block.
 - `VisionQKV`: the fused qkv + proj parameters of a vision attention block (both towers).
-- `fill_tokens`: puts visual features at the placeholder-token positions of an embedding sequence.
-- `Embedding`, `Unembed`, `KVInput` and `VLDecoderModel` (the trunk of both VL models: setup of
+- `_fill_tokens`: puts visual features at the placeholder-token positions of an embedding sequence.
+- `_Embedding`, `_Unembed`, `KVInput` and `VLDecoderModel` (the trunk of both VL models: setup of
   embeddings / decoder layers / norm / lm_head and the decoder pass).
 
 Shapes use B batch, T query length, S key length, N query heads, K kv heads, H head dim.
@@ -39,25 +39,33 @@ from jax.ad_checkpoint import checkpoint_name
 
 from streampro_jax import parallel
 
-Dtype = Any
-Array = jax.Array
+__all__ = [
+    "CAUSAL_BLOCK", "GatedMLP", "KVInput", "RMSNorm", "VLDecoderModel", "VisionQKV",
+    "activation", "apply_rotary", "attention", "axial_rope_cos_sin", "check_num_patches",
+    "cu_seqlens_segments", "decoder_attention", "dense", "device_plans", "frame_plan",
+    "mrope_cos_sin", "remat_wrap", "rope_inv_freq", "scan_stack", "scanned_block",
+    "segment_plan", "vision_rope_attention"
+]
 
-ATTENTION_IMPLS = ("jax", "cudnn", "xla", "jax_xla", "splash")
+_Dtype = Any
+_Array = jax.Array
+
+_ATTENTION_IMPLS = ("jax", "cudnn", "xla", "jax_xla", "splash")
 # Splash attention (TPU Pallas kernel): the sequence lengths it takes are multiples of
-# SPLASH_ALIGN (the TPU lane width); its query / key blocks are the largest multiple of
-# SPLASH_ALIGN that divides the length and is at most the configured block (AttentionImpl).
-SPLASH_ALIGN = 128
-DEFAULT_SPLASH_BLOCK = 512
+# _SPLASH_ALIGN (the TPU lane width); its query / key blocks are the largest multiple of
+# _SPLASH_ALIGN that divides the length and is at most the configured block (_AttentionImpl).
+_SPLASH_ALIGN = 128
+_DEFAULT_SPLASH_BLOCK = 512
 # Query block of the 'xla' causal self-attention (see attention): blocks skip the logits above
 # the diagonal; 64 is the size chosen by benchmarks/attention.py --causal_block (figures in
 # docs/benchmarks.md: smaller blocks are no faster and compile longer). At most
-# MAX_CAUSAL_BLOCKS blocks per call (longer rows get longer blocks), which bounds the compiled
+# _MAX_CAUSAL_BLOCKS blocks per call (longer rows get longer blocks), which bounds the compiled
 # graph and still skips (n - 1) / 2n of the square's logits.
 CAUSAL_BLOCK = 64
-MAX_CAUSAL_BLOCKS = 16
+_MAX_CAUSAL_BLOCKS = 16
 
 
-def activation(name: str) -> Callable[[Array], Array]:
+def activation(name: str) -> Callable[[_Array], _Array]:
   """HF activation names -> JAX functions ('silu', 'gelu' (exact erf), 'gelu_pytorch_tanh')."""
   table = {
       "silu": jax.nn.silu,
@@ -74,11 +82,11 @@ def activation(name: str) -> Callable[[Array], Array]:
 
 
 # Matmul precisions of the decoder's projections and MLP (config `matmul_dtype`): "default"
-# multiplies in the compute dtype; "fp8" runs `fp8_dot_general` (FP8 GEMMs on Hopper).
-MATMUL_DTYPES = ("default", "fp8")
+# multiplies in the compute dtype; "fp8" runs `_fp8_dot_general` (FP8 GEMMs on Hopper).
+_MATMUL_DTYPES = ("default", "fp8")
 
 
-def fp8_qdq(x: Array, fp8_dtype) -> Array:
+def _fp8_qdq(x: _Array, fp8_dtype) -> _Array:
   """x rounded to `fp8_dtype` under current per-tensor scaling, returned in x.dtype.
 
   scale = amax(|x|) / max(fp8_dtype) (1 for an all-zero x), y = fp8(x / scale) * scale: the
@@ -95,20 +103,20 @@ def fp8_qdq(x: Array, fp8_dtype) -> Array:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def fp8_dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None,
-                    preferred_element_type=None) -> Array:
+def _fp8_dot_general(lhs: _Array, rhs: _Array, dimension_numbers, precision=None,
+                    preferred_element_type=None) -> _Array:
   """lax.dot_general on FP8-rounded operands: both in float8_e4m3fn (forward), the incoming
   gradient in float8_e5m2 (backward: the wider range gradients need), each with current scaling
-  (`fp8_qdq`); the gradients go straight through the rounding (d qdq(x) / dx taken as 1).
+  (`_fp8_qdq`); the gradients go straight through the rounding (d qdq(x) / dx taken as 1).
   Stateless (no amax history to carry in the train state). Same shapes and dtypes as
   lax.dot_general."""
-  return jax.lax.dot_general(fp8_qdq(lhs, jnp.float8_e4m3fn), fp8_qdq(rhs, jnp.float8_e4m3fn),
+  return jax.lax.dot_general(_fp8_qdq(lhs, jnp.float8_e4m3fn), _fp8_qdq(rhs, jnp.float8_e4m3fn),
                              dimension_numbers, precision=precision,
                              preferred_element_type=preferred_element_type)
 
 
 def _fp8_dot_fwd(lhs, rhs, dimension_numbers, precision, preferred_element_type):
-  lq, rq = fp8_qdq(lhs, jnp.float8_e4m3fn), fp8_qdq(rhs, jnp.float8_e4m3fn)
+  lq, rq = _fp8_qdq(lhs, jnp.float8_e4m3fn), _fp8_qdq(rhs, jnp.float8_e4m3fn)
   out = jax.lax.dot_general(lq, rq, dimension_numbers, precision=precision,
                             preferred_element_type=preferred_element_type)
   return out, (lq, rq)
@@ -119,25 +127,25 @@ def _fp8_dot_bwd(dimension_numbers, precision, preferred_element_type, res, g):
   _, vjp = jax.vjp(lambda a, b: jax.lax.dot_general(
       a, b, dimension_numbers, precision=precision,
       preferred_element_type=preferred_element_type), lq, rq)
-  return vjp(fp8_qdq(g, jnp.float8_e5m2))
+  return vjp(_fp8_qdq(g, jnp.float8_e5m2))
 
 
-fp8_dot_general.defvjp(_fp8_dot_fwd, _fp8_dot_bwd)
+_fp8_dot_general.defvjp(_fp8_dot_fwd, _fp8_dot_bwd)
 
 
 def dense(features: int, axes: tuple[str, str], *, use_bias: bool, name: str,
-          dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
+          dtype: _Dtype = jnp.float32, param_dtype: _Dtype = jnp.float32,
           init_std: float = 0.02, matmul: str = "default") -> nn.Dense:
   """nn.Dense with kernel [in, out] named `axes` and bias [out] named `axes[1]`; `matmul`
-  (MATMUL_DTYPES): 'fp8' multiplies with `fp8_dot_general` (the bias is added in `dtype`)."""
-  if matmul not in MATMUL_DTYPES:
-    raise ValueError(f"unknown matmul_dtype {matmul!r}; known: {MATMUL_DTYPES}")
+  (_MATMUL_DTYPES): 'fp8' multiplies with `_fp8_dot_general` (the bias is added in `dtype`)."""
+  if matmul not in _MATMUL_DTYPES:
+    raise ValueError(f"unknown matmul_dtype {matmul!r}; known: {_MATMUL_DTYPES}")
   return nn.Dense(
       features,
       use_bias=use_bias,
       dtype=dtype,
       param_dtype=param_dtype,
-      dot_general=fp8_dot_general if matmul == "fp8" else None,
+      dot_general=_fp8_dot_general if matmul == "fp8" else None,
       kernel_init=nn.with_logical_partitioning(nn.initializers.normal(init_std), axes),
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)),
       name=name,
@@ -153,12 +161,12 @@ class RMSNorm(nn.Module):
   """
   dim: int
   eps: float = 1e-6
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
+  dtype: _Dtype = jnp.float32
+  param_dtype: _Dtype = jnp.float32
   axis_name: str = "norm"
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
+  def __call__(self, x: _Array) -> _Array:
     scale = self.param(
         "scale", nn.with_logical_partitioning(nn.initializers.ones_init(), (self.axis_name,)),
         (self.dim,), self.param_dtype)
@@ -178,12 +186,12 @@ class GatedMLP(nn.Module):
   act: str = "silu"
   use_bias: bool = False
   axes: tuple[str, str] = ("embed", "mlp")
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-  matmul: str = "default"   # MATMUL_DTYPES
+  dtype: _Dtype = jnp.float32
+  param_dtype: _Dtype = jnp.float32
+  matmul: str = "default"   # _MATMUL_DTYPES
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
+  def __call__(self, x: _Array) -> _Array:
     kw = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
               matmul=self.matmul)
     lead = x.shape[:-1]
@@ -208,15 +216,15 @@ def rope_inv_freq(dim: int, theta: float) -> np.ndarray:
   return (1.0 / (np.float32(theta) ** exponent)).astype(np.float32)
 
 
-def rotate_half(x: Array) -> Array:
+def _rotate_half(x: _Array) -> _Array:
   """[x1, x2] -> [-x2, x1] on the last axis (halves)."""
   x1, x2 = jnp.split(x, 2, axis=-1)
   return jnp.concatenate([-x2, x1], axis=-1)
 
 
-def apply_rotary(x: Array, cos: Array, sin: Array, *, compute_dtype: Dtype | None = None
-                 ) -> Array:
-  """y = x * cos + rotate_half(x) * sin, computed in `compute_dtype` (default x.dtype).
+def apply_rotary(x: _Array, cos: _Array, sin: _Array, *, compute_dtype: _Dtype | None = None
+                 ) -> _Array:
+  """y = x * cos + _rotate_half(x) * sin, computed in `compute_dtype` (default x.dtype).
 
   x: [..., T, heads, H]; cos, sin: [..., T, H] (broadcast over heads). Returns x.dtype.
   """
@@ -224,11 +232,11 @@ def apply_rotary(x: Array, cos: Array, sin: Array, *, compute_dtype: Dtype | Non
   xc = x.astype(cd)
   c = cos[..., None, :].astype(cd)
   s = sin[..., None, :].astype(cd)
-  return (xc * c + rotate_half(xc) * s).astype(x.dtype)
+  return (xc * c + _rotate_half(xc) * s).astype(x.dtype)
 
 
-def mrope_cos_sin(position_ids_3bt: Array, inv_freq: np.ndarray, mrope_section: Sequence[int],
-                  *, interleaved: bool = False) -> tuple[Array, Array]:
+def mrope_cos_sin(position_ids_3bt: _Array, inv_freq: np.ndarray, mrope_section: Sequence[int],
+                  *, interleaved: bool = False) -> tuple[_Array, _Array]:
   """Multimodal rope tables.
 
   freqs[a, b, t, i] = position_ids[a, b, t] * inv_freq[i] for the 3 axes a = (t, h, w).
@@ -261,7 +269,7 @@ def mrope_cos_sin(position_ids_3bt: Array, inv_freq: np.ndarray, mrope_section: 
   return jnp.cos(f), jnp.sin(f)
 
 
-def axial_rope_cos_sin(pos_hw: Array, inv_freq: np.ndarray) -> tuple[Array, Array]:
+def axial_rope_cos_sin(pos_hw: _Array, inv_freq: np.ndarray) -> tuple[_Array, _Array]:
   """2-D (axial) rope of the Qwen vision towers.
 
   f[n] = [h_n * inv_freq, w_n * inv_freq]; cos = cos([f, f]), sin = sin([f, f]).
@@ -279,36 +287,36 @@ def axial_rope_cos_sin(pos_hw: Array, inv_freq: np.ndarray) -> tuple[Array, Arra
 # Attention.
 
 
-class AttentionImpl(NamedTuple):
+class _AttentionImpl(NamedTuple):
   """An attention path with its kernel settings (what the model modules pass as `impl`; a plain
   string is the same path with the default blocks).
 
-  name: one of ATTENTION_IMPLS; block_q, block_kv: the splash kernel's query / key block
+  name: one of _ATTENTION_IMPLS; block_q, block_kv: the splash kernel's query / key block
   targets (config `attention_block_q` / `attention_block_kv`).
   """
   name: str = "jax"
-  block_q: int = DEFAULT_SPLASH_BLOCK
-  block_kv: int = DEFAULT_SPLASH_BLOCK
+  block_q: int = _DEFAULT_SPLASH_BLOCK
+  block_kv: int = _DEFAULT_SPLASH_BLOCK
 
 
-def as_attention_impl(impl) -> AttentionImpl:
-  """AttentionImpl of a name or an AttentionImpl (raises for an unknown name)."""
-  spec = impl if isinstance(impl, AttentionImpl) else AttentionImpl(str(impl))
-  if spec.name not in ATTENTION_IMPLS:
-    raise ValueError(f"unknown attention impl {spec.name!r}; known: {ATTENTION_IMPLS}")
+def _as_attention_impl(impl) -> _AttentionImpl:
+  """_AttentionImpl of a name or an _AttentionImpl (raises for an unknown name)."""
+  spec = impl if isinstance(impl, _AttentionImpl) else _AttentionImpl(str(impl))
+  if spec.name not in _ATTENTION_IMPLS:
+    raise ValueError(f"unknown attention impl {spec.name!r}; known: {_ATTENTION_IMPLS}")
   return spec
 
 
-def resolve_impl(impl, dtype) -> str:
-  """The attention path `impl` (a name or an AttentionImpl) runs on this backend for `dtype`.
+def _resolve_impl(impl, dtype) -> str:
+  """The attention path `impl` (a name or an _AttentionImpl) runs on this backend for `dtype`.
 
   'jax' (the default) is cuDNN flash attention on GPU for 16-bit inputs, splash attention on
   TPU, and the 'xla' path everywhere else (CPU, float32 on GPU); 'cudnn', 'xla', 'splash' and
   'jax_xla' (jax.nn.dot_product_attention's own XLA implementation, a reference for tests) are
   taken as given. Whether a splash call runs the kernel or the XLA path depends on its lengths
-  (`splash_fits`), decided per call by `attention`.
+  (`_splash_fits`), decided per call by `attention`.
   """
-  name = as_attention_impl(impl).name
+  name = _as_attention_impl(impl).name
   if name != "jax":
     return name
   backend = jax.default_backend()
@@ -318,26 +326,26 @@ def resolve_impl(impl, dtype) -> str:
   return "cudnn" if half and backend == "gpu" else "xla"
 
 
-def splash_block(length: int, target: int) -> int:
-  """The splash block for a sequence of `length`: the largest multiple of SPLASH_ALIGN that
-  divides it and is at most max(target, SPLASH_ALIGN); 0 when length is not a multiple of
-  SPLASH_ALIGN (the kernel's blocks do not fit: the call takes the XLA path)."""
-  if length <= 0 or length % SPLASH_ALIGN:
+def _splash_block(length: int, target: int) -> int:
+  """The splash block for a sequence of `length`: the largest multiple of _SPLASH_ALIGN that
+  divides it and is at most max(target, _SPLASH_ALIGN); 0 when length is not a multiple of
+  _SPLASH_ALIGN (the kernel's blocks do not fit: the call takes the XLA path)."""
+  if length <= 0 or length % _SPLASH_ALIGN:
     return 0
-  best = SPLASH_ALIGN
-  for b in range(SPLASH_ALIGN, min(max(target, SPLASH_ALIGN), length) + 1, SPLASH_ALIGN):
+  best = _SPLASH_ALIGN
+  for b in range(_SPLASH_ALIGN, min(max(target, _SPLASH_ALIGN), length) + 1, _SPLASH_ALIGN):
     if length % b == 0:
       best = b
   return best
 
 
-def splash_fits(t: int, s: int) -> bool:
+def _splash_fits(t: int, s: int) -> bool:
   """Whether splash attention takes queries of length t against keys of length s (both
-  multiples of SPLASH_ALIGN); a decode step (t = 1) or a short or odd chunk does not."""
-  return splash_block(t, SPLASH_ALIGN) > 0 and splash_block(s, SPLASH_ALIGN) > 0
+  multiples of _SPLASH_ALIGN); a decode step (t = 1) or a short or odd chunk does not."""
+  return _splash_block(t, _SPLASH_ALIGN) > 0 and _splash_block(s, _SPLASH_ALIGN) > 0
 
 
-def shard_rows(x: Array) -> Array:
+def _shard_rows(x: _Array) -> _Array:
   """Constrains dim 0 of x to the row axes ('data', 'fsdp') of the mesh in scope (jax.set_mesh)
   when their product divides it; x unchanged without a mesh or when it does not divide. The
   vision tower's tokens [N, ...] and segments [S, ...] go through gathers by host-built indices,
@@ -363,16 +371,16 @@ def _row_axes_of(mesh, rows: int) -> tuple[str, ...] | None:
   return axes
 
 
-def splash_attention(q_btnh: Array, k_bskh: Array, v_bskh: Array, *, scale: float,
-                     is_causal: bool, q_segment: Array | None, kv_segment: Array | None,
-                     block_q: int, block_kv: int, interpret: bool | None = None) -> Array:
+def _splash_attention(q_btnh: _Array, k_bskh: _Array, v_bskh: _Array, *, scale: float,
+                     is_causal: bool, q_segment: _Array | None, kv_segment: _Array | None,
+                     block_q: int, block_kv: int, interpret: bool | None = None) -> _Array:
   """Grouped-query attention through jax.experimental.pallas.ops.tpu.splash_attention.
 
   q: [B, T, N, H]; k, v: [B, S, K, H] (N % K == 0; the kv heads are not repeated: each of the K
   kv heads runs the kernel's multi-query form over its G = N / K query heads); q_segment i32[B, T]
   and kv_segment i32[B, S] or None: query t may attend key s only when their segment ids are
   equal (padding as its own segment); is_causal adds s <= t. T and S must be multiples of
-  SPLASH_ALIGN (see splash_block). interpret: True / False forces Pallas interpret mode or the
+  _SPLASH_ALIGN (see _splash_block). interpret: True / False forces Pallas interpret mode or the
   Mosaic kernel; None (default) takes Mosaic when the call is lowered for a TPU and interpret
   mode otherwise (never another attention path). Under a mesh (jax.set_mesh) the kernel runs in a
   shard_map with the rows split over ('data', 'fsdp') when they divide, the heads over 'tensor'
@@ -383,9 +391,9 @@ def splash_attention(q_btnh: Array, k_bskh: Array, v_bskh: Array, *, scale: floa
   b, t, n_heads, h = q_btnh.shape
   s, k_heads = k_bskh.shape[1], k_bskh.shape[2]
   g = n_heads // k_heads
-  bq, bkv = splash_block(t, block_q), splash_block(s, block_kv)
+  bq, bkv = _splash_block(t, block_q), _splash_block(s, block_kv)
   if not bq or not bkv:
-    raise ValueError(f"splash attention needs lengths that are multiples of {SPLASH_ALIGN}; "
+    raise ValueError(f"splash attention needs lengths that are multiples of {_SPLASH_ALIGN}; "
                      f"got {t} queries and {s} keys")
   blocks = sk.BlockSizes(block_q=bq, block_kv=bkv, block_kv_compute=bkv, block_q_dkv=bq,
                          block_kv_dkv=bkv, block_kv_dkv_compute=bkv, block_q_dq=bq,
@@ -432,9 +440,9 @@ def splash_attention(q_btnh: Array, k_bskh: Array, v_bskh: Array, *, scale: floa
   return out.transpose(0, 3, 1, 2, 4).reshape(b, t, n_heads, h).astype(q_btnh.dtype)
 
 
-def attention(q_btnh: Array, k_bskh: Array, v_bskh: Array, *, mask: Array | None = None,
+def attention(q_btnh: _Array, k_bskh: _Array, v_bskh: _Array, *, mask: _Array | None = None,
               scale: float | None = None, impl="jax", is_causal: bool = False,
-              lengths: Array | None = None) -> Array:
+              lengths: _Array | None = None) -> _Array:
   """Grouped-query attention: o = softmax(scale * q k^T + mask) v.
 
   q: [B, T, N, H]; k, v: [B, S, K, H] with N % K == 0 (query head n uses kv head n // (N/K));
@@ -443,14 +451,14 @@ def attention(q_btnh: Array, k_bskh: Array, v_bskh: Array, *, mask: Array | None
   the number of real (leading) keys and queries of each row (right padding: key s is allowed
   only when s < lengths[b]), the form the cuDNN kernel takes instead of a dense mask.
   Softmax in float32.
-  impl (see resolve_impl): 'jax' (cuDNN on GPU for 16-bit inputs, else 'xla'), 'cudnn' (forces
+  impl (see _resolve_impl): 'jax' (cuDNN on GPU for 16-bit inputs, else 'xla'), 'cudnn' (forces
   the cuDNN flash kernel; GPU only; masks must come as `lengths`), 'xla' (explicit
   einsum/softmax, runs anywhere; causal self-attention in query blocks of CAUSAL_BLOCK rows, at
-  most MAX_CAUSAL_BLOCKS of them, that skip the keys after the block), 'jax_xla'
-  (jax.nn.dot_product_attention's XLA implementation), 'splash' (`splash_attention`: the TPU
+  most _MAX_CAUSAL_BLOCKS of them, that skip the keys after the block), 'jax_xla'
+  (jax.nn.dot_product_attention's XLA implementation), 'splash' (`_splash_attention`: the TPU
   Pallas kernel, in interpret mode off TPU; masks must come as `lengths` or as a key-padding
-  mask [B, 1, 1, S]; a call whose lengths are not multiples of SPLASH_ALIGN, e.g. a decode step,
-  takes the 'xla' path). `impl` may be an AttentionImpl (the splash block sizes).
+  mask [B, 1, 1, S]; a call whose lengths are not multiples of _SPLASH_ALIGN, e.g. a decode step,
+  takes the 'xla' path). `impl` may be an _AttentionImpl (the splash block sizes).
   Returns [B, T, N, H] in q.dtype. A query row with no allowed key returns a finite (unspecified)
   value, never NaN; padded query rows (t >= lengths[b]) are unspecified.
   """
@@ -459,9 +467,9 @@ def attention(q_btnh: Array, k_bskh: Array, v_bskh: Array, *, mask: Array | None
     raise ValueError(f"{n_heads} query heads are not a multiple of {k_heads} kv heads")
   head_dim = q_btnh.shape[-1]
   scale = head_dim ** -0.5 if scale is None else scale
-  spec = as_attention_impl(impl)
-  impl = resolve_impl(spec, q_btnh.dtype)
-  if impl == "splash" and splash_fits(q_btnh.shape[1], k_bskh.shape[1]):
+  spec = _as_attention_impl(impl)
+  impl = _resolve_impl(spec, q_btnh.dtype)
+  if impl == "splash" and _splash_fits(q_btnh.shape[1], k_bskh.shape[1]):
     return _splash_from_masks(q_btnh, k_bskh, v_bskh, mask, lengths, scale, is_causal, spec)
   if impl == "splash":
     impl = "xla"
@@ -490,7 +498,7 @@ def attention(q_btnh: Array, k_bskh: Array, v_bskh: Array, *, mask: Array | None
 
 
 def _splash_from_masks(q_btnh, k_bskh, v_bskh, mask, lengths, scale, is_causal,
-                       spec: AttentionImpl) -> Array:
+                       spec: _AttentionImpl) -> _Array:
   """`attention`'s splash path: padding (per-row `lengths`, or a key mask [B|1, 1, 1, S]) as
   segment ids (1 for real tokens, 0 for padding: a padded query attends padding only, so no
   softmax row is empty; padded query rows are unspecified, as on the other paths)."""
@@ -513,13 +521,13 @@ def _splash_from_masks(q_btnh, k_bskh, v_bskh, mask, lengths, scale, is_causal,
       raise ValueError("splash attention with padding needs as many queries as keys "
                        f"({t} != {s})")
     q_seg = kv_seg
-  return splash_attention(q_btnh, k_bskh, v_bskh, scale=scale, is_causal=is_causal,
+  return _splash_attention(q_btnh, k_bskh, v_bskh, scale=scale, is_causal=is_causal,
                           q_segment=q_seg, kv_segment=kv_seg, block_q=spec.block_q,
                           block_kv=spec.block_kv)
 
 
-def head_major_attention(q_btnh: Array, k_bksh: Array, v_bksh: Array, *, mask: Array | None,
-                         scale: float | None = None) -> Array:
+def _head_major_attention(q_btnh: _Array, k_bksh: _Array, v_bksh: _Array, *, mask: _Array | None,
+                         scale: float | None = None) -> _Array:
   """`attention(..., impl='xla')` (not causal) on keys and values stored head-major.
 
   q: [B, T, N, H]; k, v: [B, K, S, H] (the KV cache's layout) with N % K == 0; mask: bool
@@ -533,8 +541,8 @@ def head_major_attention(q_btnh: Array, k_bksh: Array, v_bksh: Array, *, mask: A
   return _xla_attention(q_btnh, k_bksh.astype(q_btnh.dtype), v_bksh, mask, scale, False)
 
 
-def _xla_attention(q_btnh: Array, k: Array, v: Array, mask: Array | None, scale: float,
-                   is_causal: bool) -> Array:
+def _xla_attention(q_btnh: _Array, k: _Array, v: _Array, mask: _Array | None, scale: float,
+                   is_causal: bool) -> _Array:
   """The 'xla' path of `attention` with k, v already head-major [B, K, S, H]."""
   b, t, n_heads, h = q_btnh.shape
   k_heads, s = k.shape[1], k.shape[2]
@@ -557,7 +565,7 @@ def _xla_attention(q_btnh: Array, k: Array, v: Array, mask: Array | None, scale:
     # Block-causal: query block [i, j) only needs keys [0, j), so the upper triangle of the
     # [T, S] logits (about half at T >> block) is never computed. Every query's softmax
     # runs over the same unmasked keys as with the full [T, S] logits.
-    block = max(CAUSAL_BLOCK, -(-t // MAX_CAUSAL_BLOCKS))
+    block = max(CAUSAL_BLOCK, -(-t // _MAX_CAUSAL_BLOCKS))
     outs = []
     for i in range(0, t, block):
       j = min(i + block, t)
@@ -569,7 +577,7 @@ def _xla_attention(q_btnh: Array, k: Array, v: Array, mask: Array | None, scale:
   return out.transpose(0, 3, 1, 2, 4).reshape(b, t, n_heads, h).astype(q_btnh.dtype)
 
 
-def _attend(q: Array, k: Array, v: Array, m: Array | None, scale: float) -> Array:
+def _attend(q: _Array, k: _Array, v: _Array, m: _Array | None, scale: float) -> _Array:
   """softmax(scale * q k^T, masked by m) v for q [B, K, G, T, H], k, v [B, K, S, H], m bool
   broadcastable to [B, K, G, T, S] or None; softmax in float32. Returns [B, K, G, T, H]."""
   b, kh, g, t, h = q.shape
@@ -580,18 +588,18 @@ def _attend(q: Array, k: Array, v: Array, m: Array | None, scale: float) -> Arra
   if m is not None:
     logits = jnp.where(m, logits, jnp.finfo(jnp.float32).min)
   # jax.nn.softmax's forward written out, so that its statistics (row max and sum, [.., T, 1])
-  # carry the checkpoint name ATTN_STATS that the 'dots_attn' remat policy saves.
+  # carry the checkpoint name _ATTN_STATS that the 'dots_attn' remat policy saves.
   x_max = checkpoint_name(jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True)),
-                          ATTN_STATS)
+                          _ATTN_STATS)
   unnormalized = jnp.exp(logits - x_max)
-  denom = checkpoint_name(jnp.sum(unnormalized, axis=-1, keepdims=True), ATTN_STATS)
+  denom = checkpoint_name(jnp.sum(unnormalized, axis=-1, keepdims=True), _ATTN_STATS)
   probs = (unnormalized / denom).astype(v.dtype).reshape(b, kh, g * t, s)
   return jnp.einsum("bkms,bksh->bkmh", probs, v).reshape(b, kh, g, t, h)
 
 
-def decoder_attention(q_btnh: Array, k_btkh: Array, v_btkh: Array, *, mask: Array | None,
-                      kv: tuple | None, impl: str, dtype: Dtype
-                      ) -> tuple[Array, tuple[Array, Array] | None]:
+def decoder_attention(q_btnh: _Array, k_btkh: _Array, v_btkh: _Array, *, mask: _Array | None,
+                      kv: tuple | None, impl: str, dtype: _Dtype
+                      ) -> tuple[_Array, tuple[_Array, _Array] | None]:
   """A decoder layer's attention, without or with a KV cache.
 
   kv None: causal self-attention of q, k, v [B, T, ., H] under the padding `mask` (bool
@@ -601,7 +609,7 @@ def decoder_attention(q_btnh: Array, k_btkh: Array, v_btkh: Array, *, mask: Arra
   kv = (k_cache, v_cache, slots) with head-major caches [B, K, cap, H] and slots i32[B, T]: k, v
   are written at `slots` (cast to the cache dtype), then q attends to the whole cache (cast to
   `dtype`) under `mask` (bool [B, 1, T, cap]); returns (o, (k_cache, v_cache)) with the updated
-  caches. The cache is read in its own layout (`head_major_attention`): a decode step never
+  caches. The cache is read in its own layout (`_head_major_attention`): a decode step never
   copies it. With kv and mask None (a chunk written into a cache that holds nothing it may see,
   e.g. the first chunk; real tokens lead each row), q attends causally to the chunk's own k, v
   only, as without a cache ([T, T] logits in query blocks instead of [T, cap]).
@@ -609,14 +617,14 @@ def decoder_attention(q_btnh: Array, k_btkh: Array, v_btkh: Array, *, mask: Arra
   layer i of the stacks, written in place; returns (o, (k_stack, v_stack)).
   """
   if kv is None:
-    if resolve_impl(impl, q_btnh.dtype) == "cudnn" and mask is not None:
+    if _resolve_impl(impl, q_btnh.dtype) == "cudnn" and mask is not None:
       lengths = jnp.sum(mask.reshape(mask.shape[0], -1).astype(jnp.int32), axis=-1)
       o = attention(q_btnh, k_btkh, v_btkh, lengths=lengths, impl="cudnn", is_causal=True)
     else:
       o = attention(q_btnh, k_btkh, v_btkh, mask=mask, impl=impl, is_causal=True)
-    return checkpoint_name(o, ATTN_OUT), None
+    return checkpoint_name(o, _ATTN_OUT), None
   # Cached attention runs a [T, cap] mask of slots (no kernel takes that): the XLA path.
-  impl_in, impl = impl, resolve_impl(impl, q_btnh.dtype)
+  impl_in, impl = impl, _resolve_impl(impl, q_btnh.dtype)
   impl = "xla" if impl in ("cudnn", "splash") else impl
   # The write indexes (row, kv head, slot) and moves one head's [H] vector per index: the
   # scatter's window is the minor dim alone. With the kv heads in the window instead ([K, H]
@@ -643,14 +651,14 @@ def decoder_attention(q_btnh: Array, k_btkh: Array, v_btkh: Array, *, mask: Arra
     o = attention(q_btnh, k_btkh.astype(dtype), v_btkh.astype(dtype), impl=impl_in,
                   is_causal=True)
   elif impl == "xla":
-    o = head_major_attention(q_btnh, k_cache.astype(dtype), v_cache.astype(dtype), mask=mask)
+    o = _head_major_attention(q_btnh, k_cache.astype(dtype), v_cache.astype(dtype), mask=mask)
   else:  # 'jax_xla' (a reference): its own layout
     o = attention(q_btnh, k_cache.astype(dtype).transpose(0, 2, 1, 3),
                   v_cache.astype(dtype).transpose(0, 2, 1, 3), mask=mask, impl=impl)
   return o, new
 
 
-def decoder_mask(attention_mask: Array | None, kv_mask: Array | None) -> Array | None:
+def _decoder_mask(attention_mask: _Array | None, kv_mask: _Array | None) -> _Array | None:
   """The mask the decoder layers get: the cache's `kv_mask` when given (KV-cache call), else the
   padding mask attention_mask [B, S] as bool [B, 1, 1, S], else None."""
   if kv_mask is not None:
@@ -660,13 +668,13 @@ def decoder_mask(attention_mask: Array | None, kv_mask: Array | None) -> Array |
   return jnp.asarray(attention_mask).astype(bool)[:, None, None, :]
 
 
-def logits_from_hidden(x_btd: Array, w_dv: Array, dtype: Dtype) -> Array:
+def _logits_from_hidden(x_btd: _Array, w_dv: _Array, dtype: _Dtype) -> _Array:
   """logits f32[B, T, V] = x [B, T, D] @ w [D, V], both in `dtype`, accumulated in float32."""
   return jnp.dot(x_btd, w_dv.astype(dtype),
                  preferred_element_type=jnp.float32).astype(jnp.float32)
 
 
-class SegmentPlan(NamedTuple):
+class _SegmentPlan(NamedTuple):
   """Host-side indices for packed block-diagonal attention over N tokens in S segments (a
   pytree, so that plans can enter scanned and rematerialised blocks).
 
@@ -679,8 +687,8 @@ class SegmentPlan(NamedTuple):
   scatter: Any
 
 
-def segment_plan(segments: Sequence[np.ndarray], num_tokens: int) -> SegmentPlan:
-  """Builds a SegmentPlan from a list of token-index arrays (a partition of range(num_tokens))."""
+def segment_plan(segments: Sequence[np.ndarray], num_tokens: int) -> _SegmentPlan:
+  """Builds a _SegmentPlan from a list of token-index arrays (a partition of range(num_tokens))."""
   segs = [np.asarray(s, np.int64) for s in segments if len(s)]
   if sum(len(s) for s in segs) != num_tokens:
     raise ValueError(f"segments hold {sum(len(s) for s in segs)} token slots for {num_tokens} "
@@ -693,7 +701,7 @@ def segment_plan(segments: Sequence[np.ndarray], num_tokens: int) -> SegmentPlan
     scatter[s] = i * max_len + np.arange(len(s))
   if (scatter < 0).any():
     raise ValueError(f"segments cover {int((scatter >= 0).sum())} of {num_tokens} tokens")
-  return SegmentPlan(gather, gather < num_tokens, scatter.astype(np.int32))
+  return _SegmentPlan(gather, gather < num_tokens, scatter.astype(np.int32))
 
 
 def cu_seqlens_segments(cu_seqlens: np.ndarray, order: np.ndarray | None = None
@@ -704,17 +712,17 @@ def cu_seqlens_segments(cu_seqlens: np.ndarray, order: np.ndarray | None = None
   return [idx[cu[i]:cu[i + 1]] for i in range(len(cu) - 1) if cu[i + 1] > cu[i]]
 
 
-def _pad_gather(x: Array, gather: Array) -> Array:
+def _pad_gather(x: _Array, gather: _Array) -> _Array:
   """x [N, ...] -> [S, L, ...]: row gather[s, l] of x, zeros where gather == N (padding)."""
   return jnp.concatenate([x, jnp.zeros((1,) + x.shape[1:], x.dtype)], axis=0)[gather]
 
 
-# The two index maps of a SegmentPlan are inverse to each other (the segments partition the
+# The two index maps of a _SegmentPlan are inverse to each other (the segments partition the
 # tokens), so each one's gradient is a gather through the other: no scatter-add in the backward
 # pass (fewer, cheaper kernels to compile and run; the same values, as every token has exactly
 # one slot).
 @jax.custom_vjp
-def _to_segments(x: Array, gather: Array, scatter: Array) -> Array:
+def _to_segments(x: _Array, gather: _Array, scatter: _Array) -> _Array:
   """x [N, ...] -> padded segments [S, L, ...] (see _pad_gather)."""
   del scatter
   return _pad_gather(x, gather)
@@ -733,7 +741,7 @@ _to_segments.defvjp(_to_segments_fwd, _to_segments_bwd)
 
 
 @jax.custom_vjp
-def _from_segments(o: Array, gather: Array, scatter: Array) -> Array:
+def _from_segments(o: _Array, gather: _Array, scatter: _Array) -> _Array:
   """Padded segments o [S, L, ...] -> tokens [N, ...] (each token's slot)."""
   del gather
   return o.reshape((-1,) + o.shape[2:])[scatter]
@@ -751,12 +759,12 @@ def _from_segments_bwd(res, g):
 _from_segments.defvjp(_from_segments_fwd, _from_segments_bwd)
 
 
-def segment_attention(q_nhd: Array, k_nhd: Array, v_nhd: Array, plan: SegmentPlan, *,
-                      scale: float | None = None, impl="jax") -> Array:
+def _segment_attention(q_nhd: _Array, k_nhd: _Array, v_nhd: _Array, plan: _SegmentPlan, *,
+                      scale: float | None = None, impl="jax") -> _Array:
   """Block-diagonal attention over packed tokens: token n attends to tokens of its segment only.
 
   On the splash path the padded segments [S, L] are padded further to a multiple of
-  SPLASH_ALIGN, so that every vision call (window and full blocks) runs the kernel.
+  _SPLASH_ALIGN, so that every vision call (window and full blocks) runs the kernel.
 
   q, k, v: [N, heads, H]. Returns [N, heads, H]. Reverse-mode differentiable (custom VJP: the
   gradients of the gather into segments and back are gathers through the inverse index map).
@@ -765,23 +773,23 @@ def segment_attention(q_nhd: Array, k_nhd: Array, v_nhd: Array, plan: SegmentPla
   # Real tokens lead each padded segment: the padding is given as lengths (cuDNN takes no
   # dense mask; the XLA paths turn lengths back into one; splash takes them as segment ids).
   lengths = jnp.sum(jnp.asarray(plan.valid).astype(jnp.int32), axis=-1)  # [S]
-  qs, ks, vs = (shard_rows(_to_segments(x, gather, scatter)) for x in (q_nhd, k_nhd, v_nhd))
+  qs, ks, vs = (_shard_rows(_to_segments(x, gather, scatter)) for x in (q_nhd, k_nhd, v_nhd))
   seg_len = qs.shape[1]
-  if resolve_impl(impl, q_nhd.dtype) == "splash" and seg_len % SPLASH_ALIGN:
-    # The kernel takes lengths in multiples of SPLASH_ALIGN: segments are padded up to one
+  if _resolve_impl(impl, q_nhd.dtype) == "splash" and seg_len % _SPLASH_ALIGN:
+    # The kernel takes lengths in multiples of _SPLASH_ALIGN: segments are padded up to one
     # (e.g. Qwen2.5-VL's 64-token windows to 128), the padding masked by the lengths.
-    pad = ((0, 0), (0, -seg_len % SPLASH_ALIGN), (0, 0), (0, 0))
+    pad = ((0, 0), (0, -seg_len % _SPLASH_ALIGN), (0, 0), (0, 0))
     qs, ks, vs = (jnp.pad(x, pad) for x in (qs, ks, vs))
-  out = shard_rows(attention(qs, ks, vs, lengths=lengths, scale=scale, impl=impl)[:, :seg_len])
-  return shard_rows(_from_segments(out, gather, scatter))
+  out = _shard_rows(attention(qs, ks, vs, lengths=lengths, scale=scale, impl=impl)[:, :seg_len])
+  return _shard_rows(_from_segments(out, gather, scatter))
 
 
-def vision_rope_attention(q_ne: Array, k_ne: Array, v_ne: Array, cos: Array, sin: Array,
-                          plan, *, num_heads: int, impl: str, which=0) -> Array:
-  """Self-attention of a vision block: o = segment_attention(rope(q), rope(k), v) per head.
+def vision_rope_attention(q_ne: _Array, k_ne: _Array, v_ne: _Array, cos: _Array, sin: _Array,
+                          plan, *, num_heads: int, impl: str, which=0) -> _Array:
+  """Self-attention of a vision block: o = _segment_attention(rope(q), rope(k), v) per head.
 
   q, k, v: [N, E] with E = num_heads * H (split into heads); cos, sin: [N, H] (rope applied in
-  float32). plan: a SegmentPlan, or a tuple of them with `which` selecting one (a Python int, or
+  float32). plan: a _SegmentPlan, or a tuple of them with `which` selecting one (a Python int, or
   a traced int32 under a scanned layer stack: then every plan's attention is computed and the
   selected one kept with `where`). Returns o [N, E].
 
@@ -793,22 +801,22 @@ def vision_rope_attention(q_ne: Array, k_ne: Array, v_ne: Array, cos: Array, sin
   """
   n, e = q_ne.shape
   shape = (n, num_heads, e // num_heads)
-  q_ne, k_ne, v_ne = shard_rows(q_ne), shard_rows(k_ne), shard_rows(v_ne)
+  q_ne, k_ne, v_ne = _shard_rows(q_ne), _shard_rows(k_ne), _shard_rows(v_ne)
   q = apply_rotary(q_ne.reshape(shape), cos, sin, compute_dtype=jnp.float32)
   k = apply_rotary(k_ne.reshape(shape), cos, sin, compute_dtype=jnp.float32)
   v = v_ne.reshape(shape)
-  plans = (plan,) if isinstance(plan, SegmentPlan) else tuple(plan)
+  plans = (plan,) if isinstance(plan, _SegmentPlan) else tuple(plan)
   if isinstance(which, (int, np.integer)) or len(plans) == 1:
-    o = segment_attention(q, k, v, plans[int(which) if len(plans) > 1 else 0], impl=impl)
+    o = _segment_attention(q, k, v, plans[int(which) if len(plans) > 1 else 0], impl=impl)
   else:
-    o = segment_attention(q, k, v, plans[0], impl=impl)
+    o = _segment_attention(q, k, v, plans[0], impl=impl)
     for i, p in enumerate(plans[1:], 1):
-      o = jnp.where(which == i, segment_attention(q, k, v, p, impl=impl), o)
-  return shard_rows(o.reshape(n, e))
+      o = jnp.where(which == i, _segment_attention(q, k, v, p, impl=impl), o)
+  return _shard_rows(o.reshape(n, e))
 
 
-def frame_plan(grid: np.ndarray) -> tuple[int, SegmentPlan]:
-  """(N, the SegmentPlan with one segment per frame) of patch grids int[n, 3] (t, h, w): the full
+def frame_plan(grid: np.ndarray) -> tuple[int, _SegmentPlan]:
+  """(N, the _SegmentPlan with one segment per frame) of patch grids int[n, 3] (t, h, w): the full
   attention of the vision towers (HF cu_seqlens over frames of h * w patches)."""
   grid = np.asarray(grid, np.int64).reshape(-1, 3)
   n = int(np.prod(grid, axis=1).sum())
@@ -816,16 +824,16 @@ def frame_plan(grid: np.ndarray) -> tuple[int, SegmentPlan]:
   return n, segment_plan(cu_seqlens_segments(np.concatenate([[0], np.cumsum(frames)])), n)
 
 
-def check_num_patches(pixels: Array, n: int, grid_thw) -> None:
+def check_num_patches(pixels: _Array, n: int, grid_thw) -> None:
   """Raises unless pixels [N, Dp] holds the n patches of the grids."""
   if pixels.shape[0] != n:
     raise ValueError(f"{pixels.shape[0]} patches given but the grids {np.asarray(grid_thw)} "
                      f"hold {n}")
 
 
-def device_plans(plans) -> tuple[SegmentPlan, ...]:
+def device_plans(plans) -> tuple[_SegmentPlan, ...]:
   """SegmentPlans with their index arrays as jnp arrays (to pass into a scanned stack)."""
-  return tuple(SegmentPlan(jnp.asarray(p.gather), jnp.asarray(p.valid), jnp.asarray(p.scatter))
+  return tuple(_SegmentPlan(jnp.asarray(p.gather), jnp.asarray(p.valid), jnp.asarray(p.scatter))
                for p in plans)
 
 
@@ -861,7 +869,7 @@ class VisionQKV(nn.Module):
     return qkv[:, 0], qkv[:, 1], qkv[:, 2], proj
 
 
-def fill_tokens(embeds: Array, ids: Array, token_id: int, feats: Array, batched: bool) -> Array:
+def _fill_tokens(embeds: _Array, ids: _Array, token_id: int, feats: _Array, batched: bool) -> _Array:
   """Replaces the token_id positions of embeds [B, T, D] by feats, in order.
 
   Flat (HF layout): feats [M, D]; the k-th token_id position of the whole batch (row-major)
@@ -891,7 +899,7 @@ def fill_tokens(embeds: Array, ids: Array, token_id: int, feats: Array, batched:
 # Model trunk shared by the VL backbones.
 
 
-class Embedding(nn.Module):
+class _Embedding(nn.Module):
   """Token embedding table [V, D] ('vocab', 'embed'); also exposes the table for tied logits."""
   vocab: int
   dim: int
@@ -904,21 +912,21 @@ class Embedding(nn.Module):
                                                   ("vocab", "embed")),
         (self.vocab, self.dim), self.param_dtype)
 
-  def __call__(self, ids: Array) -> Array:
+  def __call__(self, ids: _Array) -> _Array:
     return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
 
-  def table(self) -> Array:
+  def table(self) -> _Array:
     return self.embedding
 
 
-class Unembed(nn.Module):
+class _Unembed(nn.Module):
   """Untied output projection kernel [D, V] ('embed', 'vocab')."""
   dim: int
   vocab: int
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self) -> Array:
+  def __call__(self) -> _Array:
     return self.param("kernel", nn.with_logical_partitioning(nn.initializers.normal(0.02),
                                                              ("embed", "vocab")),
                       (self.dim, self.vocab), self.param_dtype)
@@ -933,33 +941,33 @@ class KVInput(NamedTuple):
   """
   k: Any
   v: Any
-  slots: Array
-  mask: Array
+  slots: _Array
+  mask: _Array
 
 
 # Rematerialisation policies by name (config `remat_policy`, used when `remat` is on): "full"
 # saves nothing inside a layer, "dots" every matmul output, "dots_no_batch" the matmuls without
 # batch dimensions (the projections and MLP on [B*T, D] rows; attention is recomputed),
-# "dots_attn" those plus the decoder's attention output (ATTN_OUT, [B, T, N, H]) and softmax
-# statistics (ATTN_STATS, row max and sum [B, K, G, T, 1] on the XLA paths), as MaxText's
+# "dots_attn" those plus the decoder's attention output (_ATTN_OUT, [B, T, N, H]) and softmax
+# statistics (_ATTN_STATS, row max and sum [B, K, G, T, 1] on the XLA paths), as MaxText's
 # policy that saves the attention output does: the backward then re-runs no attention forward
 # for the output projection's gradient; "none" turns remat off.
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "dots_attn")
-ATTN_OUT = "attn_out"
-ATTN_STATS = "attn_stats"
+_REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "dots_attn")
+_ATTN_OUT = "attn_out"
+_ATTN_STATS = "attn_stats"
 
 
 def remat_wrap(cls, remat: bool, policy: str = "full", *, scanned: bool = False):
-  """`cls` under nn.remat with the named policy (see REMAT_POLICIES), or `cls` itself."""
-  if policy not in REMAT_POLICIES:
-    raise ValueError(f"unknown remat_policy {policy!r}; known: {REMAT_POLICIES}")
+  """`cls` under nn.remat with the named policy (see _REMAT_POLICIES), or `cls` itself."""
+  if policy not in _REMAT_POLICIES:
+    raise ValueError(f"unknown remat_policy {policy!r}; known: {_REMAT_POLICIES}")
   if not remat or policy == "none":
     return cls
   table = {"full": None, "dots": jax.checkpoint_policies.checkpoint_dots,
            "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
            "dots_attn": jax.checkpoint_policies.save_from_both_policies(
                jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-               jax.checkpoint_policies.save_only_these_names(ATTN_OUT, ATTN_STATS))}
+               jax.checkpoint_policies.save_only_these_names(_ATTN_OUT, _ATTN_STATS))}
   # Under scan, CSE across iterations is impossible, so the barrier that prevents it is not needed.
   return nn.remat(cls, policy=table[policy], prevent_cse=not scanned)
 
@@ -973,7 +981,7 @@ def scan_stack(body_cls, length: int, num_broadcast: int):
                  metadata_params={nn.PARTITION_NAME: "layers"})
 
 
-def scanned_decoder_layer(layer_cls):
+def _scanned_decoder_layer(layer_cls):
   """The scan body around a decoder layer class (its __call__ (x, cos, sin, mask, kv) ->
   (x, new_kv)): carry (x, kv stacks or None), xs = the layer index i, broadcast
   (cos, sin, mask, slots, extra); `after_layer(i, x, extra)` (a static field) runs after it."""
@@ -1012,13 +1020,13 @@ class VLDecoderModel(nn.Module):
     cfg = self.config
     t = cfg.text
     kw = dict(dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype)
-    impl = AttentionImpl(cfg.attention_impl, cfg.attention_block_q, cfg.attention_block_kv)
+    impl = _AttentionImpl(cfg.attention_impl, cfg.attention_block_q, cfg.attention_block_kv)
     self.visual = self.VISION_TOWER(cfg.vision, cfg.compute_dtype, cfg.params_dtype, impl,
                                     cfg.remat, cfg.remat_policy, cfg.scan_layers)
-    self.embed_tokens = Embedding(t.vocab_size, t.hidden_size, **kw)
+    self.embed_tokens = _Embedding(t.vocab_size, t.hidden_size, **kw)
     args = (t, cfg.compute_dtype, cfg.params_dtype, impl)
     if cfg.scan_layers:
-      body = remat_wrap(scanned_decoder_layer(self.DECODER_LAYER), cfg.remat, cfg.remat_policy,
+      body = remat_wrap(_scanned_decoder_layer(self.DECODER_LAYER), cfg.remat, cfg.remat_policy,
                         scanned=True)
       self.layers = scan_stack(body, t.num_hidden_layers, 5)(
           *args, matmul=cfg.matmul_dtype, after_layer=self.after_layer_fn())
@@ -1028,28 +1036,28 @@ class VLDecoderModel(nn.Module):
                      for i in range(t.num_hidden_layers)]
     self.norm = RMSNorm(t.hidden_size, t.rms_norm_eps, **kw)
     if not cfg.tie_word_embeddings:
-      self.lm_head = Unembed(t.hidden_size, t.vocab_size, cfg.params_dtype)
+      self.lm_head = _Unembed(t.hidden_size, t.vocab_size, cfg.params_dtype)
 
   def after_layer_fn(self) -> Callable | None:
     """A static (i, x, extra) -> x run after decoder layer i (i a traced int32 under scan), with
     `extra` the pytree passed to `decode`; None for none (Qwen3-VL adds DeepStack features)."""
     return None
 
-  def vision_features(self, embeds) -> Array:
+  def vision_features(self, embeds) -> _Array:
     """The features an `encode_vision` output puts at the vision tokens: the output itself
     (Qwen2.5-VL); a backbone whose encoder returns more overrides it (Qwen3-VL: (merged,
     deepstack) -> merged)."""
     return embeds
 
-  def encode_vision(self, pixel_values: Array, grid_thw):
+  def encode_vision(self, pixel_values: _Array, grid_thw):
     """Vision tower. Flat pixel_values [N, Dp] -> the tower's output for grid_thw; batched
     [B, N_b, Dp] (grid_thw = one row's grids) -> the same pytree with every leaf [B, N_b/4, D]."""
     grid = np.asarray(grid_thw).reshape(-1, 3)
     if pixel_values.ndim == 3:
       b = pixel_values.shape[0]
-      out = self.visual(shard_rows(pixel_values.reshape(-1, pixel_values.shape[-1])),
+      out = self.visual(_shard_rows(pixel_values.reshape(-1, pixel_values.shape[-1])),
                         np.tile(grid, (b, 1)))
-      return jax.tree_util.tree_map(lambda f: shard_rows(f.reshape(b, -1, f.shape[-1])), out)
+      return jax.tree_util.tree_map(lambda f: _shard_rows(f.reshape(b, -1, f.shape[-1])), out)
     return self.visual(pixel_values, grid)
 
   def embed_inputs(self, input_ids, pixel_values, image_grid_thw, pixel_values_videos,
@@ -1069,7 +1077,7 @@ class VLDecoderModel(nn.Module):
       if image_grid_thw is None:
         raise ValueError("pixel_values given without image_grid_thw")
       images = self.encode_vision(pixel_values, image_grid_thw)
-      x = fill_tokens(x, input_ids, cfg.image_token_id, self.vision_features(images),
+      x = _fill_tokens(x, input_ids, cfg.image_token_id, self.vision_features(images),
                       batched=False)
       encoded.append((cfg.image_token_id, images, False))
     if pixel_values_videos is not None and video_embeds is None:
@@ -1077,25 +1085,25 @@ class VLDecoderModel(nn.Module):
         raise ValueError("pixel_values_videos given without video_grid_thw")
       video_embeds = self.encode_vision(pixel_values_videos, video_grid_thw)
     if video_embeds is not None:
-      x = fill_tokens(x, input_ids, cfg.video_token_id, self.vision_features(video_embeds),
+      x = _fill_tokens(x, input_ids, cfg.video_token_id, self.vision_features(video_embeds),
                       batched=batched)
       encoded.append((cfg.video_token_id, video_embeds, batched))
     if self.is_initializing() and not cfg.tie_word_embeddings:
       self.lm_head()
     return parallel.constrain(x, parallel.ACT_RESIDUAL), encoded, batched
 
-  def unembedding_matrix(self) -> Array:
+  def unembedding_matrix(self) -> _Array:
     if self.config.tie_word_embeddings:
       return self.embed_tokens.table().T
     return self.lm_head()
 
-  def decode(self, x: Array, cos: Array, sin: Array, attention_mask, kv: KVInput | None,
+  def decode(self, x: _Array, cos: _Array, sin: _Array, attention_mask, kv: KVInput | None,
              return_hidden: bool, extra: Any = None):
     """Decoder layers (each followed by `after_layer_fn()(i, x, extra)` when defined), final
     norm, and logits f32[B, T, V] (or the normed hidden [B, T, D] with return_hidden).
     x: [B, T, D] embeddings. With `kv`, returns (out, (k, v)) of the updated caches (per-layer
     tuples, or stacks [L, B, K, cap, H] with scan_layers)."""
-    mask = decoder_mask(attention_mask, None if kv is None else kv.mask)
+    mask = _decoder_mask(attention_mask, None if kv is None else kv.mask)
     if self.config.scan_layers:
       stacks = None if kv is None else (kv.k, kv.v)
       slots = None if kv is None else kv.slots
@@ -1119,7 +1127,7 @@ class VLDecoderModel(nn.Module):
     if return_hidden:
       out = x
     else:
-      out = logits_from_hidden(x, self.unembedding_matrix(), self.config.compute_dtype)
+      out = _logits_from_hidden(x, self.unembedding_matrix(), self.config.compute_dtype)
     if kv is not None:
       return out, new_kv
     return out

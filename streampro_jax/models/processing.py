@@ -19,7 +19,7 @@ while the video processor interleaves `temporal_patch_size` distinct frames at t
 (the `tp` axis above). The video layout is therefore the image layout with the tp slot taken from
 frame t of the temporal patch.
 
-StreamPro feeds each turn (1 second) as one video of grid (1, gh, gw): `process_turn` takes exactly
+StreamPro feeds each turn (1 second) as one video of grid (1, gh, gw): `_process_turn` takes exactly
 temporal_patch_size frames and returns patches [P, D] with P = gh * gw.
 """
 
@@ -35,8 +35,13 @@ from PIL import Image
 
 from streampro_jax import _config
 
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+__all__ = [
+    "ProcessorConfigMixin", "VideoProcessorConfig", "check_aspect_ratio", "check_frames",
+    "normalize_frames", "patchify", "process_turns", "resize_frames", "smart_resize"
+]
+
+_OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+_OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class ProcessorConfigMixin:
@@ -90,8 +95,8 @@ class VideoProcessorConfig(ProcessorConfigMixin):
   patch_size: int = 14
   temporal_patch_size: int = 2
   merge_size: int = 2
-  image_mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
-  image_std: tuple[float, float, float] = OPENAI_CLIP_STD
+  image_mean: tuple[float, float, float] = _OPENAI_CLIP_MEAN
+  image_std: tuple[float, float, float] = _OPENAI_CLIP_STD
   do_resize: bool = True
 
   def target_size(self, height: int, width: int) -> tuple[int, int]:
@@ -102,7 +107,7 @@ class VideoProcessorConfig(ProcessorConfigMixin):
                         max_pixels=self.max_pixels)
 
   def grid(self, height: int, width: int) -> tuple[int, int, int]:
-    """Grid (1, gh, gw) of one turn (one temporal patch) for frames of size (height, width)."""
+    """_Grid (1, gh, gw) of one turn (one temporal patch) for frames of size (height, width)."""
     h, w = self.target_size(height, width)
     return 1, h // self.patch_size, w // self.patch_size
 
@@ -160,8 +165,8 @@ def resize_frames(frames_thwc: np.ndarray, height: int, width: int) -> np.ndarra
   return out
 
 
-def normalize_frames(frames_thwc: np.ndarray, mean=OPENAI_CLIP_MEAN,
-                     std=OPENAI_CLIP_STD) -> np.ndarray:
+def normalize_frames(frames_thwc: np.ndarray, mean=_OPENAI_CLIP_MEAN,
+                     std=_OPENAI_CLIP_STD) -> np.ndarray:
   """uint8 [T, H, W, 3] -> float32 [T, 3, H, W]: x = float32(u8 * (1/255) in float64); (x - m) / s.
 
   Same arithmetic (and float32 rounding) as transformers' rescale + normalize, evaluated once per
@@ -207,7 +212,7 @@ def patchify(video_tchw: np.ndarray, patch_size: int = 14, merge_size: int = 2,
   return x.reshape(gt * gh * gw, c * tp * p * p), (gt, gh, gw)
 
 
-def process_video(frames_thwc: np.ndarray,
+def _process_video(frames_thwc: np.ndarray,
                   config: VideoProcessorConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
   """The whole processor for one video: uint8 [T, H, W, 3] -> (pixel_values_videos, video_grid_thw).
 
@@ -227,11 +232,11 @@ def process_video(frames_thwc: np.ndarray,
   return patches, np.asarray([grid], np.int64)
 
 
-Grid = tuple[int, int, int]
+_Grid = tuple[int, int, int]
 
 
-def process_turn(frames_thwc: np.ndarray,
-                 config: VideoProcessorConfig | None = None) -> tuple[np.ndarray, Grid]:
+def _process_turn(frames_thwc: np.ndarray,
+                 config: VideoProcessorConfig | None = None) -> tuple[np.ndarray, _Grid]:
   """One turn (one second): tp frames [tp, H, W, 3] -> (patches f32[gh*gw, D], (1, gh, gw)).
 
   Raises:
@@ -242,15 +247,15 @@ def process_turn(frames_thwc: np.ndarray,
   if frames_thwc.shape[0] != config.temporal_patch_size:
     raise ValueError(f"a turn takes temporal_patch_size={config.temporal_patch_size} frames, "
                      f"got {frames_thwc.shape[0]}")
-  patches, grid = process_video(frames_thwc, config)
+  patches, grid = _process_video(frames_thwc, config)
   return patches, tuple(int(g) for g in grid[0])
 
 
 def process_turns(frames_kthwc: np.ndarray,
-                  config: VideoProcessorConfig | None = None) -> tuple[np.ndarray, Grid]:
+                  config: VideoProcessorConfig | None = None) -> tuple[np.ndarray, _Grid]:
   """K turns at once: uint8 [K, tp, H, W, 3] -> (patches f32[K, gh*gw, D], (1, gh, gw)).
 
-  Row k equals process_turn(frames_kthwc[k]).
+  Row k equals _process_turn(frames_kthwc[k]).
   """
   config = config or VideoProcessorConfig()
   k, tp = frames_kthwc.shape[:2]
@@ -258,7 +263,7 @@ def process_turns(frames_kthwc: np.ndarray,
     raise ValueError(f"a turn takes temporal_patch_size={config.temporal_patch_size} frames, "
                      f"got frames of shape {frames_kthwc.shape}")
   flat = frames_kthwc.reshape(k * tp, *frames_kthwc.shape[2:])
-  patches, grid = process_video(flat, config)
+  patches, grid = _process_video(flat, config)
   gt, gh, gw = (int(g) for g in grid[0])
   # Patches are ordered temporal patch first, so turn k is the k-th block of gh*gw rows.
   return patches.reshape(gt, gh * gw, -1), (1, gh, gw)

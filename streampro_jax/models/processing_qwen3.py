@@ -5,7 +5,7 @@ from the Qwen2-VL one (`streampro_jax.models.processing`) in:
 
 1. patch size 16 (resize factor f = patch * merge = 32) and the "standard" mean = std = 0.5;
 2. a resize rule that counts the frames: with t_bar = round(T / tp) * tp,
-   if t_bar * h * w > max_pixels then beta = sqrt(T H W / max_pixels) (see `smart_resize_video`);
+   if t_bar * h * w > max_pixels then beta = sqrt(T H W / max_pixels) (see `_smart_resize_video`);
    frames smaller than f are first scaled up so that min(H, W) >= f;
 3. frame sampling at `fps` frames per second: n = clip(int(total / video_fps * fps), min_frames,
    max_frames, total), indices = round(linspace(0, total - 1, n));
@@ -13,7 +13,7 @@ from the Qwen2-VL one (`streampro_jax.models.processing`) in:
    t = (idx_first / video_fps + idx_last / video_fps) / 2, and the prompt holds, per temporal patch,
    "<{t:.1f} seconds><|vision_start|>" + "<|video_pad|>" * (gh * gw / m^2) + "<|vision_end|>";
    the video grid is split into one (1, gh, gw) block per temporal patch in the model's M-RoPE;
-5. the processor returns `mm_token_type_ids` (0 text, 1 image, 2 video).
+5. the processor returns `_mm_token_type_ids` (0 text, 1 image, 2 video).
 
 Resize, rescale/normalise and patchify are the arithmetic of `processing.py` with these settings
 (the patch order is the same). Reference for parity (docs/components.md#qwen3-processor):
@@ -37,16 +37,18 @@ import numpy as np
 
 from streampro_jax.models import processing
 
-IMAGENET_STANDARD_MEAN = (0.5, 0.5, 0.5)
-IMAGENET_STANDARD_STD = (0.5, 0.5, 0.5)
+__all__ = ["Qwen3VideoProcessorConfig", "process_turns"]
+
+_IMAGENET_STANDARD_MEAN = (0.5, 0.5, 0.5)
+_IMAGENET_STANDARD_STD = (0.5, 0.5, 0.5)
 
 # Token strings of the Qwen3-VL tokenizer (same as Qwen2.5-VL).
-VISION_START = "<|vision_start|>"
-VISION_END = "<|vision_end|>"
-VIDEO_PAD = "<|video_pad|>"
-IMAGE_PAD = "<|image_pad|>"
+_VISION_START = "<|vision_start|>"
+_VISION_END = "<|vision_end|>"
+_VIDEO_PAD = "<|video_pad|>"
+_IMAGE_PAD = "<|image_pad|>"
 
-TEXT_TYPE, IMAGE_TYPE, VIDEO_TYPE = 0, 1, 2
+_TEXT_TYPE, _IMAGE_TYPE, _VIDEO_TYPE = 0, 1, 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,15 +66,15 @@ class Qwen3VideoProcessorConfig(processing.ProcessorConfigMixin):
     fps: frames sampled per second of video (2).
     min_frames: lower bound of sampled frames (4).
     max_frames: upper bound of sampled frames (768).
-    do_resize: resize with `smart_resize_video`.
+    do_resize: resize with `_smart_resize_video`.
   """
   min_pixels: int = 128 * 32 * 32
   max_pixels: int = 768 * 32 * 32
   patch_size: int = 16
   temporal_patch_size: int = 2
   merge_size: int = 2
-  image_mean: tuple[float, float, float] = IMAGENET_STANDARD_MEAN
-  image_std: tuple[float, float, float] = IMAGENET_STANDARD_STD
+  image_mean: tuple[float, float, float] = _IMAGENET_STANDARD_MEAN
+  image_std: tuple[float, float, float] = _IMAGENET_STANDARD_STD
   fps: float = 2.0
   min_frames: int = 4
   max_frames: int = 768
@@ -82,7 +84,7 @@ class Qwen3VideoProcessorConfig(processing.ProcessorConfigMixin):
     """(h, w) that `num_frames` frames of size (height, width) are resized to."""
     if not self.do_resize:
       return height, width
-    return smart_resize_video(num_frames, height, width, temporal_factor=self.temporal_patch_size,
+    return _smart_resize_video(num_frames, height, width, temporal_factor=self.temporal_patch_size,
                               factor=self.factor, min_pixels=self.min_pixels,
                               max_pixels=self.max_pixels)
 
@@ -101,7 +103,7 @@ class Qwen3VideoProcessorConfig(processing.ProcessorConfigMixin):
     return gh * gw // (self.merge_size ** 2)
 
 
-def smart_resize_video(num_frames: int, height: int, width: int, temporal_factor: int = 2,
+def _smart_resize_video(num_frames: int, height: int, width: int, temporal_factor: int = 2,
                        factor: int = 32, min_pixels: int = 128 * 32 * 32,
                        max_pixels: int = 768 * 32 * 32) -> tuple[int, int]:
   """Target (h, w) of the Qwen3-VL video resize rule (transformers qwen3_vl `smart_resize`).
@@ -144,7 +146,7 @@ def smart_resize_video(num_frames: int, height: int, width: int, temporal_factor
   return h_bar, w_bar
 
 
-def sample_frame_indices(total_num_frames: int, video_fps: float | None,
+def _sample_frame_indices(total_num_frames: int, video_fps: float | None,
                          config: Qwen3VideoProcessorConfig | None = None, *,
                          num_frames: int | None = None) -> np.ndarray:
   """Frame indices the Qwen3-VL processor samples (transformers `sample_frames`).
@@ -163,7 +165,7 @@ def sample_frame_indices(total_num_frames: int, video_fps: float | None,
   return np.linspace(0, total_num_frames - 1, num_frames).round().astype(np.int64)
 
 
-def frame_timestamps(indices: Sequence[int] | np.ndarray, video_fps: float,
+def _frame_timestamps(indices: Sequence[int] | np.ndarray, video_fps: float,
                      temporal_patch_size: int = 2) -> list[float]:
   """Seconds of each temporal patch (transformers `Qwen3VLProcessor._calculate_timestamps`).
 
@@ -180,7 +182,7 @@ def frame_timestamps(indices: Sequence[int] | np.ndarray, video_fps: float,
           for i in range(0, len(secs), temporal_patch_size)]
 
 
-def video_placeholder(grid_thw: Sequence[int], timestamps: Sequence[float],
+def _video_placeholder(grid_thw: Sequence[int], timestamps: Sequence[float],
                       merge_size: int = 2) -> str:
   """Prompt text that replaces one <|video_pad|> of a Qwen3-VL prompt (`replace_video_token`).
 
@@ -191,11 +193,11 @@ def video_placeholder(grid_thw: Sequence[int], timestamps: Sequence[float],
   if len(timestamps) < gt:
     raise ValueError(f"{len(timestamps)} timestamps for a video of {gt} temporal patches")
   n = gh * gw // (merge_size ** 2)
-  return "".join(f"<{timestamps[j]:.1f} seconds>{VISION_START}{VIDEO_PAD * n}{VISION_END}"
+  return "".join(f"<{timestamps[j]:.1f} seconds>{_VISION_START}{_VIDEO_PAD * n}{_VISION_END}"
                  for j in range(gt))
 
 
-def turn_timestamp(turn: int, frame_times: Sequence[float] | None = None) -> float:
+def _turn_timestamp(turn: int, frame_times: Sequence[float] | None = None) -> float:
   """Qwen3-VL timestamp of streaming turn k (the second [k, k+1)).
 
   With the sampled frames' times t_0 .. t_{tp-1} (seconds) it is (t_0 + t_{tp-1}) / 2, as the
@@ -207,24 +209,24 @@ def turn_timestamp(turn: int, frame_times: Sequence[float] | None = None) -> flo
   return (float(frame_times[0]) + float(frame_times[-1])) / 2
 
 
-def mm_token_type_ids(input_ids: np.ndarray, *, image_token_id: int, video_token_id: int
+def _mm_token_type_ids(input_ids: np.ndarray, *, image_token_id: int, video_token_id: int
                       ) -> np.ndarray:
-  """0 for text, 1 for <|image_pad|>, 2 for <|video_pad|> (the processor's mm_token_type_ids).
+  """0 for text, 1 for <|image_pad|>, 2 for <|video_pad|> (the processor's _mm_token_type_ids).
 
   input_ids: int[..., T] -> i32[..., T].
   """
   ids = np.asarray(input_ids)
   out = np.zeros(ids.shape, np.int32)
-  out[ids == image_token_id] = IMAGE_TYPE
-  out[ids == video_token_id] = VIDEO_TYPE
+  out[ids == image_token_id] = _IMAGE_TYPE
+  out[ids == video_token_id] = _VIDEO_TYPE
   return out
 
 
-def process_video(frames_thwc: np.ndarray, config: Qwen3VideoProcessorConfig | None = None
+def _process_video(frames_thwc: np.ndarray, config: Qwen3VideoProcessorConfig | None = None
                   ) -> tuple[np.ndarray, np.ndarray]:
   """uint8 frames [T, H, W, 3] (already sampled) -> (pixel_values_videos, video_grid_thw).
 
-  Resize all frames to `smart_resize_video(T, H, W)` (PIL bicubic), x = (u8 / 255 - 0.5) / 0.5,
+  Resize all frames to `_smart_resize_video(T, H, W)` (PIL bicubic), x = (u8 / 255 - 0.5) / 0.5,
   pad T to a multiple of tp with the last frame, patchify in the Qwen order.
 
   Returns:
@@ -267,7 +269,7 @@ def process_turns(frames_kthwc: np.ndarray, config: Qwen3VideoProcessorConfig | 
     return patches.reshape(gt, gh * gw, -1), (1, int(gh), int(gw))
   out, grid = [], None
   for k in range(frames_kthwc.shape[0]):
-    patches, g = process_video(frames_kthwc[k], config)
+    patches, g = _process_video(frames_kthwc[k], config)
     out.append(patches)
     grid = tuple(int(v) for v in g[0])
   return np.stack(out), grid

@@ -50,7 +50,14 @@ from streampro_jax.models import common
 from streampro_jax.models import hf_io
 from streampro_jax.models import layers
 
-Array = jax.Array
+__all__ = [
+    "MODEL_TYPE", "Qwen2_5_VL", "Qwen2_5_VLConfig", "TextConfig", "VisionConfig",
+    "chunk_position_ids", "get_rope_index", "hf_key_map", "host_position_ids", "init_params",
+    "load_hf_checkpoint", "params_from_hf_state_dict", "save_hf_checkpoint", "synthetic_inputs",
+    "tiny_config", "video_processor_config", "vision_position_hw"
+]
+
+_Array = jax.Array
 
 MODEL_TYPE = "qwen2_5_vl"
 
@@ -266,7 +273,7 @@ def chunk_position_ids(input_ids_chunk, start_positions, *, config: Qwen2_5_VLCo
                            row_positions)
 
 
-def vision_window_index(grid_thw: np.ndarray, vcfg: VisionConfig
+def _vision_window_index(grid_thw: np.ndarray, vcfg: VisionConfig
                         ) -> tuple[np.ndarray, np.ndarray]:
   """HF `get_vision_window_index`: merged-token order of the windows and cumulative window
   lengths in patches (after unique_consecutive). grid_thw: int[n, 3]."""
@@ -310,13 +317,13 @@ def _vision_plan_cached(grid_key: tuple, vcfg: VisionConfig):
   unit = vcfg.spatial_merge_size ** 2
   # Full attention: one segment per frame (HF cu_seqlens; the window permutation keeps frames).
   n, full = layers.frame_plan(grid)
-  widx, cu_w = vision_window_index(grid, vcfg)
+  widx, cu_w = _vision_window_index(grid, vcfg)
   order = (widx[:, None] * unit + np.arange(unit)).reshape(-1)
   window = layers.segment_plan(layers.cu_seqlens_segments(cu_w, order), n)
   return vision_position_hw(grid, vcfg.spatial_merge_size), full, window
 
 
-def vision_plan(grid_thw, vcfg: VisionConfig):
+def _vision_plan(grid_thw, vcfg: VisionConfig):
   """(pos_hw i32[N, 2], full-attention SegmentPlan, window-attention SegmentPlan).
 
   Window attention is computed in the original (un-permuted) token order: the same windows as
@@ -332,7 +339,7 @@ def vision_plan(grid_thw, vcfg: VisionConfig):
 # Modules.
 
 
-class VisionBlock(nn.Module):
+class _VisionBlock(nn.Module):
   """x += proj(attn(rope(qkv(norm1(x))))) within segments; x += mlp(norm2(x)). x: [N, E]."""
   cfg: VisionConfig
   dtype: Any
@@ -358,7 +365,7 @@ class VisionBlock(nn.Module):
     return parallel.constrain(x + mlp(h), parallel.ACT_ROWS_EMBED)
 
 
-class VisionTower(nn.Module):
+class _VisionTower(nn.Module):
   """Patch embed -> blocks (window / full attention) -> 2x2 merger. [N, Dp] -> [N/4, D_out]."""
   cfg: VisionConfig
   dtype: Any
@@ -369,10 +376,10 @@ class VisionTower(nn.Module):
   scan: bool = False
 
   @nn.compact
-  def __call__(self, pixels: Array, grid_thw) -> Array:
+  def __call__(self, pixels: _Array, grid_thw) -> _Array:
     c = self.cfg
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    pos_hw, full, window = vision_plan(grid_thw, c)
+    pos_hw, full, window = _vision_plan(grid_thw, c)
     layers.check_num_patches(pixels, pos_hw.shape[0], grid_thw)
     x = layers.dense(c.hidden_size, ("vision_patch", "vision_embed"), use_bias=False,
                      name="patch_embed", **kw)(pixels.astype(self.dtype))
@@ -381,20 +388,20 @@ class VisionTower(nn.Module):
     plans = layers.device_plans((window, full))
     which = [int(i in c.fullatt_block_indexes) for i in range(c.depth)]
     if self.scan:
-      body = layers.remat_wrap(layers.scanned_block(VisionBlock), self.remat, self.remat_policy,
+      body = layers.remat_wrap(layers.scanned_block(_VisionBlock), self.remat, self.remat_policy,
                                scanned=True)
       x, _ = layers.scan_stack(body, c.depth, 3)(c, self.dtype, self.param_dtype, self.impl,
                                                  name="blocks")(
           x, jnp.asarray(which, jnp.int32), cos, sin, plans)
     else:
-      block_cls = layers.remat_wrap(VisionBlock, self.remat, self.remat_policy)
+      block_cls = layers.remat_wrap(_VisionBlock, self.remat, self.remat_policy)
       for i in range(c.depth):
         x = block_cls(c, self.dtype, self.param_dtype, self.impl, name=f"blocks_{i}")(
             x, cos, sin, (plans[which[i]],), 0)
-    return PatchMerger(c, self.dtype, self.param_dtype, name="merger")(x)
+    return _PatchMerger(c, self.dtype, self.param_dtype, name="merger")(x)
 
 
-class PatchMerger(nn.Module):
+class _PatchMerger(nn.Module):
   """y = mlp_2(gelu(mlp_0(reshape(ln_q(x), [N/4, 4E])))). x: [N, E] -> [N/4, D_out]."""
   cfg: VisionConfig
   dtype: Any
@@ -412,13 +419,13 @@ class PatchMerger(nn.Module):
                         name="mlp_2", **kw)(x)
 
 
-class DecoderLayer(nn.Module):
+class _DecoderLayer(nn.Module):
   """Pre-norm decoder layer: x += o(attn(rope(q, k), v)); x += swiglu(norm(x)). x: [B, T, D]."""
   cfg: TextConfig
   dtype: Any
   param_dtype: Any
   impl: str
-  matmul: str = "default"   # layers.MATMUL_DTYPES: the projections and MLP
+  matmul: str = "default"   # layers._MATMUL_DTYPES: the projections and MLP
 
   @nn.compact
   def __call__(self, x, cos, sin, mask, kv):
@@ -475,8 +482,8 @@ class Qwen2_5_VL(layers.VLDecoderModel):
   """Qwen2.5-VL for conditional generation. See the module docstring for the call contract."""
   config: Qwen2_5_VLConfig
 
-  VISION_TOWER = VisionTower
-  DECODER_LAYER = DecoderLayer
+  VISION_TOWER = _VisionTower
+  DECODER_LAYER = _DecoderLayer
 
   # encode_vision (layers.VLDecoderModel): vision tower + merger. Flat [N, Dp] -> [N/4, D];
   # batched [B, N_b, Dp] -> [B, N_b/4, D] (grid_thw = one row's grids).
@@ -542,7 +549,7 @@ def host_position_ids(config: Qwen2_5_VLConfig, input_ids, video_grid_thw=None,
 
 
 
-def init_params(config: Qwen2_5_VLConfig, rng: Array):
+def init_params(config: Qwen2_5_VLConfig, rng: _Array):
   """Random parameters (boxed nn.LogicallyPartitioned leaves; `nn.unbox` to strip). Shapes only:
   `jax.eval_shape(functools.partial(init_params, config), rng)`."""
   d = common.dummy_inputs(config)  # NumPy constants closed over (concrete inside jit)
@@ -576,7 +583,7 @@ def _alias_hf_key(key: str) -> str:
 
 def hf_key_map(config: Qwen2_5_VLConfig) -> dict:
   """HF safetensors key -> (our param path, transform) in `config`'s layout: in the scanned
-  layout a path inside a layer stack ends with the layer index (see common.scanned_path)."""
+  layout a path inside a layer stack ends with the layer index (see common._scanned_path)."""
   return common.stacked_key_map(config, _unrolled_hf_key_map)
 
 

@@ -59,7 +59,13 @@ from streampro_jax.models import common
 from streampro_jax.models import layers
 from streampro_jax.models import qwen2_5_vl
 
-Array = jax.Array
+__all__ = [
+    "MODEL_TYPE", "Qwen3_VL", "Qwen3_VLConfig", "TextConfig", "VisionConfig",
+    "chunk_position_ids", "get_rope_index", "hf_key_map", "init_params", "load_hf_checkpoint",
+    "qwen3_vl_4b_config", "save_hf_checkpoint", "tiny_config", "video_processor_config"
+]
+
+_Array = jax.Array
 
 MODEL_TYPE = "qwen3_vl"
 
@@ -212,7 +218,7 @@ def qwen3_vl_4b_config(**overrides) -> Qwen3_VLConfig:
 
 
 
-def split_video_grids(video_grid_thw) -> np.ndarray | None:
+def _split_video_grids(video_grid_thw) -> np.ndarray | None:
   """(t, h, w) rows -> t rows of (1, h, w) each (one block per temporal patch, as HF does)."""
   if video_grid_thw is None:
     return None
@@ -252,7 +258,7 @@ def get_rope_index(input_ids, video_grid_thw=None, attention_mask=None, *,
   bsz, seq = ids.shape
   types = (common.token_types(ids, config) if mm_token_type_ids is None
            else np.asarray(mm_token_type_ids, np.int64))
-  vgrid = split_video_grids(video_grid_thw)
+  vgrid = _split_video_grids(video_grid_thw)
   grid_iters = {1: iter(np.asarray(image_grid_thw)) if image_grid_thw is not None else None,
                 2: iter(vgrid) if vgrid is not None else None}
   return common.rope_index_rows(
@@ -276,14 +282,14 @@ def chunk_position_ids(input_ids_chunk, start_positions, *, config: Qwen3_VLConf
   ids = np.asarray(input_ids_chunk)
   types = (common.token_types(ids, config) if mm_token_type_ids is None
            else np.asarray(mm_token_type_ids, np.int64))
-  vgrid = split_video_grids(video_grid_thw)
+  vgrid = _split_video_grids(video_grid_thw)
   return common.chunk_rows(
       types, start_positions, chunk_mask,
       lambda row, start: _row_positions(row, start, {2: iter(vgrid) if vgrid is not None else None},
                                         config.vision.spatial_merge_size))
 
 
-def interpolation_taps(grid_thw, num_grid_per_side: int, merge: int
+def _interpolation_taps(grid_thw, num_grid_per_side: int, merge: int
                        ) -> tuple[np.ndarray, np.ndarray]:
   """Bilinear (align_corners=True) resampling of the s x s position table to each frame's grid.
 
@@ -323,11 +329,11 @@ def _vision_plan_cached(grid_key: tuple, vcfg: VisionConfig):
   grid = np.asarray(grid_key, np.int64).reshape(-1, 3)
   _, full = layers.frame_plan(grid)
   pos_hw = qwen2_5_vl.vision_position_hw(grid, vcfg.spatial_merge_size)
-  taps, weights = interpolation_taps(grid, vcfg.num_grid_per_side, vcfg.spatial_merge_size)
+  taps, weights = _interpolation_taps(grid, vcfg.num_grid_per_side, vcfg.spatial_merge_size)
   return pos_hw, full, taps, weights
 
 
-def vision_plan(grid_thw, vcfg: VisionConfig):
+def _vision_plan(grid_thw, vcfg: VisionConfig):
   """(pos_hw i32[N, 2], per-frame SegmentPlan, taps i32[N, 4], weights f32[N, 4]) of the grids."""
   grid = np.asarray(grid_thw, np.int64).reshape(-1, 3)
   return _vision_plan_cached(tuple(grid.reshape(-1).tolist()), vcfg)
@@ -347,7 +353,7 @@ def _layer_norm(dim_name: str, eps: float, dtype, param_dtype, name: str) -> nn.
       name=name)
 
 
-class VisionMLP(nn.Module):
+class _VisionMLP(nn.Module):
   """y = fc2(act(fc1(x))) with biases. x: [N, E] -> [N, E]."""
   cfg: VisionConfig
   dtype: Any
@@ -364,7 +370,7 @@ class VisionMLP(nn.Module):
                         **kw)(h)
 
 
-class VisionBlock(nn.Module):
+class _VisionBlock(nn.Module):
   """x += proj(attn(rope(qkv(ln1(x))))) within frames; x += mlp(ln2(x)). x: [N, E]."""
   cfg: VisionConfig
   dtype: Any
@@ -382,11 +388,11 @@ class VisionBlock(nn.Module):
                                        impl=self.impl)
       x = parallel.constrain(x + proj(o), parallel.ACT_ROWS_EMBED)
     h = _layer_norm("vision_embed", c.layer_norm_eps, self.dtype, self.param_dtype, "norm2")(x)
-    return parallel.constrain(x + VisionMLP(c, self.dtype, self.param_dtype, name="mlp")(h),
+    return parallel.constrain(x + _VisionMLP(c, self.dtype, self.param_dtype, name="mlp")(h),
                               parallel.ACT_ROWS_EMBED)
 
 
-class _ScannedVisionBlock(VisionBlock):
+class _ScannedVisionBlock(_VisionBlock):
   """Scan body: carry (x, kept [n, N, E]); xs = slot (the DeepStack slot that keeps this block's
   output, or -1); broadcast (cos, sin, plan)."""
 
@@ -398,7 +404,7 @@ class _ScannedVisionBlock(VisionBlock):
     return (x, kept), None
 
 
-class PatchMerger(nn.Module):
+class _PatchMerger(nn.Module):
   """y = fc2(gelu(fc1(shuffle(x)))) with a LayerNorm before (postshuffle=False, over E) or after
   (postshuffle=True, over 4E) the 2x2 shuffle [N, E] -> [N/4, 4E]. Output [N/4, D_out]."""
   cfg: VisionConfig
@@ -419,7 +425,7 @@ class PatchMerger(nn.Module):
                         **kw)(x)
 
 
-class VisionTower(nn.Module):
+class _VisionTower(nn.Module):
   """Patch embed + interpolated position table -> blocks -> merger, plus DeepStack mergers.
 
   pixels [N, Dp] -> (merged [N/4, D_out], tuple of len(deepstack_visual_indexes) [N/4, D_out]).
@@ -433,10 +439,10 @@ class VisionTower(nn.Module):
   scan: bool = False
 
   @nn.compact
-  def __call__(self, pixels: Array, grid_thw) -> tuple[Array, tuple[Array, ...]]:
+  def __call__(self, pixels: _Array, grid_thw) -> tuple[_Array, tuple[_Array, ...]]:
     c = self.cfg
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    pos_hw, plan, taps, weights = vision_plan(grid_thw, c)
+    pos_hw, plan, taps, weights = _vision_plan(grid_thw, c)
     layers.check_num_patches(pixels, pos_hw.shape[0], grid_thw)
     x = layers.dense(c.hidden_size, ("vision_patch", "vision_embed"), use_bias=True,
                      name="patch_embed", **kw)(pixels.astype(self.dtype))
@@ -461,16 +467,16 @@ class VisionTower(nn.Module):
               (x, keep), jnp.asarray(slot), cos, sin, plan)
       kept = [keep[j] for j in range(len(ds))]
     else:
-      block_cls = layers.remat_wrap(VisionBlock, self.remat, self.remat_policy)
+      block_cls = layers.remat_wrap(_VisionBlock, self.remat, self.remat_policy)
       kept = []
       for i in range(c.depth):
         x = block_cls(c, self.dtype, self.param_dtype, self.impl, name=f"blocks_{i}")(
             x, cos, sin, plan)
         if i in ds:
           kept.append(x)
-    deep = [PatchMerger(c, self.dtype, self.param_dtype, postshuffle=True,
+    deep = [_PatchMerger(c, self.dtype, self.param_dtype, postshuffle=True,
                         name=f"deepstack_merger_list_{j}")(h) for j, h in enumerate(kept)]
-    merged = PatchMerger(c, self.dtype, self.param_dtype, name="merger")(x)
+    merged = _PatchMerger(c, self.dtype, self.param_dtype, name="merger")(x)
     return merged, tuple(deep)
 
 
@@ -481,7 +487,7 @@ class _PosEmbed(nn.Module):
   param_dtype: Any
 
   @nn.compact
-  def __call__(self) -> Array:
+  def __call__(self) -> _Array:
     return self.param("embedding", nn.with_logical_partitioning(
         nn.initializers.normal(0.02), (None, "vision_embed")), (self.num, self.dim),
         self.param_dtype)
@@ -516,7 +522,7 @@ class _DecoderAttnParams(nn.Module):
     return q, k, v.reshape(b, t, c.num_key_value_heads, hd), o
 
 
-class DecoderLayer(nn.Module):
+class _DecoderLayer(nn.Module):
   """x += o(attn(rope(qn(q)), rope(kn(k)), v)); x += swiglu(norm(x)). x: [B, T, D].
 
   kv: None (causal self-attention, `mask` = padding mask or None) or (k_cache, v_cache, slots)
@@ -526,7 +532,7 @@ class DecoderLayer(nn.Module):
   dtype: Any
   param_dtype: Any
   impl: str
-  matmul: str = "default"   # layers.MATMUL_DTYPES: the projections and MLP
+  matmul: str = "default"   # layers._MATMUL_DTYPES: the projections and MLP
 
   @nn.compact
   def __call__(self, x, cos, sin, mask, kv):
@@ -591,8 +597,8 @@ class Qwen3_VL(layers.VLDecoderModel):  # pylint: disable=invalid-name
   """Qwen3-VL for conditional generation. See the module docstring for the call contract."""
   config: Qwen3_VLConfig
 
-  VISION_TOWER = VisionTower
-  DECODER_LAYER = DecoderLayer
+  VISION_TOWER = _VisionTower
+  DECODER_LAYER = _DecoderLayer
 
   # encode_vision (layers.VLDecoderModel): vision tower + mergers. Flat [N, Dp] -> ([N/4, D],
   # deepstack tuple of [N/4, D]); batched [B, N_b, Dp] -> ([B, N_b/4, D], tuple of
@@ -659,7 +665,7 @@ def video_processor_config(config: Qwen3_VLConfig, **overrides):
 
 
 
-def init_params(config: Qwen3_VLConfig, rng: Array):
+def init_params(config: Qwen3_VLConfig, rng: _Array):
   """Random parameters (boxed nn.LogicallyPartitioned leaves; `nn.unbox` to strip). Shapes only:
   `jax.eval_shape(functools.partial(init_params, config), rng)`."""
   return Qwen3_VL(config).init(rng, **common.dummy_inputs(config))["params"]
@@ -684,7 +690,7 @@ def _unrolled_hf_key_map(config: Qwen3_VLConfig) -> dict[str, tuple[tuple[str, .
 
 def hf_key_map(config: Qwen3_VLConfig) -> dict:
   """HF safetensors key -> (our param path, transform) in `config`'s layout: in the scanned
-  layout a path inside a layer stack ends with the layer index (see common.scanned_path)."""
+  layout a path inside a layer stack ends with the layer index (see common._scanned_path)."""
   return common.stacked_key_map(config, _unrolled_hf_key_map)
 
 

@@ -32,6 +32,11 @@ import tensorflow_datasets as tfds
 from streampro_jax.data import schema
 from streampro_jax.data import video as video_lib
 
+__all__ = [
+    "BuildReport", "JsonlVideos", "JsonlVideosConfig", "NoCodePathMixin", "build", "example_of",
+    "features"
+]
+
 
 def features(height: int | None, width: int | None) -> tfds.features.FeaturesDict:
   """The example features (frames of a fixed size when height/width are given)."""

@@ -23,6 +23,8 @@ import tensorflow_datasets as tfds
 from streampro_jax.data import schema, synthetic
 from streampro_jax.data.tfds_builders import jsonl_videos
 
+__all__ = ["SynthStream", "SynthStreamConfig"]
+
 
 @dataclasses.dataclass(eq=False)
 class SynthStreamConfig(tfds.core.BuilderConfig):
@@ -47,7 +49,7 @@ class SynthStreamConfig(tfds.core.BuilderConfig):
     return synthetic.SynthConfig.from_dict(self.synth)
 
 
-def turn_frames(frames_thwc: np.ndarray, fps: int, frames_per_turn: int) -> np.ndarray:
+def _turn_frames(frames_thwc: np.ndarray, fps: int, frames_per_turn: int) -> np.ndarray:
   """[K * fps, H, W, 3] -> [K, n, H, W, 3] (n = frames_per_turn): frames (j + 1) * fps / n - 1.
 
   With fps = n (the default) this is a reshape.
@@ -88,7 +90,7 @@ class SynthStream(jsonl_videos.NoCodePathMixin, tfds.core.GeneratorBasedBuilder)
     for index in range(num_videos):
       try:
         record = synthetic.make_record(split, index, seed=cfg.seed, config=synth_cfg)
-        frames = turn_frames(synthetic.render_frames(record), synth_cfg.fps, cfg.frames_per_turn)
+        frames = _turn_frames(synthetic.render_frames(record), synth_cfg.fps, cfg.frames_per_turn)
       except (schema.DataError, ValueError) as e:
         if cfg.on_error == "fail":
           raise
