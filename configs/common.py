@@ -73,7 +73,7 @@ def mesh_config(data: int = -1, fsdp: int = 1, tensor: int = 1,
   to mesh axes (None: replicated), e.g. ``("embed", "fsdp")``; read by the trainers
   (parallel.rules_from_config). On the command line a rule table is a Python literal:
   ``--config.mesh.rules="(('embed', None), ('mlp', 'tensor'), ...)"``. ``rules`` may name a
-  set of parallel.RULE_SETS (e.g. "tensor_in_host_fsdp_across"); the section stores its table."""
+  set of parallel._RULE_SETS (e.g. "tensor_in_host_fsdp_across"); the section stores its table."""
   if isinstance(rules, str):
     rules = parallel.rules_from_config({"rules": rules})
   return ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, tensor=tensor,

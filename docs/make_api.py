@@ -3,9 +3,11 @@ docstrings.
 
 Run from the repository root: `.venv/bin/python docs/make_api.py` (writes docs/api.md);
 `--check` exits 1 when docs/api.md differs from what the code says (tests/test_public_api.py runs
-it). A package's public face is its `__all__` (pinned by tests/test_public_api.py); for a module
-it names, the module's own `__all__` when it has one, else every public top-level function, class
-and constant the module defines (imported names and underscored names are not its API).
+it). A package's public face is its `__all__` (pinned by tests/test_public_api.py); each module
+lists its own `__all__` (tests/test_module_all.py requires one in every module and holds it to
+the names other files read). A module the package does not name (it re-exports names from it)
+follows the package's list with the names of its `__all__` the package does not re-export.
+Underscored modules are internal and not listed.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ def member(pkg, name: str):
 
 
 def module_names(mod: types.ModuleType) -> list[str]:
-  """A module's public names: its __all__, else what it defines at top level."""
+  """A module's public names: its __all__; for a module tests/test_module_all.py still lists as
+  pending, the public functions, classes and constants it defines at top level."""
   if hasattr(mod, "__all__"):
     return list(mod.__all__)
   out = []
@@ -52,6 +55,18 @@ def module_names(mod: types.ModuleType) -> list[str]:
       continue  # module-level helpers that are not constants (loggers, type aliases, ...)
     out.append(name)
   return sorted(out)
+
+
+def unnamed_modules(pkg: types.ModuleType) -> list[types.ModuleType]:
+  """The modules of a package that its __all__ does not name and that are not underscored."""
+  folder = os.path.dirname(pkg.__file__)
+  out = []
+  for entry in sorted(os.listdir(folder)):
+    name = entry[:-3] if entry.endswith(".py") else entry
+    is_module = entry.endswith(".py") and entry != "__init__.py"
+    if is_module and not name.startswith("_") and name not in pkg.__all__:
+      out.append(importlib.import_module(f"{pkg.__name__}.{name}"))
+  return out
 
 
 def kind(obj) -> str:
@@ -82,6 +97,14 @@ def render() -> str:
           lines.append(f"  - `{name}.{sub}` ({kind(o)}): {first_line(o)}".rstrip(": "))
       else:
         lines.append(f"- `{name}` ({kind(obj)}): {first_line(obj)}".rstrip(": "))
+    for mod in unnamed_modules(pkg):
+      short = mod.__name__.rsplit(".", 1)[1]
+      lines.append(f"- `{short}` (module; the package re-exports some of its names): "
+                   f"{first_line(mod)}")
+      for sub in module_names(mod):
+        if sub not in pkg.__all__:
+          o = getattr(mod, sub)
+          lines.append(f"  - `{short}.{sub}` ({kind(o)}): {first_line(o)}".rstrip(": "))
     lines.append("")
   return "\n".join(lines).rstrip() + "\n"
 

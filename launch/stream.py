@@ -20,7 +20,7 @@ model loads.
 Prints one line per second that has something to say (questions, </Response> answers, a
 silence count every --silence_every seconds), then per-turn latency (median, p95) and the
 real-time factor. The transcript (--transcript, JSONL, streampro_jax/live.py) is readable by the
-evaluation scorers through live.transcript_results.
+evaluation scorers through live._transcript_results.
 """
 
 from __future__ import annotations

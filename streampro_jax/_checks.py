@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import chex
 import numpy as np
 
+__all__ = ["ArgumentError", "floating", "floating_or_bool", "in_range", "integer", "rank", "shape"]
+
 
 class ArgumentError(ValueError, AssertionError):
   """A bad argument of a public math function; the message names the function and argument."""

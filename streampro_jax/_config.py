@@ -13,6 +13,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+__all__ = ["as_dict", "field_values"]
+
 
 def as_dict(section: Any) -> dict[str, Any]:
   """A mapping, ConfigDict or object with attributes (None: empty) -> a plain dict of its keys."""

@@ -35,9 +35,11 @@ import os
 import urllib.request
 from collections.abc import Mapping
 
+__all__ = ["ClusterError", "detect_cluster"]
+
 # The ephemeral port range jax's SLURM detection maps a job id into (slurm_cluster.py).
-SLURM_PORT_BASE = 65535 - 2**12 + 1
-TPU_METADATA_URL = ("http://metadata.google.internal/computeMetadata/v1/instance/attributes/"
+_SLURM_PORT_BASE = 65535 - 2**12 + 1
+_TPU_METADATA_URL = ("http://metadata.google.internal/computeMetadata/v1/instance/attributes/"
                     "worker-network-endpoints")
 
 
@@ -46,7 +48,7 @@ class ClusterError(RuntimeError):
 
 
 @dataclasses.dataclass(frozen=True)
-class Cluster:
+class _Cluster:
   """A multi-process job seen in the environment.
 
   Attributes:
@@ -81,7 +83,7 @@ def _evidence(env: Mapping[str, str], names) -> str:
   return ", ".join(f"{n}={env[n]}" for n in names if n in env)
 
 
-def tpu_chip_count() -> int:
+def _tpu_chip_count() -> int:
   """TPU chips on this host: the accel (v4 and older) or vfio (v5e and newer) device files that
   jax's hardware_utils counts."""
   return len(glob.glob("/dev/accel[0-9]*")) + len(glob.glob("/dev/vfio/[0-9]*"))
@@ -89,7 +91,7 @@ def tpu_chip_count() -> int:
 
 def _gce_tpu_workers(timeout_s: float = 2.0) -> list[str]:
   """The worker list of this Cloud TPU VM's slice from the metadata server ([] if unreachable)."""
-  request = urllib.request.Request(TPU_METADATA_URL, headers={"Metadata-Flavor": "Google"})
+  request = urllib.request.Request(_TPU_METADATA_URL, headers={"Metadata-Flavor": "Google"})
   try:
     with urllib.request.urlopen(request, timeout=timeout_s) as response:
       text = response.read().decode()
@@ -98,28 +100,28 @@ def _gce_tpu_workers(timeout_s: float = 2.0) -> list[str]:
   return [w for w in text.split(",") if w]
 
 
-def _slurm(env: Mapping[str, str]) -> Cluster | None:
+def _slurm(env: Mapping[str, str]) -> _Cluster | None:
   names = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
            "SLURM_LOCALID")
   if not all(n in env for n in names) or (_int(env, "SLURM_NTASKS") or 0) <= 1:
     return None
-  return Cluster("slurm", _int(env, "SLURM_NTASKS"), _int(env, "SLURM_PROCID"),
+  return _Cluster("slurm", _int(env, "SLURM_NTASKS"), _int(env, "SLURM_PROCID"),
                  _evidence(env, names + ("JAX_COORDINATOR_PORT",)))
 
 
-def _ompi(env: Mapping[str, str]) -> Cluster | None:
+def _ompi(env: Mapping[str, str]) -> _Cluster | None:
   size = _int(env, "OMPI_COMM_WORLD_SIZE") or 0
   if size <= 1:
     return None
   error = "" if "OMPI_MCA_orte_hnp_uri" in env else (
       "Open MPI sets no OMPI_MCA_orte_hnp_uri (Open MPI 5 / PRRTE), from which jax reads the "
       "coordinator: give --coordinator_address (or JAX_COORDINATOR_ADDRESS) as well")
-  return Cluster("ompi", size, _int(env, "OMPI_COMM_WORLD_RANK"),
+  return _Cluster("ompi", size, _int(env, "OMPI_COMM_WORLD_RANK"),
                  _evidence(env, ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK",
                                  "OMPI_MCA_orte_hnp_uri")), error)
 
 
-def _tpu(env: Mapping[str, str], tpu_chips: int) -> Cluster | None:
+def _tpu(env: Mapping[str, str], tpu_chips: int) -> _Cluster | None:
   if tpu_chips == 0:
     return None
   listed = env.get("TPU_PROCESS_ADDRESSES", env.get("TPU_WORKER_HOSTNAMES"))
@@ -139,33 +141,33 @@ def _tpu(env: Mapping[str, str], tpu_chips: int) -> Cluster | None:
     return None
   in_slice = _int(env, "TPU_WORKER_ID")
   pid = None if in_slice is None else in_slice + (_int(env, "MEGASCALE_SLICE_ID") or 0) * per_slice
-  return Cluster("tpu", per_slice * slices, pid, f"{tpu_chips} TPU chip(s); {evidence}")
+  return _Cluster("tpu", per_slice * slices, pid, f"{tpu_chips} TPU chip(s); {evidence}")
 
 
-def _k8s(env: Mapping[str, str]) -> Cluster | None:
+def _k8s(env: Mapping[str, str]) -> _Cluster | None:
   if "KUBERNETES_SERVICE_HOST" not in env or "JOB_COMPLETION_INDEX" not in env:
     return None
   error = "" if importlib.util.find_spec("kubernetes") is not None else (
       "jax reads a Kubernetes job's process count from its API with the `kubernetes` package, "
       "which is not installed (pip install \"jax[k8s]\")")
-  return Cluster("k8s", None, _int(env, "JOB_COMPLETION_INDEX"),
+  return _Cluster("k8s", None, _int(env, "JOB_COMPLETION_INDEX"),
                  _evidence(env, ("KUBERNETES_SERVICE_HOST", "JOB_COMPLETION_INDEX")), error)
 
 
 def detect_cluster(environ: Mapping[str, str] | None = None, *,
-                   tpu_chips: int | None = None) -> Cluster | None:
+                   tpu_chips: int | None = None) -> _Cluster | None:
   """The multi-process job this process belongs to, or None for a single-process run.
 
   Args:
     environ: the environment to read (default os.environ).
-    tpu_chips: TPU chips on this host (default: counted by tpu_chip_count()); the Cloud TPU rule
+    tpu_chips: TPU chips on this host (default: counted by _tpu_chip_count()); the Cloud TPU rule
       applies only where there are some, as jax's does.
 
   Returns:
-    A Cluster (the first match in jax's order: Open MPI, SLURM, Cloud TPU, Kubernetes), or None.
+    A _Cluster (the first match in jax's order: Open MPI, SLURM, Cloud TPU, Kubernetes), or None.
   """
   env = os.environ if environ is None else environ
-  chips = tpu_chip_count() if tpu_chips is None else tpu_chips
+  chips = _tpu_chip_count() if tpu_chips is None else tpu_chips
   for rule in (_ompi, _slurm, lambda e: _tpu(e, chips), _k8s):
     found = rule(env)
     if found is not None:
@@ -173,6 +175,6 @@ def detect_cluster(environ: Mapping[str, str] | None = None, *,
   return None
 
 
-def slurm_coordinator_port(job_id: int) -> int:
+def _slurm_coordinator_port(job_id: int) -> int:
   """The coordinator port jax derives from a SLURM job id (slurm_cluster.py)."""
-  return SLURM_PORT_BASE + int(job_id) % 2**12
+  return _SLURM_PORT_BASE + int(job_id) % 2**12

@@ -17,7 +17,12 @@ import time
 
 from absl import logging
 
-SPLITS = ("validation", "test")
+__all__ = [
+    "Demo", "WorkdirMismatch", "banner", "eval_stage", "quiet_library_logs", "seed_stage",
+    "set_compilation_cache"
+]
+
+_SPLITS = ("validation", "test")
 
 
 class WorkdirMismatch(ValueError):
@@ -40,7 +45,7 @@ def quiet_library_logs():
   logging.get_absl_handler().addFilter(_QuietFilter())
   py_logging.getLogger().addFilter(_QuietFilter())
 
-DONE = "DONE.json"
+_DONE = "DONE.json"
 # Library loggers whose INFO lines would drown the demo's progress lines.
 _QUIET = ("/orbax/", "/grain/", "/tensorstore", "/etils/", "/tensorflow_datasets/", "/jax/")
 
@@ -60,7 +65,7 @@ def banner(text: str):
   print(f"\n{line}\n== {text}\n{line}", flush=True)
 
 
-class StageTimer:
+class _StageTimer:
   """Wall and CPU seconds (user + system of all threads of this process) of a stage."""
 
   def __enter__(self):
@@ -88,7 +93,7 @@ def _write_json(path, obj):
   os.replace(tmp, path)
 
 
-def params_sha256(params) -> str:
+def _params_sha256(params) -> str:
   """SHA-256 of every parameter leaf's bytes (tree order): equal hashes, equal bits."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -146,7 +151,7 @@ class Demo:
     return os.path.join(self.workdir, name)
 
   def done(self, name: str) -> dict | None:
-    path = os.path.join(self.stage_dir(name), DONE)
+    path = os.path.join(self.stage_dir(name), _DONE)
     return _read_json(path) if os.path.exists(path) else None
 
   def run_stage(self, name: str, title: str, fn):
@@ -158,10 +163,10 @@ class Demo:
       return prev
     banner(f"{name}: {title}")
     os.makedirs(self.stage_dir(name), exist_ok=True)
-    with StageTimer() as t:
+    with _StageTimer() as t:
       info = fn() or {}
     info = dict(info, timing=t.as_dict())
-    _write_json(os.path.join(self.stage_dir(name), DONE), info)
+    _write_json(os.path.join(self.stage_dir(name), _DONE), info)
     self.timings[name] = dict(t.as_dict(), skipped=False)
     print(f"-- {name} done in {t.wall:.1f} s wall, {t.cpu:.1f} s CPU", flush=True)
     return info
@@ -225,7 +230,7 @@ class Demo:
     state = sft.train(cfg, workdir)
     _, mcfg = self.tokenizer_and_model_config()
     models.backbone_module(mcfg).save_hf_checkpoint(mcfg, state.params, self.base_hf_dir)
-    sha = params_sha256(state.params)
+    sha = _params_sha256(state.params)
     print(f"   base model written to {self.base_hf_dir} (parameters sha256 {sha[:16]}...)",
           flush=True)
     return {"last_metrics": _last_metrics(workdir), "hf_dir": self.base_hf_dir,
@@ -242,7 +247,7 @@ class Demo:
     kind = kind or self.configs.LOSS_OF_VARIANT[variant]
     cfg = self.configs.sft_config(self.seed_cfg(seed), kind, self.data_dir,
                                   base_hf_dir=self.base_hf_dir)
-    apply_overrides(cfg, overrides)
+    _apply_overrides(cfg, overrides)
     workdir = self.stage_dir(seed_stage(seed, variant))
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
       f.write(cfg.to_json_best_effort(indent=2))
@@ -271,7 +276,7 @@ class Demo:
     k_max = int(self.cfg.max_turns)
     fake = []
     for i in range(len(src)):
-      rec = pipeline_record(src, i)
+      rec = _pipeline_record(src, i)
       k = min(chat_format.num_turns(rec.duration), k_max)
       fake += [sampling.StreamPrompt(np.zeros((k, probe.patches_per_turn, 1), np.float32),
                                     q.question, chat_format.ask_turn(q.ask_time, k))
@@ -285,7 +290,7 @@ class Demo:
     from streampro_jax.train import grpo_trainer  # pylint: disable=g-import-not-at-top
     cfg = self.configs.grpo_config(self.seed_cfg(seed),
                                    self.stage_dir(seed_stage(seed, sft_variant)), self.data_dir)
-    apply_overrides(cfg, overrides)
+    _apply_overrides(cfg, overrides)
     if not cfg.rollout.user_chunk_len or not cfg.rollout.capacity:
       c_user, cap = self.grpo_rollout_sizes(cfg)
       cfg.rollout.user_chunk_len = cfg.rollout.user_chunk_len or c_user
@@ -304,12 +309,12 @@ class Demo:
     """Streaming evaluation of seed_<seed>/<run> on a split into seed_<seed>/eval_<split>_<run>."""
     from streampro_jax import judges  # pylint: disable=g-import-not-at-top
     from streampro_jax.bench import harness  # pylint: disable=g-import-not-at-top
-    if split not in SPLITS:
-      raise ValueError(f"split {split!r}: expected one of {SPLITS}")
+    if split not in _SPLITS:
+      raise ValueError(f"split {split!r}: expected one of {_SPLITS}")
     tokenizer, mcfg = self.tokenizer_and_model_config()
-    params = restore_params(os.path.join(self.stage_dir(seed_stage(seed, run)), "checkpoints"))
+    params = _restore_params(os.path.join(self.stage_dir(seed_stage(seed, run)), "checkpoints"))
     src = self.source(split)
-    records = [pipeline_record(src, i) for i in range(len(src))]
+    records = [_pipeline_record(src, i) for i in range(len(src))]
     e = self.cfg.eval
     hcfg = harness.HarnessConfig(
         batch_size=int(e.batch_size), frame_height=int(self.cfg.frame_size),
@@ -335,7 +340,7 @@ class Demo:
                      lambda v=v: self.stage_sft(seed, v))
     self.run_stage(seed_stage(seed, "grpo"), f"seed {seed}: GRPO from the CB-Stream SFT model",
                    lambda: self.stage_grpo(seed))
-    for split in SPLITS:
+    for split in _SPLITS:
       for v in self.configs.VARIANTS:
         self.run_stage(seed_stage(seed, eval_stage(split, v)),
                        f"seed {seed}: streaming evaluation of {v} on the {split} split",
@@ -361,10 +366,10 @@ class Demo:
     figures (report/)."""
     from streampro_jax.bench import report  # pylint: disable=g-import-not-at-top
     from streampro_jax.bench import seeds as seeds_lib  # pylint: disable=g-import-not-at-top
-    per_seed = {str(s): {split: self.seed_scores(s, split) for split in SPLITS} for s in seeds}
+    per_seed = {str(s): {split: self.seed_scores(s, split) for split in _SPLITS} for s in seeds}
     summary = {split: seeds_lib.summarize({s: r[split] for s, r in per_seed.items()},
-                                          self.configs.VARIANTS) for split in SPLITS}
-    findings = {split: seeds_lib.findings(summary[split]) for split in SPLITS}
+                                          self.configs.VARIANTS) for split in _SPLITS}
+    findings = {split: seeds_lib.findings(summary[split]) for split in _SPLITS}
     first = seeds[0]
     full = {v: _read_json(os.path.join(self.stage_dir(seed_stage(first, eval_stage("test", v))),
                                        "results.json"))["variants"][v]
@@ -405,7 +410,7 @@ class Demo:
                         "after": [round(x, 2) for x in os.getloadavg()]},
                "figures": {k: v for k, v in rep["report"].items() if k not in ("json",)}}
     _write_json(os.path.join(self.workdir, "results.json"), results)
-    table = results_text(results)
+    table = _results_text(results)
     print(table, flush=True)
     with open(os.path.join(self.workdir, "table.md"), "w", encoding="utf-8") as f:
       f.write(table)
@@ -428,7 +433,7 @@ def eval_stage(split: str, run: str) -> str:
   return f"eval_{split}_{run}"
 
 
-def apply_overrides(cfg, overrides: dict | None):
+def _apply_overrides(cfg, overrides: dict | None):
   """Sets {"dotted.key": value} in a trainer ConfigDict; a key it does not have is an error
   (naming it), never a silently added field."""
   for key, value in (overrides or {}).items():
@@ -442,13 +447,13 @@ def apply_overrides(cfg, overrides: dict | None):
     node[path[-1]] = value
 
 
-def pipeline_record(source, i: int):
+def _pipeline_record(source, i: int):
   """The schema.Record of example i of a TfdsSource (without decoding its frames)."""
   from streampro_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   return pipeline.decode_record(source.data_source[i]["record"])
 
 
-def restore_params(ckpt_dir: str):
+def _restore_params(ckpt_dir: str):
   """Params (host arrays) of the newest finished checkpoint ``<ckpt_dir>/<step>/state``."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   steps = sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
@@ -467,7 +472,7 @@ def _last_metrics(workdir: str) -> dict:
   return rows[max(rows)] if rows else {}
 
 
-def results_text(results: dict) -> str:
+def _results_text(results: dict) -> str:
   """The result tables printed at the end and kept in table.md (bench.seeds.demo_text)."""
   from streampro_jax.bench import seeds as seeds_lib  # pylint: disable=g-import-not-at-top
   return "\n" + seeds_lib.demo_text(results)

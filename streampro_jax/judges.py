@@ -12,18 +12,18 @@ is configured); a TG reference without a span is a failure (None, counted).
 
 None means the judge failed on that item (timeout after the retries, HTTP error, malformed reply,
 unparseable number). Failures are counted in `judge.stats` (a JudgeStats) and reported; they are
-never turned into a silent 0 here. Callers decide what to do with them (rewards.turn_f1_inputs
+never turned into a silent 0 here. Callers decide what to do with them (rewards._turn_f1_inputs
 counts them per sample).
 
 Implementations:
   MatchJudge        exact / normalised match for templated answers (SynthStream); TG answers by the
                     IoU of their "Xs-Ys" spans. Deterministic, no I/O.
-  OpenAIJudge       any OpenAI-compatible /chat/completions endpoint: asyncio with a concurrency
+  _OpenAIJudge       any OpenAI-compatible /chat/completions endpoint: asyncio with a concurrency
                     limit, per-request timeout, retries with exponential backoff, a cache by input
                     hash (memory plus optional JSONL file). The API key is read from the environment
                     variable named in the config at request time; it is never stored on the object,
                     logged, or put in a repr or an error message. Standard library only.
-  LocalLMJudge      a local transformers causal-LM checkpoint directory (torch, greedy decoding).
+  _LocalLMJudge      a local transformers causal-LM checkpoint directory (torch, greedy decoding).
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ from typing import Any, Protocol, runtime_checkable
 
 from streampro_jax import prompts, spans
 
-logger = logging.getLogger(__name__)
+__all__ = ["AnswerItem", "Judge", "JudgeStats", "MatchJudge", "build_judge"]
+
+_logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +128,7 @@ _SPAN_FRAME = frozenset({"from", "between", "at", "and", "to"})
 _NEGATIONS = frozenset({"never", "not", "without", "doesn", "don", "nothing"})
 
 
-def normalize_text(text: str) -> str:
+def _normalize_text(text: str) -> str:
   """Lower case, NFKC, punctuation -> space, articles (a, an, the) dropped, whitespace collapsed."""
   text = unicodedata.normalize("NFKC", text).lower()
   text = "".join(" " if unicodedata.category(ch).startswith("P") else ch for ch in text)
@@ -139,12 +141,12 @@ def _span_only(text: str) -> bool:
   ("from", "between", ...) and punctuation: "4s-8s", "From 4 to 8 seconds."."""
   if spans.parse_span(text) is None:
     return False
-  rest = normalize_text(spans.SPAN_RE.sub(" ", text, count=1)).split()
+  rest = _normalize_text(spans.SPAN_RE.sub(" ", text, count=1)).split()
   return all(w in _SPAN_FRAME for w in rest)
 
 
 class MatchJudge:
-  """Exact match after normalisation (normalize_text); TG by span IoU.
+  """Exact match after normalisation (_normalize_text); TG by span IoU.
 
   score_answers: for task "TG", spans.text_iou (the IoU every judge and the metric use; 0 when
   a span is missing); whatever the task, a reference that is a span and nothing else ("4s-8s",
@@ -172,7 +174,7 @@ class MatchJudge:
       return 0.0 if iou is None else iou
     if _span_only(item.reference):
       return spans.text_iou(item.prediction, item.reference)
-    return float(normalize_text(item.prediction) == normalize_text(item.reference))
+    return float(_normalize_text(item.prediction) == _normalize_text(item.reference))
 
   def score_answers(self, items: Sequence[AnswerItem]) -> list[float | None]:
     self.stats.add("requests", len(items))
@@ -184,13 +186,13 @@ class MatchJudge:
     del question
     self.stats.add("requests", len(checks))
     self.stats.add("calls", len(checks))
-    traj = f" {normalize_text(trajectory_text)} "
+    traj = f" {_normalize_text(trajectory_text)} "
     out: list[bool | None] = []
     for check in checks:
       quoted = re.findall(r"\"([^\"]+)\"|'([^']+)'", check)
-      needles = [normalize_text(a or b) for a, b in quoted] or [normalize_text(check)]
+      needles = [_normalize_text(a or b) for a, b in quoted] or [_normalize_text(check)]
       found = [f" {n} " in traj for n in needles if n]
-      outside = set(normalize_text(re.sub(r"\"[^\"]+\"|'[^']+'", " ", check)).split())
+      outside = set(_normalize_text(re.sub(r"\"[^\"]+\"|'[^']+'", " ", check)).split())
       out.append(not any(found) if quoted and outside & _NEGATIONS else all(found))
     return out
 
@@ -270,7 +272,7 @@ class _LLMJudge:
         except (json.JSONDecodeError, KeyError, TypeError):
           bad += 1
     if bad:
-      logger.warning("judge cache %s: skipped %d unreadable lines", path, bad)
+      _logger.warning("judge cache %s: skipped %d unreadable lines", path, bad)
 
   def _cache_put(self, key: str, value: Any) -> None:
     with self._cache_lock:
@@ -330,7 +332,7 @@ class _LLMJudge:
       if it.task.upper() == "TG":
         out[i] = spans.text_iou(it.prediction, it.reference)
         if out[i] is None:
-          logger.warning("TG reference without an 'Xs-Ys' span; scored as a failure")
+          _logger.warning("TG reference without an 'Xs-Ys' span; scored as a failure")
       else:
         llm.append(i)
     reqs = [_Request("score", _freeze(prompts.answer_score_messages(
@@ -426,7 +428,7 @@ class _LLMJudge:
 
 
 @dataclasses.dataclass(frozen=True)
-class OpenAIJudgeConfig:
+class _OpenAIJudgeConfig:
   """Settings of an OpenAI-compatible chat-completions judge.
 
   base_url: e.g. "http://127.0.0.1:8000/v1" (requests go to base_url + "/chat/completions").
@@ -465,13 +467,13 @@ class _Fatal(Exception):
   pass
 
 
-class OpenAIJudge(_LLMJudge):
+class _OpenAIJudge(_LLMJudge):
   """Judge served by an OpenAI-compatible /chat/completions endpoint (see module docstring).
   Requests may carry images (OpenAI "image_url" content parts) when the served model takes them."""
 
   sees_images = True
 
-  def __init__(self, config: OpenAIJudgeConfig):
+  def __init__(self, config: _OpenAIJudgeConfig):
     if config.api_key_env and config.api_key_env not in os.environ:
       raise ValueError(f"environment variable {config.api_key_env!r} (api_key_env) is not set")
     if config.max_concurrency < 1:
@@ -562,15 +564,15 @@ class OpenAIJudge(_LLMJudge):
         except _Fatal as e:
           if "malformed" in str(e):
             self.stats.add("malformed")
-          logger.warning("judge request failed (%s): %s; not retried", req.kind, e)
+          _logger.warning("judge request failed (%s): %s; not retried", req.kind, e)
           return None
         if attempt < cfg.max_retries:
           self.stats.add("retries")
           delay = min(cfg.backoff_max_s, cfg.backoff_s * (2.0 ** attempt))
-          logger.info("judge request %s: %s; retry %d/%d in %.2f s", req.kind, reason,
+          _logger.info("judge request %s: %s; retry %d/%d in %.2f s", req.kind, reason,
                       attempt + 1, cfg.max_retries, delay)
           await asyncio.sleep(delay)
-      logger.warning("judge request %s failed after %d attempts: %s", req.kind,
+      _logger.warning("judge request %s failed after %d attempts: %s", req.kind,
                      cfg.max_retries + 1, reason)
       return None
 
@@ -594,7 +596,7 @@ class OpenAIJudge(_LLMJudge):
 # ----------------------------------------------------------------------------------------------
 
 
-class LocalLMJudge(_LLMJudge):
+class _LocalLMJudge(_LLMJudge):
   """Judge running a local transformers causal-LM checkpoint directory with greedy decoding.
 
   The prompt is rendered with the tokenizer's chat template when it has one, else as plain text
@@ -649,7 +651,7 @@ class LocalLMJudge(_LLMJudge):
         new = gen[:, enc["input_ids"].shape[1]:]
         out.extend(self.tokenizer.batch_decode(new, skip_special_tokens=True))
       except Exception as e:  # pylint: disable=broad-except
-        logger.warning("local judge generation failed for %d requests: %s: %s", len(batch),
+        _logger.warning("local judge generation failed for %d requests: %s: %s", len(batch),
                        type(e).__name__, e)
         out.extend([None] * len(batch))
     return out
@@ -659,16 +661,16 @@ def build_judge(config: Any) -> Judge:
   """A judge from a config (ml_collections ConfigDict or dict) with `kind`:
 
   "match"  -> MatchJudge()
-  "openai" -> OpenAIJudge(OpenAIJudgeConfig(**fields)) with the OpenAIJudgeConfig field names
-  "local"  -> LocalLMJudge(path, **other fields)
+  "openai" -> _OpenAIJudge(_OpenAIJudgeConfig(**fields)) with the _OpenAIJudgeConfig field names
+  "local"  -> _LocalLMJudge(path, **other fields)
   """
   cfg = dict(config.to_dict() if hasattr(config, "to_dict") else config)
   kind = cfg.pop("kind", "match")
   if kind == "match":
     return MatchJudge()
   if kind == "openai":
-    return OpenAIJudge(OpenAIJudgeConfig(**cfg))
+    return _OpenAIJudge(_OpenAIJudgeConfig(**cfg))
   if kind == "local":
-    return LocalLMJudge(cfg.pop("path"), **cfg)
+    return _LocalLMJudge(cfg.pop("path"), **cfg)
   raise ValueError(f"unknown judge kind {kind!r}; expected 'match', 'openai' or 'local'")
 

@@ -23,7 +23,7 @@ stays 200 seconds).
 Transcript (JSONL, `TranscriptWriter`): one line per turn
   {"kind": "turn", "stream_id", "turn": k, "time": k + 1, "decision", "text", "message",
    "questions": [...], "latency_s", "dropped": [skipped turn ids before this one]}
-and a last {"kind": "summary", ...} line. `transcript_results` is the adapter to the harness's
+and a last {"kind": "summary", ...} line. `_transcript_results` is the adapter to the harness's
 result lines (bench/harness.py: {"id", "record_id", "question_id", "task", "num_turns",
 "ask_turn", "prompt_style", "overflow", "predictions", "turns"}), one per question, which the
 scorers of launch/evaluate.py read (harness._streampro_items -> streampro_f1.score_benchmark).
@@ -47,7 +47,12 @@ from streampro_jax import models, prompts, sampling
 from streampro_jax.bench import harness
 from streampro_jax.models import common
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+__all__ = [
+    "LiveConfig", "LiveModel", "LiveSession", "QuestionTooLong", "TranscriptWriter",
+    "format_turn_line", "is_live_source", "iter_source", "latency_summary"
+]
+
+_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 _BIG_TURN = 10 ** 6 - 1   # the longest time label a live stream is sized for (11.6 days)
 
 
@@ -95,7 +100,7 @@ class LiveConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class TurnResult:
+class _TurnResult:
   """What one second of a live stream produced.
 
   turn: k (the second [k, k+1)); time: k + 1, the time a response is dated by (as the harness);
@@ -221,11 +226,11 @@ class LiveSession:
     self.turns_run = 0
 
   def step(self, frames_thwc: np.ndarray, questions: Sequence[str] = (), *,
-           turn: int | None = None) -> TurnResult:
+           turn: int | None = None) -> _TurnResult:
     """Runs one second: frames uint8 [tp, H, W, 3], the questions asked during it.
 
     turn: the second this is (default: the one after the last; a later one skips seconds,
-    e.g. frames dropped by real-time pacing). Returns the TurnResult.
+    e.g. frames dropped by real-time pacing). Returns the _TurnResult.
     """
     k = self.next_turn if turn is None else int(turn)
     if k < self.next_turn:
@@ -254,7 +259,7 @@ class LiveSession:
     self._asked.extend(questions)
     self.next_turn = k + 1
     self.turns_run += 1
-    return TurnResult(turn=k, time=float(k + 1),
+    return _TurnResult(turn=k, time=float(k + 1),
                       decision=sampling.DECISION_NAMES[int(out.decisions[0])],
                       text=out.texts[0], message=out.messages[0], questions=questions,
                       latency_s=time.perf_counter() - t0, overflow=bool(out.overflow[0]))
@@ -270,16 +275,16 @@ def _sample_index(times: np.ndarray, t: float) -> int:
   return max(int(np.searchsorted(times, t + 1e-9, side="right")) - 1, 0)
 
 
-def iter_folder(folder: str, *, frames_per_turn: int, fps: float = 2.0,
+def _iter_folder(folder: str, *, frames_per_turn: int, fps: float = 2.0,
                 size: tuple[int, int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
   """(turn k, uint8 frames [tp, h, w, 3]) of a folder of images (sorted by name) shown at `fps`
   frames per second; frames sampled at k + (j + 0.5) / tp as in data/video.py."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from streampro_jax.models import processing  # pylint: disable=g-import-not-at-top
   files = sorted(f for f in glob.glob(os.path.join(folder, "*"))
-                 if f.lower().endswith(IMAGE_EXTENSIONS))
+                 if f.lower().endswith(_IMAGE_EXTENSIONS))
   if not files:
-    raise ValueError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
+    raise ValueError(f"{folder}: no image files ({', '.join(_IMAGE_EXTENSIONS)})")
   if not fps > 0:
     raise ValueError(f"fps must be > 0, got {fps}")
   times = np.arange(len(files)) / float(fps)
@@ -297,7 +302,7 @@ def iter_folder(folder: str, *, frames_per_turn: int, fps: float = 2.0,
     yield k, np.stack([load(i) for i in idx])
 
 
-def open_container(source: str):
+def _open_container(source: str):
   """av.open for a file (data/video.py's checks and errors), a camera device (/dev/video*,
   v4l2) or a URL (rtsp://, http(s)://, ...)."""
   import av  # pylint: disable=g-import-not-at-top
@@ -316,7 +321,7 @@ def open_container(source: str):
   return video.open_video(source)
 
 
-def iter_video(source: str, *, frames_per_turn: int, size: tuple[int, int] | None = None
+def _iter_video(source: str, *, frames_per_turn: int, size: tuple[int, int] | None = None
                ) -> Iterator[tuple[int, np.ndarray]]:
   """(turn k, uint8 frames [tp, h, w, 3]) of a file or live source, decoded incrementally.
 
@@ -328,7 +333,7 @@ def iter_video(source: str, *, frames_per_turn: int, size: tuple[int, int] | Non
   import av  # pylint: disable=g-import-not-at-top
   resize = video.ResizePolicy() if size is None else video.ResizePolicy(height=size[0],
                                                                         width=size[1])
-  container = open_container(source)
+  container = _open_container(source)
   try:
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
@@ -377,10 +382,10 @@ def iter_video(source: str, *, frames_per_turn: int, size: tuple[int, int] | Non
 
 def iter_source(source: str, *, frames_per_turn: int, size: tuple[int, int] | None = None,
                 folder_fps: float = 2.0) -> Iterator[tuple[int, np.ndarray]]:
-  """A folder of frames (iter_folder) or anything PyAV opens (iter_video)."""
+  """A folder of frames (_iter_folder) or anything PyAV opens (_iter_video)."""
   if os.path.isdir(source):
-    return iter_folder(source, frames_per_turn=frames_per_turn, fps=folder_fps, size=size)
-  return iter_video(source, frames_per_turn=frames_per_turn, size=size)
+    return _iter_folder(source, frames_per_turn=frames_per_turn, fps=folder_fps, size=size)
+  return _iter_video(source, frames_per_turn=frames_per_turn, size=size)
 
 
 def is_live_source(source: str) -> bool:
@@ -401,7 +406,7 @@ class TranscriptWriter:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     self._f = open(path, "w", encoding="utf-8")   # pylint: disable=consider-using-with
 
-  def turn(self, result: TurnResult, dropped: Sequence[int] = ()) -> None:
+  def turn(self, result: _TurnResult, dropped: Sequence[int] = ()) -> None:
     line = {"kind": "turn", "stream_id": self.stream_id, **result.to_json(),
             "dropped": [int(d) for d in dropped]}
     self._f.write(json.dumps(line, ensure_ascii=False) + "\n")
@@ -416,7 +421,7 @@ class TranscriptWriter:
     self._f.close()
 
 
-def read_transcript(path: str) -> tuple[list[dict], dict | None]:
+def _read_transcript(path: str) -> tuple[list[dict], dict | None]:
   """(turn lines, summary line or None) of a transcript. A torn last line (a process killed
   mid-write) is skipped; any other bad line raises ValueError naming file, line and field."""
   turns, summary = [], None
@@ -439,7 +444,7 @@ def read_transcript(path: str) -> tuple[list[dict], dict | None]:
   return turns, summary
 
 
-def transcript_results(turns: Sequence[dict], *, prompt_style: str = "streampro",
+def _transcript_results(turns: Sequence[dict], *, prompt_style: str = "streampro",
                        task: str = "live") -> list[dict]:
   """harness result lines (bench/harness.py) of a transcript's turn lines, one per question.
 
@@ -482,7 +487,7 @@ def latency_summary(latencies_s: Sequence[float], stream_seconds: float) -> dict
           "real_time_factor": float(lat.sum() / max(stream_seconds, 1e-9))}
 
 
-def format_turn_line(result: TurnResult) -> list[str]:
+def format_turn_line(result: _TurnResult) -> list[str]:
   """The console lines of a turn that has something to say (questions, a response)."""
   lines = [f"[{result.turn:>5d}s] Q: {q}" for q in result.questions]
   if result.decision == "response":

@@ -53,7 +53,17 @@ import numpy as np
 
 from streampro_jax import _checks, parallel
 
-Array = jax.Array
+__all__ = [
+    "LOSS_KINDS", "STATIC_ARGNAMES", "cb_stream_class_weights", "cb_stream_loss",
+    "cb_stream_loss_jit", "cb_stream_loss_sum_and_count", "chunked_stream_loss",
+    "chunked_stream_loss_jit", "chunked_token_stats", "cross_entropy_loss",
+    "cross_entropy_loss_jit", "decision_class_counts", "focal_stream_loss",
+    "focal_stream_loss_jit", "focal_stream_loss_sum_and_count", "grouped_class_counts",
+    "loss_sum_and_count", "metrics", "metrics_from_sums", "metrics_sums", "token_logps",
+    "token_logps_from_hidden", "token_nll", "weighted_nll_sum_and_count"
+]
+
+_Array = jax.Array
 
 LOSS_KINDS = ("cb_stream", "ce", "focal")
 
@@ -63,7 +73,7 @@ LOSS_KINDS = ("cb_stream", "ce", "focal")
 # ----------------------------------------------------------------------------------------------
 
 
-def _check_inputs(fn: str, logits: Array, labels: Array, loss_mask: Array | None) -> None:
+def _check_inputs(fn: str, logits: _Array, labels: _Array, loss_mask: _Array | None) -> None:
   """logits float [..., V] with leading shape = labels' shape; labels int; mask = labels' shape."""
   _checks.floating(fn, "logits", logits)
   _checks.integer(fn, "labels", labels)
@@ -79,7 +89,7 @@ def _check_inputs(fn: str, logits: Array, labels: Array, loss_mask: Array | None
                   "(the shape of labels; it is not broadcast)")
 
 
-def token_nll(logits: Array, labels: Array, loss_mask: Array | None = None) -> Array:
+def token_nll(logits: _Array, labels: _Array, loss_mask: _Array | None = None) -> _Array:
   """Per-token negative log-likelihood.
 
   nll[b, t] = logsumexp_v(logits[b, t, v]) - logits[b, t, labels[b, t]], in float32.
@@ -110,7 +120,7 @@ def token_nll(logits: Array, labels: Array, loss_mask: Array | None = None) -> A
   return jnp.where(in_vocab, lse - label_logit, jnp.nan)
 
 
-def _decision_ids(decision_token_ids: Sequence[int] | Array, vocab_size: int | None = None,
+def _decision_ids(decision_token_ids: Sequence[int] | _Array, vocab_size: int | None = None,
                   fn: str = "losses") -> np.ndarray:
   """The decision token ids as a NumPy i32[K]: static, distinct and inside [0, vocab_size)."""
   if isinstance(decision_token_ids, jax.core.Tracer):
@@ -135,8 +145,8 @@ def _decision_ids(decision_token_ids: Sequence[int] | Array, vocab_size: int | N
   return ids.astype(np.int32)  # NumPy: a constant under jit (never a tracer).
 
 
-def decision_class_counts(labels: Array, loss_mask: Array,
-                          decision_token_ids: Sequence[int] | Array) -> Array:
+def decision_class_counts(labels: _Array, loss_mask: _Array,
+                          decision_token_ids: Sequence[int] | _Array) -> _Array:
   """Number of supervised positions whose target is each decision token.
 
   n_k = sum_{b,t} loss_mask[b, t] * [labels[b, t] == decision_token_ids[k]].
@@ -157,9 +167,9 @@ def decision_class_counts(labels: Array, loss_mask: Array,
   return jnp.sum(is_k * mask, axis=tuple(range(labels.ndim)))
 
 
-def grouped_class_counts(labels: Array, loss_mask: Array,
-                         decision_token_ids: Sequence[int] | Array, *,
-                         num_groups: int) -> Array:
+def grouped_class_counts(labels: _Array, loss_mask: _Array,
+                         decision_token_ids: Sequence[int] | _Array, *,
+                         num_groups: int) -> _Array:
   """Decision-class counts of contiguous groups of rows, repeated for each row of the group.
 
   The B rows are split into num_groups contiguous blocks of B / num_groups rows (the rows one
@@ -190,7 +200,7 @@ def grouped_class_counts(labels: Array, loss_mask: Array,
   return jnp.repeat(per_group, b // num_groups, axis=0)
 
 
-def cb_stream_weight_ratio(n_silence: float, n_response: float, beta: float = 0.9999) -> float:
+def _cb_stream_weight_ratio(n_silence: float, n_response: float, beta: float = 0.9999) -> float:
   """w_response / w_silence of CB-Stream for class counts (n_silence, n_response) (host float).
 
   With both classes present the ratio is E_silence / E_response,
@@ -201,7 +211,7 @@ def cb_stream_weight_ratio(n_silence: float, n_response: float, beta: float = 0.
   return float(w[1] / w[0])
 
 
-def effective_number(n: Array, beta: float) -> Array:
+def _effective_number(n: _Array, beta: float) -> _Array:
   """Effective number of samples E = (1 - beta**n) / (1 - beta), accurate in float32.
 
   Computed as -expm1(n * log1p(-(1 - beta))) / (1 - beta) with log1p(-(1 - beta)) and 1 - beta
@@ -229,7 +239,7 @@ def effective_number(n: Array, beta: float) -> Array:
   return -jnp.expm1(n * jnp.float32(log_beta)) / jnp.float32(one_minus_beta)
 
 
-def cb_stream_class_weights(class_counts: Array, beta: float = 0.9999) -> Array:
+def cb_stream_class_weights(class_counts: _Array, beta: float = 0.9999) -> _Array:
   """Class-balanced weights of the decision classes (docs/method.md section 2).
 
   E_k = (1 - beta**n_k) / (1 - beta)
@@ -247,14 +257,14 @@ def cb_stream_class_weights(class_counts: Array, beta: float = 0.9999) -> Array:
   """
   n = jax.lax.stop_gradient(jnp.asarray(class_counts, jnp.float32))
   present = n > 0
-  e = effective_number(jnp.where(present, n, 1.0), beta)
+  e = _effective_number(jnp.where(present, n, 1.0), beta)
   inv = jnp.where(present, 1.0 / e, 0.0)
   num_present = jnp.sum(present.astype(jnp.float32), axis=-1, keepdims=True)
   total = jnp.sum(inv, axis=-1, keepdims=True)
   return jnp.where(present, inv / jnp.where(total > 0, total, 1.0) * num_present, 0.0)
 
 
-def focal_class_alphas(class_counts: Array) -> Array:
+def _focal_class_alphas(class_counts: _Array) -> _Array:
   """Streamo focal class weights alpha_k = (sum_j n_j / n_k) / |S_present| (0 when n_k = 0).
 
   Args:
@@ -270,8 +280,8 @@ def focal_class_alphas(class_counts: Array) -> Array:
   return jnp.where(present, total / jnp.where(present, n, 1.0) / num_present, 0.0)
 
 
-def _per_token_class_value(labels: Array, ids: Array, class_values: Array,
-                           other: Array | float) -> Array:
+def _per_token_class_value(labels: _Array, ids: _Array, class_values: _Array,
+                           other: _Array | float) -> _Array:
   """value_i = class_values[k] if labels_i == ids[k] else other.
 
   class_values is f32[K] or f32[B, K] (one set per row of labels [B, T]).
@@ -284,10 +294,10 @@ def _per_token_class_value(labels: Array, ids: Array, class_values: Array,
   return jnp.where(in_s, picked, other)
 
 
-def weighted_nll_sum_and_count(nll: Array, labels: Array, loss_mask: Array, *, kind: str,
+def weighted_nll_sum_and_count(nll: _Array, labels: _Array, loss_mask: _Array, *, kind: str,
                                decision_token_ids, beta: float = 0.9999,
                                text_weight: float = 2.0, gamma: float = 2.0,
-                               class_counts: Array | None = None):
+                               class_counts: _Array | None = None):
   """Shared weighting of per-token nll f32[B, T] for every loss kind (see the module docstring).
 
   Masked-out positions are selected away (jnp.where), so a NaN nll there reaches neither the sum
@@ -320,7 +330,7 @@ def weighted_nll_sum_and_count(nll: Array, labels: Array, loss_mask: Array, *, k
     return jnp.sum(mask * w * nll), count
   # focal: decision tokens alpha_k * (1 - p)^gamma * nll, text tokens nll.
   alpha = jax.lax.stop_gradient(
-      _per_token_class_value(labels, ids, focal_class_alphas(class_counts), 1.0))
+      _per_token_class_value(labels, ids, _focal_class_alphas(class_counts), 1.0))
   is_decision = jnp.any(labels[..., None] == ids, axis=-1)
   one_minus_p = -jnp.expm1(-nll)  # 1 - exp(-nll), accurate near p = 1.
   focal = jnp.power(jnp.maximum(one_minus_p, 0.0), jnp.asarray(gamma, jnp.float32))
@@ -328,7 +338,7 @@ def weighted_nll_sum_and_count(nll: Array, labels: Array, loss_mask: Array, *, k
   return jnp.sum(mask * w * nll), count
 
 
-def _safe_div(total: Array, count: Array) -> Array:
+def _safe_div(total: _Array, count: _Array) -> _Array:
   return total / jnp.maximum(count, 1.0)
 
 
@@ -337,10 +347,10 @@ def _safe_div(total: Array, count: Array) -> Array:
 # ----------------------------------------------------------------------------------------------
 
 
-def cb_stream_loss_sum_and_count(logits: Array, labels: Array, loss_mask: Array, *,
+def cb_stream_loss_sum_and_count(logits: _Array, labels: _Array, loss_mask: _Array, *,
                                  decision_token_ids, beta: float = 0.9999,
                                  text_weight: float = 2.0,
-                                 class_counts: Array | None = None) -> tuple[Array, Array]:
+                                 class_counts: _Array | None = None) -> tuple[_Array, _Array]:
   """CB-Stream numerator and denominator: (sum_i mask_i * w_i * nll_i, N). See cb_stream_loss."""
   _check_inputs("cb_stream_loss", logits, labels, loss_mask)
   _decision_ids(decision_token_ids, logits.shape[-1], "cb_stream_loss")
@@ -350,9 +360,9 @@ def cb_stream_loss_sum_and_count(logits: Array, labels: Array, loss_mask: Array,
                                  text_weight=text_weight, class_counts=class_counts)
 
 
-def cb_stream_loss(logits: Array, labels: Array, loss_mask: Array, *, decision_token_ids,
+def cb_stream_loss(logits: _Array, labels: _Array, loss_mask: _Array, *, decision_token_ids,
                    beta: float = 0.9999, text_weight: float = 2.0,
-                   class_counts: Array | None = None) -> Array:
+                   class_counts: _Array | None = None) -> _Array:
   """Class-balanced streaming loss (CB-Stream, docs/method.md section 2).
 
   n_k   = number of supervised positions with target k, for k in S = decision tokens
@@ -382,7 +392,7 @@ def cb_stream_loss(logits: Array, labels: Array, loss_mask: Array, *, decision_t
       text_weight=text_weight, class_counts=class_counts))
 
 
-def cross_entropy_loss(logits: Array, labels: Array, loss_mask: Array) -> Array:
+def cross_entropy_loss(logits: _Array, labels: _Array, loss_mask: _Array) -> _Array:
   """Plain token cross-entropy: L = (1 / N) * sum_i mask_i * (-log p(y_i)), N = sum_i mask_i.
 
   Args:
@@ -396,9 +406,9 @@ def cross_entropy_loss(logits: Array, labels: Array, loss_mask: Array) -> Array:
                                                loss_mask, kind="ce", decision_token_ids=None))
 
 
-def focal_stream_loss_sum_and_count(logits: Array, labels: Array, loss_mask: Array, *,
+def focal_stream_loss_sum_and_count(logits: _Array, labels: _Array, loss_mask: _Array, *,
                                     decision_token_ids, gamma: float = 2.0,
-                                    class_counts: Array | None = None) -> tuple[Array, Array]:
+                                    class_counts: _Array | None = None) -> tuple[_Array, _Array]:
   """Focal numerator and denominator. See focal_stream_loss."""
   _check_inputs("focal_stream_loss", logits, labels, loss_mask)
   _decision_ids(decision_token_ids, logits.shape[-1], "focal_stream_loss")
@@ -408,8 +418,8 @@ def focal_stream_loss_sum_and_count(logits: Array, labels: Array, loss_mask: Arr
                                  class_counts=class_counts)
 
 
-def focal_stream_loss(logits: Array, labels: Array, loss_mask: Array, *, decision_token_ids,
-                      gamma: float = 2.0, class_counts: Array | None = None) -> Array:
+def focal_stream_loss(logits: _Array, labels: _Array, loss_mask: _Array, *, decision_token_ids,
+                      gamma: float = 2.0, class_counts: _Array | None = None) -> _Array:
   """Streamo focal baseline (docs/method.md section 2).
 
   alpha_k = (sum_j n_j / n_k) / |S_present|               (constant in the gradient)
@@ -438,8 +448,8 @@ def focal_stream_loss(logits: Array, labels: Array, loss_mask: Array, *, decisio
 # ----------------------------------------------------------------------------------------------
 
 
-def metrics_sums(predictions: Array, labels: Array, loss_mask: Array, *,
-                 decision_token_ids) -> dict[str, Array]:
+def metrics_sums(predictions: _Array, labels: _Array, loss_mask: _Array, *,
+                 decision_token_ids) -> dict[str, _Array]:
   """Counts behind `metrics`, summable over micro-batches and hosts.
 
   Args:
@@ -470,7 +480,7 @@ def metrics_sums(predictions: Array, labels: Array, loss_mask: Array, *,
   }
 
 
-def metrics_from_sums(sums: dict[str, Array]) -> dict[str, Array]:
+def metrics_from_sums(sums: dict[str, _Array]) -> dict[str, _Array]:
   """Ratios from `metrics_sums` (0 when a denominator is 0)."""
   return {
       "token_accuracy": _safe_div(sums["tokens_correct"], sums["tokens"]),
@@ -482,8 +492,8 @@ def metrics_from_sums(sums: dict[str, Array]) -> dict[str, Array]:
   }
 
 
-def metrics(logits: Array, labels: Array, loss_mask: Array, *,
-            decision_token_ids) -> dict[str, Array]:
+def metrics(logits: _Array, labels: _Array, loss_mask: _Array, *,
+            decision_token_ids) -> dict[str, _Array]:
   """Token and decision metrics from logits, with predictions = argmax over the full vocabulary.
 
   token_accuracy    = correct supervised tokens / supervised tokens
@@ -509,7 +519,7 @@ def metrics(logits: Array, labels: Array, loss_mask: Array, *,
 # ----------------------------------------------------------------------------------------------
 
 
-def _chunk_body(hidden_btd: Array, labels: Array, carry, xs):
+def _chunk_body(hidden_btd: _Array, labels: _Array, carry, xs):
   """One vocabulary chunk: per-token logsumexp, label logit, max logit and its index."""
   w_dc, start = xs
   chunk = w_dc.shape[-1]
@@ -529,8 +539,8 @@ def _chunk_body(hidden_btd: Array, labels: Array, carry, xs):
   return carry, (lse, label_logit, jax.lax.stop_gradient(best), best_idx)
 
 
-def chunked_token_stats(hidden_btd: Array, unembed_dv: Array, labels: Array, *,
-                        chunk_size: int, loss_mask: Array | None = None) -> tuple[Array, Array]:
+def chunked_token_stats(hidden_btd: _Array, unembed_dv: _Array, labels: _Array, *,
+                        chunk_size: int, loss_mask: _Array | None = None) -> tuple[_Array, _Array]:
   """Per-token nll and argmax prediction from hidden states, one vocabulary chunk at a time.
 
   logits = hidden_btd @ unembed_dv is never materialised whole: a lax.scan over ceil(V / C)
@@ -584,10 +594,10 @@ def chunked_token_stats(hidden_btd: Array, unembed_dv: Array, labels: Array, *,
   return nll, predictions
 
 
-def chunked_stream_loss(hidden_btd: Array, unembed_dv: Array, labels: Array, loss_mask: Array,
+def chunked_stream_loss(hidden_btd: _Array, unembed_dv: _Array, labels: _Array, loss_mask: _Array,
                         *, kind: str = "cb_stream", decision_token_ids=None,
                         chunk_size: int = 8192, beta: float = 0.9999, text_weight: float = 2.0,
-                        gamma: float = 2.0, class_counts: Array | None = None) -> Array:
+                        gamma: float = 2.0, class_counts: _Array | None = None) -> _Array:
   """The loss `kind` ("cb_stream" | "ce" | "focal") of logits = hidden_btd @ unembed_dv.
 
   Same value and gradients as cb_stream_loss / cross_entropy_loss / focal_stream_loss on the full
@@ -614,10 +624,10 @@ def chunked_stream_loss(hidden_btd: Array, unembed_dv: Array, labels: Array, los
       text_weight=text_weight, gamma=gamma, class_counts=class_counts))
 
 
-def loss_sum_and_count(kind: str, logits: Array, labels: Array, loss_mask: Array, *,
+def loss_sum_and_count(kind: str, logits: _Array, labels: _Array, loss_mask: _Array, *,
                        decision_token_ids=None, beta: float = 0.9999, text_weight: float = 2.0,
                        gamma: float = 2.0,
-                       class_counts: Array | None = None) -> tuple[Array, Array]:
+                       class_counts: _Array | None = None) -> tuple[_Array, _Array]:
   """Dispatch by name ("cb_stream" | "ce" | "focal") for config-driven trainers."""
   _check_inputs("loss_sum_and_count", logits, labels, loss_mask)
   if kind != "ce":
@@ -663,7 +673,7 @@ chunked_stream_loss_jit = jax.jit(chunked_stream_loss,
 # ----------------------------------------------------------------------------------------------
 
 
-def token_logps(logits: Array, targets: Array, *, temperature: float = 1.0) -> Array:
+def token_logps(logits: _Array, targets: _Array, *, temperature: float = 1.0) -> _Array:
   """log p(targets) under softmax(logits / temperature).
 
   logp[b, t] = logits[b, t, y] / temp - logsumexp_v(logits[b, t, v] / temp), y = targets[b, t].
@@ -682,8 +692,8 @@ def token_logps(logits: Array, targets: Array, *, temperature: float = 1.0) -> A
   return -token_nll(logits, targets)
 
 
-def token_logps_from_hidden(hidden_btd: Array, unembed_dv: Array, targets: Array, *,
-                            chunk_size: int = 8192, temperature: float = 1.0) -> Array:
+def token_logps_from_hidden(hidden_btd: _Array, unembed_dv: _Array, targets: _Array, *,
+                            chunk_size: int = 8192, temperature: float = 1.0) -> _Array:
   """token_logps of logits = hidden_btd @ unembed_dv, one vocabulary chunk at a time.
 
   Never materialises [B, T, V] logits (see losses.chunked_token_stats).

@@ -30,6 +30,10 @@ import os
 import platform
 import sys
 
+__all__ = [
+    "THREADS", "XLA_FLAGS", "backend_started", "fingerprint", "is_pinned", "pin_cpu_numerics"
+]
+
 # The pinned values: two intra-op threads (every machine of the CI kind has 2 cores; a host with
 # more or fewer still splits the work the same way), code for AVX2 (every x86-64 host this
 # project runs on has it) with portable math, and YNNPACK's dots off.
@@ -38,7 +42,7 @@ XLA_FLAGS = ("--xla_cpu_max_isa=AVX2", "--xla_cpu_enable_platform_dependent_math
              "--xla_cpu_experimental_ynn_fusion_type=")
 
 
-def pinned_env(env: dict[str, str] | None = None) -> dict[str, str]:
+def _pinned_env(env: dict[str, str] | None = None) -> dict[str, str]:
   """A copy of env (default os.environ) with the pinned NPROC and XLA flags.
 
   Flags already in env's XLA_FLAGS are kept, except earlier values of the pinned ones, which the
@@ -69,7 +73,7 @@ def pin_cpu_numerics() -> None:
   if backend_started():
     raise RuntimeError("pin_cpu_numerics() must run before JAX starts its backend (before the "
                        "first jax.devices(), jnp array or jit call in this process)")
-  os.environ.update({k: v for k, v in pinned_env().items() if k in ("XLA_FLAGS", "NPROC")})
+  os.environ.update({k: v for k, v in _pinned_env().items() if k in ("XLA_FLAGS", "NPROC")})
 
 
 def is_pinned(env: dict[str, str] | None = None) -> bool:

@@ -35,6 +35,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from streampro_jax import cluster as cluster_lib
 
+__all__ = [
+    "ACT_KV", "ACT_LOGITS", "ACT_Q", "ACT_RESIDUAL", "ACT_ROWS_EMBED", "ACT_ROWS_MLP",
+    "CACHE_KV", "DEFAULT_RULES", "DistributedConfig", "MESH_AXES", "batch_sharding",
+    "constrain", "describe_batch", "initialize_distributed", "logical_shardings", "make_mesh",
+    "process_max", "row_spec", "rows_to_global", "rows_to_local", "rules_from_config",
+    "shard_batch"
+]
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # Logical axis name -> mesh axis (or tuple of mesh axes, or None for replicated): the default of a
@@ -81,7 +89,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
 # and the stored activations of a layer cost 1 / tensor per device, and the collectives of the
 # tensor axis stay inside the host.
 # docs/scale-out.md#activation-layouts says when to pick it.
-RULE_SETS: dict[str, tuple[tuple[str, Any], ...]] = {
+_RULE_SETS: dict[str, tuple[tuple[str, Any], ...]] = {
     "default": DEFAULT_RULES,
     "tensor_in_host_fsdp_across": tuple(
         (name, "tensor") if name == "act_residual_length" else (name, axes)
@@ -98,15 +106,15 @@ ACT_LOGITS = ("act_batch", "act_length", "act_vocab")          # [B, T, V chunk]
 # KV cache k / v: [L, B, Nk, cap, Dh] scanned stacks, [B, Nk, cap, Dh] per layer.
 CACHE_KV = ("act_batch", "act_kv_heads", None, None)
 
-MESH_CONFIG_KEYS = (*MESH_AXES, "rules")
+_MESH_CONFIG_KEYS = (*MESH_AXES, "rules")
 """The keys of a config's ``mesh`` section: the axis sizes and the logical-axis rules."""
 
 
-class MeshError(ValueError):
+class _MeshError(ValueError):
   """A mesh shape that does not fit the available devices."""
 
 
-def resolve_mesh_shape(sizes: Mapping[str, int], num_devices: int) -> dict[str, int]:
+def _resolve_mesh_shape(sizes: Mapping[str, int], num_devices: int) -> dict[str, int]:
   """Resolves the mesh axis sizes, one of which may be -1 ("fill the rest").
 
   Args:
@@ -121,23 +129,23 @@ def resolve_mesh_shape(sizes: Mapping[str, int], num_devices: int) -> dict[str, 
   sizes = {k: v for k, v in sizes.items() if k != "rules"}
   unknown = set(sizes) - set(MESH_AXES)
   if unknown:
-    raise MeshError(f"unknown mesh axes {sorted(unknown)}; expected a subset of {MESH_AXES}")
+    raise _MeshError(f"unknown mesh axes {sorted(unknown)}; expected a subset of {MESH_AXES}")
   shape = {axis: int(sizes.get(axis, 1)) for axis in MESH_AXES}
   fill = [axis for axis, size in shape.items() if size == -1]
   if len(fill) > 1:
-    raise MeshError(f"at most one mesh axis may be -1, got {fill} in {shape}")
+    raise _MeshError(f"at most one mesh axis may be -1, got {fill} in {shape}")
   bad = {axis: size for axis, size in shape.items() if size == 0 or size < -1}
   if bad:
-    raise MeshError(f"mesh axis sizes must be positive or -1, got {bad}")
+    raise _MeshError(f"mesh axis sizes must be positive or -1, got {bad}")
   known = math.prod(size for size in shape.values() if size != -1)
   if fill:
     if num_devices % known:
-      raise MeshError(
+      raise _MeshError(
           f"mesh {shape}: the fixed axes multiply to {known}, which does not divide the "
           f"{num_devices} devices, so '{fill[0]}' = -1 cannot fill the rest")
     shape[fill[0]] = num_devices // known
   elif known != num_devices:
-    raise MeshError(
+    raise _MeshError(
         f"mesh {shape} has {known} devices but {num_devices} devices are available "
         f"(the product of data x fsdp x tensor must equal the device count; use -1 on one axis)")
   return shape
@@ -148,11 +156,11 @@ def make_mesh(sizes: Mapping[str, int] | None = None,
   """Builds the ``('data', 'fsdp', 'tensor')`` mesh.
 
   Args:
-    sizes: axis sizes (see :func:`resolve_mesh_shape`); default ``{"data": -1}`` (pure DP).
+    sizes: axis sizes (see :func:`_resolve_mesh_shape`); default ``{"data": -1}`` (pure DP).
     devices: devices to use; default ``jax.devices()`` (all hosts).
   """
   devices = list(jax.devices() if devices is None else devices)
-  shape = resolve_mesh_shape(dict(sizes or {"data": -1}), len(devices))
+  shape = _resolve_mesh_shape(dict(sizes or {"data": -1}), len(devices))
   dims = tuple(shape[axis] for axis in MESH_AXES)
   try:
     from jax.experimental import mesh_utils  # pylint: disable=g-import-not-at-top
@@ -168,7 +176,7 @@ def _rules_dict(rules) -> dict[str, Any]:
 
 def rules_from_config(mesh_cfg: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...]:
   """The logical-axis rules of a config's ``mesh.rules``: (logical name, mesh axes) pairs, the mesh
-  axes None (replicated), one of MESH_AXES or a sequence of them; or the name of a RULE_SETS
+  axes None (replicated), one of MESH_AXES or a sequence of them; or the name of a _RULE_SETS
   entry. No ``rules`` key (or None): DEFAULT_RULES. Raises ValueError naming
   ``config.mesh.rules[i]`` for a malformed pair, an unknown mesh axis or a logical name given
   twice, and ``config.mesh.rules`` for an unknown set name.
@@ -177,10 +185,10 @@ def rules_from_config(mesh_cfg: Mapping[str, Any] | None) -> tuple[tuple[str, An
   if rules is None:
     return DEFAULT_RULES
   if isinstance(rules, str):
-    if rules not in RULE_SETS:
+    if rules not in _RULE_SETS:
       raise ValueError(f"config.mesh.rules = {rules!r}: not a rule set; known: "
-                       f"{sorted(RULE_SETS)}")
-    return RULE_SETS[rules]
+                       f"{sorted(_RULE_SETS)}")
+    return _RULE_SETS[rules]
   out, seen = [], set()
   for i, pair in enumerate(rules):
     where = f"config.mesh.rules[{i}] = {pair!r}"
@@ -199,7 +207,7 @@ def rules_from_config(mesh_cfg: Mapping[str, Any] | None) -> tuple[tuple[str, An
   return tuple(out)
 
 
-def logical_to_spec(logical_axes: Sequence[str | None], *, rules=None,
+def _logical_to_spec(logical_axes: Sequence[str | None], *, rules=None,
                     mesh: Mesh | None = None,
                     shape: Sequence[int] | None = None) -> PartitionSpec:
   """Maps logical axis names to a ``PartitionSpec``.
@@ -289,13 +297,13 @@ def logical_shardings(tree, mesh: Mesh, *, rules=None):
   def one(leaf):
     if _is_partitioned(leaf):
       value = leaf.value
-      spec = logical_to_spec(leaf.names, rules=rules, mesh=mesh, shape=value.shape)
+      spec = _logical_to_spec(leaf.names, rules=rules, mesh=mesh, shape=value.shape)
       return NamedSharding(mesh, spec)
     return NamedSharding(mesh, PartitionSpec())
   return jax.tree.map(one, tree, is_leaf=_is_partitioned)
 
 
-def shardings_from_axes(axes_tree, shapes_tree, mesh: Mesh, *, rules=None):
+def _shardings_from_axes(axes_tree, shapes_tree, mesh: Mesh, *, rules=None):
   """Shardings from a pytree of logical-axis tuples and a matching pytree of shapes.
 
   Args:
@@ -311,7 +319,7 @@ def shardings_from_axes(axes_tree, shapes_tree, mesh: Mesh, *, rules=None):
     if axes is None:
       out.append(NamedSharding(mesh, PartitionSpec()))
     else:
-      out.append(NamedSharding(mesh, logical_to_spec(axes, rules=rules, mesh=mesh,
+      out.append(NamedSharding(mesh, _logical_to_spec(axes, rules=rules, mesh=mesh,
                                                        shape=leaf.shape)))
   return treedef.unflatten(out)
 
@@ -448,13 +456,13 @@ def describe_batch(global_batch: int, mesh: Mesh) -> str:
 # ------------------------------------------------------------------------------------------------
 # Rows split over processes (the streaming sampler across hosts).
 
-ROW_AXES = ("data", "fsdp")
+_ROW_AXES = ("data", "fsdp")
 
 
 def row_spec(ndim: int, row_dim: int = 0) -> PartitionSpec:
   """PartitionSpec of an array whose `row_dim` is split over (``data``, ``fsdp``)."""
   spec = [None] * ndim
-  spec[row_dim] = ROW_AXES
+  spec[row_dim] = _ROW_AXES
   return PartitionSpec(*spec)
 
 

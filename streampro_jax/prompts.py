@@ -24,8 +24,15 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+__all__ = [
+    "DECISION_TOKENS", "IM_END", "IM_START", "PAD", "PROMPT_VERSION", "RESPONSE_TOKEN",
+    "SILENCE_TOKEN", "STREAMING_SYSTEM_PROMPT", "VIDEO_PAD", "VISION_END", "VISION_START",
+    "answer_score_messages", "messages_to_text", "parse_rubric_checks", "parse_rubric_items",
+    "parse_score", "rubric_check_messages", "rubric_write_messages"
+]
+
 PROMPT_VERSION = "v2"
-MAX_ANSWER_SCORE = 5
+_MAX_ANSWER_SCORE = 5
 
 # ---- the special tokens (their one definition; tokenizer, chat format, rewards and importers
 # import them from here) ------------------------------------------------------------------------
@@ -63,12 +70,12 @@ answer starts with </Response>."""
 
 # ---- the answer judge (S_acc; docs/method.md section 3 "Judges") ---------------------------------
 
-ANSWER_SCORE_SYSTEM = (
+_ANSWER_SCORE_SYSTEM = (
     "You grade the answers a video assistant gives to questions about a video. You compare the "
     "assistant's answer with a reference answer and decide whether it gives correct "
     "information that directly answers the question.")
 
-ANSWER_SCORE_TEMPLATE = """Question: {question}
+_ANSWER_SCORE_TEMPLATE = """Question: {question}
 Reference answer: {reference}
 Assistant's answer: {prediction}
 
@@ -95,12 +102,12 @@ and "score" (an integer from 0 to 5). Example:
 
 # ---- the rubric check (R_traj: pass/fail of each checkpoint on a trajectory) -------------------
 
-RUBRIC_CHECK_SYSTEM = (
+_RUBRIC_CHECK_SYSTEM = (
     "You are a strict grader of the responses a streaming video assistant gave while watching a "
     "video. You check a list of binary checkpoints against the assistant's whole trajectory of "
     "timestamped responses.")
 
-RUBRIC_CHECK_TEMPLATE = """Question: {question}
+_RUBRIC_CHECK_TEMPLATE = """Question: {question}
 Assistant trajectory (time span of the turn, then the response):
 {trajectory}
 
@@ -115,14 +122,14 @@ Reply with exactly one line per checkpoint, in order, formatted as "<number>: PA
 
 # ---- the rubric writer (offline, before RL; docs/method.md section 3, App. E) --------------------
 
-RUBRIC_DIMENSIONS = ("granularity", "coherence", "coverage")
+_RUBRIC_DIMENSIONS = ("granularity", "coherence", "coverage")
 
-RUBRIC_WRITE_SYSTEM = (
+_RUBRIC_WRITE_SYSTEM = (
     "You write grading rubrics for a streaming video assistant. While it watches a video it "
     "answers a question at the right moments; your rubric is later used to grade its whole "
     "trajectory of timestamped answers as pass or fail, one rubric at a time.")
 
-RUBRIC_WRITE_TEMPLATE = """Question: {question}
+_RUBRIC_WRITE_TEMPLATE = """Question: {question}
 Reference answers (the second at which each is due, then the answer):
 {answers}
 
@@ -151,8 +158,8 @@ Reply with a JSON array and nothing else. Each element is an object with exactly
 def answer_score_messages(question: str, reference: str, prediction: str) -> list[dict[str, str]]:
   """Chat messages asking for a 0..5 score of `prediction` against `reference`."""
   return [
-      {"role": "system", "content": ANSWER_SCORE_SYSTEM},
-      {"role": "user", "content": ANSWER_SCORE_TEMPLATE.format(
+      {"role": "system", "content": _ANSWER_SCORE_SYSTEM},
+      {"role": "user", "content": _ANSWER_SCORE_TEMPLATE.format(
           question=question or "(not given)", reference=reference, prediction=prediction or "")},
   ]
 
@@ -162,16 +169,16 @@ def rubric_check_messages(trajectory_text: str, checks: Sequence[str],
   """Chat messages asking for PASS/FAIL of each checkpoint (numbered from 1)."""
   numbered = "\n".join(f"{i + 1}. {c}" for i, c in enumerate(checks))
   return [
-      {"role": "system", "content": RUBRIC_CHECK_SYSTEM},
-      {"role": "user", "content": RUBRIC_CHECK_TEMPLATE.format(
+      {"role": "system", "content": _RUBRIC_CHECK_SYSTEM},
+      {"role": "user", "content": _RUBRIC_CHECK_TEMPLATE.format(
           question=question or "(not given)", trajectory=trajectory_text, checks=numbered)},
   ]
 
 
 # What the rubric writer is told of the video: without frames, only the answers describe it.
-RUBRIC_WRITE_TEXT_ONLY = ("The video itself is described to you only by these timestamped "
+_RUBRIC_WRITE_TEXT_ONLY = ("The video itself is described to you only by these timestamped "
                           "reference answers.")
-RUBRIC_WRITE_WITH_FRAMES = ("The video is shown to you below as {n} frames sampled evenly from "
+_RUBRIC_WRITE_WITH_FRAMES = ("The video is shown to you below as {n} frames sampled evenly from "
                             "the clip, each after the second at which it is shown.")
 
 
@@ -189,18 +196,18 @@ def rubric_write_messages(question: str, answers: Sequence[tuple[float, str]], *
       text, then for each frame a text part "<t>s:" and an "image_url" part.
   """
   lines = "\n".join(f"{t:g}s: {text}" for t, text in answers)
-  video_line = (RUBRIC_WRITE_WITH_FRAMES.format(n=len(frames)) if frames
-                else RUBRIC_WRITE_TEXT_ONLY)
-  text = RUBRIC_WRITE_TEMPLATE.format(question=question, answers=lines, min_checks=min_checks,
+  video_line = (_RUBRIC_WRITE_WITH_FRAMES.format(n=len(frames)) if frames
+                else _RUBRIC_WRITE_TEXT_ONLY)
+  text = _RUBRIC_WRITE_TEMPLATE.format(question=question, answers=lines, min_checks=min_checks,
                                       max_checks=max_checks, video_line=video_line)
   if not frames:
-    return [{"role": "system", "content": RUBRIC_WRITE_SYSTEM},
+    return [{"role": "system", "content": _RUBRIC_WRITE_SYSTEM},
             {"role": "user", "content": text}]
   parts: list[dict[str, Any]] = [{"type": "text", "text": text}]
   for t, url in frames:
     parts.append({"type": "text", "text": f"{t:g}s:"})
     parts.append({"type": "image_url", "image_url": {"url": url}})
-  return [{"role": "system", "content": RUBRIC_WRITE_SYSTEM},
+  return [{"role": "system", "content": _RUBRIC_WRITE_SYSTEM},
           {"role": "user", "content": parts}]
 
 
@@ -229,7 +236,7 @@ def _json_reply(reply: str) -> Any:
 _MALFORMED = object()
 
 
-def parse_score(reply: str | None, max_score: int = MAX_ANSWER_SCORE) -> float | None:
+def parse_score(reply: str | None, max_score: int = _MAX_ANSWER_SCORE) -> float | None:
   """The judge's score divided by max_score, or None when the reply is malformed.
 
   The reply must be exactly a JSON object with exactly the keys "explanation" (a string) and
@@ -302,7 +309,7 @@ def parse_rubric_items(reply: str | None, *, min_checks: int = 6, max_checks: in
 
   The reply must be exactly a JSON array (optionally inside one markdown code fence) of
   min_checks..max_checks objects, each with exactly the keys "rubric_id" (an int or a non-empty
-  string, unique), "dimension" (one of RUBRIC_DIMENSIONS) and "rubric" (a non-empty string);
+  string, unique), "dimension" (one of _RUBRIC_DIMENSIONS) and "rubric" (a non-empty string);
   with require_all_dimensions every dimension occurs. Returns the objects (rubric stripped).
   """
   if reply is None:
@@ -318,18 +325,18 @@ def parse_rubric_items(reply: str | None, *, min_checks: int = 6, max_checks: in
     rid_ok = isinstance(rid, int) or (isinstance(rid, str) and rid.strip())
     if isinstance(rid, bool) or not rid_ok:
       return None
-    if rid in ids or dim not in RUBRIC_DIMENSIONS:
+    if rid in ids or dim not in _RUBRIC_DIMENSIONS:
       return None
     if not isinstance(text, str) or not text.strip():
       return None
     ids.add(rid)
     items.append({"rubric_id": rid, "dimension": dim, "rubric": text.strip()})
-  if require_all_dimensions and {it["dimension"] for it in items} != set(RUBRIC_DIMENSIONS):
+  if require_all_dimensions and {it["dimension"] for it in items} != set(_RUBRIC_DIMENSIONS):
     return None
   return items
 
 
-def parse_rubric(reply: str | None, *, min_checks: int = 6,
+def _parse_rubric(reply: str | None, *, min_checks: int = 6,
                  max_checks: int = 10) -> list[str] | None:
   """The rubric statements of a rubric-writer reply (parse_rubric_items' "rubric" fields), or
   None when the reply is malformed."""

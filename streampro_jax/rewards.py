@@ -29,9 +29,15 @@ import numpy as np
 
 from streampro_jax import _checks, prompts
 
-Array = jax.Array
+__all__ = [
+    "MATCHING_ORDERS", "STATIC_ARGNAMES", "combine", "format_inputs", "format_reward",
+    "group_rubric_inputs", "group_turn_f1_inputs", "parse_message", "predictions_from_messages",
+    "rubric_reward", "turn_f1_reward", "turn_f1_reward_jit"
+]
 
-DEFAULT_WEIGHTS = (0.1, 0.45, 0.45)
+_Array = jax.Array
+
+_DEFAULT_WEIGHTS = (0.1, 0.45, 0.45)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -39,13 +45,13 @@ DEFAULT_WEIGHTS = (0.1, 0.45, 0.45)
 # ----------------------------------------------------------------------------------------------
 
 
-def format_reward(step_valid: Array, step_mask: Array) -> Array:
+def format_reward(step_valid: _Array, step_mask: _Array) -> _Array:
   """Fraction of a rollout's turns whose assistant message is well formed.
 
   R_fmt = sum_k valid_k * mask_k / sum_k mask_k    (0 when no turn is masked in)
 
   A message is valid when it is a lone </Silence>, or </Response> followed by non-empty text
-  (see `message_is_valid`).
+  (see `_message_is_valid`).
 
   Args:
     step_valid: bool[..., K].
@@ -62,7 +68,7 @@ def format_reward(step_valid: Array, step_mask: Array) -> Array:
   return jnp.where(total > 0, good / jnp.maximum(total, 1.0), 0.0)
 
 
-def rubric_reward(checks: Array, check_mask: Array) -> Array:
+def rubric_reward(checks: _Array, check_mask: _Array) -> _Array:
   """Fraction of rubric checkpoints passed: R_traj = sum_c pass_c * mask_c / sum_c mask_c.
 
   0 when no checkpoint is masked in (a sample without a rubric, or one whose every check failed
@@ -83,8 +89,8 @@ def rubric_reward(checks: Array, check_mask: Array) -> Array:
   return jnp.where(total > 0, good / jnp.maximum(total, 1.0), 0.0)
 
 
-def combine(fmt: Array, turn: Array, traj: Array,
-            weights: Sequence[float] = DEFAULT_WEIGHTS) -> Array:
+def combine(fmt: _Array, turn: _Array, traj: _Array,
+            weights: Sequence[float] = _DEFAULT_WEIGHTS) -> _Array:
   """R = weights[0] * fmt + weights[1] * turn + weights[2] * traj (elementwise, any shape).
 
   weights: 3 numbers (Python floats or a traced f32[3]).
@@ -101,9 +107,9 @@ MATCHING_ORDERS = ("gt_first", "prediction_first")
 """turn_f1_reward's matching orders: the paper's GT-first Algorithm 1, and its ablation."""
 
 
-def turn_f1_reward(pred_times: Array, pred_mask: Array, gt_times: Array, gt_mask: Array,
-                   acc: Array, *, tau: float = 8.0, proactive: bool = False,
-                   matching: str = "gt_first") -> Array:
+def turn_f1_reward(pred_times: _Array, pred_mask: _Array, gt_times: _Array, gt_mask: _Array,
+                   acc: _Array, *, tau: float = 8.0, proactive: bool = False,
+                   matching: str = "gt_first") -> _Array:
   """Turn-level F1 reward R_turn with GT-first greedy matching (docs/method.md section 3,
   Algorithm 1).
 
@@ -224,14 +230,14 @@ turn_f1_reward_jit = jax.jit(turn_f1_reward, static_argnames=STATIC_ARGNAMES["tu
 
 
 @dataclasses.dataclass(frozen=True)
-class ParsedTurn:
+class _ParsedTurn:
   """One assistant message: decision "silence" | "response" | "invalid", its text, validity."""
   decision: str
   text: str
   valid: bool
 
 
-def parse_message(message: str) -> ParsedTurn:
+def parse_message(message: str) -> _ParsedTurn:
   """Parses one decoded assistant message (special tokens kept, <|im_end|> already stripped).
 
   - exactly "</Silence>" (surrounding whitespace ignored)      -> silence, valid
@@ -245,15 +251,15 @@ def parse_message(message: str) -> ParsedTurn:
   if s.endswith("<|im_end|>"):
     s = s[: -len("<|im_end|>")].rstrip()
   if s == prompts.SILENCE_TOKEN:
-    return ParsedTurn("silence", "", True)
+    return _ParsedTurn("silence", "", True)
   if s.startswith(prompts.RESPONSE_TOKEN):
     text = s[len(prompts.RESPONSE_TOKEN):].strip()
     valid = bool(text) and prompts.SILENCE_TOKEN not in text and prompts.RESPONSE_TOKEN not in text
-    return ParsedTurn("response", text, valid)
-  return ParsedTurn("invalid", s, False)
+    return _ParsedTurn("response", text, valid)
+  return _ParsedTurn("invalid", s, False)
 
 
-def message_is_valid(message: str) -> bool:
+def _message_is_valid(message: str) -> bool:
   """The R_fmt rule for one message (see parse_message)."""
   return parse_message(message).valid
 
@@ -277,7 +283,7 @@ def format_inputs(messages: Sequence[str], pad_to: int | None = None):
     pad_to: K' >= K (defaults to K).
   """
   size = len(messages) if pad_to is None else pad_to
-  return _pad([message_is_valid(m) for m in messages], size, False, bool, "turns")
+  return _pad([_message_is_valid(m) for m in messages], size, False, bool, "turns")
 
 
 def _answer_fields(answer) -> tuple[float, str]:
@@ -303,7 +309,7 @@ def predictions_from_messages(messages: Sequence[str]) -> list[tuple[float, str]
   return out
 
 
-def trajectory_text(messages: Sequence[str]) -> str:
+def _trajectory_text(messages: Sequence[str]) -> str:
   """A rollout rendered for the rubric judge: one line per response, "[Xs-Ys] text".
 
   Silent turns are left out; a rollout with no response renders as "(no responses)".
@@ -312,7 +318,7 @@ def trajectory_text(messages: Sequence[str]) -> str:
   return "\n".join(lines) if lines else "(no responses)"
 
 
-def turn_f1_inputs(messages: Sequence[str], answers: Sequence[Any], judge, *, question: str = "",
+def _turn_f1_inputs(messages: Sequence[str], answers: Sequence[Any], judge, *, question: str = "",
                    task: str = "", tau: float = 8.0, proactive: bool = False,
                    max_preds: int | None = None, max_gts: int | None = None) -> dict[str, Any]:
   """Arrays for turn_f1_reward from a rollout's messages and a sample's answers.
@@ -345,7 +351,7 @@ def group_turn_f1_inputs(group_messages: Sequence[Sequence[str]], answers: Seque
                          *, question: str = "", task: str = "", tau: float = 8.0,
                          proactive: bool = False, max_preds: int | None = None,
                          max_gts: int | None = None) -> dict[str, np.ndarray]:
-  """turn_f1_inputs for the G rollouts of one sample, stacked, with ONE batched judge call.
+  """_turn_f1_inputs for the G rollouts of one sample, stacked, with ONE batched judge call.
 
   Returns:
     dict with pred_times f32[G, P], pred_mask bool[G, P], gt_times f32[G, NG], gt_mask
@@ -393,7 +399,7 @@ def group_turn_f1_inputs(group_messages: Sequence[Sequence[str]], answers: Seque
           "judge_failures": failures}
 
 
-def rubric_inputs(messages: Sequence[str], checks: Sequence[str], judge, *, question: str = "",
+def _rubric_inputs(messages: Sequence[str], checks: Sequence[str], judge, *, question: str = "",
                   max_checks: int | None = None) -> dict[str, Any]:
   """Arrays for rubric_reward: the judge marks each checkpoint on the rendered trajectory.
 
@@ -408,7 +414,7 @@ def rubric_inputs(messages: Sequence[str], checks: Sequence[str], judge, *, ques
 
 def group_rubric_inputs(group_messages: Sequence[Sequence[str]], checks: Sequence[str], judge, *,
                         question: str = "", max_checks: int | None = None) -> dict[str, Any]:
-  """rubric_inputs for the G rollouts of one sample, stacked ([G, C] arrays, judge_failures
+  """_rubric_inputs for the G rollouts of one sample, stacked ([G, C] arrays, judge_failures
   i32[G]); uses the judge's batched `check_rubrics` when it has one (concurrent HTTP requests)."""
   size = len(checks) if max_checks is None else max_checks
   if len(checks) > size:
@@ -418,7 +424,7 @@ def group_rubric_inputs(group_messages: Sequence[Sequence[str]], checks: Sequenc
   mask = np.zeros((n, size), bool)
   failures = np.zeros((n,), np.int32)
   if checks:
-    trajs = [trajectory_text(m) for m in group_messages]
+    trajs = [_trajectory_text(m) for m in group_messages]
     if hasattr(judge, "check_rubrics"):
       marks = judge.check_rubrics(trajs, [list(checks)] * n, [question] * n)
     else:

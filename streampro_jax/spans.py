@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 
+__all__ = ["SPAN_RE", "parse_span", "span_iou", "text_iou"]
+
 _NUM = r"(\d+(?::\d{1,2}){0,2}(?:\.\d+)?)"
 _UNIT = r"\s*(?:seconds|second|secs|sec|s)?\.?"  # longest first: the match covers the unit
 _SEP = r"\s*(?:-|–|—|~|to|until|and)\s*"

@@ -31,18 +31,20 @@ from collections.abc import Mapping
 
 from streampro_jax import numerics
 
+__all__ = ["apply_preset"]
+
 
 @dataclasses.dataclass(frozen=True)
-class Preset:
+class _Preset:
   """Flags for the two variables XLA reads: ``XLA_FLAGS`` (jaxlib's XLA, CPU and GPU) and
   ``LIBTPU_INIT_ARGS`` (libtpu's XLA)."""
   xla_flags: tuple[str, ...] = ()
   libtpu_args: tuple[str, ...] = ()
 
 
-PRESETS: dict[str, Preset] = {
-    "none": Preset(),
-    "gpu": Preset(xla_flags=(
+_PRESETS: dict[str, _Preset] = {
+    "none": _Preset(),
+    "gpu": _Preset(xla_flags=(
         "--xla_gpu_enable_latency_hiding_scheduler=true",
         "--xla_gpu_enable_highest_priority_async_stream=true",
         "--xla_gpu_enable_pipelined_all_gather=true",
@@ -50,7 +52,7 @@ PRESETS: dict[str, Preset] = {
         "--xla_gpu_enable_pipelined_all_reduce=true",
         "--xla_gpu_enable_while_loop_double_buffering=true",
     )),
-    "tpu": Preset(libtpu_args=(
+    "tpu": _Preset(libtpu_args=(
         "--xla_tpu_enable_async_collective_fusion=true",
         "--xla_tpu_enable_async_collective_fusion_fuse_all_gather=true",
         "--xla_tpu_enable_async_collective_fusion_multiple_steps=true",
@@ -69,16 +71,16 @@ def _merge(existing: str, flags: tuple[str, ...]) -> str:
   return " ".join(existing.split() + [f for f in flags if f.split("=", 1)[0] not in have])
 
 
-def preset_env(name: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
+def _preset_env(name: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
   """A copy of env (default os.environ) with preset ``name``'s flags added to ``XLA_FLAGS`` and
   ``LIBTPU_INIT_ARGS`` (a variable the preset has no flags for is left as it is).
 
   Raises:
     ValueError: an unknown preset name (the known ones listed).
   """
-  if name not in PRESETS:
-    raise ValueError(f"unknown XLA preset {name!r}; known: {', '.join(sorted(PRESETS))}")
-  preset = PRESETS[name]
+  if name not in _PRESETS:
+    raise ValueError(f"unknown XLA preset {name!r}; known: {', '.join(sorted(_PRESETS))}")
+  preset = _PRESETS[name]
   out = dict(os.environ if env is None else env)
   for var, flags in (("XLA_FLAGS", preset.xla_flags), ("LIBTPU_INIT_ARGS", preset.libtpu_args)):
     if flags:
@@ -96,7 +98,7 @@ def apply_preset(name: str) -> dict[str, str]:
     ValueError: an unknown preset name.
     RuntimeError: a JAX backend already runs in this process (its flags are fixed).
   """
-  new = preset_env(name)
+  new = _preset_env(name)
   changed = {k: v for k, v in new.items() if os.environ.get(k) != v}
   if changed and numerics.backend_started():
     raise RuntimeError(f"XLA preset {name!r} must be applied before JAX starts its backend "

@@ -45,7 +45,7 @@ def test_slurm_step_with_two_tasks_is_a_cluster():
   del no_step["SLURM_STEP_NODELIST"]
   assert cluster.detect_cluster(no_step, tpu_chips=0) is None
   # The port jax derives: 61440 + 123456 mod 4096 = 61440 + 576 (123456 = 30 * 4096 + 576).
-  assert cluster.slurm_coordinator_port(123456) == 62016
+  assert cluster._slurm_coordinator_port(123456) == 62016
 
 
 def test_open_mpi_world():
@@ -91,7 +91,7 @@ def test_without_cluster_variables_a_run_stays_single_process(monkeypatch, caplo
     monkeypatch.delenv(var, raising=False)
   assert cluster.detect_cluster(tpu_chips=0) is None
   # This host has no TPU chips, so the Cloud TPU rule asks no metadata server.
-  assert cluster.tpu_chip_count() == 0
+  assert cluster._tpu_chip_count() == 0
   with caplog.at_level("INFO"):
     assert parallel.initialize_distributed() is False
   assert "no cluster detected" in caplog.text
@@ -114,7 +114,7 @@ def _free_slurm_job_id() -> tuple[int, int]:
   rng = random.Random()
   for _ in range(200):
     job = rng.randrange(10_000, 10_000_000)
-    port = cluster.slurm_coordinator_port(job)
+    port = cluster._slurm_coordinator_port(job)
     if portpicker.is_port_free(port):
       return job, port
   raise RuntimeError("no free port in 61440..65535")

@@ -65,7 +65,7 @@ def test_parse_rubric_checks_and_rubric():
   good = json.dumps(_rubric_items(6))
   items = prompts.parse_rubric_items(good)
   assert [it["dimension"] for it in items] == ["granularity", "coherence", "coverage"] * 2
-  assert prompts.parse_rubric(good) == [f"The answer must mention step {i}." for i in range(1, 7)]
+  assert prompts._parse_rubric(good) == [f"The answer must mention step {i}." for i in range(1, 7)]
   bad = [
       json.dumps(_rubric_items(5)),                                   # fewer than 6
       json.dumps(_rubric_items(11)),                                  # more than 10
@@ -88,7 +88,7 @@ def test_parse_rubric_checks_and_rubric():
 
 def test_prompts_state_the_papers_rules():
   """Each rule docs/method.md section 3 ("Judges") gives the paper's prompts is present in ours."""
-  judge = (prompts.ANSWER_SCORE_SYSTEM + prompts.ANSWER_SCORE_TEMPLATE).lower()
+  judge = (prompts._ANSWER_SCORE_SYSTEM + prompts._ANSWER_SCORE_TEMPLATE).lower()
   for phrase in ("directly answers the question", "does not have to repeat every detail",
                  "simplified, rephrased, high-level", "secondary or illustrative details",
                  "factual errors", "irrelevant", "vagueness", "5 - fully accurate and complete",
@@ -97,7 +97,7 @@ def test_prompts_state_the_papers_rules():
                  "0 - no attempt, or off-topic", '"explanation" (one sentence)',
                  '"score" (an integer from 0 to 5)', "nothing else"):
     assert phrase in judge, phrase
-  writer = (prompts.RUBRIC_WRITE_SYSTEM + prompts.RUBRIC_WRITE_TEMPLATE).lower()
+  writer = (prompts._RUBRIC_WRITE_SYSTEM + prompts._RUBRIC_WRITE_TEMPLATE).lower()
   for phrase in ("between {min_checks} and {max_checks}", "specific to this video",
                  "no generic", "must", "shall not", "is not allowed", "pass or fail",
                  "granularity", "coherence", "coverage", "atomic", "merged",
@@ -240,7 +240,7 @@ def judge_factory(server, monkeypatch, tmp_path):
     cfg = dict(base_url=server.base_url, model="judge-model", api_key_env=KEY_ENV, timeout_s=1.0,
                max_retries=2, backoff_s=0.01, max_concurrency=4)
     cfg.update(kw)
-    j = judges.OpenAIJudge(judges.OpenAIJudgeConfig(**cfg))
+    j = judges._OpenAIJudge(judges._OpenAIJudgeConfig(**cfg))
     made.append(j)
     return j
 
@@ -333,7 +333,7 @@ def test_http_judge_scores_tg_by_iou_without_calling_the_model(server, judge_fac
 def test_http_judge_missing_key_env(monkeypatch):
   monkeypatch.delenv(KEY_ENV, raising=False)
   with pytest.raises(ValueError, match=KEY_ENV):
-    judges.OpenAIJudge(judges.OpenAIJudgeConfig(base_url="http://127.0.0.1:1/v1", model="m",
+    judges._OpenAIJudge(judges._OpenAIJudgeConfig(base_url="http://127.0.0.1:1/v1", model="m",
                                                 api_key_env=KEY_ENV))
 
 
@@ -343,7 +343,7 @@ def test_http_judge_unreachable_server_counts_failures(monkeypatch):
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]  # closed again: nothing listens there.
-  j = judges.OpenAIJudge(judges.OpenAIJudgeConfig(
+  j = judges._OpenAIJudge(judges._OpenAIJudgeConfig(
       base_url=f"http://127.0.0.1:{port}/v1", model="m", api_key_env=KEY_ENV, timeout_s=0.5,
       max_retries=1, backoff_s=0.01))
   try:
@@ -390,7 +390,7 @@ def test_local_judge(tmp_path):
   _tiny_lm(good, '{"explanation":"ok","score":4}')
   _tiny_lm(bad, "banana")
 
-  j = judges.LocalLMJudge(str(good), batch_size=2, score_max_tokens=1)
+  j = judges._LocalLMJudge(str(good), batch_size=2, score_max_tokens=1)
   items = [_item("a"), _item("b"), _item("c")]
   assert j.score_answers(items) == [tol.approx64(0.8)] * 3
   assert j.stats.failures == 0 and j.stats.calls == 3
@@ -398,7 +398,7 @@ def test_local_judge(tmp_path):
   assert j.stats.cache_hits == 1
   assert "sk-" not in repr(j)
 
-  jb = judges.LocalLMJudge(str(bad), batch_size=4, score_max_tokens=3, rubric_max_tokens=3)
+  jb = judges._LocalLMJudge(str(bad), batch_size=4, score_max_tokens=3, rubric_max_tokens=3)
   assert jb.score_answers(items) == [None, None, None]
   assert jb.stats.failures == 3 and jb.stats.malformed == 3
   assert jb.check_rubric("[1s-2s] x", ["c1", "c2"]) == [None, None]

@@ -72,7 +72,7 @@ def test_iter_video_and_folder_follow_the_decoder_rule(tmp_path):
   path = str(tmp_path / "v.mp4")
   video._encode_video(path, frames, fps=4)
   want = video.decode_turns(path, frames_per_turn=2).frames
-  got = list(live.iter_video(path, frames_per_turn=2))
+  got = list(live._iter_video(path, frames_per_turn=2))
   assert [k for k, _ in got] == [0, 1, 2]
   np.testing.assert_array_equal(np.stack([f for _, f in got]), want)
   folder = tmp_path / "frames"
@@ -89,13 +89,13 @@ def test_transcript_results_are_scored_by_the_harness_scorers(tmp_path):
   decisions = ["silence", "silence", "response", "silence", "response"]
   texts = ["", "", "red", "", "blue"]
   for k, (d, x) in enumerate(zip(decisions, texts)):
-    w.turn(live.TurnResult(k, float(k + 1), d, x, "", ("colour?",) if k == 1 else (), 0.01,
+    w.turn(live._TurnResult(k, float(k + 1), d, x, "", ("colour?",) if k == 1 else (), 0.01,
                            False))
   w.summary({"turns": 5})
   w.close()
-  turns, summary = live.read_transcript(path)
+  turns, summary = live._read_transcript(path)
   assert summary["turns"] == 5 and len(turns) == 5
-  (res,) = live.transcript_results(turns, task="OU")
+  (res,) = live._transcript_results(turns, task="OU")
   assert res["id"] == "clip/q0" and res["ask_turn"] == 1
   assert res["predictions"] == [[3.0, "red"], [5.0, "blue"]]
   item = {"id": res["id"], "task": "OU", "question": "colour?",
@@ -108,11 +108,11 @@ def test_transcript_results_are_scored_by_the_harness_scorers(tmp_path):
   assert qa["recall"] == tol.approx64(1.0) and qa["precision"] == tol.approx64(0.5)
   with open(path, "a", encoding="utf-8") as f:
     f.write('{"kind": "turn", "tur')   # killed mid-write: the torn last line is skipped
-  assert len(live.read_transcript(path)[0]) == 5
+  assert len(live._read_transcript(path)[0]) == 5
   bad = tmp_path / "bad.jsonl"
   bad.write_text('{"kind": "what"}\n')
   with pytest.raises(ValueError, match="bad.jsonl:1: field 'kind'"):
-    live.read_transcript(str(bad))
+    live._read_transcript(str(bad))
 
 
 @pytest.mark.slow
@@ -134,7 +134,7 @@ def test_stream_command_writes_the_transcript(tmp_path):
        "--silence_every=0"],
       capture_output=True, text=True, timeout=240, env=env, cwd=str(tmp_path))
   assert out.returncode == 0, out.stderr[-3000:]
-  turns, summary = live.read_transcript(transcript)
+  turns, summary = live._read_transcript(transcript)
   assert [t["turn"] for t in turns] == list(range(6))
   assert [t["time"] for t in turns] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
   assert turns[0]["questions"] == ["Tell me when it stops"]
@@ -145,7 +145,7 @@ def test_stream_command_writes_the_transcript(tmp_path):
   assert summary["turns"] == 6 and summary["dropped"] == 0 and summary["median_ms"] > 0
   assert "[    2s] Q: What is moving?" in out.stdout
   assert "latency median" in out.stdout and "real-time factor" in out.stdout
-  results = live.transcript_results(turns)
+  results = live._transcript_results(turns)
   assert [r["ask_turn"] for r in results] == [0, 2]
   assert json.dumps(results)   # JSON-able, as results.jsonl lines
 
@@ -180,7 +180,7 @@ def test_stream_command_ctrl_c_keeps_the_transcript(tmp_path):
       proc.wait()
   assert proc.returncode == 0
   assert "interrupted" in rest and "latency median" in rest
-  turns, summary = live.read_transcript(transcript)
+  turns, summary = live._read_transcript(transcript)
   assert summary is not None and summary["interrupted"] is True
   assert 2 <= len(turns) < 60 and summary["turns"] == len(turns)
   assert [t["turn"] for t in turns] == sorted(t["turn"] for t in turns)

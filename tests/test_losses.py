@@ -101,7 +101,7 @@ def test_effective_number_accurate_in_float32():
   n = np.array([1, 2, 3, 10, 100, 1234, 10_000, 54_321, 1_000_000, 10_000_000], np.float64)
   beta = 0.9999
   ref = -np.expm1(n * np.log1p(-(1 - beta))) / (1 - beta)  # float64
-  got = np.asarray(losses.effective_number(jnp.asarray(n, jnp.float32), beta), np.float64)
+  got = np.asarray(losses._effective_number(jnp.asarray(n, jnp.float32), beta), np.float64)
   # log1p(-(1 - beta)) and 1 - beta rounded to float32 (2u), times n (u; n exact), expm1 (its
   # argument's error times a condition number x / (1 - e^-x) e^-x <= 1, plus <= 2 ulp of its
   # own), the division (u): 8 roundings (measured 2.3u on this host).
@@ -109,8 +109,8 @@ def test_effective_number_accurate_in_float32():
   # The naive float32 formula misses it by far (so the check above can fail).
   naive = (1 - np.float32(beta) ** n.astype(np.float32)) / (1 - np.float32(beta))
   assert np.max(np.abs(naive / ref - 1)) > 1e-4
-  np.testing.assert_allclose(losses.effective_number(jnp.array([3.0]), 1.0), [3.0])
-  np.testing.assert_allclose(losses.effective_number(jnp.array([3.0]), 0.0), [1.0])
+  np.testing.assert_allclose(losses._effective_number(jnp.array([3.0]), 1.0), [3.0])
+  np.testing.assert_allclose(losses._effective_number(jnp.array([3.0]), 0.0), [1.0])
 
 
 # ---- NumPy float64 reference ---------------------------------------------------------------

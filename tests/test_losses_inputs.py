@@ -180,7 +180,7 @@ def test_count_scopes_by_hand():
 
 def test_weight_ratio_table_values():
   """The table of docs/components.md#count-scope: w_resp / w_sil = E_sil / E_resp at beta 0.9999."""
-  r = losses.cb_stream_weight_ratio
+  r = losses._cb_stream_weight_ratio
   # One trajectory of 60 turns with 3 responses: E = n (1 - (n - 1)(1 - beta)/2 + ...).
   # Two effective numbers (8 roundings each, test_losses) and their quotient: 17 roundings.
   np.testing.assert_allclose(r(57, 3), (1 - 0.9999 ** 57) / (1 - 0.9999 ** 3),

@@ -27,13 +27,13 @@ print(hashlib.sha256(b"".join(np.asarray(o).tobytes() for o in out)).hexdigest()
 
 
 def test_pinned_env_keeps_other_flags_and_replaces_pinned_ones():
-  env = numerics.pinned_env({"XLA_FLAGS": "--xla_force_host_platform_device_count=8 "
+  env = numerics._pinned_env({"XLA_FLAGS": "--xla_force_host_platform_device_count=8 "
                                           "--xla_cpu_max_isa=AVX512", "NPROC": "7", "A": "b"})
   flags = env["XLA_FLAGS"].split()
   assert flags == ["--xla_force_host_platform_device_count=8", *numerics.XLA_FLAGS]
   assert env["NPROC"] == "2" and env["A"] == "b"
   assert numerics.is_pinned(env) and not numerics.is_pinned({"XLA_FLAGS": flags[0]})
-  assert numerics.pinned_env({})["XLA_FLAGS"] == " ".join(numerics.XLA_FLAGS)
+  assert numerics._pinned_env({})["XLA_FLAGS"] == " ".join(numerics.XLA_FLAGS)
 
 
 def test_pin_after_the_backend_started_is_an_error():
@@ -60,7 +60,7 @@ def _hash(env, prefix=()):
 def test_pinned_bits_do_not_depend_on_the_cores():
   base = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "NPROC")}
   one_core = ("taskset", "-c", str(min(os.sched_getaffinity(0))))
-  pinned = numerics.pinned_env(base)
+  pinned = numerics._pinned_env(base)
   assert _hash(pinned) == _hash(pinned, one_core)
   # Without NPROC the thread pool follows the cores, and the bits change: the check can fail.
   unpinned = dict(pinned)

@@ -44,25 +44,25 @@ def test_make_mesh_shapes(sizes, expected):
     ({"model": 2}, "unknown mesh axes"),
 ])
 def test_make_mesh_errors_name_the_sizes(sizes, message):
-  with pytest.raises(parallel.MeshError, match=message):
+  with pytest.raises(parallel._MeshError, match=message):
     parallel.make_mesh(sizes)
 
 
 def test_logical_to_spec_drops_non_dividing_axes():
   mesh = parallel.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-  assert parallel.logical_to_spec(("embed", "mlp"), mesh=mesh, shape=(64, 128)) == P("fsdp",
+  assert parallel._logical_to_spec(("embed", "mlp"), mesh=mesh, shape=(64, 128)) == P("fsdp",
                                                                                     "tensor")
   # 517 is odd: the vocabulary dimension stays whole.
-  assert parallel.logical_to_spec(("vocab", "embed"), mesh=mesh, shape=(517, 64)) == P(None,
+  assert parallel._logical_to_spec(("vocab", "embed"), mesh=mesh, shape=(517, 64)) == P(None,
                                                                                       "fsdp")
   rules = (*parallel.DEFAULT_RULES, ("batch", ("data", "fsdp")), ("length", None))
-  assert parallel.logical_to_spec(("batch", "length"), rules=rules, mesh=mesh,
+  assert parallel._logical_to_spec(("batch", "length"), rules=rules, mesh=mesh,
                                   shape=(8, 5)) == P(("data", "fsdp"), None)
   # Batch of 2 is divisible by data (2) but not by data x fsdp (4): keeps data only.
-  assert parallel.logical_to_spec(("batch", None), rules=rules, mesh=mesh,
+  assert parallel._logical_to_spec(("batch", None), rules=rules, mesh=mesh,
                                   shape=(2, 5)) == P("data", None)
   with pytest.raises(KeyError, match="no sharding rule"):
-    parallel.logical_to_spec(("nonsense",))
+    parallel._logical_to_spec(("nonsense",))
 
 
 class _Tiny(nn.Module):
@@ -96,7 +96,7 @@ def test_shardings_from_axes():
   axes = {"a": ("embed", "vocab"), "b": None}
   shapes = {"a": jax.ShapeDtypeStruct((8, 6), jnp.float32),
             "b": jax.ShapeDtypeStruct((3,), jnp.float32)}
-  out = parallel.shardings_from_axes(axes, shapes, mesh)
+  out = parallel._shardings_from_axes(axes, shapes, mesh)
   assert out["a"].spec == P("fsdp", "tensor") and out["b"].spec == P()
 
 

@@ -214,11 +214,11 @@ def test_matches_reference_on_random_inputs(pred_slots, gt_slots, acc, tau, proa
 
 
 def test_parse_message_rules():
-  assert rewards.parse_message("</Silence>") == rewards.ParsedTurn("silence", "", True)
+  assert rewards.parse_message("</Silence>") == rewards._ParsedTurn("silence", "", True)
   assert rewards.parse_message(" </Silence><|im_end|>").valid
-  assert rewards.parse_message("</Response> the cup falls") == rewards.ParsedTurn(
+  assert rewards.parse_message("</Response> the cup falls") == rewards._ParsedTurn(
       "response", "the cup falls", True)
-  assert rewards.parse_message("</Response>   ") == rewards.ParsedTurn("response", "", False)
+  assert rewards.parse_message("</Response>   ") == rewards._ParsedTurn("response", "", False)
   assert not rewards.parse_message("</Silence> extra").valid
   assert not rewards.parse_message("hello").valid
   assert not rewards.parse_message("</Response> a </Silence>").valid
@@ -267,7 +267,7 @@ def test_turn_f1_inputs_with_match_judge():
   msgs[19] = "</Response> blue"
   answers = [{"time": 4.0, "text": "the red cube."}, {"start": 1.0, "end": 30.0, "text": "Blue"}]
   judge = judges.MatchJudge()
-  out = rewards.turn_f1_inputs(msgs, answers, judge, tau=8.0, max_preds=4, max_gts=3)
+  out = rewards._turn_f1_inputs(msgs, answers, judge, tau=8.0, max_preds=4, max_gts=3)
   np.testing.assert_array_equal(out["pred_times"][:2], [3.0, 20.0])
   np.testing.assert_array_equal(out["pred_mask"], [True, True, False, False])
   np.testing.assert_array_equal(out["gt_times"][:2], [4.0, 30.0])  # interval -> its end.
@@ -281,7 +281,7 @@ def test_turn_f1_inputs_with_match_judge():
   # Only (t3, g4): S' = 7/8 + 1. R = 2 * 1.875 / 4.
   assert float(r) == tol.approx_ops(2 * 1.875 / 4)
   with pytest.raises(ValueError, match="2 predictions do not fit in the padded size 1"):
-    rewards.turn_f1_inputs(msgs, answers, judge, max_preds=1)
+    rewards._turn_f1_inputs(msgs, answers, judge, max_preds=1)
 
 
 class _FailingJudge:
@@ -297,10 +297,10 @@ class _FailingJudge:
 
 def test_helpers_report_judge_failures():
   msgs = ["</Response> a", "</Silence>"]
-  out = rewards.turn_f1_inputs(msgs, [{"time": 1.0, "text": "a"}], _FailingJudge())
+  out = rewards._turn_f1_inputs(msgs, [{"time": 1.0, "text": "a"}], _FailingJudge())
   assert out["judge_failures"] == 1
   np.testing.assert_array_equal(out["acc"], [[0.0]])
-  rub = rewards.rubric_inputs(msgs, ["c1", "c2", "c3"], _FailingJudge(), max_checks=4)
+  rub = rewards._rubric_inputs(msgs, ["c1", "c2", "c3"], _FailingJudge(), max_checks=4)
   np.testing.assert_array_equal(rub["checks"], [True, False, False, False])
   np.testing.assert_array_equal(rub["check_mask"], [True, False, True, False])
   assert rub["judge_failures"] == 1
@@ -309,8 +309,8 @@ def test_helpers_report_judge_failures():
 
 def test_trajectory_text():
   msgs = ["</Silence>", "</Response> first", "</Silence>", "</Response> second"]
-  assert rewards.trajectory_text(msgs) == "[1s-2s] first\n[3s-4s] second"
-  assert rewards.trajectory_text(["</Silence>"]) == "(no responses)"
+  assert rewards._trajectory_text(msgs) == "[1s-2s] first\n[3s-4s] second"
+  assert rewards._trajectory_text(["</Silence>"]) == "(no responses)"
 
 
 class _CountingJudge(judges.MatchJudge):
@@ -337,7 +337,7 @@ def test_group_helpers_end_to_end():
   assert judge.batches == 1
   assert t["acc"].shape == (3, 2, 2) and t["pred_mask"].sum() == 3
   for r, msgs in enumerate(group):
-    single = rewards.turn_f1_inputs(msgs, answers, judges.MatchJudge(), max_preds=2)
+    single = rewards._turn_f1_inputs(msgs, answers, judges.MatchJudge(), max_preds=2)
     for k in ("pred_times", "pred_mask", "gt_times", "gt_mask", "acc"):
       np.testing.assert_array_equal(t[k][r], single[k])
   turn = jax.vmap(rewards.turn_f1_reward)(t["pred_times"], t["pred_mask"], t["gt_times"],

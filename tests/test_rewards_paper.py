@@ -132,7 +132,7 @@ def test_tg_reward_uses_span_iou_whatever_the_judge():
   s, r = "</Silence>", "</Response>"
   msgs = [s] * 11 + [r + " from 10s to 12s"]
   judge = _ZeroJudge()
-  out = rewards.turn_f1_inputs(msgs, [{"time": 12.0, "text": "9s-12s"}], judge, task="TG")
+  out = rewards._turn_f1_inputs(msgs, [{"time": 12.0, "text": "9s-12s"}], judge, task="TG")
   np.testing.assert_allclose(out["acc"], [[2 / 3]], rtol=HAND_RTOL)
   assert judge.calls == 0 and out["judge_failures"] == 0
   # S' = 1 + 2/3, R_turn = 2 * (5/3) / 2.
@@ -140,8 +140,8 @@ def test_tg_reward_uses_span_iou_whatever_the_judge():
                                out["gt_mask"], out["acc"])
   assert float(got) == tol.approx_ops(5 / 3)
   # Any other task asks the judge.
-  out = rewards.turn_f1_inputs(msgs, [{"time": 12.0, "text": "9s-12s"}], judge, task="OU")
+  out = rewards._turn_f1_inputs(msgs, [{"time": 12.0, "text": "9s-12s"}], judge, task="OU")
   assert judge.calls == 1 and float(out["acc"][0, 0]) == 0.0
   # A TG reference without a span is a counted failure, never a silent score.
-  out = rewards.turn_f1_inputs(msgs, [{"time": 12.0, "text": "the end"}], judge, task="TG")
+  out = rewards._turn_f1_inputs(msgs, [{"time": 12.0, "text": "the end"}], judge, task="TG")
   assert out["judge_failures"] == 1

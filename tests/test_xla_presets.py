@@ -39,19 +39,19 @@ def _run(program, env):
 
 
 def test_preset_env_adds_flags_and_keeps_the_users():
-  env = xla_presets.preset_env("gpu", {"XLA_FLAGS": "--xla_gpu_enable_latency_hiding_scheduler="
+  env = xla_presets._preset_env("gpu", {"XLA_FLAGS": "--xla_gpu_enable_latency_hiding_scheduler="
                                                     "false --xla_dump_to=/tmp/d"})
   flags = env["XLA_FLAGS"].split()
   assert flags[:2] == ["--xla_gpu_enable_latency_hiding_scheduler=false", "--xla_dump_to=/tmp/d"]
   assert "--xla_gpu_enable_latency_hiding_scheduler=true" not in flags   # the user's value wins
   assert "--xla_gpu_enable_pipelined_all_gather=true" in flags
   assert "LIBTPU_INIT_ARGS" not in env
-  assert xla_presets.preset_env("none", {}) == {}
-  tpu = xla_presets.preset_env("tpu", {})
+  assert xla_presets._preset_env("none", {}) == {}
+  tpu = xla_presets._preset_env("tpu", {})
   assert set(tpu) == {"LIBTPU_INIT_ARGS"}
   assert "--xla_tpu_enable_async_collective_fusion=true" in tpu["LIBTPU_INIT_ARGS"].split()
   with pytest.raises(ValueError, match="unknown XLA preset 'cuda'; known: gpu, none, tpu"):
-    xla_presets.preset_env("cuda", {})
+    xla_presets._preset_env("cuda", {})
 
 
 def test_apply_preset_refuses_a_started_backend(monkeypatch):
@@ -64,7 +64,7 @@ def test_apply_preset_refuses_a_started_backend(monkeypatch):
 
 @pytest.mark.slow
 def test_gpu_preset_flags_are_known_to_xla():
-  env = xla_presets.preset_env("gpu", {"JAX_PLATFORMS": "cpu"})
+  env = xla_presets._preset_env("gpu", {"JAX_PLATFORMS": "cpu"})
   ok = _run(CPU_PROGRAM, env)
   assert ok.returncode == 0 and ok.stdout.strip() == "4.0", ok.stderr[-2000:]
   bad = _run(CPU_PROGRAM, {**env, "XLA_FLAGS": env["XLA_FLAGS"] + " --xla_gpu_made_up_flag=true"})
@@ -76,7 +76,7 @@ def test_gpu_preset_flags_are_known_to_xla():
 def test_tpu_preset_flags_are_known_to_libtpu():
   # ALLOW_MULTIPLE_LIBTPU_LOAD: libtpu skips its one-process-per-host lock file (another test
   # process on this machine may hold it; the compile-only client uses no chip).
-  env = xla_presets.preset_env("tpu", {"JAX_PLATFORMS": "cpu", "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"})
+  env = xla_presets._preset_env("tpu", {"JAX_PLATFORMS": "cpu", "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"})
   ok = _run(TPU_PROGRAM, env)
   assert ok.returncode == 0 and "compiled" in ok.stdout, ok.stderr[-2000:]
   bad = _run(TPU_PROGRAM, {**env, "LIBTPU_INIT_ARGS": env["LIBTPU_INIT_ARGS"] +
@@ -94,5 +94,5 @@ def test_launcher_applies_the_preset_before_jax_starts(tmp_path):
                       "--xla_preset=gpu", "--alsologtostderr", "--config.optim.lr_typo=1"],
                      env=env, cwd=ROOT, capture_output=True, text=True, timeout=240, check=False)
   assert r.returncode == 2 and "config.optim.lr_typo" in r.stderr, r.stderr[-2000:]
-  assert "--xla_preset=gpu: XLA_FLAGS=" + " ".join(xla_presets.PRESETS["gpu"].xla_flags) \
+  assert "--xla_preset=gpu: XLA_FLAGS=" + " ".join(xla_presets._PRESETS["gpu"].xla_flags) \
       in r.stderr, r.stderr[-2000:]
