@@ -18,12 +18,12 @@ counts them per sample).
 Implementations:
   MatchJudge        exact / normalised match for templated answers (SynthStream); TG answers by the
                     IoU of their "Xs-Ys" spans. Deterministic, no I/O.
-  _OpenAIJudge       any OpenAI-compatible /chat/completions endpoint: asyncio with a concurrency
+  OpenAIJudge       any OpenAI-compatible /chat/completions endpoint: asyncio with a concurrency
                     limit, per-request timeout, retries with exponential backoff, a cache by input
                     hash (memory plus optional JSONL file). The API key is read from the environment
                     variable named in the config at request time; it is never stored on the object,
                     logged, or put in a repr or an error message. Standard library only.
-  _LocalLMJudge      a local transformers causal-LM checkpoint directory (torch, greedy decoding).
+  LocalLMJudge      a local transformers causal-LM checkpoint directory (torch, greedy decoding).
 """
 
 from __future__ import annotations
@@ -47,7 +47,10 @@ from typing import Any, Protocol, runtime_checkable
 
 from streampro_jax import prompts, spans
 
-__all__ = ["AnswerItem", "Judge", "JudgeStats", "MatchJudge", "build_judge"]
+__all__ = [
+    "AnswerItem", "Judge", "JudgeStats", "LocalLMJudge", "MatchJudge", "OpenAIJudge",
+    "OpenAIJudgeConfig", "build_judge"
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -428,7 +431,7 @@ class _LLMJudge:
 
 
 @dataclasses.dataclass(frozen=True)
-class _OpenAIJudgeConfig:
+class OpenAIJudgeConfig:
   """Settings of an OpenAI-compatible chat-completions judge.
 
   base_url: e.g. "http://127.0.0.1:8000/v1" (requests go to base_url + "/chat/completions").
@@ -467,13 +470,13 @@ class _Fatal(Exception):
   pass
 
 
-class _OpenAIJudge(_LLMJudge):
+class OpenAIJudge(_LLMJudge):
   """Judge served by an OpenAI-compatible /chat/completions endpoint (see module docstring).
   Requests may carry images (OpenAI "image_url" content parts) when the served model takes them."""
 
   sees_images = True
 
-  def __init__(self, config: _OpenAIJudgeConfig):
+  def __init__(self, config: OpenAIJudgeConfig):
     if config.api_key_env and config.api_key_env not in os.environ:
       raise ValueError(f"environment variable {config.api_key_env!r} (api_key_env) is not set")
     if config.max_concurrency < 1:
@@ -596,7 +599,7 @@ class _OpenAIJudge(_LLMJudge):
 # ----------------------------------------------------------------------------------------------
 
 
-class _LocalLMJudge(_LLMJudge):
+class LocalLMJudge(_LLMJudge):
   """Judge running a local transformers causal-LM checkpoint directory with greedy decoding.
 
   The prompt is rendered with the tokenizer's chat template when it has one, else as plain text
@@ -661,16 +664,16 @@ def build_judge(config: Any) -> Judge:
   """A judge from a config (ml_collections ConfigDict or dict) with `kind`:
 
   "match"  -> MatchJudge()
-  "openai" -> _OpenAIJudge(_OpenAIJudgeConfig(**fields)) with the _OpenAIJudgeConfig field names
-  "local"  -> _LocalLMJudge(path, **other fields)
+  "openai" -> OpenAIJudge(OpenAIJudgeConfig(**fields)) with the OpenAIJudgeConfig field names
+  "local"  -> LocalLMJudge(path, **other fields)
   """
   cfg = dict(config.to_dict() if hasattr(config, "to_dict") else config)
   kind = cfg.pop("kind", "match")
   if kind == "match":
     return MatchJudge()
   if kind == "openai":
-    return _OpenAIJudge(_OpenAIJudgeConfig(**cfg))
+    return OpenAIJudge(OpenAIJudgeConfig(**cfg))
   if kind == "local":
-    return _LocalLMJudge(cfg.pop("path"), **cfg)
+    return LocalLMJudge(cfg.pop("path"), **cfg)
   raise ValueError(f"unknown judge kind {kind!r}; expected 'match', 'openai' or 'local'")
 

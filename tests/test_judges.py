@@ -240,7 +240,7 @@ def judge_factory(server, monkeypatch, tmp_path):
     cfg = dict(base_url=server.base_url, model="judge-model", api_key_env=KEY_ENV, timeout_s=1.0,
                max_retries=2, backoff_s=0.01, max_concurrency=4)
     cfg.update(kw)
-    j = judges._OpenAIJudge(judges._OpenAIJudgeConfig(**cfg))
+    j = judges.OpenAIJudge(judges.OpenAIJudgeConfig(**cfg))
     made.append(j)
     return j
 
@@ -333,7 +333,7 @@ def test_http_judge_scores_tg_by_iou_without_calling_the_model(server, judge_fac
 def test_http_judge_missing_key_env(monkeypatch):
   monkeypatch.delenv(KEY_ENV, raising=False)
   with pytest.raises(ValueError, match=KEY_ENV):
-    judges._OpenAIJudge(judges._OpenAIJudgeConfig(base_url="http://127.0.0.1:1/v1", model="m",
+    judges.OpenAIJudge(judges.OpenAIJudgeConfig(base_url="http://127.0.0.1:1/v1", model="m",
                                                 api_key_env=KEY_ENV))
 
 
@@ -343,7 +343,7 @@ def test_http_judge_unreachable_server_counts_failures(monkeypatch):
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]  # closed again: nothing listens there.
-  j = judges._OpenAIJudge(judges._OpenAIJudgeConfig(
+  j = judges.OpenAIJudge(judges.OpenAIJudgeConfig(
       base_url=f"http://127.0.0.1:{port}/v1", model="m", api_key_env=KEY_ENV, timeout_s=0.5,
       max_retries=1, backoff_s=0.01))
   try:
@@ -390,7 +390,7 @@ def test_local_judge(tmp_path):
   _tiny_lm(good, '{"explanation":"ok","score":4}')
   _tiny_lm(bad, "banana")
 
-  j = judges._LocalLMJudge(str(good), batch_size=2, score_max_tokens=1)
+  j = judges.LocalLMJudge(str(good), batch_size=2, score_max_tokens=1)
   items = [_item("a"), _item("b"), _item("c")]
   assert j.score_answers(items) == [tol.approx64(0.8)] * 3
   assert j.stats.failures == 0 and j.stats.calls == 3
@@ -398,7 +398,7 @@ def test_local_judge(tmp_path):
   assert j.stats.cache_hits == 1
   assert "sk-" not in repr(j)
 
-  jb = judges._LocalLMJudge(str(bad), batch_size=4, score_max_tokens=3, rubric_max_tokens=3)
+  jb = judges.LocalLMJudge(str(bad), batch_size=4, score_max_tokens=3, rubric_max_tokens=3)
   assert jb.score_answers(items) == [None, None, None]
   assert jb.stats.failures == 3 and jb.stats.malformed == 3
   assert jb.check_rubric("[1s-2s] x", ["c1", "c2"]) == [None, None]

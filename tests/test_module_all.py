@@ -82,6 +82,9 @@ USER_API: dict[str, dict[str, str]] = {
         "Judge": "the interface a judge implements (score_answers, check_rubric, stats), which "
                  "rewards, bench and the GRPO trainer accept",
         "JudgeStats": "the type of Judge.stats, which a judge of one's own creates",
+        "OpenAIJudge": "a judge one constructs (docs/components.md); scores.json names its class",
+        "OpenAIJudgeConfig": "OpenAIJudge's settings (docs/components.md)",
+        "LocalLMJudge": "a judge one constructs (docs/components.md); scores.json names its class",
     },
     "streampro_jax.live": {
         "LiveSession": "what LiveModel.new_session() returns: one stream's session, whose methods "

@@ -97,7 +97,7 @@ def _judge(server, **kw):
   cfg = dict(base_url=server.base_url, model="m", api_key_env=None, timeout_s=5.0,
              max_retries=0, backoff_s=0.01)
   cfg.update(kw)
-  return judges._OpenAIJudge(judges._OpenAIJudgeConfig(**cfg))
+  return judges.OpenAIJudge(judges.OpenAIJudgeConfig(**cfg))
 
 
 def test_write_rubrics_end_to_end_resume_and_trainer_reads_them(server, tmp_path):
@@ -248,7 +248,7 @@ def test_writer_down_stops_after_two_empty_batches(tmp_path):
   src, out = tmp_path / "rl.jsonl", tmp_path / "out.jsonl"
   src.write_text("".join(json.dumps(_record(f"v{i}", f"OKQ q{i}? x", "a")) + "\n"
                          for i in range(5)))
-  judge = judges._OpenAIJudge(judges._OpenAIJudgeConfig(
+  judge = judges.OpenAIJudge(judges.OpenAIJudgeConfig(
       base_url=f"http://127.0.0.1:{port}/v1", model="m", api_key_env=None, timeout_s=2.0,
       max_retries=0))
   summary = write_rubrics.write_rubrics(str(src), str(out), judge, batch_size=1,
