@@ -7,7 +7,7 @@ tests/test_public_api.py):
     `if` / `try`) that is not underscored is in its `__all__`;
   - every name in its `__all__` is defined by the module itself (no re-exports);
   - every name in its `__all__` is read by another file of streampro_jax/, launch/, benchmarks/
-    or configs/ (tests aside), or is user API written down in USER_API below with its reason.
+    or configs/ (tests aside), or is listed in PROTOCOLS or USER_API below with its reason.
     A name used only inside its module is internal: underscore it (tests may read underscored
     names).
 
@@ -69,8 +69,9 @@ PROTOCOLS: dict[str, dict[str, str]] = {
 }
 
 # User API: names no file of the package, launch/, benchmarks/ or configs/ reads, kept public
-# because researchers call them directly: the entry points docs/architecture.md#public-api
-# lists; module -> {name: why}.
+# because users call them directly (the entry points of docs/architecture.md#public-api, the
+# already-jitted functions a module docstring offers, the judge interface and constructors, the
+# live session); module -> {name: why}.
 _ENTRY_POINT = "an entry point of docs/architecture.md#public-api"
 USER_API: dict[str, dict[str, str]] = {
     "streampro_jax.bench.pauc": {"turn_score": _ENTRY_POINT + " (PAUC of one example)"},
