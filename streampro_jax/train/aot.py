@@ -43,7 +43,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from streampro_jax import grpo, models, parallel, sampling
 from streampro_jax.data import pipeline, pipeline_config
 from streampro_jax.models import kv_cache
-from streampro_jax.train import config_check, grpo_step, grpo_trainer, optim, sft
+from streampro_jax.train import config_check, grpo_rollouts, grpo_step, optim, sft
 from streampro_jax.train import setup as setup_lib
 from streampro_jax.train import state as state_lib
 from streampro_jax.train import step as step_lib
@@ -407,10 +407,10 @@ def decision_ids(model_config) -> tuple[int, int]:
 
 
 def sampler_config_of(config) -> sampling.SamplerConfig:
-  """The GRPO config's sampler settings (grpo_trainer.sampler_config); SamplerConfig defaults
+  """The GRPO config's sampler settings (grpo_rollouts.sampler_config); SamplerConfig defaults
   with config.rollout (if any) for a config without a grpo section."""
   if "grpo" in config:
-    return grpo_trainer.sampler_config(config_check.build(config, "grpo"))
+    return grpo_rollouts.sampler_config(config_check.build(config, "grpo"))
   from streampro_jax import _config  # pylint: disable=g-import-not-at-top
   return sampling.SamplerConfig(**_config.field_values(
       sampling.SamplerConfig, _config.as_dict(config.get("rollout")), section_name="rollout"))
