@@ -13,7 +13,7 @@ import pytest
 from streampro_jax import parallel
 from streampro_jax.train import checkpoint as ckpt_lib
 from streampro_jax.train import metrics as metrics_lib
-from streampro_jax.train import optim
+from streampro_jax.train import config_check, optim
 from streampro_jax.train import setup as setup_lib
 from streampro_jax.train import state as state_lib
 
@@ -58,7 +58,8 @@ def _pipeline_iterator(tmp_path, tiny_sft_config):
       num_videos=6, seq_len=384, max_turns=6, prefetch_buffer_size=2)
   tokenizer = setup_lib.make_tokenizer(cfg, str(tmp_path))
   mcfg = setup_lib.make_model_config(cfg.model, tokenizer)
-  return lambda: setup_lib.make_data(cfg, tokenizer, mcfg)[0]
+  data = config_check.build(cfg, "sft").data
+  return lambda: setup_lib.make_data(data, tokenizer, mcfg)[0]
 
 
 def test_roundtrip_onto_other_mesh_with_data_iterator(tmp_path, tiny_sft_config):

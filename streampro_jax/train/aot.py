@@ -162,8 +162,9 @@ def build_setup(config, devices: Sequence) -> Setup:
   """Mesh (config.mesh over `devices`), rules, backbone config (attention_impl 'jax' taken as
   'splash', its path on a TPU), optimizer, boxed abstract params and TrainState shardings of a
   training config."""
-  mesh = parallel.make_mesh(dict(config.mesh), devices=devices)
-  rules = setup_lib.mesh_rules(config)
+  mesh_node = config_check.MeshSection.from_config(config.mesh)
+  mesh = parallel.make_mesh(mesh_node.sizes, devices=devices)
+  rules = mesh_node.rules
   mcfg = model_config_of(config)
   if mcfg.attention_impl == "jax":
     # What 'jax' resolves to on a TPU (layers.resolve_impl); this process's own backend (the

@@ -85,8 +85,9 @@ class PromptIterator:
 
 @dataclasses.dataclass
 class GRPOData:
-  """What the GRPO recipe builds with its prompts: the pipeline settings, the processor, the
-  video grid (1, gh, gw), the chat format and the row sizes."""
+  """What the GRPO recipe builds with its prompts: the pipeline settings (the run's data node,
+  config_check.DataSection, a PipelineConfig), the processor, the video grid (1, gh, gw), the
+  chat format and the row sizes."""
   pcfg: pipeline_config.PipelineConfig
   proc: Any
   grid: tuple[int, int, int]
@@ -99,16 +100,16 @@ def make_grpo_data(r: run_lib.Run, source=None) -> run_lib.Data:
   """The GRPO recipe's data of run `r` (run_lib.build_run's data_fn, with `source` bound): a
   PromptIterator of B = global batch / hosts samples per step over `source` (default
   config.data's source); Data.extra is the run's GRPOData."""
-  mcfg, data_cfg = r.model_config, r.config.data
-  pcfg = pipeline_config.PipelineConfig.from_config(data_cfg)
+  mcfg, pcfg = r.model_config, r.tree.data
   proc = pipeline.processor_config(pcfg, mcfg)
   _, gh, gw = proc.grid(pcfg.frame_height, pcfg.frame_width)
   tokens_per_turn = gh * gw // (mcfg.vision.spatial_merge_size ** 2)
   chat = chat_format.ChatFormat(r.tokenizer, tokens_per_turn=tokens_per_turn,
                                 system_prompt=pcfg.system_prompt)
-  data = GRPOData(pcfg, proc, (1, gh, gw), chat, max_turns=int(data_cfg.max_turns),
-                  seq_len=int(data_cfg.seq_len))
-  src = source if source is not None else pipeline.source_from_config(data_cfg)
+  data = GRPOData(pcfg, proc, (1, gh, gw), chat, max_turns=pcfg.max_turns,
+                  seq_len=pcfg.seq_len)
+  src = (source if source is not None
+         else pipeline.source_from_config(dataclasses.asdict(pcfg)))
   gb, n_proc = r.tree.global_batch_size, jax.process_count()
   if gb % n_proc:
     raise ValueError(f"global batch {gb} is not divisible by {n_proc} hosts")
