@@ -45,6 +45,12 @@ from streampro_jax import _config, grpo, losses, models, parallel, sampling
 from streampro_jax.data import pipeline_config, synthetic
 from streampro_jax.train import checkpoint, optim
 
+__all__ = ["CONFIG_FILE", "COUNT_SCOPES", "ConfigError", "DataSection", "GRPORun", "GRPOSection",
+           "InitSection", "LossConfig", "MeshSection", "ModelSection", "RUN_CONTROL_KEYS",
+           "RUN_TYPES", "RewardSection", "RolloutSection", "SFTRun", "TRAINERS", "build",
+           "check_inputs", "check_workdir_config", "config_diff", "config_problems",
+           "input_problems"]
+
 TRAINERS = ("sft", "grpo")
 
 
@@ -546,7 +552,7 @@ def config_diff(old: Mapping[str, Any], new: Mapping[str, Any], *,
   return out
 
 
-def config_as_json(config) -> dict:
+def _config_as_json(config) -> dict:
   """The config as the JSON dict written to <workdir>/config.json."""
   import json  # pylint: disable=g-import-not-at-top
   text = (config.to_json_best_effort() if hasattr(config, "to_json_best_effort")
@@ -569,7 +575,7 @@ def check_workdir_config(workdir: str, config, *, allow_change: bool = False,
 
   from absl import logging  # pylint: disable=g-import-not-at-top
   path = os.path.join(workdir, CONFIG_FILE)
-  new = config_as_json(config)
+  new = _config_as_json(config)
   diffs = []
   if os.path.exists(path):
     with open(path, encoding="utf-8") as f:

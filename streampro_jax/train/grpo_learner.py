@@ -3,7 +3,7 @@
 :func:`make_learner` builds the update (grpo_step.make_grpo_step over the policy's teacher-forced
 log-probs) for the batch layout :func:`example_batch` describes; :func:`update_batch` turns a
 rollout batch and its rewards into that batch, masking out of the loss the rows whose sampled
-text holds a vision placeholder (:func:`rows_with_sampled_vision_tokens`).
+text holds a vision placeholder (:func:`_rows_with_sampled_vision_tokens`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from streampro_jax.train import grpo_step, optim
 from streampro_jax.train import run as run_lib
 from streampro_jax.train import setup as setup_lib
 
-__all__ = ["example_batch", "make_learner", "rows_with_sampled_vision_tokens", "update_batch"]
+__all__ = ["example_batch", "make_learner", "update_batch"]
 
 
 def example_batch(data, group_size: int, global_batch_size: int) -> dict[str, np.ndarray]:
@@ -35,7 +35,7 @@ def example_batch(data, group_size: int, global_batch_size: int) -> dict[str, np
           "old_logps": z(n, t), "reward_fmt": z(n), "reward_turn": z(n), "reward_traj": z(n)}
 
 
-def rows_with_sampled_vision_tokens(batch: sampling.RolloutBatch, vision_ids: Sequence[int]
+def _rows_with_sampled_vision_tokens(batch: sampling.RolloutBatch, vision_ids: Sequence[int]
                                     ) -> np.ndarray:
   """bool[N]: rows whose assistant messages hold a sampled vision placeholder token.
 
@@ -60,7 +60,7 @@ def update_batch(rb: sampling.RolloutBatch, reward_arrays: Mapping[str, np.ndarr
   if pix.shape[1] < want:
     pix = np.pad(pix, ((0, 0), (0, want - pix.shape[1]), (0, 0)))
   batch["pixel_values_videos"] = pix
-  bad = rows_with_sampled_vision_tokens(rb, vision_ids)
+  bad = _rows_with_sampled_vision_tokens(rb, vision_ids)
   if bad.any():
     batch["loss_mask"] = batch["loss_mask"] * (~bad)[:, None].astype(np.float32)
   for k in grpo.REWARD_KEYS:

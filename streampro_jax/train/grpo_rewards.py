@@ -1,6 +1,6 @@
 """Rewards of a GRPO rollout batch (docs/method.md section 3): R_fmt, R_turn and R_traj per rollout.
 
-Owns the judge of ``config.reward.judge`` (:func:`build_judge`; :class:`SyntheticRubricJudge` for
+Owns the judge of ``config.reward.judge`` (:func:`_build_judge`; :class:`SyntheticRubricJudge` for
 SynthStream), the rubrics written before RL (:func:`load_rubrics`, :func:`rubrics_from_config`)
 and :class:`RewardScorer`, which turns a sampling.RolloutBatch and its (record, question) samples
 into host arrays f32[N] (the jitted update combines them, grpo_step.make_grpo_step).
@@ -22,10 +22,10 @@ from streampro_jax import _config, judges, rewards, sampling
 from streampro_jax.data import chat_format, schema, synthetic
 from streampro_jax.train import config_check
 
-__all__ = ["MISSING_RUBRIC_POLICIES", "PROACTIVE_TASKS", "RewardScorer", "SyntheticRubricJudge",
-           "build_judge", "load_rubrics", "rubrics_from_config"]
+__all__ = ["MISSING_RUBRIC_POLICIES", "RewardScorer", "SyntheticRubricJudge", "load_rubrics",
+           "rubrics_from_config"]
 
-PROACTIVE_TASKS = ("GP", "RF")
+_PROACTIVE_TASKS = ("GP", "RF")
 """The tasks whose R_turn is the proactive variant (rewards.turn_f1_reward(proactive=True))."""
 
 
@@ -53,7 +53,7 @@ class SyntheticRubricJudge:
     return out
 
 
-def build_judge(reward_cfg: Mapping[str, Any]):
+def _build_judge(reward_cfg: Mapping[str, Any]):
   """The judge of ``config.reward.judge``: a ConfigDict/dict for judges.build_judge (kind
   "match" | "openai" | "local"), or a string: "synthetic" (SyntheticRubricJudge), "match" /
   "exact" (judges.MatchJudge)."""
@@ -133,7 +133,7 @@ class RewardScorer:
                   max_turns: int) -> RewardScorer:
     """The scorer of a run's reward section: its judge (`judge` overrides reward.judge), its
     rubric file and policy, tau, padded sizes and matching order."""
-    judge = judge if judge is not None else build_judge(reward)
+    judge = judge if judge is not None else _build_judge(reward)
     rubrics, missing_rubric = rubrics_from_config(reward)
     return cls(judge, tau=reward.tau, max_turns=max_turns, max_answers=reward.max_answers,
                max_checks=reward.max_checks, rubrics=rubrics, missing_rubric=missing_rubric,
@@ -185,12 +185,12 @@ class RewardScorer:
                          f"max_answers {ng}")
       tf1 = rewards.group_turn_f1_inputs(msgs, answers, self.judge, question=q.question,
                                          task=q.task, tau=self.tau,
-                                         proactive=q.task in PROACTIVE_TASKS,
+                                         proactive=q.task in _PROACTIVE_TASKS,
                                          max_preds=p, max_gts=ng)
       for key in arrays:
         arrays[key][rows] = tf1[key]
       failures[rows] += tf1["judge_failures"]
-      proactive[rows] = q.task in PROACTIVE_TASKS
+      proactive[rows] = q.task in _PROACTIVE_TASKS
       stored = self.rubrics.get((record.id, q.id)) if self.rubrics is not None else None
       checks = list(stored or q.rubric or ())
       if checks:

@@ -55,10 +55,10 @@ from streampro_jax.train import run as run_lib
 from streampro_jax.train import state as state_lib
 from streampro_jax.train import step as step_lib
 
-__all__ = ["GRPOTrainer", "build_grpo_run", "train"]
+__all__ = ["GRPOTrainer", "train"]
 
 
-def build_grpo_run(config, workdir: str, *, source=None, allow_config_change: bool = False,
+def _build_grpo_run(config, workdir: str, *, source=None, allow_config_change: bool = False,
                    devices=None) -> run_lib.Run:
   """train/run.build_run with the GRPO data (grpo_data.make_grpo_data over `source`, default
   config.data's source); Data.extra is a grpo_data.GRPOData."""
@@ -70,7 +70,7 @@ def build_grpo_run(config, workdir: str, *, source=None, allow_config_change: bo
 class GRPOTrainer:
   """Everything a GRPO run holds; ``train_step`` runs one step, ``train`` the loop.
 
-  Built from its units: the run (build_grpo_run), the sampler (grpo_rollouts.sampler_config),
+  Built from its units: the run (_build_grpo_run), the sampler (grpo_rollouts.sampler_config),
   the rewards (grpo_rewards.RewardScorer.from_config), the initial and reference policy
   (grpo_policy) and the learner (grpo_learner.make_learner, the jitted update).
 
@@ -88,7 +88,7 @@ class GRPOTrainer:
   def __init__(self, config, workdir: str, *, judge=None, source=None,
                allow_config_change: bool = False, devices=None):
     self.workdir = workdir
-    self.run = run = build_grpo_run(config, workdir, source=source,
+    self.run = run = _build_grpo_run(config, workdir, source=source,
                                     allow_config_change=allow_config_change, devices=devices)
     self.data: grpo_data.GRPOData = run.data.extra
     self.tree, self.mesh, self.model_config = run.tree, run.mesh, run.model_config

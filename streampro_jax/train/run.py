@@ -31,6 +31,8 @@ from streampro_jax.train import config_check, optim
 from streampro_jax.train import setup as setup_lib
 from streampro_jax.train import state as state_lib
 
+__all__ = ["Data", "Run", "build_run"]
+
 
 @dataclasses.dataclass
 class Data:

@@ -23,6 +23,10 @@ from streampro_jax.data import synthetic
 from streampro_jax.data import tokenizer as tok_lib
 from streampro_jax.train import state as state_lib
 
+__all__ = ["clean_on_early_failure", "load_hf_state", "make_data", "make_forward", "make_mesh",
+           "make_model_config", "make_tokenizer", "make_unembed", "nn_unbox", "random_model",
+           "random_params", "total_steps_of"]
+
 
 @contextlib.contextmanager
 def clean_on_early_failure(workdir: str):
