@@ -368,7 +368,7 @@ def test_narration_data_option_captions_every_turn(tmp_path, tiny_sft_config):
                         shuffle=False, prefetch_buffer_size=2)
   tokenizer = setup_lib.make_tokenizer(cfg, str(tmp_path))
   it, pipe = setup_lib.make_data(config_check.build(cfg, "sft").data, tokenizer,
-                                  setup_lib.make_model_config(cfg.model, tokenizer))
+                                 setup_lib.make_model_config(cfg.model, tokenizer))
   assert pipe.num_trajectories == 4
   b = next(it)
   response = tokenizer.convert_tokens_to_ids("</Response>")

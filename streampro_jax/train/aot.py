@@ -355,10 +355,10 @@ def _sft_lowerable(s: Setup) -> _Lowerable:
   state = _abstract_train_state(s)
   patches = rows * s.pcfg.max_turns * _rows_per_turn(s)
   return _Lowerable(step.jitted, (state, batch),
-                   dict(state=_tree_bytes_per_chip(state), batch=_tree_bytes_per_chip(batch)),
-                   dict(rows=rows, seq_len=s.pcfg.seq_len, patches=patches,
-                        num_microbatches=int(cfg.num_microbatches)),
-                   model_flops(s, "sft", rows=rows, seq=s.pcfg.seq_len, patches=patches))
+                    dict(state=_tree_bytes_per_chip(state), batch=_tree_bytes_per_chip(batch)),
+                    dict(rows=rows, seq_len=s.pcfg.seq_len, patches=patches,
+                         num_microbatches=int(cfg.num_microbatches)),
+                    model_flops(s, "sft", rows=rows, seq=s.pcfg.seq_len, patches=patches))
 
 
 def _grpo_step_config(config) -> grpo.GRPOStepConfig:
@@ -398,9 +398,9 @@ def _grpo_lowerable(s: Setup) -> _Lowerable:
   if ref is not None:
     counted["reference"] = _tree_bytes_per_chip(ref)
   return _Lowerable(step.jitted, (state, ref, batch), counted,
-                   dict(rows=rows, seq_len=s.pcfg.seq_len, patches=patches,
-                        num_microbatches=gcfg.num_microbatches, group_size=gcfg.group_size),
-                   model_flops(s, "grpo", rows=rows, seq=s.pcfg.seq_len, patches=patches))
+                    dict(rows=rows, seq_len=s.pcfg.seq_len, patches=patches,
+                         num_microbatches=gcfg.num_microbatches, group_size=gcfg.group_size),
+                    model_flops(s, "grpo", rows=rows, seq=s.pcfg.seq_len, patches=patches))
 
 
 def _decision_ids(model_config) -> tuple[int, int]:
@@ -489,8 +489,8 @@ def _prefill_lowerable(s: Setup) -> _Lowerable:
   counted = dict(params=_tree_bytes_per_chip(params), cache=_tree_bytes_per_chip(cache),
                  inputs=_tree_bytes_per_chip(args[2:]))
   return _Lowerable(jitted, args, counted, sh,
-                   model_flops(s, "prefill", rows=n, seq=c, patches=b * _rows_per_turn(s),
-                               cache_len=sh["capacity"]))
+                    model_flops(s, "prefill", rows=n, seq=c, patches=b * _rows_per_turn(s),
+                                cache_len=sh["capacity"]))
 
 
 def _decode_lowerable(s: Setup) -> _Lowerable:
@@ -510,11 +510,11 @@ def _decode_lowerable(s: Setup) -> _Lowerable:
   counted = dict(params=_tree_bytes_per_chip(params), cache=_tree_bytes_per_chip(cache),
                  inputs=_tree_bytes_per_chip(args[2:]))
   return _Lowerable(jitted, args, counted, sh,
-                   model_flops(s, "decode", rows=n, seq=1, patches=0, cache_len=sh["capacity"]))
+                    model_flops(s, "decode", rows=n, seq=1, patches=0, cache_len=sh["capacity"]))
 
 
 _LOWERABLES = {"sft": _sft_lowerable, "grpo": _grpo_lowerable, "prefill": _prefill_lowerable,
-              "decode": _decode_lowerable}
+               "decode": _decode_lowerable}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ def example_batch(data, group_size: int, global_batch_size: int) -> dict[str, np
 
 
 def _rows_with_sampled_vision_tokens(batch: sampling.RolloutBatch, vision_ids: Sequence[int]
-                                    ) -> np.ndarray:
+                                     ) -> np.ndarray:
   """bool[N]: rows whose assistant messages hold a sampled vision placeholder token.
 
   The teacher-forced forward would fill such a <|video_pad|> with visual features (shifting every

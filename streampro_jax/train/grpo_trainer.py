@@ -59,7 +59,7 @@ __all__ = ["GRPOTrainer", "train"]
 
 
 def _build_grpo_run(config, workdir: str, *, source=None, allow_config_change: bool = False,
-                   devices=None) -> run_lib.Run:
+                    devices=None) -> run_lib.Run:
   """train/run.build_run with the GRPO data (grpo_data.make_grpo_data over `source`, default
   config.data's source); Data.extra is a grpo_data.GRPOData."""
   return run_lib.build_run(config, workdir, "grpo",
@@ -89,7 +89,7 @@ class GRPOTrainer:
                allow_config_change: bool = False, devices=None):
     self.workdir = workdir
     self.run = run = _build_grpo_run(config, workdir, source=source,
-                                    allow_config_change=allow_config_change, devices=devices)
+                                     allow_config_change=allow_config_change, devices=devices)
     self.data: grpo_data.GRPOData = run.data.extra
     self.tree, self.mesh, self.model_config = run.tree, run.mesh, run.model_config
     self.prompts, self.total_steps = run.data.iterator, run.total_steps

@@ -33,7 +33,7 @@ StepFn = Callable[[Any, int], tuple[Any, Mapping[str, Any]]]
 
 
 def _write_metrics(writer, fetched: Sequence[tuple[int, Mapping[str, Any]]],
-                  rates: Mapping[str, float]) -> None:
+                   rates: Mapping[str, float]) -> None:
   """Writes each step's metrics; the rates (nan ones left out) go with the last step."""
   for i, (step, m) in enumerate(fetched):
     scalars = {k: float(v) for k, v in m.items()}

@@ -57,7 +57,7 @@ def _param_shardings(boxed_abstract_params, mesh: Mesh, rules=None):
 
 
 def _opt_state_shardings(tx: optax.GradientTransformation, abstract_params, params_sharding,
-                        mesh: Mesh):
+                         mesh: Mesh):
   """Optimizer-state shardings: each per-parameter leaf (Adam mu, nu) follows its parameter.
 
   A leaf of the optimizer state follows the parameter whose key path is a suffix of the leaf's key
