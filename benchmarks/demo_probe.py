@@ -50,7 +50,7 @@ def main(argv):
   from streampro_jax import models  # pylint: disable=g-import-not-at-top
   from streampro_jax.bench import content_probe  # pylint: disable=g-import-not-at-top
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  from streampro_jax.train import grpo_trainer, sft  # pylint: disable=g-import-not-at-top
+  from streampro_jax.train import config_check, grpo_policy, sft  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import setup as setup_lib  # pylint: disable=g-import-not-at-top
 
   workdir = os.path.abspath(_WORKDIR.value)
@@ -72,7 +72,7 @@ def main(argv):
     c.data.seq_len = max(int(c.data.seq_len), 768)
   tokenizer = setup_lib.make_tokenizer(c, workdir)
   mcfg = setup_lib.make_model_config(c.model, tokenizer)
-  it, pipe = setup_lib.make_data(c, tokenizer, mcfg)
+  it, pipe = setup_lib.make_data(config_check.build(c, "sft").data, tokenizer, mcfg)
   n_batches = max(1, min(_ROWS.value, pipe.num_trajectories) // batch)
   batches = [{k: jnp.asarray(v) for k, v in next(it).items() if k in sft.STEP_BATCH_KEYS}
              for _ in range(n_batches)]
@@ -90,7 +90,7 @@ def main(argv):
     if not os.path.isdir(ckpt):
       print(f"[skip] {v}: no checkpoint in {ckpt}")
       continue
-    params = grpo_trainer.restore_params(ckpt, abstract, shardings)
+    params = grpo_policy.restore_params(ckpt, abstract, shardings)
     results[v] = content_probe.probe_batches(forward, params,
                                [dict(b) for b in batches], groups)
   what = "narration captions" if c.data.narration else "answers"

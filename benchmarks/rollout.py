@@ -46,7 +46,7 @@ from configs import tiny_synthetic_grpo  # noqa: E402
 from streampro_jax import sampling  # noqa: E402
 from streampro_jax.data import chat_format, pipeline, pipeline_config, synthetic  # noqa: E402
 from streampro_jax.models import qwen2_5_vl  # noqa: E402
-from streampro_jax.train import config_check, grpo_trainer  # noqa: E402
+from streampro_jax.train import config_check, grpo_rollouts, grpo_trainer  # noqa: E402
 from streampro_jax.train import setup as setup_lib  # noqa: E402
 
 
@@ -103,7 +103,7 @@ def bench_stream(config, workdir, samples: int, group: int, repeats: int):
   params = _params(mcfg)
   prompts = _stream_prompts(config, proc, pcfg, samples, max_turns=int(config.data.max_turns))
   sampler = sampling.StreamingSampler(
-      mcfg, chat, grpo_trainer.sampler_config(config_check.build(config, "grpo")),
+      mcfg, chat, grpo_rollouts.sampler_config(config_check.build(config, "grpo")),
       video_grid=grid)
   out = []
   for i in range(repeats + 1):

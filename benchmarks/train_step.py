@@ -47,7 +47,7 @@ import numpy as np
 
 from streampro_jax import losses, parallel
 from streampro_jax.models import qwen2_5_vl
-from streampro_jax.train import optim, sft
+from streampro_jax.train import config_check, optim, sft
 from streampro_jax.train import setup as setup_lib
 from streampro_jax.train import step as step_lib
 from streampro_jax.train import state as state_lib
@@ -80,7 +80,7 @@ def build(args, workdir):
                 shuffle=True, num_threads=2, prefetch_buffer_size=8)))
   tokenizer = setup_lib.make_tokenizer(cfg, workdir)
   mcfg = setup_lib.make_model_config(cfg.model, tokenizer)
-  it, pipe = setup_lib.make_data(cfg, tokenizer, mcfg)
+  it, pipe = setup_lib.make_data(config_check.build(cfg, "sft").data, tokenizer, mcfg)
   batch = next(it)
   ids = (tokenizer.convert_tokens_to_ids("</Silence>"),
          tokenizer.convert_tokens_to_ids("</Response>"))

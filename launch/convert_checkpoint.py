@@ -139,7 +139,7 @@ def convert_workdir(workdir: str, config, output: str, *, step: int = -1,
 
   from streampro_jax import models  # pylint: disable=g-import-not-at-top
   from streampro_jax.data import tokenizer as tok_lib  # pylint: disable=g-import-not-at-top
-  from streampro_jax.train import grpo_trainer  # pylint: disable=g-import-not-at-top
+  from streampro_jax.train import grpo_policy  # pylint: disable=g-import-not-at-top
 
   ckpt_dir = os.path.join(workdir, "checkpoints")
   steps = _checkpoint_steps(ckpt_dir)
@@ -162,7 +162,7 @@ def convert_workdir(workdir: str, config, output: str, *, step: int = -1,
   abstract = nn.unbox(jax.eval_shape(functools.partial(backbone.init_params, model_config),
                                      jax.random.key(0)))
   shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(cpu), abstract)
-  params = grpo_trainer.restore_params(ckpt_dir, abstract, shardings, step)
+  params = grpo_policy.restore_params(ckpt_dir, abstract, shardings, step)
   if dtype != "auto":
     params = _cast(params, dtype)
     model_config = dataclasses.replace(model_config, param_dtype=dtype)

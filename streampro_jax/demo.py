@@ -259,7 +259,7 @@ class Demo:
   def grpo_rollout_sizes(self, cfg):
     """Fixed user-chunk bucket and KV capacity over every train sample (one compilation)."""
     from streampro_jax import sampling  # pylint: disable=g-import-not-at-top
-    from streampro_jax.train import config_check, grpo_trainer  # pylint: disable=g-import-not-at-top
+    from streampro_jax.train import config_check, grpo_rollouts  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
     from streampro_jax.data import chat_format  # pylint: disable=g-import-not-at-top
     tokenizer, mcfg = self.tokenizer_and_model_config()
@@ -270,7 +270,7 @@ class Demo:
     chat = chat_format.ChatFormat(tokenizer, tokens_per_turn=tokens,
                                   system_prompt=str(self.cfg.system_prompt))
     probe = sampling.StreamingSampler(
-        mcfg, chat, grpo_trainer.sampler_config(config_check.build(cfg, "grpo")),
+        mcfg, chat, grpo_rollouts.sampler_config(config_check.build(cfg, "grpo")),
         video_grid=grid)
     src = self.source("train")
     k_max = int(self.cfg.max_turns)

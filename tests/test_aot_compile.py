@@ -37,14 +37,14 @@ class _Layout:
     ((4, 8), np.float32, None, 0),   # an argument the executable does not read
 ])
 def test_tiled_bytes(shape, dtype, layout, expected):
-  assert aot.tiled_bytes(shape, np.dtype(dtype), layout) == expected
+  assert aot._tiled_bytes(shape, np.dtype(dtype), layout) == expected
 
 
 def test_parse_resource_exhausted_and_advice():
   msg = ("RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory "
          "space hbm. Used 75.84G of 15.75G hbm. Exceeded hbm capacity by 60.09G. ... HLO "
          "temporaries (66.37G) exceeds available HBM (15.75G)")
-  got = aot.parse_resource_exhausted(msg)
+  got = aot._parse_resource_exhausted(msg)
   assert got["temp"] == int(66.37 * 2 ** 30)
   assert got["available"] == int(15.75 * 2 ** 30)
   assert got["total"] == int(75.84 * 2 ** 30)
@@ -105,7 +105,7 @@ def test_tiny_all_stages_v5e(tmp_path):
   # Adam mu and nu of the trainable ones (vision blocks frozen: masked, no moments) + counters.
   from configs import tiny_synthetic  # pylint: disable=g-import-not-at-top
   s = aot.build_setup(tiny_synthetic.get_config(), jax.devices()[:4])
-  state = aot.abstract_train_state(s)
+  state = aot._abstract_train_state(s)
   total = sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(state))
   assert sft["counted_argument_bytes"]["state"] == total
 

@@ -12,7 +12,7 @@ from streampro_jax import _config, grpo, models, sampling
 from streampro_jax.data import pipeline_config, synthetic, video
 from streampro_jax.data import tokenizer as tok_lib
 from streampro_jax.models import processing, processing_qwen3
-from streampro_jax.train import checkpoint, config_check, grpo_trainer, optim
+from streampro_jax.train import checkpoint, config_check, grpo_rollouts, optim
 
 FROM_CONFIG = (grpo.GRPOStepConfig, pipeline_config.PipelineConfig, video.ResizePolicy,
                processing.VideoProcessorConfig, processing_qwen3.Qwen3VideoProcessorConfig,
@@ -54,7 +54,7 @@ def test_configs_common_sections_are_the_dataclass_defaults():
 
 def test_sampler_config_defaults_are_the_dataclass_defaults():
   run = config_check.GRPORun()
-  assert grpo_trainer.sampler_config(run) == sampling.SamplerConfig()
+  assert grpo_rollouts.sampler_config(run) == sampling.SamplerConfig()
 
 
 def test_the_tree_is_built_from_every_section():
@@ -104,7 +104,7 @@ def test_sampler_config_reads_rollout_and_grpo_keys():
     config.grpo = ml_collections.ConfigDict(dict(temperature=0.5, top_p=0.9))
     config.rollout = ml_collections.ConfigDict(dict(max_text_tokens=7, window_turns=10,
                                                     capacity=512))
-  assert grpo_trainer.sampler_config(config_check.build(config, "grpo")) == sampling.SamplerConfig(
+  assert grpo_rollouts.sampler_config(config_check.build(config, "grpo")) == sampling.SamplerConfig(
       temperature=0.5, top_p=0.9, max_text_tokens=7, window_turns=10, capacity=512)
 
 

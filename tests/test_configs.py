@@ -81,6 +81,36 @@ def test_unread_keys_are_errors_that_name_them():
     config_check.build(c, "sft")
 
 
+def test_model_data_and_mesh_nodes_are_typed():
+  """Issue 29 item 4: the model, data and mesh sections are frozen nodes of the tree that
+  train/setup.py reads by attribute; the data node is the pipeline's own PipelineConfig (its
+  batch_size the global batch, set from global_batch_size), the mesh node holds the resolved
+  rules; data.batch_size and a misspelt key are errors naming their full path."""
+  from streampro_jax import parallel  # pylint: disable=g-import-not-at-top
+  from streampro_jax.data import pipeline_config  # pylint: disable=g-import-not-at-top
+  c = _get("tiny_synthetic")
+  c.global_batch_size = 6
+  tree = config_check.build(c, "sft")
+  assert isinstance(tree.data, pipeline_config.PipelineConfig)
+  assert (tree.data.batch_size, tree.data.seq_len, tree.data.source) == (6, c.data.seq_len,
+                                                                          c.data.source)
+  assert tree.mesh.sizes == {"data": c.mesh.data, "fsdp": c.mesh.fsdp, "tensor": c.mesh.tensor}
+  assert tree.mesh.rules == parallel.DEFAULT_RULES
+  assert tree.model.family == c.model.family and tree.model.dtype == c.model.dtype
+  for node in (tree.model, tree.data, tree.mesh):
+    with pytest.raises(dataclasses.FrozenInstanceError):
+      node.seed = 1  # type: ignore[misc]
+  c.data.batch_size = 6
+  with pytest.raises(config_check.ConfigError,
+                     match=r"config\.data\.batch_size: .*config\.global_batch_size"):
+    config_check.build(c, "sft")
+  c = _get("tiny_synthetic")
+  c.mesh.fsdb = 2
+  with pytest.raises(config_check.ConfigError,
+                     match=r"config\.mesh\.fsdb: .*nearest valid key: config\.mesh\.fsdp"):
+    config_check.build(c, "sft")
+
+
 def test_model_keys_come_from_the_backbone_config():
   """The model section's compute keys are the backbone Config fields that config.json does not
   carry (models.COMPUTE_KEYS, the same set for both backbones),

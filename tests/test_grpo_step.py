@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from streampro_jax import grpo, parallel, rewards
-from streampro_jax.train import grpo_step, optim
+from streampro_jax.train import config_check, grpo_step, optim
 from streampro_jax.train import setup as setup_lib
 from streampro_jax.train import step as step_lib
 from streampro_jax.train import state as state_lib
@@ -43,7 +43,7 @@ def setup(tmp_path_factory, tiny_sft_config):
   cfg = tiny_sft_config(8, num_videos=16, seq_len=320, max_turns=4, prefetch_buffer_size=8)
   tokenizer = setup_lib.make_tokenizer(cfg, str(tmp_path_factory.mktemp("tok")))
   mcfg = setup_lib.make_model_config(cfg.model, tokenizer)
-  it, pipe = setup_lib.make_data(cfg, tokenizer, mcfg)
+  it, pipe = setup_lib.make_data(config_check.build(cfg, "sft").data, tokenizer, mcfg)
   host = next(it)
   grid = np.tile(pipe.video_grid_thw.reshape(1, 3), (pipe.cfg.max_turns, 1))
   module = qwen2_5_vl.Qwen2_5_VL(mcfg)

@@ -42,7 +42,7 @@ def test_model_config_from_config_json(name, synthetic_tokenizer):
   from streampro_jax import models
   from streampro_jax.train import config_check
   cfg = importlib.import_module(f"configs.{name}").get_config()
-  back = ml_collections.ConfigDict(json.loads(json.dumps(config_check.config_as_json(cfg))))
+  back = ml_collections.ConfigDict(json.loads(json.dumps(config_check._config_as_json(cfg))))
   want = models.config_from_section(cfg.model, synthetic_tokenizer)
   got = models.config_from_section(back.model, synthetic_tokenizer)
   assert got == want and hash(got) == hash(want)

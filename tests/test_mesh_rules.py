@@ -32,23 +32,28 @@ def _get(tree, path):
 
 def _param_specs(config, workdir):
   """{path: PartitionSpec} of the tiny model's parameters as the trainers shard them."""
-  tokenizer = setup_lib.make_tokenizer(config, str(workdir))
-  model_config = setup_lib.make_model_config(config.model, tokenizer)
+  tree = config_check.build(config, "sft")
+  tokenizer = setup_lib.make_tokenizer(tree, str(workdir))
+  model_config = setup_lib.make_model_config(tree.model, tokenizer)
   init_fn = functools.partial(models.backbone_module(model_config).init_params, model_config)
   boxed = jax.eval_shape(init_fn, jax.random.key(0))
-  tx = optim.make_optimizer(config.optim, 10)
-  mesh = setup_lib.make_mesh(config)
-  shardings = state_lib.state_shardings(tx, boxed, mesh, setup_lib.mesh_rules(config))
+  tx = optim.make_optimizer(tree.optim, 10)
+  mesh = setup_lib.make_mesh(tree.mesh)
+  shardings = state_lib.state_shardings(tx, boxed, mesh, tree.mesh.rules)
   return shardings
 
 
 def test_default_config_carries_the_default_rules():
   config = tiny_synthetic.get_config()
   assert parallel.rules_from_config(config.mesh) == parallel.DEFAULT_RULES
-  assert setup_lib.mesh_rules(config) == parallel.DEFAULT_RULES
+  # mesh.rules is a key the trainers read: the tree's mesh node holds the resolved table.
+  assert config_check.build(config, "sft").mesh.rules == parallel.DEFAULT_RULES
   # A section without rules (a hand-written config) gets the default too.
   assert parallel.rules_from_config({"data": -1}) == parallel.DEFAULT_RULES
-  config_check.build(config, "sft")  # mesh.rules is a key the trainers read.
+  assert config_check.MeshSection.from_config({"data": -1}).rules == parallel.DEFAULT_RULES
+  # A rule set's name resolves to its table when the tree is built.
+  named = config_check.MeshSection.from_config({"rules": "tensor_in_host_fsdp_across"})
+  assert named.rules == parallel.RULE_SETS["tensor_in_host_fsdp_across"]
   # The whole section builds the mesh: rules is not an axis size.
   assert dict(parallel.make_mesh(dict(_config().mesh)).shape) == {"data": 2, "fsdp": 2,
                                                                    "tensor": 2}
@@ -74,6 +79,10 @@ def test_changed_rule_in_config_changes_parameter_sharding(tmp_path):
 def test_bad_rules_name_the_entry(rules, message):
   with pytest.raises(ValueError, match=message):
     parallel.rules_from_config({"data": -1, "rules": rules})
+  config = _config()
+  config.mesh.rules = rules
+  with pytest.raises(ValueError, match=message):  # the tree refuses it before anything is built
+    config_check.build(config, "sft")
 
 
 class _Stop(Exception):

@@ -39,8 +39,9 @@ PINNED = {
     "streampro_jax.data.tfds_builders":
         ["JsonlVideos", "JsonlVideosConfig", "SynthStream", "SynthStreamConfig", "build"],
     "streampro_jax.train":
-        ["aot", "checkpoint", "config_check", "grpo_step", "grpo_trainer", "loop", "metrics",
-        "optim", "run", "setup", "sft", "state", "step"],
+        ["aot", "checkpoint", "config_check", "grpo_data", "grpo_learner", "grpo_policy",
+        "grpo_rewards", "grpo_rollouts", "grpo_step", "grpo_trainer", "loop", "metrics", "optim",
+        "run", "setup", "sft", "state", "step"],
     "streampro_jax.bench":
         ["checkpoints", "content_probe", "harness", "ovo", "pauc", "report", "seeds",
         "streamingbench", "streampro_f1"],

@@ -10,7 +10,7 @@ import pytest
 
 from configs import tiny_synthetic_grpo
 from streampro_jax import parallel
-from streampro_jax.train import grpo_trainer
+from streampro_jax.train import grpo_learner, grpo_trainer
 from streampro_jax.train import step as step_lib
 from helpers import tolerances as tol  # pylint: disable=g-bad-import-order
 
@@ -45,7 +45,8 @@ def _step(trainer):
   rb = trainer.rollout(samples, 0)
   assert not rb.overflow.any()
   rewards = trainer.scorer.score(rb, [(r, q) for r, q, _ in samples])
-  host_batch, _ = trainer.update_batch(rb, rewards)
+  vision_ids = (trainer.model_config.video_token_id, trainer.model_config.image_token_id)
+  host_batch, _ = grpo_learner.update_batch(rb, rewards, trainer.data, vision_ids)
   batch = parallel.shard_batch(host_batch, trainer.mesh, batch_dims=step_lib.BATCH_DIMS)
   state, m = trainer.step_fn(trainer.state, trainer.ref_params, batch)
   return rb, rewards, jax.device_get(m), jax.device_get(state.params)
@@ -65,7 +66,7 @@ def test_rollouts_sharded_over_8_devices_equal_one_device(tmp_path):
   st = s.init_state(eight.state.params, num_prompts=8, group_size=eight.group_size,
                     capacity=256, user_chunk_len=64)
   d = s.patches_per_turn
-  frames = np.zeros((8, d, one.proc.patch_dim), np.float32)
+  frames = np.zeros((8, d, one.data.proc.patch_dim), np.float32)
   st, _ = s.step_turn(eight.state.params, st, frames)
   total = per_device = 0
   for leaf in jax.tree.leaves(st.cache):
@@ -97,8 +98,8 @@ def test_rollouts_sharded_over_8_devices_equal_one_device(tmp_path):
   mcfg = one.model_config
   rel = 2 * tol.model_rel(mcfg, 512)
   delta = rel * min(float(m1["grad_norm"]), 1.0)
-  cfg = one.config.optim
-  bound = tol.adam_param_bound(delta, [float(one.schedule(0))], float(cfg.eps))
+  cfg = one.tree.optim
+  bound = tol.adam_param_bound(delta, [float(one.run.schedule(0))], float(cfg.eps))
   diff = tol.max_abs_diff(p1, p8)
   tol.assert_within(diff, bound, "params after the step, 8 devices vs 1")
   assert tol.max_abs_diff(p1, init) > 2 * bound  # the step moved the params: the check can fail

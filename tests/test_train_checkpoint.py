@@ -13,7 +13,7 @@ import pytest
 from streampro_jax import parallel
 from streampro_jax.train import checkpoint as ckpt_lib
 from streampro_jax.train import metrics as metrics_lib
-from streampro_jax.train import optim
+from streampro_jax.train import config_check, optim
 from streampro_jax.train import setup as setup_lib
 from streampro_jax.train import state as state_lib
 
@@ -58,7 +58,8 @@ def _pipeline_iterator(tmp_path, tiny_sft_config):
       num_videos=6, seq_len=384, max_turns=6, prefetch_buffer_size=2)
   tokenizer = setup_lib.make_tokenizer(cfg, str(tmp_path))
   mcfg = setup_lib.make_model_config(cfg.model, tokenizer)
-  return lambda: setup_lib.make_data(cfg, tokenizer, mcfg)[0]
+  data = config_check.build(cfg, "sft").data
+  return lambda: setup_lib.make_data(data, tokenizer, mcfg)[0]
 
 
 def test_roundtrip_onto_other_mesh_with_data_iterator(tmp_path, tiny_sft_config):
@@ -120,7 +121,7 @@ def test_metric_writers(tmp_path):
   progress.update(10, now=0.0)
   rates = progress.update(30, now=4.0)
   assert rates["steps_per_sec"] == tol.approx64(5.0) and rates["eta_s"] == tol.approx64(14.0)
-  assert metrics_lib.format_duration(3723) == "1h02m03s"
+  assert metrics_lib._format_duration(3723) == "1h02m03s"
 
 
 class _CountingIterator:
@@ -167,7 +168,7 @@ def test_resume_skips_an_empty_step_folder_and_says_so(tmp_path, caplog):
 def test_orbax_info_records_are_filtered_from_the_launchers_log():
   """Issue 16 item 9: 311 log lines for a 16-step run, most of them orbax INFO."""
   import logging
-  f = ckpt_lib.OrbaxInfoFilter()
+  f = ckpt_lib._OrbaxInfoFilter()
 
   def rec(path, level):
     return logging.LogRecord("absl", level, path, 1, "m", None, None)
@@ -178,7 +179,7 @@ def test_orbax_info_records_are_filtered_from_the_launchers_log():
   ckpt_lib.quiet_orbax_info()
   ckpt_lib.quiet_orbax_info()
   from absl import logging as absl_logging
-  assert sum(isinstance(x, ckpt_lib.OrbaxInfoFilter)
+  assert sum(isinstance(x, ckpt_lib._OrbaxInfoFilter)
              for x in absl_logging.get_absl_handler().filters) == 1
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from streampro_jax import losses, parallel
-from streampro_jax.train import optim, sft
+from streampro_jax.train import config_check, optim, sft
 from streampro_jax.train import setup as setup_lib
 from streampro_jax.train import step as step_lib
 from streampro_jax.train import state as state_lib
@@ -283,7 +283,7 @@ def _qwen_setup(tmp_dir, tiny_sft_config):
                         prefetch_buffer_size=8)
   tokenizer = setup_lib.make_tokenizer(cfg, str(tmp_dir))
   mcfg = setup_lib.make_model_config(cfg.model, tokenizer)
-  it, pipe = setup_lib.make_data(cfg, tokenizer, mcfg)
+  it, pipe = setup_lib.make_data(config_check.build(cfg, "sft").data, tokenizer, mcfg)
   batches = [next(it) for _ in range(2)]
   grid = np.tile(pipe.video_grid_thw.reshape(1, 3), (pipe.cfg.max_turns, 1))
   ids = (tokenizer.convert_tokens_to_ids("</Silence>"),
@@ -367,7 +367,8 @@ def test_narration_data_option_captions_every_turn(tmp_path, tiny_sft_config):
   cfg = tiny_sft_config(4, num_videos=4, narration=True, seq_len=768, max_turns=6,
                         shuffle=False, prefetch_buffer_size=2)
   tokenizer = setup_lib.make_tokenizer(cfg, str(tmp_path))
-  it, pipe = setup_lib.make_data(cfg, tokenizer, setup_lib.make_model_config(cfg.model, tokenizer))
+  it, pipe = setup_lib.make_data(config_check.build(cfg, "sft").data, tokenizer,
+                                 setup_lib.make_model_config(cfg.model, tokenizer))
   assert pipe.num_trajectories == 4
   b = next(it)
   response = tokenizer.convert_tokens_to_ids("</Response>")

@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from launch import write_rubrics  # noqa: E402
 from streampro_jax import judges, prompts  # noqa: E402
 from streampro_jax.data import pipeline, schema, synthetic, video  # noqa: E402
-from streampro_jax.train import grpo_trainer  # noqa: E402
+from streampro_jax.train import grpo_rewards  # noqa: E402
 import loopback_http  # noqa: E402  pylint: disable=g-bad-import-order
 from helpers import tolerances as tol  # noqa: E402  pylint: disable=g-bad-import-order
 from test_grpo_trainer import _rollout_batch  # noqa: E402
@@ -136,14 +136,14 @@ def test_write_rubrics_end_to_end_resume_and_trainer_reads_them(server, tmp_path
 
   # The GRPO trainer's scorer reads them (config.reward.rubrics_file) for the input's records,
   # which carry no rubric themselves.
-  rubrics, policy = grpo_trainer.rubrics_from_config({"rubrics_file": str(out)})
+  rubrics, policy = grpo_rewards.rubrics_from_config({"rubrics_file": str(out)})
   assert policy == "error" and rubrics[("v0", "q0")] == tuple(
       it["rubric"] for it in _items("circle"))
   rec = schema.parse_record(_record("v0", "OKQ What is red? circle", "red circle"))
   s, r = "</Silence>", "</Response>"
   rows = [[s, s, r + " red circle"] + [s] * 7,          # mentions "circle": 6 / 6 pass
           [s, s, r + " never3 blue"] + [s] * 7]          # no "circle", says "never3": 2 / 6
-  scorer = grpo_trainer.RewardScorer(judges.MatchJudge(), tau=8.0, max_turns=10,
+  scorer = grpo_rewards.RewardScorer(judges.MatchJudge(), tau=8.0, max_turns=10,
                                      max_answers=4, max_checks=8, rubrics=rubrics)
   got = scorer.score(_rollout_batch(rows, 2), [(rec, 0)])
   # A ratio of counts, in float32 or float64: one division.
@@ -151,10 +151,10 @@ def test_write_rubrics_end_to_end_resume_and_trainer_reads_them(server, tmp_path
   assert got["rubric_fallbacks"].tolist() == [0, 0]
   # Without the file, the same record has no rubric: a clear error.
   with pytest.raises(ValueError, match="'v0' question 'q0' has no rubric"):
-    grpo_trainer.RewardScorer(judges.MatchJudge(), max_turns=10, max_answers=4).score(
+    grpo_rewards.RewardScorer(judges.MatchJudge(), max_turns=10, max_answers=4).score(
         _rollout_batch(rows, 2), [(rec, 0)])
   with pytest.raises(ValueError, match="missing_rubric"):
-    grpo_trainer.rubrics_from_config({"missing_rubric": "skip"})
+    grpo_rewards.rubrics_from_config({"missing_rubric": "skip"})
 
 
 def test_write_rubrics_command_line(server, tmp_path):

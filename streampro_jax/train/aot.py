@@ -43,19 +43,23 @@ from jax.sharding import NamedSharding, PartitionSpec
 from streampro_jax import grpo, models, parallel, sampling
 from streampro_jax.data import pipeline, pipeline_config
 from streampro_jax.models import kv_cache
-from streampro_jax.train import config_check, grpo_step, grpo_trainer, optim, sft
+from streampro_jax.train import config_check, grpo_rollouts, grpo_step, optim, sft
 from streampro_jax.train import setup as setup_lib
 from streampro_jax.train import state as state_lib
 from streampro_jax.train import step as step_lib
 
-GiB = 2 ** 30
+__all__ = ["HBM_BYTES", "HBM_SOURCE", "Report", "STAGES", "STAGE_GROUPS", "Setup", "build_setup",
+           "compile_config", "compile_stage", "generation", "model_flops", "quiet_libtpu_env",
+           "topology_devices"]
+
+_GiB = 2 ** 30
 
 # HBM per chip by TPU generation (the name before ':' of a topology). Source: Google Cloud TPU
 # system architecture pages, https://cloud.google.com/tpu/docs/v4 (v4: 32 GiB HBM2),
 # https://cloud.google.com/tpu/docs/v5e (v5e: 16 GiB HBM2), https://cloud.google.com/tpu/docs/v5p
 # (v5p: 95 GiB HBM2e), https://cloud.google.com/tpu/docs/v6e (v6e / Trillium: 32 GiB HBM).
 # The runtime keeps a little for itself: on v5e the compiler allows 15.75 GiB of the 16.
-HBM_BYTES = {"v4": 32 * GiB, "v5e": 16 * GiB, "v5p": 95 * GiB, "v6e": 32 * GiB}
+HBM_BYTES = {"v4": 32 * _GiB, "v5e": 16 * _GiB, "v5p": 95 * _GiB, "v6e": 32 * _GiB}
 HBM_SOURCE = ("cloud.google.com/tpu/docs/{v4,v5e,v5p,v6e}: HBM per chip 32 / 16 / 95 / 32 GiB")
 
 STAGES = ("sft", "grpo", "prefill", "decode")
@@ -122,7 +126,7 @@ class Setup:
   patch_dim: int
 
 
-def model_config_of(config):
+def _model_config_of(config):
   """The backbone config of ``config.model`` without weights: the config.json of
   ``model.hf_checkpoint`` when that folder exists (vocabulary from it), the published
   architecture of the family when it does not (Qwen2.5-VL-3B-Instruct, Qwen3-VL-4B-Instruct),
@@ -136,7 +140,7 @@ def model_config_of(config):
       with open(os.path.join(ckpt, "config.json"), encoding="utf-8") as f:
         d = json.load(f)
       return models.config_class(mod.MODEL_TYPE).from_hf(d, **_compute_kwargs(mod, model_cfg))
-    return published_config(mod.MODEL_TYPE, **_compute_kwargs(mod, model_cfg))
+    return _published_config(mod.MODEL_TYPE, **_compute_kwargs(mod, model_cfg))
   with tempfile.TemporaryDirectory() as tmp:
     tokenizer = setup_lib.make_tokenizer(config, tmp)
     return setup_lib.make_model_config(model_cfg, tokenizer)
@@ -149,7 +153,7 @@ def _compute_kwargs(mod, model_cfg) -> dict:
       {k: model_cfg[k] for k in models.COMPUTE_KEYS if k in model_cfg}, section_name="model")
 
 
-def published_config(model_type: str, **compute):
+def _published_config(model_type: str, **compute):
   """The architecture the paper trains for a backbone: Qwen2.5-VL-3B-Instruct (the config
   defaults of qwen2_5_vl) or Qwen3-VL-4B-Instruct (qwen3_vl.qwen3_vl_4b_config)."""
   mod = models.backbone_module(model_type)
@@ -162,9 +166,10 @@ def build_setup(config, devices: Sequence) -> Setup:
   """Mesh (config.mesh over `devices`), rules, backbone config (attention_impl 'jax' taken as
   'splash', its path on a TPU), optimizer, boxed abstract params and TrainState shardings of a
   training config."""
-  mesh = parallel.make_mesh(dict(config.mesh), devices=devices)
-  rules = setup_lib.mesh_rules(config)
-  mcfg = model_config_of(config)
+  mesh_node = config_check.MeshSection.from_config(config.mesh)
+  mesh = parallel.make_mesh(mesh_node.sizes, devices=devices)
+  rules = mesh_node.rules
+  mcfg = _model_config_of(config)
   if mcfg.attention_impl == "jax":
     # What 'jax' resolves to on a TPU (layers.resolve_impl); this process's own backend (the
     # CPU) would resolve it to the XLA path.
@@ -186,21 +191,21 @@ def _sds(shape, dtype, sharding=None):
   return jax.ShapeDtypeStruct(tuple(int(s) for s in shape), dtype, sharding=sharding)
 
 
-def with_shardings(tree, shardings):
+def _with_shardings(tree, shardings):
   """ShapeDtypeStructs of `tree` carrying the matching NamedShardings."""
   return jax.tree.map(lambda x, s: _sds(x.shape, x.dtype, s), tree, shardings)
 
 
-def abstract_train_state(s: Setup):
+def _abstract_train_state(s: Setup):
   """The TrainState as sharded ShapeDtypeStructs (state_lib.abstract_state + shardings)."""
-  return with_shardings(state_lib.abstract_state(s.tx, s.boxed), s.shardings)
+  return _with_shardings(state_lib.abstract_state(s.tx, s.boxed), s.shardings)
 
 
 def _rows_per_turn(s: Setup) -> int:
   return s.grid[1] * s.grid[2]
 
 
-def sft_batch(s: Setup, rows: int) -> dict:
+def _sft_batch(s: Setup, rows: int) -> dict:
   """The SFT step's batch (sft.STEP_BATCH_KEYS) of `rows` rows at config.data's shapes, sharded
   by step.batch_shardings (rows over data x fsdp)."""
   t, k = s.pcfg.seq_len, s.pcfg.max_turns
@@ -211,9 +216,9 @@ def sft_batch(s: Setup, rows: int) -> dict:
   return _sharded_batch(s, shapes)
 
 
-def grpo_batch(s: Setup, rows: int) -> dict:
+def _grpo_batch(s: Setup, rows: int) -> dict:
   """The GRPO step's batch (the keys of GRPOTrainer's update batch) of `rows` rows."""
-  shapes = {k: v for k, v in _shape_dict(sft_batch(s, rows)).items()}
+  shapes = {k: v for k, v in _shape_dict(_sft_batch(s, rows)).items()}
   shapes["old_logps"] = ((rows, s.pcfg.seq_len), jnp.float32)
   for k in grpo.REWARD_KEYS:
     shapes[k] = ((rows,), jnp.float32)
@@ -230,7 +235,7 @@ def _sharded_batch(s: Setup, shapes: Mapping[str, tuple]) -> dict:
   return {k: _sds(shape, dtype, shard[k]) for k, (shape, dtype) in shapes.items()}
 
 
-def tree_bytes_per_chip(tree) -> int:
+def _tree_bytes_per_chip(tree) -> int:
   """Bytes one chip holds of a tree of sharded ShapeDtypeStructs: each leaf's shard shape
   (NamedSharding.shard_shape) times its item size, unpadded."""
   total = 0
@@ -240,7 +245,7 @@ def tree_bytes_per_chip(tree) -> int:
   return total
 
 
-def tiled_bytes(shape: Sequence[int], dtype, layout) -> int:
+def _tiled_bytes(shape: Sequence[int], dtype, layout) -> int:
   """Bytes of an array of `shape` in a TPU layout: the minor dims (in the layout's
   major_to_minor order) rounded up to its first tile (f32 (8, 128), bf16 (8, 128) (2, 1), 1-D
   (128,) .. (1024,)), e.g. f32[5, 7] -> 8 x 128 x 4 = 4096 bytes, a scalar -> 128 x 4."""
@@ -257,13 +262,13 @@ def tiled_bytes(shape: Sequence[int], dtype, layout) -> int:
   return int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
 
 
-def tiled_tree_bytes_per_chip(tree, formats) -> int:
-  """tree_bytes_per_chip with each leaf's shard in the compiled executable's layout (the
+def _tiled_tree_bytes_per_chip(tree, formats) -> int:
+  """_tree_bytes_per_chip with each leaf's shard in the compiled executable's layout (the
   `Format`s of `compiled.input_formats`, a tree of the same structure as `tree`)."""
   total = 0
   for x, f in zip(jax.tree.leaves(tree), jax.tree.leaves(formats, is_leaf=lambda f: f is None)):
     shape = x.sharding.shard_shape(x.shape) if x.sharding is not None else x.shape
-    total += tiled_bytes(shape, x.dtype, f.layout)
+    total += _tiled_bytes(shape, x.dtype, f.layout)
   return total
 
 
@@ -275,7 +280,7 @@ def _param_count(tree) -> int:
   return int(sum(np.prod(x.shape, dtype=np.int64) for x in jax.tree.leaves(tree)))
 
 
-def param_counts(s: Setup) -> dict[str, int]:
+def _param_counts(s: Setup) -> dict[str, int]:
   """Parameter counts: vision tower (incl. merger), embedding / unembedding (D V each), the rest
   (decoder layers and final norm)."""
   params = nn.unbox(s.boxed)
@@ -299,7 +304,7 @@ def model_flops(s: Setup, stage: str, *, rows: int, seq: int, patches: int,
   decode:  per decoded token: 2 (P_dec + D V) B + 4 L D_attn S B.
   D_attn = query heads x head dim; B rows, T tokens per row, S = cache_len.
   """
-  c = param_counts(s)
+  c = _param_counts(s)
   t = s.model_config.text
   d_attn = t.num_attention_heads * t.head_dim
   layers = t.num_hidden_layers
@@ -323,7 +328,7 @@ def model_flops(s: Setup, stage: str, *, rows: int, seq: int, patches: int,
 
 
 @dataclasses.dataclass
-class Lowerable:
+class _Lowerable:
   """A jitted function, its abstract arguments, the argument bytes per chip by our own count,
   and the shape facts of the call."""
   jitted: Any
@@ -333,13 +338,13 @@ class Lowerable:
   flops: float
 
 
-def sft_lowerable(s: Setup) -> Lowerable:
+def _sft_lowerable(s: Setup) -> _Lowerable:
   cfg = s.config
   rows = int(cfg.global_batch_size)
-  batch = sft_batch(s, rows)
+  batch = _sft_batch(s, rows)
   mcfg = s.model_config
   grid = np.tile(np.asarray(s.grid, np.int64).reshape(1, 3), (s.pcfg.max_turns, 1))
-  ids = decision_ids(mcfg)
+  ids = _decision_ids(mcfg)
   step = sft.make_sft_step(
       setup_lib.make_forward(models.build(mcfg), grid), cfg.loss, ids, s.tx,
       state_shardings=s.shardings,
@@ -347,16 +352,16 @@ def sft_lowerable(s: Setup) -> Lowerable:
       unembed_fn=setup_lib.make_unembed(mcfg),
       trainable=optim.trainable_mask(nn.unbox(s.boxed), cfg.optim.frozen),
       num_microbatches=int(cfg.num_microbatches), rules=s.rules)
-  state = abstract_train_state(s)
+  state = _abstract_train_state(s)
   patches = rows * s.pcfg.max_turns * _rows_per_turn(s)
-  return Lowerable(step.jitted, (state, batch),
-                   dict(state=tree_bytes_per_chip(state), batch=tree_bytes_per_chip(batch)),
-                   dict(rows=rows, seq_len=s.pcfg.seq_len, patches=patches,
-                        num_microbatches=int(cfg.num_microbatches)),
-                   model_flops(s, "sft", rows=rows, seq=s.pcfg.seq_len, patches=patches))
+  return _Lowerable(step.jitted, (state, batch),
+                    dict(state=_tree_bytes_per_chip(state), batch=_tree_bytes_per_chip(batch)),
+                    dict(rows=rows, seq_len=s.pcfg.seq_len, patches=patches,
+                         num_microbatches=int(cfg.num_microbatches)),
+                    model_flops(s, "sft", rows=rows, seq=s.pcfg.seq_len, patches=patches))
 
 
-def grpo_step_config(config) -> grpo.GRPOStepConfig:
+def _grpo_step_config(config) -> grpo.GRPOStepConfig:
   """config.grpo / config.reward's GRPOStepConfig; the defaults for a config without them (an
   SFT config compiled at its own batch as the GRPO update)."""
   if "grpo" not in config:
@@ -364,16 +369,16 @@ def grpo_step_config(config) -> grpo.GRPOStepConfig:
   return grpo.GRPOStepConfig.from_config(config.grpo, config.get("reward"))
 
 
-def grpo_rows(config, cfg: grpo.GRPOStepConfig) -> int:
+def _grpo_rows(config, cfg: grpo.GRPOStepConfig) -> int:
   """Rows of a GRPO update: global_batch_size samples x group_size."""
   return int(config.global_batch_size) * cfg.group_size
 
 
-def grpo_lowerable(s: Setup) -> Lowerable:
+def _grpo_lowerable(s: Setup) -> _Lowerable:
   cfg = s.config
-  gcfg = grpo_step_config(cfg)
-  rows = grpo_rows(cfg, gcfg)
-  batch = grpo_batch(s, rows)
+  gcfg = _grpo_step_config(cfg)
+  rows = _grpo_rows(cfg, gcfg)
+  batch = _grpo_batch(s, rows)
   mcfg = s.model_config
   grid = np.tile(np.asarray(s.grid, np.int64).reshape(1, 3), (s.pcfg.max_turns, 1))
   logps_fn = grpo.make_logps_fn(
@@ -383,22 +388,22 @@ def grpo_lowerable(s: Setup) -> Lowerable:
       logps_fn, s.tx, gcfg, state_shardings=s.shardings,
       batch_sharding={k: x.sharding for k, x in batch.items()}, mesh=s.mesh,
       trainable=optim.trainable_mask(nn.unbox(s.boxed), cfg.optim.frozen), rules=s.rules)
-  state = abstract_train_state(s)
+  state = _abstract_train_state(s)
   ref = None
   if gcfg.beta != 0.0:
     ref_dtype = ("grpo" in cfg and cfg.grpo.get("ref_param_dtype", "")) or None
     ref = jax.tree.map(lambda x: _sds(x.shape, ref_dtype or x.dtype, x.sharding), state.params)
   patches = rows * s.pcfg.max_turns * _rows_per_turn(s)
-  counted = dict(state=tree_bytes_per_chip(state), batch=tree_bytes_per_chip(batch))
+  counted = dict(state=_tree_bytes_per_chip(state), batch=_tree_bytes_per_chip(batch))
   if ref is not None:
-    counted["reference"] = tree_bytes_per_chip(ref)
-  return Lowerable(step.jitted, (state, ref, batch), counted,
-                   dict(rows=rows, seq_len=s.pcfg.seq_len, patches=patches,
-                        num_microbatches=gcfg.num_microbatches, group_size=gcfg.group_size),
-                   model_flops(s, "grpo", rows=rows, seq=s.pcfg.seq_len, patches=patches))
+    counted["reference"] = _tree_bytes_per_chip(ref)
+  return _Lowerable(step.jitted, (state, ref, batch), counted,
+                    dict(rows=rows, seq_len=s.pcfg.seq_len, patches=patches,
+                         num_microbatches=gcfg.num_microbatches, group_size=gcfg.group_size),
+                    model_flops(s, "grpo", rows=rows, seq=s.pcfg.seq_len, patches=patches))
 
 
-def decision_ids(model_config) -> tuple[int, int]:
+def _decision_ids(model_config) -> tuple[int, int]:
   """Two token ids standing for </Silence> and </Response> (the last two rows of the
   vocabulary): they are constants of the compiled step, the memory and FLOPs do not depend on
   them, and no tokenizer is needed."""
@@ -406,11 +411,11 @@ def decision_ids(model_config) -> tuple[int, int]:
   return v - 2, v - 1
 
 
-def sampler_config_of(config) -> sampling.SamplerConfig:
-  """The GRPO config's sampler settings (grpo_trainer.sampler_config); SamplerConfig defaults
+def _sampler_config_of(config) -> sampling.SamplerConfig:
+  """The GRPO config's sampler settings (grpo_rollouts.sampler_config); SamplerConfig defaults
   with config.rollout (if any) for a config without a grpo section."""
   if "grpo" in config:
-    return grpo_trainer.sampler_config(config_check.build(config, "grpo"))
+    return grpo_rollouts.sampler_config(config_check.build(config, "grpo"))
   from streampro_jax import _config  # pylint: disable=g-import-not-at-top
   return sampling.SamplerConfig(**_config.field_values(
       sampling.SamplerConfig, _config.as_dict(config.get("rollout")), section_name="rollout"))
@@ -421,8 +426,8 @@ def _sampler_shapes(s: Setup) -> dict[str, int]:
   capacity: SamplerConfig.user_chunk_len / capacity when set, else C = 128 and the capacity
   StreamingSampler.capacity_for gives the config's max_turns (a 16-token system prefix)."""
   cfg = s.config
-  scfg = sampler_config_of(cfg)
-  g = grpo_step_config(cfg).group_size
+  scfg = _sampler_config_of(cfg)
+  g = _grpo_step_config(cfg).group_size
   b = int(cfg.global_batch_size)
   c = scfg.user_chunk_len or 128
   if scfg.capacity:
@@ -435,7 +440,7 @@ def _sampler_shapes(s: Setup) -> dict[str, int]:
               window_turns=scfg.window_turns, max_text_tokens=scfg.max_text_tokens)
 
 
-def abstract_cache(s: Setup, rows: int, capacity: int, window_turns: int):
+def _abstract_cache(s: Setup, rows: int, capacity: int, window_turns: int):
   """The sampler's KV cache as sharded ShapeDtypeStructs: rows over (data, fsdp) (dim 1 of the
   scanned [L, B, K, cap, H] stacks, dim 0 elsewhere), as StreamingSampler places it."""
   shapes = jax.eval_shape(lambda: kv_cache.init_cache(s.model_config, rows, capacity,
@@ -446,7 +451,7 @@ def abstract_cache(s: Setup, rows: int, capacity: int, window_turns: int):
 
 def _sampler_fns(s: Setup, scfg: sampling.SamplerConfig):
   mcfg = s.model_config
-  silence, response = decision_ids(mcfg)
+  silence, response = _decision_ids(mcfg)
   vision = tuple(sorted({int(getattr(mcfg, n)) for n in (
       "image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")}))
   return sampling.sampler_step_fns(mcfg, scfg, s.grid, im_end_id=mcfg.text.vocab_size - 3,
@@ -463,16 +468,16 @@ def _replicated(s: Setup, shape, dtype):
 
 
 def _params_abstract(s: Setup):
-  return with_shardings(nn.unbox(s.boxed), s.shardings.params)
+  return _with_shardings(nn.unbox(s.boxed), s.shardings.params)
 
 
-def prefill_lowerable(s: Setup) -> Lowerable:
+def _prefill_lowerable(s: Setup) -> _Lowerable:
   sh = _sampler_shapes(s)
-  scfg = sampler_config_of(s.config)
+  scfg = _sampler_config_of(s.config)
   user_fn, _ = _sampler_fns(s, scfg)
   n, b, c = sh["rows"], sh["samples"], sh["chunk"]
   params = _params_abstract(s)
-  cache = abstract_cache(s, n, sh["capacity"], sh["window_turns"])
+  cache = _abstract_cache(s, n, sh["capacity"], sh["window_turns"])
   key = jax.eval_shape(lambda: jax.random.key(0))
   args = (params, cache, _row_sharded(s, (n, c), jnp.int32),
           _row_sharded(s, (3, n, c), jnp.int32, 1), _replicated(s, (), jnp.int32),
@@ -481,20 +486,20 @@ def prefill_lowerable(s: Setup) -> Lowerable:
           _replicated(s, key.shape, key.dtype), _row_sharded(s, (n,), jnp.int32),
           _row_sharded(s, (n,), jnp.bool_))
   jitted = jax.jit(user_fn, donate_argnums=(1,))
-  counted = dict(params=tree_bytes_per_chip(params), cache=tree_bytes_per_chip(cache),
-                 inputs=tree_bytes_per_chip(args[2:]))
-  return Lowerable(jitted, args, counted, sh,
-                   model_flops(s, "prefill", rows=n, seq=c, patches=b * _rows_per_turn(s),
-                               cache_len=sh["capacity"]))
+  counted = dict(params=_tree_bytes_per_chip(params), cache=_tree_bytes_per_chip(cache),
+                 inputs=_tree_bytes_per_chip(args[2:]))
+  return _Lowerable(jitted, args, counted, sh,
+                    model_flops(s, "prefill", rows=n, seq=c, patches=b * _rows_per_turn(s),
+                                cache_len=sh["capacity"]))
 
 
-def decode_lowerable(s: Setup) -> Lowerable:
+def _decode_lowerable(s: Setup) -> _Lowerable:
   sh = _sampler_shapes(s)
-  scfg = sampler_config_of(s.config)
+  scfg = _sampler_config_of(s.config)
   _, decode_fn = _sampler_fns(s, scfg)
   n = sh["rows"]
   params = _params_abstract(s)
-  cache = abstract_cache(s, n, sh["capacity"], sh["window_turns"])
+  cache = _abstract_cache(s, n, sh["capacity"], sh["window_turns"])
   key = jax.eval_shape(lambda: jax.random.key(0))
   first = (_row_sharded(s, (n,), jnp.int32), _row_sharded(s, (n,), jnp.float32),
            _row_sharded(s, (n,), jnp.float32), _row_sharded(s, (n,), jnp.bool_))
@@ -502,14 +507,14 @@ def decode_lowerable(s: Setup) -> Lowerable:
           _row_sharded(s, (n,), jnp.int32), _replicated(s, (), jnp.int32),
           _replicated(s, key.shape, key.dtype))
   jitted = jax.jit(decode_fn, donate_argnums=(1,))
-  counted = dict(params=tree_bytes_per_chip(params), cache=tree_bytes_per_chip(cache),
-                 inputs=tree_bytes_per_chip(args[2:]))
-  return Lowerable(jitted, args, counted, sh,
-                   model_flops(s, "decode", rows=n, seq=1, patches=0, cache_len=sh["capacity"]))
+  counted = dict(params=_tree_bytes_per_chip(params), cache=_tree_bytes_per_chip(cache),
+                 inputs=_tree_bytes_per_chip(args[2:]))
+  return _Lowerable(jitted, args, counted, sh,
+                    model_flops(s, "decode", rows=n, seq=1, patches=0, cache_len=sh["capacity"]))
 
 
-LOWERABLES = {"sft": sft_lowerable, "grpo": grpo_lowerable, "prefill": prefill_lowerable,
-              "decode": decode_lowerable}
+_LOWERABLES = {"sft": _sft_lowerable, "grpo": _grpo_lowerable, "prefill": _prefill_lowerable,
+               "decode": _decode_lowerable}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -547,9 +552,9 @@ class Report:
     over = self.per_chip_bytes.get("total", 0) - self.hbm_bytes
     temp = self.per_chip_bytes.get("temp", 0)
     args = self.per_chip_bytes.get("argument", 0)
-    lines = [f"{self.stage} on {self.topology}: {self.per_chip_bytes.get('total', 0) / GiB:.2f} "
-             f"GiB per chip, {over / GiB:.2f} GiB over the {self.hbm_bytes / GiB:.2f} GiB of HBM "
-             f"(arguments {args / GiB:.2f} GiB, temporaries {temp / GiB:.2f} GiB)."]
+    lines = [f"{self.stage} on {self.topology}: {self.per_chip_bytes.get('total', 0) / _GiB:.2f} "
+             f"GiB per chip, {over / _GiB:.2f} GiB over the {self.hbm_bytes / _GiB:.2f} GiB of HBM "
+             f"(arguments {args / _GiB:.2f} GiB, temporaries {temp / _GiB:.2f} GiB)."]
     changes = ["a larger slice (--topology; with --config.mesh.fsdp=-1 the parameters, "
                "gradients and optimizer state shard over every chip)"]
     if temp >= args:
@@ -580,7 +585,7 @@ def _memory_bytes(compiled) -> dict[str, int]:
 _UNITS = {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
 
 
-def parse_resource_exhausted(message: str) -> dict[str, int]:
+def _parse_resource_exhausted(message: str) -> dict[str, int]:
   """Per-chip bytes from the TPU compiler's out-of-memory error ('... HLO temporaries (66.37G)
   exceeds available HBM (15.75G) ...'): temp and the HBM it compared against, when present."""
   out = {}
@@ -596,7 +601,7 @@ def parse_resource_exhausted(message: str) -> dict[str, int]:
 def compile_stage(s: Setup, stage: str, topology: str, num_slices: int = 1) -> Report:
   """Lowers and compiles one stage on the setup's mesh; a compile the TPU compiler refuses for
   lack of memory comes back as a Report with fits False and the error's figures."""
-  low = LOWERABLES[stage](s)
+  low = _LOWERABLES[stage](s)
   hbm = HBM_BYTES[generation(topology)]
   t0 = time.perf_counter()
   error = ""
@@ -615,10 +620,10 @@ def compile_stage(s: Setup, stage: str, topology: str, num_slices: int = 1) -> R
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     compiler_flops = float(cost["flops"]) if cost and "flops" in cost else None
-    tiled = tiled_tree_bytes_per_chip(low.args, compiled.input_formats[0])
+    tiled = _tiled_tree_bytes_per_chip(low.args, compiled.input_formats[0])
   else:
     tiled = 0
-    parsed = parse_resource_exhausted(error)
+    parsed = _parse_resource_exhausted(error)
     mem = dict(argument=sum(low.counted_argument_bytes.values()), temp=parsed.get("temp", 0))
     mem["total"] = parsed.get("total", mem["argument"] + mem["temp"])
     compiler_flops = None
@@ -634,7 +639,7 @@ def compile_stage(s: Setup, stage: str, topology: str, num_slices: int = 1) -> R
       model=dict(family=mcfg.model_type, layers=mcfg.text.num_hidden_layers,
                  hidden=mcfg.text.hidden_size, attention_impl=mcfg.attention_impl,
                  remat=mcfg.remat, remat_policy=mcfg.remat_policy,
-                 scan_layers=mcfg.scan_layers, dtype=str(mcfg.dtype), **param_counts(s)),
+                 scan_layers=mcfg.scan_layers, dtype=str(mcfg.dtype), **_param_counts(s)),
       error=error[:2000])
 
 

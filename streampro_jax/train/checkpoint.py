@@ -43,11 +43,16 @@ from etils import epath
 
 from streampro_jax import _config
 
+__all__ = ["CheckpointConfig", "Checkpointer", "IteratorStateHandler", "IteratorStateRestore",
+           "IteratorStateSave", "ProcessCountError", "STATE", "abstract_with_shardings",
+           "complete_steps", "is_complete", "newest_complete_step", "quiet_orbax_info",
+           "skipped_note"]
+
 STATE = "state"
-DATA = "data"
+_DATA = "data"
 
 
-class OrbaxInfoFilter:
+class _OrbaxInfoFilter:
   """A logging filter that drops orbax's INFO / DEBUG records (a 16-step run logged ~300 lines of
   them); its warnings and errors pass, and so does everything else."""
 
@@ -58,10 +63,11 @@ class OrbaxInfoFilter:
 
 
 def quiet_orbax_info() -> None:
-  """Installs OrbaxInfoFilter on absl's handler (the launchers call this once)."""
+  """Installs a filter on absl's handler that drops orbax's INFO / DEBUG records (the launchers
+  call this once)."""
   handler = logging.get_absl_handler()
-  if not any(isinstance(f, OrbaxInfoFilter) for f in handler.filters):
-    handler.addFilter(OrbaxInfoFilter())
+  if not any(isinstance(f, _OrbaxInfoFilter) for f in handler.filters):
+    handler.addFilter(_OrbaxInfoFilter())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -178,7 +184,7 @@ def newest_complete_step(directory: str | os.PathLike, step: int = -1) -> int:
   return step
 
 
-def set_aside_incomplete(directory: str | os.PathLike) -> list[tuple[int, str]]:
+def _set_aside_incomplete(directory: str | os.PathLike) -> list[tuple[int, str]]:
   """Renames the incomplete step folders of ``directory`` to ``incomplete_<step>[_<n>]``.
 
   Returns [(step, new path)] of the folders moved (none when every step is complete). Only
@@ -252,14 +258,14 @@ class Checkpointer:
     """
     self.directory = epath.Path(directory).absolute()
     self.every_steps = int(every_steps)
-    self.set_aside = set_aside_incomplete(self.directory)
+    self.set_aside = _set_aside_incomplete(self.directory)
     for step, path in self.set_aside:
       logging.warning("checkpoint %d in %s is incomplete (no finalised state): skipped, moved "
                       "to %s", step, self.directory, path)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep or None, enable_async_checkpointing=async_save, create=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_names=(STATE, DATA))
+                                         item_names=(STATE, _DATA))
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -271,7 +277,7 @@ class Checkpointer:
     """Starts saving ``state`` (and the iterator's current state) as checkpoint ``step``."""
     items = {STATE: ocp.args.StandardSave(state)}
     if data_iterator is not None:
-      items[DATA] = IteratorStateSave(data_iterator.get_state())
+      items[_DATA] = IteratorStateSave(data_iterator.get_state())
     saved = self.manager.save(int(step), args=ocp.args.Composite(**items), force=force)
     if saved:
       logging.info("checkpoint %d started (%s)", step, self.directory)
@@ -303,11 +309,11 @@ class Checkpointer:
       self._check_process_count(step)
     target = abstract_with_shardings(abstract_state, shardings)
     items = {STATE: ocp.args.StandardRestore(target)}
-    has_data = (self.directory / str(step) / DATA).exists()
+    has_data = (self.directory / str(step) / _DATA).exists()
     if data_iterator is not None:
       if not has_data:
         raise FileNotFoundError(f"checkpoint {step} in {self.directory} has no data iterator state")
-      items[DATA] = IteratorStateRestore(data_iterator)
+      items[_DATA] = IteratorStateRestore(data_iterator)
     restored = self.manager.restore(int(step), args=ocp.args.Composite(**items))
     logging.info("restored checkpoint %d from %s", step, self.directory)
     return restored[STATE]
@@ -383,7 +389,7 @@ class Checkpointer:
   def _check_process_count(self, step: int) -> None:
     """The data position is one file per process: a checkpoint written by another number of
     processes restores its train state (without a data iterator) but not its data position."""
-    data = self.directory / str(step) / DATA
+    data = self.directory / str(step) / _DATA
     if not data.exists() or _state_filename(data).exists():
       return
     counts = sorted({f.name.rsplit("-of-", 1)[1].removesuffix(".json")

@@ -5,18 +5,21 @@ dataclass tree, :class:`SFTRun` or :class:`GRPORun`, whose nodes declare every k
 reads; a key that no field declares is an error naming its full path, the nearest valid key
 (difflib) and the keys of its section (``config.data.tfds_name`` where the pipeline reads
 ``data.tfds_dir``, ``data.frame_size`` after the frames were set). It runs before anything is
-built. The trainers read the tree.
+built. The trainers read the tree, train/setup.py included: it builds the mesh, the backbone
+config and the SFT data from the model, mesh and data nodes.
 
 The nodes and where their fields come from (the readers' own dataclasses, not hand lists):
 
   model        ModelSection: family, hf_checkpoint, reinit_decision_rows, tiny_text (the
                backbone's TextConfig fields), tiny_vision (VisionConfig fields) and the compute
                settings (models.COMPUTE_KEYS: the backbone Config's fields that config.json does
-               not carry), read by models.config_from_section;
-  mesh         MeshSection: parallel.MESH_CONFIG_KEYS (the axis sizes and the logical-axis rules);
-  data         DataSection: pipeline_config.PipelineConfig's fields (batch_size comes from
-               global_batch_size), source, the keys of pipeline_config.SOURCE_KEYS (synth: a dict of
-               synthetic.SynthConfig fields) and narration (train/setup.make_data);
+               not carry), read by models.config_from_section (train/setup.make_model_config);
+  mesh         MeshSection: parallel.MESH_CONFIG_KEYS (the axis sizes and the logical-axis rules,
+               resolved by parallel.rules_from_config when the tree is built);
+  data         DataSection: a pipeline_config.PipelineConfig (a subclass: its fields; batch_size
+               is set from global_batch_size, not a key of the section) with source, the keys of
+               pipeline_config.SOURCE_KEYS (synth: a dict of synthetic.SynthConfig fields) and
+               narration (train/setup.make_data);
   optim        optim.OptimConfig;  checkpoint  checkpoint.CheckpointConfig;  loss  LossConfig;
   grpo         GRPOSection: grpo.GRPOStepConfig's fields but reward_weights, plus top_p (the
                sampler's), ref_param_dtype (the reference copy's dtype) and preset;
@@ -41,6 +44,12 @@ from typing import Any
 from streampro_jax import _config, grpo, losses, models, parallel, sampling
 from streampro_jax.data import pipeline_config, synthetic
 from streampro_jax.train import checkpoint, optim
+
+__all__ = ["CONFIG_FILE", "COUNT_SCOPES", "ConfigError", "DataSection", "GRPORun", "GRPOSection",
+           "InitSection", "LossConfig", "MeshSection", "ModelSection", "RUN_CONTROL_KEYS",
+           "RUN_TYPES", "RewardSection", "RolloutSection", "SFTRun", "TRAINERS", "build",
+           "check_inputs", "check_workdir_config", "config_diff", "config_problems",
+           "input_problems"]
 
 TRAINERS = ("sft", "grpo")
 
@@ -125,8 +134,10 @@ def _fields_of(cls: type, drop: tuple[str, ...] = ()) -> list[tuple[str, Any, An
   return out
 
 
-def _node(name: str, doc: str, fields: list[tuple[str, Any, Any]]) -> type:
-  cls = dataclasses.make_dataclass(name, fields, frozen=True, namespace={"__doc__": doc})
+def _node(name: str, doc: str, fields: list[tuple[str, Any, Any]], *, bases: tuple = (),
+          namespace: dict[str, Any] | None = None) -> type:
+  cls = dataclasses.make_dataclass(name, fields, bases=bases, frozen=True,
+                                   namespace={"__doc__": doc, **(namespace or {})})
   cls.__module__ = __name__
   return cls
 
@@ -148,23 +159,44 @@ ModelSection = _node("ModelSection", """The ``config.model`` section (models.con
      ("tiny_vision", dict, _dict_field())]
     + [f for f in _fields_of(models.common.VLConfig) if f[0] in models.COMPUTE_KEYS])
 
-MeshSection = _node("MeshSection", """The ``config.mesh`` section: axis sizes (-1 fills the rest)
-  and the logical-axis rules (parallel.rules_from_config).""",
+def _mesh_from_config(cls, mesh_cfg: Any):
+  """The mesh node of a ``config.mesh`` mapping: the axis sizes converted to int, the rules
+  resolved by parallel.rules_from_config (a RULE_SETS name becomes its table; a malformed pair
+  is an error naming config.mesh.rules[i])."""
+  values = _config.as_dict(mesh_cfg)
+  sizes = _config.field_values(cls, {k: v for k, v in values.items() if k != "rules"},
+                               section_name="mesh")
+  return cls(**sizes, rules=parallel.rules_from_config(values))
+
+
+def _mesh_sizes(self) -> dict[str, int]:
+  """{axis: size} of parallel.MESH_AXES (parallel.make_mesh's argument)."""
+  return {axis: getattr(self, axis) for axis in parallel.MESH_AXES}
+
+
+MeshSection = _node("MeshSection", """The ``config.mesh`` section: the axis sizes of
+  parallel.MESH_AXES (-1 fills the rest; ``sizes``: the dict parallel.make_mesh takes) and the
+  logical-axis rules, resolved by parallel.rules_from_config when the tree is built.""",
     [(axis, int, dataclasses.field(default=-1 if axis == "data" else 1))
      for axis in parallel.MESH_AXES]
-    + [("rules", tuple, dataclasses.field(default=tuple(parallel.DEFAULT_RULES)))])
+    + [("rules", tuple, dataclasses.field(default=tuple(parallel.DEFAULT_RULES)))],
+    namespace={"from_config": classmethod(_mesh_from_config), "sizes": property(_mesh_sizes)})
 
-DataSection = _node("DataSection", """The ``config.data`` section:
-  pipeline_config.PipelineConfig's fields (batch_size comes from global_batch_size), the source
-  and every source's keys (pipeline_config.SOURCE_KEYS, at their unset values), and narration
+DataSection = _node("DataSection", """The ``config.data`` section: a
+  pipeline_config.PipelineConfig (its fields and from_config; batch_size is the GLOBAL batch,
+  set from config.global_batch_size, as pipeline.make_train_iterator takes it) with the source
+  and every source's keys (pipeline_config.SOURCE_KEYS, at their unset values) and narration
   (SynthStream narration targets, SFT only).""",
-    _fields_of(pipeline_config.PipelineConfig, drop=("batch_size",))
-    + [("source", str, dataclasses.field(default="synth"))]
+    [("source", str, dataclasses.field(default="synth"))]
     + [(key, type(value), _dict_field() if isinstance(value, dict)
         else dataclasses.field(default=value))
        for key, value in {k: v for keys in pipeline_config.SOURCE_KEYS.values()
                           for k, v in keys.items()}.items()]
-    + [("narration", bool, dataclasses.field(default=False))])
+    + [("narration", bool, dataclasses.field(default=False))],
+    bases=(pipeline_config.PipelineConfig,))
+
+_FROM_TOP = {DataSection: {"batch_size": "global_batch_size"}}
+"""Fields of a node that the tree sets from a top-level key (not a key of the section)."""
 
 GRPOSection = _node("GRPOSection", """The ``config.grpo`` section: grpo.GRPOStepConfig's fields
   (reward_weights come from config.reward.weights), top_p (the sampler's nucleus mass; the
@@ -341,11 +373,16 @@ def _check(cls: type, values: Mapping[str, Any], path: str, trainer: str,
   neutral value left out); one message per other key in `problems`."""
   values = _config.as_dict(values)
   modes = _MODES.get(cls, lambda v, t: {})(values, trainer)
-  types = {f.name: f.type for f in dataclasses.fields(cls)}
+  from_top = _FROM_TOP.get(cls, {})
+  types = {f.name: f.type for f in dataclasses.fields(cls) if f.name not in from_top}
   known = sorted(k for k in types if k not in modes)
   kept = {}
   for key, value in values.items():
     name = f"{path}.{key}" if path else key
+    if key in from_top:
+      problems.append(f"config.{name}: no code reads this key (the tree sets it from "
+                      f"config.{from_top[key]}; set that instead)")
+      continue
     if key in modes:
       neutral, why = modes[key]
       if _plain(value) != _plain(neutral):
@@ -423,6 +460,8 @@ def build(config: Mapping[str, Any], trainer: str) -> SFTRun | GRPORun:
   problems: list[str] = []
   values = _check(RUN_TYPES[trainer], config, "", trainer, problems)
   _raise(problems, "config keys that no code reads")
+  values.setdefault("data", {})["batch_size"] = values.get("global_batch_size",
+                                                           _RunTop.global_batch_size)
   return _make(RUN_TYPES[trainer], values, "")
 
 
@@ -513,7 +552,7 @@ def config_diff(old: Mapping[str, Any], new: Mapping[str, Any], *,
   return out
 
 
-def config_as_json(config) -> dict:
+def _config_as_json(config) -> dict:
   """The config as the JSON dict written to <workdir>/config.json."""
   import json  # pylint: disable=g-import-not-at-top
   text = (config.to_json_best_effort() if hasattr(config, "to_json_best_effort")
@@ -536,7 +575,7 @@ def check_workdir_config(workdir: str, config, *, allow_change: bool = False,
 
   from absl import logging  # pylint: disable=g-import-not-at-top
   path = os.path.join(workdir, CONFIG_FILE)
-  new = config_as_json(config)
+  new = _config_as_json(config)
   diffs = []
   if os.path.exists(path):
     with open(path, encoding="utf-8") as f:

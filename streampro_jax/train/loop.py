@@ -27,11 +27,13 @@ from absl import logging
 
 from streampro_jax.train import metrics as metrics_lib
 
+__all__ = ["StepFn", "train_loop"]
+
 StepFn = Callable[[Any, int], tuple[Any, Mapping[str, Any]]]
 
 
-def write_metrics(writer, fetched: Sequence[tuple[int, Mapping[str, Any]]],
-                  rates: Mapping[str, float]) -> None:
+def _write_metrics(writer, fetched: Sequence[tuple[int, Mapping[str, Any]]],
+                   rates: Mapping[str, float]) -> None:
   """Writes each step's metrics; the rates (nan ones left out) go with the last step."""
   for i, (step, m) in enumerate(fetched):
     scalars = {k: float(v) for k, v in m.items()}
@@ -83,7 +85,7 @@ def train_loop(state, step_fn: StepFn, *, start_step: int, total_steps: int, che
         tokens = sum(float(m["tokens"]) for _, m in fetched)
         rates["tokens_per_sec"] = tokens / max(now - t_last, 1e-9)
       t_last = now
-      write_metrics(writer, fetched, rates)
+      _write_metrics(writer, fetched, rates)
       pending = []
     saved = checkpointer.maybe_save(step, state, data_iterator, last_step=total_steps)
     if step == kill_after:

@@ -18,8 +18,11 @@ from collections.abc import Mapping, Sequence
 
 from absl import logging
 
+__all__ = ["ConsoleWriter", "JsonlWriter", "MultiWriter", "Progress", "TensorBoardWriter",
+           "create_writer", "read_jsonl"]
 
-def format_duration(seconds: float) -> str:
+
+def _format_duration(seconds: float) -> str:
   """'1h02m03s' / '2m03s' / '3s'."""
   seconds = max(int(round(seconds)), 0)
   h, rem = divmod(seconds, 3600)
@@ -67,7 +70,7 @@ class ConsoleWriter:
     if "steps_per_sec" in scalars:
       parts.append(f"{scalars['steps_per_sec']:.3g} steps/s")
     if "eta_s" in scalars and scalars["eta_s"] == scalars["eta_s"]:
-      parts.append(f"ETA {format_duration(scalars['eta_s'])}")
+      parts.append(f"ETA {_format_duration(scalars['eta_s'])}")
     logging.info(" | ".join(parts))
 
   def write_text(self, step: int, key: str, text: str):

@@ -32,6 +32,9 @@ import optax
 
 from streampro_jax import _config
 
+__all__ = ["FROZEN", "OptimConfig", "SCHEDULES", "TRAIN", "count_params", "make_optimizer",
+           "make_schedule", "trainable_mask"]
+
 TRAIN = "train"
 FROZEN = "frozen"
 SCHEDULES = ("cosine", "constant")
@@ -85,7 +88,7 @@ class OptimConfig:
     return cls(**kw)
 
 
-def path_str(path) -> str:
+def _path_str(path) -> str:
   """'/'-joined string of a jax key path (dict keys, attributes, sequence indices)."""
   parts = []
   for key in path:
@@ -110,10 +113,10 @@ def trainable_mask(params, frozen: str | None) -> Any:
   """
   pattern = re.compile(frozen) if frozen else None
   return jax.tree_util.tree_map_with_path(
-      lambda path, _: pattern is None or pattern.search(path_str(path)) is None, params)
+      lambda path, _: pattern is None or pattern.search(_path_str(path)) is None, params)
 
 
-def param_labels(params, frozen: str | None) -> Any:
+def _param_labels(params, frozen: str | None) -> Any:
   """Labels for ``optax.multi_transform``: 'train' or 'frozen' per parameter."""
   return jax.tree.map(lambda t: TRAIN if t else FROZEN, trainable_mask(params, frozen))
 
@@ -127,7 +130,7 @@ def count_params(params, frozen: str | None = None) -> dict[str, int]:
   return {"total": total, "trainable": trained, "frozen": total - trained}
 
 
-def warmup_steps(cfg: Mapping[str, Any] | OptimConfig, total_steps: int) -> int:
+def _warmup_steps(cfg: Mapping[str, Any] | OptimConfig, total_steps: int) -> int:
   """Warmup length: ``cfg.warmup_steps`` if set (>= 0), else ``round(warmup_ratio * total)``."""
   c = OptimConfig.from_config(cfg)
   steps = c.warmup_steps
@@ -148,7 +151,7 @@ def make_schedule(cfg: Mapping[str, Any] | OptimConfig, total_steps: int) -> opt
     raise ValueError(f"total_steps must be positive, got {total_steps}")
   c = OptimConfig.from_config(cfg)
   lr = c.lr
-  warm = warmup_steps(c, total_steps)
+  warm = _warmup_steps(c, total_steps)
   if c.schedule == "constant":
     if warm == 0:
       return optax.constant_schedule(lr)
@@ -187,4 +190,4 @@ def make_optimizer(cfg: Mapping[str, Any] | OptimConfig,
   frozen = c.frozen
   return optax.multi_transform(
       {TRAIN: train_tx, FROZEN: optax.set_to_zero()},
-      lambda params: param_labels(params, frozen))
+      lambda params: _param_labels(params, frozen))

@@ -31,6 +31,8 @@ from streampro_jax.train import config_check, optim
 from streampro_jax.train import setup as setup_lib
 from streampro_jax.train import state as state_lib
 
+__all__ = ["Data", "Run", "build_run"]
+
 
 @dataclasses.dataclass
 class Data:
@@ -53,7 +55,7 @@ class Run:
 
   Attributes:
     tree: the frozen config tree (config_check.SFTRun | config_check.GRPORun).
-    config: the ConfigDict it was built from (the setup functions and config.json read it).
+    config: the ConfigDict it was built from (written to the workdir's config.json).
     workdir: checkpoints/, metrics.jsonl, tb/, tokenizer/, config.json.
     mesh, rules: the device mesh and the logical-axis rules.
     tokenizer, model_config: the tokenizer and the backbone config.
@@ -154,12 +156,12 @@ def build_run(config, workdir: str, trainer: str, *,
   config_check.check_workdir_config(workdir, config, allow_change=allow_config_change,
                                     write=False)
   os.makedirs(workdir, exist_ok=True)
-  mesh, rules = setup_lib.make_mesh(config, devices), setup_lib.mesh_rules(config)
-  tokenizer = setup_lib.make_tokenizer(config, workdir)
-  model_config = setup_lib.make_model_config(config.model, tokenizer)
+  mesh, rules = setup_lib.make_mesh(tree.mesh, devices), tree.mesh.rules
+  tokenizer = setup_lib.make_tokenizer(tree, workdir)
+  model_config = setup_lib.make_model_config(tree.model, tokenizer)
   run = Run(tree=tree, config=config, workdir=workdir, mesh=mesh, rules=rules,
             tokenizer=tokenizer, model_config=model_config, data=None, total_steps=0,
             allow_config_change=allow_config_change)
   run.data = data_fn(run)
-  run.total_steps = setup_lib.total_steps_of(config, run.data.num_trajectories)
+  run.total_steps = setup_lib.total_steps_of(tree, run.data.num_trajectories)
   return run

@@ -1,10 +1,12 @@
-"""Config sections -> the objects both training stages build: mesh, tokenizer, backbone config,
-forward and unembedding functions, the SFT data iterator, the step count and the initial state
-from a Hugging Face checkpoint, or a random model of a config."""
+"""The run's config nodes -> the objects both training stages build: the mesh (of the tree's
+config_check.MeshSection), tokenizer, backbone config (ModelSection), forward and unembedding
+functions, the SFT data iterator (DataSection), the step count and the initial state from a
+Hugging Face checkpoint, or a random model of a config."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import shutil
@@ -15,11 +17,15 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from streampro_jax import models, parallel
+from streampro_jax import _config, models, parallel
 from streampro_jax.models import common
-from streampro_jax.data import pipeline_config, synthetic
+from streampro_jax.data import synthetic
 from streampro_jax.data import tokenizer as tok_lib
 from streampro_jax.train import state as state_lib
+
+__all__ = ["clean_on_early_failure", "load_hf_state", "make_data", "make_forward", "make_mesh",
+           "make_model_config", "make_tokenizer", "make_unembed", "nn_unbox", "random_model",
+           "random_params", "total_steps_of"]
 
 
 @contextlib.contextmanager
@@ -40,20 +46,13 @@ def clean_on_early_failure(workdir: str):
     raise
 
 
-def make_mesh(config, devices=None):
-  """The device mesh of ``config.mesh``'s axis sizes (parallel.make_mesh) over `devices`
-  (default: every device of every process), logged."""
-  mesh = parallel.make_mesh(dict(config.mesh), devices)
+def make_mesh(mesh_section, devices=None):
+  """The device mesh of a run's mesh node (config_check.MeshSection: its axis sizes,
+  parallel.make_mesh) over `devices` (default: every device of every process), logged."""
+  mesh = parallel.make_mesh(mesh_section.sizes, devices)
   logging.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.devices.size,
                jax.process_count())
   return mesh
-
-
-def mesh_rules(config):
-  """The logical-axis rules of ``config.mesh.rules`` (parallel.rules_from_config;
-  parallel.DEFAULT_RULES when the section has none): what the trainers shard parameters,
-  optimizer state and the update step with."""
-  return parallel.rules_from_config(config.get("mesh"))
 
 
 def make_tokenizer(config, workdir: str):
@@ -67,13 +66,15 @@ def make_tokenizer(config, workdir: str):
   return tokenizer
 
 
-def make_model_config(model_cfg, tokenizer):
-  """Backbone config (``model.family``: qwen2_5_vl | qwen3_vl) from ``config.model``.
+def make_model_config(model, tokenizer):
+  """Backbone config (``model.family``: qwen2_5_vl | qwen3_vl) of a model section: the run's
+  config_check.ModelSection, or a config's ``model`` mapping (a ConfigDict, a workdir's
+  config.json section).
 
   See ``models.config_from_section``: an HF checkpoint's config.json, or a tiny random config
   carrying the tokenizer's special ids.
   """
-  return models.config_from_section(model_cfg, tokenizer)
+  return models.config_from_section(_config.as_dict(model), tokenizer)
 
 
 def random_params(model_config, seed: int = 0):
@@ -117,40 +118,39 @@ def make_unembed(model_config):
   return lambda params: common.unembedding(params, model_config).astype(dtype)
 
 
-def make_data(config, tokenizer, model_config):
-  """(iterator, pipeline) of this host from ``config.data``; source "synth" generates
-  SynthStream in memory (``data.num_videos`` videos of ``data.split``, frames rendered lazily),
-  other sources go through ``pipeline.make_train_iterator``. ``data.narration=True`` (SynthStream
-  sources only) trains on ``synthetic.narration_record`` of each video instead of its questions:
-  a caption on every turn (pretraining a base model from scratch)."""
+def make_data(data, tokenizer, model_config):
+  """(iterator, pipeline) of this host from the run's data node (config_check.DataSection:
+  a PipelineConfig whose batch_size is the global batch, with its source keys); source "synth"
+  generates SynthStream in memory (``data.num_videos`` videos of ``data.split``, frames rendered
+  lazily), other sources go through ``pipeline.make_train_iterator``. ``data.narration=True``
+  (SynthStream sources only) trains on ``synthetic.narration_record`` of each video instead of
+  its questions: a caption on every turn (pretraining a base model from scratch)."""
   # grain is imported only here: the step and setup code run where grain is absent (the GPU
   # benchmark image, tests/test_gpu_benchmark.py).
   from streampro_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  data_cfg = dict(config.data)
-  data_cfg["batch_size"] = int(config.global_batch_size)
+  section = dataclasses.asdict(data)  # the pipeline's readers take the section as a mapping
   source = None
-  if data_cfg.get("source") == "synth":
-    spec = {k: data_cfg.get(k, v) for k, v in pipeline_config.SOURCE_KEYS["synth"].items()}
-    synth_cfg = synthetic.SynthConfig.from_dict(dict(spec["synth"]))
-    pairs = synthetic.generate(spec["split"], int(spec["num_videos"]),
-                               seed=int(spec["synth_seed"]), config=synth_cfg,
-                               with_frames=False)
+  if data.source == "synth":
+    synth_cfg = synthetic.SynthConfig.from_dict(dict(data.synth))
+    pairs = synthetic.generate(data.split, data.num_videos, seed=data.synth_seed,
+                               config=synth_cfg, with_frames=False)
     source = pipeline.RecordSource([r for r, _ in pairs], frames=synthetic.render_frames)
-  if data_cfg.get("narration", False):
+  if data.narration:
     source = synthetic.NarrationSource(
-        source if source is not None else pipeline.source_from_config(data_cfg))
-  return pipeline.make_train_iterator(data_cfg, tokenizer=tokenizer, model_config=model_config,
+        source if source is not None else pipeline.source_from_config(section))
+  return pipeline.make_train_iterator(section, tokenizer=tokenizer, model_config=model_config,
                                       source=source)
 
 
-def total_steps_of(config, num_trajectories: int) -> int:
-  """config.total_steps if > 0, else floor(num_epochs * trajectories / global batch)."""
-  if config.total_steps > 0:
-    return int(config.total_steps)
-  steps = int(float(config.num_epochs) * num_trajectories // int(config.global_batch_size))
+def total_steps_of(run, num_trajectories: int) -> int:
+  """run.total_steps if > 0, else floor(num_epochs * trajectories / global batch), from the run's
+  config tree (config_check.SFTRun | GRPORun)."""
+  if run.total_steps > 0:
+    return run.total_steps
+  steps = int(run.num_epochs * num_trajectories // run.global_batch_size)
   if steps < 1:
-    raise ValueError(f"{config.num_epochs} epochs of {num_trajectories} trajectories at global "
-                     f"batch {config.global_batch_size} is less than one step")
+    raise ValueError(f"{run.num_epochs} epochs of {num_trajectories} trajectories at global "
+                     f"batch {run.global_batch_size} is less than one step")
   return steps
 
 
@@ -159,14 +159,14 @@ def nn_unbox(tree):
   return nn.unbox(tree)
 
 
-def load_hf_state(config, model_config, tokenizer, tx, shardings, mesh):
-  """TrainState from a Hugging Face checkpoint, loaded straight into the param shardings; with
-  ``model.reinit_decision_rows`` (default True) the decision tokens' embedding rows are drawn
-  afresh."""
+def load_hf_state(model, model_config, tokenizer, tx, shardings, mesh):
+  """TrainState from the Hugging Face checkpoint of the run's model node
+  (config_check.ModelSection), loaded straight into the param shardings; with
+  ``model.reinit_decision_rows`` the decision tokens' embedding rows are drawn afresh."""
   _, params = models.backbone_module(model_config).load_hf_checkpoint(
-      config.model.hf_checkpoint, dtype=jnp.float32, shardings=shardings.params,
+      model.hf_checkpoint, dtype=jnp.float32, shardings=shardings.params,
       scan_layers=model_config.scan_layers)
-  if config.model.get("reinit_decision_rows", True):
+  if model.reinit_decision_rows:
     ids = tok_lib.decision_token_ids(tokenizer)
     v = model_config.text.vocab_size
     reinit = lambda p: tok_lib.resize_param_vocab(p, v, reinit_ids=ids)  # noqa: E731

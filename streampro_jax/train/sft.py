@@ -158,7 +158,7 @@ def train(config, workdir: str, *, allow_config_change: bool = False):
   """
 
   def data_fn(r: run_lib.Run) -> run_lib.Data:
-    data_iter, pipe = setup_lib.make_data(r.config, r.tokenizer, r.model_config)
+    data_iter, pipe = setup_lib.make_data(r.tree.data, r.tokenizer, r.model_config)
     return run_lib.Data(data_iter, pipe.num_trajectories, extra=pipe)
 
   run = run_lib.build_run(config, workdir, "sft", data_fn=data_fn,
@@ -175,8 +175,8 @@ def train(config, workdir: str, *, allow_config_change: bool = False):
 
   def fresh_state(r: run_lib.Run):
     if tree.model.hf_checkpoint:
-      return setup_lib.load_hf_state(r.config, r.model_config, r.tokenizer, r.tx, r.shardings,
-                                     r.mesh)
+      return setup_lib.load_hf_state(r.tree.model, r.model_config, r.tokenizer, r.tx,
+                                     r.shardings, r.mesh)
     state, _ = state_lib.create_train_state(r.init_fn(), r.tx, r.mesh, r.rng, rules=r.rules)
     return state
 

@@ -27,6 +27,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from streampro_jax import parallel
 
+__all__ = ["TrainState", "abstract_state", "create_train_state", "put_params", "sharding_context",
+           "state_from_params", "state_shardings"]
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -44,17 +47,17 @@ def sharding_context(mesh: Mesh, rules=None):
     yield
 
 
-def replicated(mesh: Mesh) -> NamedSharding:
+def _replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
-def param_shardings(boxed_abstract_params, mesh: Mesh, rules=None):
+def _param_shardings(boxed_abstract_params, mesh: Mesh, rules=None):
   """NamedShardings (unboxed structure) for a boxed abstract parameter tree."""
   return parallel.logical_shardings(boxed_abstract_params, mesh, rules=rules)
 
 
-def opt_state_shardings(tx: optax.GradientTransformation, abstract_params, params_sharding,
-                        mesh: Mesh):
+def _opt_state_shardings(tx: optax.GradientTransformation, abstract_params, params_sharding,
+                         mesh: Mesh):
   """Optimizer-state shardings: each per-parameter leaf (Adam mu, nu) follows its parameter.
 
   A leaf of the optimizer state follows the parameter whose key path is a suffix of the leaf's key
@@ -73,7 +76,7 @@ def opt_state_shardings(tx: optax.GradientTransformation, abstract_params, param
       hit = by_path.get(path[start:])
       if hit is not None and hit[0] == tuple(leaf.shape):
         return hit[1]
-    return replicated(mesh)
+    return _replicated(mesh)
 
   return jax.tree_util.tree_map_with_path(one, abstract_opt)
 
@@ -81,10 +84,10 @@ def opt_state_shardings(tx: optax.GradientTransformation, abstract_params, param
 def state_shardings(tx: optax.GradientTransformation, boxed_abstract_params, mesh: Mesh,
                     rules=None) -> TrainState:
   """TrainState of NamedShardings for boxed abstract params (from ``jax.eval_shape``)."""
-  p_sh = param_shardings(boxed_abstract_params, mesh, rules)
+  p_sh = _param_shardings(boxed_abstract_params, mesh, rules)
   abstract_params = nn.unbox(boxed_abstract_params)
-  return TrainState(step=replicated(mesh), params=p_sh,
-                    opt_state=opt_state_shardings(tx, abstract_params, p_sh, mesh))
+  return TrainState(step=_replicated(mesh), params=p_sh,
+                    opt_state=_opt_state_shardings(tx, abstract_params, p_sh, mesh))
 
 
 def abstract_state(tx: optax.GradientTransformation, boxed_abstract_params) -> TrainState:
