@@ -121,7 +121,7 @@ def loss_config(kind: str = "cb_stream", **kw) -> ml_collections.ConfigDict:
   """Loss section: every streampro_jax.train.config_check.LossConfig field, at its default unless
   given. kind: cb_stream | ce | focal. chunk_size > 0: chunked-vocabulary loss from hidden
   states. count_scope: global | microbatch | device, where the decision-class counts n_k are
-  taken (config_check.COUNT_SCOPES; docs/components.md#count-scope has the weight-ratio table)."""
+  taken (config_check._COUNT_SCOPES; docs/components.md#count-scope has the weight-ratio table)."""
   return _section("loss_config", dict(kind=kind, beta=0.9999, text_weight=2.0, gamma=2.0,
                                       chunk_size=0, count_scope="global"), kw)
 

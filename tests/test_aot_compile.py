@@ -104,7 +104,7 @@ def test_tiny_all_stages_v5e(tmp_path):
   # The state: parameters replicated (data parallel), so each chip holds all of it: params +
   # Adam mu and nu of the trainable ones (vision blocks frozen: masked, no moments) + counters.
   from configs import tiny_synthetic  # pylint: disable=g-import-not-at-top
-  s = aot.build_setup(tiny_synthetic.get_config(), jax.devices()[:4])
+  s = aot._build_setup(tiny_synthetic.get_config(), jax.devices()[:4])
   state = aot._abstract_train_state(s)
   total = sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(state))
   assert sft["counted_argument_bytes"]["state"] == total
@@ -129,8 +129,8 @@ def test_decode_loop_keeps_the_donated_cache_in_place():
   config.global_batch_size = 8   # x group_size 4 = 32 rows, 8 per chip
   config.rollout.capacity = 8192
   config.mesh.update(data=1, fsdp=-1)
-  s = aot.build_setup(config, aot.topology_devices("v5p:2x2x1"))
-  report = aot.compile_stage(s, "decode", "v5p:2x2x1")
+  s = aot._build_setup(config, aot._topology_devices("v5p:2x2x1"))
+  report = aot._compile_stage(s, "decode", "v5p:2x2x1")
   cache = report.counted_argument_bytes["cache"]
   # k, v [L, 8, K, cap, H] bf16; slot_turn, slot_seq i32 and slot_valid bool [8, cap]; four i32
   # and one bool [8] counters.

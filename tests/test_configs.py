@@ -52,12 +52,12 @@ def _demo_configs():
 @pytest.mark.parametrize("name", TRAINER_CONFIGS)
 def test_every_config_reads_every_key(name):
   args = ("/ckpt",) if name in PAPER_CONFIGS else ()
-  assert config_check.config_problems(_get(name, *args), _trainer(name)) == []
+  assert config_check._config_problems(_get(name, *args), _trainer(name)) == []
 
 
 def test_demo_trainer_configs_read_every_key():
   for name, (config, trainer) in _demo_configs().items():
-    assert config_check.config_problems(config, trainer) == [], name
+    assert config_check._config_problems(config, trainer) == [], name
 
 
 def test_unread_keys_are_errors_that_name_them():

@@ -151,7 +151,7 @@ def test_reward_scorer_by_hand():
   # Row 1: silent throughout.
   row1 = [s] * 10
   batch = _rollout_batch([row0, row1], 2)
-  scorer = grpo_rewards.RewardScorer(grpo_rewards.SyntheticRubricJudge(), tau=8.0,
+  scorer = grpo_rewards.RewardScorer(grpo_rewards._SyntheticRubricJudge(), tau=8.0,
                                      max_turns=10, max_answers=4, max_checks=4)
   out = scorer.score(batch, [(rec, 0)])
   np.testing.assert_allclose(out["reward_fmt"], [0.9, 1.0])
@@ -180,7 +180,7 @@ def test_reward_scorer_by_hand():
 
 
 def test_synthetic_judge_counts_unknown_templates_as_failures():
-  judge = grpo_rewards.SyntheticRubricJudge()
+  judge = grpo_rewards._SyntheticRubricJudge()
   marks = judge.check_responses([(3.0, "red circle")], ['Mentions "red circle".', "Be nice."])
   assert marks == [True, None] and judge.stats.failures == 1
   assert synthetic.check_rubric('Mentions "red circle".', [(3.0, "red circle")])
@@ -190,11 +190,11 @@ def test_prompt_iterator_state_resumes_exactly():
   from streampro_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   src = pipeline.synthetic_source("train", 5)
   src.frames = lambda rec: np.zeros((1,), np.uint8)  # no rendering needed here
-  it = grpo_data.PromptIterator(src, 2, seed=3)
+  it = grpo_data._PromptIterator(src, 2, seed=3)
   first = [[(r.id, q) for r, q, _ in next(it)] for _ in range(2)]
   state = it.get_state()
   want = [[(r.id, q) for r, q, _ in next(it)] for _ in range(4)]  # crosses the epoch boundary
-  it2 = grpo_data.PromptIterator(src, 2, seed=3)
+  it2 = grpo_data._PromptIterator(src, 2, seed=3)
   it2.set_state(state)
   assert [[(r.id, q) for r, q, _ in next(it2)] for _ in range(4)] == want
   ids = [x for b in first + want for x in b]

@@ -376,7 +376,8 @@ def test_streamo_question_without_response_is_dropped_and_counted(tmp_path):
   entry = dict(STREAMO_RAW[0], question=STREAMO_RAW[0]["question"] + [
       {"content": "Unanswered?", "time": "30"}])
   stats = im._ImportStats()
-  (r,) = im._iter_import("streamo_raw", _write(tmp_path, "d.json", [entry]), stats=stats, opts=NOVID)
+  (r,) = im._iter_import("streamo_raw", _write(tmp_path, "d.json", [entry]), stats=stats,
+                         opts=NOVID)
   assert len(r["questions"]) == 1 and r["meta"]["dropped_unanswered_questions"] == 1
   assert stats.dropped_questions == 1
   none = dict(STREAMO_RAW[0], response=[])

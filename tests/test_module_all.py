@@ -35,18 +35,8 @@ _PENDING = frozenset({
     "streampro_jax.sampling.decode",
     "streampro_jax.sampling.formats",
     "streampro_jax.sampling.sampler",
-    "streampro_jax.train.aot",
-    "streampro_jax.train.checkpoint",
-    "streampro_jax.train.config_check",
     "streampro_jax.train.grpo_step",
-    "streampro_jax.train.grpo_trainer",
-    "streampro_jax.train.loop",
-    "streampro_jax.train.metrics",
-    "streampro_jax.train.optim",
-    "streampro_jax.train.run",
-    "streampro_jax.train.setup",
     "streampro_jax.train.sft",
-    "streampro_jax.train.state",
     "streampro_jax.train.step",
 })
 
@@ -73,6 +63,8 @@ PROTOCOLS: dict[str, dict[str, str]] = {
 # already-jitted functions a module docstring offers, the judge interface and constructors, the
 # live session); module -> {name: why}.
 _ENTRY_POINT = "an entry point of docs/architecture.md#public-api"
+_CONFIG_NODE = ("a node of the typed config tree that config_check.build returns (a trainer reads "
+                "run.tree.<section>)")
 USER_API: dict[str, dict[str, str]] = {
     "streampro_jax.bench.pauc": {"turn_score": _ENTRY_POINT + " (PAUC of one example)"},
     "streampro_jax.bench.streampro_f1": {
@@ -110,6 +102,18 @@ USER_API: dict[str, dict[str, str]] = {
                            "docstring)",
         "turn_f1_reward_jit": "the already-jitted Turn-F1 reward (the module docstring)",
     },
+    "streampro_jax.train.aot": {
+        "Report": "the result type of compile_config (its fields are what launch/aot_compile.py "
+                  "and users read)",
+    },
+    "streampro_jax.train.checkpoint": {
+        name: "orbax records a handler's class name in the checkpoint's metadata: renaming it "
+              "would break restoring existing checkpoints"
+        for name in ("IteratorStateHandler", "IteratorStateSave", "IteratorStateRestore")},
+    "streampro_jax.train.config_check": {
+        name: _CONFIG_NODE
+        for name in ("SFTRun", "DataSection", "GRPOSection", "InitSection", "ModelSection",
+                     "RolloutSection")},
 }
 
 

@@ -144,7 +144,7 @@ def test_splash_compiles_mosaic_for_v5e():
   config.model.attention_impl = "splash"
   config.data.max_turns = 4
   config.data.seq_len = 256
-  s = aot.build_setup(config, aot.topology_devices("v5e:2x2"))
+  s = aot._build_setup(config, aot._topology_devices("v5e:2x2"))
   low = aot._sft_lowerable(s)
   with state_lib.sharding_context(s.mesh, s.rules):
     compiled = low.jitted.lower(*low.args).compile()

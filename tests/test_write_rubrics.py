@@ -136,7 +136,7 @@ def test_write_rubrics_end_to_end_resume_and_trainer_reads_them(server, tmp_path
 
   # The GRPO trainer's scorer reads them (config.reward.rubrics_file) for the input's records,
   # which carry no rubric themselves.
-  rubrics, policy = grpo_rewards.rubrics_from_config({"rubrics_file": str(out)})
+  rubrics, policy = grpo_rewards._rubrics_from_config({"rubrics_file": str(out)})
   assert policy == "error" and rubrics[("v0", "q0")] == tuple(
       it["rubric"] for it in _items("circle"))
   rec = schema.parse_record(_record("v0", "OKQ What is red? circle", "red circle"))
@@ -154,7 +154,7 @@ def test_write_rubrics_end_to_end_resume_and_trainer_reads_them(server, tmp_path
     grpo_rewards.RewardScorer(judges.MatchJudge(), max_turns=10, max_answers=4).score(
         _rollout_batch(rows, 2), [(rec, 0)])
   with pytest.raises(ValueError, match="missing_rubric"):
-    grpo_rewards.rubrics_from_config({"missing_rubric": "skip"})
+    grpo_rewards._rubrics_from_config({"missing_rubric": "skip"})
 
 
 def test_write_rubrics_command_line(server, tmp_path):

@@ -49,7 +49,8 @@ __all__ = ["FORMATS", "Options", "export_array_record", "import_to_jsonl", "read
 
 FORMATS = ("streamo_raw", "streamo_stream", "timechat_online", "videochat_flash", "simple")
 _STANDBY = "</Standby>"
-_STANDBY_NOTE = "Streamo </Standby> turns mapped to </Silence> (docs/method.md has no standby token)"
+_STANDBY_NOTE = ("Streamo </Standby> turns mapped to </Silence> (docs/method.md has no standby "
+                 "token)")
 # Streamo's converter puts this question on <0s-1s> when an entry has none.
 _STREAMO_DEFAULT_QUESTION = "Find all significant events in the video and describe them."
 

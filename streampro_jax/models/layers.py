@@ -869,7 +869,8 @@ class VisionQKV(nn.Module):
     return qkv[:, 0], qkv[:, 1], qkv[:, 2], proj
 
 
-def _fill_tokens(embeds: _Array, ids: _Array, token_id: int, feats: _Array, batched: bool) -> _Array:
+def _fill_tokens(embeds: _Array, ids: _Array, token_id: int, feats: _Array,
+                 batched: bool) -> _Array:
   """Replaces the token_id positions of embeds [B, T, D] by feats, in order.
 
   Flat (HF layout): feats [M, D]; the k-th token_id position of the whole batch (row-major)

@@ -16,8 +16,8 @@ sharding rules on the slice's mesh and compiles the real jitted functions:
            the B samples, [N, C_user] through the KV cache) for the rollout batch N = B x G;
   decode   the sampler's message decode (decode_fn: a while loop of [N, 1] steps through the cache).
 
-``compile_stage`` returns one report per stage (``Report``): mesh, per-chip bytes (arguments,
-outputs, aliased, temporaries, generated code, total) against the chip's HBM (``HBM_BYTES``), the
+``_compile_stage`` returns one report per stage (``Report``): mesh, per-chip bytes (arguments,
+outputs, aliased, temporaries, generated code, total) against the chip's HBM (``_HBM_BYTES``), the
 model FLOPs of the step (``model_flops``) and per chip, the compiler's FLOPs per chip, and the
 compile time. These are compile-time figures (what the TPU compiler allocates), not measured step
 times. launch/aot_compile.py is the command line.
@@ -48,9 +48,8 @@ from streampro_jax.train import setup as setup_lib
 from streampro_jax.train import state as state_lib
 from streampro_jax.train import step as step_lib
 
-__all__ = ["HBM_BYTES", "HBM_SOURCE", "Report", "STAGES", "STAGE_GROUPS", "Setup", "build_setup",
-           "compile_config", "compile_stage", "generation", "model_flops", "quiet_libtpu_env",
-           "topology_devices"]
+__all__ = ["HBM_SOURCE", "Report", "STAGE_GROUPS", "compile_config", "generation",
+           "quiet_libtpu_env"]
 
 _GiB = 2 ** 30
 
@@ -59,12 +58,12 @@ _GiB = 2 ** 30
 # https://cloud.google.com/tpu/docs/v5e (v5e: 16 GiB HBM2), https://cloud.google.com/tpu/docs/v5p
 # (v5p: 95 GiB HBM2e), https://cloud.google.com/tpu/docs/v6e (v6e / Trillium: 32 GiB HBM).
 # The runtime keeps a little for itself: on v5e the compiler allows 15.75 GiB of the 16.
-HBM_BYTES = {"v4": 32 * _GiB, "v5e": 16 * _GiB, "v5p": 95 * _GiB, "v6e": 32 * _GiB}
+_HBM_BYTES = {"v4": 32 * _GiB, "v5e": 16 * _GiB, "v5p": 95 * _GiB, "v6e": 32 * _GiB}
 HBM_SOURCE = ("cloud.google.com/tpu/docs/{v4,v5e,v5p,v6e}: HBM per chip 32 / 16 / 95 / 32 GiB")
 
-STAGES = ("sft", "grpo", "prefill", "decode")
+_STAGES = ("sft", "grpo", "prefill", "decode")
 STAGE_GROUPS = {"sft": ("sft",), "grpo": ("grpo",), "decode": ("prefill", "decode"),
-                "all": STAGES}
+                "all": _STAGES}
 
 
 def quiet_libtpu_env() -> None:
@@ -80,15 +79,15 @@ def quiet_libtpu_env() -> None:
 
 
 def generation(topology: str) -> str:
-  """'v5e' of 'v5e:4x4'; raises for a generation without an HBM_BYTES entry."""
+  """'v5e' of 'v5e:4x4'; raises for a generation without an _HBM_BYTES entry."""
   gen = topology.split(":")[0].lower()
-  if gen not in HBM_BYTES:
+  if gen not in _HBM_BYTES:
     raise ValueError(f"topology {topology!r}: unknown TPU generation {gen!r}; known: "
-                     f"{sorted(HBM_BYTES)}")
+                     f"{sorted(_HBM_BYTES)}")
   return gen
 
 
-def topology_devices(topology: str, num_slices: int = 1) -> list:
+def _topology_devices(topology: str, num_slices: int = 1) -> list:
   """The devices of a TPU slice (compile-only; no TPU needed), e.g. 'v5e:2x2', 'v5p:2x2x1'.
 
   The chip grid after ':' is 2-D (v5e, v6e: 'AxB') or 3-D (v4, v5p: 'AxBxC'); one host holds at
@@ -112,7 +111,7 @@ def topology_devices(topology: str, num_slices: int = 1) -> list:
 
 
 @dataclasses.dataclass
-class Setup:
+class _Setup:
   """The abstract pieces of a run: backbone config, optimizer, boxed params, state shardings."""
   config: Any
   mesh: Any
@@ -162,7 +161,7 @@ def _published_config(model_type: str, **compute):
   return models.config_class(mod.MODEL_TYPE)(**compute)
 
 
-def build_setup(config, devices: Sequence) -> Setup:
+def _build_setup(config, devices: Sequence) -> _Setup:
   """Mesh (config.mesh over `devices`), rules, backbone config (attention_impl 'jax' taken as
   'splash', its path on a TPU), optimizer, boxed abstract params and TrainState shardings of a
   training config."""
@@ -181,7 +180,7 @@ def build_setup(config, devices: Sequence) -> Setup:
   pcfg = pipeline_config.PipelineConfig.from_config(config.data)
   proc = pipeline.processor_config(pcfg, mcfg)
   _, gh, gw = proc.grid(pcfg.frame_height, pcfg.frame_width)
-  return Setup(config, mesh, rules, mcfg, tx, boxed, shardings, pcfg, (1, gh, gw),
+  return _Setup(config, mesh, rules, mcfg, tx, boxed, shardings, pcfg, (1, gh, gw),
                int(proc.patch_dim))
 
 
@@ -196,16 +195,16 @@ def _with_shardings(tree, shardings):
   return jax.tree.map(lambda x, s: _sds(x.shape, x.dtype, s), tree, shardings)
 
 
-def _abstract_train_state(s: Setup):
+def _abstract_train_state(s: _Setup):
   """The TrainState as sharded ShapeDtypeStructs (state_lib.abstract_state + shardings)."""
   return _with_shardings(state_lib.abstract_state(s.tx, s.boxed), s.shardings)
 
 
-def _rows_per_turn(s: Setup) -> int:
+def _rows_per_turn(s: _Setup) -> int:
   return s.grid[1] * s.grid[2]
 
 
-def _sft_batch(s: Setup, rows: int) -> dict:
+def _sft_batch(s: _Setup, rows: int) -> dict:
   """The SFT step's batch (sft.STEP_BATCH_KEYS) of `rows` rows at config.data's shapes, sharded
   by step.batch_shardings (rows over data x fsdp)."""
   t, k = s.pcfg.seq_len, s.pcfg.max_turns
@@ -216,7 +215,7 @@ def _sft_batch(s: Setup, rows: int) -> dict:
   return _sharded_batch(s, shapes)
 
 
-def _grpo_batch(s: Setup, rows: int) -> dict:
+def _grpo_batch(s: _Setup, rows: int) -> dict:
   """The GRPO step's batch (the keys of GRPOTrainer's update batch) of `rows` rows."""
   shapes = {k: v for k, v in _shape_dict(_sft_batch(s, rows)).items()}
   shapes["old_logps"] = ((rows, s.pcfg.seq_len), jnp.float32)
@@ -229,7 +228,7 @@ def _shape_dict(batch):
   return {k: (x.shape, x.dtype) for k, x in batch.items()}
 
 
-def _sharded_batch(s: Setup, shapes: Mapping[str, tuple]) -> dict:
+def _sharded_batch(s: _Setup, shapes: Mapping[str, tuple]) -> dict:
   example = {k: np.zeros((1,) * len(shape), np.float32) for k, (shape, _) in shapes.items()}
   shard = step_lib.batch_shardings(example, s.mesh)
   return {k: _sds(shape, dtype, shard[k]) for k, (shape, dtype) in shapes.items()}
@@ -280,7 +279,7 @@ def _param_count(tree) -> int:
   return int(sum(np.prod(x.shape, dtype=np.int64) for x in jax.tree.leaves(tree)))
 
 
-def _param_counts(s: Setup) -> dict[str, int]:
+def _param_counts(s: _Setup) -> dict[str, int]:
   """Parameter counts: vision tower (incl. merger), embedding / unembedding (D V each), the rest
   (decoder layers and final norm)."""
   params = nn.unbox(s.boxed)
@@ -291,7 +290,7 @@ def _param_counts(s: Setup) -> dict[str, int]:
   return dict(vision=vis, embed_vocab=dv, decoder=_param_count(params) - vis - emb)
 
 
-def model_flops(s: Setup, stage: str, *, rows: int, seq: int, patches: int,
+def _model_flops(s: _Setup, stage: str, *, rows: int, seq: int, patches: int,
                 cache_len: int = 0) -> float:
   """Model FLOPs of one call of a stage (matmuls only, no recomputation):
 
@@ -320,7 +319,7 @@ def model_flops(s: Setup, stage: str, *, rows: int, seq: int, patches: int,
                  + 2 * dv * rows + 2 * vis * patches)
   if stage == "decode":
     return float(2 * (dec + dv) * rows + 4 * layers * d_attn * cache_len * rows)
-  raise ValueError(f"unknown stage {stage!r}; known: {STAGES}")
+  raise ValueError(f"unknown stage {stage!r}; known: {_STAGES}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -338,7 +337,7 @@ class _Lowerable:
   flops: float
 
 
-def _sft_lowerable(s: Setup) -> _Lowerable:
+def _sft_lowerable(s: _Setup) -> _Lowerable:
   cfg = s.config
   rows = int(cfg.global_batch_size)
   batch = _sft_batch(s, rows)
@@ -358,7 +357,7 @@ def _sft_lowerable(s: Setup) -> _Lowerable:
                     dict(state=_tree_bytes_per_chip(state), batch=_tree_bytes_per_chip(batch)),
                     dict(rows=rows, seq_len=s.pcfg.seq_len, patches=patches,
                          num_microbatches=int(cfg.num_microbatches)),
-                    model_flops(s, "sft", rows=rows, seq=s.pcfg.seq_len, patches=patches))
+                    _model_flops(s, "sft", rows=rows, seq=s.pcfg.seq_len, patches=patches))
 
 
 def _grpo_step_config(config) -> grpo.GRPOStepConfig:
@@ -374,7 +373,7 @@ def _grpo_rows(config, cfg: grpo.GRPOStepConfig) -> int:
   return int(config.global_batch_size) * cfg.group_size
 
 
-def _grpo_lowerable(s: Setup) -> _Lowerable:
+def _grpo_lowerable(s: _Setup) -> _Lowerable:
   cfg = s.config
   gcfg = _grpo_step_config(cfg)
   rows = _grpo_rows(cfg, gcfg)
@@ -400,7 +399,7 @@ def _grpo_lowerable(s: Setup) -> _Lowerable:
   return _Lowerable(step.jitted, (state, ref, batch), counted,
                     dict(rows=rows, seq_len=s.pcfg.seq_len, patches=patches,
                          num_microbatches=gcfg.num_microbatches, group_size=gcfg.group_size),
-                    model_flops(s, "grpo", rows=rows, seq=s.pcfg.seq_len, patches=patches))
+                    _model_flops(s, "grpo", rows=rows, seq=s.pcfg.seq_len, patches=patches))
 
 
 def _decision_ids(model_config) -> tuple[int, int]:
@@ -421,7 +420,7 @@ def _sampler_config_of(config) -> sampling.SamplerConfig:
       sampling.SamplerConfig, _config.as_dict(config.get("rollout")), section_name="rollout"))
 
 
-def _sampler_shapes(s: Setup) -> dict[str, int]:
+def _sampler_shapes(s: _Setup) -> dict[str, int]:
   """Rollout rows N = global_batch_size x G, samples B, the user-chunk bucket C and the cache
   capacity: SamplerConfig.user_chunk_len / capacity when set, else C = 128 and the capacity
   StreamingSampler.capacity_for gives the config's max_turns (a 16-token system prefix)."""
@@ -440,7 +439,7 @@ def _sampler_shapes(s: Setup) -> dict[str, int]:
               window_turns=scfg.window_turns, max_text_tokens=scfg.max_text_tokens)
 
 
-def _abstract_cache(s: Setup, rows: int, capacity: int, window_turns: int):
+def _abstract_cache(s: _Setup, rows: int, capacity: int, window_turns: int):
   """The sampler's KV cache as sharded ShapeDtypeStructs: rows over (data, fsdp) (dim 1 of the
   scanned [L, B, K, cap, H] stacks, dim 0 elsewhere), as StreamingSampler places it."""
   shapes = jax.eval_shape(lambda: kv_cache.init_cache(s.model_config, rows, capacity,
@@ -449,7 +448,7 @@ def _abstract_cache(s: Setup, rows: int, capacity: int, window_turns: int):
       s.mesh, parallel.row_spec(x.ndim, 1 if x.ndim == 5 else 0))), shapes)
 
 
-def _sampler_fns(s: Setup, scfg: sampling.SamplerConfig):
+def _sampler_fns(s: _Setup, scfg: sampling.SamplerConfig):
   mcfg = s.model_config
   silence, response = _decision_ids(mcfg)
   vision = tuple(sorted({int(getattr(mcfg, n)) for n in (
@@ -459,19 +458,19 @@ def _sampler_fns(s: Setup, scfg: sampling.SamplerConfig):
                                   vision_token_ids=vision)
 
 
-def _row_sharded(s: Setup, shape, dtype, row_dim=0):
+def _row_sharded(s: _Setup, shape, dtype, row_dim=0):
   return _sds(shape, dtype, NamedSharding(s.mesh, parallel.row_spec(len(shape), row_dim)))
 
 
-def _replicated(s: Setup, shape, dtype):
+def _replicated(s: _Setup, shape, dtype):
   return _sds(shape, dtype, NamedSharding(s.mesh, PartitionSpec()))
 
 
-def _params_abstract(s: Setup):
+def _params_abstract(s: _Setup):
   return _with_shardings(nn.unbox(s.boxed), s.shardings.params)
 
 
-def _prefill_lowerable(s: Setup) -> _Lowerable:
+def _prefill_lowerable(s: _Setup) -> _Lowerable:
   sh = _sampler_shapes(s)
   scfg = _sampler_config_of(s.config)
   user_fn, _ = _sampler_fns(s, scfg)
@@ -489,11 +488,11 @@ def _prefill_lowerable(s: Setup) -> _Lowerable:
   counted = dict(params=_tree_bytes_per_chip(params), cache=_tree_bytes_per_chip(cache),
                  inputs=_tree_bytes_per_chip(args[2:]))
   return _Lowerable(jitted, args, counted, sh,
-                    model_flops(s, "prefill", rows=n, seq=c, patches=b * _rows_per_turn(s),
+                    _model_flops(s, "prefill", rows=n, seq=c, patches=b * _rows_per_turn(s),
                                 cache_len=sh["capacity"]))
 
 
-def _decode_lowerable(s: Setup) -> _Lowerable:
+def _decode_lowerable(s: _Setup) -> _Lowerable:
   sh = _sampler_shapes(s)
   scfg = _sampler_config_of(s.config)
   _, decode_fn = _sampler_fns(s, scfg)
@@ -510,7 +509,7 @@ def _decode_lowerable(s: Setup) -> _Lowerable:
   counted = dict(params=_tree_bytes_per_chip(params), cache=_tree_bytes_per_chip(cache),
                  inputs=_tree_bytes_per_chip(args[2:]))
   return _Lowerable(jitted, args, counted, sh,
-                    model_flops(s, "decode", rows=n, seq=1, patches=0, cache_len=sh["capacity"]))
+                    _model_flops(s, "decode", rows=n, seq=1, patches=0, cache_len=sh["capacity"]))
 
 
 _LOWERABLES = {"sft": _sft_lowerable, "grpo": _grpo_lowerable, "prefill": _prefill_lowerable,
@@ -598,11 +597,11 @@ def _parse_resource_exhausted(message: str) -> dict[str, int]:
   return out
 
 
-def compile_stage(s: Setup, stage: str, topology: str, num_slices: int = 1) -> Report:
+def _compile_stage(s: _Setup, stage: str, topology: str, num_slices: int = 1) -> Report:
   """Lowers and compiles one stage on the setup's mesh; a compile the TPU compiler refuses for
   lack of memory comes back as a Report with fits False and the error's figures."""
   low = _LOWERABLES[stage](s)
-  hbm = HBM_BYTES[generation(topology)]
+  hbm = _HBM_BYTES[generation(topology)]
   t0 = time.perf_counter()
   error = ""
   compiled = None
@@ -645,9 +644,9 @@ def compile_stage(s: Setup, stage: str, topology: str, num_slices: int = 1) -> R
 
 def compile_config(config, topology: str, stages: Sequence[str], num_slices: int = 1
                    ) -> list[Report]:
-  """Compiles each of `stages` (STAGES names) of a training config for a TPU topology."""
+  """Compiles each of `stages` (_STAGES names) of a training config for a TPU topology."""
   for st in stages:
-    if st not in STAGES:
-      raise ValueError(f"unknown stage {st!r}; known: {STAGES}")
-  s = build_setup(config, topology_devices(topology, num_slices))
-  return [compile_stage(s, st, topology, num_slices) for st in stages]
+    if st not in _STAGES:
+      raise ValueError(f"unknown stage {st!r}; known: {_STAGES}")
+  s = _build_setup(config, _topology_devices(topology, num_slices))
+  return [_compile_stage(s, st, topology, num_slices) for st in stages]

@@ -44,9 +44,8 @@ from etils import epath
 from streampro_jax import _config
 
 __all__ = ["CheckpointConfig", "Checkpointer", "IteratorStateHandler", "IteratorStateRestore",
-           "IteratorStateSave", "ProcessCountError", "STATE", "abstract_with_shardings",
-           "complete_steps", "is_complete", "newest_complete_step", "quiet_orbax_info",
-           "skipped_note"]
+           "IteratorStateSave", "STATE", "abstract_with_shardings", "complete_steps", "is_complete",
+           "newest_complete_step", "quiet_orbax_info", "skipped_note"]
 
 STATE = "state"
 _DATA = "data"
@@ -134,7 +133,7 @@ class IteratorStateRestore(ocp.args.CheckpointArgs):
 # ----------------------------------------------------------------------------------------------
 
 
-class ProcessCountError(ValueError):
+class _ProcessCountError(ValueError):
   """A checkpoint's data position was saved by another number of processes."""
 
 
@@ -395,7 +394,7 @@ class Checkpointer:
     counts = sorted({f.name.rsplit("-of-", 1)[1].removesuffix(".json")
                      for f in data.iterdir() if f.name.startswith("process_")})
     if counts:
-      raise ProcessCountError(
+      raise _ProcessCountError(
           f"checkpoint {step} in {self.directory} was written by {' or '.join(counts)} "
           f"process(es); this run has {jax.process_count()}: its data position is saved per "
           f"process and cannot be resumed. Resume with {' or '.join(counts)} process(es), or "

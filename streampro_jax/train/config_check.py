@@ -45,13 +45,11 @@ from streampro_jax import _config, grpo, losses, models, parallel, sampling
 from streampro_jax.data import pipeline_config, synthetic
 from streampro_jax.train import checkpoint, optim
 
-__all__ = ["CONFIG_FILE", "COUNT_SCOPES", "ConfigError", "DataSection", "GRPORun", "GRPOSection",
-           "InitSection", "LossConfig", "MeshSection", "ModelSection", "RUN_CONTROL_KEYS",
-           "RUN_TYPES", "RewardSection", "RolloutSection", "SFTRun", "TRAINERS", "build",
-           "check_inputs", "check_workdir_config", "config_diff", "config_problems",
-           "input_problems"]
+__all__ = ["ConfigError", "DataSection", "GRPORun", "GRPOSection", "InitSection", "LossConfig",
+           "MeshSection", "ModelSection", "RewardSection", "RolloutSection", "SFTRun", "build",
+           "check_inputs", "check_workdir_config", "config_diff"]
 
-TRAINERS = ("sft", "grpo")
+_TRAINERS = ("sft", "grpo")
 
 
 class ConfigError(ValueError):
@@ -73,7 +71,7 @@ def _plain(value: Any) -> Any:
 # The nodes.
 
 
-COUNT_SCOPES = ("global", "microbatch", "device")
+_COUNT_SCOPES = ("global", "microbatch", "device")
 """Where CB-Stream / focal count n_k (loss.count_scope; table: docs/components.md#count-scope):
 global      the whole global batch, all devices and micro-batches (docs/method.md: "the current
             global batch"; the default);
@@ -94,7 +92,7 @@ class LossConfig:
     gamma: the focal loss's gamma.
     chunk_size: 0: the loss on full logits; > 0: from the final hidden states, one vocabulary
       chunk at a time.
-    count_scope: COUNT_SCOPES, where the decision-class counts n_k are taken.
+    count_scope: _COUNT_SCOPES, where the decision-class counts n_k are taken.
   """
   kind: str = "cb_stream"
   beta: float = 0.9999
@@ -106,9 +104,9 @@ class LossConfig:
   def __post_init__(self):
     if self.kind not in losses.LOSS_KINDS:
       raise ValueError(f"config.loss.kind = {self.kind!r}; expected one of {losses.LOSS_KINDS}")
-    if self.count_scope not in COUNT_SCOPES:
+    if self.count_scope not in _COUNT_SCOPES:
       raise ValueError(f"config.loss.count_scope = {self.count_scope!r}; expected one of "
-                       f"{COUNT_SCOPES}")
+                       f"{_COUNT_SCOPES}")
 
   @classmethod
   def from_config(cls, loss_cfg: Any) -> LossConfig:
@@ -287,7 +285,7 @@ class GRPORun(_RunTop):
   rollout: RolloutSection = dataclasses.field(default_factory=RolloutSection)
 
 
-RUN_TYPES = {"sft": SFTRun, "grpo": GRPORun}
+_RUN_TYPES = {"sft": SFTRun, "grpo": GRPORun}
 """The tree type of each trainer."""
 
 
@@ -430,13 +428,13 @@ def _make(cls: type, values: dict[str, Any], path: str) -> Any:
   return cls(**conv)
 
 
-def config_problems(config: Mapping[str, Any], trainer: str) -> list[str]:
+def _config_problems(config: Mapping[str, Any], trainer: str) -> list[str]:
   """One message per key of `config` that the `trainer`'s tree does not declare, or that its
   mode leaves unread at a value other than the neutral one (empty: every key is read)."""
-  if trainer not in TRAINERS:
-    raise ValueError(f"trainer {trainer!r}; expected one of {TRAINERS}")
+  if trainer not in _TRAINERS:
+    raise ValueError(f"trainer {trainer!r}; expected one of {_TRAINERS}")
   problems: list[str] = []
-  _check(RUN_TYPES[trainer], config, "", trainer, problems)
+  _check(_RUN_TYPES[trainer], config, "", trainer, problems)
   return problems
 
 
@@ -455,17 +453,17 @@ def build(config: Mapping[str, Any], trainer: str) -> SFTRun | GRPORun:
   valid key and the keys of its section) and every key of another mode set to a value other
   than its neutral one. A key left out keeps its field's default.
   """
-  if trainer not in TRAINERS:
-    raise ValueError(f"trainer {trainer!r}; expected one of {TRAINERS}")
+  if trainer not in _TRAINERS:
+    raise ValueError(f"trainer {trainer!r}; expected one of {_TRAINERS}")
   problems: list[str] = []
-  values = _check(RUN_TYPES[trainer], config, "", trainer, problems)
+  values = _check(_RUN_TYPES[trainer], config, "", trainer, problems)
   _raise(problems, "config keys that no code reads")
   values.setdefault("data", {})["batch_size"] = values.get("global_batch_size",
                                                            _RunTop.global_batch_size)
-  return _make(RUN_TYPES[trainer], values, "")
+  return _make(_RUN_TYPES[trainer], values, "")
 
 
-def input_problems(config: Mapping[str, Any], trainer: str) -> list[str]:
+def _input_problems(config: Mapping[str, Any], trainer: str) -> list[str]:
   """One message per file or folder that `config` names and that is not there (empty: all
   there): data.tfds_dir (a prepared TFDS builder folder, with dataset_info.json) or data.jsonl
   for its source, model.hf_checkpoint (a folder with config.json), tokenizer (a folder, unless
@@ -516,16 +514,16 @@ def input_problems(config: Mapping[str, Any], trainer: str) -> list[str]:
 
 def check_inputs(config: Mapping[str, Any], trainer: str) -> None:
   """Raises ConfigError naming every file or folder of `config` that is not there
-  (input_problems)."""
-  _raise(input_problems(config, trainer), "inputs of the config that are not there")
+  (_input_problems)."""
+  _raise(_input_problems(config, trainer), "inputs of the config that are not there")
 
 
 # ------------------------------------------------------------------------------------------------
 # A workdir carries the config that made it.
 
-CONFIG_FILE = "config.json"
+_CONFIG_FILE = "config.json"
 # Keys that change how a run is watched or paced, not what it computes: they may differ on resume.
-RUN_CONTROL_KEYS = ("debug_kill_after_step", "debug_kill_mid_save", "log_every_steps",
+_RUN_CONTROL_KEYS = ("debug_kill_after_step", "debug_kill_mid_save", "log_every_steps",
                     "tensorboard", "data.num_threads", "data.prefetch_buffer_size",
                     "checkpoint.every_steps", "checkpoint.keep", "checkpoint.async_save")
 
@@ -540,7 +538,7 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_diff(old: Mapping[str, Any], new: Mapping[str, Any], *,
-                ignore: tuple[str, ...] = RUN_CONTROL_KEYS) -> list[str]:
+                ignore: tuple[str, ...] = _RUN_CONTROL_KEYS) -> list[str]:
   """'key: old -> new' for every dotted key whose value differs (absent keys show as
   <absent>), leaving out `ignore`; both sides as JSON values."""
   a, b = _flat(_plain(old)), _flat(_plain(new))
@@ -565,7 +563,7 @@ def check_workdir_config(workdir: str, config, *, allow_change: bool = False,
   """Compares `config` with the one that made `workdir` (its config.json) and records it.
 
   A workdir holds one run: resuming it with another config would mix two runs' checkpoints and
-  metrics under one name. A difference outside RUN_CONTROL_KEYS raises ConfigError naming every
+  metrics under one name. A difference outside _RUN_CONTROL_KEYS raises ConfigError naming every
   differing key, unless `allow_change` (the launchers' --allow_config_change), which logs them
   and keeps the previous file as config.previous.<n>.json. With `write` (process 0), writes
   config.json. Returns the differences.
@@ -574,7 +572,7 @@ def check_workdir_config(workdir: str, config, *, allow_change: bool = False,
   import os  # pylint: disable=g-import-not-at-top
 
   from absl import logging  # pylint: disable=g-import-not-at-top
-  path = os.path.join(workdir, CONFIG_FILE)
+  path = os.path.join(workdir, _CONFIG_FILE)
   new = _config_as_json(config)
   diffs = []
   if os.path.exists(path):

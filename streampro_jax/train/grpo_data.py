@@ -1,6 +1,6 @@
 """The GRPO recipe's prompts: a checkpointable stream of (record, question) samples of this host.
 
-:class:`PromptIterator` walks every (record, question) trajectory of a record source in a seeded
+:class:`_PromptIterator` walks every (record, question) trajectory of a record source in a seeded
 order, sharded per host, and saves its position with the checkpoints; :func:`make_grpo_data` is
 the run builder's data function of the GRPO recipe (train/run.build_run's data_fn): the pipeline
 settings, processor, video grid and chat format of the run (:class:`GRPOData`) with the
@@ -20,10 +20,10 @@ import numpy as np
 from streampro_jax.data import chat_format, pipeline, pipeline_config, schema
 from streampro_jax.train import run as run_lib
 
-__all__ = ["GRPOData", "PromptIterator", "make_grpo_data"]
+__all__ = ["GRPOData", "make_grpo_data"]
 
 
-class PromptIterator:
+class _PromptIterator:
   """Yields lists of ``batch_size`` (record, question index) samples of this host.
 
   The order is a grain MapDataset over every (record, question) trajectory of the source:
@@ -98,7 +98,7 @@ class GRPOData:
 
 def make_grpo_data(r: run_lib.Run, source=None) -> run_lib.Data:
   """The GRPO recipe's data of run `r` (run_lib.build_run's data_fn, with `source` bound): a
-  PromptIterator of B = global batch / hosts samples per step over `source` (default
+  _PromptIterator of B = global batch / hosts samples per step over `source` (default
   config.data's source); Data.extra is the run's GRPOData."""
   mcfg, pcfg = r.model_config, r.tree.data
   proc = pipeline.processor_config(pcfg, mcfg)
@@ -113,7 +113,7 @@ def make_grpo_data(r: run_lib.Run, source=None) -> run_lib.Data:
   gb, n_proc = r.tree.global_batch_size, jax.process_count()
   if gb % n_proc:
     raise ValueError(f"global batch {gb} is not divisible by {n_proc} hosts")
-  prompts = PromptIterator(src, gb // n_proc, seed=pcfg.seed, shuffle=pcfg.shuffle,
+  prompts = _PromptIterator(src, gb // n_proc, seed=pcfg.seed, shuffle=pcfg.shuffle,
                            process_index=jax.process_index(), process_count=n_proc,
                            max_turns=data.max_turns)
   return run_lib.Data(prompts, prompts.num_trajectories, extra=data)

@@ -1,7 +1,7 @@
 """Rewards of a GRPO rollout batch (docs/method.md section 3): R_fmt, R_turn and R_traj per rollout.
 
-Owns the judge of ``config.reward.judge`` (:func:`_build_judge`; :class:`SyntheticRubricJudge` for
-SynthStream), the rubrics written before RL (:func:`load_rubrics`, :func:`rubrics_from_config`)
+Owns the judge of ``config.reward.judge`` (:func:`_build_judge`; :class:`_SyntheticRubricJudge` for
+SynthStream), the rubrics written before RL (:func:`_load_rubrics`, :func:`_rubrics_from_config`)
 and :class:`RewardScorer`, which turns a sampling.RolloutBatch and its (record, question) samples
 into host arrays f32[N] (the jitted update combines them, grpo_step.make_grpo_step).
 """
@@ -22,14 +22,13 @@ from streampro_jax import _config, judges, rewards, sampling
 from streampro_jax.data import chat_format, schema, synthetic
 from streampro_jax.train import config_check
 
-__all__ = ["MISSING_RUBRIC_POLICIES", "RewardScorer", "SyntheticRubricJudge", "load_rubrics",
-           "rubrics_from_config"]
+__all__ = ["RewardScorer"]
 
 _PROACTIVE_TASKS = ("GP", "RF")
 """The tasks whose R_turn is the proactive variant (rewards.turn_f1_reward(proactive=True))."""
 
 
-class SyntheticRubricJudge:
+class _SyntheticRubricJudge:
   """A judge for SynthStream: answers by exact / span match (judges.MatchJudge), rubric
   checkpoints by ``synthetic.check_rubric`` on the rollout's (time, text) responses."""
 
@@ -55,12 +54,12 @@ class SyntheticRubricJudge:
 
 def _build_judge(reward_cfg: Mapping[str, Any]):
   """The judge of ``config.reward.judge``: a ConfigDict/dict for judges.build_judge (kind
-  "match" | "openai" | "local"), or a string: "synthetic" (SyntheticRubricJudge), "match" /
+  "match" | "openai" | "local"), or a string: "synthetic" (_SyntheticRubricJudge), "match" /
   "exact" (judges.MatchJudge)."""
   spec = _config.as_dict(reward_cfg).get("judge", "match")
   if isinstance(spec, str):
     if spec == "synthetic":
-      return SyntheticRubricJudge()
+      return _SyntheticRubricJudge()
     if spec in ("match", "exact"):
       return judges.MatchJudge()
     raise ValueError(f"reward.judge {spec!r}; expected 'synthetic', 'match' or a judge config")
@@ -75,17 +74,17 @@ def _turn_f1(pred_times, pred_mask, gt_times, gt_mask, acc, tau, *, proactive: b
       pred_times, pred_mask, gt_times, gt_mask, acc)
 
 
-MISSING_RUBRIC_POLICIES = ("error", "zero")
+_MISSING_RUBRIC_POLICIES = ("error", "zero")
 
 
-def load_rubrics(path: str) -> dict[tuple[str, str], tuple[str, ...]]:
+def _load_rubrics(path: str) -> dict[tuple[str, str], tuple[str, ...]]:
   """{(record id, question id): rubric statements} of an annotation JSONL holding rubrics (the
   output of launch/write_rubrics.py). Questions without a rubric are left out."""
   records, _ = schema.load_jsonl(path)
   return {(r.id, q.id): tuple(q.rubric) for r in records for q in r.questions if q.rubric}
 
 
-def rubrics_from_config(reward_cfg: Mapping[str, Any]):
+def _rubrics_from_config(reward_cfg: Mapping[str, Any]):
   """(rubrics mapping or None, missing_rubric policy) from config.reward: ``rubrics_file`` (a
   launch/write_rubrics.py output; its rubrics replace the data's) and ``missing_rubric``
   ("error", the default: a sample without a rubric stops the run; "zero": R_traj = 0 for that
@@ -93,10 +92,10 @@ def rubrics_from_config(reward_cfg: Mapping[str, Any]):
   reward_cfg = _config.as_dict(reward_cfg)
   path = str(reward_cfg.get("rubrics_file", "") or "")
   policy = str(reward_cfg.get("missing_rubric") or RewardScorer.missing_rubric)
-  if policy not in MISSING_RUBRIC_POLICIES:
+  if policy not in _MISSING_RUBRIC_POLICIES:
     raise ValueError(f"config.reward.missing_rubric = {policy!r}; expected one of "
-                     f"{MISSING_RUBRIC_POLICIES}")
-  rubrics = load_rubrics(path) if path else None
+                     f"{_MISSING_RUBRIC_POLICIES}")
+  rubrics = _load_rubrics(path) if path else None
   if rubrics is not None:
     logging.info("rubrics: %d questions from %s", len(rubrics), path)
   return rubrics, policy
@@ -107,12 +106,12 @@ class RewardScorer:
   """Host-side rewards of a RolloutBatch: R_fmt, R_turn, R_traj per rollout (f32[N] each).
 
   Attributes:
-    judge: a judges.Judge (or SyntheticRubricJudge).
+    judge: a judges.Judge (or _SyntheticRubricJudge).
     tau: the time scale of R_turn (8 s in the paper, every task).
     max_turns: padded prediction count P (a rollout responds at most once per turn).
     max_answers: padded ground-truth count.
     max_checks: padded rubric size.
-    rubrics: optional {(record id, question id): rubric} written before RL (load_rubrics); it
+    rubrics: optional {(record id, question id): rubric} written before RL (_load_rubrics); it
       takes precedence over the rubric a record carries.
     missing_rubric: "error" (a sample without a rubric raises, naming it) or "zero" (its R_traj
       is 0, and the sample is counted in the returned rubric_fallbacks).
@@ -134,7 +133,7 @@ class RewardScorer:
     """The scorer of a run's reward section: its judge (`judge` overrides reward.judge), its
     rubric file and policy, tau, padded sizes and matching order."""
     judge = judge if judge is not None else _build_judge(reward)
-    rubrics, missing_rubric = rubrics_from_config(reward)
+    rubrics, missing_rubric = _rubrics_from_config(reward)
     return cls(judge, tau=reward.tau, max_turns=max_turns, max_answers=reward.max_answers,
                max_checks=reward.max_checks, rubrics=rubrics, missing_rubric=missing_rubric,
                matching=reward.matching)
@@ -164,9 +163,9 @@ class RewardScorer:
     traj = np.zeros((n,), np.float32)
     failures = np.zeros((n,), np.int32)
     fallbacks = np.zeros((n,), np.int32)
-    if self.missing_rubric not in MISSING_RUBRIC_POLICIES:
+    if self.missing_rubric not in _MISSING_RUBRIC_POLICIES:
       raise ValueError(f"missing_rubric {self.missing_rubric!r}; expected one of "
-                       f"{MISSING_RUBRIC_POLICIES}")
+                       f"{_MISSING_RUBRIC_POLICIES}")
     for b, (record, qi) in enumerate(samples):
       q = record.questions[qi]
       rows = slice(b * g, (b + 1) * g)

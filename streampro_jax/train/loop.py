@@ -27,9 +27,9 @@ from absl import logging
 
 from streampro_jax.train import metrics as metrics_lib
 
-__all__ = ["StepFn", "train_loop"]
+__all__ = ["train_loop"]
 
-StepFn = Callable[[Any, int], tuple[Any, Mapping[str, Any]]]
+_StepFn = Callable[[Any, int], tuple[Any, Mapping[str, Any]]]
 
 
 def _write_metrics(writer, fetched: Sequence[tuple[int, Mapping[str, Any]]],
@@ -43,7 +43,7 @@ def _write_metrics(writer, fetched: Sequence[tuple[int, Mapping[str, Any]]],
   writer.flush()
 
 
-def train_loop(state, step_fn: StepFn, *, start_step: int, total_steps: int, checkpointer,
+def train_loop(state, step_fn: _StepFn, *, start_step: int, total_steps: int, checkpointer,
                data_iterator=None, writer, log_every: int = 1, kill_after: int = -1,
                kill_mid_save: bool = False):
   """Runs steps start_step + 1 .. total_steps; returns (final state, last step run).

@@ -18,8 +18,7 @@ from collections.abc import Mapping, Sequence
 
 from absl import logging
 
-__all__ = ["ConsoleWriter", "JsonlWriter", "MultiWriter", "Progress", "TensorBoardWriter",
-           "create_writer", "read_jsonl"]
+__all__ = ["Progress", "create_writer", "read_jsonl"]
 
 
 def _format_duration(seconds: float) -> str:
@@ -53,7 +52,7 @@ class Progress:
     return {"steps_per_sec": self.steps_per_sec, "eta_s": eta}
 
 
-class ConsoleWriter:
+class _ConsoleWriter:
   """Logs one line per call: 'step 12/100 (12%) | loss 1.234 | 3.1 steps/s | ETA 28s | ...'."""
 
   def __init__(self, total_steps: int, keys_first: Sequence[str] = ("loss",)):
@@ -90,7 +89,7 @@ def _fmt(value: float) -> str:
   return f"{value:.4f}"
 
 
-class TensorBoardWriter:
+class _TensorBoardWriter:
   """TensorBoard event files (tensorboardX) under ``logdir``."""
 
   def __init__(self, logdir: str | os.PathLike):
@@ -111,7 +110,7 @@ class TensorBoardWriter:
     self._writer.close()
 
 
-class JsonlWriter:
+class _JsonlWriter:
   """One JSON object per call ({"step": ..., **scalars}) appended to ``path``.
 
   Appending lets a resumed run continue the same file; readers keep the last line per step. A
@@ -147,7 +146,7 @@ class JsonlWriter:
 
 
 def read_jsonl(path: str | os.PathLike) -> dict[int, dict[str, float]]:
-  """Reads a JsonlWriter file: {step: scalars}, the last record of a step winning (resume
+  """Reads a _JsonlWriter file: {step: scalars}, the last record of a step winning (resume
   markers, the lines without a "step", are left out)."""
   out = {}
   with open(path, encoding="utf-8") as f:
@@ -160,7 +159,7 @@ def read_jsonl(path: str | os.PathLike) -> dict[int, dict[str, float]]:
   return out
 
 
-class MultiWriter:
+class _MultiWriter:
   """Fans out to several writers; does nothing when ``enabled`` is False (non-zero processes)."""
 
   def __init__(self, writers: Sequence, enabled: bool = True):
@@ -184,12 +183,12 @@ class MultiWriter:
 
 
 def create_writer(workdir: str | os.PathLike, *, total_steps: int, enabled: bool = True,
-                  tensorboard: bool = True, start_step: int | None = None) -> MultiWriter:
+                  tensorboard: bool = True, start_step: int | None = None) -> _MultiWriter:
   """Console + TensorBoard (``<workdir>/tb``) + JSONL (``<workdir>/metrics.jsonl``) writers;
   `start_step` (the step a resumed run continues from) goes into the JSONL resume marker."""
-  writers = [ConsoleWriter(total_steps),
-             JsonlWriter(os.path.join(workdir, "metrics.jsonl"), start_step=start_step,
+  writers = [_ConsoleWriter(total_steps),
+             _JsonlWriter(os.path.join(workdir, "metrics.jsonl"), start_step=start_step,
                          mark_resume=enabled)]
   if tensorboard and enabled:
-    writers.append(TensorBoardWriter(os.path.join(workdir, "tb")))
-  return MultiWriter(writers, enabled=enabled)
+    writers.append(_TensorBoardWriter(os.path.join(workdir, "tb")))
+  return _MultiWriter(writers, enabled=enabled)

@@ -32,12 +32,11 @@ import optax
 
 from streampro_jax import _config
 
-__all__ = ["FROZEN", "OptimConfig", "SCHEDULES", "TRAIN", "count_params", "make_optimizer",
-           "make_schedule", "trainable_mask"]
+__all__ = ["OptimConfig", "count_params", "make_optimizer", "make_schedule", "trainable_mask"]
 
-TRAIN = "train"
-FROZEN = "frozen"
-SCHEDULES = ("cosine", "constant")
+_TRAIN = "train"
+_FROZEN = "frozen"
+_SCHEDULES = ("cosine", "constant")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,8 +69,8 @@ class OptimConfig:
   frozen: str | None = None
 
   def __post_init__(self):
-    if self.schedule not in SCHEDULES:
-      raise ValueError(f"config.optim.schedule = {self.schedule!r}; expected one of {SCHEDULES}")
+    if self.schedule not in _SCHEDULES:
+      raise ValueError(f"config.optim.schedule = {self.schedule!r}; expected one of {_SCHEDULES}")
 
   @classmethod
   def from_config(cls, cfg: Any) -> OptimConfig:
@@ -118,7 +117,7 @@ def trainable_mask(params, frozen: str | None) -> Any:
 
 def _param_labels(params, frozen: str | None) -> Any:
   """Labels for ``optax.multi_transform``: 'train' or 'frozen' per parameter."""
-  return jax.tree.map(lambda t: TRAIN if t else FROZEN, trainable_mask(params, frozen))
+  return jax.tree.map(lambda t: _TRAIN if t else _FROZEN, trainable_mask(params, frozen))
 
 
 def count_params(params, frozen: str | None = None) -> dict[str, int]:
@@ -189,5 +188,5 @@ def make_optimizer(cfg: Mapping[str, Any] | OptimConfig,
   train_tx = optax.chain(*parts)
   frozen = c.frozen
   return optax.multi_transform(
-      {TRAIN: train_tx, FROZEN: optax.set_to_zero()},
+      {_TRAIN: train_tx, _FROZEN: optax.set_to_zero()},
       lambda params: _param_labels(params, frozen))

@@ -144,7 +144,7 @@ def build_run(config, workdir: str, trainer: str, *,
   Args:
     config: the run's ConfigDict.
     workdir: the run's folder (created).
-    trainer: "sft" | "grpo" (which tree, config_check.RUN_TYPES).
+    trainer: "sft" | "grpo" (which tree, config_check._RUN_TYPES).
     data_fn: run -> Data (the recipe's data; the run's data and total_steps are not set yet).
     allow_config_change: resume a workdir whose config.json differs (logged).
     devices: the devices of the mesh (default every device of every process).

@@ -58,7 +58,7 @@ def make_sft_loss_fn(forward_fn: Callable[..., jax.Array], loss_cfg: Mapping[str
     loss_cfg: ``config.loss`` (config_check.LossConfig fields, or a config_check.LossConfig):
       kind ("cb_stream" | "ce" | "focal"), beta, text_weight, gamma,
       chunk_size (0: plain loss on full logits; > 0: chunked vocabulary from hidden states),
-      count_scope (config_check.COUNT_SCOPES: where the decision-class counts n_k of CB-Stream /
+      count_scope (config_check._COUNT_SCOPES: where the decision-class counts n_k of CB-Stream /
       focal are taken: "global" the whole global batch, "microbatch" each micro-batch, "device" each
       device's rows of each micro-batch).
     decision_token_ids: (silence_id, response_id).

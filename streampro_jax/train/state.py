@@ -27,7 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from streampro_jax import parallel
 
-__all__ = ["TrainState", "abstract_state", "create_train_state", "put_params", "sharding_context",
+__all__ = ["TrainState", "abstract_state", "create_train_state", "sharding_context",
            "state_from_params", "state_shardings"]
 
 
@@ -126,7 +126,7 @@ def create_train_state(init_params: Callable[[jax.Array], Any], tx: optax.Gradie
   return state, shardings
 
 
-def put_params(params_host, shardings):
+def _put_params(params_host, shardings):
   """Places host (NumPy) parameters onto devices with the given shardings.
 
   Every process must hold the full host arrays (as after reading a checkpoint file); each device
@@ -150,7 +150,7 @@ def state_from_params(params, tx: optax.GradientTransformation, shardings: Train
     mesh: device mesh.
   """
   if all(isinstance(x, np.ndarray) for x in jax.tree.leaves(params)):
-    params = put_params(params, shardings.params)
+    params = _put_params(params, shardings.params)
   else:
     params = jax.device_put(params, shardings.params)
 
