@@ -167,6 +167,32 @@ def test_split_size() -> str:
   return "\n".join(lines)
 
 
+def sft_budget() -> str:
+  """docs/ablations.md's SFT settings tried for CB-Stream's gap over cross-entropy
+  (benchmarks/demo_sft_budget.py's raw file)."""
+  raw = _json("demo_sft_budget.json")
+  lines = ["| SFT setting | steps x batch | split | sft_ce per seed | sft_cb_stream per seed | "
+           "responses per seed, ce / cb | paired gap per seed | mean +- std | holds |",
+           "|---|---:|---|---:|---:|---:|---:|---:|:---:|"]
+  for name, st in raw["settings"].items():
+    steps = st["overrides"].get("sft.steps", 300)
+    batch = st["overrides"].get("sft.batch_size", 8)
+    for split in ("validation", "test"):
+      sm = st["summary"][split]
+      g = sm["gaps"]["sft_cb_stream - sft_ce"]
+      per = {v: ", ".join(f"{100 * x:.1f}" for x in sm["variants"][v]["values"])
+             for v in ("sft_ce", "sft_cb_stream")}
+      seeds = sorted(st["per_seed"], key=int)
+      resp = ", ".join(f"{st['per_seed'][k][split]['sft_ce']['responses']} / "
+                       f"{st['per_seed'][k][split]['sft_cb_stream']['responses']}" for k in seeds)
+      lines.append(f"| {name} | {steps} x {batch} | {split} | {per['sft_ce']} | "
+                   f"{per['sft_cb_stream']} | {resp} | "
+                   f"{', '.join(f'{100 * x:+.1f}' for x in g['values'])}"
+                   f" | {100 * g['mean']:+.1f} +- {100 * g['std']:.1f} | "
+                   f"{'yes' if g['holds'] else 'no'} |")
+  return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------------------------
 # CPU figures measured by the CPU method (benchmarks/cpu_rounds.py: interleaved rounds, equal work
 # checked, load per round); each raw file ends with its summary line.
@@ -553,6 +579,7 @@ BLOCKS: dict[str, tuple[tuple[str, ...], Callable[[], str]]] = {
     "cpu_numerics": (("docs/decisions.md",), cpu_numerics),
     "deviations": (("README.md", "docs/method.md"), deviations),
     "test_split_size": (("docs/ablations.md",), test_split_size),
+    "sft_budget": (("docs/ablations.md",), sft_budget),
     "aot_table": (("docs/scale.md",), aot_table),
     "cpu_method": (("docs/benchmarks.md",), cpu_method),
     "cpu_rollouts": (("docs/rollouts.md",), cpu_rollouts),
