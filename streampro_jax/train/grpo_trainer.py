@@ -7,7 +7,7 @@ it to train/loop.train_loop.
 
 One step (``GRPOTrainer.train_step``):
 
-  B (record, question) samples of this host            grpo_data._PromptIterator (position saved)
+  B (record, question) samples of this host            grpo_data (its prompt iterator, saved)
   -> G rollouts each, turn by turn with a KV cache      sampling.StreamingSampler (current params)
   -> judge (batched, one call per sample group)         judges.* via rewards.group_*_inputs
   -> rewards per rollout: R_fmt, R_turn (tau), R_traj   grpo_rewards.RewardScorer (f32[N])
