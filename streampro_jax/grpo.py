@@ -333,10 +333,10 @@ group_advantages_jit = jax.jit(group_advantages,
 #
 # One call of the jitted step on a batch of N = B * G rollouts (groups contiguous):
 #
-#   R      = batch["rewards"] or w_fmt * reward_fmt + w_turn * reward_turn + w_traj * reward_traj
+#   R      = batch.rewards or w_fmt * reward_fmt + w_turn * reward_turn + w_traj * reward_traj
 #   A      = group_advantages(R, G, eps, ddof)                  on the global (sharded) array
 #   ref    = token_logps(forward(ref_params))                   (skipped when beta == 0)
-#   old    = batch["old_logps"] (the sampler's)  or  token_logps(forward(params)) ("recompute")
+#   old    = batch.old_logps (the sampler's)  or  token_logps(forward(params)) ("recompute")
 #   repeat num_passes times:                                    (mu of the GRPO paper)
 #     grads = d/dparams grpo_loss(token_logps(forward(params)), old, ref, A, loss_mask)
 #     params, opt_state = optimizer(grads)                       (one optimizer step per pass)
@@ -346,8 +346,6 @@ group_advantages_jit = jax.jit(group_advantages,
 # the learning-rate schedule advance num_passes per batch. Gradient accumulation over
 # num_microbatches is exact (sum-and-count losses, train/step.accumulate_gradients).
 
-GRPO_MODEL_KEYS = ("input_ids", "labels", "loss_mask", "attention_mask", "position_ids",
-                   "pixel_values_videos")
 REWARD_KEYS = ("reward_fmt", "reward_turn", "reward_traj")
 OLD_LOGPS_SOURCES = ("rollout", "recompute")
 
@@ -410,7 +408,7 @@ class GRPOStepConfig:
     aggregation: one of AGGREGATIONS.
     reward_weights: (w_fmt, w_turn, w_traj), used when the batch holds the reward components.
     temperature: the rollouts' sampling temperature (log-probs are of logits / temperature).
-    old_logps: "rollout" (the sampler's log-probs, batch["old_logps"]) or "recompute" (one
+    old_logps: "rollout" (the sampler's log-probs, batch.old_logps) or "recompute" (one
       teacher-forced forward of the current params before the first pass).
     num_passes: optimisation passes (optimizer steps) per batch, mu >= 1.
     num_microbatches: exact gradient accumulation inside each pass.
@@ -474,7 +472,8 @@ class GRPOStepConfig:
 
 def make_logps_fn(forward_fn: Callable, *, temperature: float = 1.0, chunk_size: int = 0,
                   unembed_fn: Callable | None = None) -> Callable:
-  """logps_fn(params, batch) -> f32[B, T] = log softmax(logits / temperature)[labels].
+  """logps_fn(params, batch) -> f32[B, T] = log softmax(logits / temperature)[labels] of a
+  data.batch.Batch.
 
   Args:
     forward_fn: (params, batch, return_hidden) -> logits [B, T, V] or hidden [B, T, D]
@@ -489,9 +488,9 @@ def make_logps_fn(forward_fn: Callable, *, temperature: float = 1.0, chunk_size:
   def logps_fn(params, batch):
     if chunk_size:
       hidden = forward_fn(params, batch, True)
-      return losses.token_logps_from_hidden(hidden, unembed_fn(params), batch["labels"],
+      return losses.token_logps_from_hidden(hidden, unembed_fn(params), batch.labels,
                                             chunk_size=chunk_size, temperature=temperature)
-    return losses.token_logps(forward_fn(params, batch, False), batch["labels"],
+    return losses.token_logps(forward_fn(params, batch, False), batch.labels,
                               temperature=temperature)
 
   return logps_fn
@@ -501,19 +500,19 @@ def make_grpo_loss_fn(logps_fn: Callable, cfg: GRPOStepConfig) -> Callable:
   """GRPO loss in sum-and-count form for train/step.accumulate_gradients.
 
   loss_fn(params, mb, context) -> (numerator, (denominator, metric sums)), numerator and
-  denominator of aggregate_sum_and_count of the per-token loss over mb["loss_mask"]; mb holds the
-  model inputs plus "advantages" f32[b], "old_logps" f32[b, T] and "ref_logps" f32[b, T] (when
-  beta != 0). Metric sums (over masked tokens): pg (aggregated like the loss), kl, clipped,
+  denominator of aggregate_sum_and_count of the per-token loss over mb.loss_mask; the micro-batch
+  mb (a data.batch.Batch) holds the model inputs plus advantages f32[b], old_logps f32[b, T] and
+  ref_logps f32[b, T] (when beta != 0). Metric sums (over masked tokens): pg (aggregated like the loss), kl, clipped,
   ratio, abs_log_ratio (|logp - old_logp|), tokens, and the agreement_sums of logp and
   old_logp.
   """
   def loss_fn(params, mb, context):
     del context
-    mask = mb["loss_mask"].astype(jnp.float32)
-    logps, old_logps, ref_logps = _clean_masked(mask, logps_fn(params, mb), mb["old_logps"],
-                                                mb.get("ref_logps"))
+    mask = mb.loss_mask.astype(jnp.float32)
+    logps, old_logps, ref_logps = _clean_masked(mask, logps_fn(params, mb), mb.old_logps,
+                                                mb.ref_logps)
     per_token, parts = per_token_grpo_loss(
-        logps, old_logps, ref_logps, mb["advantages"], epsilon=cfg.epsilon,
+        logps, old_logps, ref_logps, mb.advantages, epsilon=cfg.epsilon,
         beta=cfg.beta, kl=cfg.kl_estimator)
     num, den = aggregate_sum_and_count(per_token, mask, cfg.aggregation)
     pg_num, _ = aggregate_sum_and_count(parts["pg"], mask, cfg.aggregation)

@@ -9,9 +9,7 @@ import numpy as np
 import pytest
 
 from configs import tiny_synthetic_grpo
-from streampro_jax import parallel
 from streampro_jax.train import grpo_trainer
-from streampro_jax.train import step as step_lib
 from helpers import tolerances as tol  # pylint: disable=g-bad-import-order
 
 
@@ -46,7 +44,7 @@ def _step(trainer):
   assert not rb.overflow.any()
   rewards = trainer.scorer.score(rb, [(r, q) for r, q, _ in samples])
   host_batch, _ = trainer.update_batch(rb, rewards)
-  batch = parallel.shard_batch(host_batch, trainer.mesh, batch_dims=step_lib.BATCH_DIMS)
+  batch = host_batch.shard(trainer.mesh)
   state, m = trainer.step_fn(trainer.state, trainer.ref_params, batch)
   return rb, rewards, jax.device_get(m), jax.device_get(state.params)
 

@@ -50,6 +50,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from streampro_jax import _config, grpo, judges, models, parallel, rewards, sampling
+from streampro_jax.data import batch as batch_lib
 from streampro_jax.data import chat_format, pipeline, pipeline_config, schema, synthetic
 from streampro_jax.train import checkpoint as ckpt_lib
 from streampro_jax.train import config_check, grpo_step, loop, optim
@@ -57,7 +58,6 @@ from streampro_jax.train import run as run_lib
 from streampro_jax.train import metrics as metrics_lib
 from streampro_jax.train import setup as setup_lib
 from streampro_jax.train import state as state_lib
-from streampro_jax.train import step as step_lib
 
 PROACTIVE_TASKS = ("GP", "RF")
 
@@ -466,7 +466,7 @@ def reference_params(init_params, step_cfg: grpo.GRPOStepConfig, dtype: str = ""
 
 
 def make_learner(run: run_lib.Run, module, step_cfg: grpo.GRPOStepConfig,
-                 grid: tuple[int, int, int], example: Mapping[str, np.ndarray]):
+                 grid: tuple[int, int, int], example: batch_lib.Batch):
   """The jitted GRPO update of the run: (state, ref_params, batch) -> (state, metrics), the
   policy's log-probs from `module` over max_turns turns of `grid`."""
   max_turns = run.data.extra.max_turns
@@ -477,7 +477,7 @@ def make_learner(run: run_lib.Run, module, step_cfg: grpo.GRPOStepConfig,
                                 unembed_fn=setup_lib.make_unembed(run.model_config))
   return grpo_step.make_grpo_step(
       logps_fn, run.tx, step_cfg, state_shardings=run.shardings,
-      batch_sharding=grpo_step.grpo_batch_shardings(example, run.mesh), mesh=run.mesh,
+      batch_sharding=example.shardings(run.mesh), mesh=run.mesh,
       trainable=optim.trainable_mask(run.abstract_params, run.tree.optim.frozen),
       schedule=run.schedule, rules=run.rules)
 
@@ -557,15 +557,11 @@ class GRPOTrainer:
 
   # -- pieces of a step ----------------------------------------------------------------------
 
-  def _example_batch(self) -> dict[str, np.ndarray]:
+  def _example_batch(self) -> batch_lib.Batch:
     n = self.tree.global_batch_size * self.group_size // jax.process_count()
-    t, p = self.seq_len, self.max_turns * self.grid[1] * self.grid[2]
-    d = self.proc.patch_dim
-    z = lambda *s, dt=np.float32: np.zeros(s, dt)  # noqa: E731
-    return {"input_ids": z(n, t, dt=np.int32), "labels": z(n, t, dt=np.int32),
-            "loss_mask": z(n, t), "attention_mask": z(n, t, dt=np.int32),
-            "position_ids": z(3, n, t, dt=np.int32), "pixel_values_videos": z(n, p, d),
-            "old_logps": z(n, t), "reward_fmt": z(n), "reward_turn": z(n), "reward_traj": z(n)}
+    return batch_lib.abstract_batch(n, self.seq_len, self.max_turns * self.grid[1] * self.grid[2],
+                                    self.proc.patch_dim,
+                                    optional=("old_logps",) + grpo.REWARD_KEYS)
 
   def make_prompts(self, samples) -> list[sampling.StreamPrompt]:
     return [sampling.prompt_from_record(
@@ -579,19 +575,19 @@ class GRPOTrainer:
     return self.sampler.sample(self.state.params, self.make_prompts(samples),
                                group_size=self.group_size, seed=seed, seq_len=self.seq_len)
 
-  def update_batch(self, rb: sampling.RolloutBatch, reward_arrays) -> tuple[dict, int]:
+  def update_batch(self, rb: sampling.RolloutBatch, reward_arrays
+                   ) -> tuple[batch_lib.Batch, int]:
     """The host batch of the jitted step (pixels padded to max_turns) and the masked-row count."""
-    batch = {k: getattr(rb, k) for k in grpo.GRPO_MODEL_KEYS + ("old_logps",)}
-    pix = batch["pixel_values_videos"]
+    batch = rb.as_batch()
+    pix = batch.pixel_values_videos
     want = self.max_turns * self.grid[1] * self.grid[2]
     if pix.shape[1] < want:
       pix = np.pad(pix, ((0, 0), (0, want - pix.shape[1]), (0, 0)))
-    batch["pixel_values_videos"] = pix
+    batch = batch.replace(pixel_values_videos=pix,
+                          **{k: reward_arrays[k] for k in grpo.REWARD_KEYS})
     bad = rows_with_sampled_vision_tokens(rb, self.vision_ids)
     if bad.any():
-      batch["loss_mask"] = batch["loss_mask"] * (~bad)[:, None].astype(np.float32)
-    for k in grpo.REWARD_KEYS:
-      batch[k] = reward_arrays[k]
+      batch = batch.replace(loss_mask=batch.loss_mask * (~bad)[:, None].astype(np.float32))
     return batch, int(bad.sum())
 
   def train_step(self, step: int) -> dict[str, float]:
@@ -607,7 +603,7 @@ class GRPOTrainer:
     reward_arrays = self.scorer.score(rb, [(r, q) for r, q, _ in samples])
     t2 = time.perf_counter()
     host_batch, masked = self.update_batch(rb, reward_arrays)
-    batch = parallel.shard_batch(host_batch, self.mesh, batch_dims=step_lib.BATCH_DIMS)
+    batch = host_batch.shard(self.mesh)
     self.state, m = self.step_fn(self.state, self.ref_params, batch)
     m = {k: float(v) for k, v in jax.device_get(m).items()}
     t3 = time.perf_counter()
