@@ -502,9 +502,9 @@ def make_grpo_loss_fn(logps_fn: Callable, cfg: GRPOStepConfig) -> Callable:
   loss_fn(params, mb, context) -> (numerator, (denominator, metric sums)), numerator and
   denominator of aggregate_sum_and_count of the per-token loss over mb.loss_mask; the micro-batch
   mb (a data.batch.Batch) holds the model inputs plus advantages f32[b], old_logps f32[b, T] and
-  ref_logps f32[b, T] (when beta != 0). Metric sums (over masked tokens): pg (aggregated like the loss), kl, clipped,
-  ratio, abs_log_ratio (|logp - old_logp|), tokens, and the agreement_sums of logp and
-  old_logp.
+  ref_logps f32[b, T] (when beta != 0). Metric sums (over masked tokens): pg (aggregated like
+  the loss), kl, clipped, ratio, abs_log_ratio (|logp - old_logp|), tokens, and the
+  agreement_sums of logp and old_logp.
   """
   def loss_fn(params, mb, context):
     del context

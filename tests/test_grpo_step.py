@@ -183,8 +183,9 @@ def test_sharded_step_equals_single_device(setup, single):
                     d["slope"] * lp + mean_rounding(d["slope"]), "grpo 8 vs 1: loss_first_pass")
   # Means of the same float32 inputs over the rows in another order.
   for key in ("reward", "reward_fmt", "reward_turn", "reward_traj"):
+    values = d["r_all"] if key == "reward" else getattr(b, key)
     tol.assert_within(abs(m1[key] - m8[key]),
-                      tol.sum_bound(n_rows, float(np.abs(d["r_all"] if key == "reward" else getattr(b, key)).mean())),
+                      tol.sum_bound(n_rows, float(np.abs(values).mean())),
                       f"grpo 8 vs 1: {key}")
   tol.assert_within(abs(m1["advantage_abs_mean"] - m8["advantage_abs_mean"]),
                     d["adv"] + tol.sum_bound(n_rows, d["adv_max"]),
