@@ -16,7 +16,7 @@ Batch: a data/batch.Batch of NumPy arrays (docs/architecture.md#shared-interface
 i32[B,T], labels i32[B,T], loss_mask f32[B,T], decision_class i32[B,T], attention_mask i32[B,T],
 position_ids i32[3,B,T], pixel_values_videos f32[B, K*P, D] (K = max_turns, P = gh*gw,
 D = 3*tp*p*p; rows of turns a trajectory does not have are zero). Inside grain a row is a dict;
-`collate` turns B rows into the Batch. The per-turn grid (1, gh, gw) is static per config:
+`_collate` turns B rows into the Batch. The per-turn grid (1, gh, gw) is static per config:
 `Pipeline.video_grid_thw` (every frame is resized to frame_height x frame_width first).
 Qwen3-VL needs no extra field: its `mm_token_type_ids` follow from input_ids (the model derives
 them), and its positions are in position_ids; its per-turn grid is one temporal patch, so its
@@ -51,6 +51,11 @@ from streampro_jax import models
 from streampro_jax.data import batch as batch_lib
 from streampro_jax.data import chat_format, pipeline_config, schema
 from streampro_jax.models import processing
+
+__all__ = ["Pipeline", "PipelineStats", "QUESTION_COUNTS_FILE", "RecordSource", "TfdsSource",
+           "TrainIterator", "TrajectoryEncoder", "VideoFileSource", "build_pipeline", "clip_frames",
+           "decode_record", "make_train_iterator", "processor_config", "source_from_config",
+           "synthetic_source", "tfds_source", "trajectory_index"]
 
 QUESTION_COUNTS_FILE = "question_counts.json"
 
@@ -322,7 +327,7 @@ class PipelineStats:
     return dataclasses.asdict(self)
 
 
-def collate(rows: Sequence[dict[str, np.ndarray]]) -> batch_lib.Batch:
+def _collate(rows: Sequence[dict[str, np.ndarray]]) -> batch_lib.Batch:
   """Stacks B rows (TrajectoryEncoder dicts) into a Batch: every field on a new axis 0, except
   position_ids [3, T] -> [3, B, T]."""
   stack = lambda k: np.stack([r[k] for r in rows])  # noqa: E731
@@ -374,7 +379,7 @@ class TrainIterator(grain.DatasetIterator):
       rows.append(row)
     self.stats.rows += len(rows)
     self.stats.batches += 1
-    return collate(rows)
+    return _collate(rows)
 
   def _warn_once(self, kind: str, message: str) -> None:
     if kind not in self._warned:

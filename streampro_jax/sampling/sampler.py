@@ -79,6 +79,10 @@ from streampro_jax.data import chat_format
 from streampro_jax.models import common, kv_cache
 from streampro_jax.sampling import decode, formats
 
+__all__ = ["FORCED_TOKEN", "PROMPT_TOKEN", "RolloutBatch", "SAMPLED_TOKEN", "SamplerConfig",
+           "SamplerState", "StreamingSampler", "TurnOutput", "sampler_step_fns",
+           "teacher_forced_logps"]
+
 # Token kinds of a recorded row (PROMPT_TOKEN: fed; SAMPLED_TOKEN / FORCED_TOKEN: the message).
 PROMPT_TOKEN = 0
 SAMPLED_TOKEN = 1

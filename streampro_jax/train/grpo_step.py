@@ -17,6 +17,8 @@ import jax.numpy as jnp
 from streampro_jax import grpo, rewards
 from streampro_jax.train import step as step_lib
 
+__all__ = ["build_grpo_update", "make_grpo_step"]
+
 
 def build_grpo_update(logps_fn: Callable, tx, cfg: grpo.GRPOStepConfig, *, trainable=None,
                       schedule=None) -> Callable:

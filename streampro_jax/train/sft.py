@@ -37,6 +37,8 @@ from streampro_jax.train import state as state_lib
 from streampro_jax.train import setup as setup_lib
 from streampro_jax.train import step as step_lib
 
+__all__ = ["make_sft_loss_fn", "make_sft_step", "make_sft_update", "sft_context", "train"]
+
 # ----------------------------------------------------------------------------------------------
 # The SFT loss.
 # ----------------------------------------------------------------------------------------------
@@ -100,7 +102,7 @@ def make_sft_loss_fn(forward_fn: Callable[..., jax.Array], loss_cfg: Mapping[str
   return loss_fn
 
 
-def count_scope_of(loss_cfg: Mapping[str, Any] | config_check.LossConfig) -> str:
+def _count_scope_of(loss_cfg: Mapping[str, Any] | config_check.LossConfig) -> str:
   """The count scope of a ``config.loss`` section (config_check.LossConfig.count_scope)."""
   return config_check.LossConfig.from_config(loss_cfg).count_scope
 
@@ -119,7 +121,7 @@ def make_sft_update(forward_fn, loss_cfg, decision_token_ids, tx, *, unembed_fn=
   """The un-jitted SFT update (state, batch) -> (state, metrics); see step.build_update_step."""
   return step_lib.build_update_step(
       make_sft_loss_fn(forward_fn, loss_cfg, decision_token_ids, unembed_fn=unembed_fn), tx,
-      context_fn=sft_context(decision_token_ids, count_scope_of(loss_cfg)),
+      context_fn=sft_context(decision_token_ids, _count_scope_of(loss_cfg)),
       metrics_fn=losses.metrics_from_sums,
       trainable=trainable, num_microbatches=num_microbatches, schedule=schedule)
 
