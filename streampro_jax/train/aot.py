@@ -248,9 +248,10 @@ def tiled_tree_bytes_per_chip(tree, formats) -> int:
   """tree_bytes_per_chip with each leaf's shard in the compiled executable's layout (the
   `Format`s of `compiled.input_formats`, a tree of the same structure as `tree`)."""
   total = 0
-  for x, f in zip(jax.tree.leaves(tree), jax.tree.leaves(formats, is_leaf=lambda f: f is None)):
+  # Up to tree's structure: a None field of a Batch is no leaf on either side.
+  for x, f in zip(jax.tree.leaves(tree), jax.tree.structure(tree).flatten_up_to(formats)):
     shape = x.sharding.shard_shape(x.shape) if x.sharding is not None else x.shape
-    total += tiled_bytes(shape, x.dtype, f.layout)
+    total += tiled_bytes(shape, x.dtype, None if f is None else f.layout)
   return total
 
 
