@@ -15,6 +15,8 @@ import os
 import tempfile
 import time
 
+import jax
+
 from streampro_jax.data import pipeline, synthetic
 from streampro_jax.data import tokenizer as tokenizer_lib
 from streampro_jax.data.tfds_builders import jsonl_videos, synth_stream
@@ -62,7 +64,7 @@ def main() -> None:
       batch = next(it)
     dt = time.perf_counter() - t1
     rows = args.batches * args.batch_size
-    mb = sum(v.nbytes for v in batch.values()) / 2**20
+    mb = sum(v.nbytes for v in jax.tree.leaves(batch)) / 2**20
     print(f"build {args.num_videos} SynthStream videos ({args.resolution}px): {build_s:.2f} s")
     grid = tuple(int(g) for g in pipe.video_grid_thw)
     print(f"grid {grid} per turn, batch {args.batch_size} x seq_len "

@@ -50,7 +50,7 @@ def main(argv):
   from streampro_jax import models  # pylint: disable=g-import-not-at-top
   from streampro_jax.bench import content_probe  # pylint: disable=g-import-not-at-top
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  from streampro_jax.train import config_check, grpo_policy, sft  # pylint: disable=g-import-not-at-top
+  from streampro_jax.train import config_check, grpo_policy  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import setup as setup_lib  # pylint: disable=g-import-not-at-top
 
   workdir = os.path.abspath(_WORKDIR.value)
@@ -74,8 +74,7 @@ def main(argv):
   mcfg = setup_lib.make_model_config(c.model, tokenizer)
   it, pipe = setup_lib.make_data(config_check.build(c, "sft").data, tokenizer, mcfg)
   n_batches = max(1, min(_ROWS.value, pipe.num_trajectories) // batch)
-  batches = [{k: jnp.asarray(v) for k, v in next(it).items() if k in sft.STEP_BATCH_KEYS}
-             for _ in range(n_batches)]
+  batches = [jax.tree.map(jnp.asarray, next(it).model_inputs()) for _ in range(n_batches)]
   grid = np.tile(np.asarray(pipe.video_grid_thw).reshape(1, 3), (pipe.cfg.max_turns, 1))
   forward = jax.jit(setup_lib.make_forward(models.build(mcfg), grid))
   groups = content_probe.slot_groups(tokenizer)
@@ -91,8 +90,7 @@ def main(argv):
       print(f"[skip] {v}: no checkpoint in {ckpt}")
       continue
     params = grpo_policy.restore_params(ckpt, abstract, shardings)
-    results[v] = content_probe.probe_batches(forward, params,
-                               [dict(b) for b in batches], groups)
+    results[v] = content_probe.probe_batches(forward, params, batches, groups)
   what = "narration captions" if c.data.narration else "answers"
   keys = sorted({k for r in results.values() for k in r})
   print(f"\nTeacher-forced p(right word) / argmax accuracy on {n_batches * batch} test {what} "

@@ -32,7 +32,6 @@ def curve(matmul: str, steps: int, lr: float) -> list[float]:
   from streampro_jax.models import qwen2_5_vl as q  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import optim, sft  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import setup as setup_lib  # pylint: disable=g-import-not-at-top
-  from streampro_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
   import gpu_train_step  # pylint: disable=g-import-not-at-top
 
@@ -53,9 +52,9 @@ def curve(matmul: str, steps: int, lr: float) -> list[float]:
   loss_cfg = dict(kind="cb_stream", beta=0.9999, text_weight=2.0, chunk_size=shp["chunk"])
   step = sft.make_sft_step(
       setup_lib.make_forward(q.Qwen2_5_VL(cfg), grid), loss_cfg, gpu_train_step.decision_ids(cfg),
-      tx, state_shardings=shardings, batch_sharding=step_lib.batch_shardings(batches[0], mesh),
+      tx, state_shardings=shardings, batch_sharding=batches[0].shardings(mesh),
       mesh=mesh, unembed_fn=setup_lib.make_unembed(cfg), trainable=trainable)
-  device_batches = [parallel.shard_batch(b, mesh, batch_dims=step_lib.BATCH_DIMS) for b in batches]
+  device_batches = [b.shard(mesh) for b in batches]
   losses = []
   for i in range(steps):
     with state_lib.sharding_context(mesh):

@@ -172,12 +172,11 @@ def _frame(tiny: bool) -> int:
 def part_grpo(args) -> list[dict]:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from streampro_jax import grpo, models, parallel, sampling  # pylint: disable=g-import-not-at-top
+  from streampro_jax import grpo, models, sampling  # pylint: disable=g-import-not-at-top
   from streampro_jax.data import chat_format, synthetic  # pylint: disable=g-import-not-at-top
   from streampro_jax.models import qwen2_5_vl as q  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import grpo_step  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import setup as setup_lib  # pylint: disable=g-import-not-at-top
-  from streampro_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
   import gpu_train_step  # pylint: disable=g-import-not-at-top
 
@@ -212,19 +211,19 @@ def part_grpo(args) -> list[dict]:
     t0 = time.perf_counter()
     rb = sampler.sample(state.params, prompts, group_size=group, seed=s)
     t1 = time.perf_counter()
-    batch = {k: getattr(rb, k) for k in grpo.GRPO_MODEL_KEYS + ("old_logps",)}
-    pix = batch["pixel_values_videos"]
-    batch["pixel_values_videos"] = np.pad(pix, ((0, 0), (0, max_pix - pix.shape[1]), (0, 0)))
-    batch["rewards"] = np.random.default_rng(s).random(rb.input_ids.shape[0]).astype(np.float32)
+    batch = rb.as_batch()
+    pix = batch.pixel_values_videos
+    batch = batch.replace(
+        pixel_values_videos=np.pad(pix, ((0, 0), (0, max_pix - pix.shape[1]), (0, 0))),
+        rewards=np.random.default_rng(s).random(rb.input_ids.shape[0]).astype(np.float32))
     if step is None:
       logps_fn = grpo.make_logps_fn(
           setup_lib.make_forward(q.Qwen2_5_VL(cfg), np.tile(np.asarray(grid), (turns, 1))),
           temperature=1.0, chunk_size=0, unembed_fn=setup_lib.make_unembed(cfg))
       step = grpo_step.make_grpo_step(
           logps_fn, tx, gcfg, state_shardings=shardings,
-          batch_sharding=grpo_step.grpo_batch_shardings(batch, mesh), mesh=mesh,
-          trainable=trainable)
-    gb = parallel.shard_batch(batch, mesh, batch_dims=step_lib.BATCH_DIMS)
+          batch_sharding=batch.shardings(mesh), mesh=mesh, trainable=trainable)
+    gb = batch.shard(mesh)
     with state_lib.sharding_context(mesh):
       state, m = step(state, ref, gb)
     m = {k: float(v) for k, v in jax.device_get(m).items()}
@@ -276,28 +275,26 @@ def _grpo_update_at(args, cfg, shp) -> dict:
   """One GRPO update (after a compiling call) on a gpu_train_step batch of shape `shp`."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from streampro_jax import grpo, parallel  # pylint: disable=g-import-not-at-top
+  from streampro_jax import grpo  # pylint: disable=g-import-not-at-top
   from streampro_jax.models import qwen2_5_vl as q  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import grpo_step  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import setup as setup_lib  # pylint: disable=g-import-not-at-top
-  from streampro_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
   import gpu_train_step  # pylint: disable=g-import-not-at-top
 
   batch, grid = gpu_train_step.build_batch(cfg, **shp)
-  b, t = batch["input_ids"].shape
+  b, t = batch.input_ids.shape
   mesh, tx, trainable, state, shardings = gpu_train_step.one_device_train_state(cfg, lr=1e-6)
   ref = jax.tree.map(lambda x: x.copy(), state.params)
-  gbatch = {k: batch[k] for k in grpo.GRPO_MODEL_KEYS}
-  gbatch["old_logps"] = np.zeros(batch["labels"].shape, np.float32)
-  gbatch["rewards"] = np.random.default_rng(0).random(b).astype(np.float32)
+  gbatch = batch.replace(old_logps=np.zeros(batch.labels.shape, np.float32),
+                         rewards=np.random.default_rng(0).random(b).astype(np.float32))
   gcfg = grpo.GRPOStepConfig(group_size=b, beta=0.04, logps_chunk_size=shp["chunk"])
   logps_fn = grpo.make_logps_fn(setup_lib.make_forward(q.Qwen2_5_VL(cfg), grid), temperature=1.0,
                                 chunk_size=shp["chunk"], unembed_fn=setup_lib.make_unembed(cfg))
   step = grpo_step.make_grpo_step(logps_fn, tx, gcfg, state_shardings=shardings,
-                                  batch_sharding=grpo_step.grpo_batch_shardings(gbatch, mesh),
+                                  batch_sharding=gbatch.shardings(mesh),
                                   mesh=mesh, trainable=trainable)
-  gb = parallel.shard_batch(gbatch, mesh, batch_dims=step_lib.BATCH_DIMS)
+  gb = gbatch.shard(mesh)
   times = []
   for _ in range(2):
     t0 = time.perf_counter()

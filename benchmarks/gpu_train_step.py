@@ -81,8 +81,10 @@ def decision_ids(cfg) -> tuple[int, int]:
 def build_batch(cfg, *, batch, turns, frame, text_per_turn, seed=0, **_):
   """A pipeline-layout batch: per turn `text_per_turn` text tokens around <vision_start>
   <video_pad> x (visual tokens) <vision_end>; per turn one supervised decision (10 % responses
-  with 6 supervised text tokens). Returns (numpy batch dict, one row's grids [turns, 3])."""
+  with 6 supervised text tokens). Returns (a data.batch.Batch of NumPy arrays, one row's grids
+  [turns, 3])."""
   import numpy as np  # pylint: disable=g-import-not-at-top
+  from streampro_jax.data import batch as batch_lib  # pylint: disable=g-import-not-at-top
   from streampro_jax.models import qwen2_5_vl as q  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
   v = cfg.vision
@@ -120,9 +122,9 @@ def build_batch(cfg, *, batch, turns, frame, text_per_turn, seed=0, **_):
   am = np.ones_like(ids)
   pos = q.host_position_ids(cfg, ids, grid, np.ones(turns, np.float32), am, batched=True)
   pix = rng.standard_normal((batch, turns * g * g, v.patch_dim)).astype(np.float32)
-  return dict(input_ids=ids, labels=np.asarray(rows_labels, np.int32),
-              loss_mask=np.asarray(rows_mask, np.float32), attention_mask=am,
-              position_ids=pos.astype(np.int32), pixel_values_videos=pix), grid
+  return batch_lib.Batch(input_ids=ids, labels=np.asarray(rows_labels, np.int32),
+                         loss_mask=np.asarray(rows_mask, np.float32), attention_mask=am,
+                         position_ids=pos.astype(np.int32), pixel_values_videos=pix), grid
 
 
 def model_flops(cfg, params_abstract, batch: int, seq: int, patches: int) -> dict:
@@ -177,7 +179,6 @@ def run_jax(args):
   from streampro_jax.models import qwen2_5_vl as q  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import optim, sft  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import setup as setup_lib  # pylint: disable=g-import-not-at-top
-  from streampro_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
 
   shp = shape_args(args.tiny)
@@ -191,8 +192,8 @@ def run_jax(args):
   emit(part="matmul", bf16_flops_per_s=rate)
 
   batch, grid = build_batch(cfg, **shp)
-  b, t = batch["input_ids"].shape
-  patches = batch["pixel_values_videos"].shape[1] * b
+  b, t = batch.input_ids.shape
+  patches = batch.pixel_values_videos.shape[1] * b
   mesh = parallel.make_mesh({"data": 1}, devices=jax.devices()[:1])
   ocfg = dict(lr=1e-5, warmup_steps=0, schedule="constant", grad_clip_norm=1.0,
               weight_decay=0.0, frozen=FROZEN)
@@ -205,7 +206,7 @@ def run_jax(args):
   jax.block_until_ready(state)
   init_s = time.perf_counter() - t0
   emit(part="init", seconds=init_s, layout="scanned", **counts)
-  gb = parallel.shard_batch(batch, mesh, batch_dims=step_lib.BATCH_DIMS)
+  gb = batch.shard(mesh)
   ids = decision_ids(cfg)
   loss_cfg = dict(kind="cb_stream", beta=0.9999, text_weight=2.0, chunk_size=shp["chunk"])
   trainable = optim.trainable_mask(nn.unbox(boxed), FROZEN)
@@ -221,7 +222,7 @@ def run_jax(args):
     loss_cfg = dict(loss_cfg, chunk_size=chunk)
     step = sft.make_sft_step(
         setup_lib.make_forward(q.Qwen2_5_VL(pcfg), grid), loss_cfg, ids, tx,
-        state_shardings=shardings, batch_sharding=step_lib.batch_shardings(batch, mesh), mesh=mesh,
+        state_shardings=shardings, batch_sharding=batch.shardings(mesh), mesh=mesh,
         unembed_fn=setup_lib.make_unembed(pcfg), trainable=trainable)
     try:
       t0 = time.perf_counter()
@@ -277,11 +278,10 @@ def run_grpo(args, cfg, policy_spec: str):
   """The GRPO update (policy + reference) at the SFT step's shapes, remat `policy_spec`."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from streampro_jax import grpo, parallel  # pylint: disable=g-import-not-at-top
+  from streampro_jax import grpo  # pylint: disable=g-import-not-at-top
   from streampro_jax.models import qwen2_5_vl as q  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import grpo_step  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import setup as setup_lib  # pylint: disable=g-import-not-at-top
-  from streampro_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
   from streampro_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
 
   shp = shape_args(args.tiny)
@@ -289,21 +289,20 @@ def run_grpo(args, cfg, policy_spec: str):
   policy = policy.partition("+")[0]
   chunk = int(chunk) if chunk else shp["chunk"]
   batch, grid = build_batch(cfg, **shp)
-  b, t = batch["input_ids"].shape
+  b, t = batch.input_ids.shape
   mesh, tx, trainable, state, shardings = one_device_train_state(cfg, lr=1e-5)
   pcfg = cfg.replace(remat_policy=policy)
   gcfg = grpo.GRPOStepConfig(group_size=b, beta=0.04, logps_chunk_size=chunk)
   logps_fn = grpo.make_logps_fn(setup_lib.make_forward(q.Qwen2_5_VL(pcfg), grid), temperature=1.0,
                                 chunk_size=chunk, unembed_fn=setup_lib.make_unembed(pcfg))
-  gbatch = {k: batch[k] for k in grpo.GRPO_MODEL_KEYS}
   rng = np.random.default_rng(1)
-  gbatch["old_logps"] = (-rng.random(batch["labels"].shape) * batch["loss_mask"]).astype(
-      np.float32)
-  gbatch["rewards"] = rng.random(b).astype(np.float32)
-  ggb = parallel.shard_batch(gbatch, mesh, batch_dims=step_lib.BATCH_DIMS)
+  gbatch = batch.replace(
+      old_logps=(-rng.random(batch.labels.shape) * batch.loss_mask).astype(np.float32),
+      rewards=rng.random(b).astype(np.float32))
+  ggb = gbatch.shard(mesh)
   ref = jax.tree.map(lambda x: x.copy(), state.params)
   gstep = grpo_step.make_grpo_step(logps_fn, tx, gcfg, state_shardings=shardings,
-                                   batch_sharding=grpo_step.grpo_batch_shardings(gbatch, mesh),
+                                   batch_sharding=gbatch.shardings(mesh),
                                    mesh=mesh, trainable=trainable)
   try:
     t0 = time.perf_counter()
@@ -359,7 +358,7 @@ def run_torch(args):
   dev = "cuda" if torch.cuda.is_available() else "cpu"
   cfg = model_config(args.tiny)
   batch, grid = build_batch(cfg, **shp)
-  b, t = batch["input_ids"].shape
+  b, t = batch.input_ids.shape
   hf = transformers.Qwen2_5_VLConfig(**cfg.replace(scan_layers=False).to_hf(),
                                      attn_implementation="sdpa")
   mode, _, remat = args.torch_variant.partition(":")
@@ -379,7 +378,7 @@ def run_torch(args):
   params = [p for p in model.parameters() if p.requires_grad]
   opt = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0, fused=dev == "cuda")
   ids = decision_ids(cfg)
-  labels, mask = batch["labels"], batch["loss_mask"]
+  labels, mask = batch.labels, batch.loss_mask
   w_k = np.asarray(losses.cb_stream_class_weights(
       np.asarray(losses.decision_class_counts(labels, mask, ids))))
   w = np.where(labels == ids[0], w_k[0], np.where(labels == ids[1], w_k[1], 2.0)) * mask
@@ -388,12 +387,12 @@ def run_torch(args):
   n = float(mask.sum())
   turns = grid.shape[0]
   inputs = dict(
-      input_ids=torch.tensor(batch["input_ids"], dtype=torch.long, device=dev),
-      attention_mask=torch.tensor(batch["attention_mask"], dtype=torch.long, device=dev),
-      mm_token_type_ids=torch.tensor(np.where(batch["input_ids"] == cfg.video_token_id, 2, 0),
+      input_ids=torch.tensor(batch.input_ids, dtype=torch.long, device=dev),
+      attention_mask=torch.tensor(batch.attention_mask, dtype=torch.long, device=dev),
+      mm_token_type_ids=torch.tensor(np.where(batch.input_ids == cfg.video_token_id, 2, 0),
                                      device=dev),
-      pixel_values_videos=torch.tensor(batch["pixel_values_videos"].reshape(
-          -1, batch["pixel_values_videos"].shape[-1]), device=dev),
+      pixel_values_videos=torch.tensor(batch.pixel_values_videos.reshape(
+          -1, batch.pixel_values_videos.shape[-1]), device=dev),
       video_grid_thw=torch.tensor(np.tile(grid, (b, 1)), device=dev),
       second_per_grid_ts=torch.ones(b * turns, device=dev))
 

@@ -49,7 +49,6 @@ from streampro_jax import losses, parallel
 from streampro_jax.models import qwen2_5_vl
 from streampro_jax.train import config_check, optim, sft
 from streampro_jax.train import setup as setup_lib
-from streampro_jax.train import step as step_lib
 from streampro_jax.train import state as state_lib
 
 FROZEN = r"^visual/(?!merger/)"
@@ -101,14 +100,14 @@ def torch_inputs(mcfg, pipe, batch):
   p = int(np.prod(pipe.video_grid_thw))
   m = mcfg.vision.spatial_merge_size
   pix, grids = [], []
-  for row in range(batch["input_ids"].shape[0]):
-    k = int(np.sum(batch["input_ids"][row] == mcfg.video_token_id)) // (p // (m * m))
-    pix.append(batch["pixel_values_videos"][row, :k * p])
+  for row in range(batch.input_ids.shape[0]):
+    k = int(np.sum(batch.input_ids[row] == mcfg.video_token_id)) // (p // (m * m))
+    pix.append(batch.pixel_values_videos[row, :k * p])
     grids += [np.asarray(pipe.video_grid_thw)] * k
-  ids = batch["input_ids"]
+  ids = batch.input_ids
   types = np.where(ids == mcfg.video_token_id, 2, 0)
   return dict(input_ids=torch.tensor(ids, dtype=torch.long),
-              attention_mask=torch.tensor(batch["attention_mask"], dtype=torch.long),
+              attention_mask=torch.tensor(batch.attention_mask, dtype=torch.long),
               mm_token_type_ids=torch.tensor(types),
               pixel_values_videos=torch.tensor(np.concatenate(pix)),
               video_grid_thw=torch.tensor(np.stack(grids)),
@@ -122,7 +121,7 @@ def torch_step_fn(model, inputs, batch, ids, lr=1e-4):
     prm.requires_grad = not ("visual" in name and "merger" not in name)
   opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=lr,
                           weight_decay=0.0)
-  labels, mask = batch["labels"], batch["loss_mask"]
+  labels, mask = batch.labels, batch.loss_mask
   counts = np.asarray(losses.decision_class_counts(labels, mask, ids))
   w_k = np.asarray(losses.cb_stream_class_weights(counts))
   w = np.where(labels == ids[0], w_k[0], np.where(labels == ids[1], w_k[1], 2.0)) * mask
@@ -153,12 +152,12 @@ def jax_step(mcfg, pipe, batch, ids, params):
   shardings = state_lib.state_shardings(tx, boxed, mesh)
   state = state_lib.state_from_params(jax.tree.map(np.asarray, params), tx, shardings, mesh)
   grid = np.tile(pipe.video_grid_thw.reshape(1, 3), (pipe.cfg.max_turns, 1))
-  b = {k: batch[k] for k in sft.STEP_BATCH_KEYS}
+  b = batch.model_inputs()
   step = sft.make_sft_step(
       setup_lib.make_forward(qwen2_5_vl.Qwen2_5_VL(mcfg), grid), dict(kind="cb_stream"), ids, tx,
-      state_shardings=shardings, batch_sharding=step_lib.batch_shardings(b, mesh), mesh=mesh,
+      state_shardings=shardings, batch_sharding=b.shardings(mesh), mesh=mesh,
       trainable=optim.trainable_mask(state.params, FROZEN))
-  gb = parallel.shard_batch(b, mesh, batch_dims=step_lib.BATCH_DIMS)
+  gb = b.shard(mesh)
   with state_lib.sharding_context(mesh):
     compiled = step.jitted.lower(state, gb).compile()
   cost = compiled.cost_analysis()
@@ -229,7 +228,7 @@ def main():
 
   with tempfile.TemporaryDirectory() as tmp:
     mcfg, pipe, batch, ids = build(args, tmp)
-  tokens = int(batch["attention_mask"].sum())
+  tokens = int(batch.attention_mask.sum())
   result = {"config": args.config, "batch": args.batch, "seq_len": args.seq_len,
             "attention": args.attention, "real_tokens_per_step": tokens,
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),

@@ -36,7 +36,12 @@ import jax.numpy as jnp
 
 from streampro_jax import _checks, _config, losses
 
-Array = jax.Array
+__all__ = ["AGGREGATIONS", "GRPOStepConfig", "GRPO_PRESETS", "KL_ESTIMATORS", "REWARD_KEYS",
+           "STATIC_ARGNAMES", "aggregate_sum_and_count", "agreement_from_sums", "agreement_sums",
+           "finish_pass_metrics", "group_advantages", "group_advantages_jit", "group_statistics",
+           "grpo_loss", "grpo_loss_and_aux", "grpo_loss_jit", "grpo_loss_sum_and_count", "kl_k1",
+           "kl_k2", "kl_k3", "logprob_agreement", "make_grpo_loss_fn", "make_logps_fn",
+           "per_token_grpo_loss"]
 
 AGGREGATIONS = ("sequence-mean-token-mean", "token-mean", "sequence-sum-token-mean",
                 "sequence-mean-token-sum", "nonempty-sequence-mean-token-mean")
@@ -54,23 +59,23 @@ GRPO_PRESETS: dict[str, dict[str, object]] = {
 # ----------------------------------------------------------------------------------------------
 
 
-def kl_k1(logps: Array, ref_logps: Array) -> Array:
+def kl_k1(logps: jax.Array, ref_logps: jax.Array) -> jax.Array:
   """k1 = logp - ref_logp (unbiased, can be negative)."""
   return logps - ref_logps
 
 
-def kl_k2(logps: Array, ref_logps: Array) -> Array:
+def kl_k2(logps: jax.Array, ref_logps: jax.Array) -> jax.Array:
   """k2 = 0.5 * (logp - ref_logp)**2."""
   return 0.5 * jnp.square(logps - ref_logps)
 
 
-def kl_k3(logps: Array, ref_logps: Array) -> Array:
+def kl_k3(logps: jax.Array, ref_logps: jax.Array) -> jax.Array:
   """k3 = exp(ref_logp - logp) - (ref_logp - logp) - 1 (>= 0, unbiased; the GRPO default)."""
   d = ref_logps - logps
   return jnp.expm1(d) - d
 
 
-KL_ESTIMATORS: dict[str, Callable[[Array, Array], Array]] = {
+KL_ESTIMATORS: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
     "k1": kl_k1, "k2": kl_k2, "k3": kl_k3,
 }
 
@@ -80,8 +85,8 @@ KL_ESTIMATORS: dict[str, Callable[[Array, Array], Array]] = {
 # ----------------------------------------------------------------------------------------------
 
 
-def group_advantages(rewards: Array, group_size: int, *, eps: float = 1e-6,
-                     ddof: int = 1) -> Array:
+def group_advantages(rewards: jax.Array, group_size: int, *, eps: float = 1e-6,
+                     ddof: int = 1) -> jax.Array:
   """Group-normalised advantages of contiguous groups of group_size rollouts.
 
   For group g holding rewards r_1..r_G:
@@ -130,9 +135,9 @@ def group_advantages(rewards: Array, group_size: int, *, eps: float = 1e-6,
 # ----------------------------------------------------------------------------------------------
 
 
-def per_token_grpo_loss(logps: Array, old_logps: Array, ref_logps: Array | None,
-                        advantages: Array, *, epsilon: float = 0.2, beta: float = 0.04,
-                        kl: str = "k3") -> tuple[Array, dict[str, Array]]:
+def per_token_grpo_loss(logps: jax.Array, old_logps: jax.Array, ref_logps: jax.Array | None,
+                        advantages: jax.Array, *, epsilon: float = 0.2, beta: float = 0.04,
+                        kl: str = "k3") -> tuple[jax.Array, dict[str, jax.Array]]:
   """Per-token clipped-surrogate loss plus KL penalty (unmasked).
 
   r_t    = exp(logp_t - old_logp_t)
@@ -181,14 +186,15 @@ def _check_grpo_inputs(fn, logps, old_logps, ref_logps, advantages, mask) -> Non
     _checks.shape(fn, "mask", mask, bt, "(the shape of logps, [B, T]; it is not broadcast)")
 
 
-def _clean_masked(mask: Array, *xs):
+def _clean_masked(mask: jax.Array, *xs):
   """Each x with its masked-out positions set to 0 (jnp.where: no NaN reaches the gradient)."""
   keep = jnp.asarray(mask) > 0
   return tuple(None if x is None else jnp.where(keep, x, jnp.zeros((), x.dtype)) for x in xs)
 
 
-def aggregate_sum_and_count(per_token: Array, mask: Array,
-                            aggregation: str = "sequence-mean-token-mean") -> tuple[Array, Array]:
+def aggregate_sum_and_count(per_token: jax.Array, mask: jax.Array,
+                            aggregation: str = "sequence-mean-token-mean"
+                            ) -> tuple[jax.Array, jax.Array]:
   """(numerator, denominator) of an aggregation of a per-token quantity x f32[B, T].
 
   With m = mask, n_b = sum_t m[b, t], B' = number of sequences with n_b > 0:
@@ -236,16 +242,16 @@ def aggregate_sum_and_count(per_token: Array, mask: Array,
   raise ValueError(f"unknown aggregation {aggregation!r}; expected one of {AGGREGATIONS}")
 
 
-def _aggregate(per_token: Array, mask: Array, aggregation: str) -> Array:
+def _aggregate(per_token: jax.Array, mask: jax.Array, aggregation: str) -> jax.Array:
   num, den = aggregate_sum_and_count(per_token, mask, aggregation)
   return num / jnp.maximum(den, 1.0)
 
 
-def grpo_loss_sum_and_count(logps: Array, old_logps: Array, ref_logps: Array | None,
-                            advantages: Array, mask: Array, *, epsilon: float = 0.2,
+def grpo_loss_sum_and_count(logps: jax.Array, old_logps: jax.Array, ref_logps: jax.Array | None,
+                            advantages: jax.Array, mask: jax.Array, *, epsilon: float = 0.2,
                             beta: float = 0.04, kl: str = "k3",
                             aggregation: str = "sequence-mean-token-mean"
-                            ) -> tuple[Array, Array]:
+                            ) -> tuple[jax.Array, jax.Array]:
   """(numerator, denominator) of grpo_loss, for exact gradient accumulation."""
   _check_grpo_inputs("grpo_loss", logps, old_logps, ref_logps, advantages, mask)
   logps, old_logps, ref_logps = _clean_masked(mask, logps, old_logps, ref_logps)
@@ -254,9 +260,9 @@ def grpo_loss_sum_and_count(logps: Array, old_logps: Array, ref_logps: Array | N
   return aggregate_sum_and_count(per_token, mask, aggregation)
 
 
-def grpo_loss(logps: Array, old_logps: Array, ref_logps: Array | None, advantages: Array,
-              mask: Array, *, epsilon: float = 0.2, beta: float = 0.04, kl: str = "k3",
-              aggregation: str = "sequence-mean-token-mean") -> Array:
+def grpo_loss(logps: jax.Array, old_logps: jax.Array, ref_logps: jax.Array | None,
+              advantages: jax.Array, mask: jax.Array, *, epsilon: float = 0.2, beta: float = 0.04,
+              kl: str = "k3", aggregation: str = "sequence-mean-token-mean") -> jax.Array:
   """GRPO objective (to minimise), docs/method.md section 3.
 
   r_t    = exp(logp_t - old_logp_t)
@@ -281,11 +287,11 @@ def grpo_loss(logps: Array, old_logps: Array, ref_logps: Array | None, advantage
                            beta=beta, kl=kl, aggregation=aggregation)[0]
 
 
-def grpo_loss_and_aux(logps: Array, old_logps: Array, ref_logps: Array | None,
-                      advantages: Array, mask: Array, *, epsilon: float = 0.2,
+def grpo_loss_and_aux(logps: jax.Array, old_logps: jax.Array, ref_logps: jax.Array | None,
+                      advantages: jax.Array, mask: jax.Array, *, epsilon: float = 0.2,
                       beta: float = 0.04, kl: str = "k3",
                       aggregation: str = "sequence-mean-token-mean"
-                      ) -> tuple[Array, dict[str, Array]]:
+                      ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """grpo_loss plus metrics (token means over the mask, all without gradient):
 
   kl_mean (the chosen estimator), pg_loss (the policy term, aggregated like the loss),
@@ -333,10 +339,10 @@ group_advantages_jit = jax.jit(group_advantages,
 #
 # One call of the jitted step on a batch of N = B * G rollouts (groups contiguous):
 #
-#   R      = batch["rewards"] or w_fmt * reward_fmt + w_turn * reward_turn + w_traj * reward_traj
+#   R      = batch.rewards or w_fmt * reward_fmt + w_turn * reward_turn + w_traj * reward_traj
 #   A      = group_advantages(R, G, eps, ddof)                  on the global (sharded) array
 #   ref    = token_logps(forward(ref_params))                   (skipped when beta == 0)
-#   old    = batch["old_logps"] (the sampler's)  or  token_logps(forward(params)) ("recompute")
+#   old    = batch.old_logps (the sampler's)  or  token_logps(forward(params)) ("recompute")
 #   repeat num_passes times:                                    (mu of the GRPO paper)
 #     grads = d/dparams grpo_loss(token_logps(forward(params)), old, ref, A, loss_mask)
 #     params, opt_state = optimizer(grads)                       (one optimizer step per pass)
@@ -346,13 +352,11 @@ group_advantages_jit = jax.jit(group_advantages,
 # the learning-rate schedule advance num_passes per batch. Gradient accumulation over
 # num_microbatches is exact (sum-and-count losses, train/step.accumulate_gradients).
 
-GRPO_MODEL_KEYS = ("input_ids", "labels", "loss_mask", "attention_mask", "position_ids",
-                   "pixel_values_videos")
 REWARD_KEYS = ("reward_fmt", "reward_turn", "reward_traj")
-OLD_LOGPS_SOURCES = ("rollout", "recompute")
+_OLD_LOGPS_SOURCES = ("rollout", "recompute")
 
 
-def agreement_sums(logps: Array, old_logps: Array, mask: Array) -> dict[str, Array]:
+def agreement_sums(logps: jax.Array, old_logps: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
   """Sums over the masked tokens of the trainer's log-probs x = logps and the sampler's
   y = old_logps [N, T] that `agreement_from_sums` turns into their agreement: n, sum |x - y|,
   and the moments sum x, y, x^2, y^2, x y (sums add over micro-batches and devices)."""
@@ -364,7 +368,7 @@ def agreement_sums(logps: Array, old_logps: Array, mask: Array) -> dict[str, Arr
           "agree_yy": jnp.sum(y * y * m), "agree_xy": jnp.sum(x * y * m)}
 
 
-def agreement_from_sums(sums: dict[str, Array]) -> dict[str, Array]:
+def agreement_from_sums(sums: dict[str, jax.Array]) -> dict[str, jax.Array]:
   """mean_abs_diff = sum |x - y| / n and the Pearson correlation of x and y,
   corr = (n Sxy - Sx Sy) / sqrt((n Sxx - Sx^2) (n Syy - Sy^2)) (0 when either side is constant
   or no token is masked in). A drift of the sampler's log-probs from the trainer's (a kernel,
@@ -377,13 +381,14 @@ def agreement_from_sums(sums: dict[str, Array]) -> dict[str, Array]:
           "corr": jnp.where(var > 0, cov / jnp.sqrt(jnp.maximum(var, 1e-30)), 0.0)}
 
 
-def logprob_agreement(logps: Array, old_logps: Array, mask: Array) -> dict[str, Array]:
+def logprob_agreement(logps: jax.Array, old_logps: jax.Array, mask: jax.Array
+                      ) -> dict[str, jax.Array]:
   """How well the trainer's token log-probs f32[N, T] agree with the sampler's (old_logps) over
   the masked tokens: {"mean_abs_diff", "corr"} (agreement_from_sums)."""
   return agreement_from_sums(agreement_sums(logps, old_logps, mask))
 
 
-def group_statistics(rewards: Array, group_size: int) -> dict[str, Array]:
+def group_statistics(rewards: jax.Array, group_size: int) -> dict[str, jax.Array]:
   """Per-batch statistics of group rewards r f32[N] (groups contiguous), all f32 scalars.
 
   reward_mean          = mean_i r_i
@@ -410,7 +415,7 @@ class GRPOStepConfig:
     aggregation: one of AGGREGATIONS.
     reward_weights: (w_fmt, w_turn, w_traj), used when the batch holds the reward components.
     temperature: the rollouts' sampling temperature (log-probs are of logits / temperature).
-    old_logps: "rollout" (the sampler's log-probs, batch["old_logps"]) or "recompute" (one
+    old_logps: "rollout" (the sampler's log-probs, batch.old_logps) or "recompute" (one
       teacher-forced forward of the current params before the first pass).
     num_passes: optimisation passes (optimizer steps) per batch, mu >= 1.
     num_microbatches: exact gradient accumulation inside each pass.
@@ -436,8 +441,8 @@ class GRPOStepConfig:
                        f"{tuple(KL_ESTIMATORS)}")
     if self.aggregation not in AGGREGATIONS:
       raise ValueError(f"aggregation {self.aggregation!r}; expected one of {AGGREGATIONS}")
-    if self.old_logps not in OLD_LOGPS_SOURCES:
-      raise ValueError(f"old_logps {self.old_logps!r}; expected one of {OLD_LOGPS_SOURCES}")
+    if self.old_logps not in _OLD_LOGPS_SOURCES:
+      raise ValueError(f"old_logps {self.old_logps!r}; expected one of {_OLD_LOGPS_SOURCES}")
     if self.num_passes < 1 or self.num_microbatches < 1:
       raise ValueError(f"num_passes {self.num_passes} and num_microbatches "
                        f"{self.num_microbatches} must be >= 1")
@@ -474,7 +479,8 @@ class GRPOStepConfig:
 
 def make_logps_fn(forward_fn: Callable, *, temperature: float = 1.0, chunk_size: int = 0,
                   unembed_fn: Callable | None = None) -> Callable:
-  """logps_fn(params, batch) -> f32[B, T] = log softmax(logits / temperature)[labels].
+  """logps_fn(params, batch) -> f32[B, T] = log softmax(logits / temperature)[labels] of a
+  data.batch.Batch.
 
   Args:
     forward_fn: (params, batch, return_hidden) -> logits [B, T, V] or hidden [B, T, D]
@@ -489,9 +495,9 @@ def make_logps_fn(forward_fn: Callable, *, temperature: float = 1.0, chunk_size:
   def logps_fn(params, batch):
     if chunk_size:
       hidden = forward_fn(params, batch, True)
-      return losses.token_logps_from_hidden(hidden, unembed_fn(params), batch["labels"],
+      return losses.token_logps_from_hidden(hidden, unembed_fn(params), batch.labels,
                                             chunk_size=chunk_size, temperature=temperature)
-    return losses.token_logps(forward_fn(params, batch, False), batch["labels"],
+    return losses.token_logps(forward_fn(params, batch, False), batch.labels,
                               temperature=temperature)
 
   return logps_fn
@@ -501,19 +507,19 @@ def make_grpo_loss_fn(logps_fn: Callable, cfg: GRPOStepConfig) -> Callable:
   """GRPO loss in sum-and-count form for train/step.accumulate_gradients.
 
   loss_fn(params, mb, context) -> (numerator, (denominator, metric sums)), numerator and
-  denominator of aggregate_sum_and_count of the per-token loss over mb["loss_mask"]; mb holds the
-  model inputs plus "advantages" f32[b], "old_logps" f32[b, T] and "ref_logps" f32[b, T] (when
-  beta != 0). Metric sums (over masked tokens): pg (aggregated like the loss), kl, clipped,
-  ratio, abs_log_ratio (|logp - old_logp|), tokens, and the agreement_sums of logp and
-  old_logp.
+  denominator of aggregate_sum_and_count of the per-token loss over mb.loss_mask; the micro-batch
+  mb (a data.batch.Batch) holds the model inputs plus advantages f32[b], old_logps f32[b, T] and
+  ref_logps f32[b, T] (when beta != 0). Metric sums (over masked tokens): pg (aggregated like
+  the loss), kl, clipped, ratio, abs_log_ratio (|logp - old_logp|), tokens, and the
+  agreement_sums of logp and old_logp.
   """
   def loss_fn(params, mb, context):
     del context
-    mask = mb["loss_mask"].astype(jnp.float32)
-    logps, old_logps, ref_logps = _clean_masked(mask, logps_fn(params, mb), mb["old_logps"],
-                                                mb.get("ref_logps"))
+    mask = mb.loss_mask.astype(jnp.float32)
+    logps, old_logps, ref_logps = _clean_masked(mask, logps_fn(params, mb), mb.old_logps,
+                                                mb.ref_logps)
     per_token, parts = per_token_grpo_loss(
-        logps, old_logps, ref_logps, mb["advantages"], epsilon=cfg.epsilon,
+        logps, old_logps, ref_logps, mb.advantages, epsilon=cfg.epsilon,
         beta=cfg.beta, kl=cfg.kl_estimator)
     num, den = aggregate_sum_and_count(per_token, mask, cfg.aggregation)
     pg_num, _ = aggregate_sum_and_count(parts["pg"], mask, cfg.aggregation)
@@ -533,7 +539,7 @@ def make_grpo_loss_fn(logps_fn: Callable, cfg: GRPOStepConfig) -> Callable:
   return loss_fn
 
 
-def finish_pass_metrics(sums: dict[str, Array], count: Array) -> dict[str, Array]:
+def finish_pass_metrics(sums: dict[str, jax.Array], count: jax.Array) -> dict[str, jax.Array]:
   """Token sums -> token means; pg_loss sum -> aggregate (divided by the loss count)."""
   tokens = jnp.maximum(sums["policy_tokens"], 1.0)
   out = {k: sums[k] / tokens for k in ("kl", "clip_fraction", "ratio_mean", "abs_log_ratio")}

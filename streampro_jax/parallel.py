@@ -340,18 +340,22 @@ def shard_batch(local_batch, mesh: Mesh, *, batch_dims=None):
   Args:
     local_batch: pytree of host-local NumPy arrays.
     mesh: the mesh.
-    batch_dims: optional pytree (same structure, or a dict of key -> int) giving the batch dimension
-      of each leaf; default 0 (use 1 for ``position_ids`` laid out [3, B, T]).
+    batch_dims: the batch dimension of each leaf: an int for all, a dict of key -> int (keys as
+      ``jax.tree_util.keystr(path, simple=True, separator="/")``; absent keys 0), or a pytree of
+      ints with the structure of ``local_batch`` (e.g. ``data.batch.Batch.batch_dims()``);
+      default 0 (use 1 for ``position_ids`` laid out [3, B, T]).
   """
   data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
   n_proc = jax.process_count()
 
-  def one(path, x):
+  def one(path, x, dim=None):
     x = np.asarray(x)
-    dim = 0
-    if batch_dims is not None:
-      key = jax.tree_util.keystr(path, simple=True, separator="/")
-      dim = batch_dims.get(key, 0) if isinstance(batch_dims, Mapping) else batch_dims
+    if dim is None:
+      dim = 0
+      if isinstance(batch_dims, Mapping):
+        dim = batch_dims.get(jax.tree_util.keystr(path, simple=True, separator="/"), 0)
+      elif batch_dims is not None:
+        dim = batch_dims
     global_size = x.shape[dim] * n_proc
     if global_size % data_parallel:
       raise ValueError(
@@ -363,7 +367,9 @@ def shard_batch(local_batch, mesh: Mesh, *, batch_dims=None):
     global_shape = x.shape[:dim] + (global_size,) + x.shape[dim + 1:]
     return jax.make_array_from_process_local_data(sharding, x, global_shape)
 
-  return jax.tree_util.tree_map_with_path(one, local_batch)
+  if batch_dims is None or isinstance(batch_dims, (int, Mapping)):
+    return jax.tree_util.tree_map_with_path(one, local_batch)
+  return jax.tree_util.tree_map_with_path(one, local_batch, batch_dims)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,6 @@ from streampro_jax.data import tokenizer as tok_lib
 from streampro_jax.models import qwen2_5_vl
 from streampro_jax.train import config_check, grpo_step, optim, sft
 from streampro_jax.train import setup as setup_lib
-from streampro_jax.train import step as step_lib
 from streampro_jax.train import state as state_lib
 
 G = 4
@@ -41,16 +40,16 @@ def setup(tmp_path_factory, tiny_sft_config):
   forward = setup_lib.make_forward(module, grid)
   init = jax.tree.map(np.asarray, __import__("flax").linen.unbox(
       jax.device_get(qwen2_5_vl.init_params(mcfg, jax.random.key(0)))))
-  sft_batch = {k: host[k] for k in sft.STEP_BATCH_KEYS if k in host}
-  gbatch = {k: host[k] for k in grpo.GRPO_MODEL_KEYS}
+  sft_batch = host.model_inputs()
   logps_fn = grpo.make_logps_fn(forward, temperature=1.0)
-  tf = np.asarray(jax.jit(logps_fn)(init, jax.tree.map(jnp.asarray, gbatch)))
+  tf = np.asarray(jax.jit(logps_fn)(init, jax.tree.map(jnp.asarray, sft_batch)))
   r = np.random.default_rng(0)
-  gbatch["old_logps"] = ((tf + r.normal(0.0, 0.3, tf.shape)) * (gbatch["loss_mask"] > 0)
-                         ).astype(np.float32)
-  gbatch["reward_fmt"] = np.asarray([1, 1, 0.5, 0, 1, 0, 1, 1], np.float32)
-  gbatch["reward_turn"] = np.asarray([0.2, 1.5, 0, 0.7, 0.4, 0.1, 0.9, 0.4], np.float32)
-  gbatch["reward_traj"] = np.asarray([0.5, 1, 0, 0.25, 0.3, 0.6, 0.3, 0.0], np.float32)
+  gbatch = sft_batch.replace(
+      old_logps=((tf + r.normal(0.0, 0.3, tf.shape)) * (sft_batch.loss_mask > 0)
+                 ).astype(np.float32),
+      reward_fmt=np.asarray([1, 1, 0.5, 0, 1, 0, 1, 1], np.float32),
+      reward_turn=np.asarray([0.2, 1.5, 0, 0.7, 0.4, 0.1, 0.9, 0.4], np.float32),
+      reward_traj=np.asarray([0.5, 1, 0, 0.25, 0.3, 0.6, 0.3, 0.0], np.float32))
   return dict(cfg=cfg, mcfg=mcfg, module=module, forward=forward, init=init,
               sft_batch=sft_batch, gbatch=gbatch, logps_fn=logps_fn,
               decision_ids=tok_lib.decision_token_ids(tokenizer))
@@ -68,11 +67,11 @@ def _sft_step(setup, mesh):
   state, shardings = _state(setup, mesh, tx)
   step = sft.make_sft_step(
       setup["forward"], dict(kind="cb_stream", chunk_size=128), setup["decision_ids"], tx,
-      state_shardings=shardings, batch_sharding=step_lib.batch_shardings(setup["sft_batch"], mesh),
+      state_shardings=shardings, batch_sharding=setup["sft_batch"].shardings(mesh),
       mesh=mesh, unembed_fn=setup_lib.make_unembed(setup["mcfg"]),
       trainable=optim.trainable_mask(state.params, OPTIM.frozen),
       schedule=optim.make_schedule(OPTIM, 1))
-  batch = parallel.shard_batch(setup["sft_batch"], mesh, batch_dims=step_lib.BATCH_DIMS)
+  batch = setup["sft_batch"].shard(mesh)
   return step, (state, batch)
 
 
@@ -82,10 +81,10 @@ def _grpo(setup, mesh):
   step = grpo_step.make_grpo_step(
       setup["logps_fn"], tx, grpo.GRPOStepConfig(group_size=G, beta=0.0),
       state_shardings=shardings,
-      batch_sharding=grpo_step.grpo_batch_shardings(setup["gbatch"], mesh), mesh=mesh,
+      batch_sharding=setup["gbatch"].shardings(mesh), mesh=mesh,
       trainable=optim.trainable_mask(state.params, OPTIM.frozen),
       schedule=optim.make_schedule(OPTIM, 1))
-  batch = parallel.shard_batch(setup["gbatch"], mesh, batch_dims=step_lib.BATCH_DIMS)
+  batch = setup["gbatch"].shard(mesh)
   return step, (state, None, batch)
 
 

@@ -103,21 +103,22 @@ def test_pipeline_batch_and_forward_qwen3(setup):
   assert isinstance(pipe.encoder.proc, processing_qwen3.Qwen3VideoProcessorConfig)
   np.testing.assert_array_equal(pipe.video_grid_thw, GRID)
   batch = next(pipe.iterator())
-  shapes = pipe.batch_shapes()
-  for key in pipeline.BATCH_KEYS:
-    assert batch[key].shape == shapes[key], key
-  assert batch["pixel_values_videos"].shape == (2, 13 * 16, 96)
-  assert batch["loss_mask"].sum() > 0
+  want = pipe.abstract_batch()
+  assert jax.tree.structure(batch) == jax.tree.structure(want)
+  for (path, x), w in zip(jax.tree_util.tree_leaves_with_path(batch), jax.tree.leaves(want)):
+    assert (x.shape, x.dtype) == (w.shape, w.dtype), path
+  assert batch.pixel_values_videos.shape == (2, 13 * 16, 96)
+  assert batch.loss_mask.sum() > 0
 
   # Row 0 is (record 0, question 0) (no shuffle): its positions are Qwen3-VL's rule and its
   # pixels are the frames resized to 16 x 16, normalised with mean = std = 0.5.
   rec = records[0]
   k = chat_format.num_turns(rec.duration)
-  n = int(batch["attention_mask"][0].sum())
-  ids = batch["input_ids"][:1, :n]
+  n = int(batch.attention_mask[0].sum())
+  ids = batch.input_ids[:1, :n]
   assert int((ids == cfg.video_token_id).sum()) == 4 * k
   pos, _ = qwen3_vl.get_rope_index(ids, video_grid_thw=np.tile(GRID, (k, 1)), config=cfg)
-  np.testing.assert_array_equal(batch["position_ids"][:, 0, :n], pos[:, 0])
+  np.testing.assert_array_equal(batch.position_ids[:, 0, :n], pos[:, 0])
   # (For one-temporal-patch turns the Qwen2.5-VL rule gives the same numbers; what tells the
   # backbones apart in the batch is the pixel normalisation below.)
   frames = processing.resize_frames(synthetic.render_frames(rec)[:2], FRAME, FRAME)
@@ -125,7 +126,7 @@ def test_pipeline_batch_and_forward_qwen3(setup):
   # float32 x * (1 / 255) - 0.5 (the constant, the product, the difference: 3 roundings on the
   # scale 1), then / 0.5 (doubles them, one rounding of the result, |result| <= 1), against
   # float64: within 2 gamma(4).
-  np.testing.assert_allclose(batch["pixel_values_videos"][0, 0],
+  np.testing.assert_allclose(batch.pixel_values_videos[0, 0],
                              expect.transpose(3, 0, 1, 2).reshape(-1), rtol=0,
                              atol=2 * tol.rel_ops_bound(4))
 
@@ -135,13 +136,13 @@ def test_pipeline_batch_and_forward_qwen3(setup):
   module = models.build(cfg)
   grid_k = np.tile(np.asarray(GRID), (pcfg.max_turns, 1))
   logits = jax.jit(lambda p, b: module.apply(
-      {"params": p}, b["input_ids"], pixel_values_videos=b["pixel_values_videos"],
-      video_grid_thw=grid_k, attention_mask=b["attention_mask"],
-      position_ids=b["position_ids"]))(setup["params"], batch)
+      {"params": p}, b.input_ids, pixel_values_videos=b.pixel_values_videos,
+      video_grid_thw=grid_k, attention_mask=b.attention_mask,
+      position_ids=b.position_ids))(setup["params"], batch)
   assert logits.shape == (2, pcfg.seq_len, cfg.text.vocab_size)
   assert np.isfinite(np.asarray(logits)).all()
   ref = module.apply({"params": setup["params"]}, ids,
-                     pixel_values_videos=batch["pixel_values_videos"][0, :k * 16],
+                     pixel_values_videos=batch.pixel_values_videos[0, :k * 16],
                      video_grid_thw=np.tile(GRID, (k, 1)))
   scale = float(np.abs(ref).max())
   # Batched vs flat layout: two summation orders over the logits' chain (tol.model_path).

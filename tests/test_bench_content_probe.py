@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from streampro_jax.bench import content_probe
+from streampro_jax.data.batch import Batch
 
 from helpers import tolerances as tol  # pylint: disable=g-bad-import-order
 
@@ -18,12 +19,16 @@ def _batch():
   ids = np.array([[5, 12, 6, 7, 12, 21, 0]])
   labels = np.array([[12, 6, 7, 12, 21, 0, 0]])
   loss_mask = np.array([[0, 0, 1, 1, 1, 0, 0]])   # the targets 7, 12, 21 are supervised
-  return {"input_ids": ids, "labels": labels, "loss_mask": loss_mask}
+  # Fields the probe does not read are zeros of their shapes.
+  t = ids.shape[1]
+  return Batch(input_ids=ids, labels=labels, loss_mask=loss_mask, attention_mask=np.ones_like(ids),
+               position_ids=np.zeros((3, 1, t), np.int32),
+               pixel_values_videos=np.zeros((1, 1, 1), np.float32))
 
 
 def _forward(params, batch):
   del params
-  logits = np.zeros(batch["input_ids"].shape + (40,), np.float32)
+  logits = np.zeros(batch.input_ids.shape + (40,), np.float32)
   logits[0, 3, 12] = np.log(3.0)    # colour slot: p(12) = 3 / (3 + 7) over the 8 colours
   logits[0, 4, 22] = np.log(2.0)    # shape slot: argmax is 22, the right word 21 has 1 / 5
   return logits
@@ -43,9 +48,8 @@ def test_probabilities_accuracy_and_copyable_split():
 
 def test_an_answer_word_is_not_copyable_from_an_earlier_answer():
   # The same colour said earlier by the assistant (supervised) does not count as "in the question".
-  b = _batch()
-  b["input_ids"] = np.array([[5, 9, 6, 12, 12, 21, 0]])
-  b["labels"] = np.array([[9, 6, 12, 12, 21, 0, 0]])
+  b = _batch().replace(input_ids=np.array([[5, 9, 6, 12, 12, 21, 0]]),
+                       labels=np.array([[9, 6, 12, 12, 21, 0, 0]]))
   out = content_probe.probe_batches(_forward, None, [b], GROUPS)
   assert "colour (only on screen)" in out and "colour (in the question)" not in out
 

@@ -6,6 +6,7 @@ import json
 import os
 
 import grain
+import jax
 import numpy as np
 import pytest
 from etils import epath
@@ -13,6 +14,7 @@ from etils import epath
 from streampro_jax.data import chat_format, pipeline, pipeline_config, schema, synthetic
 from streampro_jax.data import tokenizer as tokenizer_lib
 from streampro_jax.data import video
+from streampro_jax.data.batch import Batch
 from streampro_jax.data.tfds_builders import jsonl_videos, synth_stream
 from streampro_jax.models import processing, qwen2_5_vl
 
@@ -72,7 +74,7 @@ def _row_ids(batches):
   """Identify rows by their (unpadded) input ids and their pixels (frames differ per record)."""
   out = []
   for b in batches:
-    for ids, m, pix in zip(b["input_ids"], b["attention_mask"], b["pixel_values_videos"]):
+    for ids, m, pix in zip(b.input_ids, b.attention_mask, b.pixel_values_videos):
       out.append((tuple(ids[m.astype(bool)].tolist()), hash(pix.tobytes())))
   return out
 
@@ -86,37 +88,41 @@ def test_batch_layout_matches_references(tok, model_config):
   np.testing.assert_array_equal(pipe.video_grid_thw, [1, 4, 4])
   it = pipe.iterator()
   b = next(it)
-  assert set(b) == set(pipeline.BATCH_KEYS)
-  shapes = pipe.batch_shapes()
-  for k, v in b.items():
-    assert v.shape == shapes[k], k
-  assert b["pixel_values_videos"].shape == (4, 8 * 16, 96)
-  assert b["input_ids"].dtype == np.int32 and b["loss_mask"].dtype == np.float32
-  assert b["position_ids"].shape == (3, 4, 2048) and b["position_ids"].dtype == np.int32
+  # The pipeline's batch: the model inputs and decision_class, at the shapes and dtypes its
+  # abstract_batch declares (the GRPO-only fields are None).
+  assert isinstance(b, Batch)
+  want = pipe.abstract_batch()
+  assert jax.tree.structure(b) == jax.tree.structure(want)
+  for (path, x), w in zip(jax.tree_util.tree_leaves_with_path(b), jax.tree.leaves(want)):
+    assert (x.shape, x.dtype) == (w.shape, w.dtype), path
+  assert b.decision_class is not None and b.old_logps is None
+  assert b.pixel_values_videos.shape == (4, 8 * 16, 96)
+  assert b.input_ids.dtype == np.int32 and b.loss_mask.dtype == np.float32
+  assert b.position_ids.shape == (3, 4, 2048) and b.position_ids.dtype == np.int32
   chat = chat_format.ChatFormat(tok, tokens_per_turn=4)
   proc = processing.VideoProcessorConfig(patch_size=4, merge_size=2, do_resize=False)
   # Unshuffled: rows are (r0, q0), (r1, q0), (r1, q1), (r2, q0).
   for row, (ri, qi) in enumerate([(0, 0), (1, 0), (1, 1), (2, 0)]):
     traj = chat.render(records[ri], qi)
     n, k = len(traj), traj.num_turns
-    np.testing.assert_array_equal(b["input_ids"][row, :n], traj.input_ids)
-    np.testing.assert_array_equal(b["labels"][row, :n], traj.labels)
-    np.testing.assert_array_equal(b["loss_mask"][row, :n], traj.loss_mask)
-    np.testing.assert_array_equal(b["decision_class"][row, :n], traj.decision_class)
-    assert b["attention_mask"][row].sum() == n and b["loss_mask"][row, n:].sum() == 0
-    assert (b["input_ids"][row, n:] == chat.pad_id).all()
-    assert (b["input_ids"][row] == chat.video_pad_id).sum() == 4 * k
+    np.testing.assert_array_equal(b.input_ids[row, :n], traj.input_ids)
+    np.testing.assert_array_equal(b.labels[row, :n], traj.labels)
+    np.testing.assert_array_equal(b.loss_mask[row, :n], traj.loss_mask)
+    np.testing.assert_array_equal(b.decision_class[row, :n], traj.decision_class)
+    assert b.attention_mask[row].sum() == n and b.loss_mask[row, n:].sum() == 0
+    assert (b.input_ids[row, n:] == chat.pad_id).all()
+    assert (b.input_ids[row] == chat.video_pad_id).sum() == 4 * k
     pos, _ = qwen2_5_vl.get_rope_index(traj.input_ids[None],
                                        video_grid_thw=np.tile([1, 4, 4], (k, 1)),
                                        config=model_config)
-    np.testing.assert_array_equal(b["position_ids"][:, row, :n], pos[:, 0])
-    assert (b["position_ids"][:, row, n:] == 0).all()
+    np.testing.assert_array_equal(b.position_ids[:, row, :n], pos[:, 0])
+    assert (b.position_ids[:, row, n:] == 0).all()
     patches, grid = processing.process_turns(frames[ri].reshape(k, 2, H, W, 3), proc)
     assert grid == (1, 4, 4)
-    np.testing.assert_array_equal(b["pixel_values_videos"][row, :k * 16], patches.reshape(-1, 96))
-    assert (b["pixel_values_videos"][row, k * 16:] == 0).all()
+    np.testing.assert_array_equal(b.pixel_values_videos[row, :k * 16], patches.reshape(-1, 96))
+    assert (b.pixel_values_videos[row, k * 16:] == 0).all()
   # Silence and response decision targets are present.
-  assert (b["decision_class"] == 1).sum() > 0 and (b["decision_class"] == 2).sum() > 0
+  assert (b.decision_class == 1).sum() > 0 and (b.decision_class == 2).sum() > 0
 
 
 def test_frames_are_resized_to_the_configured_size(tok, model_config):
@@ -128,7 +134,7 @@ def test_frames_are_resized_to_the_configured_size(tok, model_config):
   k = chat_format.num_turns(records[0].duration)
   small = processing.resize_frames(big[0][:2 * k], H, W)
   patches, _ = processing.process_turns(small.reshape(k, 2, H, W, 3), proc)
-  np.testing.assert_array_equal(b["pixel_values_videos"][0, :k * 16], patches.reshape(-1, 96))
+  np.testing.assert_array_equal(b.pixel_values_videos[0, :k * 16], patches.reshape(-1, 96))
 
 
 def test_seeded_shuffle_epochs_and_host_shards(tok, model_config):
@@ -173,8 +179,8 @@ def test_resume_from_saved_state_gives_identical_batches(tok, model_config, tmp_
     assert fresh.stats.batches == 3
     again = [next(fresh) for _ in range(4)]
     for x, y in zip(after, again):
-      for k in pipeline.BATCH_KEYS:
-        np.testing.assert_array_equal(x[k], y[k])
+      assert jax.tree.structure(x) == jax.tree.structure(y)
+      jax.tree.map(np.testing.assert_array_equal, x, y)
     assert fresh.stats == it.stats
 
 
@@ -192,17 +198,17 @@ def test_truncation_by_whole_turns_is_counted(tok, model_config):
   cut = chat.render(records[0], 0, max_turns=4)
   n = len(cut)
   assert n == ends[3] <= seq_len
-  np.testing.assert_array_equal(b["input_ids"][0, :n], cut.input_ids)
-  np.testing.assert_array_equal(b["labels"][0, :n], cut.labels)  # last label is the pad id
-  assert b["attention_mask"][0].sum() == n
-  assert (b["input_ids"][0] == chat.video_pad_id).sum() == 4 * 4
+  np.testing.assert_array_equal(b.input_ids[0, :n], cut.input_ids)
+  np.testing.assert_array_equal(b.labels[0, :n], cut.labels)  # last label is the pad id
+  assert b.attention_mask[0].sum() == n
+  assert (b.input_ids[0] == chat.video_pad_id).sum() == 4 * 4
   assert it.stats.truncated_rows == 1 and it.stats.turns_cut == 2 and it.stats.dropped == 0
   # max_turns cut: 6 turns -> 3.
   it = _build(records, frames, tok, model_config, shuffle=False, batch_size=1, max_turns=3,
               num_epochs=1).iterator()
   b = next(it)
-  assert (b["input_ids"][0] == chat.video_pad_id).sum() == 3 * 4
-  assert b["pixel_values_videos"].shape == (1, 3 * 16, 96)
+  assert (b.input_ids[0] == chat.video_pad_id).sum() == 3 * 4
+  assert b.pixel_values_videos.shape == (1, 3 * 16, 96)
   assert it.stats.truncated_rows == 1 and it.stats.turns_cut == 3
 
 
@@ -215,7 +221,7 @@ def test_question_after_the_cut_is_dropped_and_counted(tok, model_config):
                 max_turns=5, num_epochs=1)
   it = pipe.iterator()
   b = next(it)
-  assert b["input_ids"].shape[0] == 2
+  assert b.input_ids.shape[0] == 2
   assert it.stats.dropped == 1 and it.stats.rows == 2
 
 
@@ -276,8 +282,8 @@ def test_synthstream_tfds_roundtrip_through_pipeline(tok, model_config, tmp_path
   it, pipe = pipeline.make_train_iterator(data_cfg, tokenizer=tok, model_config=model_config,
                                           process_index=0, process_count=1)
   b = next(it)
-  assert b["input_ids"].shape == (2, 3000) and pipe.num_trajectories == 3
-  assert (b["decision_class"] == 2).sum() >= 2
+  assert b.input_ids.shape == (2, 3000) and pipe.num_trajectories == 3
+  assert (b.decision_class == 2).sum() >= 2
 
 
 def test_jsonl_videos_builder_with_bad_records(tmp_path):

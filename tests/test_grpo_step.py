@@ -23,7 +23,6 @@ import pytest
 from streampro_jax import grpo, parallel, rewards
 from streampro_jax.train import config_check, grpo_step, optim
 from streampro_jax.train import setup as setup_lib
-from streampro_jax.train import step as step_lib
 from streampro_jax.train import state as state_lib
 
 from helpers import tolerances as tol  # pylint: disable=g-bad-import-order
@@ -51,16 +50,17 @@ def setup(tmp_path_factory, tiny_sft_config):
   logps_fn = grpo.make_logps_fn(forward, temperature=1.0)
   init_params = jax.device_get(qwen2_5_vl.init_params(mcfg, jax.random.key(0)))
   init_params = jax.tree.map(np.asarray, __import__("flax").linen.unbox(init_params))
-  batch = {k: host[k] for k in grpo.GRPO_MODEL_KEYS}
+  batch = host.model_inputs()
   tf = np.asarray(jax.jit(logps_fn)(init_params, jax.tree.map(jnp.asarray, batch)))
   logits = np.asarray(jax.jit(forward)(init_params, jax.tree.map(jnp.asarray, batch)))
-  logit_scale = float(np.abs(logits[batch["attention_mask"] > 0]).max())
+  logit_scale = float(np.abs(logits[batch.attention_mask > 0]).max())
   r = np.random.default_rng(0)
-  mask = batch["loss_mask"]
-  batch["old_logps"] = ((tf + r.normal(0.0, 0.3, tf.shape)) * (mask > 0)).astype(np.float32)
-  batch["reward_fmt"] = np.asarray([1, 1, 0.5, 0, 1, 1, 1, 1], np.float32)
-  batch["reward_turn"] = np.asarray([0.2, 1.5, 0, 0.7, 0.4, 0.4, 0.4, 0.4], np.float32)
-  batch["reward_traj"] = np.asarray([0.5, 1, 0, 0.25, 0.3, 0.3, 0.3, 0.3], np.float32)
+  mask = batch.loss_mask
+  batch = batch.replace(
+      old_logps=((tf + r.normal(0.0, 0.3, tf.shape)) * (mask > 0)).astype(np.float32),
+      reward_fmt=np.asarray([1, 1, 0.5, 0, 1, 1, 1, 1], np.float32),
+      reward_turn=np.asarray([0.2, 1.5, 0, 0.7, 0.4, 0.4, 0.4, 0.4], np.float32),
+      reward_traj=np.asarray([0.5, 1, 0, 0.25, 0.3, 0.3, 0.3, 0.3], np.float32))
   ref = jax.tree.map(lambda p: (p + 0.02 * r.normal(size=p.shape)).astype(np.float32),
                      init_params)
   ref_logps = np.asarray(jax.jit(logps_fn)(ref, jax.tree.map(jnp.asarray, batch)))
@@ -82,12 +82,12 @@ def _run(setup, mesh_shape, *, calls=1, **cfg_kw):
   ref = state_lib.put_params(setup["ref"], shardings.params)
   step = grpo_step.make_grpo_step(
       setup["logps_fn"], tx, cfg, state_shardings=shardings,
-      batch_sharding=grpo_step.grpo_batch_shardings(setup["batch"], mesh), mesh=mesh,
+      batch_sharding=setup["batch"].shardings(mesh), mesh=mesh,
       trainable=optim.trainable_mask(state.params, OPTIM.frozen),
       schedule=optim.make_schedule(OPTIM, total))
   history = []
   for _ in range(calls):
-    batch = parallel.shard_batch(setup["batch"], mesh, batch_dims=step_lib.BATCH_DIMS)
+    batch = setup["batch"].shard(mesh)
     state, m = step(state, ref, batch)
     history.append(jax.device_get(m))
   return history, jax.device_get(state.params), state, jax.device_get(ref)
@@ -114,11 +114,11 @@ def _bounds(setup) -> dict:
     division) to gamma(G + 4) |A|, on each side;
   n_tok, adv_max: the policy tokens and the largest |advantage|."""
   b, mcfg = setup["batch"], setup["mcfg"]
-  msk = b["loss_mask"] > 0
-  lp = tol.logp_bound(mcfg, b["input_ids"].shape[1], setup["logit_scale"])
-  r_all = rewards.combine(b["reward_fmt"], b["reward_turn"], b["reward_traj"])
+  msk = b.loss_mask > 0
+  lp = tol.logp_bound(mcfg, b.input_ids.shape[1], setup["logit_scale"])
+  r_all = rewards.combine(b.reward_fmt, b.reward_turn, b.reward_traj)
   adv_max = float(np.abs(_np_advantages(r_all, G)).max())
-  r_max = float(np.exp(setup["tf"] - b["old_logps"])[msk].max()) * (1 + lp)
+  r_max = float(np.exp(setup["tf"] - b.old_logps)[msk].max()) * (1 + lp)
   kl_slope = 1 + float(np.exp(setup["ref_logps"] - setup["tf"])[msk].max()) * (1 + lp)
   groups = np.asarray(r_all, np.float64).reshape(-1, G)
   sigma = groups.std(axis=1, ddof=1)
@@ -137,15 +137,15 @@ def _param_bound(setup, m, lp) -> float:
   moves by the curvature times step 1's parameter difference, assumed at most the rounding noise
   (as test_train_step.assert_steps_agree does)."""
   b, mcfg = setup["batch"], setup["mcfg"]
-  n_rows, seq = b["input_ids"].shape
+  n_rows, seq = b.input_ids.shape
   grad_rel = tol.model_rel(mcfg, seq, vocab=True, backward=True, tokens=n_rows * seq) + 2 * lp
-  model_batch = jax.tree.map(jnp.asarray, {k: b[k] for k in grpo.GRPO_MODEL_KEYS})
-  r_all = rewards.combine(b["reward_fmt"], b["reward_turn"], b["reward_traj"])
+  model_batch = jax.tree.map(jnp.asarray, b.model_inputs())
+  r_all = rewards.combine(b.reward_fmt, b.reward_turn, b.reward_traj)
   adv32 = jnp.asarray(_np_advantages(r_all, G), jnp.float32)
 
   def first_pass_loss(params):
-    return grpo.grpo_loss_and_aux(setup["logps_fn"](params, model_batch), b["old_logps"],
-                                  setup["ref_logps"], adv32, b["loss_mask"])[0]
+    return grpo.grpo_loss_and_aux(setup["logps_fn"](params, model_batch), b.old_logps,
+                                  setup["ref_logps"], adv32, b.loss_mask)[0]
   g = jax.device_get(jax.jit(jax.grad(first_pass_loss))(setup["init"]))
   g_max = max(tol.max_abs({k: v for k, v in g.items() if k != "visual"}),
               tol.max_abs(g["visual"]["merger"]))
@@ -170,7 +170,7 @@ def test_sharded_step_equals_single_device(setup, single):
   assert len(q.addressable_shards) == 8
   m1, m8 = h1[0], h8[0]
   b = setup["batch"]
-  n_rows = b["input_ids"].shape[0]
+  n_rows = b.input_ids.shape[0]
   d = _bounds(setup)
   lp, n_tok = d["lp"], d["n_tok"]
   # Token means over n_tok tokens (micro-batch and device partial sums): sum_bound on the mean
@@ -183,8 +183,9 @@ def test_sharded_step_equals_single_device(setup, single):
                     d["slope"] * lp + mean_rounding(d["slope"]), "grpo 8 vs 1: loss_first_pass")
   # Means of the same float32 inputs over the rows in another order.
   for key in ("reward", "reward_fmt", "reward_turn", "reward_traj"):
+    values = d["r_all"] if key == "reward" else getattr(b, key)
     tol.assert_within(abs(m1[key] - m8[key]),
-                      tol.sum_bound(n_rows, float(np.abs(b.get(key, d["r_all"])).mean())),
+                      tol.sum_bound(n_rows, float(np.abs(values).mean())),
                       f"grpo 8 vs 1: {key}")
   tol.assert_within(abs(m1["advantage_abs_mean"] - m8["advantage_abs_mean"]),
                     d["adv"] + tol.sum_bound(n_rows, d["adv_max"]),
@@ -200,7 +201,7 @@ def test_first_pass_equals_reference_loss_and_metrics(setup, single):
   h1, _, _, ref_after = single
   m = h1[0]
   b = setup["batch"]
-  r = np.asarray(rewards.combine(b["reward_fmt"], b["reward_turn"], b["reward_traj"]))
+  r = np.asarray(rewards.combine(b.reward_fmt, b.reward_turn, b.reward_traj))
   # By hand; float32 inputs (one rounding each) and 3 products + 2 sums of non-negative terms.
   np.testing.assert_allclose(r[:4], [0.415, 1.225, 0.05, 0.4275], rtol=tol.rel_ops_bound(8))
   adv = _np_advantages(r, G)
@@ -213,11 +214,11 @@ def test_first_pass_equals_reference_loss_and_metrics(setup, single):
   tol.assert_within(abs(m["advantage_abs_mean"] - float(np.mean(np.abs(adv)))),
                     d["adv"] + tol.sum_bound(8, d["adv_max"]), "grpo: advantage_abs_mean")
   for k in ("reward_fmt", "reward_turn", "reward_traj"):
-    assert m[k] == pytest.approx(float(np.mean(b[k])), rel=mean_rel)
+    assert m[k] == pytest.approx(float(np.mean(getattr(b, k))), rel=mean_rel)
   ref_logps = np.asarray(jax.jit(setup["logps_fn"])(setup["ref"],
                                                     jax.tree.map(jnp.asarray, b)))
-  loss, aux = grpo.grpo_loss_and_aux(jnp.asarray(setup["tf"]), b["old_logps"], ref_logps,
-                                     jnp.asarray(adv, jnp.float32), b["loss_mask"])
+  loss, aux = grpo.grpo_loss_and_aux(jnp.asarray(setup["tf"]), b.old_logps, ref_logps,
+                                     jnp.asarray(adv, jnp.float32), b.loss_mask)
   # The step's jit and this one compute the log-probs in other orders (lp per token), and the
   # advantages in float32 against float64.
   tol.assert_within(abs(m["loss_first_pass"] - float(loss)),
@@ -225,8 +226,8 @@ def test_first_pass_equals_reference_loss_and_metrics(setup, single):
                     + d["adv"] * d["slope"] / max(d["adv_max"], 1e-30),
                     "grpo: loss_first_pass vs grpo_loss_and_aux")
   # behaviour gap = mean |logp - old| before any update = the injected noise on masked tokens.
-  msk = b["loss_mask"] > 0
-  gap = float(np.mean(np.abs(setup["tf"] - b["old_logps"])[msk]))
+  msk = b.loss_mask > 0
+  gap = float(np.mean(np.abs(setup["tf"] - b.old_logps)[msk]))
   tol.assert_within(abs(m["behaviour_gap"] - gap), d["lp"] + tol.sum_bound(d["n_tok"], gap),
                     "grpo: behaviour_gap vs NumPy")
   assert 0.0 < float(aux["clip_fraction"]) < 1.0 and float(aux["kl_mean"]) > 0.0
@@ -265,8 +266,8 @@ def test_recompute_old_logps_is_on_policy(setup):
   assert m["clip_fraction"] == 0.0 and m["kl"] == 0.0
   # On-policy, beta 0, token-mean: loss = -sum(A_b * n_b) / sum(n_b).
   b = setup["batch"]
-  adv = _np_advantages(rewards.combine(b["reward_fmt"], b["reward_turn"], b["reward_traj"]), G)
-  n_b = b["loss_mask"].sum(axis=1)
+  adv = _np_advantages(rewards.combine(b.reward_fmt, b.reward_turn, b.reward_traj), G)
+  n_b = b.loss_mask.sum(axis=1)
   tol.assert_within(abs(m["loss"] - float(-(adv * n_b).sum() / n_b.sum())),
                     d["adv_max"] * math.expm1(lp) + d["adv"] + tol.sum_bound(n_tok, d["adv_max"]),
                     "recompute: on-policy loss")

@@ -29,16 +29,7 @@ READERS = ("streampro_jax", "launch", "benchmarks", "configs")
 
 # Modules another helper of issue 29 is converting at the same time; the lead empties this set
 # when their branches are merged (the rule then holds for every module).
-_PENDING = frozenset({
-    "streampro_jax.data.pipeline",
-    "streampro_jax.grpo",
-    "streampro_jax.sampling.decode",
-    "streampro_jax.sampling.formats",
-    "streampro_jax.sampling.sampler",
-    "streampro_jax.train.grpo_step",
-    "streampro_jax.train.sft",
-    "streampro_jax.train.step",
-})
+_PENDING = frozenset()
 
 # The names every backbone module provides (the protocol in streampro_jax/models/__init__.py's
 # docstring): callers reach them through `backbone_module(x).<name>` and
@@ -63,6 +54,9 @@ PROTOCOLS: dict[str, dict[str, str]] = {
 # already-jitted functions a module docstring offers, the judge interface and constructors, the
 # live session); module -> {name: why}.
 _ENTRY_POINT = "an entry point of docs/architecture.md#public-api"
+_SAMPLING = ("the sampling layer's public face, re-exported by streampro_jax.sampling "
+             "(its __all__ is pinned by tests/test_public_api.py)")
+_OWN_LOOP = "an un-jitted piece for one's own training loop (docs/components.md)"
 _CONFIG_NODE = ("a node of the typed config tree that config_check.build returns (a trainer reads "
                 "run.tree.<section>)")
 USER_API: dict[str, dict[str, str]] = {
@@ -102,6 +96,29 @@ USER_API: dict[str, dict[str, str]] = {
                            "docstring)",
         "turn_f1_reward_jit": "the already-jitted Turn-F1 reward (the module docstring)",
     },
+    "streampro_jax.data.pipeline": dict(
+        {n: "a type that make_train_iterator returns, or a part of one"
+         for n in ("Pipeline", "TrainIterator", "PipelineStats", "TrajectoryEncoder")},
+        **{n: "builds a pipeline over one's own record source (docs/components.md)"
+           for n in ("build_pipeline", "VideoFileSource", "TfdsSource", "synthetic_source")}),
+    "streampro_jax.grpo": {
+        n: "the GRPO math of docs/architecture.md#public-api, for one's own trainer"
+        for n in ("grpo_loss", "grpo_loss_jit", "group_advantages_jit", "grpo_loss_and_aux",
+                  "grpo_loss_sum_and_count", "per_token_grpo_loss", "aggregate_sum_and_count",
+                  "kl_k1", "kl_k2", "kl_k3", "KL_ESTIMATORS", "AGGREGATIONS", "GRPO_PRESETS",
+                  "STATIC_ARGNAMES", "logprob_agreement", "agreement_sums",
+                  "agreement_from_sums")},
+    "streampro_jax.sampling.decode": {
+        n: _SAMPLING for n in ("Message", "top_p_filter")},
+    "streampro_jax.sampling.formats": {
+        n: _SAMPLING for n in ("TURN_SILENCE", "WAIT_INSTRUCTION", "WAIT_SYSTEM_PROMPT")},
+    "streampro_jax.sampling.sampler": {
+        n: _SAMPLING for n in ("FORCED_TOKEN", "PROMPT_TOKEN", "SAMPLED_TOKEN", "SamplerState",
+                               "TurnOutput", "teacher_forced_logps")},
+    "streampro_jax.train.sft": {
+        n: _OWN_LOOP for n in ("make_sft_loss_fn", "make_sft_update", "sft_context")},
+    "streampro_jax.train.grpo_step": {"build_grpo_update": _OWN_LOOP},
+    "streampro_jax.train.step": {"accumulate_gradients": _OWN_LOOP},
     "streampro_jax.train.aot": {
         "Report": "the result type of compile_config (its fields are what launch/aot_compile.py "
                   "and users read)",

@@ -34,8 +34,8 @@ PINNED = {
         "decode_message", "prompt_from_record", "row_keys", "sample_tokens", "sampler_step_fns",
         "teacher_forced_logps", "top_p_filter"],
     "streampro_jax.data":
-        ["chat_format", "importers", "peer_loaders", "pipeline", "pipeline_config", "schema",
-        "synthetic", "tfds_builders", "tokenizer", "video"],
+        ["batch", "chat_format", "importers", "peer_loaders", "pipeline", "pipeline_config",
+        "schema", "synthetic", "tfds_builders", "tokenizer", "video"],
     "streampro_jax.data.tfds_builders":
         ["JsonlVideos", "JsonlVideosConfig", "SynthStream", "SynthStreamConfig", "build"],
     "streampro_jax.train":

@@ -119,7 +119,7 @@ def _loss_and_grads(mcfg, grid, ids, batch, params):
   """CB-Stream SFT loss sum and its gradient at `params` (in mcfg's layout), one jit."""
   forward = setup_lib.make_forward(q.Qwen2_5_VL(mcfg), grid)
   loss_fn = sft.make_sft_loss_fn(forward, dict(kind="cb_stream"), ids)
-  b = {k: jnp.asarray(batch[k]) for k in sft.STEP_BATCH_KEYS}
+  b = jax.tree.map(jnp.asarray, batch.model_inputs())
   ctx = sft.sft_context(ids)(b)
   return jax.device_get(jax.jit(jax.value_and_grad(lambda p: loss_fn(p, b, ctx)[0]))(params))
 

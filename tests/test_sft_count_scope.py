@@ -14,6 +14,7 @@ import optax
 import pytest
 
 from streampro_jax import parallel
+from streampro_jax.data.batch import Batch
 from streampro_jax.train import sft
 from streampro_jax.train import state as state_lib
 
@@ -48,15 +49,18 @@ def _hand_loss(groups):
 def _step_loss(scope, num_microbatches):
   mesh = parallel.make_mesh({"data": 4, "fsdp": 1, "tensor": 1}, devices=jax.devices()[:4])
   b, t = ROWS.shape
-  batch = {"input_ids": np.zeros((b, t), np.int32), "labels": ROWS,
-           "loss_mask": np.ones((b, t), np.float32)}
+  # The forward ignores the batch: only labels and loss_mask enter the loss.
+  batch = Batch(input_ids=np.zeros((b, t), np.int32), labels=ROWS,
+                loss_mask=np.ones((b, t), np.float32), attention_mask=np.ones((b, t), np.int32),
+                position_ids=np.zeros((3, b, t), np.int32),
+                pixel_values_videos=np.zeros((b, 1, 1), np.float32))
   params = {"logits": jnp.zeros((b // num_microbatches, t, V), jnp.float32)}
   tx = optax.sgd(0.0)
   forward = lambda p, mb, hidden: p["logits"]  # noqa: E731
   update = sft.make_sft_update(forward, dict(kind="cb_stream", beta=BETA, count_scope=scope),
                                (SIL, RESP), tx, num_microbatches=num_microbatches)
   state = state_lib.TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params))
-  sharded = parallel.shard_batch(batch, mesh)
+  sharded = batch.shard(mesh)
   with state_lib.sharding_context(mesh):
     _, metrics = jax.jit(update)(state, sharded)
   return float(metrics["loss"])

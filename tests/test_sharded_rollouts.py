@@ -9,9 +9,7 @@ import numpy as np
 import pytest
 
 from configs import tiny_synthetic_grpo
-from streampro_jax import parallel
 from streampro_jax.train import grpo_learner, grpo_trainer
-from streampro_jax.train import step as step_lib
 from helpers import tolerances as tol  # pylint: disable=g-bad-import-order
 
 
@@ -47,7 +45,7 @@ def _step(trainer):
   rewards = trainer.scorer.score(rb, [(r, q) for r, q, _ in samples])
   vision_ids = (trainer.model_config.video_token_id, trainer.model_config.image_token_id)
   host_batch, _ = grpo_learner.update_batch(rb, rewards, trainer.data, vision_ids)
-  batch = parallel.shard_batch(host_batch, trainer.mesh, batch_dims=step_lib.BATCH_DIMS)
+  batch = host_batch.shard(trainer.mesh)
   state, m = trainer.step_fn(trainer.state, trainer.ref_params, batch)
   return rb, rewards, jax.device_get(m), jax.device_get(state.params)
 

@@ -89,8 +89,10 @@ def test_roundtrip_onto_other_mesh_with_data_iterator(tmp_path, tiny_sft_config)
   for a, b in zip(jax.tree.leaves(restored.opt_state), jax.tree.leaves(state.opt_state)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   got_next = next(fresh)
-  for key, value in expected_next.items():
-    np.testing.assert_array_equal(got_next[key], value, err_msg=key)
+  assert jax.tree.structure(got_next) == jax.tree.structure(expected_next)
+  for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(got_next),
+                               jax.tree.leaves(expected_next)):
+    np.testing.assert_array_equal(got, want, err_msg=jax.tree_util.keystr(path))
   ckpt.close()
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from streampro_jax import losses, parallel
+from streampro_jax.data.batch import Batch
 from streampro_jax.train import config_check, optim, sft
 from streampro_jax.train import setup as setup_lib
 from streampro_jax.train import step as step_lib
@@ -43,9 +44,9 @@ class ToyVLM(nn.Module):
                                                       ("mlp", "embed")))
 
   def __call__(self, batch, return_hidden=False):
-    ids = batch["input_ids"]
+    ids = batch.input_ids
     x = jnp.take(self.embed, ids, axis=0)
-    v = self.visual_merger(jnp.tanh(self.visual_patch(batch["pixel_values_videos"])))
+    v = self.visual_merger(jnp.tanh(self.visual_patch(batch.pixel_values_videos)))
     x = x + jnp.mean(v, axis=1, keepdims=True) * (ids == VIDEO_PAD)[..., None]
     x = x + self.mlp_out(jax.nn.gelu(self.mlp_in(x)))
     return x if return_hidden else x @ self.embed.T
@@ -59,13 +60,13 @@ def toy_batch(seed, b=8, t=12):
   u = r.random((b, t))
   labels = np.where(u < 0.5, SIL, np.where(u < 0.6, RESP, labels)).astype(np.int32)
   mask = (r.random((b, t)) < 0.7).astype(np.float32)
-  return dict(input_ids=ids, labels=labels, loss_mask=mask,
-              decision_class=np.where(labels == SIL, 1, np.where(labels == RESP, 2, 0)).astype(
-                  np.int32),
-              attention_mask=np.ones((b, t), np.int32),
-              position_ids=np.ascontiguousarray(
-                  np.broadcast_to(np.arange(t, dtype=np.int32), (3, b, t))),
-              pixel_values_videos=r.normal(size=(b, 4, 12)).astype(np.float32))
+  return Batch(input_ids=ids, labels=labels, loss_mask=mask,
+               decision_class=np.where(labels == SIL, 1, np.where(labels == RESP, 2, 0)).astype(
+                   np.int32),
+               attention_mask=np.ones((b, t), np.int32),
+               position_ids=np.ascontiguousarray(
+                   np.broadcast_to(np.arange(t, dtype=np.int32), (3, b, t))),
+               pixel_values_videos=r.normal(size=(b, 4, 12)).astype(np.float32))
 
 
 MODEL = ToyVLM()
@@ -104,12 +105,12 @@ def _run(mesh_shape, *, steps=3, num_microbatches=1, kind="cb_stream", chunk=0, 
   example = toy_batch(0)
   step = sft.make_sft_step(
       _forward, dict(kind=kind, chunk_size=chunk), (SIL, RESP), tx,
-      state_shardings=shardings, batch_sharding=step_lib.batch_shardings(example, mesh), mesh=mesh,
+      state_shardings=shardings, batch_sharding=example.shardings(mesh), mesh=mesh,
       unembed_fn=lambda p: p["embed"].T, trainable=trainable, num_microbatches=num_microbatches,
       schedule=optim.make_schedule(OPTIM, steps))
   history = []
   for i in (seeds or range(steps)):
-    batch = parallel.shard_batch(toy_batch(i), mesh, batch_dims={"position_ids": 1})
+    batch = toy_batch(i).shard(mesh)
     state, metrics = step(state, batch)
     history.append(jax.device_get(metrics))
   return history, jax.device_get(state.params), state
@@ -194,17 +195,17 @@ def test_loss_and_metrics_match_losses_module(single):
   params = _init_params()
   batch = jax.tree.map(jnp.asarray, toy_batch(0))
   logits = _forward(params, batch, False)
-  want = losses.cb_stream_loss(logits, batch["labels"], batch["loss_mask"],
+  want = losses.cb_stream_loss(logits, batch.labels, batch.loss_mask,
                                decision_token_ids=(SIL, RESP))
   # The jitted step and the eager forward sum in other orders: the toy's loss chain.
   assert hist1[0]["loss"] == pytest.approx(float(want),
                                            rel=tol.chain_bound(TOY_PATH + [TOY_TOKENS], 1.0))
-  m = losses.metrics(logits, batch["labels"], batch["loss_mask"], decision_token_ids=(SIL, RESP))
+  m = losses.metrics(logits, batch.labels, batch.loss_mask, decision_token_ids=(SIL, RESP))
   for key in ("decision_accuracy", "silence_recall", "response_recall"):
     # Ratios of exact integer counts (< 2^24), one division each side.
     assert hist1[0][key] == pytest.approx(float(m[key]), abs=2 * tol.U32)
   assert hist1[0]["tokens"] == 8 * 12
-  assert hist1[0]["supervised_tokens"] == float(np.sum(toy_batch(0)["loss_mask"]))
+  assert hist1[0]["supervised_tokens"] == float(np.sum(toy_batch(0).loss_mask))
   assert hist1[0]["lr"] == 0.0 and hist1[1]["lr"] == pytest.approx(3e-2)
 
 
@@ -232,7 +233,7 @@ def test_loss_kind_is_one_config_field():
   params = _init_params()
   batch = jax.tree.map(jnp.asarray, toy_batch(0))
   logits = _forward(params, batch, False)
-  want = losses.cross_entropy_loss(logits, batch["labels"], batch["loss_mask"])
+  want = losses.cross_entropy_loss(logits, batch.labels, batch.loss_mask)
   assert hist_ce[0]["loss"] == pytest.approx(float(want),
                                             rel=tol.chain_bound(TOY_PATH + [TOY_TOKENS], 1.0))
   with pytest.raises(ValueError, match="hinge"):
@@ -240,13 +241,18 @@ def test_loss_kind_is_one_config_field():
 
 
 def test_microbatch_split_is_strided_and_checked():
-  batch = {"input_ids": jnp.arange(8).reshape(8, 1), "position_ids": jnp.zeros((3, 8, 1)),
-           "video_grid_thw": jnp.ones((2, 3))}
-  split, static = step_lib.split_microbatches(batch, 2)
-  assert split["input_ids"][:, :, 0].tolist() == [[0, 2, 4, 6], [1, 3, 5, 7]]
-  assert split["position_ids"].shape == (2, 3, 4, 1)
-  assert "video_grid_thw" in static
-  with pytest.raises(ValueError, match="batch size 8, not divisible by 3"):
+  rows = jnp.arange(8).reshape(8, 1)
+  batch = Batch(input_ids=rows, labels=rows, loss_mask=rows, attention_mask=rows,
+                position_ids=jnp.arange(24).reshape(3, 8, 1),
+                pixel_values_videos=jnp.zeros((8, 2, 3)), advantages=jnp.arange(8))
+  split = step_lib.split_microbatches(batch, 2)
+  assert split.input_ids[:, :, 0].tolist() == [[0, 2, 4, 6], [1, 3, 5, 7]]
+  assert split.advantages.tolist() == [[0, 2, 4, 6], [1, 3, 5, 7]]
+  # position_ids [3, B, T]: its rows are axis 1 (row r of axis j holds 8 j + r).
+  assert split.position_ids.shape == (2, 3, 4, 1)
+  assert split.position_ids[1, 2, :, 0].tolist() == [17, 19, 21, 23]
+  assert split.old_logps is None and split.pixel_values_videos.shape == (2, 4, 2, 3)
+  with pytest.raises(ValueError, match="'input_ids' has batch size 8, not divisible by 3"):
     step_lib.split_microbatches(batch, 3)
 
 
@@ -270,7 +276,7 @@ def qwen_rels(mcfg, batch):
   log-softmax over the vocabulary; log-softmax passes a logit error on with gain <= 1 at these
   O(1) random-init logits), then the sum over the batch's tokens (terms >= 0, no cancellation);
   a weight gradient passes the path both ways, then the token sum."""
-  tokens = batch["input_ids"].size
+  tokens = batch.input_ids.size
   return (tol.chain_bound(tol.model_path(mcfg, SFT_SEQ_LEN, vocab=True) + [tokens], 1.0),
           tol.model_rel(mcfg, SFT_SEQ_LEN, vocab=True, backward=True, tokens=tokens))
 
@@ -309,16 +315,13 @@ def _sft_steps(mcfg, grid, ids, batches, mesh_shape, params=None, eps=SFT_ADAM_E
     shardings = state_lib.state_shardings(tx, jax.eval_shape(init_fn, jax.random.key(0)), mesh)
     state = state_lib.state_from_params(params, tx, shardings, mesh)
   init = jax.device_get(state.params)
-  keys = sft.STEP_BATCH_KEYS
   step = sft.make_sft_step(
       setup_lib.make_forward(qwen2_5_vl.Qwen2_5_VL(mcfg), grid), dict(kind="cb_stream"), ids, tx,
-      state_shardings=shardings, batch_sharding=step_lib.batch_shardings(
-          {k: batches[0][k] for k in keys}, mesh), mesh=mesh,
-      trainable=optim.trainable_mask(state.params, optim_cfg.frozen))
+      state_shardings=shardings, batch_sharding=batches[0].model_inputs().shardings(mesh),
+      mesh=mesh, trainable=optim.trainable_mask(state.params, optim_cfg.frozen))
   history = []
   for b in batches:
-    state, m = step(state, parallel.shard_batch({k: b[k] for k in keys}, mesh,
-                                                batch_dims=step_lib.BATCH_DIMS))
+    state, m = step(state, b.model_inputs().shard(mesh))
     history.append(jax.device_get(m))
   return history, init, jax.device_get(state.params), state
 
@@ -333,7 +336,7 @@ def test_tiny_qwen_sharded_step_equals_single_device_and_freezes_vision(tmp_path
                                                                          tiny_sft_config):
   setup = _qwen_setup(tmp_path, tiny_sft_config)
   batches = setup[2]
-  assert all(b["decision_class"].max() == 2 for b in batches)  # both decision classes present
+  assert all(b.decision_class.max() == 2 for b in batches)  # both decision classes present
   h1, init1, p1, _ = _qwen_run(setup, {"data": 1, "fsdp": 1, "tensor": 1})
   h8, _, p8, state8 = _qwen_run(setup, {"data": 2, "fsdp": 2, "tensor": 2})
   qkv = state8.params["layers_0"]["self_attn"]["q_proj"]["kernel"]
@@ -373,8 +376,8 @@ def test_narration_data_option_captions_every_turn(tmp_path, tiny_sft_config):
   b = next(it)
   response = tokenizer.convert_tokens_to_ids("</Response>")
   silence = tokenizer.convert_tokens_to_ids("</Silence>")
-  sup = b["loss_mask"] > 0
-  assert ((b["labels"] == response) & sup).sum(axis=1).tolist() == [6] * 4
-  assert not ((b["labels"] == silence) & sup).any()
-  text = tokenizer.decode(b["input_ids"][0][b["attention_mask"][0] > 0].tolist())
+  sup = b.loss_mask > 0
+  assert ((b.labels == response) & sup).sum(axis=1).tolist() == [6] * 4
+  assert not ((b.labels == silence) & sup).any()
+  text = tokenizer.decode(b.input_ids[0][b.attention_mask[0] > 0].tolist())
   assert "Describe the shapes." in text and text.count("</Response>the ") == 6

@@ -45,7 +45,7 @@ def probe_batches(forward: Callable[[Any, Mapping[str, Any]], Any], params,
   Args:
     forward: (params, batch) -> logits f32[B, T, V]; ``labels[b, t]`` is the target of
       ``logits[b, t]`` (the pipeline's layout: labels are the inputs shifted left by one).
-    batches: pipeline batches (input_ids, labels, loss_mask i32/f32[B, T], ...).
+    batches: pipeline batches (data.batch.Batch: input_ids, labels, loss_mask [B, T], ...).
     groups: {name: [token ids]}.
 
   Returns:
@@ -55,7 +55,7 @@ def probe_batches(forward: Callable[[Any, Mapping[str, Any]], Any], params,
   rows: dict[str, list[tuple[float, float]]] = {}
   for b in batches:
     logp = np.asarray(jax.nn.log_softmax(forward(params, b), axis=-1))
-    ids, labels, sup = b["input_ids"], b["labels"], b["loss_mask"] > 0
+    ids, labels, sup = b.input_ids, b.labels, b.loss_mask > 0
     for name, gids in groups.items():
       gids = np.asarray(gids)
       for r, t in zip(*np.nonzero(sup & np.isin(labels, gids))):

@@ -2,6 +2,7 @@
 decoding, the TFDS builders, the grain pipeline and the importers of public data sets."""
 
 __all__ = [
+    "batch",
     "chat_format",
     "importers",
     "peer_loaders",

@@ -12,12 +12,13 @@ Data flow (one host):
      side; `models.backbone_module(model_config)`), pad to `seq_len`
   -> IterDataset with thread prefetch -> `TrainIterator`: B rows per batch, checkpointable.
 
-Batch (numpy, docs/architecture.md#shared-interfaces): input_ids i32[B,T], labels i32[B,T],
-loss_mask f32[B,T], decision_class i32[B,T], attention_mask i32[B,T], position_ids i32[3,B,T],
-pixel_values_videos f32[B, K*P, D] (K = max_turns, P = gh*gw, D = 3*tp*p*p; rows of turns a
-trajectory does not have are zero). The per-turn grid (1, gh, gw) is static per config:
+Batch: a data/batch.Batch of NumPy arrays (docs/architecture.md#shared-interfaces): input_ids
+i32[B,T], labels i32[B,T], loss_mask f32[B,T], decision_class i32[B,T], attention_mask i32[B,T],
+position_ids i32[3,B,T], pixel_values_videos f32[B, K*P, D] (K = max_turns, P = gh*gw,
+D = 3*tp*p*p; rows of turns a trajectory does not have are zero). Inside grain a row is a dict;
+`_collate` turns B rows into the Batch. The per-turn grid (1, gh, gw) is static per config:
 `Pipeline.video_grid_thw` (every frame is resized to frame_height x frame_width first).
-Qwen3-VL needs no extra key: its `mm_token_type_ids` follow from input_ids (the model derives
+Qwen3-VL needs no extra field: its `mm_token_type_ids` follow from input_ids (the model derives
 them), and its positions are in position_ids; its per-turn grid is one temporal patch, so its
 M-RoPE split into (1, gh, gw) blocks changes nothing.
 
@@ -47,11 +48,14 @@ import numpy as np
 from absl import logging
 
 from streampro_jax import models
+from streampro_jax.data import batch as batch_lib
 from streampro_jax.data import chat_format, pipeline_config, schema
 from streampro_jax.models import processing
 
-BATCH_KEYS = ("input_ids", "labels", "loss_mask", "decision_class", "attention_mask",
-              "position_ids", "pixel_values_videos")
+__all__ = ["Pipeline", "PipelineStats", "QUESTION_COUNTS_FILE", "RecordSource", "TfdsSource",
+           "TrainIterator", "TrajectoryEncoder", "VideoFileSource", "build_pipeline", "clip_frames",
+           "decode_record", "make_train_iterator", "processor_config", "source_from_config",
+           "synthetic_source", "tfds_source", "trajectory_index"]
 
 QUESTION_COUNTS_FILE = "question_counts.json"
 
@@ -240,13 +244,6 @@ class TrajectoryEncoder:
   def patch_dim(self) -> int:
     return self.proc.patch_dim
 
-  def row_shapes(self) -> dict[str, tuple[int, ...]]:
-    """Shapes of one row (position_ids is [3, T])."""
-    t, k = self.cfg.seq_len, self.cfg.max_turns
-    return {"input_ids": (t,), "labels": (t,), "loss_mask": (t,), "decision_class": (t,),
-            "attention_mask": (t,), "position_ids": (3, t),
-            "pixel_values_videos": (k * self.patches_per_turn, self.patch_dim)}
-
   def __call__(self, record: schema.Record, question_index: int,
                frames_thwc: np.ndarray) -> dict[str, Any]:
     """One row, or {"_dropped": reason} when nothing of the trajectory fits.
@@ -330,11 +327,15 @@ class PipelineStats:
     return dataclasses.asdict(self)
 
 
-def collate(rows: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-  """Stacks rows: every key on a new axis 0, except position_ids [3, T] -> [3, B, T]."""
-  batch = {k: np.stack([r[k] for r in rows]) for k in BATCH_KEYS if k != "position_ids"}
-  batch["position_ids"] = np.stack([r["position_ids"] for r in rows], axis=1)
-  return batch
+def _collate(rows: Sequence[dict[str, np.ndarray]]) -> batch_lib.Batch:
+  """Stacks B rows (TrajectoryEncoder dicts) into a Batch: every field on a new axis 0, except
+  position_ids [3, T] -> [3, B, T]."""
+  stack = lambda k: np.stack([r[k] for r in rows])  # noqa: E731
+  return batch_lib.Batch(
+      input_ids=stack("input_ids"), labels=stack("labels"), loss_mask=stack("loss_mask"),
+      attention_mask=stack("attention_mask"),
+      position_ids=np.stack([r["position_ids"] for r in rows], axis=1),
+      pixel_values_videos=stack("pixel_values_videos"), decision_class=stack("decision_class"))
 
 
 class TrainIterator(grain.DatasetIterator):
@@ -356,7 +357,7 @@ class TrainIterator(grain.DatasetIterator):
     self._dropped_in_a_row = 0
     self._warned: set[str] = set()
 
-  def __next__(self) -> dict[str, np.ndarray]:
+  def __next__(self) -> batch_lib.Batch:
     rows = []
     while len(rows) < self.batch_size:
       row = next(self._rows)  # StopIteration ends the data (a partial batch is dropped).
@@ -378,7 +379,7 @@ class TrainIterator(grain.DatasetIterator):
       rows.append(row)
     self.stats.rows += len(rows)
     self.stats.batches += 1
-    return collate(rows)
+    return _collate(rows)
 
   def _warn_once(self, kind: str, message: str) -> None:
     if kind not in self._warned:
@@ -418,10 +419,12 @@ class Pipeline:
     return TrainIterator(iter(self.dataset), self.cfg.batch_size,
                          epoch_size=self.num_trajectories)
 
-  def batch_shapes(self) -> dict[str, tuple[int, ...]]:
-    shapes = {k: (self.cfg.batch_size, *s) for k, s in self.encoder.row_shapes().items()}
-    shapes["position_ids"] = (3, self.cfg.batch_size, self.cfg.seq_len)
-    return shapes
+  def abstract_batch(self) -> batch_lib.Batch:
+    """The shapes and dtypes of this host's batches (ShapeDtypeStructs; decision_class
+    included)."""
+    return batch_lib.abstract_batch(
+        self.cfg.batch_size, self.cfg.seq_len, self.cfg.max_turns * self.encoder.patches_per_turn,
+        self.encoder.patch_dim, optional=("decision_class",))
 
 
 def build_pipeline(source, cfg: pipeline_config.PipelineConfig, *, tokenizer, model_config,

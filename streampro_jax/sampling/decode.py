@@ -16,6 +16,8 @@ import jax.numpy as jnp
 
 from streampro_jax.models import kv_cache
 
+__all__ = ["Message", "decode_message", "row_keys", "sample_tokens", "top_p_filter"]
+
 
 def top_p_filter(logits_nv: jax.Array, top_p: float) -> jax.Array:
   """Sets logits outside the top-p nucleus to -inf.

@@ -17,6 +17,10 @@ import numpy as np
 from streampro_jax import models, prompts
 from streampro_jax.data import chat_format
 
+__all__ = ["DECISION_NAMES", "NO_TURN", "StreamProFormat", "StreamPrompt", "TURN_INVALID",
+           "TURN_RESPONSE", "TURN_SILENCE", "WAIT_INSTRUCTION", "WAIT_SYSTEM_PROMPT",
+           "WaitPromptFormat", "prompt_from_record"]
+
 
 # Per-turn decisions of a rollout (the codes of RolloutBatch.decisions; the token strings are
 # prompts.SILENCE_TOKEN / RESPONSE_TOKEN).

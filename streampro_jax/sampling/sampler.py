@@ -74,9 +74,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from streampro_jax import losses, models, prompts
+from streampro_jax.data import batch as batch_lib
 from streampro_jax.data import chat_format
 from streampro_jax.models import common, kv_cache
 from streampro_jax.sampling import decode, formats
+
+__all__ = ["FORCED_TOKEN", "PROMPT_TOKEN", "RolloutBatch", "SAMPLED_TOKEN", "SamplerConfig",
+           "SamplerState", "StreamingSampler", "TurnOutput", "sampler_step_fns",
+           "teacher_forced_logps"]
 
 # Token kinds of a recorded row (PROMPT_TOKEN: fed; SAMPLED_TOKEN / FORCED_TOKEN: the message).
 PROMPT_TOKEN = 0
@@ -193,17 +198,18 @@ class RolloutBatch:
   sample_ids: list[str]
   overflow: np.ndarray
 
-  BATCH_KEYS = ("input_ids", "labels", "loss_mask", "decision_class", "attention_mask",
-                "position_ids", "pixel_values_videos", "old_logps")
-
   def predictions(self, row: int) -> list[tuple[float, str]]:
     """[(Y = k + 1, text)] of the row's RESPONSE turns (the StreamPro-F1 / R_turn input)."""
     return [(float(k + 1), self.texts[row][k]) for k in range(int(self.num_turns[row]))
             if self.decisions[row, k] == formats.TURN_RESPONSE]
 
-  def as_batch(self) -> dict[str, np.ndarray]:
-    """The arrays a train step takes (batch keys of docs/architecture.md + old_logps)."""
-    return {k: getattr(self, k) for k in self.BATCH_KEYS}
+  def as_batch(self) -> batch_lib.Batch:
+    """The rollouts as the Batch a GRPO step takes: the model inputs and old_logps (the host-side
+    extras stay here; the rewards are added by the scorer's caller)."""
+    return batch_lib.Batch(
+        input_ids=self.input_ids, labels=self.labels, loss_mask=self.loss_mask,
+        attention_mask=self.attention_mask, position_ids=self.position_ids,
+        pixel_values_videos=self.pixel_values_videos, old_logps=self.old_logps)
 
 
 @dataclasses.dataclass

@@ -31,7 +31,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -41,12 +41,12 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from streampro_jax import grpo, models, parallel, sampling
+from streampro_jax.data import batch as batch_lib
 from streampro_jax.data import pipeline, pipeline_config
 from streampro_jax.models import kv_cache
 from streampro_jax.train import config_check, grpo_rollouts, grpo_step, optim, sft
 from streampro_jax.train import setup as setup_lib
 from streampro_jax.train import state as state_lib
-from streampro_jax.train import step as step_lib
 
 __all__ = ["HBM_SOURCE", "Report", "STAGE_GROUPS", "compile_config", "generation",
            "quiet_libtpu_env"]
@@ -204,34 +204,21 @@ def _rows_per_turn(s: _Setup) -> int:
   return s.grid[1] * s.grid[2]
 
 
-def _sft_batch(s: _Setup, rows: int) -> dict:
-  """The SFT step's batch (sft.STEP_BATCH_KEYS) of `rows` rows at config.data's shapes, sharded
-  by step.batch_shardings (rows over data x fsdp)."""
-  t, k = s.pcfg.seq_len, s.pcfg.max_turns
-  shapes = {"input_ids": ((rows, t), jnp.int32), "labels": ((rows, t), jnp.int32),
-            "loss_mask": ((rows, t), jnp.float32), "attention_mask": ((rows, t), jnp.int32),
-            "position_ids": ((3, rows, t), jnp.int32),
-            "pixel_values_videos": ((rows, k * _rows_per_turn(s), s.patch_dim), jnp.float32)}
-  return _sharded_batch(s, shapes)
+def _sft_batch(s: _Setup, rows: int) -> batch_lib.Batch:
+  """The SFT step's batch (Batch.model_inputs) of `rows` rows at config.data's shapes, sharded
+  by Batch.shardings (rows over data x fsdp)."""
+  return _sharded_batch(s, rows)
 
 
-def _grpo_batch(s: _Setup, rows: int) -> dict:
-  """The GRPO step's batch (the keys of GRPOTrainer's update batch) of `rows` rows."""
-  shapes = {k: v for k, v in _shape_dict(_sft_batch(s, rows)).items()}
-  shapes["old_logps"] = ((rows, s.pcfg.seq_len), jnp.float32)
-  for k in grpo.REWARD_KEYS:
-    shapes[k] = ((rows,), jnp.float32)
-  return _sharded_batch(s, shapes)
+def _grpo_batch(s: _Setup, rows: int) -> batch_lib.Batch:
+  """The GRPO step's batch (the fields of the GRPO learner's update batch) of `rows` rows."""
+  return _sharded_batch(s, rows, optional=("old_logps",) + grpo.REWARD_KEYS)
 
 
-def _shape_dict(batch):
-  return {k: (x.shape, x.dtype) for k, x in batch.items()}
-
-
-def _sharded_batch(s: _Setup, shapes: Mapping[str, tuple]) -> dict:
-  example = {k: np.zeros((1,) * len(shape), np.float32) for k, (shape, _) in shapes.items()}
-  shard = step_lib.batch_shardings(example, s.mesh)
-  return {k: _sds(shape, dtype, shard[k]) for k, (shape, dtype) in shapes.items()}
+def _sharded_batch(s: _Setup, rows: int, optional: tuple[str, ...] = ()) -> batch_lib.Batch:
+  abstract = batch_lib.abstract_batch(rows, s.pcfg.seq_len, s.pcfg.max_turns * _rows_per_turn(s),
+                                      s.patch_dim, optional=optional)
+  return _with_shardings(abstract, abstract.shardings(s.mesh))
 
 
 def _tree_bytes_per_chip(tree) -> int:
@@ -265,9 +252,10 @@ def _tiled_tree_bytes_per_chip(tree, formats) -> int:
   """_tree_bytes_per_chip with each leaf's shard in the compiled executable's layout (the
   `Format`s of `compiled.input_formats`, a tree of the same structure as `tree`)."""
   total = 0
-  for x, f in zip(jax.tree.leaves(tree), jax.tree.leaves(formats, is_leaf=lambda f: f is None)):
+  # Up to tree's structure: a None field of a Batch is no leaf on either side.
+  for x, f in zip(jax.tree.leaves(tree), jax.tree.structure(tree).flatten_up_to(formats)):
     shape = x.sharding.shard_shape(x.shape) if x.sharding is not None else x.shape
-    total += _tiled_bytes(shape, x.dtype, f.layout)
+    total += _tiled_bytes(shape, x.dtype, None if f is None else f.layout)
   return total
 
 
@@ -347,7 +335,7 @@ def _sft_lowerable(s: _Setup) -> _Lowerable:
   step = sft.make_sft_step(
       setup_lib.make_forward(models.build(mcfg), grid), cfg.loss, ids, s.tx,
       state_shardings=s.shardings,
-      batch_sharding={k: x.sharding for k, x in batch.items()}, mesh=s.mesh,
+      batch_sharding=jax.tree.map(lambda x: x.sharding, batch), mesh=s.mesh,
       unembed_fn=setup_lib.make_unembed(mcfg),
       trainable=optim.trainable_mask(nn.unbox(s.boxed), cfg.optim.frozen),
       num_microbatches=int(cfg.num_microbatches), rules=s.rules)
@@ -385,7 +373,7 @@ def _grpo_lowerable(s: _Setup) -> _Lowerable:
       chunk_size=gcfg.logps_chunk_size, unembed_fn=setup_lib.make_unembed(mcfg))
   step = grpo_step.make_grpo_step(
       logps_fn, s.tx, gcfg, state_shardings=s.shardings,
-      batch_sharding={k: x.sharding for k, x in batch.items()}, mesh=s.mesh,
+      batch_sharding=jax.tree.map(lambda x: x.sharding, batch), mesh=s.mesh,
       trainable=optim.trainable_mask(nn.unbox(s.boxed), cfg.optim.frozen), rules=s.rules)
   state = _abstract_train_state(s)
   ref = None

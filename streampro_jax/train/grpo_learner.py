@@ -14,6 +14,7 @@ import jax
 import numpy as np
 
 from streampro_jax import grpo, sampling
+from streampro_jax.data import batch as batch_lib
 from streampro_jax.train import grpo_step, optim
 from streampro_jax.train import run as run_lib
 from streampro_jax.train import setup as setup_lib
@@ -21,18 +22,15 @@ from streampro_jax.train import setup as setup_lib
 __all__ = ["example_batch", "make_learner", "update_batch"]
 
 
-def example_batch(data, group_size: int, global_batch_size: int) -> dict[str, np.ndarray]:
-  """Zeros in the shapes of this host's update batch (N = global batch x G / hosts rows of
-  data.seq_len tokens, pixels of data.max_turns turns of data.grid): what the update's shardings
-  are built from. `data`: the run's grpo_data.GRPOData."""
+def example_batch(data, group_size: int, global_batch_size: int) -> batch_lib.Batch:
+  """The abstract shapes of this host's update batch (N = global batch x G / hosts rows of
+  data.seq_len tokens, pixels of data.max_turns turns of data.grid, old log-probs and the reward
+  components): what the update's shardings are built from. `data`: the run's
+  grpo_data.GRPOData."""
   n = global_batch_size * group_size // jax.process_count()
-  t, p = data.seq_len, data.max_turns * data.grid[1] * data.grid[2]
-  d = data.proc.patch_dim
-  z = lambda *s, dt=np.float32: np.zeros(s, dt)  # noqa: E731
-  return {"input_ids": z(n, t, dt=np.int32), "labels": z(n, t, dt=np.int32),
-          "loss_mask": z(n, t), "attention_mask": z(n, t, dt=np.int32),
-          "position_ids": z(3, n, t, dt=np.int32), "pixel_values_videos": z(n, p, d),
-          "old_logps": z(n, t), "reward_fmt": z(n), "reward_turn": z(n), "reward_traj": z(n)}
+  return batch_lib.abstract_batch(n, data.seq_len, data.max_turns * data.grid[1] * data.grid[2],
+                                  data.proc.patch_dim,
+                                  optional=("old_logps",) + grpo.REWARD_KEYS)
 
 
 def _rows_with_sampled_vision_tokens(batch: sampling.RolloutBatch, vision_ids: Sequence[int]
@@ -50,26 +48,25 @@ def _rows_with_sampled_vision_tokens(batch: sampling.RolloutBatch, vision_ids: S
 
 
 def update_batch(rb: sampling.RolloutBatch, reward_arrays: Mapping[str, np.ndarray], data,
-                 vision_ids: Sequence[int]) -> tuple[dict, int]:
+                 vision_ids: Sequence[int]) -> tuple[batch_lib.Batch, int]:
   """The host batch of the jitted update (pixels padded to data.max_turns turns of data.grid)
   and the count of rows masked for a sampled vision token. `data`: the run's
   grpo_data.GRPOData; vision_ids: the model's (video, image) placeholder ids."""
-  batch = {k: getattr(rb, k) for k in grpo.GRPO_MODEL_KEYS + ("old_logps",)}
-  pix = batch["pixel_values_videos"]
+  batch = rb.as_batch()
+  pix = batch.pixel_values_videos
   want = data.max_turns * data.grid[1] * data.grid[2]
   if pix.shape[1] < want:
     pix = np.pad(pix, ((0, 0), (0, want - pix.shape[1]), (0, 0)))
-  batch["pixel_values_videos"] = pix
+  batch = batch.replace(pixel_values_videos=pix,
+                        **{k: reward_arrays[k] for k in grpo.REWARD_KEYS})
   bad = _rows_with_sampled_vision_tokens(rb, vision_ids)
   if bad.any():
-    batch["loss_mask"] = batch["loss_mask"] * (~bad)[:, None].astype(np.float32)
-  for k in grpo.REWARD_KEYS:
-    batch[k] = reward_arrays[k]
+    batch = batch.replace(loss_mask=batch.loss_mask * (~bad)[:, None].astype(np.float32))
   return batch, int(bad.sum())
 
 
 def make_learner(run: run_lib.Run, module, step_cfg: grpo.GRPOStepConfig,
-                 grid: tuple[int, int, int], example: Mapping[str, np.ndarray]):
+                 grid: tuple[int, int, int], example: batch_lib.Batch):
   """The jitted GRPO update of the run: (state, ref_params, batch) -> (state, metrics), the
   policy's log-probs from `module` over max_turns turns of `grid`."""
   max_turns = run.data.extra.max_turns
@@ -80,6 +77,6 @@ def make_learner(run: run_lib.Run, module, step_cfg: grpo.GRPOStepConfig,
                                 unembed_fn=setup_lib.make_unembed(run.model_config))
   return grpo_step.make_grpo_step(
       logps_fn, run.tx, step_cfg, state_shardings=run.shardings,
-      batch_sharding=grpo_step.grpo_batch_shardings(example, run.mesh), mesh=run.mesh,
+      batch_sharding=example.shardings(run.mesh), mesh=run.mesh,
       trainable=optim.trainable_mask(run.abstract_params, run.tree.optim.frozen),
       schedule=run.schedule, rules=run.rules)

@@ -1,9 +1,9 @@
 """The sharded GRPO update: grpo.py's loss run through train/step.py's generic optimizer step.
 
-  R      = combine(R_fmt, R_turn, R_traj)  (or batch["rewards"])
+  R      = combine(R_fmt, R_turn, R_traj)  (or batch.rewards)
   A      = group_advantages(R)                                    (on the global array)
   ref    = token_logps(forward(ref_params))                       (skipped when beta == 0)
-  old    = batch["old_logps"] (the sampler's)  or  token_logps(forward(params)) ("recompute")
+  old    = batch.old_logps (the sampler's)  or  token_logps(forward(params)) ("recompute")
   repeat num_passes times: step.gradient_step(grpo loss)          (one optimizer step per pass)
 """
 
@@ -17,6 +17,8 @@ import jax.numpy as jnp
 from streampro_jax import grpo, rewards
 from streampro_jax.train import step as step_lib
 
+__all__ = ["build_grpo_update", "make_grpo_step"]
+
 
 def build_grpo_update(logps_fn: Callable, tx, cfg: grpo.GRPOStepConfig, *, trainable=None,
                       schedule=None) -> Callable:
@@ -29,9 +31,10 @@ def build_grpo_update(logps_fn: Callable, tx, cfg: grpo.GRPOStepConfig, *, train
     trainable: pytree of bools (train/optim.trainable_mask); frozen leaves get no gradient.
     schedule: the optimizer's learning-rate schedule (for the "lr" metric).
 
-  The batch holds grpo.GRPO_MODEL_KEYS, "old_logps" f32[N, T] (unless old_logps = "recompute")
-  and either "rewards" f32[N] or the three grpo.REWARD_KEYS f32[N]. ref_params: the frozen
-  reference parameters (same structure as state.params; None when beta == 0).
+  The batch (a data.batch.Batch) holds the model inputs, old_logps f32[N, T] (unless old_logps =
+  "recompute") and either rewards f32[N] or the three reward components grpo.REWARD_KEYS f32[N].
+  ref_params: the frozen reference parameters (same structure as state.params; None when
+  beta == 0).
 
   Metrics (f32 scalars, global over the batch): reward, reward_fmt / reward_turn / reward_traj
   (when given), reward_group_std, zero_variance_groups, advantage_abs_mean; averaged over the
@@ -51,44 +54,43 @@ def build_grpo_update(logps_fn: Callable, tx, cfg: grpo.GRPOStepConfig, *, train
     m = cfg.num_microbatches
     if m == 1:
       return logps_fn(params, model_batch)
-    split, static = step_lib.split_microbatches(model_batch, m, mesh)
-    out = jax.lax.map(lambda mb: logps_fn(params, {**mb, **static}), split)  # [m, N / m, T]
+    split = step_lib.split_microbatches(model_batch, m, mesh)
+    out = jax.lax.map(lambda mb: logps_fn(params, mb), split)  # [m, N / m, T]
     return jnp.swapaxes(out, 0, 1).reshape((-1,) + out.shape[2:])  # row r * m + i
 
   def update(state, ref_params, batch):
     mesh = step_lib.current_mesh()
-    n = batch["input_ids"].shape[0]
+    n = batch.num_rows
     if n % cfg.group_size:
       raise ValueError(f"{n} rollouts do not split into groups of {cfg.group_size}")
     metrics = {}
-    if "rewards" in batch:
-      r = batch["rewards"].astype(jnp.float32)
+    if batch.rewards is not None:
+      r = batch.rewards.astype(jnp.float32)
     else:
-      missing = [k for k in grpo.REWARD_KEYS if k not in batch]
+      missing = [k for k in grpo.REWARD_KEYS if getattr(batch, k) is None]
       if missing:
         raise ValueError(f"the batch has neither 'rewards' nor the reward components {missing}")
-      r = rewards.combine(batch["reward_fmt"], batch["reward_turn"], batch["reward_traj"],
+      r = rewards.combine(batch.reward_fmt, batch.reward_turn, batch.reward_traj,
                           cfg.reward_weights)
       for k in grpo.REWARD_KEYS:
-        metrics[k] = jnp.mean(batch[k].astype(jnp.float32))
+        metrics[k] = jnp.mean(getattr(batch, k).astype(jnp.float32))
     adv = step_lib.seq_sharded(
         grpo.group_advantages(r, cfg.group_size, eps=cfg.adv_eps, ddof=cfg.adv_ddof), mesh)
     metrics.update(grpo.group_statistics(r, cfg.group_size))
     metrics["advantage_abs_mean"] = jnp.mean(jnp.abs(adv))
 
-    model_batch = {k: batch[k] for k in grpo.GRPO_MODEL_KEYS}
+    model_batch = batch.model_inputs()
     sg = jax.lax.stop_gradient
-    train_batch = dict(model_batch, advantages=adv)
     if cfg.old_logps == "recompute":
-      train_batch["old_logps"] = step_lib.seq_sharded(
-          sg(batch_logps(state.params, model_batch, mesh)), mesh)
+      old_logps = step_lib.seq_sharded(sg(batch_logps(state.params, model_batch, mesh)), mesh)
     else:
-      train_batch["old_logps"] = batch["old_logps"].astype(jnp.float32)
+      old_logps = batch.old_logps.astype(jnp.float32)
+    ref_logps = None
     if cfg.beta != 0.0:
       if ref_params is None:
         raise ValueError(f"ref_params is None but the KL coefficient beta is {cfg.beta}")
-      train_batch["ref_logps"] = step_lib.seq_sharded(
-          sg(batch_logps(ref_params, model_batch, mesh)), mesh)
+      ref_logps = step_lib.seq_sharded(sg(batch_logps(ref_params, model_batch, mesh)), mesh)
+    train_batch = model_batch.replace(advantages=adv, old_logps=old_logps, ref_logps=ref_logps)
 
     def one_pass(st):
       new, m, count, sums = step_lib.gradient_step(
@@ -108,16 +110,11 @@ def build_grpo_update(logps_fn: Callable, tx, cfg: grpo.GRPOStepConfig, *, train
     metrics["behaviour_gap"] = per_pass["abs_log_ratio"][0]
     metrics["behaviour_corr"] = per_pass["logp_corr"][0]
     metrics["loss_first_pass"] = per_pass["loss"][0]
-    metrics["tokens"] = jnp.sum(batch["attention_mask"].astype(jnp.float32))
+    metrics["tokens"] = jnp.sum(batch.attention_mask.astype(jnp.float32))
     metrics["rows"] = jnp.float32(n)
     return state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
 
   return update
-
-
-def grpo_batch_shardings(batch, mesh) -> dict:
-  """NamedShardings of a GRPO batch dict: rows over ('data', 'fsdp'), position_ids dim 1."""
-  return step_lib.batch_shardings(batch, mesh)
 
 
 def make_grpo_step(logps_fn: Callable, tx, cfg: grpo.GRPOStepConfig, *, state_shardings,
@@ -127,7 +124,8 @@ def make_grpo_step(logps_fn: Callable, tx, cfg: grpo.GRPOStepConfig, *, state_sh
 
   jax.jit with explicit in/out shardings (step.jit_update_step): state (donated) and ref_params
   follow ``state_shardings`` (ref_params = state_shardings.params; pass None when beta == 0),
-  the batch follows ``batch_sharding`` (grpo_batch_shardings), metrics are replicated scalars.
+  the batch follows ``batch_sharding`` (``Batch.shardings`` of an example batch), metrics are
+  replicated scalars.
   Traced under the mesh and logical-axis rules.
   """
   update = build_grpo_update(logps_fn, tx, cfg, trainable=trainable, schedule=schedule)

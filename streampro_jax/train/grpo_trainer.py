@@ -53,7 +53,6 @@ from streampro_jax.train import loop
 from streampro_jax.train import metrics as metrics_lib
 from streampro_jax.train import run as run_lib
 from streampro_jax.train import state as state_lib
-from streampro_jax.train import step as step_lib
 
 __all__ = ["GRPOTrainer", "train"]
 
@@ -154,7 +153,7 @@ class GRPOTrainer:
     t2 = time.perf_counter()
     vision_ids = (self.model_config.video_token_id, self.model_config.image_token_id)
     host_batch, masked = grpo_learner.update_batch(rb, reward_arrays, self.data, vision_ids)
-    batch = parallel.shard_batch(host_batch, self.mesh, batch_dims=step_lib.BATCH_DIMS)
+    batch = host_batch.shard(self.mesh)
     self.state, m = self.step_fn(self.state, self.ref_params, batch)
     m = {k: float(v) for k, v in jax.device_get(m).items()}
     t3 = time.perf_counter()

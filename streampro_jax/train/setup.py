@@ -95,7 +95,7 @@ def random_model(config, workdir: str, seed: int = 0):
 
 
 def make_forward(module, video_grid_thw):
-  """forward_fn(params, batch, return_hidden) for either backbone on the batched layout.
+  """forward_fn(params, batch, return_hidden) for either backbone on a data.batch.Batch.
 
   Args:
     module: ``models.build(config)`` (``Qwen2_5_VL`` or ``Qwen3_VL``).
@@ -104,10 +104,10 @@ def make_forward(module, video_grid_thw):
   grid = np.asarray(video_grid_thw)
 
   def forward(params, batch, return_hidden=False):
-    return module.apply({"params": params}, batch["input_ids"],
-                        pixel_values_videos=batch["pixel_values_videos"], video_grid_thw=grid,
-                        attention_mask=batch["attention_mask"],
-                        position_ids=batch["position_ids"], return_hidden=return_hidden)
+    return module.apply({"params": params}, batch.input_ids,
+                        pixel_values_videos=batch.pixel_values_videos, video_grid_thw=grid,
+                        attention_mask=batch.attention_mask,
+                        position_ids=batch.position_ids, return_hidden=return_hidden)
 
   return forward
 

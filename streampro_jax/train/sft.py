@@ -37,6 +37,8 @@ from streampro_jax.train import state as state_lib
 from streampro_jax.train import setup as setup_lib
 from streampro_jax.train import step as step_lib
 
+__all__ = ["make_sft_loss_fn", "make_sft_step", "make_sft_update", "sft_context", "train"]
+
 # ----------------------------------------------------------------------------------------------
 # The SFT loss.
 # ----------------------------------------------------------------------------------------------
@@ -78,7 +80,7 @@ def make_sft_loss_fn(forward_fn: Callable[..., jax.Array], loss_cfg: Mapping[str
                  gamma=cfg.gamma)
 
   def loss_fn(params, batch, class_counts):
-    labels, mask = batch["labels"], batch["loss_mask"]
+    labels, mask = batch.labels, batch.loss_mask
     if chunk:
       hidden = forward_fn(params, batch, True)
       nll, predictions = losses.chunked_token_stats(hidden, unembed_fn(params), labels,
@@ -100,7 +102,7 @@ def make_sft_loss_fn(forward_fn: Callable[..., jax.Array], loss_cfg: Mapping[str
   return loss_fn
 
 
-def count_scope_of(loss_cfg: Mapping[str, Any] | config_check.LossConfig) -> str:
+def _count_scope_of(loss_cfg: Mapping[str, Any] | config_check.LossConfig) -> str:
   """The count scope of a ``config.loss`` section (config_check.LossConfig.count_scope)."""
   return config_check.LossConfig.from_config(loss_cfg).count_scope
 
@@ -111,7 +113,7 @@ def sft_context(decision_token_ids, count_scope: str = "global"):
   ids = tuple(int(i) for i in decision_token_ids)
   if count_scope != "global":
     return lambda batch: None
-  return lambda batch: losses.decision_class_counts(batch["labels"], batch["loss_mask"], ids)
+  return lambda batch: losses.decision_class_counts(batch.labels, batch.loss_mask, ids)
 
 
 def make_sft_update(forward_fn, loss_cfg, decision_token_ids, tx, *, unembed_fn=None,
@@ -119,7 +121,7 @@ def make_sft_update(forward_fn, loss_cfg, decision_token_ids, tx, *, unembed_fn=
   """The un-jitted SFT update (state, batch) -> (state, metrics); see step.build_update_step."""
   return step_lib.build_update_step(
       make_sft_loss_fn(forward_fn, loss_cfg, decision_token_ids, unembed_fn=unembed_fn), tx,
-      context_fn=sft_context(decision_token_ids, count_scope_of(loss_cfg)),
+      context_fn=sft_context(decision_token_ids, _count_scope_of(loss_cfg)),
       metrics_fn=losses.metrics_from_sums,
       trainable=trainable, num_microbatches=num_microbatches, schedule=schedule)
 
@@ -138,10 +140,6 @@ def make_sft_step(forward_fn, loss_cfg, decision_token_ids, tx, *, state_shardin
 # ----------------------------------------------------------------------------------------------
 # The run (launch/train_sft.py calls this).
 # ----------------------------------------------------------------------------------------------
-
-STEP_BATCH_KEYS = ("input_ids", "labels", "loss_mask", "attention_mask", "position_ids",
-                   "pixel_values_videos")
-
 
 def train(config, workdir: str, *, allow_config_change: bool = False):
   """Runs (or resumes) SFT as configured; returns the final TrainState.
@@ -187,12 +185,10 @@ def train(config, workdir: str, *, allow_config_change: bool = False):
 
   module = models.build(run.model_config)
   grid = np.tile(np.asarray(pipe.video_grid_thw).reshape(1, 3), (pipe.cfg.max_turns, 1))
-  example = {k: np.zeros(s, np.float32) for k, s in pipe.batch_shapes().items()
-             if k in STEP_BATCH_KEYS}
   run.step = make_sft_step(
       setup_lib.make_forward(module, grid), tree.loss,
       tok_lib.decision_token_ids(run.tokenizer), run.tx, state_shardings=run.shardings,
-      batch_sharding=step_lib.batch_shardings(example, mesh), mesh=mesh,
+      batch_sharding=pipe.abstract_batch().model_inputs().shardings(mesh), mesh=mesh,
       unembed_fn=setup_lib.make_unembed(run.model_config),
       trainable=optim.trainable_mask(run.abstract_params, tree.optim.frozen),
       num_microbatches=micro, schedule=run.schedule, rules=rules)
@@ -200,10 +196,7 @@ def train(config, workdir: str, *, allow_config_change: bool = False):
 
   def step_fn(state, step):
     del step
-    host_batch = next(data_iter)
-    batch = parallel.shard_batch({k: host_batch[k] for k in STEP_BATCH_KEYS}, mesh,
-                                 batch_dims=step_lib.BATCH_DIMS)
-    return run.step(state, batch)
+    return run.step(state, next(data_iter).model_inputs().shard(mesh))
 
   start = int(jax.device_get(run.state.step))
   writer = metrics_lib.create_writer(workdir, total_steps=run.total_steps,

@@ -1,5 +1,7 @@
 """The generic sharded update step, shared by SFT and GRPO (big_vision / MaxText style).
 
+The batch is a data/batch.Batch (sharded by ``Batch.shard``, its shardings ``Batch.shardings``).
+
 * :func:`accumulate_gradients` takes a *sum-and-count* loss
   ``loss_fn(params, micro_batch, context) -> (loss_sum, (count, metric_sums))``. With
   ``num_microbatches = m > 1`` the global batch is split into m micro-batches and a ``lax.scan``
@@ -18,7 +20,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -26,15 +28,13 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from streampro_jax import parallel
+from streampro_jax.data import batch as batch_lib
 from streampro_jax.train import state as state_lib
 
-# Batch keys whose batch dimension is not 0 (position_ids is [3, B, T]).
-BATCH_DIMS = {"position_ids": 1}
-# Batch keys without a batch dimension (static per config, replicated, never split).
-UNBATCHED_KEYS = ("video_grid_thw", "second_per_grid_ts")
+__all__ = ["LossFn", "accumulate_gradients", "build_update_step", "current_mesh", "data_shards",
+           "gradient_step", "jit_update_step", "seq_sharded", "split_microbatches"]
 
-LossFn = Callable[[Any, Mapping[str, jax.Array], Any], tuple[jax.Array, tuple[jax.Array, dict]]]
+LossFn = Callable[[Any, batch_lib.Batch, Any], tuple[jax.Array, tuple[jax.Array, dict]]]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -42,54 +42,27 @@ LossFn = Callable[[Any, Mapping[str, jax.Array], Any], tuple[jax.Array, tuple[ja
 # ----------------------------------------------------------------------------------------------
 
 
-def batch_dim(key: str) -> int | None:
-  """Batch dimension of a batch entry (None for unbatched entries)."""
-  if key in UNBATCHED_KEYS:
-    return None
-  return BATCH_DIMS.get(key, 0)
-
-
-def batch_shardings(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, NamedSharding]:
-  """NamedShardings of a batch dict: batch dimension over ('data', 'fsdp'), the rest replicated."""
-  out = {}
-  for key, x in batch.items():
-    dim = batch_dim(key)
-    if dim is None:
-      out[key] = NamedSharding(mesh, PartitionSpec())
-    else:
-      out[key] = parallel.batch_sharding(mesh, len(x.shape), batch_dim=dim)
-  return out
-
-
-def global_batch_size(batch: Mapping[str, Any]) -> int:
-  return int(batch["input_ids"].shape[0])
-
-
-def split_microbatches(batch: Mapping[str, jax.Array], num: int, mesh=None):
-  """[B, ...] -> [num, B / num, ...] per entry; micro-batch i holds rows i, i + num, i + 2 num, ...
+def split_microbatches(batch: batch_lib.Batch, num: int, mesh=None) -> batch_lib.Batch:
+  """[B, ...] -> [num, B / num, ...] per field (position_ids [3, B, T] -> [num, 3, B / num, T]);
+  micro-batch i holds rows i, i + num, i + 2 num, ...
 
   Strided rows keep every micro-batch spread over all data-parallel shards (with B sharded in
-  contiguous blocks, each shard holds B / (num * shards) rows of every micro-batch). Unbatched
-  entries are passed through unchanged (returned in a second dict).
+  contiguous blocks, each shard holds B / (num * shards) rows of every micro-batch).
   """
-  split, static = {}, {}
-  for key, x in batch.items():
-    dim = batch_dim(key)
-    if dim is None:
-      static[key] = x
-      continue
+  def split(path, x, dim):
     b = x.shape[dim]
     if b % num:
-      raise ValueError(f"batch entry '{key}' has batch size {b}, not divisible by "
-                       f"{num} micro-batches")
+      raise ValueError(f"batch field '{jax.tree_util.keystr(path, simple=True)}' has batch size "
+                       f"{b}, not divisible by {num} micro-batches")
     shape = x.shape[:dim] + (b // num, num) + x.shape[dim + 1:]
     y = jnp.moveaxis(x.reshape(shape), dim + 1, 0)  # [num, ..., B / num, ...]
     if mesh is not None:
       spec = [None] * y.ndim
       spec[dim + 1] = ("data", "fsdp")
       y = jax.lax.with_sharding_constraint(y, PartitionSpec(*spec))
-    split[key] = y
-  return split, static
+    return y
+
+  return jax.tree_util.tree_map_with_path(split, batch, batch.batch_dims())
 
 
 def current_mesh():
@@ -137,7 +110,7 @@ def accumulate_gradients(loss_fn: LossFn, params, batch, context, *, num_microba
   Args:
     loss_fn: (params, micro_batch, context) -> (loss_sum, (count, metric_sums dict)).
     params: parameter pytree.
-    batch: dict of global batch arrays.
+    batch: the global batch (a Batch of arrays).
     context: anything computed once on the whole batch (passed to every micro-batch).
     num_microbatches: m (the batch size must be divisible by m).
     trainable: optional pytree of bools; False leaves get zero gradients (stop_gradient).
@@ -157,15 +130,14 @@ def accumulate_gradients(loss_fn: LossFn, params, batch, context, *, num_microba
   if num_microbatches == 1:
     loss_sum, count, sums, grads = grad_fn(params, batch)
   else:
-    split, static = split_microbatches(batch, num_microbatches, mesh)
+    split = split_microbatches(batch, num_microbatches, mesh)
 
     def body(carry, mb):
-      mb = {**mb, **static}
       loss_sum, count, sums, grads = grad_fn(params, mb)
       return jax.tree.map(jnp.add, carry, (loss_sum, count, sums, grads)), None
 
     first = jax.tree.map(lambda x: x[0], split)
-    shapes = jax.eval_shape(grad_fn, params, {**first, **static})
+    shapes = jax.eval_shape(grad_fn, params, first)
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
     (loss_sum, count, sums, grads), _ = jax.lax.scan(body, zeros, split)
   denom = jnp.maximum(count, 1.0)
@@ -195,7 +167,7 @@ def gradient_step(loss_fn: LossFn, tx: optax.GradientTransformation,
 
 
 def build_update_step(loss_fn: LossFn, tx: optax.GradientTransformation, *,
-                      context_fn: Callable[[Mapping[str, jax.Array]], Any] = lambda batch: None,
+                      context_fn: Callable[[batch_lib.Batch], Any] = lambda batch: None,
                       metrics_fn: Callable[[dict], dict] = lambda sums: sums,
                       trainable=None, num_microbatches: int = 1,
                       schedule: optax.Schedule | None = None):
@@ -203,7 +175,7 @@ def build_update_step(loss_fn: LossFn, tx: optax.GradientTransformation, *,
 
   new params = params + tx.update(grads) (frozen leaves: zero update); step += 1.
   metrics = metrics_fn(metric_sums) + loss, grad_norm, lr (when ``schedule`` is given),
-  supervised_tokens (the loss count) and tokens (sum of attention_mask, when present).
+  supervised_tokens (the loss count) and tokens (sum of attention_mask).
   """
   def update(state: state_lib.TrainState, batch):
     new, step_metrics, count, sums = gradient_step(
@@ -212,8 +184,7 @@ def build_update_step(loss_fn: LossFn, tx: optax.GradientTransformation, *,
     metrics = dict(metrics_fn(sums))
     metrics.update(step_metrics)
     metrics["supervised_tokens"] = count
-    if "attention_mask" in batch:
-      metrics["tokens"] = jnp.sum(batch["attention_mask"].astype(jnp.float32))
+    metrics["tokens"] = jnp.sum(batch.attention_mask.astype(jnp.float32))
     return new, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
 
   return update
