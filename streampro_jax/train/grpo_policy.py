@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
@@ -19,7 +20,6 @@ from absl import logging
 from streampro_jax import grpo, models
 from streampro_jax.train import checkpoint as ckpt_lib
 from streampro_jax.train import config_check
-from streampro_jax.train import setup as setup_lib
 
 __all__ = ["load_initial_params", "reference_params", "restore_params"]
 
@@ -55,7 +55,7 @@ def load_initial_params(run: config_check.GRPORun, model_config, abstract_params
     logging.info("initial params: %s", run.model.hf_checkpoint)
     return params
   logging.warning("no config.init.sft_workdir nor model.hf_checkpoint: GRPO from a RANDOM init")
-  init_fn = lambda r: setup_lib.nn_unbox(backbone.init_params(model_config, r))  # noqa: E731
+  init_fn = lambda r: nn.unbox(backbone.init_params(model_config, r))  # noqa: E731
   return jax.jit(init_fn, out_shardings=param_shardings)(rng)
 
 

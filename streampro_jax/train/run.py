@@ -21,6 +21,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 from absl import logging
 from jax.sharding import Mesh
@@ -93,7 +94,7 @@ class Run:
   @property
   def abstract_params(self):
     """The abstract parameters without their logical-axis boxes."""
-    return setup_lib.nn_unbox(self.abstract)
+    return nn.unbox(self.abstract)
 
   def init_fn(self):
     """rng -> boxed random parameters of the backbone."""

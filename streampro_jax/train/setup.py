@@ -24,7 +24,7 @@ from streampro_jax.data import tokenizer as tok_lib
 from streampro_jax.train import state as state_lib
 
 __all__ = ["clean_on_early_failure", "load_hf_state", "make_data", "make_forward", "make_mesh",
-           "make_model_config", "make_tokenizer", "make_unembed", "nn_unbox", "random_model",
+           "make_model_config", "make_tokenizer", "make_unembed", "random_model",
            "random_params", "total_steps_of"]
 
 
@@ -152,11 +152,6 @@ def total_steps_of(run, num_trajectories: int) -> int:
     raise ValueError(f"{run.num_epochs} epochs of {num_trajectories} trajectories at global "
                      f"batch {run.global_batch_size} is less than one step")
   return steps
-
-
-def nn_unbox(tree):
-  """flax.linen.unbox: the plain arrays (or ShapeDtypeStructs) of a boxed parameter tree."""
-  return nn.unbox(tree)
 
 
 def load_hf_state(model, model_config, tokenizer, tx, shardings, mesh):
