@@ -35,7 +35,7 @@ import os
 import urllib.request
 from collections.abc import Mapping
 
-__all__ = ["ClusterError", "detect_cluster"]
+__all__ = ["ClusterError", "detect_cluster", "Cluster"]
 
 # The ephemeral port range jax's SLURM detection maps a job id into (slurm_cluster.py).
 _SLURM_PORT_BASE = 65535 - 2**12 + 1
@@ -48,7 +48,7 @@ class ClusterError(RuntimeError):
 
 
 @dataclasses.dataclass(frozen=True)
-class _Cluster:
+class Cluster:
   """A multi-process job seen in the environment.
 
   Attributes:
@@ -100,28 +100,28 @@ def _gce_tpu_workers(timeout_s: float = 2.0) -> list[str]:
   return [w for w in text.split(",") if w]
 
 
-def _slurm(env: Mapping[str, str]) -> _Cluster | None:
+def _slurm(env: Mapping[str, str]) -> Cluster | None:
   names = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
            "SLURM_LOCALID")
   if not all(n in env for n in names) or (_int(env, "SLURM_NTASKS") or 0) <= 1:
     return None
-  return _Cluster("slurm", _int(env, "SLURM_NTASKS"), _int(env, "SLURM_PROCID"),
+  return Cluster("slurm", _int(env, "SLURM_NTASKS"), _int(env, "SLURM_PROCID"),
                  _evidence(env, names + ("JAX_COORDINATOR_PORT",)))
 
 
-def _ompi(env: Mapping[str, str]) -> _Cluster | None:
+def _ompi(env: Mapping[str, str]) -> Cluster | None:
   size = _int(env, "OMPI_COMM_WORLD_SIZE") or 0
   if size <= 1:
     return None
   error = "" if "OMPI_MCA_orte_hnp_uri" in env else (
       "Open MPI sets no OMPI_MCA_orte_hnp_uri (Open MPI 5 / PRRTE), from which jax reads the "
       "coordinator: give --coordinator_address (or JAX_COORDINATOR_ADDRESS) as well")
-  return _Cluster("ompi", size, _int(env, "OMPI_COMM_WORLD_RANK"),
+  return Cluster("ompi", size, _int(env, "OMPI_COMM_WORLD_RANK"),
                  _evidence(env, ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK",
                                  "OMPI_MCA_orte_hnp_uri")), error)
 
 
-def _tpu(env: Mapping[str, str], tpu_chips: int) -> _Cluster | None:
+def _tpu(env: Mapping[str, str], tpu_chips: int) -> Cluster | None:
   if tpu_chips == 0:
     return None
   listed = env.get("TPU_PROCESS_ADDRESSES", env.get("TPU_WORKER_HOSTNAMES"))
@@ -141,21 +141,21 @@ def _tpu(env: Mapping[str, str], tpu_chips: int) -> _Cluster | None:
     return None
   in_slice = _int(env, "TPU_WORKER_ID")
   pid = None if in_slice is None else in_slice + (_int(env, "MEGASCALE_SLICE_ID") or 0) * per_slice
-  return _Cluster("tpu", per_slice * slices, pid, f"{tpu_chips} TPU chip(s); {evidence}")
+  return Cluster("tpu", per_slice * slices, pid, f"{tpu_chips} TPU chip(s); {evidence}")
 
 
-def _k8s(env: Mapping[str, str]) -> _Cluster | None:
+def _k8s(env: Mapping[str, str]) -> Cluster | None:
   if "KUBERNETES_SERVICE_HOST" not in env or "JOB_COMPLETION_INDEX" not in env:
     return None
   error = "" if importlib.util.find_spec("kubernetes") is not None else (
       "jax reads a Kubernetes job's process count from its API with the `kubernetes` package, "
       "which is not installed (pip install \"jax[k8s]\")")
-  return _Cluster("k8s", None, _int(env, "JOB_COMPLETION_INDEX"),
+  return Cluster("k8s", None, _int(env, "JOB_COMPLETION_INDEX"),
                  _evidence(env, ("KUBERNETES_SERVICE_HOST", "JOB_COMPLETION_INDEX")), error)
 
 
 def detect_cluster(environ: Mapping[str, str] | None = None, *,
-                   tpu_chips: int | None = None) -> _Cluster | None:
+                   tpu_chips: int | None = None) -> Cluster | None:
   """The multi-process job this process belongs to, or None for a single-process run.
 
   Args:
@@ -164,7 +164,7 @@ def detect_cluster(environ: Mapping[str, str] | None = None, *,
       applies only where there are some, as jax's does.
 
   Returns:
-    A _Cluster (the first match in jax's order: Open MPI, SLURM, Cloud TPU, Kubernetes), or None.
+    A Cluster (the first match in jax's order: Open MPI, SLURM, Cloud TPU, Kubernetes), or None.
   """
   env = os.environ if environ is None else environ
   chips = _tpu_chip_count() if tpu_chips is None else tpu_chips

@@ -47,10 +47,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from streampro_jax import prompts, spans
 
-__all__ = [
-    "AnswerItem", "Judge", "JudgeStats", "LocalLMJudge", "MatchJudge", "OpenAIJudge",
-    "OpenAIJudgeConfig", "build_judge"
-]
+__all__ = ["AnswerItem", "Judge", "JudgeStats", "LocalLMJudge", "MatchJudge", "OpenAIJudge",
+           "OpenAIJudgeConfig", "build_judge", "Request"]
 
 _logger = logging.getLogger(__name__)
 
@@ -206,7 +204,7 @@ class MatchJudge:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Request:
+class Request:
   """One chat request, hashable: each message is (role, content), content a string or, for a
   message with images, a tuple of ("text", text) and ("image_url", url) parts."""
   kind: str  # "score" | "rubric" | "write"
@@ -260,7 +258,7 @@ class _LLMJudge:
 
   # -- cache ---------------------------------------------------------------------------------
 
-  def _key(self, req: _Request) -> str:
+  def _key(self, req: Request) -> str:
     blob = json.dumps([self._backend_id, prompts.PROMPT_VERSION, req.kind, req.messages,
                        req.max_tokens], ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
@@ -290,10 +288,10 @@ class _LLMJudge:
 
   # -- backend -------------------------------------------------------------------------------
 
-  def _complete_many(self, requests: list[_Request]) -> list[str | None]:
+  def _complete_many(self, requests: list[Request]) -> list[str | None]:
     raise NotImplementedError
 
-  def _run(self, requests: list[_Request], parse: Callable[[_Request, str | None], Any],
+  def _run(self, requests: list[Request], parse: Callable[[Request, str | None], Any],
            ok: Callable[[Any], bool]) -> list[Any]:
     """Cache lookup, de-duplication, backend calls for the misses, parsing, caching successes."""
     keys = [self._key(r) for r in requests]
@@ -338,7 +336,7 @@ class _LLMJudge:
           _logger.warning("TG reference without an 'Xs-Ys' span; scored as a failure")
       else:
         llm.append(i)
-    reqs = [_Request("score", _freeze(prompts.answer_score_messages(
+    reqs = [Request("score", _freeze(prompts.answer_score_messages(
         items[i].question, items[i].reference, items[i].prediction)), self._score_max_tokens)
             for i in llm]
     if reqs:
@@ -355,7 +353,7 @@ class _LLMJudge:
     self.stats.add("requests", len(checks))
     if not checks:
       return []
-    req = _Request("rubric", _freeze(prompts.rubric_check_messages(
+    req = Request("rubric", _freeze(prompts.rubric_check_messages(
         trajectory_text, checks, question)), self._rubric_max_tokens)
     n = len(checks)
     (marks,) = self._run([req], lambda r, reply: prompts.parse_rubric_checks(reply, n),
@@ -373,7 +371,7 @@ class _LLMJudge:
       cs = list(cs)
       self.stats.add("requests", len(cs))
       sizes.append(len(cs))
-      reqs.append(_Request("rubric", _freeze(prompts.rubric_check_messages(traj, cs, q)),
+      reqs.append(Request("rubric", _freeze(prompts.rubric_check_messages(traj, cs, q)),
                            self._rubric_max_tokens))
     by_key = {self._key(r): s for r, s in zip(reqs, sizes)}
     out = self._run(reqs, lambda r, reply: prompts.parse_rubric_checks(reply, by_key[self._key(r)]),
@@ -401,7 +399,7 @@ class _LLMJudge:
     reqs = []
     for q, ans, fr in zip(questions, answers, frames, strict=True):
       self.stats.add("requests")
-      reqs.append(_Request("write", _freeze(prompts.rubric_write_messages(
+      reqs.append(Request("write", _freeze(prompts.rubric_write_messages(
           q, ans, min_checks=min_checks, max_checks=max_checks, frames=fr)),
                            self._write_max_tokens))
     out = self._run(reqs, lambda r, reply: prompts.parse_rubric_items(
@@ -506,7 +504,7 @@ class OpenAIJudge(_LLMJudge):
 
   # -- one HTTP attempt (runs in a worker thread) ----------------------------------------------
 
-  def _post(self, req: _Request) -> str:
+  def _post(self, req: Request) -> str:
     body = json.dumps({
         "model": self.config.model,
         "messages": req.as_messages(),
@@ -545,7 +543,7 @@ class OpenAIJudge(_LLMJudge):
 
   # -- asyncio driver ------------------------------------------------------------------------
 
-  async def _attempts(self, req: _Request, sem: asyncio.Semaphore) -> str | None:
+  async def _attempts(self, req: Request, sem: asyncio.Semaphore) -> str | None:
     loop = asyncio.get_running_loop()
     cfg = self.config
     async with sem:
@@ -579,11 +577,11 @@ class OpenAIJudge(_LLMJudge):
                      cfg.max_retries + 1, reason)
       return None
 
-  async def acomplete_many(self, requests: list[_Request]) -> list[str | None]:
+  async def acomplete_many(self, requests: list[Request]) -> list[str | None]:
     sem = asyncio.Semaphore(self.config.max_concurrency)
     return list(await asyncio.gather(*(self._attempts(r, sem) for r in requests)))
 
-  def _complete_many(self, requests: list[_Request]) -> list[str | None]:
+  def _complete_many(self, requests: list[Request]) -> list[str | None]:
     coro_fn = lambda: self.acomplete_many(requests)  # noqa: E731
     try:
       asyncio.get_running_loop()
@@ -631,14 +629,14 @@ class LocalLMJudge(_LLMJudge):
   def __repr__(self) -> str:
     return f"LocalLMJudge(path={self.path!r}, device={self.device!r}, stats={self.stats!r})"
 
-  def _prompt(self, req: _Request) -> str:
+  def _prompt(self, req: Request) -> str:
     messages = req.as_messages()
     if getattr(self.tokenizer, "chat_template", None):
       return self.tokenizer.apply_chat_template(messages, tokenize=False,
                                                 add_generation_prompt=True)
     return prompts.messages_to_text(messages)
 
-  def _complete_many(self, requests: list[_Request]) -> list[str | None]:
+  def _complete_many(self, requests: list[Request]) -> list[str | None]:
     out: list[str | None] = []
     torch = self._torch
     for start in range(0, len(requests), self.batch_size):

@@ -47,10 +47,8 @@ from streampro_jax import models, prompts, sampling
 from streampro_jax.bench import harness
 from streampro_jax.models import common
 
-__all__ = [
-    "LiveConfig", "LiveModel", "LiveSession", "QuestionTooLong", "TranscriptWriter",
-    "format_turn_line", "is_live_source", "iter_source", "latency_summary"
-]
+__all__ = ["LiveConfig", "LiveModel", "LiveSession", "QuestionTooLong", "TranscriptWriter",
+           "format_turn_line", "is_live_source", "iter_source", "latency_summary", "TurnResult"]
 
 _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 _BIG_TURN = 10 ** 6 - 1   # the longest time label a live stream is sized for (11.6 days)
@@ -100,7 +98,7 @@ class LiveConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class _TurnResult:
+class TurnResult:
   """What one second of a live stream produced.
 
   turn: k (the second [k, k+1)); time: k + 1, the time a response is dated by (as the harness);
@@ -226,11 +224,11 @@ class LiveSession:
     self.turns_run = 0
 
   def step(self, frames_thwc: np.ndarray, questions: Sequence[str] = (), *,
-           turn: int | None = None) -> _TurnResult:
+           turn: int | None = None) -> TurnResult:
     """Runs one second: frames uint8 [tp, H, W, 3], the questions asked during it.
 
     turn: the second this is (default: the one after the last; a later one skips seconds,
-    e.g. frames dropped by real-time pacing). Returns the _TurnResult.
+    e.g. frames dropped by real-time pacing). Returns the TurnResult.
     """
     k = self.next_turn if turn is None else int(turn)
     if k < self.next_turn:
@@ -259,7 +257,7 @@ class LiveSession:
     self._asked.extend(questions)
     self.next_turn = k + 1
     self.turns_run += 1
-    return _TurnResult(turn=k, time=float(k + 1),
+    return TurnResult(turn=k, time=float(k + 1),
                       decision=sampling.DECISION_NAMES[int(out.decisions[0])],
                       text=out.texts[0], message=out.messages[0], questions=questions,
                       latency_s=time.perf_counter() - t0, overflow=bool(out.overflow[0]))
@@ -406,7 +404,7 @@ class TranscriptWriter:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     self._f = open(path, "w", encoding="utf-8")   # pylint: disable=consider-using-with
 
-  def turn(self, result: _TurnResult, dropped: Sequence[int] = ()) -> None:
+  def turn(self, result: TurnResult, dropped: Sequence[int] = ()) -> None:
     line = {"kind": "turn", "stream_id": self.stream_id, **result.to_json(),
             "dropped": [int(d) for d in dropped]}
     self._f.write(json.dumps(line, ensure_ascii=False) + "\n")
@@ -487,7 +485,7 @@ def latency_summary(latencies_s: Sequence[float], stream_seconds: float) -> dict
           "real_time_factor": float(lat.sum() / max(stream_seconds, 1e-9))}
 
 
-def format_turn_line(result: _TurnResult) -> list[str]:
+def format_turn_line(result: TurnResult) -> list[str]:
   """The console lines of a turn that has something to say (questions, a response)."""
   lines = [f"[{result.turn:>5d}s] Q: {q}" for q in result.questions]
   if result.decision == "response":

@@ -29,11 +29,10 @@ import numpy as np
 
 from streampro_jax import _checks, prompts
 
-__all__ = [
-    "MATCHING_ORDERS", "STATIC_ARGNAMES", "combine", "format_inputs", "format_reward",
-    "group_rubric_inputs", "group_turn_f1_inputs", "parse_message", "predictions_from_messages",
-    "rubric_reward", "turn_f1_reward", "turn_f1_reward_jit"
-]
+__all__ = ["MATCHING_ORDERS", "STATIC_ARGNAMES", "combine", "format_inputs", "format_reward",
+           "group_rubric_inputs", "group_turn_f1_inputs", "parse_message",
+           "predictions_from_messages", "rubric_reward", "turn_f1_reward", "turn_f1_reward_jit",
+           "ParsedTurn"]
 
 _Array = jax.Array
 
@@ -230,14 +229,14 @@ turn_f1_reward_jit = jax.jit(turn_f1_reward, static_argnames=STATIC_ARGNAMES["tu
 
 
 @dataclasses.dataclass(frozen=True)
-class _ParsedTurn:
+class ParsedTurn:
   """One assistant message: decision "silence" | "response" | "invalid", its text, validity."""
   decision: str
   text: str
   valid: bool
 
 
-def parse_message(message: str) -> _ParsedTurn:
+def parse_message(message: str) -> ParsedTurn:
   """Parses one decoded assistant message (special tokens kept, <|im_end|> already stripped).
 
   - exactly "</Silence>" (surrounding whitespace ignored)      -> silence, valid
@@ -251,12 +250,12 @@ def parse_message(message: str) -> _ParsedTurn:
   if s.endswith("<|im_end|>"):
     s = s[: -len("<|im_end|>")].rstrip()
   if s == prompts.SILENCE_TOKEN:
-    return _ParsedTurn("silence", "", True)
+    return ParsedTurn("silence", "", True)
   if s.startswith(prompts.RESPONSE_TOKEN):
     text = s[len(prompts.RESPONSE_TOKEN):].strip()
     valid = bool(text) and prompts.SILENCE_TOKEN not in text and prompts.RESPONSE_TOKEN not in text
-    return _ParsedTurn("response", text, valid)
-  return _ParsedTurn("invalid", s, False)
+    return ParsedTurn("response", text, valid)
+  return ParsedTurn("invalid", s, False)
 
 
 def _message_is_valid(message: str) -> bool:

@@ -73,7 +73,7 @@ def _import_once(fmt, suffix, data, check_videos):
       list(im._iter_import(fmt, path, opts=opts))
     except schema.DataError as e:
       assert e.file == path and e.line >= 0 and e.field, e
-    stats = im._ImportStats()
+    stats = im.ImportStats()
     try:
       recs = list(im._iter_import(fmt, path, opts=opts, policy="skip", stats=stats))
     except schema.DataError as e:   # a broken JSON array cannot be resynchronised

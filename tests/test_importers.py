@@ -287,7 +287,7 @@ def test_errors_name_file_line_field_and_skip_counts(tmp_path):
   starts = [i + 1 for i, ln in enumerate(open(path).read().split("\n")) if ln == "  {"]
   assert str(e.value).startswith(
       f"{path}:{starts[1]}: [1].response[0]: st_time 9 > end_time 2")
-  stats = im._ImportStats()
+  stats = im.ImportStats()
   recs = list(im._iter_import("streamo_raw", path, policy="skip", stats=stats, opts=NOVID))
   assert len(recs) == 1 and stats.read == 3 and stats.skipped == 2 and stats.written == 1
   assert any("[2].question[0].time" in m and "'soon' is not a time" in m for m in stats.errors)
@@ -297,7 +297,7 @@ def test_errors_name_file_line_field_and_skip_counts(tmp_path):
 def test_jsonl_bad_line_is_skipped_with_its_line_number(tmp_path):
   good = json.dumps(TIMECHAT_SAMPLE)
   path = _write(tmp_path, "t.jsonl", good + "\n{not json\n\n" + good + "\n")
-  stats = im._ImportStats()
+  stats = im.ImportStats()
   recs = list(im._iter_import("timechat_online", path, policy="skip", stats=stats, opts=NOVID))
   assert len(recs) == 2 and stats.skipped == 1
   assert stats.errors[0].startswith(f"{path}:2: <line>: malformed JSON")
@@ -375,7 +375,7 @@ def test_large_file_converts_in_bounded_memory(tmp_path):
 def test_streamo_question_without_response_is_dropped_and_counted(tmp_path):
   entry = dict(STREAMO_RAW[0], question=STREAMO_RAW[0]["question"] + [
       {"content": "Unanswered?", "time": "30"}])
-  stats = im._ImportStats()
+  stats = im.ImportStats()
   (r,) = im._iter_import("streamo_raw", _write(tmp_path, "d.json", [entry]), stats=stats,
                          opts=NOVID)
   assert len(r["questions"]) == 1 and r["meta"]["dropped_unanswered_questions"] == 1
@@ -430,7 +430,7 @@ def test_a_non_utf8_byte_is_one_named_skip_in_every_layout(tmp_path):
     # JSON array / CSV: line 1 is "[" / the header.
     assert e.value.line == (2 if name == "rows.jsonl" else 3), name
     assert "not UTF-8" in e.value.reason, name
-    stats = im._ImportStats()
+    stats = im.ImportStats()
     recs = list(im._iter_import("simple", str(path), policy="skip", stats=stats))
     assert stats.read == 3 and stats.skipped == 1, name
     assert f"{path}:{e.value.line}:" in stats.errors[0], name
@@ -443,14 +443,14 @@ def test_missing_videos_are_errors_or_counted_skips(tmp_path):
   src = _write(tmp_path, "rows.jsonl", [_simple_row("here.mp4"), _simple_row("gone.mp4")])
   with pytest.raises(schema.DataError, match=r"\[1\]\.video: video not found: .*gone\.mp4"):
     list(im._iter_import("simple", src))
-  stats = im._ImportStats()
+  stats = im.ImportStats()
   probed = []
   opts = im.Options(probe=lambda p: probed.append(p) or None)
   recs = list(im._iter_import("simple", src, policy="skip", stats=stats, opts=opts))
   assert [r["video"] for r in recs] == ["here.mp4"]
   assert stats.skipped == 1 and stats.missing_videos == 1 and stats.videos_checked == 2
   assert "videos: 2 checked, 1 missing" in stats.summary()
-  unchecked = im._ImportStats()
+  unchecked = im.ImportStats()
   list(im._iter_import("simple", src, opts=im.Options(check_videos=False), stats=unchecked))
   assert "videos: NOT checked" in unchecked.summary()
 

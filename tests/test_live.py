@@ -89,7 +89,7 @@ def test_transcript_results_are_scored_by_the_harness_scorers(tmp_path):
   decisions = ["silence", "silence", "response", "silence", "response"]
   texts = ["", "", "red", "", "blue"]
   for k, (d, x) in enumerate(zip(decisions, texts)):
-    w.turn(live._TurnResult(k, float(k + 1), d, x, "", ("colour?",) if k == 1 else (), 0.01,
+    w.turn(live.TurnResult(k, float(k + 1), d, x, "", ("colour?",) if k == 1 else (), 0.01,
                            False))
   w.summary({"turns": 5})
   w.close()

@@ -214,11 +214,11 @@ def test_matches_reference_on_random_inputs(pred_slots, gt_slots, acc, tau, proa
 
 
 def test_parse_message_rules():
-  assert rewards.parse_message("</Silence>") == rewards._ParsedTurn("silence", "", True)
+  assert rewards.parse_message("</Silence>") == rewards.ParsedTurn("silence", "", True)
   assert rewards.parse_message(" </Silence><|im_end|>").valid
-  assert rewards.parse_message("</Response> the cup falls") == rewards._ParsedTurn(
+  assert rewards.parse_message("</Response> the cup falls") == rewards.ParsedTurn(
       "response", "the cup falls", True)
-  assert rewards.parse_message("</Response>   ") == rewards._ParsedTurn("response", "", False)
+  assert rewards.parse_message("</Response>   ") == rewards.ParsedTurn("response", "", False)
   assert not rewards.parse_message("</Silence> extra").valid
   assert not rewards.parse_message("hello").valid
   assert not rewards.parse_message("</Response> a </Silence>").valid

@@ -38,11 +38,9 @@ import numpy as np
 from streampro_jax import models, prompts, sampling
 from streampro_jax.data import chat_format, schema
 
-__all__ = [
-    "HarnessConfig", "RESULTS_FILE", "ResultsMismatch", "benchmark_items", "evaluate",
-    "item_id", "make_sampler", "ovo_results", "pauc_examples", "run_benchmark",
-    "streamingbench_proactive_histories", "streamingbench_rtvu_responses"
-]
+__all__ = ["HarnessConfig", "RESULTS_FILE", "ResultsMismatch", "benchmark_items", "evaluate",
+           "item_id", "make_sampler", "ovo_results", "pauc_examples", "run_benchmark",
+           "streamingbench_proactive_histories", "streamingbench_rtvu_responses", "Item"]
 
 _logger = logging.getLogger(__name__)
 
@@ -152,7 +150,7 @@ class HarnessConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Item:
+class Item:
   """One trajectory to evaluate."""
   record: schema.Record
   question: schema.Question
@@ -171,12 +169,12 @@ def item_id(record_id: str, question_id: str) -> str:
 
 
 def benchmark_items(records: Iterable[schema.Record], *, max_videos: int | None = None
-                    ) -> list[_Item]:
+                    ) -> list[Item]:
   """One item per (record, question) of the first `max_videos` records, in order."""
   records = list(records)
   if max_videos is not None:
     records = records[:int(max_videos)]
-  return [_Item(r, q) for r in records for q in r.questions]
+  return [Item(r, q) for r in records for q in r.questions]
 
 
 def _load_frames(record: schema.Record, num_turns: int, *, frames_per_turn: int = 2,
@@ -226,7 +224,7 @@ def _read_results(path: str) -> dict[str, dict]:
   return out
 
 
-def _result_of(item: _Item, batch: sampling.RolloutBatch, row: int, prompt_style: str) -> dict:
+def _result_of(item: Item, batch: sampling.RolloutBatch, row: int, prompt_style: str) -> dict:
   """The JSON result of one row of a rollout batch."""
   k = int(batch.num_turns[row])
   turns = []
@@ -268,7 +266,7 @@ def make_sampler(model_config, tokenizer, config: HarnessConfig, *, user_chunk_l
   return sampling.StreamingSampler(model_config, fmt, scfg, video_grid=grid)
 
 
-def run_benchmark(params, model_config, tokenizer, items: Sequence[_Item], results_path: str,
+def run_benchmark(params, model_config, tokenizer, items: Sequence[Item], results_path: str,
                   config: HarnessConfig, *,
                   frames_fn: Callable[[schema.Record, int], np.ndarray] | None = None,
                   identity: Mapping[str, Any] | None = None, overwrite: bool = False
@@ -356,7 +354,7 @@ def run_benchmark(params, model_config, tokenizer, items: Sequence[_Item], resul
 # StreamPro-F1.
 
 
-def _streampro_items(results: Sequence[Mapping[str, Any]], items: Sequence[_Item]) -> list[dict]:
+def _streampro_items(results: Sequence[Mapping[str, Any]], items: Sequence[Item]) -> list[dict]:
   """score_benchmark inputs: {"id", "task", "question", "answers", "predictions"} per item."""
   by_id = {r["id"]: r for r in results}
   out = []

@@ -39,10 +39,9 @@ import numpy as np
 from streampro_jax import prompts
 from streampro_jax.data import schema
 
-__all__ = [
-    "ANSWER_JOINER", "ChatFormat", "DECISION_RESPONSE", "answer_turn", "ask_turn",
-    "assistant_header_text", "num_turns", "plan_turns", "system_text", "time_label", "turn_time"
-]
+__all__ = ["ANSWER_JOINER", "ChatFormat", "DECISION_RESPONSE", "answer_turn", "ask_turn",
+           "assistant_header_text", "num_turns", "plan_turns", "system_text", "time_label",
+           "turn_time", "DecodedTurn", "Trajectory", "TurnPlan"]
 
 ANSWER_JOINER = "; "
 """Texts of several answers that fall on the same turn are joined with this [choice]."""
@@ -94,7 +93,7 @@ def _parse_time_label(label: str) -> tuple[int, int]:
 
 
 @dataclasses.dataclass(frozen=True)
-class _TurnPlan:
+class TurnPlan:
   """What turn ``index`` holds: the question (on its ask turn), the decision and answer text."""
   index: int
   decision: int                 # _DECISION_SILENCE or DECISION_RESPONSE
@@ -120,7 +119,7 @@ def _resolve_question(record: schema.Record,
 
 
 def plan_turns(record: schema.Record, question: schema.Question | str | int | None = None,
-               *, max_turns: int | None = None) -> list[_TurnPlan]:
+               *, max_turns: int | None = None) -> list[TurnPlan]:
   """The per-turn content of one trajectory (no tokenizer needed).
 
   Args:
@@ -148,9 +147,9 @@ def plan_turns(record: schema.Record, question: schema.Question | str | int | No
   for k in range(k_keep):
     question_text = q.question if k == q_turn else None
     if k in texts:
-      plans.append(_TurnPlan(k, DECISION_RESPONSE, ANSWER_JOINER.join(texts[k]), question_text))
+      plans.append(TurnPlan(k, DECISION_RESPONSE, ANSWER_JOINER.join(texts[k]), question_text))
     else:
-      plans.append(_TurnPlan(k, _DECISION_SILENCE, "", question_text))
+      plans.append(TurnPlan(k, _DECISION_SILENCE, "", question_text))
   return plans
 
 
@@ -199,7 +198,7 @@ def _render_text(record: schema.Record, question=None, *, tokens_per_turn: int,
 
 
 @dataclasses.dataclass
-class _Trajectory:
+class Trajectory:
   """One rendered trajectory. Arrays have length L (number of tokens) unless said otherwise.
 
   Attributes:
@@ -212,7 +211,7 @@ class _Trajectory:
     user_spans: i32[K, 2], [start, end) of each user message (from <|im_start|> to after "\\n").
     assistant_spans: i32[K, 2], [start, end) of each assistant message (header included).
     turn_decisions: i32[K], 1 silence / 2 response per turn.
-    turns: the _TurnPlan of each turn.
+    turns: the TurnPlan of each turn.
     record_id, question_id, task: where it came from.
     tokens_per_turn: <|video_pad|> tokens per user turn.
   """
@@ -225,7 +224,7 @@ class _Trajectory:
   user_spans: np.ndarray
   assistant_spans: np.ndarray
   turn_decisions: np.ndarray
-  turns: tuple[_TurnPlan, ...]
+  turns: tuple[TurnPlan, ...]
   record_id: str = ""
   question_id: str = ""
   task: str = ""
@@ -236,7 +235,7 @@ class _Trajectory:
 
 
 @dataclasses.dataclass(frozen=True)
-class _DecodedTurn:
+class DecodedTurn:
   """One turn parsed back from token ids.
 
   ``decision`` is "silence", "response", "invalid" (the assistant message is not a lone
@@ -336,7 +335,7 @@ class ChatFormat:
   # -- whole trajectories ------------------------------------------------------------------------
 
   def render(self, record: schema.Record, question=None, *,
-             max_turns: int | None = None) -> _Trajectory:
+             max_turns: int | None = None) -> Trajectory:
     """Renders one (record, question) trajectory; see the module docstring for the layout."""
     q = _resolve_question(record, question)
     plans = plan_turns(record, q, max_turns=max_turns)
@@ -372,7 +371,7 @@ class ChatFormat:
     supervised = loss_mask > 0
     decision_class[supervised & (labels == self.silence_id)] = _DECISION_SILENCE
     decision_class[supervised & (labels == self.response_id)] = DECISION_RESPONSE
-    return _Trajectory(
+    return Trajectory(
         input_ids=input_ids, labels=labels, loss_mask=loss_mask, decision_class=decision_class,
         turn_index=turn_index, num_turns=n_turns, user_spans=user_spans,
         assistant_spans=asst_spans,
@@ -381,7 +380,7 @@ class ChatFormat:
 
   # -- parsing back ------------------------------------------------------------------------------
 
-  def decode_turns(self, ids: Sequence[int]) -> list[_DecodedTurn]:
+  def decode_turns(self, ids: Sequence[int]) -> list[DecodedTurn]:
     """Parses ids (a rendered or generated trajectory) back into turns; see ``_decode_turns``."""
     return _decode_turns(ids, self.tokenizer)
 
@@ -389,7 +388,7 @@ class ChatFormat:
 _USER_RE = re.compile(r"^user\n(?:(?P<q>.*)\n)?(?P<label><\d+s-\d+s>)\n$", re.DOTALL)
 
 
-def _decode_turns(ids: Sequence[int], tokenizer) -> list[_DecodedTurn]:
+def _decode_turns(ids: Sequence[int], tokenizer) -> list[DecodedTurn]:
   """Parses token ids back into per-turn (time label, question, decision, text).
 
   The system message is skipped. Each user message opens a turn; the assistant message that
@@ -420,7 +419,7 @@ def _decode_turns(ids: Sequence[int], tokenizer) -> list[_DecodedTurn]:
   def text_of(piece: list[int]) -> str:
     return tokenizer.decode(piece, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
-  turns: list[_DecodedTurn] = []
+  turns: list[DecodedTurn] = []
   pending = None   # (index, label, question, pads)
   for content in messages:
     n_pads = sum(1 for t in content if t == video_pad)
@@ -434,7 +433,7 @@ def _decode_turns(ids: Sequence[int], tokenizer) -> list[_DecodedTurn]:
     role, _, body = content_text.partition("\n")
     if role == "user":
       if pending is not None:
-        turns.append(_DecodedTurn(*pending[:3], "missing", "", pending[3]))
+        turns.append(DecodedTurn(*pending[:3], "missing", "", pending[3]))
       m = _USER_RE.match(content_text)
       if not m:
         raise ValueError(f"user message does not hold a time label: {content_text!r:.200}")
@@ -449,8 +448,8 @@ def _decode_turns(ids: Sequence[int], tokenizer) -> list[_DecodedTurn]:
         decision = "response" if text.strip() else "invalid"
       else:
         decision, text = "invalid", body
-      turns.append(_DecodedTurn(pending[0], pending[1], pending[2], decision, text, pending[3]))
+      turns.append(DecodedTurn(pending[0], pending[1], pending[2], decision, text, pending[3]))
       pending = None
   if pending is not None:
-    turns.append(_DecodedTurn(*pending[:3], "missing", "", pending[3]))
+    turns.append(DecodedTurn(*pending[:3], "missing", "", pending[3]))
   return turns

@@ -21,7 +21,7 @@ Every format is read as a stream (a big JSON array through an incremental ``raw_
 JSONL and CSV line by line), converted record by record and written as JSONL, so memory stays
 bounded by the largest single record. Bad input records follow a ``fail``/``skip`` policy: with
 ``skip`` each one is counted and listed (file, record index/line, field, reason) in
-``_ImportStats``; nothing is dropped silently.
+``ImportStats``; nothing is dropped silently.
 
 Timing (docs/architecture.md, docs/method.md section 1): turn k covers ``<ks-(k+1)s>``; a question
 asked at time a goes on turn ``floor(a)``; an answer with response time t goes on turn
@@ -45,7 +45,8 @@ from streampro_jax.data import chat_format
 from streampro_jax.data import schema
 from streampro_jax.data.schema import DataError
 
-__all__ = ["FORMATS", "Options", "export_array_record", "import_to_jsonl", "read_durations_table"]
+__all__ = ["FORMATS", "Options", "export_array_record", "import_to_jsonl", "read_durations_table",
+           "ImportStats"]
 
 FORMATS = ("streamo_raw", "streamo_stream", "timechat_online", "videochat_flash", "simple")
 _STANDBY = "</Standby>"
@@ -1004,7 +1005,7 @@ _CONVERTERS: dict[str, Callable[[Any, _Ctx, Options], dict]] = {
 
 
 @dataclasses.dataclass
-class _ImportStats:
+class ImportStats:
   """Counts of one import. ``errors`` keeps the first ``max_errors_kept`` messages."""
   read: int = 0
   converted: int = 0    # source records converted (read = converted + skipped; merged later)
@@ -1047,7 +1048,7 @@ def _video_key(rec: dict) -> str:
 
 
 def _iter_import(fmt: str, path: str, *, opts: Options | None = None, policy: str = "fail",
-                stats: _ImportStats | None = None, progress: _Progress | None = None
+                stats: ImportStats | None = None, progress: _Progress | None = None
                 ) -> Iterator[dict]:
   """Yields converted, validated records of one source file in source order.
 
@@ -1064,7 +1065,7 @@ def _iter_import(fmt: str, path: str, *, opts: Options | None = None, policy: st
     raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
   if policy not in ("fail", "skip"):
     raise ValueError(f"policy must be 'fail' or 'skip', got {policy!r}")
-  stats = stats if stats is not None else _ImportStats()
+  stats = stats if stats is not None else ImportStats()
   if opts.video_root is None:
     opts = dataclasses.replace(opts, video_root=os.path.dirname(os.path.abspath(path)))
   if not opts.check_videos:
@@ -1131,7 +1132,7 @@ def _same_file(a: str, b: str) -> bool:
 
 
 def import_to_jsonl(fmt: str, src: str, dst: str, *, opts: Options | None = None,
-                    policy: str = "fail", show_progress: bool = True) -> _ImportStats:
+                    policy: str = "fail", show_progress: bool = True) -> ImportStats:
   """Converts ``src`` (format ``fmt``) into the annotation JSONL ``dst``.
 
   Writes to ``dst + '.tmp'`` and renames when done, so a failed import leaves no half file.
@@ -1145,7 +1146,7 @@ def import_to_jsonl(fmt: str, src: str, dst: str, *, opts: Options | None = None
   out_dir = os.path.dirname(os.path.abspath(dst))
   if os.path.exists(dst) and _same_file(src, dst):
     raise ValueError(f"output {dst} is the input file; refusing to overwrite it")
-  stats = _ImportStats()
+  stats = ImportStats()
   prog = _Progress()
   bar = None
   if show_progress:

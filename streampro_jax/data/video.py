@@ -27,7 +27,8 @@ import numpy as np
 from streampro_jax import _config
 from streampro_jax.models import processing
 
-__all__ = ["ResizePolicy", "VideoError", "decode_frames_at", "decode_turns", "open_video", "probe"]
+__all__ = ["ResizePolicy", "VideoError", "decode_frames_at", "decode_turns", "open_video", "probe",
+           "DecodedVideo", "VideoInfo"]
 
 
 class VideoError(ValueError):
@@ -71,7 +72,7 @@ class ResizePolicy:
 
 
 @dataclasses.dataclass(frozen=True)
-class _VideoInfo:
+class VideoInfo:
   """What `probe` finds: duration in seconds, average fps, frame size (H, W), codec name."""
   path: str
   duration: float
@@ -82,7 +83,7 @@ class _VideoInfo:
 
 
 @dataclasses.dataclass
-class _DecodedVideo:
+class DecodedVideo:
   """Frames of K turns: uint8 [K, n, H, W, 3], the times they were sampled at f64[K, n], and the
   video's own duration in seconds."""
   frames: np.ndarray
@@ -131,7 +132,7 @@ def open_video(path: str):
   return container
 
 
-def probe(path: str) -> _VideoInfo:
+def probe(path: str) -> VideoInfo:
   """Reads the container header: duration (s), fps, height, width, codec. Raises VideoError."""
   path = os.fspath(path)
   container = open_video(path)
@@ -145,7 +146,7 @@ def probe(path: str) -> _VideoInfo:
     fps = float(stream.average_rate) if stream.average_rate else 0.0
     if duration is None or duration <= 0:
       raise VideoError(path, f"zero-length or unknown duration ({duration})")
-    return _VideoInfo(path=path, duration=duration, fps=fps, height=stream.height,
+    return VideoInfo(path=path, duration=duration, fps=fps, height=stream.height,
                      width=stream.width, codec=stream.codec_context.name)
   finally:
     container.close()
@@ -230,7 +231,7 @@ def decode_frames_at(path: str, times: Sequence[float],
 
 
 def decode_turns(path: str, *, frames_per_turn: int = 2, num_turns: int | None = None,
-                 resize: ResizePolicy | None = None) -> _DecodedVideo:
+                 resize: ResizePolicy | None = None) -> DecodedVideo:
   """Decodes a video into turns of one second: uint8 frames [K, n, h, w, 3].
 
   Args:
@@ -242,7 +243,7 @@ def decode_turns(path: str, *, frames_per_turn: int = 2, num_turns: int | None =
     resize: resize policy (None: native size).
 
   Returns:
-    _DecodedVideo(frames [K, n, h, w, 3], times f64[K, n], duration of the video in seconds).
+    DecodedVideo(frames [K, n, h, w, 3], times f64[K, n], duration of the video in seconds).
   """
   path = os.fspath(path)
   if frames_per_turn < 1:
@@ -253,7 +254,7 @@ def decode_turns(path: str, *, frames_per_turn: int = 2, num_turns: int | None =
   frames, duration = decode_frames_at(path, times.reshape(-1), resize)
   if num_turns > math.ceil(duration - 1e-6) + 1:
     raise VideoError(path, f"video is {duration:.3f} s long but {num_turns} turns were requested")
-  return _DecodedVideo(frames=frames.reshape(num_turns, frames_per_turn, *frames.shape[1:]),
+  return DecodedVideo(frames=frames.reshape(num_turns, frames_per_turn, *frames.shape[1:]),
                       times=times, duration=duration)
 
 

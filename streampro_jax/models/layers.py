@@ -39,13 +39,11 @@ from jax.ad_checkpoint import checkpoint_name
 
 from streampro_jax import parallel
 
-__all__ = [
-    "CAUSAL_BLOCK", "GatedMLP", "KVInput", "RMSNorm", "VLDecoderModel", "VisionQKV",
-    "activation", "apply_rotary", "attention", "axial_rope_cos_sin", "check_num_patches",
-    "cu_seqlens_segments", "decoder_attention", "dense", "device_plans", "frame_plan",
-    "mrope_cos_sin", "remat_wrap", "rope_inv_freq", "scan_stack", "scanned_block",
-    "segment_plan", "vision_rope_attention"
-]
+__all__ = ["CAUSAL_BLOCK", "GatedMLP", "KVInput", "RMSNorm", "VLDecoderModel", "VisionQKV",
+           "activation", "apply_rotary", "attention", "axial_rope_cos_sin", "check_num_patches",
+           "cu_seqlens_segments", "decoder_attention", "dense", "device_plans", "frame_plan",
+           "mrope_cos_sin", "remat_wrap", "rope_inv_freq", "scan_stack", "scanned_block",
+           "segment_plan", "vision_rope_attention", "SegmentPlan"]
 
 _Dtype = Any
 _Array = jax.Array
@@ -674,7 +672,7 @@ def _logits_from_hidden(x_btd: _Array, w_dv: _Array, dtype: _Dtype) -> _Array:
                  preferred_element_type=jnp.float32).astype(jnp.float32)
 
 
-class _SegmentPlan(NamedTuple):
+class SegmentPlan(NamedTuple):
   """Host-side indices for packed block-diagonal attention over N tokens in S segments (a
   pytree, so that plans can enter scanned and rematerialised blocks).
 
@@ -687,8 +685,8 @@ class _SegmentPlan(NamedTuple):
   scatter: Any
 
 
-def segment_plan(segments: Sequence[np.ndarray], num_tokens: int) -> _SegmentPlan:
-  """Builds a _SegmentPlan from a list of token-index arrays (a partition of range(num_tokens))."""
+def segment_plan(segments: Sequence[np.ndarray], num_tokens: int) -> SegmentPlan:
+  """Builds a SegmentPlan from a list of token-index arrays (a partition of range(num_tokens))."""
   segs = [np.asarray(s, np.int64) for s in segments if len(s)]
   if sum(len(s) for s in segs) != num_tokens:
     raise ValueError(f"segments hold {sum(len(s) for s in segs)} token slots for {num_tokens} "
@@ -701,7 +699,7 @@ def segment_plan(segments: Sequence[np.ndarray], num_tokens: int) -> _SegmentPla
     scatter[s] = i * max_len + np.arange(len(s))
   if (scatter < 0).any():
     raise ValueError(f"segments cover {int((scatter >= 0).sum())} of {num_tokens} tokens")
-  return _SegmentPlan(gather, gather < num_tokens, scatter.astype(np.int32))
+  return SegmentPlan(gather, gather < num_tokens, scatter.astype(np.int32))
 
 
 def cu_seqlens_segments(cu_seqlens: np.ndarray, order: np.ndarray | None = None
@@ -717,7 +715,7 @@ def _pad_gather(x: _Array, gather: _Array) -> _Array:
   return jnp.concatenate([x, jnp.zeros((1,) + x.shape[1:], x.dtype)], axis=0)[gather]
 
 
-# The two index maps of a _SegmentPlan are inverse to each other (the segments partition the
+# The two index maps of a SegmentPlan are inverse to each other (the segments partition the
 # tokens), so each one's gradient is a gather through the other: no scatter-add in the backward
 # pass (fewer, cheaper kernels to compile and run; the same values, as every token has exactly
 # one slot).
@@ -759,7 +757,7 @@ def _from_segments_bwd(res, g):
 _from_segments.defvjp(_from_segments_fwd, _from_segments_bwd)
 
 
-def _segment_attention(q_nhd: _Array, k_nhd: _Array, v_nhd: _Array, plan: _SegmentPlan, *,
+def _segment_attention(q_nhd: _Array, k_nhd: _Array, v_nhd: _Array, plan: SegmentPlan, *,
                       scale: float | None = None, impl="jax") -> _Array:
   """Block-diagonal attention over packed tokens: token n attends to tokens of its segment only.
 
@@ -789,7 +787,7 @@ def vision_rope_attention(q_ne: _Array, k_ne: _Array, v_ne: _Array, cos: _Array,
   """Self-attention of a vision block: o = _segment_attention(rope(q), rope(k), v) per head.
 
   q, k, v: [N, E] with E = num_heads * H (split into heads); cos, sin: [N, H] (rope applied in
-  float32). plan: a _SegmentPlan, or a tuple of them with `which` selecting one (a Python int, or
+  float32). plan: a SegmentPlan, or a tuple of them with `which` selecting one (a Python int, or
   a traced int32 under a scanned layer stack: then every plan's attention is computed and the
   selected one kept with `where`). Returns o [N, E].
 
@@ -805,7 +803,7 @@ def vision_rope_attention(q_ne: _Array, k_ne: _Array, v_ne: _Array, cos: _Array,
   q = apply_rotary(q_ne.reshape(shape), cos, sin, compute_dtype=jnp.float32)
   k = apply_rotary(k_ne.reshape(shape), cos, sin, compute_dtype=jnp.float32)
   v = v_ne.reshape(shape)
-  plans = (plan,) if isinstance(plan, _SegmentPlan) else tuple(plan)
+  plans = (plan,) if isinstance(plan, SegmentPlan) else tuple(plan)
   if isinstance(which, (int, np.integer)) or len(plans) == 1:
     o = _segment_attention(q, k, v, plans[int(which) if len(plans) > 1 else 0], impl=impl)
   else:
@@ -815,8 +813,8 @@ def vision_rope_attention(q_ne: _Array, k_ne: _Array, v_ne: _Array, cos: _Array,
   return _shard_rows(o.reshape(n, e))
 
 
-def frame_plan(grid: np.ndarray) -> tuple[int, _SegmentPlan]:
-  """(N, the _SegmentPlan with one segment per frame) of patch grids int[n, 3] (t, h, w): the full
+def frame_plan(grid: np.ndarray) -> tuple[int, SegmentPlan]:
+  """(N, the SegmentPlan with one segment per frame) of patch grids int[n, 3] (t, h, w): the full
   attention of the vision towers (HF cu_seqlens over frames of h * w patches)."""
   grid = np.asarray(grid, np.int64).reshape(-1, 3)
   n = int(np.prod(grid, axis=1).sum())
@@ -831,9 +829,9 @@ def check_num_patches(pixels: _Array, n: int, grid_thw) -> None:
                      f"hold {n}")
 
 
-def device_plans(plans) -> tuple[_SegmentPlan, ...]:
+def device_plans(plans) -> tuple[SegmentPlan, ...]:
   """SegmentPlans with their index arrays as jnp arrays (to pass into a scanned stack)."""
-  return tuple(_SegmentPlan(jnp.asarray(p.gather), jnp.asarray(p.valid), jnp.asarray(p.scatter))
+  return tuple(SegmentPlan(jnp.asarray(p.gather), jnp.asarray(p.valid), jnp.asarray(p.scatter))
                for p in plans)
 
 

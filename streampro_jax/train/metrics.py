@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 
 from absl import logging
 
-__all__ = ["Progress", "create_writer", "read_jsonl"]
+__all__ = ["Progress", "create_writer", "read_jsonl", "MultiWriter"]
 
 
 def _format_duration(seconds: float) -> str:
@@ -159,7 +159,7 @@ def read_jsonl(path: str | os.PathLike) -> dict[int, dict[str, float]]:
   return out
 
 
-class _MultiWriter:
+class MultiWriter:
   """Fans out to several writers; does nothing when ``enabled`` is False (non-zero processes)."""
 
   def __init__(self, writers: Sequence, enabled: bool = True):
@@ -183,7 +183,7 @@ class _MultiWriter:
 
 
 def create_writer(workdir: str | os.PathLike, *, total_steps: int, enabled: bool = True,
-                  tensorboard: bool = True, start_step: int | None = None) -> _MultiWriter:
+                  tensorboard: bool = True, start_step: int | None = None) -> MultiWriter:
   """Console + TensorBoard (``<workdir>/tb``) + JSONL (``<workdir>/metrics.jsonl``) writers;
   `start_step` (the step a resumed run continues from) goes into the JSONL resume marker."""
   writers = [_ConsoleWriter(total_steps),
@@ -191,4 +191,4 @@ def create_writer(workdir: str | os.PathLike, *, total_steps: int, enabled: bool
                          mark_resume=enabled)]
   if tensorboard and enabled:
     writers.append(_TensorBoardWriter(os.path.join(workdir, "tb")))
-  return _MultiWriter(writers, enabled=enabled)
+  return MultiWriter(writers, enabled=enabled)
