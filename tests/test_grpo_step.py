@@ -79,7 +79,7 @@ def _run(setup, mesh_shape, *, calls=1, **cfg_kw):
                          jax.random.key(0))
   shardings = state_lib.state_shardings(tx, boxed, mesh)
   state = state_lib.state_from_params(setup["init"], tx, shardings, mesh)
-  ref = state_lib.put_params(setup["ref"], shardings.params)
+  ref = state_lib._put_params(setup["ref"], shardings.params)
   step = grpo_step.make_grpo_step(
       setup["logps_fn"], tx, cfg, state_shardings=shardings,
       batch_sharding=setup["batch"].shardings(mesh), mesh=mesh,

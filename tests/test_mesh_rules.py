@@ -53,7 +53,7 @@ def test_default_config_carries_the_default_rules():
   assert config_check.MeshSection.from_config({"data": -1}).rules == parallel.DEFAULT_RULES
   # A rule set's name resolves to its table when the tree is built.
   named = config_check.MeshSection.from_config({"rules": "tensor_in_host_fsdp_across"})
-  assert named.rules == parallel.RULE_SETS["tensor_in_host_fsdp_across"]
+  assert named.rules == parallel._RULE_SETS["tensor_in_host_fsdp_across"]
   # The whole section builds the mesh: rules is not an axis size.
   assert dict(parallel.make_mesh(dict(_config().mesh)).shape) == {"data": 2, "fsdp": 2,
                                                                    "tensor": 2}

@@ -124,9 +124,11 @@ USER_API: dict[str, dict[str, str]] = {
                   "and users read)",
     },
     "streampro_jax.train.checkpoint": {
-        name: "orbax records a handler's class name in the checkpoint's metadata: renaming it "
-              "would break restoring existing checkpoints"
-        for name in ("IteratorStateHandler", "IteratorStateSave", "IteratorStateRestore")},
+        "ProcessCountError": "the error a restore with another process count raises, which a "
+                             "caller catches (docs/scale-out.md)",
+        **{name: "orbax records a handler's class name in the checkpoint's metadata: renaming it "
+                 "would break restoring existing checkpoints"
+           for name in ("IteratorStateHandler", "IteratorStateSave", "IteratorStateRestore")}},
     "streampro_jax.train.config_check": {
         name: _CONFIG_NODE
         for name in ("SFTRun", "DataSection", "GRPOSection", "InitSection", "ModelSection",

@@ -45,7 +45,7 @@ from streampro_jax import _config
 
 __all__ = ["CheckpointConfig", "Checkpointer", "IteratorStateHandler", "IteratorStateRestore",
            "IteratorStateSave", "STATE", "abstract_with_shardings", "complete_steps", "is_complete",
-           "newest_complete_step", "quiet_orbax_info", "skipped_note"]
+           "newest_complete_step", "quiet_orbax_info", "skipped_note", "ProcessCountError"]
 
 STATE = "state"
 _DATA = "data"
@@ -133,7 +133,7 @@ class IteratorStateRestore(ocp.args.CheckpointArgs):
 # ----------------------------------------------------------------------------------------------
 
 
-class _ProcessCountError(ValueError):
+class ProcessCountError(ValueError):
   """A checkpoint's data position was saved by another number of processes."""
 
 
@@ -394,7 +394,7 @@ class Checkpointer:
     counts = sorted({f.name.rsplit("-of-", 1)[1].removesuffix(".json")
                      for f in data.iterdir() if f.name.startswith("process_")})
     if counts:
-      raise _ProcessCountError(
+      raise ProcessCountError(
           f"checkpoint {step} in {self.directory} was written by {' or '.join(counts)} "
           f"process(es); this run has {jax.process_count()}: its data position is saved per "
           f"process and cannot be resumed. Resume with {' or '.join(counts)} process(es), or "
