@@ -4,6 +4,8 @@ row's folder, and every module of the package (and every launcher) is named in s
 import os
 import re
 
+from helpers import source_files  # pylint: disable=g-bad-import-order
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = os.path.join(ROOT, "docs", "architecture.md")
 
@@ -30,14 +32,8 @@ def _path(folder: str, name: str) -> str:
 
 
 def _package_modules() -> set[str]:
-  out = set()
-  for top in ("streampro_jax", "launch"):
-    for dirpath, dirnames, filenames in os.walk(os.path.join(ROOT, top)):
-      dirnames[:] = [d for d in dirnames if d != "__pycache__"]
-      for n in filenames:
-        if n.endswith(".py") and n != "__init__.py":
-          out.add(os.path.relpath(os.path.join(dirpath, n), ROOT))
-  return out
+  return {p for p in source_files.python_files("streampro_jax", "launch")
+          if os.path.basename(p) != "__init__.py"}
 
 
 def test_every_named_module_exists_and_every_module_is_named():

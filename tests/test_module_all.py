@@ -23,6 +23,8 @@ import os
 
 import pytest
 
+from helpers import source_files  # pylint: disable=g-bad-import-order
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = "streampro_jax"
 READERS = ("streampro_jax", "launch", "benchmarks", "configs")
@@ -138,12 +140,7 @@ USER_API: dict[str, dict[str, str]] = {
 
 def _files():
   """Repository-relative paths of the .py files of READERS."""
-  for top in READERS:
-    for dirpath, dirnames, filenames in os.walk(os.path.join(ROOT, top)):
-      dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
-      for name in sorted(filenames):
-        if name.endswith(".py"):
-          yield os.path.relpath(os.path.join(dirpath, name), ROOT)
+  return source_files.python_files(*READERS)
 
 
 def _dotted(path: str) -> str:

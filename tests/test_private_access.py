@@ -18,17 +18,14 @@ import os
 
 import pytest
 
+from helpers import source_files  # pylint: disable=g-bad-import-order
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCANNED = ("streampro_jax", "launch", "benchmarks")
 
 
 def _modules():
-  for top in SCANNED:
-    for dirpath, dirnames, filenames in os.walk(os.path.join(ROOT, top)):
-      dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
-      for name in sorted(filenames):
-        if name.endswith(".py"):
-          yield os.path.relpath(os.path.join(dirpath, name), ROOT)
+  return source_files.python_files(*SCANNED)
 
 
 def _private(name: str) -> bool:
