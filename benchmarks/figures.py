@@ -167,16 +167,27 @@ def test_split_size() -> str:
   return "\n".join(lines)
 
 
-def sft_budget() -> str:
-  """docs/ablations.md's SFT settings tried for CB-Stream's gap over cross-entropy
-  (benchmarks/demo_sft_budget.py's raw file)."""
-  raw = _json("demo_sft_budget.json")
-  lines = ["| SFT setting | steps x batch | split | sft_ce per seed | sft_cb_stream per seed | "
+def _setting_change(overrides: dict) -> str:
+  """A demo setting's overrides as the table's column: "SFT <steps> x <batch>" (the demo's own
+  where the setting keeps them, configs/demo.py) plus any other key."""
+  sys.path.insert(0, ROOT)
+  from configs import demo  # pylint: disable=g-import-not-at-top
+  ref = demo.get_config("default").sft
+  sft = (f"SFT {overrides.get('sft.steps', ref.steps)} x "
+         f"{overrides.get('sft.batch_size', ref.batch_size)}")
+  rest = [f"{key.rsplit('.', 1)[-1]} {value}" for key, value in overrides.items()
+          if not key.startswith("sft.")]
+  return ", ".join([sft] + rest)
+
+
+def demo_settings() -> str:
+  """docs/ablations.md's demo settings tried for CB-Stream's gap over cross-entropy
+  (benchmarks/demo_settings.py's raw file)."""
+  raw = _json("demo_settings.json")
+  lines = ["| setting | what it sets | split | sft_ce per seed | sft_cb_stream per seed | "
            "responses per seed, ce / cb | paired gap per seed | mean +- std | holds |",
-           "|---|---:|---|---:|---:|---:|---:|---:|:---:|"]
+           "|---|---|---|---:|---:|---:|---:|---:|:---:|"]
   for name, st in raw["settings"].items():
-    steps = st["overrides"].get("sft.steps", 300)
-    batch = st["overrides"].get("sft.batch_size", 8)
     for split in ("validation", "test"):
       sm = st["summary"][split]
       g = sm["gaps"]["sft_cb_stream - sft_ce"]
@@ -185,7 +196,7 @@ def sft_budget() -> str:
       seeds = sorted(st["per_seed"], key=int)
       resp = ", ".join(f"{st['per_seed'][k][split]['sft_ce']['responses']} / "
                        f"{st['per_seed'][k][split]['sft_cb_stream']['responses']}" for k in seeds)
-      lines.append(f"| {name} | {steps} x {batch} | {split} | {per['sft_ce']} | "
+      lines.append(f"| {name} | {_setting_change(st['overrides'])} | {split} | {per['sft_ce']} | "
                    f"{per['sft_cb_stream']} | {resp} | "
                    f"{', '.join(f'{100 * x:+.1f}' for x in g['values'])}"
                    f" | {100 * g['mean']:+.1f} +- {100 * g['std']:.1f} | "
@@ -579,7 +590,7 @@ BLOCKS: dict[str, tuple[tuple[str, ...], Callable[[], str]]] = {
     "cpu_numerics": (("docs/decisions.md",), cpu_numerics),
     "deviations": (("README.md", "docs/method.md"), deviations),
     "test_split_size": (("docs/ablations.md",), test_split_size),
-    "sft_budget": (("docs/ablations.md",), sft_budget),
+    "demo_settings": (("docs/ablations.md",), demo_settings),
     "aot_table": (("docs/scale.md",), aot_table),
     "cpu_method": (("docs/benchmarks.md",), cpu_method),
     "cpu_rollouts": (("docs/rollouts.md",), cpu_rollouts),

@@ -1,0 +1,68 @@
+"""benchmarks/demo_settings.py: each setting reaches the trainer configs it names (and nothing
+else moves), builds under the strict config tree, shares the demo's data and base model only when
+it changes nothing but the SFT section, and unknown settings or keys are refused."""
+
+import os
+import sys
+
+import pytest
+from absl import app
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+import demo_settings as settings_lib  # noqa: E402  pylint: disable=g-import-not-at-top
+from configs import demo as demo_configs  # noqa: E402  pylint: disable=g-import-not-at-top
+
+from streampro_jax.train import config_check  # noqa: E402  pylint: disable=g-import-not-at-top
+
+
+def _get(cfg, dotted):
+  for part in dotted.split("."):
+    cfg = cfg[part]
+  return cfg
+
+
+@pytest.mark.parametrize("name", sorted(settings_lib.SETTINGS))
+def test_setting_changes_what_it_names_and_nothing_else(name):
+  ref = demo_configs.get_config("default")
+  cfg = settings_lib.setting_config(name)
+  over = settings_lib.SETTINGS[name]
+  for key, value in over.items():
+    assert _get(cfg, key) == value != _get(ref, key), key
+  # Every other leaf is the demo's: flatten both and drop the overridden keys.
+  flat = lambda c: {k: v for k, v in _flatten(c.to_dict()).items() if k not in over}  # noqa: E731
+  assert flat(cfg) == flat(ref)
+  for kind in ("ce", "cb_stream"):
+    c = demo_configs.sft_config(cfg, kind, "/data", base_hf_dir="/base/hf")
+    config_check.build(c, "sft")
+    assert c.total_steps == over.get("sft.steps", ref.sft.steps)
+    assert c.global_batch_size == over.get("sft.batch_size", ref.sft.batch_size)
+  # Only an SFT-only setting may reuse the demo's data and base model.
+  assert settings_lib.shares_demo_stages(name) == all(k.startswith("sft.") for k in over)
+
+
+def _flatten(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def test_data_settings_build_their_own_stages():
+  assert not settings_lib.shares_demo_stages("difficulty1")
+  assert settings_lib.shares_demo_stages("steps600")
+
+
+def test_unknown_setting_and_key_are_refused(monkeypatch):
+  with pytest.raises(app.UsageError, match="unknown setting 'steps900'"):
+    settings_lib.setting_config("steps900")
+  monkeypatch.setitem(settings_lib.SETTINGS, "typo", {"sft.stepz": 5})
+  with pytest.raises(KeyError, match="sft.stepz is not a key"):
+    settings_lib.setting_config("typo")
+  monkeypatch.setitem(settings_lib.SETTINGS, "deep_typo", {"data.synthh.difficulty": 1})
+  with pytest.raises(KeyError, match="data.synthh.difficulty is not a key"):
+    settings_lib.setting_config("deep_typo")
