@@ -1,20 +1,25 @@
 r"""Demo settings against CB-Stream's gap over cross-entropy (opt-in findings script, not run by
 CI; issue 27 item 3: what was tried to make the gap hold beyond the seeds' spread).
 
-  .venv/bin/python benchmarks/demo_settings.py --workdir=<root> [--demo_workdir=<a demo workdir>] \
-      [--settings=demo,steps150,...] [--seeds=0,1,2]
+  .venv/bin/python benchmarks/demo_settings.py --workdir=<root> \
+      [--settings=difficulty0,difficulty2,...] [--seeds=0,1,2]
 
 Each setting changes a few keys of the demo's config (configs/demo.py; SETTINGS) and trains the
 sft_ce and sft_cb_stream variants of every seed (the seed gives both the same initialisation and
 data order, as in the demo), then scores both on the validation split (where settings are chosen)
 and the test split. Settings live in <root>/<setting>/, a demo workdir of their own (the demo's
-identity check refuses a workdir of other settings); every stage is resumable and reused. A
-setting that changes only the SFT section shares --demo_workdir's data, base model and tokenizer
-(hard links); one that changes the data or the base stage builds its own.
+identity check refuses a workdir of other settings); every stage is resumable and reused.
+Settings that differ only in the SFT section share one data set, base model and tokenizer (hard
+links): the first of them in SETTINGS builds them (`stage_owner`), the others link them. Every
+setting scores 560 validation videos (the demo's 140 could not tell the settings apart:
+docs/ablations.md), so none reuses the demo's own workdir.
+
+The settings in WITH_GRPO also train and score the demo's GRPO stage from sft_cb_stream.
 
 Writes benchmarks/results/demo_settings.json (--out): per setting its overrides, per seed and
-split each variant's W-Avg and responses, the paired gap sft_cb_stream - sft_ce per split
-(bench.seeds.summarize), its stages' wall time, the command, commit, date and load; the host once.
+split each variant's W-Avg and responses, the paired gaps (sft_cb_stream - sft_ce; grpo -
+sft_cb_stream where GRPO ran) per split
+(bench.seeds.summarize), its stages' timings, the command, commit, date and load; the host once.
 docs/ablations.md's table is written from it by benchmarks/figures.py (block `demo_settings`).
 """
 
@@ -34,18 +39,24 @@ sys.path.insert(0, ROOT)
 
 FLAGS = flags.FLAGS
 
-# setting -> overrides of the demo config, dotted paths ({} is the demo itself).
+# setting -> overrides of the demo config, dotted paths. Every setting scores 560 validation
+# videos. SynthStream's difficulty (synthetic.SynthConfig: distractor objects, pixel noise)
+# changes the data, so each difficulty has its own base model, at the same compute; the SFT
+# budget settings keep the demo's data (difficulty 0).
+_VALIDATION_560 = {"data.num_validation": 560}
 SETTINGS = {
-    "demo": {},
-    "steps150": {"sft.steps": 150},                              # half the steps
-    "steps600": {"sft.steps": 600},                              # twice the steps, twice the cost
-    "batch16": {"sft.steps": 150, "sft.batch_size": 16},        # the same rows, half the steps
-    # SynthStream's distractor objects and pixel noise (synthetic.SynthConfig.difficulty): new
-    # data, so a new base model; the same compute.
-    "difficulty1": {"data.synth.difficulty": 1},
-    "difficulty2": {"data.synth.difficulty": 2},
+    "difficulty0": dict(_VALIDATION_560),                     # the demo's data and SFT
+    "difficulty1": {**_VALIDATION_560, "data.synth.difficulty": 1},
+    "difficulty2": {**_VALIDATION_560, "data.synth.difficulty": 2},
+    "steps150": {**_VALIDATION_560, "sft.steps": 150},          # half the steps
+    "steps600": {**_VALIDATION_560, "sft.steps": 600},          # twice the steps and the cost
+    "batch16": {**_VALIDATION_560, "sft.steps": 150,            # the same rows, half the steps
+                "sft.batch_size": 16},
 }
 VARIANTS = ("sft_ce", "sft_cb_stream")
+# Settings whose demo GRPO stage (from sft_cb_stream, the demo's GRPO settings) is trained and
+# scored too, for the paper's second ordering: the difficulties compared whole.
+WITH_GRPO = ("difficulty0", "difficulty1", "difficulty2")
 SPLITS = ("validation", "test")
 SHARED_STAGES = ("data", "base", "tokenizer")
 
@@ -53,8 +64,6 @@ SHARED_STAGES = ("data", "base", "tokenizer")
 def define_flags():
   """The command line's flags (defined only when run as a program)."""
   flags.DEFINE_string("workdir", None, "Root of the settings' workdirs.")
-  flags.DEFINE_string("demo_workdir", None, "A default-budget demo workdir whose data and base "
-                      "model the SFT-only settings share (launch/demo.py --workdir).")
   flags.DEFINE_list("settings", list(SETTINGS), f"Settings to run, of {sorted(SETTINGS)}.")
   flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (paired).")
   flags.DEFINE_string("out", os.path.join(ROOT, "benchmarks", "results", "demo_settings.json"),
@@ -81,51 +90,55 @@ def setting_config(name: str):
   return cfg
 
 
-def shares_demo_stages(name: str) -> bool:
-  """Whether the setting changes only the SFT section (so it reuses the demo's data and base)."""
-  return all(key.startswith("sft.") for key in SETTINGS[name])
+def _outside_sft(name: str) -> dict:
+  return {k: v for k, v in SETTINGS[name].items() if not k.startswith("sft.")}
 
 
-def link_shared(demo_workdir: str, workdir: str) -> None:
-  """Hard-links the demo workdir's data, base model and tokenizer into workdir (once)."""
+def stage_owner(name: str) -> str:
+  """The setting that builds the data set and base model `name` uses: the first in SETTINGS whose
+  overrides outside the SFT section are the same as `name`'s."""
+  return next(other for other in SETTINGS if _outside_sft(other) == _outside_sft(name))
+
+
+def link_shared(src_workdir: str, workdir: str) -> None:
+  """Hard-links src_workdir's data, base model and tokenizer into workdir (once)."""
   os.makedirs(workdir, exist_ok=True)
   for stage in SHARED_STAGES:
-    src, dst = os.path.join(demo_workdir, stage), os.path.join(workdir, stage)
-    if not os.path.exists(src):
-      raise FileNotFoundError(f"--demo_workdir={demo_workdir} has no {stage}/: run "
-                              "launch/demo.py --workdir there first")
+    src, dst = os.path.join(src_workdir, stage), os.path.join(workdir, stage)
+    if not os.path.exists(os.path.join(src_workdir, "base", "DONE.json")):
+      raise FileNotFoundError(f"{src_workdir} has no finished base model: run its setting first")
     if not os.path.exists(dst):
       subprocess.check_call(["cp", "-al", src, dst])
 
 
 def run_setting(name: str, workdir: str, seeds: list[int]) -> dict:
-  """Trains and scores one setting's variants on every seed (its own data and base model first,
-  unless it shares the demo's); returns its raw record."""
+  """Trains and scores one setting's variants on every seed (the data and base model first, unless
+  linked from another workdir); returns its raw record, with every stage's timing (`skipped`:
+  reused from an earlier run or a linked workdir)."""
   from configs import demo as demo_configs  # pylint: disable=g-import-not-at-top
   from streampro_jax import demo as demo_lib  # pylint: disable=g-import-not-at-top
   from streampro_jax.bench import seeds as seeds_lib  # pylint: disable=g-import-not-at-top
   demo = demo_lib.Demo(setting_config(name), workdir, configs=demo_configs, progress=False)
-  wall: dict[str, float] = {}
-  if not shares_demo_stages(name):
-    for stage, fn in (("data", demo.stage_data), ("base", demo.stage_base)):
-      wall[stage] = demo.run_stage(stage, f"setting {name}: {stage}", fn)["timing"]["wall_s"]
+  for stage, fn in (("data", demo.stage_data), ("base", demo.stage_base)):  # skipped if linked
+    demo.run_stage(stage, f"setting {name}: {stage}", fn)
+  variants = VARIANTS + (("grpo",) if name in WITH_GRPO else ())
   per_seed: dict[str, dict] = {}
   for seed in seeds:
-    for v in VARIANTS:
+    for v in variants:
       stage = demo_lib.seed_stage(seed, v)
-      info = demo.run_stage(stage, f"setting {name}, seed {seed}: {v}",
-                            lambda v=v, seed=seed: demo.stage_sft(seed, v))
-      wall[stage] = info["timing"]["wall_s"]
+      train = ((lambda seed=seed: demo.stage_grpo(seed)) if v == "grpo" else
+               (lambda v=v, seed=seed: demo.stage_sft(seed, v)))
+      demo.run_stage(stage, f"setting {name}, seed {seed}: {v}", train)
       for split in SPLITS:
         r = demo.run_stage(demo_lib.seed_stage(seed, demo_lib.eval_stage(split, v)),
                            f"setting {name}, seed {seed}: {v} on the {split} split",
                            lambda v=v, split=split, seed=seed: demo.stage_eval(seed, v, split))
         per_seed.setdefault(str(seed), {}).setdefault(split, {})[v] = {
             "W-Avg": r["scores"]["W-Avg"], "responses": r["decisions"]["response"]}
-  summary = {split: seeds_lib.summarize({s: per_seed[s][split] for s in per_seed}, VARIANTS)
+  summary = {split: seeds_lib.summarize({s: per_seed[s][split] for s in per_seed}, variants)
              for split in SPLITS}
   return {"overrides": SETTINGS[name], "per_seed": per_seed, "summary": summary,
-          "wall_s": wall}
+          "timings": demo.timings}
 
 
 def main(argv):
@@ -140,9 +153,8 @@ def main(argv):
   seeds = [int(s) for s in FLAGS.seeds]
   for name in FLAGS.settings:       # refuse a bad command line before any work
     setting_config(name)
-    if shares_demo_stages(name) and not FLAGS.demo_workdir:
-      raise app.UsageError(f"setting {name} shares a demo's data and base model: pass "
-                           "--demo_workdir")
+  # Owners first, so the settings that share their data and base model find them.
+  names = sorted(FLAGS.settings, key=lambda n: (stage_owner(n) != n, list(SETTINGS).index(n)))
   out = {}
   if os.path.exists(FLAGS.out):
     with open(FLAGS.out, encoding="utf-8") as f:
@@ -156,24 +168,25 @@ def main(argv):
   settings = out.setdefault("settings", {})
   commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
                           text=True, check=False).stdout.strip()
-  for name in FLAGS.settings:
+  for name in names:
     workdir = os.path.join(root, name)
-    if shares_demo_stages(name):
-      link_shared(os.path.abspath(FLAGS.demo_workdir), workdir)
+    owner = stage_owner(name)
+    if owner != name:
+      link_shared(os.path.join(root, owner), workdir)
     demo_lib.set_compilation_cache(workdir, "")
     demo_lib.banner(f"setting {name}: {SETTINGS[name]}")
     load0 = os.getloadavg()
     record = run_setting(name, workdir, seeds)
     record.update(
-        command="benchmarks/demo_settings.py --workdir=<root> --demo_workdir=<demo workdir> "
-                f"--settings={name} --seeds={','.join(map(str, seeds))}",
+        command=f"benchmarks/demo_settings.py --workdir=<root> --settings={name} "
+                f"--seeds={','.join(map(str, seeds))}",
         commit=commit, date=time.strftime("%Y-%m-%dT%H:%M UTC", time.gmtime()),
         load={"before": [round(x, 2) for x in load0],
               "after": [round(x, 2) for x in os.getloadavg()]})
     settings[name] = record
     with open(FLAGS.out, "w", encoding="utf-8") as f:   # after each setting: nothing is lost
       json.dump(out, f, indent=1)
-  for name in FLAGS.settings:
+  for name in names:
     for split in SPLITS:
       g = settings[name]["summary"][split]["gaps"]["sft_cb_stream - sft_ce"]
       print(f"{name:12s} {split:10s} gap x100 per seed "

@@ -168,16 +168,14 @@ def test_split_size() -> str:
 
 
 def _setting_change(overrides: dict) -> str:
-  """A demo setting's overrides as the table's column: "SFT <steps> x <batch>" (the demo's own
-  where the setting keeps them, configs/demo.py) plus any other key."""
+  """A demo setting as the table's column: "difficulty <d>, SFT <steps> x <batch>", the demo's own
+  values (configs/demo.py) where the setting keeps them."""
   sys.path.insert(0, ROOT)
   from configs import demo  # pylint: disable=g-import-not-at-top
-  ref = demo.get_config("default").sft
-  sft = (f"SFT {overrides.get('sft.steps', ref.steps)} x "
-         f"{overrides.get('sft.batch_size', ref.batch_size)}")
-  rest = [f"{key.rsplit('.', 1)[-1]} {value}" for key, value in overrides.items()
-          if not key.startswith("sft.")]
-  return ", ".join([sft] + rest)
+  ref = demo.get_config("default")
+  return (f"difficulty {overrides.get('data.synth.difficulty', ref.data.synth.difficulty)}, SFT "
+          f"{overrides.get('sft.steps', ref.sft.steps)} x "
+          f"{overrides.get('sft.batch_size', ref.sft.batch_size)}")
 
 
 def demo_settings() -> str:
@@ -200,6 +198,21 @@ def demo_settings() -> str:
                    f"{per['sft_cb_stream']} | {resp} | "
                    f"{', '.join(f'{100 * x:+.1f}' for x in g['values'])}"
                    f" | {100 * g['mean']:+.1f} +- {100 * g['std']:.1f} | "
+                   f"{'yes' if g['holds'] else 'no'} |")
+  lines += ["", "The settings where the demo's GRPO ran too (from each seed's sft_cb_stream):", "",
+            "| setting | split | sft_cb_stream per seed | grpo per seed | paired gap grpo - "
+            "sft_cb_stream per seed | mean +- std | holds |", "|---|---|---:|---:|---:|---:|:---:|"]
+  for name, st in raw["settings"].items():
+    for split in ("validation", "test"):
+      sm = st["summary"][split]
+      g = sm["gaps"].get("grpo - sft_cb_stream")
+      if g is None:
+        continue
+      per = {v: ", ".join(f"{100 * x:.1f}" for x in sm["variants"][v]["values"])
+             for v in ("sft_cb_stream", "grpo")}
+      lines.append(f"| {name} | {split} | {per['sft_cb_stream']} | {per['grpo']} | "
+                   f"{', '.join(f'{100 * x:+.1f}' for x in g['values'])} | "
+                   f"{100 * g['mean']:+.1f} +- {100 * g['std']:.1f} | "
                    f"{'yes' if g['holds'] else 'no'} |")
   return "\n".join(lines)
 

@@ -1,6 +1,6 @@
 """benchmarks/demo_settings.py: each setting reaches the trainer configs it names (and nothing
-else moves), builds under the strict config tree, shares the demo's data and base model only when
-it changes nothing but the SFT section, and unknown settings or keys are refused."""
+else moves), builds under the strict config tree, shares a data set and base model only with a
+setting equal to it outside the SFT section, and unknown settings or keys are refused."""
 
 import os
 import sys
@@ -38,8 +38,13 @@ def test_setting_changes_what_it_names_and_nothing_else(name):
     config_check.build(c, "sft")
     assert c.total_steps == over.get("sft.steps", ref.sft.steps)
     assert c.global_batch_size == over.get("sft.batch_size", ref.sft.batch_size)
-  # Only an SFT-only setting may reuse the demo's data and base model.
-  assert settings_lib.shares_demo_stages(name) == all(k.startswith("sft.") for k in over)
+  # A setting shares the data and base model of one whose config matches it outside the SFT
+  # section (the demo config's data, model and base sections, here checked leaf by leaf).
+  owner = settings_lib.stage_owner(name)
+  owner_cfg = settings_lib.setting_config(owner)
+  for section in ref:
+    if section != "sft":
+      assert cfg[section] == owner_cfg[section], (name, owner, section)
 
 
 def _flatten(d, prefix=""):
@@ -52,9 +57,10 @@ def _flatten(d, prefix=""):
   return out
 
 
-def test_data_settings_build_their_own_stages():
-  assert not settings_lib.shares_demo_stages("difficulty1")
-  assert settings_lib.shares_demo_stages("steps600")
+def test_settings_share_data_and_base_only_with_equal_ones():
+  owners = {name: settings_lib.stage_owner(name) for name in settings_lib.SETTINGS}
+  assert owners["difficulty0"] == "difficulty0" and owners["difficulty1"] == "difficulty1"
+  assert owners["steps150"] == owners["steps600"] == owners["batch16"] == "difficulty0"
 
 
 def test_unknown_setting_and_key_are_refused(monkeypatch):
@@ -66,3 +72,7 @@ def test_unknown_setting_and_key_are_refused(monkeypatch):
   monkeypatch.setitem(settings_lib.SETTINGS, "deep_typo", {"data.synthh.difficulty": 1})
   with pytest.raises(KeyError, match="data.synthh.difficulty is not a key"):
     settings_lib.setting_config("deep_typo")
+
+
+def test_grpo_settings_are_settings():
+  assert set(settings_lib.WITH_GRPO) <= set(settings_lib.SETTINGS)
