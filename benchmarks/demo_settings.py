@@ -72,21 +72,14 @@ def define_flags():
 
 
 def setting_config(name: str):
-  """The demo's default-budget config with the setting's overrides."""
+  """The demo's default-budget config with the setting's overrides (demo.apply_overrides: an
+  unknown key is a KeyError naming it)."""
   from configs import demo as demo_configs  # pylint: disable=g-import-not-at-top
+  from streampro_jax import demo as demo_lib  # pylint: disable=g-import-not-at-top
   if name not in SETTINGS:
     raise app.UsageError(f"--settings: unknown setting {name!r}; known: {sorted(SETTINGS)}")
   cfg = demo_configs.get_config("default")
-  for key, value in SETTINGS[name].items():
-    *path, field = key.split(".")
-    node = cfg
-    for part in path:
-      node = node.get(part)
-      if node is None:
-        break
-    if node is None or field not in node:
-      raise KeyError(f"setting {name}: {key} is not a key of the demo config")
-    node[field] = value
+  demo_lib.apply_overrides(cfg, SETTINGS[name])
   return cfg
 
 
@@ -103,10 +96,10 @@ def stage_owner(name: str) -> str:
 def link_shared(src_workdir: str, workdir: str) -> None:
   """Hard-links src_workdir's data, base model and tokenizer into workdir (once)."""
   os.makedirs(workdir, exist_ok=True)
+  if not os.path.exists(os.path.join(src_workdir, "base", "DONE.json")):
+    raise FileNotFoundError(f"{src_workdir} has no finished base model: run its setting first")
   for stage in SHARED_STAGES:
     src, dst = os.path.join(src_workdir, stage), os.path.join(workdir, stage)
-    if not os.path.exists(os.path.join(src_workdir, "base", "DONE.json")):
-      raise FileNotFoundError(f"{src_workdir} has no finished base model: run its setting first")
     if not os.path.exists(dst):
       subprocess.check_call(["cp", "-al", src, dst])
 

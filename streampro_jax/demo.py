@@ -18,7 +18,7 @@ import time
 from absl import logging
 
 __all__ = [
-    "Demo", "WorkdirMismatch", "banner", "eval_stage", "quiet_library_logs", "seed_stage",
+    "Demo", "WorkdirMismatch", "apply_overrides", "banner", "eval_stage", "quiet_library_logs", "seed_stage",
     "set_compilation_cache"
 ]
 
@@ -247,7 +247,7 @@ class Demo:
     kind = kind or self.configs.LOSS_OF_VARIANT[variant]
     cfg = self.configs.sft_config(self.seed_cfg(seed), kind, self.data_dir,
                                   base_hf_dir=self.base_hf_dir)
-    _apply_overrides(cfg, overrides)
+    apply_overrides(cfg, overrides)
     workdir = self.stage_dir(seed_stage(seed, variant))
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
       f.write(cfg.to_json_best_effort(indent=2))
@@ -290,7 +290,7 @@ class Demo:
     from streampro_jax.train import grpo_trainer  # pylint: disable=g-import-not-at-top
     cfg = self.configs.grpo_config(self.seed_cfg(seed),
                                    self.stage_dir(seed_stage(seed, sft_variant)), self.data_dir)
-    _apply_overrides(cfg, overrides)
+    apply_overrides(cfg, overrides)
     if not cfg.rollout.user_chunk_len or not cfg.rollout.capacity:
       c_user, cap = self.grpo_rollout_sizes(cfg)
       cfg.rollout.user_chunk_len = cfg.rollout.user_chunk_len or c_user
@@ -433,9 +433,10 @@ def eval_stage(split: str, run: str) -> str:
   return f"eval_{split}_{run}"
 
 
-def _apply_overrides(cfg, overrides: dict | None):
-  """Sets {"dotted.key": value} in a trainer ConfigDict; a key it does not have is an error
-  (naming it), never a silently added field."""
+def apply_overrides(cfg, overrides: dict | None):
+  """Sets {"dotted.key": value} in a ConfigDict (a trainer's, or the demo's own from
+  configs/demo.get_config); a key it does not have is a KeyError naming it, never a silently
+  added field."""
   for key, value in (overrides or {}).items():
     node, *path = cfg, *key.split(".")
     for part in path[:-1]:

@@ -32,9 +32,9 @@ def test_each_run_changes_a_key_its_trainer_reads(run):
   else:
     ref = demo_configs.grpo_config(cfg, "/sft", "/data")
     c = demo_configs.grpo_config(cfg, "/sft", "/data")
-    abl.demo_lib._apply_overrides(ref, dict(abl.PAPER_GRPO))
+    abl.demo_lib.apply_overrides(ref, dict(abl.PAPER_GRPO))
     trainer = "grpo"
-  abl.demo_lib._apply_overrides(c, run.override_dict())
+  abl.demo_lib.apply_overrides(c, run.override_dict())
   config_check.build(c, trainer)       # no key the trainer does not read
   changed = {k: v for k, v in run.overrides
              if k not in abl.PAPER_GRPO or abl.PAPER_GRPO[k] != v}
@@ -50,13 +50,13 @@ def test_each_run_changes_a_key_its_trainer_reads(run):
 def test_paper_settings_are_the_grpo_reference():
   cfg = demo_configs.get_config("default")
   c = demo_configs.grpo_config(cfg, "/sft", "/data")
-  abl.demo_lib._apply_overrides(c, dict(abl.PAPER_GRPO))
+  abl.demo_lib.apply_overrides(c, dict(abl.PAPER_GRPO))
   assert c.reward.tau == 8.0 and c.grpo.temperature == 1.0
   assert tuple(c.reward.weights) == (0.1, 0.45, 0.45) and c.reward.matching == "gt_first"
   with pytest.raises(KeyError, match="no field 'taus'"):
-    abl.demo_lib._apply_overrides(c, {"reward.taus": 3.0})
+    abl.demo_lib.apply_overrides(c, {"reward.taus": 3.0})
   with pytest.raises(KeyError, match="no field 'rewards'"):
-    abl.demo_lib._apply_overrides(c, {"rewards.tau": 3.0})
+    abl.demo_lib.apply_overrides(c, {"rewards.tau": 3.0})
 
 
 def test_selection_adds_the_references():
@@ -98,7 +98,7 @@ def test_a_run_reusing_a_demo_stage_has_exactly_that_stages_config():
   run = abl.RUN_BY_NAME["grpo_tau3"]
   assert run.stage_dir == "grpo"
   c = demo_configs.grpo_config(cfg, "/sft", "/data")
-  abl.demo_lib._apply_overrides(c, run.override_dict())
+  abl.demo_lib.apply_overrides(c, run.override_dict())
   assert c.to_json() == demo_configs.grpo_config(cfg, "/sft", "/data").to_json()
   assert abl.RUN_BY_NAME["sft_cb_stream"].stage_dir == "sft_cb_stream"
   assert [r.name for r in abl.RUNS if r.stage_name] == ["grpo_tau3"]
