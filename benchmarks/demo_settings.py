@@ -11,8 +11,8 @@ and the test split. Settings live in <root>/<setting>/, a demo workdir of their 
 identity check refuses a workdir of other settings); every stage is resumable and reused.
 Settings that differ only in the SFT section share one data set, base model and tokenizer (hard
 links): the first of them in SETTINGS builds them (`stage_owner`), the others link them. Every
-setting scores 560 validation videos (the demo's 140 could not tell the settings apart:
-docs/ablations.md), so none reuses the demo's own workdir.
+setting scores the demo's 560 validation videos (140 could not tell the settings apart:
+docs/ablations.md); none reuses the demo's own workdir.
 
 The settings in WITH_GRPO also train and score the demo's GRPO stage from sft_cb_stream.
 
@@ -40,23 +40,24 @@ sys.path.insert(0, ROOT)
 FLAGS = flags.FLAGS
 
 # setting -> overrides of the demo config, dotted paths. Every setting scores 560 validation
-# videos. SynthStream's difficulty (synthetic.SynthConfig: distractor objects, pixel noise)
-# changes the data, so each difficulty has its own base model, at the same compute; the SFT
-# budget settings keep the demo's data (difficulty 0).
-_VALIDATION_560 = {"data.num_validation": 560}
+# videos (the demo's own validation split). SynthStream's difficulty (synthetic.SynthConfig:
+# distractor objects, pixel noise) changes the data, so each difficulty has its own base model, at
+# the same compute; the SFT settings keep the demo's data (difficulty 0). The first six ran at
+# the SFT lr the demo had before `sft_lr4` was chosen (3e-3): they pin it.
+_LR3 = {"sft.lr": 3e-3}
 SETTINGS = {
-    "difficulty0": dict(_VALIDATION_560),                     # the demo's data and SFT
-    "difficulty1": {**_VALIDATION_560, "data.synth.difficulty": 1},
-    "difficulty2": {**_VALIDATION_560, "data.synth.difficulty": 2},
-    "steps150": {**_VALIDATION_560, "sft.steps": 150},          # half the steps
-    "steps600": {**_VALIDATION_560, "sft.steps": 600},          # twice the steps and the cost
-    "batch16": {**_VALIDATION_560, "sft.steps": 150,            # the same rows, half the steps
-                "sft.batch_size": 16},
+    "difficulty0": dict(_LR3),                                  # the demo's data, SFT lr 3e-3
+    "difficulty1": {**_LR3, "data.synth.difficulty": 1},
+    "difficulty2": {**_LR3, "data.synth.difficulty": 2},
+    "steps150": {**_LR3, "sft.steps": 150},                     # half the steps
+    "steps600": {**_LR3, "sft.steps": 600},                     # twice the steps and the cost
+    "batch16": {**_LR3, "sft.steps": 150, "sft.batch_size": 16},  # the same rows, half the steps
+    "sft_lr4": {},                                              # the demo: SFT lr 4e-3
 }
 VARIANTS = ("sft_ce", "sft_cb_stream")
 # Settings whose demo GRPO stage (from sft_cb_stream, the demo's GRPO settings) is trained and
-# scored too, for the paper's second ordering: the difficulties compared whole.
-WITH_GRPO = ("difficulty0", "difficulty1", "difficulty2")
+# scored too, for the paper's second ordering: the difficulties and the demo compared whole.
+WITH_GRPO = ("difficulty0", "difficulty1", "difficulty2", "sft_lr4")
 SPLITS = ("validation", "test")
 SHARED_STAGES = ("data", "base", "tokenizer")
 
@@ -153,8 +154,8 @@ def main(argv):
     with open(FLAGS.out, encoding="utf-8") as f:
       out = json.load(f)
   out.update(
-      what="The demo's sft_ce and sft_cb_stream trained under other settings (SFT budget and "
-           "batch, SynthStream's difficulty; each seed gives both variants the same "
+      what="The demo's sft_ce and sft_cb_stream trained under other settings (SFT budget, "
+           "batch and learning rate, SynthStream's difficulty; each seed gives both variants the same "
            "initialisation and data order), scored on the validation and test splits: does "
            "CB-Stream's paired gap over cross-entropy hold beyond the seeds' spread?",
       numerics=numerics.fingerprint())

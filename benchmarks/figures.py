@@ -168,14 +168,15 @@ def test_split_size() -> str:
 
 
 def _setting_change(overrides: dict) -> str:
-  """A demo setting as the table's column: "difficulty <d>, SFT <steps> x <batch>", the demo's own
-  values (configs/demo.py) where the setting keeps them."""
+  """A demo setting as the table's column: "difficulty <d>, SFT <steps> x <batch> at lr <lr>", the
+  demo's own values (configs/demo.py) where the setting keeps them."""
   sys.path.insert(0, ROOT)
   from configs import demo  # pylint: disable=g-import-not-at-top
   ref = demo.get_config("default")
   return (f"difficulty {overrides.get('data.synth.difficulty', ref.data.synth.difficulty)}, SFT "
           f"{overrides.get('sft.steps', ref.sft.steps)} x "
-          f"{overrides.get('sft.batch_size', ref.sft.batch_size)}")
+          f"{overrides.get('sft.batch_size', ref.sft.batch_size)} at lr "
+          f"{overrides.get('sft.lr', ref.sft.lr):g}")
 
 
 def demo_settings() -> str:
