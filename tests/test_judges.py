@@ -176,6 +176,7 @@ class _Server(loopback_http.LoopbackServer):
         with outer.lock:
           outer.auth_headers.append(self.headers.get("Authorization", ""))
           outer.in_flight += 1
+          self.counted = True
           outer.total += 1
           outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
           marker = next((m for m in ("SLOW", "FAIL500ONCE", "ALWAYS500", "BADBODY", "GARBAGE",
@@ -188,12 +189,23 @@ class _Server(loopback_http.LoopbackServer):
         except (BrokenPipeError, ConnectionResetError):
           pass
         finally:
-          with outer.lock:
+          self._leave()
+
+      def _leave(self):
+        # A request stops counting as in flight *before* its reply is written: once the client
+        # has the reply it may send its next request, and this handler thread may not run again
+        # before the next one starts (a loaded host). Counted from after the request is read to
+        # before the reply is written, each request's server interval lies inside the client's
+        # send-to-reply interval, so max_in_flight never exceeds the client's concurrency.
+        with outer.lock:
+          if self.counted:
             outer.in_flight -= 1
+            self.counted = False
 
       def _reply(self, content, status=200, raw=None):
         data = raw if raw is not None else json.dumps(
             {"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
+        self._leave()
         self.send_json(data, status)
 
       def _respond(self, marker, n, prompt):
