@@ -9,7 +9,9 @@ The raw files are the demo's own results.json, copied into benchmarks/results/:
   demo_seeds_0_1_2.json  launch/demo.py --workdir=<the same dir> --seeds=0,1,2 (the same data, base
                          model and seed 0, seeds 1 and 2 added).
 The block between README's BEGIN / END markers holds seed 0's tables, the three seeds' W-Avg, the
-paired gaps and the findings (streampro_jax.bench.seeds), the run's wall time, host and load.
+paired gaps and the findings (streampro_jax.bench.seeds), the run's wall time, host and load;
+README's two figures (benchmarks/results/demo_f1_by_task.png, demo_seeds.png) are drawn from the
+same files.
 tests/test_demo.py checks that README holds what this script writes, and (slow) that a fresh run
 of README's first command prints the raw file's numbers.
 """
@@ -125,6 +127,24 @@ def compare_run(res: dict, raw: dict) -> list[str]:
   return out
 
 
+def write_figures(one: dict, many: dict) -> list[str]:
+  """README's two figures, drawn from the raw files with the demo's own plotting
+  (streampro_jax.bench.report), so they cannot lag the tables: demo_f1_by_task.png (seed 0's test
+  split, per task) and demo_seeds.png (every seed's W-Avg on both splits). Returns the paths."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  from streampro_jax.bench import report  # pylint: disable=g-import-not-at-top
+  test0 = one["per_seed"]["0"]["test"]
+  variants = {v: {"scores": {**r["per_task"], **{k: r[k] for k in ("PU", "TR", "PA", "Avg",
+                                                                    "W-Avg")}}}
+              for v, r in test0.items()}
+  f1_path = os.path.join(RESULTS, "demo_f1_by_task.png")
+  with tempfile.TemporaryDirectory() as tmp:
+    shutil.copyfile(report.write_report(variants, tmp)["f1"], f1_path)
+  seeds_path = report.plot_seeds(many, os.path.join(RESULTS, "demo_seeds.png"))
+  return [f1_path, seeds_path]
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--check", action="store_true", help="exit 1 when README.md differs")
@@ -139,8 +159,9 @@ def main():
   have = current_block(text)
   with open(README, "w", encoding="utf-8") as f:
     f.write(text.replace(have, block))
-  print(f"README.md: results block written from {os.path.relpath(SEED0, ROOT)} and "
-        f"{os.path.relpath(SEEDS, ROOT)}")
+  figures = write_figures(read(SEED0), read(SEEDS))
+  print(f"README.md: results block and {', '.join(os.path.relpath(p, ROOT) for p in figures)} "
+        f"written from {os.path.relpath(SEED0, ROOT)} and {os.path.relpath(SEEDS, ROOT)}")
 
 
 if __name__ == "__main__":
