@@ -18,8 +18,8 @@ import time
 from absl import logging
 
 __all__ = [
-    "Demo", "WorkdirMismatch", "apply_overrides", "banner", "eval_stage", "quiet_library_logs", "seed_stage",
-    "set_compilation_cache"
+    "Demo", "WorkdirMismatch", "apply_overrides", "banner", "eval_stage", "quiet_library_logs",
+    "seed_stage", "set_compilation_cache"
 ]
 
 _SPLITS = ("validation", "test")
