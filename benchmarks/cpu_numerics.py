@@ -30,6 +30,8 @@ sys.path.insert(0, ROOT)
 
 from streampro_jax import numerics  # noqa: E402
 
+import cpu_rounds  # noqa: E402  (benchmarks/, beside this file)
+
 _PIN = " ".join(numerics.XLA_FLAGS)
 # name -> (extra XLA flags, NPROC or None, command prefix, busy other core)
 SETTINGS = {
@@ -113,8 +115,7 @@ def main():
     r["same_as_pinned"] = r["sha256"] == ref["sha256"]
     same = "yes" if r["same_as_pinned"] else "no"
     print(f"| {name} | `{r['sha256'][:12]}` | {dl:.3g} | {same} |")
-  commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                          text=True, check=False).stdout.strip()
+  commit = cpu_rounds.commit()
   import jax  # pylint: disable=g-import-not-at-top
   record = {"benchmark": "cpu_numerics", "commit": commit,
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

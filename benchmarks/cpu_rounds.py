@@ -64,12 +64,17 @@ def versions() -> dict:
 
 
 def commit(root: str = ROOT) -> str:
-  """HEAD of the checkout at `root`, with "+changes" when tracked files differ from it."""
-  head = subprocess.run(["git", "-C", root, "rev-parse", "--short=12", "HEAD"],
-                        capture_output=True, text=True, check=False).stdout.strip()
-  dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
-                         capture_output=True, text=True, check=False).stdout.strip()
-  return (head or "unknown") + ("+changes" if dirty else "")
+  """HEAD of the checkout at `root`, with "+changes" when tracked files differ from it;
+  "unknown" in a copy without .git or on a machine without git (the device machine's)."""
+  try:
+    head = subprocess.run(["git", "-C", root, "rev-parse", "--short=12", "HEAD"],
+                          capture_output=True, text=True, check=False, timeout=30).stdout.strip()
+    dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, check=False,
+                           timeout=30).stdout.strip()
+  except (OSError, subprocess.TimeoutExpired):
+    return "unknown"
+  return (head or "unknown") + ("+changes" if head and dirty else "")
 
 
 def provenance(figure: str, command: str | None = None) -> dict:

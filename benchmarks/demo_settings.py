@@ -16,7 +16,8 @@ docs/ablations.md); none reuses the demo's own workdir.
 
 The settings in WITH_GRPO also train and score the demo's GRPO stage from sft_cb_stream.
 
-Writes benchmarks/results/demo_settings.json (--out): per setting its overrides, per seed and
+Writes benchmarks/results/demo_settings.json (--out): per setting its overrides and the
+effective values of RECORDED_KEYS (the demo's own where the setting keeps them), per seed and
 split each variant's W-Avg and responses, the paired gaps (sft_cb_stream - sft_ce; grpo -
 sft_cb_stream where GRPO ran) per split
 (bench.seeds.summarize), its stages' timings, the command, commit, date and load; the host once.
@@ -34,6 +35,8 @@ import time
 from absl import app
 from absl import flags
 
+import cpu_rounds  # benchmarks/, beside this file
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -43,7 +46,9 @@ FLAGS = flags.FLAGS
 # videos (the demo's own validation split). SynthStream's difficulty (synthetic.SynthConfig:
 # distractor objects, pixel noise) changes the data, so each difficulty has its own base model, at
 # the same compute; the SFT settings keep the demo's data (difficulty 0). The first seven ran at
-# the SFT lr the demo had before `sft_lr4` was chosen (3e-3): they pin it.
+# the SFT lr the demo had before `sft_lr4` was chosen (3e-3): they pin it. `base_answers` changes
+# the base stage (half its videos narrate their own question's answers: configs/demo.py
+# base.answers), so it has a base model of its own, on the demo's data.
 _LR3 = {"sft.lr": 3e-3}
 SETTINGS = {
     "difficulty0": dict(_LR3),                                  # the demo's data, SFT lr 3e-3
@@ -54,13 +59,19 @@ SETTINGS = {
     "batch16": {**_LR3, "sft.steps": 150, "sft.batch_size": 16},  # the same rows, half the steps
     "steps400": {**_LR3, "sft.steps": 400},                     # a third more steps and cost
     "sft_lr4": {},                                              # the demo: SFT lr 4e-3
+    "base_answers": {"base.answers": True},                     # the base model answers too
 }
 VARIANTS = ("sft_ce", "sft_cb_stream")
 # Settings whose demo GRPO stage (from sft_cb_stream, the demo's GRPO settings) is trained and
 # scored too, for the paper's second ordering: the difficulties and the demo compared whole.
-WITH_GRPO = ("difficulty0", "difficulty1", "difficulty2", "sft_lr4")
+WITH_GRPO = ("difficulty0", "difficulty1", "difficulty2", "sft_lr4", "base_answers")
 SPLITS = ("validation", "test")
 SHARED_STAGES = ("data", "base", "tokenizer")
+# The demo config's keys every record stores at their effective values (the setting's overrides
+# applied to the demo config of the day), so that a record describes what it ran even after the
+# demo's own settings change; docs/ablations.md's "what it sets" column reads them.
+RECORDED_KEYS = ("data.synth.difficulty", "base.answers", "sft.steps", "sft.batch_size",
+                 "sft.lr", "sft.text_weight")
 
 
 def define_flags():
@@ -83,6 +94,17 @@ def setting_config(name: str):
   cfg = demo_configs.get_config("default")
   demo_lib.apply_overrides(cfg, SETTINGS[name])
   return cfg
+
+
+def effective_values(cfg) -> dict:
+  """{dotted key: value} of RECORDED_KEYS in a demo config (setting_config's output)."""
+  out = {}
+  for key in RECORDED_KEYS:
+    node = cfg
+    for part in key.split("."):
+      node = node[part]
+    out[key] = node
+  return out
 
 
 def _outside_sft(name: str) -> dict:
@@ -132,8 +154,8 @@ def run_setting(name: str, workdir: str, seeds: list[int]) -> dict:
             "W-Avg": r["scores"]["W-Avg"], "responses": r["decisions"]["response"]}
   summary = {split: seeds_lib.summarize({s: per_seed[s][split] for s in per_seed}, variants)
              for split in SPLITS}
-  return {"overrides": SETTINGS[name], "per_seed": per_seed, "summary": summary,
-          "timings": demo.timings}
+  return {"overrides": SETTINGS[name], "effective": effective_values(demo.cfg),
+          "per_seed": per_seed, "summary": summary, "timings": demo.timings}
 
 
 def main(argv):
@@ -161,8 +183,7 @@ def main(argv):
            "does CB-Stream's paired gap over cross-entropy hold beyond the seeds' spread?",
       numerics=numerics.fingerprint())
   settings = out.setdefault("settings", {})
-  commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                          text=True, check=False).stdout.strip()
+  commit = cpu_rounds.commit()
   for name in names:
     workdir = os.path.join(root, name)
     owner = stage_owner(name)

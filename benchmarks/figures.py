@@ -173,16 +173,20 @@ def test_split_size() -> str:
   return "\n".join(lines)
 
 
-def _setting_change(overrides: dict) -> str:
-  """A demo setting as the table's column: "difficulty <d>, SFT <steps> x <batch> at lr <lr>", the
-  demo's own values (configs/demo.py) where the setting keeps them."""
-  sys.path.insert(0, ROOT)
-  from configs import demo  # pylint: disable=g-import-not-at-top
-  ref = demo.get_config("default")
-  return (f"difficulty {overrides.get('data.synth.difficulty', ref.data.synth.difficulty)}, SFT "
-          f"{overrides.get('sft.steps', ref.sft.steps)} x "
-          f"{overrides.get('sft.batch_size', ref.sft.batch_size)} at lr "
-          f"{overrides.get('sft.lr', ref.sft.lr):g}")
+def _setting_change(name: str, effective: dict) -> str:
+  """A demo setting as the table's column, from the values its record stored when it ran
+  (demo_settings.RECORDED_KEYS): "difficulty <d>, base <captions | captions + answers>, SFT
+  <steps> x <batch> at lr <lr>, text weight <w>"; a record without them is a KeyError naming
+  the setting."""
+  import demo_settings  # pylint: disable=g-import-not-at-top  (benchmarks/, beside this file)
+  missing = [k for k in demo_settings.RECORDED_KEYS if k not in (effective or {})]
+  if missing:
+    raise KeyError(f"demo_settings.json, setting {name!r}: no effective value of {missing} "
+                   f"(re-collect it with benchmarks/demo_settings.py; finished stages are reused)")
+  e = effective
+  base = "captions + answers" if e["base.answers"] else "captions"
+  return (f"difficulty {e['data.synth.difficulty']}, base {base}, SFT {e['sft.steps']} x "
+          f"{e['sft.batch_size']} at lr {e['sft.lr']:g}, text weight {e['sft.text_weight']:g}")
 
 
 def demo_settings() -> str:
@@ -201,7 +205,8 @@ def demo_settings() -> str:
       seeds = sorted(st["per_seed"], key=int)
       resp = ", ".join(f"{st['per_seed'][k][split]['sft_ce']['responses']} / "
                        f"{st['per_seed'][k][split]['sft_cb_stream']['responses']}" for k in seeds)
-      lines.append(f"| {name} | {_setting_change(st['overrides'])} | {split} | {per['sft_ce']} | "
+      change = _setting_change(name, st.get("effective"))
+      lines.append(f"| {name} | {change} | {split} | {per['sft_ce']} | "
                    f"{per['sft_cb_stream']} | {resp} | "
                    f"{', '.join(f'{100 * x:+.1f}' for x in g['values'])}"
                    f" | {100 * g['mean']:+.1f} +- {100 * g['std']:.1f} | "
@@ -221,6 +226,44 @@ def demo_settings() -> str:
                    f"{', '.join(f'{100 * x:+.1f}' for x in g['values'])} | "
                    f"{100 * g['mean']:+.1f} +- {100 * g['std']:.1f} | "
                    f"{'yes' if g['holds'] else 'no'} |")
+  return "\n".join(lines)
+
+
+TASKS = ("EU", "OU", "AA", "TP", "TG", "GP", "RF")
+
+
+def demo_seed_tasks() -> str:
+  """docs/ablations.md's per-task F1 of every variant and seed of README's 3-seed run
+  (benchmarks/results/demo_seeds_0_1_2.json): where the seeds' spread comes from."""
+  raw = _json("demo_seeds_0_1_2.json")
+  lines = ["| split | variant | seed | " + " | ".join(TASKS) + " | W-Avg | responses |",
+           "|---|---|---:|" + "---:|" * (len(TASKS) + 2)]
+  for split in ("validation", "test"):
+    for variant in raw["per_seed"]["0"][split]:
+      for seed in sorted(raw["per_seed"], key=int):
+        r = raw["per_seed"][seed][split][variant]
+        tasks = " | ".join(f"{100 * r['per_task'][t]:.1f}" for t in TASKS)
+        lines.append(f"| {split} | {variant} | {seed} | {tasks} | {100 * r['W-Avg']:.1f} | "
+                     f"{r['decisions']['response']} |")
+  return "\n".join(lines)
+
+
+def demo_scale_cost() -> str:
+  """docs/ablations.md's cost of a wider demo model (benchmarks/demo_scale_cost.py's raw file)."""
+  raw = _json("demo_scale_cost.json")
+  lines = ["| model | parameters | base s/step | SFT s/step | GRPO s/step | training stages of the "
+           "default demo, projected | against the demo's model |",
+           "|---|---:|---:|---:|---:|---:|---:|"]
+  for name, rec in raw["models"].items():
+    sec = rec["seconds_per_step"]
+    m, s_ = divmod(round(rec["projected_training_s"]), 60)
+    ratio = rec["ratio_to_demo"]["projected_training"]
+    lines.append(f"| {name} | {rec['params']:,} | {sec['base']:.3f} | {sec['sft_cb_stream']:.3f} "
+                 f"| {sec['grpo']:.2f} | {m} min {s_} s | x{ratio:.2f} |")
+  lines.append("")
+  lines.append(f"Measured {raw['date']} at {raw['commit'][:7]} on {raw['numerics']['cpu']} "
+               f"({raw['numerics']['cores']} cores), load average {raw['load']['before'][0]:.2f} "
+               f"before, {raw['load']['after'][0]:.2f} after.")
   return "\n".join(lines)
 
 
@@ -611,6 +654,8 @@ BLOCKS: dict[str, tuple[tuple[str, ...], Callable[[], str]]] = {
     "deviations": (("README.md", "docs/method.md"), deviations),
     "test_split_size": (("docs/ablations.md",), test_split_size),
     "demo_settings": (("docs/ablations.md",), demo_settings),
+    "demo_seed_tasks": (("docs/ablations.md",), demo_seed_tasks),
+    "demo_scale_cost": (("docs/ablations.md",), demo_scale_cost),
     "aot_table": (("docs/scale.md",), aot_table),
     "cpu_method": (("docs/benchmarks.md",), cpu_method),
     "cpu_rollouts": (("docs/rollouts.md",), cpu_rollouts),

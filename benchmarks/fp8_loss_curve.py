@@ -17,12 +17,12 @@ import functools
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import cpu_rounds  # noqa: E402  (beside this file)
 
 
 def curve(matmul: str, steps: int, lr: float) -> list[float]:
@@ -71,11 +71,7 @@ def main():
   args = p.parse_args()
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   import jax  # pylint: disable=g-import-not-at-top
-  try:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=os.path.dirname(HERE),
-                            capture_output=True, text=True, timeout=10).stdout.strip()
-  except Exception:  # pylint: disable=broad-except
-    commit = "unknown"
+  commit = cpu_rounds.commit(os.path.dirname(HERE))
   header = {"commit": commit, "command": "python3 benchmarks/fp8_loss_curve.py " +
             " ".join(sys.argv[1:]), "machine": f"{platform.node()}, {os.cpu_count()} CPUs, "
             f"{jax.devices()[0].platform}", "jax": jax.__version__,

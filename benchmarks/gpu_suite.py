@@ -48,6 +48,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
+import cpu_rounds  # noqa: E402  (beside this file; the standard library only at import)
+
 PARTS = ("sft", "decode", "grpo", "live")
 H200_HBM = 4.8e12   # bytes/s, datasheet (H100 SXM: 3.35e12)
 
@@ -57,11 +59,8 @@ def emit(**kw):
 
 
 def _commit() -> str:
-  try:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=10, check=True).stdout.strip()
-  except Exception:  # pylint: disable=broad-except  (a copy without .git)
-    return "unknown"
+  """cpu_rounds.commit: "unknown" in a copy without .git (the device machine's)."""
+  return cpu_rounds.commit(ROOT)
 
 
 def _versions() -> dict:

@@ -31,6 +31,8 @@ import sys
 import tempfile
 import time
 
+import cpu_rounds  # benchmarks/, beside this file
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLES, GROUP, TURNS, TEXT_TOKENS = 4, 8, 16, 18
 
@@ -84,12 +86,7 @@ def one_round(calls: int) -> dict:
           "devices": [str(d) for d in jax.devices()]}
 
 
-def _commit(root: str) -> str:
-  out = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True,
-                       text=True, check=False)
-  dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
-                         capture_output=True, text=True, check=False).stdout.strip()
-  return out.stdout.strip() + ("+changes" if dirty else "")
+_commit = cpu_rounds.commit
 
 
 def _command(roots) -> str:

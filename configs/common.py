@@ -85,10 +85,11 @@ def data_config(*, source: str, seq_len: int, max_turns: int, frame_size: int,
   """Data section: PipelineConfig fields (batch_size is set from config.global_batch_size by the
   trainer) plus the source spec (see pipeline.make_train_iterator; "synth" adds num_videos,
   split, synth = SynthConfig fields). narration=True (SynthStream sources) trains on the
-  narration of each video instead of its questions (train/setup.make_data)."""
+  narration of each video instead of its questions, narration_answers=True with it narrates
+  half the videos' own answers (train/setup.make_data)."""
   d = dict(source=source, seq_len=seq_len, max_turns=max_turns, frame_height=frame_size,
            frame_width=frame_size, seed=0, shuffle=True, num_threads=4,
-           prefetch_buffer_size=8, narration=False)
+           prefetch_buffer_size=8, narration=False, narration_answers=False)
   # Every source's keys at their unset values, so that any source can be chosen on the
   # command line (--config.data.source=jsonl --config.data.jsonl=/data/train.jsonl).
   for keys in pipeline_config.SOURCE_KEYS.values():

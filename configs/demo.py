@@ -25,7 +25,8 @@ docs/components.md#the-end-to-end-demo. Fields:
   base                 the base model's narration pretraining (base_config): seed (one base model,
                        the stand-in for the pretrained VLM, shared by every seed), steps,
                        batch_size, lr, warmup_ratio, seq_len, frozen (regex; "" trains the vision
-                       tower).
+                       tower), answers (half the videos narrate their own question's answers on
+                       their turns: synthetic.NarrationSource).
   sft                  steps, batch_size, lr, warmup_ratio, weight_decay, beta / text_weight
                        (CB-Stream), gamma (focal); the variants are LOSS_OF_VARIANT.
   grpo                 steps, batch_size (samples per step), group_size G, lr, temperature,
@@ -74,7 +75,7 @@ def get_config(budget: str = "default") -> ml_collections.ConfigDict:
   # Base model: the stand-in for the paper's pretrained VLM (see base_config).
   c.base = ml_collections.ConfigDict(dict(
       seed=0, steps=1000, batch_size=8, lr=3e-3, warmup_ratio=0.05, seq_len=768, frozen="",
-      log_every_steps=50))
+      answers=False, log_every_steps=50))
   # SFT lr 4e-3 over 3e-3: on the 560-video validation split, over 3 paired seeds, CB-Stream's
   # gap over cross-entropy holds at 4e-3 (+4.5 +- 1.7) and not at 3e-3 (+3.1 +- 1.7), and the
   # GRPO model started from it scores higher on every seed (benchmarks/demo_settings.py, setting
@@ -206,6 +207,7 @@ def base_config(demo, data_dir: str) -> ml_collections.ConfigDict:
   c.data = _data_section(demo, data_dir, seq_len=int(b.seq_len))
   c.data.seed = int(b.seed) + 2
   c.data.narration = True
+  c.data.narration_answers = bool(b.answers)
   c.optim = common.optim_config(lr=float(b.lr), warmup_ratio=float(b.warmup_ratio),
                                 weight_decay=0.0, grad_clip_norm=1.0, frozen=str(b.frozen))
   c.loss = common.loss_config("ce", chunk_size=0)

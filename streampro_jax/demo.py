@@ -225,8 +225,10 @@ class Demo:
     workdir = self.stage_dir("base")
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
       f.write(cfg.to_json_best_effort(indent=2))
-    print(f"   narration (a caption on every turn), cross-entropy: {cfg.total_steps} steps x "
-          f"batch {cfg.global_batch_size}, lr {cfg.optim.lr}, seed {cfg.seed}", flush=True)
+    what = ("narration (a caption on every turn; half the videos' own questions answered on "
+            "their turns)" if cfg.data.narration_answers else "narration (a caption on every turn)")
+    print(f"   {what}, cross-entropy: {cfg.total_steps} steps x batch {cfg.global_batch_size}, "
+          f"lr {cfg.optim.lr}, seed {cfg.seed}", flush=True)
     state = sft.train(cfg, workdir)
     _, mcfg = self.tokenizer_and_model_config()
     models.backbone_module(mcfg).save_hf_checkpoint(mcfg, state.params, self.base_hf_dir)

@@ -81,6 +81,19 @@ def test_unread_keys_are_errors_that_name_them():
     config_check.build(c, "sft")
 
 
+def test_narration_answers_is_read_only_with_narration():
+  from configs import demo  # pylint: disable=g-import-not-at-top
+  d = demo.get_config()
+  d.base.answers = True
+  base = demo.base_config(d, "/data")
+  assert config_check.build(base, "sft").data.narration_answers is True
+  c = demo.sft_config(d, "cb_stream", "/data")      # no narration: the key is not read
+  c.data.narration_answers = True
+  with pytest.raises(config_check.ConfigError,
+                     match=r"config\.data\.narration_answers .* data\.narration is off"):
+    config_check.build(c, "sft")
+
+
 def test_model_data_and_mesh_nodes_are_typed():
   """Issue 29 item 4: the model, data and mesh sections are frozen nodes of the tree that
   train/setup.py reads by attribute; the data node is the pipeline's own PipelineConfig (its

@@ -66,3 +66,25 @@ def test_unequal_work_and_too_few_rounds_are_refused(tmp_path):
   assert lines[1]["work"] == {"a": {"tokens": 100}, "b": {"tokens": 99}}
   with pytest.raises(ValueError, match="at least 5"):
     cpu_rounds.run_rounds("fig", [("a", a), ("b", b)], rounds=4, out=str(tmp_path / "y.jsonl"))
+
+
+def test_commit_names_changes_and_says_unknown_without_git(tmp_path, monkeypatch):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  repo = tmp_path / "repo"
+  repo.mkdir()
+  git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+  subprocess.run(git[:3] + ["init", "-q"], check=True)
+  (repo / "f.txt").write_text("a\n")
+  subprocess.run(git + ["add", "f.txt"], check=True)
+  subprocess.run(git + ["commit", "-q", "-m", "one"], check=True)
+  head = subprocess.run(git[:3] + ["rev-parse", "--short=12", "HEAD"], check=True,
+                        capture_output=True, text=True).stdout.strip()
+  assert cpu_rounds.commit(str(repo)) == head
+  (repo / "f.txt").write_text("b\n")                  # a tracked file changed
+  assert cpu_rounds.commit(str(repo)) == head + "+changes"
+  assert cpu_rounds.commit(str(tmp_path / "not_a_repo")) == "unknown"
+
+  def no_git(*args, **kwargs):
+    raise FileNotFoundError("git")
+  monkeypatch.setattr(cpu_rounds.subprocess, "run", no_git)
+  assert cpu_rounds.commit(str(repo)) == "unknown"

@@ -313,3 +313,38 @@ def test_narration_source_wraps_any_source_and_rejects_other_records():
   other = dataclasses.replace(pairs[0][0], meta={})
   with pytest.raises(ValueError, match="no meta\\['synth'\\] scene spec"):
     sy._narration_record(other)
+
+
+def test_answered_narration_answers_on_due_turns_and_captions_the_others():
+  for task in ("OU", "TG", "GP", "EU"):
+    for r in _records_of(task, n=2):
+      (orig,) = r.questions
+      (q,) = sy._answered_narration_record(r).questions
+      assert (q.id, q.task, q.question, q.ask_time) == (orig.id, task, orig.question, 0.0)
+      plans = cf.plan_turns(dataclasses.replace(r, questions=(q,)))
+      assert [p.decision for p in plans] == [cf.DECISION_RESPONSE] * cf.num_turns(r.duration)
+      # Where the original trajectory (asked at its own time) responds, the same answers; on
+      # every other turn the full narration's caption of that turn.
+      gt = {p.index: p.text for p in cf.plan_turns(r) if p.decision == cf.DECISION_RESPONSE}
+      captions = sy._narration_record(r).questions[0].answers
+      for p in plans:
+        assert p.text == gt.get(p.index, captions[p.index].text), (r.id, p.index)
+
+
+def test_narration_source_with_answers_cycles_four_kinds():
+  from streampro_jax.data import pipeline
+  pairs = sy.generate("train", 8, seed=0, config=sy.SynthConfig(resolution=24), with_frames=False)
+  src = sy.NarrationSource(pipeline.RecordSource([r for r, _ in pairs], sy.render_frames),
+                           answers=True)
+  got = [src[i][0].questions[0] for i in range(8)]
+  for i, q in enumerate(got):
+    r = pairs[i][0]
+    if i % 4 == 0:
+      assert q == sy._narration_record(r).questions[0]
+    elif i % 4 == 1:
+      assert q == sy._narration_record(r, refer=i // 4).questions[0]
+    else:
+      assert q == sy._answered_narration_record(r).questions[0]
+  assert sy.NarrationSource(src.source)[2][0].questions[0].task == "CAP"   # off by default
+  with pytest.raises(ValueError, match="no meta\\['synth'\\] scene spec or no question"):
+    sy._answered_narration_record(dataclasses.replace(pairs[0][0], meta={}))

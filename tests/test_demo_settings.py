@@ -60,6 +60,7 @@ def _flatten(d, prefix=""):
 def test_settings_share_data_and_base_only_with_equal_ones():
   owners = {name: settings_lib.stage_owner(name) for name in settings_lib.SETTINGS}
   assert owners["difficulty0"] == "difficulty0" and owners["difficulty1"] == "difficulty1"
+  assert owners["base_answers"] == "base_answers"          # its own base model
   assert {owners[n] for n in ("steps150", "steps400", "steps600", "batch16", "sft_lr4")} == {
       "difficulty0"}
 

@@ -856,22 +856,56 @@ def _narration_record(record: schema.Record, refer: int | None = None) -> schema
   return dataclasses.replace(record, questions=(question,))
 
 
+def _answered_narration_record(record: schema.Record) -> schema.Record:
+  """The record's own question, asked at 0 s and answered on EVERY turn: a turn on which a
+  ground-truth answer is due (``chat_format.answer_turn``) carries that answer (the same Answer,
+  so its time and text), every other turn the full narration caption at the turn's time.
+
+  Offline question answering for the base model, the stand-in for a pretrained VLM that already
+  answers questions about a video it has seen: each task's answer is tied to its question's
+  words and to the frames, with no silent turn, so no decision between silence and response is
+  learnt (that stays the SFT stage's). Asking at 0 s keeps every answer on its own turn.
+
+  Raises:
+    ValueError: not a SynthStream record, or it has no question.
+  """
+  spec = (record.meta or {}).get("synth")
+  if spec is None or not record.questions:
+    raise ValueError(f"record {record.id!r}: no meta['synth'] scene spec or no question, cannot "
+                     "narrate its answers")
+  q = record.questions[0]
+  turns = chat_format.num_turns(record.duration)
+  due = {min(chat_format.answer_turn(a.response_time), turns - 1) for a in q.answers}
+  captions = tuple(schema.Answer(text=_narration_caption(spec, chat_format.turn_time(k)),
+                                 time=chat_format.turn_time(k))
+                   for k in range(turns) if k not in due)
+  question = dataclasses.replace(q, ask_time=0.0, answers=tuple(q.answers) + captions)
+  return dataclasses.replace(record, questions=(question,))
+
+
 class NarrationSource:
   """Wraps a data source of SynthStream (record, frames) pairs (``pipeline.RecordSource``,
   ``pipeline.TfdsSource``, ...) so that each record is replaced by a narration; frames are
-  unchanged. One trajectory per video: example i is the full narration when i is even, and the
-  narration of one object named in the question (``refer`` = i // 2) when i is odd, so that both
-  seeing (colours, shapes, positions) and reading the question are learnt."""
+  unchanged. One trajectory per video. Without ``answers``: example i is the full narration
+  when i is even, and the narration of one object named in the question (``refer`` = i // 2)
+  when i is odd, so that both seeing (colours, shapes, positions) and reading the question are
+  learnt. With ``answers``: the full narration when i % 4 is 0, one object's (``refer`` = i // 4)
+  when it is 1, and the video's own question answered on every turn when it is 2 or 3
+  (``_answered_narration_record``)."""
 
-  def __init__(self, source):
+  def __init__(self, source, *, answers: bool = False):
     self.source = source
+    self.answers = bool(answers)
 
   def __len__(self) -> int:
     return len(self.source)
 
   def __getitem__(self, i: int) -> tuple[schema.Record, np.ndarray]:
     record, frames = self.source[i]
-    return _narration_record(record, None if i % 2 == 0 else i // 2), frames
+    if self.answers and i % 4 >= 2:
+      return _answered_narration_record(record), frames
+    kind, refer = (i % 4, i // 4) if self.answers else (i % 2, i // 2)
+    return _narration_record(record, None if kind == 0 else refer), frames
 
   def question_counts(self) -> list[int]:
     return [1] * len(self)

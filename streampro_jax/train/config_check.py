@@ -183,14 +183,16 @@ MeshSection = _node("MeshSection", """The ``config.mesh`` section: the axis size
 DataSection = _node("DataSection", """The ``config.data`` section: a
   pipeline_config.PipelineConfig (its fields and from_config; batch_size is the GLOBAL batch,
   set from config.global_batch_size, as pipeline.make_train_iterator takes it) with the source
-  and every source's keys (pipeline_config.SOURCE_KEYS, at their unset values) and narration
-  (SynthStream narration targets, SFT only).""",
+  and every source's keys (pipeline_config.SOURCE_KEYS, at their unset values), narration
+  (SynthStream narration targets, SFT only) and narration_answers (with narration: half the
+  videos narrate their own question's answers, synthetic.NarrationSource).""",
     [("source", str, dataclasses.field(default="synth"))]
     + [(key, type(value), _dict_field() if isinstance(value, dict)
         else dataclasses.field(default=value))
        for key, value in {k: v for keys in pipeline_config.SOURCE_KEYS.values()
                           for k, v in keys.items()}.items()]
-    + [("narration", bool, dataclasses.field(default=False))],
+    + [("narration", bool, dataclasses.field(default=False)),
+       ("narration_answers", bool, dataclasses.field(default=False))],
     bases=(pipeline_config.PipelineConfig,))
 
 _FROM_TOP = {DataSection: {"batch_size": "global_batch_size"}}
@@ -317,6 +319,8 @@ def _data_modes(values: Mapping[str, Any], trainer: str) -> dict[str, tuple[Any,
         out[key] = (value, f"data.source is {source!r} (only source {other!r} reads it)")
   if trainer == "grpo":
     out["narration"] = (False, "GRPO samples the questions of its records")
+  if trainer == "grpo" or not values.get("narration", False):
+    out["narration_answers"] = (False, "data.narration is off (only the narration reads it)")
   return out
 
 

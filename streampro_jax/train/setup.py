@@ -124,7 +124,9 @@ def make_data(data, tokenizer, model_config):
   generates SynthStream in memory (``data.num_videos`` videos of ``data.split``, frames rendered
   lazily), other sources go through ``pipeline.make_train_iterator``. ``data.narration=True``
   (SynthStream sources only) trains on ``synthetic.narration_record`` of each video instead of
-  its questions: a caption on every turn (pretraining a base model from scratch)."""
+  its questions: a caption on every turn (pretraining a base model from scratch);
+  ``data.narration_answers`` adds its own question answered on every turn for half the videos
+  (``synthetic.NarrationSource``)."""
   # grain is imported only here: the step and setup code run where grain is absent (the GPU
   # benchmark image, tests/test_gpu_benchmark.py).
   from streampro_jax.data import pipeline  # pylint: disable=g-import-not-at-top
@@ -137,7 +139,8 @@ def make_data(data, tokenizer, model_config):
     source = pipeline.RecordSource([r for r, _ in pairs], frames=synthetic.render_frames)
   if data.narration:
     source = synthetic.NarrationSource(
-        source if source is not None else pipeline.source_from_config(section))
+        source if source is not None else pipeline.source_from_config(section),
+        answers=data.narration_answers)
   return pipeline.make_train_iterator(section, tokenizer=tokenizer, model_config=model_config,
                                       source=source)
 
