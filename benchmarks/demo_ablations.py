@@ -238,11 +238,7 @@ def _changes(r: Run) -> str:
 
 def main(argv):
   del argv
-  os.environ.setdefault("HF_HUB_OFFLINE", "1")
-  demo_lib.quiet_library_logs()
-  if FLAGS.pin_numerics:
-    from streampro_jax import numerics  # pylint: disable=g-import-not-at-top
-    numerics.pin_cpu_numerics()
+  demo_lib.start_cpu_process(pin_numerics=FLAGS.pin_numerics)
   from configs import demo as demo_configs  # pylint: disable=g-import-not-at-top
   root = os.path.abspath(FLAGS.workdir)
   os.makedirs(root, exist_ok=True)

@@ -139,12 +139,9 @@ def _param_count(hf_dir: str) -> int:
 
 def main(argv):
   del argv
-  os.environ.setdefault("HF_HUB_OFFLINE", "1")
-  os.environ.setdefault("JAX_PLATFORMS", "cpu")
-  from streampro_jax import numerics  # pylint: disable=g-import-not-at-top
-  numerics.pin_cpu_numerics()      # the demo's pin, before JAX starts
   from streampro_jax import demo as demo_lib  # pylint: disable=g-import-not-at-top
-  demo_lib.quiet_library_logs()
+  demo_lib.start_cpu_process()     # the demo's pin, before JAX starts
+  from streampro_jax import numerics  # pylint: disable=g-import-not-at-top
   for name in FLAGS.models:        # refuse a bad command line before any work
     model_config(name, 0)
   root = os.path.abspath(FLAGS.workdir)

@@ -160,12 +160,9 @@ def run_setting(name: str, workdir: str, seeds: list[int]) -> dict:
 
 def main(argv):
   del argv
-  os.environ.setdefault("HF_HUB_OFFLINE", "1")
-  os.environ.setdefault("JAX_PLATFORMS", "cpu")
-  from streampro_jax import numerics  # pylint: disable=g-import-not-at-top
-  numerics.pin_cpu_numerics()      # the demo's pin, before JAX starts
   from streampro_jax import demo as demo_lib  # pylint: disable=g-import-not-at-top
-  demo_lib.quiet_library_logs()
+  demo_lib.start_cpu_process()     # the demo's pin, before JAX starts
+  from streampro_jax import numerics  # pylint: disable=g-import-not-at-top
   root = os.path.abspath(FLAGS.workdir)
   seeds = [int(s) for s in FLAGS.seeds]
   for name in FLAGS.settings:       # refuse a bad command line before any work

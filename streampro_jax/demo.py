@@ -19,7 +19,7 @@ from absl import logging
 
 __all__ = [
     "Demo", "WorkdirMismatch", "apply_overrides", "banner", "eval_stage", "quiet_library_logs",
-    "seed_stage", "set_compilation_cache"
+    "seed_stage", "set_compilation_cache", "start_cpu_process"
 ]
 
 _SPLITS = ("validation", "test")
@@ -44,6 +44,18 @@ def quiet_library_logs():
   """Drops the INFO records of the noisy libraries (orbax, grain, ...) from absl's handler."""
   logging.get_absl_handler().addFilter(_QuietFilter())
   py_logging.getLogger().addFilter(_QuietFilter())
+
+
+def start_cpu_process(pin_numerics: bool = True):
+  """What a process that runs the demo's stages does before JAX starts its backend: the CPU
+  backend only (an installed libtpu stays silent), no Hugging Face hub access, the demo's pinned
+  CPU numerics (numerics.pin_cpu_numerics) unless pin_numerics is False, quiet library logs."""
+  os.environ.setdefault("HF_HUB_OFFLINE", "1")
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  if pin_numerics:
+    from streampro_jax import numerics  # pylint: disable=g-import-not-at-top
+    numerics.pin_cpu_numerics()
+  quiet_library_logs()
 
 _DONE = "DONE.json"
 # Library loggers whose INFO lines would drown the demo's progress lines.

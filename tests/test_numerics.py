@@ -43,6 +43,21 @@ def test_pin_after_the_backend_started_is_an_error():
     numerics.pin_cpu_numerics()
 
 
+def test_start_cpu_process_pins_before_the_backend_starts():
+  # A fresh interpreter, as every demo process is: the CPU backend, no hub, the pin, and the
+  # backend then starts pinned; pin_numerics=False leaves the flags alone.
+  code = ("import os, jax; from streampro_jax import demo, numerics; "
+          "demo.start_cpu_process({pin}); jax.devices(); "
+          "print(os.environ['JAX_PLATFORMS'], os.environ['HF_HUB_OFFLINE'], numerics.is_pinned(), "
+          "jax.default_backend())")
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("XLA_FLAGS", "NPROC", "JAX_PLATFORMS", "HF_HUB_OFFLINE")}
+  for pin, pinned in ((True, "True"), (False, "False")):
+    out = subprocess.run([sys.executable, "-c", code.format(pin=pin)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["cpu", "1", pinned, "cpu"], out
+
+
 def test_fingerprint_names_the_host():
   fp = numerics.fingerprint()
   assert fp["cpu"] and fp["cores"] >= 1 and isinstance(fp["pinned"], bool)
