@@ -88,8 +88,9 @@ def projection(steps_s: dict, cfg) -> float:
           + steps_s["grpo"] * int(cfg.grpo.steps))
 
 
-def time_model(name: str, root: str, data_src: str | None) -> dict:
-  """Runs the model's stages at both step counts; returns its record."""
+def time_model(name: str, root: str, data_src: str | None) -> tuple[dict, str]:
+  """Runs the model's stages at both step counts; returns its record and the data folder the
+  next model links (data_src, or this model's first workdir's when None)."""
   from configs import demo as demo_configs  # pylint: disable=g-import-not-at-top
   from streampro_jax import demo as demo_lib  # pylint: disable=g-import-not-at-top
   walls: dict[str, list[float]] = {stage: [] for stage in STEPS}
