@@ -124,18 +124,11 @@ def time_model(name: str, root: str, data_src: str | None) -> tuple[dict, str]:
 
 
 def _param_count(hf_dir: str) -> int:
-  """Parameters of an exported model (the tensors of a Hugging Face folder's safetensors)."""
-  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
-  total = 0
-  for fname in sorted(os.listdir(hf_dir)):
-    if fname.endswith(".safetensors"):
-      with safe_open(os.path.join(hf_dir, fname), framework="numpy") as f:
-        for key in f.keys():
-          n = 1
-          for d in f.get_slice(key).get_shape():
-            n *= int(d)
-          total += n
-  return total
+  """Parameters of the exported base model (models.load_hf_checkpoint, optim.count_params)."""
+  from streampro_jax import models  # pylint: disable=g-import-not-at-top
+  from streampro_jax.train import optim  # pylint: disable=g-import-not-at-top
+  _, params = models.load_hf_checkpoint(hf_dir)
+  return optim.count_params(params)["total"]
 
 
 def main(argv):

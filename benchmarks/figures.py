@@ -183,10 +183,10 @@ def _setting_change(name: str, effective: dict) -> str:
   if missing:
     raise KeyError(f"demo_settings.json, setting {name!r}: no effective value of {missing} "
                    f"(re-collect it with benchmarks/demo_settings.py; finished stages are reused)")
-  e = effective
-  base = "captions + answers" if e["base.answers"] else "captions"
-  return (f"difficulty {e['data.synth.difficulty']}, base {base}, SFT {e['sft.steps']} x "
-          f"{e['sft.batch_size']} at lr {e['sft.lr']:g}, text weight {e['sft.text_weight']:g}")
+  base = "captions + answers" if effective["base.answers"] else "captions"
+  return (f"difficulty {effective['data.synth.difficulty']}, base {base}, SFT "
+          f"{effective['sft.steps']} x {effective['sft.batch_size']} at lr "
+          f"{effective['sft.lr']:g}, text weight {effective['sft.text_weight']:g}")
 
 
 def demo_settings() -> str:

@@ -58,11 +58,6 @@ def emit(**kw):
   print("RESULT " + json.dumps(kw), flush=True)
 
 
-def _commit() -> str:
-  """cpu_rounds.commit: "unknown" in a copy without .git (the device machine's)."""
-  return cpu_rounds.commit(ROOT)
-
-
 def _versions() -> dict:
   out = {"python": platform.python_version()}
   for name in ("jax", "jaxlib", "flax", "optax", "torch", "transformers"):
@@ -367,7 +362,7 @@ def main():
     for r in PART_FNS[args.part](args):
       emit(**r)
     return
-  header = {"commit": _commit(), "command": "python3 benchmarks/gpu_suite.py " +
+  header = {"commit": cpu_rounds.commit(ROOT), "command": "python3 benchmarks/gpu_suite.py " +
             " ".join(sys.argv[1:]), "machine": f"{platform.node()}, {os.cpu_count()} CPUs",
             "versions": _versions()}
   rows = []

@@ -86,15 +86,12 @@ def one_round(calls: int) -> dict:
           "devices": [str(d) for d in jax.devices()]}
 
 
-_commit = cpu_rounds.commit
-
-
 def _command(roots) -> str:
   """The command line, each checkout outside this one named by its commit (no host paths)."""
   args = " ".join(sys.argv[1:])
   for _, root in roots:
     if os.path.abspath(root) != ROOT:
-      args = args.replace(root, f"<checkout of {_commit(root)}>")
+      args = args.replace(root, f"<checkout of {cpu_rounds.commit(root)}>")
   return f"benchmarks/rollout_group.py {args}"
 
 
@@ -126,7 +123,8 @@ def main() -> None:
       if proc.returncode:
         raise SystemExit(f"{name} ({root}) failed:\n{proc.stderr[-3000:]}")
       m = json.loads(proc.stdout.strip().splitlines()[-1])
-      line = {"benchmark": "rollout_group", "name": name, "round": r, "commit": _commit(root),
+      line = {"benchmark": "rollout_group", "name": name, "round": r,
+              "commit": cpu_rounds.commit(root),
               "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
               "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus",
               "load_before": load0, "load_after": load1, "python": platform.python_version(),

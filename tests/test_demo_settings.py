@@ -76,5 +76,15 @@ def test_unknown_setting_and_key_are_refused(monkeypatch):
     settings_lib.setting_config("deep_typo")
 
 
+def test_effective_values_are_the_setting_over_the_demo():
+  ref = demo_configs.get_config("default")
+  for name, over in settings_lib.SETTINGS.items():
+    got = settings_lib.effective_values(settings_lib.setting_config(name))
+    assert list(got) == list(settings_lib.RECORDED_KEYS)
+    for key, value in got.items():
+      assert value == over.get(key, _get(ref, key)), (name, key)
+  assert settings_lib.effective_values(settings_lib.setting_config("steps150"))["sft.steps"] == 150
+
+
 def test_grpo_settings_are_settings():
   assert set(settings_lib.WITH_GRPO) <= set(settings_lib.SETTINGS)
